@@ -1,0 +1,130 @@
+/**
+ * The wire contract between a node agent and the control plane (`/v1/agent/*` routes), and between
+ * those routes and the RegionScheduler Durable Object. Times are epoch milliseconds.
+ */
+import { z } from "zod";
+import { EpochMs, GpuModel } from "./common";
+import { EnvVar, ImageRef } from "./job";
+
+export const GpuInventory = z.object({
+  index: z.number().int().min(0).max(15),
+  uuid: z.string().max(128).optional(),
+  name: z.string().max(128).optional(),
+  memory_total_mib: z.number().int().nonnegative().optional(),
+});
+export type GpuInventory = z.infer<typeof GpuInventory>;
+
+/** What an agent reports about its host when it registers. */
+export const NodeInventory = z.object({
+  hostname: z.string().max(255),
+  agent_version: z.string().max(64),
+  gpu_model: GpuModel,
+  gpus: z.array(GpuInventory).max(16),
+  cpu_milli: z.number().int().positive(),
+  memory_mib: z.number().int().positive(),
+  zone: z.string().max(64).optional(),
+});
+export type NodeInventory = z.infer<typeof NodeInventory>;
+
+export const RegisterResponse = z.object({
+  node_id: z.string(),
+  region: z.string(),
+  heartbeat_interval_ms: z.number().int().positive(),
+  poll_wait_ms: z.number().int().positive(),
+});
+export type RegisterResponse = z.infer<typeof RegisterResponse>;
+
+/** What the control plane wants to exist on a node. */
+export const Placement = z.object({
+  placement_id: z.string(),
+  job_id: z.string(),
+  attempt: z.number().int().positive(),
+  image: ImageRef,
+  command: z.array(z.string()).default([]),
+  args: z.array(z.string()).default([]),
+  env: z.array(EnvVar.omit({ secret: true })).default([]),
+  gpu_indices: z.array(z.number().int().min(0).max(15)),
+  cpu_milli: z.number().int().positive(),
+  memory_mib: z.number().int().positive(),
+  /** The container is stopped at this instant (max runtime); null for endpoint replicas. */
+  kill_deadline: EpochMs.nullable(),
+  /** `stopped` asks the agent to stop the container (cancel): grace period, then kill. */
+  desired: z.enum(["running", "stopped"]),
+  grace_period_ms: z.number().int().nonnegative().default(10_000),
+});
+export type Placement = z.infer<typeof Placement>;
+
+/** Long-poll answer: the whole desired set for the node, and a version to wait past next time. */
+export const PlacementSet = z.object({
+  version: z.number().int().nonnegative(),
+  placements: z.array(Placement),
+});
+export type PlacementSet = z.infer<typeof PlacementSet>;
+
+const EventBase = z.object({
+  /** Chosen by the agent; the control plane ignores an event id it has already seen. */
+  event_id: z.string().min(1).max(128),
+  placement_id: z.string(),
+  at: EpochMs,
+});
+
+export const PlacementEvent = z.discriminatedUnion("type", [
+  EventBase.extend({ type: z.literal("pulling"), progress: z.string().max(512).optional() }),
+  EventBase.extend({ type: z.literal("running"), container_id: z.string().max(128).optional() }),
+  EventBase.extend({
+    type: z.literal("exited"),
+    exit_code: z.number().int(),
+    oom_killed: z.boolean().default(false),
+    signal: z.string().max(32).optional(),
+    /** Why it stopped when we stopped it: cancelled, deadline. */
+    stopped_by: z.enum(["cancel", "deadline"]).optional(),
+  }),
+  EventBase.extend({ type: z.literal("failed"), reason: z.string().max(2048) }),
+]);
+export type PlacementEvent = z.infer<typeof PlacementEvent>;
+
+export const EventBatch = z.object({ events: z.array(PlacementEvent).min(1).max(500) });
+export type EventBatch = z.infer<typeof EventBatch>;
+
+export const LogLine = z.object({
+  placement_id: z.string(),
+  /** Per placement, increasing: lets the control plane drop duplicates from a re-sent batch. */
+  seq: z.number().int().nonnegative(),
+  stream: z.enum(["stdout", "stderr"]),
+  at: EpochMs,
+  line: z.string().max(16_384),
+});
+export type LogLine = z.infer<typeof LogLine>;
+
+export const LogBatch = z.object({ lines: z.array(LogLine).min(1).max(2_000) });
+export type LogBatch = z.infer<typeof LogBatch>;
+
+export const GpuHealth = z.object({
+  index: z.number().int().min(0).max(15),
+  healthy: z.boolean(),
+  temperature_c: z.number().optional(),
+  utilisation_pct: z.number().min(0).max(100).optional(),
+  memory_used_mib: z.number().nonnegative().optional(),
+  memory_total_mib: z.number().nonnegative().optional(),
+  power_w: z.number().nonnegative().optional(),
+});
+export type GpuHealth = z.infer<typeof GpuHealth>;
+
+export const ContainerMetrics = z.object({
+  placement_id: z.string(),
+  cpu_pct: z.number().nonnegative().optional(),
+  memory_bytes: z.number().nonnegative().optional(),
+  memory_limit_bytes: z.number().nonnegative().optional(),
+  pids: z.number().int().nonnegative().optional(),
+});
+export type ContainerMetrics = z.infer<typeof ContainerMetrics>;
+
+export const Heartbeat = z.object({
+  at: EpochMs,
+  gpus: z.array(GpuHealth).max(16),
+  disk_free_bytes: z.number().nonnegative().optional(),
+  containers: z.array(ContainerMetrics).max(64).default([]),
+  /** Placements the agent runs now, so the control plane can spot drift. */
+  running: z.array(z.string()).max(64).default([]),
+});
+export type Heartbeat = z.infer<typeof Heartbeat>;

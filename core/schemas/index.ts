@@ -1,0 +1,3 @@
+export * from "./agent";
+export * from "./common";
+export * from "./job";

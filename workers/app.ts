@@ -1,0 +1,50 @@
+/** The Hono application: middleware, the error envelope, and the routes. */
+import { Hono } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { withDb } from "./db/client";
+import { ApiError, errorBody, errorResponse } from "./http/errors";
+import { errorFields } from "./http/log";
+import { type AppEnv, requestContext } from "./http/request-context";
+import { regionScheduler, regionsOf } from "./regions";
+
+export function createApp() {
+  const app = new Hono<AppEnv>();
+  app.use("*", requestContext);
+
+  app.onError((error, c) => {
+    if (error instanceof ApiError) return errorResponse(c, error);
+    if (error instanceof HTTPException) {
+      return c.json(errorBody(c.get("requestId"), "http_error", error.message || "request failed"), error.status);
+    }
+    c.get("log")?.error("request.failed", errorFields(error));
+    return c.json(
+      errorBody(c.get("requestId") ?? "unknown", "internal", "internal error; quote the request id to support"),
+      500,
+    );
+  });
+  app.notFound((c) =>
+    c.json(errorBody(c.get("requestId"), "not_found", `no route for ${c.req.method} ${c.req.path}`), 404),
+  );
+
+  /** Liveness and dependencies: Postgres through Hyperdrive, and each region's scheduler object. */
+  app.get("/healthz", async (c) => {
+    const started = Date.now();
+    const database = await withDb(c.env, async (_db, sql) => {
+      const [row] = await sql<{ version: string }[]>`select current_setting('server_version') as version`;
+      return { reachable: true, server_version: row?.version ?? "unknown", latency_ms: Date.now() - started };
+    }).catch((error: unknown) => ({ reachable: false, ...errorFields(error) }));
+    const regions = await Promise.all(
+      regionsOf(c.env).map(async (region) => {
+        try {
+          return { ok: true, ...(await regionScheduler(c.env, region).ping(region)) };
+        } catch (error) {
+          return { region, ok: false, ...errorFields(error) };
+        }
+      }),
+    );
+    const ok = database.reachable && regions.every((r) => r.ok);
+    return c.json({ status: ok ? "ok" : "degraded", database, regions }, ok ? 200 : 503);
+  });
+
+  return app;
+}

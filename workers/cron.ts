@@ -1,0 +1,41 @@
+/**
+ * Cron Triggers: each expression of `wrangler.toml` maps to a list of idempotent tasks. A failing task
+ * is logged and does not stop the others.
+ */
+import { createLogger, errorFields, type Logger } from "./http/log";
+
+export type CronTask = { name: string; run: (env: Env, log: Logger) => Promise<unknown> };
+
+export const EVERY_MINUTE = "* * * * *";
+
+/** What runs on which schedule. Later issues register the autoscaler, reconciler and billing here. */
+export const CRON_TASKS: Record<string, CronTask[]> = {
+  [EVERY_MINUTE]: [],
+};
+
+export async function dispatchCron(
+  cron: string,
+  env: Env,
+  tasks: Record<string, CronTask[]> = CRON_TASKS,
+): Promise<{ cron: string; results: { task: string; ok: boolean; error?: string }[] }> {
+  const log = createLogger(env.LOG_LEVEL, { cron });
+  const list = tasks[cron];
+  if (!list) {
+    log.warn("cron.unknown_expression", { known: Object.keys(tasks) });
+    return { cron, results: [] };
+  }
+  const results = await Promise.all(
+    list.map(async (task) => {
+      const started = Date.now();
+      try {
+        await task.run(env, log.child({ task: task.name }));
+        log.info("cron.task_done", { task: task.name, duration_ms: Date.now() - started });
+        return { task: task.name, ok: true };
+      } catch (error) {
+        log.error("cron.task_failed", { task: task.name, ...errorFields(error) });
+        return { task: task.name, ok: false, error: error instanceof Error ? error.message : String(error) };
+      }
+    }),
+  );
+  return { cron, results };
+}

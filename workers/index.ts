@@ -1,0 +1,14 @@
+/** The Worker: the HTTP API, the cron dispatcher and the region scheduler's class. */
+import { createApp } from "./app";
+import { dispatchCron } from "./cron";
+
+export { RegionScheduler } from "../durable-objects";
+
+const app = createApp();
+
+export default {
+  fetch: app.fetch,
+  scheduled(controller, env, ctx) {
+    ctx.waitUntil(dispatchCron(controller.cron, env));
+  },
+} satisfies ExportedHandler<Env>;
