@@ -4,7 +4,7 @@ import { defineConfig } from "drizzle-kit";
 // views) goes in `npx drizzle-kit generate --custom --name <what>` files, in the same sequence.
 export default defineConfig({
   dialect: "postgresql",
-  schema: "./workers/db/schema.ts",
+  schema: "./workers/db/schema/*.ts",
   out: "./migrations",
   schemaFilter: ["public"],
   migrations: { prefix: "timestamp" },

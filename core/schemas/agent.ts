@@ -128,3 +128,17 @@ export const Heartbeat = z.object({
   running: z.array(z.string()).max(64).default([]),
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
+
+/** The agent routes (all under the per-node token, `Authorization: Bearer <node token>`). */
+export const AGENT_ROUTES = {
+  /** POST NodeInventory → RegisterResponse */
+  register: "/v1/agent/register",
+  /** GET ?since=<version>&wait_ms=<ms> → PlacementSet (long-poll: answers early when the set changes) */
+  placements: "/v1/agent/placements",
+  /** POST EventBatch → { accepted, duplicates } */
+  events: "/v1/agent/events",
+  /** POST LogBatch → { accepted } */
+  logs: "/v1/agent/logs",
+  /** POST Heartbeat → { state } */
+  heartbeat: "/v1/agent/heartbeat",
+} as const;

@@ -1,0 +1,206 @@
+/**
+ * The RegionScheduler's RPC contract: what the API, the agent routes and the capacity manager may
+ * call on a region's object, and the plain (structured-clone) values they exchange. Times are epoch
+ * milliseconds; CPU in millicores; memory in MiB. Results are tagged values, never thrown errors,
+ * for outcomes a caller must handle ("not found", "not allowed in this state").
+ */
+import type {
+  GpuModel,
+  Heartbeat,
+  JobStatus,
+  NodeInventory,
+  PlacementEvent,
+  PlacementSet,
+  RegisterResponse,
+  RunStatus,
+  Tier,
+} from "../../core/schemas";
+
+/** A job as the scheduler needs it (the API has already validated and stored it in Postgres). */
+export interface SchedulerJob {
+  id: string;
+  account_id: string;
+  tier: Tier;
+  priority: number;
+  gpu_count: number;
+  /** Empty = any model. */
+  gpu_models: GpuModel[];
+  cpu_milli: number;
+  memory_mib: number;
+  estimated_duration_s: number | null;
+  max_runtime_s: number;
+  max_attempts: number;
+  submitted_at: number;
+  image: string;
+  command: string[];
+  args: string[];
+  /** Includes secret values: the agent needs them to start the container. Never returned to users. */
+  env: { name: string; value: string }[];
+}
+
+export type SubmitResult =
+  | { ok: true; status: JobStatus; duplicate: boolean }
+  | { ok: false; code: "invalid"; message: string };
+
+export interface PlacementView {
+  placement_id: string;
+  node_id: string;
+  zone: string;
+  gpu_indices: number[];
+  attempt: number;
+  status: RunStatus;
+  placed_at: number;
+  started_at: number | null;
+  kill_deadline: number | null;
+}
+
+export interface JobState {
+  id: string;
+  status: JobStatus;
+  attempt: number;
+  max_attempts: number;
+  /** When queued: why the packer has not placed it, e.g. `0/12 nodes: 9 insufficient free GPUs, 3 GPU model not allowed`. */
+  waiting_reason: string | null;
+  /** When waiting to retry after a failure. */
+  next_attempt_at: number | null;
+  /** All placements of a gang job (k×8 GPUs spans k nodes). */
+  placements: PlacementView[];
+  exit_code: number | null;
+  failure_reason: string | null;
+  dead_lettered: boolean;
+}
+
+export type CancelResult =
+  | { ok: true; status: JobStatus }
+  | { ok: false; code: "not_found" | "already_finished"; status?: JobStatus };
+
+/** What an agent's registration carries once the agent route has authenticated its node token. */
+export interface NodeRegistration extends NodeInventory {
+  node_id: string;
+  region: string;
+  zone: string;
+  /** End of the block the node belongs to (null: no end, e.g. a development node). */
+  block_end_at: number | null;
+  block_id: string | null;
+}
+
+export interface NodeView {
+  node_id: string;
+  zone: string;
+  gpu_model: GpuModel;
+  gpu_indices: number[];
+  unhealthy_gpus: number[];
+  free_gpus: number[];
+  cpu_milli: number;
+  cpu_free_milli: number;
+  memory_mib: number;
+  memory_free_mib: number;
+  state: "ready" | "draining" | "lost";
+  block_id: string | null;
+  block_end_at: number | null;
+  last_heartbeat_at: number | null;
+  placements: string[];
+}
+
+export interface TierQueue {
+  tier: Tier;
+  queued_jobs: number;
+  queued_gpus: number;
+  oldest_wait_ms: number;
+  /** Per queued job: GPUs and how long it has waited, for the autoscaler. */
+  waiting: { job_id: string; gpu_count: number; gpu_models: GpuModel[]; waited_ms: number }[];
+}
+
+export interface CapacitySnapshot {
+  region: string;
+  at: number;
+  by_model: {
+    gpu_model: GpuModel;
+    total_gpus: number;
+    free_gpus: number;
+    busy_gpus: number;
+    reserved_gpus: number;
+    nodes_ready: number;
+    nodes_draining: number;
+  }[];
+  queues: TierQueue[];
+  /** Running work with its expected end (estimated duration, else the kill deadline). */
+  running: {
+    job_id: string;
+    tier: Tier;
+    gpu_count: number;
+    gpu_model: GpuModel;
+    node_id: string;
+    expected_end_at: number | null;
+  }[];
+  nodes: NodeView[];
+}
+
+/** Capacity held back for the capacity manager (e.g. warm Fast headroom, or GPUs of a node about to drain). */
+export interface ReservationRequest {
+  reservation_id: string;
+  gpu_model: GpuModel;
+  gpu_count: number;
+  tier: Tier | null;
+  expires_at: number | null;
+  reason: string;
+}
+export type ReserveResult =
+  | { ok: true; reservation_id: string; node_ids: string[] }
+  | { ok: false; code: "insufficient_capacity"; message: string };
+
+export interface DeadLetter {
+  job_id: string;
+  account_id: string;
+  attempts: number;
+  dead_lettered_at: number;
+  /** Why each attempt failed, oldest first. */
+  reasons: string[];
+}
+
+/** A long-lived service: the scheduler keeps `min_replicas` replicas placed, restarting any that exit. */
+export interface EndpointSpec {
+  id: string;
+  account_id: string;
+  tier: Tier;
+  image: string;
+  command: string[];
+  args: string[];
+  env: { name: string; value: string }[];
+  gpu_count: number;
+  gpu_models: GpuModel[];
+  cpu_milli: number;
+  memory_mib: number;
+  min_replicas: number;
+  max_replicas: number;
+  port: number;
+  health_path: string;
+}
+export interface EndpointState {
+  id: string;
+  desired_replicas: number;
+  replicas: { replica_id: string; status: JobStatus; placement: PlacementView | null; waiting_reason: string | null }[];
+}
+
+export type EventResult = { ok: true; duplicate: boolean } | { ok: false; code: "unknown_placement" | "wrong_node" };
+
+/** The methods other parts call. `RegionScheduler` implements this interface. */
+export interface RegionSchedulerRpc {
+  submit(job: SchedulerJob): Promise<SubmitResult>;
+  cancel(jobId: string): Promise<CancelResult>;
+  jobState(jobId: string): Promise<JobState | null>;
+  registerNode(registration: NodeRegistration): Promise<RegisterResponse>;
+  heartbeat(nodeId: string, heartbeat: Heartbeat): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
+  pollPlacements(nodeId: string, sinceVersion: number, waitMs: number): Promise<PlacementSet>;
+  reportEvent(nodeId: string, event: PlacementEvent): Promise<EventResult>;
+  capacitySnapshot(): Promise<CapacitySnapshot>;
+  reserve(request: ReservationRequest): Promise<ReserveResult>;
+  release(reservationId: string): Promise<{ released: boolean }>;
+  drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
+  listNodes(): Promise<NodeView[]>;
+  deadLetters(): Promise<DeadLetter[]>;
+  redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }>;
+  ensureEndpoint(spec: EndpointSpec): Promise<EndpointState>;
+  removeEndpoint(endpointId: string): Promise<{ removed: boolean }>;
+  endpointState(endpointId: string): Promise<EndpointState | null>;
+}
