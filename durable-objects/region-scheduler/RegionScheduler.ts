@@ -100,7 +100,12 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
   }
 
   async cancel(jobId: string): Promise<CancelResult> {
-    return this.change((now) => this.state.cancel(jobId, now));
+    return this.change((now) => {
+      const result = this.state.cancel(jobId, now);
+      // The cancelled job may have held the head's reservation that kept others from backfilling.
+      if (result.ok) this.state.schedule(now);
+      return result;
+    });
   }
 
   async jobState(jobId: string): Promise<JobState | null> {
@@ -194,12 +199,12 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
   // ---- reservations -----------------------------------------------------------------------
 
   async reserve(request: ReservationRequest): Promise<ReserveResult> {
-    return this.change((now) => this.state.reserve(request, now));
+    return this.change((now) => this.state.reservations.reserve(request, now));
   }
 
   async release(reservationId: string): Promise<{ released: boolean }> {
     return this.change((now) => {
-      const result = this.state.release(reservationId, now);
+      const result = this.state.reservations.release(reservationId, now);
       if (result.released) this.state.schedule(now);
       return result;
     });
@@ -209,7 +214,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
 
   async ensureEndpoint(spec: EndpointSpec): Promise<EndpointState> {
     return this.change((now) => {
-      this.state.ensureEndpoint(spec, now);
+      this.state.endpoints.ensure(spec, now);
       this.state.schedule(now);
       return this.views.endpointState(spec.id)!;
     });
@@ -217,7 +222,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
 
   async removeEndpoint(endpointId: string): Promise<{ removed: boolean }> {
     return this.change((now) => {
-      const result = this.state.removeEndpoint(endpointId, now);
+      const result = this.state.endpoints.remove(endpointId, now);
       this.state.schedule(now);
       return result;
     });

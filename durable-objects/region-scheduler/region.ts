@@ -6,45 +6,34 @@
  * In memory only: last heartbeats (written out every `node_sync_ms`, not per heartbeat), the
  * waiting reason of each queued job (written out on the alarm), and which nodes' desired sets
  * changed (to wake long-polls).
+ *
+ * Endpoints and reservations live in their own modules (endpoints.ts, reservations.ts) and use
+ * the row helpers here.
  */
-import {
-  estimateMs,
-  hashString,
-  type PackerAllocation,
-  type PackerHold,
-  type PackerJob,
-  type PackerNode,
-  plan,
-} from "../../core/scheduler";
+import { hashString, plan } from "../../core/scheduler";
 import type { Heartbeat, JobStatus, Placement, PlacementEvent, PlacementSet } from "../../core/schemas";
 import { TERMINAL_JOB_STATUSES } from "../../core/schemas";
 import type { ObjectSql, SqlValue } from "../sqlite";
+import { Endpoints } from "./endpoints";
+import { PlacementCheck, toAllocation, toHolds, toPackerJob, toPackerNode } from "./packer-input";
 import type { Records } from "./records";
+import { Reservations } from "./reservations";
 import {
   ACTIVE_RUN_SQL,
   type ContainerSpec,
-  type EndpointRow,
   isActiveRun,
   type JobRow,
   json,
   type NodeRow,
   type ReservationRow,
   type RunRow,
+  specOf,
 } from "./rows";
-import type {
-  CancelResult,
-  EndpointSpec,
-  EventResult,
-  NodeRegistration,
-  ReservationRequest,
-  ReserveResult,
-  SchedulerJob,
-  SubmitResult,
-} from "./rpc";
+import type { CancelResult, EventResult, NodeRegistration, SchedulerJob, SubmitResult } from "./rpc";
 import { backoff, type SchedulerSettings } from "./settings";
-import { validateEndpoint, validateJob } from "./validate";
+import { validateJob } from "./validate";
 
-type RunOutcome =
+export type RunOutcome =
   | { status: "succeeded"; exit_code: number }
   | { status: "failed"; reason: string; exit_code: number | null; oom: boolean; deadline: boolean }
   | { status: "cancelled"; reason: string; exit_code: number | null }
@@ -65,13 +54,19 @@ export class Region {
   /** Nodes whose desired placement set changed in the current call. */
   readonly touched = new Set<string>();
 
+  readonly endpoints: Endpoints;
+  readonly reservations: Reservations;
+
   constructor(
     private readonly db: ObjectSql,
     private readonly records: Records,
     private readonly settings: () => SchedulerSettings,
-    private readonly region: () => string,
+    region: () => string,
     private readonly log: (event: string, fields: Record<string, unknown>) => void,
-  ) {}
+  ) {
+    this.endpoints = new Endpoints(db, this, settings, log);
+    this.reservations = new Reservations(db, records, this, region);
+  }
 
   // ---- rows -------------------------------------------------------------------------------
 
@@ -114,11 +109,11 @@ export class Region {
     this.db.run(`update ${table} set ${sets} where id = ?`, ...values, row.id);
   }
 
-  private patchJob(job: JobRow, changes: Partial<JobRow>, now: number): void {
+  patchJob(job: JobRow, changes: Partial<JobRow>, now: number): void {
     this.patch("jobs", job, { ...changes, updated_at: now });
   }
 
-  private setTimer(kind: string, key: string, at: number): void {
+  setTimer(kind: string, key: string, at: number): void {
     this.db.run(
       "insert into timers (kind, key, due_at) values (?, ?, ?) on conflict (kind, key) do update set due_at = excluded.due_at",
       kind,
@@ -127,7 +122,7 @@ export class Region {
     );
   }
 
-  private clearTimer(kind: string, key: string): void {
+  clearTimer(kind: string, key: string): void {
     this.db.run("delete from timers where kind = ? and key = ?", kind, key);
   }
 
@@ -168,7 +163,7 @@ export class Region {
     return { ok: true, status: "queued", duplicate: false };
   }
 
-  private insertJob(
+  insertJob(
     j: Omit<
       JobRow,
       | "status"
@@ -228,7 +223,7 @@ export class Region {
   }
 
   /** Cancel a job or replica: off the queue at once, or its runs asked to stop. */
-  private stopJob(job: JobRow, reason: "cancel" | "scale_down", now: number): void {
+  stopJob(job: JobRow, reason: "cancel" | "scale_down", now: number): void {
     const from = job.status;
     this.patchJob(job, { status: "cancelled", finished_at: now, waiting_reason: null, next_attempt_at: null }, now);
     this.clearTimer("retry", job.id);
@@ -240,7 +235,7 @@ export class Region {
     this.records.event(job, "cancelled", now, { attempt: job.attempt || null, reason });
   }
 
-  private stopRun(run: RunRow, job: JobRow, reason: StopReason, now: number): void {
+  stopRun(run: RunRow, job: JobRow, reason: StopReason, now: number): void {
     if (run.desired === "stopped") return;
     this.patch("runs", run, { desired: "stopped", stop_reason: reason });
     this.bump(run.node_id);
@@ -525,7 +520,7 @@ export class Region {
   private afterRun(job: JobRow, run: RunRow, outcome: RunOutcome, now: number): void {
     if (TERMINAL_JOB_STATUSES.includes(job.status) || run.attempt !== job.attempt || job.status === "queued") return;
     if (job.kind === "replica") {
-      this.restartReplica(job, run, outcome, now);
+      this.endpoints.restart(job, run, outcome, now);
       return;
     }
     const runs = this.runsOf(job);
@@ -596,7 +591,7 @@ export class Region {
     });
   }
 
-  private requeue(job: JobRow, changes: Partial<JobRow>, at: number, now: number): void {
+  requeue(job: JobRow, changes: Partial<JobRow>, at: number, now: number): void {
     this.patchJob(job, { ...changes, status: "queued", next_attempt_at: at > now ? at : null }, now);
     if (at > now) this.setTimer("retry", job.id, at);
     this.records.job(job, now);
@@ -610,7 +605,7 @@ export class Region {
     for (const t of due) {
       this.clearTimer(t.kind, t.key);
       if (t.kind === "deadline") this.deadlinePassed(t.key, now);
-      else if (t.kind === "reservation") this.release(t.key, now);
+      else if (t.kind === "reservation") this.reservations.release(t.key, now);
       // `retry`: nothing to do; the pass that follows sees the job eligible again.
     }
     this.sweep(now);
@@ -684,7 +679,7 @@ export class Region {
     const runs = this.activeRuns();
     const jobs = new Map<string, JobRow>();
     for (const r of runs) if (!jobs.has(r.job_id)) jobs.set(r.job_id, this.job(r.job_id)!);
-    const reservations = this.db.all<ReservationRow>("select * from reservations order by id");
+    const reservations = this.reservations.all();
     const p = plan({
       now,
       nodes: nodes.map(toPackerNode),
@@ -740,7 +735,7 @@ export class Region {
       if (deadline !== null) {
         this.setTimer("deadline", id, deadline + this.settings().grace_period_ms + this.settings().deadline_slack_ms);
       }
-      this.consumeHeld(reservations, job, a.node_id, a.gpu_indices);
+      this.reservations.consumeHeld(reservations, job, a.node_id, a.gpu_indices);
       this.bump(a.node_id);
       const run = this.run(id)!;
       this.records.run(run, job, this.node(a.node_id), now);
@@ -753,237 +748,6 @@ export class Region {
       });
     });
     this.records.job(job, now);
-  }
-
-  /** GPUs a reservation held for this job's tier now belong to the job: the reservation shrinks. */
-  private consumeHeld(reservations: ReservationRow[], job: JobRow, nodeId: string, gpus: number[]): void {
-    for (const r of reservations) {
-      if (r.tier !== job.tier) continue;
-      const held = JSON.parse(r.gpus) as { node_id: string; gpu_indices: number[] }[];
-      let changed = false;
-      for (const h of held) {
-        if (h.node_id !== nodeId) continue;
-        const left = h.gpu_indices.filter((g) => !gpus.includes(g));
-        if (left.length !== h.gpu_indices.length) {
-          h.gpu_indices = left;
-          changed = true;
-        }
-      }
-      if (changed) {
-        r.gpus = JSON.stringify(held.filter((h) => h.gpu_indices.length > 0));
-        this.db.run("update reservations set gpus = ? where id = ?", r.gpus, r.id);
-      }
-    }
-  }
-
-  // ---- reservations -----------------------------------------------------------------------
-
-  reserve(req: ReservationRequest, now: number): ReserveResult {
-    const existing = this.db.one<ReservationRow>("select * from reservations where id = ?", req.reservation_id);
-    if (existing) {
-      const nodeIds = (JSON.parse(existing.gpus) as { node_id: string }[]).map((h) => h.node_id);
-      return { ok: true, reservation_id: existing.id, node_ids: nodeIds };
-    }
-    if (!Number.isInteger(req.gpu_count) || req.gpu_count < 1) {
-      return { ok: false, code: "insufficient_capacity", message: "gpu_count must be a positive integer" };
-    }
-    const free = this.freeGpus(req.gpu_model);
-    // Whole free nodes first, then the nodes with the most free GPUs: headroom in big groups.
-    free.sort((a, b) => b.free.length - a.free.length || (a.node_id < b.node_id ? -1 : 1));
-    const taken: { node_id: string; gpu_indices: number[] }[] = [];
-    let need = req.gpu_count;
-    for (const f of free) {
-      if (need === 0) break;
-      const take = f.free.slice(0, need);
-      taken.push({ node_id: f.node_id, gpu_indices: take });
-      need -= take.length;
-    }
-    if (need > 0) {
-      const have = req.gpu_count - need;
-      return {
-        ok: false,
-        code: "insufficient_capacity",
-        message: `${have} of ${req.gpu_count} ${req.gpu_model} GPUs free and unreserved in ${this.region()}`,
-      };
-    }
-    this.db.run(
-      "insert into reservations (id, gpu_model, tier, reason, expires_at, created_at, gpus) values (?, ?, ?, ?, ?, ?, ?)",
-      req.reservation_id,
-      req.gpu_model,
-      req.tier,
-      req.reason,
-      req.expires_at,
-      now,
-      JSON.stringify(taken),
-    );
-    if (req.expires_at !== null) this.setTimer("reservation", req.reservation_id, req.expires_at);
-    this.records.audit(
-      `reservation:${req.reservation_id}`,
-      null,
-      "reservation.created",
-      { type: "reservation", id: req.reservation_id },
-      { gpu_model: req.gpu_model, gpu_count: req.gpu_count, tier: req.tier, reason: req.reason },
-      `reservation.created:${req.reservation_id}`,
-      now,
-    );
-    return { ok: true, reservation_id: req.reservation_id, node_ids: taken.map((t) => t.node_id) };
-  }
-
-  release(reservationId: string, now: number): { released: boolean } {
-    const n = this.db.run("delete from reservations where id = ?", reservationId);
-    this.clearTimer("reservation", reservationId);
-    if (n > 0) {
-      this.records.audit(
-        `reservation:${reservationId}`,
-        null,
-        "reservation.released",
-        { type: "reservation", id: reservationId },
-        {},
-        `reservation.released:${reservationId}`,
-        now,
-      );
-    }
-    return { released: n > 0 };
-  }
-
-  /** Per ready node of a model: healthy GPUs neither running work nor held. */
-  private freeGpus(model: string): { node_id: string; free: number[] }[] {
-    const held = new Set<string>();
-    for (const r of this.db.all<ReservationRow>("select * from reservations")) {
-      for (const h of toHolds(r)) for (const g of h.gpu_indices) held.add(`${h.node_id}/${g}`);
-    }
-    const busy = new Set<string>();
-    for (const run of this.activeRuns()) for (const g of json.numbers(run.gpu_indices)) busy.add(`${run.node_id}/${g}`);
-    return this.nodes()
-      .filter((n) => n.state === "ready" && n.gpu_model === model)
-      .map((n) => {
-        const unhealthy = json.numbers(n.unhealthy_gpus);
-        const free = json
-          .numbers(n.gpus)
-          .filter((g) => !unhealthy.includes(g) && !busy.has(`${n.id}/${g}`) && !held.has(`${n.id}/${g}`));
-        return { node_id: n.id, free };
-      })
-      .filter((f) => f.free.length > 0);
-  }
-
-  // ---- endpoints --------------------------------------------------------------------------
-
-  ensureEndpoint(spec: EndpointSpec, now: number): void {
-    const problem = validateEndpoint(spec);
-    if (problem) throw new TypeError(`invalid endpoint ${spec.id}: ${problem}`);
-    const hash = String(hashString(JSON.stringify(replicaShape(spec))));
-    const existing = this.db.one<EndpointRow>("select * from endpoints where id = ?", spec.id);
-    if (existing) {
-      this.db.run(
-        "update endpoints set spec = ?, spec_hash = ?, updated_at = ? where id = ?",
-        JSON.stringify(spec),
-        hash,
-        now,
-        spec.id,
-      );
-    } else {
-      this.db.run(
-        "insert into endpoints (id, spec, spec_hash, created_at, updated_at) values (?, ?, ?, ?, ?)",
-        spec.id,
-        JSON.stringify(spec),
-        hash,
-        now,
-        now,
-      );
-    }
-    const changed = existing !== undefined && existing.spec_hash !== hash;
-    const shape = {
-      tier: spec.tier,
-      gpu_count: spec.gpu_count,
-      gpu_models: JSON.stringify(spec.gpu_models),
-      cpu_milli: spec.cpu_milli,
-      memory_mib: spec.memory_mib,
-      spec: JSON.stringify(specOf(spec)),
-    };
-    for (let n = 0; n < spec.min_replicas; n++) {
-      const id = replicaId(spec.id, n);
-      const replica = this.job(id);
-      if (!replica) {
-        this.insertJob(
-          {
-            id,
-            kind: "replica",
-            endpoint_id: spec.id,
-            account_id: spec.account_id,
-            priority: 0,
-            estimated_duration_s: null,
-            max_runtime_s: null,
-            max_attempts: 1,
-            submitted_at: now,
-            ...shape,
-          },
-          now,
-        );
-        continue;
-      }
-      if (TERMINAL_JOB_STATUSES.includes(replica.status)) {
-        this.patchJob(
-          replica,
-          {
-            ...shape,
-            status: "queued",
-            attempt_base: replica.attempt,
-            finished_at: null,
-            next_attempt_at: null,
-            submitted_at: now,
-          },
-          now,
-        );
-      } else {
-        this.patchJob(replica, shape, now);
-        if (changed)
-          for (const run of this.runsOf(replica)) if (isActiveRun(run)) this.stopRun(run, replica, "spec_changed", now);
-      }
-    }
-    for (const replica of this.replicas(spec.id)) {
-      if (replicaIndex(replica.id) >= spec.min_replicas && !TERMINAL_JOB_STATUSES.includes(replica.status)) {
-        this.stopJob(replica, "scale_down", now);
-      }
-    }
-  }
-
-  removeEndpoint(endpointId: string, now: number): { removed: boolean } {
-    const n = this.db.run("delete from endpoints where id = ?", endpointId);
-    for (const replica of this.replicas(endpointId)) {
-      if (!TERMINAL_JOB_STATUSES.includes(replica.status)) this.stopJob(replica, "scale_down", now);
-    }
-    return { removed: n > 0 };
-  }
-
-  replicas(endpointId: string): JobRow[] {
-    return this.db
-      .all<JobRow>("select * from jobs where endpoint_id = ?", endpointId)
-      .sort((a, b) => replicaIndex(a.id) - replicaIndex(b.id));
-  }
-
-  endpoint(endpointId: string): EndpointSpec | null {
-    const row = this.db.one<EndpointRow>("select * from endpoints where id = ?", endpointId);
-    return row ? (JSON.parse(row.spec) as EndpointSpec) : null;
-  }
-
-  /** A replica restarts whenever its run ends, with backoff that resets after a long enough run. */
-  private restartReplica(job: JobRow, run: RunRow, outcome: RunOutcome, now: number): void {
-    const spec = this.endpoint(job.endpoint_id ?? "");
-    if (!spec || replicaIndex(job.id) >= spec.min_replicas) {
-      this.patchJob(job, { status: "cancelled", finished_at: now }, now);
-      return;
-    }
-    const s = this.settings();
-    const ran = run.started_at != null ? (run.finished_at ?? now) - run.started_at : 0;
-    const base = ran >= s.replica_backoff_reset_ms ? job.attempt - 1 : job.attempt_base;
-    const immediate = outcome.status === "cancelled";
-    const failures = job.attempt - base;
-    const delay = immediate
-      ? 0
-      : backoff(s.retry_base_ms, s.retry_cap_ms, failures, hashString(`${job.id}:${job.attempt}`));
-    const reason = outcome.status === "succeeded" ? "exited with code 0" : outcome.reason;
-    this.requeue(job, { attempt_base: base, failure_reason: reason }, now + delay, now);
-    this.log("replica.restarting", { replica_id: job.id, placement_id: run.id, reason, backoff_ms: delay });
   }
 
   // ---- views ------------------------------------------------------------------------------
@@ -1018,131 +782,4 @@ export class Region {
       });
     return { version: node.placement_version, placements };
   }
-}
-
-/** A plan is re-checked against the rows it was made from, plus what this apply loop has added. */
-class PlacementCheck {
-  private readonly busy = new Map<string, Set<number>>();
-  private readonly cpu = new Map<string, number>();
-  private readonly mem = new Map<string, number>();
-  private readonly nodes: Map<string, NodeRow>;
-  private readonly heldFor = new Map<string, { tier: string | null }>();
-
-  constructor(nodes: NodeRow[], runs: RunRow[], reservations: ReservationRow[]) {
-    this.nodes = new Map(nodes.map((n) => [n.id, n]));
-    for (const r of runs) this.take(r.node_id, json.numbers(r.gpu_indices), r.cpu_milli, r.memory_mib);
-    for (const r of reservations) {
-      for (const h of toHolds(r))
-        for (const g of h.gpu_indices) this.heldFor.set(`${h.node_id}/${g}`, { tier: r.tier });
-    }
-  }
-
-  private take(nodeId: string, gpus: number[], cpu: number, mem: number): void {
-    const set = this.busy.get(nodeId) ?? new Set<number>();
-    for (const g of gpus) set.add(g);
-    this.busy.set(nodeId, set);
-    this.cpu.set(nodeId, (this.cpu.get(nodeId) ?? 0) + cpu);
-    this.mem.set(nodeId, (this.mem.get(nodeId) ?? 0) + mem);
-  }
-
-  admit(
-    job: JobRow,
-    assignments: { node_id: string; gpu_indices: number[]; cpu_milli: number; memory_mib: number }[],
-  ): string | null {
-    for (const a of assignments) {
-      const node = this.nodes.get(a.node_id);
-      if (node?.state !== "ready") return `node ${a.node_id} is not ready`;
-      const unhealthy = json.numbers(node.unhealthy_gpus);
-      const all = json.numbers(node.gpus);
-      for (const g of a.gpu_indices) {
-        if (!all.includes(g) || unhealthy.includes(g)) return `GPU ${g} of ${a.node_id} is not usable`;
-        if (this.busy.get(a.node_id)?.has(g)) return `GPU ${g} of ${a.node_id} is taken`;
-        const held = this.heldFor.get(`${a.node_id}/${g}`);
-        if (held && held.tier !== job.tier) return `GPU ${g} of ${a.node_id} is reserved`;
-      }
-      if ((this.cpu.get(a.node_id) ?? 0) + a.cpu_milli > node.cpu_milli) return `CPU of ${a.node_id} exceeded`;
-      if ((this.mem.get(a.node_id) ?? 0) + a.memory_mib > node.memory_mib) return `memory of ${a.node_id} exceeded`;
-    }
-    for (const a of assignments) this.take(a.node_id, a.gpu_indices, a.cpu_milli, a.memory_mib);
-    return null;
-  }
-}
-
-function specOf(x: {
-  image: string;
-  command: string[];
-  args: string[];
-  env: { name: string; value: string }[];
-}): ContainerSpec {
-  return {
-    image: x.image,
-    command: x.command,
-    args: x.args,
-    env: x.env.map((e) => ({ name: e.name, value: e.value })),
-  };
-}
-
-/** What a replica is made of: a change means running replicas are replaced. */
-function replicaShape(spec: EndpointSpec) {
-  const { id: _id, account_id: _account, min_replicas: _min, max_replicas: _max, ...shape } = spec;
-  return shape;
-}
-
-export function replicaId(endpointId: string, n: number): string {
-  return `${endpointId}#${n}`;
-}
-
-function replicaIndex(id: string): number {
-  return Number(id.slice(id.lastIndexOf("#") + 1));
-}
-
-function toPackerNode(n: NodeRow): PackerNode {
-  return {
-    id: n.id,
-    zone: n.zone,
-    gpu_model: n.gpu_model,
-    gpus: json.numbers(n.gpus),
-    unhealthy_gpus: json.numbers(n.unhealthy_gpus),
-    cpu_milli: n.cpu_milli,
-    memory_mib: n.memory_mib,
-    state: n.state,
-    block_end_at: n.block_end_at,
-  };
-}
-
-function toPackerJob(j: JobRow): PackerJob {
-  return {
-    id: j.id,
-    account_id: j.account_id,
-    tier: j.tier,
-    priority: j.priority,
-    gpu_count: j.gpu_count,
-    gpu_models: json.strings(j.gpu_models),
-    cpu_milli: j.cpu_milli,
-    memory_mib: j.memory_mib,
-    estimated_duration_s: j.estimated_duration_s,
-    max_runtime_s: j.max_runtime_s,
-    submitted_at: j.submitted_at,
-    attempt: j.attempt,
-  };
-}
-
-/** A running run frees its GPUs at its estimated end (from start, else placement), else its deadline. */
-function toAllocation(r: RunRow, job: JobRow): PackerAllocation {
-  const estimate = estimateMs(job);
-  return {
-    node_id: r.node_id,
-    gpu_indices: json.numbers(r.gpu_indices),
-    cpu_milli: r.cpu_milli,
-    memory_mib: r.memory_mib,
-    expected_end_at: estimate != null ? (r.started_at ?? r.placed_at) + estimate : r.kill_deadline,
-  };
-}
-
-function toHolds(r: ReservationRow): PackerHold[] {
-  return (JSON.parse(r.gpus) as { node_id: string; gpu_indices: number[] }[]).map((h) => ({
-    node_id: h.node_id,
-    gpu_indices: h.gpu_indices,
-    usable_by: r.tier,
-  }));
 }

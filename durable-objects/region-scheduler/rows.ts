@@ -115,3 +115,17 @@ export const json = {
 export function isActiveRun(run: Pick<RunRow, "status">): boolean {
   return ACTIVE_RUN_STATUSES.includes(run.status);
 }
+
+export function specOf(x: {
+  image: string;
+  command: string[];
+  args: string[];
+  env: { name: string; value: string }[];
+}): ContainerSpec {
+  return {
+    image: x.image,
+    command: x.command,
+    args: x.args,
+    env: x.env.map((e) => ({ name: e.name, value: e.value })),
+  };
+}

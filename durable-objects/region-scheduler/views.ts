@@ -144,9 +144,11 @@ export class Views {
   }
 
   endpointState(endpointId: string): EndpointState | null {
-    const spec = this.region.endpoint(endpointId);
+    const spec = this.region.endpoints.endpoint(endpointId);
     if (!spec) return null;
-    const replicas = this.region.replicas(endpointId).filter((r) => !TERMINAL_JOB_STATUSES.includes(r.status));
+    const replicas = this.region.endpoints
+      .replicas(endpointId)
+      .filter((r) => !TERMINAL_JOB_STATUSES.includes(r.status));
     return {
       id: endpointId,
       desired_replicas: spec.min_replicas,
