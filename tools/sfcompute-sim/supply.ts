@@ -73,14 +73,19 @@ export class SupplyBook {
     return { free: Math.max(0, free === Number.POSITIVE_INFINITY ? 0 : free), peak };
   }
 
-  /** Marks `delta` nodes (negative to give back) as held over [start, end). */
+  /**
+   * Marks `delta` nodes (negative to give back) as held over [start, end). Supply is counted per
+   * hour: a hold covers every hour it touches, a give-back only the hours it covers whole (a sale
+   * starting at 16:31 frees nothing of the 16:00 hour), so an hour's count is the most a contract
+   * holds at any moment of it.
+   */
   hold(zone: string, start: number, end: number, delta: number): void {
     let hours = this.held.get(zone);
     if (!hours) {
       hours = new Map();
       this.held.set(zone, hours);
     }
-    const first = Math.floor(start / HOUR_MS);
+    const first = delta >= 0 ? Math.floor(start / HOUR_MS) : Math.ceil(start / HOUR_MS);
     const last = Math.ceil(end / HOUR_MS);
     for (let h = first; h < last; h++) {
       const next = (hours.get(h) ?? 0) + delta;
