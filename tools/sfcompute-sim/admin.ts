@@ -169,7 +169,7 @@ function eventStream(engine: SimEngine, since: number, types: string[] | undefin
     },
     cancel() {
       unsubscribe();
-      clearInterval(heartbeat);
+      if (heartbeat !== undefined) clearInterval(heartbeat);
     },
   });
   return new Response(stream, {

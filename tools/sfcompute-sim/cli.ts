@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import type { ErrorStyle } from "./errors";
-import { startSimulatorServer } from "./simulator";
+import { startSimulatorServer } from "./server";
 
 const { values } = parseArgs({
   options: {

@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { freePort } from "../db/embedded";
 import { HOUR_MS, MINUTE_MS } from "./clock";
 import type { SimEvent } from "./events";
-import { startSimulatorServer } from "./simulator";
+import { startSimulatorServer } from "./server";
 import { startTestSimulator, TEST_START, type TestSimulator } from "./testing";
 
 let sim: TestSimulator;

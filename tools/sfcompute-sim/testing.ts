@@ -6,7 +6,8 @@
 import { DAY_MS, HOUR_MS } from "./clock";
 import type { SimSettings } from "./config";
 import type { DeepPartial } from "./engine";
-import { type RunningSimulator, type SimulatorOptions, startSimulatorServer } from "./simulator";
+import { type RunningSimulator, startSimulatorServer } from "./server";
+import type { SimulatorOptions } from "./simulator";
 
 /** Monday 2026-03-02 09:20 in San Francisco (17:20 UTC). */
 export const TEST_START = Date.parse("2026-03-02T17:20:00Z");

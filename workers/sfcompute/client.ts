@@ -49,6 +49,8 @@ export interface AttemptInfo {
   error?: string;
   /** The wait before the next attempt, when there is one. */
   retryInMs?: number;
+  /** The wait the server asked for (Retry-After, RateLimit-Reset), when it did. */
+  advertisedDelayMs?: number;
 }
 
 export interface SfComputeClientOptions {
@@ -487,6 +489,7 @@ export class SfComputeClient {
           durationMs: this.now() - started,
           error: `${error.code}: ${error.message}`,
           ...(wait === null ? {} : { retryInMs: wait }),
+          ...(error.extra.retryAfterMs == null ? {} : { advertisedDelayMs: error.extra.retryAfterMs }),
         });
         if (wait === null) {
           throw new SfComputeError(error.status, error.code, error.message, {
