@@ -3,3 +3,4 @@
  * drizzle.config.ts). Add an area's tables in its own file and export it here.
  */
 export * from "./schema/core";
+export * from "./schema/market";
