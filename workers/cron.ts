@@ -3,6 +3,7 @@
  * is logged and does not stop the others.
  */
 import { createLogger, errorFields, type Logger } from "./http/log";
+import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
 
 export type CronTask = { name: string; run: (env: Env, log: Logger) => Promise<unknown> };
 
@@ -10,7 +11,7 @@ export const EVERY_MINUTE = "* * * * *";
 
 /** What runs on which schedule. Later issues register the autoscaler, reconciler and billing here. */
 export const CRON_TASKS: Record<string, CronTask[]> = {
-  [EVERY_MINUTE]: [],
+  [EVERY_MINUTE]: [{ name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) }],
 };
 
 export async function dispatchCron(

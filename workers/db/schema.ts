@@ -3,3 +3,5 @@
  * drizzle.config.ts). Add an area's tables in its own file and export it here.
  */
 export * from "./schema/core";
+export * from "./schema/market";
+export * from "./schema/scheduler";
