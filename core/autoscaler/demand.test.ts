@@ -10,6 +10,7 @@ const W = {
   steadyQuantile: 0.1,
   peakQuantile: 0.9,
   stepMs: MINUTE_MS,
+  burstMs: 2 * MINUTE_MS,
 };
 
 describe("quantile", () => {
@@ -35,6 +36,18 @@ describe("estimateDemand", () => {
     const d = estimateDemand({ arrivals, concurrency: [] }, NOW, W);
     expect(d.fastGpusInWindow).toBe(11);
     expect(d.fastWholeNodesInWindow).toBe(1);
+    // Nothing Fast in the last 2 minutes (the 64-GPU job 5 minutes ago is Flex).
+    expect(d.fastGpusAtRecentRate).toBe(0);
+  });
+
+  it("projects the last minutes' Fast arrivals over a window", () => {
+    const arrivals = [
+      { at: NOW - 30_000, tier: "fast" as const, gpus: 2 },
+      { at: NOW - 90_000, tier: "fast" as const, gpus: 1 },
+      { at: NOW - 5 * MINUTE_MS, tier: "fast" as const, gpus: 8 },
+    ];
+    // 3 GPUs in the last 2 minutes → 15 over a 10-minute window.
+    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, W).fastGpusAtRecentRate).toBe(15);
   });
 
   it("reads steady and peak levels of concurrent demand", () => {

@@ -28,8 +28,9 @@ const CONFIG: AutoscalerConfig = {
   },
   durationsHours: [1, 4, 24, 168],
   steadyBlockHours: 24,
-  extend: { leadMs: 10 * MINUTE_MS, maxHours: 168 },
+  extend: { leadMs: 10 * MINUTE_MS, maxHours: 168, lindyFactor: 1, surplusRecovery: 0 },
   sellBack: { feeBps: 500, feeCentsPerNodeHour: 0, leadMs: 10 * MINUTE_MS },
+  consolidate: { marginGpus: 8, maxBusyGpus: 2, maxWorkAgeMs: HOUR_MS },
   budget: null,
   limitSlackBps: 200,
 };
@@ -74,7 +75,7 @@ function input(over: Partial<CapacityInput> = {}, config: Partial<AutoscalerConf
     inflight: [],
     queue: [],
     quotes: [],
-    demand: { fastGpusInWindow: 0, fastWholeNodesInWindow: 0, steadyGpus: 0, peakGpus: 0 },
+    demand: { fastGpusInWindow: 0, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 0 },
     spentCents: 0,
     config: { ...CONFIG, ...config },
     ...over,
@@ -114,7 +115,7 @@ describe("Fast headroom", () => {
     // 4 GPUs free, headroom 20 → 16 short → 2 nodes, NOW (10:20) to 12:00 (at least an hour, on the hour).
     const i = input({
       nodes: [node("n1", { freeGpus: 4, work: [{ tier: "flex", gpus: 4, startedAt: NOW, expectedEndAt: null }] })],
-      demand: { fastGpusInWindow: 20, fastWholeNodesInWindow: 0, steadyGpus: 0, peakGpus: 4 },
+      demand: { fastGpusInWindow: 20, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 4 },
     });
     const p = plan(i);
     const buys = ofKind(p.actions, "buy");
@@ -130,10 +131,20 @@ describe("Fast headroom", () => {
   it("counts a buy still in flight, so a lost response is not bought twice", () => {
     const i = input({
       nodes: [node("n1", { freeGpus: 4, work: [{ tier: "flex", gpus: 4, startedAt: NOW, expectedEndAt: null }] })],
-      demand: { fastGpusInWindow: 20, fastWholeNodesInWindow: 0, steadyGpus: 0, peakGpus: 4 },
+      demand: { fastGpusInWindow: 20, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 4 },
       inflight: [{ kind: "buy", gpuModel: "H100", nodes: 2, startAt: NOW - MINUTE_MS, endAt: at("12:00") }],
     });
     expect(ofKind(plan(i).actions, "buy")).toHaveLength(0);
+  });
+
+  it("sizes the headroom from a burst under way", () => {
+    // History says 4 GPUs per window, but the last minutes' rate projects 30: 4 nodes.
+    const i = input({
+      demand: { fastGpusInWindow: 4, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 30, steadyGpus: 0, peakGpus: 0 },
+    });
+    const buys = ofKind(plan(i).actions, "buy");
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 4 });
+    expect(buys[0]!.reason.message).toContain("Fast headroom 30 GPUs");
   });
 
   it("keeps whole free nodes for Fast jobs of 8 GPUs or more", () => {
@@ -142,7 +153,7 @@ describe("Fast headroom", () => {
       node(id, { freeGpus: 6, work: [{ tier: "flex", gpus: 2, startedAt: NOW, expectedEndAt: null }] });
     const i = input({
       nodes: [half("n1"), half("n2")],
-      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 1, steadyGpus: 0, peakGpus: 4 },
+      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 1, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 4 },
     });
     const buys = ofKind(plan(i).actions, "buy");
     expect(buys).toHaveLength(1);
@@ -164,11 +175,21 @@ describe("Fast headroom", () => {
 
   it("buys the steady part of demand as a long block", () => {
     // 32 GPUs have held steadily and no block lasts 24 h: the 2 nodes go on the cheapest long block.
-    const i = input({ demand: { fastGpusInWindow: 16, fastWholeNodesInWindow: 0, steadyGpus: 32, peakGpus: 40 } });
+    const i = input({
+      demand: {
+        fastGpusInWindow: 16,
+        fastWholeNodesInWindow: 0,
+        fastGpusAtRecentRate: 0,
+        steadyGpus: 32,
+        peakGpus: 40,
+      },
+    });
     const buys = ofKind(plan(i).actions, "buy");
     expect(buys).toHaveLength(1);
     expect(buys[0]!.reason.rule).toBe("steady_base");
     expect(buys[0]!.endAt).toBe(blockEnd(marketNow(NOW), 168));
+    // Each node of a long block ends an hour after the previous one, so each can be sold back alone.
+    expect(buys[0]!.endStepMs).toBe(HOUR_MS);
   });
 });
 
@@ -253,7 +274,7 @@ describe("idle capacity", () => {
         node("b3", { blockId: "blk-long", endAt: end }),
         node("b4", { blockId: "blk-long", endAt: end }),
       ],
-      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 0, steadyGpus: 8, peakGpus: 8 },
+      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 8, peakGpus: 8 },
     });
     // Supply 32; keep max(busy 8, peak 8) + headroom 8 = 16 → 2 idle nodes are surplus.
     const p = plan(i);
@@ -265,6 +286,23 @@ describe("idle capacity", () => {
     expect(sells[0]!.reason.message).toContain("beats the resale fee");
     const drained = ofKind(p.actions, "drain").map((d) => d.nodeId);
     expect(drained.sort()).toEqual([...sells[0]!.nodeIds].sort());
+  });
+
+  it("sells a sale group whole or not at all", () => {
+    // b2 and b3 share a sale group with busy b1: none of them can be sold; b4 alone can.
+    const now = at("10:52");
+    const end = Date.parse("2026-03-03T00:00:00Z");
+    const i = input({
+      now,
+      nodes: [
+        busyNode("b1", 2, { blockId: "blk-long", endAt: end, sellGroup: "g1" }),
+        node("b2", { blockId: "blk-long", endAt: end, sellGroup: "g1" }),
+        node("b3", { blockId: "blk-long", endAt: end, sellGroup: "g1" }),
+        node("b4", { blockId: "blk-other", endAt: end, sellGroup: "g2" }),
+      ],
+    });
+    const sells = ofKind(plan(i).actions, "sell_back");
+    expect(sells.map((x) => x.nodeIds)).toEqual([["b4"]]);
   });
 
   it("keeps idle hours whose quote does not beat the resale fee", () => {
@@ -290,6 +328,55 @@ describe("idle capacity", () => {
     expect(ofKind(plan(i).actions, "sell_back")).toHaveLength(0);
   });
 
+  it("drains a thin node with young work at its end when the rest of the fleet has room", () => {
+    // "thin" ends at 10:30 with 1 GPU of 20-minute-old work; 16 GPUs are free elsewhere against
+    // 4 headroom + 4 margin: it is extended for its work only and drained. "old" runs 2 GPUs of
+    // 5-hour-old work: kept as it is.
+    const p = plan(
+      input(
+        {
+          nodes: [
+            node("thin", {
+              blockId: "blk-t",
+              endAt: at("10:30"),
+              freeGpus: 7,
+              work: [{ tier: "flex", gpus: 1, startedAt: NOW - 20 * MINUTE_MS, expectedEndAt: null }],
+            }),
+            node("old", {
+              blockId: "blk-o",
+              endAt: at("10:30"),
+              freeGpus: 6,
+              work: [{ tier: "flex", gpus: 2, startedAt: NOW - 5 * HOUR_MS, expectedEndAt: null }],
+            }),
+            node("spare-1"),
+            node("spare-2"),
+          ],
+          demand: {
+            fastGpusInWindow: 4,
+            fastWholeNodesInWindow: 0,
+            fastGpusAtRecentRate: 0,
+            steadyGpus: 0,
+            peakGpus: 16,
+          },
+        },
+        { consolidate: { marginGpus: 4, maxBusyGpus: 2, maxWorkAgeMs: HOUR_MS } },
+      ),
+    );
+    const drains = ofKind(p.actions, "drain");
+    expect(drains.map((d) => d.nodeId)).toEqual(["thin"]);
+    expect(drains[0]!.reason.rule).toBe("consolidate");
+    const ext = Object.fromEntries(ofKind(p.actions, "extend").map((e) => [e.blockId, e.endAt]));
+    expect(ext["blk-t"]).toBe(at("11:30"));
+    expect(ext["blk-o"]).toBeDefined();
+  });
+
+  it("still extends a draining node whose work runs past its end", () => {
+    const p = plan(input({ nodes: [busyNode("d1", 2, { endAt: at("10:30"), state: "draining" })] }));
+    const ext = ofKind(p.actions, "extend");
+    expect(ext.map((e) => e.nodeIds)).toEqual([["d1"]]);
+    expect(ext[0]!.reason.rule).toBe("extend_busy");
+  });
+
   it("releases the nodes of a block that has ended", () => {
     const p = plan(input({ nodes: [node("gone", { endAt: at("10:00"), state: "draining" })] }));
     const rel = ofKind(p.actions, "release");
@@ -302,7 +389,16 @@ describe("budget cap", () => {
   it("trims buys to the budget and says so", () => {
     // Headroom needs 4 nodes (≈ 4 × 8 × 1.67 h × $3.06 = $163); $50 left covers one.
     const i = input(
-      { demand: { fastGpusInWindow: 32, fastWholeNodesInWindow: 0, steadyGpus: 0, peakGpus: 0 }, spentCents: 95_000 },
+      {
+        demand: {
+          fastGpusInWindow: 32,
+          fastWholeNodesInWindow: 0,
+          fastGpusAtRecentRate: 0,
+          steadyGpus: 0,
+          peakGpus: 0,
+        },
+        spentCents: 95_000,
+      },
       { budget: { capCents: 100_000, periodMs: 24 * HOUR_MS } },
     );
     const p = plan(i);
@@ -319,7 +415,13 @@ describe("budget cap", () => {
     const i = input(
       {
         nodes: [busyNode("busy-1", 2, { blockId: "blk-busy", endAt: at("10:30") })],
-        demand: { fastGpusInWindow: 16, fastWholeNodesInWindow: 0, steadyGpus: 0, peakGpus: 8 },
+        demand: {
+          fastGpusInWindow: 16,
+          fastWholeNodesInWindow: 0,
+          fastGpusAtRecentRate: 0,
+          steadyGpus: 0,
+          peakGpus: 8,
+        },
         spentCents: 97_000,
       },
       { budget: { capCents: 100_000, periodMs: 24 * HOUR_MS } },

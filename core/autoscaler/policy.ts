@@ -61,6 +61,10 @@ interface Assessment {
   steadyGapGpus: number;
   /** Idle nodes with future hours beyond the next hour, candidates for a sell-back. */
   sellCandidates: FleetNode[];
+  /** Drained nodes with nothing left on them and future hours to sell. */
+  drainedIdle: FleetNode[];
+  /** Live nodes by sale group: a group is sold whole or not at all. */
+  sellGroups: Map<string, FleetNode[]>;
   surplusGpus: number;
   sellWindowOpen: boolean;
 }
@@ -85,10 +89,12 @@ function assess(input: CapacityInput): Assessment {
   const horizon = now + Math.max(cfg.leadTimeMs, cfg.extend.leadMs);
 
   const ended = nodes.filter((n) => n.endAt <= now);
-  const live = nodes.filter((n) => n.endAt > now && n.state !== "draining" && !selling.has(n.id));
-  const ending = live.filter((n) => n.endAt <= horizon && !extending.has(n.id));
+  const held = nodes.filter((n) => n.endAt > now && !selling.has(n.id));
+  const live = held.filter((n) => n.state !== "draining");
+  // Draining nodes take no new work, but work they still run must not be cut off at their end.
+  const ending = held.filter((n) => n.endAt <= horizon && !extending.has(n.id));
   const busyEnding = ending.filter((n) => continuesPast(n, n.endAt));
-  const idleEnding = ending.filter((n) => !continuesPast(n, n.endAt));
+  const idleEnding = ending.filter((n) => n.state !== "draining" && !continuesPast(n, n.endAt));
   const surviving = live.filter((n) => n.endAt > horizon || extending.has(n.id));
 
   const ready = surviving.filter((n) => n.state === "ready");
@@ -97,7 +103,7 @@ function assess(input: CapacityInput): Assessment {
   const booting = surviving.filter((n) => n.state === "booting");
   const buying = input.inflight.filter((o) => o.kind === "buy" && o.gpuModel === cfg.gpuModel && o.endAt > horizon);
   const incomingGpus = sum(booting.map((n) => n.gpus)) + sum(buying.map((o) => o.nodes * GPUS_PER_NODE));
-  const busyGpus = sum(live.map((n) => sum(n.work.map((w) => w.gpus))));
+  const busyGpus = sum(held.map((n) => sum(n.work.map((w) => w.gpus))));
 
   const queue = input.queue.filter((j) => fits(j, cfg));
   const queuedFast = queue.filter((j) => j.tier === "fast");
@@ -105,7 +111,7 @@ function assess(input: CapacityInput): Assessment {
   const queuedFastGpus = sum(queuedFast.map((j) => j.gpus));
   const queuedFlexGpus = sum(queuedFlex.map((j) => j.gpus));
 
-  const headroomGpus = Math.max(cfg.fast.minHeadroomGpus, demand.fastGpusInWindow);
+  const headroomGpus = Math.max(cfg.fast.minHeadroomGpus, demand.fastGpusInWindow, demand.fastGpusAtRecentRate);
   const headroomWholeNodes = demand.fastWholeNodesInWindow;
   // Waiting jobs did not fit on the free GPUs there are, so they need capacity on its way; the
   // headroom is made of free GPUs, and of whole free nodes for Fast jobs of 8 GPUs or more.
@@ -114,9 +120,13 @@ function assess(input: CapacityInput): Assessment {
     (headroomWholeNodes - wholeFreeNodes) * GPUS_PER_NODE,
     0,
   );
-  const fastNeed = queuedFastGpus + headroomDeficit;
-  const fastShortGpus = Math.max(0, fastNeed - incomingGpus);
-  const flexShortGpus = Math.max(0, queuedFlexGpus - Math.max(0, incomingGpus - fastNeed));
+  // Capacity on its way goes to waiting Fast work, then to waiting Flex work (the packer places it
+  // the moment it arrives, before the next cycle can hold it for Fast); only what is left is headroom.
+  const afterFast = Math.max(0, incomingGpus - queuedFastGpus);
+  const flexTakes = Math.min(queuedFlexGpus, afterFast);
+  const fastShortGpus =
+    Math.max(0, queuedFastGpus - incomingGpus) + Math.max(0, headroomDeficit - (afterFast - flexTakes));
+  const flexShortGpus = queuedFlexGpus - flexTakes;
 
   const longUntil = now + cfg.steadyBlockHours * HOUR_MS;
   const longGpus =
@@ -130,6 +140,15 @@ function assess(input: CapacityInput): Assessment {
   const sellCandidates = ready
     .filter((n) => n.work.length === 0 && n.freeGpus === n.gpus && n.endAt >= sellStart + HOUR_MS)
     .sort((a, b) => b.endAt - a.endAt || a.id.localeCompare(b.id));
+  // Drained nodes that have emptied are sold whatever the surplus: they were taken out of supply.
+  const drainedIdle = held.filter(
+    (n) => n.state === "draining" && n.work.length === 0 && n.endAt >= sellStart + HOUR_MS,
+  );
+  const sellGroups = new Map<string, FleetNode[]>();
+  for (const n of held) {
+    const key = n.sellGroup ?? n.id;
+    sellGroups.set(key, [...(sellGroups.get(key) ?? []), n]);
+  }
   const supplyGpus = sum(surviving.map((n) => n.gpus)) + sum(buying.map((o) => o.nodes * GPUS_PER_NODE));
   const keepGpus = Math.max(busyGpus + queuedFastGpus + queuedFlexGpus, demand.peakGpus) + headroomGpus;
   const surplusGpus = Math.max(0, supplyGpus - keepGpus);
@@ -154,6 +173,8 @@ function assess(input: CapacityInput): Assessment {
     flexShortGpus,
     steadyGapGpus,
     sellCandidates,
+    drainedIdle,
+    sellGroups,
     surplusGpus,
     sellWindowOpen,
   };
@@ -163,7 +184,7 @@ function assess(input: CapacityInput): Assessment {
 function byBlock(nodes: FleetNode[]): { blockId: string; endAt: number; zone: string; nodes: FleetNode[] }[] {
   const groups = new Map<string, { blockId: string; endAt: number; zone: string; nodes: FleetNode[] }>();
   for (const n of [...nodes].sort((a, b) => a.id.localeCompare(b.id))) {
-    const key = `${n.blockId}@${n.endAt}`;
+    const key = `${n.blockId}@${n.endAt}@${n.state === "draining"}`;
     const g = groups.get(key) ?? { blockId: n.blockId, endAt: n.endAt, zone: n.zone, nodes: [] };
     g.nodes.push(n);
     groups.set(key, g);
@@ -213,8 +234,27 @@ export function quoteRequests(input: CapacityInput): QuoteRequest[] {
   return requests;
 }
 
+/**
+ * Idle nodes to sell in whole sale groups: emptied drained nodes, then ready idle nodes
+ * (longest-lived first) up to the surplus.
+ */
 function sellable(a: Assessment): FleetNode[] {
-  return a.sellCandidates.slice(0, Math.floor(a.surplusGpus / GPUS_PER_NODE));
+  let room = Math.floor(a.surplusGpus / GPUS_PER_NODE);
+  const drained = new Set(a.drainedIdle.map((n) => n.id));
+  const idle = new Set([...drained, ...a.sellCandidates.map((n) => n.id)]);
+  const out: FleetNode[] = [];
+  const done = new Set<string>();
+  for (const n of [...a.drainedIdle, ...a.sellCandidates]) {
+    const key = n.sellGroup ?? n.id;
+    if (done.has(key)) continue;
+    done.add(key);
+    const group = a.sellGroups.get(key) ?? [n];
+    const fromSurplus = group.filter((m) => !drained.has(m.id)).length;
+    if (fromSurplus > room || !group.every((m) => idle.has(m.id))) continue;
+    out.push(...group);
+    room -= fromSurplus;
+  }
+  return out;
 }
 
 /** The cheapest "now" buy quote among those that are long (or short) blocks, by rate. */
@@ -270,10 +310,25 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
     });
   }
 
-  // 2. Busy nodes about to end are extended for as long as their work is expected to last.
-  for (const g of byBlock(a.busyEnding)) {
-    const remainingMs = Math.max(...g.nodes.map((n) => expectedRemainingMs(n, g.endAt)));
-    const steady = steadyGap >= g.nodes.length * GPUS_PER_NODE;
+  // 2. Busy nodes about to end are extended for as long as their work is expected to last; thin
+  //    ones with young work are drained to empty when the rest of the fleet has room to spare.
+  const thinning = consolidation(input, a);
+  for (const n of thinning) {
+    actions.push({
+      kind: "drain",
+      nodeId: n.id,
+      blockId: n.blockId,
+      reason: {
+        rule: "consolidate",
+        message: `node ${n.id} ends at ${formatInstant(n.endAt)} running ${n.gpus - n.freeGpus} of ${n.gpus} GPUs of young work while ${a.readyFreeGpus} GPUs are free elsewhere (headroom ${a.headroomGpus}, ${a.queuedFastGpus + a.queuedFlexGpus} waiting): extended only for its work, drained to empty`,
+      },
+    });
+  }
+  const draining = new Set(thinning.map((n) => n.id));
+  for (const g of byBlock(a.busyEnding.map((n) => (draining.has(n.id) ? { ...n, state: "draining" as const } : n)))) {
+    const remainingMs = Math.max(...g.nodes.map((n) => expectedRemainingMs(n, g.endAt, cfg.extend.lindyFactor)));
+    const draining = g.nodes.some((n) => n.state === "draining");
+    const steady = !draining && steadyGap >= g.nodes.length * GPUS_PER_NODE;
     const coverMs = steady ? Math.max(remainingMs, cfg.steadyBlockHours * HOUR_MS) : remainingMs;
     const choice = chooseExtension(input, g.blockId, g.endAt, coverMs);
     if (steady) steadyGap -= g.nodes.length * GPUS_PER_NODE;
@@ -359,6 +414,7 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
         nodes: part.nodes,
         startAt: "now",
         endAt: end,
+        endStepMs: staggerFor(cfg, start, end),
         limitPriceCents: limitFor(
           cfg,
           q?.rate ?? cfg.fast.limitCentsPerGpuHour,
@@ -380,10 +436,10 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
     actions.push(...planFlex(input, a, steadyGap));
   }
 
-  // 5. Sell back idle future hours the recent peak does not need, when the price beats the fee.
+  // 6. Sell back idle future hours the recent peak does not need, when the price beats the fee.
   if (a.sellWindowOpen) actions.push(...planSellBack(input, a));
 
-  // 6. Keep the headroom for Fast.
+  // 7. Keep the headroom for Fast.
   if (a.headroomGpus > 0) {
     actions.push({
       kind: "hold_headroom",
@@ -431,6 +487,11 @@ function extension(
     limitPriceCents,
     reason,
   };
+}
+
+/** Long blocks stagger their nodes' ends an hour apart (see `PlanAction` buy). */
+function staggerFor(cfg: AutoscalerConfig, start: number, end: number): number {
+  return hoursBetween(start, end) >= cfg.steadyBlockHours ? HOUR_MS : 0;
 }
 
 /** Long blocks for the part of a buy that steady demand covers, short ones for the rest. */
@@ -553,9 +614,25 @@ function flexBuy(
     nodes,
     startAt: "now",
     endAt: q.quote.endAt,
+    endStepMs: staggerFor(cfg, q.quote.startAt, q.quote.endAt),
     limitPriceCents: limitFor(cfg, q.rate, capRate, nodes, q.quote.startAt, q.quote.endAt),
     reason,
   };
+}
+
+function consolidation(input: CapacityInput, a: Assessment): FleetNode[] {
+  const { now, config: cfg } = input;
+  const c = cfg.consolidate;
+  // Ending nodes' free GPUs are not in `readyFreeGpus`: draining one takes nothing from the headroom.
+  if (a.readyFreeGpus - a.headroomGpus - a.queuedFastGpus - a.queuedFlexGpus < c.marginGpus) return [];
+  const young = (n: FleetNode) => n.work.every((w) => w.startedAt !== null && now - w.startedAt <= c.maxWorkAgeMs);
+  return a.busyEnding.filter(
+    (n) =>
+      n.state === "ready" &&
+      n.gpus - n.freeGpus <= c.maxBusyGpus &&
+      n.work.every((w) => w.expectedEndAt === null) &&
+      young(n),
+  );
 }
 
 function planSellBack(input: CapacityInput, a: Assessment): PlanAction[] {
@@ -623,21 +700,22 @@ export function resaleFee(cfg: AutoscalerConfig, priceCents: number, nodeHours: 
 }
 
 /**
- * How much longer a node's work runs past `t`: the latest known expected end, else as long again
- * as the oldest work has run so far (long jobs tend to keep running), at least an hour.
+ * How much longer a node's work runs past `t`: the latest known expected end, else `lindyFactor`
+ * times as long as the oldest work has run so far (long jobs tend to keep running), at least an hour.
  */
-export function expectedRemainingMs(node: FleetNode, t: number): number {
+export function expectedRemainingMs(node: FleetNode, t: number, lindyFactor = 1): number {
   let remaining = HOUR_MS;
   for (const w of node.work) {
     if (w.expectedEndAt !== null) remaining = Math.max(remaining, w.expectedEndAt - t);
-    else if (w.startedAt !== null) remaining = Math.max(remaining, t - w.startedAt);
+    else if (w.startedAt !== null) remaining = Math.max(remaining, (t - w.startedAt) * lindyFactor);
   }
   return remaining;
 }
 
 /**
  * The extension length that covers the expected remaining work most cheaply: a block shorter than
- * the work is renewed at about the same rate; a longer one pays for hours that may be sold back.
+ * the work is renewed at about the same rate; a longer one pays for surplus hours, of which
+ * `surplusRecovery` is expected back (sold back, or used by other work).
  */
 function chooseExtension(
   input: CapacityInput,
@@ -653,7 +731,9 @@ function chooseExtension(
     if (hours > cfg.extend.maxHours) continue;
     const rate = ratePerGpuHour(q.priceCents, q.nodes, q.startAt, q.endAt);
     const needHours = remainingMs / HOUR_MS;
-    const cost = hours >= needHours ? rate * hours : rate * needHours;
+    const surplus = Math.max(0, hours - needHours);
+    const cost =
+      hours >= needHours ? rate * (needHours + (1 - cfg.extend.surplusRecovery) * surplus) : rate * needHours;
     if (
       !best ||
       cost < best.cost ||

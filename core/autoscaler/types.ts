@@ -28,6 +28,11 @@ export interface FleetNode {
   /** When the market stops delivering this node: its block's end, or the end of its latest extension. */
   endAt: number;
   work: RunningWork[];
+  /**
+   * Nodes that can only be sold back together (the market does not say which of their contracts
+   * is which node's); none = the node alone.
+   */
+  sellGroup?: string;
 }
 
 /** A block held in the region (bought, not yet over). Its nodes are the `FleetNode`s naming it. */
@@ -98,6 +103,8 @@ export interface DemandEstimate {
   fastGpusInWindow: number;
   /** Whole nodes that Fast jobs of ≥ 8 GPUs ask for within the headroom window, at the same quantile. */
   fastWholeNodesInWindow: number;
+  /** Fast GPUs a headroom window brings if arrivals keep the rate of the last few minutes (a burst under way). */
+  fastGpusAtRecentRate: number;
   /** Concurrent GPU demand (running and waiting) that held through the recent past: a low quantile. */
   steadyGpus: number;
   /** Recent peak of concurrent GPU demand: a high quantile. Capacity below it is not sold back. */
@@ -134,13 +141,23 @@ export interface AutoscalerConfig {
   };
   /** Block lengths the policy may buy, in hours (the first is the shortest). */
   durationsHours: number[];
-  /** A block at least this long counts as the steady base of the fleet. */
+  /** A block at least this long counts as the steady base of the fleet; its nodes' ends are staggered by an hour. */
   steadyBlockHours: number;
   extend: {
     /** Extensions are decided this long before a node's end (its price is known by then). */
     leadMs: number;
     /** Longest extension, hours. */
     maxHours: number;
+    /**
+     * Work of unknown end is expected to run `lindyFactor` times as long again as it has run so
+     * far (1 = as long again); the extension covers that.
+     */
+    lindyFactor: number;
+    /**
+     * Share of the price of hours bought past the work's expected end that is expected back (sold
+     * back, or used by other work), when comparing extension lengths.
+     */
+    surplusRecovery: number;
   };
   sellBack: {
     /** The market's resale fee: a share of the fill price in basis points plus a flat part per node-hour. */
@@ -149,6 +166,13 @@ export interface AutoscalerConfig {
     /** Sell-backs are decided this long before the hour they start at. */
     leadMs: number;
   };
+  /**
+   * Jobs cannot move, so after a burst the work left behind is spread thin over many nodes. A node
+   * at its block's end running at most `maxBusyGpus` GPUs of work younger than `maxWorkAgeMs`
+   * (young work tends to end soon) is extended only for that work and drained, so it empties and
+   * lapses, when the other nodes' free GPUs cover Fast headroom and waiting work plus `marginGpus`.
+   */
+  consolidate: { marginGpus: number; maxBusyGpus: number; maxWorkAgeMs: number };
   /** Spend cap over a rolling period; null = none. */
   budget: { capCents: number; periodMs: number } | null;
   /** Limit price above the quote, in basis points, so a moving market still fills. */
@@ -179,6 +203,7 @@ export type ReasonRule =
   | "extend_busy"
   | "extend_for_headroom"
   | "idle_no_extend"
+  | "consolidate"
   | "sell_back"
   | "keep_unsold"
   | "budget_cap"
@@ -201,6 +226,11 @@ export type PlanAction =
       /** "now" or an instant on the hour. */
       startAt: "now" | number;
       endAt: number;
+      /**
+       * Node i of the block ends `i × endStepMs` after `endAt`: long blocks stagger their ends an hour
+       * apart so each node's contract can be told apart (and sold back) on its own. 0 = all at `endAt`.
+       */
+      endStepMs: number;
       /** The whole block's limit, cents. Immediate-or-cancel: a buy that does not fill is re-planned next cycle. */
       limitPriceCents: number;
       reason: Reason;

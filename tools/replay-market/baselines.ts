@@ -45,22 +45,28 @@ function limitAbove(cfg: AutoscalerConfig, q: MarketQuote | undefined, nodes: nu
   return blockPrice(rate * (1 + cfg.limitSlackBps / 10_000), nodes, start, end);
 }
 
-/** A fleet of `nodes` bought at the start for the whole window, never extended, never sold. */
+/**
+ * A fleet of `nodes` bought at the start for the whole window, never extended, never sold. Nodes
+ * the market does not fill are bought again the next minute until the fleet is whole.
+ */
 export function staticFleet(nodes: number, windowEnd: number): BaselinePolicy {
-  const needed = (input: CapacityInput) =>
-    input.nodes.filter((n) => n.endAt > input.now).length === 0 &&
-    input.inflight.filter((o) => o.kind === "buy").length === 0 &&
-    input.now < windowEnd - HOUR_MS;
+  const missing = (input: CapacityInput) =>
+    input.now < windowEnd - HOUR_MS
+      ? nodes -
+        input.nodes.filter((n) => n.endAt > input.now).length -
+        sum(input.inflight.filter((o) => o.kind === "buy").map((o) => o.nodes))
+      : 0;
   const hours = (input: CapacityInput) => Math.ceil((windowEnd - marketNow(input.now)) / HOUR_MS);
   return {
     name: "static",
     quoteRequests: (input) =>
-      needed(input) && nodes > 0
-        ? [{ side: "buy", gpuModel: input.config.gpuModel, nodes, startAt: "now", durationHours: hours(input) }]
+      missing(input) > 0
+        ? [{ side: "buy", gpuModel: input.config.gpuModel, nodes: 1, startAt: "now", durationHours: hours(input) }]
         : [],
     plan: (input) => {
       const actions = released(input);
-      if (!needed(input) || nodes === 0) return actions;
+      const count = missing(input);
+      if (count <= 0) return actions;
       const start = marketNow(input.now);
       const end = blockEnd(start, hours(input));
       const q = input.quotes.find((x) => x.side === "buy" && x.blockId === undefined);
@@ -69,11 +75,12 @@ export function staticFleet(nodes: number, windowEnd: number): BaselinePolicy {
         tier: "flex",
         gpuModel: input.config.gpuModel,
         zone: q?.zone ?? input.config.zone ?? "",
-        nodes,
+        nodes: count,
         startAt: "now",
         endAt: end,
-        limitPriceCents: limitAbove(input.config, q, nodes, start, end),
-        reason: { rule: "steady_base", message: `static fleet of ${nodes} nodes for the window` },
+        endStepMs: 0,
+        limitPriceCents: limitAbove(input.config, q, count, start, end),
+        reason: { rule: "steady_base", message: `static fleet: ${count} of ${nodes} nodes to buy` },
       });
       return actions;
     },
@@ -159,6 +166,7 @@ export const reactive: BaselinePolicy = {
         nodes: short,
         startAt: "now",
         endAt: end,
+        endStepMs: 0,
         limitPriceCents: limitAbove(cfg, q, short, start, end),
         reason: { rule: "fast_queue", message: `${short} node(s) for waiting work` },
       });

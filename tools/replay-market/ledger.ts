@@ -61,18 +61,28 @@ export class Ledger {
     const job = this.submitted.get(jobId);
     if (!job) return;
     this.submitted.delete(jobId);
-    this.waits[job.tier].push(at - this.measuredFrom(job.at));
+    const wait = at - this.measuredFrom(job.at);
+    this.waits[job.tier].push(wait);
+    if (job.tier === "fast" && wait > 60_000) this.slowFast.push({ jobId, at: job.at, waitMs: wait });
   }
+
+  /** Fast jobs that waited over a minute, for diagnostics. */
+  readonly slowFast: { jobId: string; at: number; waitMs: number }[] = [];
 
   /** GPU time a job used, [from, to) cut to the window. */
   used(tier: Tier, gpus: number, from: number, to: number): void {
     this.usedGpuMs[tier] += gpus * this.overlap(from, to);
   }
 
+  /** Spend in the window by what was bought, for diagnostics: e.g. `buy:<24h`, `extend:>=24h`, `sell`. */
+  readonly spendBy: Record<string, number> = {};
+
   /** A filled buy or extension: `nodes` nodes over [start, end) for `priceCents`. */
-  bought(priceCents: number, nodes: number, start: number, end: number): void {
+  bought(priceCents: number, nodes: number, start: number, end: number, kind = "buy"): void {
     const share = this.overlap(start, end) / (end - start);
     this.spendCents += priceCents * share;
+    const key = `${kind}:${end - start >= 24 * 3_600_000 ? ">=24h" : "<24h"}`;
+    this.spendBy[key] = Math.round((this.spendBy[key] ?? 0) + (priceCents * share) / 100);
     this.heldNodeMs += nodes * this.overlap(start, end);
   }
 
@@ -80,8 +90,14 @@ export class Ledger {
   soldBack(proceedsCents: number, nodes: number, start: number, end: number): void {
     const share = this.overlap(start, end) / (end - start);
     this.spendCents -= proceedsCents * share;
+    this.spendBy.sold = Math.round((this.spendBy.sold ?? 0) - (proceedsCents * share) / 100);
     this.heldNodeMs -= nodes * this.overlap(start, end);
     this.soldNodeMs += nodes * this.overlap(start, end);
+  }
+
+  /** Jobs submitted that have not started. */
+  waitingCount(): number {
+    return this.submitted.size;
   }
 
   metrics(prices: TierPrices): PolicyMetrics {

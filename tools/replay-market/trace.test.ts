@@ -42,8 +42,8 @@ describe("the Philly trace", () => {
 
   it("measures ideal concurrent demand per minute", () => {
     const jobs = [
-      { id: "a", submitS: 0, gpus: 2, durationS: 120, tier: "fast" as const },
-      { id: "b", submitS: 60, gpus: 8, durationS: 600, tier: "flex" as const },
+      { id: "a", submitS: 0, gpus: 2, durationS: 120, tier: "fast" as const, account: "x" },
+      { id: "b", submitS: 60, gpus: 8, durationS: 600, tier: "flex" as const, account: "x" },
     ];
     // minute 0: a; minute 1: a+b; minutes 2..4: b (cut at the 5-minute window).
     expect(idealConcurrency(jobs, 300)).toEqual([2, 10, 8, 8, 8]);

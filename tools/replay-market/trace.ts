@@ -14,6 +14,8 @@ export interface TraceJob {
   gpus: number;
   durationS: number;
   tier: Tier;
+  /** Philly's virtual cluster: the account the job bills to (the packer is fair between accounts). */
+  account: string;
 }
 
 export interface TraceWindow {
@@ -66,6 +68,7 @@ export function parseTrace(csv: string, window: TraceWindow, rule: TierRule): Tr
     return i;
   };
   const [idC, submitC, gpusC, durC] = [col("job_id"), col("submit_s"), col("num_gpus"), col("duration_s")];
+  const vcC = header.indexOf("vc");
   const from = window.fromHour * 3600;
   const to = from + window.hours * 3600;
   const jobs: TraceJob[] = [];
@@ -81,13 +84,35 @@ export function parseTrace(csv: string, window: TraceWindow, rule: TierRule): Tr
       throw new Error(`trace line ${n + 1}: not a job: ${line}`);
     }
     if (submit < from || submit >= to) continue;
-    jobs.push({ id, submitS: submit - from, gpus: scalarGpus(gpus), durationS: duration, tier: tierOf(id, rule) });
+    jobs.push({
+      id,
+      submitS: submit - from,
+      gpus: scalarGpus(gpus),
+      durationS: duration,
+      tier: tierOf(id, rule),
+      account: (vcC >= 0 ? cells[vcC] : undefined) || "philly",
+    });
   }
   return jobs.sort((a, b) => a.submitS - b.submitS || a.id.localeCompare(b.id));
 }
 
-export function loadTrace(path: string, window: TraceWindow, rule: TierRule): TraceJob[] {
-  return parseTrace(readFileSync(path, "utf8"), window, rule);
+/**
+ * The calendar instant of `submit_s` = 0, from the first row's original submit time (UTC), so the
+ * replay's market sees the trace's real hours and weekdays; a trace without one starts 2017-09-04.
+ */
+export function traceOrigin(csv: string): number {
+  const [head, first] = csv.split(/\r?\n/, 2);
+  const header = (head ?? "").split(",").map((c) => c.trim());
+  const cells = (first ?? "").split(",");
+  const orig = cells[header.indexOf("submit_time_utc_orig")];
+  const at = orig ? Date.parse(`${orig.trim().replace(" ", "T")}Z`) : Number.NaN;
+  const submit = Number(cells[header.indexOf("submit_s")]);
+  return Number.isFinite(at) && Number.isFinite(submit) ? at - submit * 1000 : Date.UTC(2017, 8, 4);
+}
+
+export function loadTrace(path: string, window: TraceWindow, rule: TierRule): { jobs: TraceJob[]; origin: number } {
+  const csv = readFileSync(path, "utf8");
+  return { jobs: parseTrace(csv, window, rule), origin: traceOrigin(csv) };
 }
 
 /**
