@@ -1,0 +1,120 @@
+/**
+ * Handing jobs to their region's scheduler. The `jobs` row (`queued`) is written first; then
+ * `submit(job)`, idempotent by job id. If the call fails the job stays queued and the reconciler
+ * (a cron task) submits it again. The ledger `job_submissions` records which jobs the scheduler has
+ * acknowledged. A cancel that lands while a submission is in flight is caught by re-reading the
+ * job's status after the call (see docs/api.md, "Submission").
+ */
+import { and, asc, eq, inArray, isNull, lt, sql } from "drizzle-orm";
+import type { GpuModel, Tier } from "../../core/schemas";
+import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
+import type { Db } from "../db/client";
+import { jobSubmissions, jobs } from "../db/schema";
+import { errorFields, type Logger } from "../http/log";
+import { regionsOf } from "../regions";
+import { schedulerOf } from "./scheduler";
+import type { JobRow, StoredEnvVar } from "./views";
+
+export function schedulerJob(row: JobRow): SchedulerJob {
+  return {
+    id: row.id,
+    account_id: row.accountId,
+    tier: row.tier as Tier,
+    priority: row.priority,
+    gpu_count: row.gpuCount,
+    gpu_models: row.gpuModels as GpuModel[],
+    cpu_milli: row.cpuMilli,
+    memory_mib: row.memoryMib,
+    estimated_duration_s: row.estimatedDurationS,
+    max_runtime_s: row.maxRuntimeS,
+    max_attempts: row.maxAttempts,
+    submitted_at: row.createdAt.getTime(),
+    image: row.image,
+    command: row.command,
+    args: row.args,
+    env: ((row.env ?? []) as StoredEnvVar[]).map((e) => ({ name: e.name, value: e.value })),
+  };
+}
+
+export type SubmitOutcome = "acked" | "rejected" | "failed" | "cancelled";
+
+/** Submit one stored job; never throws (a failure leaves the job queued for the reconciler). */
+export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Promise<SubmitOutcome> {
+  const scheduler = schedulerOf(env, row.region);
+  await db
+    .update(jobSubmissions)
+    .set({ attempts: sql`${jobSubmissions.attempts} + 1`, lastAttemptAt: new Date() })
+    .where(eq(jobSubmissions.jobId, row.id));
+  try {
+    const result = await scheduler.submit(schedulerJob(row));
+    if (!result.ok) {
+      await db.transaction(async (tx) => {
+        await tx
+          .update(jobs)
+          .set({
+            status: "failed",
+            failureReason: `rejected by the scheduler: ${result.message}`,
+            finishedAt: new Date(),
+          })
+          .where(and(eq(jobs.id, row.id), eq(jobs.status, "queued")));
+        await tx
+          .update(jobSubmissions)
+          .set({ ackedAt: new Date(), lastError: result.message })
+          .where(eq(jobSubmissions.jobId, row.id));
+      });
+      return "rejected";
+    }
+    await db
+      .update(jobSubmissions)
+      .set({ ackedAt: new Date(), lastError: null })
+      .where(eq(jobSubmissions.jobId, row.id));
+  } catch (error) {
+    log.warn("job.submit_failed", { job_id: row.id, region: row.region, ...errorFields(error) });
+    await db
+      .update(jobSubmissions)
+      .set({ lastError: error instanceof Error ? error.message.slice(0, 1000) : String(error) })
+      .where(eq(jobSubmissions.jobId, row.id))
+      .catch(() => {});
+    return "failed";
+  }
+  // A cancel that ran while the call was in flight found nothing to cancel there: pass it on now.
+  const [now] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, row.id));
+  if (now?.status === "cancelled") {
+    await scheduler.cancel(row.id).catch((error: unknown) => log.warn("job.cancel_forward_failed", errorFields(error)));
+    return "cancelled";
+  }
+  return "acked";
+}
+
+/** Jobs younger than this are left to the request that created them. */
+const GRACE_SECONDS = 15;
+const BATCH = 100;
+
+/** Cron task: submit again the queued jobs no scheduler has acknowledged. */
+export async function reconcileSubmissions(
+  env: Env,
+  db: Db,
+  log: Logger,
+): Promise<{ submitted: number; acked: number }> {
+  const pending = await db
+    .select({ job: jobs })
+    .from(jobSubmissions)
+    .innerJoin(jobs, eq(jobs.id, jobSubmissions.jobId))
+    .where(
+      and(
+        isNull(jobSubmissions.ackedAt),
+        eq(jobs.status, "queued"),
+        inArray(jobs.region, regionsOf(env)),
+        lt(jobs.createdAt, sql`now() - make_interval(secs => ${GRACE_SECONDS})`),
+      ),
+    )
+    .orderBy(asc(jobs.createdAt))
+    .limit(BATCH);
+  let acked = 0;
+  for (const { job } of pending) {
+    const outcome = await submitJob(env, db, job, log);
+    if (outcome !== "failed") acked += 1;
+  }
+  if (pending.length > 0) log.info("reconcile.submissions", { pending: pending.length, acked });
+  return { submitted: pending.length, acked };
+}
