@@ -18,13 +18,13 @@ export function devDatabaseUrl(port = devPgPort()): string {
  * `DATABASE_URL` if set; else the development embedded Postgres, reusing it when it already runs
  * (e.g. under `npm start`) and starting it otherwise (then `stop` stops it again).
  */
-export async function openDevDatabase(log?: (line: string) => void): Promise<EmbeddedDb> {
+export async function openDevDatabase(log?: (line: string) => void): Promise<EmbeddedDb & { started: boolean }> {
   if (process.env.DATABASE_URL) {
-    return { url: process.env.DATABASE_URL, port: 0, stop: async () => {} };
+    return { url: process.env.DATABASE_URL, port: 0, stop: async () => {}, started: false };
   }
   const port = devPgPort();
   if (!(await isPortFree(port))) {
-    return { url: devDatabaseUrl(port), port, stop: async () => {} };
+    return { url: devDatabaseUrl(port), port, stop: async () => {}, started: false };
   }
-  return startEmbeddedPostgres({ dataDir: DEV_PG_DIR, port, log });
+  return { ...(await startEmbeddedPostgres({ dataDir: DEV_PG_DIR, port, log })), started: true };
 }
