@@ -28,6 +28,8 @@ export async function startTokenIssuer(opts: { port?: number; keys?: IssuerKeys 
     res.writeHead(404, { "content-type": "application/json" });
     res.end(JSON.stringify({ error: "not_found" }));
   });
+  // workerd drops keep-alive connections when a test run ends; a reset socket is not our failure.
+  server.on("connection", (socket) => socket.on("error", () => {}));
   await new Promise<void>((done, fail) => {
     server.once("error", fail);
     server.listen(opts.port ?? 0, "127.0.0.1", () => done());

@@ -6,11 +6,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, isNull, type SQL } from "drizzle-orm";
 import { generateApiKey } from "../auth/api-keys";
-import { actorOf, type Caller, requireAccount } from "../auth/caller";
+import { type Caller, requireAccount } from "../auth/caller";
 import type { Scope as ScopeName } from "../auth/scopes";
-import { apiKeys, auditLog } from "../db/schema";
+import { apiKeys } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
+import { audit } from "./audit";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { IdempotencyHeaders, IdParam, PageQuery, pageOf, Scope, Timestamp, Uuid } from "./schemas";
 import { iso } from "./views";
@@ -128,9 +129,7 @@ apiKeysRouter.openapi(
           expiresAt,
         })
         .returning();
-      await tx.insert(auditLog).values({
-        accountId: account.id,
-        ...actorOf(caller),
+      await audit(tx, caller, account.id, {
         action: "api_key.created",
         targetType: "api_key",
         targetId: inserted!.id,
@@ -213,9 +212,7 @@ apiKeysRouter.openapi(
       if (!existing) throw new ApiError(404, "not_found", `no API key ${id} in this account`);
       if (existing.revokedAt) return existing;
       const [revoked] = await tx.update(apiKeys).set({ revokedAt: new Date() }).where(eq(apiKeys.id, id)).returning();
-      await tx.insert(auditLog).values({
-        accountId: account.id,
-        ...actorOf(caller),
+      await audit(tx, caller, account.id, {
         action: "api_key.revoked",
         targetType: "api_key",
         targetId: id,

@@ -5,10 +5,15 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import { limitBody } from "../http/body";
 import { database } from "../http/database";
+import { agentRouter } from "./agent";
 import { apiKeysRouter } from "./api-keys";
 import { docsPage } from "./docs-page";
+import { endpointsRouter } from "./endpoints";
+import { jobLogsRouter } from "./job-logs";
 import { jobsRouter } from "./jobs";
 import { meRouter } from "./me";
+import { operatorRouter } from "./operator";
+import { regionsRouter } from "./regions";
 import { createRouter } from "./router";
 
 export const API_INFO = {
@@ -21,7 +26,17 @@ export const API_INFO = {
 export function createApi() {
   const api = createRouter();
   api.use("/v1/*", limitBody, database);
-  for (const router of [meRouter, apiKeysRouter, jobsRouter]) api.route("/", router);
+  const routers = [
+    jobsRouter,
+    jobLogsRouter,
+    endpointsRouter,
+    apiKeysRouter,
+    meRouter,
+    regionsRouter,
+    operatorRouter,
+    agentRouter,
+  ];
+  for (const router of routers) api.route("/", router);
 
   api.openAPIRegistry.registerComponent("securitySchemes", "bearerAuth", {
     type: "http",
@@ -34,8 +49,17 @@ export function createApi() {
     description: "A per-node agent token (`snt_…`), only for the /v1/agent routes.",
   });
 
-  api.get("/openapi.json", (c) => c.json(openApiDocument(api)));
-  api.get("/docs", (c) => c.html(docsPage(openApiDocument(api))));
+  // Built once per isolate: the routes cannot change while it lives.
+  let built: { document: ReturnType<typeof openApiDocument>; page: string } | null = null;
+  const reference = () => {
+    if (!built) {
+      const document = openApiDocument(api);
+      built = { document, page: docsPage(document) };
+    }
+    return built;
+  };
+  api.get("/openapi.json", (c) => c.json(reference().document));
+  api.get("/docs", (c) => c.html(reference().page));
   return api;
 }
 

@@ -3,17 +3,18 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, gte, inArray, lte, type SQL, sql } from "drizzle-orm";
 import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../../core/schemas";
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
-import { actorOf, requireAccount } from "../auth/caller";
+import { requireAccount } from "../auth/caller";
 import type { Db } from "../db/client";
-import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
+import { jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
-import { enforceQuota, jobDemand, lockAccount } from "./quota";
+import { audit } from "./audit";
+import { enforceQuota, jobDemand, lockAccount, requireTier } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { schedulerOf, servedRegion } from "./scheduler";
 import { IdempotencyHeaders, IdParam, Job, JobCreate, PageQuery, pageOf } from "./schemas";
 import { submitJob } from "./submission";
-import { type JobRow, jobView, type RunRow } from "./views";
+import { type JobRow, jobView, type RunRow, workloadColumns } from "./views";
 
 const JobPage = pageOf(Job, "JobPage");
 
@@ -105,11 +106,7 @@ jobsRouter.openapi(
     const account = requireAccount(caller);
     const body = c.req.valid("json");
     const region = servedRegion(c.env, body.region);
-    if (body.tier === "fast" && !account.fastTierEnabled) {
-      throw new ApiError(403, "tier_not_allowed", 'this account is not entitled to the fast tier; use tier "flex"', {
-        fields: [{ field: "tier", message: "fast tier not enabled for this account", code: "tier_not_allowed" }],
-      });
-    }
+    requireTier(body.tier, account.fastTierEnabled);
     if (body.estimated_duration_s !== undefined && body.estimated_duration_s > body.max_runtime_s) {
       throw new ApiError(400, "invalid_request", "estimated_duration_s: must not exceed max_runtime_s", {
         location: "body",
@@ -117,7 +114,6 @@ jobsRouter.openapi(
       });
     }
     const db = c.get("pg").db;
-    const actor = actorOf(caller);
     const row = await db.transaction(async (tx) => {
       await lockAccount(tx, account.id);
       await enforceQuota(tx, account, jobDemand(body));
@@ -130,14 +126,7 @@ jobsRouter.openapi(
           region,
           tier: body.tier,
           priority: body.priority,
-          image: body.image,
-          command: body.command,
-          args: body.args,
-          env: body.env,
-          gpuCount: body.gpu_count,
-          gpuModels: body.gpu_models,
-          cpuMilli: body.cpu_milli,
-          memoryMib: body.memory_mib,
+          ...workloadColumns(body),
           maxRuntimeS: body.max_runtime_s,
           estimatedDurationS: body.estimated_duration_s ?? null,
           maxAttempts: body.max_attempts,
@@ -146,9 +135,7 @@ jobsRouter.openapi(
         .returning();
       const job = inserted!;
       await tx.insert(jobSubmissions).values({ jobId: job.id, region });
-      await tx.insert(auditLog).values({
-        accountId: account.id,
-        ...actor,
+      await audit(tx, caller, account.id, {
         action: "job.submitted",
         targetType: "job",
         targetId: job.id,
@@ -293,9 +280,7 @@ jobsRouter.openapi(
       current = (await markCancelled(db, row, ["queued"])) ?? (await loadJob(db, account.id, row.id));
       await scheduler.cancel(row.id).catch(() => null);
     }
-    await db.insert(auditLog).values({
-      accountId: account.id,
-      ...actorOf(caller),
+    await audit(db, caller, account.id, {
       action: "job.cancel_requested",
       targetType: "job",
       targetId: row.id,

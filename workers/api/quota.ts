@@ -127,3 +127,12 @@ export function endpointDemand(
   const gpus = e.min_replicas * e.gpu_count;
   return { gpus, ceilingCents: centsFor(gpus * secondsLeft, worstCasePriceCents(e.tier, e.gpu_models)) };
 }
+
+/** Tier entitlement: Fast only for accounts allowed it. */
+export function requireTier(tier: string, fastTierEnabled: boolean): void {
+  if (tier === "fast" && !fastTierEnabled) {
+    throw new ApiError(403, "tier_not_allowed", 'this account is not entitled to the fast tier; use tier "flex"', {
+      fields: [{ field: "tier", message: "fast tier not enabled for this account", code: "tier_not_allowed" }],
+    });
+  }
+}

@@ -72,6 +72,7 @@ export const ERRORS = {
   415: envelope("Body is not JSON."),
   422: envelope("Idempotency-Key reused with a different request, or the request cannot be scheduled."),
   429: envelope("Rate limited: see `Retry-After` and `RateLimit-*`."),
+  503: envelope("The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`."),
 } as const;
 
 type ErrorStatus = keyof typeof ERRORS;

@@ -22,3 +22,21 @@ export function servedRegion(env: Env, requested: string | undefined, field = "r
   }
   return region;
 }
+
+/**
+ * A scheduler call whose failure the caller cannot absorb (the agent routes, operator actions):
+ * a thrown RPC error becomes a 503 in the envelope, with a hint to retry.
+ */
+export async function viaScheduler<T>(region: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw new ApiError(
+      503,
+      "scheduler_unavailable",
+      `the ${region} scheduler did not answer; retry shortly`,
+      { region, cause: error instanceof Error ? error.message.slice(0, 200) : String(error) },
+      { "Retry-After": "2" },
+    );
+  }
+}

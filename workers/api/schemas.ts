@@ -161,3 +161,24 @@ export const IdempotencyHeaders = z.object({
     .optional()
     .openapi({ description: "Makes the POST safe to retry: the same key and body return the first result for 24 h." }),
 });
+
+/** The workload fields of an endpoint (one node's GPUs per replica). */
+export const EndpointSpecFields = {
+  image: ImageRef.openapi({ example: "ghcr.io/acme/serve:2.0" }),
+  command: Argv.default([]),
+  args: Argv.default([]),
+  env: EnvList.default([]),
+  gpu_count: z.number().int().min(1).max(8).openapi({ description: "GPUs per replica (one node).", example: 1 }),
+  gpu_models: z.array(GpuModel).max(8).default([]),
+  cpu_milli: ResourceRequest.shape.cpu_milli,
+  memory_mib: ResourceRequest.shape.memory_mib,
+  min_replicas: z.number().int().min(0).max(64).default(1),
+  max_replicas: z.number().int().min(1).max(64).default(1),
+  scale_down_delay_s: z.number().int().min(0).max(86_400).default(300),
+  port: z.number().int().min(1).max(65_535).default(8000),
+  health_path: z
+    .string()
+    .max(512)
+    .regex(/^\/[\x21-\x7e]*$/, "an absolute path such as /health")
+    .default("/health"),
+};

@@ -6,14 +6,14 @@
  * job's status after the call (see docs/api.md, "Submission").
  */
 import { and, asc, eq, inArray, isNull, lt, sql } from "drizzle-orm";
-import type { GpuModel, Tier } from "../../core/schemas";
+import type { Tier } from "../../core/schemas";
 import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
 import type { Db } from "../db/client";
 import { jobSubmissions, jobs } from "../db/schema";
 import { errorFields, type Logger } from "../http/log";
 import { regionsOf } from "../regions";
 import { schedulerOf } from "./scheduler";
-import type { JobRow, StoredEnvVar } from "./views";
+import { type JobRow, schedulerWorkload } from "./views";
 
 export function schedulerJob(row: JobRow): SchedulerJob {
   return {
@@ -21,18 +21,11 @@ export function schedulerJob(row: JobRow): SchedulerJob {
     account_id: row.accountId,
     tier: row.tier as Tier,
     priority: row.priority,
-    gpu_count: row.gpuCount,
-    gpu_models: row.gpuModels as GpuModel[],
-    cpu_milli: row.cpuMilli,
-    memory_mib: row.memoryMib,
+    ...schedulerWorkload(row),
     estimated_duration_s: row.estimatedDurationS,
     max_runtime_s: row.maxRuntimeS,
     max_attempts: row.maxAttempts,
     submitted_at: row.createdAt.getTime(),
-    image: row.image,
-    command: row.command,
-    args: row.args,
-    env: ((row.env ?? []) as StoredEnvVar[]).map((e) => ({ name: e.name, value: e.value })),
   };
 }
 

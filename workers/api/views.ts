@@ -19,6 +19,68 @@ export function envView(env: unknown): { name: string; secret: boolean; value?: 
   return list.map((e) => (e.secret ? { name: e.name, secret: true } : { name: e.name, secret: false, value: e.value }));
 }
 
+/** The container and resources of a job or an endpoint, as stored and as shown. */
+interface WorkloadRow {
+  image: string;
+  command: string[];
+  args: string[];
+  env: unknown;
+  gpuCount: number;
+  gpuModels: string[];
+  cpuMilli: number;
+  memoryMib: number;
+}
+interface WorkloadBody {
+  image: string;
+  command: string[];
+  args: string[];
+  env: StoredEnvVar[];
+  gpu_count: number;
+  gpu_models: GpuModel[];
+  cpu_milli: number;
+  memory_mib: number;
+}
+
+export function workloadColumns(b: WorkloadBody): WorkloadRow {
+  return {
+    image: b.image,
+    command: b.command,
+    args: b.args,
+    env: b.env,
+    gpuCount: b.gpu_count,
+    gpuModels: b.gpu_models,
+    cpuMilli: b.cpu_milli,
+    memoryMib: b.memory_mib,
+  };
+}
+
+export function workloadView(row: WorkloadRow) {
+  return {
+    image: row.image,
+    command: row.command,
+    args: row.args,
+    env: envView(row.env),
+    gpu_count: row.gpuCount,
+    gpu_models: row.gpuModels as GpuModel[],
+    cpu_milli: row.cpuMilli,
+    memory_mib: row.memoryMib,
+  };
+}
+
+/** What the scheduler gets: every environment value, secret or not (the container needs them). */
+export function schedulerWorkload(row: WorkloadRow) {
+  return {
+    image: row.image,
+    command: row.command,
+    args: row.args,
+    env: ((row.env ?? []) as StoredEnvVar[]).map((e) => ({ name: e.name, value: e.value })),
+    gpu_count: row.gpuCount,
+    gpu_models: row.gpuModels as GpuModel[],
+    cpu_milli: row.cpuMilli,
+    memory_mib: row.memoryMib,
+  };
+}
+
 export const iso = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null);
 const isoMs = (ms: number | null | undefined): string | null => (ms == null ? null : new Date(ms).toISOString());
 
@@ -73,14 +135,7 @@ export function jobView(row: JobRow, live: JobState | null = null, runs: RunRow[
     tier: row.tier as Tier,
     priority: row.priority,
     region: row.region,
-    image: row.image,
-    command: row.command,
-    args: row.args,
-    env: envView(row.env),
-    gpu_count: row.gpuCount,
-    gpu_models: row.gpuModels as GpuModel[],
-    cpu_milli: row.cpuMilli,
-    memory_mib: row.memoryMib,
+    ...workloadView(row),
     max_runtime_s: row.maxRuntimeS,
     estimated_duration_s: row.estimatedDurationS,
     max_attempts: row.maxAttempts,

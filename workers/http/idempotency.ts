@@ -117,7 +117,7 @@ async function run(
   if (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json")) {
     const body = await c.res.clone().json();
     await sql`update idempotency_keys
-                 set state = 'completed', response_status = ${status}, response_body = ${sql.json(body as never)}
+                 set state = 'completed', response_status = ${status}, response_body = ${JSON.stringify(body)}::jsonb
                where account_id = ${accountId} and key = ${key}`;
   } else {
     await release();
