@@ -222,6 +222,14 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
       .toBe(false);
   });
 
+  it("registers again when the control plane says it does not know the node", async () => {
+    const before = cp.registrations.length;
+    cp.forgetNode = true;
+    await cp.waitFor("a new registration", () => cp.registrations.length > before);
+    expect(cp.registrations.at(-1)).toMatchObject({ gpu_model: "H100", cpu_milli: 2_000, memory_mib: 4_096 });
+    expect(cp.registrations.at(-1)?.gpus).toHaveLength(8);
+  });
+
   it("removes orphaned containers with our labels after the grace period, and leaves other containers alone", async () => {
     // Containers left running by an agent of the same name, whose placements the control plane no longer has.
     const agentName = `test-orphans-${Date.now()}`;

@@ -143,16 +143,16 @@ export class Agent {
     this.inventory = await this.deps.gpus.inventory();
     await this.waitForEngine();
     if (this.signal.aborted) return;
-    const send = { clock: this.deps.clock, random: this.deps.random, policy: this.config.backoff };
+    const delivery = {
+      clock: this.deps.clock,
+      signal: this.signal,
+      log: this.deps.log,
+      policy: this.config.backoff,
+      random: this.deps.random,
+    };
     this.loops.push(
-      this.outbox.deliver(
-        (events) => this.deps.api.events({ events }),
-        send.clock,
-        this.signal,
-        send.policy,
-        send.random,
-      ),
-      this.shipper.deliver((lines) => this.deps.api.logs({ lines }), send.clock, this.signal, send.policy, send.random),
+      this.outbox.deliver((events) => this.deps.api.events({ events }), delivery),
+      this.shipper.deliver((lines) => this.deps.api.logs({ lines }), delivery),
       this.every(
         () => this.config.reconcileIntervalMs,
         () => this.requestReconcile(),

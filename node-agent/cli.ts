@@ -18,8 +18,8 @@ Usage: scalar-agent [options]
   --gpus N               declare N GPUs instead of asking nvidia-smi (hosts without GPUs); needs --gpu-model
   --gpu-model MODEL      ${GPU_MODELS.join(" | ")}
   --nvidia-smi PATH      nvidia-smi binary            (default nvidia-smi)
-  --zone ZONE            zone reported at registration
-  --agent-name NAME      label value marking this agent's containers (default: the host name)
+  --zone ZONE            zone reported at registration                 (env SCALAR_ZONE)
+  --agent-name NAME      label value marking this agent's containers (env SCALAR_AGENT_NAME; default: host name)
   --pids-limit N         process limit per container  (default ${DEFAULT_AGENT_CONFIG.pidsLimit})
   --orphan-grace-ms MS   how long a container without a placement may run (default ${DEFAULT_AGENT_CONFIG.orphanGraceMs})
   --retry-max-ms MS      longest wait between retries to the control plane (default ${DEFAULT_BACKOFF.maxMs})
@@ -134,9 +134,9 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
     logLevel,
     agent: {
       ...DEFAULT_AGENT_CONFIG,
-      agentName: str("agent-name") ?? hostname,
+      agentName: str("agent-name") ?? env.SCALAR_AGENT_NAME ?? hostname,
       dataDir: str("data-dir") ?? env.SCALAR_AGENT_DATA ?? "/var/lib/scalar-agent",
-      ...(str("zone") ? { zone: str("zone") } : {}),
+      ...((str("zone") ?? env.SCALAR_ZONE) ? { zone: str("zone") ?? env.SCALAR_ZONE } : {}),
       pidsLimit: integer("pids-limit", str("pids-limit"), 1) ?? DEFAULT_AGENT_CONFIG.pidsLimit,
       orphanGraceMs: integer("orphan-grace-ms", str("orphan-grace-ms"), 0) ?? DEFAULT_AGENT_CONFIG.orphanGraceMs,
       backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },

@@ -5,9 +5,7 @@
  * log cursor, from which a restarted agent resumes with the same `seq` numbers.
  */
 import type { LogLine } from "../core/schemas";
-import { Backoff, type BackoffPolicy } from "./backoff";
-import type { Clock } from "./clock";
-import { ControlPlaneError } from "./control-plane";
+import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
 import { errorText, type Logger } from "./logger";
 import type { LogCursor } from "./state";
 
@@ -38,7 +36,7 @@ export const DEFAULT_LOG_SHIPPER: LogShipperOptions = {
 export class LogShipper {
   private queue: QueuedLine[] = [];
   private bytes = 0;
-  private wake: (() => void) | null = null;
+  private readonly wakeup = new Wakeup();
   private spaceWaiters: (() => void)[] = [];
   private drainWaiters: { placementId: string; done: () => void }[] = [];
 
@@ -52,7 +50,7 @@ export class LogShipper {
     const bytes = Buffer.byteLength(line.line) + 64;
     this.queue.push({ line, bytes, cursor });
     this.bytes += bytes;
-    this.wake?.();
+    this.wakeup.wake();
   }
 
   get full(): boolean {
@@ -75,47 +73,27 @@ export class LogShipper {
     return new Promise((done) => this.drainWaiters.push({ placementId, done }));
   }
 
-  async deliver(
-    send: (lines: LogLine[]) => Promise<unknown>,
-    clock: Clock,
-    signal: AbortSignal,
-    policy?: BackoffPolicy,
-    random?: () => number,
-  ): Promise<void> {
-    const backoff = new Backoff(policy, random);
-    signal.addEventListener("abort", () => this.wake?.(), { once: true });
-    while (!signal.aborted) {
-      if (this.queue.length === 0) {
-        await new Promise<void>((done) => {
-          this.wake = done;
-        });
-        this.wake = null;
-        continue;
-      }
-      if (this.queue.length < this.opts.batchLines) await clock.sleep(this.opts.flushDelayMs, signal);
-      const batch = this.takeBatch();
-      try {
-        await send(batch.map((q) => q.line));
-        this.acknowledge(batch);
-        backoff.reset();
-      } catch (error) {
-        if (error instanceof ControlPlaneError && error.kind === "rejected") {
-          this.log("error", "control plane refused a log batch; dropped", {
-            lines: batch.length,
-            error: errorText(error),
-          });
-          this.acknowledge(batch);
-          continue;
-        }
-        const delay = backoff.next();
-        this.log(backoff.failures > 3 ? "warn" : "debug", "logs not delivered; retrying", {
-          queued: this.queue.length,
-          retry_in_ms: delay,
+  deliver(send: (lines: LogLine[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+    const queue: DeliveryQueue<QueuedLine[]> = {
+      what: "logs",
+      nextBatch: async () => {
+        if (this.queue.length === 0) return null;
+        // Gather a little before sending, unless a full batch is already waiting.
+        if (this.queue.length < this.opts.batchLines) await opts.clock.sleep(this.opts.flushDelayMs, opts.signal);
+        return this.takeBatch();
+      },
+      send: (batch) => send(batch.map((q) => q.line)),
+      acknowledge: (batch) => this.acknowledge(batch),
+      refused: async (batch, error) => {
+        this.log("error", "control plane refused a log batch; dropped", {
+          lines: batch.length,
           error: errorText(error),
         });
-        await clock.sleep(delay, signal);
-      }
-    }
+        this.acknowledge(batch);
+      },
+      waiting: () => this.queue.length,
+    };
+    return deliver(queue, this.wakeup, opts);
   }
 
   private takeBatch(): QueuedLine[] {

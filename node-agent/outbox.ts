@@ -7,9 +7,8 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementEvent } from "../core/schemas";
-import { Backoff, type BackoffPolicy } from "./backoff";
-import type { Clock } from "./clock";
 import { ControlPlaneError } from "./control-plane";
+import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
 import { readJson, writeJsonAtomic } from "./files";
 import { errorText, type Logger } from "./logger";
 
@@ -17,7 +16,7 @@ const MAX_BATCH = 500; // EventBatch allows up to 500
 
 export class EventOutbox {
   private events: PlacementEvent[];
-  private wake: (() => void) | null = null;
+  private readonly wakeup = new Wakeup();
   private idle: (() => void)[] = [];
   dropped = 0;
 
@@ -53,7 +52,7 @@ export class EventOutbox {
       this.log("warn", "event outbox full: dropped an event", { event_id: gone?.event_id, type: gone?.type });
     }
     this.save();
-    this.wake?.();
+    this.wakeup.wake();
   }
 
   /** Resolves once nothing is waiting (tests, and a clean shutdown). */
@@ -63,57 +62,32 @@ export class EventOutbox {
   }
 
   /** Sends until `signal` aborts: batches in order, backing off while the control plane is unreachable. */
-  async deliver(
-    send: (events: PlacementEvent[]) => Promise<unknown>,
-    clock: Clock,
-    signal: AbortSignal,
-    policy?: BackoffPolicy,
-    random?: () => number,
-  ): Promise<void> {
-    const backoff = new Backoff(policy, random);
-    signal.addEventListener("abort", () => this.wake?.(), { once: true });
-    while (!signal.aborted) {
-      if (this.events.length === 0) {
+  deliver(send: (events: PlacementEvent[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+    const queue: DeliveryQueue<PlacementEvent[]> = {
+      what: "events",
+      nextBatch: async () => {
+        if (this.events.length > 0) return this.events.slice(0, MAX_BATCH);
         for (const done of this.idle.splice(0)) done();
-        await new Promise<void>((done) => {
-          this.wake = done;
-        });
-        this.wake = null;
-        continue;
-      }
-      const batch = this.events.slice(0, MAX_BATCH);
-      try {
-        await send(batch);
-        this.remove(batch);
-        backoff.reset();
-      } catch (error) {
-        if (error instanceof ControlPlaneError && error.kind === "rejected") {
-          await this.sendOneByOne(batch, send);
-          continue;
+        return null;
+      },
+      send,
+      acknowledge: (batch) => this.remove(batch),
+      // Find the event the control plane refuses and drop only that one.
+      refused: async (batch) => {
+        for (const event of batch) {
+          try {
+            await send([event]);
+            this.remove([event]);
+          } catch (error) {
+            if (!(error instanceof ControlPlaneError && error.kind === "rejected")) return;
+            this.log("error", "control plane refused an event; dropped", { event, error: errorText(error) });
+            this.remove([event]);
+          }
         }
-        const delay = backoff.next();
-        this.log(backoff.failures > 3 ? "warn" : "debug", "events not delivered; retrying", {
-          waiting: this.events.length,
-          retry_in_ms: delay,
-          error: errorText(error),
-        });
-        await clock.sleep(delay, signal);
-      }
-    }
-  }
-
-  /** A rejected batch: find the event the control plane refuses and drop only that one. */
-  private async sendOneByOne(batch: PlacementEvent[], send: (events: PlacementEvent[]) => Promise<unknown>) {
-    for (const event of batch) {
-      try {
-        await send([event]);
-        this.remove([event]);
-      } catch (error) {
-        if (!(error instanceof ControlPlaneError && error.kind === "rejected")) return;
-        this.log("error", "control plane refused an event; dropped", { event, error: errorText(error) });
-        this.remove([event]);
-      }
-    }
+      },
+      waiting: () => this.events.length,
+    };
+    return deliver(queue, this.wakeup, opts);
   }
 
   private remove(sent: PlacementEvent[]): void {
