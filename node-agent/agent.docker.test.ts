@@ -4,11 +4,12 @@
  * orphans and heartbeats.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Placement } from "../core/schemas";
 import { freePort } from "../tools/db/embedded";
 import { has } from "../tools/test/parts";
-import { LABELS } from "./container-spec";
+import { containerSpec, LABELS } from "./container-spec";
 import { TestControlPlane } from "./test/control-plane";
-import { freshImage, labelled, placement, shell, startTestAgent, type TestAgent } from "./test/harness";
+import { freshImage, labelled, placement, shell, startTestAgent, type TestAgent, untagImage } from "./test/harness";
 
 describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engine", () => {
   let cp: TestControlPlane;
@@ -25,6 +26,7 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
   afterAll(async () => {
     await t?.stop();
     await cp?.close();
+    if (image) await untagImage(image);
   });
 
   /** Adds a placement to the node's desired set. */
@@ -215,11 +217,36 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
         async () =>
           (await labelled(t.engine, t.config.agentName)).some((c) => c.labels[LABELS.placement] === p.placement_id),
         {
-          timeout: 30_000,
+          timeout: 25_000,
           interval: 200,
         },
       )
       .toBe(false);
+  });
+
+  it("adopts a container that a previous agent process started but never reported, and starts no second one", async () => {
+    const agentName = `test-adopt-${Date.now()}`;
+    const p = placement({ image, grace_period_ms: 1_000, ...shell("echo from before; sleep 600") });
+    // What a previous process left: the container, started, with no event sent and no state on disk.
+    await t.engine.pull(image, () => {});
+    const id = await t.engine.create(containerSpec(Placement.parse(p), { agentName, nodeId: "n-old", pidsLimit: 64 }));
+    await t.engine.start(id);
+    const other = await TestControlPlane.start();
+    other.setPlacements([p]);
+    const second = await startTestAgent(other, { config: { agentName } });
+    try {
+      const running = await other.waitFor("running", () =>
+        other.eventsFor(p.placement_id).find((e) => e.type === "running"),
+      );
+      expect(running).toMatchObject({ container_id: id });
+      await other.waitFor("the line from before", () => other.linesFor(p.placement_id).at(0)?.line === "from before");
+      other.setPlacements([{ ...p, desired: "stopped" }]);
+      expect(await other.outcome(p.placement_id)).toMatchObject({ type: "exited", stopped_by: "cancel" });
+      expect((await labelled(t.engine, agentName)).map((c) => c.id)).toEqual([id]);
+    } finally {
+      await second.stop();
+      await other.close();
+    }
   });
 
   it("registers again when the control plane says it does not know the node", async () => {

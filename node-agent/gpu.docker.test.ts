@@ -15,6 +15,7 @@ import {
   shell,
   startTestAgent,
   type TestAgent,
+  untagImage,
 } from "./test/harness";
 
 describe.skipIf(!has("docker") || !has("registry"))("GPU placements", () => {
@@ -30,6 +31,7 @@ describe.skipIf(!has("docker") || !has("registry"))("GPU placements", () => {
   afterAll(async () => {
     for (const a of agents) await a.stop();
     await cp?.close();
+    if (image) await untagImage(image);
   });
 
   it("passes the placement's exact GPU indices to the container as an NVIDIA device request", async () => {

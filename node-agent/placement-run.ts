@@ -77,6 +77,7 @@ export class PlacementRun {
   private follow: LogFollow | null = null;
   private readonly closing = new AbortController();
   private abandoned = false;
+  private reportedRunning = false;
   private silent = false;
   private progressCount = 0;
   private lastProgressAt = Number.NEGATIVE_INFINITY;
@@ -219,6 +220,7 @@ export class PlacementRun {
       return false;
     }
     this.report({ type: "running", container_id: id }, "running");
+    this.reportedRunning = true;
     return true;
   }
 
@@ -283,6 +285,11 @@ export class PlacementRun {
         return;
       }
       details = (await this.ctx.engine.inspect(id)) ?? details;
+    }
+    // A container this process did not start (adopted, or found by label) may never have been reported
+    // as running if the previous process died right after starting it; the same id makes it harmless.
+    if (!this.reportedRunning && details.startedAt !== null) {
+      this.report({ type: "running", container_id: id }, "running", details.startedAt);
     }
     // An adopted container may have exited already: then only its log and its exit are left to report.
     const alive = details.state !== "exited" && details.state !== "dead";

@@ -23,6 +23,7 @@ import {
   placement,
   removeLabelled,
   shell,
+  untagImage,
 } from "./test/harness";
 
 const OUTAGE_MS = 30_000;
@@ -44,6 +45,7 @@ describe.skipIf(!has("docker") || !has("registry"))("agent restarts and control-
 
   afterAll(async () => {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+    if (image) await untagImage(image);
   });
 
   async function setup() {

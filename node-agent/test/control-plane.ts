@@ -117,7 +117,7 @@ export class TestControlPlane {
    * Resolves with the predicate's first truthy value, checked now and after every request the
    * peer handles. The timeout only keeps a broken test from hanging; it asserts nothing about speed.
    */
-  waitFor<T>(what: string, predicate: () => T | undefined | null | false, timeoutMs = 60_000): Promise<T> {
+  waitFor<T>(what: string, predicate: () => T | undefined | null | false, timeoutMs = 25_000): Promise<T> {
     return new Promise((done, fail) => {
       const check = () => {
         const value = predicate();

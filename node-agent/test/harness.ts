@@ -64,6 +64,22 @@ export async function freshImage(): Promise<string> {
   return `${registry}/${repo}:${newTag}`;
 }
 
+/**
+ * Removes a fresh tag from the engines again, so runs do not pile up tags there. (The registry keeps
+ * the tag: it deletes by digest only, which would also delete the base tag.)
+ */
+export async function untagImage(ref: string): Promise<void> {
+  const sockets = [process.env.DOCKER_HOST, process.env.SCALAR_TEST_DOCKER_PLAIN]
+    .filter((h): h is string => Boolean(h?.startsWith("unix://")))
+    .map((h) => h.slice(7));
+  for (const socketPath of sockets) {
+    await new DockerodeEngine({ socketPath }).docker
+      .getImage(ref)
+      .remove()
+      .catch(() => {}); // not pulled there, or still used by a container
+  }
+}
+
 let counter = 0;
 export function placement(
   overrides: Partial<z.input<typeof Placement>> & { image: string },
@@ -213,7 +229,7 @@ export class AgentProcess {
 export async function eventually<T>(
   what: string,
   check: () => T | null | undefined | false | Promise<T | null | undefined | false>,
-  timeoutMs = 60_000,
+  timeoutMs = 25_000,
 ): Promise<T> {
   const giveUp = Date.now() + timeoutMs;
   for (;;) {
