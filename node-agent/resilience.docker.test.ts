@@ -78,15 +78,21 @@ describe.skipIf(!has("docker") || !has("registry"))("agent restarts and control-
     const first = spawnAgent();
     const p = placement({ image, grace_period_ms: 2_000, ...TICKER });
     cp.setPlacements([p]);
-    const running = await cp.waitFor("running", () => cp.eventsFor(p.placement_id).find((e) => e.type === "running"));
+    const running = await cp.waitFor(
+      "running (after the agent process starts)",
+      () => cp.eventsFor(p.placement_id).find((e) => e.type === "running"),
+      60_000,
+    );
     await cp.waitFor("a few ticks", () => cp.linesFor(p.placement_id).length >= 3);
 
     await first.kill();
     const heartbeatsBefore = cp.heartbeats.length;
     spawnAgent();
     // The new process reports the container as its own…
-    await cp.waitFor("a heartbeat of the new process listing the placement", () =>
-      cp.heartbeats.slice(heartbeatsBefore).some((h) => h.running.includes(p.placement_id)),
+    await cp.waitFor(
+      "a heartbeat of the new process listing the placement",
+      () => cp.heartbeats.slice(heartbeatsBefore).some((h) => h.running.includes(p.placement_id)),
+      60_000,
     );
     const ticksAtAdoption = cp.linesFor(p.placement_id).length;
     await cp.waitFor(
@@ -106,7 +112,7 @@ describe.skipIf(!has("docker") || !has("registry"))("agent restarts and control-
     const lines = cp.linesFor(p.placement_id);
     expect(seqs(lines)).toEqual(upTo(lines.length));
     expect(lines.map((l) => l.line)).toEqual(upTo(lines.length).map((i) => `tick ${i}`));
-  });
+  }, 90_000);
 
   it(
     `loses no event and no log line in a ${OUTAGE_MS / 1000} s outage, even with an agent restart in the middle`,
@@ -115,7 +121,11 @@ describe.skipIf(!has("docker") || !has("registry"))("agent restarts and control-
       const first = spawnAgent();
       const p = placement({ image, ...TICKER });
       cp.setPlacements([p]);
-      const running = await cp.waitFor("running", () => cp.eventsFor(p.placement_id).find((e) => e.type === "running"));
+      const running = await cp.waitFor(
+        "running (after the agent process starts)",
+        () => cp.eventsFor(p.placement_id).find((e) => e.type === "running"),
+        60_000,
+      );
       await cp.waitFor("a few ticks", () => cp.linesFor(p.placement_id).length >= 3);
 
       await cp.goDown();
