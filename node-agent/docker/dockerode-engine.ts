@@ -51,7 +51,11 @@ export function logTimestampToSince(ts: string): string {
   return `${seconds}.${(m[2] ?? "").padEnd(9, "0").slice(0, 9)}`;
 }
 
-/** Splits one demuxed stream into entries: each engine message starts with `<timestamp> `. */
+/**
+ * Splits one demuxed stream into entries: each engine message starts with `<timestamp> `. A line the
+ * engine stored in 16 KiB parts comes back as parts each with its own timestamp, joined into one
+ * entry with the later timestamps inside the text (rare; the text is kept, not repaired).
+ */
 class LogLineSplitter {
   private partial = "";
   constructor(
