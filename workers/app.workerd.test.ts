@@ -1,6 +1,7 @@
 /** The Worker inside workerd: health through Hyperdrive to the embedded Postgres, the error envelope, crons. */
 import { createExecutionContext, env, runInDurableObject, SELF, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import { SCHEMA } from "../durable-objects/region-scheduler/schema";
 import { type CronTask, dispatchCron, EVERY_MINUTE } from "./cron";
 import { regionScheduler } from "./regions";
 
@@ -17,7 +18,9 @@ describe("GET /healthz", () => {
     expect(body.status).toBe("ok");
     expect(body.database.reachable).toBe(true);
     expect(body.database.server_version).toMatch(/^17\./);
-    expect(body.regions).toEqual([expect.objectContaining({ region: "us-west-1", ok: true, schema_version: 1 })]);
+    expect(body.regions).toEqual([
+      expect.objectContaining({ region: "us-west-1", ok: true, schema_version: SCHEMA.length }),
+    ]);
   });
 });
 
@@ -37,10 +40,10 @@ describe("RegionScheduler", () => {
   it("creates its versioned SQLite schema once and keeps it across calls", async () => {
     const stub = regionScheduler(env, "test-region");
     const first = await stub.ping("test-region");
-    expect(first).toEqual({ region: "test-region", schema_version: 1, nodes: 0 });
+    expect(first).toEqual({ region: "test-region", schema_version: SCHEMA.length, nodes: 0 });
     await runInDurableObject(stub, async (_instance, state) => {
       const rows = state.storage.sql.exec<{ version: number }>("select version from _schema").toArray();
-      expect(rows).toEqual([{ version: 1 }]);
+      expect(rows).toEqual([{ version: SCHEMA.length }]);
     });
     expect(await stub.ping("other-name")).toEqual(first);
   });

@@ -4,6 +4,7 @@
  */
 import { expireIdempotencyKeysTask, reconcileTask } from "./api/housekeeping";
 import { createLogger, errorFields, type Logger } from "./http/log";
+import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
 
 export type CronTask = { name: string; run: (env: Env, log: Logger) => Promise<unknown> };
 
@@ -11,7 +12,11 @@ export const EVERY_MINUTE = "* * * * *";
 
 /** What runs on which schedule. Later issues register the autoscaler, reconciler and billing here. */
 export const CRON_TASKS: Record<string, CronTask[]> = {
-  [EVERY_MINUTE]: [reconcileTask, expireIdempotencyKeysTask],
+  [EVERY_MINUTE]: [
+    { name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) },
+    reconcileTask,
+    expireIdempotencyKeysTask,
+  ],
 };
 
 export async function dispatchCron(

@@ -1,33 +1,391 @@
 /**
- * One per region: the region's nodes, GPU allocations and job queue, changed one at a time so a GPU
- * is never handed out twice. See README.md beside this file for its tables.
+ * One per region: the region's nodes, GPU allocations and job queue, changed one call at a time so
+ * a GPU is never handed out twice. Every call runs in one storage transaction (the change, the
+ * packer pass it triggers, and the outbox rows that record both); long-polls wait in memory; one
+ * alarm drives timers, liveness and the outbox flush to Postgres. See README.md beside this file.
  */
 import { DurableObject } from "cloudflare:workers";
+import postgres from "postgres";
+import type { Heartbeat, JobStatus, PlacementEvent, PlacementSet, RegisterResponse } from "../../core/schemas";
 import { ObjectSql } from "../sqlite";
+import { type Clock, wallClock } from "./clock";
+import { Outbox } from "./outbox";
+import { deliver, isRowError } from "./outbox-postgres";
+import { Records } from "./records";
+import { Region } from "./region";
+import type {
+  CancelResult,
+  CapacitySnapshot,
+  DeadLetter,
+  EndpointSpec,
+  EndpointState,
+  EventResult,
+  JobState,
+  NodeRegistration,
+  NodeView,
+  RegionSchedulerRpc,
+  ReservationRequest,
+  ReserveResult,
+  SchedulerJob,
+  SubmitResult,
+} from "./rpc";
 import { SCHEMA } from "./schema";
+import { backoff, DEFAULT_SETTINGS, type SchedulerSettings } from "./settings";
+import { Views } from "./views";
 
 export interface RegionSchedulerEnv {
   HYPERDRIVE: Hyperdrive;
+  LOG_LEVEL?: string;
 }
 
-export class RegionScheduler extends DurableObject<RegionSchedulerEnv> {
+/** Longest a long-poll is held, whatever the agent asks. */
+const MAX_POLL_MS = 60_000;
+
+export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implements RegionSchedulerRpc {
+  /** Tests replace this with a clock they advance; nothing else reads the time. */
+  clock: Clock = wallClock;
   private readonly db: ObjectSql;
   readonly schemaVersion: number;
+  private readonly outbox: Outbox;
+  private readonly state: Region;
+  private readonly views: Views;
+  private settings: SchedulerSettings;
+  private readonly waiters = new Map<string, Set<() => void>>();
+  private flushing: Promise<{ delivered: number; failed: number }> | null = null;
 
   constructor(ctx: DurableObjectState, env: RegionSchedulerEnv) {
     super(ctx, env);
     this.db = new ObjectSql(ctx.storage);
     this.schemaVersion = this.db.ensureSchema(SCHEMA);
+    const stored = this.meta("settings");
+    this.settings = { ...DEFAULT_SETTINGS, ...(stored ? (JSON.parse(stored) as Partial<SchedulerSettings>) : {}) };
+    this.outbox = new Outbox(this.db);
+    const records = new Records(this.db, this.outbox, () => this.regionName());
+    this.state = new Region(
+      this.db,
+      records,
+      () => this.settings,
+      () => this.regionName(),
+      (e, f) => this.log("info", e, f),
+    );
+    this.views = new Views(this.db, this.state);
   }
 
   /** Liveness of the object and its storage: the region it serves and its schema version. */
   async ping(region: string): Promise<{ region: string; schema_version: number; nodes: number }> {
     this.db.run("insert into meta (key, value) values ('region', ?) on conflict (key) do nothing", region);
     const nodes = this.db.one<{ n: number }>("select count(*) as n from nodes")?.n ?? 0;
-    return {
-      region: this.db.one<{ value: string }>("select value from meta where key = 'region'")?.value ?? region,
-      schema_version: this.schemaVersion,
-      nodes,
-    };
+    return { region: this.regionName(), schema_version: this.schemaVersion, nodes };
+  }
+
+  /** Change tunables (persisted). Additive to the agreed contract: for operators and tests. */
+  async configure(changes: Partial<SchedulerSettings>): Promise<SchedulerSettings> {
+    this.settings = { ...this.settings, ...changes, packer: { ...this.settings.packer, ...changes.packer } };
+    this.db.run(
+      "insert into meta (key, value) values ('settings', ?) on conflict (key) do update set value = excluded.value",
+      JSON.stringify(this.settings),
+    );
+    return this.settings;
+  }
+
+  // ---- jobs -------------------------------------------------------------------------------
+
+  async submit(job: SchedulerJob): Promise<SubmitResult> {
+    return this.change((now) => {
+      const result = this.state.submit(job, now);
+      if (!result.ok || result.duplicate) return result;
+      this.state.schedule(now);
+      return { ...result, status: this.state.job(job.id)!.status };
+    });
+  }
+
+  async cancel(jobId: string): Promise<CancelResult> {
+    return this.change((now) => {
+      const result = this.state.cancel(jobId, now);
+      // The cancelled job may have held the head's reservation that kept others from backfilling.
+      if (result.ok) this.state.schedule(now);
+      return result;
+    });
+  }
+
+  async jobState(jobId: string): Promise<JobState | null> {
+    return this.views.jobState(jobId);
+  }
+
+  async deadLetters(): Promise<DeadLetter[]> {
+    return this.views.deadLetters();
+  }
+
+  async redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }> {
+    return this.change((now) => {
+      const result = this.state.redrive(jobId, now);
+      if (result.ok) this.state.schedule(now);
+      return result.ok ? { ok: true, status: this.state.job(jobId)!.status } : result;
+    });
+  }
+
+  // ---- nodes and agents -------------------------------------------------------------------
+
+  async registerNode(registration: NodeRegistration): Promise<RegisterResponse> {
+    return this.change((now) => {
+      this.db.run(
+        "insert into meta (key, value) values ('region', ?) on conflict (key) do nothing",
+        registration.region,
+      );
+      this.state.register(registration, now);
+      this.state.schedule(now);
+      return {
+        node_id: registration.node_id,
+        region: this.regionName(),
+        heartbeat_interval_ms: this.settings.heartbeat_interval_ms,
+        poll_wait_ms: this.settings.poll_wait_ms,
+      };
+    });
+  }
+
+  async heartbeat(
+    nodeId: string,
+    heartbeat: Heartbeat,
+  ): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }> {
+    return this.change((now) => {
+      const r = this.state.heartbeat(nodeId, heartbeat, now);
+      if (!r.known) return { ok: false, state: "unknown" as const };
+      if (r.changed) this.state.schedule(now);
+      return { ok: true, state: this.state.node(nodeId)!.state };
+    });
+  }
+
+  /**
+   * The node's whole desired set and its version. Answers at once when the version differs from
+   * `sinceVersion`, else when the set changes, else empty-handed (same set) at the deadline.
+   */
+  async pollPlacements(nodeId: string, sinceVersion: number, waitMs: number): Promise<PlacementSet> {
+    const current = this.state.placementSet(nodeId);
+    if (current.version !== sinceVersion || waitMs <= 0 || !this.state.node(nodeId)) return current;
+    await new Promise<void>((resolve) => {
+      const set = this.waiters.get(nodeId) ?? new Set<() => void>();
+      const done = () => {
+        clearTimeout(timer);
+        set.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.min(waitMs, MAX_POLL_MS));
+      set.add(done);
+      this.waiters.set(nodeId, set);
+    });
+    return this.state.placementSet(nodeId);
+  }
+
+  async reportEvent(nodeId: string, event: PlacementEvent): Promise<EventResult> {
+    return this.change((now) => {
+      const { changed, ...result } = this.state.report(nodeId, event, now);
+      if (changed) this.state.schedule(now);
+      return result;
+    });
+  }
+
+  async drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }> {
+    return this.change((now) => this.state.drain(nodeId, now));
+  }
+
+  async listNodes(): Promise<NodeView[]> {
+    return this.views.nodes();
+  }
+
+  async capacitySnapshot(): Promise<CapacitySnapshot> {
+    return this.views.capacity(this.regionName(), this.clock.now());
+  }
+
+  // ---- reservations -----------------------------------------------------------------------
+
+  async reserve(request: ReservationRequest): Promise<ReserveResult> {
+    return this.change((now) => this.state.reservations.reserve(request, now));
+  }
+
+  async release(reservationId: string): Promise<{ released: boolean }> {
+    return this.change((now) => {
+      const result = this.state.reservations.release(reservationId, now);
+      if (result.released) this.state.schedule(now);
+      return result;
+    });
+  }
+
+  // ---- endpoints --------------------------------------------------------------------------
+
+  async ensureEndpoint(spec: EndpointSpec): Promise<EndpointState> {
+    return this.change((now) => {
+      this.state.endpoints.ensure(spec, now);
+      this.state.schedule(now);
+      return this.views.endpointState(spec.id)!;
+    });
+  }
+
+  async removeEndpoint(endpointId: string): Promise<{ removed: boolean }> {
+    return this.change((now) => {
+      const result = this.state.endpoints.remove(endpointId, now);
+      this.state.schedule(now);
+      return result;
+    });
+  }
+
+  async endpointState(endpointId: string): Promise<EndpointState | null> {
+    return this.views.endpointState(endpointId);
+  }
+
+  // ---- the alarm --------------------------------------------------------------------------
+
+  /** Due timers, liveness, the packer pass, then the outbox to Postgres. Re-armed whatever happens. */
+  override async alarm(): Promise<void> {
+    try {
+      const now = this.clock.now();
+      this.ctx.storage.transactionSync(() => {
+        this.state.tick(now);
+        this.state.schedule(now);
+      });
+      this.wake();
+      await this.flush();
+    } catch (error) {
+      this.log("error", "alarm.failed", { error: error instanceof Error ? error.message : String(error) });
+    } finally {
+      await this.arm(true);
+    }
+  }
+
+  /** Deliver due outbox rows in order; a row stays until Postgres has it. One flush at a time. */
+  private flush(): Promise<{ delivered: number; failed: number }> {
+    if (!this.flushing) this.flushing = this.deliverDue().finally(() => (this.flushing = null));
+    return this.flushing;
+  }
+
+  private async deliverDue(): Promise<{ delivered: number; failed: number }> {
+    const now = this.clock.now();
+    const paused = Number(this.meta("outbox_paused_until") ?? 0);
+    if (paused > now) return { delivered: 0, failed: 0 };
+    const { rows, blocked } = this.outbox.due(now, this.settings.flush_batch);
+    if (rows.length === 0) return { delivered: 0, failed: 0 };
+    const sql = postgres(this.env.HYPERDRIVE.connectionString, {
+      max: 1,
+      fetch_types: false,
+      connect_timeout: 10,
+      idle_timeout: 5,
+      onnotice: () => {},
+    });
+    let delivered = 0;
+    let failed = 0;
+    try {
+      for (const row of rows) {
+        if (blocked.has(row.key)) continue;
+        try {
+          await deliver(sql, { kind: row.kind, row: JSON.parse(row.payload) } as never);
+          this.outbox.delivered(row.seq);
+          delivered++;
+        } catch (error) {
+          failed++;
+          const message = error instanceof Error ? error.message : String(error);
+          const at = this.clock.now();
+          if (!isRowError(error)) {
+            // Postgres unreachable: pause the whole outbox, not just this row, and keep its attempts.
+            const streak = Number(this.meta("outbox_failures") ?? 0) + 1;
+            this.setMeta("outbox_failures", String(streak));
+            const delay = backoff(
+              this.settings.outbox_retry_base_ms,
+              this.settings.outbox_retry_cap_ms,
+              streak,
+              streak,
+            );
+            this.setMeta("outbox_paused_until", String(at + delay));
+            this.log("warn", "outbox.unreachable", { error: message, retry_in_ms: delay });
+            break;
+          }
+          blocked.add(row.key);
+          const attempts = row.attempts + 1;
+          const park = attempts >= this.settings.outbox_max_attempts;
+          const delay = backoff(
+            this.settings.outbox_retry_base_ms,
+            this.settings.outbox_retry_cap_ms,
+            attempts,
+            row.seq,
+          );
+          this.outbox.failed(row, message, at + delay, park);
+          this.log(park ? "error" : "warn", park ? "outbox.parked" : "outbox.row_failed", {
+            kind: row.kind,
+            key: row.key,
+            attempts,
+            error: message,
+          });
+        }
+      }
+      if (delivered > 0) this.setMeta("outbox_failures", "0");
+    } finally {
+      await sql.end({ timeout: 2 }).catch(() => {});
+    }
+    return { delivered, failed };
+  }
+
+  // ---- plumbing ---------------------------------------------------------------------------
+
+  /** One change: in a storage transaction, then wake the long-polls it concerns and arm the alarm. */
+  private async change<T>(fn: (now: number) => T): Promise<T> {
+    const now = this.clock.now();
+    let result: T;
+    try {
+      result = this.ctx.storage.transactionSync(() => fn(now));
+    } catch (error) {
+      this.state.touched.clear();
+      throw error;
+    }
+    this.wake();
+    await this.arm(false);
+    return result;
+  }
+
+  private wake(): void {
+    for (const nodeId of this.state.touched) {
+      for (const done of [...(this.waiters.get(nodeId) ?? [])]) done();
+    }
+    this.state.touched.clear();
+  }
+
+  /**
+   * Set the one alarm to the earliest due work: a timer, the periodic sweep, or the outbox (a
+   * moment after a change, so a burst of changes is flushed together). Never moves it later,
+   * except from inside the alarm itself, where the old one has just fired.
+   */
+  private async arm(fromAlarm: boolean): Promise<void> {
+    const now = this.clock.now();
+    let next = this.state.nextDue(now);
+    const pending = this.outbox.nextDue();
+    if (pending !== null) {
+      const paused = Number(this.meta("outbox_paused_until") ?? 0);
+      const at = Math.max(pending, paused, now + this.settings.flush_delay_ms);
+      next = next === null ? at : Math.min(next, at);
+    }
+    if (next === null) return;
+    const current = await this.ctx.storage.getAlarm();
+    if (fromAlarm || current === null || next < current) await this.ctx.storage.setAlarm(next);
+  }
+
+  private regionName(): string {
+    return this.ctx.id.name ?? this.meta("region") ?? "unknown";
+  }
+
+  private meta(key: string): string | undefined {
+    return this.db.one<{ value: string }>("select value from meta where key = ?", key)?.value;
+  }
+
+  private setMeta(key: string, value: string): void {
+    this.db.run(
+      "insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value",
+      key,
+      value,
+    );
+  }
+
+  private log(level: "info" | "warn" | "error", event: string, fields: Record<string, unknown>): void {
+    if (level === "info" && this.env.LOG_LEVEL !== "info" && this.env.LOG_LEVEL !== "debug") return;
+    const line = JSON.stringify({ ts: new Date().toISOString(), level, event, region: this.regionName(), ...fields });
+    if (level === "error") console.error(line);
+    else if (level === "warn") console.warn(line);
+    else console.log(line);
   }
 }

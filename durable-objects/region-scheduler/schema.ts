@@ -2,4 +2,121 @@
 export const SCHEMA: readonly string[] = [
   `create table meta (key text primary key, value text not null);
    create table nodes (id text primary key, data text not null);`,
+  // v2: the scheduler proper (see README.md beside this file).
+  `drop table nodes;
+   create table nodes (
+     id text primary key,
+     zone text not null,
+     gpu_model text not null,
+     gpus text not null,
+     unhealthy_gpus text not null default '[]',
+     cpu_milli integer not null,
+     memory_mib integer not null,
+     state text not null,
+     block_id text,
+     block_end_at integer,
+     hostname text,
+     agent_version text,
+     registered_at integer not null,
+     last_heartbeat_at integer,
+     placement_version integer not null default 0,
+     lost_at integer,
+     synced_heartbeat_at integer
+   );
+   create table jobs (
+     id text primary key,
+     kind text not null,
+     endpoint_id text,
+     account_id text not null,
+     tier text not null,
+     priority integer not null,
+     gpu_count integer not null,
+     gpu_models text not null,
+     cpu_milli integer not null,
+     memory_mib integer not null,
+     estimated_duration_s integer,
+     max_runtime_s integer,
+     max_attempts integer not null,
+     submitted_at integer not null,
+     spec text not null,
+     status text not null,
+     attempt integer not null default 0,
+     attempt_base integer not null default 0,
+     waiting_reason text,
+     next_attempt_at integer,
+     exit_code integer,
+     failure_reason text,
+     reasons text not null default '[]',
+     dead_lettered_at integer,
+     started_at integer,
+     finished_at integer,
+     event_seq integer not null default 0,
+     updated_at integer not null
+   );
+   create index jobs_status on jobs (status, next_attempt_at);
+   create index jobs_endpoint on jobs (endpoint_id) where endpoint_id is not null;
+   create table runs (
+     id text primary key,
+     job_id text not null,
+     attempt integer not null,
+     gang_index integer not null,
+     node_id text not null,
+     gpu_indices text not null,
+     cpu_milli integer not null,
+     memory_mib integer not null,
+     status text not null,
+     desired text not null,
+     stop_reason text,
+     placed_at integer not null,
+     started_at integer,
+     finished_at integer,
+     kill_deadline integer,
+     exit_code integer,
+     oom_killed integer not null default 0,
+     failure_reason text
+   );
+   create index runs_active on runs (node_id) where status in ('placed', 'pulling', 'running');
+   create index runs_job on runs (job_id, attempt);
+   create table reservations (
+     id text primary key,
+     gpu_model text not null,
+     tier text,
+     reason text not null,
+     expires_at integer,
+     created_at integer not null,
+     gpus text not null
+   );
+   create table endpoints (
+     id text primary key,
+     spec text not null,
+     spec_hash text not null,
+     created_at integer not null,
+     updated_at integer not null
+   );
+   create table seen_events (
+     node_id text not null,
+     event_id text not null,
+     at integer not null,
+     primary key (node_id, event_id)
+   );
+   create index seen_events_at on seen_events (at);
+   create table timers (
+     kind text not null,
+     key text not null,
+     due_at integer not null,
+     primary key (kind, key)
+   );
+   create index timers_due on timers (due_at);
+   create table outbox (
+     seq integer primary key autoincrement,
+     kind text not null,
+     key text not null,
+     payload text not null,
+     created_at integer not null,
+     attempts integer not null default 0,
+     next_try_at integer not null default 0,
+     last_error text,
+     parked integer not null default 0
+   );
+   create index outbox_key on outbox (key, seq);`,
 ];

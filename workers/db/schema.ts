@@ -5,3 +5,5 @@
 
 export * from "./schema/api";
 export * from "./schema/core";
+export * from "./schema/market";
+export * from "./schema/scheduler";

@@ -1,0 +1,175 @@
+/**
+ * One scheduling pass: order the queue, then for each job filter → score → select on a working
+ * copy of the fleet, and return the plan. Nothing outside is changed; the caller (the region's
+ * Durable Object) re-checks each placement against its current state before committing it.
+ *
+ * Backfill: the first job that cannot start (the head) reserves its earliest start; so does every
+ * blocked Fast job, against Flex work. Later jobs still start when they delay none of the
+ * reservations that bind them (see backfill.ts); those placements are marked `backfill`.
+ */
+import { ReservationBook } from "./backfill";
+import { Fleet, type FleetNode } from "./fleet";
+import {
+  type NodeAssignment,
+  type PackerAllocation,
+  type PackerConfig,
+  type PackerHold,
+  type PackerJob,
+  type PackerNode,
+  resolveConfig,
+} from "./model";
+import { type JobNeed, needFor } from "./need";
+import { SELECTORS } from "./policies";
+import { orderQueue } from "./queue";
+import { type ReasonCounts, summarise } from "./reasons";
+import { type ScoreContext, scoreContext, sizeMixOf } from "./score";
+import type { Selection } from "./select";
+
+export interface PlanInput {
+  now: number;
+  nodes: readonly PackerNode[];
+  allocations?: readonly PackerAllocation[];
+  holds?: readonly PackerHold[];
+  queue: readonly PackerJob[];
+  config?: Partial<PackerConfig>;
+}
+
+export interface PlannedPlacement {
+  job_id: string;
+  /** `in_order`: nothing ahead of it was waiting; `backfill`: it starts past a waiting job. */
+  kind: "in_order" | "backfill";
+  nodes: NodeAssignment[];
+  score: number;
+}
+
+export interface WaitingJob {
+  job_id: string;
+  /** e.g. `0/12 nodes: 9 insufficient free GPUs, 3 GPU model not allowed`. */
+  reason: string;
+  counts: ReasonCounts;
+  /** The reserved start (backfill), when it has one. */
+  reserved_start_at: number | null;
+}
+
+/** A waiting job's reserved start: what later jobs it binds must not delay. */
+export interface PlannedReservation {
+  job_id: string;
+  start_at: number;
+  node_ids: string[];
+  binds: "all" | "flex";
+}
+
+export interface Plan {
+  placements: PlannedPlacement[];
+  waiting: WaitingJob[];
+  reservations: PlannedReservation[];
+  /** Job ids in the order they were considered. */
+  order: string[];
+}
+
+export function plan(input: PlanInput): Plan {
+  const cfg = resolveConfig(input.config);
+  const fleet = Fleet.build(input.nodes, input.allocations, input.holds);
+  const order = orderQueue(input.queue, input.now, cfg);
+  const ctx = scoreContext(cfg.size_mix ?? sizeMixOf(input.queue), input.now, cfg.weights);
+  const pass = new Pass(fleet, ctx, cfg, input.now);
+  for (const job of order) pass.consider(job);
+  return {
+    placements: pass.placements,
+    waiting: pass.waiting,
+    reservations: pass.book.all.map((r) => ({
+      job_id: r.job_id,
+      start_at: r.start,
+      node_ids: r.nodes.map((n) => n.id),
+      binds: r.binds,
+    })),
+    order: order.map((j) => j.id),
+  };
+}
+
+/** The state of one pass over the ordered queue. Exported for the benchmark and the replay. */
+export class Pass {
+  readonly placements: PlannedPlacement[] = [];
+  readonly waiting: WaitingJob[] = [];
+  readonly book = new ReservationBook();
+  private blocked = false;
+  /** Blocked Fast jobs that hold a reservation; past the cap, Flex work stops for this pass. */
+  private fastReserved = 0;
+  private flexHalted = false;
+  /** Failed selections by job shape, valid while the fleet and the reservations are unchanged. */
+  private readonly failed = new Map<string, { version: number; reservations: number; sel: Selection }>();
+
+  constructor(
+    readonly fleet: Fleet,
+    readonly ctx: ScoreContext,
+    readonly cfg: PackerConfig,
+    readonly now: number,
+  ) {}
+
+  consider(job: PackerJob): PlannedPlacement | WaitingJob {
+    const need = needFor(job, this.fleet, this.now);
+    if (this.flexHalted && job.tier === "flex") {
+      return this.wait(need, {
+        ok: false,
+        feasible: 0,
+        counts: {},
+        extra: `more than ${this.cfg.max_protected_reservations} Fast jobs are waiting`,
+      });
+    }
+    const sel = this.selectCached(need);
+    if (sel.ok) {
+      const placed: PlannedPlacement = {
+        job_id: job.id,
+        kind: this.blocked ? "backfill" : "in_order",
+        nodes: sel.choices.map((c) => {
+          this.fleet.allocate(c.node, c.mask, need.cpu, need.mem, need.end);
+          return {
+            node_id: c.node.id,
+            gpu_indices: this.fleet.gpuIndices(c.mask),
+            cpu_milli: need.cpu,
+            memory_mib: need.mem,
+          };
+        }),
+        score: sel.choices.reduce((s, c) => s + c.score, 0) / sel.choices.length,
+      };
+      this.placements.push(placed);
+      return placed;
+    }
+    return this.wait(need, sel);
+  }
+
+  private selectCached(need: JobNeed): Selection {
+    const veto = this.book.size > 0 ? (n: JobNeed, node: FleetNode) => this.book.delays(n, node) : undefined;
+    const key = `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${need.estimatedEnd}|${need.end}|${need.job.gpu_models.join(",")}`;
+    const hit = this.failed.get(key);
+    if (hit && hit.version === this.fleet.version && hit.reservations === this.book.size) return hit.sel;
+    const sel = SELECTORS[this.cfg.policy](this.fleet, need, this.ctx, this.cfg.candidates_per_bucket, veto);
+    if (!sel.ok) this.failed.set(key, { version: this.fleet.version, reservations: this.book.size, sel });
+    return sel;
+  }
+
+  private wait(need: JobNeed, sel: Extract<Selection, { ok: false }>): WaitingJob {
+    let reserved: number | null = null;
+    const head = !this.blocked;
+    this.blocked = true;
+    if (head || need.tier === "fast") {
+      if (need.tier === "fast" && this.fastReserved >= this.cfg.max_protected_reservations) {
+        this.flexHalted = true;
+      } else {
+        const r = this.book.reserve(this.fleet, need, this.now, head ? "all" : "flex");
+        if (r) {
+          reserved = r.start;
+          if (need.tier === "fast") this.fastReserved++;
+        }
+      }
+    }
+    const waiting: WaitingJob = {
+      job_id: need.job.id,
+      reason: summarise(sel.feasible, this.fleet.nodes.length, sel.counts, sel.extra),
+      counts: sel.counts,
+      reserved_start_at: reserved,
+    };
+    this.waiting.push(waiting);
+    return waiting;
+  }
+}

@@ -1,0 +1,670 @@
+/**
+ * The region's object inside workerd, against the migrated test Postgres behind Hyperdrive. Time is
+ * a clock the test advances (set far in the future, so no alarm fires on its own); alarms run when
+ * the test says so; a restart is a second instance built on the same storage.
+ */
+import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { PlacementEvent } from "../../core/schemas";
+import type { Clock } from "./clock";
+import { RegionScheduler } from "./RegionScheduler";
+import type { NodeRegistration, SchedulerJob } from "./rpc";
+
+class TestClock implements Clock {
+  constructor(public t: number) {}
+  now() {
+    return this.t;
+  }
+  advance(ms: number) {
+    this.t += ms;
+  }
+}
+
+const T0 = Date.UTC(2035, 0, 1);
+let sql: postgres.Sql;
+let accountId: string;
+
+beforeAll(async () => {
+  sql = postgres(env.HYPERDRIVE.connectionString, { max: 1, fetch_types: false, onnotice: () => {} });
+  const [row] = await sql<{ id: string }[]>`insert into accounts (name) values ('scheduler tests') returning id`;
+  accountId = row!.id;
+});
+afterAll(async () => {
+  await sql?.end({ timeout: 2 });
+});
+
+type Stub = DurableObjectStub<RegionScheduler>;
+
+/** Node ids are unique per test: Postgres (nodes, gpu_assignments) is shared by every test of the file. */
+let prefix = "";
+const N = (id: string) => `${prefix}${id}`;
+
+async function region(settings: Parameters<RegionScheduler["configure"]>[0] = {}) {
+  const name = `test-${crypto.randomUUID().slice(0, 8)}`;
+  prefix = `${name}-`;
+  const stub = env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(name)) as unknown as Stub;
+  const clock = new TestClock(T0);
+  await runInDurableObject(stub, (instance) => {
+    (instance as unknown as RegionScheduler).clock = clock;
+  });
+  await stub.configure(settings);
+  return { stub, clock, name };
+}
+
+function nodeReg(id: string, over: Partial<NodeRegistration> = {}): NodeRegistration {
+  return {
+    node_id: id,
+    region: "test",
+    zone: "z1",
+    block_end_at: null,
+    block_id: null,
+    hostname: `${id}.local`,
+    agent_version: "0.1.0",
+    gpu_model: "H100",
+    gpus: [0, 1, 2, 3, 4, 5, 6, 7].map((index) => ({ index })),
+    cpu_milli: 64_000,
+    memory_mib: 512_000,
+    ...over,
+  };
+}
+
+/** A job the API would submit; its `jobs` row is written to Postgres first, as the API does. */
+async function jobFor(over: Partial<SchedulerJob> = {}, writeRow = true): Promise<SchedulerJob> {
+  const job: SchedulerJob = {
+    id: crypto.randomUUID(),
+    account_id: accountId,
+    tier: "fast",
+    priority: 0,
+    gpu_count: 2,
+    gpu_models: [],
+    cpu_milli: 4_000,
+    memory_mib: 16_384,
+    estimated_duration_s: null,
+    max_runtime_s: 3_600,
+    max_attempts: 3,
+    submitted_at: T0,
+    image: "127.0.0.1:5000/test/busybox:1",
+    command: ["sh", "-c", "echo hi"],
+    args: [],
+    env: [{ name: "TOKEN", value: "s3cret" }],
+    ...over,
+  };
+  if (writeRow) await writeJobRow(job);
+  return job;
+}
+
+async function writeJobRow(job: SchedulerJob) {
+  await sql`insert into jobs (id, account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s, max_attempts)
+    values (${job.id}, ${job.account_id}, 'test', ${job.tier}, ${job.image}, ${job.gpu_count}, ${job.cpu_milli},
+            ${job.memory_mib}, ${job.max_runtime_s}, ${job.max_attempts})`;
+}
+
+let eventNo = 0;
+function ev<T extends PlacementEvent["type"]>(
+  type: T,
+  placementId: string,
+  at: number,
+  extra: Record<string, unknown> = {},
+): PlacementEvent {
+  return { event_id: `e${++eventNo}`, type, placement_id: placementId, at, ...extra } as PlacementEvent;
+}
+
+async function placementOf(stub: Stub, jobId: string) {
+  const state = await stub.jobState(jobId);
+  const p = state?.placements[0];
+  if (!p) throw new Error(`job ${jobId} has no placement: ${JSON.stringify(state)}`);
+  return p;
+}
+
+describe("RegionScheduler: one job's life", () => {
+  it("submit → poll → pulling → running → exited frees the GPUs", async () => {
+    const { stub, clock } = await region();
+    const reg = await stub.registerNode(nodeReg(N("n1")));
+    expect(reg).toMatchObject({ node_id: N("n1"), heartbeat_interval_ms: 10_000, poll_wait_ms: 25_000 });
+
+    const job = await jobFor({ gpu_count: 2 });
+    expect(await stub.submit(job)).toEqual({ ok: true, status: "placed", duplicate: false });
+    expect(await stub.submit(job)).toEqual({ ok: true, status: "placed", duplicate: true });
+
+    const set = await stub.pollPlacements(N("n1"), 0, 0);
+    expect(set.version).toBeGreaterThan(0);
+    expect(set.placements).toHaveLength(1);
+    const placement = set.placements[0]!;
+    expect(placement).toMatchObject({
+      job_id: job.id,
+      attempt: 1,
+      image: job.image,
+      env: [{ name: "TOKEN", value: "s3cret" }],
+      gpu_indices: [0, 1],
+      cpu_milli: 4_000,
+      memory_mib: 16_384,
+      kill_deadline: T0 + 3_600_000,
+      desired: "running",
+    });
+    expect((await stub.listNodes())[0]!.free_gpus).toEqual([2, 3, 4, 5, 6, 7]);
+
+    clock.advance(1_000);
+    expect(await stub.reportEvent(N("n1"), ev("pulling", placement.placement_id, clock.t))).toEqual({
+      ok: true,
+      duplicate: false,
+    });
+    const running = ev("running", placement.placement_id, clock.t);
+    expect(await stub.reportEvent(N("n1"), running)).toEqual({ ok: true, duplicate: false });
+    expect(await stub.reportEvent(N("n1"), running)).toEqual({ ok: true, duplicate: true });
+    expect(await stub.reportEvent(N("n2"), ev("pulling", placement.placement_id, clock.t))).toEqual({
+      ok: false,
+      code: "wrong_node",
+    });
+    expect(await stub.reportEvent(N("n1"), ev("pulling", "nope", clock.t))).toEqual({
+      ok: false,
+      code: "unknown_placement",
+    });
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "running", attempt: 1 });
+
+    clock.advance(60_000);
+    await stub.reportEvent(N("n1"), ev("exited", placement.placement_id, clock.t, { exit_code: 0, oom_killed: false }));
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "succeeded",
+      exit_code: 0,
+      placements: [expect.objectContaining({ status: "succeeded" })],
+    });
+    expect((await stub.listNodes())[0]!.free_gpus).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    const after = await stub.pollPlacements(N("n1"), set.version, 0);
+    expect(after.placements).toEqual([]);
+    expect(after.version).toBeGreaterThan(set.version);
+
+    // The freed GPUs take a whole-node job at once.
+    const big = await jobFor({ gpu_count: 8 });
+    expect(await stub.submit(big)).toMatchObject({ ok: true, status: "placed" });
+  });
+
+  it("refuses a malformed job with a clear message", async () => {
+    const { stub } = await region();
+    const bad = await jobFor({ gpu_count: 12 }, false);
+    expect(await stub.submit(bad)).toEqual({
+      ok: false,
+      code: "invalid",
+      message: "gpu_count must be 1 to 8, or a multiple of 8 up to 64",
+    });
+  });
+
+  it("explains why a job waits, and places it when capacity arrives", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("h200"), { gpu_model: "H200" }));
+    const job = await jobFor({ gpu_count: 4, gpu_models: ["H100"] });
+    expect(await stub.submit(job)).toMatchObject({ status: "queued" });
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 GPU model not allowed",
+    });
+    await stub.registerNode(nodeReg(N("h100")));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", waiting_reason: null });
+  });
+
+  it("resolves a long-poll as soon as a placement for that node appears", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const { version } = await stub.pollPlacements(N("n1"), 0, 0);
+    // The deadline (25 s) is far beyond what this takes; at the deadline the answer would be empty.
+    const poll = stub.pollPlacements(N("n1"), version, 25_000);
+    const job = await jobFor();
+    await stub.submit(job);
+    const set = await poll;
+    expect(set.version).toBeGreaterThan(version);
+    expect(set.placements.map((p) => p.job_id)).toEqual([job.id]);
+    // With nothing changing, the poll returns the same set at its deadline.
+    const idle = await stub.pollPlacements(N("n1"), set.version, 5);
+    expect(idle).toEqual(set);
+  });
+
+  it("cancels: queued at once; running asks the agent to stop, and the exit frees the GPUs", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const a = await jobFor({ gpu_count: 8 });
+    const b = await jobFor({ gpu_count: 8 });
+    await stub.submit(a);
+    await stub.submit(b);
+    expect(await stub.cancel(b.id)).toEqual({ ok: true, status: "cancelled" });
+    expect(await stub.cancel(b.id)).toEqual({ ok: false, code: "already_finished", status: "cancelled" });
+    expect(await stub.cancel("nope")).toEqual({ ok: false, code: "not_found" });
+
+    const p = await placementOf(stub, a.id);
+    await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+    expect(await stub.cancel(a.id)).toEqual({ ok: true, status: "cancelled" });
+    const set = await stub.pollPlacements(N("n1"), 0, 0);
+    expect(set.placements).toEqual([expect.objectContaining({ placement_id: p.placement_id, desired: "stopped" })]);
+    expect((await stub.listNodes())[0]!.free_gpus).toEqual([]);
+    clock.advance(5_000);
+    await stub.reportEvent(N("n1"), ev("exited", p.placement_id, clock.t, { exit_code: 143, stopped_by: "cancel" }));
+    expect(await stub.jobState(a.id)).toMatchObject({
+      status: "cancelled",
+      placements: [expect.objectContaining({ status: "cancelled" })],
+    });
+    expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
+  });
+
+  it("stops a run at its kill deadline and fails the job without retrying it", async () => {
+    const { stub, clock } = await region({ grace_period_ms: 1_000, deadline_slack_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const job = await jobFor({ max_runtime_s: 60 });
+    await stub.submit(job);
+    const p = await placementOf(stub, job.id);
+    await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+    clock.advance(62_000);
+    await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [p.placement_id] });
+    await runDurableObjectAlarm(stub);
+    const set = await stub.pollPlacements(N("n1"), 0, 0);
+    expect(set.placements[0]).toMatchObject({ placement_id: p.placement_id, desired: "stopped" });
+    await stub.reportEvent(N("n1"), ev("exited", p.placement_id, clock.t, { exit_code: 137 }));
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "failed",
+      failure_reason: "max runtime exceeded",
+      dead_lettered: false,
+    });
+  });
+});
+
+describe("RegionScheduler: failures", () => {
+  it("node loss → retry elsewhere with backoff → dead letter with every reason → re-drive", async () => {
+    const { stub, clock } = await region({
+      heartbeat_timeout_ms: 60_000,
+      retry_base_ms: 10_000,
+      housekeeping_ms: 5_000,
+    });
+    await stub.registerNode(nodeReg(N("a")));
+    const job = await jobFor({ gpu_count: 8, max_attempts: 2 });
+    await stub.submit(job);
+    const first = await placementOf(stub, job.id);
+    expect(first.node_id).toBe(N("a"));
+    await stub.reportEvent(N("a"), ev("running", first.placement_id, clock.t));
+
+    // a goes silent; b registers and keeps beating.
+    clock.advance(30_000);
+    await stub.registerNode(nodeReg(N("b")));
+    clock.advance(31_000);
+    await stub.heartbeat(N("b"), { at: clock.t, gpus: [], containers: [], running: [] });
+    await runDurableObjectAlarm(stub);
+    const retrying = await stub.jobState(job.id);
+    expect(retrying).toMatchObject({ status: "queued", attempt: 1, failure_reason: `node ${N("a")} lost` });
+    // backoff 10 s × 2^0 with ±20 % jitter
+    expect(retrying!.next_attempt_at! - clock.t).toBeGreaterThanOrEqual(8_000);
+    expect(retrying!.next_attempt_at! - clock.t).toBeLessThanOrEqual(12_000);
+    expect(retrying!.waiting_reason).toMatch(new RegExp(`^retrying at .* after: node ${N("a")} lost$`));
+    expect((await stub.listNodes()).map((n) => [n.node_id, n.state])).toEqual([
+      [N("a"), "lost"],
+      [N("b"), "ready"],
+    ]);
+
+    clock.t = retrying!.next_attempt_at!;
+    await stub.heartbeat(N("b"), { at: clock.t, gpus: [], containers: [], running: [] });
+    await runDurableObjectAlarm(stub);
+    const second = await placementOf(stub, job.id);
+    expect(second).toMatchObject({ node_id: N("b"), attempt: 2 });
+
+    // b goes silent too: the second failure is the last allowed.
+    clock.advance(61_000);
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "failed", dead_lettered: true, attempt: 2 });
+    expect(await stub.deadLetters()).toEqual([
+      {
+        job_id: job.id,
+        account_id: accountId,
+        attempts: 2,
+        dead_lettered_at: clock.t,
+        reasons: [`attempt 1: node ${N("a")} lost`, `attempt 2: node ${N("b")} lost`],
+      },
+    ]);
+
+    // a comes back (its agent runs nothing we moved away), and the operator re-drives the job.
+    await stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [] });
+    expect(await stub.redrive(job.id)).toEqual({ ok: true, status: "placed" });
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "placed",
+      attempt: 3,
+      dead_lettered: false,
+      max_attempts: 2,
+    });
+    expect(await stub.deadLetters()).toEqual([]);
+    expect(await stub.redrive(job.id)).toEqual({ ok: false, status: "placed" });
+  });
+
+  it("keeps a lost node lost while its agent still runs work that was moved away", async () => {
+    const { stub, clock } = await region({ heartbeat_timeout_ms: 60_000 });
+    await stub.registerNode(nodeReg(N("a")));
+    const job = await jobFor();
+    await stub.submit(job);
+    const p = await placementOf(stub, job.id);
+    clock.advance(61_000);
+    await runDurableObjectAlarm(stub);
+    expect(await stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [p.placement_id] })).toEqual({
+      ok: true,
+      state: "lost",
+    });
+    expect(await stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [] })).toEqual({
+      ok: true,
+      state: "ready",
+    });
+  });
+
+  it("retries a failed attempt of a gang: the other members are stopped, then all move", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    for (const id of [N("a1"), N("a2")]) await stub.registerNode(nodeReg(id, { zone: "za" }));
+    await stub.registerNode(nodeReg(N("b1"), { zone: "zb" }));
+    const job = await jobFor({ gpu_count: 16 });
+    await stub.submit(job);
+    const state = await stub.jobState(job.id);
+    expect(state!.placements.map((p) => [p.node_id, p.gpu_indices.length, p.zone])).toEqual([
+      [N("a1"), 8, "za"],
+      [N("a2"), 8, "za"],
+    ]);
+    const [m0, m1] = state!.placements;
+    await stub.reportEvent(N("a1"), ev("running", m0!.placement_id, clock.t));
+    await stub.reportEvent(N("a2"), ev("running", m1!.placement_id, clock.t));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "running" });
+    await stub.reportEvent(N("a1"), ev("exited", m0!.placement_id, clock.t, { exit_code: 1 }));
+    const afterFail = await stub.jobState(job.id);
+    expect(afterFail).toMatchObject({ status: "queued", failure_reason: "exit code 1" });
+    const a2 = await stub.pollPlacements(N("a2"), 0, 0);
+    expect(a2.placements).toEqual([expect.objectContaining({ placement_id: m1!.placement_id, desired: "stopped" })]);
+    await stub.reportEvent(N("a2"), ev("exited", m1!.placement_id, clock.t, { exit_code: 143 }));
+    clock.t = afterFail!.next_attempt_at!;
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", attempt: 2 });
+  });
+});
+
+describe("RegionScheduler: restart", () => {
+  it("keeps its queue, allocations and versions when the object restarts mid-queue", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const jobs = [await jobFor({ gpu_count: 4 }), await jobFor({ gpu_count: 4 }), await jobFor({ gpu_count: 4 })];
+    for (const j of jobs) await stub.submit(j);
+    const before = await Promise.all(jobs.map((j) => stub.jobState(j.id)));
+    expect(before.map((s) => s!.status)).toEqual(["placed", "placed", "queued"]);
+    const set = await stub.pollPlacements(N("n1"), 0, 0);
+
+    await runInDurableObject(stub, async (_obj, state) => {
+      // A new instance over the same storage: what the runtime does after eviction or a deploy.
+      const restarted = new RegionScheduler(state, env);
+      restarted.clock = clock;
+      expect(await Promise.all(jobs.slice(0, 2).map((j) => restarted.jobState(j.id)))).toEqual(before.slice(0, 2));
+      expect(await restarted.jobState(jobs[2]!.id)).toMatchObject({ status: "queued", attempt: 0, placements: [] });
+      expect(await restarted.pollPlacements(N("n1"), 0, 0)).toEqual(set);
+      expect((await restarted.listNodes())[0]!.free_gpus).toEqual([]);
+      // A restart gives nodes a fresh timeout instead of declaring them lost.
+      clock.advance(200_000);
+      await restarted.alarm();
+      expect((await restarted.listNodes())[0]!.state).toBe("ready");
+      // The queue goes on: the first job's exit lets the third one in.
+      const p = before[0]!.placements[0]!;
+      await restarted.reportEvent(N("n1"), ev("exited", p.placement_id, clock.t, { exit_code: 0 }));
+      expect(await restarted.jobState(jobs[2]!.id)).toMatchObject({
+        status: "placed",
+        placements: [expect.objectContaining({ gpu_indices: p.gpu_indices })],
+      });
+    });
+  });
+});
+
+describe("RegionScheduler: capacity", () => {
+  it("reserves GPUs that Flex work cannot use but Fast work can; releasing twice is safe", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    expect(
+      await stub.reserve({
+        reservation_id: "r1",
+        gpu_model: "H100",
+        gpu_count: 8,
+        tier: "fast",
+        expires_at: null,
+        reason: "headroom",
+      }),
+    ).toEqual({
+      ok: true,
+      reservation_id: "r1",
+      node_ids: [N("n1")],
+    });
+    expect(
+      await stub.reserve({
+        reservation_id: "r2",
+        gpu_model: "H100",
+        gpu_count: 1,
+        tier: null,
+        expires_at: null,
+        reason: "x",
+      }),
+    ).toMatchObject({
+      ok: false,
+      code: "insufficient_capacity",
+    });
+    const flex = await jobFor({ tier: "flex", gpu_count: 2 });
+    await stub.submit(flex);
+    expect(await stub.jobState(flex.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 insufficient free GPUs",
+    });
+    const fast = await jobFor({ tier: "fast", gpu_count: 2 });
+    expect(await stub.submit(fast)).toMatchObject({ status: "placed" });
+    const snap = await stub.capacitySnapshot();
+    expect(snap.by_model).toEqual([
+      {
+        gpu_model: "H100",
+        total_gpus: 8,
+        free_gpus: 0,
+        busy_gpus: 2,
+        reserved_gpus: 6,
+        nodes_ready: 1,
+        nodes_draining: 0,
+      },
+    ]);
+    expect(snap.queues.find((q) => q.tier === "flex")).toMatchObject({ queued_jobs: 1, queued_gpus: 2 });
+    expect(await stub.release("r1")).toEqual({ released: true });
+    expect(await stub.release("r1")).toEqual({ released: false });
+    expect(await stub.jobState(flex.id)).toMatchObject({ status: "placed" });
+  });
+
+  it("drains a node: no new work lands on it", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    expect(await stub.drain(N("n1"))).toEqual({ ok: true, state: "draining" });
+    expect(await stub.drain(N("zz"))).toEqual({ ok: false, state: "unknown" });
+    const job = await jobFor();
+    await stub.submit(job);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 node draining",
+    });
+  });
+
+  it("does not write a row per heartbeat", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const count = () =>
+      runInDurableObject(stub, (_o, state) => ({
+        outbox: state.storage.sql.exec<{ n: number }>("select count(*) as n from outbox").one().n,
+        node: state.storage.sql.exec<{ hb: number | null }>("select last_heartbeat_at as hb from nodes").one().hb,
+      }));
+    const before = await count();
+    for (let i = 0; i < 5; i++) {
+      clock.advance(1_000);
+      expect(await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] })).toEqual({
+        ok: true,
+        state: "ready",
+      });
+    }
+    expect(await count()).toEqual(before);
+    expect(await stub.heartbeat("nope", { at: clock.t, gpus: [], containers: [], running: [] })).toEqual({
+      ok: false,
+      state: "unknown",
+    });
+  });
+
+  it("takes an unhealthy GPU out of service", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    await stub.heartbeat(N("n1"), { at: clock.t, gpus: [{ index: 3, healthy: false }], containers: [], running: [] });
+    const job = await jobFor({ gpu_count: 8 });
+    await stub.submit(job);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 insufficient free GPUs",
+    });
+    expect((await stub.listNodes())[0]).toMatchObject({ unhealthy_gpus: [3], free_gpus: [0, 1, 2, 4, 5, 6, 7] });
+  });
+});
+
+describe("RegionScheduler: endpoints", () => {
+  it("keeps min_replicas placed, restarts a replica that exits, and stops them on removal", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = {
+      id: `ep-${crypto.randomUUID().slice(0, 8)}`,
+      account_id: accountId,
+      tier: "fast" as const,
+      image: "127.0.0.1:5000/test/busybox:1",
+      command: ["httpd", "-f"],
+      args: [],
+      env: [],
+      gpu_count: 2,
+      gpu_models: [],
+      cpu_milli: 2_000,
+      memory_mib: 4_096,
+      min_replicas: 2,
+      max_replicas: 4,
+      port: 8080,
+      health_path: "/healthz",
+    };
+    const state = await stub.ensureEndpoint(spec);
+    expect(state.desired_replicas).toBe(2);
+    expect(state.replicas.map((r) => [r.status, r.placement?.kill_deadline])).toEqual([
+      ["placed", null],
+      ["placed", null],
+    ]);
+    const r0 = state.replicas[0]!.placement!;
+    await stub.reportEvent(N("n1"), ev("running", r0.placement_id, clock.t));
+    clock.advance(5_000);
+    await stub.reportEvent(N("n1"), ev("exited", r0.placement_id, clock.t, { exit_code: 1 }));
+    const restarting = await stub.endpointState(spec.id);
+    expect(restarting!.replicas[0]).toMatchObject({ status: "queued", placement: null });
+    clock.advance(2_000);
+    await runDurableObjectAlarm(stub);
+    expect((await stub.endpointState(spec.id))!.replicas[0]).toMatchObject({
+      status: "placed",
+      placement: expect.objectContaining({ attempt: 2 }),
+    });
+
+    expect(await stub.removeEndpoint(spec.id)).toEqual({ removed: true });
+    expect(await stub.removeEndpoint(spec.id)).toEqual({ removed: false });
+    const set = await stub.pollPlacements(N("n1"), 0, 0);
+    expect(set.placements.map((p) => p.desired)).toEqual(["stopped", "stopped"]);
+    expect(await stub.endpointState(spec.id)).toBeNull();
+  });
+});
+
+describe("RegionScheduler: the outbox", () => {
+  it("carries a job's whole history to Postgres, idempotently", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
+    const nodeId = (await stub.listNodes())[0]!.node_id;
+    const job = await jobFor({ gpu_count: 2, tier: "flex" });
+    await stub.submit(job);
+    const p = await placementOf(stub, job.id);
+    clock.advance(1_000);
+    await stub.reportEvent(nodeId, ev("pulling", p.placement_id, clock.t));
+    await stub.reportEvent(nodeId, ev("running", p.placement_id, clock.t));
+    clock.advance(90_000);
+    await stub.reportEvent(nodeId, ev("exited", p.placement_id, clock.t, { exit_code: 0 }));
+    type Pending = { kind: string; key: string; payload: string; created_at: number };
+    const sent = await runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec<Pending>("select kind, key, payload, created_at from outbox order by seq").toArray(),
+    );
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+
+    const [jobRow] =
+      await sql`select status, attempts, exit_code, started_at, finished_at from jobs where id = ${job.id}`;
+    expect(jobRow).toMatchObject({ status: "succeeded", attempts: 1, exit_code: 0 });
+    expect(jobRow!.started_at.getTime()).toBe(T0 + 1_000);
+    expect(jobRow!.finished_at.getTime()).toBe(T0 + 91_000);
+    const runs = await sql`select id, node_id, status, gpu_count, exit_code from job_runs where job_id = ${job.id}`;
+    expect(runs).toEqual([{ id: p.placement_id, node_id: nodeId, status: "succeeded", gpu_count: 2, exit_code: 0 }]);
+    const gpus =
+      await sql`select gpu_index, released_at from gpu_assignments where job_run_id = ${p.placement_id} order by gpu_index`;
+    expect(gpus.map((g) => [g.gpu_index, g.released_at?.getTime()])).toEqual([
+      [0, T0 + 91_000],
+      [1, T0 + 91_000],
+    ]);
+    // 2 GPUs × 90 s
+    const usage =
+      await sql`select tier, gpu_model, gpu_count, gpu_seconds::int from usage_events where job_run_id = ${p.placement_id}`;
+    expect(usage).toEqual([{ tier: "flex", gpu_model: "H100", gpu_count: 2, gpu_seconds: 180 }]);
+    const events =
+      await sql`select seq, type, node_id, array_to_json(gpu_indices) as gpu_indices, exit_code from job_events where job_id = ${job.id} order by seq`;
+    expect(events.map((e) => e.type)).toEqual(["queued", "placed", "pulling", "running", "exited", "succeeded"]);
+    expect(events[1]).toMatchObject({ node_id: nodeId, gpu_indices: [0, 1] });
+    const [node] = await sql`select state, gpu_count, hostname from nodes where id = ${nodeId}`;
+    expect(node).toMatchObject({ state: "ready", gpu_count: 8, hostname: `${nodeId}.local` });
+    const audit = await sql`select action from audit_log where target_id = ${nodeId}`;
+    expect(audit.map((a) => a.action)).toEqual(["node.registered"]);
+    const secrets = await sql`select count(*)::int as n from job_events where data::text like '%s3cret%'`;
+    expect(secrets[0]!.n).toBe(0);
+
+    // Every row delivered again (a flush that died before deleting them): nothing changes.
+    const count = async () =>
+      (
+        await sql`select ((select count(*) from job_events where job_id = ${job.id})
+          + (select count(*) from usage_events where job_run_id = ${p.placement_id})
+          + (select count(*) from gpu_assignments where job_run_id = ${p.placement_id})
+          + (select count(*) from job_runs where job_id = ${job.id})
+          + (select count(*) from audit_log where target_id = ${nodeId}))::int as n`
+      )[0]!.n as number;
+    const n = await count();
+    expect(n).toBe(6 + 1 + 2 + 1 + 1);
+    await runInDurableObject(stub, (_o, state) => {
+      expect(state.storage.sql.exec<{ n: number }>("select count(*) as n from outbox").one().n).toBe(0);
+      for (const r of sent) {
+        state.storage.sql.exec(
+          "insert into outbox (kind, key, payload, created_at) values (?, ?, ?, ?)",
+          r.kind,
+          r.key,
+          r.payload,
+          r.created_at,
+        );
+      }
+    });
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    expect(await count()).toBe(n);
+    expect((await sql`select status from jobs where id = ${job.id}`)[0]).toEqual({ status: "succeeded" });
+  });
+
+  it("retries a row until the job row it updates exists, without holding up other jobs", async () => {
+    const { stub, clock } = await region({ outbox_retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
+    const late = await jobFor({ gpu_count: 1 }, false);
+    const onTime = await jobFor({ gpu_count: 1 });
+    await stub.submit(late);
+    await stub.submit(onTime);
+    await runDurableObjectAlarm(stub);
+    expect((await sql`select status from jobs where id = ${onTime.id}`)[0]).toEqual({ status: "placed" });
+    const pending = await runInDurableObject(stub, (_o, state) =>
+      state.storage.sql
+        .exec<{ key: string; attempts: number }>("select key, attempts from outbox order by seq")
+        .toArray(),
+    );
+    expect(pending.length).toBeGreaterThan(0);
+    expect(new Set(pending.map((r) => r.key))).toEqual(new Set([late.id]));
+    expect(pending[0]!.attempts).toBe(1);
+
+    await writeJobRow(late);
+    clock.advance(60_000);
+    await runDurableObjectAlarm(stub);
+    expect((await sql`select status, attempts from jobs where id = ${late.id}`)[0]).toEqual({
+      status: "placed",
+      attempts: 1,
+    });
+    expect((await sql`select type from job_events where job_id = ${late.id} order by seq`).map((e) => e.type)).toEqual([
+      "queued",
+      "placed",
+    ]);
+  });
+});

@@ -1,0 +1,156 @@
+/**
+ * Endpoints: a long-lived service kept at `min_replicas` replicas. A replica is a job with no kill
+ * deadline (`kind = 'replica'`, id `<endpoint>#<n>`) that is put back in the queue whenever its run
+ * ends, with backoff that starts over after a long enough run. A changed spec replaces running
+ * replicas; fewer replicas cancel the extra ones; removal stops them all.
+ */
+import { hashString } from "../../core/scheduler";
+import { TERMINAL_JOB_STATUSES } from "../../core/schemas";
+import type { ObjectSql } from "../sqlite";
+import type { Region, RunOutcome } from "./region";
+import { type EndpointRow, isActiveRun, type JobRow, type RunRow, specOf } from "./rows";
+import type { EndpointSpec } from "./rpc";
+import { backoff, type SchedulerSettings } from "./settings";
+import { validateEndpoint } from "./validate";
+
+export class Endpoints {
+  constructor(
+    private readonly db: ObjectSql,
+    private readonly state: Region,
+    private readonly settings: () => SchedulerSettings,
+    private readonly log: (event: string, fields: Record<string, unknown>) => void,
+  ) {}
+
+  ensure(spec: EndpointSpec, now: number): void {
+    const problem = validateEndpoint(spec);
+    if (problem) throw new TypeError(`invalid endpoint ${spec.id}: ${problem}`);
+    const hash = String(hashString(JSON.stringify(replicaShape(spec))));
+    const existing = this.db.one<EndpointRow>("select * from endpoints where id = ?", spec.id);
+    if (existing) {
+      this.db.run(
+        "update endpoints set spec = ?, spec_hash = ?, updated_at = ? where id = ?",
+        JSON.stringify(spec),
+        hash,
+        now,
+        spec.id,
+      );
+    } else {
+      this.db.run(
+        "insert into endpoints (id, spec, spec_hash, created_at, updated_at) values (?, ?, ?, ?, ?)",
+        spec.id,
+        JSON.stringify(spec),
+        hash,
+        now,
+        now,
+      );
+    }
+    const changed = existing !== undefined && existing.spec_hash !== hash;
+    const shape = {
+      tier: spec.tier,
+      gpu_count: spec.gpu_count,
+      gpu_models: JSON.stringify(spec.gpu_models),
+      cpu_milli: spec.cpu_milli,
+      memory_mib: spec.memory_mib,
+      spec: JSON.stringify(specOf(spec)),
+    };
+    for (let n = 0; n < spec.min_replicas; n++) {
+      const id = replicaId(spec.id, n);
+      const replica = this.state.job(id);
+      if (!replica) {
+        this.state.insertJob(
+          {
+            id,
+            kind: "replica",
+            endpoint_id: spec.id,
+            account_id: spec.account_id,
+            priority: 0,
+            estimated_duration_s: null,
+            max_runtime_s: null,
+            max_attempts: 1,
+            submitted_at: now,
+            ...shape,
+          },
+          now,
+        );
+        continue;
+      }
+      if (TERMINAL_JOB_STATUSES.includes(replica.status)) {
+        this.state.patchJob(
+          replica,
+          {
+            ...shape,
+            status: "queued",
+            attempt_base: replica.attempt,
+            finished_at: null,
+            next_attempt_at: null,
+            submitted_at: now,
+          },
+          now,
+        );
+      } else {
+        this.state.patchJob(replica, shape, now);
+        if (changed)
+          for (const run of this.state.runsOf(replica))
+            if (isActiveRun(run)) this.state.stopRun(run, replica, "spec_changed", now);
+      }
+    }
+    for (const replica of this.replicas(spec.id)) {
+      if (replicaIndex(replica.id) >= spec.min_replicas && !TERMINAL_JOB_STATUSES.includes(replica.status)) {
+        this.state.stopJob(replica, "scale_down", now);
+      }
+    }
+  }
+
+  remove(endpointId: string, now: number): { removed: boolean } {
+    const n = this.db.run("delete from endpoints where id = ?", endpointId);
+    for (const replica of this.replicas(endpointId)) {
+      if (!TERMINAL_JOB_STATUSES.includes(replica.status)) this.state.stopJob(replica, "scale_down", now);
+    }
+    return { removed: n > 0 };
+  }
+
+  replicas(endpointId: string): JobRow[] {
+    return this.db
+      .all<JobRow>("select * from jobs where endpoint_id = ?", endpointId)
+      .sort((a, b) => replicaIndex(a.id) - replicaIndex(b.id));
+  }
+
+  endpoint(endpointId: string): EndpointSpec | null {
+    const row = this.db.one<EndpointRow>("select * from endpoints where id = ?", endpointId);
+    return row ? (JSON.parse(row.spec) as EndpointSpec) : null;
+  }
+
+  /** A replica restarts whenever its run ends, with backoff that resets after a long enough run. */
+  restart(job: JobRow, run: RunRow, outcome: RunOutcome, now: number): void {
+    const spec = this.endpoint(job.endpoint_id ?? "");
+    if (!spec || replicaIndex(job.id) >= spec.min_replicas) {
+      this.state.patchJob(job, { status: "cancelled", finished_at: now }, now);
+      return;
+    }
+    const s = this.settings();
+    const ran = run.started_at != null ? (run.finished_at ?? now) - run.started_at : 0;
+    const base = ran >= s.replica_backoff_reset_ms ? job.attempt - 1 : job.attempt_base;
+    const immediate = outcome.status === "cancelled";
+    const failures = job.attempt - base;
+    const delay = immediate
+      ? 0
+      : backoff(s.retry_base_ms, s.retry_cap_ms, failures, hashString(`${job.id}:${job.attempt}`));
+    const reason = outcome.status === "succeeded" ? "exited with code 0" : outcome.reason;
+    this.state.requeue(job, { attempt_base: base, failure_reason: reason }, now + delay, now);
+    this.log("replica.restarting", { replica_id: job.id, placement_id: run.id, reason, backoff_ms: delay });
+  }
+}
+
+/** What a replica is made of: a change means running replicas are replaced. */
+function replicaShape(spec: EndpointSpec) {
+  const { id: _id, account_id: _account, min_replicas: _min, max_replicas: _max, ...shape } = spec;
+  return shape;
+}
+
+export function replicaId(endpointId: string, n: number): string {
+  return `${endpointId}#${n}`;
+}
+
+export function replicaIndex(id: string): number {
+  return Number(id.slice(id.lastIndexOf("#") + 1));
+}

@@ -1,0 +1,137 @@
+/**
+ * Delivering outbox rows to Postgres, each as an idempotent upsert: applying a row twice, or an
+ * older row after a newer one of another key, leaves the same result. A job update that finds no
+ * `jobs` row fails (the API writes the row before it submits; until it is visible, we retry).
+ */
+import type postgres from "postgres";
+import type {
+  AuditRecord,
+  GpuAssignmentRecord,
+  JobEventRecord,
+  JobRunRecord,
+  JobUpdate,
+  NodeRecord,
+  OutboxPayload,
+  UsageRecord,
+} from "./outbox";
+
+type Sql = postgres.Sql;
+
+const ts = (ms: number | null): Date | null => (ms == null ? null : new Date(ms));
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const intArray = (xs: number[]) => `{${xs.map((x) => Math.trunc(x)).join(",")}}`;
+
+export async function deliver(sql: Sql, entry: OutboxPayload): Promise<void> {
+  switch (entry.kind) {
+    case "job":
+      return updateJob(sql, entry.row);
+    case "job_run":
+      return upsertJobRun(sql, entry.row);
+    case "gpu_assignments":
+      return upsertGpuAssignments(sql, entry.row);
+    case "usage_event":
+      return insertUsage(sql, entry.row);
+    case "audit":
+      return insertAudit(sql, entry.row);
+    case "job_event":
+      return insertJobEvent(sql, entry.row);
+    case "node":
+      return upsertNode(sql, entry.row);
+  }
+}
+
+async function updateJob(sql: Sql, j: JobUpdate): Promise<void> {
+  const rows = await sql`
+    update jobs set status = ${j.status}, attempts = ${j.attempts}, waiting_reason = ${j.waiting_reason},
+      exit_code = ${j.exit_code}, failure_reason = ${j.failure_reason}, dead_lettered_at = ${ts(j.dead_lettered_at)},
+      started_at = ${ts(j.started_at)}, finished_at = ${ts(j.finished_at)}
+    where id = ${j.id}::uuid returning id`;
+  if (rows.length === 0) throw new MissingRow(`jobs row ${j.id} not found`);
+}
+
+/** The node row, inserted from registration data if the control plane has not written it yet. */
+async function upsertNode(sql: Sql, n: NodeRecord): Promise<void> {
+  const blockId = n.block_id && UUID.test(n.block_id) ? n.block_id : null;
+  await sql`
+    insert into nodes (id, block_id, region, zone, gpu_model, gpu_count, cpu_milli, memory_mib, state, hostname,
+                       registered_at, last_heartbeat_at)
+    values (${n.id}, (select id from blocks where id = ${blockId}::uuid), ${n.region}, ${n.zone}, ${n.gpu_model},
+            ${n.gpu_count}, ${n.cpu_milli}, ${n.memory_mib}, ${n.state}, ${n.hostname}, ${ts(n.registered_at)},
+            ${ts(n.last_heartbeat_at)})
+    on conflict (id) do update set
+      block_id = coalesce(excluded.block_id, nodes.block_id), region = excluded.region, zone = excluded.zone,
+      gpu_model = excluded.gpu_model, gpu_count = excluded.gpu_count, cpu_milli = excluded.cpu_milli,
+      memory_mib = excluded.memory_mib, state = excluded.state, hostname = coalesce(excluded.hostname, nodes.hostname),
+      registered_at = excluded.registered_at,
+      last_heartbeat_at = greatest(nodes.last_heartbeat_at, excluded.last_heartbeat_at)`;
+}
+
+async function ensureNode(sql: Sql, n: NodeRecord): Promise<void> {
+  const [row] = await sql`select 1 from nodes where id = ${n.id}`;
+  if (!row) await upsertNode(sql, n);
+}
+
+async function upsertJobRun(sql: Sql, r: JobRunRecord): Promise<void> {
+  await ensureNode(sql, r.node);
+  await sql`
+    insert into job_runs (id, job_id, account_id, attempt, node_id, status, gpu_count, placed_at, started_at,
+                          finished_at, exit_code, oom_killed, failure_reason)
+    values (${r.id}, ${r.job_id}::uuid, ${r.account_id}::uuid, ${r.attempt}, ${r.node.id}, ${r.status}, ${r.gpu_count},
+            ${ts(r.placed_at)}, ${ts(r.started_at)}, ${ts(r.finished_at)}, ${r.exit_code}, ${r.oom_killed},
+            ${r.failure_reason})
+    on conflict (id) do update set status = excluded.status, started_at = excluded.started_at,
+      finished_at = excluded.finished_at, exit_code = excluded.exit_code, oom_killed = excluded.oom_killed,
+      failure_reason = excluded.failure_reason`;
+}
+
+async function upsertGpuAssignments(sql: Sql, a: GpuAssignmentRecord): Promise<void> {
+  await sql`
+    insert into gpu_assignments (job_run_id, node_id, gpu_index, assigned_at, released_at)
+    select ${a.job_run_id}, ${a.node_id}, g, ${ts(a.assigned_at)}, ${ts(a.released_at)}
+      from unnest(${intArray(a.gpu_indices)}::int[]) as g
+    on conflict (job_run_id, node_id, gpu_index) do update
+      set released_at = coalesce(gpu_assignments.released_at, excluded.released_at)`;
+}
+
+async function insertUsage(sql: Sql, u: UsageRecord): Promise<void> {
+  await sql`
+    insert into usage_events (account_id, job_id, job_run_id, tier, gpu_model, gpu_count, gpu_seconds, period_start,
+                              period_end)
+    values (${u.account_id}::uuid, ${u.job_id}::uuid, ${u.job_run_id}, ${u.tier}, ${u.gpu_model}, ${u.gpu_count},
+            ${u.gpu_seconds}, ${ts(u.period_start)}, ${ts(u.period_end)})
+    on conflict (job_run_id) do nothing`;
+}
+
+async function insertAudit(sql: Sql, a: AuditRecord): Promise<void> {
+  await sql`
+    insert into audit_log (account_id, actor_type, actor_id, action, target_type, target_id, data, dedupe_key)
+    values (${a.account_id}::uuid, 'system', ${a.actor_id}, ${a.action}, ${a.target_type}, ${a.target_id},
+            ${sql.json(a.data as postgres.JSONValue)}, ${a.dedupe_key})
+    on conflict (dedupe_key) do nothing`;
+}
+
+async function insertJobEvent(sql: Sql, e: JobEventRecord): Promise<void> {
+  await sql`
+    insert into job_events (job_id, seq, account_id, type, at, attempt, placement_id, node_id, gpu_indices, exit_code,
+                            reason, data)
+    values (${e.job_id}::uuid, ${e.seq}, ${e.account_id}::uuid, ${e.type}, ${ts(e.at)}, ${e.attempt}, ${e.placement_id},
+            ${e.node_id}, ${e.gpu_indices ? intArray(e.gpu_indices) : null}::int[], ${e.exit_code}, ${e.reason},
+            ${sql.json(e.data as postgres.JSONValue)})
+    on conflict (job_id, seq) do nothing`;
+}
+
+export class MissingRow extends Error {
+  override name = "MissingRow";
+}
+
+/**
+ * A server's answer about this row (constraint, missing row: SQLSTATE or MissingRow) lets other
+ * rows go on; anything else (no connection, timeout) means Postgres is unreachable: stop the flush.
+ */
+export function isRowError(error: unknown): boolean {
+  if (error instanceof MissingRow) return true;
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code);
+}
+
+export type { AuditRecord, GpuAssignmentRecord, JobEventRecord, JobRunRecord, NodeRecord, UsageRecord };

@@ -1,0 +1,174 @@
+/**
+ * The outbox: every decision the object makes that Postgres must learn, as a row in its own SQLite,
+ * written in the same transaction as the decision. The alarm delivers rows in order with
+ * idempotent upserts (outbox-postgres.ts); a row leaves the table only once Postgres has it, so
+ * nothing is lost while Postgres is down, and a re-delivered row changes nothing.
+ *
+ * Rows are keyed (a job id, or `node:<id>`): when one fails, later rows of its key wait, so a job's
+ * history never arrives out of order; other keys go on.
+ */
+import type { ObjectSql } from "../sqlite";
+
+export type OutboxPayload =
+  | { kind: "job"; row: JobUpdate }
+  | { kind: "job_run"; row: JobRunRecord }
+  | { kind: "gpu_assignments"; row: GpuAssignmentRecord }
+  | { kind: "usage_event"; row: UsageRecord }
+  | { kind: "audit"; row: AuditRecord }
+  | { kind: "job_event"; row: JobEventRecord }
+  | { kind: "node"; row: NodeRecord };
+
+export interface JobUpdate {
+  id: string;
+  status: string;
+  attempts: number;
+  waiting_reason: string | null;
+  exit_code: number | null;
+  failure_reason: string | null;
+  dead_lettered_at: number | null;
+  started_at: number | null;
+  finished_at: number | null;
+}
+
+export interface NodeRecord {
+  id: string;
+  region: string;
+  zone: string;
+  gpu_model: string;
+  gpu_count: number;
+  cpu_milli: number;
+  memory_mib: number;
+  state: string;
+  hostname: string | null;
+  block_id: string | null;
+  registered_at: number;
+  last_heartbeat_at: number | null;
+}
+
+export interface JobRunRecord {
+  id: string;
+  job_id: string;
+  account_id: string;
+  attempt: number;
+  node: NodeRecord;
+  status: string;
+  gpu_count: number;
+  placed_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  exit_code: number | null;
+  oom_killed: boolean;
+  failure_reason: string | null;
+}
+
+export interface GpuAssignmentRecord {
+  job_run_id: string;
+  node_id: string;
+  gpu_indices: number[];
+  assigned_at: number;
+  released_at: number | null;
+}
+
+export interface UsageRecord {
+  account_id: string;
+  job_id: string | null;
+  job_run_id: string;
+  tier: string;
+  gpu_model: string;
+  gpu_count: number;
+  gpu_seconds: number;
+  period_start: number;
+  period_end: number;
+}
+
+export interface AuditRecord {
+  account_id: string | null;
+  actor_id: string;
+  action: string;
+  target_type: string;
+  target_id: string;
+  data: Record<string, unknown>;
+  dedupe_key: string;
+}
+
+export interface JobEventRecord {
+  job_id: string;
+  seq: number;
+  account_id: string;
+  type: string;
+  at: number;
+  attempt: number | null;
+  placement_id: string | null;
+  node_id: string | null;
+  gpu_indices: number[] | null;
+  exit_code: number | null;
+  reason: string | null;
+  data: Record<string, unknown>;
+}
+
+export type OutboxRow = {
+  seq: number;
+  kind: OutboxPayload["kind"];
+  key: string;
+  payload: string;
+  created_at: number;
+  attempts: number;
+  next_try_at: number;
+  last_error: string | null;
+  parked: number;
+};
+
+export class Outbox {
+  constructor(private readonly db: ObjectSql) {}
+
+  add(key: string, entry: OutboxPayload, now: number): void {
+    this.db.run(
+      "insert into outbox (kind, key, payload, created_at) values (?, ?, ?, ?)",
+      entry.kind,
+      key,
+      JSON.stringify(entry.row),
+      now,
+    );
+  }
+
+  /** Rows due now, in order, skipping keys that wait on an earlier failed or parked row. */
+  due(now: number, limit: number): { rows: OutboxRow[]; blocked: Set<string> } {
+    const blocked = new Set(
+      this.db
+        .all<{ key: string }>("select distinct key from outbox where parked = 1 or next_try_at > ?", now)
+        .map((r) => r.key),
+    );
+    const rows = this.db.all<OutboxRow>(
+      "select * from outbox where parked = 0 and next_try_at <= ? order by seq limit ?",
+      now,
+      limit,
+    );
+    return { rows, blocked };
+  }
+
+  delivered(seq: number): void {
+    this.db.run("delete from outbox where seq = ?", seq);
+  }
+
+  failed(row: OutboxRow, error: string, retryAt: number, park: boolean): void {
+    this.db.run(
+      "update outbox set attempts = attempts + 1, last_error = ?, next_try_at = ?, parked = ? where seq = ?",
+      error.slice(0, 2000),
+      retryAt,
+      park ? 1 : 0,
+      row.seq,
+    );
+  }
+
+  /** Earliest instant a row is due (null when nothing is pending). */
+  nextDue(): number | null {
+    return this.db.one<{ at: number | null }>("select min(next_try_at) as at from outbox where parked = 0")?.at ?? null;
+  }
+
+  counts(): { pending: number; parked: number } {
+    const row = this.db.one<{ pending: number; parked: number }>(
+      "select coalesce(sum(parked = 0), 0) as pending, coalesce(sum(parked = 1), 0) as parked from outbox",
+    );
+    return { pending: row?.pending ?? 0, parked: row?.parked ?? 0 };
+  }
+}

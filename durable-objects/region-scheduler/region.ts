@@ -1,0 +1,785 @@
+/**
+ * A region's scheduling state and every change to it, over the object's SQLite. Synchronous: the
+ * object runs each call inside one storage transaction, so a change and the outbox rows that
+ * record it commit together, and one change is applied at a time.
+ *
+ * In memory only: last heartbeats (written out every `node_sync_ms`, not per heartbeat), the
+ * waiting reason of each queued job (written out on the alarm), and which nodes' desired sets
+ * changed (to wake long-polls).
+ *
+ * Endpoints and reservations live in their own modules (endpoints.ts, reservations.ts) and use
+ * the row helpers here.
+ */
+import { hashString, plan } from "../../core/scheduler";
+import type { Heartbeat, JobStatus, Placement, PlacementEvent, PlacementSet } from "../../core/schemas";
+import { TERMINAL_JOB_STATUSES } from "../../core/schemas";
+import type { ObjectSql, SqlValue } from "../sqlite";
+import { Endpoints } from "./endpoints";
+import { PlacementCheck, toAllocation, toHolds, toPackerJob, toPackerNode } from "./packer-input";
+import type { Records } from "./records";
+import { Reservations } from "./reservations";
+import {
+  ACTIVE_RUN_SQL,
+  type ContainerSpec,
+  isActiveRun,
+  type JobRow,
+  json,
+  type NodeRow,
+  type ReservationRow,
+  type RunRow,
+  specOf,
+} from "./rows";
+import type { CancelResult, EventResult, NodeRegistration, SchedulerJob, SubmitResult } from "./rpc";
+import { backoff, type SchedulerSettings } from "./settings";
+import { validateJob } from "./validate";
+
+export type RunOutcome =
+  | { status: "succeeded"; exit_code: number }
+  | { status: "failed"; reason: string; exit_code: number | null; oom: boolean; deadline: boolean }
+  | { status: "cancelled"; reason: string; exit_code: number | null }
+  | { status: "lost"; reason: string };
+
+/** Why a run was asked to stop; it decides what its exit means. */
+type StopReason = "cancel" | "deadline" | "gang" | "spec_changed" | "scale_down";
+
+export interface WaitingInfo {
+  reason: string;
+  reserved_start_at: number | null;
+}
+
+export class Region {
+  /** Last sign of life per node (heartbeat or event); absent after a restart until the first sweep. */
+  readonly liveness = new Map<string, number>();
+  readonly waiting = new Map<string, WaitingInfo>();
+  /** Nodes whose desired placement set changed in the current call. */
+  readonly touched = new Set<string>();
+
+  readonly endpoints: Endpoints;
+  readonly reservations: Reservations;
+
+  constructor(
+    private readonly db: ObjectSql,
+    private readonly records: Records,
+    private readonly settings: () => SchedulerSettings,
+    region: () => string,
+    private readonly log: (event: string, fields: Record<string, unknown>) => void,
+  ) {
+    this.endpoints = new Endpoints(db, this, settings, log);
+    this.reservations = new Reservations(db, records, this, region);
+  }
+
+  // ---- rows -------------------------------------------------------------------------------
+
+  job(id: string): JobRow | undefined {
+    return this.db.one<JobRow>("select * from jobs where id = ?", id);
+  }
+
+  node(id: string): NodeRow | undefined {
+    return this.db.one<NodeRow>("select * from nodes where id = ?", id);
+  }
+
+  run(id: string): RunRow | undefined {
+    return this.db.one<RunRow>("select * from runs where id = ?", id);
+  }
+
+  nodes(): NodeRow[] {
+    return this.db.all<NodeRow>("select * from nodes order by id");
+  }
+
+  activeRuns(nodeId?: string): RunRow[] {
+    return nodeId === undefined
+      ? this.db.all<RunRow>(`select * from runs where status in ${ACTIVE_RUN_SQL} order by id`)
+      : this.db.all<RunRow>(`select * from runs where node_id = ? and status in ${ACTIVE_RUN_SQL} order by id`, nodeId);
+  }
+
+  runsOf(job: Pick<JobRow, "id" | "attempt">): RunRow[] {
+    return this.db.all<RunRow>(
+      "select * from runs where job_id = ? and attempt = ? order by gang_index",
+      job.id,
+      job.attempt,
+    );
+  }
+
+  private patch<Row extends { id: string }>(table: string, row: Row, changes: Partial<Row>): void {
+    const keys = Object.keys(changes) as (keyof Row & string)[];
+    if (keys.length === 0) return;
+    Object.assign(row, changes);
+    const sets = keys.map((k) => `${k} = ?`).join(", ");
+    const values = keys.map((k) => (row[k] as SqlValue) ?? null);
+    this.db.run(`update ${table} set ${sets} where id = ?`, ...values, row.id);
+  }
+
+  patchJob(job: JobRow, changes: Partial<JobRow>, now: number): void {
+    this.patch("jobs", job, { ...changes, updated_at: now });
+  }
+
+  setTimer(kind: string, key: string, at: number): void {
+    this.db.run(
+      "insert into timers (kind, key, due_at) values (?, ?, ?) on conflict (kind, key) do update set due_at = excluded.due_at",
+      kind,
+      key,
+      at,
+    );
+  }
+
+  clearTimer(kind: string, key: string): void {
+    this.db.run("delete from timers where kind = ? and key = ?", kind, key);
+  }
+
+  private bump(nodeId: string): void {
+    this.db.run("update nodes set placement_version = placement_version + 1 where id = ?", nodeId);
+    this.touched.add(nodeId);
+  }
+
+  // ---- jobs -------------------------------------------------------------------------------
+
+  submit(job: SchedulerJob, now: number): SubmitResult {
+    const existing = this.job(job.id);
+    if (existing) return { ok: true, status: existing.status, duplicate: true };
+    const problem = validateJob(job);
+    if (problem) return { ok: false, code: "invalid", message: problem };
+    this.insertJob(
+      {
+        id: job.id,
+        kind: "job",
+        endpoint_id: null,
+        account_id: job.account_id,
+        tier: job.tier,
+        priority: job.priority,
+        gpu_count: job.gpu_count,
+        gpu_models: JSON.stringify(job.gpu_models),
+        cpu_milli: job.cpu_milli,
+        memory_mib: job.memory_mib,
+        estimated_duration_s: job.estimated_duration_s,
+        max_runtime_s: job.max_runtime_s,
+        max_attempts: job.max_attempts,
+        submitted_at: job.submitted_at,
+        spec: JSON.stringify(specOf(job)),
+      },
+      now,
+    );
+    const row = this.job(job.id)!;
+    this.records.event(row, "queued", now, { data: { tier: job.tier, gpu_count: job.gpu_count } });
+    return { ok: true, status: "queued", duplicate: false };
+  }
+
+  insertJob(
+    j: Omit<
+      JobRow,
+      | "status"
+      | "attempt"
+      | "attempt_base"
+      | "waiting_reason"
+      | "next_attempt_at"
+      | "exit_code"
+      | "failure_reason"
+      | "reasons"
+      | "dead_lettered_at"
+      | "started_at"
+      | "finished_at"
+      | "event_seq"
+      | "updated_at"
+    >,
+    now: number,
+  ): void {
+    this.db.run(
+      `insert into jobs (id, kind, endpoint_id, account_id, tier, priority, gpu_count, gpu_models, cpu_milli, memory_mib,
+         estimated_duration_s, max_runtime_s, max_attempts, submitted_at, spec, status, updated_at)
+       values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)`,
+      j.id,
+      j.kind,
+      j.endpoint_id,
+      j.account_id,
+      j.tier,
+      j.priority,
+      j.gpu_count,
+      j.gpu_models,
+      j.cpu_milli,
+      j.memory_mib,
+      j.estimated_duration_s,
+      j.max_runtime_s,
+      j.max_attempts,
+      j.submitted_at,
+      j.spec,
+      now,
+    );
+  }
+
+  cancel(jobId: string, now: number): CancelResult {
+    const job = this.job(jobId);
+    if (job?.kind !== "job") return { ok: false, code: "not_found" };
+    if (TERMINAL_JOB_STATUSES.includes(job.status)) return { ok: false, code: "already_finished", status: job.status };
+    this.stopJob(job, "cancel", now);
+    this.records.audit(
+      job.id,
+      job.account_id,
+      "job.cancelled",
+      { type: "job", id: job.id },
+      { attempt: job.attempt },
+      `job.cancelled:${job.id}`,
+      now,
+    );
+    return { ok: true, status: "cancelled" };
+  }
+
+  /** Cancel a job or replica: off the queue at once, or its runs asked to stop. */
+  stopJob(job: JobRow, reason: "cancel" | "scale_down", now: number): void {
+    const from = job.status;
+    this.patchJob(job, { status: "cancelled", finished_at: now, waiting_reason: null, next_attempt_at: null }, now);
+    this.clearTimer("retry", job.id);
+    this.waiting.delete(job.id);
+    if (from === "placed" || from === "running") {
+      for (const run of this.runsOf(job)) if (isActiveRun(run)) this.stopRun(run, job, reason, now);
+    }
+    this.records.job(job, now);
+    this.records.event(job, "cancelled", now, { attempt: job.attempt || null, reason });
+  }
+
+  stopRun(run: RunRow, job: JobRow, reason: StopReason, now: number): void {
+    if (run.desired === "stopped") return;
+    this.patch("runs", run, { desired: "stopped", stop_reason: reason });
+    this.bump(run.node_id);
+    this.records.event(job, "stop_requested", now, {
+      attempt: run.attempt,
+      placement_id: run.id,
+      node_id: run.node_id,
+      reason,
+    });
+  }
+
+  redrive(jobId: string, now: number): { ok: boolean; status?: JobStatus } {
+    const job = this.job(jobId);
+    if (job?.kind !== "job") return { ok: false };
+    if (job.dead_lettered_at === null) return { ok: false, status: job.status };
+    this.patchJob(
+      job,
+      {
+        status: "queued",
+        attempt_base: job.attempt,
+        dead_lettered_at: null,
+        failure_reason: null,
+        exit_code: null,
+        finished_at: null,
+        next_attempt_at: null,
+      },
+      now,
+    );
+    this.records.job(job, now);
+    this.records.event(job, "redriven", now, { data: { attempts_before: job.attempt } });
+    this.records.audit(
+      job.id,
+      job.account_id,
+      "job.redriven",
+      { type: "job", id: job.id },
+      { attempts_before: job.attempt },
+      `job.redriven:${job.id}:${job.attempt}`,
+      now,
+    );
+    return { ok: true, status: "queued" };
+  }
+
+  // ---- nodes ------------------------------------------------------------------------------
+
+  register(reg: NodeRegistration, now: number): void {
+    const gpus = JSON.stringify(reg.gpus.map((g) => g.index).sort((a, b) => a - b));
+    const existing = this.node(reg.node_id);
+    if (!existing) {
+      this.db.run(
+        `insert into nodes (id, zone, gpu_model, gpus, cpu_milli, memory_mib, state, block_id, block_end_at, hostname,
+           agent_version, registered_at, last_heartbeat_at)
+         values (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?)`,
+        reg.node_id,
+        reg.zone,
+        reg.gpu_model,
+        gpus,
+        reg.cpu_milli,
+        reg.memory_mib,
+        reg.block_id,
+        reg.block_end_at,
+        reg.hostname,
+        reg.agent_version,
+        now,
+        now,
+      );
+    } else {
+      // A lost node stays lost until a heartbeat shows it no longer runs what was moved away.
+      this.patch("nodes", existing, {
+        zone: reg.zone,
+        gpu_model: reg.gpu_model,
+        gpus,
+        cpu_milli: reg.cpu_milli,
+        memory_mib: reg.memory_mib,
+        block_id: reg.block_id,
+        block_end_at: reg.block_end_at,
+        hostname: reg.hostname,
+        agent_version: reg.agent_version,
+        registered_at: now,
+      });
+    }
+    this.liveness.set(reg.node_id, now);
+    const node = this.node(reg.node_id)!;
+    this.records.node(node, now);
+    this.records.audit(
+      `node:${node.id}`,
+      null,
+      existing ? "node.reregistered" : "node.registered",
+      { type: "node", id: node.id },
+      { zone: node.zone, gpu_model: node.gpu_model, gpus: json.numbers(node.gpus).length, state: node.state },
+      `node.registered:${node.id}:${now}`,
+      now,
+    );
+  }
+
+  /** Returns whether capacity changed (so a packer pass is due). No row is written unless something changed. */
+  heartbeat(
+    nodeId: string,
+    hb: Heartbeat,
+    now: number,
+  ): { known: boolean; changed: boolean; state?: NodeRow["state"] } {
+    const node = this.node(nodeId);
+    if (!node) return { known: false, changed: false };
+    this.liveness.set(nodeId, now);
+    let changed = false;
+    const unhealthy = JSON.stringify(
+      hb.gpus
+        .filter((g) => !g.healthy)
+        .map((g) => g.index)
+        .sort((a, b) => a - b),
+    );
+    if (unhealthy !== node.unhealthy_gpus) {
+      this.patch("nodes", node, { unhealthy_gpus: unhealthy });
+      this.log("node.gpu_health_changed", { node_id: nodeId, unhealthy_gpus: json.numbers(unhealthy) });
+      changed = true;
+    }
+    const running = new Set(hb.running ?? []);
+    if (node.state === "lost") {
+      const desired = new Set(this.activeRuns(nodeId).map((r) => r.id));
+      const orphans = [...running].filter((id) => !desired.has(id));
+      if (orphans.length === 0) {
+        this.patch("nodes", node, { state: "ready", lost_at: null, last_heartbeat_at: now, synced_heartbeat_at: now });
+        this.records.node(node, now);
+        this.records.audit(
+          `node:${nodeId}`,
+          null,
+          "node.recovered",
+          { type: "node", id: nodeId },
+          {},
+          `node.recovered:${nodeId}:${now}`,
+          now,
+        );
+        changed = true;
+      }
+    }
+    // Runs asked to stop that the agent no longer runs have stopped, reported or not.
+    for (const run of this.activeRuns(nodeId)) {
+      if (run.desired === "stopped" && !running.has(run.id)) {
+        this.endRun(run, this.stoppedOutcome(run, null), now, now);
+        changed = true;
+      }
+    }
+    return { known: true, changed, state: node.state };
+  }
+
+  drain(nodeId: string, now: number): { ok: boolean; state: NodeRow["state"] | "unknown" } {
+    const node = this.node(nodeId);
+    if (!node) return { ok: false, state: "unknown" };
+    if (node.state === "ready") {
+      this.patch("nodes", node, { state: "draining" });
+      this.records.node(node, now);
+      this.records.audit(
+        `node:${nodeId}`,
+        null,
+        "node.draining",
+        { type: "node", id: nodeId },
+        {},
+        `node.draining:${nodeId}:${now}`,
+        now,
+      );
+    }
+    return { ok: true, state: node.state };
+  }
+
+  private markLost(node: NodeRow, now: number, lastSeen: number): void {
+    this.patch("nodes", node, { state: "lost", lost_at: now, last_heartbeat_at: lastSeen });
+    this.bump(node.id);
+    this.records.node(node, now);
+    this.records.audit(
+      `node:${node.id}`,
+      null,
+      "node.lost",
+      { type: "node", id: node.id },
+      { last_heartbeat_at: new Date(lastSeen).toISOString() },
+      `node.lost:${node.id}:${now}`,
+      now,
+    );
+    this.log("node.lost", { node_id: node.id, silent_ms: now - lastSeen });
+    for (const run of this.activeRuns(node.id)) {
+      this.endRun(run, { status: "lost", reason: `node ${node.id} lost` }, now, lastSeen);
+    }
+  }
+
+  // ---- agent events -----------------------------------------------------------------------
+
+  report(nodeId: string, ev: PlacementEvent, now: number): EventResult & { changed?: boolean } {
+    const run = this.run(ev.placement_id);
+    if (!run) return { ok: false, code: "unknown_placement" };
+    if (run.node_id !== nodeId) return { ok: false, code: "wrong_node" };
+    const fresh = this.db.run(
+      "insert into seen_events (node_id, event_id, at) values (?, ?, ?) on conflict do nothing",
+      nodeId,
+      ev.event_id,
+      now,
+    );
+    if (fresh === 0) return { ok: true, duplicate: true };
+    this.liveness.set(nodeId, now);
+    if (!isActiveRun(run)) return { ok: true, duplicate: false };
+    const job = this.job(run.job_id)!;
+    const at = Math.min(now, Math.max(run.placed_at, ev.at));
+    switch (ev.type) {
+      case "pulling":
+        if (run.status === "placed") {
+          this.patch("runs", run, { status: "pulling" });
+          this.records.run(run, job, this.node(nodeId), now);
+          this.records.event(job, "pulling", now, { attempt: run.attempt, placement_id: run.id, node_id: nodeId });
+        }
+        return { ok: true, duplicate: false };
+      case "running":
+        if (run.status !== "running") {
+          this.patch("runs", run, { status: "running", started_at: at });
+          this.records.run(run, job, this.node(nodeId), now);
+          this.records.event(job, "running", now, { attempt: run.attempt, placement_id: run.id, node_id: nodeId });
+          if (job.status === "placed" && run.attempt === job.attempt) {
+            if (this.runsOf(job).every((r) => r.status === "running")) {
+              this.patchJob(job, { status: "running", started_at: job.started_at ?? at }, now);
+              this.records.job(job, now);
+            }
+          }
+        }
+        return { ok: true, duplicate: false };
+      case "exited":
+        this.endRun(run, this.exitOutcome(run, ev), now, at);
+        return { ok: true, duplicate: false, changed: true };
+      case "failed":
+        this.endRun(
+          run,
+          run.desired === "stopped"
+            ? this.stoppedOutcome(run, null)
+            : { status: "failed", reason: ev.reason, exit_code: null, oom: false, deadline: false },
+          now,
+          at,
+        );
+        return { ok: true, duplicate: false, changed: true };
+    }
+  }
+
+  private exitOutcome(run: RunRow, ev: Extract<PlacementEvent, { type: "exited" }>): RunOutcome {
+    if (run.desired === "stopped" || ev.stopped_by) {
+      const reason = (run.stop_reason as StopReason | null) ?? (ev.stopped_by === "cancel" ? "cancel" : "deadline");
+      return this.stoppedOutcome({ ...run, stop_reason: reason }, ev.exit_code);
+    }
+    if (ev.exit_code === 0 && !ev.oom_killed) return { status: "succeeded", exit_code: 0 };
+    const reason = ev.oom_killed ? `OOM killed (exit code ${ev.exit_code})` : `exit code ${ev.exit_code}`;
+    return { status: "failed", reason, exit_code: ev.exit_code, oom: ev.oom_killed, deadline: false };
+  }
+
+  private stoppedOutcome(run: RunRow, exitCode: number | null): RunOutcome {
+    if (run.stop_reason === "deadline") {
+      return { status: "failed", reason: "max runtime exceeded", exit_code: exitCode, oom: false, deadline: true };
+    }
+    const why = run.stop_reason === "cancel" ? "cancelled" : `stopped (${run.stop_reason ?? "requested"})`;
+    return { status: "cancelled", reason: why, exit_code: exitCode };
+  }
+
+  /** A run is over: free its GPUs, record it and its usage, then decide what its job does next. */
+  private endRun(run: RunRow, outcome: RunOutcome, now: number, usageEnd: number): void {
+    const job = this.job(run.job_id)!;
+    const node = this.node(run.node_id);
+    this.patch("runs", run, {
+      status: outcome.status,
+      finished_at: now,
+      exit_code: "exit_code" in outcome ? outcome.exit_code : null,
+      oom_killed: outcome.status === "failed" && outcome.oom ? 1 : 0,
+      failure_reason: outcome.status === "succeeded" ? null : outcome.reason,
+    });
+    this.clearTimer("deadline", run.id);
+    this.bump(run.node_id);
+    this.records.run(run, job, node, now);
+    this.records.gpus(run, job, now);
+    this.records.usage(run, job, node?.gpu_model ?? "H100", Math.min(usageEnd, now), now);
+    const fields = { attempt: run.attempt, placement_id: run.id, node_id: run.node_id, exit_code: run.exit_code };
+    if (outcome.status === "lost") this.records.event(job, "lost", now, { ...fields, reason: outcome.reason });
+    else
+      this.records.event(job, "exited", now, {
+        ...fields,
+        reason: run.failure_reason,
+        data: { run_status: outcome.status, oom_killed: run.oom_killed === 1 },
+      });
+    this.afterRun(job, run, outcome, now);
+  }
+
+  private afterRun(job: JobRow, run: RunRow, outcome: RunOutcome, now: number): void {
+    if (TERMINAL_JOB_STATUSES.includes(job.status) || run.attempt !== job.attempt || job.status === "queued") return;
+    if (job.kind === "replica") {
+      this.endpoints.restart(job, run, outcome, now);
+      return;
+    }
+    const runs = this.runsOf(job);
+    if (outcome.status === "succeeded") {
+      if (runs.every((r) => r.status === "succeeded")) {
+        this.patchJob(job, { status: "succeeded", exit_code: 0, finished_at: now, failure_reason: null }, now);
+        this.records.job(job, now);
+        this.records.event(job, "succeeded", now, { attempt: job.attempt, exit_code: 0 });
+      }
+      return;
+    }
+    if (outcome.status === "cancelled") return;
+    for (const other of runs) if (isActiveRun(other)) this.stopRun(other, job, "gang", now);
+    if (outcome.status === "failed" && outcome.deadline) {
+      this.patchJob(
+        job,
+        { status: "failed", exit_code: outcome.exit_code, failure_reason: outcome.reason, finished_at: now },
+        now,
+      );
+      this.records.job(job, now);
+      return;
+    }
+    this.attemptFailed(job, outcome.reason, "exit_code" in outcome ? outcome.exit_code : null, now);
+  }
+
+  /** Retry with backoff while attempts remain; then failed, in the dead-letter list with every reason. */
+  private attemptFailed(job: JobRow, reason: string, exitCode: number | null, now: number): void {
+    const reasons = [...json.strings(job.reasons), `attempt ${job.attempt}: ${reason}`];
+    const failures = job.attempt - job.attempt_base;
+    if (failures >= job.max_attempts) {
+      this.patchJob(
+        job,
+        {
+          status: "failed",
+          reasons: JSON.stringify(reasons),
+          failure_reason: reason,
+          exit_code: exitCode,
+          dead_lettered_at: now,
+          finished_at: now,
+        },
+        now,
+      );
+      this.records.job(job, now);
+      this.records.event(job, "dead_lettered", now, { attempt: job.attempt, reason, data: { reasons } });
+      this.records.audit(
+        job.id,
+        job.account_id,
+        "job.dead_lettered",
+        { type: "job", id: job.id },
+        { attempts: job.attempt, reasons },
+        `job.dead_lettered:${job.id}:${job.attempt}`,
+        now,
+      );
+      return;
+    }
+    const s = this.settings();
+    const delay = backoff(s.retry_base_ms, s.retry_cap_ms, failures, hashString(`${job.id}:${job.attempt}`));
+    this.requeue(
+      job,
+      { reasons: JSON.stringify(reasons), failure_reason: reason, exit_code: exitCode },
+      now + delay,
+      now,
+    );
+    this.records.event(job, "retry_scheduled", now, {
+      attempt: job.attempt,
+      reason,
+      data: { backoff_ms: delay, next_attempt_at: new Date(now + delay).toISOString(), next_attempt: job.attempt + 1 },
+    });
+  }
+
+  requeue(job: JobRow, changes: Partial<JobRow>, at: number, now: number): void {
+    this.patchJob(job, { ...changes, status: "queued", next_attempt_at: at > now ? at : null }, now);
+    if (at > now) this.setTimer("retry", job.id, at);
+    this.records.job(job, now);
+  }
+
+  // ---- timers and liveness ----------------------------------------------------------------
+
+  /** What the alarm does before its packer pass: due timers, liveness, and the periodic writes. */
+  tick(now: number): void {
+    const due = this.db.all<{ kind: string; key: string }>("select kind, key from timers where due_at <= ?", now);
+    for (const t of due) {
+      this.clearTimer(t.kind, t.key);
+      if (t.kind === "deadline") this.deadlinePassed(t.key, now);
+      else if (t.kind === "reservation") this.reservations.release(t.key, now);
+      // `retry`: nothing to do; the pass that follows sees the job eligible again.
+    }
+    this.sweep(now);
+  }
+
+  private deadlinePassed(runId: string, now: number): void {
+    const run = this.run(runId);
+    if (!run || !isActiveRun(run)) return;
+    this.stopRun(run, this.job(run.job_id)!, "deadline", now);
+    this.log("run.deadline_passed", { placement_id: run.id, node_id: run.node_id });
+  }
+
+  /** Lost nodes, then heartbeats and waiting reasons written out, old event ids forgotten. */
+  private sweep(now: number): void {
+    const s = this.settings();
+    for (const node of this.nodes()) {
+      if (node.state === "lost") continue;
+      const last = this.liveness.get(node.id);
+      if (last === undefined) {
+        // Restarted: liveness lived in memory, so every node gets a fresh timeout from now.
+        this.liveness.set(node.id, Math.max(now, node.last_heartbeat_at ?? 0));
+        continue;
+      }
+      if (now - last > s.heartbeat_timeout_ms) {
+        this.markLost(node, now, last);
+        continue;
+      }
+      if (last > (node.synced_heartbeat_at ?? 0) && now - (node.synced_heartbeat_at ?? 0) >= s.node_sync_ms) {
+        this.patch("nodes", node, { last_heartbeat_at: last, synced_heartbeat_at: now });
+        this.records.node(node, now);
+      }
+    }
+    for (const job of this.db.all<JobRow>("select * from jobs where status = 'queued'")) {
+      const w = this.waiting.get(job.id);
+      if (w && w.reason !== job.waiting_reason) {
+        this.patchJob(job, { waiting_reason: w.reason }, now);
+        this.records.job(job, now);
+      }
+    }
+    this.db.run("delete from seen_events where at < ?", now - s.seen_event_ttl_ms);
+  }
+
+  /** The next instant the alarm has work: a timer, or the periodic sweep while there is anything to watch. */
+  nextDue(now: number): number | null {
+    const timer = this.db.one<{ at: number | null }>("select min(due_at) as at from timers")?.at ?? null;
+    const watched = this.db.one<{ n: number }>(
+      "select (select count(*) from nodes where state != 'lost') + (select count(*) from jobs where status = 'queued') as n",
+    )!.n;
+    const sweep = watched > 0 ? now + this.settings().housekeeping_ms : null;
+    if (timer === null) return sweep;
+    return sweep === null ? timer : Math.min(timer, sweep);
+  }
+
+  // ---- the packer pass --------------------------------------------------------------------
+
+  /** Run the packer on the current state and apply its plan, re-checking each placement first. */
+  schedule(now: number): number {
+    const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by id");
+    if (queued.length === 0) return 0;
+    const eligible = queued.filter((j) => j.next_attempt_at === null || j.next_attempt_at <= now);
+    for (const j of queued) {
+      if (j.next_attempt_at !== null && j.next_attempt_at > now) {
+        this.waiting.set(j.id, {
+          reason: `retrying at ${new Date(j.next_attempt_at).toISOString()} after: ${j.failure_reason ?? "a failure"}`,
+          reserved_start_at: null,
+        });
+      }
+    }
+    if (eligible.length === 0) return 0;
+    const nodes = this.nodes();
+    const runs = this.activeRuns();
+    const jobs = new Map<string, JobRow>();
+    for (const r of runs) if (!jobs.has(r.job_id)) jobs.set(r.job_id, this.job(r.job_id)!);
+    const reservations = this.reservations.all();
+    const p = plan({
+      now,
+      nodes: nodes.map(toPackerNode),
+      allocations: runs.map((r) => toAllocation(r, jobs.get(r.job_id)!)),
+      holds: reservations.flatMap(toHolds),
+      queue: eligible.map(toPackerJob),
+      config: this.settings().packer,
+    });
+    const byId = new Map(eligible.map((j) => [j.id, j]));
+    const check = new PlacementCheck(nodes, runs, reservations);
+    let placed = 0;
+    for (const pl of p.placements) {
+      const job = byId.get(pl.job_id)!;
+      const problem = check.admit(job, pl.nodes);
+      if (problem) {
+        this.log("plan.rejected_on_apply", { job_id: job.id, problem });
+        continue;
+      }
+      this.place(job, pl.nodes, reservations, now);
+      placed++;
+    }
+    for (const w of p.waiting) this.waiting.set(w.job_id, { reason: w.reason, reserved_start_at: w.reserved_start_at });
+    return placed;
+  }
+
+  private place(
+    job: JobRow,
+    assignments: { node_id: string; gpu_indices: number[]; cpu_milli: number; memory_mib: number }[],
+    reservations: ReservationRow[],
+    now: number,
+  ): void {
+    const attempt = job.attempt + 1;
+    const deadline = job.max_runtime_s != null ? now + job.max_runtime_s * 1000 : null;
+    this.patchJob(job, { status: "placed", attempt, waiting_reason: null, next_attempt_at: null }, now);
+    this.waiting.delete(job.id);
+    assignments.forEach((a, i) => {
+      const id = `${job.id}-a${attempt}-g${i}`;
+      this.db.run(
+        `insert into runs (id, job_id, attempt, gang_index, node_id, gpu_indices, cpu_milli, memory_mib, status, desired,
+           placed_at, kill_deadline)
+         values (?, ?, ?, ?, ?, ?, ?, ?, 'placed', 'running', ?, ?)`,
+        id,
+        job.id,
+        attempt,
+        i,
+        a.node_id,
+        JSON.stringify(a.gpu_indices),
+        a.cpu_milli,
+        a.memory_mib,
+        now,
+        deadline,
+      );
+      if (deadline !== null) {
+        this.setTimer("deadline", id, deadline + this.settings().grace_period_ms + this.settings().deadline_slack_ms);
+      }
+      this.reservations.consumeHeld(reservations, job, a.node_id, a.gpu_indices);
+      this.bump(a.node_id);
+      const run = this.run(id)!;
+      this.records.run(run, job, this.node(a.node_id), now);
+      this.records.gpus(run, job, now);
+      this.records.event(job, "placed", now, {
+        attempt,
+        placement_id: id,
+        node_id: a.node_id,
+        gpu_indices: a.gpu_indices,
+      });
+    });
+    this.records.job(job, now);
+  }
+
+  // ---- views ------------------------------------------------------------------------------
+
+  placementSet(nodeId: string): PlacementSet {
+    const node = this.node(nodeId);
+    if (!node) return { version: 0, placements: [] };
+    const grace = this.settings().grace_period_ms;
+    const placements: Placement[] = this.db
+      .all<RunRow & { spec: string }>(
+        `select runs.*, jobs.spec as spec from runs join jobs on jobs.id = runs.job_id
+         where runs.node_id = ? and runs.status in ${ACTIVE_RUN_SQL} order by runs.placed_at, runs.id`,
+        nodeId,
+      )
+      .map((r) => {
+        const spec = JSON.parse(r.spec) as ContainerSpec;
+        return {
+          placement_id: r.id,
+          job_id: r.job_id,
+          attempt: r.attempt,
+          image: spec.image,
+          command: spec.command,
+          args: spec.args,
+          env: spec.env,
+          gpu_indices: json.numbers(r.gpu_indices),
+          cpu_milli: r.cpu_milli,
+          memory_mib: r.memory_mib,
+          kill_deadline: r.kill_deadline,
+          desired: r.desired,
+          grace_period_ms: grace,
+        };
+      });
+    return { version: node.placement_version, placements };
+  }
+}

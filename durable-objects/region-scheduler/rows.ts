@@ -1,0 +1,131 @@
+/** Rows of the object's SQLite tables as they are read back (JSON columns still as text). */
+import type { JobStatus, RunStatus, Tier } from "../../core/schemas";
+
+export const ACTIVE_RUN_STATUSES: readonly RunStatus[] = ["placed", "pulling", "running"];
+export const ACTIVE_RUN_SQL = "('placed', 'pulling', 'running')";
+
+export type NodeState = "ready" | "draining" | "lost";
+
+export type NodeRow = {
+  id: string;
+  zone: string;
+  gpu_model: string;
+  gpus: string;
+  unhealthy_gpus: string;
+  cpu_milli: number;
+  memory_mib: number;
+  state: NodeState;
+  block_id: string | null;
+  block_end_at: number | null;
+  hostname: string | null;
+  agent_version: string | null;
+  registered_at: number;
+  last_heartbeat_at: number | null;
+  placement_version: number;
+  lost_at: number | null;
+  synced_heartbeat_at: number | null;
+};
+
+export type JobKind = "job" | "replica";
+
+export type JobRow = {
+  id: string;
+  kind: JobKind;
+  endpoint_id: string | null;
+  account_id: string;
+  tier: Tier;
+  priority: number;
+  gpu_count: number;
+  gpu_models: string;
+  cpu_milli: number;
+  memory_mib: number;
+  estimated_duration_s: number | null;
+  max_runtime_s: number | null;
+  max_attempts: number;
+  submitted_at: number;
+  spec: string;
+  status: JobStatus;
+  attempt: number;
+  attempt_base: number;
+  waiting_reason: string | null;
+  next_attempt_at: number | null;
+  exit_code: number | null;
+  failure_reason: string | null;
+  reasons: string;
+  dead_lettered_at: number | null;
+  started_at: number | null;
+  finished_at: number | null;
+  event_seq: number;
+  updated_at: number;
+};
+
+export type RunRow = {
+  id: string;
+  job_id: string;
+  attempt: number;
+  gang_index: number;
+  node_id: string;
+  gpu_indices: string;
+  cpu_milli: number;
+  memory_mib: number;
+  status: RunStatus;
+  desired: "running" | "stopped";
+  stop_reason: string | null;
+  placed_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  kill_deadline: number | null;
+  exit_code: number | null;
+  oom_killed: number;
+  failure_reason: string | null;
+};
+
+export type ReservationRow = {
+  id: string;
+  gpu_model: string;
+  tier: Tier | null;
+  reason: string;
+  expires_at: number | null;
+  created_at: number;
+  /** JSON `[{ node_id, gpu_indices }]`. */
+  gpus: string;
+};
+
+export type EndpointRow = {
+  id: string;
+  spec: string;
+  spec_hash: string;
+  created_at: number;
+  updated_at: number;
+};
+
+/** What a job row's `spec` column holds: the container, secrets included (never leaves this object but to its node). */
+export interface ContainerSpec {
+  image: string;
+  command: string[];
+  args: string[];
+  env: { name: string; value: string }[];
+}
+
+export const json = {
+  numbers: (s: string): number[] => JSON.parse(s) as number[],
+  strings: (s: string): string[] => JSON.parse(s) as string[],
+};
+
+export function isActiveRun(run: Pick<RunRow, "status">): boolean {
+  return ACTIVE_RUN_STATUSES.includes(run.status);
+}
+
+export function specOf(x: {
+  image: string;
+  command: string[];
+  args: string[];
+  env: { name: string; value: string }[];
+}): ContainerSpec {
+  return {
+    image: x.image,
+    command: x.command,
+    args: x.args,
+    env: x.env.map((e) => ({ name: e.name, value: e.value })),
+  };
+}
