@@ -8,8 +8,11 @@ import { eq, sql } from "drizzle-orm";
 import {
   AGENT_ROUTES,
   EventBatch,
+  EventBatchResponse,
   Heartbeat,
+  HeartbeatResponse,
   LogBatch,
+  LogBatchResponse,
   NodeInventory,
   PlacementSet,
   RegisterResponse,
@@ -32,15 +35,14 @@ const agentErrors = {
 };
 const body = <T extends z.ZodType>(schema: T) => ({ required: true, content: { "application/json": { schema } } });
 
-const EventAck = z
-  .object({
-    accepted: z.number().int(),
-    duplicates: z.number().int(),
-    rejected: z.array(z.object({ event_id: z.string(), code: z.string() })),
-  })
-  .openapi("EventAck");
-const LogAck = z.object({ accepted: z.number().int(), duplicates: z.number().int() }).openapi("LogAck");
-const HeartbeatAck = z.object({ state: z.string() }).openapi("HeartbeatAck");
+// The agreed answers (core/schemas/agent.ts), with what else the routes can tell the agent.
+const EventAck = EventBatchResponse.extend({
+  rejected: z.array(z.object({ event_id: z.string(), code: z.string() })).openapi({
+    description: "Events the scheduler refused: `unknown_placement` or `wrong_node`.",
+  }),
+}).openapi("EventAck");
+const LogAck = LogBatchResponse.extend({ duplicates: z.number().int().nonnegative() }).openapi("LogAck");
+const HeartbeatAck = HeartbeatResponse.openapi("HeartbeatAck");
 
 /** Long polls wait at most this long (under the Workers and Durable Object request limits). */
 export const MAX_POLL_WAIT_MS = 30_000;

@@ -9,6 +9,7 @@ import { agentRouter } from "./agent";
 import { apiKeysRouter } from "./api-keys";
 import { docsPage } from "./docs-page";
 import { endpointsRouter } from "./endpoints";
+import { jobEventsRouter } from "./job-events";
 import { jobLogsRouter } from "./job-logs";
 import { jobsRouter } from "./jobs";
 import { meRouter } from "./me";
@@ -28,6 +29,7 @@ export function createApi() {
   api.use("/v1/*", limitBody, database);
   const routers = [
     jobsRouter,
+    jobEventsRouter,
     jobLogsRouter,
     endpointsRouter,
     apiKeysRouter,

@@ -4,15 +4,15 @@
  * `follow=true` the answer is a server-sent event stream that tails new lines until the job ends.
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, eq, sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { streamSSE } from "hono/streaming";
 import { type JobStatus, TERMINAL_JOB_STATUSES } from "../../core/schemas";
 import { requireAccount } from "../auth/caller";
 import { type Db, openDb } from "../db/client";
 import { jobs } from "../db/schema";
-import { ApiError } from "../http/errors";
 import { errorFields } from "../http/log";
 import { decodeSeqCursor, encodeSeqCursor, page } from "../http/pagination";
+import { loadJob } from "./job-rows";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { IdParam, pageOf, Timestamp } from "./schemas";
 
@@ -102,11 +102,7 @@ jobLogsRouter.openapi(
     const { id } = c.req.valid("param");
     const q = c.req.valid("query");
     const db = c.get("pg").db;
-    const [job] = await db
-      .select({ status: jobs.status })
-      .from(jobs)
-      .where(and(eq(jobs.id, id), eq(jobs.accountId, account.id)));
-    if (!job) throw new ApiError(404, "not_found", `no job ${id} in this account`);
+    await loadJob(db, account.id, id);
     const lastEventId = c.req.header("last-event-id");
     const after = decodeSeqCursor(q.cursor ?? (lastEventId && q.follow === "true" ? lastEventId : undefined)) ?? 0;
 

@@ -9,6 +9,7 @@ import { jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit } from "./audit";
+import { loadJob } from "./job-rows";
 import { enforceQuota, jobDemand, lockAccount, requireTier } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { schedulerOf, servedRegion } from "./scheduler";
@@ -44,16 +45,6 @@ const ListJobsQuery = z.strictObject({
 });
 
 export const jobsRouter = createRouter();
-
-/** The account's job, or 404 (also for another account's job: no existence leak). */
-async function loadJob(db: Db, accountId: string, id: string): Promise<JobRow> {
-  const [row] = await db
-    .select()
-    .from(jobs)
-    .where(and(eq(jobs.id, id), eq(jobs.accountId, accountId)));
-  if (!row) throw new ApiError(404, "not_found", `no job ${id} in this account`);
-  return row;
-}
 
 async function jobRunsOf(db: Db, jobId: string): Promise<RunRow[]> {
   return db
@@ -143,14 +134,17 @@ jobsRouter.openapi(
       });
       return job;
     });
-    const outcome = await submitJob(c.env, db, row, c.get("log"));
-    const current = outcome === "acked" || outcome === "failed" ? row : await loadJob(db, account.id, row.id);
-    if (outcome === "rejected") {
+    const submitted = await submitJob(c.env, db, row, c.get("log"));
+    const current =
+      submitted.outcome === "acked" || submitted.outcome === "failed" ? row : await loadJob(db, account.id, row.id);
+    if (submitted.outcome === "rejected") {
       throw new ApiError(422, "job_rejected", current.failureReason ?? "the scheduler rejected the job", {
         job_id: row.id,
       });
     }
-    return respond(c, Job, jobView(current), 202);
+    // The scheduler's answer is fresher than the row, which its outbox updates a moment later.
+    const status = submitted.outcome === "acked" ? submitted.status : current.status;
+    return respond(c, Job, { ...jobView(current), status: status as JobStatus }, 202);
   },
 );
 

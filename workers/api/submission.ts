@@ -6,7 +6,7 @@
  * job's status after the call (see docs/api.md, "Submission").
  */
 import { and, asc, eq, inArray, isNull, lt, sql } from "drizzle-orm";
-import type { Tier } from "../../core/schemas";
+import type { JobStatus, Tier } from "../../core/schemas";
 import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
 import type { Db } from "../db/client";
 import { jobSubmissions, jobs } from "../db/schema";
@@ -29,11 +29,13 @@ export function schedulerJob(row: JobRow): SchedulerJob {
   };
 }
 
-export type SubmitOutcome = "acked" | "rejected" | "failed" | "cancelled";
+/** `acked` carries the status the scheduler gave the job (e.g. `placed` when capacity was free). */
+export type SubmitOutcome = { outcome: "acked"; status: JobStatus } | { outcome: "rejected" | "failed" | "cancelled" };
 
 /** Submit one stored job; never throws (a failure leaves the job queued for the reconciler). */
 export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Promise<SubmitOutcome> {
   const scheduler = schedulerOf(env, row.region);
+  let status: JobStatus = "queued";
   await db
     .update(jobSubmissions)
     .set({ attempts: sql`${jobSubmissions.attempts} + 1`, lastAttemptAt: new Date() })
@@ -55,12 +57,13 @@ export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Pro
           .set({ ackedAt: new Date(), lastError: result.message })
           .where(eq(jobSubmissions.jobId, row.id));
       });
-      return "rejected";
+      return { outcome: "rejected" };
     }
     await db
       .update(jobSubmissions)
       .set({ ackedAt: new Date(), lastError: null })
       .where(eq(jobSubmissions.jobId, row.id));
+    status = result.status;
   } catch (error) {
     log.warn("job.submit_failed", { job_id: row.id, region: row.region, ...errorFields(error) });
     await db
@@ -68,15 +71,15 @@ export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Pro
       .set({ lastError: error instanceof Error ? error.message.slice(0, 1000) : String(error) })
       .where(eq(jobSubmissions.jobId, row.id))
       .catch(() => {});
-    return "failed";
+    return { outcome: "failed" };
   }
   // A cancel that ran while the call was in flight found nothing to cancel there: pass it on now.
   const [now] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, row.id));
   if (now?.status === "cancelled") {
     await scheduler.cancel(row.id).catch((error: unknown) => log.warn("job.cancel_forward_failed", errorFields(error)));
-    return "cancelled";
+    return { outcome: "cancelled" };
   }
-  return "acked";
+  return { outcome: "acked", status };
 }
 
 /** Jobs younger than this are left to the request that created them. */
@@ -106,7 +109,7 @@ export async function reconcileSubmissions(
   let acked = 0;
   for (const { job } of pending) {
     const outcome = await submitJob(env, db, job, log);
-    if (outcome !== "failed") acked += 1;
+    if (outcome.outcome !== "failed") acked += 1;
   }
   if (pending.length > 0) log.info("reconcile.submissions", { pending: pending.length, acked });
   return { submitted: pending.length, acked };
