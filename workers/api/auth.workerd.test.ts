@@ -95,6 +95,19 @@ describe("Supabase access tokens", () => {
     expect(basic.status).toBe(401);
     const junk = await call("GET", "/v1/me", "not-a-token");
     expect(junk.status).toBe(401);
+    const headerOnly = (h: unknown) => `${b64url(h)}.${b64url({ sub: "x" })}.c2ln`;
+    for (const bad of [
+      "a.b.c",
+      "eyJ.eyJ.sig",
+      `${btoa("not json")}.${btoa("{}")}.sig`,
+      headerOnly({ typ: "JWT" }),
+      headerOnly({ alg: "ES256", kid: 42 }),
+      headerOnly({ alg: "RS512", kid: "k" }),
+      `${headerOnly({ alg: "ES256" })}.extra`,
+    ]) {
+      const res = await call("GET", "/v1/me", bad);
+      expect(res.status, bad).toBe(401);
+    }
     const node = await call("GET", "/v1/me", `snt_${"a".repeat(43)}`);
     expect(node.status).toBe(401);
     expect(node.json.error.code).toBe("invalid_credentials");
@@ -128,6 +141,17 @@ describe("Supabase access tokens", () => {
       .setExpirationTime(now + 60)
       .sign(new TextEncoder().encode("another-secret-another-secret-another-secret"));
     await expect(verifyAccessToken(forged, on)).rejects.toMatchObject({ status: 401 });
+  });
+});
+
+describe("identity provider outage", () => {
+  it("answers 503 auth_unavailable, not 401, when the key set cannot be fetched", async () => {
+    const user = await signUp();
+    for (const url of ["http://127.0.0.1:1", `${supabaseUrl()}/not-supabase`]) {
+      const settings = tokenSettings({ SUPABASE_URL: url });
+      const token = await mint({ sub: user.userId, iss: settings.issuer });
+      await expect(verifyAccessToken(token, settings)).rejects.toMatchObject({ status: 503, code: "auth_unavailable" });
+    }
   });
 });
 
@@ -258,6 +282,31 @@ describe("API keys", () => {
     // Removed from the account: the key stops working.
     await sql("delete from memberships where account_id = $1 and user_id = $2", [owner.accountId, member.userId]);
     expect((await call("GET", "/v1/me", memberKey.secret)).status).toBe(401);
+  });
+
+  it("pages keys, hides revoked ones unless asked, and never shows or revokes another account's", async () => {
+    const alice = await signUp();
+    const bob = await signUp();
+    const keys = [];
+    for (const name of ["one", "two", "three"]) keys.push(await createKey(alice.token, ["jobs:read"], { name }));
+    const first = await call("GET", "/v1/api-keys?limit=2", alice.token);
+    expect(first.json.data.map((k: { name: string }) => k.name)).toEqual(["three", "two"]);
+    const second = await call("GET", `/v1/api-keys?limit=2&cursor=${first.json.next_cursor}`, alice.token);
+    expect(second.json.data.map((k: { name: string }) => k.name)).toEqual(["one"]);
+    expect(second.json.next_cursor).toBeNull();
+    await call("DELETE", `/v1/api-keys/${keys[0]!.id}`, alice.token);
+    expect((await call("GET", "/v1/api-keys", alice.token)).json.data).toHaveLength(2);
+    expect((await call("GET", "/v1/api-keys?include_revoked=true", alice.token)).json.data).toHaveLength(3);
+
+    const bobAdmin = await createKey(bob.token, ["admin"]);
+    for (const credential of [bob.token, bobAdmin.secret]) {
+      const list = await call("GET", "/v1/api-keys?include_revoked=true", credential);
+      expect(list.json.data.map((k: { id: string }) => k.id)).not.toContain(keys[1]!.id);
+      const revoke = await call("DELETE", `/v1/api-keys/${keys[1]!.id}`, credential);
+      expect(revoke.status).toBe(404);
+      expect(revoke.text).not.toContain(keys[1]!.prefix);
+    }
+    expect((await call("GET", "/v1/me", keys[1]!.secret)).status).toBe(200);
   });
 
   it("validates the request (unknown scope, unknown field, past expiry) and honours expiry", async () => {

@@ -97,6 +97,20 @@ describe("fuzzing every route from docs/openapi.json", () => {
       const headers: Record<string, string> = {
         authorization: `Bearer ${o.path.startsWith("/v1/agent/") ? agentNode.token : op.token}`,
       };
+      // Now and then a credential that is not one: it gets a 401 (or a 413: sizes are checked first).
+      const forged = rng.chance(0.03);
+      if (forged) {
+        headers.authorization = rng.pick([
+          "Bearer a.b.c",
+          `Bearer ${op.token.slice(0, -4)}AAAA`,
+          `Bearer ${key.secret.slice(0, -1)}`,
+          "Bearer sk_live_",
+          "Bearer snt_x",
+          `Bearer ${"x".repeat(5000)}`,
+          "Basic Zm9vOmJhcg==",
+          "",
+        ]);
+      }
       if (rng.chance(0.1)) headers["idempotency-key"] = rng.pick(["k1", "k2", `k-${rng.int(0, 9)}`, " ", "é"]);
       if (rng.chance(0.05)) headers["scalar-account"] = rng.pick([op.accountId, crypto.randomUUID(), "nope"]);
       let body: string | undefined;
@@ -110,7 +124,11 @@ describe("fuzzing every route from docs/openapi.json", () => {
           : rng.pick(["text/plain", "application/xml", ""]);
         if (rng.chance(0.01)) body = JSON.stringify({ pad: "x".repeat(300_000) });
       }
-      return { url: `${BASE}${path}${query.size ? `?${query}` : ""}`, init: { method: o.method, headers, body } };
+      return {
+        url: `${BASE}${path}${query.size ? `?${query}` : ""}`,
+        init: { method: o.method, headers, body },
+        forged,
+      };
     };
 
     const requests = operations.flatMap((o) => Array.from({ length: PER_OPERATION }, () => ({ o, ...build(o) })));
@@ -118,12 +136,14 @@ describe("fuzzing every route from docs/openapi.json", () => {
     const statuses = new Map<number, number>();
     for (let i = 0; i < requests.length; i += CONCURRENCY) {
       await Promise.all(
-        requests.slice(i, i + CONCURRENCY).map(async ({ o, url, init }) => {
+        requests.slice(i, i + CONCURRENCY).map(async ({ o, url, init, forged }) => {
           const ctx = createExecutionContext();
           const res = await worker.fetch(new Request(url, init), env, ctx);
           const text = await res.text();
           await waitOnExecutionContext(ctx);
           statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+          if (forged && res.status !== 401 && res.status !== 413)
+            failures.push(`forged credential got ${res.status}: ${o.method} ${url}`);
           if (res.status >= 500)
             failures.push(
               `${res.status} ${o.method} ${url} ${String(init.body).slice(0, 300)} → ${text.slice(0, 300)}`,

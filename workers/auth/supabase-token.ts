@@ -65,10 +65,15 @@ function unauthorized(code: string, message: string): ApiError {
 }
 
 export async function verifyAccessToken(token: string, settings: TokenSettings): Promise<VerifiedUser> {
+  let alg: unknown;
+  try {
+    alg = decodeProtectedHeader(token).alg;
+  } catch {
+    throw unauthorized("invalid_token", "access token is malformed");
+  }
   let payload: JWTPayload;
   try {
     const options = { issuer: settings.issuer, audience: settings.audience, requiredClaims: ["exp", "iat", "sub"] };
-    const alg = decodeProtectedHeader(token).alg;
     if (alg === "HS256" && settings.legacySecret) {
       const secret = new TextEncoder().encode(settings.legacySecret);
       ({ payload } = await jwtVerify(token, secret, { ...options, algorithms: ["HS256"] }));
@@ -94,9 +99,6 @@ export async function verifyAccessToken(token: string, settings: TokenSettings):
 
 function tokenError(error: unknown): ApiError {
   if (error instanceof errors.JWTExpired) return unauthorized("token_expired", "access token expired; sign in again");
-  if (error instanceof errors.JWKSTimeout || (error instanceof TypeError && /fetch/i.test(error.message))) {
-    return new ApiError(503, "auth_unavailable", "cannot reach the identity provider's keys; retry shortly");
-  }
   if (error instanceof errors.JWTClaimValidationFailed) {
     return unauthorized("invalid_token", `token claim "${error.claim}" is not valid here`);
   }
@@ -105,5 +107,22 @@ function tokenError(error: unknown): ApiError {
   if (error instanceof errors.JWKSNoMatchingKey) return unauthorized("invalid_token", "token signed by an unknown key");
   if (error instanceof errors.JWSSignatureVerificationFailed)
     return unauthorized("invalid_token", "token signature invalid");
+  // The key set could not be had (network, timeout, not a 200, not JSON): our problem, not the token's.
+  const keySetFailed =
+    !(error instanceof errors.JOSEError) ||
+    error instanceof errors.JWKSTimeout ||
+    error instanceof errors.JWKSInvalid ||
+    /JSON Web Key Set/.test(error.message);
+  if (keySetFailed) {
+    return new ApiError(
+      503,
+      "auth_unavailable",
+      "cannot reach the identity provider's keys; retry shortly",
+      undefined,
+      {
+        "Retry-After": "5",
+      },
+    );
+  }
   return unauthorized("invalid_token", "access token is malformed or invalid");
 }
