@@ -31,3 +31,11 @@ create policy job_logs_member_read on public.job_logs for select to authenticate
   using (exists (select 1 from public.job_runs r
                   where r.id = job_logs.placement_id and r.node_id = job_logs.node_id
                     and r.account_id in (select public.current_account_ids())));
+--> statement-breakpoint
+-- Secret environment values never reach a user connection: members read jobs without `env`.
+revoke select on public.jobs from authenticated;
+--> statement-breakpoint
+grant select (id, account_id, created_by, created_by_key, region, tier, priority, status, image, command, args,
+  gpu_count, gpu_models, cpu_milli, memory_mib, max_runtime_s, estimated_duration_s, max_attempts, attempts,
+  labels, waiting_reason, exit_code, failure_reason, dead_lettered_at, created_at, updated_at, started_at,
+  finished_at) on public.jobs to authenticated;
