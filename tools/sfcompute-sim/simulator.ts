@@ -85,7 +85,8 @@ export class Simulator {
       fault: null,
     };
     this.requests.push(entry);
-    if (this.requests.length > 10_000) this.requests.splice(0, this.requests.length - 10_000);
+    // Keep the last 10 000, trimming in batches so a long replay does not shift the array per request.
+    if (this.requests.length > 12_000) this.requests.splice(0, this.requests.length - 10_000);
     try {
       const fired = this.faults.take(request.method, path);
       for (const f of fired) if (f.action === "latency") await sleep(f.latencyMs ?? 0);

@@ -472,6 +472,31 @@ describe("documented errors", () => {
     }
   });
 
+  it("reads VM statuses in either case (some docs examples write them in lower case)", async () => {
+    const { client, token } = fresh();
+    const [node] = await client.createNodes({
+      desired_count: 1,
+      max_price_per_node_hour: centsPerNodeHour(4_000),
+      zone: "hayesvalley",
+      end_at: endIn(2),
+    });
+    sim.advance(3 * MINUTE_MS);
+    try {
+      sim.sim.engine.configure({ nodes: { vmStatusCase: "lower" } });
+      const raw = (await (
+        await fetch(`${sim.url}/v1/nodes/${node!.id}`, {
+          headers: { Authorization: `Bearer ${token}` },
+        })
+      ).json()) as {
+        current_vm: { status: string };
+      };
+      expect(raw.current_vm.status).toBe("running");
+      expect((await client.getNode(node!.id)).current_vm?.status).toBe("Running");
+    } finally {
+      sim.sim.engine.configure({ nodes: { vmStatusCase: "title" } });
+    }
+  });
+
   it("answers 401 for a bad token, without retrying", async () => {
     const attempts: AttemptInfo[] = [];
     const client = new SfComputeClient({ baseUrl: sim.url, token: "wrong", onAttempt: (a) => attempts.push(a) });
