@@ -101,7 +101,7 @@ export class Simulator {
       if (fired.some((f) => f.action === "timeout")) {
         entry.fault = "timeout";
         await this.hang(request.signal);
-        throw new LostResponseError("request timed out without an answer");
+        throw this.gaveUp(request.signal, "request timed out without an answer");
       }
       const response = await this.handle(request, path);
       entry.status = response.status;
@@ -109,7 +109,7 @@ export class Simulator {
       if (lost) {
         entry.fault = "lose_response";
         if (lost.lose === "hang") await this.hang(request.signal);
-        throw new LostResponseError("the response was lost after the request was processed");
+        throw this.gaveUp(request.signal, "the response was lost after the request was processed");
       }
       return response;
     } finally {
@@ -132,6 +132,11 @@ export class Simulator {
     const response = await this.api.fetch(request, { account });
     if (limit) for (const [k, v] of Object.entries(limit.headers)) response.headers.set(k, v);
     return response;
+  }
+
+  /** In-process, the caller sees its own abort (e.g. its timeout); otherwise a failed fetch. */
+  private gaveUp(signal: AbortSignal, why: string): unknown {
+    return signal.aborted && signal.reason !== undefined ? signal.reason : new LostResponseError(why);
   }
 
   /** Waits until the client gives up (its signal aborts) or the simulator closes. */
