@@ -226,6 +226,14 @@ describe("faults and limits", () => {
     expect((await api("/v1/balances")).status).toBe(200);
   });
 
+  it("adds latency to the requests a rule matches, and answers them normally", async () => {
+    sim.sim.faults.add({ action: "latency", latencyMs: 30, path: "/v0/zones*", times: 2 });
+    expect((await api("/v0/zones")).status).toBe(200);
+    expect((await api("/v0/zones/hayesvalley")).status).toBe(200);
+    expect((await api("/v0/zones")).status).toBe(200);
+    expect(sim.sim.requests.slice(-3).map((r) => r.fault)).toEqual(["latency", "latency", null]);
+  });
+
   it("loses the answer after committing: the order exists though the client saw a reset connection", async () => {
     sim.sim.faults.add({ action: "lose_response", method: "POST", path: "/v0/orders" });
     const before = sim.sim.engine.market.orders.size;

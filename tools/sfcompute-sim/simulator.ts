@@ -89,7 +89,11 @@ export class Simulator {
     if (this.requests.length > 12_000) this.requests.splice(0, this.requests.length - 10_000);
     try {
       const fired = this.faults.take(request.method, path);
-      for (const f of fired) if (f.action === "latency") await sleep(f.latencyMs ?? 0);
+      for (const f of fired) {
+        if (f.action !== "latency") continue;
+        entry.fault = "latency";
+        await sleep(f.latencyMs ?? 0);
+      }
       const error = fired.find((f) => f.action === "error");
       if (error) {
         entry.fault = "error";
