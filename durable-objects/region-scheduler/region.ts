@@ -663,7 +663,7 @@ export class Region {
 
   /** Run the packer on the current state and apply its plan, re-checking each placement first. */
   schedule(now: number): number {
-    const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by id");
+    const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by submitted_at, id");
     if (queued.length === 0) return 0;
     const eligible = queued.filter((j) => j.next_attempt_at === null || j.next_attempt_at <= now);
     for (const j of queued) {

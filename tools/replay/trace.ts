@@ -2,13 +2,14 @@
  * Reading job and node traces for the replay and the benchmark. The replay's own format, plus the
  * raw files of the two public traces we use, recognised by their header:
  *
- *   jobs  id,submit_s,gpus,duration_s[,cpu_milli,memory_mib,gpu_models,tier]     (replay format)
+ *   jobs  id,submit_s,gpus,duration_s[,cpu_milli,memory_mib,gpu_models,tier][,account] (replay format)
  *         job_id,submit_s,num_gpus,duration_s,vc,submit_time_utc_orig          (Philly, as shipped)
  *         name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,…           (Alibaba pods.csv)
  *   nodes id,gpus,gpu_model[,cpu_milli,memory_mib]                              (replay format)
  *         sn,cpu_milli,memory_mib,gpu,model                                    (Alibaba gpu_nodes.csv)
  *
- * Alibaba pods: a fractional-GPU pod (gpu_milli < 1000) takes one whole GPU (Scalar does not share
+ * Philly's `vc` (virtual cluster) becomes the account, so the queue's fairness between accounts
+ * applies to it. Alibaba pods: a fractional-GPU pod (gpu_milli < 1000) takes one whole GPU (Scalar does not share
  * GPUs), CPU-only pods (num_gpu 0) are dropped, qos LS/Guaranteed → fast, BE/Burstable → flex,
  * and the duration is deletion − scheduled time (cut off at the snapshot's end).
  */
@@ -24,6 +25,7 @@ export interface TraceJob {
   memory_mib: number | null;
   gpu_models: string[];
   tier: Tier | null;
+  account: string;
 }
 
 export interface TraceNode {
@@ -62,6 +64,7 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
       memory_mib: null,
       gpu_models: [],
       tier: null,
+      account: r.vc || "default",
     }));
   }
   if ("num_gpu" in first) {
@@ -78,6 +81,7 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
           memory_mib: num(r.memory_mib),
           gpu_models: splitModels(r.gpu_spec),
           tier: r.qos === "LS" || r.qos === "Guaranteed" ? ("fast" as const) : ("flex" as const),
+          account: "default",
         };
       });
   }
@@ -90,6 +94,7 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
     memory_mib: num(r.memory_mib),
     gpu_models: splitModels(r.gpu_models),
     tier: r.tier === "fast" || r.tier === "flex" ? r.tier : null,
+    account: r.account || "default",
   }));
 }
 
