@@ -51,6 +51,8 @@ export class Region {
   /** Last sign of life per node (heartbeat or event); absent after a restart until the first sweep. */
   readonly liveness = new Map<string, number>();
   readonly waiting = new Map<string, WaitingInfo>();
+  /** When each queued job's waiting reason was last written out. */
+  private readonly reasonWrittenAt = new Map<string, number>();
   /** Nodes whose desired placement set changed in the current call. */
   readonly touched = new Set<string>();
 
@@ -640,11 +642,13 @@ export class Region {
     }
     for (const job of this.db.all<JobRow>("select * from jobs where status = 'queued'")) {
       const w = this.waiting.get(job.id);
-      if (w && w.reason !== job.waiting_reason) {
-        this.patchJob(job, { waiting_reason: w.reason }, now);
-        this.records.job(job, now);
-      }
+      if (!w || w.reason === job.waiting_reason) continue;
+      if (now - (this.reasonWrittenAt.get(job.id) ?? 0) < s.waiting_reason_sync_ms) continue;
+      this.patchJob(job, { waiting_reason: w.reason }, now);
+      this.records.job(job, now);
+      this.reasonWrittenAt.set(job.id, now);
     }
+    for (const id of this.reasonWrittenAt.keys()) if (!this.waiting.has(id)) this.reasonWrittenAt.delete(id);
     this.db.run("delete from seen_events where at < ?", now - s.seen_event_ttl_ms);
   }
 
