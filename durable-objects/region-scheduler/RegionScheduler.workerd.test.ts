@@ -244,6 +244,26 @@ describe("RegionScheduler: one job's life", () => {
     expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
   });
 
+  it("frees a stopped run the agent no longer lists, once the agent has had a heartbeat cycle to act", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const job = await jobFor({ gpu_count: 8 });
+    await stub.submit(job);
+    await stub.cancel(job.id);
+    const beat = () => stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] });
+    // At once: the agent may not have seen the stop yet (still pulling, say): the GPUs stay held.
+    await beat();
+    expect((await stub.listNodes())[0]!.free_gpus).toEqual([]);
+    // Two heartbeat intervals later it still does not run it: stopped, reported or not.
+    clock.advance(20_000);
+    await beat();
+    expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "cancelled",
+      placements: [expect.objectContaining({ status: "cancelled" })],
+    });
+  });
+
   it("stops a run at its kill deadline and fails the job without retrying it", async () => {
     const { stub, clock } = await region({ grace_period_ms: 1_000, deadline_slack_ms: 1_000 });
     await stub.registerNode(nodeReg(N("n1")));

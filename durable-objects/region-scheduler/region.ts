@@ -239,7 +239,7 @@ export class Region {
 
   stopRun(run: RunRow, job: JobRow, reason: StopReason, now: number): void {
     if (run.desired === "stopped") return;
-    this.patch("runs", run, { desired: "stopped", stop_reason: reason });
+    this.patch("runs", run, { desired: "stopped", stop_reason: reason, stop_requested_at: now });
     this.bump(run.node_id);
     this.records.event(job, "stop_requested", now, {
       attempt: run.attempt,
@@ -372,9 +372,11 @@ export class Region {
         changed = true;
       }
     }
-    // Runs asked to stop that the agent no longer runs have stopped, reported or not.
+    // Runs asked to stop that the agent no longer runs, a heartbeat cycle after the request (time
+    // for the agent to see it), have stopped, reported or not.
+    const settled = now - 2 * this.settings().heartbeat_interval_ms;
     for (const run of this.activeRuns(nodeId)) {
-      if (run.desired === "stopped" && !running.has(run.id)) {
+      if (run.desired === "stopped" && !running.has(run.id) && (run.stop_requested_at ?? 0) <= settled) {
         this.endRun(run, this.stoppedOutcome(run, null), now, now);
         changed = true;
       }
