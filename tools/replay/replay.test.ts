@@ -44,10 +44,11 @@ describe("trace formats", () => {
       "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n" +
         "p0,12000,16384,1,460,,LS,Running,0,100,10\np1,1000,1024,0,0,,BE,Running,0,5,0\np2,6000,2048,2,1000,V100M16|V100M32,BE,Failed,3,,3\n",
     );
-    // p0: a 0.46 GPU share takes a whole GPU; p1 (CPU only) is dropped; p2 never ended: duration 0.
+    // p0: a 0.46 GPU share takes a whole GPU; p1 (CPU only) is dropped; p2 has no deletion time: it
+    // runs to the snapshot's end (100, the latest time in the file): 100 − 3 = 97.
     expect(pods.map((p) => [p.id, p.gpus, p.duration_s, p.tier, p.gpu_models])).toEqual([
       ["p0", 1, 90, "fast", []],
-      ["p2", 2, 0, "flex", ["V100M16", "V100M32"]],
+      ["p2", 2, 97, "flex", ["V100M16", "V100M32"]],
     ]);
     expect(toNodes(parseCsv("sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\n"))).toEqual([
       { id: "n0", gpus: 2, gpu_model: "P100", cpu_milli: 64000, memory_mib: 262144 },

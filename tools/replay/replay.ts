@@ -7,6 +7,7 @@
  * tools/replay/trace.ts; the method in simulate.ts. `--nodes COUNT` is COUNT 8-GPU H100 nodes
  * spread over `--zones` zones (default 1); `--limit` keeps the first N jobs.
  */
+import { existsSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { POLICIES, type Policy } from "../../core/scheduler";
 import { fleetOf, replayDynamic, replayStatic } from "./simulate";
@@ -38,9 +39,13 @@ const policy = values.policy as Policy;
 const zones = Number(values.zones);
 if (!Number.isInteger(zones) || zones < 1) fail("--zones must be a positive integer");
 
+if (!existsSync(values.jobs)) fail(`no such file: ${values.jobs}`);
 let jobs = toJobs(readCsv(values.jobs));
 if (values.limit) jobs = jobs.slice(0, Number(values.limit));
 const count = Number(values.nodes);
+if (!(Number.isInteger(count) && count > 0) && !existsSync(values.nodes)) {
+  fail(`--nodes must be a positive node count or a nodes CSV: ${values.nodes}`);
+}
 const nodes = fleetOf(Number.isInteger(count) && count > 0 ? count : toNodes(readCsv(values.nodes)), { zones });
 
 const started = process.hrtime.bigint();

@@ -11,7 +11,8 @@
  * Philly's `vc` (virtual cluster) becomes the account, so the queue's fairness between accounts
  * applies to it. Alibaba pods: a fractional-GPU pod (gpu_milli < 1000) takes one whole GPU (Scalar does not share
  * GPUs), CPU-only pods (num_gpu 0) are dropped, qos LS/Guaranteed → fast, BE/Burstable → flex,
- * and the duration is deletion − scheduled time (cut off at the snapshot's end).
+ * and the duration is deletion − scheduled time (a pod without a deletion time runs to the
+ * snapshot's end, the latest time in the file).
  */
 import { readFileSync } from "node:fs";
 import type { Tier } from "../../core/scheduler";
@@ -68,6 +69,11 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
     }));
   }
   if ("num_gpu" in first) {
+    // A pod still running when the snapshot was taken has no deletion time: it runs to the end.
+    const snapshotEnd = rows.reduce(
+      (m, r) => Math.max(m, num(r.deletion_time) ?? 0, num(r.creation_time) ?? 0, num(r.scheduled_time) ?? 0),
+      0,
+    );
     return rows
       .filter((r) => Number(r.num_gpu) > 0)
       .map((r) => {
@@ -76,7 +82,7 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
           id: r.name!,
           submit_s: Number(r.creation_time),
           gpus: Number(r.num_gpu),
-          duration_s: Math.max(0, (num(r.deletion_time) ?? scheduled) - scheduled),
+          duration_s: Math.max(0, (num(r.deletion_time) ?? snapshotEnd) - scheduled),
           cpu_milli: num(r.cpu_milli),
           memory_mib: num(r.memory_mib),
           gpu_models: splitModels(r.gpu_spec),
