@@ -43,7 +43,8 @@ export function createApi() {
   api.openAPIRegistry.registerComponent("securitySchemes", "bearerAuth", {
     type: "http",
     scheme: "bearer",
-    description: "A Supabase access token (JWT) or a Scalar API key (`sk_live_…`).",
+    description:
+      "A Supabase access token (JWT) or a Scalar API key (`sk_live_…`). A user in several accounts names one with the `Scalar-Account: <account id>` header.",
   });
   api.openAPIRegistry.registerComponent("securitySchemes", "nodeToken", {
     type: "http",
