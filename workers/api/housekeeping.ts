@@ -5,13 +5,14 @@
 import type { CronTask } from "../cron";
 import { withDb } from "../db/client";
 import { reconcileEndpoints } from "./endpoints";
-import { reconcileSubmissions } from "./submission";
+import { recheckAcknowledged, reconcileSubmissions } from "./submission";
 
 export const reconcileTask: CronTask = {
   name: "api.reconcile_submissions",
   run: (env, log) =>
     withDb(env, async (db) => ({
       jobs: await reconcileSubmissions(env, db, log),
+      rechecked: await recheckAcknowledged(env, db, log),
       endpoints: await reconcileEndpoints(env, db, log),
     })),
 };

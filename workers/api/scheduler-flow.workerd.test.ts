@@ -11,7 +11,7 @@ import { withDb } from "../db/client";
 import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
-import { reconcileSubmissions, submitJob } from "./submission";
+import { recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
 import { call, JOB, signUp, sql, type TestUser } from "./test-support";
 import type { JobRow } from "./views";
 
@@ -375,6 +375,33 @@ describe("submission's failure semantics", () => {
       [job.id],
     );
     expect(firstLedger!.acked_at).not.toBeNull();
+  });
+
+  it("re-submits an acknowledged queued job the scheduler no longer knows, and leaves known ones alone", async () => {
+    const user = await signUp({ max_concurrent_gpus: 128 });
+    // 64 GPUs (8 whole nodes): more than this file's region ever has, so it stays queued.
+    const known = await submit(user, { gpu_count: 64 });
+    // A job acknowledged long ago whose state the object lost (as after a wiped local object).
+    const [row] = await sql<{ id: string }>(
+      `insert into jobs (account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s)
+       values ($1, $2, 'flex', 'busybox', 1, 1000, 1024, 60) returning id`,
+      [user.accountId, REGION],
+    );
+    const lost = row!.id;
+    await sql("insert into job_submissions (job_id, region, acked_at) values ($1, $2, now() - interval '1 hour')", [
+      lost,
+      REGION,
+    ]);
+    await sql("update job_submissions set last_attempt_at = now() - interval '1 hour' where job_id = $1", [known.id]);
+    expect(await regionScheduler(env, REGION).jobState(lost)).toBeNull();
+    const result = await withDb(env, (db) => recheckAcknowledged(env, db, log));
+    expect(result.resubmitted).toBe(1);
+    expect(result.checked).toBeGreaterThanOrEqual(2);
+    expect((await regionScheduler(env, REGION).jobState(lost))?.id).toBe(lost);
+    // Both were just checked: nothing is due again for a while.
+    expect((await withDb(env, (db) => recheckAcknowledged(env, db, log))).checked).toBe(0);
+    await call("POST", `/v1/jobs/${known.id}/cancel`, user.token);
+    await call("POST", `/v1/jobs/${lost}/cancel`, user.token);
   });
 
   it("does not re-submit a job cancelled while the scheduler was unreachable", async () => {

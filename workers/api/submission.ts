@@ -5,7 +5,7 @@
  * acknowledged. A cancel that lands while a submission is in flight is caught by re-reading the
  * job's status after the call (see docs/api.md, "Submission").
  */
-import { and, asc, eq, inArray, isNull, lt, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, isNotNull, isNull, lt, sql } from "drizzle-orm";
 import type { JobStatus, Tier } from "../../core/schemas";
 import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
 import type { Db } from "../db/client";
@@ -113,4 +113,52 @@ export async function reconcileSubmissions(
   }
   if (pending.length > 0) log.info("reconcile.submissions", { pending: pending.length, acked });
   return { submitted: pending.length, acked };
+}
+
+/** Acknowledged jobs still queued are checked again this long after their last check. */
+const RECHECK_MINUTES = 10;
+const RECHECK_BATCH = 50;
+
+/**
+ * Cron task, the slow half: a job the scheduler acknowledged is durable there, unless its state was
+ * lost (e.g. a wiped local object). A few of the longest-unchecked queued jobs are asked about each
+ * run; one the scheduler does not know is submitted again.
+ */
+export async function recheckAcknowledged(
+  env: Env,
+  db: Db,
+  log: Logger,
+): Promise<{ checked: number; resubmitted: number }> {
+  const due = await db
+    .select({ job: jobs })
+    .from(jobSubmissions)
+    .innerJoin(jobs, eq(jobs.id, jobSubmissions.jobId))
+    .where(
+      and(
+        isNotNull(jobSubmissions.ackedAt),
+        eq(jobs.status, "queued"),
+        inArray(jobs.region, regionsOf(env)),
+        lt(
+          sql`coalesce(${jobSubmissions.lastAttemptAt}, ${jobSubmissions.ackedAt})`,
+          sql`now() - make_interval(mins => ${RECHECK_MINUTES})`,
+        ),
+      ),
+    )
+    .orderBy(asc(sql`coalesce(${jobSubmissions.lastAttemptAt}, ${jobSubmissions.ackedAt})`))
+    .limit(RECHECK_BATCH);
+  let resubmitted = 0;
+  for (const { job } of due) {
+    const state = await schedulerOf(env, job.region)
+      .jobState(job.id)
+      .catch(() => undefined);
+    if (state === undefined) continue; // unreachable: ask again next run
+    if (state === null) {
+      log.warn("reconcile.lost_job", { job_id: job.id, region: job.region });
+      await submitJob(env, db, job, log);
+      resubmitted += 1;
+    } else {
+      await db.update(jobSubmissions).set({ lastAttemptAt: new Date() }).where(eq(jobSubmissions.jobId, job.id));
+    }
+  }
+  return { checked: due.length, resubmitted };
 }
