@@ -29,13 +29,18 @@ export default defineConfig({
       },
       {
         plugins: [
-          cloudflareTest({
+          // SUPABASE_URL: the token issuer the global setup starts (its JWKS is fetched for real).
+          cloudflareTest(({ inject }) => ({
             wrangler: { configPath: "./wrangler.toml" },
-            miniflare: { hyperdrives: { HYPERDRIVE: workersDatabaseUrl }, bindings: { LOG_LEVEL: "warn" } },
-          }),
+            miniflare: {
+              hyperdrives: { HYPERDRIVE: workersDatabaseUrl },
+              bindings: { LOG_LEVEL: "warn", SUPABASE_URL: inject("supabaseUrl") },
+            },
+          })),
         ],
         test: {
           name: "workers",
+          globalSetup: ["tools/token-issuer/vitest-global-setup.ts"],
           include: ["workers/**/*.workerd.test.ts", "durable-objects/**/*.workerd.test.ts"],
           testTimeout: 30_000,
         },

@@ -1,1 +1,2 @@
+export { RateLimiter } from "./rate-limiter/RateLimiter";
 export { RegionScheduler } from "./region-scheduler/RegionScheduler";

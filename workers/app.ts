@@ -1,6 +1,7 @@
 /** The Hono application: middleware, the error envelope, and the routes. */
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
+import { createApi } from "./api";
 import { withDb } from "./db/client";
 import { ApiError, errorBody, errorResponse } from "./http/errors";
 import { errorFields } from "./http/log";
@@ -46,5 +47,6 @@ export function createApp() {
     return c.json({ status: ok ? "ok" : "degraded", database, regions }, ok ? 200 : 503);
   });
 
+  app.route("/", createApi());
   return app;
 }

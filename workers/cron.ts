@@ -2,6 +2,7 @@
  * Cron Triggers: each expression of `wrangler.toml` maps to a list of idempotent tasks. A failing task
  * is logged and does not stop the others.
  */
+import { expireIdempotencyKeysTask, reconcileTask } from "./api/housekeeping";
 import { createLogger, errorFields, type Logger } from "./http/log";
 import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
 
@@ -11,7 +12,11 @@ export const EVERY_MINUTE = "* * * * *";
 
 /** What runs on which schedule. Later issues register the autoscaler, reconciler and billing here. */
 export const CRON_TASKS: Record<string, CronTask[]> = {
-  [EVERY_MINUTE]: [{ name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) }],
+  [EVERY_MINUTE]: [
+    { name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) },
+    reconcileTask,
+    expireIdempotencyKeysTask,
+  ],
 };
 
 export async function dispatchCron(

@@ -2,7 +2,7 @@
 import { createApp } from "./app";
 import { dispatchCron } from "./cron";
 
-export { RegionScheduler } from "../durable-objects";
+export { RateLimiter, RegionScheduler } from "../durable-objects";
 
 const app = createApp();
 

@@ -113,16 +113,25 @@ export class ReservationBook {
     if (need.nodes === 1) {
       chosen = fits.length > 0 ? [fits[0]!] : null;
     } else {
+      // A gang starts when its last node is free; every node's block must outlive it from then.
       const byZone = new Map<number, { node: FleetNode; at: number }[]>();
       for (const f of fits) {
         const list = byZone.get(f.node.zoneOrd) ?? [];
         list.push(f);
         byZone.set(f.node.zoneOrd, list);
       }
-      for (const list of byZone.values()) {
-        if (list.length < need.nodes) continue;
-        const group = list.slice(0, need.nodes);
-        if (chosen === null || group[group.length - 1]!.at < chosen[chosen.length - 1]!.at) chosen = group;
+      for (const [, list] of [...byZone].sort((a, b) => a[0] - b[0])) {
+        for (let i = need.nodes - 1; i < list.length; i++) {
+          const start = list[i]!.at;
+          if (chosen !== null && start >= chosen[chosen.length - 1]!.at) break;
+          const ok = list
+            .slice(0, i + 1)
+            .filter((f) => need.estimate == null || f.node.blockEnd >= start + need.estimate);
+          if (ok.length >= need.nodes) {
+            chosen = [...ok.slice(0, need.nodes - 1), { node: ok[need.nodes - 1]!.node, at: start }];
+            break;
+          }
+        }
       }
     }
     if (chosen === null) return null;

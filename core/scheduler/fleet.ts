@@ -72,6 +72,11 @@ export class Fleet {
   readonly maxTotalByModel: number[];
   draining = 0;
   lost = 0;
+  /** Free GPUs over ready nodes (not counting held ones). */
+  freeGpus = 0;
+  /** Whether any node's block ends: if none, the block-end check can never reject. */
+  readonly hasBlockEnds: boolean;
+  private readonly allowedByModels = new Map<string, readonly boolean[]>();
   /** Bumped by every change, so a pass can cache answers between changes. */
   version = 0;
 
@@ -95,10 +100,23 @@ export class Fleet {
         this.readyByModel[m]!++;
         this.maxTotalByModel[m] = Math.max(this.maxTotalByModel[m]!, node.gpuTotal);
         this.buckets[m]![popcount(node.free)]!.add(ord);
+        this.freeGpus += popcount(node.free);
       } else if (n.state === "draining") this.draining++;
       else this.lost++;
       return node;
     });
+    this.hasBlockEnds = this.nodes.some((n) => Number.isFinite(n.blockEnd));
+  }
+
+  /** By model ordinal: may a job asking for `models` (empty = any) use that model? Cached per list. */
+  allowed(models: readonly string[]): readonly boolean[] {
+    const key = models.join("|");
+    let allowed = this.allowedByModels.get(key);
+    if (!allowed) {
+      allowed = this.models.map((m) => models.length === 0 || models.includes(m));
+      this.allowedByModels.set(key, allowed);
+    }
+    return allowed;
   }
 
   static build(
@@ -178,6 +196,7 @@ export class Fleet {
     if (node.state !== "ready") return;
     const after = popcount(node.free);
     if (after === freeBefore) return;
+    this.freeGpus += after - freeBefore;
     const row = this.buckets[node.modelOrd]!;
     row[freeBefore]!.delete(node.ord);
     row[after]!.add(node.ord);

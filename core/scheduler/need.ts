@@ -20,27 +20,23 @@ export interface JobNeed {
   readonly deadline: number;
   /** When resources taken now are expected back (estimate, else deadline). */
   readonly end: number;
-  /** Seed for tie-breaks between equal nodes, from the job id. */
-  readonly seed: number;
 }
 
 export function needFor(job: PackerJob, fleet: Fleet, now: number): JobNeed {
   const { perNode, nodes } = gangShape(job.gpu_count);
-  const any = job.gpu_models.length === 0;
   const estimate = estimateMs(job);
   return {
     job,
     tier: job.tier,
     perNode,
     nodes,
-    modelAllowed: fleet.models.map((m) => any || job.gpu_models.includes(m)),
+    modelAllowed: fleet.allowed(job.gpu_models),
     cpu: job.cpu_milli,
     mem: job.memory_mib,
     estimate,
     estimatedEnd: estimate != null ? now + estimate : null,
     deadline: job.max_runtime_s != null ? now + job.max_runtime_s * 1000 : Number.POSITIVE_INFINITY,
     end: expectedEnd(job, now),
-    seed: hashString(job.id),
   };
 }
 

@@ -132,6 +132,16 @@ describe("plan: EASY backfill", () => {
     ]);
   });
 
+  it("reserves a gang only where every node's block outlives the gang's start", () => {
+    // a is busy until 1 h; b is free but its block ends at 1 h. Together they would start at 1 h,
+    // when b is gone: no reservation (the gang cannot run here).
+    const ns = [node("a", { zone: "c" }), node("b", { zone: "c", block_end_at: H })];
+    const gang = job("gang", { gpu_count: 16, estimated_duration_s: 600 });
+    const p = plan({ now: 0, nodes: ns, allocations: [busy("a", [0, 1, 2, 3, 4, 5, 6, 7], H)], queue: [gang] });
+    expect(p.waiting).toEqual([expect.objectContaining({ job_id: "gang", reserved_start_at: null })]);
+    expect(p.reservations).toEqual([]);
+  });
+
   it("lets a job with no estimate backfill only if its max runtime ends before the reserved start", () => {
     const full = [busy("n", [0, 1, 2, 3, 4, 5, 6], 2 * H)];
     const bigHead = job("head", { gpu_count: 8, estimated_duration_s: 3_600 });

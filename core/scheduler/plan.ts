@@ -8,7 +8,7 @@
  * reservations that bind them (see backfill.ts); those placements are marked `backfill`.
  */
 import { ReservationBook } from "./backfill";
-import { Fleet, type FleetNode } from "./fleet";
+import { Fleet, type FleetAllocation, type FleetNode } from "./fleet";
 import {
   type NodeAssignment,
   type PackerAllocation,
@@ -92,12 +92,18 @@ export class Pass {
   readonly placements: PlannedPlacement[] = [];
   readonly waiting: WaitingJob[] = [];
   readonly book = new ReservationBook();
+  /** What each placement took on the fleet, for callers that keep the fleet and release later. */
+  readonly allocated = new Map<string, FleetAllocation[]>();
   private blocked = false;
   /** Blocked Fast jobs that hold a reservation; past the cap, Flex work stops for this pass. */
   private fastReserved = 0;
   private flexHalted = false;
-  /** Failed selections by job shape, valid while the fleet and the reservations are unchanged. */
-  private readonly failed = new Map<string, { version: number; reservations: number; sel: Selection }>();
+  /**
+   * Failed selections by job shape, valid while the fleet and the reservations are unchanged. With
+   * reservations, a job that ends later can only be refused on more nodes, so a failure at end E
+   * answers for every job of the shape that ends at E or later.
+   */
+  private readonly failed = new Map<string, { version: number; reservations: number; end: number; sel: Selection }>();
 
   constructor(
     readonly fleet: Fleet,
@@ -118,11 +124,12 @@ export class Pass {
     }
     const sel = this.selectCached(need);
     if (sel.ok) {
+      const taken: FleetAllocation[] = [];
       const placed: PlannedPlacement = {
         job_id: job.id,
         kind: this.blocked ? "backfill" : "in_order",
         nodes: sel.choices.map((c) => {
-          this.fleet.allocate(c.node, c.mask, need.cpu, need.mem, need.end);
+          taken.push(this.fleet.allocate(c.node, c.mask, need.cpu, need.mem, need.end));
           return {
             node_id: c.node.id,
             gpu_indices: this.fleet.gpuIndices(c.mask),
@@ -133,6 +140,7 @@ export class Pass {
         score: sel.choices.reduce((s, c) => s + c.score, 0) / sel.choices.length,
       };
       this.placements.push(placed);
+      this.allocated.set(job.id, taken);
       return placed;
     }
     return this.wait(need, sel);
@@ -140,11 +148,16 @@ export class Pass {
 
   private selectCached(need: JobNeed): Selection {
     const veto = this.book.size > 0 ? (n: JobNeed, node: FleetNode) => this.book.delays(n, node) : undefined;
-    const key = `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${need.estimatedEnd}|${need.end}|${need.job.gpu_models.join(",")}`;
+    const estimatedEnd = this.fleet.hasBlockEnds ? need.estimatedEnd : null;
+    const key = `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${estimatedEnd}|${need.job.gpu_models.join(",")}`;
     const hit = this.failed.get(key);
-    if (hit && hit.version === this.fleet.version && hit.reservations === this.book.size) return hit.sel;
+    const current = hit && hit.version === this.fleet.version && hit.reservations === this.book.size;
+    if (current && (this.book.size === 0 || need.end >= hit.end)) return hit.sel;
     const sel = SELECTORS[this.cfg.policy](this.fleet, need, this.ctx, this.cfg.candidates_per_bucket, veto);
-    if (!sel.ok) this.failed.set(key, { version: this.fleet.version, reservations: this.book.size, sel });
+    if (!sel.ok) {
+      const end = current ? Math.min(hit.end, need.end) : need.end;
+      this.failed.set(key, { version: this.fleet.version, reservations: this.book.size, end, sel });
+    }
     return sel;
   }
 
@@ -163,9 +176,11 @@ export class Pass {
         }
       }
     }
+    // A failed selection served from the cache keeps its summary, so it is written once.
+    sel.summary ??= summarise(sel.feasible, this.fleet.nodes.length, sel.counts, sel.extra);
     const waiting: WaitingJob = {
       job_id: need.job.id,
-      reason: summarise(sel.feasible, this.fleet.nodes.length, sel.counts, sel.extra),
+      reason: sel.summary,
       counts: sel.counts,
       reserved_start_at: reserved,
     };

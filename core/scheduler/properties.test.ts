@@ -245,7 +245,7 @@ describe("packer invariants", () => {
           r?.start_at ?? Number.POSITIVE_INFINITY,
         );
       }),
-      RUNS,
+      { numRuns: 1000 },
     );
   });
 

@@ -28,37 +28,91 @@ export function standing(job: PackerJob, now: number, cfg: AgingConfig): Standin
   return { cls: 1, priority: job.priority + bonus, tierRank: 1 };
 }
 
+/**
+ * The order is computed in three stable passes, each linear when the queue arrives in age order
+ * (the object stores it so): by age, then by standing (class, priority high first, tier) as a
+ * small integer, then each run of equal standing by account rank; the last two are counting sorts.
+ */
 export function orderQueue(queue: readonly PackerJob[], now: number, cfg: AgingConfig): PackerJob[] {
-  const keyed = queue.map((job) => ({ job, s: standing(job, now, cfg), rank: 0 }));
-  const sameStanding = (a: Standing, b: Standing) =>
-    a.cls === b.cls && a.priority === b.priority && a.tierRank === b.tierRank;
-  keyed.sort(
-    (a, b) =>
-      a.s.cls - b.s.cls ||
-      b.s.priority - a.s.priority ||
-      a.s.tierRank - b.s.tierRank ||
-      a.job.submitted_at - b.job.submitted_at ||
-      compareIds(a.job.id, b.job.id),
-  );
-  // Within each run of equal standing: rank = how many earlier jobs of the same account precede it.
+  const n = queue.length;
+  const standings = queue.map((job) => standing(job, now, cfg));
+  let lo = 0;
+  let hi = 0;
+  for (const s of standings) {
+    lo = Math.min(lo, s.priority);
+    hi = Math.max(hi, s.priority);
+  }
+  const span = hi - lo + 1;
+  const key = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const s = standings[i]!;
+    key[i] = s.cls * span * 2 + (hi - s.priority) * 2 + s.tierRank;
+  }
+  let order: Int32Array = new Int32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  if (!inAgeOrder(queue)) {
+    const byAge = [...order].sort(
+      (a, b) => queue[a]!.submitted_at - queue[b]!.submitted_at || compareIds(queue[a]!.id, queue[b]!.id),
+    );
+    order = Int32Array.from(byAge);
+  }
+  order = countingSort(order, key, span * 4);
+  // Accounts as small integers, then rank = earlier jobs of the same account in the same run.
+  const accountOf = new Int32Array(n);
+  const accounts = new Map<string, number>();
+  for (let i = 0; i < n; i++) {
+    const a = queue[i]!.account_id;
+    let id = accounts.get(a);
+    if (id === undefined) {
+      id = accounts.size;
+      accounts.set(a, id);
+    }
+    accountOf[i] = id;
+  }
+  const seen = new Int32Array(accounts.size);
+  const rank = new Int32Array(n);
   let start = 0;
-  while (start < keyed.length) {
+  while (start < n) {
     let end = start + 1;
-    while (end < keyed.length && sameStanding(keyed[end]!.s, keyed[start]!.s)) end++;
+    while (end < n && key[order[end]!] === key[order[start]!]) end++;
     if (end - start > 1) {
-      const seen = new Map<string, number>();
-      for (let i = start; i < end; i++) {
-        const item = keyed[i]!;
-        const n = seen.get(item.job.account_id) ?? 0;
-        item.rank = n;
-        seen.set(item.job.account_id, n + 1);
+      let interleave = false;
+      for (let k = start; k < end; k++) {
+        const i = order[k]!;
+        const r = seen[accountOf[i]!]!++;
+        rank[i] = r;
+        if (r > 0) interleave = true;
       }
-      const run = keyed.slice(start, end).sort((a, b) => a.rank - b.rank);
-      for (let i = start; i < end; i++) keyed[i] = run[i - start]!;
+      for (let k = start; k < end; k++) seen[accountOf[order[k]!]!] = 0;
+      if (interleave) order.set(countingSort(order.subarray(start, end), rank, end - start), start);
     }
     start = end;
   }
-  return keyed.map((k) => k.job);
+  const out = new Array<PackerJob>(n);
+  for (let k = 0; k < n; k++) out[k] = queue[order[k]!]!;
+  return out;
+}
+
+function inAgeOrder(queue: readonly PackerJob[]): boolean {
+  for (let i = 1; i < queue.length; i++) {
+    const a = queue[i - 1]!;
+    const b = queue[i]!;
+    if (a.submitted_at > b.submitted_at || (a.submitted_at === b.submitted_at && a.id > b.id)) return false;
+  }
+  return true;
+}
+
+/** `order` stably reordered by `key[i]`, an integer in [0, range). */
+function countingSort(order: Int32Array, key: Int32Array, range: number): Int32Array {
+  const offset = new Int32Array(range + 1);
+  for (let k = 0; k < order.length; k++) offset[key[order[k]!]! + 1]!++;
+  for (let s = 1; s <= range; s++) offset[s]! += offset[s - 1]!;
+  const out = new Int32Array(order.length);
+  for (let k = 0; k < order.length; k++) {
+    const i = order[k]!;
+    out[offset[key[i]!]!++] = i;
+  }
+  return out;
 }
 
 function compareIds(a: string, b: string): number {

@@ -25,7 +25,7 @@ export interface Choice {
 
 export type Selection =
   | { ok: true; choices: Choice[] }
-  | { ok: false; feasible: number; counts: ReasonCounts; extra?: string };
+  | { ok: false; feasible: number; counts: ReasonCounts; extra?: string; summary?: string };
 
 export function select(fleet: Fleet, need: JobNeed, ctx: ScoreContext, limit: number, veto?: Veto): Selection {
   return need.nodes === 1 ? selectNode(fleet, need, ctx, limit, veto) : selectGang(fleet, need, ctx, veto);
@@ -42,7 +42,7 @@ function selectNode(fleet: Fleet, need: JobNeed, ctx: ScoreContext, limit: numbe
       return false;
     }
     const score = totalScore(need, node, ctx);
-    const key = tieKey(node, need);
+    const key = tieKey(node);
     if (best === null || score > best.score || (score === best.score && key < bestKey)) {
       best = { node, mask: 0, score };
       bestKey = key;
@@ -110,7 +110,7 @@ function selectGang(fleet: Fleet, need: JobNeed, ctx: ScoreContext, veto?: Veto)
   }
   if (zone !== null) {
     const chosen = zone
-      .sort((a, b) => b.score - a.score || tieKey(a.node, need) - tieKey(b.node, need))
+      .sort((a, b) => b.score - a.score || tieKey(a.node) - tieKey(b.node))
       .slice(0, need.nodes)
       .sort((a, b) => a.node.ord - b.node.ord);
     for (const c of chosen) c.mask = pickGpus(c.node, need);
@@ -179,7 +179,11 @@ export function pickGpus(node: FleetNode, need: JobNeed): number {
   return fromFree | lowestBits(held & ~fromFree, short);
 }
 
-/** Equal scores are broken by a hash of node and job, so equal jobs spread but replays agree. */
-function tieKey(node: FleetNode, need: JobNeed): number {
-  return (Math.imul(node.ord + 1, 0x9e3779b1) ^ need.seed) >>> 0;
+/**
+ * Equal scores go to the lowest node id: work keeps to the same nodes and the others drain whole.
+ * (Spreading equal jobs over equal nodes doubled the median wait of the Philly replay on a busy
+ * fleet: see docs/scheduler.md.)
+ */
+function tieKey(node: FleetNode): number {
+  return node.ord;
 }

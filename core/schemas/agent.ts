@@ -73,6 +73,7 @@ export const PlacementEvent = z.discriminatedUnion("type", [
   EventBase.extend({ type: z.literal("running"), container_id: z.string().max(128).optional() }),
   EventBase.extend({
     type: z.literal("exited"),
+    /** -1 when no container ever ran: stopped (cancel or deadline) before the agent created it. */
     exit_code: z.number().int(),
     oom_killed: z.boolean().default(false),
     signal: z.string().max(32).optional(),
@@ -128,6 +129,20 @@ export const Heartbeat = z.object({
   running: z.array(z.string()).max(64).default([]),
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
+
+/** What `POST events` answers: ids seen before count as duplicates and are not applied again. */
+export const EventBatchResponse = z.object({
+  accepted: z.number().int().nonnegative(),
+  duplicates: z.number().int().nonnegative(),
+});
+export type EventBatchResponse = z.infer<typeof EventBatchResponse>;
+
+export const LogBatchResponse = z.object({ accepted: z.number().int().nonnegative() });
+export type LogBatchResponse = z.infer<typeof LogBatchResponse>;
+
+/** The node's state as the control plane sees it; `unknown` makes the agent register again. */
+export const HeartbeatResponse = z.object({ state: z.string() });
+export type HeartbeatResponse = z.infer<typeof HeartbeatResponse>;
 
 /** The agent routes (all under the per-node token, `Authorization: Bearer <node token>`). */
 export const AGENT_ROUTES = {

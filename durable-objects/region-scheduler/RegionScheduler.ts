@@ -9,7 +9,7 @@ import postgres from "postgres";
 import type { Heartbeat, JobStatus, PlacementEvent, PlacementSet, RegisterResponse } from "../../core/schemas";
 import { ObjectSql } from "../sqlite";
 import { type Clock, wallClock } from "./clock";
-import { Outbox } from "./outbox";
+import { Outbox, type OutboxPayload } from "./outbox";
 import { deliver, isRowError } from "./outbox-postgres";
 import { Records } from "./records";
 import { Region } from "./region";
@@ -276,7 +276,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       for (const row of rows) {
         if (blocked.has(row.key)) continue;
         try {
-          await deliver(sql, { kind: row.kind, row: JSON.parse(row.payload) } as never);
+          await deliver(sql, { kind: row.kind, row: JSON.parse(row.payload) } as OutboxPayload);
           this.outbox.delivered(row.seq);
           delivered++;
         } catch (error) {

@@ -244,6 +244,26 @@ describe("RegionScheduler: one job's life", () => {
     expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
   });
 
+  it("frees a stopped run the agent no longer lists, once the agent has had a heartbeat cycle to act", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const job = await jobFor({ gpu_count: 8 });
+    await stub.submit(job);
+    await stub.cancel(job.id);
+    const beat = () => stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] });
+    // At once: the agent may not have seen the stop yet (still pulling, say): the GPUs stay held.
+    await beat();
+    expect((await stub.listNodes())[0]!.free_gpus).toEqual([]);
+    // Two heartbeat intervals later it still does not run it: stopped, reported or not.
+    clock.advance(20_000);
+    await beat();
+    expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "cancelled",
+      placements: [expect.objectContaining({ status: "cancelled" })],
+    });
+  });
+
   it("stops a run at its kill deadline and fails the job without retrying it", async () => {
     const { stub, clock } = await region({ grace_period_ms: 1_000, deadline_slack_ms: 1_000 });
     await stub.registerNode(nodeReg(N("n1")));
@@ -666,5 +686,56 @@ describe("RegionScheduler: the outbox", () => {
       "queued",
       "placed",
     ]);
+  });
+
+  it("writes a queued job's waiting reason on the alarm, not on every pass", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { gpu_model: "H200" }));
+    const job = await jobFor({ gpu_models: ["H100"] });
+    await stub.submit(job);
+    expect((await sql`select waiting_reason from jobs where id = ${job.id}`)[0]).toEqual({ waiting_reason: null });
+    clock.advance(1_000);
+    await runDurableObjectAlarm(stub);
+    expect((await sql`select waiting_reason from jobs where id = ${job.id}`)[0]).toEqual({
+      waiting_reason: "0/1 nodes: 1 GPU model not allowed",
+    });
+  });
+
+  it("loses nothing while Postgres is unreachable: rows wait, the outbox pauses, then delivers", async () => {
+    const { stub, clock } = await region({ outbox_retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const job = await jobFor();
+    await stub.submit(job);
+    const pending = () =>
+      runInDurableObject(
+        stub,
+        (_o, state) => state.storage.sql.exec<{ n: number }>("select count(*) as n from outbox").one().n,
+      );
+    const before = await pending();
+    expect(before).toBeGreaterThan(0);
+    await runInDurableObject(stub, async (_o, state) => {
+      // The same storage, behind a Hyperdrive whose Postgres does not answer.
+      const cut = new RegionScheduler(state, {
+        HYPERDRIVE: { connectionString: "postgres://u:p@127.0.0.1:9/none" } as Hyperdrive,
+      });
+      cut.clock = clock;
+      await cut.alarm();
+      const meta = state.storage.sql
+        .exec<{ key: string; value: string }>("select key, value from meta where key like 'outbox_%' order by key")
+        .toArray();
+      expect(meta.map((m) => m.key)).toEqual(["outbox_failures", "outbox_paused_until"]);
+      expect(Number(meta[1]!.value)).toBeGreaterThan(clock.t);
+      // No row was counted against: the failure was the connection's, not the rows'.
+      const attempts = state.storage.sql
+        .exec<{ n: number }>("select coalesce(max(attempts), 0) as n from outbox")
+        .one().n;
+      expect(attempts).toBe(0);
+    });
+    expect(await pending()).toBe(before);
+    expect((await sql`select status from jobs where id = ${job.id}`)[0]).toEqual({ status: "queued" });
+    clock.advance(60_000);
+    await runDurableObjectAlarm(stub);
+    expect(await pending()).toBe(0);
+    expect((await sql`select status from jobs where id = ${job.id}`)[0]).toEqual({ status: "placed" });
   });
 });

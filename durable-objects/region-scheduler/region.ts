@@ -51,6 +51,8 @@ export class Region {
   /** Last sign of life per node (heartbeat or event); absent after a restart until the first sweep. */
   readonly liveness = new Map<string, number>();
   readonly waiting = new Map<string, WaitingInfo>();
+  /** When each queued job's waiting reason was last written out. */
+  private readonly reasonWrittenAt = new Map<string, number>();
   /** Nodes whose desired placement set changed in the current call. */
   readonly touched = new Set<string>();
 
@@ -237,7 +239,7 @@ export class Region {
 
   stopRun(run: RunRow, job: JobRow, reason: StopReason, now: number): void {
     if (run.desired === "stopped") return;
-    this.patch("runs", run, { desired: "stopped", stop_reason: reason });
+    this.patch("runs", run, { desired: "stopped", stop_reason: reason, stop_requested_at: now });
     this.bump(run.node_id);
     this.records.event(job, "stop_requested", now, {
       attempt: run.attempt,
@@ -370,9 +372,11 @@ export class Region {
         changed = true;
       }
     }
-    // Runs asked to stop that the agent no longer runs have stopped, reported or not.
+    // Runs asked to stop that the agent no longer runs, a heartbeat cycle after the request (time
+    // for the agent to see it), have stopped, reported or not.
+    const settled = now - 2 * this.settings().heartbeat_interval_ms;
     for (const run of this.activeRuns(nodeId)) {
-      if (run.desired === "stopped" && !running.has(run.id)) {
+      if (run.desired === "stopped" && !running.has(run.id) && (run.stop_requested_at ?? 0) <= settled) {
         this.endRun(run, this.stoppedOutcome(run, null), now, now);
         changed = true;
       }
@@ -640,11 +644,13 @@ export class Region {
     }
     for (const job of this.db.all<JobRow>("select * from jobs where status = 'queued'")) {
       const w = this.waiting.get(job.id);
-      if (w && w.reason !== job.waiting_reason) {
-        this.patchJob(job, { waiting_reason: w.reason }, now);
-        this.records.job(job, now);
-      }
+      if (!w || w.reason === job.waiting_reason) continue;
+      if (now - (this.reasonWrittenAt.get(job.id) ?? 0) < s.waiting_reason_sync_ms) continue;
+      this.patchJob(job, { waiting_reason: w.reason }, now);
+      this.records.job(job, now);
+      this.reasonWrittenAt.set(job.id, now);
     }
+    for (const id of this.reasonWrittenAt.keys()) if (!this.waiting.has(id)) this.reasonWrittenAt.delete(id);
     this.db.run("delete from seen_events where at < ?", now - s.seen_event_ttl_ms);
   }
 
@@ -663,7 +669,7 @@ export class Region {
 
   /** Run the packer on the current state and apply its plan, re-checking each placement first. */
   schedule(now: number): number {
-    const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by id");
+    const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by submitted_at, id");
     if (queued.length === 0) return 0;
     const eligible = queued.filter((j) => j.next_attempt_at === null || j.next_attempt_at <= now);
     for (const j of queued) {

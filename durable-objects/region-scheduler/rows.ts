@@ -71,6 +71,7 @@ export type RunRow = {
   status: RunStatus;
   desired: "running" | "stopped";
   stop_reason: string | null;
+  stop_requested_at: number | null;
   placed_at: number;
   started_at: number | null;
   finished_at: number | null;

@@ -119,4 +119,7 @@ export const SCHEMA: readonly string[] = [
      parked integer not null default 0
    );
    create index outbox_key on outbox (key, seq);`,
+  // v3: when a run was asked to stop, so a heartbeat that no longer lists it ends it only after the
+  // agent has had a heartbeat cycle to act on the stop.
+  `alter table runs add column stop_requested_at integer;`,
 ];

@@ -11,6 +11,8 @@ export interface SchedulerSettings {
   housekeeping_ms: number;
   /** Node rows (state, last heartbeat) go to Postgres at most this often per node. */
   node_sync_ms: number;
+  /** A queued job's waiting reason goes to Postgres when it changes, at most this often per job. */
+  waiting_reason_sync_ms: number;
   /** Retry backoff: base × 2^(failures − 1), capped; ±20 % jitter seeded by job id and attempt. */
   retry_base_ms: number;
   retry_cap_ms: number;
@@ -37,6 +39,7 @@ export const DEFAULT_SETTINGS: SchedulerSettings = {
   heartbeat_timeout_ms: 90_000,
   housekeeping_ms: 15_000,
   node_sync_ms: 60_000,
+  waiting_reason_sync_ms: 300_000,
   retry_base_ms: 10_000,
   retry_cap_ms: 600_000,
   replica_backoff_reset_ms: 600_000,

@@ -6,11 +6,15 @@
 import { DatabaseStartError, isPortFree } from "../db/embedded";
 import { openDevDatabase } from "../db/local";
 import { migrate } from "../db/migrate";
+import { createDevSession } from "../token-issuer/dev-session";
+import { startTokenIssuer } from "../token-issuer/server";
 import type { ManagedProcess } from "./processes";
 import { startWranglerDev } from "./wrangler";
 
 const API_PORT = Number(process.env.SCALAR_API_PORT ?? 8787);
 const INSPECTOR_PORT = Number(process.env.SCALAR_INSPECTOR_PORT ?? 8789);
+/** The local stand-in for Supabase Auth's keys; Supabase's own local API port when free. */
+const AUTH_PORT = Number(process.env.SCALAR_AUTH_PORT ?? 54321);
 
 const step = (what: string) => {
   const started = Date.now();
@@ -48,11 +52,25 @@ try {
   const migrated = await migrate(db.url);
   done(`${migrated.applied.length} applied, ${migrated.skipped.length} already there`);
 
+  done = step("Starting the token issuer (Supabase-shaped access tokens)");
+  const issuer = await startTokenIssuer({ port: (await isPortFree(AUTH_PORT)) ? AUTH_PORT : 0 });
+  cleanups.push(() => issuer.close());
+  done(issuer.url);
+
   done = step("Starting wrangler dev (API, region scheduler, crons)");
-  const wrangler = await startWranglerDev({ port: API_PORT, inspectorPort: INSPECTOR_PORT, databaseUrl: db.url });
+  const wrangler = await startWranglerDev({
+    port: API_PORT,
+    inspectorPort: INSPECTOR_PORT,
+    databaseUrl: db.url,
+    vars: { SUPABASE_URL: issuer.url },
+  });
   cleanups.push(() => wrangler.process.stop());
   done(wrangler.url);
   watchForCrash(wrangler.process);
+
+  done = step("Creating the development user, a token and an API key");
+  const session = await createDevSession({ apiUrl: wrangler.url, databaseUrl: db.url, issuer });
+  done(session.accountId);
 
   const health = await (await fetch(`${wrangler.url}/healthz`)).json();
   console.log(`
@@ -61,6 +79,13 @@ Scalar is running.
   API            ${wrangler.url}          (health: ${wrangler.url}/healthz → ${(health as { status: string }).status})
   Postgres       ${redact(db.url)}
   Logs           ${wrangler.process.logFile}
+  API reference  ${wrangler.url}/docs
+
+  API key        ${session.apiKey}
+  Access token   ${session.token}
+                 (the development user: owner of an operator account entitled to Fast; 12 h)
+
+  Try: curl -H "Authorization: Bearer ${session.apiKey}" ${wrangler.url}/v1/me
 
 Press Ctrl-C to stop everything.`);
 } catch (error) {

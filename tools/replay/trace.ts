@@ -2,15 +2,17 @@
  * Reading job and node traces for the replay and the benchmark. The replay's own format, plus the
  * raw files of the two public traces we use, recognised by their header:
  *
- *   jobs  id,submit_s,gpus,duration_s[,cpu_milli,memory_mib,gpu_models,tier]     (replay format)
+ *   jobs  id,submit_s,gpus,duration_s[,cpu_milli,memory_mib,gpu_models,tier][,account] (replay format)
  *         job_id,submit_s,num_gpus,duration_s,vc,submit_time_utc_orig          (Philly, as shipped)
  *         name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,…           (Alibaba pods.csv)
  *   nodes id,gpus,gpu_model[,cpu_milli,memory_mib]                              (replay format)
  *         sn,cpu_milli,memory_mib,gpu,model                                    (Alibaba gpu_nodes.csv)
  *
- * Alibaba pods: a fractional-GPU pod (gpu_milli < 1000) takes one whole GPU (Scalar does not share
+ * Philly's `vc` (virtual cluster) becomes the account, so the queue's fairness between accounts
+ * applies to it. Alibaba pods: a fractional-GPU pod (gpu_milli < 1000) takes one whole GPU (Scalar does not share
  * GPUs), CPU-only pods (num_gpu 0) are dropped, qos LS/Guaranteed → fast, BE/Burstable → flex,
- * and the duration is deletion − scheduled time (cut off at the snapshot's end).
+ * and the duration is deletion − scheduled time (a pod without a deletion time runs to the
+ * snapshot's end, the latest time in the file).
  */
 import { readFileSync } from "node:fs";
 import type { Tier } from "../../core/scheduler";
@@ -24,6 +26,7 @@ export interface TraceJob {
   memory_mib: number | null;
   gpu_models: string[];
   tier: Tier | null;
+  account: string;
 }
 
 export interface TraceNode {
@@ -62,9 +65,15 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
       memory_mib: null,
       gpu_models: [],
       tier: null,
+      account: r.vc || "default",
     }));
   }
   if ("num_gpu" in first) {
+    // A pod still running when the snapshot was taken has no deletion time: it runs to the end.
+    const snapshotEnd = rows.reduce(
+      (m, r) => Math.max(m, num(r.deletion_time) ?? 0, num(r.creation_time) ?? 0, num(r.scheduled_time) ?? 0),
+      0,
+    );
     return rows
       .filter((r) => Number(r.num_gpu) > 0)
       .map((r) => {
@@ -73,11 +82,12 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
           id: r.name!,
           submit_s: Number(r.creation_time),
           gpus: Number(r.num_gpu),
-          duration_s: Math.max(0, (num(r.deletion_time) ?? scheduled) - scheduled),
+          duration_s: Math.max(0, (num(r.deletion_time) ?? snapshotEnd) - scheduled),
           cpu_milli: num(r.cpu_milli),
           memory_mib: num(r.memory_mib),
           gpu_models: splitModels(r.gpu_spec),
           tier: r.qos === "LS" || r.qos === "Guaranteed" ? ("fast" as const) : ("flex" as const),
+          account: "default",
         };
       });
   }
@@ -90,6 +100,7 @@ export function toJobs(rows: Record<string, string>[]): TraceJob[] {
     memory_mib: num(r.memory_mib),
     gpu_models: splitModels(r.gpu_models),
     tier: r.tier === "fast" || r.tier === "flex" ? r.tier : null,
+    account: r.account || "default",
   }));
 }
 

@@ -55,6 +55,7 @@ export function createApiApp(engine: SimEngine): Hono<ApiEnv> {
   const market = engine.market;
   const nodes = engine.nodes;
   const now = () => engine.now();
+  const nodeOut = (n: Parameters<typeof nodeJson>[0]) => nodeJson(n, engine.settings.nodes.vmStatusCase);
 
   app.onError((error) => errorResponse(engine, error));
   app.notFound((c) => errorResponse(engine, notFound(`No route for ${c.req.method} ${c.req.path}`)));
@@ -168,7 +169,7 @@ export function createApiApp(engine: SimEngine): Hono<ApiEnv> {
 
   app.post("/v1/nodes", async (c) => {
     const created = nodes.create(c.env.account, parseCreateNodes(await jsonBody(c)));
-    return c.json({ object: "list", data: created.map(nodeJson) }, 201);
+    return c.json({ object: "list", data: created.map(nodeOut) }, 201);
   });
 
   app.get("/v1/nodes", (c) => {
@@ -182,10 +183,10 @@ export function createApiApp(engine: SimEngine): Hono<ApiEnv> {
     if ([ids, names, type].filter((x) => x !== undefined).length > 1) {
       throw invalid("id, name and type filters cannot be combined", "id");
     }
-    return c.json({ object: "list", data: nodes.list(c.env.account, { ids, names, type }).map(nodeJson) });
+    return c.json({ object: "list", data: nodes.list(c.env.account, { ids, names, type }).map(nodeOut) });
   });
 
-  app.get("/v1/nodes/:id", (c) => c.json(nodeJson(nodes.get(c.env.account, c.req.param("id")))));
+  app.get("/v1/nodes/:id", (c) => c.json(nodeOut(nodes.get(c.env.account, c.req.param("id")))));
 
   app.delete("/v1/nodes/:id", (c) => {
     nodes.delete(c.env.account, c.req.param("id"));
@@ -193,13 +194,13 @@ export function createApiApp(engine: SimEngine): Hono<ApiEnv> {
   });
 
   app.patch("/v1/nodes/:id/extend", async (c) =>
-    c.json(nodeJson(nodes.extend(c.env.account, c.req.param("id"), parseExtend(await jsonBody(c))))),
+    c.json(nodeOut(nodes.extend(c.env.account, c.req.param("id"), parseExtend(await jsonBody(c))))),
   );
 
-  app.patch("/v1/nodes/:id/release", (c) => c.json(nodeJson(nodes.release(c.env.account, c.req.param("id")))));
+  app.patch("/v1/nodes/:id/release", (c) => c.json(nodeOut(nodes.release(c.env.account, c.req.param("id")))));
 
   app.put("/v1/nodes/:id/redeploy", async (c) =>
-    c.json(nodeJson(nodes.redeploy(c.env.account, c.req.param("id"), parseRedeploy(await jsonBody(c))))),
+    c.json(nodeOut(nodes.redeploy(c.env.account, c.req.param("id"), parseRedeploy(await jsonBody(c))))),
   );
 
   return app;

@@ -48,6 +48,8 @@ export interface NodeSettings {
   sshPort: number;
   /** Status of `DELETE /v1/nodes/{id}` while a VM is pending or running. */
   deleteWithActiveVmStatus: 400 | 409;
+  /** VM statuses as the schema writes them ("Running") or as some docs examples do ("running"). */
+  vmStatusCase: "title" | "lower";
 }
 
 export interface SimSettings {
@@ -83,6 +85,7 @@ export const DEFAULT_NODE_SETTINGS: NodeSettings = {
   sshHostname: null,
   sshPort: 22,
   deleteWithActiveVmStatus: 409,
+  vmStatusCase: "title",
 };
 
 export function defaultSettings(seed: string | number = 1): SimSettings {

@@ -92,7 +92,7 @@ export class EventLog {
   emit(at: number, type: SimEventType, data: Record<string, unknown>): SimEvent {
     const event = { seq: ++this.seq, at, type, data };
     this.backlog.push(event);
-    if (this.backlog.length > this.capacity) this.backlog.splice(0, this.backlog.length - this.capacity);
+    if (this.backlog.length > this.capacity * 1.2) this.backlog.splice(0, this.backlog.length - this.capacity);
     for (const listener of this.listeners) {
       try {
         listener(event);

@@ -414,11 +414,11 @@ export class Market {
 
   cancelOrder(account: Account, id: string): void {
     const order = this.getOrder(account, id);
+    if (order.status === "filled") throw invalid("Order already filled", undefined, "order.already_filled");
+    if (order.status === "rejected") throw invalid("Order was rejected", undefined, "order.already_rejected");
     if (order.cancelled || order.cancelRequested) {
       throw invalid("Order already cancelled", undefined, "order.already_cancelled");
     }
-    if (order.status === "filled") throw invalid("Order already filled", undefined, "order.already_filled");
-    if (order.status === "rejected") throw invalid("Order was rejected", undefined, "order.already_rejected");
     order.cancelRequested = true;
     this.k.at(this.k.now() + this.k.delay(this.settings.cancelDelayMs), `cancel ${order.id}`, () => {
       if (!isFinal(order.status)) this.finish(order, "cancelled");

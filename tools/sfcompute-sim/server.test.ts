@@ -113,6 +113,41 @@ describe("admin routes", () => {
     expect(back.status).toBe(400);
   });
 
+  it("on a real clock, matches orders and boots nodes by itself, with no request to wake it", async () => {
+    const real = await startSimulatorServer({
+      clock: "real",
+      token: "real-token",
+      bootSeconds: 0.05,
+      settings: { market: { matchDelayMs: [10, 10] }, nodes: { nodeStartDelayMs: 20 } },
+    });
+    try {
+      const events: string[] = [];
+      real.sim.engine.subscribe((e) => events.push(`${e.type}:${String(e.data.status)}`));
+      const end = new Date(Math.ceil(Date.now() / HOUR_MS) * HOUR_MS + 2 * HOUR_MS).toISOString();
+      const res = await fetch(`${real.url}/v0/orders`, {
+        method: "POST",
+        headers: { Authorization: "Bearer real-token" },
+        body: JSON.stringify({
+          side: "buy",
+          instance_type: "h100v",
+          quantity: 1,
+          start_at: "NOW",
+          end_at: end,
+          price: 1_000_000,
+        }),
+      });
+      expect(res.status).toBe(201);
+      // The wake timer fires at the match time; wait for the event rather than for a duration.
+      await new Promise<void>((done) => {
+        const check = () => (events.includes("order.status:filled") ? done() : setTimeout(check, 10));
+        check();
+      });
+      expect(events).toEqual(["order.status:pending", "contract.updated:undefined", "order.status:filled"]);
+    } finally {
+      await real.close();
+    }
+  });
+
   it("refuses to advance a real clock", async () => {
     const real = await startSimulatorServer({ clock: "real" });
     try {
@@ -189,6 +224,14 @@ describe("faults and limits", () => {
     expect((await api("/v1/balances")).status).toBe(503);
     expect((await api("/v1/balances")).status).toBe(503);
     expect((await api("/v1/balances")).status).toBe(200);
+  });
+
+  it("adds latency to the requests a rule matches, and answers them normally", async () => {
+    sim.sim.faults.add({ action: "latency", latencyMs: 30, path: "/v0/zones*", times: 2 });
+    expect((await api("/v0/zones")).status).toBe(200);
+    expect((await api("/v0/zones/hayesvalley")).status).toBe(200);
+    expect((await api("/v0/zones")).status).toBe(200);
+    expect(sim.sim.requests.slice(-3).map((r) => r.fault)).toEqual(["latency", "latency", null]);
   });
 
   it("loses the answer after committing: the order exists though the client saw a reset connection", async () => {

@@ -76,6 +76,7 @@ async function serve(sim: Simulator, req: IncomingMessage, res: ServerResponse):
     }
     res.end();
   } catch (error) {
+    if (abort.signal.aborted) return; // the client is gone: nothing to answer
     if (error instanceof LostResponseError) {
       req.socket.destroy();
       return;

@@ -85,10 +85,15 @@ export class Simulator {
       fault: null,
     };
     this.requests.push(entry);
-    if (this.requests.length > 10_000) this.requests.splice(0, this.requests.length - 10_000);
+    // Keep the last 10 000, trimming in batches so a long replay does not shift the array per request.
+    if (this.requests.length > 12_000) this.requests.splice(0, this.requests.length - 10_000);
     try {
       const fired = this.faults.take(request.method, path);
-      for (const f of fired) if (f.action === "latency") await sleep(f.latencyMs ?? 0);
+      for (const f of fired) {
+        if (f.action !== "latency") continue;
+        entry.fault = "latency";
+        await sleep(f.latencyMs ?? 0);
+      }
       const error = fired.find((f) => f.action === "error");
       if (error) {
         entry.fault = "error";
@@ -100,7 +105,7 @@ export class Simulator {
       if (fired.some((f) => f.action === "timeout")) {
         entry.fault = "timeout";
         await this.hang(request.signal);
-        throw new LostResponseError("request timed out without an answer");
+        throw this.gaveUp(request.signal, "request timed out without an answer");
       }
       const response = await this.handle(request, path);
       entry.status = response.status;
@@ -108,7 +113,7 @@ export class Simulator {
       if (lost) {
         entry.fault = "lose_response";
         if (lost.lose === "hang") await this.hang(request.signal);
-        throw new LostResponseError("the response was lost after the request was processed");
+        throw this.gaveUp(request.signal, "the response was lost after the request was processed");
       }
       return response;
     } finally {
@@ -131,6 +136,11 @@ export class Simulator {
     const response = await this.api.fetch(request, { account });
     if (limit) for (const [k, v] of Object.entries(limit.headers)) response.headers.set(k, v);
     return response;
+  }
+
+  /** In-process, the caller sees its own abort (e.g. its timeout); otherwise a failed fetch. */
+  private gaveUp(signal: AbortSignal, why: string): unknown {
+    return signal.aborted && signal.reason !== undefined ? signal.reason : new LostResponseError(why);
   }
 
   /** Waits until the client gives up (its signal aborts) or the simulator closes. */

@@ -79,11 +79,11 @@ export function quoteJson(result: QuoteResult): Record<string, unknown> {
   };
 }
 
-function vmJson(vm: VmRecord): Record<string, unknown> {
+function vmJson(vm: VmRecord, lower: boolean): Record<string, unknown> {
   return {
     object: "vm",
     id: vm.id,
-    status: vm.status,
+    status: lower ? vm.status.toLowerCase() : vm.status,
     created_at: seconds(vm.createdAt),
     updated_at: seconds(vm.updatedAt),
     start_at: secondsOrNull(vm.startAt),
@@ -93,7 +93,8 @@ function vmJson(vm: VmRecord): Record<string, unknown> {
   };
 }
 
-export function nodeJson(node: NodeRecord): Record<string, unknown> {
+export function nodeJson(node: NodeRecord, vmStatusCase: "title" | "lower" = "title"): Record<string, unknown> {
+  const lower = vmStatusCase === "lower";
   const current = node.vms[node.vms.length - 1];
   return {
     object: "node",
@@ -111,8 +112,8 @@ export function nodeJson(node: NodeRecord): Record<string, unknown> {
     procurement_id: node.procurementId,
     max_price_per_node_hour: node.maxPricePerNodeHour,
     node_type: node.nodeType,
-    vms: { object: "list", data: node.vms.map(vmJson) },
-    current_vm: current ? vmJson(current) : null,
+    vms: { object: "list", data: node.vms.map((vm) => vmJson(vm, lower)) },
+    current_vm: current ? vmJson(current, lower) : null,
   };
 }
 

@@ -52,3 +52,13 @@ export function withDatabase(url: string, database: string): string {
   u.pathname = `/${database}`;
   return u.toString();
 }
+
+/** SQLSTATE of a statement that should fail (postgres.js puts it on `code`), or "no error". */
+export async function sqlState(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    return (error as { code?: string }).code ?? String(error);
+  }
+  return "no error";
+}

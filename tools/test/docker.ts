@@ -1,74 +1,67 @@
-/** Finds the Docker engine and local registry that `.ci/run` starts (or the machine's own). */
+/**
+ * Finds the Docker engines and local registry that `npm run docker:up` (and `.ci/run`) start, or the
+ * machine's own engine; with `start`, first starts what is installed but not running (tools/docker/stack.ts).
+ */
 import { existsSync } from "node:fs";
-import { request } from "node:http";
-import { resolve } from "node:path";
-import { ROOT } from "../db/local";
+import {
+  engineSpec,
+  ensureDockerStack,
+  findEngine,
+  LOCAL_REGISTRY,
+  missingPackages,
+  pingEngine,
+  registryUp,
+  TEST_IMAGE,
+} from "../docker/stack";
 
-export const CI_DOCKER_SOCKET = resolve(ROOT, ".scalar/docker/docker.sock");
-export const LOCAL_REGISTRY = process.env.SCALAR_REGISTRY ?? "127.0.0.1:5000";
-export const TEST_IMAGE = `${LOCAL_REGISTRY}/test/busybox:1`;
+export { LOCAL_REGISTRY, TEST_IMAGE };
+export const CI_DOCKER_SOCKET = engineSpec("gpu").socket;
 
-function ping(socketPath: string): Promise<string | null> {
-  return new Promise((done) => {
-    const req = request({ socketPath, path: "/version", timeout: 2_000 }, (res) => {
-      let body = "";
-      res.on("data", (c) => {
-        body += c;
-      });
-      res.on("end", () => {
-        try {
-          const v = JSON.parse(body) as { Version?: string; ApiVersion?: string };
-          done(res.statusCode === 200 ? `${v.Version} (API ${v.ApiVersion})` : null);
-        } catch {
-          done(null);
-        }
-      });
-    });
-    req.on("error", () => done(null));
-    req.on("timeout", () => {
-      req.destroy();
-      done(null);
-    });
-    req.end();
-  });
-}
-
-async function registryUp(): Promise<boolean> {
-  try {
-    const res = await fetch(`http://${LOCAL_REGISTRY}/v2/`, { signal: AbortSignal.timeout(2_000) });
-    return res.status === 200;
-  } catch {
-    return false;
-  }
-}
-
-export async function detectDocker(): Promise<{
+export async function detectDocker(opts: { start?: boolean; log?: (line: string) => void } = {}): Promise<{
   available: boolean;
   host: string;
   detail: string;
   registry: boolean;
   image: string;
+  /** The engine without an NVIDIA runtime (GPU requests fail there), when it runs. */
+  plainHost: string;
 }> {
   const fromEnv = process.env.DOCKER_HOST?.startsWith("unix://") ? process.env.DOCKER_HOST.slice(7) : undefined;
-  const candidates = [fromEnv, CI_DOCKER_SOCKET, "/var/run/docker.sock"].filter((p): p is string => Boolean(p));
+  let startError = "";
+  if (opts.start && !(fromEnv && (await pingEngine(fromEnv)))) {
+    const missing = missingPackages();
+    if (missing.length > 0) startError = `; not installed: ${missing.join(", ")} (npm run docker:up installs them)`;
+    else {
+      try {
+        await ensureDockerStack({ install: false, log: opts.log ?? (() => {}) });
+      } catch (error) {
+        startError = `; starting it failed: ${error instanceof Error ? error.message : String(error)}`;
+      }
+    }
+  }
+  const gpu = await findEngine("gpu");
+  const plain = await findEngine("plain");
+  const candidates = [fromEnv, gpu?.socket, "/var/run/docker.sock"].filter((p): p is string => Boolean(p));
   for (const socket of candidates) {
     if (!existsSync(socket)) continue;
-    const version = await ping(socket);
+    const version = await pingEngine(socket);
     if (version) {
       return {
         available: true,
         host: `unix://${socket}`,
-        detail: `${version} at ${socket}`,
+        detail: `${version} at ${socket}${plain ? `; plain engine at ${plain.socket}` : ""}`,
         registry: await registryUp(),
         image: TEST_IMAGE,
+        plainHost: plain ? `unix://${plain.socket}` : "",
       };
     }
   }
   return {
     available: false,
     host: "",
-    detail: `no engine answers at ${candidates.join(", ")}`,
+    detail: `no engine answers at ${[...candidates, CI_DOCKER_SOCKET].join(", ")}${startError}`,
     registry: false,
     image: TEST_IMAGE,
+    plainHost: "",
   };
 }

@@ -31,7 +31,7 @@ try {
   await admin.unsafe(`create database "${workersDb}" template "${TEMPLATE_DB}"`);
   await admin.end();
 
-  const docker = await detectDocker();
+  const docker = await detectDocker({ start: true, log });
   log(
     docker.available
       ? `Docker engine: ${docker.detail}`
@@ -43,6 +43,7 @@ try {
     SCALAR_TEST_PG_ADMIN_URL: adminUrl,
     SCALAR_TEST_WORKERS_DATABASE_URL: withDatabase(db.url, workersDb),
     ...(docker.available ? { SCALAR_TEST_DOCKER: "1", DOCKER_HOST: docker.host } : {}),
+    ...(docker.plainHost ? { SCALAR_TEST_DOCKER_PLAIN: docker.plainHost } : {}),
     ...(docker.registry ? { SCALAR_TEST_REGISTRY: "1", SCALAR_TEST_IMAGE: docker.image } : {}),
     WRANGLER_SEND_METRICS: "false",
     CLOUDFLARE_CF_FETCH_ENABLED: "false",

@@ -472,6 +472,31 @@ describe("documented errors", () => {
     }
   });
 
+  it("reads VM statuses in either case (some docs examples write them in lower case)", async () => {
+    const { client, token } = fresh();
+    const [node] = await client.createNodes({
+      desired_count: 1,
+      max_price_per_node_hour: centsPerNodeHour(4_000),
+      zone: "hayesvalley",
+      end_at: endIn(2),
+    });
+    sim.advance(3 * MINUTE_MS);
+    try {
+      sim.sim.engine.configure({ nodes: { vmStatusCase: "lower" } });
+      const raw = (await (
+        await fetch(`${sim.url}/v1/nodes/${node!.id}`, {
+          headers: { Authorization: `Bearer ${token}` },
+        })
+      ).json()) as {
+        current_vm: { status: string };
+      };
+      expect(raw.current_vm.status).toBe("running");
+      expect((await client.getNode(node!.id)).current_vm?.status).toBe("Running");
+    } finally {
+      sim.sim.engine.configure({ nodes: { vmStatusCase: "title" } });
+    }
+  });
+
   it("answers 401 for a bad token, without retrying", async () => {
     const attempts: AttemptInfo[] = [];
     const client = new SfComputeClient({ baseUrl: sim.url, token: "wrong", onAttempt: (a) => attempts.push(a) });
@@ -630,8 +655,31 @@ describe("retries", () => {
   it("runs in-process against the simulator's fetch handler, with no sockets", async () => {
     const token = `in-process-${++accountSeq}`;
     sim.sim.engine.createAccount({ token, balanceCents: 1_000_000 });
-    const client = new SfComputeClient({ baseUrl: "http://sim.invalid", token, fetch: sim.sim.fetch });
+    const attempts: AttemptInfo[] = [];
+    const client = new SfComputeClient({
+      baseUrl: "http://sim.invalid",
+      token,
+      fetch: sim.sim.fetch,
+      timeoutMs: 200,
+      retry: { baseDelayMs: 10 },
+      onAttempt: (a) => attempts.push(a),
+    });
     const q = await client.quote({ side: "buy", quantity: 1, instance_type: "h100v", duration: 3600 });
     expect(q.quote?.price).toBeGreaterThan(blockPriceFromNodeHourRate(500, 1, HOUR_MS));
+    // A lost answer in-process surfaces as the caller's own timeout, and the key still saves the day.
+    sim.sim.faults.add({ action: "lose_response", lose: "hang", method: "POST", path: "/v0/orders" });
+    const { start_at, end_at } = block(2);
+    const created = await client.placeBuyOrder({
+      instance_type: "h100v",
+      quantity: 1,
+      start_at,
+      end_at,
+      price: blockCents(100_000),
+    });
+    expect(attempts.filter((a) => a.path === "/v0/orders").map((a) => [a.status, a.error?.split(":")[0]])).toEqual([
+      [0, "timeout"],
+      [200, undefined],
+    ]);
+    expect((await client.listOrders()).data.map((o) => o.id)).toEqual([created.id]);
   });
 });

@@ -1,0 +1,409 @@
+/**
+ * The node agent: registers the node, long-polls its desired placements, reconciles them with the
+ * containers it runs, and reports events, logs and heartbeats. Containers never depend on the agent
+ * or the control plane being up: an outage only delays reports (kept on disk), and a restarted
+ * agent adopts its containers by label.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { Heartbeat, type NodeInventory, type Placement, type PlacementSet } from "../core/schemas";
+import { Backoff, type BackoffPolicy, DEFAULT_BACKOFF } from "./backoff";
+import type { Clock } from "./clock";
+import { LABELS, ownLabels } from "./container-spec";
+import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
+import type { ContainerEngine, LogFollow, StatsSample } from "./docker/engine";
+import type { GpuInventoryResult, GpuSource } from "./gpu";
+import { diskFreeBytes, type HostFacts } from "./host";
+import { followContainerLog } from "./log-follower";
+import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-shipper";
+import { errorText, type Logger } from "./logger";
+import { containerMetrics } from "./metrics";
+import { EventOutbox } from "./outbox";
+import { PlacementRun, type RunContext } from "./placement-run";
+import { planReconcile, type RemoveStep } from "./reconcile";
+import { AgentState } from "./state";
+
+export const AGENT_VERSION = "0.1.0";
+
+export interface AgentConfig {
+  /** Labels the containers this agent owns; the host name unless set. */
+  agentName: string;
+  dataDir: string;
+  zone?: string;
+  pidsLimit: number;
+  /** How long a running container without a placement is left alone before it is stopped and removed. */
+  orphanGraceMs: number;
+  /** Grace period when stopping an orphan (its placement, and so its own grace period, is unknown). */
+  orphanStopGraceMs: number;
+  reconcileIntervalMs: number;
+  pullProgressIntervalMs: number;
+  maxOutboxEvents: number;
+  backoff: BackoffPolicy;
+  logShipping: LogShipperOptions;
+}
+
+export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = {
+  pidsLimit: 32_768,
+  orphanGraceMs: 60_000,
+  orphanStopGraceMs: 10_000,
+  reconcileIntervalMs: 10_000,
+  pullProgressIntervalMs: 2_000,
+  maxOutboxEvents: 5_000,
+  backoff: DEFAULT_BACKOFF,
+  logShipping: DEFAULT_LOG_SHIPPER,
+};
+
+export interface AgentDeps {
+  engine: ContainerEngine;
+  api: ControlPlaneApi;
+  gpus: GpuSource;
+  host: HostFacts;
+  clock: Clock;
+  random: () => number;
+  log: Logger;
+}
+
+export class Agent {
+  readonly state: AgentState;
+  readonly outbox: EventOutbox;
+  readonly shipper: LogShipper;
+  private readonly runs = new Map<string, PlacementRun>();
+  /** Containers being retired without a run (found after a restart, placement gone). */
+  private readonly retiring = new Map<string, Promise<void>>();
+  private readonly follows = new Set<LogFollow>();
+  private readonly stopping = new AbortController();
+  private readonly loops: Promise<unknown>[] = [];
+  private readonly ctx: RunContext;
+  private desired: Placement[] | null;
+  private orphanSince = new Map<string, number>();
+  private previousStats = new Map<string, StatsSample>();
+  private heartbeatIntervalMs = 10_000;
+  private pollWaitMs = 25_000;
+  private reregister = false;
+  private reconciling: Promise<void> | null = null;
+  private reconcileAgain = false;
+  private inventory: GpuInventoryResult | null = null;
+
+  private constructor(
+    private readonly config: AgentConfig,
+    private readonly deps: AgentDeps,
+  ) {
+    mkdirSync(config.dataDir, { recursive: true });
+    this.state = AgentState.open(config.dataDir);
+    this.outbox = EventOutbox.open(config.dataDir, { maxEvents: config.maxOutboxEvents, log: deps.log });
+    this.shipper = new LogShipper(
+      (placementId, cursor) => this.state.updatePlacement(placementId, { log: cursor }),
+      deps.log,
+      config.logShipping,
+    );
+    this.desired = this.state.placementSet?.placements ?? null;
+    this.ctx = {
+      engine: deps.engine,
+      clock: deps.clock,
+      state: this.state,
+      outbox: this.outbox,
+      shipper: this.shipper,
+      log: deps.log,
+      agentName: config.agentName,
+      nodeId: () => this.state.nodeId ?? "unregistered",
+      pidsLimit: config.pidsLimit,
+      pullProgressIntervalMs: config.pullProgressIntervalMs,
+      incarnation: randomBytes(4).toString("hex"),
+      backoff: config.backoff,
+      random: deps.random,
+      onSettled: () => this.requestReconcile(),
+    };
+  }
+
+  /** Starts the agent's loops. Throws only for what no retry can fix (e.g. unsupported GPUs). */
+  static async start(config: AgentConfig, deps: AgentDeps): Promise<Agent> {
+    const agent = new Agent(config, deps);
+    await agent.begin();
+    return agent;
+  }
+
+  /** Stops the agent, not its containers: they keep running and the next agent process adopts them. */
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    for (const run of this.runs.values()) run.close();
+    for (const follow of this.follows) follow.stop();
+    await Promise.allSettled(this.loops);
+  }
+
+  /** Placements whose containers run now. */
+  runningPlacements(): string[] {
+    return [...this.runs.values()].filter((r) => r.running).map((r) => r.id);
+  }
+
+  private get signal(): AbortSignal {
+    return this.stopping.signal;
+  }
+
+  private async begin(): Promise<void> {
+    this.inventory = await this.deps.gpus.inventory();
+    await this.waitForEngine();
+    if (this.signal.aborted) return;
+    const delivery = {
+      clock: this.deps.clock,
+      signal: this.signal,
+      log: this.deps.log,
+      policy: this.config.backoff,
+      random: this.deps.random,
+    };
+    this.loops.push(
+      this.outbox.deliver((events) => this.deps.api.events({ events }), delivery),
+      this.shipper.deliver((lines) => this.deps.api.logs({ lines }), delivery),
+      this.every(
+        () => this.config.reconcileIntervalMs,
+        () => this.requestReconcile(),
+      ),
+      this.connect(),
+    );
+    // With an identity and a desired set from before a restart, carry on at once: adopt, enforce deadlines.
+    if (this.state.nodeId && this.desired) this.requestReconcile();
+  }
+
+  private async waitForEngine(): Promise<void> {
+    const backoff = new Backoff(this.config.backoff, this.deps.random);
+    while (!this.signal.aborted) {
+      try {
+        await this.deps.engine.ping();
+        return;
+      } catch (error) {
+        const delay = backoff.next();
+        this.deps.log("warn", "container engine not reachable; retrying", {
+          retry_in_ms: delay,
+          error: errorText(error),
+        });
+        await this.deps.clock.sleep(delay, this.signal);
+      }
+    }
+  }
+
+  private nodeInventory(): NodeInventory {
+    const inv = this.inventory!;
+    return {
+      hostname: this.deps.host.hostname,
+      agent_version: AGENT_VERSION,
+      gpu_model: inv.model,
+      gpus: inv.gpus,
+      cpu_milli: this.deps.host.cpuMilli,
+      memory_mib: this.deps.host.memoryMib,
+      ...(this.config.zone ? { zone: this.config.zone } : {}),
+    };
+  }
+
+  private async register(): Promise<boolean> {
+    const backoff = new Backoff(this.config.backoff, this.deps.random);
+    while (!this.signal.aborted) {
+      try {
+        const res = await this.deps.api.register(this.nodeInventory());
+        this.state.setIdentity(res.node_id, res.region);
+        this.heartbeatIntervalMs = res.heartbeat_interval_ms;
+        this.pollWaitMs = res.poll_wait_ms;
+        this.deps.log("info", "registered", { node_id: res.node_id, region: res.region });
+        return true;
+      } catch (error) {
+        const delay = backoff.next();
+        const level = error instanceof ControlPlaneError && error.kind === "rejected" ? "error" : "warn";
+        this.deps.log(level, "registration failed; retrying", { retry_in_ms: delay, error: errorText(error) });
+        await this.deps.clock.sleep(delay, this.signal);
+      }
+    }
+    return false;
+  }
+
+  /** Registers, then long-polls the desired set and sends heartbeats until stopped. */
+  private async connect(): Promise<void> {
+    if (!(await this.register())) return;
+    const heartbeats = this.heartbeats();
+    await this.pollPlacements();
+    await heartbeats;
+  }
+
+  private async pollPlacements(): Promise<void> {
+    const backoff = new Backoff(this.config.backoff, this.deps.random);
+    // 0 answers at once with the current set: a new process starts from the control plane's view.
+    let since = 0;
+    while (!this.signal.aborted) {
+      if (this.reregister) {
+        this.reregister = false;
+        if (!(await this.register())) return;
+      }
+      let set: PlacementSet;
+      try {
+        set = await this.deps.api.placements(since, this.pollWaitMs, this.signal);
+        backoff.reset();
+      } catch (error) {
+        if (this.signal.aborted) return;
+        if (error instanceof ControlPlaneError && (error.status === 401 || error.status === 404))
+          this.reregister = true;
+        const delay = backoff.next();
+        this.deps.log(backoff.failures > 3 ? "warn" : "debug", "placement poll failed; retrying", {
+          retry_in_ms: delay,
+          error: errorText(error),
+        });
+        await this.deps.clock.sleep(delay, this.signal);
+        continue;
+      }
+      if (set.version !== since || this.desired === null) {
+        this.state.setPlacementSet(set);
+        this.desired = set.placements;
+      }
+      since = set.version;
+      this.requestReconcile();
+    }
+  }
+
+  private async heartbeats(): Promise<void> {
+    while (!this.signal.aborted) {
+      try {
+        const res = await this.deps.api.heartbeat(await this.heartbeat());
+        if (res.state === "unknown") {
+          this.deps.log("warn", "control plane does not know this node; registering again");
+          this.reregister = true;
+        }
+      } catch (error) {
+        this.deps.log("debug", "heartbeat failed", { error: errorText(error) });
+      }
+      await this.deps.clock.sleep(this.heartbeatIntervalMs, this.signal);
+    }
+  }
+
+  private async heartbeat(): Promise<Heartbeat> {
+    const running = [...this.runs.values()].filter((r) => r.running && r.containerId);
+    const stats = new Map<string, StatsSample>();
+    const containers = [];
+    for (const run of running.slice(0, 64)) {
+      const sample = await this.deps.engine.stats(run.containerId!).catch(() => null);
+      if (!sample) continue;
+      containers.push(containerMetrics(run.id, this.previousStats.get(run.id), sample));
+      stats.set(run.id, sample);
+    }
+    this.previousStats = stats;
+    const disk = await diskFreeBytes(this.config.dataDir);
+    return Heartbeat.parse({
+      at: this.deps.clock.now(),
+      gpus: await this.deps.gpus.health(),
+      ...(disk !== undefined ? { disk_free_bytes: disk } : {}),
+      containers,
+      running: running.slice(0, 64).map((r) => r.id),
+    });
+  }
+
+  private async every(intervalMs: () => number, task: () => void): Promise<void> {
+    while (!this.signal.aborted) {
+      await this.deps.clock.sleep(intervalMs(), this.signal);
+      if (!this.signal.aborted) task();
+    }
+  }
+
+  /** Runs a reconcile now, or right after the one in progress (requests in between coalesce). */
+  requestReconcile(): void {
+    if (this.signal.aborted) return;
+    if (this.reconciling) {
+      this.reconcileAgain = true;
+      return;
+    }
+    this.reconciling = (async () => {
+      do {
+        this.reconcileAgain = false;
+        try {
+          await this.reconcile();
+        } catch (error) {
+          this.deps.log("warn", "reconcile failed; will retry", { error: errorText(error) });
+        }
+      } while (this.reconcileAgain && !this.signal.aborted);
+      this.reconciling = null;
+    })();
+  }
+
+  private async reconcile(): Promise<void> {
+    const listed = await this.deps.engine.list(ownLabels(this.config.agentName));
+    const containers = listed
+      .filter((c) => c.labels[LABELS.placement])
+      .map((c) => ({ id: c.id, placementId: c.labels[LABELS.placement]!, state: c.state }));
+    const runs = new Map<string, "active" | "retiring">([...this.runs].map(([id, run]) => [id, run.status]));
+    for (const id of this.retiring.keys()) runs.set(id, "retiring");
+    const known = this.state.knownPlacements();
+    const plan = planReconcile({
+      desired: this.desired,
+      containers,
+      runs,
+      known,
+      finished: new Set(known.filter((id) => this.state.placement(id).finished)),
+      orphanSince: this.orphanSince,
+      now: this.deps.clock.now(),
+      orphanGraceMs: this.config.orphanGraceMs,
+    });
+    this.orphanSince = plan.orphanSince;
+    await Promise.all(plan.removes.map((step) => this.remove(step)));
+    if (this.signal.aborted) return;
+    for (const step of plan.updates) {
+      if (step.kind === "update") this.runs.get(step.placement.placement_id)?.update(step.placement);
+      else {
+        this.deps.log("info", "adopting container", { placement_id: step.placement.placement_id });
+        this.track(new PlacementRun(this.ctx, step.placement, step.containerId));
+      }
+    }
+    for (const step of plan.adds) {
+      this.deps.log("info", "starting placement", { placement_id: step.placement.placement_id });
+      this.track(new PlacementRun(this.ctx, step.placement));
+    }
+    for (const id of plan.forget) this.state.forgetPlacement(id);
+  }
+
+  private track(run: PlacementRun): void {
+    this.runs.set(run.id, run);
+    void run.done.then(() => {
+      // A run that left no container (failed, never started) is over; one with a container waits to be retired.
+      if (!run.containerId && this.runs.get(run.id) === run) this.runs.delete(run.id);
+    });
+  }
+
+  /** Resolves when the container is stopped; removal follows once its log is shipped. */
+  private async remove(step: RemoveStep): Promise<void> {
+    const run = this.runs.get(step.placementId);
+    if (step.kind === "abandon") {
+      run?.abandon();
+      return;
+    }
+    this.deps.log("info", "retiring container", { placement_id: step.placementId, why: step.why });
+    if (run) {
+      const { stopped, removed } = run.retire();
+      void removed
+        .catch((error) => this.deps.log("warn", "container removal failed", { error: errorText(error) }))
+        .finally(() => {
+          if (this.runs.get(run.id) === run) this.runs.delete(run.id);
+        });
+      await stopped.catch((error) => this.deps.log("warn", "stop failed", { error: errorText(error) }));
+      return;
+    }
+    // Also for a container that is not running: it may have been started since it was listed.
+    const stopped = this.deps.engine.stop(step.containerId, this.config.orphanStopGraceMs);
+    const removed = (async () => {
+      await stopped.catch(() => {});
+      // Ship what its log still holds past the cursor before the container, and its log, go.
+      const follow = await followContainerLog(
+        this.deps.engine,
+        this.shipper,
+        this.state,
+        step.placementId,
+        step.containerId,
+      ).catch(() => null);
+      if (follow) {
+        this.follows.add(follow);
+        await follow.ended;
+        this.follows.delete(follow);
+      }
+      await this.shipper.whenDrained(step.placementId);
+      if (this.signal.aborted) return;
+      await this.deps.engine.remove(step.containerId);
+      this.state.forgetPlacement(step.placementId);
+    })()
+      .catch((error) => this.deps.log("warn", "container removal failed", { error: errorText(error) }))
+      .finally(() => this.retiring.delete(step.placementId));
+    this.retiring.set(step.placementId, removed);
+    await stopped.catch((error) => this.deps.log("warn", "stop failed", { error: errorText(error) }));
+  }
+}

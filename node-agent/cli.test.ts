@@ -1,0 +1,104 @@
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parseCli, UsageError } from "./cli";
+
+const parse = (argv: string[], env: NodeJS.ProcessEnv = {}) => parseCli(argv, env, "gpu-node-7");
+const required = ["--api-url", "https://api.scalar.test", "--token", "t0k"];
+
+describe("scalar-agent command line", () => {
+  it("has defaults for everything but the control plane and the token", () => {
+    const o = parse(required);
+    expect(o).toMatchObject({
+      apiUrl: "https://api.scalar.test",
+      token: "t0k",
+      dockerSocket: "/var/run/docker.sock",
+      gpus: { kind: "nvidia-smi", binary: "nvidia-smi" },
+      logLevel: "info",
+    });
+    expect(o.agent).toMatchObject({ agentName: "gpu-node-7", dataDir: "/var/lib/scalar-agent", orphanGraceMs: 60_000 });
+  });
+
+  it("reads the environment, and a token file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "agent-cli-"));
+    try {
+      writeFileSync(join(dir, "token"), "from-file\n");
+      const o = parse([], {
+        SCALAR_API_URL: "http://127.0.0.1:8787",
+        SCALAR_NODE_TOKEN_FILE: join(dir, "token"),
+        DOCKER_HOST: "unix:///run/scalar/docker.sock",
+        SCALAR_AGENT_DATA: "/srv/agent",
+        SCALAR_ZONE: "us-west-1a",
+        SCALAR_AGENT_NAME: "n-1",
+      });
+      expect(o).toMatchObject({
+        apiUrl: "http://127.0.0.1:8787",
+        token: "from-file",
+        dockerSocket: "/run/scalar/docker.sock",
+      });
+      expect(o.agent).toMatchObject({ dataDir: "/srv/agent", zone: "us-west-1a", agentName: "n-1" });
+      expect(() => parse(["--api-url", "http://x", "--token-file", join(dir, "missing")])).toThrow(
+        /cannot read the token file/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("declares GPUs on hosts without them, and checks the model", () => {
+    expect(parse([...required, "--gpus", "8", "--gpu-model", "H100"]).gpus).toEqual({
+      kind: "declared",
+      count: 8,
+      model: "H100",
+    });
+    expect(() => parse([...required, "--gpus", "8"])).toThrow(/--gpus needs --gpu-model/);
+    expect(() => parse([...required, "--gpus", "8", "--gpu-model", "A100"])).toThrow(UsageError);
+    expect(() => parse([...required, "--gpu-model", "H100"])).toThrow(/goes with --gpus/);
+    expect(() => parse([...required, "--gpus", "two", "--gpu-model", "H100"])).toThrow(/whole number/);
+  });
+
+  it("takes the tuning options", () => {
+    const o = parse([
+      ...required,
+      "--orphan-grace-ms",
+      "5000",
+      "--retry-max-ms",
+      "2000",
+      "--pids-limit",
+      "512",
+      "--zone",
+      "z1",
+    ]);
+    expect(o.agent).toMatchObject({ orphanGraceMs: 5000, pidsLimit: 512, zone: "z1" });
+    expect(o.agent.backoff.maxMs).toBe(2000);
+  });
+
+  it("says what is missing or wrong", () => {
+    expect(() => parse([])).toThrow(/control plane URL is missing/);
+    expect(() => parse(["--api-url", "not a url", "--token", "x"])).toThrow(/not a URL/);
+    expect(() => parse(["--api-url", "http://x"])).toThrow(/node token is missing/);
+    expect(() => parse([...required, "--bogus"])).toThrow(UsageError);
+    expect(() => parse([...required, "--log-level", "loud"])).toThrow(/log-level/);
+    expect(parse(["--help"]).help).toBe(true);
+  });
+});
+
+describe("the scalar-agent program", () => {
+  const bin = resolve(import.meta.dirname, "bin/scalar-agent.mjs");
+  const run = (...args: string[]) =>
+    spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env: { PATH: process.env.PATH } });
+
+  it("prints its usage with --help and exits 0", () => {
+    const r = run("--help");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^scalar-agent: runs Scalar placements/);
+  });
+
+  it("exits 2 with the reason when the configuration is incomplete", () => {
+    const r = run("--api-url", "http://127.0.0.1:9");
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/node token is missing/);
+  });
+});

@@ -1,0 +1,145 @@
+/** Command line and environment → the agent's configuration. Pure, so every option is testable. */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { GPU_MODELS, type GpuModel } from "../core/schemas";
+import { type AgentConfig, DEFAULT_AGENT_CONFIG } from "./agent";
+import { DEFAULT_BACKOFF } from "./backoff";
+import type { Level } from "./logger";
+
+export const USAGE = `scalar-agent: runs Scalar placements as Docker containers on this GPU node.
+
+Usage: scalar-agent [options]
+
+  --api-url URL          control plane base URL                     (env SCALAR_API_URL)
+  --token-file FILE      file holding this node's token             (env SCALAR_NODE_TOKEN_FILE)
+  --token TOKEN          the token itself (visible in ps; prefer a file) (env SCALAR_NODE_TOKEN)
+  --docker-socket PATH   Docker engine socket        (env DOCKER_HOST=unix://…; default /var/run/docker.sock)
+  --data-dir DIR         state and event outbox       (env SCALAR_AGENT_DATA; default /var/lib/scalar-agent)
+  --gpus N               declare N GPUs instead of asking nvidia-smi (hosts without GPUs); needs --gpu-model
+  --gpu-model MODEL      ${GPU_MODELS.join(" | ")}
+  --nvidia-smi PATH      nvidia-smi binary            (default nvidia-smi)
+  --zone ZONE            zone reported at registration                 (env SCALAR_ZONE)
+  --agent-name NAME      label value marking this agent's containers (env SCALAR_AGENT_NAME; default: host name)
+  --pids-limit N         process limit per container  (default ${DEFAULT_AGENT_CONFIG.pidsLimit})
+  --orphan-grace-ms MS   how long a container without a placement may run (default ${DEFAULT_AGENT_CONFIG.orphanGraceMs})
+  --retry-max-ms MS      longest wait between retries to the control plane (default ${DEFAULT_BACKOFF.maxMs})
+  --log-level LEVEL      debug | info | warn | error  (default info)
+  --help, --version
+`;
+
+export class UsageError extends Error {}
+
+export type GpuSourceOption =
+  | { kind: "nvidia-smi"; binary: string }
+  | { kind: "declared"; count: number; model: GpuModel };
+
+export interface CliOptions {
+  help: boolean;
+  version: boolean;
+  apiUrl: string;
+  token: string;
+  dockerSocket: string;
+  gpus: GpuSourceOption;
+  logLevel: Level;
+  agent: AgentConfig;
+}
+
+function integer(name: string, raw: string | undefined, min: number): number | undefined {
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} takes a whole number ≥ ${min}, not "${raw}"`);
+  return n;
+}
+
+export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: string): CliOptions {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        "api-url": { type: "string" },
+        token: { type: "string" },
+        "token-file": { type: "string" },
+        "docker-socket": { type: "string" },
+        "data-dir": { type: "string" },
+        gpus: { type: "string" },
+        "gpu-model": { type: "string" },
+        "nvidia-smi": { type: "string" },
+        zone: { type: "string" },
+        "agent-name": { type: "string" },
+        "pids-limit": { type: "string" },
+        "orphan-grace-ms": { type: "string" },
+        "retry-max-ms": { type: "string" },
+        "log-level": { type: "string" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error));
+  }
+  const str = (name: string) => values[name] as string | undefined;
+  const help = Boolean(values.help);
+  const version = Boolean(values.version);
+
+  const apiUrl = str("api-url") ?? env.SCALAR_API_URL ?? "";
+  const tokenFile = str("token-file") ?? env.SCALAR_NODE_TOKEN_FILE;
+  let token = str("token") ?? env.SCALAR_NODE_TOKEN ?? "";
+  if (!token && tokenFile) {
+    try {
+      token = readFileSync(tokenFile, "utf8").trim();
+    } catch (error) {
+      throw new UsageError(`cannot read the token file ${tokenFile}: ${(error as Error).message}`);
+    }
+  }
+  const dockerHost = env.DOCKER_HOST?.startsWith("unix://") ? env.DOCKER_HOST.slice(7) : undefined;
+  const dockerSocket = str("docker-socket") ?? dockerHost ?? "/var/run/docker.sock";
+
+  const count = integer("gpus", str("gpus"), 0);
+  const model = str("gpu-model");
+  let gpus: GpuSourceOption;
+  if (count !== undefined) {
+    if (!model || !(GPU_MODELS as readonly string[]).includes(model)) {
+      throw new UsageError(`--gpus needs --gpu-model, one of ${GPU_MODELS.join(", ")}`);
+    }
+    if (count > 16) throw new UsageError("--gpus takes at most 16");
+    gpus = { kind: "declared", count, model: model as GpuModel };
+  } else {
+    if (model) throw new UsageError("--gpu-model goes with --gpus (nvidia-smi reports the model otherwise)");
+    gpus = { kind: "nvidia-smi", binary: str("nvidia-smi") ?? "nvidia-smi" };
+  }
+
+  const logLevel = (str("log-level") ?? "info") as Level;
+  if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`unknown --log-level ${logLevel}`);
+
+  if (!help && !version) {
+    if (!apiUrl) throw new UsageError("the control plane URL is missing: --api-url or SCALAR_API_URL");
+    try {
+      new URL(apiUrl);
+    } catch {
+      throw new UsageError(`--api-url is not a URL: ${apiUrl}`);
+    }
+    if (!token) throw new UsageError("the node token is missing: --token-file, --token or SCALAR_NODE_TOKEN");
+  }
+
+  const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
+  return {
+    help,
+    version,
+    apiUrl,
+    token,
+    dockerSocket,
+    gpus,
+    logLevel,
+    agent: {
+      ...DEFAULT_AGENT_CONFIG,
+      agentName: str("agent-name") ?? env.SCALAR_AGENT_NAME ?? hostname,
+      dataDir: str("data-dir") ?? env.SCALAR_AGENT_DATA ?? "/var/lib/scalar-agent",
+      ...((str("zone") ?? env.SCALAR_ZONE) ? { zone: str("zone") ?? env.SCALAR_ZONE } : {}),
+      pidsLimit: integer("pids-limit", str("pids-limit"), 1) ?? DEFAULT_AGENT_CONFIG.pidsLimit,
+      orphanGraceMs: integer("orphan-grace-ms", str("orphan-grace-ms"), 0) ?? DEFAULT_AGENT_CONFIG.orphanGraceMs,
+      backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },
+    },
+  };
+}

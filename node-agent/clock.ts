@@ -1,0 +1,32 @@
+/** Time, injected everywhere the agent waits or stamps, so tests can drive it. */
+export interface Clock {
+  now(): number;
+  /** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+// setTimeout fires at once for delays above 2^31-1 ms (~24.8 days); kill deadlines can be further away.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  sleep(ms, signal) {
+    return new Promise((done) => {
+      if (signal?.aborted) return done();
+      let timer: NodeJS.Timeout;
+      const until = Date.now() + Math.max(0, ms);
+      const finish = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", finish);
+        done();
+      };
+      const arm = () => {
+        const left = until - Date.now();
+        if (left <= 0) return finish();
+        timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+      };
+      signal?.addEventListener("abort", finish, { once: true });
+      arm();
+    });
+  },
+};

@@ -1,0 +1,97 @@
+import { describe, expect, it } from "vitest";
+import { Placement } from "../core/schemas";
+import { containerName, containerSpec, LABELS } from "./container-spec";
+import { EngineError } from "./docker/engine";
+import { cpuPercent } from "./metrics";
+import { pullFailureReason, signalOf, startFailureReason } from "./placement-run";
+
+const base = Placement.parse({
+  placement_id: "pl_01J/abc",
+  job_id: "job_1",
+  attempt: 2,
+  image: "registry.example/team/train:v3",
+  command: ["python", "train.py"],
+  args: ["--epochs", "3"],
+  env: [
+    { name: "WANDB_MODE", value: "offline" },
+    { name: "NVIDIA_VISIBLE_DEVICES", value: "all" },
+  ],
+  gpu_indices: [6, 1, 3],
+  cpu_milli: 16_000,
+  memory_mib: 131_072,
+  kill_deadline: 1_900_000_000_000,
+  desired: "running",
+});
+
+describe("container spec", () => {
+  it("turns a placement into a container: limits, GPUs, labels, command and environment", () => {
+    const spec = containerSpec(base, { agentName: "node-a", nodeId: "n-9", pidsLimit: 4096 });
+    expect(spec).toEqual({
+      name: "scalar-pl_01J-abc",
+      image: "registry.example/team/train:v3",
+      entrypoint: ["python", "train.py"],
+      cmd: ["--epochs", "3"],
+      env: ["WANDB_MODE=offline", "SCALAR_PLACEMENT_ID=pl_01J/abc", "SCALAR_JOB_ID=job_1", "SCALAR_ATTEMPT=2"],
+      labels: {
+        [LABELS.managed]: "true",
+        [LABELS.agent]: "node-a",
+        [LABELS.node]: "n-9",
+        [LABELS.placement]: "pl_01J/abc",
+        [LABELS.job]: "job_1",
+        [LABELS.attempt]: "2",
+      },
+      memoryBytes: 131_072 * 1024 * 1024,
+      nanoCpus: 16_000_000_000, // 16 CPUs
+      pidsLimit: 4096,
+      gpuDeviceIds: ["1", "3", "6"],
+    });
+  });
+
+  it("keeps the image's entrypoint and command when the placement has none, and hides GPUs from CPU-only work", () => {
+    const spec = containerSpec(
+      { ...base, command: [], args: [], gpu_indices: [] },
+      { agentName: "a", nodeId: "n", pidsLimit: 1 },
+    );
+    expect(spec).not.toHaveProperty("entrypoint");
+    expect(spec).not.toHaveProperty("cmd");
+    expect(spec.gpuDeviceIds).toEqual([]);
+    expect(spec.env).toContain("NVIDIA_VISIBLE_DEVICES=void");
+    expect(containerName("a b/c:d")).toBe("scalar-a-b-c-d");
+  });
+});
+
+describe("exit and failure reports", () => {
+  it("names the signal behind an exit code above 128", () => {
+    expect(signalOf(137)).toBe("SIGKILL");
+    expect(signalOf(143)).toBe("SIGTERM");
+    expect(signalOf(3)).toBeUndefined();
+    expect(signalOf(0)).toBeUndefined();
+  });
+
+  it("says why a pull or a start failed", () => {
+    expect(pullFailureReason("x:1", new EngineError("image_not_found", "manifest unknown"))).toBe(
+      "image pull failed: x:1 not found (manifest unknown)",
+    );
+    expect(pullFailureReason("X", new EngineError("invalid_reference", "must be lowercase"))).toMatch(
+      /invalid image name/,
+    );
+    expect(pullFailureReason("x", new EngineError("registry_unreachable", "connection refused"))).toMatch(
+      /registry unreachable/,
+    );
+    expect(startFailureReason(new EngineError("gpu_unavailable", "could not select device driver"), ["0", "1"])).toBe(
+      "GPU request failed: no NVIDIA container runtime on this node for GPUs 0,1 (could not select device driver)",
+    );
+    expect(startFailureReason(new Error("boom"), [])).toBe("container start failed: boom");
+  });
+});
+
+describe("container metrics", () => {
+  it("computes the CPU share between two samples, like docker stats", () => {
+    const a = { cpuTotalNs: 1_000_000_000, systemCpuNs: 10_000_000_000, onlineCpus: 2 };
+    // 0.5 s of CPU over 1 s of wall time on 2 CPUs (system counts 2 s) → 50 % of one CPU
+    const b = { cpuTotalNs: 1_500_000_000, systemCpuNs: 12_000_000_000, onlineCpus: 2 };
+    expect(cpuPercent(a, b)).toBe(50);
+    expect(cpuPercent(undefined, b)).toBeUndefined();
+    expect(cpuPercent(b, a)).toBeUndefined();
+  });
+});

@@ -1,0 +1,134 @@
+/**
+ * The agent's client of the control plane's agent routes (`AGENT_ROUTES`), typed and validated with
+ * the shared zod schemas. Failures are sorted in two: `unreachable` (network, 5xx, 408, 429: try
+ * again later) and `rejected` (any other 4xx: retrying the same request will not help).
+ */
+import type { z } from "zod";
+import {
+  AGENT_ROUTES,
+  type EventBatch,
+  EventBatchResponse,
+  type Heartbeat,
+  HeartbeatResponse,
+  type LogBatch,
+  LogBatchResponse,
+  type NodeInventory,
+  PlacementSet,
+  RegisterResponse,
+} from "../core/schemas";
+
+export class ControlPlaneError extends Error {
+  constructor(
+    readonly kind: "unreachable" | "rejected",
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+    this.name = "ControlPlaneError";
+  }
+}
+
+export interface ControlPlaneApi {
+  register(inventory: NodeInventory): Promise<RegisterResponse>;
+  placements(since: number, waitMs: number, signal?: AbortSignal): Promise<PlacementSet>;
+  events(batch: EventBatch): Promise<EventBatchResponse>;
+  logs(batch: LogBatch): Promise<LogBatchResponse>;
+  heartbeat(heartbeat: Heartbeat): Promise<HeartbeatResponse>;
+}
+
+export class ControlPlaneClient implements ControlPlaneApi {
+  private readonly base: string;
+
+  constructor(
+    baseUrl: string,
+    private readonly token: string,
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.base = baseUrl.replace(/\/+$/, "");
+  }
+
+  register(inventory: NodeInventory) {
+    return this.call(RegisterResponse, "POST", AGENT_ROUTES.register, inventory);
+  }
+
+  placements(since: number, waitMs: number, signal?: AbortSignal) {
+    const path = `${AGENT_ROUTES.placements}?since=${since}&wait_ms=${waitMs}`;
+    // The answer may take the whole wait: allow for it on top of the usual timeout.
+    return this.call(PlacementSet, "GET", path, undefined, waitMs + this.timeoutMs, signal);
+  }
+
+  events(batch: EventBatch) {
+    return this.call(EventBatchResponse, "POST", AGENT_ROUTES.events, batch);
+  }
+
+  logs(batch: LogBatch) {
+    return this.call(LogBatchResponse, "POST", AGENT_ROUTES.logs, batch);
+  }
+
+  heartbeat(heartbeat: Heartbeat) {
+    return this.call(HeartbeatResponse, "POST", AGENT_ROUTES.heartbeat, heartbeat);
+  }
+
+  private async call<T extends z.ZodType>(
+    schema: T,
+    method: "GET" | "POST",
+    path: string,
+    body?: unknown,
+    timeoutMs = this.timeoutMs,
+    signal?: AbortSignal,
+  ): Promise<z.infer<T>> {
+    const timeout = AbortSignal.timeout(timeoutMs);
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
+    } catch (error) {
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+      const why = cause?.code ?? cause?.message ?? (error instanceof Error ? error.message : String(error));
+      throw new ControlPlaneError("unreachable", `${method} ${path}: ${why}`);
+    }
+    const text = await res.text().catch(() => "");
+    if (!res.ok) {
+      const retry = res.status >= 500 || res.status === 408 || res.status === 429;
+      const message = errorMessage(text) ?? res.statusText;
+      throw new ControlPlaneError(
+        retry ? "unreachable" : "rejected",
+        `${method} ${path}: ${res.status} ${message}`,
+        res.status,
+      );
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      throw new ControlPlaneError("unreachable", `${method} ${path}: answer is not JSON`, res.status);
+    }
+    const parsed = schema.safeParse(json);
+    if (!parsed.success) {
+      throw new ControlPlaneError(
+        "rejected",
+        `${method} ${path}: unexpected answer: ${parsed.error.message}`,
+        res.status,
+      );
+    }
+    return parsed.data;
+  }
+}
+
+/** The message of Scalar's error envelope, when the body is one. */
+function errorMessage(text: string): string | undefined {
+  try {
+    const body = JSON.parse(text) as { error?: { code?: string; message?: string } };
+    if (body.error?.message) return `${body.error.code ?? "error"}: ${body.error.message}`;
+  } catch {
+    // not an envelope
+  }
+  return text ? text.slice(0, 200) : undefined;
+}

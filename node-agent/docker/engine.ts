@@ -1,0 +1,118 @@
+/**
+ * The agent's view of a container engine: the few operations it needs, in its own terms. The
+ * dockerode implementation is in dockerode-engine.ts; nothing else in the agent imports dockerode.
+ * "Not found" and "already stopped" are done, not errors, where that is what the caller wants.
+ */
+export type ContainerState = "created" | "running" | "paused" | "restarting" | "removing" | "exited" | "dead";
+
+export interface ContainerSummary {
+  id: string;
+  name: string;
+  state: ContainerState;
+  labels: Record<string, string>;
+}
+
+export interface ContainerDetails extends ContainerSummary {
+  running: boolean;
+  exitCode: number;
+  /** From the engine's own record (inspect), the only reliable OOM signal (platform-facts a.6). */
+  oomKilled: boolean;
+  /** Why the engine could not start it, e.g. `could not select device driver "nvidia" …`. */
+  error: string;
+  startedAt: number | null;
+  finishedAt: number | null;
+  env: string[];
+  memoryBytes: number;
+  memorySwapBytes: number;
+  nanoCpus: number;
+  pidsLimit: number;
+  init: boolean;
+  privileged: boolean;
+  gpuDeviceIds: string[];
+}
+
+export interface ContainerSpec {
+  name: string;
+  image: string;
+  /** Replaces the image's ENTRYPOINT when set (the placement's `command`). */
+  entrypoint?: string[];
+  /** Replaces the image's CMD when set (the placement's `args`). */
+  cmd?: string[];
+  env: string[];
+  labels: Record<string, string>;
+  memoryBytes: number;
+  nanoCpus: number;
+  pidsLimit: number;
+  /** GPU indices as the NVIDIA device driver takes them; empty = no device request. */
+  gpuDeviceIds: string[];
+}
+
+export interface LogEntry {
+  stream: "stdout" | "stderr";
+  /** The engine's RFC 3339 timestamp with nanoseconds, fixed width: orders and resumes the log. */
+  ts: string;
+  text: string;
+}
+
+/** A followed log: entries arrive in order through the sink; `pause` holds them back (backpressure). */
+export interface LogFollow {
+  pause(): void;
+  resume(): void;
+  stop(): void;
+  /** Resolves when the engine closes the log (the container stopped and everything was read). */
+  ended: Promise<void>;
+}
+
+export interface StatsSample {
+  cpuTotalNs: number;
+  systemCpuNs: number;
+  onlineCpus: number;
+  memoryBytes?: number;
+  memoryLimitBytes?: number;
+  pids?: number;
+}
+
+export type EngineErrorCode =
+  | "not_found"
+  | "conflict"
+  | "invalid_reference"
+  | "image_not_found"
+  | "registry_unreachable"
+  | "gpu_unavailable"
+  | "engine";
+
+export class EngineError extends Error {
+  constructor(
+    readonly code: EngineErrorCode,
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+    this.name = "EngineError";
+  }
+}
+
+export interface ContainerEngine {
+  ping(): Promise<void>;
+  /** Containers in any state carrying all these labels. */
+  list(labels: Record<string, string>): Promise<ContainerSummary[]>;
+  /** Null when there is no such container. */
+  inspect(id: string): Promise<ContainerDetails | null>;
+  hasImage(ref: string): Promise<boolean>;
+  /** Throws EngineError invalid_reference | image_not_found | registry_unreachable | engine. */
+  pull(ref: string, onProgress: (progress: string) => void): Promise<void>;
+  /** Returns the new id; EngineError conflict when the name is taken. */
+  create(spec: ContainerSpec): Promise<string>;
+  /** EngineError gpu_unavailable when the NVIDIA device request cannot be served. */
+  start(id: string): Promise<void>;
+  /** Resolves once the container is not running (or `signal` aborts). */
+  wait(id: string, signal?: AbortSignal): Promise<void>;
+  /** SIGTERM, then SIGKILL after the grace period. Stopped or missing already: done. */
+  stop(id: string, graceMs: number): Promise<void>;
+  /** Force-removes. Missing already: done. */
+  remove(id: string): Promise<void>;
+  /** Follows stdout and stderr from `since` (an entry timestamp, inclusive) or the beginning. */
+  followLogs(id: string, since: string | null, sink: (entry: LogEntry) => void): Promise<LogFollow>;
+  /** One sample, or null when the container is gone or not running. */
+  stats(id: string): Promise<StatsSample | null>;
+}

@@ -1,0 +1,80 @@
+/**
+ * Follows one container's log from the engine into the log shipper: stdout and stderr apart, one
+ * `seq` per line in the engine's order, lines longer than the wire allows split in pieces. Resumes
+ * after the last acknowledged entry (the cursor in the state), so a restarted agent ships what is
+ * missing with the same `seq` numbers and nothing twice.
+ */
+import type { ContainerEngine, LogEntry, LogFollow } from "./docker/engine";
+import type { LogShipper } from "./log-shipper";
+import type { AgentState, LogCursor } from "./state";
+
+export const MAX_LINE_CHARS = 16_384; // LogLine.line
+
+export function splitLine(text: string, max = MAX_LINE_CHARS): string[] {
+  if (text.length <= max) return [text];
+  const pieces: string[] = [];
+  let rest = text;
+  while (rest.length > max) {
+    let cut = max;
+    const code = rest.charCodeAt(cut - 1);
+    if (code >= 0xd800 && code <= 0xdbff) cut--; // keep a surrogate pair whole
+    pieces.push(rest.slice(0, cut));
+    rest = rest.slice(cut);
+  }
+  pieces.push(rest);
+  return pieces;
+}
+
+export async function followContainerLog(
+  engine: ContainerEngine,
+  shipper: LogShipper,
+  state: AgentState,
+  placementId: string,
+  containerId: string,
+): Promise<LogFollow> {
+  const cursor: LogCursor | undefined = state.placement(placementId).log;
+  let seq = cursor ? cursor.seq + 1 : 0;
+  let lastTs = cursor?.ts ?? "";
+  let sameTs = cursor?.same_ts ?? 0;
+  let skip = cursor?.same_ts ?? 0;
+  let follow: LogFollow | null = null;
+  let paused = false;
+
+  const hold = () => {
+    if (paused || !follow) return;
+    paused = true;
+    follow.pause();
+    void shipper.whenSpace().then(() => {
+      paused = false;
+      follow?.resume();
+    });
+  };
+
+  const sink = (entry: LogEntry) => {
+    if (cursor && entry.ts < cursor.ts) return;
+    if (cursor && entry.ts === cursor.ts && skip > 0) {
+      skip--; // shipped and acknowledged before
+      return;
+    }
+    if (entry.ts === lastTs) sameTs++;
+    else {
+      lastTs = entry.ts;
+      sameTs = 1;
+    }
+    const at = Date.parse(entry.ts);
+    const pieces = splitLine(entry.text);
+    pieces.forEach((line, i) => {
+      const s = seq++;
+      const last = i === pieces.length - 1;
+      shipper.push(
+        { placement_id: placementId, seq: s, stream: entry.stream, at, line },
+        last ? { seq: s, ts: entry.ts, same_ts: sameTs } : null,
+      );
+    });
+    if (shipper.full) hold();
+  };
+
+  follow = await engine.followLogs(containerId, cursor?.ts ?? null, sink);
+  if (shipper.full) hold();
+  return follow;
+}

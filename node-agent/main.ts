@@ -1,0 +1,66 @@
+/** `scalar-agent` (node-agent/bin/scalar-agent.mjs runs this): wires the real parts and runs until SIGTERM. */
+import { hostname } from "node:os";
+import { AGENT_VERSION, Agent } from "./agent";
+import { parseCli, USAGE, UsageError } from "./cli";
+import { systemClock } from "./clock";
+import { ControlPlaneClient } from "./control-plane";
+import { DockerodeEngine } from "./docker/dockerode-engine";
+import { DeclaredGpus, NvidiaSmi } from "./gpu";
+import { discoverHost } from "./host";
+import { errorText, jsonLogger } from "./logger";
+
+let options: ReturnType<typeof parseCli>;
+try {
+  options = parseCli(process.argv.slice(2), process.env, hostname());
+} catch (error) {
+  if (!(error instanceof UsageError)) throw error;
+  console.error(`scalar-agent: ${error.message}\n\n${USAGE}`);
+  process.exit(2);
+}
+if (options.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+if (options.version) {
+  console.log(AGENT_VERSION);
+  process.exit(0);
+}
+
+const log = jsonLogger(options.logLevel);
+const gpus =
+  options.gpus.kind === "declared"
+    ? new DeclaredGpus(options.gpus.count, options.gpus.model)
+    : new NvidiaSmi(options.gpus.binary);
+
+let agent: Agent;
+try {
+  agent = await Agent.start(options.agent, {
+    engine: new DockerodeEngine({ socketPath: options.dockerSocket }),
+    api: new ControlPlaneClient(options.apiUrl, options.token),
+    gpus,
+    host: discoverHost(),
+    clock: systemClock,
+    random: Math.random,
+    log,
+  });
+} catch (error) {
+  log("error", "agent cannot start", { error: errorText(error) });
+  process.exit(1);
+}
+log("info", "agent started", {
+  version: AGENT_VERSION,
+  agent_name: options.agent.agentName,
+  api_url: options.apiUrl,
+  docker_socket: options.dockerSocket,
+  data_dir: options.agent.dataDir,
+});
+
+let stopping = false;
+const shutdown = (signal: string) => {
+  if (stopping) return;
+  stopping = true;
+  log("info", "stopping; containers keep running", { signal });
+  void agent.stop().then(() => process.exit(0));
+};
+process.on("SIGTERM", () => shutdown("SIGTERM"));
+process.on("SIGINT", () => shutdown("SIGINT"));

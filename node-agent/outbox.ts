@@ -1,0 +1,102 @@
+/**
+ * Placement events waiting for the control plane, kept on disk (`<data>/outbox.json`) until it
+ * acknowledges them, so neither an outage nor an agent restart loses one. Events carry ids chosen by
+ * the agent; a re-sent event is recognised by its id on the other side. The queue is bounded: when
+ * full, pull-progress events (informative only) go first, then the oldest events.
+ */
+import { join } from "node:path";
+import { z } from "zod";
+import { PlacementEvent } from "../core/schemas";
+import { ControlPlaneError } from "./control-plane";
+import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
+import { readJson, writeJsonAtomic } from "./files";
+import { errorText, type Logger } from "./logger";
+
+const MAX_BATCH = 500; // EventBatch allows up to 500
+
+export class EventOutbox {
+  private events: PlacementEvent[];
+  private readonly wakeup = new Wakeup();
+  private idle: (() => void)[] = [];
+  dropped = 0;
+
+  private constructor(
+    private readonly file: string,
+    private readonly maxEvents: number,
+    private readonly log: Logger,
+  ) {
+    const raw = readJson(file);
+    this.events = raw === undefined ? [] : z.array(PlacementEvent).parse(raw);
+  }
+
+  static open(dataDir: string, opts: { maxEvents?: number; log: Logger }): EventOutbox {
+    return new EventOutbox(join(dataDir, "outbox.json"), opts.maxEvents ?? 5_000, opts.log);
+  }
+
+  get size(): number {
+    return this.events.length;
+  }
+
+  has(eventId: string): boolean {
+    return this.events.some((e) => e.event_id === eventId);
+  }
+
+  /** Persists the event before returning. An id already waiting is not queued twice. */
+  add(event: PlacementEvent): void {
+    if (this.has(event.event_id)) return;
+    this.events.push(event);
+    while (this.events.length > this.maxEvents) {
+      const progress = this.events.findIndex((e) => e.type === "pulling");
+      const [gone] = this.events.splice(Math.max(progress, 0), 1);
+      this.dropped++;
+      this.log("warn", "event outbox full: dropped an event", { event_id: gone?.event_id, type: gone?.type });
+    }
+    this.save();
+    this.wakeup.wake();
+  }
+
+  /** Resolves once nothing is waiting (tests, and a clean shutdown). */
+  whenEmpty(): Promise<void> {
+    if (this.events.length === 0) return Promise.resolve();
+    return new Promise((done) => this.idle.push(done));
+  }
+
+  /** Sends until `signal` aborts: batches in order, backing off while the control plane is unreachable. */
+  deliver(send: (events: PlacementEvent[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+    const queue: DeliveryQueue<PlacementEvent[]> = {
+      what: "events",
+      nextBatch: async () => {
+        if (this.events.length > 0) return this.events.slice(0, MAX_BATCH);
+        for (const done of this.idle.splice(0)) done();
+        return null;
+      },
+      send,
+      acknowledge: (batch) => this.remove(batch),
+      // Find the event the control plane refuses and drop only that one.
+      refused: async (batch) => {
+        for (const event of batch) {
+          try {
+            await send([event]);
+            this.remove([event]);
+          } catch (error) {
+            if (!(error instanceof ControlPlaneError && error.kind === "rejected")) return;
+            this.log("error", "control plane refused an event; dropped", { event, error: errorText(error) });
+            this.remove([event]);
+          }
+        }
+      },
+      waiting: () => this.events.length,
+    };
+    return deliver(queue, this.wakeup, opts);
+  }
+
+  private remove(sent: PlacementEvent[]): void {
+    const ids = new Set(sent.map((e) => e.event_id));
+    this.events = this.events.filter((e) => !ids.has(e.event_id));
+    this.save();
+  }
+
+  private save(): void {
+    writeJsonAtomic(this.file, this.events);
+  }
+}

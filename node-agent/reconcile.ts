@@ -1,0 +1,92 @@
+/**
+ * The reconcile plan: compare what should run (the desired placements) with what runs (containers
+ * carrying our labels, and the runs the agent is driving), and list the steps: removes first, then
+ * updates, then adds, so resources are freed before new work claims them. Pure: the agent applies it.
+ */
+import type { Placement } from "../core/schemas";
+import type { ContainerState } from "./docker/engine";
+
+export interface ActualContainer {
+  id: string;
+  placementId: string;
+  state: ContainerState;
+}
+
+export interface PlanInput {
+  /** Null until the agent has a desired set (fresh data folder, control plane not reached yet): touch nothing. */
+  desired: Placement[] | null;
+  containers: ActualContainer[];
+  /** Placements the agent is driving, and whether it is already retiring them. */
+  runs: ReadonlyMap<string, "active" | "retiring">;
+  /** Placements with a state record in the data folder. */
+  known: readonly string[];
+  /** Placements whose outcome is already reported: never launched again. */
+  finished: ReadonlySet<string>;
+  /** When each running container without a placement was first seen so. */
+  orphanSince: ReadonlyMap<string, number>;
+  now: number;
+  orphanGraceMs: number;
+}
+
+export type RemoveStep =
+  /** Stop (if running) and remove its container once its log is shipped. */
+  | { kind: "retire"; placementId: string; containerId: string; why: "finished" | "orphan" }
+  /** A run with no container yet (pulling) whose placement is gone: stop before creating anything. */
+  | { kind: "abandon"; placementId: string };
+export type UpdateStep =
+  /** A run exists: hand it the placement (cancel, new deadline). */
+  | { kind: "update"; placement: Placement }
+  /** A container exists but no run (agent restarted): follow it again, start nothing. */
+  | { kind: "adopt"; placement: Placement; containerId: string };
+export type AddStep = { kind: "launch"; placement: Placement };
+
+export interface Plan {
+  removes: RemoveStep[];
+  updates: UpdateStep[];
+  adds: AddStep[];
+  orphanSince: Map<string, number>;
+  /** State records of placements nothing refers to any more. */
+  forget: string[];
+}
+
+export function planReconcile(input: PlanInput): Plan {
+  const plan: Plan = { removes: [], updates: [], adds: [], orphanSince: new Map(), forget: [] };
+  if (input.desired === null) {
+    plan.orphanSince = new Map(input.orphanSince);
+    return plan;
+  }
+  const desired = new Map(input.desired.map((p) => [p.placement_id, p]));
+  const containers = new Map<string, ActualContainer>();
+  for (const c of input.containers) if (!containers.has(c.placementId)) containers.set(c.placementId, c);
+  const ids = new Set([...desired.keys(), ...containers.keys(), ...input.runs.keys(), ...input.known]);
+
+  for (const id of [...ids].sort()) {
+    const placement = desired.get(id);
+    const container = containers.get(id);
+    const run = input.runs.get(id);
+    if (!placement) {
+      if (run === "retiring") continue;
+      if (container?.state === "running" || container?.state === "restarting" || container?.state === "paused") {
+        // Running without a placement: maybe a control plane glitch, so wait before killing real work.
+        const since = input.orphanSince.get(id) ?? input.now;
+        if (input.now - since >= input.orphanGraceMs) {
+          plan.removes.push({ kind: "retire", placementId: id, containerId: container.id, why: "orphan" });
+        } else {
+          plan.orphanSince.set(id, since);
+        }
+      } else if (container) {
+        plan.removes.push({ kind: "retire", placementId: id, containerId: container.id, why: "finished" });
+      } else if (run === "active") {
+        plan.removes.push({ kind: "abandon", placementId: id });
+      } else if (!run) {
+        plan.forget.push(id);
+      }
+      continue;
+    }
+    if (run === "active") plan.updates.push({ kind: "update", placement });
+    else if (run === "retiring") continue;
+    else if (container) plan.updates.push({ kind: "adopt", placement, containerId: container.id });
+    else if (!input.finished.has(id)) plan.adds.push({ kind: "launch", placement });
+  }
+  return plan;
+}

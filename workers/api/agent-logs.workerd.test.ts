@@ -1,0 +1,226 @@
+/** Node tokens, the operator's node routes, and job logs shipped by agents and read by users. */
+import { SELF } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import { AGENT_ROUTES } from "../../core/schemas";
+import { BASE, call, createKey, JOB, signUp, sql, type TestUser } from "./test-support";
+
+const NODE = { gpu_model: "H100", cpu_milli: 64_000, memory_mib: 512_000 };
+
+async function operator(): Promise<TestUser> {
+  return signUp({ is_operator: true });
+}
+
+async function createNode(op: TestUser, extra: Record<string, unknown> = {}) {
+  const res = await call("POST", "/v1/operator/nodes", op.token, { body: { ...NODE, ...extra } });
+  expect(res.status).toBe(201);
+  return res.json as { node: { id: string; has_token: boolean }; token: string };
+}
+
+/** A job of `user` with one run placed on `nodeId`, as the scheduler's outbox would record it. */
+async function jobOnNode(user: TestUser, nodeId: string, status = "running") {
+  const job = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
+  const placementId = `pl-${crypto.randomUUID()}`;
+  await sql("update jobs set status = $2 where id = $1", [job.id, status]);
+  await sql(
+    `insert into job_runs (id, job_id, account_id, attempt, node_id, status, gpu_count, placed_at)
+     values ($1, $2, $3, 1, $4, 'running', 1, now())`,
+    [placementId, job.id, user.accountId, nodeId],
+  );
+  return { jobId: job.id as string, placementId };
+}
+
+const line = (placementId: string, seq: number, text: string, stream = "stdout") => ({
+  placement_id: placementId,
+  seq,
+  stream,
+  at: Date.now(),
+  line: text,
+});
+
+describe("operator node routes", () => {
+  it("are refused to everyone but the operator account's owners and admins", async () => {
+    const user = await signUp();
+    const res = await call("GET", "/v1/operator/nodes", user.token);
+    expect(res.status).toBe(403);
+    expect(res.json.error.code).toBe("not_operator");
+    const op = await operator();
+    const readOnlyKey = await createKey(op.token, ["jobs:read"]);
+    expect((await call("GET", "/v1/operator/nodes", readOnlyKey.secret)).status).toBe(403);
+    const adminKey = await createKey(op.token, ["admin"]);
+    expect((await call("GET", "/v1/operator/nodes", adminKey.secret)).status).toBe(200);
+  });
+
+  it("create a node with a token shown once, rotate and revoke it, list with filters, and audit each", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op, { zone: "zone-x", hostname: "gpu-host-1" });
+    expect(token).toMatch(/^snt_[A-Za-z0-9]{43}$/);
+    expect(node).toMatchObject({ has_token: true, state: "provisioning", region: "us-west-1", gpu_count: 8 });
+    const [row] = await sql<{ agent_token_hash: string }>("select agent_token_hash from nodes where id = $1", [
+      node.id,
+    ]);
+    expect(row!.agent_token_hash).toMatch(/^[0-9a-f]{64}$/);
+
+    const logs = { lines: [line("pl-none", 0, "x")] };
+    expect((await call("POST", AGENT_ROUTES.logs, token, { body: logs })).status).toBe(200);
+    const rotated = await call("POST", `/v1/operator/nodes/${node.id}/token`, op.token);
+    expect(rotated.status).toBe(201);
+    expect((await call("POST", AGENT_ROUTES.logs, token, { body: logs })).status).toBe(401);
+    expect((await call("POST", AGENT_ROUTES.logs, rotated.json.token, { body: logs })).status).toBe(200);
+    const revoked = await call("DELETE", `/v1/operator/nodes/${node.id}/token`, op.token);
+    expect(revoked.json.has_token).toBe(false);
+    const after = await call("POST", AGENT_ROUTES.logs, rotated.json.token, { body: logs });
+    expect(after.status).toBe(401);
+    expect(after.json.error.code).toBe("invalid_node_token");
+
+    const duplicate = await call("POST", "/v1/operator/nodes", op.token, { body: { ...NODE, id: node.id } });
+    expect(duplicate.status).toBe(409);
+    const filtered = await call("GET", `/v1/operator/nodes?state=provisioning&limit=100`, op.token);
+    expect(filtered.json.data.map((n: { id: string }) => n.id)).toContain(node.id);
+    const none = await call("GET", `/v1/operator/nodes?region=nowhere-1`, op.token);
+    expect(none.json.data).toEqual([]);
+    const audit = await sql<{ action: string; actor_type: string; actor_id: string }>(
+      "select action, actor_type, actor_id from audit_log where target_type = 'node' and target_id = $1 order by id",
+      [node.id],
+    );
+    expect(audit.map((a) => a.action)).toEqual(["node.created", "node.token_issued", "node.token_revoked"]);
+    expect(audit[0]).toMatchObject({ actor_type: "operator", actor_id: `user:${op.userId}` });
+  });
+
+  it("pages nodes by cursor without repeats", async () => {
+    const op = await operator();
+    const zone = `zone-${crypto.randomUUID().slice(0, 6)}`;
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await createNode(op, { zone })).node.id);
+    const first = await call("GET", "/v1/operator/nodes?limit=2", op.token);
+    const second = await call("GET", `/v1/operator/nodes?limit=2&cursor=${first.json.next_cursor}`, op.token);
+    const seen = [...first.json.data, ...second.json.data].map((n: { id: string }) => n.id);
+    expect(seen.slice(0, 3)).toEqual([...ids].reverse());
+    expect(new Set(seen).size).toBe(seen.length);
+  });
+});
+
+describe("agent authentication", () => {
+  it("accepts only node tokens on the agent routes", async () => {
+    const user = await signUp();
+    const key = await createKey(user.token, ["admin"]);
+    const body = { lines: [line("pl-x", 0, "hello")] };
+    for (const credential of [user.token, key.secret, `snt_${"A".repeat(43)}`, "garbage"]) {
+      const res = await call("POST", AGENT_ROUTES.logs, credential, { body });
+      expect(res.status).toBe(401);
+    }
+    expect((await call("POST", AGENT_ROUTES.logs, null, { body })).status).toBe(401);
+  });
+});
+
+describe("job logs", () => {
+  it("stores batches once per (placement, seq), and serves them to the job's account in pages", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const user = await signUp();
+    const { jobId, placementId } = await jobOnNode(user, node.id);
+    const batch = {
+      lines: [0, 1, 2, 3, 4].map((i) => line(placementId, i, `line ${i}`, i === 3 ? "stderr" : "stdout")),
+    };
+    const first = await call("POST", AGENT_ROUTES.logs, token, { body: batch });
+    expect(first.json).toEqual({ accepted: 5, duplicates: 0 });
+    // A re-sent batch (the agent retried) adds nothing.
+    const again = await call("POST", AGENT_ROUTES.logs, token, {
+      body: { lines: [...batch.lines.slice(3), line(placementId, 5, "line 5")] },
+    });
+    expect(again.json).toEqual({ accepted: 1, duplicates: 2 });
+
+    const page1 = await call("GET", `/v1/jobs/${jobId}/logs?limit=4`, user.token);
+    expect(page1.status).toBe(200);
+    expect(page1.json.data.map((l: { line: string }) => l.line)).toEqual(["line 0", "line 1", "line 2", "line 3"]);
+    expect(page1.json.data[0]).toMatchObject({ placement_id: placementId, attempt: 1, seq: 0, stream: "stdout" });
+    const page2 = await call("GET", `/v1/jobs/${jobId}/logs?limit=4&cursor=${page1.json.next_cursor}`, user.token);
+    expect(page2.json.data.map((l: { line: string }) => l.line)).toEqual(["line 4", "line 5"]);
+    expect(page2.json.next_cursor).toBeNull();
+    const stderr = await call("GET", `/v1/jobs/${jobId}/logs?stream=stderr`, user.token);
+    expect(stderr.json.data.map((l: { line: string }) => l.line)).toEqual(["line 3"]);
+
+    // Lines claiming the placement from another node are not the job's.
+    const other = await createNode(op);
+    await call("POST", AGENT_ROUTES.logs, other.token, { body: { lines: [line(placementId, 99, "forged")] } });
+    const all = await call("GET", `/v1/jobs/${jobId}/logs?limit=100`, user.token);
+    expect(all.text).not.toContain("forged");
+
+    // Another account sees nothing of it.
+    const stranger = await signUp();
+    const denied = await call("GET", `/v1/jobs/${jobId}/logs`, stranger.token);
+    expect(denied.status).toBe(404);
+    expect(denied.text).not.toContain("line 0");
+  });
+
+  it("validates batches: every line needs its fields, and NUL bytes do not break storage", async () => {
+    const op = await operator();
+    const { token } = await createNode(op);
+    const missing = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [{ placement_id: "p", seq: 0 }] } });
+    expect(missing.status).toBe(400);
+    expect(missing.json.error.details.fields.map((f: { field: string }) => f.field)).toContain("lines[0].stream");
+    const empty = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [] } });
+    expect(empty.status).toBe(400);
+    const nul = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line("pl-nul", 0, "a\u0000b")] } });
+    expect(nul.json).toEqual({ accepted: 1, duplicates: 0 });
+  });
+
+  it("follows the logs as server-sent events until the job ends", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const user = await signUp();
+    const { jobId, placementId } = await jobOnNode(user, node.id);
+    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 0, "booting")] } });
+
+    const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${user.token}` },
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toContain("text/event-stream");
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    const readUntil = async (needle: string) => {
+      while (!text.includes(needle)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+      }
+      return text.includes(needle);
+    };
+    expect(await readUntil("booting")).toBe(true);
+    // More output arrives while following, then the job ends.
+    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 1, "training")] } });
+    expect(await readUntil("training")).toBe(true);
+    await sql("update jobs set status = 'succeeded', finished_at = now() where id = $1", [jobId]);
+    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 2, "done")] } });
+    expect(await readUntil("event: end")).toBe(true);
+    expect((await reader.read()).done).toBe(true);
+    const events = text.split("\n\n").filter(Boolean);
+    const logs = events.filter((e) => e.startsWith("event: log"));
+    expect(
+      logs.map(
+        (e) =>
+          JSON.parse(
+            e
+              .split("\n")
+              .find((l) => l.startsWith("data: "))!
+              .slice(6),
+          ).line,
+      ),
+    ).toEqual(["booting", "training", "done"]);
+    expect(events.at(-1)).toContain('"status":"succeeded"');
+
+    // Resuming from the id of the first event replays only what came after it.
+    const firstId = logs[0]!
+      .split("\n")
+      .find((l) => l.startsWith("id: "))!
+      .slice(4);
+    const resumed = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${user.token}`, "last-event-id": firstId },
+    });
+    const resumedText = await resumed.text();
+    expect(resumedText).not.toContain("booting");
+    expect(resumedText).toContain("training");
+    expect(resumedText).toContain("event: end");
+  });
+});

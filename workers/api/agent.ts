@@ -1,0 +1,225 @@
+/**
+ * The node agent's routes (`AGENT_ROUTES` of core/schemas/agent.ts), under per-node tokens. Each is
+ * idempotent by design (event ids, log `(placement, seq)`, whole-set placement polls), so they take
+ * no Idempotency-Key and are not rate-limited per account.
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { eq, sql } from "drizzle-orm";
+import {
+  AGENT_ROUTES,
+  EventBatch,
+  EventBatchResponse,
+  Heartbeat,
+  HeartbeatResponse,
+  LogBatch,
+  LogBatchResponse,
+  NodeInventory,
+  PlacementSet,
+  RegisterResponse,
+} from "../../core/schemas";
+import { jobLogs, nodes } from "../db/schema";
+import { jsonBody } from "../http/body";
+import { ApiError } from "../http/errors";
+import { authenticateNode } from "../nodes/authenticate";
+import { createRouter, ERRORS, NODE_TOKEN, respond } from "./router";
+import { schedulerOf, viaScheduler } from "./scheduler";
+
+const AGENT = [authenticateNode, jsonBody];
+const agentErrors = {
+  400: ERRORS[400],
+  401: ERRORS[401],
+  409: ERRORS[409],
+  413: ERRORS[413],
+  415: ERRORS[415],
+  503: ERRORS[503],
+};
+const body = <T extends z.ZodType>(schema: T) => ({ required: true, content: { "application/json": { schema } } });
+
+// The agreed answers (core/schemas/agent.ts), with what else the routes can tell the agent.
+const EventAck = EventBatchResponse.extend({
+  rejected: z.array(z.object({ event_id: z.string(), code: z.string() })).openapi({
+    description: "Events the scheduler refused: `unknown_placement` or `wrong_node`.",
+  }),
+}).openapi("EventAck");
+const LogAck = LogBatchResponse.extend({ duplicates: z.number().int().nonnegative() }).openapi("LogAck");
+const HeartbeatAck = HeartbeatResponse.openapi("HeartbeatAck");
+
+/** Long polls wait at most this long (under the Workers and Durable Object request limits). */
+export const MAX_POLL_WAIT_MS = 30_000;
+
+export const agentRouter = createRouter();
+
+agentRouter.openapi(
+  createRoute({
+    method: "post",
+    path: AGENT_ROUTES.register,
+    tags: ["Agent"],
+    summary: "Register a node",
+    description: "The agent reports its host's inventory; the region's scheduler adds the node's GPUs to its capacity.",
+    security: NODE_TOKEN,
+    middleware: AGENT,
+    request: { body: body(z.strictObject(NodeInventory.shape)) },
+    responses: {
+      200: {
+        description: "Where to poll and how often.",
+        content: { "application/json": { schema: RegisterResponse } },
+      },
+      ...agentErrors,
+    },
+  }),
+  async (c) => {
+    const node = c.get("node");
+    const inventory = c.req.valid("json");
+    if (inventory.gpu_model !== node.gpuModel) {
+      throw new ApiError(409, "inventory_mismatch", `node ${node.id} is recorded with ${node.gpuModel} GPUs`, {
+        fields: [{ field: "gpu_model", message: `expected ${node.gpuModel}`, code: "inventory_mismatch" }],
+      });
+    }
+    const [block] = node.blockId
+      ? await c.get("pg").sql<{ end_at: Date }[]>`select end_at from blocks where id = ${node.blockId}`
+      : [];
+    const registered = await viaScheduler(node.region, () =>
+      schedulerOf(c.env, node.region).registerNode({
+        ...inventory,
+        node_id: node.id,
+        region: node.region,
+        zone: node.zone,
+        block_id: node.blockId,
+        block_end_at: block ? new Date(block.end_at).getTime() : null,
+      }),
+    );
+    await c
+      .get("pg")
+      .db.update(nodes)
+      .set({
+        hostname: inventory.hostname,
+        registeredAt: new Date(),
+        state: sql`case when ${nodes.state} = 'provisioning' then 'ready' else ${nodes.state} end`,
+      })
+      .where(eq(nodes.id, node.id));
+    return respond(c, RegisterResponse, registered, 200);
+  },
+);
+
+agentRouter.openapi(
+  createRoute({
+    method: "get",
+    path: AGENT_ROUTES.placements,
+    tags: ["Agent"],
+    summary: "Long-poll the node's placements",
+    description:
+      "Answers with the whole desired set as soon as its version passes `since`, or after `wait_ms` with the current set.",
+    security: NODE_TOKEN,
+    middleware: AGENT,
+    request: {
+      query: z.strictObject({
+        since: z.coerce.number().int().min(0).default(0),
+        wait_ms: z.coerce.number().int().min(0).max(MAX_POLL_WAIT_MS).default(25_000),
+      }),
+    },
+    responses: {
+      200: { description: "The desired placements.", content: { "application/json": { schema: PlacementSet } } },
+      ...agentErrors,
+    },
+  }),
+  async (c) => {
+    const node = c.get("node");
+    const q = c.req.valid("query");
+    const set = await viaScheduler(node.region, () =>
+      schedulerOf(c.env, node.region).pollPlacements(node.id, q.since, q.wait_ms),
+    );
+    return respond(c, PlacementSet, set, 200);
+  },
+);
+
+agentRouter.openapi(
+  createRoute({
+    method: "post",
+    path: AGENT_ROUTES.events,
+    tags: ["Agent"],
+    summary: "Report placement events",
+    description: "Pulling, running, exited, failed. An event id seen before is counted as a duplicate.",
+    security: NODE_TOKEN,
+    middleware: AGENT,
+    request: { body: body(EventBatch) },
+    responses: {
+      200: { description: "What was taken.", content: { "application/json": { schema: EventAck } } },
+      ...agentErrors,
+    },
+  }),
+  async (c) => {
+    const node = c.get("node");
+    const scheduler = schedulerOf(c.env, node.region);
+    const ack = { accepted: 0, duplicates: 0, rejected: [] as { event_id: string; code: string }[] };
+    // In order: a placement's events must reach the scheduler as the agent saw them.
+    for (const event of c.req.valid("json").events) {
+      const result = await viaScheduler(node.region, () => scheduler.reportEvent(node.id, event));
+      if (!result.ok) ack.rejected.push({ event_id: event.event_id, code: result.code });
+      else if (result.duplicate) ack.duplicates += 1;
+      else ack.accepted += 1;
+    }
+    return respond(c, EventAck, ack, 200);
+  },
+);
+
+agentRouter.openapi(
+  createRoute({
+    method: "post",
+    path: AGENT_ROUTES.logs,
+    tags: ["Agent"],
+    summary: "Ship container log lines",
+    description: "Batched; a line whose `(placement_id, seq)` arrived before is a duplicate and dropped.",
+    security: NODE_TOKEN,
+    middleware: AGENT,
+    request: { body: body(LogBatch) },
+    responses: {
+      200: { description: "What was stored.", content: { "application/json": { schema: LogAck } } },
+      ...agentErrors,
+    },
+  }),
+  async (c) => {
+    const node = c.get("node");
+    const lines = c.req.valid("json").lines;
+    const inserted = await c
+      .get("pg")
+      .db.insert(jobLogs)
+      .values(
+        lines.map((l) => ({
+          placementId: l.placement_id,
+          nodeId: node.id,
+          seq: l.seq,
+          stream: l.stream,
+          at: new Date(l.at),
+          // Postgres text cannot hold NUL; containers can print it.
+          line: l.line.replaceAll("\u0000", "\uFFFD"),
+        })),
+      )
+      .onConflictDoNothing({ target: [jobLogs.placementId, jobLogs.seq] })
+      .returning({ id: jobLogs.id });
+    return respond(c, LogAck, { accepted: inserted.length, duplicates: lines.length - inserted.length }, 200);
+  },
+);
+
+agentRouter.openapi(
+  createRoute({
+    method: "post",
+    path: AGENT_ROUTES.heartbeat,
+    tags: ["Agent"],
+    summary: "Heartbeat with metrics",
+    description:
+      "GPU health, container metrics and the placements running; answers the node's state as the scheduler sees it.",
+    security: NODE_TOKEN,
+    middleware: AGENT,
+    request: { body: body(Heartbeat) },
+    responses: {
+      200: { description: "The node's state.", content: { "application/json": { schema: HeartbeatAck } } },
+      ...agentErrors,
+    },
+  }),
+  async (c) => {
+    const node = c.get("node");
+    const heartbeat = c.req.valid("json");
+    const result = await viaScheduler(node.region, () => schedulerOf(c.env, node.region).heartbeat(node.id, heartbeat));
+    return respond(c, HeartbeatAck, { state: result.state }, 200);
+  },
+);

@@ -1,0 +1,490 @@
+/**
+ * Endpoints: long-lived services. The row is written first, then the region scheduler is told the
+ * spec (`ensureEndpoint`) and keeps `min_replicas` replicas placed; a failed call leaves the row
+ * unsynced (`synced_version < version`) for the reconciler, as with job submission.
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { and, desc, eq, type SQL, sql } from "drizzle-orm";
+import { GpuModel, Tier } from "../../core/schemas";
+import type { EndpointSpec, EndpointState } from "../../durable-objects/region-scheduler/rpc";
+import { requireAccount } from "../auth/caller";
+import type { Db } from "../db/client";
+import { endpoints } from "../db/schema";
+import { ApiError } from "../http/errors";
+import { errorFields, type Logger } from "../http/log";
+import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
+import { audit } from "./audit";
+import { endpointDemand, enforceQuota, lockAccount, requireTier } from "./quota";
+import { BEARER, createRouter, errors, guard, respond } from "./router";
+import { schedulerOf, servedRegion } from "./scheduler";
+import {
+  EndpointSpecFields,
+  EnvVarView,
+  IdempotencyHeaders,
+  IdParam,
+  Labels,
+  PageQuery,
+  pageOf,
+  Timestamp,
+  Uuid,
+} from "./schemas";
+import { type EndpointRow, iso, schedulerWorkload, workloadColumns, workloadView } from "./views";
+
+const NAME = z
+  .string()
+  .regex(
+    /^[a-z0-9][a-z0-9-]{0,62}$/,
+    "lowercase letters, digits and dashes, at most 63, starting with a letter or digit",
+  );
+
+/** A PATCH changes only what it names: the same fields without their defaults. */
+function withoutDefaults<T extends Record<string, z.ZodType>>(
+  shape: T,
+): { [K in keyof T]: T[K] extends z.ZodDefault<infer Inner> ? Inner : T[K] } {
+  return Object.fromEntries(
+    Object.entries(shape).map(([k, v]) => [k, v instanceof z.ZodDefault ? (v.unwrap() as z.ZodType) : v]),
+  ) as never;
+}
+
+const EndpointCreate = z
+  .strictObject({
+    name: NAME.openapi({ example: "llama-serve" }),
+    region: z.string().max(32).optional().openapi({ description: "Defaults to the first region served." }),
+    tier: Tier.default("flex"),
+    ...EndpointSpecFields,
+    labels: Labels.default({}),
+  })
+  .refine((e) => e.min_replicas <= e.max_replicas, { message: "must be at least min_replicas", path: ["max_replicas"] })
+  .openapi("EndpointCreate");
+
+const EndpointPatch = z
+  .strictObject({
+    tier: Tier,
+    ...withoutDefaults(EndpointSpecFields),
+    labels: Labels,
+  })
+  .partial()
+  .openapi("EndpointPatch");
+
+const Replica = z.object({
+  replica_id: z.string(),
+  status: z.string(),
+  node_id: z.string().nullable(),
+  waiting_reason: z.string().nullable(),
+});
+
+const Endpoint = z
+  .object({
+    id: Uuid,
+    name: z.string(),
+    status: z.enum(["active", "deleted"]),
+    region: z.string(),
+    tier: Tier,
+    image: z.string(),
+    command: z.array(z.string()),
+    args: z.array(z.string()),
+    env: z.array(EnvVarView),
+    gpu_count: z.number().int(),
+    gpu_models: z.array(GpuModel),
+    cpu_milli: z.number().int(),
+    memory_mib: z.number().int(),
+    min_replicas: z.number().int(),
+    max_replicas: z.number().int(),
+    scale_down_delay_s: z.number().int(),
+    port: z.number().int(),
+    health_path: z.string(),
+    labels: z.record(z.string(), z.string()),
+    synced: z.boolean().openapi({ description: "Whether the region's scheduler has the current spec." }),
+    replicas: z.array(Replica).nullable().openapi({ description: "Live replicas (single reads only; null in lists)." }),
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    deleted_at: Timestamp.nullable(),
+  })
+  .openapi("Endpoint");
+type Endpoint = z.infer<typeof Endpoint>;
+const EndpointPage = pageOf(Endpoint, "EndpointPage");
+
+function endpointView(row: EndpointRow, live: EndpointState | null = null): Endpoint {
+  return {
+    id: row.id,
+    name: row.name,
+    status: row.status as Endpoint["status"],
+    region: row.region,
+    tier: row.tier as Endpoint["tier"],
+    ...workloadView(row),
+    min_replicas: row.minReplicas,
+    max_replicas: row.maxReplicas,
+    scale_down_delay_s: row.scaleDownDelayS,
+    port: row.port,
+    health_path: row.healthPath,
+    labels: (row.labels ?? {}) as Record<string, string>,
+    synced: row.syncedVersion === row.version,
+    replicas: live
+      ? live.replicas.map((r) => ({
+          replica_id: r.replica_id,
+          status: r.status,
+          node_id: r.placement?.node_id ?? null,
+          waiting_reason: r.waiting_reason,
+        }))
+      : null,
+    created_at: row.createdAt.toISOString(),
+    updated_at: row.updatedAt.toISOString(),
+    deleted_at: iso(row.deletedAt),
+  };
+}
+
+export function endpointSpec(row: EndpointRow): EndpointSpec {
+  return {
+    id: row.id,
+    account_id: row.accountId,
+    tier: row.tier as EndpointSpec["tier"],
+    ...schedulerWorkload(row),
+    min_replicas: row.minReplicas,
+    max_replicas: row.maxReplicas,
+    port: row.port,
+    health_path: row.healthPath,
+  };
+}
+
+/**
+ * Tell the scheduler the endpoint's current spec (or its removal) and record the version it has.
+ * Never throws: a failure stays visible as `synced: false` and the reconciler retries.
+ */
+export async function syncEndpoint(env: Env, db: Db, row: EndpointRow, log: Logger): Promise<EndpointState | null> {
+  const scheduler = schedulerOf(env, row.region);
+  try {
+    let state: EndpointState | null = null;
+    if (row.status === "active") state = await scheduler.ensureEndpoint(endpointSpec(row));
+    else await scheduler.removeEndpoint(row.id);
+    await db
+      .update(endpoints)
+      .set({ syncedVersion: row.version, syncError: null })
+      .where(and(eq(endpoints.id, row.id), eq(endpoints.version, row.version)));
+    return state;
+  } catch (error) {
+    log.warn("endpoint.sync_failed", { endpoint_id: row.id, region: row.region, ...errorFields(error) });
+    await db
+      .update(endpoints)
+      .set({ syncError: error instanceof Error ? error.message.slice(0, 1000) : String(error) })
+      .where(eq(endpoints.id, row.id))
+      .catch(() => {});
+    return null;
+  }
+}
+
+async function loadEndpoint(db: Db, accountId: string, id: string): Promise<EndpointRow> {
+  const [row] = await db
+    .select()
+    .from(endpoints)
+    .where(and(eq(endpoints.id, id), eq(endpoints.accountId, accountId)));
+  if (!row) throw new ApiError(404, "not_found", `no endpoint ${id} in this account`);
+  return row;
+}
+
+export const endpointsRouter = createRouter();
+
+endpointsRouter.openapi(
+  createRoute({
+    method: "post",
+    path: "/v1/endpoints",
+    tags: ["Endpoints"],
+    summary: "Create an endpoint",
+    description:
+      "Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running. Names are unique among the account's active endpoints.",
+    security: BEARER,
+    middleware: guard({ scope: "endpoints:write" }),
+    request: {
+      headers: IdempotencyHeaders,
+      body: { required: true, content: { "application/json": { schema: EndpointCreate } } },
+    },
+    responses: {
+      201: { description: "The endpoint.", content: { "application/json": { schema: Endpoint } } },
+      ...errors(402, 409, 413, 415, 422),
+    },
+  }),
+  async (c) => {
+    const caller = c.get("caller");
+    const account = requireAccount(caller);
+    const body = c.req.valid("json");
+    const region = servedRegion(c.env, body.region);
+    requireTier(body.tier, account.fastTierEnabled);
+    const db = c.get("pg").db;
+    const row = await db.transaction(async (tx) => {
+      await lockAccount(tx, account.id);
+      const [clash] = await tx
+        .select({ id: endpoints.id })
+        .from(endpoints)
+        .where(and(eq(endpoints.accountId, account.id), eq(endpoints.name, body.name), eq(endpoints.status, "active")));
+      if (clash) {
+        throw new ApiError(409, "name_taken", `an active endpoint is already named ${body.name}`, {
+          fields: [{ field: "name", message: "already used by an active endpoint", code: "name_taken" }],
+          endpoint_id: clash.id,
+        });
+      }
+      await enforceQuota(tx, account, endpointDemand(body));
+      const [inserted] = await tx
+        .insert(endpoints)
+        .values({
+          accountId: account.id,
+          createdBy: caller.kind === "user" ? caller.userId : null,
+          createdByKey: caller.apiKey?.id ?? null,
+          name: body.name,
+          region,
+          tier: body.tier,
+          ...workloadColumns(body),
+          minReplicas: body.min_replicas,
+          maxReplicas: body.max_replicas,
+          scaleDownDelayS: body.scale_down_delay_s,
+          port: body.port,
+          healthPath: body.health_path,
+          labels: body.labels,
+        })
+        .returning();
+      await audit(tx, caller, account.id, {
+        action: "endpoint.created",
+        targetType: "endpoint",
+        targetId: inserted!.id,
+        data: { name: body.name, region, min_replicas: body.min_replicas, gpu_count: body.gpu_count },
+      });
+      return inserted!;
+    });
+    const live = await syncEndpoint(c.env, db, row, c.get("log"));
+    return respond(c, Endpoint, endpointView(await loadEndpoint(db, account.id, row.id), live), 201);
+  },
+);
+
+endpointsRouter.openapi(
+  createRoute({
+    method: "get",
+    path: "/v1/endpoints",
+    tags: ["Endpoints"],
+    summary: "List endpoints",
+    description: "Newest first; active ones unless `status` says otherwise.",
+    security: BEARER,
+    middleware: guard({ scope: "endpoints:read" }),
+    request: {
+      query: z.strictObject({
+        ...PageQuery,
+        status: z.enum(["active", "deleted", "all"]).default("active"),
+        tier: Tier.optional(),
+        name: NAME.optional(),
+        label: z
+          .string()
+          .max(300)
+          .regex(/^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?:.{0,256}$/, "key:value")
+          .optional(),
+      }),
+    },
+    responses: {
+      200: { description: "A page of endpoints.", content: { "application/json": { schema: EndpointPage } } },
+      ...errors(),
+    },
+  }),
+  async (c) => {
+    const account = requireAccount(c.get("caller"));
+    const q = c.req.valid("query");
+    const cursor = decodeTimeCursor(q.cursor);
+    const where: SQL[] = [eq(endpoints.accountId, account.id)];
+    if (q.status !== "all") where.push(eq(endpoints.status, q.status));
+    if (q.tier) where.push(eq(endpoints.tier, q.tier));
+    if (q.name) where.push(eq(endpoints.name, q.name));
+    if (q.label) {
+      const at = q.label.indexOf(":");
+      where.push(
+        sql`${endpoints.labels} @> ${JSON.stringify({ [q.label.slice(0, at)]: q.label.slice(at + 1) })}::jsonb`,
+      );
+    }
+    if (cursor) where.push(beforeCursor(endpoints.createdAt, endpoints.id, cursor));
+    const rows = await c
+      .get("pg")
+      .db.select({ endpoint: endpoints, t: cursorTime(endpoints.createdAt) })
+      .from(endpoints)
+      .where(and(...where))
+      .orderBy(desc(endpoints.createdAt), desc(endpoints.id))
+      .limit(q.limit + 1);
+    const p = page(rows, q.limit, (r) => encodeTimeCursor(r.t, r.endpoint.id));
+    return respond(
+      c,
+      EndpointPage,
+      { data: p.data.map((r) => endpointView(r.endpoint)), next_cursor: p.next_cursor },
+      200,
+    );
+  },
+);
+
+endpointsRouter.openapi(
+  createRoute({
+    method: "get",
+    path: "/v1/endpoints/{id}",
+    tags: ["Endpoints"],
+    summary: "Get an endpoint",
+    description: "With its live replicas from the region's scheduler.",
+    security: BEARER,
+    middleware: guard({ scope: "endpoints:read" }),
+    request: { params: IdParam },
+    responses: {
+      200: { description: "The endpoint.", content: { "application/json": { schema: Endpoint } } },
+      ...errors(404),
+    },
+  }),
+  async (c) => {
+    const account = requireAccount(c.get("caller"));
+    const row = await loadEndpoint(c.get("pg").db, account.id, c.req.valid("param").id);
+    const live =
+      row.status === "active"
+        ? await schedulerOf(c.env, row.region)
+            .endpointState(row.id)
+            .catch(() => null)
+        : null;
+    return respond(c, Endpoint, endpointView(row, live), 200);
+  },
+);
+
+endpointsRouter.openapi(
+  createRoute({
+    method: "patch",
+    path: "/v1/endpoints/{id}",
+    tags: ["Endpoints"],
+    summary: "Update an endpoint",
+    description: "Changes the given fields; the scheduler rolls replicas to the new spec. Name and region are fixed.",
+    security: BEARER,
+    middleware: guard({ scope: "endpoints:write" }),
+    request: {
+      params: IdParam,
+      body: { required: true, content: { "application/json": { schema: EndpointPatch } } },
+    },
+    responses: {
+      200: { description: "The endpoint after the change.", content: { "application/json": { schema: Endpoint } } },
+      ...errors(402, 404, 409, 413, 415),
+    },
+  }),
+  async (c) => {
+    const caller = c.get("caller");
+    const account = requireAccount(caller);
+    const { id } = c.req.valid("param");
+    const patch = c.req.valid("json");
+    const db = c.get("pg").db;
+    const row = await db.transaction(async (tx) => {
+      await lockAccount(tx, account.id);
+      const current = await loadEndpoint(tx as unknown as Db, account.id, id);
+      if (current.status !== "active") throw new ApiError(409, "endpoint_deleted", "endpoint was deleted");
+      const next = {
+        tier: patch.tier ?? current.tier,
+        image: patch.image ?? current.image,
+        command: patch.command ?? current.command,
+        args: patch.args ?? current.args,
+        env: patch.env ?? current.env,
+        gpuCount: patch.gpu_count ?? current.gpuCount,
+        gpuModels: patch.gpu_models ?? current.gpuModels,
+        cpuMilli: patch.cpu_milli ?? current.cpuMilli,
+        memoryMib: patch.memory_mib ?? current.memoryMib,
+        minReplicas: patch.min_replicas ?? current.minReplicas,
+        maxReplicas: patch.max_replicas ?? current.maxReplicas,
+        scaleDownDelayS: patch.scale_down_delay_s ?? current.scaleDownDelayS,
+        port: patch.port ?? current.port,
+        healthPath: patch.health_path ?? current.healthPath,
+        labels: patch.labels ?? current.labels,
+      };
+      if (next.minReplicas > next.maxReplicas) {
+        throw new ApiError(400, "invalid_request", "max_replicas: must be at least min_replicas", {
+          location: "body",
+          fields: [{ field: "max_replicas", message: "must be at least min_replicas", code: "too_small" }],
+        });
+      }
+      requireTier(next.tier, account.fastTierEnabled);
+      // Quota: the endpoint's own current hold is replaced by the new one.
+      const before = endpointDemand({
+        tier: current.tier as never,
+        gpu_models: current.gpuModels as never,
+        gpu_count: current.gpuCount,
+        min_replicas: current.minReplicas,
+      });
+      const after = endpointDemand({
+        tier: next.tier as never,
+        gpu_models: next.gpuModels as never,
+        gpu_count: next.gpuCount,
+        min_replicas: next.minReplicas,
+      });
+      if (after.gpus > before.gpus || after.ceilingCents > before.ceilingCents) {
+        await enforceQuota(tx, account, {
+          gpus: Math.max(0, after.gpus - before.gpus),
+          ceilingCents: Math.max(0, after.ceilingCents - before.ceilingCents),
+        });
+      }
+      const [updated] = await tx
+        .update(endpoints)
+        .set({ ...next, version: sql`${endpoints.version} + 1`, updatedAt: new Date() })
+        .where(eq(endpoints.id, id))
+        .returning();
+      await audit(tx, caller, account.id, {
+        action: "endpoint.updated",
+        targetType: "endpoint",
+        targetId: id,
+        data: { fields: Object.keys(patch) },
+      });
+      return updated!;
+    });
+    const live = await syncEndpoint(c.env, db, row, c.get("log"));
+    return respond(c, Endpoint, endpointView(await loadEndpoint(db, account.id, id), live), 200);
+  },
+);
+
+endpointsRouter.openapi(
+  createRoute({
+    method: "delete",
+    path: "/v1/endpoints/{id}",
+    tags: ["Endpoints"],
+    summary: "Delete an endpoint",
+    description: "Its replicas are stopped. Deleting a deleted endpoint returns it unchanged.",
+    security: BEARER,
+    middleware: guard({ scope: "endpoints:write" }),
+    request: { params: IdParam },
+    responses: {
+      200: { description: "The deleted endpoint.", content: { "application/json": { schema: Endpoint } } },
+      ...errors(404),
+    },
+  }),
+  async (c) => {
+    const caller = c.get("caller");
+    const account = requireAccount(caller);
+    const { id } = c.req.valid("param");
+    const db = c.get("pg").db;
+    const current = await loadEndpoint(db, account.id, id);
+    if (current.status === "deleted") return respond(c, Endpoint, endpointView(current), 200);
+    const row = await db.transaction(async (tx) => {
+      const [deleted] = await tx
+        .update(endpoints)
+        .set({
+          status: "deleted",
+          deletedAt: new Date(),
+          updatedAt: new Date(),
+          version: sql`${endpoints.version} + 1`,
+        })
+        .where(and(eq(endpoints.id, id), eq(endpoints.status, "active")))
+        .returning();
+      if (!deleted) return null;
+      await audit(tx, caller, account.id, {
+        action: "endpoint.deleted",
+        targetType: "endpoint",
+        targetId: id,
+        data: { name: deleted.name },
+      });
+      return deleted;
+    });
+    if (row) await syncEndpoint(c.env, db, row, c.get("log"));
+    return respond(c, Endpoint, endpointView(await loadEndpoint(db, account.id, id)), 200);
+  },
+);
+
+/** Cron task: push unsynced endpoint specs (and removals) to their schedulers. */
+export async function reconcileEndpoints(env: Env, db: Db, log: Logger): Promise<number> {
+  const rows = await db
+    .select()
+    .from(endpoints)
+    .where(
+      sql`${endpoints.syncedVersion} < ${endpoints.version} and ${endpoints.updatedAt} < now() - interval '15 seconds'`,
+    )
+    .limit(100);
+  for (const row of rows) await syncEndpoint(env, db, row, log);
+  return rows.length;
+}

@@ -1,0 +1,147 @@
+/** Endpoints through the Worker in workerd. */
+import { describe, expect, it } from "vitest";
+import { call, createKey, signUp, sql } from "./test-support";
+
+const ENDPOINT = { image: "127.0.0.1:5000/test/busybox:1", command: ["httpd", "-f"], gpu_count: 1 };
+const uniqueName = () => `svc-${crypto.randomUUID().slice(0, 8)}`;
+
+describe("endpoints", () => {
+  it("creates, reads, lists, updates and deletes an endpoint, auditing each change", async () => {
+    const user = await signUp();
+    const name = uniqueName();
+    const created = await call("POST", "/v1/endpoints", user.token, {
+      body: {
+        ...ENDPOINT,
+        name,
+        min_replicas: 1,
+        max_replicas: 3,
+        port: 8080,
+        health_path: "/ready",
+        env: [{ name: "API_TOKEN", value: "tok_secret_123", secret: true }],
+      },
+    });
+    expect(created.status).toBe(201);
+    expect(created.json).toMatchObject({
+      name,
+      status: "active",
+      region: "us-west-1",
+      tier: "flex",
+      min_replicas: 1,
+      max_replicas: 3,
+      scale_down_delay_s: 300,
+      port: 8080,
+      health_path: "/ready",
+      env: [{ name: "API_TOKEN", secret: true }],
+    });
+    expect(created.text).not.toContain("tok_secret_123");
+    const id = created.json.id as string;
+
+    const read = await call("GET", `/v1/endpoints/${id}`, user.token);
+    expect(read.status).toBe(200);
+    expect(read.json.id).toBe(id);
+    const list = await call("GET", `/v1/endpoints?name=${name}`, user.token);
+    expect(list.json.data.map((e: { id: string }) => e.id)).toEqual([id]);
+
+    const patched = await call("PATCH", `/v1/endpoints/${id}`, user.token, {
+      body: { max_replicas: 5, image: "busybox:2" },
+    });
+    expect(patched.status).toBe(200);
+    expect(patched.json).toMatchObject({ max_replicas: 5, image: "busybox:2", min_replicas: 1, port: 8080 });
+    expect(patched.json.env).toEqual([{ name: "API_TOKEN", secret: true }]);
+    const badPatch = await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { min_replicas: 9 } });
+    expect(badPatch.status).toBe(400);
+    expect(badPatch.json.error.details.fields[0].field).toBe("max_replicas");
+    const renamed = await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { name: "other" } });
+    expect(renamed.status).toBe(400);
+    expect(renamed.json.error.details.fields[0]).toMatchObject({ field: "name", code: "unknown_field" });
+
+    const deleted = await call("DELETE", `/v1/endpoints/${id}`, user.token);
+    expect(deleted.status).toBe(200);
+    expect(deleted.json.status).toBe("deleted");
+    expect((await call("DELETE", `/v1/endpoints/${id}`, user.token)).json.status).toBe("deleted");
+    expect((await call("GET", `/v1/endpoints?name=${name}`, user.token)).json.data).toEqual([]);
+    expect((await call("GET", `/v1/endpoints?name=${name}&status=deleted`, user.token)).json.data).toHaveLength(1);
+    expect((await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { max_replicas: 2 } })).status).toBe(409);
+
+    const audit = await sql<{ action: string }>("select action from audit_log where target_id = $1 order by id", [id]);
+    expect(audit.map((a) => a.action)).toEqual(["endpoint.created", "endpoint.updated", "endpoint.deleted"]);
+    // The name is free again once deleted.
+    expect((await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name } })).status).toBe(201);
+  });
+
+  it("refuses a second active endpoint with the same name (409), bad specs (400) and Fast without entitlement", async () => {
+    const user = await signUp();
+    const name = uniqueName();
+    expect((await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name } })).status).toBe(201);
+    const clash = await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name } });
+    expect(clash.status).toBe(409);
+    expect(clash.json.error.code).toBe("name_taken");
+    for (const [body, field] of [
+      [{ ...ENDPOINT, name: "Bad_Name" }, "name"],
+      [{ ...ENDPOINT, name: uniqueName(), gpu_count: 16 }, "gpu_count"],
+      [{ ...ENDPOINT, name: uniqueName(), min_replicas: 4, max_replicas: 2 }, "max_replicas"],
+      [{ ...ENDPOINT, name: uniqueName(), port: 70000 }, "port"],
+      [{ ...ENDPOINT, name: uniqueName(), health_path: "health" }, "health_path"],
+      [{ ...ENDPOINT, name: uniqueName(), replicas: 2 }, "replicas"],
+    ] as const) {
+      const res = await call("POST", "/v1/endpoints", user.token, { body });
+      expect(res.status, field).toBe(400);
+      expect(res.json.error.details.fields.map((f: { field: string }) => f.field)).toContain(field);
+    }
+    const fast = await call("POST", "/v1/endpoints", user.token, {
+      body: { ...ENDPOINT, name: uniqueName(), tier: "fast" },
+    });
+    expect(fast.status).toBe(403);
+    expect(fast.json.error.code).toBe("tier_not_allowed");
+  });
+
+  it("counts minimum replicas against the concurrent GPU cap", async () => {
+    const user = await signUp({ max_concurrent_gpus: 4 });
+    const ok = await call("POST", "/v1/endpoints", user.token, {
+      body: { ...ENDPOINT, name: uniqueName(), gpu_count: 2, min_replicas: 2, max_replicas: 4 },
+    });
+    expect(ok.status).toBe(201);
+    const over = await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name: uniqueName() } });
+    expect(over.status).toBe(403);
+    expect(over.json.error).toMatchObject({ code: "gpu_quota_exceeded", details: { in_use: 4 } });
+    const grow = await call("PATCH", `/v1/endpoints/${ok.json.id}`, user.token, { body: { min_replicas: 3 } });
+    expect(grow.status).toBe(403);
+    const shrink = await call("PATCH", `/v1/endpoints/${ok.json.id}`, user.token, { body: { min_replicas: 1 } });
+    expect(shrink.status).toBe(200);
+    expect((await call("POST", "/v1/jobs", user.token, { body: { image: "busybox", gpu_count: 2 } })).status).toBe(202);
+  });
+
+  it("answers another account's endpoint with 404 on read, update and delete, and lists none of it", async () => {
+    const alice = await signUp();
+    const bob = await signUp();
+    const name = uniqueName();
+    const mine = (await call("POST", "/v1/endpoints", alice.token, { body: { ...ENDPOINT, name } })).json;
+    const bobKey = await createKey(bob.token, ["endpoints:read", "endpoints:write"]);
+    for (const credential of [bob.token, bobKey.secret]) {
+      for (const [method, body] of [
+        ["GET", undefined],
+        ["PATCH", { max_replicas: 9 }],
+        ["DELETE", undefined],
+      ] as const) {
+        const res = await call(method, `/v1/endpoints/${mine.id}`, credential, { body });
+        expect(res.status, method).toBe(404);
+        expect(res.text).not.toContain(name);
+      }
+      const list = await call("GET", `/v1/endpoints?name=${name}&status=all`, credential);
+      expect(list.json.data).toEqual([]);
+    }
+    const [row] = await sql<{ status: string; max_replicas: number }>(
+      "select status, max_replicas from endpoints where id = $1",
+      [mine.id],
+    );
+    expect(row).toEqual({ status: "active", max_replicas: 1 });
+  });
+
+  it("needs the endpoints scopes", async () => {
+    const user = await signUp();
+    const jobsOnly = await createKey(user.token, ["jobs:read", "jobs:write"]);
+    const res = await call("GET", "/v1/endpoints", jobsOnly.secret);
+    expect(res.status).toBe(403);
+    expect(res.json.error.details.required_scope).toBe("endpoints:read");
+  });
+});

@@ -1,0 +1,154 @@
+/**
+ * `GET /v1/jobs/{id}/logs`: the job's container output, oldest first, from `job_logs` (shipped by
+ * the agents). Lines count only when they came from the node the run was placed on. With
+ * `follow=true` the answer is a server-sent event stream that tails new lines until the job ends.
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { eq, sql } from "drizzle-orm";
+import { streamSSE } from "hono/streaming";
+import { type JobStatus, TERMINAL_JOB_STATUSES } from "../../core/schemas";
+import { requireAccount } from "../auth/caller";
+import { type Db, openDb } from "../db/client";
+import { jobs } from "../db/schema";
+import { errorFields } from "../http/log";
+import { decodeSeqCursor, encodeSeqCursor, page } from "../http/pagination";
+import { loadJob } from "./job-rows";
+import { BEARER, createRouter, errors, guard, respond } from "./router";
+import { IdParam, pageOf, Timestamp } from "./schemas";
+
+const LogLineView = z
+  .object({
+    placement_id: z.string(),
+    attempt: z.number().int(),
+    seq: z.number().int(),
+    stream: z.enum(["stdout", "stderr"]),
+    at: Timestamp,
+    line: z.string(),
+  })
+  .openapi("LogLine");
+const LogPage = pageOf(LogLineView, "LogPage");
+
+const LogsQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(1000).default(200),
+  cursor: z.string().max(512).optional(),
+  stream: z.enum(["stdout", "stderr"]).optional(),
+  follow: z.enum(["true", "false"]).default("false").openapi({
+    description: "`true`: a `text/event-stream` of `log` events (id = cursor) until the job ends, then an `end` event.",
+  }),
+});
+
+/** Tail polling interval, and how long one stream lasts before asking the client to reconnect. */
+const POLL_MS = 1_000;
+const MAX_STREAM_MS = 10 * 60_000;
+
+interface LogRow extends Record<string, unknown> {
+  id: string | number;
+  placement_id: string;
+  attempt: number;
+  seq: string | number;
+  stream: "stdout" | "stderr";
+  at: Date | string;
+  line: string;
+}
+
+async function readLines(db: Db, jobId: string, accountId: string, after: number, limit: number, stream?: string) {
+  const rows = await db.execute<LogRow>(sql`
+    select l.id, l.placement_id, r.attempt, l.seq, l.stream, l.at, l.line
+      from job_logs l
+      join job_runs r on r.id = l.placement_id and r.node_id = l.node_id
+     where r.job_id = ${jobId} and r.account_id = ${accountId} and l.id > ${after}
+       ${stream ? sql`and l.stream = ${stream}` : sql``}
+     order by l.id
+     limit ${limit}`);
+  return rows.map((r) => ({
+    id: Number(r.id),
+    view: {
+      placement_id: r.placement_id,
+      attempt: r.attempt,
+      seq: Number(r.seq),
+      stream: r.stream,
+      at: new Date(r.at).toISOString(),
+      line: r.line,
+    },
+  }));
+}
+
+export const jobLogsRouter = createRouter();
+
+jobLogsRouter.openapi(
+  createRoute({
+    method: "get",
+    path: "/v1/jobs/{id}/logs",
+    tags: ["Jobs"],
+    summary: "Get a job's logs",
+    description:
+      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`.",
+    security: BEARER,
+    middleware: guard({ scope: "jobs:read" }),
+    request: { params: IdParam, query: LogsQuery },
+    responses: {
+      200: {
+        description: "A page of lines, or an event stream when following.",
+        content: {
+          "application/json": { schema: LogPage },
+          "text/event-stream": { schema: z.string().openapi({ description: "Server-sent events." }) },
+        },
+      },
+      ...errors(404),
+    },
+  }),
+  async (c) => {
+    const account = requireAccount(c.get("caller"));
+    const { id } = c.req.valid("param");
+    const q = c.req.valid("query");
+    const db = c.get("pg").db;
+    await loadJob(db, account.id, id);
+    const lastEventId = c.req.header("last-event-id");
+    const after = decodeSeqCursor(q.cursor ?? (lastEventId && q.follow === "true" ? lastEventId : undefined)) ?? 0;
+
+    if (q.follow === "false") {
+      const rows = await readLines(db, id, account.id, after, q.limit + 1, q.stream);
+      const p = page(rows, q.limit, (r) => encodeSeqCursor(r.id));
+      return respond(c, LogPage, { data: p.data.map((r) => r.view), next_cursor: p.next_cursor }, 200);
+    }
+
+    const log = c.get("log");
+    return streamSSE(c, async (stream) => {
+      // The request's own connection closes when this handler returns; the stream keeps its own.
+      const { db: tail, close } = openDb(c.env);
+      const started = Date.now();
+      let cursor = after;
+      // Agents may ship a job's last lines just after its exit: one more poll once it has ended.
+      let endedPolls = 0;
+      try {
+        for (;;) {
+          const [current] = await tail.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, id));
+          const finished = TERMINAL_JOB_STATUSES.includes(current?.status as JobStatus);
+          // Drain everything there is; after the job ended this also picks up its last lines.
+          for (;;) {
+            const rows = await readLines(tail, id, account.id, cursor, 500, q.stream);
+            for (const r of rows) {
+              await stream.writeSSE({ event: "log", id: encodeSeqCursor(r.id), data: JSON.stringify(r.view) });
+              cursor = r.id;
+            }
+            if (rows.length < 500) break;
+          }
+          if (finished && endedPolls++ >= 1) {
+            await stream.writeSSE({ event: "end", data: JSON.stringify({ status: current?.status }) });
+            return;
+          }
+          if (stream.aborted || Date.now() - started > MAX_STREAM_MS) {
+            await stream.writeSSE({ event: "reconnect", id: encodeSeqCursor(cursor), data: "{}" });
+            return;
+          }
+          await stream.sleep(POLL_MS);
+        }
+      } catch (error) {
+        log.warn("logs.follow_failed", { job_id: id, ...errorFields(error) });
+        await stream.writeSSE({ event: "error", data: JSON.stringify({ code: "stream_failed" }) }).catch(() => {});
+      } finally {
+        await close().catch(() => {});
+      }
+    }) as never;
+  },
+);

@@ -1,0 +1,294 @@
+/** Jobs: submit, list, read, cancel, and their events and logs. */
+import { createRoute, z } from "@hono/zod-openapi";
+import { and, desc, eq, gte, inArray, lte, type SQL, sql } from "drizzle-orm";
+import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../../core/schemas";
+import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
+import { requireAccount } from "../auth/caller";
+import type { Db } from "../db/client";
+import { jobRuns, jobSubmissions, jobs } from "../db/schema";
+import { ApiError } from "../http/errors";
+import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
+import { audit } from "./audit";
+import { loadJob } from "./job-rows";
+import { enforceQuota, jobDemand, lockAccount, requireTier } from "./quota";
+import { BEARER, createRouter, errors, guard, respond } from "./router";
+import { schedulerOf, servedRegion } from "./scheduler";
+import { IdempotencyHeaders, IdParam, Job, JobCreate, PageQuery, pageOf } from "./schemas";
+import { submitJob } from "./submission";
+import { type JobRow, jobView, type RunRow, workloadColumns } from "./views";
+
+const JobPage = pageOf(Job, "JobPage");
+
+const LabelSelector = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?:.{0,256}$/, "key:value")
+  .openapi({ example: "team:research" });
+
+const ListJobsQuery = z.strictObject({
+  ...PageQuery,
+  status: z
+    .string()
+    .max(200)
+    .refine((s) => s.split(",").every((x) => (JOB_STATUSES as readonly string[]).includes(x)), {
+      message: `comma-separated statuses: ${JOB_STATUSES.join(", ")}`,
+    })
+    .optional()
+    .openapi({ example: "queued,running" }),
+  tier: Tier.optional(),
+  region: z.string().max(32).optional(),
+  label: z
+    .union([LabelSelector, z.array(LabelSelector).max(10)])
+    .optional()
+    .openapi({ description: "`key:value`; repeat to require several labels." }),
+  created_after: z.iso.datetime({ offset: true }).optional(),
+  created_before: z.iso.datetime({ offset: true }).optional(),
+});
+
+export const jobsRouter = createRouter();
+
+async function jobRunsOf(db: Db, jobId: string): Promise<RunRow[]> {
+  return db
+    .execute<RunRow & Record<string, unknown>>(sql`
+    select r.id as placement_id, r.node_id, n.zone, r.attempt, r.status, r.placed_at, r.started_at,
+           r.finished_at, r.exit_code,
+           coalesce(array_agg(g.gpu_index order by g.gpu_index) filter (where g.gpu_index is not null), '{}') as gpu_indices
+      from ${jobRuns} r
+      join nodes n on n.id = r.node_id
+      left join gpu_assignments g on g.job_run_id = r.id
+     where r.job_id = ${jobId}
+     group by r.id, n.zone
+     order by r.attempt, r.placed_at`)
+    .then((rows) =>
+      rows.map((r) => ({
+        ...r,
+        placed_at: new Date(r.placed_at as unknown as string),
+        started_at: r.started_at ? new Date(r.started_at as unknown as string) : null,
+        finished_at: r.finished_at ? new Date(r.finished_at as unknown as string) : null,
+        gpu_indices: Array.isArray(r.gpu_indices) ? r.gpu_indices.map(Number) : parseIntArray(String(r.gpu_indices)),
+      })),
+    );
+}
+
+function parseIntArray(text: string): number[] {
+  return text.replace(/[{}]/g, "").split(",").filter(Boolean).map(Number);
+}
+
+jobsRouter.openapi(
+  createRoute({
+    method: "post",
+    path: "/v1/jobs",
+    tags: ["Jobs"],
+    summary: "Submit a job",
+    description:
+      "Validates the request, checks the tier entitlement and quotas, stores the job (`queued`) and hands it to the region's scheduler. Safe to retry with `Idempotency-Key`.",
+    security: BEARER,
+    middleware: guard({ scope: "jobs:write" }),
+    request: {
+      headers: IdempotencyHeaders,
+      body: { required: true, content: { "application/json": { schema: JobCreate } } },
+    },
+    responses: {
+      202: { description: "Accepted: the job is stored and queued.", content: { "application/json": { schema: Job } } },
+      ...errors(402, 409, 413, 415, 422),
+    },
+  }),
+  async (c) => {
+    const caller = c.get("caller");
+    const account = requireAccount(caller);
+    const body = c.req.valid("json");
+    const region = servedRegion(c.env, body.region);
+    requireTier(body.tier, account.fastTierEnabled);
+    if (body.estimated_duration_s !== undefined && body.estimated_duration_s > body.max_runtime_s) {
+      throw new ApiError(400, "invalid_request", "estimated_duration_s: must not exceed max_runtime_s", {
+        location: "body",
+        fields: [{ field: "estimated_duration_s", message: "must not exceed max_runtime_s", code: "too_big" }],
+      });
+    }
+    const db = c.get("pg").db;
+    const row = await db.transaction(async (tx) => {
+      await lockAccount(tx, account.id);
+      await enforceQuota(tx, account, jobDemand(body));
+      const [inserted] = await tx
+        .insert(jobs)
+        .values({
+          accountId: account.id,
+          createdBy: caller.kind === "user" ? caller.userId : null,
+          createdByKey: caller.apiKey?.id ?? null,
+          region,
+          tier: body.tier,
+          priority: body.priority,
+          ...workloadColumns(body),
+          maxRuntimeS: body.max_runtime_s,
+          estimatedDurationS: body.estimated_duration_s ?? null,
+          maxAttempts: body.max_attempts,
+          labels: body.labels,
+        })
+        .returning();
+      const job = inserted!;
+      await tx.insert(jobSubmissions).values({ jobId: job.id, region });
+      await audit(tx, caller, account.id, {
+        action: "job.submitted",
+        targetType: "job",
+        targetId: job.id,
+        data: { region, tier: job.tier, gpu_count: job.gpuCount, request_id: c.get("requestId") },
+      });
+      return job;
+    });
+    const submitted = await submitJob(c.env, db, row, c.get("log"));
+    const current =
+      submitted.outcome === "acked" || submitted.outcome === "failed" ? row : await loadJob(db, account.id, row.id);
+    if (submitted.outcome === "rejected") {
+      throw new ApiError(422, "job_rejected", current.failureReason ?? "the scheduler rejected the job", {
+        job_id: row.id,
+      });
+    }
+    // The scheduler's answer is fresher than the row, which its outbox updates a moment later.
+    const status = submitted.outcome === "acked" ? submitted.status : current.status;
+    return respond(c, Job, { ...jobView(current), status: status as JobStatus }, 202);
+  },
+);
+
+jobsRouter.openapi(
+  createRoute({
+    method: "get",
+    path: "/v1/jobs",
+    tags: ["Jobs"],
+    summary: "List jobs",
+    description: "Newest first. Filters combine with AND.",
+    security: BEARER,
+    middleware: guard({ scope: "jobs:read" }),
+    request: { query: ListJobsQuery },
+    responses: {
+      200: { description: "A page of jobs.", content: { "application/json": { schema: JobPage } } },
+      ...errors(),
+    },
+  }),
+  async (c) => {
+    const account = requireAccount(c.get("caller"));
+    const q = c.req.valid("query");
+    const cursor = decodeTimeCursor(q.cursor);
+    const where: SQL[] = [eq(jobs.accountId, account.id)];
+    if (q.status) where.push(inArray(jobs.status, q.status.split(",")));
+    if (q.tier) where.push(eq(jobs.tier, q.tier));
+    if (q.region) where.push(eq(jobs.region, q.region));
+    for (const selector of q.label === undefined ? [] : Array.isArray(q.label) ? q.label : [q.label]) {
+      const at = selector.indexOf(":");
+      const labels = { [selector.slice(0, at)]: selector.slice(at + 1) };
+      where.push(sql`${jobs.labels} @> ${JSON.stringify(labels)}::jsonb`);
+    }
+    if (q.created_after) where.push(gte(jobs.createdAt, new Date(q.created_after)));
+    if (q.created_before) where.push(lte(jobs.createdAt, new Date(q.created_before)));
+    if (cursor) {
+      where.push(beforeCursor(jobs.createdAt, jobs.id, cursor));
+    }
+    const rows = await c
+      .get("pg")
+      .db.select({ job: jobs, t: cursorTime(jobs.createdAt) })
+      .from(jobs)
+      .where(and(...where))
+      .orderBy(desc(jobs.createdAt), desc(jobs.id))
+      .limit(q.limit + 1);
+    const p = page(rows, q.limit, (r) => encodeTimeCursor(r.t, r.job.id));
+    return respond(c, JobPage, { data: p.data.map((r) => jobView(r.job)), next_cursor: p.next_cursor }, 200);
+  },
+);
+
+jobsRouter.openapi(
+  createRoute({
+    method: "get",
+    path: "/v1/jobs/{id}",
+    tags: ["Jobs"],
+    summary: "Get a job",
+    description:
+      "Status, placements and attempts. While the job is live the region scheduler's view is shown, including why a queued job is waiting.",
+    security: BEARER,
+    middleware: guard({ scope: "jobs:read" }),
+    request: { params: IdParam },
+    responses: { 200: { description: "The job.", content: { "application/json": { schema: Job } } }, ...errors(404) },
+  }),
+  async (c) => {
+    const account = requireAccount(c.get("caller"));
+    const db = c.get("pg").db;
+    const row = await loadJob(db, account.id, c.req.valid("param").id);
+    let live = null;
+    if (!TERMINAL_JOB_STATUSES.includes(row.status as JobStatus)) {
+      live = await schedulerOf(c.env, row.region)
+        .jobState(row.id)
+        .catch((error: unknown) => {
+          c.get("log").warn("job.state_unavailable", { job_id: row.id, error: String(error) });
+          return null;
+        });
+    }
+    return respond(c, Job, jobView(row, live, await jobRunsOf(db, row.id)), 200);
+  },
+);
+
+jobsRouter.openapi(
+  createRoute({
+    method: "post",
+    path: "/v1/jobs/{id}/cancel",
+    tags: ["Jobs"],
+    summary: "Cancel a job",
+    description:
+      "A queued job is cancelled at once; a running one is stopped by its node's agent (grace period, then kill) and reaches `cancelled` shortly after. Cancelling a cancelled job returns it unchanged.",
+    security: BEARER,
+    middleware: guard({ scope: "jobs:write" }),
+    request: { params: IdParam, headers: IdempotencyHeaders },
+    responses: {
+      200: { description: "The job after the request.", content: { "application/json": { schema: Job } } },
+      ...errors(404, 409),
+    },
+  }),
+  async (c) => {
+    const caller = c.get("caller");
+    const account = requireAccount(caller);
+    const db = c.get("pg").db;
+    const row = await loadJob(db, account.id, c.req.valid("param").id);
+    if (row.status === "cancelled") return respond(c, Job, jobView(row), 200);
+    if (TERMINAL_JOB_STATUSES.includes(row.status as JobStatus)) {
+      throw new ApiError(409, "job_finished", `job already ${row.status}`, { status: row.status });
+    }
+    const scheduler = schedulerOf(c.env, row.region);
+    let result: CancelResult | null = null;
+    try {
+      result = await scheduler.cancel(row.id);
+    } catch (error) {
+      c.get("log").warn("job.cancel_unavailable", { job_id: row.id, error: String(error) });
+      // Only a job that cannot be running anywhere may be cancelled without the scheduler.
+      if (row.status !== "queued") {
+        throw new ApiError(503, "scheduler_unavailable", "the region's scheduler is unreachable; retry shortly");
+      }
+    }
+    if (result && !result.ok && result.code === "already_finished") {
+      throw new ApiError(409, "job_finished", `job already ${result.status ?? "finished"}`, { status: result.status });
+    }
+    let current = row;
+    if (result?.ok) {
+      // Queued there: cancelled now. Running: its agent stops it and the scheduler's outbox records
+      // `cancelled` when it has.
+      if (result.status === "cancelled")
+        current = (await markCancelled(db, row, ["queued", "placed", "running"])) ?? row;
+    } else {
+      // Unknown to the scheduler (never acknowledged) or unreachable while queued: cancel the row,
+      // then tell the scheduler once more in case a submission reached it meanwhile.
+      current = (await markCancelled(db, row, ["queued"])) ?? (await loadJob(db, account.id, row.id));
+      await scheduler.cancel(row.id).catch(() => null);
+    }
+    await audit(db, caller, account.id, {
+      action: "job.cancel_requested",
+      targetType: "job",
+      targetId: row.id,
+      data: { status_before: row.status, status_after: current.status },
+    });
+    return respond(c, Job, jobView(current), 200);
+  },
+);
+
+async function markCancelled(db: Db, row: JobRow, from: JobStatus[]): Promise<JobRow | undefined> {
+  const [updated] = await db
+    .update(jobs)
+    .set({ status: "cancelled", finishedAt: new Date(), waitingReason: null })
+    .where(and(eq(jobs.id, row.id), inArray(jobs.status, from)))
+    .returning();
+  return updated;
+}

@@ -1,0 +1,449 @@
+/** Jobs through the Worker in workerd, against the embedded Postgres. */
+import { describe, expect, it } from "vitest";
+import { MAX_BODY_BYTES } from "../http/body";
+import { call, createKey, JOB, rateLimitOverride, signUp, sql } from "./test-support";
+
+describe("POST /v1/jobs", () => {
+  it("stores the job queued, never returns secret values, and audits it", async () => {
+    const user = await signUp();
+    const res = await call("POST", "/v1/jobs", user.token, {
+      body: {
+        ...JOB,
+        env: [
+          { name: "MODE", value: "train" },
+          { name: "HF_TOKEN", value: "hf_very_secret_value", secret: true },
+        ],
+        labels: { team: "research" },
+        gpu_models: ["H100"],
+        max_runtime_s: 600,
+      },
+    });
+    expect(res.status).toBe(202);
+    expect(res.json).toMatchObject({
+      status: "queued",
+      tier: "flex",
+      region: "us-west-1",
+      gpu_count: 1,
+      gpu_models: ["H100"],
+      max_runtime_s: 600,
+      labels: { team: "research" },
+      env: [
+        { name: "MODE", secret: false, value: "train" },
+        { name: "HF_TOKEN", secret: true },
+      ],
+    });
+    expect(res.text).not.toContain("hf_very_secret_value");
+    const id = res.json.id as string;
+    for (const path of [`/v1/jobs/${id}`, "/v1/jobs"]) {
+      const read = await call("GET", path, user.token);
+      expect(read.status).toBe(200);
+      expect(read.text).not.toContain("hf_very_secret_value");
+    }
+    const [row] = await sql<{ env: { name: string; value: string }[]; account_id: string }>(
+      "select env, account_id from jobs where id = $1",
+      [id],
+    );
+    expect(row!.account_id).toBe(user.accountId);
+    expect(row!.env[1]!.value).toBe("hf_very_secret_value");
+    const audit = await sql<{ action: string; actor_type: string }>(
+      "select action, actor_type from audit_log where target_id = $1 order by id",
+      [id],
+    );
+    expect(audit).toEqual([
+      { action: "job.created", actor_type: "system" },
+      { action: "job.submitted", actor_type: "user" },
+    ]);
+    const [submission] = await sql<{ region: string; attempts: number }>(
+      "select region, attempts from job_submissions where job_id = $1",
+      [id],
+    );
+    expect(submission).toMatchObject({ region: "us-west-1", attempts: 1 });
+  });
+
+  it("refuses the fast tier to an account not entitled to it, and accepts it when entitled", async () => {
+    const flexOnly = await signUp();
+    const refused = await call("POST", "/v1/jobs", flexOnly.token, { body: { ...JOB, tier: "fast" } });
+    expect(refused.status).toBe(403);
+    expect(refused.json.error).toMatchObject({ code: "tier_not_allowed" });
+    expect(refused.json.error.details.fields[0].field).toBe("tier");
+    const fast = await signUp({ fast_tier_enabled: true });
+    const ok = await call("POST", "/v1/jobs", fast.token, { body: { ...JOB, tier: "fast" } });
+    expect(ok.status).toBe(202);
+    expect(ok.json.tier).toBe("fast");
+  });
+
+  const bad: [string, unknown, string][] = [
+    ["a string GPU count", { ...JOB, gpu_count: "8" }, "gpu_count"],
+    ["zero GPUs", { ...JOB, gpu_count: 0 }, "gpu_count"],
+    ["negative GPUs", { ...JOB, gpu_count: -2 }, "gpu_count"],
+    ["9 GPUs (more than a node, not whole nodes)", { ...JOB, gpu_count: 9 }, "gpu_count"],
+    ["72 GPUs (above the maximum)", { ...JOB, gpu_count: 72 }, "gpu_count"],
+    ["a fractional GPU count", { ...JOB, gpu_count: 1.5 }, "gpu_count"],
+    ["an unknown tier", { ...JOB, tier: "turbo" }, "tier"],
+    ["an unknown GPU model", { ...JOB, gpu_models: ["H100", "A100"] }, "gpu_models[1]"],
+    ["an unknown field", { ...JOB, gpus: 8 }, "gpus"],
+    ["a missing image", { gpu_count: 1 }, "image"],
+    ["an image with spaces", { ...JOB, image: "not an image" }, "image"],
+    ["a command that is not a list", { ...JOB, command: "python train.py" }, "command"],
+    [
+      "a duplicate env name",
+      {
+        ...JOB,
+        env: [
+          { name: "A", value: "1" },
+          { name: "A", value: "2" },
+        ],
+      },
+      "env",
+    ],
+    ["an env entry with an unknown field", { ...JOB, env: [{ name: "A", value: "1", hidden: true }] }, "env[0].hidden"],
+    ["a bad label key", { ...JOB, labels: { "Bad Key": "x" } }, "labels.Bad Key"],
+    ["too much memory", { ...JOB, memory_mib: 10_000_000 }, "memory_mib"],
+    ["a priority out of range", { ...JOB, priority: 5000 }, "priority"],
+    ["a null body field", { ...JOB, max_runtime_s: null }, "max_runtime_s"],
+    ["an unknown region", { ...JOB, region: "mars-1" }, "region"],
+    [
+      "an estimate above the max runtime",
+      { ...JOB, max_runtime_s: 60, estimated_duration_s: 120 },
+      "estimated_duration_s",
+    ],
+    ["an array instead of an object", [JOB], "(body)"],
+  ];
+
+  it.each(bad)("answers %s with a 400 naming the field", async (_name, body, field) => {
+    const user = await signUp();
+    const res = await call("POST", "/v1/jobs", user.token, { body });
+    expect(res.status).toBe(400);
+    expect(res.json.error).toMatchObject({ code: "invalid_request", request_id: expect.any(String) });
+    expect(res.json.error.details.fields.map((f: { field: string }) => f.field)).toContain(field);
+    expect(res.json.error.message).toContain(field);
+  });
+
+  it("answers invalid JSON, a non-JSON body and an oversized body with 4xx envelopes", async () => {
+    const user = await signUp();
+    const broken = await call("POST", "/v1/jobs", user.token, {
+      raw: '{"image": "busybox", "gpu_count": 1',
+      headers: { "content-type": "application/json" },
+    });
+    expect(broken.status).toBe(400);
+    expect(broken.json.error.code).toBe("invalid_json");
+    const text = await call("POST", "/v1/jobs", user.token, {
+      raw: "image=busybox",
+      headers: { "content-type": "text/plain" },
+    });
+    expect(text.status).toBe(415);
+    expect(text.json.error.code).toBe("unsupported_media_type");
+    const huge = await call("POST", "/v1/jobs", user.token, {
+      body: { ...JOB, args: ["x".repeat(MAX_BODY_BYTES)] },
+    });
+    expect(huge.status).toBe(413);
+    expect(huge.json.error.code).toBe("payload_too_large");
+    const empty = await call("POST", "/v1/jobs", user.token, {
+      headers: { "content-type": "application/json" },
+      raw: "",
+    });
+    expect(empty.status).toBe(400);
+  });
+});
+
+describe("listing, reading and cancelling jobs", () => {
+  it("pages newest first with a cursor, without repeats, and filters by status, tier, label and time", async () => {
+    const user = await signUp({ fast_tier_enabled: true });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await call("POST", "/v1/jobs", user.token, {
+        body: { ...JOB, tier: i % 2 ? "fast" : "flex", labels: { run: `r${i}`, team: i < 3 ? "a" : "b" } },
+      });
+      ids.push(res.json.id);
+    }
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const res = await call("GET", `/v1/jobs?limit=2${cursor ? `&cursor=${cursor}` : ""}`, user.token);
+      expect(res.status).toBe(200);
+      seen.push(...res.json.data.map((j: { id: string }) => j.id));
+      cursor = res.json.next_cursor;
+      pages += 1;
+    } while (cursor);
+    expect(pages).toBe(3);
+    expect(seen).toEqual([...ids].reverse());
+
+    const fast = await call("GET", "/v1/jobs?tier=fast", user.token);
+    expect(fast.json.data.map((j: { id: string }) => j.id)).toEqual([ids[3], ids[1]]);
+    const team = await call("GET", "/v1/jobs?label=team:b", user.token);
+    expect(team.json.data).toHaveLength(2);
+    const both = await call("GET", "/v1/jobs?label=team:a&label=run:r0", user.token);
+    expect(both.json.data.map((j: { id: string }) => j.id)).toEqual([ids[0]]);
+    await call("POST", `/v1/jobs/${ids[2]}/cancel`, user.token);
+    const cancelled = await call("GET", "/v1/jobs?status=cancelled", user.token);
+    expect(cancelled.json.data.map((j: { id: string }) => j.id)).toEqual([ids[2]]);
+    const live = await call("GET", "/v1/jobs?status=queued,running", user.token);
+    expect(live.json.data).toHaveLength(4);
+    const future = await call(
+      "GET",
+      `/v1/jobs?created_after=${encodeURIComponent(new Date(Date.now() + 60_000).toISOString())}`,
+      user.token,
+    );
+    expect(future.json.data).toEqual([]);
+
+    for (const query of [
+      "status=lost",
+      "tier=turbo",
+      "limit=0",
+      "limit=101",
+      "cursor=garbage",
+      "label=nocolon",
+      "sort=asc",
+    ]) {
+      const res = await call("GET", `/v1/jobs?${query}`, user.token);
+      expect(res.status, query).toBe(400);
+    }
+  });
+
+  it("cancels a queued job, is idempotent about it, and refuses a finished one with 409", async () => {
+    const user = await signUp();
+    const job = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
+    const first = await call("POST", `/v1/jobs/${job.id}/cancel`, user.token);
+    expect(first.status).toBe(200);
+    expect(first.json).toMatchObject({ id: job.id, status: "cancelled" });
+    expect(first.json.finished_at).not.toBeNull();
+    const again = await call("POST", `/v1/jobs/${job.id}/cancel`, user.token);
+    expect(again.json.status).toBe("cancelled");
+    const audit = await sql<{ action: string }>("select action from audit_log where target_id = $1 order by id", [
+      job.id,
+    ]);
+    expect(audit.map((a) => a.action)).toEqual([
+      "job.created",
+      "job.submitted",
+      "job.status_changed",
+      "job.cancel_requested",
+    ]);
+
+    const done = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
+    await sql("update jobs set status = 'succeeded', finished_at = now() where id = $1", [done.id]);
+    const late = await call("POST", `/v1/jobs/${done.id}/cancel`, user.token);
+    expect(late.status).toBe(409);
+    expect(late.json.error).toMatchObject({ code: "job_finished", details: { status: "succeeded" } });
+  });
+});
+
+describe("cross-account isolation", () => {
+  it("answers another account's job with 404 on every route, never with its data", async () => {
+    const alice = await signUp();
+    const bob = await signUp();
+    const job = (await call("POST", "/v1/jobs", alice.token, { body: { ...JOB, labels: { secret: "alice" } } })).json;
+    const bobKey = await createKey(bob.token, ["jobs:read", "jobs:write"]);
+    for (const credential of [bob.token, bobKey.secret]) {
+      for (const [method, path] of [
+        ["GET", `/v1/jobs/${job.id}`],
+        ["POST", `/v1/jobs/${job.id}/cancel`],
+        ["GET", `/v1/jobs/${job.id}/logs`],
+        ["GET", `/v1/jobs/${job.id}/logs?follow=true`],
+      ] as const) {
+        const res = await call(method, path, credential);
+        expect(res.status, `${method} ${path}`).toBe(404);
+        expect(res.json.error.code).toBe("not_found");
+        expect(res.text).not.toContain("alice");
+      }
+      const list = await call("GET", "/v1/jobs?label=secret:alice", credential);
+      expect(list.json.data).toEqual([]);
+      // Naming Alice's account does not help either.
+      expect((await call("GET", "/v1/jobs", credential, { account: alice.accountId })).status).toBe(
+        credential === bob.token ? 403 : 200,
+      );
+    }
+    const [row] = await sql<{ status: string }>("select status from jobs where id = $1", [job.id]);
+    expect(row!.status).toBe("queued");
+  });
+});
+
+describe("Idempotency-Key", () => {
+  it("replays the first result for the same body, refuses another body with 422, and keeps keys 24 h", async () => {
+    const user = await signUp();
+    const headers = { "idempotency-key": `submit-${crypto.randomUUID()}` };
+    const first = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(first.status).toBe(202);
+    // Same body with its keys in another order: the same request.
+    const reordered = { gpu_count: JOB.gpu_count, command: JOB.command, image: JOB.image };
+    const replay = await call("POST", "/v1/jobs", user.token, { body: reordered, headers });
+    expect(replay.status).toBe(202);
+    expect(replay.json).toEqual(first.json);
+    expect(replay.headers.get("idempotency-replayed")).toBe("true");
+    const conflict = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_count: 2 }, headers });
+    expect(conflict.status).toBe(422);
+    expect(conflict.json.error.code).toBe("idempotency_key_reused");
+    const [count] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(count!.n).toBe(1);
+
+    const [stored] = await sql<{ hours: number; state: string }>(
+      `select (extract(epoch from expires_at - created_at) / 3600)::float8 as hours, state
+         from idempotency_keys where account_id = $1 and key = $2`,
+      [user.accountId, headers["idempotency-key"]],
+    );
+    expect(stored).toEqual({ hours: 24, state: "completed" });
+    // After 24 h the key is forgotten: the same request is new work.
+    await sql(
+      `update idempotency_keys set created_at = now() - interval '25 hours', expires_at = now() - interval '1 hour'
+        where account_id = $1 and key = $2`,
+      [user.accountId, headers["idempotency-key"]],
+    );
+    const later = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(later.status).toBe(202);
+    expect(later.json.id).not.toBe(first.json.id);
+    expect(later.headers.get("idempotency-replayed")).toBeNull();
+  });
+
+  it("runs concurrent requests with one key once: one job", async () => {
+    const user = await signUp();
+    const headers = { "idempotency-key": `race-${crypto.randomUUID()}` };
+    const results = await Promise.all(
+      Array.from({ length: 6 }, () => call("POST", "/v1/jobs", user.token, { body: JOB, headers })),
+    );
+    const statuses = results.map((r) => r.status);
+    expect(statuses.every((s) => s === 202 || s === 409)).toBe(true);
+    const accepted = results.filter((r) => r.status === 202);
+    expect(new Set(accepted.map((r) => r.json.id)).size).toBe(1);
+    for (const r of results.filter((r) => r.status === 409)) {
+      expect(r.json.error.code).toBe("idempotency_key_in_progress");
+      expect(r.headers.get("retry-after")).toBe("1");
+    }
+    const [count] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(count!.n).toBe(1);
+  });
+
+  it("does not keep a failed request's key, and applies to every POST", async () => {
+    const user = await signUp({ max_concurrent_gpus: 1 });
+    const headers = { "idempotency-key": "retry-after-fix" };
+    const refused = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_count: 2 }, headers });
+    expect(refused.status).toBe(403);
+    const fixed = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(fixed.status).toBe(202);
+
+    const keyHeaders = { "idempotency-key": "make-key" };
+    const k1 = await call("POST", "/v1/api-keys", user.token, {
+      body: { name: "a", scopes: ["jobs:read"] },
+      headers: keyHeaders,
+    });
+    const k2 = await call("POST", "/v1/api-keys", user.token, {
+      body: { name: "a", scopes: ["jobs:read"] },
+      headers: keyHeaders,
+    });
+    expect(k2.json).toEqual(k1.json);
+    const cancel1 = await call("POST", `/v1/jobs/${fixed.json.id}/cancel`, user.token, {
+      headers: { "idempotency-key": "c" },
+    });
+    const cancel2 = await call("POST", `/v1/jobs/${fixed.json.id}/cancel`, user.token, {
+      headers: { "idempotency-key": "c" },
+    });
+    expect(cancel2.json).toEqual(cancel1.json);
+    expect(cancel2.headers.get("idempotency-replayed")).toBe("true");
+    const bad = await call("POST", "/v1/jobs", user.token, { body: JOB, headers: { "idempotency-key": "é" } });
+    expect(bad.status).toBe(400);
+  });
+});
+
+describe("rate limits", () => {
+  it("answers the N+1th request in the window with 429, Retry-After and RateLimit-* headers", async () => {
+    const user = await signUp();
+    // 5 per hour: no refill can happen while the test runs.
+    await rateLimitOverride(user.accountId, 5, 5, 3600);
+    const remaining: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await call("GET", "/v1/jobs", user.token);
+      expect(res.status).toBe(200);
+      expect(res.headers.get("ratelimit-limit")).toBe("5");
+      remaining.push(res.headers.get("ratelimit-remaining")!);
+    }
+    expect(remaining).toEqual(["4", "3", "2", "1", "0"]);
+    const limited = await call("GET", "/v1/jobs", user.token);
+    expect(limited.status).toBe(429);
+    expect(limited.json.error).toMatchObject({ code: "rate_limited", details: { limit: 5, window_s: 3600 } });
+    expect(Number(limited.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(limited.headers.get("ratelimit-limit")).toBe("5");
+    expect(limited.headers.get("ratelimit-remaining")).toBe("0");
+    expect(Number(limited.headers.get("ratelimit-reset"))).toBeGreaterThan(0);
+    expect(limited.headers.get("ratelimit-policy")).toBe("5;w=3600");
+  });
+
+  it("limits each key and the account as a whole", async () => {
+    const user = await signUp();
+    await rateLimitOverride(user.accountId, 5, 3, 3600);
+    const a = await createKey(user.token, ["jobs:read"]);
+    const b = await createKey(user.token, ["jobs:read"]);
+    // Creating the two keys took 2 of the account's 5 tokens; key a takes its 3: the account is at 0.
+    for (let i = 0; i < 3; i++) expect((await call("GET", "/v1/jobs", a.secret)).status).toBe(200);
+    // Key a's own bucket (3 per hour) refills slowest, so it is what a retry waits for.
+    const keyLimited = await call("GET", "/v1/jobs", a.secret);
+    expect(keyLimited.status).toBe(429);
+    expect(keyLimited.json.error.details.scope).toBe("api_key");
+    // Key b has its 3 tokens, but the account has none.
+    const accountLimited = await call("GET", "/v1/jobs", b.secret);
+    expect(accountLimited.status).toBe(429);
+    expect(accountLimited.json.error.details.scope).toBe("account");
+  });
+
+  it("gives accounts entitled to Fast the higher plan", async () => {
+    const standard = await signUp();
+    const fast = await signUp({ fast_tier_enabled: true });
+    const s = await call("GET", "/v1/me", standard.token);
+    const f = await call("GET", "/v1/me", fast.token);
+    expect(s.json.account.rate_limit).toMatchObject({ plan: "standard", account_limit: 600, key_limit: 300 });
+    expect(f.json.account.rate_limit).toMatchObject({ plan: "fast", account_limit: 3000, key_limit: 1200 });
+    expect(f.headers.get("ratelimit-limit")).toBe("1200");
+  });
+});
+
+describe("quotas", () => {
+  it("refuses GPUs beyond the account's concurrent cap with gpu_quota_exceeded, and frees them on cancel", async () => {
+    const user = await signUp({ max_concurrent_gpus: 8 });
+    const big = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_count: 8 } });
+    expect(big.status).toBe(202);
+    const over = await call("POST", "/v1/jobs", user.token, { body: JOB });
+    expect(over.status).toBe(403);
+    expect(over.json.error).toMatchObject({
+      code: "gpu_quota_exceeded",
+      details: { limit: 8, in_use: 8, requested: 1 },
+    });
+    await call("POST", `/v1/jobs/${big.json.id}/cancel`, user.token);
+    expect((await call("POST", "/v1/jobs", user.token, { body: JOB })).status).toBe(202);
+  });
+
+  it("holds concurrent submissions to the cap together", async () => {
+    const user = await signUp({ max_concurrent_gpus: 4 });
+    const results = await Promise.all(
+      Array.from({ length: 6 }, () => call("POST", "/v1/jobs", user.token, { body: JOB })),
+    );
+    expect(results.filter((r) => r.status === 202)).toHaveLength(4);
+    expect(results.filter((r) => r.status === 403)).toHaveLength(2);
+  });
+
+  it("refuses work that could pass the monthly spend cap with spend_cap_exceeded", async () => {
+    // Flex H100: 179 ¢ per GPU-hour. One job of 1 GPU for up to 1 h fits a 300 ¢ cap; two do not.
+    const user = await signUp({ monthly_spend_cap_cents: 300 });
+    const job = { ...JOB, gpu_models: ["H100"], max_runtime_s: 3600 };
+    expect((await call("POST", "/v1/jobs", user.token, { body: job })).status).toBe(202);
+    const over = await call("POST", "/v1/jobs", user.token, { body: job });
+    expect(over.status).toBe(402);
+    expect(over.json.error).toMatchObject({
+      code: "spend_cap_exceeded",
+      details: { cap_cents: 300, month_to_date_cents: 0, committed_cents: 179, requested_ceiling_cents: 179 },
+    });
+    // Usage already recorded this month counts too: 10 min of Flex H100 is 30 ¢ (29.83 rounded up).
+    const other = await signUp({ monthly_spend_cap_cents: 200 });
+    await sql(
+      `insert into usage_events (account_id, job_run_id, tier, gpu_model, gpu_count, gpu_seconds, period_start, period_end)
+       values ($1, $2, 'flex', 'H100', 1, 600, now(), now())`,
+      [other.accountId, `run-${crypto.randomUUID()}`],
+    );
+    const me = await call("GET", "/v1/me", other.token);
+    expect(me.json.account.quotas.month_to_date_cents).toBe(30);
+    const refused = await call("POST", "/v1/jobs", other.token, { body: job });
+    expect(refused.status).toBe(402);
+    expect(refused.json.error.details.month_to_date_cents).toBe(30);
+  });
+});

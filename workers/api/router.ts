@@ -1,0 +1,87 @@
+/**
+ * Building blocks of every v1 route: a router whose validation failures become the 400 envelope, the
+ * middleware chain of a public route (authenticate → rate limit → permission → JSON body →
+ * idempotency), response validation, and the error responses the OpenAPI document lists.
+ */
+import { OpenAPIHono, type z } from "@hono/zod-openapi";
+import type { Context, MiddlewareHandler } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { requireAccount, requireOperator, requireScope } from "../auth/caller";
+import type { Scope } from "../auth/scopes";
+import type { ApiEnv } from "../http/api-env";
+import { authenticate } from "../http/authenticate";
+import { jsonBody } from "../http/body";
+import { idempotency } from "../http/idempotency";
+import { rateLimit } from "../http/rate-limit";
+import { validationError } from "../http/validation";
+import { ErrorEnvelope } from "./schemas";
+
+export function createRouter() {
+  return new OpenAPIHono<ApiEnv>({
+    defaultHook: (result) => {
+      if (!result.success) throw validationError(result.error, result.target);
+    },
+  });
+}
+
+export interface Access {
+  /** The scope the route needs; omitted: any authenticated caller. */
+  scope?: Scope;
+  /** The route works inside one account (default true). */
+  account?: boolean;
+  /** Operator routes: admin of the operator account. */
+  operator?: boolean;
+}
+
+/** The middleware of a public route. */
+export function guard(access: Access = {}): MiddlewareHandler<ApiEnv>[] {
+  const permission: MiddlewareHandler<ApiEnv> = async (c, next) => {
+    const caller = c.get("caller");
+    if (access.operator) requireOperator(caller);
+    else if (access.account !== false) requireAccount(caller);
+    if (access.scope) requireScope(caller, access.scope);
+    return next();
+  };
+  return [authenticate, rateLimit, permission, jsonBody, idempotency];
+}
+
+/** Validate a response body against its schema before it leaves (it also drops fields not in it). */
+export function respond<S extends z.ZodType, Status extends ContentfulStatusCode>(
+  c: Context<ApiEnv>,
+  schema: S,
+  body: z.input<S>,
+  status: Status,
+) {
+  return c.json(schema.parse(body) as z.output<S>, status);
+}
+
+const envelope = (description: string) => ({
+  description,
+  content: { "application/json": { schema: ErrorEnvelope } },
+});
+
+/** Error responses for the OpenAPI document, by status. */
+export const ERRORS = {
+  400: envelope("Invalid request: the envelope's `details.fields` names each offending field."),
+  401: envelope("Missing, expired or invalid access token or API key."),
+  402: envelope("Monthly spend cap reached (`spend_cap_exceeded`)."),
+  403: envelope("Missing scope or role, tier not allowed, or a quota reached."),
+  404: envelope("No such resource in this account."),
+  409: envelope("Conflict with the resource's state, or an idempotent request still running."),
+  413: envelope("Request body too large."),
+  415: envelope("Body is not JSON."),
+  422: envelope("Idempotency-Key reused with a different request, or the request cannot be scheduled."),
+  429: envelope("Rate limited: see `Retry-After` and `RateLimit-*`."),
+  503: envelope("The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`."),
+} as const;
+
+type ErrorStatus = keyof typeof ERRORS;
+export function errors(...statuses: ErrorStatus[]) {
+  const common: ErrorStatus[] = [400, 401, 403, 429];
+  const out: Partial<Record<ErrorStatus, (typeof ERRORS)[ErrorStatus]>> = {};
+  for (const s of [...common, ...statuses]) out[s] = ERRORS[s];
+  return out;
+}
+
+export const BEARER = [{ bearerAuth: [] }];
+export const NODE_TOKEN = [{ nodeToken: [] }];

@@ -1,0 +1,430 @@
+/**
+ * The API with the real RegionScheduler: nodes registering through the agent routes, jobs placed,
+ * run, cancelled, retried into the dead-letter list and re-driven, endpoints kept at their minimum,
+ * the region summary, and the submission's failure semantics (row first, reconciler re-submits).
+ * The scheduler's outbox is flushed by running its alarm (no waiting on timers).
+ */
+import { env, runDurableObjectAlarm } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
+import { withDb } from "../db/client";
+import { createLogger } from "../http/log";
+import { regionScheduler } from "../regions";
+import { reconcileEndpoints } from "./endpoints";
+import { recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
+import { call, JOB, signUp, sql, type TestUser } from "./test-support";
+import type { JobRow } from "./views";
+
+const REGION = "us-west-1";
+const log = createLogger("error");
+
+/** Deliver the scheduler's outbox to Postgres now. */
+async function flush() {
+  await runDurableObjectAlarm(regionScheduler(env, REGION));
+}
+
+interface Agent {
+  nodeId: string;
+  token: string;
+  eventSeq: number;
+}
+
+/** A node created by an operator and registered by its agent with `gpus` GPUs of `model`. */
+async function startNode(op: TestUser, model = "H100", gpus = 8): Promise<Agent> {
+  const created = await call("POST", "/v1/operator/nodes", op.token, {
+    body: { gpu_model: model, gpu_count: gpus, cpu_milli: 64_000, memory_mib: 512_000 },
+  });
+  expect(created.status).toBe(201);
+  const { node, token } = created.json;
+  const registered = await call("POST", AGENT_ROUTES.register, token, {
+    body: {
+      hostname: `${node.id}.local`,
+      agent_version: "test",
+      gpu_model: model,
+      gpus: Array.from({ length: gpus }, (_, index) => ({ index })),
+      cpu_milli: 64_000,
+      memory_mib: 512_000,
+    },
+  });
+  expect(registered.status).toBe(200);
+  expect(registered.json).toMatchObject({ node_id: node.id, region: REGION });
+  return { nodeId: node.id, token, eventSeq: 0 };
+}
+
+/** Tests share the file's region: a test's node is drained when it is done, so later jobs go elsewhere. */
+async function retire(op: TestUser, agent: Agent) {
+  expect((await call("POST", `/v1/operator/nodes/${agent.nodeId}/drain`, op.token)).status).toBe(200);
+}
+
+async function poll(agent: Agent, since = 0): Promise<PlacementSet> {
+  const res = await call("GET", `${AGENT_ROUTES.placements}?since=${since}&wait_ms=0`, agent.token);
+  expect(res.status).toBe(200);
+  return res.json;
+}
+
+async function report(agent: Agent, placementId: string, type: string, extra: Record<string, unknown> = {}) {
+  agent.eventSeq += 1;
+  const res = await call("POST", AGENT_ROUTES.events, agent.token, {
+    body: {
+      events: [
+        { event_id: `${agent.nodeId}-${agent.eventSeq}`, placement_id: placementId, at: Date.now(), type, ...extra },
+      ],
+    },
+  });
+  expect(res.status).toBe(200);
+  return res.json as { accepted: number; duplicates: number; rejected: { event_id: string; code: string }[] };
+}
+
+async function submit(user: TestUser, body: Record<string, unknown>) {
+  const res = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, ...body } });
+  expect(res.status).toBe(202);
+  return res.json as { id: string; status: string };
+}
+
+async function getJob(user: TestUser, id: string) {
+  const res = await call("GET", `/v1/jobs/${id}`, user.token);
+  expect(res.status).toBe(200);
+  return res.json;
+}
+
+describe("a job from submission to success", () => {
+  it("is placed on a registered node, run by its agent, and recorded with its events, logs and usage", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op);
+    const user = await signUp();
+    const job = await submit(user, {
+      gpu_count: 2,
+      gpu_models: ["H100"],
+      env: [{ name: "TOKEN", value: "s3cret-for-the-container", secret: true }],
+    });
+    expect(job.status).toBe("placed");
+
+    const live = await getJob(user, job.id);
+    expect(live.status).toBe("placed");
+    expect(live.placements).toHaveLength(1);
+    const placement = live.placements[0];
+    expect(placement).toMatchObject({ node_id: agent.nodeId, attempt: 1 });
+    expect(placement.gpu_indices).toHaveLength(2);
+    expect(JSON.stringify(live)).not.toContain("s3cret-for-the-container");
+
+    // The agent gets the placement, with the secret it must pass to the container.
+    const set = await poll(agent);
+    const mine = set.placements.find((p) => p.job_id === job.id)!;
+    expect(mine).toMatchObject({
+      placement_id: placement.placement_id,
+      desired: "running",
+      gpu_indices: placement.gpu_indices,
+    });
+    expect(mine.env).toEqual([{ name: "TOKEN", value: "s3cret-for-the-container" }]);
+
+    expect((await report(agent, mine.placement_id, "pulling")).accepted).toBe(1);
+    expect((await report(agent, mine.placement_id, "running")).accepted).toBe(1);
+    const logs = await call("POST", AGENT_ROUTES.logs, agent.token, {
+      body: {
+        lines: [
+          { placement_id: mine.placement_id, seq: 0, stream: "stdout", at: Date.now(), line: "epoch 1" },
+          { placement_id: mine.placement_id, seq: 1, stream: "stdout", at: Date.now(), line: "epoch 2" },
+        ],
+      },
+    });
+    expect(logs.json).toEqual({ accepted: 2, duplicates: 0 });
+    const beat = await call("POST", AGENT_ROUTES.heartbeat, agent.token, {
+      body: { at: Date.now(), gpus: [{ index: 0, healthy: true }], running: [mine.placement_id] },
+    });
+    expect(beat.json).toEqual({ state: "ready" });
+    expect((await report(agent, mine.placement_id, "exited", { exit_code: 0 })).accepted).toBe(1);
+    // The same event again (the agent retried its batch) is a duplicate; an unknown placement is refused.
+    const again = await call("POST", AGENT_ROUTES.events, agent.token, {
+      body: {
+        events: [
+          {
+            event_id: `${agent.nodeId}-${agent.eventSeq}`,
+            placement_id: mine.placement_id,
+            at: Date.now(),
+            type: "exited",
+            exit_code: 0,
+          },
+          { event_id: "stray", placement_id: "pl-nobody", at: Date.now(), type: "running" },
+        ],
+      },
+    });
+    expect(again.json).toEqual({
+      accepted: 0,
+      duplicates: 1,
+      rejected: [{ event_id: "stray", code: "unknown_placement" }],
+    });
+
+    await flush();
+    const done = await getJob(user, job.id);
+    expect(done).toMatchObject({ status: "succeeded", exit_code: 0, attempts: 1 });
+    expect(done.finished_at).not.toBeNull();
+    expect(done.placements).toEqual([
+      expect.objectContaining({
+        placement_id: mine.placement_id,
+        node_id: agent.nodeId,
+        status: "succeeded",
+        gpu_indices: placement.gpu_indices,
+        exit_code: 0,
+      }),
+    ]);
+    const events = await call("GET", `/v1/jobs/${job.id}/events`, user.token);
+    expect(events.status).toBe(200);
+    const types = events.json.data.map((e: { type: string }) => e.type);
+    expect(types[0]).toBe("queued");
+    expect(types).toEqual(expect.arrayContaining(["placed", "running", "succeeded"]));
+    expect(events.json.data.find((e: { type: string }) => e.type === "placed")).toMatchObject({
+      node_id: agent.nodeId,
+      gpu_indices: placement.gpu_indices,
+    });
+    const firstTwo = await call("GET", `/v1/jobs/${job.id}/events?limit=2`, user.token);
+    const rest = await call("GET", `/v1/jobs/${job.id}/events?cursor=${firstTwo.json.next_cursor}`, user.token);
+    expect([...firstTwo.json.data, ...rest.json.data].map((e: { seq: number }) => e.seq)).toEqual(
+      events.json.data.map((e: { seq: number }) => e.seq),
+    );
+    const onlyPlaced = await call("GET", `/v1/jobs/${job.id}/events?type=placed`, user.token);
+    expect(onlyPlaced.json.data.map((e: { type: string }) => e.type)).toEqual(["placed"]);
+    const lines = await call("GET", `/v1/jobs/${job.id}/logs`, user.token);
+    expect(lines.json.data.map((l: { line: string }) => l.line)).toEqual(["epoch 1", "epoch 2"]);
+    const [usage] = await sql<{ gpu_count: number }>("select gpu_count from usage_events where job_id = $1", [job.id]);
+    expect(usage?.gpu_count).toBe(2);
+
+    // Another account sees none of it.
+    const stranger = await signUp();
+    expect((await call("GET", `/v1/jobs/${job.id}/events`, stranger.token)).status).toBe(404);
+    await retire(op, agent);
+  });
+});
+
+describe("waiting, cancelling and regions", () => {
+  it("shows why a queued job waits, lists capacity per region, and cancels queued and running jobs", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H100", 8);
+    const user = await signUp();
+
+    const waiting = await submit(user, { gpu_models: ["H200"] });
+    expect(waiting.status).toBe("queued");
+    const state = await getJob(user, waiting.id);
+    expect(state.status).toBe("queued");
+    expect(state.waiting_reason).toMatch(/model/i);
+
+    const regions = await call("GET", "/v1/regions", user.token);
+    expect(regions.status).toBe(200);
+    const region = regions.json.data.find((r: { region: string }) => r.region === REGION);
+    expect(region.available).toBe(true);
+    expect(region.gpus.find((g: { gpu_model: string }) => g.gpu_model === "H100").total).toBeGreaterThanOrEqual(8);
+    expect(region.queues.find((q: { tier: string }) => q.tier === "flex").queued_jobs).toBeGreaterThanOrEqual(1);
+    expect(JSON.stringify(regions.json)).not.toContain(agent.nodeId);
+    const fastOnly = await call("GET", "/v1/regions?tier=fast", user.token);
+    expect(fastOnly.json.data[0].queues.map((q: { tier: string }) => q.tier)).toEqual(["fast"]);
+
+    const cancelledQueued = await call("POST", `/v1/jobs/${waiting.id}/cancel`, user.token);
+    expect(cancelledQueued.json.status).toBe("cancelled");
+
+    // A running job: the scheduler marks it cancelled and asks its agent to stop the container.
+    const running = await submit(user, { gpu_models: ["H100"] });
+    const set = await poll(agent);
+    const placement = set.placements.find((p) => p.job_id === running.id)!;
+    await report(agent, placement.placement_id, "running");
+    const cancel = await call("POST", `/v1/jobs/${running.id}/cancel`, user.token);
+    expect(cancel.status).toBe(200);
+    expect(cancel.json.status).toBe("cancelled");
+    const after = await poll(agent, set.version);
+    expect(after.placements.find((p) => p.placement_id === placement.placement_id)?.desired).toBe("stopped");
+    await report(agent, placement.placement_id, "exited", { exit_code: 143, stopped_by: "cancel" });
+    await flush();
+    const final = await getJob(user, running.id);
+    expect(final.status).toBe("cancelled");
+    const again = await call("POST", `/v1/jobs/${running.id}/cancel`, user.token);
+    expect(again.json.status).toBe("cancelled");
+    await retire(op, agent);
+  });
+});
+
+describe("operators", () => {
+  it("see live nodes, drain one, and re-drive a dead-lettered job, each audited", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H100", 8);
+    const user = await signUp();
+
+    const listed = await call("GET", `/v1/operator/nodes?limit=100`, op.token);
+    const node = listed.json.data.find((n: { id: string }) => n.id === agent.nodeId);
+    expect(node.live).toMatchObject({ state: "ready" });
+    expect(node.live.free_gpus.length).toBeGreaterThan(0);
+
+    // One attempt only: a failure goes straight to the dead-letter list.
+    const job = await submit(user, { gpu_models: ["H100"], max_attempts: 1 });
+    const placement = (await poll(agent)).placements.find((p) => p.job_id === job.id)!;
+    await report(agent, placement.placement_id, "running");
+    await report(agent, placement.placement_id, "exited", { exit_code: 3 });
+    const letters = await call("GET", "/v1/operator/dead-letters", op.token);
+    expect(letters.status).toBe(200);
+    const letter = letters.json.data.find((d: { job_id: string }) => d.job_id === job.id);
+    expect(letter).toMatchObject({ account_id: user.accountId, region: REGION, attempts: 1 });
+    expect(letter.reasons.join(" ")).toMatch(/3/);
+    const filtered = await call("GET", `/v1/operator/dead-letters?account_id=${user.accountId}`, op.token);
+    expect(filtered.json.data.map((d: { job_id: string }) => d.job_id)).toEqual([job.id]);
+    // Users see it as failed and dead-lettered.
+    const failed = await getJob(user, job.id);
+    expect(failed).toMatchObject({ status: "failed", dead_lettered: true });
+
+    const redrive = await call("POST", `/v1/operator/dead-letters/${job.id}/redrive`, op.token);
+    expect(redrive.status).toBe(200);
+    expect(["queued", "placed"]).toContain(redrive.json.status);
+    const twice = await call("POST", `/v1/operator/dead-letters/${job.id}/redrive`, op.token);
+    expect(twice.status).toBe(409);
+    expect((await call("POST", `/v1/operator/dead-letters/${crypto.randomUUID()}/redrive`, op.token)).status).toBe(404);
+
+    const drained = await call("POST", `/v1/operator/nodes/${agent.nodeId}/drain`, op.token);
+    expect(drained.status).toBe(200);
+    expect(drained.json).toMatchObject({ state: "draining", live: { state: "draining" } });
+    const beat = await call("POST", AGENT_ROUTES.heartbeat, agent.token, { body: { at: Date.now(), gpus: [] } });
+    expect(beat.json.state).toBe("draining");
+
+    const audit = await sql<{ action: string }>(
+      "select action from audit_log where actor_type = 'operator' and (target_id = $1 or target_id = $2) order by id",
+      [agent.nodeId, job.id],
+    );
+    expect(audit.map((a) => a.action)).toEqual(["node.created", "job.redriven", "node.drained"]);
+    // Not for anyone else.
+    expect((await call("POST", `/v1/operator/nodes/${agent.nodeId}/drain`, user.token)).status).toBe(403);
+    expect((await call("GET", "/v1/operator/dead-letters", user.token)).status).toBe(403);
+  });
+});
+
+describe("endpoints with the scheduler", () => {
+  it("keeps the minimum replicas placed, and removes them when deleted", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H200", 8);
+    const user = await signUp();
+    const created = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: "serve", image: "busybox", gpu_count: 1, gpu_models: ["H200"], min_replicas: 2, max_replicas: 4 },
+    });
+    expect(created.status).toBe(201);
+    expect(created.json.synced).toBe(true);
+    expect(created.json.replicas).toHaveLength(2);
+    const read = await call("GET", `/v1/endpoints/${created.json.id}`, user.token);
+    expect(read.json.replicas.map((r: { node_id: string | null }) => r.node_id)).toEqual([agent.nodeId, agent.nodeId]);
+    const onNode = (await poll(agent)).placements.filter((p) => p.job_id.startsWith(created.json.id));
+    expect(onNode).toHaveLength(2);
+
+    const grown = await call("PATCH", `/v1/endpoints/${created.json.id}`, user.token, { body: { min_replicas: 3 } });
+    expect(grown.json.replicas).toHaveLength(3);
+    const deleted = await call("DELETE", `/v1/endpoints/${created.json.id}`, user.token);
+    expect(deleted.json).toMatchObject({ status: "deleted", synced: true });
+    const stopped = (await poll(agent)).placements.filter((p) => p.job_id.startsWith(created.json.id));
+    expect(stopped.every((p) => p.desired === "stopped")).toBe(true);
+  });
+});
+
+describe("submission's failure semantics", () => {
+  /** The env with a region scheduler that cannot be reached (every call throws, as on a network failure). */
+  const unreachable = {
+    ...env,
+    REGION_SCHEDULER: {
+      idFromName: (name: string) => env.REGION_SCHEDULER.idFromName(name),
+      get: () =>
+        new Proxy(
+          {},
+          {
+            get: () => () => Promise.reject(new Error("Network connection lost.")),
+          },
+        ),
+    },
+  } as unknown as Env;
+
+  it("keeps the job queued when the scheduler call fails, and the reconciler submits it later", async () => {
+    const user = await signUp();
+    const job = await submit(user, { gpu_models: ["H100"] });
+    // A second job, stored as the API stores it, whose submission fails.
+    const [row] = await withDb(env, (db) =>
+      db.execute<{ id: string }>(
+        `insert into jobs (account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s)
+         values ('${user.accountId}', '${REGION}', 'flex', 'busybox', 1, 1000, 1024, 60) returning id` as never,
+      ),
+    );
+    const id = row!.id;
+    await sql("insert into job_submissions (job_id, region) values ($1, $2)", [id, REGION]);
+    const stored = await withDb(
+      env,
+      async (db) => (await db.query.jobs.findFirst({ where: (j, { eq }) => eq(j.id, id) }))!,
+    );
+    const outcome = await withDb(env, (db) => submitJob(unreachable, db, stored as JobRow, log));
+    expect(outcome).toEqual({ outcome: "failed" });
+    const [ledger] = await sql<{ acked_at: Date | null; attempts: number; last_error: string }>(
+      "select acked_at, attempts, last_error from job_submissions where job_id = $1",
+      [id],
+    );
+    expect(ledger).toMatchObject({ acked_at: null, attempts: 1, last_error: "Network connection lost." });
+    expect((await getJob(user, id)).status).toBe("queued");
+    expect(await regionScheduler(env, REGION).jobState(id)).toBeNull();
+
+    // Too young for the reconciler (the creating request may still be submitting it).
+    expect((await withDb(env, (db) => reconcileSubmissions(env, db, log))).submitted).toBe(0);
+    await sql("update jobs set created_at = now() - interval '1 minute' where id = $1", [id]);
+    const first = await withDb(env, (db) => reconcileSubmissions(env, db, log));
+    expect(first).toEqual({ submitted: 1, acked: 1 });
+    expect((await regionScheduler(env, REGION).jobState(id))?.id).toBe(id);
+    const [acked] = await sql<{ acked_at: Date | null }>("select acked_at from job_submissions where job_id = $1", [
+      id,
+    ]);
+    expect(acked!.acked_at).not.toBeNull();
+    // Nothing left to do; the first job was acknowledged when it was created.
+    expect((await withDb(env, (db) => reconcileSubmissions(env, db, log))).submitted).toBe(0);
+    const [firstLedger] = await sql<{ acked_at: Date | null }>(
+      "select acked_at from job_submissions where job_id = $1",
+      [job.id],
+    );
+    expect(firstLedger!.acked_at).not.toBeNull();
+  });
+
+  it("re-submits an acknowledged queued job the scheduler no longer knows, and leaves known ones alone", async () => {
+    const user = await signUp({ max_concurrent_gpus: 128 });
+    // 64 GPUs (8 whole nodes): more than this file's region ever has, so it stays queued.
+    const known = await submit(user, { gpu_count: 64 });
+    // A job acknowledged long ago whose state the object lost (as after a wiped local object).
+    const [row] = await sql<{ id: string }>(
+      `insert into jobs (account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s)
+       values ($1, $2, 'flex', 'busybox', 1, 1000, 1024, 60) returning id`,
+      [user.accountId, REGION],
+    );
+    const lost = row!.id;
+    await sql("insert into job_submissions (job_id, region, acked_at) values ($1, $2, now() - interval '1 hour')", [
+      lost,
+      REGION,
+    ]);
+    await sql("update job_submissions set last_attempt_at = now() - interval '1 hour' where job_id = $1", [known.id]);
+    expect(await regionScheduler(env, REGION).jobState(lost)).toBeNull();
+    const result = await withDb(env, (db) => recheckAcknowledged(env, db, log));
+    expect(result.resubmitted).toBe(1);
+    expect(result.checked).toBeGreaterThanOrEqual(2);
+    expect((await regionScheduler(env, REGION).jobState(lost))?.id).toBe(lost);
+    // Both were just checked: nothing is due again for a while.
+    expect((await withDb(env, (db) => recheckAcknowledged(env, db, log))).checked).toBe(0);
+    await call("POST", `/v1/jobs/${known.id}/cancel`, user.token);
+    await call("POST", `/v1/jobs/${lost}/cancel`, user.token);
+  });
+
+  it("does not re-submit a job cancelled while the scheduler was unreachable", async () => {
+    const user = await signUp();
+    const job = await submit(user, {});
+    await regionScheduler(env, REGION).cancel(job.id);
+    // Make it look never acknowledged and cancelled in Postgres: the reconciler must leave it alone.
+    await sql("update job_submissions set acked_at = null where job_id = $1", [job.id]);
+    await sql("update jobs set status = 'cancelled', created_at = now() - interval '1 minute' where id = $1", [job.id]);
+    const result = await withDb(env, (db) => reconcileSubmissions(env, db, log));
+    expect(result.submitted).toBe(0);
+  });
+
+  it("syncs an endpoint whose spec the scheduler missed", async () => {
+    const user = await signUp();
+    const created = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: "late", image: "busybox", gpu_count: 1, min_replicas: 0 },
+    });
+    await sql("update endpoints set synced_version = 0, updated_at = now() - interval '1 minute' where id = $1", [
+      created.json.id,
+    ]);
+    expect((await call("GET", `/v1/endpoints/${created.json.id}`, user.token)).json.synced).toBe(false);
+    expect(await withDb(env, (db) => reconcileEndpoints(env, db, log))).toBe(1);
+    expect((await call("GET", `/v1/endpoints/${created.json.id}`, user.token)).json.synced).toBe(true);
+  });
+});

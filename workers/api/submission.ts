@@ -1,0 +1,164 @@
+/**
+ * Handing jobs to their region's scheduler. The `jobs` row (`queued`) is written first; then
+ * `submit(job)`, idempotent by job id. If the call fails the job stays queued and the reconciler
+ * (a cron task) submits it again. The ledger `job_submissions` records which jobs the scheduler has
+ * acknowledged. A cancel that lands while a submission is in flight is caught by re-reading the
+ * job's status after the call (see docs/api.md, "Submission").
+ */
+import { and, asc, eq, inArray, isNotNull, isNull, lt, sql } from "drizzle-orm";
+import type { JobStatus, Tier } from "../../core/schemas";
+import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
+import type { Db } from "../db/client";
+import { jobSubmissions, jobs } from "../db/schema";
+import { errorFields, type Logger } from "../http/log";
+import { regionsOf } from "../regions";
+import { schedulerOf } from "./scheduler";
+import { type JobRow, schedulerWorkload } from "./views";
+
+export function schedulerJob(row: JobRow): SchedulerJob {
+  return {
+    id: row.id,
+    account_id: row.accountId,
+    tier: row.tier as Tier,
+    priority: row.priority,
+    ...schedulerWorkload(row),
+    estimated_duration_s: row.estimatedDurationS,
+    max_runtime_s: row.maxRuntimeS,
+    max_attempts: row.maxAttempts,
+    submitted_at: row.createdAt.getTime(),
+  };
+}
+
+/** `acked` carries the status the scheduler gave the job (e.g. `placed` when capacity was free). */
+export type SubmitOutcome = { outcome: "acked"; status: JobStatus } | { outcome: "rejected" | "failed" | "cancelled" };
+
+/** Submit one stored job; never throws (a failure leaves the job queued for the reconciler). */
+export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Promise<SubmitOutcome> {
+  const scheduler = schedulerOf(env, row.region);
+  let status: JobStatus = "queued";
+  await db
+    .update(jobSubmissions)
+    .set({ attempts: sql`${jobSubmissions.attempts} + 1`, lastAttemptAt: new Date() })
+    .where(eq(jobSubmissions.jobId, row.id));
+  try {
+    const result = await scheduler.submit(schedulerJob(row));
+    if (!result.ok) {
+      await db.transaction(async (tx) => {
+        await tx
+          .update(jobs)
+          .set({
+            status: "failed",
+            failureReason: `rejected by the scheduler: ${result.message}`,
+            finishedAt: new Date(),
+          })
+          .where(and(eq(jobs.id, row.id), eq(jobs.status, "queued")));
+        await tx
+          .update(jobSubmissions)
+          .set({ ackedAt: new Date(), lastError: result.message })
+          .where(eq(jobSubmissions.jobId, row.id));
+      });
+      return { outcome: "rejected" };
+    }
+    await db
+      .update(jobSubmissions)
+      .set({ ackedAt: new Date(), lastError: null })
+      .where(eq(jobSubmissions.jobId, row.id));
+    status = result.status;
+  } catch (error) {
+    log.warn("job.submit_failed", { job_id: row.id, region: row.region, ...errorFields(error) });
+    await db
+      .update(jobSubmissions)
+      .set({ lastError: error instanceof Error ? error.message.slice(0, 1000) : String(error) })
+      .where(eq(jobSubmissions.jobId, row.id))
+      .catch(() => {});
+    return { outcome: "failed" };
+  }
+  // A cancel that ran while the call was in flight found nothing to cancel there: pass it on now.
+  const [now] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, row.id));
+  if (now?.status === "cancelled") {
+    await scheduler.cancel(row.id).catch((error: unknown) => log.warn("job.cancel_forward_failed", errorFields(error)));
+    return { outcome: "cancelled" };
+  }
+  return { outcome: "acked", status };
+}
+
+/** Jobs younger than this are left to the request that created them. */
+const GRACE_SECONDS = 15;
+const BATCH = 100;
+
+/** Cron task: submit again the queued jobs no scheduler has acknowledged. */
+export async function reconcileSubmissions(
+  env: Env,
+  db: Db,
+  log: Logger,
+): Promise<{ submitted: number; acked: number }> {
+  const pending = await db
+    .select({ job: jobs })
+    .from(jobSubmissions)
+    .innerJoin(jobs, eq(jobs.id, jobSubmissions.jobId))
+    .where(
+      and(
+        isNull(jobSubmissions.ackedAt),
+        eq(jobs.status, "queued"),
+        inArray(jobs.region, regionsOf(env)),
+        lt(jobs.createdAt, sql`now() - make_interval(secs => ${GRACE_SECONDS})`),
+      ),
+    )
+    .orderBy(asc(jobs.createdAt))
+    .limit(BATCH);
+  let acked = 0;
+  for (const { job } of pending) {
+    const outcome = await submitJob(env, db, job, log);
+    if (outcome.outcome !== "failed") acked += 1;
+  }
+  if (pending.length > 0) log.info("reconcile.submissions", { pending: pending.length, acked });
+  return { submitted: pending.length, acked };
+}
+
+/** Acknowledged jobs still queued are checked again this long after their last check. */
+const RECHECK_MINUTES = 10;
+const RECHECK_BATCH = 50;
+
+/**
+ * Cron task, the slow half: a job the scheduler acknowledged is durable there, unless its state was
+ * lost (e.g. a wiped local object). A few of the longest-unchecked queued jobs are asked about each
+ * run; one the scheduler does not know is submitted again.
+ */
+export async function recheckAcknowledged(
+  env: Env,
+  db: Db,
+  log: Logger,
+): Promise<{ checked: number; resubmitted: number }> {
+  const due = await db
+    .select({ job: jobs })
+    .from(jobSubmissions)
+    .innerJoin(jobs, eq(jobs.id, jobSubmissions.jobId))
+    .where(
+      and(
+        isNotNull(jobSubmissions.ackedAt),
+        eq(jobs.status, "queued"),
+        inArray(jobs.region, regionsOf(env)),
+        lt(
+          sql`coalesce(${jobSubmissions.lastAttemptAt}, ${jobSubmissions.ackedAt})`,
+          sql`now() - make_interval(mins => ${RECHECK_MINUTES})`,
+        ),
+      ),
+    )
+    .orderBy(asc(sql`coalesce(${jobSubmissions.lastAttemptAt}, ${jobSubmissions.ackedAt})`))
+    .limit(RECHECK_BATCH);
+  let resubmitted = 0;
+  for (const { job } of due) {
+    const state = await schedulerOf(env, job.region)
+      .jobState(job.id)
+      .catch(() => undefined);
+    if (state === undefined) continue; // unreachable: ask again next run
+    if (state === null) {
+      log.warn("reconcile.lost_job", { job_id: job.id, region: job.region });
+      await submitJob(env, db, job, log);
+      resubmitted += 1;
+    } else {
+      await db.update(jobSubmissions).set({ lastAttemptAt: new Date() }).where(eq(jobSubmissions.jobId, job.id));
+    }
+  }
+  return { checked: due.length, resubmitted };
+}

@@ -1,0 +1,155 @@
+/** Rows → the API's resources. Secret environment values are dropped here, and nowhere else needed. */
+
+import type { GpuModel, JobStatus, Tier } from "../../core/schemas";
+import type { JobState, PlacementView } from "../../durable-objects/region-scheduler/rpc";
+import type { endpoints, jobs } from "../db/schema";
+import type { Job, PlacementView as PlacementWire } from "./schemas";
+
+export type JobRow = typeof jobs.$inferSelect;
+export type EndpointRow = typeof endpoints.$inferSelect;
+
+export interface StoredEnvVar {
+  name: string;
+  value: string;
+  secret: boolean;
+}
+
+export function envView(env: unknown): { name: string; secret: boolean; value?: string }[] {
+  const list = Array.isArray(env) ? (env as StoredEnvVar[]) : [];
+  return list.map((e) => (e.secret ? { name: e.name, secret: true } : { name: e.name, secret: false, value: e.value }));
+}
+
+/** The container and resources of a job or an endpoint, as stored and as shown. */
+interface WorkloadRow {
+  image: string;
+  command: string[];
+  args: string[];
+  env: unknown;
+  gpuCount: number;
+  gpuModels: string[];
+  cpuMilli: number;
+  memoryMib: number;
+}
+interface WorkloadBody {
+  image: string;
+  command: string[];
+  args: string[];
+  env: StoredEnvVar[];
+  gpu_count: number;
+  gpu_models: GpuModel[];
+  cpu_milli: number;
+  memory_mib: number;
+}
+
+export function workloadColumns(b: WorkloadBody): WorkloadRow {
+  return {
+    image: b.image,
+    command: b.command,
+    args: b.args,
+    env: b.env,
+    gpuCount: b.gpu_count,
+    gpuModels: b.gpu_models,
+    cpuMilli: b.cpu_milli,
+    memoryMib: b.memory_mib,
+  };
+}
+
+export function workloadView(row: WorkloadRow) {
+  return {
+    image: row.image,
+    command: row.command,
+    args: row.args,
+    env: envView(row.env),
+    gpu_count: row.gpuCount,
+    gpu_models: row.gpuModels as GpuModel[],
+    cpu_milli: row.cpuMilli,
+    memory_mib: row.memoryMib,
+  };
+}
+
+/** What the scheduler gets: every environment value, secret or not (the container needs them). */
+export function schedulerWorkload(row: WorkloadRow) {
+  return {
+    image: row.image,
+    command: row.command,
+    args: row.args,
+    env: ((row.env ?? []) as StoredEnvVar[]).map((e) => ({ name: e.name, value: e.value })),
+    gpu_count: row.gpuCount,
+    gpu_models: row.gpuModels as GpuModel[],
+    cpu_milli: row.cpuMilli,
+    memory_mib: row.memoryMib,
+  };
+}
+
+export const iso = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null);
+const isoMs = (ms: number | null | undefined): string | null => (ms == null ? null : new Date(ms).toISOString());
+
+export interface RunRow {
+  placement_id: string;
+  node_id: string;
+  zone: string;
+  gpu_indices: number[];
+  attempt: number;
+  status: string;
+  placed_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+  exit_code: number | null;
+}
+
+export function runPlacement(r: RunRow): PlacementWire {
+  return {
+    placement_id: r.placement_id,
+    node_id: r.node_id,
+    zone: r.zone,
+    gpu_indices: r.gpu_indices,
+    attempt: r.attempt,
+    status: r.status,
+    placed_at: r.placed_at.toISOString(),
+    started_at: iso(r.started_at),
+    finished_at: iso(r.finished_at),
+    exit_code: r.exit_code,
+  };
+}
+
+export function livePlacement(p: PlacementView): PlacementWire {
+  return {
+    placement_id: p.placement_id,
+    node_id: p.node_id,
+    zone: p.zone,
+    gpu_indices: p.gpu_indices,
+    attempt: p.attempt,
+    status: p.status,
+    placed_at: isoMs(p.placed_at) ?? new Date(0).toISOString(),
+    started_at: isoMs(p.started_at),
+    finished_at: null,
+    exit_code: null,
+  };
+}
+
+/** The job as stored, overlaid with the scheduler's live view when there is one. */
+export function jobView(row: JobRow, live: JobState | null = null, runs: RunRow[] = []): Job {
+  return {
+    id: row.id,
+    status: (live?.status ?? row.status) as JobStatus,
+    tier: row.tier as Tier,
+    priority: row.priority,
+    region: row.region,
+    ...workloadView(row),
+    max_runtime_s: row.maxRuntimeS,
+    estimated_duration_s: row.estimatedDurationS,
+    max_attempts: row.maxAttempts,
+    attempts: live ? Math.max(live.attempt, row.attempts) : row.attempts,
+    labels: (row.labels ?? {}) as Record<string, string>,
+    waiting_reason: live ? live.waiting_reason : row.waitingReason,
+    next_attempt_at: isoMs(live?.next_attempt_at),
+    exit_code: live?.exit_code ?? row.exitCode,
+    failure_reason: live?.failure_reason ?? row.failureReason,
+    dead_lettered: live?.dead_lettered ?? row.deadLetteredAt !== null,
+    placements: live && live.placements.length > 0 ? live.placements.map(livePlacement) : runs.map(runPlacement),
+    created_at: row.createdAt.toISOString(),
+    updated_at: row.updatedAt.toISOString(),
+    started_at: iso(row.startedAt),
+    finished_at: iso(row.finishedAt),
+  };
+}

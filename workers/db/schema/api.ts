@@ -1,0 +1,179 @@
+/**
+ * The API gateway's tables: endpoints (long-lived services), idempotency records, job logs shipped by
+ * node agents, the submission ledger the reconciler works from, and per-account rate-limit overrides.
+ */
+import { sql } from "drizzle-orm";
+import {
+  bigint,
+  bigserial,
+  check,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from "drizzle-orm/pg-core";
+import { accounts, apiKeys, GPU_MODELS, inList, jobs, TIERS, users } from "./core";
+
+const tz = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
+
+export const ENDPOINT_STATUSES = ["active", "deleted"] as const;
+export const LOG_STREAMS = ["stdout", "stderr"] as const;
+export const IDEMPOTENCY_STATES = ["in_progress", "completed"] as const;
+
+/** A long-lived service; the region scheduler keeps `min_replicas` replicas placed. */
+export const endpoints = pgTable(
+  "endpoints",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    accountId: uuid("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    createdBy: uuid("created_by").references(() => users.id, { onDelete: "set null" }),
+    createdByKey: uuid("created_by_key").references(() => apiKeys.id, { onDelete: "set null" }),
+    name: text("name").notNull(),
+    region: text("region").notNull(),
+    tier: text("tier").notNull(),
+    status: text("status").notNull().default("active"),
+    image: text("image").notNull(),
+    command: text("command").array().notNull().default(sql`'{}'::text[]`),
+    args: text("args").array().notNull().default(sql`'{}'::text[]`),
+    /** `[{name, value, secret}]`; the API never returns the value of a secret entry. */
+    env: jsonb("env").notNull().default(sql`'[]'::jsonb`),
+    gpuCount: integer("gpu_count").notNull(),
+    gpuModels: text("gpu_models").array().notNull().default(sql`'{}'::text[]`),
+    cpuMilli: integer("cpu_milli").notNull(),
+    memoryMib: integer("memory_mib").notNull(),
+    minReplicas: integer("min_replicas").notNull(),
+    maxReplicas: integer("max_replicas").notNull(),
+    scaleDownDelayS: integer("scale_down_delay_s").notNull(),
+    port: integer("port").notNull(),
+    healthPath: text("health_path").notNull(),
+    labels: jsonb("labels").notNull().default(sql`'{}'::jsonb`),
+    /** Bumped on every change; the scheduler has seen the spec when `synced_version` equals it. */
+    version: integer("version").notNull().default(1),
+    syncedVersion: integer("synced_version").notNull().default(0),
+    syncError: text("sync_error"),
+    createdAt: tz("created_at").notNull().defaultNow(),
+    updatedAt: tz("updated_at").notNull().defaultNow(),
+    deletedAt: tz("deleted_at"),
+  },
+  (t) => [
+    index("endpoints_account_list_idx").on(t.accountId, t.createdAt.desc(), t.id),
+    uniqueIndex("endpoints_account_name_key").on(t.accountId, t.name).where(sql`${t.status} = 'active'`),
+    index("endpoints_unsynced_idx").on(t.region).where(sql`${t.syncedVersion} < ${t.version}`),
+    index("endpoints_labels_idx").using("gin", t.labels),
+    check("endpoints_status", sql`${t.status} in (${inList(ENDPOINT_STATUSES)})`),
+    check("endpoints_tier", sql`${t.tier} in (${inList(TIERS)})`),
+    check("endpoints_name", sql`${t.name} ~ '^[a-z0-9][a-z0-9-]{0,62}$'`),
+    check("endpoints_gpu_count", sql`${t.gpuCount} between 1 and 8`),
+    check("endpoints_gpu_models", sql`${t.gpuModels} <@ array[${inList(GPU_MODELS)}]::text[]`),
+    check("endpoints_resources", sql`${t.cpuMilli} > 0 and ${t.memoryMib} > 0`),
+    check(
+      "endpoints_replicas",
+      sql`${t.minReplicas} between 0 and 64 and ${t.maxReplicas} between 1 and 64 and ${t.minReplicas} <= ${t.maxReplicas}`,
+    ),
+    check("endpoints_scale_down_delay", sql`${t.scaleDownDelayS} between 0 and 86400`),
+    check("endpoints_port", sql`${t.port} between 1 and 65535`),
+    check("endpoints_versions", sql`${t.syncedVersion} <= ${t.version}`),
+  ],
+);
+
+/**
+ * One `Idempotency-Key` of one account: claimed (`in_progress`) before the request runs, then the
+ * response it produced (`completed`), replayed for 24 h to a retry with the same body.
+ */
+export const idempotencyKeys = pgTable(
+  "idempotency_keys",
+  {
+    accountId: uuid("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    key: text("key").notNull(),
+    method: text("method").notNull(),
+    path: text("path").notNull(),
+    /** SHA-256 of method, path and the canonical JSON body, hex. */
+    requestHash: text("request_hash").notNull(),
+    state: text("state").notNull().default("in_progress"),
+    responseStatus: integer("response_status"),
+    responseBody: jsonb("response_body"),
+    /** A claim whose request died is taken over after this instant. */
+    lockedUntil: tz("locked_until").notNull(),
+    createdAt: tz("created_at").notNull().defaultNow(),
+    expiresAt: tz("expires_at").notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.accountId, t.key] }),
+    index("idempotency_keys_expires_idx").on(t.expiresAt),
+    check("idempotency_keys_state", sql`${t.state} in (${inList(IDEMPOTENCY_STATES)})`),
+    check("idempotency_keys_key_len", sql`char_length(${t.key}) between 1 and 255`),
+    check("idempotency_keys_completed", sql`${t.state} = 'in_progress' or ${t.responseStatus} is not null`),
+  ],
+);
+
+/**
+ * Container output shipped by node agents. `(placement_id, seq)` de-duplicates re-sent batches; `id`
+ * is the read cursor. Lines are tied to a job at read time through `job_runs` (placement → job, node).
+ */
+export const jobLogs = pgTable(
+  "job_logs",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    placementId: text("placement_id").notNull(),
+    /** The node whose agent sent the line; read joins require it to match the run's node. */
+    nodeId: text("node_id").notNull(),
+    seq: bigint("seq", { mode: "number" }).notNull(),
+    stream: text("stream").notNull(),
+    at: tz("at").notNull(),
+    line: text("line").notNull(),
+    receivedAt: tz("received_at").notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex("job_logs_placement_seq_key").on(t.placementId, t.seq),
+    index("job_logs_placement_id_idx").on(t.placementId, t.id),
+    check("job_logs_stream", sql`${t.stream} in (${inList(LOG_STREAMS)})`),
+    check("job_logs_seq", sql`${t.seq} >= 0`),
+  ],
+);
+
+/**
+ * The submission ledger: a job is known to its region's scheduler once `acked_at` is set. The
+ * reconciler re-submits queued jobs without it.
+ */
+export const jobSubmissions = pgTable(
+  "job_submissions",
+  {
+    jobId: uuid("job_id")
+      .primaryKey()
+      .references(() => jobs.id, { onDelete: "cascade" }),
+    region: text("region").notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    ackedAt: tz("acked_at"),
+    lastAttemptAt: tz("last_attempt_at"),
+    lastError: text("last_error"),
+  },
+  (t) => [index("job_submissions_unacked_idx").on(t.region).where(sql`${t.ackedAt} is null`)],
+);
+
+/** Per-account rate limits replacing the tier's defaults (e.g. a customer's negotiated limit). */
+export const rateLimitOverrides = pgTable(
+  "rate_limit_overrides",
+  {
+    accountId: uuid("account_id")
+      .primaryKey()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    accountLimit: integer("account_limit").notNull(),
+    keyLimit: integer("key_limit").notNull(),
+    windowS: integer("window_s").notNull(),
+    reason: text("reason"),
+    createdAt: tz("created_at").notNull().defaultNow(),
+  },
+  (t) => [
+    check("rate_limit_overrides_limits", sql`${t.accountLimit} >= 1 and ${t.keyLimit} >= 1`),
+    check("rate_limit_overrides_window", sql`${t.windowS} between 1 and 86400`),
+  ],
+);

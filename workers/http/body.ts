@@ -1,0 +1,40 @@
+/**
+ * Request bodies: a size cap (413), JSON only (415), parsed once so malformed JSON is a 400 that says
+ * where it broke. The text stays cached on the request, so the route's zod validator and the
+ * idempotency hash read the same bytes.
+ */
+import type { MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { ApiError } from "./errors";
+
+export const MAX_BODY_BYTES = 256 * 1024;
+
+export const limitBody: MiddlewareHandler = bodyLimit({
+  maxSize: MAX_BODY_BYTES,
+  onError: () => {
+    throw new ApiError(413, "payload_too_large", `request body exceeds ${MAX_BODY_BYTES} bytes`, {
+      max_bytes: MAX_BODY_BYTES,
+    });
+  },
+});
+
+const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json(\s*;.*)?$/i;
+
+/** For methods with a body: a non-empty body must be JSON and must parse. */
+export const jsonBody: MiddlewareHandler = async (c, next) => {
+  if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "DELETE") return next();
+  const text = await c.req.text();
+  if (text.trim().length === 0) return next();
+  const type = c.req.header("content-type") ?? "";
+  if (!JSON_TYPE.test(type)) {
+    throw new ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json", {
+      content_type: type || null,
+    });
+  }
+  try {
+    JSON.parse(text);
+  } catch (error) {
+    throw new ApiError(400, "invalid_json", `request body is not valid JSON: ${(error as Error).message}`);
+  }
+  return next();
+};

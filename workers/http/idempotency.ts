@@ -1,0 +1,125 @@
+/**
+ * `Idempotency-Key` on every POST. The key (per account) is claimed before the route runs; a 2xx
+ * result is stored for 24 h and replayed to a retry with the same method, path and body (compared as
+ * canonical JSON). The same key with another body is a 422; a retry while the first is still running
+ * is a 409, so two concurrent requests with one key do the work once. Anything but a 2xx releases
+ * the key, so a corrected or later retry can run.
+ */
+import type { MiddlewareHandler } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { requireAccount } from "../auth/caller";
+import { sha256Hex } from "../auth/secrets";
+import type { ApiEnv } from "./api-env";
+import { ApiError } from "./errors";
+
+export const IDEMPOTENCY_TTL_HOURS = 24;
+/** A claim whose request died (isolate gone mid-request) may be taken over after this long. */
+const CLAIM_SECONDS = 60;
+const KEY = /^[\x21-\x7e]{1,255}$/;
+
+/** Key order and whitespace do not make two bodies different. */
+export function canonicalJson(text: string): string {
+  if (text.trim() === "") return "";
+  const sort = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(sort);
+    if (v && typeof v === "object") {
+      return Object.fromEntries(
+        Object.keys(v)
+          .sort()
+          .map((k) => [k, sort((v as Record<string, unknown>)[k])]),
+      );
+    }
+    return v;
+  };
+  return JSON.stringify(sort(JSON.parse(text)));
+}
+
+interface StoredKey {
+  request_hash: string;
+  state: "in_progress" | "completed";
+  response_status: number | null;
+  response_body: unknown;
+}
+
+export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
+  const key = c.req.header("idempotency-key");
+  if (c.req.method !== "POST" || key === undefined) return next();
+  if (!KEY.test(key)) {
+    throw new ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 visible ASCII characters", {
+      fields: [{ field: "Idempotency-Key", message: "1 to 255 visible ASCII characters", code: "invalid_format" }],
+    });
+  }
+  const account = requireAccount(c.get("caller"));
+  const sql = c.get("pg").sql;
+  const path = c.req.path;
+  const hash = await sha256Hex(`${c.req.method} ${path}\n${canonicalJson(await c.req.text())}`);
+
+  for (let attempt = 0; attempt < 3; attempt++) {
+    // Claim the key, or take over one that expired or whose request died.
+    const claimed = await sql`
+      insert into idempotency_keys (account_id, key, method, path, request_hash, locked_until, expires_at)
+      values (${account.id}, ${key}, ${c.req.method}, ${path}, ${hash},
+              now() + make_interval(secs => ${CLAIM_SECONDS}), now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
+      on conflict (account_id, key) do update
+        set method = excluded.method, path = excluded.path, request_hash = excluded.request_hash,
+            state = 'in_progress', response_status = null, response_body = null,
+            locked_until = excluded.locked_until, created_at = now(), expires_at = excluded.expires_at
+        where idempotency_keys.expires_at <= now()
+           or (idempotency_keys.state = 'in_progress' and idempotency_keys.locked_until <= now()
+               and idempotency_keys.request_hash = excluded.request_hash)
+      returning 1`;
+    if (claimed.length === 1) return run(c, next, account.id, key);
+
+    const [stored] = await sql<StoredKey[]>`
+      select request_hash, state, response_status, response_body from idempotency_keys
+       where account_id = ${account.id} and key = ${key} and expires_at > now()`;
+    if (!stored) continue; // released or expired between the two statements: claim again
+    if (stored.request_hash !== hash) {
+      throw new ApiError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request; use a new key for a new request",
+      );
+    }
+    if (stored.state === "in_progress") {
+      throw new ApiError(
+        409,
+        "idempotency_key_in_progress",
+        "a request with this Idempotency-Key is still running; retry shortly",
+        undefined,
+        { "Retry-After": "1" },
+      );
+    }
+    c.header("Idempotency-Replayed", "true");
+    return c.json(stored.response_body as object, stored.response_status as ContentfulStatusCode);
+  }
+  throw new ApiError(409, "idempotency_key_in_progress", "Idempotency-Key is contended; retry shortly", undefined, {
+    "Retry-After": "1",
+  });
+};
+
+async function run(
+  c: Parameters<MiddlewareHandler<ApiEnv>>[0],
+  next: () => Promise<void>,
+  accountId: string,
+  key: string,
+) {
+  const sql = c.get("pg").sql;
+  const release = () => sql`delete from idempotency_keys where account_id = ${accountId} and key = ${key}`;
+  try {
+    await next();
+  } catch (error) {
+    await release().catch(() => {});
+    throw error;
+  }
+  // Errors thrown by the route were turned into a response by Hono before we get here.
+  const status = c.res.status;
+  if (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json")) {
+    const body = await c.res.clone().json();
+    await sql`update idempotency_keys
+                 set state = 'completed', response_status = ${status}, response_body = ${JSON.stringify(body)}::jsonb
+               where account_id = ${accountId} and key = ${key}`;
+  } else {
+    await release();
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * Rate limits per account and per API key (or user session), tier-aware: accounts entitled to the
+ * Fast tier get the higher plan. A per-account override (table `rate_limit_overrides`) replaces the
+ * plan. Decided by the account's RateLimiter Durable Object (token buckets); see docs/api.md.
+ */
+import type { MiddlewareHandler } from "hono";
+import type { BucketReading, BucketSpec } from "../../durable-objects/rate-limiter/bucket";
+import type { Caller } from "../auth/caller";
+import type { ApiEnv } from "./api-env";
+import { ApiError } from "./errors";
+import { errorFields } from "./log";
+
+export interface RatePlan {
+  accountLimit: number;
+  keyLimit: number;
+  windowS: number;
+}
+
+/** Requests per window: a bucket of `limit` tokens refilled evenly over `windowS`. */
+export const RATE_PLANS = {
+  standard: { accountLimit: 600, keyLimit: 300, windowS: 60 },
+  fast: { accountLimit: 3000, keyLimit: 1200, windowS: 60 },
+} as const satisfies Record<string, RatePlan>;
+
+export function ratePlanOf(caller: Caller): RatePlan & { plan: string } {
+  const account = caller.account;
+  if (account?.rateLimitOverride) return { plan: "custom", ...account.rateLimitOverride };
+  return account?.fastTierEnabled ? { plan: "fast", ...RATE_PLANS.fast } : { plan: "standard", ...RATE_PLANS.standard };
+}
+
+export function bucketsOf(caller: Caller): { object: string; specs: BucketSpec[] } {
+  const plan = ratePlanOf(caller);
+  const own = caller.apiKey ? `key:${caller.apiKey.id}` : `user:${caller.userId}`;
+  const specs: BucketSpec[] = [{ name: own, limit: plan.keyLimit, windowS: plan.windowS }];
+  if (caller.account) specs.unshift({ name: "account", limit: plan.accountLimit, windowS: plan.windowS });
+  return { object: caller.account ? `account:${caller.account.id}` : `user:${caller.userId}`, specs };
+}
+
+function headers(r: BucketReading): Record<string, string> {
+  return {
+    "RateLimit-Limit": String(r.limit),
+    "RateLimit-Remaining": String(r.remaining),
+    "RateLimit-Reset": String(r.resetS),
+    "RateLimit-Policy": `${r.limit};w=${r.windowS}`,
+  };
+}
+
+export const rateLimit: MiddlewareHandler<ApiEnv> = async (c, next) => {
+  const caller = c.get("caller");
+  const { object, specs } = bucketsOf(caller);
+  let decision: Awaited<ReturnType<DurableObjectStub<import("../../durable-objects").RateLimiter>["take"]>>;
+  try {
+    const stub = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(object));
+    decision = await stub.take(specs);
+  } catch (error) {
+    // Fail open: a limiter outage must not take the API down with it.
+    c.get("log").warn("rate_limit.unavailable", errorFields(error));
+    return next();
+  }
+  const h = headers(decision.tightest);
+  if (!decision.allowed) {
+    const scope = decision.tightest.name === "account" ? "account" : caller.apiKey ? "api_key" : "user";
+    throw new ApiError(
+      429,
+      "rate_limited",
+      `rate limit of ${decision.tightest.limit} requests per ${decision.tightest.windowS} s reached for this ${scope.replace("_", " ")}; retry in ${decision.retryAfterS} s`,
+      {
+        scope,
+        limit: decision.tightest.limit,
+        window_s: decision.tightest.windowS,
+        retry_after_s: decision.retryAfterS,
+      },
+      { ...h, "Retry-After": String(decision.retryAfterS) },
+    );
+  }
+  for (const [name, value] of Object.entries(h)) c.header(name, value);
+  return next();
+};
