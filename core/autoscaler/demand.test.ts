@@ -55,5 +55,9 @@ describe("estimateDemand", () => {
     const d = estimateDemand({ arrivals: [], concurrency }, NOW, W);
     expect(d.steadyGpus).toBe(109);
     expect(d.peakGpus).toBe(189);
+    // Less history than asked for: nothing counts as steady yet.
+    const young = estimateDemand({ arrivals: [], concurrency }, NOW, { ...W, steadyMinHistoryMs: 2 * HOUR_MS });
+    expect(young.steadyGpus).toBe(0);
+    expect(young.peakGpus).toBe(189);
   });
 });

@@ -22,8 +22,10 @@ export interface DemandWindow {
   levelLookbackMs?: number;
   /** Quantile of per-window Fast arrivals that headroom covers, e.g. 0.99. */
   arrivalQuantile: number;
-  /** Quantile of concurrent demand that counts as steady, e.g. 0.1. */
+  /** Quantile of concurrent demand that counts as steady, e.g. 0.1… */
   steadyQuantile: number;
+  /** …once the samples span at least this long (a cold start has no steady demand yet). */
+  steadyMinHistoryMs?: number;
   /** Quantile of concurrent demand that counts as the recent peak, e.g. 0.95… */
   peakQuantile: number;
   /** …over this much of the recent past (default: the whole lookback). */
@@ -80,11 +82,13 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   }
   const levels: number[] = [];
   const recent: number[] = [];
+  let earliest = now;
   const levelSince = now - (w.levelLookbackMs ?? w.lookbackMs);
   const peakSince = now - (w.peakLookbackMs ?? w.levelLookbackMs ?? w.lookbackMs);
   for (const c of history.concurrency) {
     if (c.at <= levelSince || c.at > now) continue;
     levels.push(c.gpus);
+    earliest = Math.min(earliest, c.at);
     if (c.at > peakSince) recent.push(c.gpus);
   }
   const sortedLevels = Float64Array.from(levels).sort();
@@ -92,7 +96,7 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
     fastGpusInWindow: quantileSorted(gpuSums.sort(), w.arrivalQuantile),
     fastWholeNodesInWindow: quantileSorted(nodeSums.sort(), w.arrivalQuantile),
     fastGpusAtRecentRate: Math.ceil((burst * w.windowMs) / w.burstMs),
-    steadyGpus: quantileSorted(sortedLevels, w.steadyQuantile),
+    steadyGpus: now - earliest >= (w.steadyMinHistoryMs ?? 0) ? quantileSorted(sortedLevels, w.steadyQuantile) : 0,
     peakGpus: quantileSorted(Float64Array.from(recent).sort(), w.peakQuantile),
   };
 }
