@@ -20,8 +20,10 @@ export interface DemandWindow {
   lookbackMs: number;
   /** …and concurrent demand (steady level; default: the same). */
   levelLookbackMs?: number;
-  /** Quantile of per-window Fast arrivals that headroom covers, e.g. 0.99. */
+  /** Quantile of per-window Fast arrivals that headroom covers, e.g. 0.99… */
   arrivalQuantile: number;
+  /** …and of whole nodes for Fast jobs of 8 GPUs or more (default: the same). */
+  wholeNodeQuantile?: number;
   /** Quantile of concurrent demand that counts as steady, e.g. 0.1… */
   steadyQuantile: number;
   /** …once the samples span at least this long (a cold start has no steady demand yet). */
@@ -94,7 +96,7 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   const sortedLevels = Float64Array.from(levels).sort();
   return {
     fastGpusInWindow: quantileSorted(gpuSums.sort(), w.arrivalQuantile),
-    fastWholeNodesInWindow: quantileSorted(nodeSums.sort(), w.arrivalQuantile),
+    fastWholeNodesInWindow: quantileSorted(nodeSums.sort(), w.wholeNodeQuantile ?? w.arrivalQuantile),
     fastGpusAtRecentRate: Math.ceil((burst * w.windowMs) / w.burstMs),
     steadyGpus: now - earliest >= (w.steadyMinHistoryMs ?? 0) ? quantileSorted(sortedLevels, w.steadyQuantile) : 0,
     peakGpus: quantileSorted(Float64Array.from(recent).sort(), w.peakQuantile),

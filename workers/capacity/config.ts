@@ -31,14 +31,14 @@ export const CAPACITY_CONFIG: AutoscalerConfig = {
 };
 
 /**
- * Headroom: the most Fast GPUs that arrived in any lead-time window of the last 6 hours, or the
+ * Headroom: the most Fast GPUs that arrived in any lead-time window of the last 12 hours, or the
  * last 3 minutes' rate over a window if a burst is under way. Steady: what demand stayed above 95 %
  * of the last 3 days, once there is a day of history. Peak (what sell-back keeps): 95th percentile of
  * the last 6 hours.
  */
 export const DEMAND_WINDOW: DemandWindow = {
   windowMs: LEAD_TIME_MS + MINUTE,
-  lookbackMs: 6 * HOUR,
+  lookbackMs: 12 * HOUR,
   levelLookbackMs: 72 * HOUR,
   arrivalQuantile: 1,
   steadyQuantile: 0.05,
