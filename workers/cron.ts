@@ -3,6 +3,7 @@
  * is logged and does not stop the others.
  */
 import { expireIdempotencyKeysTask, reconcileTask } from "./api/housekeeping";
+import { runCapacityCron } from "./capacity/cron";
 import { createLogger, errorFields, type Logger } from "./http/log";
 import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
 
@@ -16,6 +17,7 @@ export const CRON_TASKS: Record<string, CronTask[]> = {
     { name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) },
     reconcileTask,
     expireIdempotencyKeysTask,
+    { name: "capacity.autoscaler", run: (env, log) => runCapacityCron(env, log) },
   ],
 };
 

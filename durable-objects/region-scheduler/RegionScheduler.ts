@@ -188,6 +188,14 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     return this.change((now) => this.state.drain(nodeId, now));
   }
 
+  async setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null): Promise<{ ok: boolean }> {
+    return this.change((now) => {
+      const ok = this.state.setNodeBlock(nodeId, blockId, blockEndAt, now);
+      if (ok) this.state.schedule(now);
+      return { ok };
+    });
+  }
+
   async listNodes(): Promise<NodeView[]> {
     return this.views.nodes();
   }

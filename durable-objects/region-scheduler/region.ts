@@ -384,6 +384,14 @@ export class Region {
     return { known: true, changed, state: node.state };
   }
 
+  setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null, now: number): boolean {
+    const node = this.node(nodeId);
+    if (!node) return false;
+    this.patch("nodes", node, { block_id: blockId, block_end_at: blockEndAt });
+    this.records.node(node, now);
+    return true;
+  }
+
   drain(nodeId: string, now: number): { ok: boolean; state: NodeRow["state"] | "unknown" } {
     const node = this.node(nodeId);
     if (!node) return { ok: false, state: "unknown" };

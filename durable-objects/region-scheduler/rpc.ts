@@ -197,6 +197,8 @@ export interface RegionSchedulerRpc {
   reserve(request: ReservationRequest): Promise<ReserveResult>;
   release(reservationId: string): Promise<{ released: boolean }>;
   drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
+  /** The node's block changed (an extension bought more time): the packer scores it by its new end. */
+  setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null): Promise<{ ok: boolean }>;
   listNodes(): Promise<NodeView[]>;
   deadLetters(): Promise<DeadLetter[]>;
   redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }>;

@@ -4,6 +4,7 @@
  */
 
 export * from "./schema/api";
+export * from "./schema/capacity";
 export * from "./schema/core";
 export * from "./schema/market";
 export * from "./schema/scheduler";

@@ -1,0 +1,4 @@
+export * from "./demand";
+export * from "./market-time";
+export * from "./policy";
+export * from "./types";

@@ -1,0 +1,46 @@
+/**
+ * The market's clock and price arithmetic: blocks start "now" (the next minute) or on the hour and
+ * end on the hour; prices are whole-block totals in cents; rates are cents per GPU-hour.
+ */
+import { GPUS_PER_NODE } from "../schemas/common";
+
+export const MINUTE_MS = 60_000;
+export const HOUR_MS = 3_600_000;
+
+/** "NOW" in an order means the beginning of the next minute (an instant on a minute stays). */
+export function marketNow(now: number): number {
+  return Math.ceil(now / MINUTE_MS) * MINUTE_MS;
+}
+
+/** The first hour boundary strictly after `t`. */
+export function nextHour(t: number): number {
+  return Math.floor(t / HOUR_MS) * HOUR_MS + HOUR_MS;
+}
+
+/** The end of a block of at least `hours` starting at `start`: on the hour. */
+export function blockEnd(start: number, hours: number): number {
+  return Math.ceil((start + hours * HOUR_MS) / HOUR_MS) * HOUR_MS;
+}
+
+export function hoursBetween(start: number, end: number): number {
+  return (end - start) / HOUR_MS;
+}
+
+/** Cents per GPU-hour of a block's total price. */
+export function ratePerGpuHour(priceCents: number, nodes: number, start: number, end: number): number {
+  const gpuHours = nodes * GPUS_PER_NODE * hoursBetween(start, end);
+  return gpuHours > 0 ? priceCents / gpuHours : Number.POSITIVE_INFINITY;
+}
+
+/** A whole block's price at a rate, rounded up to the cent as the market's clients do. */
+export function blockPrice(rateCentsPerGpuHour: number, nodes: number, start: number, end: number): number {
+  return Math.ceil(rateCentsPerGpuHour * nodes * GPUS_PER_NODE * hoursBetween(start, end));
+}
+
+export function formatRate(centsPerGpuHour: number): string {
+  return `$${(centsPerGpuHour / 100).toFixed(2)}/GPU-h`;
+}
+
+export function formatInstant(t: number): string {
+  return new Date(t).toISOString().slice(0, 16).replace("T", " ");
+}

@@ -1,0 +1,434 @@
+import { describe, expect, it } from "vitest";
+import { blockEnd, blockPrice, HOUR_MS, MINUTE_MS, marketNow } from "./market-time";
+import { planCapacity, quoteRequests } from "./policy";
+import type {
+  AutoscalerConfig,
+  CapacityInput,
+  FleetNode,
+  MarketQuote,
+  PlanAction,
+  QueuedJob,
+  QuoteRequest,
+} from "./types";
+
+const NOW = Date.parse("2026-03-02T10:20:00Z");
+const at = (iso: string) => Date.parse(`2026-03-02T${iso}:00Z`);
+
+const CONFIG: AutoscalerConfig = {
+  gpuModel: "H100",
+  zone: "hayesvalley",
+  leadTimeMs: 6 * MINUTE_MS,
+  cycleMs: MINUTE_MS,
+  fast: { startGoalMs: 60_000, minHeadroomGpus: 0, limitCentsPerGpuHour: 400, blockHours: 1 },
+  flex: {
+    maxWaitMs: 2 * HOUR_MS,
+    limitCentsPerGpuHour: 200,
+    deadlineLimitCentsPerGpuHour: 400,
+    gatherMs: 30 * MINUTE_MS,
+  },
+  durationsHours: [1, 4, 24, 168],
+  steadyBlockHours: 24,
+  extend: { leadMs: 10 * MINUTE_MS, maxHours: 168, lindyFactor: 1, surplusRecovery: 0 },
+  sellBack: { feeBps: 500, feeCentsPerNodeHour: 0, leadMs: 10 * MINUTE_MS },
+  consolidate: { marginGpus: 8, maxBusyGpus: 2, maxWorkAgeMs: HOUR_MS },
+  budget: null,
+  limitSlackBps: 200,
+};
+
+/** A price curve by block length, cents per GPU-hour: longer blocks are cheaper. */
+const CURVE: Record<number, number> = { 1: 300, 4: 250, 24: 180, 168: 150 };
+
+function node(id: string, over: Partial<FleetNode> = {}): FleetNode {
+  return {
+    id,
+    blockId: "blk-a",
+    gpuModel: "H100",
+    zone: "hayesvalley",
+    gpus: 8,
+    freeGpus: 8,
+    state: "ready",
+    endAt: at("18:00"),
+    work: [],
+    ...over,
+  };
+}
+
+/** A node running one job on all 8 GPUs, started `hoursAgo` before NOW with no known end. */
+function busyNode(id: string, hoursAgo: number, over: Partial<FleetNode> = {}): FleetNode {
+  return node(id, {
+    freeGpus: 0,
+    work: [{ tier: "flex", gpus: 8, startedAt: NOW - hoursAgo * HOUR_MS, expectedEndAt: null }],
+    ...over,
+  });
+}
+
+function job(id: string, tier: "fast" | "flex", gpus: number, waitedMin: number): QueuedJob {
+  return { id, tier, gpus, gpuModels: [], waitedMs: waitedMin * MINUTE_MS };
+}
+
+function input(over: Partial<CapacityInput> = {}, config: Partial<AutoscalerConfig> = {}): CapacityInput {
+  return {
+    now: NOW,
+    region: "us-west-1",
+    nodes: [],
+    blocks: [],
+    inflight: [],
+    queue: [],
+    quotes: [],
+    demand: { fastGpusInWindow: 0, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 0 },
+    spentCents: 0,
+    config: { ...CONFIG, ...config },
+    ...over,
+  };
+}
+
+/** Answers the policy's quote requests from a price curve, as the market simulator would. */
+function answer(requests: QuoteRequest[], now: number, curve: Record<number, number> = CURVE): MarketQuote[] {
+  return requests.map((r) => {
+    const start = r.startAt === "now" ? marketNow(now) : r.startAt;
+    const end = r.startAt === "now" ? blockEnd(start, r.durationHours) : start + r.durationHours * HOUR_MS;
+    const rate = curve[r.durationHours] ?? curve[1]!;
+    const q: MarketQuote = {
+      side: r.side,
+      gpuModel: r.gpuModel,
+      zone: r.zone ?? "hayesvalley",
+      nodes: r.nodes,
+      startAt: start,
+      endAt: end,
+      priceCents: blockPrice(rate, r.nodes, start, end),
+    };
+    if (r.blockId !== undefined) q.blockId = r.blockId;
+    return q;
+  });
+}
+
+/** Runs the two-phase cycle: ask for quotes, answer them, decide. */
+function plan(i: CapacityInput, curve: Record<number, number> = CURVE) {
+  return planCapacity({ ...i, quotes: answer(quoteRequests(i), i.now, curve) });
+}
+
+const ofKind = <K extends PlanAction["kind"]>(actions: PlanAction[], kind: K) =>
+  actions.filter((a): a is Extract<PlanAction, { kind: K }> => a.kind === kind);
+
+describe("Fast headroom", () => {
+  it("buys a short rolling block at once when free GPUs fall below the headroom", () => {
+    // 4 GPUs free, headroom 20 → 16 short → 2 nodes, NOW (10:20) to 12:00 (at least an hour, on the hour).
+    const i = input({
+      nodes: [node("n1", { freeGpus: 4, work: [{ tier: "flex", gpus: 4, startedAt: NOW, expectedEndAt: null }] })],
+      demand: { fastGpusInWindow: 20, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 4 },
+    });
+    const p = plan(i);
+    const buys = ofKind(p.actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 2, startAt: "now", endAt: at("12:00") });
+    expect(buys[0]!.reason.rule).toBe("fast_headroom");
+    expect(buys[0]!.reason.message).toContain("Fast headroom 20 GPUs");
+    // Limit: the 1 h rate with 2% slack, 16 GPUs × 1 h 40 min: 306 × 16 × 5/3 = 8160.
+    expect(buys[0]!.limitPriceCents).toBe(8160);
+    expect(ofKind(p.actions, "hold_headroom")[0]).toMatchObject({ gpus: 4 });
+  });
+
+  it("counts a buy still in flight, so a lost response is not bought twice", () => {
+    const i = input({
+      nodes: [node("n1", { freeGpus: 4, work: [{ tier: "flex", gpus: 4, startedAt: NOW, expectedEndAt: null }] })],
+      demand: { fastGpusInWindow: 20, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 4 },
+      inflight: [{ kind: "buy", gpuModel: "H100", nodes: 2, startAt: NOW - MINUTE_MS, endAt: at("12:00") }],
+    });
+    expect(ofKind(plan(i).actions, "buy")).toHaveLength(0);
+  });
+
+  it("sizes the headroom from a burst under way", () => {
+    // History says 4 GPUs per window, but the last minutes' rate projects 30: 4 nodes.
+    const i = input({
+      demand: { fastGpusInWindow: 4, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 30, steadyGpus: 0, peakGpus: 0 },
+    });
+    const buys = ofKind(plan(i).actions, "buy");
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 4 });
+    expect(buys[0]!.reason.message).toContain("Fast headroom 30 GPUs");
+  });
+
+  it("keeps whole free nodes for Fast jobs of 8 GPUs or more", () => {
+    // 12 free GPUs, but split over two half-busy nodes: a Fast 8-GPU job would not fit.
+    const half = (id: string) =>
+      node(id, { freeGpus: 6, work: [{ tier: "flex", gpus: 2, startedAt: NOW, expectedEndAt: null }] });
+    const i = input({
+      nodes: [half("n1"), half("n2")],
+      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 1, fastGpusAtRecentRate: 0, steadyGpus: 0, peakGpus: 4 },
+    });
+    const buys = ofKind(plan(i).actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 1 });
+    expect(buys[0]!.reason.rule).toBe("fast_headroom");
+    expect(buys[0]!.reason.message).toContain("1 whole nodes");
+  });
+
+  it("buys for waiting Fast work beyond capacity on its way", () => {
+    const i = input({
+      queue: [job("j1", "fast", 8, 1), job("j2", "fast", 8, 0)],
+      nodes: [node("n1", { state: "booting" })],
+    });
+    const buys = ofKind(plan(i).actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 1 });
+    expect(buys[0]!.reason.rule).toBe("fast_queue");
+  });
+
+  it("buys the steady part of demand as a long block", () => {
+    // 32 GPUs have held steadily and no block lasts 24 h: the 2 nodes go on the cheapest long block.
+    const i = input({
+      demand: {
+        fastGpusInWindow: 16,
+        fastWholeNodesInWindow: 0,
+        fastGpusAtRecentRate: 0,
+        steadyGpus: 32,
+        peakGpus: 40,
+      },
+    });
+    const buys = ofKind(plan(i).actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]!.reason.rule).toBe("steady_base");
+    expect(buys[0]!.endAt).toBe(blockEnd(marketNow(NOW), 168));
+    // Each node of a long block ends an hour after the previous one, so each can be sold back alone.
+    expect(buys[0]!.endStepMs).toBe(HOUR_MS);
+  });
+});
+
+describe("Flex", () => {
+  const queue = [job("f1", "flex", 4, 10), job("f2", "flex", 4, 5), job("f3", "flex", 8, 1)];
+
+  it("waits while every quote is above the Flex limit", () => {
+    const p = plan(input({ queue }));
+    expect(ofKind(p.actions, "buy")).toHaveLength(0);
+    const hold = ofKind(p.actions, "hold").find((h) => h.tier === "flex");
+    expect(hold?.reason.rule).toBe("flex_wait_price");
+    expect(hold?.reason.message).toContain("above the Flex limit $2.00/GPU-h");
+    expect(hold?.gpus).toBe(16);
+  });
+
+  it("buys one block for all waiting Flex jobs once the price is at or under the limit", () => {
+    const cheap = { ...CURVE, 4: 190 };
+    const p = plan(input({ queue }), cheap);
+    const buys = ofKind(p.actions, "buy");
+    expect(buys).toHaveLength(1);
+    // 16 GPUs of three jobs in one 2-node block, 4 h from NOW (10:20 → 15:00) at $1.90.
+    expect(buys[0]).toMatchObject({ tier: "flex", nodes: 2, endAt: at("15:00") });
+    expect(buys[0]!.reason.rule).toBe("flex_price");
+  });
+
+  it("buys at the deadline price when a job's maximum wait is about to run out", () => {
+    // Max wait 2 h, lead 6 min + cycle 1 min: f1 (waited 115 min) must be bought for now; f2 (95 min)
+    // is due within the 30-min gather window and rides along; f3 (10 min) keeps waiting.
+    const due = [job("f1", "flex", 4, 115), job("f2", "flex", 4, 95), job("f3", "flex", 8, 10)];
+    const p = plan(input({ queue: due }));
+    const buys = ofKind(p.actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "flex", nodes: 1 });
+    expect(buys[0]!.reason.rule).toBe("flex_deadline");
+    expect(buys[0]!.reason.message).toContain("buying for 2 job(s), 8 GPUs");
+  });
+});
+
+describe("idle capacity", () => {
+  it("does not extend an idle block: its nodes are drained to lapse, while a busy block is extended", () => {
+    const i = input({
+      nodes: [
+        node("idle-1", { blockId: "blk-idle", endAt: at("10:30") }),
+        node("idle-2", { blockId: "blk-idle", endAt: at("10:30") }),
+        busyNode("busy-1", 3, { blockId: "blk-busy", endAt: at("10:30") }),
+      ],
+    });
+    const p = plan(i);
+    const extends_ = ofKind(p.actions, "extend");
+    expect(extends_.map((e) => e.blockId)).toEqual(["blk-busy"]);
+    expect(extends_[0]!.reason.rule).toBe("extend_busy");
+    expect(extends_[0]!.startAt).toBe(at("10:30"));
+    const drains = ofKind(p.actions, "drain");
+    expect(drains.map((d) => d.nodeId).sort()).toEqual(["idle-1", "idle-2"]);
+    for (const d of drains) expect(d.reason.rule).toBe("idle_no_extend");
+  });
+
+  it("extends long-running work for longer than short work", () => {
+    // 3 h of age → covering ~3 h: 1-h blocks at $3.00 beat 4 h at $2.50 (7.5 vs 10 per GPU);
+    // 30 h of age → 24 h at $1.80 beats renewing hourly at $3.00.
+    const p = plan(
+      input({
+        nodes: [
+          busyNode("young", 3, { blockId: "blk-y", endAt: at("10:30") }),
+          busyNode("old", 30, { blockId: "blk-o", endAt: at("10:30") }),
+        ],
+      }),
+    );
+    const ends = Object.fromEntries(ofKind(p.actions, "extend").map((e) => [e.blockId, e.endAt]));
+    expect(ends["blk-y"]).toBe(at("11:30"));
+    expect(ends["blk-o"]).toBe(at("10:30") + 24 * HOUR_MS);
+  });
+
+  it("sells back idle future hours beyond the recent peak when the quote beats the resale fee", () => {
+    const now = at("10:52");
+    const end = Date.parse("2026-03-03T00:00:00Z");
+    const i = input({
+      now,
+      nodes: [
+        busyNode("b1", 2, { blockId: "blk-long", endAt: end }),
+        node("b2", { blockId: "blk-long", endAt: end }),
+        node("b3", { blockId: "blk-long", endAt: end }),
+        node("b4", { blockId: "blk-long", endAt: end }),
+      ],
+      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 8, peakGpus: 8 },
+    });
+    // Supply 32; keep max(busy 8, peak 8) + headroom 8 = 16 → 2 idle nodes are surplus.
+    const p = plan(i);
+    const sells = ofKind(p.actions, "sell_back");
+    expect(sells).toHaveLength(1);
+    expect(sells[0]).toMatchObject({ blockId: "blk-long", startAt: at("11:00"), endAt: end });
+    expect(sells[0]!.nodeIds).toHaveLength(2);
+    expect(sells[0]!.reason.rule).toBe("sell_back");
+    expect(sells[0]!.reason.message).toContain("beats the resale fee");
+    const drained = ofKind(p.actions, "drain").map((d) => d.nodeId);
+    expect(drained.sort()).toEqual([...sells[0]!.nodeIds].sort());
+  });
+
+  it("sells a sale group whole or not at all", () => {
+    // b2 and b3 share a sale group with busy b1: none of them can be sold; b4 alone can.
+    const now = at("10:52");
+    const end = Date.parse("2026-03-03T00:00:00Z");
+    const i = input({
+      now,
+      nodes: [
+        busyNode("b1", 2, { blockId: "blk-long", endAt: end, sellGroup: "g1" }),
+        node("b2", { blockId: "blk-long", endAt: end, sellGroup: "g1" }),
+        node("b3", { blockId: "blk-long", endAt: end, sellGroup: "g1" }),
+        node("b4", { blockId: "blk-other", endAt: end, sellGroup: "g2" }),
+      ],
+    });
+    const sells = ofKind(plan(i).actions, "sell_back");
+    expect(sells.map((x) => x.nodeIds)).toEqual([["b4"]]);
+  });
+
+  it("keeps idle hours whose quote does not beat the resale fee", () => {
+    const now = at("10:52");
+    const end = Date.parse("2026-03-03T00:00:00Z");
+    const i = input(
+      {
+        now,
+        nodes: [node("b2", { blockId: "blk-long", endAt: end }), node("b3", { blockId: "blk-long", endAt: end })],
+      },
+      // A flat fee of $30 per node-hour is more than the $14.40 a node-hour fetches at $1.80/GPU-h.
+      { sellBack: { feeBps: 500, feeCentsPerNodeHour: 3_000, leadMs: 10 * MINUTE_MS } },
+    );
+    const p = plan(i);
+    expect(ofKind(p.actions, "sell_back")).toHaveLength(0);
+    const hold = ofKind(p.actions, "hold").find((h) => h.blockId === "blk-long");
+    expect(hold?.reason.rule).toBe("keep_unsold");
+  });
+
+  it("does not sell back before the last minutes of the hour", () => {
+    const end = Date.parse("2026-03-03T00:00:00Z");
+    const i = input({ nodes: [node("b2", { blockId: "blk-long", endAt: end })] });
+    expect(ofKind(plan(i).actions, "sell_back")).toHaveLength(0);
+  });
+
+  it("drains a thin node with young work at its end when the rest of the fleet has room", () => {
+    // "thin" ends at 10:30 with 1 GPU of 20-minute-old work; 16 GPUs are free elsewhere against
+    // 4 headroom + 4 margin: it is extended for its work only and drained. "old" runs 2 GPUs of
+    // 5-hour-old work: kept as it is.
+    const p = plan(
+      input(
+        {
+          nodes: [
+            node("thin", {
+              blockId: "blk-t",
+              endAt: at("10:30"),
+              freeGpus: 7,
+              work: [{ tier: "flex", gpus: 1, startedAt: NOW - 20 * MINUTE_MS, expectedEndAt: null }],
+            }),
+            node("old", {
+              blockId: "blk-o",
+              endAt: at("10:30"),
+              freeGpus: 6,
+              work: [{ tier: "flex", gpus: 2, startedAt: NOW - 5 * HOUR_MS, expectedEndAt: null }],
+            }),
+            node("spare-1"),
+            node("spare-2"),
+          ],
+          demand: {
+            fastGpusInWindow: 4,
+            fastWholeNodesInWindow: 0,
+            fastGpusAtRecentRate: 0,
+            steadyGpus: 0,
+            peakGpus: 16,
+          },
+        },
+        { consolidate: { marginGpus: 4, maxBusyGpus: 2, maxWorkAgeMs: HOUR_MS } },
+      ),
+    );
+    const drains = ofKind(p.actions, "drain");
+    expect(drains.map((d) => d.nodeId)).toEqual(["thin"]);
+    expect(drains[0]!.reason.rule).toBe("consolidate");
+    const ext = Object.fromEntries(ofKind(p.actions, "extend").map((e) => [e.blockId, e.endAt]));
+    expect(ext["blk-t"]).toBe(at("11:30"));
+    expect(ext["blk-o"]).toBeDefined();
+  });
+
+  it("still extends a draining node whose work runs past its end", () => {
+    const p = plan(input({ nodes: [busyNode("d1", 2, { endAt: at("10:30"), state: "draining" })] }));
+    const ext = ofKind(p.actions, "extend");
+    expect(ext.map((e) => e.nodeIds)).toEqual([["d1"]]);
+    expect(ext[0]!.reason.rule).toBe("extend_busy");
+  });
+
+  it("releases the nodes of a block that has ended", () => {
+    const p = plan(input({ nodes: [node("gone", { endAt: at("10:00"), state: "draining" })] }));
+    const rel = ofKind(p.actions, "release");
+    expect(rel).toHaveLength(1);
+    expect(rel[0]!.reason.rule).toBe("block_ended");
+  });
+});
+
+describe("budget cap", () => {
+  it("trims buys to the budget and says so", () => {
+    // Headroom needs 4 nodes (≈ 4 × 8 × 1.67 h × $3.06 = $163); $50 left covers one.
+    const i = input(
+      {
+        demand: {
+          fastGpusInWindow: 32,
+          fastWholeNodesInWindow: 0,
+          fastGpusAtRecentRate: 0,
+          steadyGpus: 0,
+          peakGpus: 0,
+        },
+        spentCents: 95_000,
+      },
+      { budget: { capCents: 100_000, periodMs: 24 * HOUR_MS } },
+    );
+    const p = plan(i);
+    const buys = ofKind(p.actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]!.nodes).toBe(1);
+    const held = ofKind(p.actions, "hold").find((h) => h.reason.rule === "budget_cap");
+    expect(held?.gpus).toBe(24);
+    expect(held?.reason.message).toContain("budget cap 100000¢");
+    expect(p.summary.plannedSpendCents).toBeLessThanOrEqual(5_000);
+  });
+
+  it("spends what is left on keeping running work alive before Fast headroom", () => {
+    const i = input(
+      {
+        nodes: [busyNode("busy-1", 2, { blockId: "blk-busy", endAt: at("10:30") })],
+        demand: {
+          fastGpusInWindow: 16,
+          fastWholeNodesInWindow: 0,
+          fastGpusAtRecentRate: 0,
+          steadyGpus: 0,
+          peakGpus: 8,
+        },
+        spentCents: 97_000,
+      },
+      { budget: { capCents: 100_000, periodMs: 24 * HOUR_MS } },
+    );
+    const p = plan(i);
+    expect(ofKind(p.actions, "extend")).toHaveLength(1);
+    expect(ofKind(p.actions, "buy")).toHaveLength(0);
+    expect(ofKind(p.actions, "hold").some((h) => h.reason.rule === "budget_cap" && h.tier === "fast")).toBe(true);
+  });
+});

@@ -1,0 +1,103 @@
+/**
+ * npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F]
+ *
+ * Replays a window of a job trace through Scalar's capacity policy and the static and reactive
+ * baselines on the same simulated market, and prints one JSON object (see docs/capacity_planning.md).
+ * Progress and diagnostics go to stderr.
+ */
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { HOUR_MS } from "../../core/autoscaler";
+import type { ReplayResult } from "./ledger";
+import { formulaLowerBoundCents, lowerBoundCents } from "./lower-bound";
+import { engineFor, type PolicyName, runPolicy } from "./replay";
+import { replaySetup } from "./setup";
+import { loadTrace } from "./trace";
+
+const { values } = parseArgs({
+  options: {
+    jobs: { type: "string" },
+    "from-hour": { type: "string", default: "720" },
+    hours: { type: "string", default: "336" },
+    seed: { type: "string", default: "1" },
+    "fast-share": { type: "string", default: "0.3" },
+  },
+});
+
+function number(name: string, value: string | undefined): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) {
+    console.error(`--${name} must be a non-negative number, got ${value}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+if (!values.jobs) {
+  console.error("usage: npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F]");
+  process.exit(2);
+}
+const fromHour = number("from-hour", values["from-hour"]);
+const hours = number("hours", values.hours);
+const seed = number("seed", values.seed);
+const fastShare = number("fast-share", values["fast-share"]);
+const { jobs, origin } = loadTrace(values.jobs, { fromHour, hours }, { seed, fastShare });
+const windowStart = origin + fromHour * HOUR_MS;
+const base = replaySetup(jobs, windowStart, hours, seed);
+// REPLAY_TUNE='{"config":{…},"demand":{…}}' overrides settings (for tuning runs; the docs' numbers use none).
+const tune = process.env.REPLAY_TUNE ? JSON.parse(process.env.REPLAY_TUNE) : {};
+const setup: typeof base = {
+  ...base,
+  ...tune,
+  config: deepMerge(base.config, tune.config ?? {}),
+  demand: { ...base.demand, ...tune.demand },
+};
+console.error(
+  `replay: ${jobs.length} jobs (${jobs.filter((j) => j.tier === "fast").length} Fast), ${hours} h from ${new Date(windowStart).toISOString()}, static fleet ${setup.staticNodes} nodes`,
+);
+
+const runs = {} as Record<PolicyName, ReturnType<typeof runPolicy>>;
+// REPLAY_ONLY=scalar[,…] runs only those policies (the others repeat the first; for tuning runs).
+const only = process.env.REPLAY_ONLY ? process.env.REPLAY_ONLY.split(",") : null;
+for (const name of ["scalar", "static", "reactive"] as const) {
+  if (only && !only.includes(name)) {
+    runs[name] = runs.scalar;
+    continue;
+  }
+  // REPLAY_SERIES=DIR writes each policy's minute-by-minute state there (for plots and tuning).
+  const dir = process.env.REPLAY_SERIES;
+  const series: Record<string, number>[] = [];
+  runs[name] = runPolicy(name, dir ? { ...setup, observe: (s) => series.push(s) } : setup);
+  if (dir) writeFileSync(`${dir}/${name}.json`, JSON.stringify(series));
+  console.error(`${name}: ${JSON.stringify(runs[name].diagnostics)}`);
+}
+// The block lengths the policies buy: Scalar's, and the static fleet's whole window.
+const lengths = [...setup.config.durationsHours, hours];
+const lowerBound = lowerBoundCents(engineFor(setup), jobs, windowStart, setup.windowMs, lengths);
+const formula = formulaLowerBoundCents(
+  engineFor(setup),
+  jobs,
+  windowStart,
+  setup.windowMs,
+  Math.max(...lengths) * HOUR_MS,
+);
+console.error(`lower bound without congestion, at the price model's own terms: $${(formula / 100).toFixed(2)}`);
+const result: ReplayResult = {
+  scalar: runs.scalar.metrics,
+  static: runs.static.metrics,
+  reactive: runs.reactive.metrics,
+  lower_bound_spend_usd: Math.round(lowerBound) / 100,
+};
+console.log(JSON.stringify(result, null, 2));
+
+function deepMerge<T>(base: T, patch: Record<string, unknown>): T {
+  const out = { ...base } as Record<string, unknown>;
+  for (const [k, v] of Object.entries(patch)) {
+    const cur = out[k];
+    out[k] =
+      v && typeof v === "object" && !Array.isArray(v) && cur && typeof cur === "object"
+        ? deepMerge(cur, v as Record<string, unknown>)
+        : v;
+  }
+  return out as T;
+}

@@ -1,0 +1,80 @@
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+import { HOUR_MS } from "../../core/autoscaler";
+import { lowerBoundCents } from "./lower-bound";
+import { engineFor, runPolicy } from "./replay";
+import { replaySetup } from "./setup";
+import { loadTrace } from "./trace";
+
+const FIXTURE = fileURLToPath(new URL("./fixtures/philly-h720-723.csv", import.meta.url));
+const KEYS = [
+  "fast_start_p50_s",
+  "fast_start_p99_s",
+  "flex_wait_p50_s",
+  "flex_wait_p99_s",
+  "utilisation",
+  "spend_usd",
+  "spend_per_used_gpu_hour_usd",
+  "revenue_usd",
+  "orders_placed",
+  "orders_failed",
+  "sold_back_node_hours",
+].sort();
+
+describe("market replay", () => {
+  const { jobs, origin } = loadTrace(FIXTURE, { fromHour: 720, hours: 3 }, { seed: 1, fastShare: 0.3 });
+  const setup = replaySetup(jobs, origin + 720 * HOUR_MS, 3, 1);
+
+  it.each(["scalar", "static", "reactive"] as const)(
+    "%s serves every job and pays no less than the lower bound",
+    (name) => {
+      const run = runPolicy(name, setup);
+      expect(Object.keys(run.metrics).sort()).toEqual(KEYS);
+      expect(run.diagnostics.jobs_killed).toBe(0);
+      expect(run.diagnostics.jobs_never_started).toBe(0);
+      expect(run.metrics.orders_placed).toBeGreaterThan(0);
+      expect(run.metrics.utilisation).toBeGreaterThan(0);
+      expect(run.metrics.utilisation).toBeLessThanOrEqual(1);
+      const lowerBound = lowerBoundCents(
+        engineFor(setup),
+        jobs,
+        setup.windowStart,
+        setup.windowMs,
+        [1, 4, 24, 168, 336, 3],
+      );
+      expect(lowerBound).toBeGreaterThan(0);
+      expect(run.metrics.spend_usd * 100).toBeGreaterThanOrEqual(lowerBound);
+      // Revenue is the configured price per GPU-second of what ran.
+      expect(run.metrics.revenue_usd).toBeGreaterThan(0);
+    },
+  );
+
+  it("is deterministic for a seed", () => {
+    expect(runPolicy("scalar", setup).metrics).toEqual(runPolicy("scalar", setup).metrics);
+  });
+
+  it("prints the one JSON object of the command", async () => {
+    const run = promisify(execFile);
+    const root = fileURLToPath(new URL("../..", import.meta.url));
+    const { stdout } = await run(
+      "npx",
+      ["tsx", "tools/replay-market/cli.ts", "--jobs", FIXTURE, "--from-hour", "720", "--hours", "3", "--seed", "2"],
+      { cwd: root, env: { ...process.env, REPLAY_ONLY: "", REPLAY_TUNE: "" } },
+    );
+    const result = JSON.parse(stdout);
+    expect(Object.keys(result).sort()).toEqual(["lower_bound_spend_usd", "reactive", "scalar", "static"]);
+    for (const name of ["scalar", "static", "reactive"]) expect(Object.keys(result[name]).sort()).toEqual(KEYS);
+    expect(result.lower_bound_spend_usd).toBeGreaterThan(0);
+  }, 60_000);
+
+  it("refuses a missing trace with a usage line", async () => {
+    const run = promisify(execFile);
+    const root = fileURLToPath(new URL("../..", import.meta.url));
+    await expect(run("npx", ["tsx", "tools/replay-market/cli.ts"], { cwd: root })).rejects.toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining("usage: npm run replay:market"),
+    });
+  }, 60_000);
+});

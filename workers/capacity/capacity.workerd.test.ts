@@ -1,0 +1,322 @@
+/**
+ * The capacity manager end to end, inside workerd: the real RegionScheduler, Postgres, the agent
+ * routes, and the SF Compute simulator in the same isolate on a virtual clock. Demand appears → one
+ * buy, even when the simulator drops an answer → the nodes boot and their agents register with the
+ * tokens from their cloud-init → the queue drains → idle nodes are drained and lapse at their end,
+ * or are sold back when they have hours left.
+ */
+import { env } from "cloudflare:test";
+import { and, eq, like } from "drizzle-orm";
+import { afterAll, describe, expect, it } from "vitest";
+import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
+import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
+import { Simulator } from "../../tools/sfcompute-sim/simulator";
+import { schedulerOf } from "../api/scheduler";
+import { submitJob } from "../api/submission";
+import { call, signUp } from "../api/test-support";
+import { openDb } from "../db/client";
+import { auditLog, blocks, jobs, marketOrders, nodes } from "../db/schema";
+import { createLogger } from "../http/log";
+import { SfComputeClient } from "../sfcompute/client";
+import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
+import { H100_NODE_SHAPE } from "./cron";
+import { type CapacityDeps, runCapacityCycle } from "./manager";
+import { tokenOfCloudInit } from "./market";
+
+const log = createLogger("error");
+const { db, close } = openDb(env);
+afterAll(() => close());
+
+/** A simulator whose clock the test moves, and a cycle that runs on it. */
+function harness(
+  region: string,
+  opts: { seed: number; config?: Partial<typeof CAPACITY_CONFIG>; demand?: Partial<typeof DEMAND_WINDOW> },
+) {
+  const sim = new Simulator({
+    clock: "virtual",
+    // Five past the current hour: every test starts at the same point of its hour.
+    start: Math.floor(Date.now() / HOUR_MS) * HOUR_MS + 5 * MINUTE_MS,
+    token: `sim-${region}`,
+    // A seed per test: the simulator's ids come from it, and Postgres is shared by the test files.
+    seed: opts.seed,
+    bootSeconds: 300,
+  });
+  const client = new SfComputeClient({
+    baseUrl: "https://api.sfcompute.test",
+    token: `sim-${region}`,
+    fetch: sim.fetch,
+    // One attempt per call: a lost answer is left for the manager's next cycle to recover.
+    retry: { maxAttempts: 1 },
+    now: () => sim.engine.now(),
+    sleep: async () => {},
+  });
+  const deps: CapacityDeps = {
+    db,
+    client,
+    scheduler: schedulerOf(env, region),
+    log,
+    now: () => sim.engine.now(),
+    // No headroom from history: the buys here answer the waiting work alone.
+    config: { ...CAPACITY_CONFIG, fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 0 }, ...opts.config },
+    demand: { ...DEMAND_WINDOW, arrivalQuantile: 0, burstMs: 1, ...opts.demand },
+    instanceType: "h100v",
+    agentApiUrl: "http://scalar.test",
+    nodeShape: H100_NODE_SHAPE,
+  };
+  return {
+    sim,
+    cycle: () => runCapacityCycle(deps, region),
+    advance: (ms: number) => sim.engine.advanceBy(ms),
+    /** The simulator's nodes created for this region's capacity nodes. */
+    simNodes: () => [...sim.engine.nodes.nodes.values()].filter((n) => n.name.startsWith("cap-")),
+  };
+}
+
+const ofKind = <K extends PlanAction["kind"]>(actions: PlanAction[], kind: K) =>
+  actions.filter((a): a is Extract<PlanAction, { kind: K }> => a.kind === kind);
+
+async function submitFast(region: string, accountId: string, gpus: number) {
+  const [row] = await db
+    .insert(jobs)
+    .values({
+      accountId,
+      region,
+      tier: "fast",
+      image: "127.0.0.1:5000/test/busybox:1",
+      command: ["sh", "-c", "sleep 1"],
+      gpuCount: gpus,
+      cpuMilli: 4_000,
+      memoryMib: 16_384,
+      maxRuntimeS: 3_600,
+      estimatedDurationS: 1_200,
+    })
+    .returning();
+  await submitJob(env, db, row!, log);
+  return row!;
+}
+
+/** What a node's agent does at boot: read its token from its cloud-init and register. */
+async function register(token: string, nodeId: string) {
+  const res = await call("POST", AGENT_ROUTES.register, token, {
+    body: {
+      hostname: `${nodeId}.vm`,
+      agent_version: "test",
+      gpu_model: "H100",
+      gpus: Array.from({ length: 8 }, (_, index) => ({ index })),
+      cpu_milli: H100_NODE_SHAPE.cpuMilli,
+      memory_mib: H100_NODE_SHAPE.memoryMib,
+    },
+  });
+  return res;
+}
+
+async function runToCompletion(token: string) {
+  const set = (await call("GET", `${AGENT_ROUTES.placements}?since=0&wait_ms=0`, token, {})).json as PlacementSet;
+  for (const [i, p] of set.placements.entries()) {
+    for (const [type, extra] of [
+      ["running", {}],
+      ["exited", { exit_code: 0 }],
+    ] as const) {
+      const res = await call("POST", AGENT_ROUTES.events, token, {
+        body: {
+          events: [
+            {
+              event_id: `${p.placement_id}-${type}-${i}`,
+              placement_id: p.placement_id,
+              at: Date.now(),
+              type,
+              ...extra,
+            },
+          ],
+        },
+      });
+      expect(res.status).toBe(200);
+    }
+  }
+  return set.placements.length;
+}
+
+describe("the capacity cron against the simulator", () => {
+  it("buys once for waiting Fast work despite a lost answer, registers the nodes, drains the queue, lets idle nodes lapse", async () => {
+    const region = "capacity-e2e";
+    const h = harness(region, { seed: 11_001 });
+    const user = await signUp({ fast_tier_enabled: true });
+    for (let i = 0; i < 3; i++) await submitFast(region, user.accountId, 8);
+
+    // Cycle 1: three 8-GPU Fast jobs wait → one buy of 3 nodes. The answer to one of the three
+    // node orders is lost after the simulator created the node.
+    h.sim.faults.add({ action: "lose_response", method: "POST", path: "/v1/nodes", skip: 1 });
+    const first = await h.cycle();
+    const buys = ofKind(first.plan.actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 3 });
+    expect(buys[0]!.reason.rule).toBe("fast_queue");
+    expect(first.failed.map((f) => f.action)).toEqual(["buy:fast_queue"]);
+    expect(h.simNodes()).toHaveLength(3);
+    const placing = await db
+      .select()
+      .from(marketOrders)
+      .where(and(eq(marketOrders.region, region), eq(marketOrders.status, "placing")));
+    expect(placing).toHaveLength(1);
+
+    // Cycle 2, a minute later: the lost order is found by its node's name, not bought again.
+    h.advance(MINUTE_MS);
+    const second = await h.cycle();
+    expect(ofKind(second.plan.actions, "buy")).toHaveLength(0);
+    expect(h.simNodes()).toHaveLength(3);
+    const orders = await db
+      .select()
+      .from(marketOrders)
+      .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:buy")));
+    expect(orders).toHaveLength(3);
+    expect(orders.every((o) => o.status === "pending" || o.status === "filled")).toBe(true);
+
+    // The VMs boot; the next cycle sees the nodes bought and the block active.
+    h.advance(7 * MINUTE_MS);
+    const third = await h.cycle();
+    expect(ofKind(third.plan.actions, "buy")).toHaveLength(0);
+    const [block] = await db.select().from(blocks).where(eq(blocks.id, orders[0]!.blockId!));
+    expect(block).toMatchObject({ status: "active", nodeCount: 3, region });
+
+    // Each agent finds its token in its node's cloud-init and registers; the queue drains.
+    const ours = await db
+      .select()
+      .from(nodes)
+      .where(and(eq(nodes.region, region), like(nodes.id, "cap-%")));
+    expect(ours).toHaveLength(3);
+    const tokens = new Map<string, string>();
+    for (const n of h.simNodes()) {
+      const token = tokenOfCloudInit(n.cloudInitUserData!)!;
+      expect(token).toMatch(/^snt_/);
+      expect((await register(token, n.name)).status).toBe(200);
+      tokens.set(n.name, token);
+    }
+    const scheduler = schedulerOf(env, region);
+    const snap = await scheduler.capacitySnapshot();
+    expect(snap.queues.reduce((s, q) => s + q.queued_jobs, 0)).toBe(0);
+    expect(snap.running).toHaveLength(3);
+    let ran = 0;
+    for (const token of tokens.values()) ran += await runToCompletion(token);
+    expect(ran).toBe(3);
+    expect((await scheduler.capacitySnapshot()).running).toHaveLength(0);
+
+    // Near the blocks' end the nodes are idle: not extended, drained to lapse.
+    const end = block!.endAt.getTime();
+    h.advance(end - 9 * MINUTE_MS - h.sim.engine.now());
+    const late = await h.cycle();
+    expect(ofKind(late.plan.actions, "extend")).toHaveLength(0);
+    const drains = ofKind(late.plan.actions, "drain");
+    expect(drains.map((d) => d.nodeId).sort()).toEqual([...tokens.keys()].sort());
+    expect(drains.every((d) => d.reason.rule === "idle_no_extend")).toBe(true);
+
+    // After the end the market has taken them back: released, their tokens no longer work.
+    h.advance(end + MINUTE_MS - h.sim.engine.now());
+    const after = await h.cycle();
+    expect(ofKind(after.plan.actions, "release")).toHaveLength(3);
+    const left = await db
+      .select()
+      .from(nodes)
+      .where(and(eq(nodes.region, region), like(nodes.id, "cap-%")));
+    expect(left.every((n) => n.state === "released" && n.agentTokenHash === null)).toBe(true);
+    const [token] = [...tokens.values()];
+    expect((await register(token!, "gone")).status).toBe(401);
+    const [expired] = await db.select().from(blocks).where(eq(blocks.id, block!.id));
+    expect(expired!.status).toBe("expired");
+
+    // Every minute's plan is in the audit log with its reasons.
+    const plans = await db
+      .select()
+      .from(auditLog)
+      .where(and(eq(auditLog.action, "capacity.plan"), eq(auditLog.targetId, region)));
+    expect(plans.length).toBe(5);
+    expect(JSON.stringify(plans.map((p) => p.data))).toContain("fast_queue");
+  });
+
+  it("plans a refused buy again the next minute, and releases the node it could not get", async () => {
+    const region = "capacity-e2e-refused";
+    const h = harness(region, { seed: 11_003 });
+    const user = await signUp({ fast_tier_enabled: true });
+    await submitFast(region, user.accountId, 8);
+    h.sim.faults.add({ action: "error", method: "POST", path: "/v1/nodes", status: 400 });
+    const first = await h.cycle();
+    expect(ofKind(first.plan.actions, "buy")).toHaveLength(1);
+    expect(h.simNodes()).toHaveLength(0);
+    const [refused] = await db.select().from(marketOrders).where(eq(marketOrders.region, region));
+    expect(refused!.status).toBe("failed");
+    const [gone] = await db.select().from(nodes).where(eq(nodes.region, region));
+    expect(gone).toMatchObject({ state: "released", agentTokenHash: null });
+
+    h.advance(MINUTE_MS);
+    const second = await h.cycle();
+    const again = ofKind(second.plan.actions, "buy");
+    expect(again).toHaveLength(1);
+    expect(again[0]!.reason.rule).toBe("fast_queue");
+    expect(second.bought).toHaveLength(1);
+    expect(h.simNodes()).toHaveLength(1);
+    // A third minute: the node is on its way; nothing more is bought.
+    h.advance(MINUTE_MS);
+    expect(ofKind((await h.cycle()).plan.actions, "buy")).toHaveLength(0);
+    expect(h.simNodes()).toHaveLength(1);
+  });
+
+  it("sells back the future hours of idle nodes when the quote beats the resale fee", async () => {
+    const region = "capacity-e2e-sell";
+    // Flex may buy 4-hour blocks here (the limit sits above the market), so idle nodes have hours to sell.
+    // The recent peak that sell-back keeps looks back 10 minutes here, so the jobs' demand has aged out.
+    const h = harness(region, {
+      seed: 11_002,
+      config: {
+        durationsHours: [4],
+        flex: { ...CAPACITY_CONFIG.flex, limitCentsPerGpuHour: 1_000 },
+      },
+      demand: { peakLookbackMs: 10 * MINUTE_MS },
+    });
+    const user = await signUp();
+    for (let i = 0; i < 2; i++) {
+      const [row] = await db
+        .insert(jobs)
+        .values({
+          accountId: user.accountId,
+          region,
+          tier: "flex",
+          image: "127.0.0.1:5000/test/busybox:1",
+          gpuCount: 8,
+          cpuMilli: 4_000,
+          memoryMib: 16_384,
+          maxRuntimeS: 3_600,
+          estimatedDurationS: 600,
+        })
+        .returning();
+      await submitJob(env, db, row!, log);
+    }
+    const first = await h.cycle();
+    const buys = ofKind(first.plan.actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "flex", nodes: 2 });
+    expect(buys[0]!.reason.rule).toBe("flex_price");
+    h.advance(7 * MINUTE_MS);
+    await h.cycle();
+    const tokens = h.simNodes().map((n) => ({ name: n.name, token: tokenOfCloudInit(n.cloudInitUserData!)! }));
+    for (const t of tokens) expect((await register(t.token, t.name)).status).toBe(200);
+    for (const t of tokens) await runToCompletion(t.token);
+
+    // In the last minutes of the hour the idle nodes' remaining hours are surplus: drained and sold.
+    // (Bought at :05, booted by :13; the hour ends at :00, and the 4-hour block three hours later.)
+    const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+    h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+    const selling = await h.cycle();
+    const sales = ofKind(selling.plan.actions, "sell_back");
+    expect(sales).toHaveLength(1);
+    expect(sales[0]!.reason.rule).toBe("sell_back");
+    expect(sales[0]!.startAt).toBe(nextHour);
+    expect(selling.failed).toEqual([]);
+    const sells = await db
+      .select()
+      .from(marketOrders)
+      .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:sell_back")));
+    expect(sells).toHaveLength(2);
+    // The simulator fills the sales and the nodes' time now ends at the hour.
+    h.advance(MINUTE_MS);
+    for (const n of h.simNodes()) expect(n.endAt).toBe(nextHour);
+  });
+});

@@ -1,0 +1,59 @@
+/**
+ * The autoscaler as a cron task: every minute, one capacity cycle per region served, each with its
+ * own database session; a region that fails is logged and the others go on. Without an SF Compute
+ * token (SF_API_KEY) there is no market to act on, and the task says so and does nothing.
+ */
+
+import { schedulerOf } from "../api/scheduler";
+import type { DbBinding } from "../db/client";
+import { withDb } from "../db/client";
+import { errorFields, type Logger } from "../http/log";
+import { regionsOf } from "../regions";
+import { sfComputeClientFromEnv } from "../sfcompute/client";
+import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
+import { type CycleReport, runCapacityCycle } from "./manager";
+
+export interface CapacityEnv extends DbBinding {
+  REGIONS: string;
+  SF_API_KEY?: string;
+  SF_API_BASE_URL?: string;
+  /** The control plane's public URL, written into each node's cloud-init for its agent. */
+  SCALAR_AGENT_API_URL?: string;
+}
+
+/** An 8-GPU H100 VM's CPU and memory as SF Compute delivers it, until the agent reports its own. */
+export const H100_NODE_SHAPE = { cpuMilli: 208_000, memoryMib: 1_900_000 };
+
+export async function runCapacityCron(env: Env & CapacityEnv, log: Logger): Promise<CycleReport[]> {
+  if (!env.SF_API_KEY) {
+    log.debug("capacity.no_market", { reason: "SF_API_KEY is not set" });
+    return [];
+  }
+  const client = sfComputeClientFromEnv(env, { timeoutMs: 20_000, retry: { maxAttempts: 2 } });
+  const reports: CycleReport[] = [];
+  for (const region of regionsOf(env)) {
+    try {
+      const report = await withDb(env, (db) =>
+        runCapacityCycle(
+          {
+            db,
+            client,
+            scheduler: schedulerOf(env, region),
+            log: log.child({ region }),
+            now: () => Date.now(),
+            config: CAPACITY_CONFIG,
+            demand: DEMAND_WINDOW,
+            instanceType: "h100v",
+            agentApiUrl: env.SCALAR_AGENT_API_URL ?? "http://127.0.0.1:8787",
+            nodeShape: H100_NODE_SHAPE,
+          },
+          region,
+        ),
+      );
+      reports.push(report);
+    } catch (error) {
+      log.error("capacity.cycle_failed", { region, ...errorFields(error) });
+    }
+  }
+  return reports;
+}

@@ -1,0 +1,30 @@
+import { describe, expect, it } from "vitest";
+import { cloudInit, nodeSaleGroup, perNodeHourLimit, saleGroupKey, tokenOfCloudInit } from "./market";
+
+const H = 3_600_000;
+
+describe("capacity market helpers", () => {
+  it("puts the node's token and settings in its cloud-init, and reads the token back", () => {
+    const token = `snt_${"a".repeat(43)}`;
+    const data = cloudInit({ token, apiUrl: "https://api.scalar.example", zone: "hayesvalley", nodeId: "cap-1" });
+    const text = atob(data);
+    expect(text.startsWith("#cloud-config\n")).toBe(true);
+    expect(text).toContain("path: /etc/scalar/node-token");
+    expect(text).toContain("SCALAR_API_URL=https://api.scalar.example");
+    expect(text).toContain("SCALAR_ZONE=hayesvalley");
+    expect(text).toContain("[systemctl, enable, --now, scalar-agent]");
+    expect(tokenOfCloudInit(data)).toBe(token);
+  });
+
+  it("keys nodes by zone, start and end: the only way to tell their contracts apart", () => {
+    const node = { zone: "hayesvalley", start_at: 1_000, end_at: 4_600 } as Parameters<typeof nodeSaleGroup>[0];
+    expect(nodeSaleGroup(node)).toBe(saleGroupKey("hayesvalley", 1_000_000, 4_600_000));
+  });
+
+  it("turns a block's limit into a node-hour limit that keeps every node within it", () => {
+    // 3 nodes for 2 h within $120: $20 per node-hour.
+    expect(perNodeHourLimit(12_000, 3, 0, 2 * H)).toBe(2_000);
+    // Rounded down, never over the block's limit.
+    expect(perNodeHourLimit(12_001, 3, 0, 2 * H) * 3 * 2).toBeLessThanOrEqual(12_001);
+  });
+});
