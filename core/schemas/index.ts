@@ -1,3 +1,4 @@
 export * from "./agent";
 export * from "./common";
 export * from "./job";
+export * from "./node-boot";

@@ -21,7 +21,8 @@ export class RateLimiter {
 
   constructor(
     public config: RateLimitConfig | null = null,
-    private readonly wallClock: () => number = Date.now,
+    /** The wall clock of the windows; tests replace it to make window boundaries deterministic. */
+    public wallClock: () => number = Date.now,
   ) {}
 
   /** Counts the request; returns the headers to send, and whether it is refused. */

@@ -506,9 +506,28 @@ describe("documented errors", () => {
 });
 
 describe("retries", () => {
+  /**
+   * The limiter's windows are aligned to the wall clock, so real time would make these tests depend on
+   * where a window boundary falls. One fake wall clock drives the limiter, the client's `now` and its
+   * sleeps: a sleep moves time on instead of waiting.
+   */
+  function fakeWall(windowMs: number) {
+    const clock = { now: Math.ceil(Date.now() / windowMs) * windowMs + 1_000, sleeps: [] as number[] };
+    sim.sim.rateLimiter.wallClock = () => clock.now;
+    const options: Partial<SfComputeClientOptions> = {
+      now: () => clock.now,
+      sleep: async (ms) => {
+        clock.sleeps.push(ms);
+        clock.now += ms;
+      },
+    };
+    return { clock, options };
+  }
+
   it("retries a 429 after the delay the RateLimit headers advertise", async () => {
-    const { client, attempts, token } = fresh();
-    sim.sim.rateLimiter.config = { limit: 2, windowMs: 400, paths: ["/v0/quote"] };
+    const { clock, options } = fakeWall(60_000);
+    const { client, attempts, token } = fresh(50_000_000, options);
+    sim.sim.rateLimiter.config = { limit: 2, windowMs: 60_000, paths: ["/v0/quote"] };
     try {
       const seen = () => sim.sim.requests.filter((r) => r.path === "/v0/quote");
       const before = seen().length;
@@ -518,27 +537,24 @@ describe("retries", () => {
       expect(log.map((r) => r.status)).toEqual([200, 200, 429, 200]);
       const limited = attempts.find((a) => a.status === 429)!;
       expect(limited.attempt).toBe(1);
-      // RateLimit-Reset is a Unix timestamp in whole seconds: the wait runs to it, never short of it.
-      expect(limited.advertisedDelayMs).toBeGreaterThan(0);
+      // RateLimit-Reset is a Unix timestamp in whole seconds: 59 s to the window's end, waited in full.
+      expect(limited.advertisedDelayMs).toBe(59_000);
       expect(limited.retryInMs).toBeGreaterThanOrEqual(limited.advertisedDelayMs!);
+      expect(clock.sleeps).toEqual([limited.retryInMs]);
       expect(attempts.filter((a) => a.path === "/v0/quote").map((a) => a.status)).toEqual([200, 200, 429, 200]);
       expect(token).toBeTruthy();
     } finally {
       sim.sim.rateLimiter.config = null;
+      sim.sim.rateLimiter.wallClock = Date.now;
     }
   });
 
   it("honours Retry-After when the server sends it", async () => {
-    const sleeps: number[] = [];
-    const { client, attempts } = fresh(50_000_000, {
-      sleep: async (ms) => {
-        sleeps.push(ms);
-        await new Promise((done) => setTimeout(done, ms));
-      },
-    });
+    const { clock, options } = fakeWall(10_000);
+    const { client, attempts } = fresh(50_000_000, options);
     sim.sim.rateLimiter.config = {
       limit: 1,
-      windowMs: 1000,
+      windowMs: 10_000,
       paths: ["/v1/balances"],
       retryAfter: true,
       resetFormat: "delta",
@@ -547,11 +563,12 @@ describe("retries", () => {
       await client.balance();
       await client.balance();
       const limited = attempts.find((a) => a.status === 429)!;
-      expect(limited.advertisedDelayMs).toBe(1000); // Retry-After: 1 (seconds)
-      expect(limited.retryInMs).toBeGreaterThanOrEqual(1000);
-      expect(sleeps).toEqual([limited.retryInMs]);
+      expect(limited.advertisedDelayMs).toBe(9_000); // Retry-After: 9 (seconds to the window's end)
+      expect(limited.retryInMs).toBeGreaterThanOrEqual(9_000);
+      expect(clock.sleeps).toEqual([limited.retryInMs]);
     } finally {
       sim.sim.rateLimiter.config = null;
+      sim.sim.rateLimiter.wallClock = Date.now;
     }
   });
 
