@@ -61,6 +61,7 @@ function harness(
     demand: { ...DEMAND_WINDOW, arrivalQuantile: 0, burstMs: 1, ...opts.demand },
     instanceType: "h100v",
     agentApiUrl: "http://scalar.test",
+    defaultZone: "hayesvalley",
     nodeShape: H100_NODE_SHAPE,
   };
   return {

@@ -19,6 +19,8 @@ export interface CapacityEnv extends DbBinding {
   SF_API_BASE_URL?: string;
   /** The control plane's public URL, written into each node's cloud-init for its agent. */
   SCALAR_AGENT_API_URL?: string;
+  /** Where to buy when no quote names a zone (default hayesvalley). */
+  CAPACITY_DEFAULT_ZONE?: string;
 }
 
 /** An 8-GPU H100 VM's CPU and memory as SF Compute delivers it, until the agent reports its own. */
@@ -45,6 +47,7 @@ export async function runCapacityCron(env: Env & CapacityEnv, log: Logger): Prom
             demand: DEMAND_WINDOW,
             instanceType: "h100v",
             agentApiUrl: env.SCALAR_AGENT_API_URL ?? "http://127.0.0.1:8787",
+            defaultZone: env.CAPACITY_DEFAULT_ZONE ?? "hayesvalley",
             nodeShape: H100_NODE_SHAPE,
           },
           region,

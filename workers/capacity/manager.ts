@@ -59,6 +59,8 @@ export interface CapacityDeps {
   instanceType: string;
   /** Where a node's agent reaches the control plane (written into its cloud-init). */
   agentApiUrl: string;
+  /** Where to buy when the plan names no zone (no quote said where). */
+  defaultZone: string;
   /** An 8-GPU node's CPU and memory, until its agent reports them. */
   nodeShape: { cpuMilli: number; memoryMib: number };
 }
@@ -380,15 +382,23 @@ async function createNode(deps: CapacityDeps, region: string, order: OrderRow, n
   if (!token) throw new Error(`node ${nodeId} has no row to issue a token for`);
   // The order's limit covers [start, end) exactly (a "now" block has a part-hour): back to a node-hour rate.
   const hours = (order.endAt.getTime() - order.startAt.getTime()) / HOUR_MS;
+  const zone = order.zone || deps.defaultZone;
   try {
     const [node] = await client.createNodes({
       desired_count: 1,
       names: [nodeId],
       node_type: "reserved",
-      ...(order.zone ? { zone: order.zone } : { any_zone: true }),
+      zone,
       end_at: epochSeconds(order.endAt.getTime() / 1000),
       max_price_per_node_hour: centsPerNodeHour(Math.floor(order.limitPriceCents / hours)),
-      cloud_init_user_data: cloudInit({ token, apiUrl: deps.agentApiUrl, zone: order.zone, nodeId }),
+      cloud_init_user_data: cloudInit({
+        api_url: deps.agentApiUrl,
+        node_token: token,
+        node_id: nodeId,
+        region,
+        zone,
+        gpu_model: deps.config.gpuModel,
+      }),
     });
     await db
       .update(marketOrders)

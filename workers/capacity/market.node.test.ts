@@ -4,16 +4,23 @@ import { cloudInit, nodeSaleGroup, perNodeHourLimit, saleGroupKey, tokenOfCloudI
 const H = 3_600_000;
 
 describe("capacity market helpers", () => {
-  it("puts the node's token and settings in its cloud-init, and reads the token back", () => {
+  it("puts the node's token and settings in the shared node-boot user data, and reads the token back", () => {
     const token = `snt_${"a".repeat(43)}`;
-    const data = cloudInit({ token, apiUrl: "https://api.scalar.example", zone: "hayesvalley", nodeId: "cap-1" });
-    const text = atob(data);
-    expect(text.startsWith("#cloud-config\n")).toBe(true);
-    expect(text).toContain("path: /etc/scalar/node-token");
-    expect(text).toContain("SCALAR_API_URL=https://api.scalar.example");
-    expect(text).toContain("SCALAR_ZONE=hayesvalley");
-    expect(text).toContain("[systemctl, enable, --now, scalar-agent]");
+    const data = cloudInit({
+      api_url: "https://api.scalar.example",
+      node_token: token,
+      node_id: "cap-1",
+      region: "us-west-1",
+      zone: "hayesvalley",
+      gpu_model: "H100",
+    });
+    const script = atob(data);
+    expect(script).toContain("# scalar-node-boot v1");
+    expect(script).toContain("export SCALAR_API_URL='https://api.scalar.example'");
+    expect(script).toContain("export SCALAR_ZONE='hayesvalley'");
+    expect(script).toContain("systemctl enable --now scalar-agent");
     expect(tokenOfCloudInit(data)).toBe(token);
+    expect(tokenOfCloudInit(btoa("#cloud-config\n"))).toBeNull();
   });
 
   it("keys nodes by zone, start and end: the only way to tell their contracts apart", () => {

@@ -6,6 +6,13 @@
  * whole (the policy plans it so).
  */
 import { hoursBetween, type MarketQuote, marketNow, type QuoteRequest } from "../../core/autoscaler";
+import {
+  decodeUserData,
+  encodeUserData,
+  type NodeBootConfig,
+  parseNodeBootScript,
+  renderNodeBootScript,
+} from "../../core/schemas/node-boot";
 import type { SfComputeClient } from "../sfcompute/client";
 import type { ActiveContract, Node } from "../sfcompute/schemas";
 
@@ -76,28 +83,12 @@ export function perNodeHourLimit(limitPriceCents: number, nodes: number, start: 
   return Math.max(0, Math.floor(limitPriceCents / nodes / hoursBetween(start, end)));
 }
 
-/** Cloud-init for a node: its agent token and settings in the files the agent's unit reads, then start it. */
-export function cloudInit(opts: { token: string; apiUrl: string; zone: string | null; nodeId: string }): string {
-  const lines = [
-    "#cloud-config",
-    "write_files:",
-    "  - path: /etc/scalar/node-token",
-    '    permissions: "0600"',
-    `    content: ${opts.token}`,
-    "  - path: /etc/scalar/agent.env",
-    '    permissions: "0644"',
-    "    content: |",
-    `      SCALAR_API_URL=${opts.apiUrl}`,
-    `      SCALAR_AGENT_NAME=${opts.nodeId}`,
-    ...(opts.zone ? [`      SCALAR_ZONE=${opts.zone}`] : []),
-    "runcmd:",
-    "  - [systemctl, enable, --now, scalar-agent]",
-    "",
-  ];
-  return btoa(lines.join("\n"));
+/** A node's cloud-init user data: the shared node-boot script (core/schemas/node-boot.ts), base64. */
+export function cloudInit(config: NodeBootConfig): string {
+  return encodeUserData(renderNodeBootScript(config));
 }
 
-/** The node token a cloud-init carries (for tests and for operators checking a node). */
+/** The node token a node's user data carries (for tests, and for operators checking a node). */
 export function tokenOfCloudInit(base64: string): string | null {
-  return /\/etc\/scalar\/node-token\n[^\n]*\n\s+content: (\S+)/.exec(atob(base64))?.[1] ?? null;
+  return parseNodeBootScript(decodeUserData(base64))?.node_token ?? null;
 }
