@@ -1,0 +1,51 @@
+/**
+ * The typed API client: openapi-fetch over the types generated from docs/openapi.json
+ * (cli/api/schema.ts), so every path, parameter and body is checked against the spec at compile time.
+ */
+import createClient, { type Client } from "openapi-fetch";
+import { apiErrorFrom, networkError } from "../errors";
+import type { components, paths } from "./schema";
+
+export type Schemas = components["schemas"];
+export type Job = Schemas["Job"];
+export type JobCreate = Schemas["JobCreate"];
+export type JobEvent = Schemas["JobEvent"];
+export type LogLine = Schemas["LogLine"];
+export type Endpoint = Schemas["Endpoint"];
+export type EndpointCreate = Schemas["EndpointCreate"];
+export type ApiKey = Schemas["ApiKey"];
+export type Scope = Schemas["Scope"];
+export type Region = Schemas["Region"];
+export type Me = Schemas["Me"];
+
+export type Api = Client<paths>;
+
+export interface Connection {
+  api: Api;
+  apiUrl: string;
+}
+
+export function connect(apiUrl: string, apiKey: string, userAgent: string): Connection {
+  const api = createClient<paths>({
+    baseUrl: apiUrl,
+    headers: { authorization: `Bearer ${apiKey}`, "user-agent": userAgent },
+  });
+  return { api, apiUrl };
+}
+
+/** Awaits one call: its data on 2xx, else the API's error (or which URL could not be reached) thrown. */
+export async function ok<T>(
+  conn: Connection,
+  request: Promise<{ data?: T; error?: unknown; response: Response }>,
+): Promise<T> {
+  let result: { data?: T; error?: unknown; response: Response };
+  try {
+    result = await request;
+  } catch (error) {
+    throw networkError(conn.apiUrl, error);
+  }
+  if (!result.response.ok || result.error !== undefined) {
+    throw apiErrorFrom(result.response.status, result.error, result.response.headers.get("x-request-id"));
+  }
+  return result.data as T;
+}

@@ -1,0 +1,27 @@
+/** Every command, in the order `scalar --help` lists them. */
+import type { CommandSpec } from "../args";
+import type { Context } from "../context";
+import { endpointsCreate, endpointsGet, endpointsLs, endpointsRm } from "./endpoints";
+import { jobsRun } from "./job-run";
+import { jobsCancel, jobsGet, jobsLogs, jobsLs } from "./jobs";
+import { keysCreate, keysLs, keysRevoke } from "./keys";
+import { login, whoami } from "./login";
+import { regions } from "./regions";
+
+export const COMMANDS: CommandSpec<Context>[] = [
+  login,
+  whoami,
+  jobsRun,
+  jobsLs,
+  jobsGet,
+  jobsLogs,
+  jobsCancel,
+  endpointsCreate,
+  endpointsLs,
+  endpointsGet,
+  endpointsRm,
+  keysCreate,
+  keysLs,
+  keysRevoke,
+  regions,
+];

@@ -1,0 +1,150 @@
+/** `scalar keys create | ls | revoke`: the account's API keys. */
+import { type ApiKey, ok, type Scope } from "../api/client";
+import { type CommandSpec, intOption, listOption, stringOption } from "../args";
+import { type Context, printJson } from "../context";
+import { EXIT, UsageError } from "../errors";
+import { age, table } from "../output";
+
+export const SCOPES: readonly Scope[] = [
+  "jobs:read",
+  "jobs:write",
+  "endpoints:read",
+  "endpoints:write",
+  "billing:read",
+  "admin",
+];
+/** What `keys create` grants when no `--scope` is given: run and read work, not manage the account. */
+export const DEFAULT_SCOPES: Scope[] = ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write"];
+
+export function parseScopes(raw: string[]): Scope[] {
+  const scopes = raw
+    .flatMap((s) => s.split(","))
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const s of scopes) {
+    if (!(SCOPES as readonly string[]).includes(s))
+      throw new UsageError(`--scope must be one of ${SCOPES.join(", ")}, not \`${s}\``);
+  }
+  return scopes.length > 0 ? [...new Set(scopes as Scope[])] : DEFAULT_SCOPES;
+}
+
+function keysTable(keys: ApiKey[], now: number): string {
+  return table(
+    ["ID", "NAME", "PREFIX", "SCOPES", "CREATED", "LAST USED", "STATE"],
+    keys.map((k) => [
+      k.id,
+      k.name,
+      k.prefix,
+      k.scopes.join(","),
+      age(k.created_at, now),
+      k.last_used_at ? age(k.last_used_at, now) : "never",
+      k.revoked_at ? "revoked" : k.expires_at && Date.parse(k.expires_at) <= now ? "expired" : "active",
+    ]),
+  );
+}
+
+export const keysCreate: CommandSpec<Context> = {
+  words: ["keys", "create"],
+  summary: "create an API key; prints the secret once (on stdout, alone)",
+  usage: "NAME [--scope S …] [--expires-at TIME]",
+  positionals: { min: 1, max: 1 },
+  options: {
+    scope: {
+      type: "string",
+      multiple: true,
+      value: "S",
+      description: `${SCOPES.join(", ")} (repeat or comma list; default ${DEFAULT_SCOPES.join(",")})`,
+    },
+    "expires-at": { type: "string", value: "TIME", description: "expiry, an ISO 8601 time in the future" },
+  },
+  examples: [
+    "scalar keys create ci-deploy --scope jobs:read,jobs:write",
+    'export SCALAR_API_KEY="$(scalar keys create laptop)"',
+  ],
+  needsCredentials: true,
+  async run(ctx, { positionals, values }) {
+    const conn = ctx.connection();
+    const expiresAt = stringOption(values, "expires-at");
+    if (expiresAt !== undefined && Number.isNaN(Date.parse(expiresAt))) {
+      throw new UsageError(`--expires-at takes an ISO 8601 time such as 2027-01-31T00:00:00Z, not \`${expiresAt}\``);
+    }
+    const key = await ok(
+      conn,
+      conn.api.POST("/v1/api-keys", {
+        body: {
+          name: positionals[0] as string,
+          scopes: parseScopes(listOption(values, "scope")),
+          ...(expiresAt ? { expires_at: new Date(expiresAt).toISOString() } : {}),
+        },
+      }),
+    );
+    if (ctx.json) {
+      printJson(ctx, key);
+      return EXIT.ok;
+    }
+    ctx.io.stderr(
+      `created key ${key.name} (${key.prefix}, id ${key.id}, scopes ${key.scopes.join(",")}); the secret is shown only now:\n`,
+    );
+    ctx.io.stdout(`${key.secret}\n`);
+    return EXIT.ok;
+  },
+};
+
+export const keysLs: CommandSpec<Context> = {
+  words: ["keys", "ls"],
+  summary: "list API keys (yours; an admin key or owner sees all of the account's)",
+  usage: "[--all] [--limit N] [--cursor C]",
+  positionals: { min: 0, max: 0 },
+  options: {
+    all: { type: "boolean", description: "include revoked keys" },
+    limit: { type: "string", value: "N", description: "per page, 1–100 (default 20)" },
+    cursor: { type: "string", value: "C", description: "the next page" },
+  },
+  examples: ["scalar keys ls", "scalar keys ls --all --json"],
+  needsCredentials: true,
+  async run(ctx, { values }) {
+    const conn = ctx.connection();
+    const limit = intOption(values, "limit", { min: 1, max: 100 });
+    const cursor = stringOption(values, "cursor");
+    const page = await ok(
+      conn,
+      conn.api.GET("/v1/api-keys", {
+        params: {
+          query: {
+            ...(values.all === true ? { include_revoked: "true" as const } : {}),
+            ...(limit !== undefined ? { limit } : {}),
+            ...(cursor ? { cursor } : {}),
+          },
+        },
+      }),
+    );
+    if (ctx.json) {
+      printJson(ctx, page);
+      return EXIT.ok;
+    }
+    if (page.data.length === 0) ctx.io.stderr("no keys\n");
+    else ctx.io.stdout(keysTable(page.data, ctx.io.now()));
+    if (page.next_cursor) ctx.io.stderr(`more: scalar keys ls --cursor ${page.next_cursor}\n`);
+    return EXIT.ok;
+  },
+};
+
+export const keysRevoke: CommandSpec<Context> = {
+  words: ["keys", "revoke"],
+  summary: "revoke an API key (it stops working at once)",
+  usage: "ID",
+  positionals: { min: 1, max: 1 },
+  options: {},
+  examples: ["scalar keys revoke 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
+  needsCredentials: true,
+  async run(ctx, { positionals }) {
+    const conn = ctx.connection();
+    const key = await ok(
+      conn,
+      conn.api.DELETE("/v1/api-keys/{id}", { params: { path: { id: positionals[0] as string } } }),
+    );
+    if (ctx.json) printJson(ctx, key);
+    else ctx.io.stdout(`key ${key.name} (${key.prefix}) revoked\n`);
+    return EXIT.ok;
+  },
+};

@@ -1,0 +1,91 @@
+/** `scalar login` (verify a key, save it for later commands) and `scalar whoami`. */
+import { connect, type Me, ok } from "../api/client";
+import type { CommandSpec } from "../args";
+import { type Context, printJson, USER_AGENT } from "../context";
+import {
+  findProjectCredentials,
+  normaliseUrl,
+  resolveCredentials,
+  saveCredentials,
+  userCredentialsFile,
+} from "../credentials";
+import { CliError, EXIT } from "../errors";
+import { keyValues } from "../output";
+
+export const DEFAULT_API_URL = "http://127.0.0.1:8787";
+
+function describeMe(me: Me): string {
+  const who = me.user ? `user ${me.user.email ?? me.user.id}` : me.api_key ? `key ${me.api_key.prefix}` : "unknown";
+  const account = me.account ? `account ${me.account.name} (${me.account.id}, ${me.account.role})` : "no account";
+  return `${who}, ${account}`;
+}
+
+export const login: CommandSpec<Context> = {
+  words: ["login"],
+  summary: "check an API key against the API and save it with the URL for later commands",
+  usage: "[--api-url URL] [--api-key KEY]",
+  positionals: { min: 0, max: 0 },
+  options: {},
+  examples: [
+    "scalar login --api-url https://api.scalar.example --api-key sk_live_…",
+    "scalar login            # asks for the key; the URL from SCALAR_API_URL, saved credentials, or 127.0.0.1:8787",
+  ],
+  needsCredentials: false,
+  async run(ctx) {
+    const { io } = ctx;
+    const found = resolveCredentials({ flags: ctx.flags, env: io.env, cwd: io.cwd, home: io.home });
+    const apiUrl = normaliseUrl(ctx.flags.apiUrl ?? io.env.SCALAR_API_URL ?? found.apiUrl?.value ?? DEFAULT_API_URL);
+    const apiKey = (
+      ctx.flags.apiKey ??
+      io.env.SCALAR_API_KEY ??
+      (await io.readSecret(`API key for ${apiUrl}: `))
+    ).trim();
+    if (!apiKey) throw new CliError("no API key given: pass --api-key KEY (or type it when asked)");
+    const conn = connect(apiUrl, apiKey, USER_AGENT);
+    const me = await ok(conn, conn.api.GET("/v1/me"));
+    const file = userCredentialsFile(io.env, io.home);
+    await saveCredentials(file, { api_url: apiUrl, api_key: apiKey });
+    const project = findProjectCredentials(io.cwd);
+    if (ctx.json) {
+      printJson(ctx, { api_url: apiUrl, credentials_file: file, me });
+      return EXIT.ok;
+    }
+    io.stdout(`logged in to ${apiUrl} as ${describeMe(me)}\nsaved to ${file}\n`);
+    if (project) io.stderr(`note: in this directory ${project} (from \`npm start\`) takes precedence over it\n`);
+    return EXIT.ok;
+  },
+};
+
+export const whoami: CommandSpec<Context> = {
+  words: ["whoami"],
+  summary: "which API, account and key the CLI uses, and where it found them",
+  usage: "",
+  positionals: { min: 0, max: 0 },
+  options: {},
+  examples: ["scalar whoami"],
+  needsCredentials: true,
+  async run(ctx) {
+    const conn = ctx.connection();
+    const creds = ctx.credentials();
+    const me = await ok(conn, conn.api.GET("/v1/me"));
+    if (ctx.json) {
+      printJson(ctx, { api_url: creds.apiUrl, from: { api_url: creds.from.apiUrl, api_key: creds.from.apiKey }, me });
+      return EXIT.ok;
+    }
+    ctx.io.stdout(
+      keyValues([
+        ["api", `${creds.apiUrl} (from ${creds.from.apiUrl})`],
+        ["credential", `${me.api_key ? `key ${me.api_key.prefix}` : "token"} (from ${creds.from.apiKey})`],
+        ["account", me.account ? `${me.account.name} (${me.account.id})` : null],
+        ["role", me.account?.role],
+        ["scopes", me.scopes.join(", ")],
+        ["fast tier", me.account ? (me.account.fast_tier_enabled ? "yes" : "no") : null],
+        [
+          "gpus in use",
+          me.account ? `${me.account.quotas.gpus_in_use} of ${me.account.quotas.max_concurrent_gpus}` : null,
+        ],
+      ]),
+    );
+    return EXIT.ok;
+  },
+};

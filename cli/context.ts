@@ -1,0 +1,63 @@
+/** What a command gets: its I/O, the output mode, and the API connection (made on first use). */
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { type Connection, connect } from "./api/client";
+import { type Credentials, requireCredentials } from "./credentials";
+
+export interface Io {
+  stdout(text: string): void;
+  stderr(text: string): void;
+  stderrIsTTY: boolean;
+  columns?: number;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  home: string;
+  now(): number;
+  /** Reads one line from standard input (`scalar login` without `--api-key`); hidden on a terminal. */
+  readSecret(prompt: string): Promise<string>;
+  /** Runs `handler` on Ctrl-C instead of exiting; returns the function that removes it. */
+  onInterrupt(handler: () => void): () => void;
+}
+
+export interface Context {
+  io: Io;
+  json: boolean;
+  flags: { apiUrl?: string; apiKey?: string };
+  credentials(): Credentials;
+  connection(): Connection;
+}
+
+export const VERSION: string = (
+  JSON.parse(readFileSync(resolve(import.meta.dirname, "../package.json"), "utf8")) as { version: string }
+).version;
+
+export const USER_AGENT = `scalar-cli/${VERSION}`;
+
+export function createContext(io: Io, global: { apiUrl?: string; apiKey?: string; json: boolean }): Context {
+  let credentials: Credentials | undefined;
+  let connection: Connection | undefined;
+  const flags = {
+    ...(global.apiUrl ? { apiUrl: global.apiUrl } : {}),
+    ...(global.apiKey ? { apiKey: global.apiKey } : {}),
+  };
+  const ctx: Context = {
+    io,
+    json: global.json,
+    flags,
+    credentials() {
+      credentials ??= requireCredentials({ flags, env: io.env, cwd: io.cwd, home: io.home });
+      return credentials;
+    },
+    connection() {
+      const c = ctx.credentials();
+      connection ??= connect(c.apiUrl, c.apiKey, USER_AGENT);
+      return connection;
+    },
+  };
+  return ctx;
+}
+
+/** Machine output: one JSON document on stdout. */
+export function printJson(ctx: Context, value: unknown): void {
+  ctx.io.stdout(`${JSON.stringify(value, null, 2)}\n`);
+}

@@ -1,0 +1,94 @@
+/**
+ * A job's logs: every page of `GET /v1/jobs/{id}/logs`, or its server-sent event stream
+ * (`follow=true`) until the job ends, reconnecting from the last line's id when the stream is cut
+ * or the server asks (`event: reconnect`, after 10 minutes).
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Connection, LogLine } from "./api/client";
+import { ok } from "./api/client";
+import { apiErrorFrom, CliError, networkError } from "./errors";
+import { readSse } from "./sse";
+
+export type LogItem = { kind: "log"; id: string | null; line: LogLine } | { kind: "end"; status: string | null };
+
+/** How many reconnects in a row without a line before giving up. */
+const MAX_FAILURES = 5;
+
+export async function* readLogs(conn: Connection, jobId: string): AsyncGenerator<LogLine> {
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await ok(
+      conn,
+      conn.api.GET("/v1/jobs/{id}/logs", {
+        params: { path: { id: jobId }, query: { limit: 1000, ...(cursor ? { cursor } : {}) } },
+      }),
+    );
+    // The spec allows an event stream here too (follow=true); without follow it is always JSON.
+    if (typeof page === "string") throw new CliError(`the API answered the logs of job ${jobId} with text, not JSON`);
+    yield* page.data;
+    if (!page.next_cursor) return;
+    cursor = page.next_cursor;
+  }
+}
+
+export async function* followLogs(
+  conn: Connection,
+  jobId: string,
+  opts: { signal?: AbortSignal; retryDelayMs?: number } = {},
+): AsyncGenerator<LogItem> {
+  let cursor: string | undefined;
+  let failures = 0;
+  const retry = async (why: unknown) => {
+    failures += 1;
+    if (failures > MAX_FAILURES) throw why instanceof CliError ? why : networkError(conn.apiUrl, why);
+    await sleep((opts.retryDelayMs ?? 1000) * failures, undefined, { signal: opts.signal });
+  };
+  for (;;) {
+    let response: Response;
+    let body: ReadableStream<Uint8Array> | null | undefined;
+    try {
+      const r = await conn.api.GET("/v1/jobs/{id}/logs", {
+        params: { path: { id: jobId }, query: { follow: "true", ...(cursor ? { cursor } : {}) } },
+        parseAs: "stream",
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      response = r.response;
+      body = r.data;
+      if (!response.ok) throw apiErrorFrom(response.status, r.error, response.headers.get("x-request-id"));
+    } catch (error) {
+      if (opts.signal?.aborted || error instanceof CliError) throw error;
+      await retry(error);
+      continue;
+    }
+    if (!body || !(response.headers.get("content-type") ?? "").includes("text/event-stream")) {
+      throw new CliError(
+        `the API did not answer ${conn.apiUrl}/v1/jobs/${jobId}/logs?follow=true with an event stream`,
+      );
+    }
+    let askedToReconnect = false;
+    try {
+      for await (const ev of readSse(body)) {
+        if (ev.event === "log") {
+          failures = 0;
+          if (ev.id) cursor = ev.id;
+          yield { kind: "log", id: ev.id, line: JSON.parse(ev.data) as LogLine };
+        } else if (ev.event === "end") {
+          const status = (JSON.parse(ev.data || "{}") as { status?: string }).status ?? null;
+          yield { kind: "end", status };
+          return;
+        } else if (ev.event === "reconnect") {
+          if (ev.id) cursor = ev.id;
+          askedToReconnect = true;
+          break;
+        } else if (ev.event === "error") {
+          throw new CliError(`the log stream of job ${jobId} failed on the server (${ev.data})`);
+        }
+      }
+      if (opts.signal?.aborted) return;
+      if (!askedToReconnect) await retry(new Error("the log stream closed before the job ended"));
+    } catch (error) {
+      if (opts.signal?.aborted) return;
+      await retry(error);
+    }
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * The `scalar` CLI: parse the command line, run the command, print any failure as one line on
+ * stderr, and return the exit code (docs/cli.md). `run` takes its I/O injected; `main` is the process.
+ */
+
+import { homedir } from "node:os";
+import { createInterface } from "node:readline";
+import { parseCommandLine } from "./args";
+import { COMMANDS } from "./commands";
+import { createContext, type Io, VERSION } from "./context";
+import { EXIT, errorLine, exitCodeOf } from "./errors";
+import { renderHelp } from "./help";
+
+export async function run(argv: string[], io: Io): Promise<number> {
+  try {
+    const invocation = parseCommandLine(argv, COMMANDS);
+    if (invocation.kind === "version") {
+      io.stdout(`scalar ${VERSION}\n`);
+      return EXIT.ok;
+    }
+    if (invocation.kind === "help") {
+      io.stdout(renderHelp(COMMANDS, invocation.words, VERSION));
+      return EXIT.ok;
+    }
+    const ctx = createContext(io, invocation.global);
+    if (invocation.command.needsCredentials) ctx.credentials();
+    return await invocation.command.run(ctx, invocation.args);
+  } catch (error) {
+    io.stderr(`${errorLine(error)}\n`);
+    return exitCodeOf(error);
+  }
+}
+
+function readSecret(prompt: string): Promise<string> {
+  const input = process.stdin;
+  const rl = createInterface({ input, output: process.stderr, terminal: Boolean(input.isTTY) });
+  return new Promise((done) => {
+    if (input.isTTY) {
+      process.stderr.write(prompt);
+      // Echo nothing of what is typed.
+      (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = () => {};
+    }
+    let answered = false;
+    rl.once("line", (line) => {
+      answered = true;
+      if (input.isTTY) process.stderr.write("\n");
+      rl.close();
+      done(line);
+    });
+    rl.once("close", () => {
+      if (!answered) done("");
+    });
+  });
+}
+
+export function processIo(): Io {
+  return {
+    stdout: (t) => process.stdout.write(t),
+    stderr: (t) => process.stderr.write(t),
+    stderrIsTTY: Boolean(process.stderr.isTTY),
+    ...(process.stderr.columns ? { columns: process.stderr.columns } : {}),
+    env: process.env,
+    cwd: process.cwd(),
+    home: homedir(),
+    now: () => Date.now(),
+    readSecret,
+    onInterrupt(handler) {
+      const listener = () => handler();
+      process.on("SIGINT", listener);
+      return () => process.off("SIGINT", listener);
+    },
+  };
+}
+
+export async function main(): Promise<never> {
+  const code = await run(process.argv.slice(2), processIo());
+  // Let piped output drain before exiting (open keep-alive sockets would otherwise hold the process).
+  await new Promise<void>((done) => process.stdout.write("", () => done()));
+  process.exit(code);
+}

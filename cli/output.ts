@@ -1,0 +1,42 @@
+/** Human output: aligned tables, key/value blocks, ages and durations. Machine output is JSON (`--json`). */
+
+/** Columns padded to their widest cell; the last column is not padded. */
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join("  ")
+      .trimEnd();
+  return `${[line(headers), ...rows.map(line)].join("\n")}\n`;
+}
+
+/** `label  value` lines, labels aligned; empty values are left out. */
+export function keyValues(entries: [string, string | number | null | undefined][]): string {
+  const kept = entries.filter(([, v]) => v !== null && v !== undefined && v !== "") as [string, string | number][];
+  const width = Math.max(0, ...kept.map(([k]) => k.length));
+  return kept.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n") + (kept.length ? "\n" : "");
+}
+
+/** `3.2s`, `4m05s`, `2h03m`. */
+export function duration(ms: number): string {
+  const s = Math.max(0, ms) / 1000;
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const whole = Math.floor(s);
+  if (whole < 3600) return `${Math.floor(whole / 60)}m${String(whole % 60).padStart(2, "0")}s`;
+  return `${Math.floor(whole / 3600)}h${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+/** How long ago, coarse: `12s`, `5m`, `3h`, `2d`. */
+export function age(iso: string | null | undefined, now: number): string {
+  if (!iso) return "-";
+  const s = Math.max(0, Math.floor((now - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+export function shorten(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
