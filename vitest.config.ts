@@ -28,7 +28,13 @@ export default defineConfig({
       {
         test: {
           name: "node",
-          include: ["core/**/*.test.ts", "tools/**/*.test.ts", "node-agent/**/*.test.ts", "workers/**/*.node.test.ts"],
+          include: [
+            "core/**/*.test.ts",
+            "tools/**/*.test.ts",
+            "node-agent/**/*.test.ts",
+            "cli/**/*.test.ts",
+            "workers/**/*.node.test.ts",
+          ],
           exclude: ["**/node_modules/**", "**/*.workerd.test.ts"],
           environment: "node",
           testTimeout: 30_000,

@@ -72,12 +72,17 @@ export function credentialFiles(lookup: Pick<Lookup, "env" | "cwd" | "home">): s
 }
 
 export function resolveCredentials(lookup: Lookup): { apiUrl?: Found; apiKey?: Found } {
-  const files = credentialFiles(lookup).map((file) => ({ file, content: readCredentialsFile(file) }));
+  // Files are read only when a flag or variable does not already answer.
+  let files: { file: string; content: CredentialsFile | null }[] | undefined;
+  const readFiles = () => {
+    files ??= credentialFiles(lookup).map((file) => ({ file, content: readCredentialsFile(file) }));
+    return files;
+  };
   const pick = (flag: string | undefined, flagName: string, envName: string, key: keyof CredentialsFile) => {
     if (flag) return { value: flag, from: flagName };
     const fromEnv = lookup.env[envName];
     if (fromEnv) return { value: fromEnv, from: envName };
-    for (const f of files) {
+    for (const f of readFiles()) {
       const value = f.content?.[key];
       if (value) return { value, from: f.file };
     }

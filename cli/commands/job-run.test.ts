@@ -1,0 +1,190 @@
+import { describe, expect, it } from "vitest";
+import type { Job, JobEvent } from "../api/client";
+import { parseCommandLine } from "../args";
+import { EXIT, UsageError } from "../errors";
+import { COMMANDS } from ".";
+import { jobCreateBody, jobExitCode, jobSummary, stageOf } from "./job-run";
+
+const job = (over: Partial<Job> = {}): Job => ({
+  id: "j1",
+  status: "queued",
+  tier: "flex",
+  priority: 0,
+  region: "us-west-1",
+  image: "busybox",
+  command: [],
+  args: [],
+  env: [],
+  gpu_count: 1,
+  gpu_models: [],
+  cpu_milli: 4000,
+  memory_mib: 16384,
+  max_runtime_s: 3600,
+  estimated_duration_s: null,
+  max_attempts: 3,
+  attempts: 1,
+  labels: {},
+  waiting_reason: null,
+  next_attempt_at: null,
+  exit_code: null,
+  failure_reason: null,
+  dead_lettered: false,
+  placements: [],
+  created_at: "2026-11-26T12:00:00.000Z",
+  updated_at: "2026-11-26T12:00:00.000Z",
+  started_at: null,
+  finished_at: null,
+  ...over,
+});
+
+function body(line: string[]) {
+  const r = parseCommandLine(["jobs", "run", ...line], COMMANDS);
+  if (r.kind !== "run") throw new Error("expected a command");
+  return jobCreateBody(r.args);
+}
+
+describe("jobs run: the request body", () => {
+  it("sends only what was given, in the API's units, with the command after --", () => {
+    expect(body(["--gpus", "1", "--image", "busybox", "--", "echo", "hello"])).toEqual({
+      image: "busybox",
+      gpu_count: 1,
+      command: ["echo", "hello"],
+    });
+    expect(
+      body([
+        "--gpus=8",
+        "--image",
+        "ghcr.io/acme/train:1.4",
+        "--tier",
+        "fast",
+        "--cpu",
+        "16",
+        "--memory",
+        "64Gi",
+        "--env",
+        "EPOCHS=3",
+        "--secret-env",
+        "TOKEN=abc",
+        "--label",
+        "team=research",
+        "--region",
+        "us-west-1",
+        "--max-runtime",
+        "2h",
+        "--gpu-model",
+        "h100",
+        "--max-attempts",
+        "1",
+        "--priority=-5",
+      ]),
+    ).toEqual({
+      image: "ghcr.io/acme/train:1.4",
+      gpu_count: 8,
+      tier: "fast",
+      cpu_milli: 16000,
+      memory_mib: 65536,
+      env: [
+        { name: "EPOCHS", value: "3" },
+        { name: "TOKEN", value: "abc", secret: true },
+      ],
+      labels: { team: "research" },
+      region: "us-west-1",
+      max_runtime_s: 7200,
+      gpu_models: ["H100"],
+      max_attempts: 1,
+      priority: -5,
+    });
+  });
+
+  it("refuses missing or malformed flags before calling the API", () => {
+    expect(() => body(["--image", "x"])).toThrow("--gpus is required");
+    expect(() => body(["--gpus", "1"])).toThrow("--image is required");
+    expect(() => body(["--gpus", "one", "--image", "x"])).toThrow("--gpus must be a whole number, not `one`");
+    expect(() => body(["--gpus", "1", "--image", "x", "--tier", "turbo"])).toThrow(
+      "--tier must be one of fast, flex, not `turbo`",
+    );
+    expect(() => body(["--gpus", "1", "--image", "x", "--gpu-model", "A100"])).toThrow(UsageError);
+    // The API judges what only it knows (gpu_count 65 is refused there, with its own message).
+    expect(body(["--gpus", "65", "--image", "x"]).gpu_count).toBe(65);
+  });
+});
+
+describe("jobs run: exit codes", () => {
+  it("maps the finished job to the process's exit code", () => {
+    expect(jobExitCode(job({ status: "succeeded", exit_code: 0 }))).toBe(0);
+    expect(jobExitCode(job({ status: "failed", exit_code: 3 }))).toBe(3);
+    expect(jobExitCode(job({ status: "failed", exit_code: 3, dead_lettered: true }))).toBe(3);
+    expect(jobExitCode(job({ status: "failed", exit_code: 137 }))).toBe(137);
+    expect(jobExitCode(job({ status: "failed", exit_code: 256 + 7 }))).toBe(7);
+    expect(jobExitCode(job({ status: "failed", exit_code: null }))).toBe(EXIT.jobFailed);
+    expect(jobExitCode(job({ status: "failed", exit_code: 0 }))).toBe(EXIT.jobFailed);
+    expect(jobExitCode(job({ status: "failed", exit_code: null, dead_lettered: true }))).toBe(EXIT.jobDeadLettered);
+    expect(jobExitCode(job({ status: "cancelled", exit_code: 143 }))).toBe(EXIT.jobCancelled);
+    expect(jobExitCode(job({ status: "running" }))).toBe(EXIT.error);
+    expect(new Set([EXIT.jobFailed, EXIT.jobCancelled, EXIT.jobDeadLettered, EXIT.interrupted]).size).toBe(4);
+  });
+
+  it("sums up the end in one line", () => {
+    expect(
+      jobSummary(
+        job({ status: "succeeded", started_at: "2026-11-26T12:00:00.000Z", finished_at: "2026-11-26T12:00:01.500Z" }),
+      ),
+    ).toBe("job j1 succeeded after 1.5s");
+    expect(
+      jobSummary(
+        job({ status: "failed", exit_code: 3, attempts: 3, dead_lettered: true, failure_reason: "exited with code 3" }),
+      ),
+    ).toBe("job j1 failed: exit code 3; exited with code 3; dead-lettered after 3 attempts");
+    expect(jobSummary(job({ status: "cancelled" }))).toBe("job j1 was cancelled");
+  });
+});
+
+describe("jobs run: the stage shown", () => {
+  const placement = {
+    placement_id: "p1",
+    node_id: "n1",
+    zone: "z",
+    gpu_indices: [0, 1],
+    attempt: 1,
+    status: "placed",
+    placed_at: "2026-11-26T12:00:00.000Z",
+    started_at: null,
+    finished_at: null,
+    exit_code: null,
+  };
+  const pulling: JobEvent = {
+    seq: 3,
+    type: "pulling",
+    at: "2026-11-26T12:00:01.000Z",
+    attempt: 1,
+    placement_id: "p1",
+    node_id: "n1",
+    gpu_indices: null,
+    exit_code: null,
+    reason: "Pulling fs layer",
+    data: {},
+  };
+  it("shows why a queued job waits, where a placed one goes, and pulling", () => {
+    expect(stageOf(job({ waiting_reason: "0/0 nodes" }), undefined)).toEqual({
+      stage: "queued",
+      detail: "waiting: 0/0 nodes",
+    });
+    expect(stageOf(job(), undefined)).toEqual({ stage: "queued", detail: null });
+    expect(stageOf(job({ status: "placed", placements: [placement] }), undefined)).toEqual({
+      stage: "placed",
+      detail: "node n1, GPUs 0,1",
+    });
+    expect(stageOf(job({ status: "placed", placements: [placement] }), pulling)).toEqual({
+      stage: "pulling",
+      detail: "Pulling fs layer",
+    });
+    // A pull of an earlier attempt does not count.
+    expect(stageOf(job({ status: "placed", placements: [{ ...placement, attempt: 2 }] }), pulling).stage).toBe(
+      "placed",
+    );
+    expect(stageOf(job({ status: "running", placements: [placement] }), pulling)).toEqual({
+      stage: "running",
+      detail: "node n1",
+    });
+  });
+});
