@@ -1,0 +1,377 @@
+/**
+ * The CLI against the real API: a test database, the local token issuer and `wrangler dev` on free
+ * ports, started once; every command runs as a child process (`node cli/bin/scalar.mjs …`) with its
+ * own home and config folders. No node runs jobs here: a job stays queued (the end-to-end test in
+ * tools/ runs one to completion and reads its logs through this CLI).
+ */
+import { execFile } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePort } from "../tools/db/embedded";
+import { startWranglerDev, type WranglerDev } from "../tools/launcher/wrangler";
+import { createTestDatabase, type TestDatabase } from "../tools/test/database";
+import { has } from "../tools/test/parts";
+import { createDevSession } from "../tools/token-issuer/dev-session";
+import { startTokenIssuer, type TokenIssuerServer } from "../tools/token-issuer/server";
+import { EXIT } from "./errors";
+
+const BIN = resolve(import.meta.dirname, "bin/scalar.mjs");
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
+  let db: TestDatabase;
+  let issuer: TokenIssuerServer;
+  let wrangler: WranglerDev;
+  let apiUrl: string;
+  let apiKey: string;
+  let dir: string;
+  let home: string;
+  let xdg: string;
+  let work: string;
+
+  /** Runs the CLI in `work` (no .scalar above it) with a fresh home; `env` adds variables. */
+  function scalar(
+    args: string[],
+    opts: { env?: Record<string, string>; cwd?: string } = {},
+  ): Promise<Result> & {
+    child: ReturnType<typeof execFile>;
+  } {
+    let child!: ReturnType<typeof execFile>;
+    const done = new Promise<Result>((resolveResult) => {
+      child = execFile(
+        process.execPath,
+        [BIN, ...args],
+        {
+          cwd: opts.cwd ?? work,
+          env: { PATH: process.env.PATH ?? "", HOME: home, XDG_CONFIG_HOME: xdg, ...opts.env },
+          timeout: 60_000,
+        },
+        (error, stdout, stderr) => {
+          const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
+          resolveResult({ code, stdout: String(stdout), stderr: String(stderr) });
+        },
+      );
+    });
+    return Object.assign(done, { child });
+  }
+  const authed = (args: string[]) => scalar(args, { env: { SCALAR_API_URL: apiUrl, SCALAR_API_KEY: apiKey } });
+  const oneErrorLine = (r: Result) => {
+    expect(r.stdout).toBe("");
+    expect(r.stderr.trimEnd().split("\n")).toHaveLength(1);
+    expect(r.stderr.startsWith("error: ")).toBe(true);
+    return r.stderr.trimEnd();
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "scalar-cli-api-"));
+    home = join(dir, "home");
+    xdg = join(dir, "xdg");
+    work = join(dir, "work");
+    for (const d of [home, xdg, work]) mkdirSync(d, { recursive: true });
+    db = await createTestDatabase();
+    issuer = await startTokenIssuer({ port: 0 });
+    wrangler = await startWranglerDev({
+      port: await freePort(),
+      inspectorPort: await freePort(),
+      databaseUrl: db.url,
+      vars: { SUPABASE_URL: issuer.url, LOG_LEVEL: "warn" },
+      stateDir: join(dir, "wrangler"),
+      timeoutMs: 150_000,
+    });
+    apiUrl = wrangler.url;
+    apiKey = (await createDevSession({ apiUrl, databaseUrl: db.url, issuer })).apiKey;
+  }, 180_000);
+
+  afterAll(async () => {
+    await wrangler?.process.stop();
+    await issuer?.close();
+    await db?.drop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("without credentials, says in one line to run npm start or scalar login", async () => {
+    const r = await scalar(["jobs", "ls"]);
+    expect(r.code).toBe(EXIT.error);
+    expect(oneErrorLine(r)).toContain("run `npm start`");
+    expect(r.stderr).toContain("scalar login");
+  });
+
+  it("login checks the key, then saves it (0600) where later commands find it", async () => {
+    const bad = await scalar(["login", "--api-url", apiUrl, "--api-key", "sk_test_nope"]);
+    expect(bad.code).toBe(EXIT.error);
+    expect(oneErrorLine(bad)).toMatch(/^error: invalid_api_key: /);
+    const file = join(xdg, "scalar/credentials.json");
+    expect(() => statSync(file)).toThrow();
+
+    const r = await scalar(["login", "--api-url", `${apiUrl}/`, "--api-key", apiKey]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`logged in to ${apiUrl} as key sk_test_`);
+    expect(JSON.parse(readFileSync(file, "utf8"))).toEqual({ api_url: apiUrl, api_key: apiKey });
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+
+    const who = await scalar(["whoami", "--json"]);
+    expect(who.code).toBe(0);
+    const me = JSON.parse(who.stdout);
+    expect(me.from).toEqual({ api_url: file, api_key: file });
+    expect(me.me.account.role).toBe("owner");
+  });
+
+  it("prefers the nearest .scalar/credentials.json (npm start's) over the login file, and flags over both", async () => {
+    const project = join(dir, "clone");
+    mkdirSync(join(project, ".scalar"), { recursive: true });
+    mkdirSync(join(project, "sub/dir"), { recursive: true });
+    writeFileSync(
+      join(project, ".scalar/credentials.json"),
+      JSON.stringify({ api_url: apiUrl, api_key: "sk_test_stale" }),
+    );
+    const r = await scalar(["whoami"], { cwd: join(project, "sub/dir") });
+    expect(r.code).toBe(EXIT.error);
+    expect(oneErrorLine(r)).toMatch(/^error: invalid_api_key: /);
+    const flagged = await scalar(["whoami", "--api-key", apiKey], { cwd: join(project, "sub/dir") });
+    expect(flagged.code).toBe(0);
+    expect(flagged.stdout).toContain("(from --api-key)");
+  });
+
+  it("names the URL it could not reach", async () => {
+    const port = await freePort();
+    const r = await scalar(["regions", "--api-url", `http://127.0.0.1:${port}`, "--api-key", apiKey]);
+    expect(r.code).toBe(EXIT.error);
+    expect(oneErrorLine(r)).toBe(
+      `error: could not reach the Scalar API at http://127.0.0.1:${port} (ECONNREFUSED); is \`npm start\` running?`,
+    );
+  });
+
+  it("usage errors exit 2 before any request", async () => {
+    const r = await authed(["jobs", "run", "--image", "busybox"]);
+    expect(r.code).toBe(EXIT.usage);
+    expect(oneErrorLine(r)).toBe("error: --gpus is required");
+    const unknown = await authed(["jobs", "ls", "--colour"]);
+    expect(unknown.code).toBe(EXIT.usage);
+  });
+
+  it("regions: a table, and JSON that parses", async () => {
+    const r = await authed(["regions"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.split("\n")[0]).toMatch(/^REGION\s+AVAILABLE\s+GPU\s+TOTAL\s+FREE\s+BUSY\s+QUEUED JOBS$/);
+    expect(r.stdout).toContain("us-west-1");
+    const j = await authed(["regions", "--json"]);
+    expect(JSON.parse(j.stdout).data.map((x: { region: string }) => x.region)).toEqual(["us-west-1"]);
+    expect(j.stderr).toBe("");
+  });
+
+  it("a 4xx from the API is one line with its code and field, exit 1", async () => {
+    const r = await authed(["jobs", "run", "--detach", "--gpus", "65", "--image", "busybox"]);
+    expect(r.code).toBe(EXIT.error);
+    expect(oneErrorLine(r)).toMatch(/^error: invalid_request: invalid body: gpu_count: /);
+    const missing = await authed(["jobs", "get", "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"]);
+    expect(missing.code).toBe(EXIT.error);
+    expect(oneErrorLine(missing)).toMatch(/^error: not_found: /);
+    const json = await authed(["jobs", "get", "not-a-uuid", "--json"]);
+    expect(oneErrorLine(json)).toMatch(/^error: invalid_request: .*id/);
+  });
+
+  it("jobs run --detach, ls (with pages), get, logs, cancel", async () => {
+    const first = await authed([
+      "jobs",
+      "run",
+      "--detach",
+      "--gpus",
+      "1",
+      "--image",
+      "busybox:1",
+      "--label",
+      "cli=test",
+      "--",
+      "echo",
+      "hi",
+    ]);
+    expect(first.code).toBe(0);
+    const id = first.stdout.trim();
+    expect(id).toMatch(UUID);
+    expect(first.stderr).toContain(`scalar jobs logs ${id} -f`);
+
+    const second = await authed([
+      "jobs",
+      "run",
+      "--detach",
+      "--json",
+      "--gpus",
+      "1",
+      "--image",
+      "busybox:1",
+      "--tier",
+      "fast",
+      "--max-runtime",
+      "5m",
+      "--",
+      "true",
+    ]);
+    expect(second.code).toBe(0);
+    const job2 = JSON.parse(second.stdout);
+    expect(job2).toMatchObject({ tier: "fast", gpu_count: 1, max_runtime_s: 300, command: ["true"] });
+    expect(["queued", "placed"]).toContain(job2.status);
+
+    const ls = await authed(["jobs", "ls"]);
+    expect(ls.code).toBe(0);
+    expect(ls.stdout.split("\n")[0]).toMatch(/^ID\s+STATUS\s+TIER\s+GPUS\s+REGION\s+AGE\s+IMAGE$/);
+    expect(ls.stdout).toContain(id);
+    expect(ls.stdout).toContain(job2.id);
+
+    const page1 = await authed(["jobs", "ls", "--limit", "1", "--json"]);
+    const p1 = JSON.parse(page1.stdout);
+    expect(p1.data.map((j: { id: string }) => j.id)).toEqual([job2.id]);
+    expect(p1.next_cursor).toEqual(expect.any(String));
+    const human = await authed(["jobs", "ls", "--limit", "1"]);
+    expect(human.stderr).toContain(`more: scalar jobs ls --cursor ${p1.next_cursor}`);
+    const page2 = await authed(["jobs", "ls", "--limit", "1", "--cursor", p1.next_cursor, "--json"]);
+    expect(JSON.parse(page2.stdout).data[0].id).toBe(id);
+    const labelled = await authed(["jobs", "ls", "--label", "cli=test", "--status", "queued,placed", "--json"]);
+    expect(JSON.parse(labelled.stdout).data.map((j: { id: string }) => j.id)).toEqual([id]);
+
+    const get = await authed(["jobs", "get", id]);
+    expect(get.code).toBe(0);
+    expect(get.stdout).toMatch(/^id\s+/);
+    expect(get.stdout).toMatch(/status\s+queued/);
+    expect(get.stdout).toMatch(/command\s+echo hi/);
+    expect(JSON.parse((await authed(["jobs", "get", id, "--json"])).stdout).labels).toEqual({ cli: "test" });
+
+    const logs = await authed(["jobs", "logs", id]);
+    expect(logs).toEqual({ code: 0, stdout: "", stderr: "" });
+
+    for (const jobId of [id, job2.id]) {
+      const cancel = await authed(["jobs", "cancel", jobId]);
+      expect(cancel.code).toBe(0);
+      expect(cancel.stdout).toBe(`job ${jobId} cancelled\n`);
+    }
+    const again = await authed(["jobs", "cancel", id, "--json"]);
+    expect(JSON.parse(again.stdout).status).toBe("cancelled");
+
+    // Following a finished job's logs ends at once with its status.
+    const follow = await authed(["jobs", "logs", id, "-f"]);
+    expect(follow).toEqual({ code: 0, stdout: "", stderr: `job ${id} cancelled\n` });
+  });
+
+  it("jobs run shows the wait and exits 121 when the job is cancelled meanwhile", async () => {
+    const run = authed(["jobs", "run", "--gpus", "1", "--image", "busybox:1", "--", "sleep", "600"]);
+    let stderr = "";
+    run.child.stderr?.on("data", (chunk) => {
+      stderr += String(chunk);
+    });
+    const deadline = Date.now() + 30_000;
+    while (!/\] queued/.test(stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const id = /job ([0-9a-f-]{36}) submitted/.exec(stderr)?.[1];
+    expect(id).toMatch(UUID);
+    expect((await authed(["jobs", "cancel", id as string])).code).toBe(0);
+    const r = await run;
+    expect(r.code).toBe(EXIT.jobCancelled);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain(`job ${id} submitted (flex, 1 GPU, us-west-1)`);
+    expect(r.stderr).toMatch(/\[\d+\.\ds\] queued/);
+    expect(r.stderr.trimEnd().split("\n").at(-1)).toBe(`job ${id} was cancelled`);
+  });
+
+  it("jobs run --json: status records and the final job, one JSON object per line", async () => {
+    const run = authed(["jobs", "run", "--json", "--gpus", "1", "--image", "busybox:1", "--", "sleep", "600"]);
+    let stdout = "";
+    run.child.stdout?.on("data", (chunk) => {
+      stdout += String(chunk);
+    });
+    const deadline = Date.now() + 30_000;
+    while (!stdout.includes('"type":"status"') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const first = JSON.parse(stdout.split("\n")[0] as string);
+    expect(first).toMatchObject({ type: "status", status: "queued", stage: "queued" });
+    const list = JSON.parse((await authed(["jobs", "ls", "--status", "queued", "--limit", "1", "--json"])).stdout);
+    await authed(["jobs", "cancel", list.data[0].id]);
+    const r = await run;
+    expect(r.code).toBe(EXIT.jobCancelled);
+    const records = r.stdout
+      .trimEnd()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(records.at(-1)).toMatchObject({ type: "end", job: { id: list.data[0].id, status: "cancelled" } });
+  });
+
+  it("keys create (the secret alone on stdout), ls, scopes enforced, revoke", async () => {
+    const created = await authed(["keys", "create", "cli-readonly", "--scope", "jobs:read"]);
+    expect(created.code).toBe(0);
+    const secret = created.stdout.trim();
+    expect(secret).toMatch(/^sk_test_[A-Za-z0-9]{8}_[A-Za-z0-9]{40}$/);
+    expect(created.stderr).toContain("cli-readonly");
+
+    const ls = await authed(["keys", "ls"]);
+    expect(ls.stdout.split("\n")[0]).toMatch(/^ID\s+NAME\s+PREFIX\s+SCOPES\s+CREATED\s+LAST USED\s+STATE$/);
+    const row = ls.stdout.split("\n").find((l) => l.includes("cli-readonly")) ?? "";
+    expect(row).toMatch(/jobs:read\s+\S+\s+never\s+active$/);
+    const keys = JSON.parse((await authed(["keys", "ls", "--json"])).stdout).data as { id: string; name: string }[];
+    const keyId = keys.find((k) => k.name === "cli-readonly")?.id as string;
+
+    const withKey = (args: string[]) => scalar(args, { env: { SCALAR_API_URL: apiUrl, SCALAR_API_KEY: secret } });
+    expect((await withKey(["jobs", "ls"])).code).toBe(0);
+    const refused = await withKey(["jobs", "run", "--detach", "--gpus", "1", "--image", "busybox"]);
+    expect(refused.code).toBe(EXIT.error);
+    expect(oneErrorLine(refused)).toMatch(/^error: missing_scope: /);
+
+    const revoked = await authed(["keys", "revoke", keyId]);
+    expect(revoked).toMatchObject({ code: 0, stdout: expect.stringContaining("revoked") });
+    const after = await withKey(["jobs", "ls"]);
+    expect(after.code).toBe(EXIT.error);
+    expect(oneErrorLine(after)).toMatch(/^error: invalid_api_key: /);
+    const all = JSON.parse((await authed(["keys", "ls", "--all", "--json"])).stdout).data as {
+      id: string;
+      revoked_at: string | null;
+    }[];
+    expect(all.find((k) => k.id === keyId)?.revoked_at).toEqual(expect.any(String));
+  });
+
+  it("endpoints create, ls, get, rm", async () => {
+    const created = await authed([
+      "endpoints",
+      "create",
+      "cli-serve",
+      "--gpus",
+      "1",
+      "--image",
+      "busybox:1",
+      "--min-replicas",
+      "0",
+      "--port",
+      "8080",
+      "--",
+      "httpd",
+      "-f",
+    ]);
+    expect(created.code).toBe(0);
+    const id = created.stdout.trim();
+    expect(id).toMatch(UUID);
+    const dup = await authed([
+      "endpoints",
+      "create",
+      "cli-serve",
+      "--gpus",
+      "1",
+      "--image",
+      "busybox:1",
+      "--min-replicas",
+      "0",
+    ]);
+    expect(dup.code).toBe(EXIT.error);
+    expect(oneErrorLine(dup)).toMatch(/^error: name_taken: /);
+
+    const ls = await authed(["endpoints", "ls"]);
+    expect(ls.stdout).toMatch(new RegExp(`${id}\\s+cli-serve\\s+active\\s+flex\\s+1\\s+0–1`));
+    const get = JSON.parse((await authed(["endpoints", "get", id, "--json"])).stdout);
+    expect(get).toMatchObject({ name: "cli-serve", port: 8080, command: ["httpd", "-f"], min_replicas: 0 });
+    const rm = await authed(["endpoints", "rm", id]);
+    expect(rm).toMatchObject({ code: 0, stdout: `endpoint cli-serve (${id}) deleted\n` });
+    expect((await authed(["endpoints", "ls", "--json"])).stdout).not.toContain(id);
+    expect(JSON.parse((await authed(["endpoints", "ls", "--status", "all", "--json"])).stdout).data[0].id).toBe(id);
+  });
+});
