@@ -1,14 +1,17 @@
 /**
  * The CLI against the real API: a test database, the local token issuer and `wrangler dev` on free
  * ports, started once; every command runs as a child process (`node cli/bin/scalar.mjs …`) with its
- * own home and config folders. No node runs jobs here: a job stays queued (the end-to-end test in
- * tools/ runs one to completion and reads its logs through this CLI).
+ * own home and config folders. Jobs stay queued, except in the last part: with a Docker engine and
+ * the local registry, a real `scalar-agent` (declared GPUs) runs them, so `jobs run` prints the
+ * container's output and exits with its exit code.
  */
 import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DockerodeEngine } from "../node-agent/docker/dockerode-engine";
+import { AgentProcess, gpuEngineSocket, removeLabelled, testImage } from "../node-agent/test/harness";
 import { freePort } from "../tools/db/embedded";
 import { startWranglerDev, type WranglerDev } from "../tools/launcher/wrangler";
 import { createTestDatabase, type TestDatabase } from "../tools/test/database";
@@ -18,6 +21,8 @@ import { startTokenIssuer, type TokenIssuerServer } from "../tools/token-issuer/
 import { EXIT } from "./errors";
 
 const BIN = resolve(import.meta.dirname, "bin/scalar.mjs");
+/** A command line without quoting: split at spaces. */
+const words = (line: string) => line.split(" ");
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 interface Result {
@@ -150,90 +155,64 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
   });
 
   it("usage errors exit 2 before any request", async () => {
-    const r = await authed(["jobs", "run", "--image", "busybox"]);
+    const r = await authed(words("jobs run --image busybox"));
     expect(r.code).toBe(EXIT.usage);
     expect(oneErrorLine(r)).toBe("error: --gpus is required");
-    const unknown = await authed(["jobs", "ls", "--colour"]);
+    const unknown = await authed(words("jobs ls --colour"));
     expect(unknown.code).toBe(EXIT.usage);
   });
 
   it("regions: a table, and JSON that parses", async () => {
-    const r = await authed(["regions"]);
+    const r = await authed(words("regions"));
     expect(r.code).toBe(0);
     expect(r.stdout.split("\n")[0]).toMatch(/^REGION\s+AVAILABLE\s+GPU\s+TOTAL\s+FREE\s+BUSY\s+QUEUED JOBS$/);
     expect(r.stdout).toContain("us-west-1");
-    const j = await authed(["regions", "--json"]);
+    const j = await authed(words("regions --json"));
     expect(JSON.parse(j.stdout).data.map((x: { region: string }) => x.region)).toEqual(["us-west-1"]);
     expect(j.stderr).toBe("");
   });
 
   it("a 4xx from the API is one line with its code and field, exit 1", async () => {
-    const r = await authed(["jobs", "run", "--detach", "--gpus", "65", "--image", "busybox"]);
+    const r = await authed(words("jobs run --detach --gpus 65 --image busybox"));
     expect(r.code).toBe(EXIT.error);
     expect(oneErrorLine(r)).toMatch(/^error: invalid_request: invalid body: gpu_count: /);
-    const missing = await authed(["jobs", "get", "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"]);
+    const missing = await authed(words("jobs get 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"));
     expect(missing.code).toBe(EXIT.error);
     expect(oneErrorLine(missing)).toMatch(/^error: not_found: /);
-    const json = await authed(["jobs", "get", "not-a-uuid", "--json"]);
+    const json = await authed(words("jobs get not-a-uuid --json"));
     expect(oneErrorLine(json)).toMatch(/^error: invalid_request: .*id/);
   });
 
   it("jobs run --detach, ls (with pages), get, logs, cancel", async () => {
-    const first = await authed([
-      "jobs",
-      "run",
-      "--detach",
-      "--gpus",
-      "1",
-      "--image",
-      "busybox:1",
-      "--label",
-      "cli=test",
-      "--",
-      "echo",
-      "hi",
-    ]);
+    const first = await authed(words("jobs run --detach --gpus 1 --image busybox:1 --label cli=test -- echo hi"));
     expect(first.code).toBe(0);
     const id = first.stdout.trim();
     expect(id).toMatch(UUID);
     expect(first.stderr).toContain(`scalar jobs logs ${id} -f`);
 
-    const second = await authed([
-      "jobs",
-      "run",
-      "--detach",
-      "--json",
-      "--gpus",
-      "1",
-      "--image",
-      "busybox:1",
-      "--tier",
-      "fast",
-      "--max-runtime",
-      "5m",
-      "--",
-      "true",
-    ]);
+    const second = await authed(
+      words("jobs run --detach --json --gpus 1 --image busybox:1 --tier fast --max-runtime 5m -- true"),
+    );
     expect(second.code).toBe(0);
     const job2 = JSON.parse(second.stdout);
     expect(job2).toMatchObject({ tier: "fast", gpu_count: 1, max_runtime_s: 300, command: ["true"] });
     expect(["queued", "placed"]).toContain(job2.status);
 
-    const ls = await authed(["jobs", "ls"]);
+    const ls = await authed(words("jobs ls"));
     expect(ls.code).toBe(0);
     expect(ls.stdout.split("\n")[0]).toMatch(/^ID\s+STATUS\s+TIER\s+GPUS\s+REGION\s+AGE\s+IMAGE$/);
     expect(ls.stdout).toContain(id);
     expect(ls.stdout).toContain(job2.id);
 
-    const page1 = await authed(["jobs", "ls", "--limit", "1", "--json"]);
+    const page1 = await authed(words("jobs ls --limit 1 --json"));
     const p1 = JSON.parse(page1.stdout);
     expect(p1.data.map((j: { id: string }) => j.id)).toEqual([job2.id]);
     expect(p1.next_cursor).toEqual(expect.any(String));
-    const human = await authed(["jobs", "ls", "--limit", "1"]);
+    const human = await authed(words("jobs ls --limit 1"));
     expect(human.stderr).toContain(`more: scalar jobs ls --cursor ${p1.next_cursor}`);
     const page2 = await authed(["jobs", "ls", "--limit", "1", "--cursor", p1.next_cursor, "--json"]);
     expect(JSON.parse(page2.stdout).data[0].id).toBe(id);
-    const labelled = await authed(["jobs", "ls", "--label", "cli=test", "--status", "queued,placed", "--json"]);
+    const labelled = await authed(words("jobs ls --label cli=test --status queued,placed --json"));
     expect(JSON.parse(labelled.stdout).data.map((j: { id: string }) => j.id)).toEqual([id]);
 
     const get = await authed(["jobs", "get", id]);
@@ -260,7 +239,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
   });
 
   it("jobs run shows the wait and exits 121 when the job is cancelled meanwhile", async () => {
-    const run = authed(["jobs", "run", "--gpus", "1", "--image", "busybox:1", "--", "sleep", "600"]);
+    const run = authed(words("jobs run --gpus 1 --image busybox:1 -- sleep 600"));
     let stderr = "";
     run.child.stderr?.on("data", (chunk) => {
       stderr += String(chunk);
@@ -279,7 +258,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
   });
 
   it("jobs run --json: status records and the final job, one JSON object per line", async () => {
-    const run = authed(["jobs", "run", "--json", "--gpus", "1", "--image", "busybox:1", "--", "sleep", "600"]);
+    const run = authed(words("jobs run --json --gpus 1 --image busybox:1 -- sleep 600"));
     let stdout = "";
     run.child.stdout?.on("data", (chunk) => {
       stdout += String(chunk);
@@ -288,7 +267,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
     while (!stdout.includes('"type":"status"') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     const first = JSON.parse(stdout.split("\n")[0] as string);
     expect(first).toMatchObject({ type: "status", status: "queued", stage: "queued" });
-    const list = JSON.parse((await authed(["jobs", "ls", "--status", "queued", "--limit", "1", "--json"])).stdout);
+    const list = JSON.parse((await authed(words("jobs ls --status queued --limit 1 --json"))).stdout);
     await authed(["jobs", "cancel", list.data[0].id]);
     const r = await run;
     expect(r.code).toBe(EXIT.jobCancelled);
@@ -300,17 +279,17 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
   });
 
   it("keys create (the secret alone on stdout), ls, scopes enforced, revoke", async () => {
-    const created = await authed(["keys", "create", "cli-readonly", "--scope", "jobs:read"]);
+    const created = await authed(words("keys create cli-readonly --scope jobs:read"));
     expect(created.code).toBe(0);
     const secret = created.stdout.trim();
     expect(secret).toMatch(/^sk_test_[A-Za-z0-9]{8}_[A-Za-z0-9]{40}$/);
     expect(created.stderr).toContain("cli-readonly");
 
-    const ls = await authed(["keys", "ls"]);
+    const ls = await authed(words("keys ls"));
     expect(ls.stdout.split("\n")[0]).toMatch(/^ID\s+NAME\s+PREFIX\s+SCOPES\s+CREATED\s+LAST USED\s+STATE$/);
     const row = ls.stdout.split("\n").find((l) => l.includes("cli-readonly")) ?? "";
     expect(row).toMatch(/jobs:read\s+\S+\s+never\s+active$/);
-    const keys = JSON.parse((await authed(["keys", "ls", "--json"])).stdout).data as { id: string; name: string }[];
+    const keys = JSON.parse((await authed(words("keys ls --json"))).stdout).data as { id: string; name: string }[];
     const keyId = keys.find((k) => k.name === "cli-readonly")?.id as string;
 
     const withKey = (args: string[]) => scalar(args, { env: { SCALAR_API_URL: apiUrl, SCALAR_API_KEY: secret } });
@@ -324,7 +303,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
     const after = await withKey(["jobs", "ls"]);
     expect(after.code).toBe(EXIT.error);
     expect(oneErrorLine(after)).toMatch(/^error: invalid_api_key: /);
-    const all = JSON.parse((await authed(["keys", "ls", "--all", "--json"])).stdout).data as {
+    const all = JSON.parse((await authed(words("keys ls --all --json"))).stdout).data as {
       id: string;
       revoked_at: string | null;
     }[];
@@ -332,46 +311,95 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
   });
 
   it("endpoints create, ls, get, rm", async () => {
-    const created = await authed([
-      "endpoints",
-      "create",
-      "cli-serve",
-      "--gpus",
-      "1",
-      "--image",
-      "busybox:1",
-      "--min-replicas",
-      "0",
-      "--port",
-      "8080",
-      "--",
-      "httpd",
-      "-f",
-    ]);
+    const created = await authed(
+      words("endpoints create cli-serve --gpus 1 --image busybox:1 --min-replicas 0 --port 8080 -- httpd -f"),
+    );
     expect(created.code).toBe(0);
     const id = created.stdout.trim();
     expect(id).toMatch(UUID);
-    const dup = await authed([
-      "endpoints",
-      "create",
-      "cli-serve",
-      "--gpus",
-      "1",
-      "--image",
-      "busybox:1",
-      "--min-replicas",
-      "0",
-    ]);
+    const dup = await authed(words("endpoints create cli-serve --gpus 1 --image busybox:1 --min-replicas 0"));
     expect(dup.code).toBe(EXIT.error);
     expect(oneErrorLine(dup)).toMatch(/^error: name_taken: /);
 
-    const ls = await authed(["endpoints", "ls"]);
+    const ls = await authed(words("endpoints ls"));
     expect(ls.stdout).toMatch(new RegExp(`${id}\\s+cli-serve\\s+active\\s+flex\\s+1\\s+0–1`));
     const get = JSON.parse((await authed(["endpoints", "get", id, "--json"])).stdout);
     expect(get).toMatchObject({ name: "cli-serve", port: 8080, command: ["httpd", "-f"], min_replicas: 0 });
     const rm = await authed(["endpoints", "rm", id]);
     expect(rm).toMatchObject({ code: 0, stdout: `endpoint cli-serve (${id}) deleted\n` });
-    expect((await authed(["endpoints", "ls", "--json"])).stdout).not.toContain(id);
-    expect(JSON.parse((await authed(["endpoints", "ls", "--status", "all", "--json"])).stdout).data[0].id).toBe(id);
+    expect((await authed(words("endpoints ls --json"))).stdout).not.toContain(id);
+    expect(JSON.parse((await authed(words("endpoints ls --status all --json"))).stdout).data[0].id).toBe(id);
+  });
+  describe.skipIf(!has("docker") || !has("registry"))("with a node agent on the local Docker engine", () => {
+    let agent: AgentProcess;
+    let engine: DockerodeEngine;
+    const agentName = `cli-test-${process.pid}`;
+    const small = "--cpu 0.5 --memory 256Mi --max-attempts 1";
+
+    beforeAll(async () => {
+      const res = await fetch(`${apiUrl}/v1/operator/nodes`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          region: "us-west-1",
+          gpu_model: "H100",
+          gpu_count: 8,
+          cpu_milli: 16000,
+          memory_mib: 65536,
+        }),
+      });
+      const created = (await res.json()) as { token: string };
+      expect(res.status).toBe(201);
+      engine = new DockerodeEngine({ socketPath: gpuEngineSocket() });
+      agent = new AgentProcess({
+        apiUrl,
+        token: created.token,
+        socket: gpuEngineSocket(),
+        dataDir: mkdtempSync(join(dir, "agent-")),
+        agentName,
+      });
+      agent.start();
+    }, 60_000);
+
+    afterAll(async () => {
+      await agent?.kill();
+      if (engine) await removeLabelled(engine, agentName);
+    });
+
+    it("jobs run prints the container's output and exits 0; jobs logs reads it again", async () => {
+      const r = await authed(words(`jobs run --gpus 1 --image ${testImage()} ${small} -- echo hello`));
+      expect(r.stdout, `${r.stderr}\n${agent.log().slice(-2000)}`).toBe("hello\n");
+      expect(r.code).toBe(0);
+      const id = /job ([0-9a-f-]{36}) submitted/.exec(r.stderr)?.[1] as string;
+      expect(r.stderr.trimEnd().split("\n").at(-1)).toMatch(new RegExp(`^job ${id} succeeded after `));
+      expect(await authed(words(`jobs logs ${id}`))).toEqual({ code: 0, stdout: "hello\n", stderr: "" });
+      const json = await authed(words(`jobs logs ${id} --json`));
+      expect(JSON.parse(json.stdout)).toMatchObject({ stream: "stdout", line: "hello", attempt: 1 });
+    }, 90_000);
+
+    it("a failing job: its stdout and stderr apart, and its exit code", async () => {
+      const r = await authed([
+        ...words(`jobs run --gpus 1 --image ${testImage()} ${small} --`),
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+      ]);
+      expect(r.code, `${r.stderr}\n${agent.log().slice(-2000)}`).toBe(3);
+      expect(r.stdout).toBe("out\n");
+      expect(r.stderr).toContain("\nerr\n");
+      expect(r.stderr.trimEnd().split("\n").at(-1)).toMatch(/failed after .*: exit code 3/);
+    }, 90_000);
+
+    it("jobs run --json: log records between the status records and the end", async () => {
+      const r = await authed(words(`jobs run --json --gpus 1 --image ${testImage()} ${small} -- echo hello`));
+      expect(r.code).toBe(0);
+      const records = r.stdout
+        .trimEnd()
+        .split("\n")
+        .map((l) => JSON.parse(l));
+      expect(records.filter((x) => x.type === "log")).toMatchObject([{ line: "hello", stream: "stdout" }]);
+      expect(records.at(-1)).toMatchObject({ type: "end", job: { status: "succeeded", exit_code: 0 } });
+      expect(records[0]).toMatchObject({ type: "status" });
+    }, 90_000);
   });
 });

@@ -61,9 +61,10 @@ export function jobSummary(job: Job): string {
     case "cancelled":
       return `job ${job.id} was cancelled`;
     case "failed": {
+      const exit = job.exit_code !== null ? `exit code ${job.exit_code}` : null;
       const why = [
-        job.exit_code !== null ? `exit code ${job.exit_code}` : null,
-        job.failure_reason,
+        exit,
+        job.failure_reason === exit ? null : job.failure_reason,
         job.dead_lettered ? `dead-lettered after ${job.attempts} attempt${job.attempts === 1 ? "" : "s"}` : null,
       ].filter(Boolean);
       return `job ${job.id} failed${took}${why.length ? `: ${why.join("; ")}` : ""}`;
