@@ -25,6 +25,25 @@ const BIN = resolve(import.meta.dirname, "bin/scalar.mjs");
 const words = (line: string) => line.split(" ");
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/** Collects a child's output as it comes, to wait for a line before acting. */
+function collect(stream: NodeJS.ReadableStream | null | undefined) {
+  let text = "";
+  stream?.on("data", (chunk) => {
+    text += String(chunk);
+  });
+  return {
+    async until(pattern: RegExp): Promise<RegExpExecArray> {
+      const giveUp = Date.now() + 30_000;
+      for (;;) {
+        const match = pattern.exec(text);
+        if (match) return match;
+        if (Date.now() > giveUp) throw new Error(`gave up waiting for ${pattern} in: ${text}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+  };
+}
+
 interface Result {
   code: number;
   stdout: string;
@@ -115,6 +134,12 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
     expect(oneErrorLine(bad)).toMatch(/^error: invalid_api_key: /);
     const file = join(xdg, "scalar/credentials.json");
     expect(() => statSync(file)).toThrow();
+
+    // The key from standard input (what a prompt reads), one line.
+    const piped = scalar(["login", "--api-url", apiUrl]);
+    piped.child.stdin?.end(`${apiKey}\n`);
+    expect((await piped).code).toBe(0);
+    expect(JSON.parse(readFileSync(file, "utf8")).api_key).toBe(apiKey);
 
     const r = await scalar(["login", "--api-url", `${apiUrl}/`, "--api-key", apiKey]);
     expect(r.code).toBe(0);
@@ -240,15 +265,10 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
 
   it("jobs run shows the wait and exits 121 when the job is cancelled meanwhile", async () => {
     const run = authed(words("jobs run --gpus 1 --image busybox:1 -- sleep 600"));
-    let stderr = "";
-    run.child.stderr?.on("data", (chunk) => {
-      stderr += String(chunk);
-    });
-    const deadline = Date.now() + 30_000;
-    while (!/\] queued/.test(stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    const id = /job ([0-9a-f-]{36}) submitted/.exec(stderr)?.[1];
-    expect(id).toMatch(UUID);
-    expect((await authed(["jobs", "cancel", id as string])).code).toBe(0);
+    const stderr = collect(run.child.stderr);
+    const id = (await stderr.until(/job ([0-9a-f-]{36}) submitted/))[1] as string;
+    await stderr.until(/\] queued/);
+    expect((await authed(["jobs", "cancel", id])).code).toBe(0);
     const r = await run;
     expect(r.code).toBe(EXIT.jobCancelled);
     expect(r.stdout).toBe("");
@@ -257,25 +277,34 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
     expect(r.stderr.trimEnd().split("\n").at(-1)).toBe(`job ${id} was cancelled`);
   });
 
+  it("Ctrl-C stops watching, not the job: exit 130 and how to follow or cancel it", async () => {
+    const run = authed(words("jobs run --gpus 1 --image busybox:1 -- sleep 600"));
+    const stderr = collect(run.child.stderr);
+    const id = (await stderr.until(/job ([0-9a-f-]{36}) submitted/))[1] as string;
+    await stderr.until(/\] queued/);
+    run.child.kill("SIGINT");
+    const r = await run;
+    expect(r.code).toBe(EXIT.interrupted);
+    expect(r.stderr).toContain(`job ${id} keeps running`);
+    expect(r.stderr).toContain(`scalar jobs cancel ${id}`);
+    expect(JSON.parse((await authed(words(`jobs get ${id} --json`))).stdout).status).toBe("queued");
+    expect((await authed(words(`jobs cancel ${id}`))).code).toBe(0);
+  });
+
   it("jobs run --json: status records and the final job, one JSON object per line", async () => {
     const run = authed(words("jobs run --json --gpus 1 --image busybox:1 -- sleep 600"));
-    let stdout = "";
-    run.child.stdout?.on("data", (chunk) => {
-      stdout += String(chunk);
-    });
-    const deadline = Date.now() + 30_000;
-    while (!stdout.includes('"type":"status"') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    const first = JSON.parse(stdout.split("\n")[0] as string);
-    expect(first).toMatchObject({ type: "status", status: "queued", stage: "queued" });
-    const list = JSON.parse((await authed(words("jobs ls --status queued --limit 1 --json"))).stdout);
-    await authed(["jobs", "cancel", list.data[0].id]);
+    const stdout = collect(run.child.stdout);
+    const id = (await collect(run.child.stderr).until(/job ([0-9a-f-]{36}) submitted/))[1] as string;
+    const line = (await stdout.until(/^.*"type":"status".*\n/m))[0];
+    expect(JSON.parse(line)).toMatchObject({ type: "status", status: "queued", stage: "queued" });
+    await authed(["jobs", "cancel", id]);
     const r = await run;
     expect(r.code).toBe(EXIT.jobCancelled);
     const records = r.stdout
       .trimEnd()
       .split("\n")
       .map((l) => JSON.parse(l));
-    expect(records.at(-1)).toMatchObject({ type: "end", job: { id: list.data[0].id, status: "cancelled" } });
+    expect(records.at(-1)).toMatchObject({ type: "end", job: { id, status: "cancelled" } });
   });
 
   it("keys create (the secret alone on stdout), ls, scopes enforced, revoke", async () => {
