@@ -16,7 +16,7 @@ import { parseDuration } from "../units";
 import { WORKLOAD_OPTIONS, workloadBody } from "./workload";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const POLL_MS = 1000;
+const POLL_MS = 500;
 
 export function jobCreateBody(args: Parsed): JobCreate {
   const maxRuntime = stringOption(args.values, "max-runtime");
