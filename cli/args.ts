@@ -35,8 +35,6 @@ export interface CommandSpec<Context = unknown> {
   rest?: boolean;
   options: Options;
   examples: string[];
-  /** False for `login`, which finds its own credentials. */
-  needsCredentials: boolean;
   run(ctx: Context, args: Parsed): Promise<number>;
 }
 

@@ -50,7 +50,8 @@ interface Result {
   stderr: string;
 }
 
-describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
+// Each step is a new process (tsx start-up: half a second, several on a busy machine): generous time per test.
+describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 180_000 }, () => {
   let db: TestDatabase;
   let issuer: TokenIssuerServer;
   let wrangler: WranglerDev;
@@ -263,6 +264,18 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
     expect(follow).toEqual({ code: 0, stdout: "", stderr: `job ${id} cancelled\n` });
   });
 
+  it("jobs run --idempotency-key: the same key and body give the same job; another body is refused", async () => {
+    const line = "jobs run --detach --idempotency-key cli-test-key-1 --gpus 1 --image busybox:1 -- true";
+    const first = await authed(words(line));
+    const again = await authed(words(line));
+    expect(first.code).toBe(0);
+    expect(again.stdout).toBe(first.stdout);
+    const other = await authed(words(line.replace("-- true", "-- false")));
+    expect(other.code).toBe(EXIT.error);
+    expect(oneErrorLine(other)).toMatch(/^error: idempotency_key_reused: /);
+    expect((await authed(words(`jobs cancel ${first.stdout.trim()}`))).code).toBe(0);
+  });
+
   it("jobs run shows the wait and exits 121 when the job is cancelled meanwhile", async () => {
     const run = authed(words("jobs run --gpus 1 --image busybox:1 -- sleep 600"));
     const stderr = collect(run.child.stderr);
@@ -404,7 +417,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
       expect(await authed(words(`jobs logs ${id}`))).toEqual({ code: 0, stdout: "hello\n", stderr: "" });
       const json = await authed(words(`jobs logs ${id} --json`));
       expect(JSON.parse(json.stdout)).toMatchObject({ stream: "stdout", line: "hello", attempt: 1 });
-    }, 90_000);
+    });
 
     it("a failing job: its stdout and stderr apart, and its exit code", async () => {
       const r = await authed([
@@ -417,7 +430,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
       expect(r.stdout).toBe("out\n");
       expect(r.stderr).toContain("\nerr\n");
       expect(r.stderr.trimEnd().split("\n").at(-1)).toMatch(/failed after .*: exit code 3/);
-    }, 90_000);
+    });
 
     it("jobs run --json: log records between the status records and the end", async () => {
       const r = await authed(words(`jobs run --json --gpus 1 --image ${testImage()} ${small} -- echo hello`));
@@ -429,6 +442,6 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", () => {
       expect(records.filter((x) => x.type === "log")).toMatchObject([{ line: "hello", stream: "stdout" }]);
       expect(records.at(-1)).toMatchObject({ type: "end", job: { status: "succeeded", exit_code: 0 } });
       expect(records[0]).toMatchObject({ type: "status" });
-    }, 90_000);
+    });
   });
 });

@@ -22,9 +22,8 @@ export async function run(argv: string[], io: Io): Promise<number> {
       io.stdout(renderHelp(COMMANDS, invocation.words, VERSION));
       return EXIT.ok;
     }
-    const ctx = createContext(io, invocation.global);
-    if (invocation.command.needsCredentials) ctx.credentials();
-    return await invocation.command.run(ctx, invocation.args);
+    // Credentials are looked up when a command first calls the API, after it has checked its input.
+    return await invocation.command.run(createContext(io, invocation.global), invocation.args);
   } catch (error) {
     io.stderr(`${errorLine(error)}\n`);
     return exitCodeOf(error);

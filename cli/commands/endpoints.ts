@@ -58,10 +58,9 @@ export const endpointsCreate: CommandSpec<Context> = {
     "health-path": { type: "string", value: "PATH", description: "health check path (default /health)" },
   },
   examples: ["scalar endpoints create llama-serve --gpus 1 --image ghcr.io/acme/serve:2.0 --port 8000"],
-  needsCredentials: true,
   async run(ctx, { positionals, values, rest }) {
-    const conn = ctx.connection();
     const body = endpointCreateBody(positionals[0] as string, values, rest);
+    const conn = ctx.connection();
     const endpoint = await ok(conn, conn.api.POST("/v1/endpoints", { body }));
     if (ctx.json) printJson(ctx, endpoint);
     else ctx.io.stdout(`${endpoint.id}\n`);
@@ -82,13 +81,12 @@ export const endpointsLs: CommandSpec<Context> = {
     cursor: { type: "string", value: "C", description: "the next page" },
   },
   examples: ["scalar endpoints ls", "scalar endpoints ls --status all --json"],
-  needsCredentials: true,
   async run(ctx, { values }) {
-    const conn = ctx.connection();
     const status = choiceOption(values, "status", ["active", "deleted", "all"] as const);
     const tier = choiceOption(values, "tier", TIERS);
     const limit = intOption(values, "limit", { min: 1, max: 100 });
     const cursor = stringOption(values, "cursor");
+    const conn = ctx.connection();
     const page = await ok(
       conn,
       conn.api.GET("/v1/endpoints", {
@@ -120,7 +118,6 @@ export const endpointsGet: CommandSpec<Context> = {
   positionals: { min: 1, max: 1 },
   options: {},
   examples: ["scalar endpoints get 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
-  needsCredentials: true,
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
     const e = await ok(
@@ -163,7 +160,6 @@ export const endpointsRm: CommandSpec<Context> = {
   positionals: { min: 1, max: 1 },
   options: {},
   examples: ["scalar endpoints rm 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
-  needsCredentials: true,
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
     const e = await ok(

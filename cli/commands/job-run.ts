@@ -174,11 +174,10 @@ export const jobsRun: CommandSpec<Context> = {
     "scalar jobs run --gpus 8 --tier fast --image ghcr.io/acme/train:1.4 --env EPOCHS=3 --max-runtime 2h -- python train.py",
     "scalar jobs run --detach --gpus 1 --image ghcr.io/acme/batch:2 -- ./batch.sh",
   ],
-  needsCredentials: true,
   async run(ctx, args) {
     const body = jobCreateBody(args);
-    const conn = ctx.connection();
     const { io } = ctx;
+    const conn = ctx.connection();
     const submitted = await submit(conn, body, stringOption(args.values, "idempotency-key") ?? randomUUID());
 
     if (args.values.detach === true) {

@@ -83,15 +83,14 @@ export const jobsLs: CommandSpec<Context> = {
     "scalar jobs ls --status queued,running --limit 50",
     "scalar jobs ls --json | jq '.data[].id'",
   ],
-  needsCredentials: true,
   async run(ctx, { values }) {
-    const conn = ctx.connection();
     const status = listOption(values, "status").join(",");
     const labels = listOption(values, "label").map((l) => l.replace("=", ":"));
     const tier = choiceOption(values, "tier", TIERS);
     const region = stringOption(values, "region");
     const limit = intOption(values, "limit", { min: 1, max: 100 });
     const cursor = stringOption(values, "cursor");
+    const conn = ctx.connection();
     const page = await ok(
       conn,
       conn.api.GET("/v1/jobs", {
@@ -125,7 +124,6 @@ export const jobsGet: CommandSpec<Context> = {
   positionals: ID,
   options: {},
   examples: ["scalar jobs get 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
-  needsCredentials: true,
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
     const job = await ok(conn, conn.api.GET("/v1/jobs/{id}", { params: { path: { id: positionals[0] as string } } }));
@@ -142,7 +140,6 @@ export const jobsCancel: CommandSpec<Context> = {
   positionals: ID,
   options: {},
   examples: ["scalar jobs cancel 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
-  needsCredentials: true,
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
     const job = await ok(
@@ -167,9 +164,7 @@ export const jobsLogs: CommandSpec<Context> = {
     "scalar jobs logs 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11",
     "scalar jobs logs -f 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11",
   ],
-  needsCredentials: true,
   async run(ctx, { positionals, values }) {
-    const conn = ctx.connection();
     const id = positionals[0] as string;
     const { io } = ctx;
     const print = (line: { stream: string; line: string }) => {
@@ -177,6 +172,7 @@ export const jobsLogs: CommandSpec<Context> = {
       else if (line.stream === "stderr") io.stderr(`${line.line}\n`);
       else io.stdout(`${line.line}\n`);
     };
+    const conn = ctx.connection();
     if (values.follow !== true) {
       for await (const line of readLogs(conn, id)) print(line);
       return EXIT.ok;

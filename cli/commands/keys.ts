@@ -61,13 +61,12 @@ export const keysCreate: CommandSpec<Context> = {
     "scalar keys create ci-deploy --scope jobs:read,jobs:write",
     'export SCALAR_API_KEY="$(scalar keys create laptop)"',
   ],
-  needsCredentials: true,
   async run(ctx, { positionals, values }) {
-    const conn = ctx.connection();
     const expiresAt = stringOption(values, "expires-at");
     if (expiresAt !== undefined && Number.isNaN(Date.parse(expiresAt))) {
       throw new UsageError(`--expires-at takes an ISO 8601 time such as 2027-01-31T00:00:00Z, not \`${expiresAt}\``);
     }
+    const conn = ctx.connection();
     const key = await ok(
       conn,
       conn.api.POST("/v1/api-keys", {
@@ -101,11 +100,10 @@ export const keysLs: CommandSpec<Context> = {
     cursor: { type: "string", value: "C", description: "the next page" },
   },
   examples: ["scalar keys ls", "scalar keys ls --all --json"],
-  needsCredentials: true,
   async run(ctx, { values }) {
-    const conn = ctx.connection();
     const limit = intOption(values, "limit", { min: 1, max: 100 });
     const cursor = stringOption(values, "cursor");
+    const conn = ctx.connection();
     const page = await ok(
       conn,
       conn.api.GET("/v1/api-keys", {
@@ -136,7 +134,6 @@ export const keysRevoke: CommandSpec<Context> = {
   positionals: { min: 1, max: 1 },
   options: {},
   examples: ["scalar keys revoke 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
-  needsCredentials: true,
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
     const key = await ok(

@@ -30,7 +30,6 @@ export const login: CommandSpec<Context> = {
     "scalar login --api-url https://api.scalar.example --api-key sk_live_…",
     "scalar login            # asks for the key; the URL from SCALAR_API_URL, saved credentials, or 127.0.0.1:8787",
   ],
-  needsCredentials: false,
   async run(ctx) {
     const { io } = ctx;
     const found = resolveCredentials({ flags: ctx.flags, env: io.env, cwd: io.cwd, home: io.home });
@@ -63,10 +62,9 @@ export const whoami: CommandSpec<Context> = {
   positionals: { min: 0, max: 0 },
   options: {},
   examples: ["scalar whoami"],
-  needsCredentials: true,
   async run(ctx) {
-    const conn = ctx.connection();
     const creds = ctx.credentials();
+    const conn = ctx.connection();
     const me = await ok(conn, conn.api.GET("/v1/me"));
     if (ctx.json) {
       printJson(ctx, { api_url: creds.apiUrl, from: { api_url: creds.from.apiUrl, api_key: creds.from.apiKey }, me });

@@ -39,11 +39,10 @@ export const regions: CommandSpec<Context> = {
     tier: { type: "string", value: "fast|flex", description: "only this tier's queue" },
   },
   examples: ["scalar regions", "scalar regions --json"],
-  needsCredentials: true,
   async run(ctx, { values }) {
-    const conn = ctx.connection();
     const region = stringOption(values, "region");
     const tier = choiceOption(values, "tier", TIERS);
+    const conn = ctx.connection();
     const list = await ok(
       conn,
       conn.api.GET("/v1/regions", { params: { query: { ...(region ? { region } : {}), ...(tier ? { tier } : {}) } } }),
