@@ -304,6 +304,27 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect((await authed(words(`jobs cancel ${id}`))).code).toBe(0);
   });
 
+  it("when watching fails (here: its key is revoked), one line says the job was submitted and is not cancelled", async () => {
+    const created = JSON.parse(
+      (await authed(words("keys create cli-watch --scope jobs:read,jobs:write --json"))).stdout,
+    );
+    const run = scalar(words("jobs run --gpus 1 --image busybox:1 -- sleep 600"), {
+      env: { SCALAR_API_URL: apiUrl, SCALAR_API_KEY: created.secret },
+    });
+    const stderr = collect(run.child.stderr);
+    const id = (await stderr.until(/job ([0-9a-f-]{36}) submitted/))[1] as string;
+    await stderr.until(/\] queued/);
+    expect((await authed(words(`keys revoke ${created.id}`))).code).toBe(0);
+    const r = await run;
+    expect(r.code).toBe(EXIT.error);
+    expect(r.stderr.trimEnd().split("\n").at(-1)).toMatch(
+      new RegExp(
+        `^error: invalid_api_key: .*; job ${id} was submitted and is not cancelled \\(follow it: scalar jobs logs ${id} -f\\)$`,
+      ),
+    );
+    expect((await authed(words(`jobs cancel ${id}`))).code).toBe(0);
+  });
+
   it("jobs run --json: status records and the final job, one JSON object per line", async () => {
     const run = authed(words("jobs run --json --gpus 1 --image busybox:1 -- sleep 600"));
     const stdout = collect(run.child.stdout);

@@ -2,8 +2,9 @@
  * The typed API client: openapi-fetch over the types generated from docs/openapi.json
  * (cli/api/schema.ts), so every path, parameter and body is checked against the spec at compile time.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import createClient, { type Client } from "openapi-fetch";
-import { apiErrorFrom, networkError } from "../errors";
+import { ApiError, apiErrorFrom, NetworkError, networkError } from "../errors";
 import type { components, paths } from "./schema";
 
 export type Schemas = components["schemas"];
@@ -48,4 +49,25 @@ export async function ok<T>(
     throw apiErrorFrom(result.response.status, result.error, result.response.headers.get("x-request-id"));
   }
   return result.data as T;
+}
+
+/** Worth another try: the API was not reached, was busy (429, 503), or still runs the same idempotent request. */
+export function isTransient(error: unknown): boolean {
+  return (
+    error instanceof NetworkError ||
+    (error instanceof ApiError &&
+      (error.status === 429 || error.status === 503 || error.code === "idempotency_key_in_progress"))
+  );
+}
+
+/** Runs `call` again after a transient failure, backing off (0.5, 1, 2, 4 s); other errors at once. */
+export async function retrying<T>(call: () => Promise<T>, attempts = 5): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      if (!isTransient(error) || attempt >= attempts) throw error;
+      await sleep(Math.min(250 * 2 ** attempt, 4000));
+    }
+  }
 }

@@ -5,10 +5,10 @@
  */
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Connection, type Job, type JobCreate, type JobEvent, ok } from "../api/client";
+import { type Connection, type Job, type JobCreate, type JobEvent, ok, retrying } from "../api/client";
 import { type CommandSpec, intOption, type Parsed, stringOption } from "../args";
 import { type Context, printJson } from "../context";
-import { ApiError, EXIT, NetworkError } from "../errors";
+import { CliError, EXIT } from "../errors";
 import { followLogs } from "../logs";
 import { duration } from "../output";
 import { createProgress, type Progress } from "../progress";
@@ -94,26 +94,15 @@ export function stageOf(job: Job, lastEvent: JobEvent | undefined): { stage: str
   }
 }
 
-async function submit(conn: Connection, body: JobCreate, idempotencyKey: string): Promise<Job> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await ok(
-        conn,
-        conn.api.POST("/v1/jobs", { body, params: { header: { "idempotency-key": idempotencyKey } } }),
-      );
-    } catch (error) {
-      const retriable =
-        error instanceof NetworkError ||
-        (error instanceof ApiError &&
-          (error.status === 429 || error.status === 503 || error.code === "idempotency_key_in_progress"));
-      if (!retriable || attempt >= 5) throw error;
-      await sleep(Math.min(250 * 2 ** attempt, 4000));
-    }
-  }
+/** Safe to send again: the Idempotency-Key makes every retry return the one job the first created. */
+function submit(conn: Connection, body: JobCreate, idempotencyKey: string): Promise<Job> {
+  return retrying(() =>
+    ok(conn, conn.api.POST("/v1/jobs", { body, params: { header: { "idempotency-key": idempotencyKey } } })),
+  );
 }
 
-async function getJob(conn: Connection, id: string): Promise<Job> {
-  return ok(conn, conn.api.GET("/v1/jobs/{id}", { params: { path: { id } } }));
+function getJob(conn: Connection, id: string): Promise<Job> {
+  return retrying(() => ok(conn, conn.api.GET("/v1/jobs/{id}", { params: { path: { id } } })));
 }
 
 /** Polls the job until it runs or ends, showing each stage; the events tell `pulling` apart from `placed`. */
@@ -125,14 +114,16 @@ async function watchStart(conn: Connection, job: Job, progress: Progress, signal
   for (;;) {
     if (job.status === "placed") {
       for (;;) {
-        const page = await ok(
-          conn,
-          conn.api.GET("/v1/jobs/{id}/events", {
-            params: {
-              path: { id: job.id },
-              query: { type: "placed,pulling,running", limit: 500, ...(pageCursor ? { cursor: pageCursor } : {}) },
-            },
-          }),
+        const page = await retrying(() =>
+          ok(
+            conn,
+            conn.api.GET("/v1/jobs/{id}/events", {
+              params: {
+                path: { id: job.id },
+                query: { type: "placed,pulling,running", limit: 500, ...(pageCursor ? { cursor: pageCursor } : {}) },
+              },
+            }),
+          ),
         );
         lastEvent = page.data.at(-1) ?? lastEvent;
         if (!page.next_cursor) break;
@@ -239,6 +230,13 @@ export const jobsRun: CommandSpec<Context> = {
       emit({ type: "end", job });
       io.stderr(`${jobSummary(job)}\n`);
       return jobExitCode(job);
+    } catch (error) {
+      // Watching failed, not the job: say so on the same line.
+      const message = error instanceof Error ? error.message : String(error);
+      throw new CliError(
+        `${message}; job ${submitted.id} was submitted and is not cancelled (follow it: scalar jobs logs ${submitted.id} -f)`,
+        error instanceof CliError ? error.exitCode : EXIT.error,
+      );
     } finally {
       progress.stop();
       removeInterrupt();
