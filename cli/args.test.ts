@@ -65,6 +65,7 @@ describe("parseCommandLine", () => {
     expect(parse([])).toEqual({ kind: "help", words: [] });
     expect(parse(["--help"])).toEqual({ kind: "help", words: [] });
     expect(parse(["help", "jobs"])).toEqual({ kind: "help", words: ["jobs"] });
+    expect(parse(["help", "jobs", "run"])).toEqual({ kind: "help", words: ["jobs", "run"] });
     expect(parse(["jobs"])).toEqual({ kind: "help", words: ["jobs"] });
     expect(parse(["jobs", "--help"])).toEqual({ kind: "help", words: ["jobs"] });
     expect(parse(["jobs", "run", "-h"])).toEqual({ kind: "help", words: ["jobs", "run"] });

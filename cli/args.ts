@@ -85,7 +85,13 @@ export function parseCommandLine<C>(argv: string[], commands: CommandSpec<C>[]):
   const idx = wordIndices(head, types, 2);
   const words = idx.map((i) => head[i] as string);
 
-  if (words[0] === "help") return { kind: "help", words: words.slice(1) };
+  if (words[0] === "help")
+    return {
+      kind: "help",
+      words: wordIndices(head, types, 3)
+        .slice(1)
+        .map((i) => head[i] as string),
+    };
   if (words.length === 0) {
     if (head.includes("--version") || head.includes("-V")) return { kind: "version" };
     if (head.length === 0 || head.includes("--help") || head.includes("-h")) return { kind: "help", words: [] };

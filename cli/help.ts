@@ -4,7 +4,7 @@ import { type CommandSpec, GLOBAL_OPTIONS, type Options } from "./args";
 function optionLines(options: Options): string[] {
   const entries = Object.entries(options).map(([name, o]) => {
     const flag = `${o.short ? `-${o.short}, ` : "    "}--${name}${o.type === "string" ? ` ${o.value ?? "VALUE"}` : ""}`;
-    return [flag, o.description + (o.multiple ? "" : "")] as const;
+    return [flag, o.description] as const;
   });
   const width = Math.max(0, ...entries.map(([f]) => f.length));
   return entries.map(([f, d]) => `  ${f.padEnd(width)}  ${d}`);
