@@ -61,6 +61,8 @@ export interface Stack {
   stateDir: string;
   /** Log files of the stack's own processes (wrangler), for failure messages. */
   logs: { wrangler: string };
+  /** Settles with a message if wrangler dev exits while the stack runs (it never settles otherwise). */
+  crashed: Promise<string>;
   agents(): { nodeId: string; pid: number; logFile: string }[];
   /** Fire the cron trigger now and wait for it. */
   tickCron(): Promise<void>;
@@ -96,6 +98,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const instanceId = randomBytes(3).toString("hex");
 
   const cleanups: (() => Promise<void>)[] = [];
+  let stopped = false;
   const stopAll = async () => {
     for (const cleanup of cleanups.splice(0).reverse()) {
       await cleanup().catch((e: unknown) => log(`while stopping: ${e instanceof Error ? e.message : String(e)}`));
@@ -115,12 +118,19 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     }
 
     // 1. Postgres and the migrations.
-    const db: EmbeddedDb = await step(
+    const db: EmbeddedDb & { started?: boolean } = await step(
       process.env.DATABASE_URL ? "Postgres (DATABASE_URL)" : "Postgres (embedded)",
       async () =>
         isDefaultDir || process.env.DATABASE_URL
           ? openDevDatabase()
-          : startEmbeddedPostgres({ dataDir: resolve(stateDir, "pg"), port: await freePort(), ephemeral: true }),
+          : {
+              ...(await startEmbeddedPostgres({
+                dataDir: resolve(stateDir, "pg"),
+                port: await freePort(),
+                ephemeral: true,
+              })),
+              started: true,
+            },
       (d) => new URL(d.url).host,
     );
     cleanups.push(() => db.stop());
@@ -129,8 +139,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       () => migrate(db.url),
       (m) => `${m.applied.length} applied, ${m.skipped.length} already there`,
     );
-    const forgotten = await forgetPreviousMarket(db.url);
-    if (forgotten > 0) log(`${forgotten} node(s) of an earlier run's market marked released (that market is gone)`);
+    // Only in a database this stack started: one already running may belong to a stack that is still up.
+    if (db.started) {
+      const forgotten = await forgetPreviousMarket(db.url);
+      if (forgotten > 0) log(`${forgotten} node(s) of an earlier run's market marked released (that market is gone)`);
+    }
 
     // 2. The token issuer.
     const issuer: TokenIssuerServer = await step(
@@ -251,6 +264,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       credentialsFile,
       stateDir,
       logs: { wrangler: wrangler.process.logFile },
+      crashed: new Promise<string>((done) => {
+        wrangler.process.exited.then((code) => {
+          if (!stopped) done(`wrangler dev exited unexpectedly (code ${code}); see ${wrangler.process.logFile}`);
+        });
+      }),
       agents: () => agents().map(({ nodeId, pid, logFile }) => ({ nodeId, pid, logFile })),
       tickCron: () => ticker.tick(),
       async advanceMarket(ms) {
@@ -263,7 +281,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         for (const a of agents()) parts.push(`--- agent ${a.nodeId} (${a.logFile}) ---\n${tail(a.logFile, lines)}`);
         return parts.join("\n");
       },
-      stop: stopAll,
+      async stop() {
+        stopped = true;
+        await stopAll();
+      },
     };
     return stack;
   } catch (error) {
