@@ -114,14 +114,17 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   try {
     const apiPort = anyPorts ? await freePort() : (opts.apiPort ?? DEFAULT_API_PORT);
     if (!(await isPortFree(apiPort))) {
-      throw new Error(`Port ${apiPort} is busy (another \`npm start\`?). Stop it, or choose another port.`);
+      throw new Error(
+        `Port ${apiPort} is busy (another \`npm start\`?). Stop it, or choose another port (npm start: SCALAR_API_PORT).`,
+      );
     }
 
-    // 1. Postgres and the migrations.
+    // 1. Postgres and the migrations: the development database (or DATABASE_URL) for the default
+    // state dir; a throw-away one of its own for any other (tests never touch a shared database).
     const db: EmbeddedDb & { started?: boolean } = await step(
-      process.env.DATABASE_URL ? "Postgres (DATABASE_URL)" : "Postgres (embedded)",
+      isDefaultDir && process.env.DATABASE_URL ? "Postgres (DATABASE_URL)" : "Postgres (embedded)",
       async () =>
-        isDefaultDir || process.env.DATABASE_URL
+        isDefaultDir
           ? openDevDatabase()
           : {
               ...(await startEmbeddedPostgres({
