@@ -5,9 +5,10 @@
  * its logs and usage are recorded; the idle block then lapses. A job that always fails is retried,
  * dead-lettered after its attempt limit and re-driven by an operator.
  */
+import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import postgres from "postgres";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { TEST_IMAGE } from "../test/docker";
@@ -15,6 +16,8 @@ import { has } from "../test/parts";
 import { type Stack, startStack } from "./index";
 
 const HOUR = 3_600_000;
+/** The `scalar` CLI's bin (what `npx scalar` runs). */
+const CLI = resolve(import.meta.dirname, "../../cli/bin/scalar.mjs");
 const started = Date.now();
 const lines: string[] = [];
 const log = (line: string) => {
@@ -156,7 +159,7 @@ describe.skipIf(!has("docker") || !has("registry"))("the local platform, end to 
       return page.data.some((l) => l.line.includes("hello-from-scalar")) ? page : null;
     });
     expect(logs.data.map((l) => l.line)).toContain("hello-from-scalar");
-    // The same logs through the CLI: see the `it.todo` below (issue 8 item 2 adds the CLI).
+    // The same logs through the CLI: the next test.
 
     const usage = await until("a usage event", async () => {
       const rows = await sql<{ gpu_count: number; tier: string }[]>`
@@ -171,9 +174,27 @@ describe.skipIf(!has("docker") || !has("registry"))("the local platform, end to 
     expect(bought.status).toBe("active");
   }, 240_000);
 
-  // For the CLI helper: run `npx scalar jobs logs <ctx.jobId> --json` with SCALAR_API_URL / SCALAR_API_KEY
-  // set to stack.apiUrl / stack.apiKey and expect the line "hello-from-scalar" (the job above).
-  it.todo("reads the first job's logs through the CLI (`npx scalar jobs logs`)");
+  it("reads the first job's logs through the CLI (`scalar jobs logs`, `scalar jobs get`)", async () => {
+    expect(ctx.jobId, "needs the job of the first test").toBeDefined();
+    const scalar = (args: string[]) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((done) => {
+        const env = { ...process.env, SCALAR_API_URL: stack.apiUrl, SCALAR_API_KEY: stack.apiKey };
+        execFile(process.execPath, [CLI, ...args], { env, timeout: 60_000 }, (error, stdout, stderr) => {
+          done({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr });
+        });
+      });
+    const json = await scalar(["jobs", "logs", ctx.jobId!, "--json"]);
+    expect(json.code, json.stderr).toBe(0);
+    expect(
+      json.stdout
+        .trimEnd()
+        .split("\n")
+        .map((l) => JSON.parse(l).line),
+    ).toContain("hello-from-scalar");
+    expect(await scalar(["jobs", "logs", ctx.jobId!])).toEqual({ code: 0, stdout: "hello-from-scalar\n", stderr: "" });
+    const got = await scalar(["jobs", "get", ctx.jobId!, "--json"]);
+    expect(JSON.parse(got.stdout)).toMatchObject({ id: ctx.jobId, status: "succeeded", exit_code: 0 });
+  });
 
   it("retries a failing job, dead-letters it after its attempts, and runs it again when re-driven", async () => {
     expect(ctx.nodeId, "needs the node of the first test").toBeDefined();
