@@ -10,6 +10,9 @@ import { regionScheduler, regionsOf } from "./regions";
 
 export function createApp() {
   const app = new Hono<AppEnv>();
+  // The bare route: registered before any middleware, so it touches nothing (no request context, no
+  // database, no Durable Object, no auth). The load test measures the dev server's own cost with it.
+  app.get("/ping", (c) => c.text("pong"));
   app.use("*", requestContext);
 
   app.onError((error, c) => {
