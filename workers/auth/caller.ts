@@ -149,11 +149,13 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
       creator_email: string | null;
       revoked: boolean;
       expired: boolean;
+      last_use_stale: boolean;
     })[]
   >(
     `select ${ACCOUNT_COLUMNS}, k.id as key_id, k.prefix, to_jsonb(k.scopes) as scopes, k.created_by, m.role as creator_role,
             u.email as creator_email, k.revoked_at is not null as revoked,
-            (k.expires_at is not null and k.expires_at <= now()) as expired
+            (k.expires_at is not null and k.expires_at <= now()) as expired,
+            (k.last_used_at is null or k.last_used_at < now() - interval '1 minute') as last_use_stale
        from api_keys k
        join accounts a on a.id = k.account_id
        left join memberships m on m.account_id = k.account_id and m.user_id = k.created_by
@@ -168,9 +170,11 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
   if (row.created_by !== null && !isRole(row.creator_role)) {
     throw unauthenticated("invalid_api_key", "the user who created this API key is no longer in its account");
   }
-  // Coarse last-use time: at most one write a minute per key.
-  await sql`update api_keys set last_used_at = now()
-             where id = ${row.key_id} and (last_used_at is null or last_used_at < now() - interval '1 minute')`;
+  // Coarse last-use time: at most one write a minute per key, and no round trip on the other requests.
+  if (row.last_use_stale) {
+    await sql`update api_keys set last_used_at = now()
+               where id = ${row.key_id} and (last_used_at is null or last_used_at < now() - interval '1 minute')`;
+  }
   const creatorRole = isRole(row.creator_role) ? row.creator_role : null;
   return {
     kind: "api_key",
