@@ -31,6 +31,8 @@ export interface AgentConfig {
   dataDir: string;
   zone?: string;
   pidsLimit: number;
+  /** A container's CPU limit never exceeds this (the host's real cores when it declares more). */
+  maxContainerCpuMilli?: number;
   /** How long a running container without a placement is left alone before it is stopped and removed. */
   orphanGraceMs: number;
   /** Grace period when stopping an orphan (its placement, and so its own grace period, is unknown). */
@@ -107,6 +109,7 @@ export class Agent {
       agentName: config.agentName,
       nodeId: () => this.state.nodeId ?? "unregistered",
       pidsLimit: config.pidsLimit,
+      ...(config.maxContainerCpuMilli !== undefined ? { maxCpuMilli: config.maxContainerCpuMilli } : {}),
       pullProgressIntervalMs: config.pullProgressIntervalMs,
       incarnation: randomBytes(4).toString("hex"),
       backoff: config.backoff,

@@ -75,6 +75,18 @@ describe("scalar-agent command line", () => {
     expect(o.agent.backoff.maxMs).toBe(2000);
   });
 
+  it("declares CPU and memory for a host standing in for a bigger node", () => {
+    expect(parse(required).declared).toEqual({});
+    expect(parse([...required, "--cpus", "208", "--memory-mib", "1900000"]).declared).toEqual({
+      cpuMilli: 208_000,
+      memoryMib: 1_900_000,
+    });
+    expect(parse([...required, "--cpus", "4"]).declared).toEqual({ cpuMilli: 4_000 });
+    expect(() => parse([...required, "--cpus", "0"])).toThrow(/--cpus takes a whole number ≥ 1/);
+    expect(() => parse([...required, "--cpus", "1.5"])).toThrow(/--cpus takes a whole number/);
+    expect(() => parse([...required, "--memory-mib", "32"])).toThrow(/--memory-mib takes a whole number ≥ 64/);
+  });
+
   it("says what is missing or wrong", () => {
     expect(() => parse([])).toThrow(/control plane URL is missing/);
     expect(() => parse(["--api-url", "not a url", "--token", "x"])).toThrow(/not a URL/);

@@ -18,6 +18,9 @@ Usage: scalar-agent [options]
   --gpus N               declare N GPUs instead of asking nvidia-smi (hosts without GPUs); needs --gpu-model
   --gpu-model MODEL      ${GPU_MODELS.join(" | ")}
   --nvidia-smi PATH      nvidia-smi binary            (default nvidia-smi)
+  --cpus N               declare N CPU cores at registration instead of the host's (a stand-in for a
+                         bigger machine); containers stay capped at the host's real cores
+  --memory-mib N         declare N MiB of memory at registration instead of the host's
   --zone ZONE            zone reported at registration                 (env SCALAR_ZONE)
   --agent-name NAME      label value marking this agent's containers (env SCALAR_AGENT_NAME; default: host name)
   --pids-limit N         process limit per container  (default ${DEFAULT_AGENT_CONFIG.pidsLimit})
@@ -41,6 +44,8 @@ export interface CliOptions {
   dockerSocket: string;
   gpus: GpuSourceOption;
   logLevel: Level;
+  /** CPU and memory to declare instead of the host's own (--cpus, --memory-mib). */
+  declared: { cpuMilli?: number; memoryMib?: number };
   agent: AgentConfig;
 }
 
@@ -66,6 +71,8 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
         gpus: { type: "string" },
         "gpu-model": { type: "string" },
         "nvidia-smi": { type: "string" },
+        cpus: { type: "string" },
+        "memory-mib": { type: "string" },
         zone: { type: "string" },
         "agent-name": { type: "string" },
         "pids-limit": { type: "string" },
@@ -124,6 +131,8 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
   }
 
   const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
+  const cpus = integer("cpus", str("cpus"), 1);
+  const memoryMib = integer("memory-mib", str("memory-mib"), 64);
   return {
     help,
     version,
@@ -132,6 +141,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
     dockerSocket,
     gpus,
     logLevel,
+    declared: {
+      ...(cpus !== undefined ? { cpuMilli: cpus * 1000 } : {}),
+      ...(memoryMib !== undefined ? { memoryMib } : {}),
+    },
     agent: {
       ...DEFAULT_AGENT_CONFIG,
       agentName: str("agent-name") ?? env.SCALAR_AGENT_NAME ?? hostname,

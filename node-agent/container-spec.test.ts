@@ -58,6 +58,12 @@ describe("container spec", () => {
     expect(spec.env).toContain("NVIDIA_VISIBLE_DEVICES=void");
     expect(containerName("a b/c:d")).toBe("scalar-a-b-c-d");
   });
+
+  it("caps the CPU limit at the host's real cores when the node declares more", () => {
+    const opts = { agentName: "a", nodeId: "n", pidsLimit: 1 };
+    expect(containerSpec(base, { ...opts, maxCpuMilli: 2_000 }).nanoCpus).toBe(2_000_000_000);
+    expect(containerSpec(base, { ...opts, maxCpuMilli: 64_000 }).nanoCpus).toBe(16_000_000_000);
+  });
 });
 
 describe("exit and failure reports", () => {

@@ -26,7 +26,7 @@ export function ownLabels(agentName: string): Record<string, string> {
 
 export function containerSpec(
   placement: Placement,
-  opts: { agentName: string; nodeId: string; pidsLimit: number },
+  opts: { agentName: string; nodeId: string; pidsLimit: number; maxCpuMilli?: number },
 ): ContainerSpec {
   const env = placement.env
     // The GPUs a container sees are the placement's, set by the device request below, never by the job.
@@ -54,7 +54,8 @@ export function containerSpec(
       [LABELS.attempt]: String(placement.attempt),
     },
     memoryBytes: placement.memory_mib * MIB,
-    nanoCpus: placement.cpu_milli * 1_000_000,
+    // Docker refuses a limit above the host's cores; a node that declares more (--cpus) caps it there.
+    nanoCpus: Math.min(placement.cpu_milli, opts.maxCpuMilli ?? Number.POSITIVE_INFINITY) * 1_000_000,
     pidsLimit: opts.pidsLimit,
     gpuDeviceIds: [...placement.gpu_indices].sort((a, b) => a - b).map(String),
   };

@@ -32,17 +32,22 @@ const gpus =
     ? new DeclaredGpus(options.gpus.count, options.gpus.model)
     : new NvidiaSmi(options.gpus.binary);
 
+const host = discoverHost();
 let agent: Agent;
 try {
-  agent = await Agent.start(options.agent, {
-    engine: new DockerodeEngine({ socketPath: options.dockerSocket }),
-    api: new ControlPlaneClient(options.apiUrl, options.token),
-    gpus,
-    host: discoverHost(),
-    clock: systemClock,
-    random: Math.random,
-    log,
-  });
+  // Declared CPU/memory (--cpus, --memory-mib) go to registration; containers stay within the real cores.
+  agent = await Agent.start(
+    { ...options.agent, maxContainerCpuMilli: host.cpuMilli },
+    {
+      engine: new DockerodeEngine({ socketPath: options.dockerSocket }),
+      api: new ControlPlaneClient(options.apiUrl, options.token),
+      gpus,
+      host: { ...host, ...options.declared },
+      clock: systemClock,
+      random: Math.random,
+      log,
+    },
+  );
 } catch (error) {
   log("error", "agent cannot start", { error: errorText(error) });
   process.exit(1);

@@ -27,6 +27,7 @@ export interface RunContext {
   agentName: string;
   nodeId: () => string;
   pidsLimit: number;
+  maxCpuMilli?: number;
   pullProgressIntervalMs: number;
   /** Tells this process's pull-progress event ids from a previous process's. */
   incarnation: string;
@@ -176,6 +177,7 @@ export class PlacementRun {
       agentName: this.ctx.agentName,
       nodeId: this.ctx.nodeId(),
       pidsLimit: this.ctx.pidsLimit,
+      ...(this.ctx.maxCpuMilli !== undefined ? { maxCpuMilli: this.ctx.maxCpuMilli } : {}),
     });
     let id: string;
     try {

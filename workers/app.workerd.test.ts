@@ -24,6 +24,16 @@ describe("GET /healthz", () => {
   });
 });
 
+describe("GET /ping", () => {
+  it("answers pong without the request context (no request id, no auth)", async () => {
+    const res = await SELF.fetch("http://scalar.test/ping");
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe("pong");
+    expect(res.headers.get("x-request-id")).toBeNull();
+    expect((await SELF.fetch("http://scalar.test/ping", { method: "POST" })).status).toBe(404);
+  });
+});
+
 describe("error envelope", () => {
   it("answers an unknown route with a 404 in the envelope, echoing a sane request id", async () => {
     const res = await SELF.fetch("http://scalar.test/v1/nothing-here", {

@@ -7,7 +7,12 @@ import { runCapacityCron } from "./capacity/cron";
 import { createLogger, errorFields, type Logger } from "./http/log";
 import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
 
-export type CronTask = { name: string; run: (env: Env, log: Logger) => Promise<unknown> };
+/** What fired the cron: `scheduledTime` is the trigger's own time (`controller.scheduledTime`), epoch ms. */
+export interface CronTrigger {
+  scheduledTime: number;
+}
+
+export type CronTask = { name: string; run: (env: Env, log: Logger, trigger: CronTrigger) => Promise<unknown> };
 
 export const EVERY_MINUTE = "* * * * *";
 
@@ -17,7 +22,7 @@ export const CRON_TASKS: Record<string, CronTask[]> = {
     { name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) },
     reconcileTask,
     expireIdempotencyKeysTask,
-    { name: "capacity.autoscaler", run: (env, log) => runCapacityCron(env, log) },
+    { name: "capacity.autoscaler", run: (env, log, trigger) => runCapacityCron(env, log, trigger) },
   ],
 };
 
@@ -25,6 +30,7 @@ export async function dispatchCron(
   cron: string,
   env: Env,
   tasks: Record<string, CronTask[]> = CRON_TASKS,
+  trigger: CronTrigger = { scheduledTime: Date.now() },
 ): Promise<{ cron: string; results: { task: string; ok: boolean; error?: string }[] }> {
   const log = createLogger(env.LOG_LEVEL, { cron });
   const list = tasks[cron];
@@ -36,7 +42,7 @@ export async function dispatchCron(
     list.map(async (task) => {
       const started = Date.now();
       try {
-        await task.run(env, log.child({ task: task.name }));
+        await task.run(env, log.child({ task: task.name }), trigger);
         log.info("cron.task_done", { task: task.name, duration_ms: Date.now() - started });
         return { task: task.name, ok: true };
       } catch (error) {

@@ -311,6 +311,9 @@ describe("RegionScheduler: failures", () => {
     expect(retrying!.next_attempt_at! - clock.t).toBeGreaterThanOrEqual(8_000);
     expect(retrying!.next_attempt_at! - clock.t).toBeLessThanOrEqual(12_000);
     expect(retrying!.waiting_reason).toMatch(new RegExp(`^retrying at .* after: node ${N("a")} lost$`));
+    // Queued, but backing off rather than waiting for capacity: the autoscaler is not asked to buy for it.
+    const backingOff = (await stub.capacitySnapshot()).queues.find((q) => q.tier === job.tier);
+    expect(backingOff).toMatchObject({ queued_jobs: 1, queued_gpus: 8, waiting: [] });
     expect((await stub.listNodes()).map((n) => [n.node_id, n.state])).toEqual([
       [N("a"), "lost"],
       [N("b"), "ready"],

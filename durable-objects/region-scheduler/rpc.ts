@@ -107,7 +107,7 @@ export interface TierQueue {
   queued_jobs: number;
   queued_gpus: number;
   oldest_wait_ms: number;
-  /** Per queued job: GPUs and how long it has waited, for the autoscaler. */
+  /** Per queued job ready to place (not backing off before a retry): GPUs and wait, for the autoscaler. */
   waiting: { job_id: string; gpu_count: number; gpu_models: GpuModel[]; waited_ms: number }[];
 }
 

@@ -107,12 +107,15 @@ export class Views {
         queued_jobs: of.length,
         queued_gpus: of.reduce((s, j) => s + j.gpu_count, 0),
         oldest_wait_ms: of.reduce((m, j) => Math.max(m, now - j.submitted_at), 0),
-        waiting: of.map((j) => ({
-          job_id: j.id,
-          gpu_count: j.gpu_count,
-          gpu_models: json.strings(j.gpu_models) as TierQueue["waiting"][number]["gpu_models"],
-          waited_ms: now - j.submitted_at,
-        })),
+        // Jobs backing off before a retry are not waiting for capacity: the autoscaler must not buy for them.
+        waiting: of
+          .filter((j) => j.next_attempt_at === null || j.next_attempt_at <= now)
+          .map((j) => ({
+            job_id: j.id,
+            gpu_count: j.gpu_count,
+            gpu_models: json.strings(j.gpu_models) as TierQueue["waiting"][number]["gpu_models"],
+            waited_ms: now - j.submitted_at,
+          })),
       };
     });
     const nodeModel = new Map(nodes.map((n) => [n.node_id, n.gpu_model]));

@@ -48,3 +48,49 @@ export const DEMAND_WINDOW: DemandWindow = {
   stepMs: MINUTE,
   burstMs: 3 * MINUTE,
 };
+
+/** The Worker variables that tune the capacity cycle (all optional; production sets none). */
+export interface CapacityKnobs {
+  /** Fast GPUs the autoscaler keeps free at least (CAPACITY_CONFIG.fast.minHeadroomGpus otherwise). */
+  CAPACITY_FAST_HEADROOM_GPUS?: string;
+  /** `wall` (default): a cycle's now is the Worker's clock; `trigger`: the cron trigger's scheduledTime. */
+  CAPACITY_CLOCK?: string;
+}
+
+export class CapacityConfigError extends Error {}
+
+/** Most Fast headroom the knob accepts: 128 nodes. */
+export const MAX_FAST_HEADROOM_GPUS = 1024;
+
+/** CAPACITY_CONFIG with the environment's overrides; a malformed value is an error, not a silent default. */
+export function capacityConfigFromEnv(env: CapacityKnobs, base: AutoscalerConfig = CAPACITY_CONFIG): AutoscalerConfig {
+  const raw = env.CAPACITY_FAST_HEADROOM_GPUS?.trim();
+  if (raw === undefined || raw === "") return base;
+  const gpus = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(gpus) || gpus > MAX_FAST_HEADROOM_GPUS) {
+    throw new CapacityConfigError(
+      `CAPACITY_FAST_HEADROOM_GPUS must be a whole number of GPUs from 0 to ${MAX_FAST_HEADROOM_GPUS}, not "${raw}"`,
+    );
+  }
+  return { ...base, fast: { ...base.fast, minHeadroomGpus: gpus } };
+}
+
+/**
+ * The cycle's clock. `trigger` (the local stack, whose market simulator runs on a clock that can jump
+ * ahead) takes the cron trigger's scheduledTime as the present and lets it run on with the wall clock
+ * for the length of the cycle; `wall` (default) is Date.now().
+ */
+export function capacityClock(
+  env: CapacityKnobs,
+  scheduledTime: number | undefined,
+  wall: () => number = Date.now,
+): () => number {
+  const mode = env.CAPACITY_CLOCK?.trim() || "wall";
+  if (mode === "wall") return wall;
+  if (mode !== "trigger") throw new CapacityConfigError(`CAPACITY_CLOCK must be "wall" or "trigger", not "${mode}"`);
+  if (scheduledTime === undefined || !Number.isFinite(scheduledTime)) {
+    throw new CapacityConfigError("CAPACITY_CLOCK=trigger needs the cron trigger's scheduledTime");
+  }
+  const offset = scheduledTime - wall();
+  return () => wall() + offset;
+}

@@ -5,15 +5,16 @@
  */
 
 import { schedulerOf } from "../api/scheduler";
+import type { CronTrigger } from "../cron";
 import type { DbBinding } from "../db/client";
 import { withDb } from "../db/client";
 import { errorFields, type Logger } from "../http/log";
 import { regionsOf } from "../regions";
 import { sfComputeClientFromEnv } from "../sfcompute/client";
-import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
+import { type CapacityKnobs, capacityClock, capacityConfigFromEnv, DEMAND_WINDOW } from "./config";
 import { type CycleReport, runCapacityCycle } from "./manager";
 
-export interface CapacityEnv extends DbBinding {
+export interface CapacityEnv extends DbBinding, CapacityKnobs {
   REGIONS: string;
   SF_API_KEY?: string;
   SF_API_BASE_URL?: string;
@@ -26,11 +27,18 @@ export interface CapacityEnv extends DbBinding {
 /** An 8-GPU H100 VM's CPU and memory as SF Compute delivers it, until the agent reports its own. */
 export const H100_NODE_SHAPE = { cpuMilli: 208_000, memoryMib: 1_900_000 };
 
-export async function runCapacityCron(env: Env & CapacityEnv, log: Logger): Promise<CycleReport[]> {
+export async function runCapacityCron(
+  env: Env & CapacityEnv,
+  log: Logger,
+  trigger?: CronTrigger,
+): Promise<CycleReport[]> {
   if (!env.SF_API_KEY) {
     log.debug("capacity.no_market", { reason: "SF_API_KEY is not set" });
     return [];
   }
+  // Misconfigured knobs stop the cycle with a clear error (logged as the task's failure).
+  const config = capacityConfigFromEnv(env);
+  const now = capacityClock(env, trigger?.scheduledTime);
   const client = sfComputeClientFromEnv(env, { timeoutMs: 20_000, retry: { maxAttempts: 2 } });
   const reports: CycleReport[] = [];
   for (const region of regionsOf(env)) {
@@ -42,8 +50,8 @@ export async function runCapacityCron(env: Env & CapacityEnv, log: Logger): Prom
             client,
             scheduler: schedulerOf(env, region),
             log: log.child({ region }),
-            now: () => Date.now(),
-            config: CAPACITY_CONFIG,
+            now,
+            config,
             demand: DEMAND_WINDOW,
             instanceType: "h100v",
             agentApiUrl: env.SCALAR_AGENT_API_URL ?? "http://127.0.0.1:8787",

@@ -1,0 +1,46 @@
+/** The capacity knobs of the Worker's environment: overrides, and loud errors for bad values. */
+import { describe, expect, it } from "vitest";
+import { CAPACITY_CONFIG, CapacityConfigError, capacityClock, capacityConfigFromEnv } from "./config";
+
+describe("CAPACITY_FAST_HEADROOM_GPUS", () => {
+  it("keeps the policy's own headroom when unset or empty", () => {
+    expect(capacityConfigFromEnv({})).toBe(CAPACITY_CONFIG);
+    expect(capacityConfigFromEnv({ CAPACITY_FAST_HEADROOM_GPUS: " " })).toBe(CAPACITY_CONFIG);
+  });
+
+  it("overrides only the Fast headroom", () => {
+    const zero = capacityConfigFromEnv({ CAPACITY_FAST_HEADROOM_GPUS: "0" });
+    expect(zero.fast).toEqual({ ...CAPACITY_CONFIG.fast, minHeadroomGpus: 0 });
+    expect(zero.flex).toBe(CAPACITY_CONFIG.flex);
+    expect(capacityConfigFromEnv({ CAPACITY_FAST_HEADROOM_GPUS: "16" }).fast.minHeadroomGpus).toBe(16);
+    expect(CAPACITY_CONFIG.fast.minHeadroomGpus).toBe(8); // the shared constant is untouched
+  });
+
+  it.each(["-1", "1.5", "eight", "1e3", "0x10", "1025"])("refuses %s", (raw) => {
+    expect(() => capacityConfigFromEnv({ CAPACITY_FAST_HEADROOM_GPUS: raw })).toThrow(CapacityConfigError);
+    expect(() => capacityConfigFromEnv({ CAPACITY_FAST_HEADROOM_GPUS: raw })).toThrow(/whole number of GPUs/);
+  });
+});
+
+describe("CAPACITY_CLOCK", () => {
+  let wall = 1_000_000;
+  const clock = () => wall;
+
+  it("is the wall clock by default", () => {
+    expect(capacityClock({}, 5_000_000, clock)).toBe(clock);
+    expect(capacityClock({ CAPACITY_CLOCK: "wall" }, undefined, clock)).toBe(clock);
+  });
+
+  it("with trigger, starts at the trigger's time and runs on with the wall clock", () => {
+    wall = 1_000_000;
+    const now = capacityClock({ CAPACITY_CLOCK: "trigger" }, 4_600_000, clock);
+    expect(now()).toBe(4_600_000);
+    wall += 2_500;
+    expect(now()).toBe(4_602_500);
+  });
+
+  it("refuses an unknown mode, or trigger without a trigger time", () => {
+    expect(() => capacityClock({ CAPACITY_CLOCK: "virtual" }, 1, clock)).toThrow(/"wall" or "trigger"/);
+    expect(() => capacityClock({ CAPACITY_CLOCK: "trigger" }, undefined, clock)).toThrow(/scheduledTime/);
+  });
+});
