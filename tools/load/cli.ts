@@ -4,10 +4,13 @@
  * The Fast tier's load check (tools/load/generator.ts): prints one JSON object on stdout, progress
  * on stderr. Without --url it starts the local platform itself (tools/stack), waits for warm
  * capacity for N concurrent 1-GPU jobs, runs one job first so the image is cached, then the load.
+ * With the local platform it also measures the container engine alone (`engine_baseline`: as many
+ * containers as users, created and started at once), which submit → running cannot beat.
  * Exit codes: 0 every target held, 1 a target missed, 2 it could not run (usage, no Docker engine,
  * the platform did not come up).
  */
 import { parseArgs } from "node:util";
+import { type EngineBaseline, measureEngine } from "./engine-baseline";
 import { DEFAULT_LOAD, histograms, type LoadOptions, type Progress, runLoad } from "./generator";
 import { runOneJob } from "./warm-up";
 
@@ -87,7 +90,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
 
-  let target: { apiUrl: string; apiKey: string; image: string; stop: () => Promise<void> };
+  let target: { apiUrl: string; apiKey: string; image: string; dockerSocket?: string; stop: () => Promise<void> };
   if (args.url !== undefined && args.key !== undefined) {
     target = {
       apiUrl: args.url,
@@ -114,6 +117,14 @@ async function main(argv: string[]): Promise<number> {
     say(`  ${warm.status} in ${(warm.ms / 1000).toFixed(1)} s`);
     if (warm.status !== "succeeded") throw new Error(`the warm-up job ${warm.jobId} ended ${warm.status}`);
 
+    let engine: EngineBaseline | null = null;
+    if (target.dockerSocket) {
+      engine = await measureEngine({ socketPath: target.dockerSocket, image: target.image, containers: args.users });
+      say(
+        `Engine baseline: ${args.users} containers created and started at once: p50 ${engine.create_start_ms.p50} ms, all in ${engine.batch_ms} ms`,
+      );
+    }
+
     say(`Load: ${args.users} users × ${args.seconds} s against ${target.apiUrl}`);
     let last: Progress | null = null;
     const options: LoadOptions = {
@@ -134,7 +145,7 @@ async function main(argv: string[]): Promise<number> {
     };
     const { report, samples } = await runLoad(options);
     say(histograms(samples));
-    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify({ ...report, engine_baseline: engine }, null, 2)}\n`);
     return Object.values(report.targets).every(Boolean) ? 0 : 1;
   } catch (error) {
     say(`load test failed: ${error instanceof Error ? error.message : String(error)}`);

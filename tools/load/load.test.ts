@@ -8,7 +8,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LABELS } from "../../node-agent/container-spec";
+import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
 import { has } from "../test/parts";
+import { measureEngine } from "./engine-baseline";
 import { type LoadReport, runLoad, type Samples } from "./generator";
 import { type LocalTarget, startLocalTarget } from "./local";
 import { runOneJob } from "./warm-up";
@@ -117,6 +120,17 @@ describe.skipIf(!has("docker"))("the load generator on the local stack", () => {
     expect(report.targets.no_errors).toBe(e.submit + e.placement + e.other === 0);
     expect(report.targets.placed_p99_le_2x_bare).toBe((report.placed_p99_over_bare_p99 ?? Infinity) <= 2);
     expect(report.targets.running_p50_le_1500ms).toBe((report.submit_to_running_ms.p50 ?? Infinity) <= 1500);
+  });
+
+  it("measures the engine alone with as many containers as asked, and leaves none behind", async () => {
+    const engine = await measureEngine({ socketPath: target.dockerSocket, image: target.image, containers: 2 });
+    expect(engine.containers).toBe(2);
+    expect(engine.create_start_ms.p50).toBeGreaterThan(0);
+    expect(engine.batch_ms).toBeGreaterThanOrEqual(Math.floor(engine.create_start_ms.p99!)); // the batch holds each
+    const left = await new DockerodeEngine({ socketPath: target.dockerSocket }).list({
+      [LABELS.managed]: "true",
+    });
+    expect(left.filter((c) => c.name.includes("load-baseline-"))).toEqual([]);
   });
 
   it("submitted as many jobs as the API holds with the run's label, and revoked its keys", async () => {

@@ -7,7 +7,15 @@ import { resolve } from "node:path";
 import { startStack } from "../stack/index";
 
 export type LocalTarget =
-  | { kind: "ready"; apiUrl: string; apiKey: string; image: string; stop: () => Promise<void> }
+  | {
+      kind: "ready";
+      apiUrl: string;
+      apiKey: string;
+      image: string;
+      /** The engine the node agents run containers on. */
+      dockerSocket: string;
+      stop: () => Promise<void>;
+    }
   | { kind: "unavailable"; reason: string };
 
 const GPUS_PER_NODE = 8;
@@ -50,5 +58,12 @@ export async function startLocalTarget(opts: {
     await stack.stop();
     return { kind: "unavailable", reason: "The local registry's image is missing; pass --image." };
   }
-  return { kind: "ready", apiUrl: stack.apiUrl, apiKey: stack.apiKey, image, stop: () => stack.stop() };
+  return {
+    kind: "ready",
+    apiUrl: stack.apiUrl,
+    apiKey: stack.apiKey,
+    image,
+    dockerSocket: stack.docker.host.replace(/^unix:\/\//, ""),
+    stop: () => stack.stop(),
+  };
 }
