@@ -35,7 +35,10 @@ export interface LoadOptions {
   command: string[];
   /** Pause between a job running and the user's next submission. */
   thinkMs: number;
-  /** How often a user asks about its job while following it. */
+  /**
+   * How often a user asks about its job while following it. Default 500 ms, as `scalar jobs run`
+   * does; the figures come from the job's own timestamps, so this sets the load, not the precision.
+   */
   pollMs: number;
   /** A job not running this long after its submission counts as a placement error. */
   followTimeoutMs: number;
@@ -50,7 +53,7 @@ export const DEFAULT_LOAD = {
   seconds: 60,
   command: ["true"],
   thinkMs: 0,
-  pollMs: 200,
+  pollMs: 500,
   followTimeoutMs: 60_000,
   keyPerUser: true,
 } satisfies Partial<LoadOptions>;

@@ -248,7 +248,9 @@ jobsRouter.openapi(
           return null;
         });
     }
-    return respond(c, Job, jobView(row, live, await jobRunsOf(db, row.id)), 200);
+    // The scheduler's placements, when it has some, are the fresher: then the stored runs are not read.
+    const runs = live && live.placements.length > 0 ? [] : await jobRunsOf(db, row.id);
+    return respond(c, Job, jobView(row, live, runs), 200);
   },
 );
 
