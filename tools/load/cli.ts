@@ -90,7 +90,13 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
 
-  let target: { apiUrl: string; apiKey: string; image: string; dockerSocket?: string; stop: () => Promise<void> };
+  let target: {
+    apiUrl: string;
+    apiKey: string;
+    image: string;
+    dockerSocket?: string;
+    stop: (keep?: boolean) => Promise<void>;
+  };
   if (args.url !== undefined && args.key !== undefined) {
     target = {
       apiUrl: args.url,
@@ -111,6 +117,7 @@ async function main(argv: string[]): Promise<number> {
   process.once("SIGINT", stopOnSignal);
   process.once("SIGTERM", stopOnSignal);
 
+  let failed = false;
   try {
     say(`Warming the image cache: one job with ${target.image} (not counted)…`);
     const warm = await runOneJob({ apiUrl: target.apiUrl, apiKey: target.apiKey, image: target.image });
@@ -148,10 +155,11 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${JSON.stringify({ ...report, engine_baseline: engine }, null, 2)}\n`);
     return Object.values(report.targets).every(Boolean) ? 0 : 1;
   } catch (error) {
+    failed = true;
     say(`load test failed: ${error instanceof Error ? error.message : String(error)}`);
     return 2;
   } finally {
-    await target.stop();
+    await target.stop(failed);
   }
 }
 

@@ -1,9 +1,16 @@
 /**
- * The load test's own platform: the local stack (tools/stack) in a state folder of its own, with
- * enough warm Fast capacity for N concurrent 1-GPU jobs (whole 8-GPU nodes, bought from the
- * simulator by the autoscaler, their agents on the local Docker engine).
+ * The load test's own platform: the local stack (tools/stack) in a fresh state folder, with enough
+ * warm Fast capacity for N concurrent 1-GPU jobs (whole 8-GPU nodes, bought from the simulator by
+ * the autoscaler, their agents on the local Docker engine).
+ *
+ * The crons run only while capacity warms up, then the fleet stays as it is: every simulated node
+ * is an agent process on this same machine, so nodes the autoscaler bought in reaction to the load
+ * (it sizes Fast headroom from arrivals, and the load is a flood of one-second jobs) would take CPU
+ * from the control plane mid-run, which real nodes, being other machines, never do.
  */
-import { resolve } from "node:path";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startStack } from "../stack/index";
 
 export type LocalTarget =
@@ -14,12 +21,15 @@ export type LocalTarget =
       image: string;
       /** The engine the node agents run containers on. */
       dockerSocket: string;
-      stop: () => Promise<void>;
+      stop: (keep?: boolean) => Promise<void>;
     }
   | { kind: "unavailable"; reason: string };
 
 const GPUS_PER_NODE = 8;
 const NODES_TIMEOUT_MS = 240_000;
+/** While warming up, the crons (the autoscaler) are fired this often; afterwards never. */
+const WARM_UP_TICK_MS = 5_000;
+const NO_CRON_MS = 7 * 24 * 3_600_000;
 
 export async function startLocalTarget(opts: {
   users: number;
@@ -29,15 +39,26 @@ export async function startLocalTarget(opts: {
 }): Promise<LocalTarget> {
   const nodes = Math.ceil(opts.users / GPUS_PER_NODE);
   opts.say(`Starting the local platform with ${nodes * GPUS_PER_NODE} GPUs of Fast headroom…`);
+  // A fresh folder each run: no scheduler state (nodes, jobs) left from an earlier run.
+  const ownDir = opts.stateDir === undefined;
+  const stateDir = opts.stateDir ?? mkdtempSync(join(tmpdir(), "scalar-load-"));
   const stack = await startStack({
-    stateDir: opts.stateDir ?? resolve(import.meta.dirname, "../../.scalar/load"),
+    stateDir,
     apiPort: 0,
     docker: "auto",
     fastHeadroomGpus: nodes * GPUS_PER_NODE,
+    cronIntervalMs: NO_CRON_MS,
     credentialsFile: null,
   });
-  if (!stack.docker.available) {
+  let failed = false;
+  /** `keep`: leave the state folder (logs of wrangler and the agents) for a look after a failure. */
+  const stop = async (keep = false) => {
     await stack.stop();
+    if (keep || failed) opts.say(`The platform's logs: ${stateDir}`);
+    else if (ownDir) rmSync(stateDir, { recursive: true, force: true });
+  };
+  if (!stack.docker.available) {
+    await stop();
     return {
       kind: "unavailable",
       reason: `No Docker engine answers (${stack.docker.detail}): the load test runs real containers. Start one with \`npm run docker:up\`.`,
@@ -45,17 +66,24 @@ export async function startLocalTarget(opts: {
   }
   try {
     const started = performance.now();
-    // The autoscaler buys on its cron; fire it now rather than wait for the next minute.
-    await stack.tickCron();
-    await stack.waitForNodes(nodes, NODES_TIMEOUT_MS);
+    for (;;) {
+      await stack.tickCron();
+      try {
+        await stack.waitForNodes(nodes, WARM_UP_TICK_MS);
+        break;
+      } catch (error) {
+        if (performance.now() - started > NODES_TIMEOUT_MS) throw error;
+      }
+    }
     opts.say(`  ${nodes} node(s) ready in ${((performance.now() - started) / 1000).toFixed(1)} s at ${stack.apiUrl}`);
   } catch (error) {
-    await stack.stop();
+    failed = true;
+    await stop();
     throw error;
   }
   const image = opts.image ?? stack.image;
   if (!image) {
-    await stack.stop();
+    await stop();
     return { kind: "unavailable", reason: "The local registry's image is missing; pass --image." };
   }
   return {
@@ -64,6 +92,6 @@ export async function startLocalTarget(opts: {
     apiKey: stack.apiKey,
     image,
     dockerSocket: stack.docker.host.replace(/^unix:\/\//, ""),
-    stop: () => stack.stop(),
+    stop,
   };
 }
