@@ -49,7 +49,11 @@ async function updateJob(sql: Sql, j: JobUpdate): Promise<void> {
   if (rows.length === 0) throw new MissingRow(`jobs row ${j.id} not found`);
 }
 
-/** The node row, inserted from registration data if the control plane has not written it yet. */
+/**
+ * The node row, inserted from registration data if the control plane has not written it yet.
+ * `released` is the control plane's final word (the market took the node back, its token is
+ * revoked): a later write from the scheduler (e.g. the drain that follows a release) never undoes it.
+ */
 async function upsertNode(sql: Sql, n: NodeRecord): Promise<void> {
   const blockId = n.block_id && UUID.test(n.block_id) ? n.block_id : null;
   await sql`
@@ -61,7 +65,8 @@ async function upsertNode(sql: Sql, n: NodeRecord): Promise<void> {
     on conflict (id) do update set
       block_id = coalesce(excluded.block_id, nodes.block_id), region = excluded.region, zone = excluded.zone,
       gpu_model = excluded.gpu_model, gpu_count = excluded.gpu_count, cpu_milli = excluded.cpu_milli,
-      memory_mib = excluded.memory_mib, state = excluded.state, hostname = coalesce(excluded.hostname, nodes.hostname),
+      memory_mib = excluded.memory_mib,
+      state = case when nodes.state = 'released' then nodes.state else excluded.state end, hostname = coalesce(excluded.hostname, nodes.hostname),
       registered_at = excluded.registered_at,
       last_heartbeat_at = greatest(nodes.last_heartbeat_at, excluded.last_heartbeat_at)`;
 }

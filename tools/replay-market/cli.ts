@@ -9,7 +9,7 @@ import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { HOUR_MS } from "../../core/autoscaler";
 import type { ReplayResult } from "./ledger";
-import { formulaLowerBoundCents, lowerBoundCents } from "./lower-bound";
+import { clairvoyantFleet, formulaLowerBoundCents, lowerBoundCents } from "./lower-bound";
 import { engineFor, type PolicyName, runPolicy } from "./replay";
 import { replaySetup } from "./setup";
 import { loadTrace } from "./trace";
@@ -82,6 +82,11 @@ const formula = formulaLowerBoundCents(
   Math.max(...lengths) * HOUR_MS,
 );
 console.error(`lower bound without congestion, at the price model's own terms: $${(formula / 100).toFixed(2)}`);
+// A reference for the targets: what a fleet that knew the demand in advance and packed it perfectly pays.
+const oracle = clairvoyantFleet(engineFor(setup), jobs, windowStart, setup.windowMs, setup.config.durationsHours);
+console.error(
+  `clairvoyant fleet (known demand, perfect packing, no headroom): $${(oracle.cents / 100).toFixed(2)} = ${(oracle.cents / lowerBound).toFixed(3)} × the lower bound, utilisation ${oracle.utilisation.toFixed(3)}, node-hours by block length ${JSON.stringify(oracle.nodeHoursByLength)}`,
+);
 const result: ReplayResult = {
   scalar: runs.scalar.metrics,
   static: runs.static.metrics,

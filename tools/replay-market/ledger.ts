@@ -74,14 +74,14 @@ export class Ledger {
     this.usedGpuMs[tier] += gpus * this.overlap(from, to);
   }
 
-  /** Spend in the window by what was bought, for diagnostics: e.g. `buy:<24h`, `extend:>=24h`, `sell`. */
+  /** Spend in the window by what was bought, for diagnostics: e.g. `buy:1h`, `extend:336h`, `sold`. */
   readonly spendBy: Record<string, number> = {};
 
   /** A filled buy or extension: `nodes` nodes over [start, end) for `priceCents`. */
   bought(priceCents: number, nodes: number, start: number, end: number, kind = "buy"): void {
     const share = this.overlap(start, end) / (end - start);
     this.spendCents += priceCents * share;
-    const key = `${kind}:${end - start >= 24 * 3_600_000 ? ">=24h" : "<24h"}`;
+    const key = `${kind}:${Math.round((end - start) / 3_600_000)}h`;
     this.spendBy[key] = Math.round((this.spendBy[key] ?? 0) + (priceCents * share) / 100);
     this.heldNodeMs += nodes * this.overlap(start, end);
   }

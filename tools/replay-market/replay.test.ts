@@ -3,7 +3,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { HOUR_MS } from "../../core/autoscaler";
-import { lowerBoundCents } from "./lower-bound";
+import { clairvoyantFleet, lowerBoundCents } from "./lower-bound";
 import { engineFor, runPolicy } from "./replay";
 import { replaySetup } from "./setup";
 import { loadTrace } from "./trace";
@@ -50,6 +50,16 @@ describe("market replay", () => {
       expect(run.metrics.revenue_usd).toBeGreaterThan(0);
     },
   );
+
+  it("keeps the lower bound under what a clairvoyant fleet pays on the same path", () => {
+    const lengths = [1, 4, 24, 168, 336];
+    const bound = lowerBoundCents(engineFor(setup), jobs, setup.windowStart, setup.windowMs, lengths);
+    const oracle = clairvoyantFleet(engineFor(setup), jobs, setup.windowStart, setup.windowMs, lengths);
+    expect(bound).toBeGreaterThan(0);
+    expect(oracle.cents).toBeGreaterThanOrEqual(bound);
+    expect(oracle.utilisation).toBeGreaterThan(0);
+    expect(oracle.utilisation).toBeLessThanOrEqual(1);
+  });
 
   it("is deterministic for a seed", () => {
     expect(runPolicy("scalar", setup).metrics).toEqual(runPolicy("scalar", setup).metrics);

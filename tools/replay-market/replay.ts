@@ -102,7 +102,11 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       region.addNode(sfId, blockId, zone, end);
       ledger.bought(price, 1, start, end);
     },
-    nodeBooted: (sfId) => region.nodeReady(sfId),
+    nodeBooted: (sfId, at) => {
+      region.nodeReady(sfId);
+      // Waits before the very first node is ready are the cold start, not the policy (issue 7's target).
+      ledger.nodeReady(at);
+    },
     nodeGone: (sfId, at) => region.removeNode(sfId, at),
     extended: (sfId, start, end, price) => {
       region.setEnd(sfId, end);

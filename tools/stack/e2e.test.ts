@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { TEST_IMAGE } from "../test/docker";
 import { has } from "../test/parts";
 import { type Stack, startStack } from "./index";
@@ -22,7 +22,7 @@ const log = (line: string) => {
   if (process.env.SCALAR_STACK_VERBOSE) console.log(lines.at(-1));
 };
 
-describe.skipIf(!has("docker"))("the local platform, end to end", () => {
+describe.skipIf(!has("docker") || !has("registry"))("the local platform, end to end", () => {
   let stack: Stack;
   let sql: postgres.Sql;
   let stateDir: string;
@@ -95,6 +95,15 @@ describe.skipIf(!has("docker"))("the local platform, end to end", () => {
     expect(stack.image).toBe(TEST_IMAGE);
   }, 180_000);
 
+  // Any failure, not only a timed-out wait, comes with the stack's story and the processes' logs.
+  beforeEach(({ onTestFailed }) => {
+    onTestFailed(() => {
+      console.log(
+        `--- stack ---\n${lines.slice(-30).join("\n")}\n${stack?.logTails(40) ?? "(the stack did not start)"}`,
+      );
+    });
+  });
+
   afterAll(async () => {
     await sql?.end({ timeout: 2 });
     await stack?.stop();
@@ -133,17 +142,21 @@ describe.skipIf(!has("docker"))("the local platform, end to end", () => {
     // The node boots, its agent registers, the job runs and succeeds.
     await stack.waitForNodes(1, 90_000);
     expect(stack.agents().map((a) => a.nodeId)).toEqual([ctx.nodeId]);
-    const done = await until("the job to finish", async () => {
-      const j = await job(id);
-      return ["succeeded", "failed", "cancelled"].includes(j.status) ? j : null;
-    });
+    const done = await until(
+      "the job to finish",
+      async () => {
+        const j = await job(id);
+        return ["succeeded", "failed", "cancelled"].includes(j.status) ? j : null;
+      },
+      120_000,
+    );
     expect(done.status).toBe("succeeded");
     const logs = await until("the job's log line", async () => {
       const page = await api<{ data: { line: string }[] }>("GET", `/v1/jobs/${id}/logs`);
       return page.data.some((l) => l.line.includes("hello-from-scalar")) ? page : null;
     });
     expect(logs.data.map((l) => l.line)).toContain("hello-from-scalar");
-    // TODO(cli): the same logs through `npx scalar jobs logs <id>` once the CLI lands (issue 8 item 2).
+    // The same logs through the CLI: see the `it.todo` below (issue 8 item 2 adds the CLI).
 
     const usage = await until("a usage event", async () => {
       const rows = await sql<{ gpu_count: number; tier: string }[]>`
@@ -157,6 +170,10 @@ describe.skipIf(!has("docker"))("the local platform, end to end", () => {
     });
     expect(bought.status).toBe("active");
   }, 240_000);
+
+  // For the CLI helper: run `npx scalar jobs logs <ctx.jobId> --json` with SCALAR_API_URL / SCALAR_API_KEY
+  // set to stack.apiUrl / stack.apiKey and expect the line "hello-from-scalar" (the job above).
+  it.todo("reads the first job's logs through the CLI (`npx scalar jobs logs`)");
 
   it("retries a failing job, dead-letters it after its attempts, and runs it again when re-driven", async () => {
     expect(ctx.nodeId, "needs the node of the first test").toBeDefined();

@@ -114,14 +114,17 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   try {
     const apiPort = anyPorts ? await freePort() : (opts.apiPort ?? DEFAULT_API_PORT);
     if (!(await isPortFree(apiPort))) {
-      throw new Error(`Port ${apiPort} is busy (another \`npm start\`?). Stop it, or choose another port.`);
+      throw new Error(
+        `Port ${apiPort} is busy (another \`npm start\`?). Stop it, or choose another port (npm start: SCALAR_API_PORT).`,
+      );
     }
 
-    // 1. Postgres and the migrations.
+    // 1. Postgres and the migrations: the development database (or DATABASE_URL) for the default
+    // state dir; a throw-away one of its own for any other (tests never touch a shared database).
     const db: EmbeddedDb & { started?: boolean } = await step(
-      process.env.DATABASE_URL ? "Postgres (DATABASE_URL)" : "Postgres (embedded)",
+      isDefaultDir && process.env.DATABASE_URL ? "Postgres (DATABASE_URL)" : "Postgres (embedded)",
       async () =>
-        isDefaultDir || process.env.DATABASE_URL
+        isDefaultDir
           ? openDevDatabase()
           : {
               ...(await startEmbeddedPostgres({
@@ -139,11 +142,6 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       () => migrate(db.url),
       (m) => `${m.applied.length} applied, ${m.skipped.length} already there`,
     );
-    // Only in a database this stack started: one already running may belong to a stack that is still up.
-    if (db.started) {
-      const forgotten = await forgetPreviousMarket(db.url);
-      if (forgotten > 0) log(`${forgotten} node(s) of an earlier run's market marked released (that market is gone)`);
-    }
 
     // 2. The token issuer.
     const issuer: TokenIssuerServer = await step(
@@ -236,6 +234,12 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
             opts.credentialsFile ?? (isDefaultDir ? DEFAULT_CREDENTIALS_FILE : resolve(stateDir, "credentials.json")),
           );
     if (credentialsFile) writeCredentials(credentialsFile, { api_url: apiUrl, api_key: session.apiKey });
+    // Only in a database this stack started: one already running may belong to a stack that is still up.
+    if (db.started) {
+      const forgotten = await forgetPreviousMarket(db.url, apiUrl, session.apiKey);
+      if (forgotten > 0)
+        log(`${forgotten} node(s) of an earlier run's market drained and released (that market is gone)`);
+    }
 
     const crons = readCrons(resolve(ROOT, "wrangler.toml"));
     const ticker: CronTicker = startCronTicker({
@@ -301,12 +305,25 @@ function writeCredentials(file: string, creds: { api_url: string; api_key: strin
 
 /**
  * The simulator starts empty each run: nodes an earlier run bought (rows not released, open
- * capacity orders, live blocks) belong to a market that no longer exists. Left alone, the capacity
- * manager would wait for them or re-send their orders to the new market.
+ * capacity orders, live blocks) belong to a market that no longer exists. Left alone, the region
+ * scheduler (whose state persists) would place work on them until their heartbeats time out, and the
+ * capacity manager would wait for them or re-send their orders to the new market. So: drain them
+ * through the operator API, then release them, cancel their orders and end their blocks.
  */
-async function forgetPreviousMarket(databaseUrl: string): Promise<number> {
+async function forgetPreviousMarket(databaseUrl: string, apiUrl: string, apiKey: string): Promise<number> {
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
   try {
+    const stale = await sql<{ id: string }[]>`
+      select id from nodes where id like 'cap-%' and state not in ('released', 'lost')`;
+    for (const { id } of stale) {
+      // 409 when the scheduler never knew it: nothing to drain.
+      await fetch(`${apiUrl}/v1/operator/nodes/${encodeURIComponent(id)}/drain`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${apiKey}`, "idempotency-key": `stack-forget-${id}-${Date.now()}` },
+      })
+        .then((r) => r.arrayBuffer())
+        .catch(() => {});
+    }
     const nodes = await sql`
       update nodes set state = 'released', agent_token_hash = null
        where id like 'cap-%' and state <> 'released' returning id`;

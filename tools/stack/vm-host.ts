@@ -49,6 +49,8 @@ export function startVmHost(opts: {
 }): VmHost {
   const running = new Map<string, { info: AgentInfo; proc: ManagedProcess }>();
   const queues = new Map<string, Promise<void>>();
+  const restarts = new Map<string, number>();
+  const MAX_RESTARTS = 5;
   let stopping = false;
   const docker = opts.dockerSocket ? new DockerodeEngine({ socketPath: opts.dockerSocket }) : null;
 
@@ -113,7 +115,21 @@ export function startVmHost(opts: {
     proc.exited.then((code) => {
       if (running.get(sfNodeId)?.proc !== proc) return;
       running.delete(sfNodeId);
-      if (!stopping) opts.log(`agent of node ${boot.node_id} exited (code ${code}); see ${logFile}`);
+      if (stopping) return;
+      const n = (restarts.get(sfNodeId) ?? 0) + 1;
+      restarts.set(sfNodeId, n);
+      if (n > MAX_RESTARTS) {
+        opts.log(`agent of node ${boot.node_id} exited (code ${code}) ${n} times; not restarted; see ${logFile}`);
+        return;
+      }
+      // As systemd would on the VM: start it again while the VM runs, a few seconds later.
+      opts.log(`agent of node ${boot.node_id} exited (code ${code}); restarting in 3 s; see ${logFile}`);
+      setTimeout(() => {
+        const vmRunning = opts.engine.nodes.nodes
+          .get(sfNodeId)
+          ?.vms.some((vm) => vm.status.toLowerCase() === "running");
+        if (vmRunning) enqueue(sfNodeId, () => start(sfNodeId));
+      }, 3_000).unref();
     });
   };
 

@@ -5,7 +5,7 @@
  * tokens from their cloud-init → the queue drains → idle nodes are drained and lapse at their end,
  * or are sold back when they have hours left.
  */
-import { env } from "cloudflare:test";
+import { env, runDurableObjectAlarm } from "cloudflare:test";
 import { and, eq, like } from "drizzle-orm";
 import { afterAll, describe, expect, it } from "vitest";
 import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
@@ -219,6 +219,15 @@ describe("the capacity cron against the simulator", () => {
       .from(nodes)
       .where(and(eq(nodes.region, region), like(nodes.id, "cap-%")));
     expect(left.every((n) => n.state === "released" && n.agentTokenHash === null)).toBe(true);
+    // The scheduler's outbox writes node rows a moment later (the drain that follows a release
+    // among them): a released node stays released.
+    await new Promise((r) => setTimeout(r, 2_500));
+    await runDurableObjectAlarm(env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(region)));
+    const settled = await db
+      .select()
+      .from(nodes)
+      .where(and(eq(nodes.region, region), like(nodes.id, "cap-%")));
+    expect(settled.map((n) => n.state)).toEqual(["released", "released", "released"]);
     const [token] = [...tokens.values()];
     expect((await register(token!, "gone")).status).toBe(401);
     const [expired] = await db.select().from(blocks).where(eq(blocks.id, block!.id));
