@@ -178,14 +178,17 @@ export async function runLoad(opts: LoadOptions): Promise<{ report: LoadReport; 
   const startedAt = performance.now();
   const deadline = startedAt + opts.seconds * 1000;
   const ticker = opts.onTick ? startTicker(rec, startedAt, opts.onTick) : null;
+  let endedAt: number;
   try {
     await Promise.all(users.map((u) => userLoop(client, opts, u, runId, deadline, rec)));
   } finally {
+    endedAt = performance.now();
     if (ticker) clearInterval(ticker);
     await revokeUsers(client, opts, users);
     client.close();
   }
-  const durationS = (performance.now() - startedAt) / 1000;
+  // Until the last user's last job ran: T seconds of submissions, then following the jobs in flight.
+  const durationS = (endedAt - startedAt) / 1000;
   return { report: report(opts, runId, rec, durationS), samples: rec };
 }
 
@@ -199,18 +202,23 @@ async function createUsers(client: HttpClient, opts: LoadOptions, runId: string)
   const shared = (index: number): VirtualUser => ({ index, key: opts.apiKey, keyId: null });
   if (!opts.keyPerUser) return Array.from({ length: opts.users }, (_, i) => shared(i));
   const users: VirtualUser[] = [];
-  for (let i = 0; i < opts.users; i++) {
-    const r = await client.request("POST", "/v1/api-keys", {
-      headers: auth(opts.apiKey, { "idempotency-key": `load-${runId}-key-${i}` }),
-      body: { name: `load-test ${runId} user ${i}`, scopes: ["jobs:read", "jobs:write"] },
-    });
-    const created = jsonOf<{ id: string; secret: string }>(r);
-    if (r.status !== 201 || !created?.secret) {
-      throw new Error(
-        `could not create an API key per virtual user (${r.status} ${errorCode(r) ?? r.text.slice(0, 200)}); the key needs keys:write, or pass --shared-key`,
-      );
+  try {
+    for (let i = 0; i < opts.users; i++) {
+      const r = await client.request("POST", "/v1/api-keys", {
+        headers: auth(opts.apiKey, { "idempotency-key": `load-${runId}-key-${i}` }),
+        body: { name: `load-test ${runId} user ${i}`, scopes: ["jobs:read", "jobs:write"] },
+      });
+      const created = jsonOf<{ id: string; secret: string }>(r);
+      if (r.status !== 201 || !created?.secret) {
+        throw new Error(
+          `could not create an API key per virtual user (${r.status} ${errorCode(r) ?? r.text.slice(0, 200)}); the key needs keys:write, or pass --shared-key`,
+        );
+      }
+      users.push({ index: i, key: created.secret, keyId: created.id });
     }
-    users.push({ index: i, key: created.secret, keyId: created.id });
+  } catch (error) {
+    await revokeUsers(client, opts, users);
+    throw error;
   }
   return users;
 }
