@@ -1,6 +1,7 @@
 /**
- * One placement on this node, from image pull to reported exit: `ensureContainer` (find by label,
- * else pull, create, start), then follow its log, enforce the kill deadline and cancels (grace
+ * One placement on this node, from image pull to reported exit: `ensureContainer` (pull, create
+ * under the placement's own name, start; a name already taken is this placement's container, found
+ * by label), then follow its log, enforce the kill deadline and cancels (grace
  * period, then kill), and report the exit. Also adopts a container a previous agent process
  * started. Every outcome goes to the outbox with an id derived from the placement, so a re-report
  * after a restart is a duplicate the control plane ignores, never a second fact.
@@ -166,10 +167,12 @@ export class PlacementRun {
     await this.supervise(id);
   }
 
-  /** Idempotent: the container of this placement if one exists, else a new one, started. Null if none runs. */
+  /**
+   * Idempotent: the container of this placement if one exists, else a new one, started. Null if none
+   * runs. The name is unique per placement, so creating is the check: no engine round trip to look
+   * first (the reconcile that started this run has just listed the containers and saw none).
+   */
   private async ensureContainer(): Promise<string | null> {
-    const existing = await this.findContainer();
-    if (existing) return existing;
     if (this.notToStart()) return null;
     if (!(await this.pullImage())) return null;
     if (this.notToStart()) return null;

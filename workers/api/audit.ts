@@ -12,9 +12,14 @@ export interface AuditEntry {
   data?: Record<string, unknown>;
 }
 
-/** A row in the caller's account, with the caller (user or API key) as the actor. */
+/** The row of an action in the caller's account, with the caller (user or API key) as the actor. */
+export function auditRow(caller: Caller, accountId: string, entry: AuditEntry): typeof auditLog.$inferInsert {
+  return { accountId, ...actorOf(caller), ...entry, data: entry.data ?? {} };
+}
+
+/** Writes an action in the caller's account, with the caller (user or API key) as the actor. */
 export async function audit(db: Writer, caller: Caller, accountId: string, entry: AuditEntry): Promise<void> {
-  await db.insert(auditLog).values({ accountId, ...actorOf(caller), ...entry, data: entry.data ?? {} });
+  await db.insert(auditLog).values(auditRow(caller, accountId, entry));
 }
 
 /** An operator action: actor type `operator`, recorded in the operator's account. */

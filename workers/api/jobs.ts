@@ -1,16 +1,24 @@
 /** Jobs: submit, list, read, cancel, and their events and logs. */
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, desc, eq, gte, inArray, lte, type SQL, sql } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, gte, inArray, lte, type SQL, sql } from "drizzle-orm";
 import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../../core/schemas";
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
 import type { Db } from "../db/client";
-import { jobRuns, jobSubmissions, jobs } from "../db/schema";
+import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
-import { audit } from "./audit";
+import { audit, auditRow } from "./audit";
 import { loadJob } from "./job-rows";
-import { enforceQuota, jobDemand, lockAccount, requireTier } from "./quota";
+import {
+  checkQuota,
+  jobDemand,
+  lockAccount,
+  type QuotaGroup,
+  quotaGroupsQuery,
+  quotaUseOf,
+  requireTier,
+} from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { schedulerOf, servedRegion } from "./scheduler";
 import { IdempotencyHeaders, IdParam, Job, JobCreate, PageQuery, pageOf } from "./schemas";
@@ -105,12 +113,36 @@ jobsRouter.openapi(
       });
     }
     const db = c.get("pg").db;
+    // The account stays locked from the quota check to the commit, and every round trip in between
+    // delays the account's other submissions. So one statement, after the lock, writes the job, its
+    // ledger row (this first attempt counted) and its audit row, and reads the account's quota use
+    // (from a snapshot taken after the lock, without the new job); over the quota, the throw rolls
+    // it all back. The id is chosen here so the three inserts need not wait for one another.
+    const id = crypto.randomUUID();
     const row = await db.transaction(async (tx) => {
       await lockAccount(tx, account.id);
-      await enforceQuota(tx, account, jobDemand(body));
+      const ledger = tx
+        .$with("ledger", {})
+        .as(tx.insert(jobSubmissions).values({ jobId: id, region, attempts: 1, lastAttemptAt: new Date() }).getSQL());
+      const audited = tx.$with("audited", {}).as(
+        tx
+          .insert(auditLog)
+          .values(
+            auditRow(caller, account.id, {
+              action: "job.submitted",
+              targetType: "job",
+              targetId: id,
+              data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
+            }),
+          )
+          .getSQL(),
+      );
+      const quota = tx.$with("quota", {}).as(quotaGroupsQuery(account.id));
       const [inserted] = await tx
+        .with(ledger, audited, quota)
         .insert(jobs)
         .values({
+          id,
           accountId: account.id,
           createdBy: caller.kind === "user" ? caller.userId : null,
           createdByKey: caller.apiKey?.id ?? null,
@@ -123,18 +155,15 @@ jobsRouter.openapi(
           maxAttempts: body.max_attempts,
           labels: body.labels,
         })
-        .returning();
-      const job = inserted!;
-      await tx.insert(jobSubmissions).values({ jobId: job.id, region });
-      await audit(tx, caller, account.id, {
-        action: "job.submitted",
-        targetType: "job",
-        targetId: job.id,
-        data: { region, tier: job.tier, gpu_count: job.gpuCount, request_id: c.get("requestId") },
-      });
+        .returning({
+          ...getTableColumns(jobs),
+          quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,
+        });
+      const { quota: groups, ...job } = inserted!;
+      checkQuota(account, quotaUseOf(groups), jobDemand(body));
       return job;
     });
-    const submitted = await submitJob(c.env, db, row, c.get("log"));
+    const submitted = await submitJob(c.env, db, row, c.get("log"), { attemptCounted: true });
     const current =
       submitted.outcome === "acked" || submitted.outcome === "failed" ? row : await loadJob(db, account.id, row.id);
     if (submitted.outcome === "rejected") {
@@ -219,7 +248,9 @@ jobsRouter.openapi(
           return null;
         });
     }
-    return respond(c, Job, jobView(row, live, await jobRunsOf(db, row.id)), 200);
+    // The scheduler's placements, when it has some, are the fresher: then the stored runs are not read.
+    const runs = live && live.placements.length > 0 ? [] : await jobRunsOf(db, row.id);
+    return respond(c, Job, jobView(row, live, runs), 200);
   },
 );
 

@@ -6,7 +6,7 @@
  *   cost (every job at its max runtime on the dearest allowed model; endpoints' minimum replicas to
  *   the end of the month), plus the new work's own ceiling.
  */
-import { sql } from "drizzle-orm";
+import { type SQL, sql } from "drizzle-orm";
 import { centsFor, jobCeilingCents, usageCostCents, worstCasePriceCents } from "../../core/pricing/prices";
 import type { GpuModel, Tier } from "../../core/schemas";
 import type { AccountContext } from "../auth/caller";
@@ -20,13 +20,28 @@ export interface Demand {
   ceilingCents: number;
 }
 
+/**
+ * Serialises the account's quota checks. `for no key update`, not `for update`: it conflicts with
+ * itself, but not with the key-share locks that foreign-key checks take, so concurrent inserts that
+ * only reference the account (idempotency keys, audit rows, API key use) do not queue behind a
+ * submission's transaction.
+ */
 export async function lockAccount(tx: Tx, accountId: string): Promise<void> {
-  await tx.execute(sql`select 1 from accounts where id = ${accountId} for update`);
+  // The id inlined (checked to be a UUID), not bound: a statement without parameters takes one round
+  // trip, one with parameters two (postgres.js describes it first on a new connection), and the
+  // lock is the start of the account's critical section.
+  if (!UUID.test(accountId)) throw new Error(`lockAccount: not an account id: ${accountId}`);
+  await tx.execute(sql.raw(`select 1 from accounts where id = '${accountId}' for no key update`));
 }
 
-interface ActiveGroup extends Record<string, unknown> {
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** One group of what the account holds or used: active jobs, active endpoints, this month's usage. */
+export interface QuotaGroup extends Record<string, unknown> {
+  kind: "job" | "endpoint" | "usage";
   tier: Tier;
-  gpu_models: string;
+  /** Jobs and endpoints: the allowed models (jsonb or its text); usage: the one model used. */
+  gpu_models: unknown;
   gpus: string | number;
   gpu_seconds: string | number;
 }
@@ -39,26 +54,44 @@ export interface QuotaUse {
 
 const parseModels = (v: unknown): GpuModel[] =>
   Array.isArray(v) ? (v as GpuModel[]) : (JSON.parse(String(v)) as GpuModel[]);
+/** A jsonb string: postgres.js parses it, or hands over its text when the type is not fetched. */
+const parseModel = (v: unknown): GpuModel =>
+  (typeof v === "string" && v.startsWith('"') ? JSON.parse(v) : v) as GpuModel;
 
-/** What the account holds now and has spent this month (UTC). */
-export async function quotaUse(tx: Tx | Db, accountId: string, nowMs = Date.now()): Promise<QuotaUse> {
-  const jobsActive = await tx.execute<ActiveGroup>(sql`
-    select tier, to_jsonb(gpu_models) as gpu_models, sum(gpu_count) as gpus,
-           sum(gpu_count::bigint * max_runtime_s) as gpu_seconds
+/**
+ * The query of what the account holds and used, as rows of `QuotaGroup`: one statement, since it
+ * runs inside a submission's locked transaction where each round trip counts. A job submission
+ * runs it as part of the statement that inserts the job (see jobs.ts).
+ */
+export function quotaGroupsQuery(accountId: string): SQL {
+  return sql`
+    select 'job' as kind, tier, to_jsonb(gpu_models) as gpu_models, sum(gpu_count)::numeric as gpus,
+           sum(gpu_count::bigint * max_runtime_s)::numeric as gpu_seconds
       from jobs
      where account_id = ${accountId} and status in ('queued', 'placed', 'running')
-     group by tier, gpu_models`);
-  const endpointsActive = await tx.execute<ActiveGroup>(sql`
-    select tier, to_jsonb(gpu_models) as gpu_models, sum(min_replicas * gpu_count) as gpus, 0 as gpu_seconds
+     group by tier, gpu_models
+    union all
+    select 'endpoint', tier, to_jsonb(gpu_models), sum(min_replicas * gpu_count)::numeric, 0::numeric
       from endpoints
      where account_id = ${accountId} and status = 'active'
-     group by tier, gpu_models`);
-  const usage = await tx.execute<{ tier: Tier; gpu_model: GpuModel; gpu_seconds: string | number }>(sql`
-    select tier, gpu_model, sum(gpu_seconds) as gpu_seconds
+     group by tier, gpu_models
+    union all
+    select 'usage', tier, to_jsonb(gpu_model), 0::numeric, sum(gpu_seconds)::numeric
       from usage_events
      where account_id = ${accountId}
        and period_start >= date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'
-     group by tier, gpu_model`);
+     group by tier, gpu_model`;
+}
+
+/** What the account holds now and has spent this month (UTC). */
+export async function quotaUse(tx: Tx | Db, accountId: string, nowMs = Date.now()): Promise<QuotaUse> {
+  return quotaUseOf(await tx.execute<QuotaGroup>(quotaGroupsQuery(accountId)), nowMs);
+}
+
+/** The quota figures from the rows of `quotaGroupsQuery`. */
+export function quotaUseOf(groups: readonly QuotaGroup[], nowMs = Date.now()): QuotaUse {
+  const jobsActive = groups.filter((g) => g.kind === "job");
+  const endpointsActive = groups.filter((g) => g.kind === "endpoint");
 
   const now = new Date(nowMs);
   const monthEnd = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
@@ -76,14 +109,20 @@ export async function quotaUse(tx: Tx | Db, accountId: string, nowMs = Date.now(
     committedCents += centsFor(Number(g.gpus) * secondsLeft, price);
   }
   const monthToDateCents = usageCostCents(
-    usage.map((u) => ({ tier: u.tier, gpu_model: u.gpu_model, gpu_seconds: Number(u.gpu_seconds) })),
+    groups
+      .filter((g) => g.kind === "usage")
+      .map((u) => ({ tier: u.tier, gpu_model: parseModel(u.gpu_models), gpu_seconds: Number(u.gpu_seconds) })),
   );
   return { gpusInUse, monthToDateCents, committedCents };
 }
 
 /** Refuse work beyond the account's GPU cap or spend cap, with a code of its own for each. */
 export async function enforceQuota(tx: Tx, account: AccountContext, demand: Demand): Promise<void> {
-  const use = await quotaUse(tx, account.id);
+  checkQuota(account, await quotaUse(tx, account.id), demand);
+}
+
+/** Throws the quota error when `demand` on top of `use` goes past a cap. */
+export function checkQuota(account: AccountContext, use: QuotaUse, demand: Demand): void {
   if (use.gpusInUse + demand.gpus > account.maxConcurrentGpus) {
     throw new ApiError(
       403,

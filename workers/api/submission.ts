@@ -32,14 +32,27 @@ export function schedulerJob(row: JobRow): SchedulerJob {
 /** `acked` carries the status the scheduler gave the job (e.g. `placed` when capacity was free). */
 export type SubmitOutcome = { outcome: "acked"; status: JobStatus } | { outcome: "rejected" | "failed" | "cancelled" };
 
-/** Submit one stored job; never throws (a failure leaves the job queued for the reconciler). */
-export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Promise<SubmitOutcome> {
+/**
+ * Submit one stored job; never throws (a failure leaves the job queued for the reconciler).
+ * `attemptCounted`: the caller already counted this attempt in the ledger (the submitting request
+ * does, in the transaction that writes the job).
+ */
+export async function submitJob(
+  env: Env,
+  db: Db,
+  row: JobRow,
+  log: Logger,
+  opts: { attemptCounted?: boolean } = {},
+): Promise<SubmitOutcome> {
   const scheduler = schedulerOf(env, row.region);
   let status: JobStatus = "queued";
-  await db
-    .update(jobSubmissions)
-    .set({ attempts: sql`${jobSubmissions.attempts} + 1`, lastAttemptAt: new Date() })
-    .where(eq(jobSubmissions.jobId, row.id));
+  let statusNow: string | undefined;
+  if (!opts.attemptCounted) {
+    await db
+      .update(jobSubmissions)
+      .set({ attempts: sql`${jobSubmissions.attempts} + 1`, lastAttemptAt: new Date() })
+      .where(eq(jobSubmissions.jobId, row.id));
+  }
   try {
     const result = await scheduler.submit(schedulerJob(row));
     if (!result.ok) {
@@ -59,11 +72,14 @@ export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Pro
       });
       return { outcome: "rejected" };
     }
-    await db
-      .update(jobSubmissions)
-      .set({ ackedAt: new Date(), lastError: null })
-      .where(eq(jobSubmissions.jobId, row.id));
+    // The acknowledgement and the re-read of the job's status, in one statement.
+    const [now] = await db.execute<{ status: string }>(sql`
+      with acked as (
+        update ${jobSubmissions} set acked_at = now(), last_error = null where job_id = ${row.id}
+      )
+      select status from ${jobs} where id = ${row.id}`);
     status = result.status;
+    statusNow = now?.status;
   } catch (error) {
     log.warn("job.submit_failed", { job_id: row.id, region: row.region, ...errorFields(error) });
     await db
@@ -74,8 +90,7 @@ export async function submitJob(env: Env, db: Db, row: JobRow, log: Logger): Pro
     return { outcome: "failed" };
   }
   // A cancel that ran while the call was in flight found nothing to cancel there: pass it on now.
-  const [now] = await db.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, row.id));
-  if (now?.status === "cancelled") {
+  if (statusNow === "cancelled") {
     await scheduler.cancel(row.id).catch((error: unknown) => log.warn("job.cancel_forward_failed", errorFields(error)));
     return { outcome: "cancelled" };
   }

