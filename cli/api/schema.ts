@@ -2834,8 +2834,7 @@ export interface components {
             /** @default 16384 */
             memory_mib?: number;
             /**
-             * @description `fast` starts in seconds (accounts entitled to it); `flex` waits for cheap capacity.
-             * @default flex
+             * @description `fast` starts in seconds (accounts entitled to it); `flex` waits for cheap capacity. Omitted: `fast` for an account entitled to it, else `flex` (the job says which).
              * @enum {string}
              */
             tier?: "fast" | "flex";

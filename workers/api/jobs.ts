@@ -103,7 +103,9 @@ jobsRouter.openapi(
   async (c) => {
     const caller = c.get("caller");
     const account = requireAccount(caller);
-    const body = c.req.valid("json");
+    const request = c.req.valid("json");
+    // No tier asked for: the best the account may use (the job, and the CLI, say which it got).
+    const body = { ...request, tier: request.tier ?? (account.fastTierEnabled ? "fast" : "flex") } as const;
     const region = servedRegion(c.env, body.region);
     requireTier(body.tier, account.fastTierEnabled);
     if (body.estimated_duration_s !== undefined && body.estimated_duration_s > body.max_runtime_s) {

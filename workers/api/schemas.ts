@@ -68,8 +68,9 @@ export const JobCreate = z
     gpu_models: z.array(GpuModel).max(8).default([]).openapi({ description: "Allowed GPU models; empty means any." }),
     cpu_milli: ResourceRequest.shape.cpu_milli,
     memory_mib: ResourceRequest.shape.memory_mib,
-    tier: Tier.default("flex").openapi({
-      description: "`fast` starts in seconds (accounts entitled to it); `flex` waits for cheap capacity.",
+    tier: Tier.optional().openapi({
+      description:
+        "`fast` starts in seconds (accounts entitled to it); `flex` waits for cheap capacity. Omitted: `fast` for an account entitled to it, else `flex` (the job says which).",
     }),
     priority: z.number().int().min(-1000).max(1000).default(0),
     max_runtime_s: z.number().int().min(1).max(2_592_000).default(3600),
