@@ -73,10 +73,41 @@ describe("freeGpus", () => {
     const held: PackerHold[] = [{ node_id: "n", gpu_indices: [4, 5], usable_by: "fast" }];
     const allocations = [busy("n", [0, 1, 2, 3])];
     expect(check(freeGpus, n, job("f", { gpu_count: 4, tier: "fast" }), allocations, held)).toBeNull();
-    expect(check(freeGpus, n, job("x", { gpu_count: 4, tier: "flex" }), allocations, held)).toBe(
-      "insufficient_free_gpus",
-    );
+    expect(check(freeGpus, n, job("x", { gpu_count: 4, tier: "flex" }), allocations, held)).toBe("reserved_for_fast");
     expect(check(freeGpus, n, job("x", { gpu_count: 2, tier: "flex" }), allocations, held)).toBeNull();
+  });
+
+  // When usable GPUs fall short, is it because idle GPUs are held for others? Node of 8 GPUs.
+  it.each([
+    // 8 idle, all Fast headroom: a 1-GPU Flex job sees 0 usable, 0 + 8 held for Fast ≥ 1
+    ["Flex job, whole node held for Fast", "flex", 1, [], { fast: [0, 1, 2, 3, 4, 5, 6, 7] }, "reserved_for_fast"],
+    // 6 busy, 2 held for Fast: 0 usable, 0 + 2 ≥ 2
+    ["Flex job, the idle rest held for Fast", "flex", 2, [0, 1, 2, 3, 4, 5], { fast: [6, 7] }, "reserved_for_fast"],
+    // 6 busy, 2 held for Fast: 0 + 2 < 3, the GPUs really are busy
+    [
+      "Flex job, held ones would not be enough",
+      "flex",
+      3,
+      [0, 1, 2, 3, 4, 5],
+      { fast: [6, 7] },
+      "insufficient_free_gpus",
+    ],
+    // 4 busy, 4 held for Flex: a Fast job sees 0 usable, 0 + 4 ≥ 4
+    ["Fast job, idle GPUs held for Flex", "fast", 4, [0, 1, 2, 3], { flex: [4, 5, 6, 7] }, "reserved_for_flex"],
+    // 4 busy, 4 held for Fast: a Fast job uses them (4 ≥ 4)
+    ["Fast job, its own headroom", "fast", 4, [0, 1, 2, 3], { fast: [4, 5, 6, 7] }, null],
+    // 8 idle held for no tier: nobody uses them
+    ["held for no tier", "fast", 1, [], { none: [0, 1, 2, 3, 4, 5, 6, 7] }, "reserved"],
+    // 2 free + 3 Fast + 3 none, Flex 6: 2 + 3 < 6 by Fast alone, 2 + 6 ≥ 6 counting every hold
+    ["only every hold together would do", "flex", 6, [], { fast: [2, 3, 4], none: [5, 6, 7] }, "reserved"],
+  ] as const)("%s", (_, tier, gpus, taken, held, expected) => {
+    const holds: PackerHold[] = Object.entries(held).map(([t, indices]) => ({
+      node_id: "n",
+      gpu_indices: [...indices],
+      usable_by: t === "none" ? null : (t as "fast" | "flex"),
+    }));
+    const allocations = taken.length ? [busy("n", [...taken])] : [];
+    expect(check(freeGpus, node("n"), job("j", { tier, gpu_count: gpus }), allocations, holds)).toBe(expected);
   });
 });
 

@@ -4,7 +4,9 @@
  * check it fails:
  *   1. node state — a draining or lost node takes nothing, whatever else is true of it;
  *   2. GPU model — fixed for the node's life, so "wrong model" is the most useful answer;
- *   3. free GPUs — the scarce resource, and the usual reason to wait;
+ *   3. free GPUs — the scarce resource, and the usual reason to wait; when the GPUs are there
+ *      but held by reservations the job's tier may not use, the reason says so (held for Fast
+ *      headroom, for Flex, or for no tier), so a job waiting on idle GPUs is told why;
  *   4. CPU, 5. memory — rarely binding on 8-GPU nodes, checked only once GPUs fit;
  *   6. block end — the node would leave the region before the job's estimated end.
  * The packer's index already answers 1–3 for whole buckets of nodes; these functions are the
@@ -22,8 +24,22 @@ export const nodeState: NodeFilter = (_need, node) =>
 
 export const gpuModel: NodeFilter = (need, node) => (need.modelAllowed[node.modelOrd] ? null : "gpu_model_not_allowed");
 
-export const freeGpus: NodeFilter = (need, node) =>
-  popcount(node.usableMask(need.tier)) >= need.perNode ? null : "insufficient_free_gpus";
+export const freeGpus: NodeFilter = (need, node) => {
+  const usable = node.usableMask(need.tier);
+  return popcount(usable) >= need.perNode ? null : shortOfGpus(need, node, usable);
+};
+
+/**
+ * Why a node's usable GPUs fall short: would the GPUs held for Fast, then those held for Flex, then
+ * every held GPU make up the difference? If so the GPUs are idle but reserved; else they are busy
+ * (or unhealthy).
+ */
+export function shortOfGpus(need: JobNeed, node: FleetNode, usable: number): ReasonCode {
+  if (popcount(usable | node.heldFast) >= need.perNode) return "reserved_for_fast";
+  if (popcount(usable | node.heldFlex) >= need.perNode) return "reserved_for_flex";
+  if (popcount(usable | node.heldFast | node.heldFlex | node.heldNone) >= need.perNode) return "reserved";
+  return "insufficient_free_gpus";
+}
 
 export const cpu: NodeFilter = (need, node) => (node.cpuFree >= need.cpu ? null : "insufficient_cpu");
 

@@ -26,6 +26,8 @@ export class FleetNode {
   /** Held GPUs that jobs of one tier may still use. */
   heldFast = 0;
   heldFlex = 0;
+  /** Held GPUs no job may use. */
+  heldNone = 0;
   cpuFree: number;
   memFree: number;
   readonly allocations: FleetAllocation[] = [];
@@ -68,6 +70,8 @@ export class Fleet {
   readonly buckets: NodeSet[][];
   /** Ready nodes with GPUs held for a tier (few: the capacity manager's headroom). */
   readonly heldFor: Record<Tier, NodeSet>;
+  /** Ready nodes with any held GPUs, whoever may use them (for the reasons a job waits). */
+  readonly heldAny: NodeSet;
   readonly readyByModel: number[];
   readonly maxTotalByModel: number[];
   draining = 0;
@@ -90,6 +94,7 @@ export class Fleet {
       Array.from({ length: MAX_GPUS_PER_NODE + 1 }, () => new NodeSet(sorted.length)),
     );
     this.heldFor = { fast: new NodeSet(sorted.length), flex: new NodeSet(sorted.length) };
+    this.heldAny = new NodeSet(sorted.length);
     this.readyByModel = this.models.map(() => 0);
     this.maxTotalByModel = this.models.map(() => 0);
     this.nodes = sorted.map((n, ord) => {
@@ -175,6 +180,7 @@ export class Fleet {
     node.free &= ~taken;
     if (usableBy === "fast") node.heldFast |= taken;
     if (usableBy === "flex") node.heldFlex |= taken;
+    if (usableBy === null) node.heldNone |= taken;
     this.refreshHeld(node);
     this.rebucket(node, before);
   }
@@ -189,6 +195,8 @@ export class Fleet {
     else this.heldFor.fast.delete(node.ord);
     if (node.heldFlex !== 0) this.heldFor.flex.add(node.ord);
     else this.heldFor.flex.delete(node.ord);
+    if ((node.heldFast | node.heldFlex | node.heldNone) !== 0) this.heldAny.add(node.ord);
+    else this.heldAny.delete(node.ord);
   }
 
   private rebucket(node: FleetNode, freeBefore: number): void {

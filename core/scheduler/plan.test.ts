@@ -31,6 +31,26 @@ describe("plan: placement", () => {
     });
   });
 
+  it("tells a job waiting on idle GPUs held for Fast headroom so, and not 'insufficient'", () => {
+    // One idle node: 8 GPUs held for Fast; another with 2 free and 6 busy. A 4-GPU Flex job fits neither.
+    const nodes = [node("headroom"), node("busy")];
+    const holds = [{ node_id: "headroom", gpu_indices: [0, 1, 2, 3, 4, 5, 6, 7], usable_by: "fast" as const }];
+    const allocations = [busy("busy", [0, 1, 2, 3, 4, 5])];
+    const queue = [job("x", { tier: "flex", gpu_count: 4 })];
+    expect(plan({ now: 0, nodes, allocations, holds, queue }).waiting[0]).toMatchObject({
+      reason: "0/2 nodes: 1 insufficient free GPUs, 1 free GPUs reserved for Fast",
+      counts: { insufficient_free_gpus: 1, reserved_for_fast: 1 },
+    });
+    // The manual case: one node held whole, a 1-GPU Flex job.
+    const one = plan({
+      now: 0,
+      nodes: [node("a")],
+      holds: [{ ...holds[0]!, node_id: "a" }],
+      queue: [job("y", { tier: "flex" })],
+    });
+    expect(one.waiting[0]!.reason).toBe("0/1 nodes: 1 free GPUs reserved for Fast");
+  });
+
   it("counts draining, lost, CPU, memory and block reasons", () => {
     const nodes = [
       node("lost", { state: "lost" }),

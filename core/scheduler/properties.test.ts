@@ -39,10 +39,13 @@ const nodeArb = (i: number) =>
       cpu_milli: fc.integer({ min: 8, max: 64 }).map((x) => x * 1000),
       memory_mib: fc.integer({ min: 64, max: 512 }).map((x) => x * 1024),
       block_end_at: fc.option(fc.integer({ min: NOW, max: NOW + 24 * H }), { nil: null }),
-      owners: fc.array(fc.constantFrom("free", "free", "free", "a0", "a1", "a2", "hold-fast", "hold-none"), {
-        minLength: 8,
-        maxLength: 8,
-      }),
+      owners: fc.array(
+        fc.constantFrom("free", "free", "free", "a0", "a1", "a2", "hold-fast", "hold-flex", "hold-none"),
+        {
+          minLength: 8,
+          maxLength: 8,
+        },
+      ),
       ends: fc.array(fc.option(fc.integer({ min: NOW - H, max: NOW + 12 * H }), { nil: null }), {
         minLength: 3,
         maxLength: 3,
@@ -77,8 +80,10 @@ const nodeArb = (i: number) =>
       });
       const holds: PackerHold[] = [];
       const fast = r.owners.flatMap((o, g) => (o === "hold-fast" && !r.unhealthy.includes(g) ? [g] : []));
+      const flex = r.owners.flatMap((o, g) => (o === "hold-flex" && !r.unhealthy.includes(g) ? [g] : []));
       const none = r.owners.flatMap((o, g) => (o === "hold-none" && !r.unhealthy.includes(g) ? [g] : []));
       if (fast.length) holds.push({ node_id: id, gpu_indices: fast, usable_by: "fast" });
+      if (flex.length) holds.push({ node_id: id, gpu_indices: flex, usable_by: "flex" });
       if (none.length) holds.push({ node_id: id, gpu_indices: none, usable_by: null });
       return { node: n, allocations, holds };
     });

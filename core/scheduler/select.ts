@@ -6,7 +6,7 @@
  * nothing fits, the walk has seen every node, so it also returns the count of each reason.
  */
 
-import { FILTER_CHAIN, firstRejection, RESOURCE_CHAIN } from "./filter";
+import { FILTER_CHAIN, firstRejection, RESOURCE_CHAIN, shortOfGpus } from "./filter";
 import type { Fleet, FleetNode } from "./fleet";
 import { lowestBits, popcount } from "./gpus";
 import type { JobNeed } from "./need";
@@ -146,7 +146,9 @@ function bucketsByBound(fleet: Fleet, need: JobNeed, ctx: ScoreContext): BucketR
 
 /**
  * Reasons the index answers without visiting nodes: node state, GPU model, and too few free GPUs.
- * Nodes with held GPUs were visited one by one, so they are taken out of the bucket counts.
+ * Nodes with GPUs held for the job's tier were visited one by one, so they are taken out of the
+ * bucket counts; short nodes with GPUs held for others (few) are looked at to tell "reserved" from
+ * "insufficient".
  */
 function countByIndex(fleet: Fleet, need: JobNeed, counts: ReasonCounts): void {
   addReason(counts, "node_lost", fleet.lost);
@@ -165,6 +167,16 @@ function countByIndex(fleet: Fleet, need: JobNeed, counts: ReasonCounts): void {
     for (let i = held.next(0); i >= 0; i = held.next(i + 1)) {
       const node = fleet.nodes[i]!;
       if (node.modelOrd === m && popcount(node.free) < need.perNode) short--;
+    }
+    // Short nodes whose idle GPUs are held for another tier (or none): say so, not "insufficient".
+    const reserved = fleet.heldAny;
+    for (let i = reserved.next(0); i >= 0; i = reserved.next(i + 1)) {
+      const node = fleet.nodes[i]!;
+      if (node.modelOrd !== m || held.has(i) || popcount(node.free) >= need.perNode) continue;
+      const why = shortOfGpus(need, node, node.free);
+      if (why === "insufficient_free_gpus") continue;
+      short--;
+      addReason(counts, why);
     }
     addReason(counts, "insufficient_free_gpus", short);
   }

@@ -207,7 +207,15 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
   // ---- reservations -----------------------------------------------------------------------
 
   async reserve(request: ReservationRequest): Promise<ReserveResult> {
-    return this.change((now) => this.state.reservations.reserve(request, now));
+    return this.change((now) => {
+      // The replaced reservation goes first, in this transaction: its GPUs are free for the new
+      // one, and the packer runs once after both, on what the new one did not take.
+      const old = request.replaces && request.replaces !== request.reservation_id ? request.replaces : null;
+      const replaced = old ? this.state.reservations.release(old, now) : { released: false };
+      const result = this.state.reservations.reserve(request, now);
+      if (replaced.released) this.state.schedule(now);
+      return result;
+    });
   }
 
   async release(reservationId: string): Promise<{ released: boolean }> {

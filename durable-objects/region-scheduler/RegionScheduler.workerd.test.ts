@@ -465,7 +465,7 @@ describe("RegionScheduler: capacity", () => {
     await stub.submit(flex);
     expect(await stub.jobState(flex.id)).toMatchObject({
       status: "queued",
-      waiting_reason: "0/1 nodes: 1 insufficient free GPUs",
+      waiting_reason: "0/1 nodes: 1 free GPUs reserved for Fast",
     });
     const fast = await jobFor({ tier: "fast", gpu_count: 2 });
     expect(await stub.submit(fast)).toMatchObject({ status: "placed" });
@@ -485,6 +485,57 @@ describe("RegionScheduler: capacity", () => {
     expect(await stub.release("r1")).toEqual({ released: true });
     expect(await stub.release("r1")).toEqual({ released: false });
     expect(await stub.jobState(flex.id)).toMatchObject({ status: "placed" });
+  });
+
+  it("hands a reservation over to its replacement in one call: waiting Flex work never gets the GPUs", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const headroom = (id: string, gpuCount: number, replaces?: string) =>
+      stub.reserve({
+        reservation_id: id,
+        gpu_model: "H100",
+        gpu_count: gpuCount,
+        tier: "fast",
+        expires_at: null,
+        reason: "Fast headroom",
+        replaces,
+      });
+    expect(await headroom("m1", 8)).toMatchObject({ ok: true, node_ids: [N("n1")] });
+    const flex = await jobFor({ tier: "flex", gpu_count: 1 });
+    await stub.submit(flex);
+    expect(await stub.jobState(flex.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 free GPUs reserved for Fast",
+    });
+
+    // The next minute's headroom takes over all 8 GPUs of the last one; the Flex job still waits.
+    expect(await headroom("m2", 8, "m1")).toMatchObject({ ok: true, node_ids: [N("n1")] });
+    expect((await stub.jobState(flex.id))?.status).toBe("queued");
+    expect((await stub.capacitySnapshot()).by_model[0]).toMatchObject({ free_gpus: 0, reserved_gpus: 8 });
+    // The same call again (a cycle run twice in a minute) and a late release of the old one change nothing.
+    expect(await headroom("m2", 8, "m1")).toMatchObject({ ok: true, node_ids: [N("n1")] });
+    expect(await stub.release("m1")).toEqual({ released: false });
+    expect((await stub.jobState(flex.id))?.status).toBe("queued");
+
+    // Less headroom: what the new one does not take goes to the waiting job in the same call.
+    expect(await headroom("m3", 6, "m2")).toMatchObject({ ok: true });
+    expect(await stub.jobState(flex.id)).toMatchObject({ status: "placed", waiting_reason: null });
+    expect((await stub.capacitySnapshot()).by_model[0]).toMatchObject({ busy_gpus: 1, reserved_gpus: 6, free_gpus: 1 });
+  });
+
+  it("release then reserve (the old way) lets the packer hand the headroom to Flex work in between", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const req = { gpu_model: "H100", gpu_count: 8, tier: "fast", expires_at: null, reason: "Fast headroom" } as const;
+    await stub.reserve({ ...req, reservation_id: "m1" });
+    const flex = await jobFor({ tier: "flex", gpu_count: 1 });
+    await stub.submit(flex);
+    await stub.release("m1");
+    expect((await stub.jobState(flex.id))?.status).toBe("placed");
+    expect(await stub.reserve({ ...req, reservation_id: "m2" })).toMatchObject({
+      ok: false,
+      message: `7 of 8 H100 GPUs free and unreserved in ${(await stub.capacitySnapshot()).region}`,
+    });
   });
 
   it("drains a node: no new work lands on it", async () => {

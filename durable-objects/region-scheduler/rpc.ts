@@ -144,6 +144,13 @@ export interface ReservationRequest {
   tier: Tier | null;
   expires_at: number | null;
   reason: string;
+  /**
+   * A reservation this one takes over (the last minute's headroom): released in the same
+   * transaction, so its GPUs can go into the new one and no packer pass hands them out in
+   * between. Released even when the new one cannot be made in full (it is all or none); an id
+   * that does not exist (already released or expired) is fine.
+   */
+  replaces?: string | null;
 }
 export type ReserveResult =
   | { ok: true; reservation_id: string; node_ids: string[] }

@@ -5,11 +5,12 @@
  * tokens from their cloud-init → the queue drains → idle nodes are drained and lapse at their end,
  * or are sold back when they have hours left.
  */
-import { env, runDurableObjectAlarm } from "cloudflare:test";
+import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { and, eq, like } from "drizzle-orm";
 import { afterAll, describe, expect, it } from "vitest";
 import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
 import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
+import type { RegionScheduler } from "../../durable-objects/region-scheduler/RegionScheduler";
 import { Simulator } from "../../tools/sfcompute-sim/simulator";
 import { schedulerOf } from "../api/scheduler";
 import { submitJob } from "../api/submission";
@@ -76,7 +77,8 @@ function harness(
 const ofKind = <K extends PlanAction["kind"]>(actions: PlanAction[], kind: K) =>
   actions.filter((a): a is Extract<PlanAction, { kind: K }> => a.kind === kind);
 
-async function submitFast(region: string, accountId: string, gpus: number) {
+/** A job row written as the API writes it, then handed to the region's scheduler. */
+async function submitTo(region: string, accountId: string, over: Partial<typeof jobs.$inferInsert>) {
   const [row] = await db
     .insert(jobs)
     .values({
@@ -84,17 +86,19 @@ async function submitFast(region: string, accountId: string, gpus: number) {
       region,
       tier: "fast",
       image: "127.0.0.1:5000/test/busybox:1",
-      command: ["sh", "-c", "sleep 1"],
-      gpuCount: gpus,
+      gpuCount: 1,
       cpuMilli: 4_000,
       memoryMib: 16_384,
       maxRuntimeS: 3_600,
-      estimatedDurationS: 1_200,
+      ...over,
     })
     .returning();
   await submitJob(env, db, row!, log);
   return row!;
 }
+
+const submitFast = (region: string, accountId: string, gpus: number) =>
+  submitTo(region, accountId, { command: ["sh", "-c", "sleep 1"], gpuCount: gpus, estimatedDurationS: 1_200 });
 
 /** What a node's agent does at boot: read its token from its cloud-init and register. */
 async function register(token: string, nodeId: string) {
@@ -242,6 +246,51 @@ describe("the capacity cron against the simulator", () => {
     expect(JSON.stringify(plans.map((p) => p.data))).toContain("fast_queue");
   });
 
+  it("keeps the Fast headroom across the minute boundary: a waiting Flex job is told why and never takes it", async () => {
+    const region = "capacity-e2e-headroom";
+    const h = harness(region, { seed: 11_004, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
+    const user = await signUp({ fast_tier_enabled: true });
+    // The reservations expire on the market's clock: the region's object reads the same one. The
+    // test sends no heartbeats: the node must not be declared lost while the minutes pass.
+    const object = env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(region));
+    await runInDurableObject(object, (instance) => {
+      (instance as unknown as { clock: { now(): number } }).clock = { now: () => h.sim.engine.now() };
+    });
+    await (object as unknown as DurableObjectStub<RegionScheduler>).configure({ heartbeat_timeout_ms: HOUR_MS });
+    // Minute 1: no nodes, 8 GPUs of headroom wanted → one node bought; it boots and registers.
+    const first = await h.cycle();
+    expect(ofKind(first.plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
+    h.advance(7 * MINUTE_MS);
+    await h.cycle();
+    const [sim] = h.simNodes();
+    expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
+    const scheduler = schedulerOf(env, region);
+    h.advance(MINUTE_MS);
+    expect(ofKind((await h.cycle()).plan.actions, "hold_headroom")).toMatchObject([{ gpus: 8 }]);
+    expect((await scheduler.capacitySnapshot()).by_model[0]).toMatchObject({ reserved_gpus: 8, free_gpus: 0 });
+
+    // A 1-GPU Flex job: it waits on the idle node, and says it is held for Fast.
+    const row = await submitTo(region, user.accountId, {
+      tier: "flex",
+      command: ["echo", "hello"],
+      cpuMilli: 1_000,
+      memoryMib: 1_024,
+      maxRuntimeS: 600,
+    });
+    expect(await scheduler.jobState(row.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 free GPUs reserved for Fast",
+    });
+
+    // The next minutes re-make the headroom: the job never slips in between old and new.
+    for (let m = 0; m < 2; m++) {
+      h.advance(MINUTE_MS);
+      expect(ofKind((await h.cycle()).plan.actions, "hold_headroom")).toMatchObject([{ gpus: 8 }]);
+      expect((await scheduler.jobState(row.id))?.status).toBe("queued");
+      expect((await scheduler.capacitySnapshot()).by_model[0]).toMatchObject({ reserved_gpus: 8, busy_gpus: 0 });
+    }
+  });
+
   it("plans a refused buy again the next minute, and releases the node it could not get", async () => {
     const region = "capacity-e2e-refused";
     const h = harness(region, { seed: 11_003 });
@@ -283,21 +332,7 @@ describe("the capacity cron against the simulator", () => {
     });
     const user = await signUp();
     for (let i = 0; i < 2; i++) {
-      const [row] = await db
-        .insert(jobs)
-        .values({
-          accountId: user.accountId,
-          region,
-          tier: "flex",
-          image: "127.0.0.1:5000/test/busybox:1",
-          gpuCount: 8,
-          cpuMilli: 4_000,
-          memoryMib: 16_384,
-          maxRuntimeS: 3_600,
-          estimatedDurationS: 600,
-        })
-        .returning();
-      await submitJob(env, db, row!, log);
+      await submitTo(region, user.accountId, { tier: "flex", gpuCount: 8, estimatedDurationS: 600 });
     }
     const first = await h.cycle();
     const buys = ofKind(first.plan.actions, "buy");

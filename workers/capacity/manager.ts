@@ -591,8 +591,12 @@ async function holdHeadroom(
 ): Promise<void> {
   const now = deps.now();
   const id = (t: number) => `headroom:${region}:${minuteOf(t)}`;
-  await deps.scheduler.release(id(now - MINUTE_MS));
-  if (gpus <= 0) return;
+  if (gpus <= 0) {
+    await deps.scheduler.release(id(now - MINUTE_MS));
+    return;
+  }
+  // One call: last minute's reservation is handed over to this one in the same transaction. A
+  // release then a reserve would let the packer give the headroom to waiting Flex work in between.
   const held = await deps.scheduler.reserve({
     reservation_id: id(now),
     gpu_model: gpuModel,
@@ -600,6 +604,7 @@ async function holdHeadroom(
     tier: "fast",
     expires_at: now + 3 * MINUTE_MS,
     reason,
+    replaces: id(now - MINUTE_MS),
   });
   if (!held.ok) deps.log.info("capacity.headroom_short", { region, gpus, message: held.message });
 }
