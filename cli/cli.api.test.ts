@@ -285,7 +285,8 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     const r = await run;
     expect(r.code).toBe(EXIT.jobCancelled);
     expect(r.stdout).toBe("");
-    expect(r.stderr).toContain(`job ${id} submitted (flex, 1 GPU, us-west-1)`);
+    // No --tier: the API picks Fast for this account (entitled to it), and the CLI says so.
+    expect(r.stderr).toContain(`job ${id} submitted (fast, 1 GPU, us-west-1)`);
     expect(r.stderr).toMatch(/\[\d+\.\ds\] queued/);
     expect(r.stderr.trimEnd().split("\n").at(-1)).toBe(`job ${id} was cancelled`);
   });

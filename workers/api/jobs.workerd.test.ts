@@ -73,6 +73,20 @@ describe("POST /v1/jobs", () => {
     expect(ok.json.tier).toBe("fast");
   });
 
+  it("without a tier, gives Fast to an account entitled to it and Flex to the others", async () => {
+    const untiered = JOB; // no tier
+    const flexOnly = await signUp();
+    const flex = await call("POST", "/v1/jobs", flexOnly.token, { body: untiered });
+    expect(flex.status).toBe(202);
+    expect(flex.json.tier).toBe("flex");
+    const entitled = await signUp({ fast_tier_enabled: true });
+    const fast = await call("POST", "/v1/jobs", entitled.token, { body: untiered });
+    expect(fast.status).toBe(202);
+    expect(fast.json.tier).toBe("fast");
+    const asked = await call("POST", "/v1/jobs", entitled.token, { body: { ...untiered, tier: "flex" } });
+    expect(asked.json.tier).toBe("flex");
+  });
+
   const bad: [string, unknown, string][] = [
     ["a string GPU count", { ...JOB, gpu_count: "8" }, "gpu_count"],
     ["zero GPUs", { ...JOB, gpu_count: 0 }, "gpu_count"],
