@@ -27,11 +27,17 @@ export interface Demand {
  * submission's transaction.
  */
 export async function lockAccount(tx: Tx, accountId: string): Promise<void> {
-  // The id inlined (checked to be a UUID), not bound: a statement without parameters takes one round
-  // trip, one with parameters two (postgres.js describes it first on a new connection), and the
-  // lock is the start of the account's critical section.
+  await tx.execute(sql.raw(lockAccountStatement(accountId)));
+}
+
+/**
+ * The lock's statement. The id inlined (checked to be a UUID), not bound: a statement without
+ * parameters takes one round trip, one with parameters two (postgres.js describes it first on a new
+ * connection), and the lock is the start of the account's critical section.
+ */
+export function lockAccountStatement(accountId: string): string {
   if (!UUID.test(accountId)) throw new Error(`lockAccount: not an account id: ${accountId}`);
-  await tx.execute(sql.raw(`select 1 from accounts where id = '${accountId}' for no key update`));
+  return `select 1 from accounts where id = '${accountId}' for no key update`;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
