@@ -5,7 +5,7 @@ import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../..
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
 import type { Db } from "../db/client";
-import { pipelinedTransaction } from "../db/round-trips";
+import { inlineRow, pipelinedTransaction } from "../db/round-trips";
 import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
@@ -123,19 +123,25 @@ jobsRouter.openapi(
     // serves nothing else meanwhile.
     const id = crypto.randomUUID();
     const row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
-      const ledger = db
-        .$with("ledger", {})
-        .as(db.insert(jobSubmissions).values({ jobId: id, region, attempts: 1, lastAttemptAt: new Date() }).getSQL());
+      const ledger = db.$with("ledger", {}).as(
+        db
+          .insert(jobSubmissions)
+          .values(inlineRow(jobSubmissions, { jobId: id, region, attempts: 1, lastAttemptAt: new Date() }))
+          .getSQL(),
+      );
       const audited = db.$with("audited", {}).as(
         db
           .insert(auditLog)
           .values(
-            auditRow(caller, account.id, {
-              action: "job.submitted",
-              targetType: "job",
-              targetId: id,
-              data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
-            }),
+            inlineRow(
+              auditLog,
+              auditRow(caller, account.id, {
+                action: "job.submitted",
+                targetType: "job",
+                targetId: id,
+                data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
+              }),
+            ),
           )
           .getSQL(),
       );
@@ -143,20 +149,22 @@ jobsRouter.openapi(
       const [inserted] = await db
         .with(ledger, audited, quota)
         .insert(jobs)
-        .values({
-          id,
-          accountId: account.id,
-          createdBy: caller.kind === "user" ? caller.userId : null,
-          createdByKey: caller.apiKey?.id ?? null,
-          region,
-          tier: body.tier,
-          priority: body.priority,
-          ...workloadColumns(body),
-          maxRuntimeS: body.max_runtime_s,
-          estimatedDurationS: body.estimated_duration_s ?? null,
-          maxAttempts: body.max_attempts,
-          labels: body.labels,
-        })
+        .values(
+          inlineRow(jobs, {
+            id,
+            accountId: account.id,
+            createdBy: caller.kind === "user" ? caller.userId : null,
+            createdByKey: caller.apiKey?.id ?? null,
+            region,
+            tier: body.tier,
+            priority: body.priority,
+            ...workloadColumns(body),
+            maxRuntimeS: body.max_runtime_s,
+            estimatedDurationS: body.estimated_duration_s ?? null,
+            maxAttempts: body.max_attempts,
+            labels: body.labels,
+          }),
+        )
         .returning({
           ...getTableColumns(jobs),
           quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,

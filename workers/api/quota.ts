@@ -11,6 +11,7 @@ import { centsFor, jobCeilingCents, usageCostCents, worstCasePriceCents } from "
 import type { GpuModel, Tier } from "../../core/schemas";
 import type { AccountContext } from "../auth/caller";
 import type { Db } from "../db/client";
+import { literal } from "../db/round-trips";
 import { ApiError } from "../http/errors";
 
 type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
@@ -70,21 +71,23 @@ const parseModel = (v: unknown): GpuModel =>
  * runs it as part of the statement that inserts the job (see jobs.ts).
  */
 export function quotaGroupsQuery(accountId: string): SQL {
+  // The id as a literal: the submission's statement must have no parameters (see round-trips.ts).
+  const account = sql.raw(literal(accountId));
   return sql`
     select 'job' as kind, tier, to_jsonb(gpu_models) as gpu_models, sum(gpu_count)::numeric as gpus,
            sum(gpu_count::bigint * max_runtime_s)::numeric as gpu_seconds
       from jobs
-     where account_id = ${accountId} and status in ('queued', 'placed', 'running')
+     where account_id = ${account} and status in ('queued', 'placed', 'running')
      group by tier, gpu_models
     union all
     select 'endpoint', tier, to_jsonb(gpu_models), sum(min_replicas * gpu_count)::numeric, 0::numeric
       from endpoints
-     where account_id = ${accountId} and status = 'active'
+     where account_id = ${account} and status = 'active'
      group by tier, gpu_models
     union all
     select 'usage', tier, to_jsonb(gpu_model), 0::numeric, sum(gpu_seconds)::numeric
       from usage_events
-     where account_id = ${accountId}
+     where account_id = ${account}
        and period_start >= date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'
      group by tier, gpu_model`;
 }

@@ -2,10 +2,13 @@
  * The round-trip savers against a real (embedded) Postgres: literals read back exactly, and the
  * pipelined transaction commits, rolls back, and keeps the statements after its lock inside it.
  */
+import { sql as dsql } from "drizzle-orm";
+import { integer, jsonb, pgTable, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import { drizzle } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, sqlState, type TestDatabase } from "../../tools/test/database";
-import { literal, pipelinedTransaction } from "./round-trips";
+import { inlineRow, literal, pipelinedTransaction } from "./round-trips";
 
 let db: TestDatabase;
 /** Like the Worker's client (openDb): one connection, prepared statements, no type fetch. */
@@ -14,6 +17,8 @@ const client = () => postgres(db.url, { max: 1, fetch_types: false, prepare: tru
 beforeAll(async () => {
   db = await createTestDatabase();
   await db.sql`create table rt_test (id int primary key, note text)`;
+  await db.sql`create table rt_rows (id uuid primary key, n integer, note text, tags text[] not null,
+                                     data jsonb not null, at timestamptz, missing text, made text default 'x')`;
 });
 afterAll(async () => {
   await db?.drop();
@@ -139,5 +144,57 @@ describe("pipelinedTransaction", () => {
       await sql.end();
       await other.end();
     }
+  });
+});
+
+describe("inlineRow", () => {
+  const rows = pgTable("rt_rows", {
+    id: uuid("id").primaryKey(),
+    n: integer("n"),
+    note: text("note"),
+    tags: text("tags").array().notNull(),
+    data: jsonb("data").notNull(),
+    at: timestamp("at", { withTimezone: true, mode: "date" }),
+    missing: text("missing"),
+    made: text("made"),
+  });
+
+  it("writes every value as a literal (no parameters) and the database stores what drizzle would have bound", async () => {
+    const sql = client();
+    const d = drizzle(sql);
+    try {
+      const row = {
+        id: crypto.randomUUID(),
+        n: -42,
+        note: 'it\'s \\ a "note" ✓',
+        tags: ["a,b", 'q"uote', "back\\slash", "it's", ""],
+        data: { k: "v'\\", nested: [1, null, { x: "y" }], s: "$1" },
+        at: new Date("2026-11-26T06:00:00.123Z"),
+        missing: null,
+        made: dsql`upper('made')`,
+      };
+      const statement = d.insert(rows).values(inlineRow(rows, row));
+      expect(statement.toSQL().params).toEqual([]);
+      await statement;
+      const bound = crypto.randomUUID();
+      await d.insert(rows).values({ ...row, id: bound, made: "MADE" });
+      // Compared as the database's own text: what is stored, not how a driver reads it back.
+      const stored = (id: string) =>
+        db.sql`select n, note, tags::text, data::text, at, missing, made from rt_rows where id = ${id}`;
+      const [inlined] = await stored(row.id);
+      expect(inlined).toEqual((await stored(bound))[0]);
+      expect(inlined).toMatchObject({ n: -42, note: row.note, at: row.at, missing: null, made: "MADE" });
+      const [parsed] = await db.sql<
+        { tags: string[]; data: unknown }[]
+      >`select tags, data from rt_rows where id = ${row.id}`;
+      expect(parsed).toEqual({ tags: row.tags, data: row.data });
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it("refuses what it cannot write", () => {
+    expect(() => inlineRow(rows, { id: "x", tags: [], data: {}, n: Number.NaN })).toThrow(/finite/);
+    expect(() => inlineRow(rows, { id: "x", tags: [], data: {}, note: "a\0b" })).toThrow(/NUL/);
   });
 });

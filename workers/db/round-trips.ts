@@ -3,9 +3,10 @@
  * under load; see docs/performance.md), and a Worker's connection is new for each request, so
  * postgres.js describes every statement that has parameters before running it (two round trips), and
  * `sql.begin` waits for `BEGIN` alone before the first statement. Two remedies:
- * - `literal`: a value written into the statement, so it has no parameters (one round trip);
+ * - `literal` / `inlineRow`: values written into the statement, so it has no parameters (one round trip);
  * - `pipelinedTransaction`: `BEGIN` and the first statement sent together with what follows.
  */
+import { getTableColumns, is, SQL, sql, type Table } from "drizzle-orm";
 import type postgres from "postgres";
 
 type Sql = postgres.Sql;
@@ -17,6 +18,46 @@ type Sql = postgres.Sql;
 export function literal(value: string): string {
   if (value.includes("\0")) throw new Error("a SQL literal cannot hold a NUL character");
   return `E'${value.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
+}
+
+/**
+ * A row for drizzle's `insert(table).values(…)` with every value written as a typed literal
+ * (`E'…'::jsonb`, `5::integer`, `null`) instead of a parameter. Each value goes through its column's
+ * own driver mapping first (JSON text for jsonb, `{…}` for arrays, ISO text for timestamps), so the
+ * database stores what drizzle would have bound. SQL values are kept as they are.
+ */
+export function inlineRow<T extends Table>(
+  table: T,
+  row: { [K in keyof T["$inferInsert"]]: T["$inferInsert"][K] | SQL },
+): Record<keyof T["$inferInsert"], SQL> {
+  const columns = getTableColumns(table) as Record<
+    string,
+    { mapToDriverValue(v: unknown): unknown; getSQLType(): string }
+  >;
+  const out: Record<string, SQL> = {};
+  for (const [key, value] of Object.entries(row as Record<string, unknown>)) {
+    if (value === undefined) continue;
+    if (is(value, SQL)) {
+      out[key] = value;
+      continue;
+    }
+    const column = columns[key];
+    if (!column) throw new Error(`inlineRow: no column ${key}`);
+    out[key] = sql.raw(`${sqlValue(value === null ? null : column.mapToDriverValue(value))}::${column.getSQLType()}`);
+  }
+  return out as Record<keyof T["$inferInsert"], SQL>;
+}
+
+function sqlValue(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v === "number") {
+    if (!Number.isFinite(v)) throw new Error(`inlineRow: not a finite number: ${v}`);
+    return String(v);
+  }
+  if (typeof v === "boolean") return v ? "true" : "false";
+  if (typeof v === "string") return literal(v);
+  if (v instanceof Date) return literal(v.toISOString());
+  throw new Error(`inlineRow: cannot write a ${typeof v} as a literal`);
 }
 
 /**
