@@ -36,7 +36,7 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     return p;
   };
 
-  it("pulls the image from the local registry, runs the container and reports exit 0 with its logs split by stream", async () => {
+  it("pulls a missing image from the local registry, runs the container and reports exit 0 with its logs split by stream", async () => {
     const p = run({ image, ...shell("for i in 1 2 3; do echo out $i; echo err $i >&2; done") });
     const exited = await cp.outcome(p.placement_id);
     expect(exited).toMatchObject({ type: "exited", exit_code: 0, oom_killed: false });
@@ -182,6 +182,58 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     });
     for (const p of [cancelled, late])
       expect(cp.eventsFor(p.placement_id).some((e) => e.type === "running")).toBe(false);
+  });
+
+  describe("pull policy", () => {
+    /** The cached test image under another name: a registry on a port nothing listens on. */
+    const cachedUnderDeadRegistry = async (tag: string) => {
+      await t.engine.pull(image, () => {});
+      const ref = `127.0.0.1:${await freePort()}/test/busybox`;
+      await t.engine.docker.getImage(image).tag({ repo: ref, tag });
+      return `${ref}:${tag}`;
+    };
+
+    it("auto: a cached image with a fixed tag starts without a registry call or a pulling event", async () => {
+      const cached = await cachedUnderDeadRegistry("1");
+      try {
+        const p = run({ image: cached, ...shell("true") });
+        expect(await cp.outcome(p.placement_id)).toMatchObject({ type: "exited", exit_code: 0 });
+        expect(cp.eventsFor(p.placement_id).map((e) => e.type)).toEqual(["running", "exited"]);
+      } finally {
+        await untagImage(cached);
+      }
+    });
+
+    it("auto: `latest` asks the registry every time (here down: the local copy runs, and the event says so)", async () => {
+      const cached = await cachedUnderDeadRegistry("latest");
+      try {
+        const p = run({ image: cached, ...shell("true") });
+        expect(await cp.outcome(p.placement_id)).toMatchObject({ type: "exited", exit_code: 0 });
+        const pulling = cp.eventsFor(p.placement_id).filter((e) => e.type === "pulling");
+        expect(pulling.at(0)).toMatchObject({ progress: `pulling ${cached}` });
+        expect(pulling.at(-1)).toMatchObject({ progress: expect.stringMatching(/registry unreachable .*local copy/) });
+      } finally {
+        await untagImage(cached);
+      }
+    });
+
+    it("always: pulls a cached image with a fixed tag again", async () => {
+      const other = await TestControlPlane.start();
+      const always = await startTestAgent(other, { config: { pullPolicy: "always" } });
+      try {
+        await t.engine.pull(image, () => {});
+        const p = placement({ image, ...shell("true") });
+        other.setPlacements([p]);
+        expect(await other.outcome(p.placement_id)).toMatchObject({ type: "exited", exit_code: 0 });
+        const pulling = other.eventsFor(p.placement_id).filter((e) => e.type === "pulling");
+        expect(pulling.map((e) => e.type === "pulling" && e.progress)).toEqual(
+          expect.arrayContaining([`pulling ${image}`, `pulled ${image}`]),
+        );
+      } finally {
+        await always.stop();
+        await other.close();
+      }
+    });
   });
 
   describe("image pull failures fail the placement with the reason and leave no container", () => {

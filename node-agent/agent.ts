@@ -20,6 +20,7 @@ import { errorText, type Logger } from "./logger";
 import { containerMetrics } from "./metrics";
 import { EventOutbox } from "./outbox";
 import { PlacementRun, type RunContext } from "./placement-run";
+import type { PullPolicy } from "./pull-policy";
 import { planReconcile, type RemoveStep } from "./reconcile";
 import { AgentState } from "./state";
 
@@ -39,6 +40,8 @@ export interface AgentConfig {
   orphanStopGraceMs: number;
   reconcileIntervalMs: number;
   pullProgressIntervalMs: number;
+  /** When to ask the registry for an image before a start (see pull-policy.ts). */
+  pullPolicy: PullPolicy;
   maxOutboxEvents: number;
   backoff: BackoffPolicy;
   logShipping: LogShipperOptions;
@@ -50,6 +53,7 @@ export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = 
   orphanStopGraceMs: 10_000,
   reconcileIntervalMs: 10_000,
   pullProgressIntervalMs: 2_000,
+  pullPolicy: "auto",
   maxOutboxEvents: 5_000,
   backoff: DEFAULT_BACKOFF,
   logShipping: DEFAULT_LOG_SHIPPER,
@@ -111,6 +115,7 @@ export class Agent {
       pidsLimit: config.pidsLimit,
       ...(config.maxContainerCpuMilli !== undefined ? { maxCpuMilli: config.maxContainerCpuMilli } : {}),
       pullProgressIntervalMs: config.pullProgressIntervalMs,
+      pullPolicy: config.pullPolicy,
       incarnation: randomBytes(4).toString("hex"),
       backoff: config.backoff,
       random: deps.random,

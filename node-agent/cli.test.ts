@@ -75,6 +75,16 @@ describe("scalar-agent command line", () => {
     expect(o.agent.backoff.maxMs).toBe(2000);
   });
 
+  it("takes a pull policy (auto unless told), from the flag or the environment", () => {
+    expect(parse(required).agent.pullPolicy).toBe("auto");
+    expect(parse([...required, "--pull-policy", "always"]).agent.pullPolicy).toBe("always");
+    expect(parse([...required, "--pull-policy", "if-not-present"]).agent.pullPolicy).toBe("if-not-present");
+    expect(parse(required, { SCALAR_PULL_POLICY: "always" }).agent.pullPolicy).toBe("always");
+    expect(() => parse([...required, "--pull-policy", "never"])).toThrow(
+      /--pull-policy takes always, if-not-present, auto/,
+    );
+  });
+
   it("declares CPU and memory for a host standing in for a bigger node", () => {
     expect(parse(required).declared).toEqual({});
     expect(parse([...required, "--cpus", "208", "--memory-mib", "1900000"]).declared).toEqual({

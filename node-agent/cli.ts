@@ -5,6 +5,7 @@ import { GPU_MODELS, type GpuModel } from "../core/schemas";
 import { type AgentConfig, DEFAULT_AGENT_CONFIG } from "./agent";
 import { DEFAULT_BACKOFF } from "./backoff";
 import type { Level } from "./logger";
+import { PULL_POLICIES, type PullPolicy } from "./pull-policy";
 
 export const USAGE = `scalar-agent: runs Scalar placements as Docker containers on this GPU node.
 
@@ -24,6 +25,9 @@ Usage: scalar-agent [options]
   --zone ZONE            zone reported at registration                 (env SCALAR_ZONE)
   --agent-name NAME      label value marking this agent's containers (env SCALAR_AGENT_NAME; default: host name)
   --pids-limit N         process limit per container  (default ${DEFAULT_AGENT_CONFIG.pidsLimit})
+  --pull-policy POLICY   always | if-not-present | auto: when to ask the registry for the image before
+                         a start; auto pulls :latest and untagged images every time, a digest or
+                         another tag only when missing              (env SCALAR_PULL_POLICY; default auto)
   --orphan-grace-ms MS   how long a container without a placement may run (default ${DEFAULT_AGENT_CONFIG.orphanGraceMs})
   --retry-max-ms MS      longest wait between retries to the control plane (default ${DEFAULT_BACKOFF.maxMs})
   --log-level LEVEL      debug | info | warn | error  (default info)
@@ -77,6 +81,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
         "agent-name": { type: "string" },
         "pids-limit": { type: "string" },
         "orphan-grace-ms": { type: "string" },
+        "pull-policy": { type: "string" },
         "retry-max-ms": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -130,6 +135,11 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
     if (!token) throw new UsageError("the node token is missing: --token-file, --token or SCALAR_NODE_TOKEN");
   }
 
+  const pullPolicy = (str("pull-policy") ?? env.SCALAR_PULL_POLICY ?? DEFAULT_AGENT_CONFIG.pullPolicy) as PullPolicy;
+  if (!PULL_POLICIES.includes(pullPolicy)) {
+    throw new UsageError(`--pull-policy takes ${PULL_POLICIES.join(", ")}, not "${pullPolicy}"`);
+  }
+
   const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
   const cpus = integer("cpus", str("cpus"), 1);
   const memoryMib = integer("memory-mib", str("memory-mib"), 64);
@@ -151,6 +161,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
       dataDir: str("data-dir") ?? env.SCALAR_AGENT_DATA ?? "/var/lib/scalar-agent",
       ...((str("zone") ?? env.SCALAR_ZONE) ? { zone: str("zone") ?? env.SCALAR_ZONE } : {}),
       pidsLimit: integer("pids-limit", str("pids-limit"), 1) ?? DEFAULT_AGENT_CONFIG.pidsLimit,
+      pullPolicy,
       orphanGraceMs: integer("orphan-grace-ms", str("orphan-grace-ms"), 0) ?? DEFAULT_AGENT_CONFIG.orphanGraceMs,
       backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },
     },

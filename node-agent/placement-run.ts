@@ -16,6 +16,7 @@ import { followContainerLog } from "./log-follower";
 import type { LogShipper } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
 import type { EventOutbox } from "./outbox";
+import { effectivePolicy, type PullPolicy } from "./pull-policy";
 import type { AgentState } from "./state";
 
 export interface RunContext {
@@ -30,6 +31,7 @@ export interface RunContext {
   pidsLimit: number;
   maxCpuMilli?: number;
   pullProgressIntervalMs: number;
+  pullPolicy: PullPolicy;
   /** Tells this process's pull-progress event ids from a previous process's. */
   incarnation: string;
   backoff: BackoffPolicy;
@@ -243,8 +245,10 @@ export class PlacementRun {
 
   private async pullImage(): Promise<boolean> {
     const image = this.placement.image;
-    // A digest names one image for good: no need to ask the registry again.
-    if (image.includes("@sha256:") && (await this.ctx.engine.hasImage(image))) return true;
+    // No registry call and no `pulling` event for an image the policy takes as fixed and the engine has.
+    if (effectivePolicy(image, this.ctx.pullPolicy) === "if-not-present") {
+      if (await this.ctx.engine.hasImage(image).catch(() => false)) return true;
+    }
     this.progress(`pulling ${image}`, true);
     try {
       await this.ctx.engine.pull(image, (p) => this.progress(p, false));

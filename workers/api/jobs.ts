@@ -5,6 +5,7 @@ import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../..
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
 import type { Db } from "../db/client";
+import { inlineRow, pipelinedTransaction } from "../db/round-trips";
 import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
@@ -13,7 +14,7 @@ import { loadJob } from "./job-rows";
 import {
   checkQuota,
   jobDemand,
-  lockAccount,
+  lockAccountStatement,
   type QuotaGroup,
   quotaGroupsQuery,
   quotaUseOf,
@@ -114,49 +115,58 @@ jobsRouter.openapi(
         fields: [{ field: "estimated_duration_s", message: "must not exceed max_runtime_s", code: "too_big" }],
       });
     }
-    const db = c.get("pg").db;
+    const { db, sql: client } = c.get("pg");
     // The account stays locked from the quota check to the commit, and every round trip in between
     // delays the account's other submissions. So one statement, after the lock, writes the job, its
     // ledger row (this first attempt counted) and its audit row, and reads the account's quota use
     // (from a snapshot taken after the lock, without the new job); over the quota, the throw rolls
-    // it all back. The id is chosen here so the three inserts need not wait for one another.
+    // it all back. The id is chosen here so the three inserts need not wait for one another. BEGIN,
+    // the lock and that statement leave together (pipelinedTransaction): the request's connection
+    // serves nothing else meanwhile.
     const id = crypto.randomUUID();
-    const row = await db.transaction(async (tx) => {
-      await lockAccount(tx, account.id);
-      const ledger = tx
-        .$with("ledger", {})
-        .as(tx.insert(jobSubmissions).values({ jobId: id, region, attempts: 1, lastAttemptAt: new Date() }).getSQL());
-      const audited = tx.$with("audited", {}).as(
-        tx
+    const row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
+      const ledger = db.$with("ledger", {}).as(
+        db
+          .insert(jobSubmissions)
+          .values(inlineRow(jobSubmissions, { jobId: id, region, attempts: 1, lastAttemptAt: new Date() }))
+          .getSQL(),
+      );
+      const audited = db.$with("audited", {}).as(
+        db
           .insert(auditLog)
           .values(
-            auditRow(caller, account.id, {
-              action: "job.submitted",
-              targetType: "job",
-              targetId: id,
-              data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
-            }),
+            inlineRow(
+              auditLog,
+              auditRow(caller, account.id, {
+                action: "job.submitted",
+                targetType: "job",
+                targetId: id,
+                data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
+              }),
+            ),
           )
           .getSQL(),
       );
-      const quota = tx.$with("quota", {}).as(quotaGroupsQuery(account.id));
-      const [inserted] = await tx
+      const quota = db.$with("quota", {}).as(quotaGroupsQuery(account.id));
+      const [inserted] = await db
         .with(ledger, audited, quota)
         .insert(jobs)
-        .values({
-          id,
-          accountId: account.id,
-          createdBy: caller.kind === "user" ? caller.userId : null,
-          createdByKey: caller.apiKey?.id ?? null,
-          region,
-          tier: body.tier,
-          priority: body.priority,
-          ...workloadColumns(body),
-          maxRuntimeS: body.max_runtime_s,
-          estimatedDurationS: body.estimated_duration_s ?? null,
-          maxAttempts: body.max_attempts,
-          labels: body.labels,
-        })
+        .values(
+          inlineRow(jobs, {
+            id,
+            accountId: account.id,
+            createdBy: caller.kind === "user" ? caller.userId : null,
+            createdByKey: caller.apiKey?.id ?? null,
+            region,
+            tier: body.tier,
+            priority: body.priority,
+            ...workloadColumns(body),
+            maxRuntimeS: body.max_runtime_s,
+            estimatedDurationS: body.estimated_duration_s ?? null,
+            maxAttempts: body.max_attempts,
+            labels: body.labels,
+          }),
+        )
         .returning({
           ...getTableColumns(jobs),
           quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,

@@ -313,6 +313,24 @@ describe("Idempotency-Key", () => {
     expect(later.headers.get("idempotency-replayed")).toBeNull();
   });
 
+  it("stores and replays a key with quotes and backslashes exactly (it is written into the SQL as a literal)", async () => {
+    const user = await signUp();
+    const key = `it's\\';delete/**/from/**/jobs;--\\${crypto.randomUUID()}`;
+    const headers = { "idempotency-key": key };
+    const body = { ...JOB, labels: { note: 'o\'k \\ "q"' } };
+    const first = await call("POST", "/v1/jobs", user.token, { body, headers });
+    expect(first.status).toBe(202);
+    const replay = await call("POST", "/v1/jobs", user.token, { body, headers });
+    expect(replay.headers.get("idempotency-replayed")).toBe("true");
+    expect(replay.json).toEqual(first.json);
+    expect(replay.json.labels).toEqual({ note: 'o\'k \\ "q"' });
+    const [stored] = await sql<{ key: string; state: string }>(
+      "select key, state from idempotency_keys where account_id = $1",
+      [user.accountId],
+    );
+    expect(stored).toEqual({ key, state: "completed" });
+  });
+
   it("runs concurrent requests with one key once: one job", async () => {
     const user = await signUp();
     const headers = { "idempotency-key": `race-${crypto.randomUUID()}` };

@@ -11,6 +11,7 @@ import { centsFor, jobCeilingCents, usageCostCents, worstCasePriceCents } from "
 import type { GpuModel, Tier } from "../../core/schemas";
 import type { AccountContext } from "../auth/caller";
 import type { Db } from "../db/client";
+import { literal } from "../db/round-trips";
 import { ApiError } from "../http/errors";
 
 type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
@@ -27,11 +28,17 @@ export interface Demand {
  * submission's transaction.
  */
 export async function lockAccount(tx: Tx, accountId: string): Promise<void> {
-  // The id inlined (checked to be a UUID), not bound: a statement without parameters takes one round
-  // trip, one with parameters two (postgres.js describes it first on a new connection), and the
-  // lock is the start of the account's critical section.
+  await tx.execute(sql.raw(lockAccountStatement(accountId)));
+}
+
+/**
+ * The lock's statement. The id inlined (checked to be a UUID), not bound: a statement without
+ * parameters takes one round trip, one with parameters two (postgres.js describes it first on a new
+ * connection), and the lock is the start of the account's critical section.
+ */
+export function lockAccountStatement(accountId: string): string {
   if (!UUID.test(accountId)) throw new Error(`lockAccount: not an account id: ${accountId}`);
-  await tx.execute(sql.raw(`select 1 from accounts where id = '${accountId}' for no key update`));
+  return `select 1 from accounts where id = '${accountId}' for no key update`;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -64,21 +71,23 @@ const parseModel = (v: unknown): GpuModel =>
  * runs it as part of the statement that inserts the job (see jobs.ts).
  */
 export function quotaGroupsQuery(accountId: string): SQL {
+  // The id as a literal: the submission's statement must have no parameters (see round-trips.ts).
+  const account = sql.raw(literal(accountId));
   return sql`
     select 'job' as kind, tier, to_jsonb(gpu_models) as gpu_models, sum(gpu_count)::numeric as gpus,
            sum(gpu_count::bigint * max_runtime_s)::numeric as gpu_seconds
       from jobs
-     where account_id = ${accountId} and status in ('queued', 'placed', 'running')
+     where account_id = ${account} and status in ('queued', 'placed', 'running')
      group by tier, gpu_models
     union all
     select 'endpoint', tier, to_jsonb(gpu_models), sum(min_replicas * gpu_count)::numeric, 0::numeric
       from endpoints
-     where account_id = ${accountId} and status = 'active'
+     where account_id = ${account} and status = 'active'
      group by tier, gpu_models
     union all
     select 'usage', tier, to_jsonb(gpu_model), 0::numeric, sum(gpu_seconds)::numeric
       from usage_events
-     where account_id = ${accountId}
+     where account_id = ${account}
        and period_start >= date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'
      group by tier, gpu_model`;
 }

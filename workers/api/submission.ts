@@ -9,6 +9,7 @@ import { and, asc, eq, inArray, isNotNull, isNull, lt, sql } from "drizzle-orm";
 import type { JobStatus, Tier } from "../../core/schemas";
 import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
 import type { Db } from "../db/client";
+import { literal } from "../db/round-trips";
 import { jobSubmissions, jobs } from "../db/schema";
 import { errorFields, type Logger } from "../http/log";
 import { regionsOf } from "../regions";
@@ -72,12 +73,14 @@ export async function submitJob(
       });
       return { outcome: "rejected" };
     }
-    // The acknowledgement and the re-read of the job's status, in one statement.
+    // The acknowledgement and the re-read of the job's status, in one statement (the id inlined:
+    // without parameters it is one round trip).
+    const id = sql.raw(literal(row.id));
     const [now] = await db.execute<{ status: string }>(sql`
       with acked as (
-        update ${jobSubmissions} set acked_at = now(), last_error = null where job_id = ${row.id}
+        update ${jobSubmissions} set acked_at = now(), last_error = null where job_id = ${id}
       )
-      select status from ${jobs} where id = ${row.id}`);
+      select status from ${jobs} where id = ${id}`);
     status = result.status;
     statusNow = now?.status;
   } catch (error) {

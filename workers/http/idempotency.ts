@@ -9,6 +9,7 @@ import type { MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { requireAccount } from "../auth/caller";
 import { sha256Hex } from "../auth/secrets";
+import { literal } from "../db/round-trips";
 import type { ApiEnv } from "./api-env";
 import { ApiError } from "./errors";
 
@@ -56,9 +57,10 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
 
   for (let attempt = 0; attempt < 3; attempt++) {
     // Claim the key, or take over one that expired or whose request died.
-    const claimed = await sql`
+    // Values inlined as literals: a statement without parameters is one round trip, not two.
+    const claimed = await sql.unsafe(`
       insert into idempotency_keys (account_id, key, method, path, request_hash, locked_until, expires_at)
-      values (${account.id}, ${key}, ${c.req.method}, ${path}, ${hash},
+      values (${literal(account.id)}, ${literal(key)}, ${literal(c.req.method)}, ${literal(path)}, ${literal(hash)},
               now() + make_interval(secs => ${CLAIM_SECONDS}), now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
       on conflict (account_id, key) do update
         set method = excluded.method, path = excluded.path, request_hash = excluded.request_hash,
@@ -67,7 +69,7 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
         where idempotency_keys.expires_at <= now()
            or (idempotency_keys.state = 'in_progress' and idempotency_keys.locked_until <= now()
                and idempotency_keys.request_hash = excluded.request_hash)
-      returning 1`;
+      returning 1`);
     if (claimed.length === 1) return run(c, next, account.id, key);
 
     const [stored] = await sql<StoredKey[]>`
@@ -105,7 +107,8 @@ async function run(
   key: string,
 ) {
   const sql = c.get("pg").sql;
-  const release = () => sql`delete from idempotency_keys where account_id = ${accountId} and key = ${key}`;
+  const where = `account_id = ${literal(accountId)} and key = ${literal(key)}`;
+  const release = () => sql.unsafe(`delete from idempotency_keys where ${where}`);
   try {
     await next();
   } catch (error) {
@@ -116,9 +119,10 @@ async function run(
   const status = c.res.status;
   if (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json")) {
     const body = await c.res.clone().json();
-    await sql`update idempotency_keys
-                 set state = 'completed', response_status = ${status}, response_body = ${JSON.stringify(body)}::jsonb
-               where account_id = ${accountId} and key = ${key}`;
+    await sql.unsafe(`update idempotency_keys
+                         set state = 'completed', response_status = ${Number(status)},
+                             response_body = ${literal(JSON.stringify(body))}::jsonb
+                       where ${where}`);
   } else {
     await release();
   }
