@@ -161,6 +161,9 @@ jobsRouter.openapi(
             tier: body.tier,
             priority: body.priority,
             ...workloadColumns(body),
+            // Secret values stay out of the statement's text (Postgres logs the text of a failing
+            // statement, never its parameters): bound, at the cost of one describe round trip.
+            ...(body.env.some((e) => e.secret) ? { env: sql`${JSON.stringify(body.env)}::jsonb` } : {}),
             maxRuntimeS: body.max_runtime_s,
             estimatedDurationS: body.estimated_duration_s ?? null,
             maxAttempts: body.max_attempts,
