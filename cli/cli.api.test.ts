@@ -51,6 +51,8 @@ interface Result {
 }
 
 // Each step is a new process (tsx start-up: half a second, several on a busy machine): generous time per test.
+// Skipped only outside CI when the test Postgres is missing (`npm test` reports which); with CI=true `has()` is true, so a
+// missing part fails the test instead (tools/test/parts.ts).
 describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 180_000 }, () => {
   let db: TestDatabase;
   let issuer: TokenIssuerServer;
@@ -394,6 +396,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect((await authed(words("endpoints ls --json"))).stdout).not.toContain(id);
     expect(JSON.parse((await authed(words("endpoints ls --status all --json"))).stdout).data[0].id).toBe(id);
   });
+  // Needs a Docker engine and the local registry: skipped outside CI without them, fails in CI (tools/test/parts.ts).
   describe.skipIf(!has("docker") || !has("registry"))("with a node agent on the local Docker engine", () => {
     let agent: AgentProcess;
     let engine: DockerodeEngine;

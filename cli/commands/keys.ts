@@ -5,14 +5,16 @@ import { type Context, printJson } from "../context";
 import { EXIT, UsageError } from "../errors";
 import { age, table } from "../output";
 
-export const SCOPES: readonly Scope[] = [
-  "jobs:read",
-  "jobs:write",
-  "endpoints:read",
-  "endpoints:write",
-  "billing:read",
-  "admin",
-];
+/** Every scope of the API's spec: the compiler refuses this list when the spec gains or loses one. */
+const EVERY_SCOPE = {
+  "jobs:read": true,
+  "jobs:write": true,
+  "endpoints:read": true,
+  "endpoints:write": true,
+  "billing:read": true,
+  admin: true,
+} as const satisfies Record<Scope, true>;
+export const SCOPES = Object.keys(EVERY_SCOPE) as readonly Scope[];
 /** What `keys create` grants when no `--scope` is given: run and read work, not manage the account. */
 export const DEFAULT_SCOPES: Scope[] = ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write"];
 

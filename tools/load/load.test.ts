@@ -34,6 +34,8 @@ describe("npm run load:fast, arguments", () => {
   });
 });
 
+// Skipped only outside CI when a Docker engine is missing (`npm test` reports which); with CI=true `has()` is true, so a
+// missing part fails the test instead (tools/test/parts.ts).
 describe.skipIf(!has("docker"))("the load generator on the local stack", () => {
   let stateDir: string;
   let target: Extract<LocalTarget, { kind: "ready" }>;

@@ -25,6 +25,8 @@ const log = (line: string) => {
   if (process.env.SCALAR_STACK_VERBOSE) console.log(lines.at(-1));
 };
 
+// Skipped only outside CI when a Docker engine or the local registry is missing (`npm test` reports which); with CI=true `has()` is true, so a
+// missing part fails the test instead (tools/test/parts.ts).
 describe.skipIf(!has("docker") || !has("registry"))("the local platform, end to end", () => {
   let stack: Stack;
   let sql: postgres.Sql;

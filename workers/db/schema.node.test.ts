@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate } from "../../tools/db/migrate";
-import { createTestDatabase, type TestDatabase, withDatabase } from "../../tools/test/database";
+import { createTestDatabase, sqlState, type TestDatabase, withDatabase } from "../../tools/test/database";
 
 let db: TestDatabase;
 let sql: postgres.Sql;
@@ -18,16 +18,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await db?.drop();
 });
-
-/** SQLSTATE of a failed statement (postgres.js puts it on `code`). */
-async function sqlState(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (error) {
-    return (error as { code?: string }).code ?? String(error);
-  }
-  return "no error";
-}
 
 async function signUp(email: string): Promise<{ userId: string; accountId: string }> {
   const userId = randomUUID();
