@@ -5,7 +5,7 @@ import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../..
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
 import type { Db } from "../db/client";
-import { inlineRow, pipelinedTransaction } from "../db/round-trips";
+import { inlineRow, mapColumns, pipelinedTransaction, pipelinedWrite } from "../db/round-trips";
 import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
@@ -13,6 +13,8 @@ import { audit, auditRow } from "./audit";
 import { loadJob } from "./job-rows";
 import {
   checkQuota,
+  gpuQuotaCheck,
+  gpuQuotaError,
   jobDemand,
   lockAccountStatement,
   type QuotaGroup,
@@ -118,66 +120,90 @@ jobsRouter.openapi(
     const { db, sql: client } = c.get("pg");
     // The account stays locked from the quota check to the commit, and every round trip in between
     // delays the account's other submissions. So one statement, after the lock, writes the job, its
-    // ledger row (this first attempt counted) and its audit row, and reads the account's quota use
-    // (from a snapshot taken after the lock, without the new job); over the quota, the throw rolls
-    // it all back. The id is chosen here so the three inserts need not wait for one another. BEGIN,
-    // the lock and that statement leave together (pipelinedTransaction): the request's connection
-    // serves nothing else meanwhile.
+    // ledger row (this first attempt counted) and its audit row, and checks the account's quota
+    // (from a snapshot taken after the lock, without the new job); over the quota the transaction
+    // rolls it all back. The id is chosen here so the three inserts need not wait for one another.
     const id = crypto.randomUUID();
-    const row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
-      const ledger = db.$with("ledger", {}).as(
-        db
-          .insert(jobSubmissions)
-          .values(inlineRow(jobSubmissions, { jobId: id, region, attempts: 1, lastAttemptAt: new Date() }))
-          .getSQL(),
-      );
-      const audited = db.$with("audited", {}).as(
-        db
-          .insert(auditLog)
-          .values(
-            inlineRow(
-              auditLog,
-              auditRow(caller, account.id, {
-                action: "job.submitted",
-                targetType: "job",
-                targetId: id,
-                data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
-              }),
-            ),
-          )
-          .getSQL(),
-      );
-      const quota = db.$with("quota", {}).as(quotaGroupsQuery(account.id));
-      const [inserted] = await db
-        .with(ledger, audited, quota)
-        .insert(jobs)
+    const ledger = db.$with("ledger", {}).as(
+      db
+        .insert(jobSubmissions)
+        .values(inlineRow(jobSubmissions, { jobId: id, region, attempts: 1, lastAttemptAt: new Date() }))
+        .getSQL(),
+    );
+    const audited = db.$with("audited", {}).as(
+      db
+        .insert(auditLog)
         .values(
-          inlineRow(jobs, {
-            id,
-            accountId: account.id,
-            createdBy: caller.kind === "user" ? caller.userId : null,
-            createdByKey: caller.apiKey?.id ?? null,
-            region,
-            tier: body.tier,
-            priority: body.priority,
-            ...workloadColumns(body),
-            // Secret values stay out of the statement's text (Postgres logs the text of a failing
-            // statement, never its parameters): bound, at the cost of one describe round trip.
-            ...(body.env.some((e) => e.secret) ? { env: sql`${JSON.stringify(body.env)}::jsonb` } : {}),
-            maxRuntimeS: body.max_runtime_s,
-            estimatedDurationS: body.estimated_duration_s ?? null,
-            maxAttempts: body.max_attempts,
-            labels: body.labels,
-          }),
+          inlineRow(
+            auditLog,
+            auditRow(caller, account.id, {
+              action: "job.submitted",
+              targetType: "job",
+              targetId: id,
+              data: { region, tier: body.tier, gpu_count: body.gpu_count, request_id: c.get("requestId") },
+            }),
+          ),
         )
-        .returning({
-          ...getTableColumns(jobs),
-          quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,
-        });
-      const { quota: groups, ...job } = inserted!;
-      checkQuota(account, quotaUseOf(groups), jobDemand(body));
-      return job;
+        .getSQL(),
+    );
+    const values = inlineRow(jobs, {
+      id,
+      accountId: account.id,
+      createdBy: caller.kind === "user" ? caller.userId : null,
+      createdByKey: caller.apiKey?.id ?? null,
+      region,
+      tier: body.tier,
+      priority: body.priority,
+      ...workloadColumns(body),
+      // Secret values stay out of the statement's text (Postgres logs the text of a failing
+      // statement, never its parameters): bound, at the cost of one describe round trip.
+      ...(body.env.some((e) => e.secret) ? { env: sql`${JSON.stringify(body.env)}::jsonb` } : {}),
+      maxRuntimeS: body.max_runtime_s,
+      estimatedDurationS: body.estimated_duration_s ?? null,
+      maxAttempts: body.max_attempts,
+      labels: body.labels,
     });
+    const demand = jobDemand(body);
+    let row: JobRow;
+    const oneTrip =
+      account.monthlySpendCapCents === null
+        ? db
+            .with(ledger, audited)
+            .insert(jobs)
+            .values(values)
+            .returning({ ...getTableColumns(jobs), quotaOk: gpuQuotaCheck(account, demand.gpus) })
+            .toSQL()
+        : null;
+    if (oneTrip && oneTrip.params.length === 0) {
+      // No spend cap: the quota is the GPU count, which the statement checks itself (check_gpu_quota
+      // raises over the limit), so BEGIN, the lock, the insert and COMMIT leave together and the lock
+      // is held for no round trip at all.
+      try {
+        [row] = mapColumns<JobRow>(
+          getTableColumns(jobs),
+          await pipelinedWrite(client, lockAccountStatement(account.id), oneTrip.sql),
+        ) as [JobRow];
+      } catch (error) {
+        throw gpuQuotaError(account, demand, error) ?? error;
+      }
+    } else {
+      // A spend cap (priced with core/pricing, here) or a bound secret: the quota is checked between
+      // the insert and the COMMIT.
+      row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
+        const quota = db.$with("quota", {}).as(quotaGroupsQuery(account.id));
+        const [inserted] = await db
+          .with(ledger, audited, quota)
+          .insert(jobs)
+          .values(values)
+          .returning({
+            ...getTableColumns(jobs),
+            quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,
+          });
+        const { quota: groups, ...job } = inserted!;
+        checkQuota(account, quotaUseOf(groups), demand);
+        return job;
+      });
+    }
     const submitted = await submitJob(c.env, db, row, c.get("log"), { attemptCounted: true });
     const current =
       submitted.outcome === "acked" || submitted.outcome === "failed" ? row : await loadJob(db, account.id, row.id);

@@ -61,6 +61,39 @@ describe("POST /v1/jobs", () => {
     expect(submission).toMatchObject({ region: "us-west-1", attempts: 1 });
   });
 
+  it("without a secret or a spend cap (one round trip), answers with the row it stored, ledger and audit included", async () => {
+    const user = await signUp();
+    const res = await call("POST", "/v1/jobs", user.token, {
+      body: {
+        ...JOB,
+        env: [{ name: "QUOTE", value: 'it\'s \\ "quoted"' }],
+        labels: { "team/x": "a'b" },
+        gpu_models: ["H100", "H200"],
+        estimated_duration_s: 30,
+      },
+    });
+    expect(res.json.error).toBeUndefined();
+    expect(res.status).toBe(202);
+    const read = await call("GET", `/v1/jobs/${res.json.id}`, user.token);
+    const { status: _s, updated_at: _u, placements: _p, waiting_reason: _w, ...posted } = res.json;
+    const { status: _s2, updated_at: _u2, placements: _p2, waiting_reason: _w2, ...stored } = read.json;
+    expect(posted).toEqual(stored);
+    expect(posted).toMatchObject({
+      env: [{ name: "QUOTE", secret: false, value: 'it\'s \\ "quoted"' }],
+      labels: { "team/x": "a'b" },
+      gpu_models: ["H100", "H200"],
+      estimated_duration_s: 30,
+    });
+    const audit = await sql<{ action: string }>("select action from audit_log where target_id = $1 order by action", [
+      res.json.id,
+    ]);
+    expect(audit.map((a) => a.action)).toEqual(["job.created", "job.submitted"]);
+    const [submission] = await sql<{ attempts: number }>("select attempts from job_submissions where job_id = $1", [
+      res.json.id,
+    ]);
+    expect(submission).toMatchObject({ attempts: 1 });
+  });
+
   it("refuses the fast tier to an account not entitled to it, and accepts it when entitled", async () => {
     const flexOnly = await signUp();
     const refused = await call("POST", "/v1/jobs", flexOnly.token, { body: { ...JOB, tier: "fast" } });
@@ -455,6 +488,61 @@ describe("quotas", () => {
     );
     expect(results.filter((r) => r.status === 202)).toHaveLength(4);
     expect(results.filter((r) => r.status === 403)).toHaveLength(2);
+  });
+
+  it("holds a spend-capped account, and a job with a secret, to the GPU cap as well (the two-round-trip path)", async () => {
+    const capped = await signUp({ max_concurrent_gpus: 2, monthly_spend_cap_cents: 1_000_000 });
+    expect((await call("POST", "/v1/jobs", capped.token, { body: { ...JOB, gpu_count: 2 } })).status).toBe(202);
+    const over = await call("POST", "/v1/jobs", capped.token, { body: JOB });
+    expect(over.status).toBe(403);
+    expect(over.json.error).toMatchObject({
+      code: "gpu_quota_exceeded",
+      details: { limit: 2, in_use: 2, requested: 1 },
+    });
+    const secretive = await signUp({ max_concurrent_gpus: 2 });
+    const withSecret = { ...JOB, env: [{ name: "TOKEN", value: "s3cret", secret: true }] };
+    expect((await call("POST", "/v1/jobs", secretive.token, { body: { ...withSecret, gpu_count: 2 } })).status).toBe(
+      202,
+    );
+    const refused = await call("POST", "/v1/jobs", secretive.token, { body: withSecret });
+    expect(refused.json.error).toMatchObject({ code: "gpu_quota_exceeded", details: { limit: 2, in_use: 2 } });
+    // A refused submission leaves nothing behind: no job, no ledger row, no audit row.
+    const [counts] = await sql<{ jobs: number; audits: number }>(
+      `select (select count(*)::int from jobs where account_id = $1) as jobs,
+              (select count(*)::int from audit_log where account_id = $1 and action = 'job.submitted') as audits`,
+      [secretive.accountId],
+    );
+    expect(counts).toEqual({ jobs: 1, audits: 1 });
+  });
+
+  it("counts endpoints' minimum replicas against the GPU cap, and leaves nothing of a refused job", async () => {
+    const user = await signUp({ max_concurrent_gpus: 3 });
+    const endpoint = await call("POST", "/v1/endpoints", user.token, {
+      body: {
+        image: "127.0.0.1:5000/test/busybox:1",
+        command: ["httpd", "-f"],
+        gpu_count: 1,
+        min_replicas: 2,
+        max_replicas: 2,
+        name: `q-${crypto.randomUUID().slice(0, 8)}`,
+      },
+    });
+    expect(endpoint.json.error).toBeUndefined();
+    expect(endpoint.status).toBe(201);
+    const over = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_count: 2 } });
+    expect(over.status).toBe(403);
+    expect(over.json.error).toMatchObject({
+      code: "gpu_quota_exceeded",
+      details: { limit: 3, in_use: 2, requested: 2 },
+    });
+    const [counts] = await sql<{ jobs: number; ledger: number; audits: number }>(
+      `select (select count(*)::int from jobs where account_id = $1) as jobs,
+              (select count(*)::int from job_submissions s join jobs j on j.id = s.job_id where j.account_id = $1) as ledger,
+              (select count(*)::int from audit_log where account_id = $1 and action = 'job.submitted') as audits`,
+      [user.accountId],
+    );
+    expect(counts).toEqual({ jobs: 0, ledger: 0, audits: 0 });
+    expect((await call("POST", "/v1/jobs", user.token, { body: JOB })).status).toBe(202);
   });
 
   it("refuses work that could pass the monthly spend cap with spend_cap_exceeded", async () => {

@@ -122,6 +122,51 @@ export function quotaUseOf(groups: readonly QuotaGroup[], nowMs = Date.now()): Q
   return { gpusInUse, monthToDateCents, committedCents };
 }
 
+/**
+ * The GPU half of the quota inside a statement, for an account without a spend cap: an expression
+ * that is true when the account's GPUs in use (as `quotaUseOf` counts them: active jobs, active
+ * endpoints' minimum replicas) plus `requested` stay within its limit, and otherwise makes the
+ * statement fail with SQLSTATE SQ001 (`check_gpu_quota`, migration submission_gpu_quota). No
+ * parameters: it goes in statements sent without a describe round trip (round-trips.ts).
+ */
+export function gpuQuotaCheck(account: AccountContext, requested: number): SQL {
+  const id = sql.raw(literal(account.id));
+  const n = (v: number) => {
+    if (!Number.isSafeInteger(v)) throw new Error(`gpuQuotaCheck: not an integer: ${v}`);
+    return sql.raw(String(v));
+  };
+  return sql<boolean>`public.check_gpu_quota(
+    coalesce((select sum(gpu_count) from jobs
+               where account_id = ${id} and status in ('queued', 'placed', 'running')), 0)
+    + coalesce((select sum(min_replicas * gpu_count) from endpoints
+                 where account_id = ${id} and status = 'active'), 0),
+    ${n(requested)}, ${n(account.maxConcurrentGpus)})`;
+}
+
+/** The API's gpu_quota_exceeded error for the database error `gpuQuotaCheck` raises; null for any other error. */
+export function gpuQuotaError(account: AccountContext, demand: Demand, error: unknown): ApiError | null {
+  const e = error as { code?: unknown; detail?: unknown } | null;
+  if (e?.code !== "SQ001" || typeof e.detail !== "string") return null;
+  const { in_use } = JSON.parse(e.detail) as { in_use: number | string };
+  try {
+    checkQuota(account, { gpusInUse: Number(in_use), monthToDateCents: 0, committedCents: 0 }, demand);
+  } catch (quotaError) {
+    if (quotaError instanceof ApiError) return quotaError;
+    throw quotaError;
+  }
+  // The database saw the limit passed and the figures it gave say otherwise: say what it said.
+  return new ApiError(
+    403,
+    "gpu_quota_exceeded",
+    `this would pass the account's limit of ${account.maxConcurrentGpus} GPUs at once`,
+    {
+      limit: account.maxConcurrentGpus,
+      in_use: Number(in_use),
+      requested: demand.gpus,
+    },
+  );
+}
+
 /** Refuse work beyond the account's GPU cap or spend cap, with a code of its own for each. */
 export async function enforceQuota(tx: Tx, account: AccountContext, demand: Demand): Promise<void> {
   checkQuota(account, await quotaUse(tx, account.id), demand);

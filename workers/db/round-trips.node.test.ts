@@ -1,14 +1,15 @@
 /**
  * The round-trip savers against a real (embedded) Postgres: literals read back exactly, and the
- * pipelined transaction commits, rolls back, and keeps the statements after its lock inside it.
+ * pipelined transaction commits, rolls back, and keeps the statements after its lock inside it; the
+ * one-round-trip write commits, or rolls back when its statement fails, and maps rows as drizzle does.
  */
-import { sql as dsql } from "drizzle-orm";
+import { sql as dsql, eq, getTableColumns } from "drizzle-orm";
 import { integer, jsonb, pgTable, text, timestamp, uuid } from "drizzle-orm/pg-core";
 import { drizzle } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, sqlState, type TestDatabase } from "../../tools/test/database";
-import { inlineRow, literal, pipelinedTransaction } from "./round-trips";
+import { inlineRow, literal, mapColumns, pipelinedTransaction, pipelinedWrite } from "./round-trips";
 
 let db: TestDatabase;
 /** Like the Worker's client (openDb): one connection, prepared statements, no type fetch. */
@@ -147,6 +148,72 @@ describe("pipelinedTransaction", () => {
   });
 });
 
+describe("pipelinedWrite", () => {
+  it("commits the statement and returns its rows as arrays", async () => {
+    const sql = client();
+    try {
+      const rows = await pipelinedWrite(
+        sql,
+        "select 1",
+        "insert into rt_test (id, note) values (20, 'one trip') returning id, note",
+      );
+      expect(rows).toEqual([[20, "one trip"]]);
+      // Committed: another connection sees it, and this one is outside any transaction.
+      expect(await db.sql`select note from rt_test where id = 20`).toEqual([{ note: "one trip" }]);
+      expect(await sql`select txid_current_if_assigned() as t`).toEqual([{ t: null }]);
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it("rolls everything back and throws the statement's error when the statement fails", async () => {
+    const sql = client();
+    try {
+      // The first row is written, then the statement fails: nothing of it may stay.
+      const state = await sqlState(
+        pipelinedWrite(
+          sql,
+          "select 1",
+          "with w as (insert into rt_test (id, note) values (21, 'gone')) select 1 / (select count(*) from rt_test where id = -1)::int",
+        ),
+      );
+      expect(state).toBe("22012");
+      expect(await db.sql`select count(*)::int as n from rt_test where id = 21`).toEqual([{ n: 0 }]);
+      // The connection is usable again, outside any transaction.
+      expect(await sql`select 1 as one`).toEqual([{ one: 1 }]);
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it("throws the lock's own error and writes nothing", async () => {
+    const sql = client();
+    try {
+      expect(
+        await sqlState(pipelinedWrite(sql, "select 1 from no_such_table", "insert into rt_test (id) values (22)")),
+      ).toBe("42P01");
+      expect(await db.sql`select count(*)::int as n from rt_test where id = 22`).toEqual([{ n: 0 }]);
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it("serialises writers on the lock: the second statement sees the first one's committed row", async () => {
+    await db.sql`insert into rt_test (id, note) values (30, 'counter')`;
+    const lock = "select 1 from rt_test where id = 30 for no key update";
+    const next =
+      "insert into rt_test (id, note) select coalesce(max(id), 30) + 1, 'next' from rt_test where id between 30 and 39 returning id";
+    const clients = Array.from({ length: 5 }, client);
+    try {
+      const ids = await Promise.all(clients.map((c) => pipelinedWrite(c, lock, next)));
+      // Without the lock (or with the statement's snapshot taken before it) two would pick the same id.
+      expect(ids.map(([r]) => r?.[0]).sort()).toEqual([31, 32, 33, 34, 35]);
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
+  });
+});
+
 describe("inlineRow", () => {
   const rows = pgTable("rt_rows", {
     id: uuid("id").primaryKey(),
@@ -188,6 +255,30 @@ describe("inlineRow", () => {
         { tags: string[]; data: unknown }[]
       >`select tags, data from rt_rows where id = ${row.id}`;
       expect(parsed).toEqual({ tags: row.tags, data: row.data });
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it("mapColumns reads a values() row back as drizzle's returning does", async () => {
+    const sql = client();
+    const d = drizzle(sql);
+    try {
+      const row = {
+        id: crypto.randomUUID(),
+        n: 7,
+        note: "mapped",
+        tags: ["x", "y,z"],
+        data: { a: [1, "b"] },
+        at: new Date("2026-11-26T08:00:00.5Z"),
+        missing: null,
+        made: "m",
+      };
+      const statement = d.insert(rows).values(inlineRow(rows, row)).returning(getTableColumns(rows)).toSQL();
+      const mapped = mapColumns(getTableColumns(rows), await sql.unsafe(statement.sql).values());
+      const viaDrizzle = await d.select().from(rows).where(eq(rows.id, row.id));
+      expect(mapped).toEqual(viaDrizzle);
+      expect(mapped).toEqual([row]);
     } finally {
       await sql.end();
     }

@@ -80,3 +80,51 @@ export async function pipelinedTransaction<T>(sql: Sql, first: string, fn: () =>
   await sql.unsafe("rollback").catch(() => {});
   throw begun.status === "rejected" ? begun.reason : (done as PromiseRejectedResult).reason;
 }
+
+/**
+ * `BEGIN`, `lock`, `statement` and `COMMIT` sent at once on `sql` (a single-connection client, as
+ * for `pipelinedTransaction`): one round trip, and a lock taken by `lock` is held only while the
+ * server runs `statement` and commits, never across a round trip to the Worker. Both statements
+ * must be without parameters (a statement with parameters is described first on a new connection,
+ * which would break the pipeline). Whatever must make the transaction fail has to fail inside
+ * `statement` (e.g. a function that raises): a failed statement makes Postgres answer the `COMMIT`
+ * with a `ROLLBACK`, and that statement's error is thrown. Returns `statement`'s rows as arrays of
+ * column values in the driver's form (see `mapColumns`).
+ */
+export async function pipelinedWrite(sql: Sql, lock: string, statement: string): Promise<unknown[][]> {
+  const sent = [
+    sql.unsafe("begin").execute(),
+    sql.unsafe(lock).execute(),
+    sql.unsafe(statement).values().execute(),
+    sql.unsafe("commit").execute(),
+  ];
+  const settled = await Promise.allSettled(sent);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (failed) {
+    // A failed BEGIN or COMMIT leaves no transaction open; anything else was rolled back by the COMMIT.
+    await sql.unsafe("rollback").catch(() => {});
+    throw failed.reason;
+  }
+  const committed = (settled[3] as PromiseFulfilledResult<{ command?: string }>).value;
+  if (committed.command !== "COMMIT") throw new Error(`the transaction ended in ${committed.command ?? "nothing"}`);
+  return (settled[2] as PromiseFulfilledResult<unknown[][]>).value;
+}
+
+/**
+ * Rows of a statement run with `values()` (arrays in the order of `columns`) as drizzle would have
+ * returned them for a `returning(columns)`: each value through its column's own driver mapping.
+ */
+export function mapColumns<T extends Record<string, unknown>>(
+  columns: Record<string, { mapFromDriverValue(v: unknown): unknown }>,
+  rows: readonly unknown[][],
+): T[] {
+  const entries = Object.entries(columns);
+  return rows.map((row) => {
+    const out: Record<string, unknown> = {};
+    entries.forEach(([key, column], i) => {
+      const v = row[i];
+      out[key] = v === null || v === undefined ? null : column.mapFromDriverValue(v);
+    });
+    return out as T;
+  });
+}
