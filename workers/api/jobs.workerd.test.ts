@@ -438,6 +438,37 @@ describe("rate limits", () => {
     expect(limited.headers.get("ratelimit-policy")).toBe("5;w=3600");
   });
 
+  it("refuses a POST with an Idempotency-Key over the limit before anything runs, keeping no claim on the key", async () => {
+    const user = await signUp();
+    await rateLimitOverride(user.accountId, 2, 2, 3600);
+    // The limiter and the key's claim run side by side on this path: an allowed one carries the headers.
+    const first = await call("POST", "/v1/jobs", user.token, { body: JOB, headers: { "idempotency-key": "rl-1" } });
+    expect(first.status).toBe(202);
+    expect(first.headers.get("ratelimit-remaining")).toBe("1");
+    expect((await call("GET", "/v1/jobs", user.token)).status).toBe(200);
+    const refused = await call("POST", "/v1/jobs", user.token, { body: JOB, headers: { "idempotency-key": "rl-2" } });
+    expect(refused.status).toBe(429);
+    expect(refused.json.error.code).toBe("rate_limited");
+    expect(refused.headers.get("retry-after")).not.toBeNull();
+    // A replay of a stored response waits for the limiter too, and a malformed body loses to the 429.
+    const replay = await call("POST", "/v1/jobs", user.token, { body: JOB, headers: { "idempotency-key": "rl-1" } });
+    expect(replay.status).toBe(429);
+    const malformed = await call("POST", "/v1/jobs", user.token, {
+      body: { ...JOB, gpu_count: "two" },
+      headers: { "idempotency-key": "rl-3" },
+    });
+    expect(malformed.status).toBe(429);
+    const rows = await sql<{ key: string; state: string }>(
+      "select key, state from idempotency_keys where account_id = $1 order by key",
+      [user.accountId],
+    );
+    expect(rows).toEqual([{ key: "rl-1", state: "completed" }]);
+    const [jobsMade] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(jobsMade!.n).toBe(1);
+  });
+
   it("limits each key and the account as a whole", async () => {
     const user = await signUp();
     await rateLimitOverride(user.accountId, 5, 3, 3600);

@@ -10,6 +10,11 @@ export type ApiVariables = AppVariables & {
   caller: Caller;
   /** Set by `authenticateNode` on the agent routes. */
   node: AgentNode;
+  /**
+   * Set by `rateLimit` on a POST with an `Idempotency-Key`: the limiter's verdict, still on its way
+   * while the key is claimed (rejects with the 429). `idempotency` waits for it.
+   */
+  rateGate?: Promise<void>;
 };
 
 export type ApiEnv = { Bindings: Env; Variables: ApiVariables };

@@ -11,6 +11,7 @@ import { requireAccount } from "../auth/caller";
 import { sha256Hex } from "../auth/secrets";
 import { literal } from "../db/round-trips";
 import type { ApiEnv } from "./api-env";
+import type { RequestDb } from "./database";
 import { ApiError } from "./errors";
 
 export const IDEMPOTENCY_TTL_HOURS = 24;
@@ -55,10 +56,13 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
   const path = c.req.path;
   const hash = await sha256Hex(`${c.req.method} ${path}\n${canonicalJson(await c.req.text())}`);
 
+  // Waited for with the first claim only: later rounds happen after the verdict.
+  let gate: Promise<void> | undefined = c.get("rateGate");
   for (let attempt = 0; attempt < 3; attempt++) {
     // Claim the key, or take over one that expired or whose request died.
     // Values inlined as literals: a statement without parameters is one round trip, not two.
-    const claimed = await sql.unsafe(`
+    const claiming = sql
+      .unsafe(`
       insert into idempotency_keys (account_id, key, method, path, request_hash, locked_until, expires_at)
       values (${literal(account.id)}, ${literal(key)}, ${literal(c.req.method)}, ${literal(path)}, ${literal(hash)},
               now() + make_interval(secs => ${CLAIM_SECONDS}), now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
@@ -69,7 +73,20 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
         where idempotency_keys.expires_at <= now()
            or (idempotency_keys.state = 'in_progress' and idempotency_keys.locked_until <= now()
                and idempotency_keys.request_hash = excluded.request_hash)
-      returning 1`);
+      returning 1`)
+      .execute();
+    // The rate limiter's verdict (on its way since before the claim, see rate-limit.ts) comes
+    // first: a refused request keeps no claim.
+    const [claim, verdict] = await Promise.allSettled([claiming, gate]);
+    if (verdict.status === "rejected") {
+      if (claim.status === "fulfilled" && claim.value.length === 1) {
+        await release(sql, account.id, key).catch(() => {});
+      }
+      throw verdict.reason;
+    }
+    if (claim.status === "rejected") throw claim.reason;
+    const claimed = claim.value;
+    gate = undefined;
     if (claimed.length === 1) return run(c, next, account.id, key);
 
     const [stored] = await sql<StoredKey[]>`
@@ -108,11 +125,10 @@ async function run(
 ) {
   const sql = c.get("pg").sql;
   const where = `account_id = ${literal(accountId)} and key = ${literal(key)}`;
-  const release = () => sql.unsafe(`delete from idempotency_keys where ${where}`);
   try {
     await next();
   } catch (error) {
-    await release().catch(() => {});
+    await release(sql, accountId, key).catch(() => {});
     throw error;
   }
   // Errors thrown by the route were turned into a response by Hono before we get here.
@@ -124,6 +140,10 @@ async function run(
                              response_body = ${literal(JSON.stringify(body))}::jsonb
                        where ${where}`);
   } else {
-    await release();
+    await release(sql, accountId, key);
   }
+}
+
+function release(sql: RequestDb["sql"], accountId: string, key: string) {
+  return sql.unsafe(`delete from idempotency_keys where account_id = ${literal(accountId)} and key = ${literal(key)}`);
 }

@@ -3,7 +3,7 @@
  * Fast tier get the higher plan. A per-account override (table `rate_limit_overrides`) replaces the
  * plan. Decided by the account's RateLimiter Durable Object (token buckets); see docs/api.md.
  */
-import type { MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
 import type { BucketReading, BucketSpec } from "../../durable-objects/rate-limiter/bucket";
 import type { Caller } from "../auth/caller";
 import type { ApiEnv } from "./api-env";
@@ -45,7 +45,12 @@ function headers(r: BucketReading): Record<string, string> {
   };
 }
 
-export const rateLimit: MiddlewareHandler<ApiEnv> = async (c, next) => {
+/**
+ * The limiter's verdict for one request: resolves when it may go on (setting the RateLimit-*
+ * headers), or when the limiter cannot be reached (fail open: a limiter outage must not take the
+ * API down with it); rejects with the 429.
+ */
+async function verdict(c: Context<ApiEnv>): Promise<void> {
   const caller = c.get("caller");
   const { object, specs } = bucketsOf(caller);
   let decision: Awaited<ReturnType<DurableObjectStub<import("../../durable-objects").RateLimiter>["take"]>>;
@@ -53,9 +58,8 @@ export const rateLimit: MiddlewareHandler<ApiEnv> = async (c, next) => {
     const stub = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(object));
     decision = await stub.take(specs);
   } catch (error) {
-    // Fail open: a limiter outage must not take the API down with it.
     c.get("log").warn("rate_limit.unavailable", errorFields(error));
-    return next();
+    return;
   }
   const h = headers(decision.tightest);
   if (!decision.allowed) {
@@ -74,5 +78,28 @@ export const rateLimit: MiddlewareHandler<ApiEnv> = async (c, next) => {
     );
   }
   for (const [name, value] of Object.entries(h)) c.header(name, value);
-  return next();
+}
+
+/**
+ * A POST with an `Idempotency-Key` does not wait for the limiter before claiming its key: the
+ * limiter's call and the claim's round trip run side by side, and `idempotency` waits for the
+ * verdict before the route runs or a stored response is replayed (releasing its claim on a 429).
+ * The checks in between (scopes, the body's form) may answer first; a 429 still wins over their
+ * error. Every other request waits for the verdict here.
+ */
+export const rateLimit: MiddlewareHandler<ApiEnv> = async (c, next) => {
+  const gate = verdict(c);
+  if (c.req.method !== "POST" || c.req.header("idempotency-key") === undefined) {
+    await gate;
+    return next();
+  }
+  // Settled now or later, never unhandled: `idempotency` or the lines below look at it.
+  gate.catch(() => {});
+  c.set("rateGate", gate);
+  await next();
+  // A route that answered without reaching `idempotency` (a 400 or 403 of the checks in between):
+  // a refusal by the limiter is the answer, as it would have been had the limiter answered first.
+  await gate.catch((error) => {
+    if (c.res.status !== 429) throw error;
+  });
 };
