@@ -1,5 +1,5 @@
 /**
- * One Postgres client per request, opened on first use and closed after the response is produced.
+ * One Postgres client per request, opened on first use and closed once the response has gone.
  * Streaming responses outlive it and open their own (`withDb`).
  */
 import { createMiddleware } from "hono/factory";
@@ -32,6 +32,16 @@ export const database = createMiddleware<{ Bindings: Env; Variables: { pg: Reque
   try {
     await next();
   } finally {
-    await pg.close();
+    // Closing (postgres.js's Terminate, then the socket's end) need not hold the response: it runs
+    // after the response has gone, within the request's waitUntil.
+    const closing = pg.close();
+    let ctx: { waitUntil(p: Promise<unknown>): void } | null = null;
+    try {
+      ctx = c.executionCtx;
+    } catch {
+      // No execution context (a direct app.request in a test): close before answering.
+    }
+    if (ctx) ctx.waitUntil(closing);
+    else await closing;
   }
 });
