@@ -18,7 +18,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { errorCode, type HttpClient, type HttpResult, httpClient, jsonOf } from "./http";
-import { histogram, type Percentiles, percentiles, ratio, renderHistogram } from "./stats";
+import { histogram, type Percentiles, percentiles, ratio, renderHistogram, serverTimings } from "./stats";
 
 /**
  * One GPU and a small slice of CPU and memory: eight such jobs fit on a local node whatever the
@@ -80,6 +80,11 @@ export interface LoadReport {
   submit_to_running_ms: Percentiles;
   bare_ms: Percentiles;
   bare_requests: number;
+  /**
+   * Where the Worker spent a submission's time, from the `Server-Timing` of each `POST /v1/jobs`
+   * (the API's own marks: `auth`, `claim`, `write`, `schedule`, `total`), by phase.
+   */
+  submit_server_timing_ms: Record<string, Percentiles>;
   placed_p99_over_bare_p99: number | null;
   errors: {
     submit: number;
@@ -114,6 +119,7 @@ class Recorder implements Samples {
   readonly placedMs: number[] = [];
   readonly runningMs: number[] = [];
   readonly bareMs: number[] = [];
+  readonly serverTiming = new Map<string, number[]>();
   submitted = 0;
   errors = { submit: 0, placement: 0, other: 0 };
   readonly byStatus: Record<string, number> = {};
@@ -261,6 +267,12 @@ async function userLoop(
     }
     rec.submitted += 1;
     rec.submitMs.push(r.ms);
+    const header = r.headers["server-timing"];
+    for (const [phase, ms] of Object.entries(serverTimings(Array.isArray(header) ? header.join(",") : header))) {
+      const list = rec.serverTiming.get(phase) ?? [];
+      list.push(ms);
+      rec.serverTiming.set(phase, list);
+    }
     await follow(client, opts, user, job.id, submittedAtWall, rec);
     if (opts.thinkMs > 0) await sleep(opts.thinkMs);
   }
@@ -347,6 +359,7 @@ function report(opts: LoadOptions, runId: string, rec: Recorder, durationS: numb
     submit_to_running_ms: running,
     bare_ms: bare,
     bare_requests: rec.bareMs.length,
+    submit_server_timing_ms: Object.fromEntries([...rec.serverTiming].map(([phase, ms]) => [phase, percentiles(ms)])),
     placed_p99_over_bare_p99: placedOverBare,
     errors: {
       ...rec.errors,

@@ -83,6 +83,7 @@ describe.skipIf(!has("docker"))("the load generator on the local stack", () => {
         "submit_to_running_ms",
         "bare_ms",
         "bare_requests",
+        "submit_server_timing_ms",
         "placed_p99_over_bare_p99",
         "errors",
         "targets",
@@ -96,6 +97,14 @@ describe.skipIf(!has("docker"))("the load generator on the local stack", () => {
       expect(typeof p50, key).toBe("number");
       expect(p99!, key).toBeGreaterThanOrEqual(p50!);
     }
+    // The API's Server-Timing phases of a submission: each within the Worker's total, which is within
+    // the client's round trip.
+    const timing = report.submit_server_timing_ms;
+    expect(Object.keys(timing).sort()).toEqual(["auth", "claim", "schedule", "total", "write"]);
+    for (const phase of ["auth", "claim", "write", "schedule"]) {
+      expect(timing[phase]!.p50!, phase).toBeLessThanOrEqual(timing.total!.p99!);
+    }
+    expect(timing.total!.p50!).toBeLessThanOrEqual(report.submit_ms.p99!);
     expect(Object.keys(report.errors).sort()).toEqual(
       ["submit", "placement", "other", "by_status", "placement_reasons", "samples"].sort(),
     );

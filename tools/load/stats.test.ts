@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { histogram, percentile, percentiles, ratio, renderHistogram } from "./stats";
+import { histogram, percentile, percentiles, ratio, renderHistogram, serverTimings } from "./stats";
 
 describe("percentile (nearest rank)", () => {
   it.each([
@@ -80,6 +80,22 @@ describe("ratio", () => {
     expect(ratio(null, 1)).toBeNull();
     expect(ratio(1, null)).toBeNull();
     expect(ratio(1, 0)).toBeNull();
+  });
+});
+
+describe("serverTimings", () => {
+  it("reads each metric's duration, quoted descriptions with commas and semicolons included", () => {
+    expect(
+      serverTimings(
+        'auth;desc="credential checked (a, b; c)";dur=48.5, claim;dur=18,write;desc="x";dur=56, total;desc="in the Worker";dur=177.25',
+      ),
+    ).toEqual({ auth: 48.5, claim: 18, write: 56, total: 177.25 });
+  });
+
+  it("leaves out entries without a duration and keeps a repeated name's first", () => {
+    expect(serverTimings("region;desc=eu, cache, a;dur=1, a;dur=2, b;dur=x")).toEqual({ a: 1 });
+    expect(serverTimings(undefined)).toEqual({});
+    expect(serverTimings("")).toEqual({});
   });
 });
 

@@ -71,3 +71,25 @@ export function renderHistogram(title: string, buckets: readonly Bucket[], width
   });
   return [`${title}:`, ...lines].join("\n");
 }
+
+/**
+ * The durations of a `Server-Timing` header (`name;desc="…";dur=12.3, other;dur=4`), by name.
+ * Entries without a numeric `dur` are left out; a name given twice keeps its first duration.
+ */
+export function serverTimings(header: string | undefined): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (!header) return out;
+  // Split on commas outside quoted descriptions.
+  for (const entry of header.match(/(?:[^,"]|"(?:[^"\\]|\\.)*")+/g) ?? []) {
+    const [name, ...params] = entry.split(/;(?=(?:[^"]*"[^"]*")*[^"]*$)/).map((s) => s.trim());
+    if (!name || name in out) continue;
+    for (const param of params) {
+      const m = /^dur=([0-9]+(?:\.[0-9]+)?)$/i.exec(param);
+      if (m) {
+        out[name] = Number(m[1]);
+        break;
+      }
+    }
+  }
+  return out;
+}

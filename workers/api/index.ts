@@ -3,6 +3,7 @@
  * (`GET /openapi.json`, the page at `GET /docs`, and `docs/openapi.json` via `npm run openapi`).
  */
 import type { OpenAPIHono } from "@hono/zod-openapi";
+import { timing } from "hono/timing";
 import { limitBody } from "../http/body";
 import { database } from "../http/database";
 import { agentRouter } from "./agent";
@@ -26,7 +27,8 @@ export const API_INFO = {
 
 export function createApi() {
   const api = createRouter();
-  api.use("/v1/*", limitBody, database);
+  // Server-Timing on every response (total, and the phases routes mark: auth, claim, write, schedule).
+  api.use("/v1/*", timing({ totalDescription: "in the Worker" }), limitBody, database);
   const routers = [
     jobsRouter,
     jobEventsRouter,

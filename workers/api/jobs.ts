@@ -1,6 +1,7 @@
 /** Jobs: submit, list, read, cancel, and their events and logs. */
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, getTableColumns, gte, inArray, lte, type SQL, sql } from "drizzle-orm";
+import { endTime, startTime } from "hono/timing";
 import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../../core/schemas";
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
@@ -165,6 +166,7 @@ jobsRouter.openapi(
     });
     const demand = jobDemand(body);
     let row: JobRow;
+    startTime(c, "write", "job stored: account lock + quota + insert + commit");
     const oneTrip =
       account.monthlySpendCapCents === null
         ? db
@@ -204,7 +206,10 @@ jobsRouter.openapi(
         return job;
       });
     }
+    endTime(c, "write");
+    startTime(c, "schedule", "handed to the region scheduler and acknowledged");
     const submitted = await submitJob(c.env, db, row, c.get("log"), { attemptCounted: true });
+    endTime(c, "schedule");
     const current =
       submitted.outcome === "acked" || submitted.outcome === "failed" ? row : await loadJob(db, account.id, row.id);
     if (submitted.outcome === "rejected") {

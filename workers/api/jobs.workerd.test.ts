@@ -94,6 +94,17 @@ describe("POST /v1/jobs", () => {
     expect(submission).toMatchObject({ attempts: 1 });
   });
 
+  it("says where its time went in Server-Timing: auth, claim (with an Idempotency-Key), write, schedule, total", async () => {
+    const user = await signUp();
+    const res = await call("POST", "/v1/jobs", user.token, { body: JOB, headers: { "idempotency-key": "st-1" } });
+    expect(res.status).toBe(202);
+    const names = (res.headers.get("server-timing") ?? "").split(",").map((e) => e.trim().split(";")[0]);
+    expect(names).toEqual(["auth", "claim", "write", "schedule", "total"]);
+    expect(res.headers.get("server-timing")).toMatch(/total;dur=\d+(\.\d+)?;desc="in the Worker"/);
+    const read = await call("GET", "/v1/jobs", user.token);
+    expect(read.headers.get("server-timing")).toMatch(/^auth;.*total;/);
+  });
+
   it("refuses the fast tier to an account not entitled to it, and accepts it when entitled", async () => {
     const flexOnly = await signUp();
     const refused = await call("POST", "/v1/jobs", flexOnly.token, { body: { ...JOB, tier: "fast" } });
