@@ -511,7 +511,9 @@ describe("rate limits", () => {
 describe("quotas", () => {
   it("refuses GPUs beyond the account's concurrent cap with gpu_quota_exceeded, and frees them on cancel", async () => {
     const user = await signUp({ max_concurrent_gpus: 8 });
-    const big = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_count: 8 } });
+    // More CPU than any test node has, so it stays queued (a placed job's GPUs are freed only once
+    // its agent has stopped it) whatever nodes other files register.
+    const big = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_count: 8, cpu_milli: 200_000 } });
     expect(big.status).toBe(202);
     const over = await call("POST", "/v1/jobs", user.token, { body: JOB });
     expect(over.status).toBe(403);
