@@ -148,22 +148,15 @@ export function gpuQuotaError(account: AccountContext, demand: Demand, error: un
   const e = error as { code?: unknown; detail?: unknown } | null;
   if (e?.code !== "SQ001" || typeof e.detail !== "string") return null;
   const { in_use } = JSON.parse(e.detail) as { in_use: number | string };
-  try {
-    checkQuota(account, { gpusInUse: Number(in_use), monthToDateCents: 0, committedCents: 0 }, demand);
-  } catch (quotaError) {
-    if (quotaError instanceof ApiError) return quotaError;
-    throw quotaError;
-  }
-  // The database saw the limit passed and the figures it gave say otherwise: say what it said.
+  return gpuQuotaExceeded(account, Number(in_use), demand.gpus);
+}
+
+function gpuQuotaExceeded(account: AccountContext, inUse: number, requested: number): ApiError {
   return new ApiError(
     403,
     "gpu_quota_exceeded",
-    `this would pass the account's limit of ${account.maxConcurrentGpus} GPUs at once`,
-    {
-      limit: account.maxConcurrentGpus,
-      in_use: Number(in_use),
-      requested: demand.gpus,
-    },
+    `this would hold ${inUse + requested} GPUs at once; the account's limit is ${account.maxConcurrentGpus}`,
+    { limit: account.maxConcurrentGpus, in_use: inUse, requested },
   );
 }
 
@@ -175,12 +168,7 @@ export async function enforceQuota(tx: Tx, account: AccountContext, demand: Dema
 /** Throws the quota error when `demand` on top of `use` goes past a cap. */
 export function checkQuota(account: AccountContext, use: QuotaUse, demand: Demand): void {
   if (use.gpusInUse + demand.gpus > account.maxConcurrentGpus) {
-    throw new ApiError(
-      403,
-      "gpu_quota_exceeded",
-      `this would hold ${use.gpusInUse + demand.gpus} GPUs at once; the account's limit is ${account.maxConcurrentGpus}`,
-      { limit: account.maxConcurrentGpus, in_use: use.gpusInUse, requested: demand.gpus },
-    );
+    throw gpuQuotaExceeded(account, use.gpusInUse, demand.gpus);
   }
   const cap = account.monthlySpendCapCents;
   if (cap !== null && use.monthToDateCents + use.committedCents + demand.ceilingCents > cap) {
