@@ -99,6 +99,11 @@ describe("operator node routes", () => {
   });
 });
 
+/** An event about a placement the scheduler does not know: taken (and listed as rejected) only once authenticated. */
+const pulling = () => ({
+  events: [{ event_id: crypto.randomUUID(), placement_id: "pl-none", type: "pulling", at: Date.now() }],
+});
+
 describe("agent authentication", () => {
   it("accepts only node tokens on the agent routes", async () => {
     const user = await signUp();
@@ -109,6 +114,39 @@ describe("agent authentication", () => {
       expect(res.status).toBe(401);
     }
     expect((await call("POST", AGENT_ROUTES.logs, null, { body })).status).toBe(401);
+    // The routes that reuse recent verifications refuse the same credentials.
+    for (const credential of [user.token, key.secret, `snt_${"A".repeat(43)}`]) {
+      expect((await call("GET", `${AGENT_ROUTES.placements}?wait_ms=0`, credential)).status).toBe(401);
+      expect((await call("POST", AGENT_ROUTES.events, credential, { body: pulling() })).status).toBe(401);
+    }
+  });
+
+  it("the long poll and event reports reuse a recent verification; revoking through the API ends it at once", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const poll = () => call("GET", `${AGENT_ROUTES.placements}?wait_ms=0`, token);
+    const report = () => call("POST", AGENT_ROUTES.events, token, { body: pulling() });
+    const logs = () => call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line("pl-none", 0, "x")] } });
+    expect((await poll()).status).toBe(200);
+
+    // Revoked behind the API's back (as another isolate would): the recent verification still
+    // answers for the long poll and events for up to NODE_TOKEN_CACHE_MS; the other routes ask
+    // the database and refuse at once.
+    await sql("update nodes set agent_token_hash = null where id = $1", [node.id]);
+    expect((await poll()).status).toBe(200);
+    expect((await report()).status).toBe(200);
+    expect((await logs()).status).toBe(401);
+
+    // Through the API, the isolate that revokes forgets the node's verifications.
+    const rotated = await call("POST", `/v1/operator/nodes/${node.id}/token`, op.token);
+    expect(rotated.status).toBe(201);
+    expect((await poll()).status).toBe(401);
+    const fresh = rotated.json.token as string;
+    expect((await call("GET", `${AGENT_ROUTES.placements}?wait_ms=0`, fresh)).status).toBe(200);
+    await call("DELETE", `/v1/operator/nodes/${node.id}/token`, op.token);
+    const refused = await call("GET", `${AGENT_ROUTES.placements}?wait_ms=0`, fresh);
+    expect(refused.status).toBe(401);
+    expect(refused.json.error.code).toBe("invalid_node_token");
   });
 });
 

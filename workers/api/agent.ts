@@ -20,11 +20,13 @@ import {
 import { jobLogs, nodes } from "../db/schema";
 import { jsonBody } from "../http/body";
 import { ApiError } from "../http/errors";
-import { authenticateNode } from "../nodes/authenticate";
+import { authenticateNode, authenticateRecentNode } from "../nodes/authenticate";
 import { createRouter, ERRORS, NODE_TOKEN, respond } from "./router";
 import { schedulerOf, viaScheduler } from "./scheduler";
 
 const AGENT = [authenticateNode, jsonBody];
+/** The per-job hot routes: a recent verification of the token is reused (workers/nodes/token-cache.ts). */
+const AGENT_HOT = [authenticateRecentNode, jsonBody];
 const agentErrors = {
   400: ERRORS[400],
   401: ERRORS[401],
@@ -110,7 +112,7 @@ agentRouter.openapi(
     description:
       "Answers with the whole desired set as soon as its version passes `since`, or after `wait_ms` with the current set.",
     security: NODE_TOKEN,
-    middleware: AGENT,
+    middleware: AGENT_HOT,
     request: {
       query: z.strictObject({
         since: z.coerce.number().int().min(0).default(0),
@@ -140,7 +142,7 @@ agentRouter.openapi(
     summary: "Report placement events",
     description: "Pulling, running, exited, failed. An event id seen before is counted as a duplicate.",
     security: NODE_TOKEN,
-    middleware: AGENT,
+    middleware: AGENT_HOT,
     request: { body: body(EventBatch) },
     responses: {
       200: { description: "What was taken.", content: { "application/json": { schema: EventAck } } },

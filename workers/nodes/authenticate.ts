@@ -3,22 +3,34 @@ import type { MiddlewareHandler } from "hono";
 import { bearer } from "../auth/caller";
 import type { ApiEnv } from "../http/api-env";
 import { ApiError } from "../http/errors";
+import { recentNodeTokens } from "./token-cache";
 import { verifyNodeToken } from "./tokens";
 
-export const authenticateNode: MiddlewareHandler<ApiEnv> = async (c, next) => {
-  const credential = bearer(c.req.header("authorization"));
-  const node = await verifyNodeToken(c.get("pg").db, credential);
-  if (!node) {
-    throw new ApiError(
-      401,
-      "invalid_node_token",
-      "node token not recognised, revoked, or its node released",
-      undefined,
-      {
-        "www-authenticate": 'Bearer realm="scalar-agent"',
-      },
-    );
-  }
-  c.set("node", node);
-  return next();
-};
+function nodeAuth(recent: boolean): MiddlewareHandler<ApiEnv> {
+  return async (c, next) => {
+    const credential = bearer(c.req.header("authorization"));
+    const node = await verifyNodeToken(() => c.get("pg").db, credential, recent ? { recent: recentNodeTokens } : {});
+    if (!node) {
+      throw new ApiError(
+        401,
+        "invalid_node_token",
+        "node token not recognised, revoked, or its node released",
+        undefined,
+        {
+          "www-authenticate": 'Bearer realm="scalar-agent"',
+        },
+      );
+    }
+    c.set("node", node);
+    return next();
+  };
+}
+
+/** Asks the database on every request: registration, logs (which write there anyway), heartbeats. */
+export const authenticateNode = nodeAuth(false);
+
+/**
+ * Reuses a verification from the last few seconds (token-cache.ts): for the long poll and event
+ * reports, several per job, whose work is all in the region's scheduler.
+ */
+export const authenticateRecentNode = nodeAuth(true);
