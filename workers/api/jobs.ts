@@ -6,7 +6,7 @@ import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../..
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
 import type { Db } from "../db/client";
-import { inlineRow, mapColumns, pipelinedTransaction, pipelinedWrite } from "../db/round-trips";
+import { inlineRow, literal, mapColumns, pipelinedTransaction, pipelinedWrite } from "../db/round-trips";
 import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
@@ -67,7 +67,7 @@ async function jobRunsOf(db: Db, jobId: string): Promise<RunRow[]> {
       from ${jobRuns} r
       join nodes n on n.id = r.node_id
       left join gpu_assignments g on g.job_run_id = r.id
-     where r.job_id = ${jobId}
+     where r.job_id = ${sql.raw(literal(jobId))}
      group by r.id, n.zone
      order by r.attempt, r.placed_at`)
     .then((rows) =>
