@@ -96,6 +96,11 @@ export interface LoadReport {
     placement_reasons: Record<string, number>;
     /** The first few error messages, for a first look. */
     samples: string[];
+    /**
+     * Not errors: requests sent again because a kept-alive connection closed under them before
+     * any answer (only GETs and requests with an Idempotency-Key; tools/load/http.ts).
+     */
+    resent_on_closed_connection: number;
   };
   targets: { placed_p99_le_2x_bare: boolean; running_p50_le_1500ms: boolean; no_errors: boolean };
 }
@@ -195,7 +200,7 @@ export async function runLoad(opts: LoadOptions): Promise<{ report: LoadReport; 
   }
   // Until the last user's last job ran: T seconds of submissions, then following the jobs in flight.
   const durationS = (endedAt - startedAt) / 1000;
-  return { report: report(opts, runId, rec, durationS), samples: rec };
+  return { report: report(opts, runId, rec, durationS, client.staleSocketRetries), samples: rec };
 }
 
 async function createUsers(client: HttpClient, opts: LoadOptions, runId: string): Promise<VirtualUser[]> {
@@ -342,7 +347,7 @@ function startTicker(rec: Recorder, startedAt: number, onTick: (p: Progress) => 
   }, 1000);
 }
 
-function report(opts: LoadOptions, runId: string, rec: Recorder, durationS: number): LoadReport {
+function report(opts: LoadOptions, runId: string, rec: Recorder, durationS: number, resent: number): LoadReport {
   const placed = percentiles(rec.placedMs);
   const running = percentiles(rec.runningMs);
   const bare = percentiles(rec.bareMs);
@@ -366,6 +371,7 @@ function report(opts: LoadOptions, runId: string, rec: Recorder, durationS: numb
       by_status: rec.byStatus,
       placement_reasons: rec.placementReasons,
       samples: rec.samples,
+      resent_on_closed_connection: resent,
     },
     targets: {
       placed_p99_le_2x_bare: placedOverBare !== null && placedOverBare <= 2,

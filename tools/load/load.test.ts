@@ -106,7 +106,15 @@ describe.skipIf(!has("docker"))("the load generator on the local stack", () => {
     }
     expect(timing.total!.p50!).toBeLessThanOrEqual(report.submit_ms.p99!);
     expect(Object.keys(report.errors).sort()).toEqual(
-      ["submit", "placement", "other", "by_status", "placement_reasons", "samples"].sort(),
+      [
+        "submit",
+        "placement",
+        "other",
+        "by_status",
+        "placement_reasons",
+        "samples",
+        "resent_on_closed_connection",
+      ].sort(),
     );
     expect(Object.keys(report.targets).sort()).toEqual(
       ["placed_p99_le_2x_bare", "running_p50_le_1500ms", "no_errors"].sort(),
