@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { estimateDemand, quantile } from "./demand";
+import { estimateDemand, occupancy, quantile } from "./demand";
 import { HOUR_MS, MINUTE_MS } from "./market-time";
 
 const NOW = Date.parse("2026-03-02T12:00:00Z");
@@ -59,5 +59,40 @@ describe("estimateDemand", () => {
     const young = estimateDemand({ arrivals: [], concurrency }, NOW, { ...W, steadyMinHistoryMs: 2 * HOUR_MS });
     expect(young.steadyGpus).toBe(0);
     expect(young.peakGpus).toBe(189);
+  });
+});
+
+describe("occupancy of short jobs", () => {
+  it("counts a finished job by the share of the window it held its GPUs; a running one whole", () => {
+    expect(occupancy(undefined, 10 * MINUTE_MS)).toBe(1);
+    expect(occupancy(5 * MINUTE_MS, 10 * MINUTE_MS)).toBe(0.5);
+    expect(occupancy(3 * HOUR_MS, 10 * MINUTE_MS)).toBe(1);
+    expect(occupancy(0, 10 * MINUTE_MS)).toBe(0);
+    expect(occupancy(Number.NaN, 10 * MINUTE_MS)).toBe(1);
+  });
+
+  it("a flood of one-second Fast jobs asks for rate × duration GPUs, not every arrival's", () => {
+    // 5 one-GPU jobs a second for the last 10 minutes, each done after 1 s: 5 GPUs busy at once.
+    const arrivals = Array.from({ length: 3_000 }, (_, i) => ({
+      at: NOW - i * 200,
+      tier: "fast" as const,
+      gpus: 1,
+      heldMs: 1_000,
+    }));
+    const d = estimateDemand({ arrivals, concurrency: [] }, NOW, W);
+    // 3,000 arrivals in the window × 1 s / 600 s = 5 GPUs; at the recent rate the same.
+    expect(d.fastGpusInWindow).toBe(5);
+    expect(d.fastGpusAtRecentRate).toBe(5);
+    // Not yet finished, the same jobs count whole: 3,000 GPUs, as before.
+    const unfinished = arrivals.map(({ heldMs: _, ...a }) => a);
+    expect(estimateDemand({ arrivals: unfinished, concurrency: [] }, NOW, W).fastGpusInWindow).toBe(3_000);
+  });
+
+  it("long jobs count as before", () => {
+    const arrivals = [
+      { at: NOW - 5 * MINUTE_MS, tier: "fast" as const, gpus: 8, heldMs: 2 * HOUR_MS },
+      { at: NOW - 4 * MINUTE_MS, tier: "fast" as const, gpus: 4 },
+    ];
+    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, W).fastGpusInWindow).toBe(12);
   });
 });

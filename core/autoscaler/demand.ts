@@ -7,8 +7,11 @@ import { GPUS_PER_NODE, type Tier } from "../schemas/common";
 import type { DemandEstimate } from "./types";
 
 export interface DemandHistory {
-  /** Submissions within the lookback, any order. */
-  arrivals: { at: number; tier: Tier; gpus: number }[];
+  /**
+   * Submissions within the lookback, any order. `heldMs`: how long the job held its GPUs, once it
+   * has finished (unknown while it runs or waits).
+   */
+  arrivals: { at: number; tier: Tier; gpus: number; heldMs?: number }[];
   /** Samples of concurrent demand (GPUs running plus GPUs waiting) within the lookback. */
   concurrency: { at: number; gpus: number }[];
 }
@@ -59,9 +62,10 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   const nodeBuckets = new Float64Array(steps);
   for (const a of history.arrivals) {
     if (a.tier !== "fast" || a.at <= since || a.at > now) continue;
-    if (a.at > now - w.burstMs) burst += a.gpus;
+    const gpus = a.gpus * occupancy(a.heldMs, w.windowMs);
+    if (a.at > now - w.burstMs) burst += gpus;
     const i = Math.min(steps - 1, Math.floor((a.at - since) / w.stepMs));
-    gpuBuckets[i]! += a.gpus;
+    gpuBuckets[i]! += gpus;
     nodeBuckets[i]! += wholeNodes(a.gpus);
   }
   const windows = Math.max(1, steps - perWindow + 1);
@@ -95,12 +99,28 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   }
   const sortedLevels = Float64Array.from(levels).sort();
   return {
-    fastGpusInWindow: quantileSorted(gpuSums.sort(), w.arrivalQuantile),
+    fastGpusInWindow: wholeGpus(quantileSorted(gpuSums.sort(), w.arrivalQuantile)),
     fastWholeNodesInWindow: quantileSorted(nodeSums.sort(), w.wholeNodeQuantile ?? w.arrivalQuantile),
-    fastGpusAtRecentRate: Math.ceil((burst * w.windowMs) / w.burstMs),
+    fastGpusAtRecentRate: wholeGpus((burst * w.windowMs) / w.burstMs),
     steadyGpus: now - earliest >= (w.steadyMinHistoryMs ?? 0) ? quantileSorted(sortedLevels, w.steadyQuantile) : 0,
     peakGpus: quantileSorted(Float64Array.from(recent).sort(), w.peakQuantile),
   };
+}
+
+/**
+ * The share of a headroom window a job's GPUs stay taken: a job known to have held its GPUs for
+ * less than the window gives them back within it, so a stream of such jobs needs only rate ×
+ * duration GPUs at once, not every arrival's (one-second jobs arriving 5 a second need 5 GPUs,
+ * not 5 × the window's seconds). A job still running or waiting counts whole.
+ */
+export function occupancy(heldMs: number | undefined, windowMs: number): number {
+  if (heldMs === undefined || !(heldMs >= 0) || windowMs <= 0) return 1;
+  return Math.min(1, heldMs / windowMs);
+}
+
+/** Up to whole GPUs (shares of jobs' occupancy add up to fractions; float noise is not a GPU). */
+function wholeGpus(x: number): number {
+  return Math.max(0, Math.ceil(x - 1e-9));
 }
 
 /** A job of 8 GPUs or more takes whole nodes; smaller jobs share. */

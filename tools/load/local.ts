@@ -4,9 +4,10 @@
  * the autoscaler, their agents on the local Docker engine).
  *
  * The crons run only while capacity warms up, then the fleet stays as it is: every simulated node
- * is an agent process on this same machine, so nodes the autoscaler bought in reaction to the load
- * (it sizes Fast headroom from arrivals, and the load is a flood of one-second jobs) would take CPU
- * from the control plane mid-run, which real nodes, being other machines, never do.
+ * is an agent process on this same machine, so a node the autoscaler bought during the load (its
+ * first version here bought 15–20, sizing Fast headroom from arrivals alone before it counted short
+ * jobs by the time they held their GPUs) would take CPU from the control plane mid-run, which real
+ * nodes, being other machines, never do.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -91,8 +91,18 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
   let killed = 0;
   const region = new RegionModel(
     {
-      started: (job, at) => ledger.started(job.id, at),
-      used: (job, from, to) => ledger.used(job.tier, job.gpus, from, to),
+      started: (job, at) => {
+        ledger.started(job.id, at);
+        // Holding GPUs again (a restart after its node went): it counts whole until it ends.
+        const arrival = arrivalOf.get(job.id);
+        if (arrival) delete arrival.heldMs;
+      },
+      used: (job, from, to) => {
+        ledger.used(job.tier, job.gpus, from, to);
+        // What the control plane learns when a job finishes: how long it held its GPUs.
+        const arrival = arrivalOf.get(job.id);
+        if (arrival) arrival.heldMs = to - from;
+      },
       killed: () => killed++,
     },
     setup.packer,
@@ -120,7 +130,8 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
     orderFailed: () => ledger.ordersFailed++,
   });
   const policy = policyOf(name, setup);
-  const arrivals: { at: number; tier: Tier; gpus: number }[] = [];
+  const arrivals: { id: string; at: number; tier: Tier; gpus: number; heldMs?: number }[] = [];
+  const arrivalOf = new Map<string, (typeof arrivals)[number]>();
   const levels: { at: number; gpus: number }[] = [];
   const reasons: Record<string, number> = {};
   let blockSeq = 0;
@@ -128,7 +139,9 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
 
   const cycle = (now: number) => {
     cycles++;
-    while (arrivals.length > 0 && arrivals[0]!.at <= now - setup.demand.lookbackMs) arrivals.shift();
+    while (arrivals.length > 0 && arrivals[0]!.at <= now - setup.demand.lookbackMs) {
+      arrivalOf.delete(arrivals.shift()!.id);
+    }
     while (levels.length > 0 && levels[0]!.at <= now - (setup.demand.levelLookbackMs ?? setup.demand.lookbackMs)) {
       levels.shift();
     }
@@ -235,7 +248,9 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       const at = setup.windowStart + job.submitS * 1000;
       region.submit(job, at);
       ledger.submit(job.id, job.tier, at);
-      arrivals.push({ at, tier: job.tier, gpus: job.gpus });
+      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus };
+      arrivals.push(arrival);
+      arrivalOf.set(job.id, arrival);
     }
     if (t >= nextTick) {
       cycle(t);

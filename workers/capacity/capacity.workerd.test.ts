@@ -21,6 +21,7 @@ import { createLogger } from "../http/log";
 import { SfComputeClient } from "../sfcompute/client";
 import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
 import { H100_NODE_SHAPE } from "./cron";
+import { recentArrivals } from "./fleet";
 import { type CapacityDeps, runCapacityCycle } from "./manager";
 import { tokenOfCloudInit } from "./market";
 
@@ -363,5 +364,43 @@ describe("the capacity cron against the simulator", () => {
     // The simulator fills the sales and the nodes' time now ends at the hour.
     h.advance(MINUTE_MS);
     for (const n of h.simNodes()) expect(n.endAt).toBe(nextHour);
+  });
+});
+
+describe("recent arrivals, the autoscaler's demand history", () => {
+  it("carry how long each finished job held its GPUs; running, queued and other regions' jobs do not", async () => {
+    const region = `arrivals-${crypto.randomUUID().slice(0, 8)}`;
+    const user = await signUp();
+    const now = Date.now();
+    const row = (over: Partial<typeof jobs.$inferInsert>) => ({
+      accountId: user.accountId,
+      region,
+      tier: "fast" as const,
+      image: "127.0.0.1:5000/test/busybox:1",
+      gpuCount: 1,
+      cpuMilli: 1_000,
+      memoryMib: 1_024,
+      maxRuntimeS: 3_600,
+      ...over,
+    });
+    await db.insert(jobs).values([
+      row({
+        status: "succeeded",
+        gpuCount: 2,
+        startedAt: new Date(now - 10_000),
+        finishedAt: new Date(now - 8_500),
+      }),
+      row({ status: "running", startedAt: new Date(now - 5_000) }),
+      row({ status: "queued", tier: "flex" }),
+      row({ status: "queued", region: `${region}-other` }),
+    ]);
+    const arrivals = await recentArrivals(db, region, now + 1_000, HOUR_MS);
+    expect(
+      arrivals.map(({ at: _, ...a }) => a).sort((a, b) => b.gpus - a.gpus || a.tier.localeCompare(b.tier)),
+    ).toEqual([
+      { tier: "fast", gpus: 2, heldMs: 1_500 },
+      { tier: "fast", gpus: 1 },
+      { tier: "flex", gpus: 1 },
+    ]);
   });
 });

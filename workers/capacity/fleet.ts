@@ -172,8 +172,22 @@ async function runStarts(
 /** Fast and Flex submissions of the last `lookbackMs`, for the demand estimate. */
 export async function recentArrivals(db: Db, region: string, now: number, lookbackMs: number) {
   const rows = await db
-    .select({ at: jobs.createdAt, tier: jobs.tier, gpus: jobs.gpuCount })
+    .select({
+      at: jobs.createdAt,
+      tier: jobs.tier,
+      gpus: jobs.gpuCount,
+      startedAt: jobs.startedAt,
+      finishedAt: jobs.finishedAt,
+    })
     .from(jobs)
     .where(and(eq(jobs.region, region), gt(jobs.createdAt, new Date(now - lookbackMs))));
-  return rows.map((r) => ({ at: r.at.getTime(), tier: r.tier as "fast" | "flex", gpus: r.gpus }));
+  return rows.map((r) => ({
+    at: r.at.getTime(),
+    tier: r.tier as "fast" | "flex",
+    gpus: r.gpus,
+    // A job that ran and ended: how long it held its GPUs (core/autoscaler/demand.ts `occupancy`).
+    ...(r.startedAt && r.finishedAt && r.finishedAt.getTime() <= now
+      ? { heldMs: Math.max(0, r.finishedAt.getTime() - r.startedAt.getTime()) }
+      : {}),
+  }));
 }
