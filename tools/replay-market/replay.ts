@@ -99,9 +99,13 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       },
       used: (job, from, to) => {
         ledger.used(job.tier, job.gpus, from, to);
-        // What the control plane learns when a job finishes: how long it held its GPUs.
+        // What the control plane learns when a run ends: how long the job held its GPUs, over its
+        // runs so far (as workers/capacity/fleet.ts sums its attempts).
         const arrival = arrivalOf.get(job.id);
-        if (arrival) arrival.heldMs = to - from;
+        if (arrival) {
+          arrival.heldSoFarMs += to - from;
+          arrival.heldMs = arrival.heldSoFarMs;
+        }
       },
       killed: () => killed++,
     },
@@ -130,7 +134,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
     orderFailed: () => ledger.ordersFailed++,
   });
   const policy = policyOf(name, setup);
-  const arrivals: { id: string; at: number; tier: Tier; gpus: number; heldMs?: number }[] = [];
+  const arrivals: { id: string; at: number; tier: Tier; gpus: number; heldMs?: number; heldSoFarMs: number }[] = [];
   const arrivalOf = new Map<string, (typeof arrivals)[number]>();
   const levels: { at: number; gpus: number }[] = [];
   const reasons: Record<string, number> = {};
@@ -248,7 +252,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       const at = setup.windowStart + job.submitS * 1000;
       region.submit(job, at);
       ledger.submit(job.id, job.tier, at);
-      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus };
+      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus, heldSoFarMs: 0 };
       arrivals.push(arrival);
       arrivalOf.set(job.id, arrival);
     }

@@ -16,7 +16,7 @@ import { schedulerOf } from "../api/scheduler";
 import { submitJob } from "../api/submission";
 import { call, signUp } from "../api/test-support";
 import { openDb } from "../db/client";
-import { auditLog, blocks, jobs, marketOrders, nodes } from "../db/schema";
+import { auditLog, blocks, jobRuns, jobs, marketOrders, nodes } from "../db/schema";
 import { createLogger } from "../http/log";
 import { SfComputeClient } from "../sfcompute/client";
 import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
@@ -368,7 +368,7 @@ describe("the capacity cron against the simulator", () => {
 });
 
 describe("recent arrivals, the autoscaler's demand history", () => {
-  it("carry how long each finished job held its GPUs; running, queued and other regions' jobs do not", async () => {
+  it("carry how long each ended job held its GPUs, placement to end over its attempts; not running, queued or other regions' jobs", async () => {
     const region = `arrivals-${crypto.randomUUID().slice(0, 8)}`;
     const user = await signUp();
     const now = Date.now();
@@ -383,22 +383,59 @@ describe("recent arrivals, the autoscaler's demand history", () => {
       maxRuntimeS: 3_600,
       ...over,
     });
-    await db.insert(jobs).values([
-      row({
+    const nodeId = `n-${region}`;
+    await db.insert(nodes).values({
+      id: nodeId,
+      region,
+      zone: "z",
+      gpuModel: "H100",
+      gpuCount: 8,
+      cpuMilli: 64_000,
+      memoryMib: 512_000,
+    });
+    const [retried, cancelled] = await db
+      .insert(jobs)
+      .values([
+        // Two attempts: placed 10 s before now for 1.5 s, then again for 0.5 s.
+        row({ status: "succeeded", gpuCount: 2, startedAt: new Date(now - 4_000), finishedAt: new Date(now - 3_000) }),
+        // Cancelled while queued: it never held a GPU.
+        row({ status: "cancelled", gpuCount: 4, finishedAt: new Date(now - 1_000) }),
+        row({ status: "running", startedAt: new Date(now - 5_000) }),
+        row({ status: "queued", tier: "flex" }),
+        row({ status: "queued", region: `${region}-other` }),
+      ])
+      .returning({ id: jobs.id });
+    await db.insert(jobRuns).values([
+      {
+        id: `pl-${crypto.randomUUID()}`,
+        jobId: retried!.id,
+        accountId: user.accountId,
+        attempt: 1,
+        nodeId,
+        status: "failed",
+        gpuCount: 2,
+        placedAt: new Date(now - 10_000),
+        finishedAt: new Date(now - 8_500),
+      },
+      {
+        id: `pl-${crypto.randomUUID()}`,
+        jobId: retried!.id,
+        accountId: user.accountId,
+        attempt: 2,
+        nodeId,
         status: "succeeded",
         gpuCount: 2,
-        startedAt: new Date(now - 10_000),
-        finishedAt: new Date(now - 8_500),
-      }),
-      row({ status: "running", startedAt: new Date(now - 5_000) }),
-      row({ status: "queued", tier: "flex" }),
-      row({ status: "queued", region: `${region}-other` }),
+        placedAt: new Date(now - 3_500),
+        finishedAt: new Date(now - 3_000),
+      },
     ]);
+    expect(cancelled).toBeDefined();
     const arrivals = await recentArrivals(db, region, now + 1_000, HOUR_MS);
     expect(
       arrivals.map(({ at: _, ...a }) => a).sort((a, b) => b.gpus - a.gpus || a.tier.localeCompare(b.tier)),
     ).toEqual([
-      { tier: "fast", gpus: 2, heldMs: 1_500 },
+      { tier: "fast", gpus: 4, heldMs: 0 },
+      { tier: "fast", gpus: 2, heldMs: 2_000 },
       { tier: "fast", gpus: 1 },
       { tier: "flex", gpus: 1 },
     ]);

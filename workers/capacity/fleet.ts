@@ -5,7 +5,7 @@
  * waits). Nodes of the capacity manager have ids starting `cap-`; operator-made nodes are not ours
  * to buy, extend or sell.
  */
-import { and, eq, gt, inArray, like, ne } from "drizzle-orm";
+import { and, eq, gt, inArray, like, ne, sql } from "drizzle-orm";
 import type { FleetNode, InflightOrder, QueuedJob, RunningWork } from "../../core/autoscaler";
 import type { GpuModel } from "../../core/schemas";
 import type { CapacitySnapshot } from "../../durable-objects/region-scheduler/rpc";
@@ -171,23 +171,22 @@ async function runStarts(
 
 /** Fast and Flex submissions of the last `lookbackMs`, for the demand estimate. */
 export async function recentArrivals(db: Db, region: string, now: number, lookbackMs: number) {
+  // A job that has ended: how long its GPUs were taken, from each placement to its end, summed over
+  // its attempts (0 when it never ran). core/autoscaler/demand.ts `occupancy` weighs it by that.
+  // (Columns written out: drizzle leaves a select's columns unqualified, and inside the subquery
+  // a bare "id" would be the run's.)
+  const held = sql<number | null>`case when "jobs"."finished_at" <= ${new Date(now).toISOString()}::timestamptz then (
+      select coalesce(sum(extract(epoch from (r.finished_at - r.placed_at))), 0) * 1000
+        from ${jobRuns} r where r.job_id = "jobs"."id" and r.finished_at is not null
+    )::float8 end`;
   const rows = await db
-    .select({
-      at: jobs.createdAt,
-      tier: jobs.tier,
-      gpus: jobs.gpuCount,
-      startedAt: jobs.startedAt,
-      finishedAt: jobs.finishedAt,
-    })
+    .select({ at: jobs.createdAt, tier: jobs.tier, gpus: jobs.gpuCount, heldMs: held })
     .from(jobs)
     .where(and(eq(jobs.region, region), gt(jobs.createdAt, new Date(now - lookbackMs))));
   return rows.map((r) => ({
     at: r.at.getTime(),
     tier: r.tier as "fast" | "flex",
     gpus: r.gpus,
-    // A job that ran and ended: how long it held its GPUs (core/autoscaler/demand.ts `occupancy`).
-    ...(r.startedAt && r.finishedAt && r.finishedAt.getTime() <= now
-      ? { heldMs: Math.max(0, r.finishedAt.getTime() - r.startedAt.getTime()) }
-      : {}),
+    ...(r.heldMs !== null ? { heldMs: Math.max(0, Number(r.heldMs)) } : {}),
   }));
 }
