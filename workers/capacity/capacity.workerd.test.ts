@@ -396,7 +396,6 @@ describe("recent arrivals, the autoscaler's demand history", () => {
     const [retried, cancelled] = await db
       .insert(jobs)
       .values([
-        // Two attempts: placed 10 s before now for 1.5 s, then again for 0.5 s.
         row({ status: "succeeded", gpuCount: 2, startedAt: new Date(now - 4_000), finishedAt: new Date(now - 3_000) }),
         // Cancelled while queued: it never held a GPU.
         row({ status: "cancelled", gpuCount: 4, finishedAt: new Date(now - 1_000) }),
@@ -405,30 +404,19 @@ describe("recent arrivals, the autoscaler's demand history", () => {
         row({ status: "queued", region: `${region}-other` }),
       ])
       .returning({ id: jobs.id });
-    await db.insert(jobRuns).values([
-      {
-        id: `pl-${crypto.randomUUID()}`,
-        jobId: retried!.id,
-        accountId: user.accountId,
-        attempt: 1,
-        nodeId,
-        status: "failed",
-        gpuCount: 2,
-        placedAt: new Date(now - 10_000),
-        finishedAt: new Date(now - 8_500),
-      },
-      {
-        id: `pl-${crypto.randomUUID()}`,
-        jobId: retried!.id,
-        accountId: user.accountId,
-        attempt: 2,
-        nodeId,
-        status: "succeeded",
-        gpuCount: 2,
-        placedAt: new Date(now - 3_500),
-        finishedAt: new Date(now - 3_000),
-      },
-    ]);
+    // Two attempts of the retried job: placed 10 s before now for 1.5 s, then 3.5 s before for 0.5 s.
+    const attempt = (n: number, placedAgo: number, heldMs: number) => ({
+      id: `pl-${crypto.randomUUID()}`,
+      jobId: retried!.id,
+      accountId: user.accountId,
+      attempt: n,
+      nodeId,
+      status: n === 1 ? "failed" : "succeeded",
+      gpuCount: 2,
+      placedAt: new Date(now - placedAgo),
+      finishedAt: new Date(now - placedAgo + heldMs),
+    });
+    await db.insert(jobRuns).values([attempt(1, 10_000, 1_500), attempt(2, 3_500, 500)]);
     expect(cancelled).toBeDefined();
     const arrivals = await recentArrivals(db, region, now + 1_000, HOUR_MS);
     expect(
