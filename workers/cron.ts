@@ -19,7 +19,7 @@ export const EVERY_MINUTE = "* * * * *";
 /** What runs on which schedule. Later issues register the autoscaler, reconciler and billing here. */
 export const CRON_TASKS: Record<string, CronTask[]> = {
   [EVERY_MINUTE]: [
-    { name: "sfcompute.market-monitor", run: (env, log) => runMarketMonitorCron(env, log) },
+    { name: "sfcompute.market-monitor", run: (env, log, trigger) => runMarketMonitorCron(env, log, trigger) },
     reconcileTask,
     expireIdempotencyKeysTask,
     { name: "capacity.autoscaler", run: (env, log, trigger) => runCapacityCron(env, log, trigger) },

@@ -14,7 +14,7 @@ import type { Logger } from "../http/log";
 import { SfComputeClient } from "./client";
 import type { MarketDb } from "./db";
 import { type OrderIntent, placeJournaledOrder } from "./journal";
-import { runMarketMonitor } from "./monitor";
+import { monitorPresent, runMarketMonitor } from "./monitor";
 import { blockCents, HOUR_MS, MINUTE_MS } from "./units";
 
 /** A logger that keeps what it is told, to check metrics and warnings. */
@@ -181,6 +181,30 @@ describe.skipIf(!has("postgres"))("market monitoring", () => {
     // The view gives the same numbers with the database's clock.
     const [view] = await database.sql`select count(*)::int as n from block_expiry`;
     expect(typeof view!.n).toBe("number");
+  });
+
+  it("counts time to expiry on the capacity cycle's clock: the trigger's time with CAPACITY_CLOCK=trigger", async () => {
+    // The market's present three hours ahead of the wall clock, as when the local stack jumped it.
+    const marketNow = Date.now() + 3 * HOUR_MS;
+    const [row] = await database.sql`
+      insert into blocks (region, zone, instance_type, gpu_model, node_count, start_at, end_at, price_cents, status)
+      values ('us-west-1', 'presidio', 'h100v', 'H100', 1, ${new Date(marketNow - HOUR_MS).toISOString()},
+              ${new Date(marketNow + 20 * MINUTE_MS).toISOString()}, 1000, 'active')
+      returning id`;
+    const expiry = async (env: { CAPACITY_CLOCK?: string }, scheduledTime: number) => {
+      const report = await runMarketMonitor(db, {
+        now: monitorPresent(env, scheduledTime),
+        warningWindowMs: 30 * MINUTE_MS,
+        client: null,
+        log: recordingLogger(),
+      });
+      return report.blocks.find((b) => b.block_id === row!.id)?.seconds_to_expiry;
+    };
+    const onTrigger = await expiry({ CAPACITY_CLOCK: "trigger" }, marketNow);
+    expect(onTrigger).toBeGreaterThanOrEqual(1_195);
+    expect(onTrigger).toBeLessThanOrEqual(1_200);
+    // On the wall clock (the default) the block starts two hours from now: not among the active ones.
+    expect(await expiry({}, marketNow)).toBeUndefined();
   });
 
   it("keeps the tables away from API roles", async () => {

@@ -11,7 +11,9 @@
  *
  * Metrics are structured log lines `{"event":"metric","metric":…,"value":…}` (Workers Logs).
  */
+
 import { and, asc, sql as dsql, eq, inArray, isNotNull } from "drizzle-orm";
+import { type CapacityKnobs, capacityClock } from "../capacity/config";
 import { auditLog, marketOrders } from "../db/schema";
 import type { Logger } from "../http/log";
 import type { SfComputeClient } from "./client";
@@ -52,6 +54,15 @@ export interface MarketMonitorReport {
   blocks: BlockExpiry[];
   /** Warnings raised by this run (not those already raised for the same block end). */
   warnings: BlockExpiry[];
+}
+
+/**
+ * The monitor's present is the capacity cycle's (`CAPACITY_CLOCK`, workers/capacity/config.ts): the
+ * wall clock, or the cron trigger's `scheduledTime` where the local stack fires the crons on the
+ * simulated market's time, so a block's time to expiry is counted on the clock its end was set by.
+ */
+export function monitorPresent(env: Pick<CapacityKnobs, "CAPACITY_CLOCK">, scheduledTime?: number): Date {
+  return new Date(capacityClock(env, scheduledTime)());
 }
 
 export function metric(log: Logger, name: string, value: number, tags: Record<string, unknown> = {}): void {
