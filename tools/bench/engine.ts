@@ -13,10 +13,10 @@
 
 import { parseArgs } from "node:util";
 import Docker from "dockerode";
-import { containerSpec } from "../../node-agent/container-spec";
 import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
 import { findEngine, TEST_IMAGE } from "../docker/stack";
 import { cpuReport, cpuSnapshot } from "../load/cpu";
+import { loadJobSpec } from "../load/engine-baseline";
 import { percentile } from "../load/stats";
 
 const { values } = parseArgs({
@@ -49,27 +49,7 @@ try {
 type Variant = (i: number, batch: string) => Promise<string>;
 
 const VARIANTS: Record<string, Variant> = {
-  agent: (i, batch) =>
-    engine.create(
-      containerSpec(
-        {
-          placement_id: `${batch}-${i}`,
-          job_id: `${batch}-${i}`,
-          attempt: 1,
-          image: TEST_IMAGE,
-          command: ["true"],
-          args: [],
-          env: [],
-          gpu_indices: [i % 8],
-          cpu_milli: 200,
-          memory_mib: 256,
-          kill_deadline: null,
-          desired: "running",
-          grace_period_ms: 1_000,
-        },
-        { agentName: batch, nodeId: batch, pidsLimit: 32_768 },
-      ),
-    ),
+  agent: (i, batch) => engine.create(loadJobSpec(batch, i, TEST_IMAGE)),
   plain: async () => (await docker.createContainer({ Image: TEST_IMAGE, Entrypoint: ["true"] })).id,
   plain_no_network: async () =>
     (await docker.createContainer({ Image: TEST_IMAGE, Entrypoint: ["true"], HostConfig: { NetworkMode: "none" } })).id,

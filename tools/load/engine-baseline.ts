@@ -6,6 +6,7 @@
  */
 import { containerSpec } from "../../node-agent/container-spec";
 import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
+import type { ContainerSpec } from "../../node-agent/docker/engine";
 import { type Percentiles, percentiles } from "./stats";
 
 export interface EngineBaseline {
@@ -14,6 +15,32 @@ export interface EngineBaseline {
   create_start_ms: Percentiles;
   /** From the first create to the last start: the batch's wall time. */
   batch_ms: number;
+}
+
+/**
+ * The container the node agent makes for one of the load's jobs (1 GPU, 0.2 CPU, 256 MiB, `image`,
+ * `true`): the `i`-th of a `batch`, whose name is also the owning agent's, so it can be found.
+ */
+export function loadJobSpec(batch: string, i: number, image: string): ContainerSpec {
+  const placementId = `${batch}-${i}`;
+  return containerSpec(
+    {
+      placement_id: placementId,
+      job_id: placementId,
+      attempt: 1,
+      image,
+      command: ["true"],
+      args: [],
+      env: [],
+      gpu_indices: [i % 8],
+      cpu_milli: 200,
+      memory_mib: 256,
+      kill_deadline: null,
+      desired: "running",
+      grace_period_ms: 1_000,
+    },
+    { agentName: batch, nodeId: batch, pidsLimit: 32_768 },
+  );
 }
 
 export async function measureEngine(opts: {
@@ -28,25 +55,7 @@ export async function measureEngine(opts: {
   try {
     const times = await Promise.all(
       Array.from({ length: opts.containers }, async (_, i) => {
-        const placementId = `${batch}-${i}`;
-        const spec = containerSpec(
-          {
-            placement_id: placementId,
-            job_id: placementId,
-            attempt: 1,
-            image: opts.image,
-            command: ["true"],
-            args: [],
-            env: [],
-            gpu_indices: [i % 8],
-            cpu_milli: 200,
-            memory_mib: 256,
-            kill_deadline: null,
-            desired: "running",
-            grace_period_ms: 1_000,
-          },
-          { agentName: batch, nodeId: batch, pidsLimit: 32_768 },
-        );
+        const spec = loadJobSpec(batch, i, opts.image);
         const t = performance.now();
         const id = await engine.create(spec);
         ids.push(id);

@@ -127,7 +127,7 @@ async function run(
   key: string,
 ) {
   const sql = c.get("pg").sql;
-  const where = `account_id = ${literal(accountId)} and key = ${literal(key)}`;
+  const where = keyWhere(accountId, key);
   try {
     await next();
   } catch (error) {
@@ -147,6 +147,11 @@ async function run(
   }
 }
 
+/** The key's row, as a condition with its values inlined (one round trip, no describe). */
+function keyWhere(accountId: string, key: string): string {
+  return `account_id = ${literal(accountId)} and key = ${literal(key)}`;
+}
+
 function release(sql: RequestDb["sql"], accountId: string, key: string) {
-  return sql.unsafe(`delete from idempotency_keys where account_id = ${literal(accountId)} and key = ${literal(key)}`);
+  return sql.unsafe(`delete from idempotency_keys where ${keyWhere(accountId, key)}`);
 }
