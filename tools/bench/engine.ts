@@ -6,13 +6,16 @@
  * rounds (default 3) of each variant, interleaved. CPU from /proc (tools/load/cpu.ts): the whole
  * machine's busy time per container, and the engine's processes' share (`engine`: dockerd,
  * containerd, and the shims and runc they start, unless PID 1 reaped them: then they are in `other`). Variants: `agent` (the node agent's own container spec and engine client: limits,
- * `--init`, a GPU request through the hook, the default bridge), the baseline; `plain` (the
- * engine's defaults, `docker run IMG true`); `plain_no_network` (`--network none`). It says how
+ * `--init`, a GPU request through the hook, the default bridge), the baseline; `agent_calls` (the
+ * same, with every other engine call the agent makes for a job: image check, inspects, the log
+ * followed, the reconcile's listing); `plain` (the engine's defaults, `docker run IMG true`);
+ * `plain_no_network` (`--network none`). It says how
  * much of `load:fast`'s CPU per job the engine alone takes. Prints JSON; needs `npm run docker:up`.
  */
 
 import { parseArgs } from "node:util";
 import Docker from "dockerode";
+import { ownLabels } from "../../node-agent/container-spec";
 import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
 import { findEngine, TEST_IMAGE } from "../docker/stack";
 import { cpuReport, cpuSnapshot } from "../load/cpu";
@@ -46,13 +49,47 @@ try {
   process.exit(2);
 }
 
-type Variant = (i: number, batch: string) => Promise<string>;
+interface Variant {
+  /** Creates the `i`-th container of a batch; the round starts it, waits for it and removes it. */
+  create: (i: number, batch: string) => Promise<string>;
+  /**
+   * Instead of the round's start and wait: the engine calls a node agent makes around them. Returns
+   * when the container was started (`performance.now()`).
+   */
+  run?: (id: string, batch: string) => Promise<number>;
+}
+
+const agentCreate = (i: number, batch: string) => engine.create(loadJobSpec(batch, i, TEST_IMAGE));
 
 const VARIANTS: Record<string, Variant> = {
-  agent: (i, batch) => engine.create(loadJobSpec(batch, i, TEST_IMAGE)),
-  plain: async () => (await docker.createContainer({ Image: TEST_IMAGE, Entrypoint: ["true"] })).id,
-  plain_no_network: async () =>
-    (await docker.createContainer({ Image: TEST_IMAGE, Entrypoint: ["true"], HostConfig: { NetworkMode: "none" } })).id,
+  agent: { create: agentCreate },
+  // The node agent's whole conversation with the engine for one short job (node-agent/placement-run.ts
+  // and reconcile.ts): the image check before create, start, inspect, the log followed to its end,
+  // wait, two inspects after the exit, and the reconcile's listing of its containers.
+  agent_calls: {
+    create: async (i, batch) => {
+      await engine.hasImage(TEST_IMAGE);
+      return agentCreate(i, batch);
+    },
+    run: async (id, batch) => {
+      await engine.start(id);
+      const started = performance.now();
+      await engine.inspect(id);
+      const follow = await engine.followLogs(id, null, () => {});
+      await engine.wait(id);
+      await engine.inspect(id);
+      await follow.ended;
+      await engine.inspect(id);
+      await engine.list(ownLabels(batch));
+      return started;
+    },
+  },
+  plain: { create: async () => (await docker.createContainer({ Image: TEST_IMAGE, Entrypoint: ["true"] })).id },
+  plain_no_network: {
+    create: async () =>
+      (await docker.createContainer({ Image: TEST_IMAGE, Entrypoint: ["true"], HostConfig: { NetworkMode: "none" } }))
+        .id,
+  },
 };
 
 interface Round {
@@ -62,7 +99,7 @@ interface Round {
   other_core_ms: number;
 }
 
-async function round(name: string, create: Variant): Promise<Round> {
+async function round(name: string, variant: Variant): Promise<Round> {
   const batch = `bench-engine-${name}-${Date.now().toString(36)}`;
   const before = cpuSnapshot();
   const started = performance.now();
@@ -70,13 +107,16 @@ async function round(name: string, create: Variant): Promise<Round> {
   const times = await Promise.all(
     Array.from({ length: containers }, async (_, i) => {
       const t = performance.now();
-      const id = await create(i, batch);
+      const id = await variant.create(i, batch);
       ids.push(id);
+      if (variant.run) return (await variant.run(id, batch)) - t;
       await docker.getContainer(id).start();
       return performance.now() - t;
     }),
   );
-  await Promise.all(ids.map((id) => docker.getContainer(id).wait()));
+  if (!variant.run) {
+    await Promise.all(ids.map((id) => docker.getContainer(id).wait()));
+  }
   await Promise.all(ids.map((id) => docker.getContainer(id).remove({ force: true })));
   const after = cpuSnapshot();
   const cpu = before && after ? cpuReport(before, after, (performance.now() - started) / 1000, containers) : null;
@@ -90,8 +130,8 @@ async function round(name: string, create: Variant): Promise<Round> {
 
 const results: Record<string, Round[]> = Object.fromEntries(Object.keys(VARIANTS).map((k) => [k, []]));
 for (let r = 0; r < rounds; r++) {
-  for (const [name, create] of Object.entries(VARIANTS)) {
-    const result = await round(name, create);
+  for (const [name, variant] of Object.entries(VARIANTS)) {
+    const result = await round(name, variant);
     results[name]!.push(result);
     console.error(
       `[round ${r + 1}/${rounds}] ${name.padEnd(16)} create+start p50 ${result.create_start_p50_ms} ms, ${result.core_ms_per_container} core-ms per container`,
