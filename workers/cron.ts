@@ -2,7 +2,7 @@
  * Cron Triggers: each expression of `wrangler.toml` maps to a list of idempotent tasks. A failing task
  * is logged and does not stop the others.
  */
-import { expireIdempotencyKeysTask, reconcileTask } from "./api/housekeeping";
+import { expireIdempotencyKeysTask, expireJobLogsTask, reconcileTask } from "./api/housekeeping";
 import { runCapacityCron } from "./capacity/cron";
 import { createLogger, errorFields, type Logger } from "./http/log";
 import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
@@ -22,6 +22,7 @@ export const CRON_TASKS: Record<string, CronTask[]> = {
     { name: "sfcompute.market-monitor", run: (env, log, trigger) => runMarketMonitorCron(env, log, trigger) },
     reconcileTask,
     expireIdempotencyKeysTask,
+    expireJobLogsTask,
     { name: "capacity.autoscaler", run: (env, log, trigger) => runCapacityCron(env, log, trigger) },
   ],
 };

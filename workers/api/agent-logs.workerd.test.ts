@@ -1,7 +1,9 @@
 /** Node tokens, the operator's node routes, and job logs shipped by agents and read by users. */
-import { SELF } from "cloudflare:test";
+import { env, SELF } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES } from "../../core/schemas";
+import { createLogger } from "../http/log";
+import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
 import { BASE, call, createKey, JOB, signUp, sql, type TestUser } from "./test-support";
 
 const NODE = { gpu_model: "H100", cpu_milli: 64_000, memory_mib: 512_000 };
@@ -188,6 +190,51 @@ describe("job logs", () => {
     const denied = await call("GET", `/v1/jobs/${jobId}/logs`, stranger.token);
     expect(denied.status).toBe(404);
     expect(denied.text).not.toContain("line 0");
+  });
+
+  it("are kept for LOG_RETENTION_DAYS after they arrive, then deleted by the cron task", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const user = await signUp();
+    const { jobId, placementId } = await jobOnNode(user, node.id);
+    const lines = [0, 1, 2, 3].map((i) => line(placementId, i, `line ${i}`));
+    expect((await call("POST", AGENT_ROUTES.logs, token, { body: { lines } })).status).toBe(200);
+    const age = (seq: number, days: number) =>
+      sql("update job_logs set received_at = now() - make_interval(days => $3) where placement_id = $1 and seq = $2", [
+        placementId,
+        seq,
+        days,
+      ]);
+    await age(0, 45);
+    await age(1, 31);
+    await age(2, 29);
+    const visible = async () =>
+      (await call("GET", `/v1/jobs/${jobId}/logs?limit=100`, user.token)).json.data.map(
+        (l: { line: string }) => l.line,
+      );
+    const log = createLogger("error");
+    const trigger = { scheduledTime: Date.now() };
+
+    const first = (await expireJobLogsTask.run(env, log, trigger)) as { deleted: number; retention_days: number };
+    expect(first.retention_days).toBe(30);
+    expect(first.deleted).toBeGreaterThanOrEqual(2);
+    expect(await visible()).toEqual(["line 2", "line 3"]);
+    // A shorter period set in the environment takes the 29-day-old line too; a second run finds nothing more.
+    await expireJobLogsTask.run({ ...env, LOG_RETENTION_DAYS: "7" }, log, trigger);
+    expect(await visible()).toEqual(["line 3"]);
+    const again = (await expireJobLogsTask.run({ ...env, LOG_RETENTION_DAYS: "7" }, log, trigger)) as {
+      deleted: number;
+    };
+    expect(again.deleted).toBe(0);
+  });
+
+  it("retention days: whole days from 1 to 3650, else the default", () => {
+    expect(logRetentionDays(undefined)).toBe(DEFAULT_LOG_RETENTION_DAYS);
+    expect(logRetentionDays("")).toBe(DEFAULT_LOG_RETENTION_DAYS);
+    expect(logRetentionDays("1")).toBe(1);
+    expect(logRetentionDays("3650")).toBe(3650);
+    for (const bad of ["0", "-3", "1.5", "3651", "thirty"])
+      expect(logRetentionDays(bad)).toBe(DEFAULT_LOG_RETENTION_DAYS);
   });
 
   it("validates batches: every line needs its fields, and NUL bytes do not break storage", async () => {

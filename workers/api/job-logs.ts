@@ -82,7 +82,7 @@ jobLogsRouter.openapi(
     tags: ["Jobs"],
     summary: "Get a job's logs",
     description:
-      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`.",
+      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`. Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
     security: BEARER,
     middleware: guard({ scope: "jobs:read" }),
     request: { params: IdParam, query: LogsQuery },

@@ -1,6 +1,9 @@
 /** Jobs through the Worker in workerd, against the embedded Postgres. */
+import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { MAX_BODY_BYTES } from "../http/body";
+import { createLogger } from "../http/log";
+import { expireIdempotencyKeysTask } from "./housekeeping";
 import { call, createKey, JOB, rateLimitOverride, signUp, sql } from "./test-support";
 
 describe("POST /v1/jobs", () => {
@@ -355,6 +358,24 @@ describe("Idempotency-Key", () => {
     expect(later.status).toBe(202);
     expect(later.json.id).not.toBe(first.json.id);
     expect(later.headers.get("idempotency-replayed")).toBeNull();
+  });
+
+  it("expired keys are deleted by the cron task; live ones stay", async () => {
+    const user = await signUp();
+    for (const key of ["old", "live"]) {
+      const res = await call("POST", "/v1/jobs", user.token, { body: JOB, headers: { "idempotency-key": key } });
+      expect(res.status).toBe(202);
+    }
+    await sql(
+      "update idempotency_keys set expires_at = now() - interval '1 second' where account_id = $1 and key = 'old'",
+      [user.accountId],
+    );
+    const result = (await expireIdempotencyKeysTask.run(env, createLogger("error"), { scheduledTime: Date.now() })) as {
+      deleted: number;
+    };
+    expect(result.deleted).toBeGreaterThanOrEqual(1);
+    const left = await sql<{ key: string }>("select key from idempotency_keys where account_id = $1", [user.accountId]);
+    expect(left.map((r) => r.key)).toEqual(["live"]);
   });
 
   it("stores and replays a key with quotes and backslashes exactly (it is written into the SQL as a literal)", async () => {

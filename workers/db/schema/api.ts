@@ -135,6 +135,8 @@ export const jobLogs = pgTable(
   (t) => [
     uniqueIndex("job_logs_placement_seq_key").on(t.placementId, t.seq),
     index("job_logs_placement_id_idx").on(t.placementId, t.id),
+    // The retention task deletes by arrival time, oldest first.
+    index("job_logs_received_at_idx").on(t.receivedAt),
     check("job_logs_stream", sql`${t.stream} in (${inList(LOG_STREAMS)})`),
     check("job_logs_seq", sql`${t.seq} >= 0`),
   ],

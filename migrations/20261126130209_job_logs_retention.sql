@@ -1,0 +1,1 @@
+CREATE INDEX "job_logs_received_at_idx" ON "job_logs" USING btree ("received_at");
