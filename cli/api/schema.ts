@@ -192,6 +192,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -752,6 +761,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -1015,6 +1033,15 @@ export interface paths {
                 };
                 /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
                 429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
+                503: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1883,7 +1910,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -1970,7 +1997,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -2079,7 +2106,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -2195,7 +2222,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -2314,7 +2341,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -2448,7 +2475,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -2554,7 +2581,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -2673,7 +2700,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`. */
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
                 503: {
                     headers: {
                         [name: string]: unknown;

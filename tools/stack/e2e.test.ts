@@ -118,9 +118,16 @@ describe.skipIf(!has("docker") || !has("registry"))("the local platform, end to 
 
   it("buys a node for a Fast job with no capacity, runs it in a container, records logs and usage", async () => {
     expect(stack.agents()).toEqual([]);
-    const { id } = await submit(["sh", "-c", "echo hello-from-scalar"]);
+    // The word "scalar" reaches the container only as a secret environment value: sealed in Postgres,
+    // opened for the scheduler, handed to the agent with the placement.
+    const { id } = await submit(["sh", "-c", "echo hello-from-$WHO"], {
+      env: [{ name: "WHO", value: "scalar", secret: true }],
+    });
     ctx.jobId = id;
     expect((await job(id)).status).toBe("queued");
+    const [stored] = await sql<{ env: string }[]>`select env::text as env from jobs where id = ${id}`;
+    expect(stored!.env).toMatch(/"sealed": "v1\.local\./);
+    expect(stored!.env).not.toContain('"value"');
 
     // The autoscaler buys: a market order and a block in Postgres, a node in the simulator.
     await stack.tickCron();

@@ -7,7 +7,7 @@
  * development account with its credentials. `stop()` undoes all of it, agents' containers included.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import postgres from "postgres";
 import { type EmbeddedDb, freePort, isPortFree, startEmbeddedPostgres } from "../db/embedded";
@@ -82,6 +82,18 @@ export const DEFAULT_CREDENTIALS_FILE = resolve(STATE_DIR, "credentials.json");
 const DEFAULT_API_PORT = 8787;
 const DEFAULT_INSPECTOR_PORT = 8789;
 const DEFAULT_AUTH_PORT = 54321;
+
+/**
+ * The key that seals secret environment values (`ENV_SECRETS_KEYS`, workers/auth/env-secrets.ts):
+ * made once per state folder and kept beside its database, so a restart still opens what it sealed.
+ */
+export function localSecretsKey(stateDir: string): string {
+  const file = resolve(stateDir, "env-secrets-keys");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  const entry = `local:${randomBytes(32).toString("base64url")}`;
+  writeFileSync(file, `${entry}\n`, { mode: 0o600 });
+  return entry;
+}
 
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const log = opts.log ?? (() => {});
@@ -202,6 +214,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
             SF_API_KEY: simToken,
             SF_API_BASE_URL: sim.url,
             SCALAR_AGENT_API_URL: apiUrl,
+            ENV_SECRETS_KEYS: localSecretsKey(stateDir),
             CAPACITY_FAST_HEADROOM_GPUS: String(fastHeadroomGpus),
             CAPACITY_CLOCK: "trigger",
           },

@@ -8,6 +8,7 @@ import { and, desc, eq, type SQL, sql } from "drizzle-orm";
 import { GpuModel, Tier } from "../../core/schemas";
 import type { EndpointSpec, EndpointState } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
+import { openEnv, sealEnv } from "../auth/env-secrets";
 import type { Db } from "../db/client";
 import { endpoints } from "../db/schema";
 import { ApiError } from "../http/errors";
@@ -133,12 +134,13 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
   };
 }
 
-export function endpointSpec(row: EndpointRow): EndpointSpec {
+/** The endpoint as its scheduler takes it, secret values opened. Throws SecretKeyError. */
+export async function endpointSpec(env: Env, row: EndpointRow): Promise<EndpointSpec> {
   return {
     id: row.id,
     account_id: row.accountId,
     tier: row.tier as EndpointSpec["tier"],
-    ...schedulerWorkload(row),
+    ...schedulerWorkload(row, await openEnv(env, row.accountId, row.env)),
     min_replicas: row.minReplicas,
     max_replicas: row.maxReplicas,
     port: row.port,
@@ -154,7 +156,7 @@ export async function syncEndpoint(env: Env, db: Db, row: EndpointRow, log: Logg
   const scheduler = schedulerOf(env, row.region);
   try {
     let state: EndpointState | null = null;
-    if (row.status === "active") state = await scheduler.ensureEndpoint(endpointSpec(row));
+    if (row.status === "active") state = await scheduler.ensureEndpoint(await endpointSpec(env, row));
     else await scheduler.removeEndpoint(row.id);
     await db
       .update(endpoints)
@@ -199,7 +201,7 @@ endpointsRouter.openapi(
     },
     responses: {
       201: { description: "The endpoint.", content: { "application/json": { schema: Endpoint } } },
-      ...errors(402, 409, 413, 415, 422),
+      ...errors(402, 409, 413, 415, 422, 503),
     },
   }),
   async (c) => {
@@ -208,6 +210,7 @@ endpointsRouter.openapi(
     const body = c.req.valid("json");
     const region = servedRegion(c.env, body.region);
     requireTier(body.tier, account.fastTierEnabled);
+    const env = await sealEnv(c.env, account.id, body.env);
     const db = c.get("pg").db;
     const row = await db.transaction(async (tx) => {
       await lockAccount(tx, account.id);
@@ -231,7 +234,7 @@ endpointsRouter.openapi(
           name: body.name,
           region,
           tier: body.tier,
-          ...workloadColumns(body),
+          ...workloadColumns({ ...body, env }),
           minReplicas: body.min_replicas,
           maxReplicas: body.max_replicas,
           scaleDownDelayS: body.scale_down_delay_s,
@@ -355,7 +358,7 @@ endpointsRouter.openapi(
     },
     responses: {
       200: { description: "The endpoint after the change.", content: { "application/json": { schema: Endpoint } } },
-      ...errors(402, 404, 409, 413, 415),
+      ...errors(402, 404, 409, 413, 415, 503),
     },
   }),
   async (c) => {
@@ -363,6 +366,7 @@ endpointsRouter.openapi(
     const account = requireAccount(caller);
     const { id } = c.req.valid("param");
     const patch = c.req.valid("json");
+    const patchEnv = patch.env ? await sealEnv(c.env, account.id, patch.env) : undefined;
     const db = c.get("pg").db;
     const row = await db.transaction(async (tx) => {
       await lockAccount(tx, account.id);
@@ -373,7 +377,7 @@ endpointsRouter.openapi(
         image: patch.image ?? current.image,
         command: patch.command ?? current.command,
         args: patch.args ?? current.args,
-        env: patch.env ?? current.env,
+        env: patchEnv ?? current.env,
         gpuCount: patch.gpu_count ?? current.gpuCount,
         gpuModels: patch.gpu_models ?? current.gpuModels,
         cpuMilli: patch.cpu_milli ?? current.cpuMilli,

@@ -48,6 +48,20 @@ describe("endpoints", () => {
     expect(patched.status).toBe(200);
     expect(patched.json).toMatchObject({ max_replicas: 5, image: "busybox:2", min_replicas: 1, port: 8080 });
     expect(patched.json.env).toEqual([{ name: "API_TOKEN", secret: true }]);
+    // Sealed at rest; a PATCH without env keeps the sealed value, one with env seals the new one.
+    const storedEnv = async () =>
+      (await sql<{ env: { sealed?: string; value?: string }[] }>("select env from endpoints where id = $1", [id]))[0]!
+        .env;
+    const [sealedBefore] = await storedEnv();
+    expect(sealedBefore).toEqual({ name: "API_TOKEN", secret: true, sealed: expect.stringMatching(/^v1\./) });
+    const newEnv = await call("PATCH", `/v1/endpoints/${id}`, user.token, {
+      body: { env: [{ name: "API_TOKEN", value: "tok_secret_456", secret: true }] },
+    });
+    expect(newEnv.status).toBe(200);
+    expect(newEnv.text).not.toContain("tok_secret_456");
+    const [sealedAfter] = await storedEnv();
+    expect(sealedAfter!.sealed).not.toBe(sealedBefore!.sealed);
+    expect(JSON.stringify(await storedEnv())).not.toContain("tok_secret");
     const badPatch = await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { min_replicas: 9 } });
     expect(badPatch.status).toBe(400);
     expect(badPatch.json.error.details.fields[0].field).toBe("max_replicas");
@@ -64,7 +78,12 @@ describe("endpoints", () => {
     expect((await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { max_replicas: 2 } })).status).toBe(409);
 
     const audit = await sql<{ action: string }>("select action from audit_log where target_id = $1 order by id", [id]);
-    expect(audit.map((a) => a.action)).toEqual(["endpoint.created", "endpoint.updated", "endpoint.deleted"]);
+    expect(audit.map((a) => a.action)).toEqual([
+      "endpoint.created",
+      "endpoint.updated",
+      "endpoint.updated",
+      "endpoint.deleted",
+    ]);
     // The name is free again once deleted.
     expect((await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name } })).status).toBe(201);
   });

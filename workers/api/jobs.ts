@@ -5,6 +5,7 @@ import { endTime, startTime } from "hono/timing";
 import { JOB_STATUSES, type JobStatus, TERMINAL_JOB_STATUSES, Tier } from "../../core/schemas";
 import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
+import { sealEnv } from "../auth/env-secrets";
 import type { Db } from "../db/client";
 import { inlineRow, literal, mapColumns, pipelinedTransaction, pipelinedWrite } from "../db/round-trips";
 import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
@@ -101,7 +102,7 @@ jobsRouter.openapi(
     },
     responses: {
       202: { description: "Accepted: the job is stored and queued.", content: { "application/json": { schema: Job } } },
-      ...errors(402, 409, 413, 415, 422),
+      ...errors(402, 409, 413, 415, 422, 503),
     },
   }),
   async (c) => {
@@ -155,10 +156,8 @@ jobsRouter.openapi(
       region,
       tier: body.tier,
       priority: body.priority,
-      ...workloadColumns(body),
-      // Secret values stay out of the statement's text (Postgres logs the text of a failing
-      // statement, never its parameters): bound, at the cost of one describe round trip.
-      ...(body.env.some((e) => e.secret) ? { env: sql`${JSON.stringify(body.env)}::jsonb` } : {}),
+      // Secret values sealed (workers/auth/env-secrets.ts): only their ciphertext reaches Postgres.
+      ...workloadColumns({ ...body, env: await sealEnv(c.env, account.id, body.env) }),
       maxRuntimeS: body.max_runtime_s,
       estimatedDurationS: body.estimated_duration_s ?? null,
       maxAttempts: body.max_attempts,
@@ -189,8 +188,8 @@ jobsRouter.openapi(
         throw gpuQuotaError(account, demand, error) ?? error;
       }
     } else {
-      // A spend cap (priced with core/pricing, here) or a bound secret: the quota is checked between
-      // the insert and the COMMIT.
+      // A spend cap (priced with core/pricing, here): the quota is checked between the insert and
+      // the COMMIT.
       row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
         const quota = db.$with("quota", {}).as(quotaGroupsQuery(account.id));
         const [inserted] = await db

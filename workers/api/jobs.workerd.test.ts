@@ -1,5 +1,5 @@
 /** Jobs through the Worker in workerd, against the embedded Postgres. */
-import { env } from "cloudflare:test";
+import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { MAX_BODY_BYTES } from "../http/body";
 import { createLogger } from "../http/log";
@@ -42,12 +42,15 @@ describe("POST /v1/jobs", () => {
       expect(read.status).toBe(200);
       expect(read.text).not.toContain("hf_very_secret_value");
     }
-    const [row] = await sql<{ env: { name: string; value: string }[]; account_id: string }>(
-      "select env, account_id from jobs where id = $1",
+    const [row] = await sql<{ env: Record<string, unknown>[]; account_id: string; text: string }>(
+      "select env, account_id, env::text as text from jobs where id = $1",
       [id],
     );
     expect(row!.account_id).toBe(user.accountId);
-    expect(row!.env[1]!.value).toBe("hf_very_secret_value");
+    // The secret is stored sealed (workers/auth/env-secrets.ts): its value never reaches Postgres.
+    expect(row!.env[0]).toEqual({ name: "MODE", secret: false, value: "train" });
+    expect(row!.env[1]).toEqual({ name: "HF_TOKEN", secret: true, sealed: expect.stringMatching(/^v1\.test\./) });
+    expect(row!.text).not.toContain("hf_very_secret_value");
     // Both written by the statement that inserts the job (the trigger's row last), in one transaction.
     const audit = await sql<{ action: string; actor_type: string }>(
       "select action, actor_type from audit_log where target_id = $1 order by action",
@@ -358,6 +361,45 @@ describe("Idempotency-Key", () => {
     expect(later.status).toBe(202);
     expect(later.json.id).not.toBe(first.json.id);
     expect(later.headers.get("idempotency-replayed")).toBeNull();
+  });
+
+  it("refuses a secret with 503 secrets_unavailable when the deployment has no sealing key, storing nothing", async () => {
+    const user = await signUp();
+    const worker = (await import("../index")).default;
+    const noKey = { ...env, ENV_SECRETS_KEYS: undefined } as Env;
+    const post = async (body: unknown, key: string) => {
+      const ctx = createExecutionContext();
+      const res = await worker.fetch(
+        new Request("http://scalar.test/v1/jobs", {
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${user.token}`,
+            "content-type": "application/json",
+            "idempotency-key": key,
+          },
+          body: JSON.stringify(body),
+        }),
+        noKey,
+        ctx,
+      );
+      await waitOnExecutionContext(ctx);
+      return { status: res.status, json: (await res.json()) as { error?: { code: string; message: string } } };
+    };
+    const refused = await post({ ...JOB, env: [{ name: "TOKEN", value: "s3cret", secret: true }] }, "needs-a-key");
+    expect(refused.status).toBe(503);
+    expect(refused.json.error).toMatchObject({ code: "secrets_unavailable" });
+    expect(refused.json.error!.message).toMatch(/ENV_SECRETS_KEYS is not set.*nothing was stored/);
+    const [count] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(count!.n).toBe(0);
+    // Without secrets nothing needs the key; the refused key was released and works once a key is back.
+    expect((await post(JOB, "no-secrets")).status).toBe(202);
+    const retried = await call("POST", "/v1/jobs", user.token, {
+      body: { ...JOB, env: [{ name: "TOKEN", value: "s3cret", secret: true }] },
+      headers: { "idempotency-key": "needs-a-key" },
+    });
+    expect(retried.status).toBe(202);
   });
 
   it("expired keys are deleted by the cron task; live ones stay", async () => {

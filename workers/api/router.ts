@@ -72,7 +72,9 @@ export const ERRORS = {
   415: envelope("Body is not JSON."),
   422: envelope("Idempotency-Key reused with a different request, or the request cannot be scheduled."),
   429: envelope("Rate limited: see `Retry-After` and `RateLimit-*`."),
-  503: envelope("The region's scheduler did not answer (`scheduler_unavailable`); retry after `Retry-After`."),
+  503: envelope(
+    "A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`).",
+  ),
 } as const;
 
 type ErrorStatus = keyof typeof ERRORS;

@@ -7,6 +7,7 @@
 import { env, runDurableObjectAlarm } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
+import { newKeyEntry, sealEnv } from "../auth/env-secrets";
 import { withDb } from "../db/client";
 import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
@@ -316,6 +317,22 @@ describe("endpoints with the scheduler", () => {
   });
 });
 
+/** A job stored as the API stores it (row and unacknowledged ledger row), not yet submitted. */
+async function storedJob(user: TestUser, storedEnv: unknown[] = []): Promise<{ id: string; stored: JobRow }> {
+  const [row] = await sql<{ id: string }>(
+    `insert into jobs (account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s, env)
+     values ($1, $2, 'flex', 'busybox', 1, 1000, 1024, 60, $3::jsonb) returning id`,
+    [user.accountId, REGION, JSON.stringify(storedEnv)],
+  );
+  const id = row!.id;
+  await sql("insert into job_submissions (job_id, region) values ($1, $2)", [id, REGION]);
+  const stored = await withDb(
+    env,
+    async (db) => (await db.query.jobs.findFirst({ where: (j, { eq }) => eq(j.id, id) }))!,
+  );
+  return { id, stored: stored as JobRow };
+}
+
 describe("submission's failure semantics", () => {
   /** The env with a region scheduler that cannot be reached (every call throws, as on a network failure). */
   const unreachable = {
@@ -336,19 +353,8 @@ describe("submission's failure semantics", () => {
     const user = await signUp();
     const job = await submit(user, { gpu_models: ["H100"] });
     // A second job, stored as the API stores it, whose submission fails.
-    const [row] = await withDb(env, (db) =>
-      db.execute<{ id: string }>(
-        `insert into jobs (account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s)
-         values ('${user.accountId}', '${REGION}', 'flex', 'busybox', 1, 1000, 1024, 60) returning id` as never,
-      ),
-    );
-    const id = row!.id;
-    await sql("insert into job_submissions (job_id, region) values ($1, $2)", [id, REGION]);
-    const stored = await withDb(
-      env,
-      async (db) => (await db.query.jobs.findFirst({ where: (j, { eq }) => eq(j.id, id) }))!,
-    );
-    const outcome = await withDb(env, (db) => submitJob(unreachable, db, stored as JobRow, log));
+    const { id, stored } = await storedJob(user);
+    const outcome = await withDb(env, (db) => submitJob(unreachable, db, stored, log));
     expect(outcome).toEqual({ outcome: "failed" });
     const [ledger] = await sql<{ acked_at: Date | null; attempts: number; last_error: string }>(
       "select acked_at, attempts, last_error from job_submissions where job_id = $1",
@@ -402,6 +408,23 @@ describe("submission's failure semantics", () => {
     expect((await withDb(env, (db) => recheckAcknowledged(env, db, log))).checked).toBe(0);
     await call("POST", `/v1/jobs/${known.id}/cancel`, user.token);
     await call("POST", `/v1/jobs/${lost}/cancel`, user.token);
+  });
+
+  it("fails a job whose sealed secrets no configured key opens, with the reason, instead of retrying it", async () => {
+    const user = await signUp();
+    // Sealed under a key the deployment no longer lists (dropped from ENV_SECRETS_KEYS too early).
+    const sealedEnv = await sealEnv({ ENV_SECRETS_KEYS: newKeyEntry("gone") }, user.accountId, [
+      { name: "TOKEN", value: "s3cret", secret: true },
+    ]);
+    const { id, stored } = await storedJob(user, sealedEnv);
+    const outcome = await withDb(env, (db) => submitJob(env, db, stored, log));
+    expect(outcome).toEqual({ outcome: "rejected" });
+    const failed = await getJob(user, id);
+    expect(failed.status).toBe("failed");
+    expect(failed.failure_reason).toMatch(
+      /^its secret environment values cannot be opened: the secret TOKEN was sealed with key gone/,
+    );
+    expect(await regionScheduler(env, REGION).jobState(id)).toBeNull();
   });
 
   it("does not re-submit a job cancelled while the scheduler was unreachable", async () => {

@@ -8,6 +8,7 @@
 import { and, asc, eq, inArray, isNotNull, isNull, lt, sql } from "drizzle-orm";
 import type { JobStatus, Tier } from "../../core/schemas";
 import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
+import { openEnv, SecretKeyError } from "../auth/env-secrets";
 import type { Db } from "../db/client";
 import { literal } from "../db/round-trips";
 import { jobSubmissions, jobs } from "../db/schema";
@@ -16,13 +17,14 @@ import { regionsOf } from "../regions";
 import { schedulerOf } from "./scheduler";
 import { type JobRow, schedulerWorkload } from "./views";
 
-export function schedulerJob(row: JobRow): SchedulerJob {
+/** The job as its scheduler takes it, secret values opened. Throws SecretKeyError. */
+export async function schedulerJob(env: Env, row: JobRow): Promise<SchedulerJob> {
   return {
     id: row.id,
     account_id: row.accountId,
     tier: row.tier as Tier,
     priority: row.priority,
-    ...schedulerWorkload(row),
+    ...schedulerWorkload(row, await openEnv(env, row.accountId, row.env)),
     estimated_duration_s: row.estimatedDurationS,
     max_runtime_s: row.maxRuntimeS,
     max_attempts: row.maxAttempts,
@@ -55,14 +57,27 @@ export async function submitJob(
       .where(eq(jobSubmissions.jobId, row.id));
   }
   try {
-    const result = await scheduler.submit(schedulerJob(row));
+    // A job whose secrets cannot be opened (a key removed from ENV_SECRETS_KEYS, an altered row) could
+    // never run: it fails now, with the reason, instead of waiting in the reconciler for ever.
+    const job = await schedulerJob(env, row).catch((error: unknown) => {
+      if (error instanceof SecretKeyError) return error;
+      throw error;
+    });
+    const result =
+      job instanceof SecretKeyError
+        ? {
+            ok: false as const,
+            message: job.message,
+            reason: `its secret environment values cannot be opened: ${job.message}`,
+          }
+        : await scheduler.submit(job);
     if (!result.ok) {
       await db.transaction(async (tx) => {
         await tx
           .update(jobs)
           .set({
             status: "failed",
-            failureReason: `rejected by the scheduler: ${result.message}`,
+            failureReason: "reason" in result ? result.reason : `rejected by the scheduler: ${result.message}`,
             finishedAt: new Date(),
           })
           .where(and(eq(jobs.id, row.id), eq(jobs.status, "queued")));

@@ -2,21 +2,18 @@
 
 import type { GpuModel, JobStatus, Tier } from "../../core/schemas";
 import type { JobState, PlacementView } from "../../durable-objects/region-scheduler/rpc";
+import type { EnvEntry, StoredEnvEntry } from "../auth/env-secrets";
 import type { endpoints, jobs } from "../db/schema";
 import type { Job, PlacementView as PlacementWire } from "./schemas";
 
 export type JobRow = typeof jobs.$inferSelect;
 export type EndpointRow = typeof endpoints.$inferSelect;
 
-export interface StoredEnvVar {
-  name: string;
-  value: string;
-  secret: boolean;
-}
-
 export function envView(env: unknown): { name: string; secret: boolean; value?: string }[] {
-  const list = Array.isArray(env) ? (env as StoredEnvVar[]) : [];
-  return list.map((e) => (e.secret ? { name: e.name, secret: true } : { name: e.name, secret: false, value: e.value }));
+  const list = Array.isArray(env) ? (env as StoredEnvEntry[]) : [];
+  return list.map((e) =>
+    e.secret || !("value" in e) ? { name: e.name, secret: true } : { name: e.name, secret: false, value: e.value },
+  );
 }
 
 /** The container and resources of a job or an endpoint, as stored and as shown. */
@@ -34,7 +31,8 @@ interface WorkloadBody {
   image: string;
   command: string[];
   args: string[];
-  env: StoredEnvVar[];
+  /** Secret values already sealed (`sealEnv`). */
+  env: StoredEnvEntry[];
   gpu_count: number;
   gpu_models: GpuModel[];
   cpu_milli: number;
@@ -67,13 +65,16 @@ export function workloadView(row: WorkloadRow) {
   };
 }
 
-/** What the scheduler gets: every environment value, secret or not (the container needs them). */
-export function schedulerWorkload(row: WorkloadRow) {
+/**
+ * What the scheduler gets: every environment value, secret or not (the container needs them), with
+ * `env` opened from the row by the caller (`openEnv`).
+ */
+export function schedulerWorkload(row: WorkloadRow, env: Pick<EnvEntry, "name" | "value">[]) {
   return {
     image: row.image,
     command: row.command,
     args: row.args,
-    env: ((row.env ?? []) as StoredEnvVar[]).map((e) => ({ name: e.name, value: e.value })),
+    env,
     gpu_count: row.gpuCount,
     gpu_models: row.gpuModels as GpuModel[],
     cpu_milli: row.cpuMilli,
