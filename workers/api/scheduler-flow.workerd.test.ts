@@ -5,10 +5,12 @@
  * The scheduler's outbox is flushed by running its alarm (no waiting on timers).
  */
 import { env, runDurableObjectAlarm } from "cloudflare:test";
+import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
 import { newKeyEntry, sealEnv } from "../auth/env-secrets";
 import { withDb } from "../db/client";
+import { jobs } from "../db/schema";
 import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
@@ -326,11 +328,8 @@ async function storedJob(user: TestUser, storedEnv: unknown[] = []): Promise<{ i
   );
   const id = row!.id;
   await sql("insert into job_submissions (job_id, region) values ($1, $2)", [id, REGION]);
-  const stored = await withDb(
-    env,
-    async (db) => (await db.query.jobs.findFirst({ where: (j, { eq }) => eq(j.id, id) }))!,
-  );
-  return { id, stored: stored as JobRow };
+  const [stored] = await withDb(env, (db) => db.select().from(jobs).where(eq(jobs.id, id)));
+  return { id, stored: stored! };
 }
 
 describe("submission's failure semantics", () => {

@@ -9,7 +9,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestSimulator, type TestSimulator } from "../../tools/sfcompute-sim/testing";
 import { createTestDatabase, type TestDatabase } from "../../tools/test/database";
 import { has } from "../../tools/test/parts";
-import * as schema from "../db/schema";
 import type { Logger } from "../http/log";
 import { SfComputeClient } from "./client";
 import type { MarketDb } from "./db";
@@ -38,7 +37,7 @@ describe.skipIf(!has("postgres"))("market monitoring", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    db = drizzle(database.sql, { schema });
+    db = drizzle(database.sql);
     sim = await startTestSimulator();
     client = new SfComputeClient({ baseUrl: sim.url, token: sim.token, timeoutMs: 400, retry: { baseDelayMs: 10 } });
   });
