@@ -13,6 +13,7 @@ import postgres from "postgres";
 import { type EmbeddedDb, freePort, isPortFree, startEmbeddedPostgres } from "../db/embedded";
 import { openDevDatabase, ROOT, STATE_DIR } from "../db/local";
 import { migrate } from "../db/migrate";
+import { startPgPool } from "../hyperdrive-pool/pool";
 import type { ManagedProcess } from "../launcher/processes";
 import { startWranglerDev } from "../launcher/wrangler";
 import { type RunningSimulator, startSimulatorServer } from "../sfcompute-sim/server";
@@ -197,7 +198,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     }
     const dockerSocket = docker.available ? docker.host.replace(/^unix:\/\//, "") : null;
 
-    // 5. wrangler dev: the API, the region scheduler and the crons.
+    // 5. wrangler dev: the API, the region scheduler and the crons; its Hyperdrive binding reaches
+    // Postgres through a local pool, as Hyperdrive's own pooling does in production.
+    // SCALAR_PG_POOL=off: straight to Postgres, a new backend per request (wrangler's own stand-in).
+    const pgPool = process.env.SCALAR_PG_POOL === "off" ? null : await startPgPool({ target: db.url });
+    if (pgPool) cleanups.push(() => pgPool.close());
     const apiUrl = `http://127.0.0.1:${apiPort}`;
     const inspectorPort =
       !anyPorts && (await isPortFree(DEFAULT_INSPECTOR_PORT)) ? DEFAULT_INSPECTOR_PORT : await freePort();
@@ -207,7 +212,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         startWranglerDev({
           port: apiPort,
           inspectorPort,
-          databaseUrl: db.url,
+          databaseUrl: pgPool?.url ?? db.url,
           stateDir: resolve(stateDir, "wrangler"),
           vars: {
             SUPABASE_URL: issuer.url,

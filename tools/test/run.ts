@@ -10,6 +10,7 @@ import postgres from "postgres";
 import { freePort, startEmbeddedPostgres } from "../db/embedded";
 import { ROOT, STATE_DIR } from "../db/local";
 import { migrate } from "../db/migrate";
+import { type PgPool, startPgPool } from "../hyperdrive-pool/pool";
 import { TEMPLATE_DB, withDatabase } from "./database";
 import { detectDocker } from "./docker";
 import { inCi } from "./parts";
@@ -22,6 +23,7 @@ const log = (line: string) => console.log(`[npm test] ${line}`);
 log(`starting embedded Postgres on 127.0.0.1:${port}`);
 const db = await startEmbeddedPostgres({ dataDir, port, database: TEMPLATE_DB, ephemeral: true });
 let exitCode = 1;
+let pgPool: PgPool | null = null;
 try {
   const result = await migrate(db.url);
   log(`template database migrated (${result.applied.length} migrations, auth shim ${result.shim})`);
@@ -31,6 +33,9 @@ try {
   await admin.unsafe(`create database "${workersDb}" template "${TEMPLATE_DB}"`);
   await admin.end();
 
+  // The Worker's Hyperdrive binding goes through a local pool, as Hyperdrive pools in production.
+  // SCALAR_PG_POOL=off: straight to Postgres, a new backend per request (wrangler's own stand-in).
+  if (process.env.SCALAR_PG_POOL !== "off") pgPool = await startPgPool({ target: withDatabase(db.url, workersDb) });
   const docker = await detectDocker({ start: true, log });
   log(
     docker.available
@@ -41,7 +46,7 @@ try {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     SCALAR_TEST_PG_ADMIN_URL: adminUrl,
-    SCALAR_TEST_WORKERS_DATABASE_URL: withDatabase(db.url, workersDb),
+    SCALAR_TEST_WORKERS_DATABASE_URL: pgPool?.url ?? withDatabase(db.url, workersDb),
     ...(docker.available ? { SCALAR_TEST_DOCKER: "1", DOCKER_HOST: docker.host } : {}),
     ...(docker.plainHost ? { SCALAR_TEST_DOCKER_PLAIN: docker.plainHost } : {}),
     ...(docker.registry ? { SCALAR_TEST_REGISTRY: "1", SCALAR_TEST_IMAGE: docker.image } : {}),
@@ -62,6 +67,7 @@ try {
     child.on("exit", (code, signal) => done(code ?? (signal ? 1 : 0)));
   });
 } finally {
+  await pgPool?.close().catch(() => {});
   await db.stop().catch(() => {});
   rmSync(dataDir, { recursive: true, force: true });
   log(`done in ${((Date.now() - started) / 1000).toFixed(1)} s`);

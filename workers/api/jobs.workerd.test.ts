@@ -216,8 +216,14 @@ describe("listing, reading and cancelling jobs", () => {
     const user = await signUp({ fast_tier_enabled: true });
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
+      // More CPU than any test node has: they stay queued whatever nodes other files register.
       const res = await call("POST", "/v1/jobs", user.token, {
-        body: { ...JOB, tier: i % 2 ? "fast" : "flex", labels: { run: `r${i}`, team: i < 3 ? "a" : "b" } },
+        body: {
+          ...JOB,
+          cpu_milli: 200_000,
+          tier: i % 2 ? "fast" : "flex",
+          labels: { run: `r${i}`, team: i < 3 ? "a" : "b" },
+        },
       });
       ids.push(res.json.id);
     }
