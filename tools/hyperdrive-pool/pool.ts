@@ -171,6 +171,7 @@ export async function startPgPool(opts: { target: string; port?: number; maxIdle
       };
       socket.on("data", onData);
       socket.on("error", fail);
+      socket.once("close", () => fail(new Error("the database closed the connection during its startup")));
       socket.on("connect", () => socket.write(startup));
     });
   }
