@@ -4,7 +4,7 @@
  * mid-transaction or mid-query costs its backend; concurrent clients get backends of their own.
  */
 import { mkdtempSync, rmSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -169,4 +169,21 @@ describe("the local Postgres pool", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  it("fails a client at once when the database hangs up during the startup", async () => {
+    const rude = createServer((socket) => socket.destroy());
+    await new Promise<void>((r) => rude.listen(0, "127.0.0.1", () => r()));
+    const port = (rude.address() as { port: number }).port;
+    const front = await startPgPool({ target: `postgres://postgres:postgres@127.0.0.1:${port}/scalar` });
+    const sql = client(front.url, { connect_timeout: 5 });
+    try {
+      const started = Date.now();
+      await expect(sql`select 1`).rejects.toThrow(/closed the connection during its startup/);
+      expect(Date.now() - started).toBeLessThan(2_000);
+    } finally {
+      await sql.end({ timeout: 1 });
+      await front.close();
+      rude.close();
+    }
+  });
 });
