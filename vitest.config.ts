@@ -3,12 +3,12 @@
  * `workers` (the Worker and the Durable Object inside workerd). Run through `npm test`, which starts
  * the Postgres they use (tools/test/run.ts).
  */
-import { randomBytes } from "node:crypto";
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+import { newKeyEntry } from "./workers/auth/env-secrets";
 
 /** One throw-away key per run for sealing secret environment values (workers/auth/env-secrets.ts). */
-const envSecretsKeys = `test:${randomBytes(32).toString("base64url")}`;
+const envSecretsKeys = newKeyEntry("test");
 
 const workersDatabaseUrl =
   process.env.SCALAR_TEST_WORKERS_DATABASE_URL ?? "postgres://postgres:postgres@127.0.0.1:1/unset";

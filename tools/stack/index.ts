@@ -10,6 +10,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import postgres from "postgres";
+import { newKeyEntry } from "../../workers/auth/env-secrets";
 import { type EmbeddedDb, freePort, isPortFree, startEmbeddedPostgres } from "../db/embedded";
 import { openDevDatabase, ROOT, STATE_DIR } from "../db/local";
 import { migrate } from "../db/migrate";
@@ -91,7 +92,7 @@ const DEFAULT_AUTH_PORT = 54321;
 export function localSecretsKey(stateDir: string): string {
   const file = resolve(stateDir, "env-secrets-keys");
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
-  const entry = `local:${randomBytes(32).toString("base64url")}`;
+  const entry = newKeyEntry("local");
   writeFileSync(file, `${entry}\n`, { mode: 0o600 });
   return entry;
 }

@@ -59,25 +59,22 @@ export async function submitJob(
   try {
     // A job whose secrets cannot be opened (a key removed from ENV_SECRETS_KEYS, an altered row) could
     // never run: it fails now, with the reason, instead of waiting in the reconciler for ever.
+    let unopened = "";
     const job = await schedulerJob(env, row).catch((error: unknown) => {
-      if (error instanceof SecretKeyError) return error;
-      throw error;
+      if (!(error instanceof SecretKeyError)) throw error;
+      unopened = error.message;
+      return null;
     });
-    const result =
-      job instanceof SecretKeyError
-        ? {
-            ok: false as const,
-            message: job.message,
-            reason: `its secret environment values cannot be opened: ${job.message}`,
-          }
-        : await scheduler.submit(job);
+    const result = job ? await scheduler.submit(job) : { ok: false as const, message: unopened };
     if (!result.ok) {
       await db.transaction(async (tx) => {
         await tx
           .update(jobs)
           .set({
             status: "failed",
-            failureReason: "reason" in result ? result.reason : `rejected by the scheduler: ${result.message}`,
+            failureReason: job
+              ? `rejected by the scheduler: ${result.message}`
+              : `its secret environment values cannot be opened: ${result.message}`,
             finishedAt: new Date(),
           })
           .where(and(eq(jobs.id, row.id), eq(jobs.status, "queued")));

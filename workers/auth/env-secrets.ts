@@ -11,6 +11,7 @@
  * sealed with it is live. Entries stored before sealing existed (`value` with `secret: true`) still
  * open as they are.
  */
+import { base64url } from "jose";
 import { ApiError } from "../http/errors";
 
 declare global {
@@ -46,22 +47,14 @@ const IV_BYTES = 12;
 
 export class SecretKeyError extends Error {}
 
-function toBase64Url(bytes: Uint8Array): string {
-  let text = "";
-  for (const b of bytes) text += String.fromCharCode(b);
-  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function fromBase64(text: string): Uint8Array<ArrayBuffer> {
-  const normal = text.replace(/-/g, "+").replace(/_/g, "/");
-  const binary = atob(normal + "=".repeat((4 - (normal.length % 4)) % 4));
-  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
-}
+/** base64url, or standard base64 (what `openssl rand -base64 32` prints), to bytes. */
+const fromBase64 = (text: string) =>
+  base64url.decode(text.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")) as Uint8Array<ArrayBuffer>;
 
 /** A fresh key entry for `ENV_SECRETS_KEYS` (the local stack makes one per state folder). */
 export function newKeyEntry(id: string): string {
   if (!KEY_ID.test(id)) throw new SecretKeyError(`key id must match ${KEY_ID}`);
-  return `${id}:${toBase64Url(crypto.getRandomValues(new Uint8Array(32)))}`;
+  return `${id}:${base64url.encode(crypto.getRandomValues(new Uint8Array(32)))}`;
 }
 
 const cache = new Map<string, Promise<Keyring>>();
@@ -112,7 +105,7 @@ export async function seal(ring: Keyring, accountId: string, name: string, value
     ring.sealWith.key,
     new TextEncoder().encode(value),
   );
-  return `${FORMAT}.${ring.sealWith.id}.${toBase64Url(iv)}.${toBase64Url(new Uint8Array(sealed))}`;
+  return `${FORMAT}.${ring.sealWith.id}.${base64url.encode(iv)}.${base64url.encode(new Uint8Array(sealed))}`;
 }
 
 export async function open(ring: Keyring, accountId: string, name: string, sealed: string): Promise<string> {
