@@ -6,7 +6,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, isNull, type SQL } from "drizzle-orm";
 import { generateApiKey } from "../auth/api-keys";
-import { type Caller, requireAccount } from "../auth/caller";
+import { type Caller, recentApiKeys, requireAccount } from "../auth/caller";
 import type { Scope as ScopeName } from "../auth/scopes";
 import { apiKeys } from "../db/schema";
 import { ApiError } from "../http/errors";
@@ -220,6 +220,8 @@ apiKeysRouter.openapi(
       });
       return revoked!;
     });
+    // This isolate stops accepting it at once; others within 10 s (workers/auth/caller.ts).
+    recentApiKeys.forget((known) => known.apiKey?.id === id);
     return respond(c, ApiKey, keyView(row), 200);
   },
 );

@@ -7,6 +7,7 @@ import type { Sql } from "../db/client";
 import { literal } from "../db/round-trips";
 import { ApiError } from "../http/errors";
 import { apiKeyHash, looksLikeApiKey } from "./api-keys";
+import { RecentAnswers } from "./recent-answers";
 import { type AccountRole, effectiveKeyScopes, isRole, ROLE_SCOPES, type Scope } from "./scopes";
 import { type TokenSettings, verifyAccessToken } from "./supabase-token";
 
@@ -138,9 +139,21 @@ export async function resolveCaller(
   };
 }
 
+/**
+ * API keys resolved in this isolate within the last 10 s (recent-answers.ts), by the key's hash: a
+ * client polling a job, or submitting one after another, is not looked up on every request. The
+ * window: a key revoked in another isolate, or a change to its account or its creator's role made
+ * there or in the database, reaches this isolate's requests up to 10 s later. Revoking through the
+ * API forgets the key here at once.
+ */
+export const recentApiKeys = new RecentAnswers<Caller>();
+
 async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
   const hash = await apiKeyHash(credential);
   if (!hash) throw unauthenticated("invalid_api_key", "API key is malformed");
+  const now = Date.now();
+  const recent = recentApiKeys.get(hash, now);
+  if (recent) return recent;
   // Every authenticated request runs this lookup first, on a new connection, where a statement with
   // parameters costs two round trips (postgres.js describes it first) and one without costs one. The
   // hash is inlined as a literal.
@@ -180,7 +193,7 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
                where id = ${row.key_id} and (last_used_at is null or last_used_at < now() - interval '1 minute')`;
   }
   const creatorRole = isRole(row.creator_role) ? row.creator_role : null;
-  return {
+  const caller: Caller = {
     kind: "api_key",
     userId: row.created_by,
     email: row.creator_email,
@@ -190,6 +203,11 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
     scopes: effectiveKeyScopes(row.scopes, creatorRole),
     memberships: [],
   };
+  // Shared by this isolate's requests for a while: frozen, so no request can change another's.
+  for (const part of [caller.apiKey, caller.account, caller.scopes, caller.memberships]) Object.freeze(part);
+  Object.freeze(caller);
+  recentApiKeys.set(hash, caller, now);
+  return caller;
 }
 
 /** The account a resource route works in; a user in several accounts must name one. */
