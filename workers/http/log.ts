@@ -28,6 +28,19 @@ export function createLogger(level: string | undefined, base: Record<string, unk
   };
 }
 
+/** A request at least this slow is logged at `info` whatever its status. */
+export const SLOW_REQUEST_MS = 1_000;
+
+/**
+ * The level of a request's line: `info` for a refused or failed request (status ≥ 400) and a slow
+ * one; `debug` for the rest. Cloudflare's invocation logs (`[observability]`) already record every
+ * request with its method, URL, status and time, so a line of ours for each successful one would
+ * double the log volume (billed per line) without telling more; `LOG_LEVEL = "debug"` shows them.
+ */
+export function requestLogLevel(status: number, durationMs: number): "info" | "debug" {
+  return status >= 400 || durationMs >= SLOW_REQUEST_MS ? "info" : "debug";
+}
+
 export function errorFields(error: unknown): Record<string, unknown> {
   if (error instanceof Error) {
     const cause = (error as { cause?: unknown }).cause;

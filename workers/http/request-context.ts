@@ -1,10 +1,13 @@
 import { createMiddleware } from "hono/factory";
-import { createLogger, errorFields, type Logger } from "./log";
+import { createLogger, errorFields, type Logger, requestLogLevel } from "./log";
 
 export type AppVariables = { requestId: string; log: Logger };
 export type AppEnv = { Bindings: Env; Variables: AppVariables };
 
-/** Gives every request an id (the caller's `X-Request-Id` if sane) and logs one line when it ends. */
+/**
+ * Gives every request an id (the caller's `X-Request-Id` if sane) and logs one line when it ends,
+ * at the level `requestLogLevel` (log.ts) gives.
+ */
 export const requestContext = createMiddleware<AppEnv>(async (c, next) => {
   const given = c.req.header("x-request-id");
   const requestId =
@@ -20,11 +23,12 @@ export const requestContext = createMiddleware<AppEnv>(async (c, next) => {
     throw error;
   } finally {
     c.header("x-request-id", requestId);
-    log.info("request", {
+    const durationMs = Date.now() - started;
+    log[requestLogLevel(c.res.status, durationMs)]("request", {
       method: c.req.method,
       path: c.req.path,
       status: c.res.status,
-      duration_ms: Date.now() - started,
+      duration_ms: durationMs,
     });
   }
 });
