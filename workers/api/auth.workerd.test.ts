@@ -337,4 +337,15 @@ describe("API keys", () => {
     expect(expired.status).toBe(401);
     expect(expired.json.error.message).toBe("API key has expired");
   });
+
+  it("stops accepting a key at its expiry, even one resolved a moment before (not 10 s later)", async () => {
+    const user = await signUp();
+    const key = await createKey(user.token, ["jobs:read"]);
+    await sql("update api_keys set expires_at = now() + interval '1500 milliseconds' where id = $1", [key.id]);
+    expect((await call("GET", "/v1/jobs", key.secret)).status).toBe(200);
+    await new Promise((done) => setTimeout(done, 1_700));
+    const after = await call("GET", "/v1/jobs", key.secret);
+    expect(after.status).toBe(401);
+    expect(after.json.error.message).toBe("API key has expired");
+  });
 });

@@ -167,12 +167,14 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
       creator_email: string | null;
       revoked: boolean;
       expired: boolean;
+      expires_ms: number | null;
       last_use_stale: boolean;
     })[]
   >(
     `select ${ACCOUNT_COLUMNS}, k.id as key_id, k.prefix, to_jsonb(k.scopes) as scopes, k.created_by, m.role as creator_role,
             u.email as creator_email, k.revoked_at is not null as revoked,
             (k.expires_at is not null and k.expires_at <= now()) as expired,
+            (extract(epoch from k.expires_at) * 1000)::float8 as expires_ms,
             (k.last_used_at is null or k.last_used_at < now() - interval '1 minute') as last_use_stale
        from api_keys k
        join accounts a on a.id = k.account_id
@@ -206,7 +208,8 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
   // Shared by this isolate's requests for a while: frozen, so no request can change another's.
   for (const part of [caller.apiKey, caller.account, caller.scopes, caller.memberships]) Object.freeze(part);
   Object.freeze(caller);
-  recentApiKeys.set(hash, caller, now);
+  // Not past the key's own expiry.
+  recentApiKeys.set(hash, caller, now, row.expires_ms ?? undefined);
   return caller;
 }
 

@@ -38,10 +38,11 @@ export class RecentAnswers<V> {
     return entry.value;
   }
 
-  set(hash: string, value: V, now: number): void {
+  /** Keeps `value` for `ttlMs`, or until `notAfter` (ms) if sooner (e.g. the credential's expiry). */
+  set(hash: string, value: V, now: number, notAfter = Number.POSITIVE_INFINITY): void {
     // Re-inserted, so the map's order stays oldest first.
     this.entries.delete(hash);
-    this.entries.set(hash, { value, until: now + this.ttlMs });
+    this.entries.set(hash, { value, until: Math.min(now + this.ttlMs, notAfter) });
     while (this.entries.size > this.maxEntries) {
       const oldest = this.entries.keys().next().value as string;
       this.entries.delete(oldest);

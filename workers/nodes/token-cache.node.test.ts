@@ -38,6 +38,15 @@ describe("NodeTokenCache", () => {
     expect(cache.get("h2", 1)?.id).toBe("n2");
   });
 
+  it("keeps an answer no later than notAfter (a credential's own expiry)", () => {
+    const cache = new NodeTokenCache(10_000);
+    cache.set("h1", node("n1"), 0, 2_500);
+    expect(cache.get("h1", 2_499)?.id).toBe("n1");
+    expect(cache.get("h1", 2_500)).toBeNull();
+    cache.set("h2", node("n2"), 0, 60_000);
+    expect(cache.get("h2", 10_000)).toBeNull();
+  });
+
   it("a verification set again starts a new window", () => {
     const cache = new NodeTokenCache(10_000);
     cache.set("h1", node("n1"), 0);
