@@ -132,8 +132,8 @@ describe("agent authentication", () => {
     expect((await poll()).status).toBe(200);
 
     // Revoked behind the API's back (as another isolate would): the recent verification still
-    // answers for the long poll and events for up to RECENT_ANSWER_MS (workers/auth/recent-answers.ts); the other routes ask
-    // the database and refuse at once.
+    // answers for the long poll and events for up to RECENT_ANSWER_MS (workers/auth/recent-answers.ts);
+    // the other routes ask the database and refuse at once.
     await sql("update nodes set agent_token_hash = null where id = $1", [node.id]);
     expect((await poll()).status).toBe(200);
     expect((await report()).status).toBe(200);
