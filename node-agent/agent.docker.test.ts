@@ -8,8 +8,18 @@ import { Placement } from "../core/schemas";
 import { freePort } from "../tools/db/embedded";
 import { has } from "../tools/test/parts";
 import { containerSpec, LABELS } from "./container-spec";
+import { DockerodeEngine } from "./docker/dockerode-engine";
 import { TestControlPlane } from "./test/control-plane";
-import { freshImage, labelled, placement, shell, startTestAgent, type TestAgent, untagImage } from "./test/harness";
+import {
+  freshImage,
+  gpuEngineSocket,
+  labelled,
+  placement,
+  shell,
+  startTestAgent,
+  type TestAgent,
+  untagImage,
+} from "./test/harness";
 
 describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engine", () => {
   let cp: TestControlPlane;
@@ -297,6 +307,39 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
       expect((await labelled(t.engine, agentName)).map((c) => c.id)).toEqual([id]);
     } finally {
       await second.stop();
+      await other.close();
+    }
+  });
+
+  it("starts a new placement at once, without waiting for a listing of the engine's containers", async () => {
+    // An engine whose listing hangs while `gate` is set: a reconcile in progress waits for it.
+    class SlowListing extends DockerodeEngine {
+      gate: Promise<void> | null = null;
+      override async list(labels: Record<string, string>) {
+        if (this.gate) await this.gate;
+        return super.list(labels);
+      }
+    }
+    const engine = new SlowListing({ socketPath: gpuEngineSocket() });
+    const other = await TestControlPlane.start();
+    const agent = await startTestAgent(other, { engine });
+    let open = () => {};
+    try {
+      // A first placement runs the usual way: the agent's first reconcile has looked at the engine.
+      const first = placement({ image, ...shell("echo first") });
+      other.upsertPlacement(first);
+      expect(await other.outcome(first.placement_id)).toMatchObject({ type: "exited", exit_code: 0 });
+      engine.gate = new Promise((resolve) => {
+        open = resolve;
+      });
+      const second = placement({ image, ...shell("echo second") });
+      other.upsertPlacement(second);
+      expect(await other.outcome(second.placement_id, 15_000)).toMatchObject({ type: "exited", exit_code: 0 });
+      await other.waitFor("its line", () => other.linesFor(second.placement_id).at(0)?.line === "second");
+    } finally {
+      engine.gate = null;
+      open();
+      await agent.stop();
       await other.close();
     }
   });

@@ -172,7 +172,7 @@ export class PlacementRun {
   /**
    * Idempotent: the container of this placement if one exists, else a new one, started. Null if none
    * runs. The name is unique per placement, so creating is the check: no engine round trip to look
-   * first (the reconcile that started this run has just listed the containers and saw none).
+   * first (a conflict finds and follows the container that has the name).
    */
   private async ensureContainer(): Promise<string | null> {
     if (this.notToStart()) return null;

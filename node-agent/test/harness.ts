@@ -128,10 +128,10 @@ export function testAgentConfig(overrides: Partial<AgentConfig> = {}): AgentConf
 /** An agent in this process, with 8 declared H100s, against the test control plane. */
 export async function startTestAgent(
   cp: TestControlPlane,
-  opts: { socket?: string; config?: Partial<AgentConfig> } = {},
+  opts: { socket?: string; config?: Partial<AgentConfig>; engine?: DockerodeEngine } = {},
 ): Promise<TestAgent> {
   const config = testAgentConfig(opts.config);
-  const engine = new DockerodeEngine({ socketPath: opts.socket ?? gpuEngineSocket() });
+  const engine = opts.engine ?? new DockerodeEngine({ socketPath: opts.socket ?? gpuEngineSocket() });
   const agent = await Agent.start(config, {
     engine,
     api: new ControlPlaneClient(cp.url, cp.token),
