@@ -377,6 +377,35 @@ describe("idle capacity", () => {
     expect(ext[0]!.reason.rule).toBe("extend_busy");
   });
 
+  it("extends a node for work whose estimated end is ahead, and lets it lapse only once that work is expected done", () => {
+    const withEstimate = (id: string, endIso: string) =>
+      busyNode(id, 2, {
+        blockId: `blk-${id}`,
+        endAt: at("10:30"),
+        work: [{ tier: "flex", gpus: 8, startedAt: NOW - 2 * HOUR_MS, expectedEndAt: at(endIso) }],
+      });
+    // Ends at 13:00 (after the block's 10:30): extended to cover it, not by the work's age.
+    // Ends at 10:25 (before 10:30): the node is idle at its end, not extended.
+    const p = plan(input({ nodes: [withEstimate("late", "13:00"), withEstimate("early", "10:25")] }));
+    const ext = ofKind(p.actions, "extend");
+    expect(ext.map((e) => e.blockId)).toEqual(["blk-late"]);
+    expect(ext[0]!.reason.message).toContain("expected to run 2.5 h more");
+    expect(ofKind(p.actions, "drain").map((d) => [d.nodeId, d.reason.rule])).toEqual([["early", "idle_no_extend"]]);
+  });
+
+  it("treats work still running past its estimate as of unknown end: its node is extended, not let go with it", () => {
+    // Estimated to end at 10:00; at 10:20 it still runs, and its block ends at 10:30.
+    const overdue = busyNode("late-job", 5, {
+      endAt: at("10:30"),
+      work: [{ tier: "flex", gpus: 8, startedAt: NOW - 5 * HOUR_MS, expectedEndAt: at("10:00") }],
+    });
+    const p = plan(input({ nodes: [overdue] }));
+    const ext = ofKind(p.actions, "extend");
+    expect(ext.map((e) => e.nodeIds)).toEqual([["late-job"]]);
+    expect(ext[0]!.reason.rule).toBe("extend_busy");
+    expect(ofKind(p.actions, "drain")).toEqual([]);
+  });
+
   it("releases the nodes of a block that has ended", () => {
     const p = plan(input({ nodes: [node("gone", { endAt: at("10:00"), state: "draining" })] }));
     const rel = ofKind(p.actions, "release");

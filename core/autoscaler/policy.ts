@@ -29,6 +29,7 @@ import type {
   QueuedJob,
   QuoteRequest,
   Reason,
+  RunningWork,
 } from "./types";
 
 /** What the rules see after the fleet is sorted into ending, surviving and incoming capacity. */
@@ -72,9 +73,21 @@ interface Assessment {
 const nodesFor = (gpus: number) => Math.ceil(gpus / GPUS_PER_NODE);
 const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
 
+/**
+ * The end a piece of work is still expected by: its estimated end while that lies ahead, else null
+ * (unknown). Work still running past its estimate proved the estimate wrong: it is treated as work
+ * with no estimate, not as work about to end, or its node would be let go with it still running.
+ */
+function knownEnd(w: RunningWork, now: number): number | null {
+  return w.expectedEndAt !== null && w.expectedEndAt > now ? w.expectedEndAt : null;
+}
+
 /** Work on a node that runs past `t` (unknown ends are assumed to). */
-function continuesPast(node: FleetNode, t: number): boolean {
-  return node.work.some((w) => w.expectedEndAt === null || w.expectedEndAt > t);
+function continuesPast(node: FleetNode, t: number, now: number): boolean {
+  return node.work.some((w) => {
+    const end = knownEnd(w, now);
+    return end === null || end > t;
+  });
 }
 
 function fits(job: QueuedJob, cfg: AutoscalerConfig): boolean {
@@ -93,8 +106,8 @@ function assess(input: CapacityInput): Assessment {
   const live = held.filter((n) => n.state !== "draining");
   // Draining nodes take no new work, but work they still run must not be cut off at their end.
   const ending = held.filter((n) => n.endAt <= horizon && !extending.has(n.id));
-  const busyEnding = ending.filter((n) => continuesPast(n, n.endAt));
-  const idleEnding = ending.filter((n) => n.state !== "draining" && !continuesPast(n, n.endAt));
+  const busyEnding = ending.filter((n) => continuesPast(n, n.endAt, now));
+  const idleEnding = ending.filter((n) => n.state !== "draining" && !continuesPast(n, n.endAt, now));
   const surviving = live.filter((n) => n.endAt > horizon || extending.has(n.id));
 
   const ready = surviving.filter((n) => n.state === "ready");
@@ -326,7 +339,7 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
   }
   const draining = new Set(thinning.map((n) => n.id));
   for (const g of byBlock(a.busyEnding.map((n) => (draining.has(n.id) ? { ...n, state: "draining" as const } : n)))) {
-    const remainingMs = Math.max(...g.nodes.map((n) => expectedRemainingMs(n, g.endAt, cfg.extend.lindyFactor)));
+    const remainingMs = Math.max(...g.nodes.map((n) => expectedRemainingMs(n, g.endAt, cfg.extend.lindyFactor, now)));
     const draining = g.nodes.some((n) => n.state === "draining");
     const steady = !draining && steadyGap >= g.nodes.length * GPUS_PER_NODE;
     const coverMs = steady ? Math.max(remainingMs, cfg.steadyBlockHours * HOUR_MS) : remainingMs;
@@ -630,7 +643,7 @@ function consolidation(input: CapacityInput, a: Assessment): FleetNode[] {
     (n) =>
       n.state === "ready" &&
       n.gpus - n.freeGpus <= c.maxBusyGpus &&
-      n.work.every((w) => w.expectedEndAt === null) &&
+      n.work.every((w) => knownEnd(w, now) === null) &&
       young(n),
   );
 }
@@ -700,13 +713,15 @@ export function resaleFee(cfg: AutoscalerConfig, priceCents: number, nodeHours: 
 }
 
 /**
- * How much longer a node's work runs past `t`: the latest known expected end, else `lindyFactor`
- * times as long as the oldest work has run so far (long jobs tend to keep running), at least an hour.
+ * How much longer a node's work runs past `t`: the latest expected end still ahead of `now`, else
+ * `lindyFactor` times as long as the oldest work has run so far (long jobs tend to keep running), at
+ * least an hour.
  */
-export function expectedRemainingMs(node: FleetNode, t: number, lindyFactor = 1): number {
+export function expectedRemainingMs(node: FleetNode, t: number, lindyFactor = 1, now = t): number {
   let remaining = HOUR_MS;
   for (const w of node.work) {
-    if (w.expectedEndAt !== null) remaining = Math.max(remaining, w.expectedEndAt - t);
+    const end = knownEnd(w, now);
+    if (end !== null) remaining = Math.max(remaining, end - t);
     else if (w.startedAt !== null) remaining = Math.max(remaining, (t - w.startedAt) * lindyFactor);
   }
   return remaining;
