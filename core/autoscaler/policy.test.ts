@@ -173,6 +173,18 @@ describe("Fast headroom", () => {
     expect(buys[0]!.reason.rule).toBe("fast_queue");
   });
 
+  it("buys for a waiting Fast job a block that outlives its estimated duration, not the 1-h rolling block", () => {
+    // Estimated 3 h: a block must reach NOW + 6 min lead + 3 h = 13:26; the 4-h block (→ 15:00) does.
+    const i = input({ queue: [{ ...job("j1", "fast", 8, 1), estimateMs: 3 * HOUR_MS }] });
+    const buys = ofKind(plan(i).actions, "buy");
+    expect(buys).toHaveLength(1);
+    expect(buys[0]).toMatchObject({ tier: "fast", nodes: 1, endAt: at("15:00") });
+    expect(buys[0]!.reason.rule).toBe("fast_queue");
+    // Without an estimate: the rolling block, 10:20 → 12:00.
+    const plain = ofKind(plan(input({ queue: [job("j1", "fast", 8, 1)] })).actions, "buy");
+    expect(plain[0]!.endAt).toBe(at("12:00"));
+  });
+
   it("buys the steady part of demand as a long block", () => {
     // 32 GPUs have held steadily and no block lasts 24 h: the 2 nodes go on the cheapest long block.
     const i = input({
@@ -213,6 +225,29 @@ describe("Flex", () => {
     // 16 GPUs of three jobs in one 2-node block, 4 h from NOW (10:20 → 15:00) at $1.90.
     expect(buys[0]).toMatchObject({ tier: "flex", nodes: 2, endAt: at("15:00") });
     expect(buys[0]!.reason.rule).toBe("flex_price");
+  });
+
+  it("buys only the nodes for Flex jobs estimated to outlast the usual block on a block that covers them", () => {
+    // At $1.90 the 4-h block (10:20 → 15:00) is within the limit. f2 is estimated at 20 h: its node
+    // goes on the cheapest block that covers it, the 24-h one ($1.80); f1's node on the 4-h block.
+    const cheap = { ...CURVE, 4: 190 };
+    const estimated = [job("f1", "flex", 8, 10), { ...job("f2", "flex", 8, 5), estimateMs: 20 * HOUR_MS }];
+    const buys = ofKind(plan(input({ queue: estimated }), cheap).actions, "buy");
+    expect(buys.map((b) => [b.nodes, b.endAt, b.reason.rule])).toEqual([
+      [1, blockEnd(marketNow(NOW), 24), "flex_price"],
+      [1, at("15:00"), "flex_price"],
+    ]);
+    expect(buys[0]!.reason.message).toContain("1 waiting Flex job(s) estimated to run up to 20");
+  });
+
+  it("buys nothing for a job estimated to run longer than any block on sale, and says so", () => {
+    // The longest block quoted is 168 h; a 400-h estimate fits no node bought now, however long.
+    const queue = [{ ...job("f1", "flex", 8, 119), estimateMs: 400 * HOUR_MS }];
+    const p = plan(input({ queue }), { ...CURVE, 4: 190 });
+    expect(ofKind(p.actions, "buy")).toEqual([]);
+    const hold = ofKind(p.actions, "hold").find((h) => h.reason.rule === "estimate_too_long");
+    expect(hold?.gpus).toBe(8);
+    expect(hold?.reason.message).toContain("1 waiting job(s) estimated to run up to 400");
   });
 
   it("buys at the deadline price when a job's maximum wait is about to run out", () => {

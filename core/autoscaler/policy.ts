@@ -34,6 +34,8 @@ import type {
 
 /** What the rules see after the fleet is sorted into ending, surviving and incoming capacity. */
 interface Assessment {
+  /** Waiting jobs estimated to run longer than any block on sale: nothing is bought for them. */
+  uncoverable: QueuedJob[];
   /** Decisions cover capacity up to this instant: a buy placed now is usable by then. */
   horizon: number;
   /** Nodes whose block is over. */
@@ -71,6 +73,53 @@ interface Assessment {
 }
 
 const nodesFor = (gpus: number) => Math.ceil(gpus / GPUS_PER_NODE);
+
+/** Nodes to buy on one block for waiting jobs whose estimates outlast the usual block. */
+interface CoverGroup {
+  quote: { quote: MarketQuote; rate: number };
+  nodes: number;
+  jobs: QueuedJob[];
+}
+
+/**
+ * The packer places a job with an estimated duration only on a node whose block outlives it (from
+ * when the block's nodes are up), so a waiting job estimated to outlast the block the rules would
+ * buy (`usualEnd`) needs a longer one. Such jobs are grouped by the cheapest block that covers each;
+ * of the `nodes` to buy, each group gets what its GPUs need (longest groups first), and `rest` is
+ * left for the usual block. Only nodes for those jobs are bought long, not the whole buy.
+ */
+function coverGroups(
+  jobs: readonly QueuedJob[],
+  input: CapacityInput,
+  nodes: number,
+  usualEnd: number,
+): { groups: CoverGroup[]; rest: number; restJobs: QueuedJob[] } {
+  const byEnd = new Map<number, CoverGroup & { gpus: number }>();
+  const restJobs: QueuedJob[] = [];
+  for (const job of jobs) {
+    const needEnd = job.estimateMs ? input.now + input.config.leadTimeMs + job.estimateMs : 0;
+    const quote = needEnd > usualEnd ? coveringQuote(input, needEnd) : null;
+    if (!quote || quote.quote.endAt <= usualEnd) {
+      restJobs.push(job);
+      continue;
+    }
+    const group = byEnd.get(quote.quote.endAt) ?? { quote, nodes: 0, jobs: [], gpus: 0 };
+    group.jobs.push(job);
+    group.gpus += job.gpus;
+    byEnd.set(quote.quote.endAt, group);
+  }
+  let rest = nodes;
+  const groups: CoverGroup[] = [];
+  for (const g of [...byEnd.values()].sort((x, y) => y.quote.quote.endAt - x.quote.quote.endAt)) {
+    const n = Math.min(rest, nodesFor(g.gpus));
+    if (n <= 0) break;
+    groups.push({ quote: g.quote, nodes: n, jobs: g.jobs });
+    rest -= n;
+  }
+  return { groups, rest, restJobs };
+}
+
+const longestEstimate = (jobs: readonly QueuedJob[]) => formatHours(Math.max(...jobs.map((j) => j.estimateMs ?? 0)));
 const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
 
 /**
@@ -118,7 +167,18 @@ function assess(input: CapacityInput): Assessment {
   const incomingGpus = sum(booting.map((n) => n.gpus)) + sum(buying.map((o) => o.nodes * GPUS_PER_NODE));
   const busyGpus = sum(held.map((n) => sum(n.work.map((w) => w.gpus))));
 
-  const queue = input.queue.filter((j) => fits(j, cfg));
+  // A job estimated to run longer than any block on sale fits no node bought now (the packer wants
+  // the block to outlive the estimate): buying for it would buy, again every cycle, what it cannot use.
+  const longestEnd = Math.max(
+    0,
+    ...input.quotes
+      .filter((q) => q.side === "buy" && q.blockId === undefined && q.startAt <= now + HOUR_MS)
+      .map((q) => q.endAt),
+  );
+  const coverable = (j: QueuedJob) =>
+    !j.estimateMs || longestEnd === 0 || now + cfg.leadTimeMs + j.estimateMs <= longestEnd;
+  const uncoverable = input.queue.filter((j) => fits(j, cfg) && !coverable(j));
+  const queue = input.queue.filter((j) => fits(j, cfg) && coverable(j));
   const queuedFast = queue.filter((j) => j.tier === "fast");
   const queuedFlex = queue.filter((j) => j.tier === "flex");
   const queuedFastGpus = sum(queuedFast.map((j) => j.gpus));
@@ -167,6 +227,7 @@ function assess(input: CapacityInput): Assessment {
   const surplusGpus = Math.max(0, supplyGpus - keepGpus);
 
   return {
+    uncoverable,
     horizon,
     ended,
     busyEnding,
@@ -300,6 +361,27 @@ function nowQuoteOfLength(input: CapacityInput, hours: number): { quote: MarketQ
   return best;
 }
 
+/**
+ * The cheapest "now" quote, in total, of a block that lasts until `minEnd` (for waiting jobs with
+ * estimates); the longest when none does.
+ */
+function coveringQuote(input: CapacityInput, minEnd: number): { quote: MarketQuote; rate: number } | null {
+  const cfg = input.config;
+  const start = marketNow(input.now);
+  let best: MarketQuote | null = null;
+  let longest: MarketQuote | null = null;
+  for (const q of input.quotes) {
+    if (q.side !== "buy" || q.blockId !== undefined || q.gpuModel !== cfg.gpuModel) continue;
+    if (q.startAt > start + HOUR_MS) continue;
+    if (!longest || q.endAt > longest.endAt) longest = q;
+    if (q.endAt < minEnd) continue;
+    const perNode = q.priceCents / q.nodes;
+    if (!best || perNode < best.priceCents / best.nodes) best = q;
+  }
+  const pick = best ?? longest;
+  return pick ? { quote: pick, rate: ratePerGpuHour(pick.priceCents, pick.nodes, pick.startAt, pick.endAt) } : null;
+}
+
 /** A limit a little above the quote so a moving market still fills, never above the tier's limit. */
 function limitFor(cfg: AutoscalerConfig, rate: number, capRate: number, nodes: number, start: number, end: number) {
   const withSlack = rate * (1 + cfg.limitSlackBps / 10_000);
@@ -402,7 +484,37 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
       rule === "fast_queue"
         ? `${a.queuedFast.length} Fast job(s) wait for ${a.queuedFastGpus} GPUs`
         : `Fast headroom ${a.headroomGpus} GPUs (${a.headroomWholeNodes} whole nodes), ${a.readyFreeGpus} free, ${a.incomingGpus} on the way`;
-    for (const part of splitSteady(nodes, steadyGap)) {
+    // Nodes for waiting jobs estimated to outlast the rolling block go on blocks that cover them.
+    const usualEnd =
+      nowQuoteOfLength(input, cfg.fast.blockHours)?.quote.endAt ?? blockEnd(marketStart, cfg.fast.blockHours);
+    const cover =
+      rule === "fast_queue" ? coverGroups(a.queuedFast, input, nodes, usualEnd) : { groups: [], rest: nodes };
+    for (const g of cover.groups) {
+      const { quote: q, rate } = g.quote;
+      const message = `${g.jobs.length} waiting Fast job(s) estimated to run up to ${longestEstimate(g.jobs)}: ${g.nodes} node(s) for ${hoursBetween(q.startAt, q.endAt).toFixed(2)} h at ${formatRate(rate)}`;
+      if (rate > cfg.fast.limitCentsPerGpuHour) {
+        actions.push({
+          kind: "hold",
+          tier: "fast",
+          gpus: g.nodes * GPUS_PER_NODE,
+          reason: { rule, message: `${message}, above the Fast limit ${formatRate(cfg.fast.limitCentsPerGpuHour)}` },
+        });
+        continue;
+      }
+      actions.push({
+        kind: "buy",
+        tier: "fast",
+        gpuModel: cfg.gpuModel,
+        zone: q.zone || cfg.zone || "",
+        nodes: g.nodes,
+        startAt: "now",
+        endAt: q.endAt,
+        endStepMs: staggerFor(cfg, q.startAt, q.endAt),
+        limitPriceCents: limitFor(cfg, rate, cfg.fast.limitCentsPerGpuHour, g.nodes, q.startAt, q.endAt),
+        reason: { rule, message },
+      });
+    }
+    for (const part of splitSteady(cover.rest, steadyGap)) {
       steadyGap -= part.long ? part.nodes * GPUS_PER_NODE : 0;
       const q = part.long ? bestNowQuote(input, true) : nowQuoteOfLength(input, cfg.fast.blockHours);
       const end = q?.quote.endAt ?? blockEnd(marketStart, cfg.fast.blockHours);
@@ -451,6 +563,18 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
 
   // 6. Sell back idle future hours the recent peak does not need, when the price beats the fee.
   if (a.sellWindowOpen) actions.push(...planSellBack(input, a));
+
+  if (a.uncoverable.length > 0) {
+    actions.push({
+      kind: "hold",
+      tier: null,
+      gpus: sum(a.uncoverable.map((j) => j.gpus)),
+      reason: {
+        rule: "estimate_too_long",
+        message: `${a.uncoverable.length} waiting job(s) estimated to run up to ${longestEstimate(a.uncoverable)}, longer than any block on sale: nothing bought for them (they can start on a node whose block outlives their estimate)`,
+      },
+    });
+  }
 
   // 7. Keep the headroom for Fast.
   if (a.headroomGpus > 0) {
@@ -516,12 +640,47 @@ function splitSteady(nodes: number, steadyGapGpus: number): { nodes: number; lon
   return parts;
 }
 
-function planFlex(input: CapacityInput, a: Assessment, steadyGapGpus: number): PlanAction[] {
+function planFlex(input: CapacityInput, assessment: Assessment, steadyGapGpus: number): PlanAction[] {
   const { config: cfg } = input;
+  let a = assessment;
   const actions: PlanAction[] = [];
-  const nodes = nodesFor(a.flexShortGpus);
+  let nodes = nodesFor(a.flexShortGpus);
   const long = steadyGapGpus >= GPUS_PER_NODE ? bestNowQuote(input, true) : null;
   const short = bestNowQuote(input, false) ?? bestNowQuote(input, null);
+  // Nodes for waiting jobs estimated to outlast the block bought otherwise go on blocks that cover
+  // them: at a price within the Flex limit, or at the deadline limit once one of them is due.
+  const usual = (long && long.rate <= cfg.flex.limitCentsPerGpuHour ? long : short)?.quote.endAt;
+  if (usual !== undefined) {
+    const cover = coverGroups(a.queuedFlex, input, nodes, usual);
+    const mustBuyBy = cfg.flex.maxWaitMs - cfg.leadTimeMs - cfg.cycleMs;
+    for (const g of cover.groups) {
+      const { rate } = g.quote;
+      const due = g.jobs.some((j) => j.waitedMs >= mustBuyBy);
+      const message = `${g.jobs.length} waiting Flex job(s) estimated to run up to ${longestEstimate(g.jobs)}: ${g.nodes} node(s) for ${hoursBetween(g.quote.quote.startAt, g.quote.quote.endAt).toFixed(2)} h at ${formatRate(rate)}`;
+      nodes -= g.nodes;
+      if (rate <= cfg.flex.limitCentsPerGpuHour) {
+        actions.push(flexBuy(cfg, g.quote, g.nodes, cfg.flex.limitCentsPerGpuHour, { rule: "flex_price", message }));
+      } else if (due && rate <= cfg.flex.deadlineLimitCentsPerGpuHour) {
+        actions.push(
+          flexBuy(cfg, g.quote, g.nodes, cfg.flex.deadlineLimitCentsPerGpuHour, { rule: "flex_deadline", message }),
+        );
+      } else {
+        actions.push({
+          kind: "hold",
+          tier: "flex",
+          gpus: g.nodes * GPUS_PER_NODE,
+          reason: { rule: due ? "flex_deadline" : "flex_wait_price", message: `${message}, above the limit` },
+        });
+      }
+    }
+    if (nodes <= 0 || cover.restJobs.length === 0) return actions;
+    a = {
+      ...a,
+      queuedFlex: cover.restJobs,
+      queuedFlexGpus: sum(cover.restJobs.map((j) => j.gpus)),
+      flexShortGpus: Math.min(a.flexShortGpus, nodes * GPUS_PER_NODE),
+    };
+  }
   // Prefer the long block while steady demand leaves room for it, else the cheapest short one.
   const pick = long && long.rate <= cfg.flex.limitCentsPerGpuHour ? long : short;
   const oldest = Math.max(...a.queuedFlex.map((j) => j.waitedMs));

@@ -66,6 +66,11 @@ export interface QueuedJob {
   /** Empty: any model. */
   gpuModels: GpuModel[];
   waitedMs: number;
+  /**
+   * Its estimated duration, ms; null or absent for none. The packer places a job with an estimate
+   * only on a node whose block outlives it, so capacity bought for it must last that long.
+   */
+  estimateMs?: number | null;
 }
 
 /** A market quote: a whole block's total price. Sell quotes name the block (contract) they sell from. */
@@ -208,7 +213,8 @@ export type ReasonRule =
   | "keep_unsold"
   | "budget_cap"
   | "no_quote"
-  | "block_ended";
+  | "block_ended"
+  | "estimate_too_long";
 
 /** Why an action is in the plan: a stable rule name for code and tests, and a sentence for people. */
 export interface Reason {

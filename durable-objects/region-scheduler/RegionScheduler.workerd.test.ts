@@ -461,7 +461,8 @@ describe("RegionScheduler: capacity", () => {
       ok: false,
       code: "insufficient_capacity",
     });
-    const flex = await jobFor({ tier: "flex", gpu_count: 2 });
+    // Estimated at 2 h, capped by its 1-h max runtime: the autoscaler sees the estimate the packer uses.
+    const flex = await jobFor({ tier: "flex", gpu_count: 2, estimated_duration_s: 7_200 });
     await stub.submit(flex);
     expect(await stub.jobState(flex.id)).toMatchObject({
       status: "queued",
@@ -481,7 +482,11 @@ describe("RegionScheduler: capacity", () => {
         nodes_draining: 0,
       },
     ]);
-    expect(snap.queues.find((q) => q.tier === "flex")).toMatchObject({ queued_jobs: 1, queued_gpus: 2 });
+    expect(snap.queues.find((q) => q.tier === "flex")).toMatchObject({
+      queued_jobs: 1,
+      queued_gpus: 2,
+      waiting: [{ job_id: flex.id, gpu_count: 2, gpu_models: [], estimate_ms: 3_600_000 }],
+    });
     expect(await stub.release("r1")).toEqual({ released: true });
     expect(await stub.release("r1")).toEqual({ released: false });
     expect(await stub.jobState(flex.id)).toMatchObject({ status: "placed" });

@@ -108,7 +108,14 @@ export interface TierQueue {
   queued_gpus: number;
   oldest_wait_ms: number;
   /** Per queued job ready to place (not backing off before a retry): GPUs and wait, for the autoscaler. */
-  waiting: { job_id: string; gpu_count: number; gpu_models: GpuModel[]; waited_ms: number }[];
+  waiting: {
+    job_id: string;
+    gpu_count: number;
+    gpu_models: GpuModel[];
+    waited_ms: number;
+    /** The job's estimated duration (capped at its max runtime), ms; null for none. */
+    estimate_ms: number | null;
+  }[];
 }
 
 export interface CapacitySnapshot {

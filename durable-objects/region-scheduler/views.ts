@@ -115,6 +115,7 @@ export class Views {
             gpu_count: j.gpu_count,
             gpu_models: json.strings(j.gpu_models) as TierQueue["waiting"][number]["gpu_models"],
             waited_ms: now - j.submitted_at,
+            estimate_ms: estimateMs(j),
           })),
       };
     });

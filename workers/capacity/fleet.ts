@@ -118,6 +118,7 @@ export async function loadFleet(
       gpus: w.gpu_count,
       gpuModels: w.gpu_models,
       waitedMs: w.waited_ms,
+      estimateMs: w.estimate_ms ?? null,
     })),
   );
   const openOrders = await openCapacityOrders(db, region);
