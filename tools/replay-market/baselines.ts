@@ -105,14 +105,35 @@ function waitingShortNodes(input: CapacityInput): number {
   return Math.ceil(Math.max(0, waiting - incoming) / GPUS_PER_NODE);
 }
 
-/** Buy 1-hour blocks for waiting work, extend busy nodes by an hour, let idle ones lapse. */
+/** The longest block the baselines buy (the market's longest quoted length). */
+const LONGEST_BLOCK_HOURS = 336;
+
+/**
+ * Hours of the block bought for waiting work: 1, or long enough for the longest estimate among the
+ * waiting jobs (from when the nodes are up), since the packer places a job with an estimate only on
+ * a node whose block outlives it. Estimates no block on sale covers are left out.
+ */
+function reactiveBlockHours(input: CapacityInput): number {
+  const lead = input.config.leadTimeMs;
+  const needs = input.queue
+    .map((j) => Math.ceil((lead + (j.estimateMs ?? 0)) / HOUR_MS))
+    .filter((h) => h <= LONGEST_BLOCK_HOURS);
+  return Math.max(1, ...needs);
+}
+
+/**
+ * Buy 1-hour blocks for waiting work (longer when a waiting job's estimate needs it), extend busy
+ * nodes by an hour, let idle ones lapse.
+ */
 export const reactive: BaselinePolicy = {
   name: "reactive",
   quoteRequests: (input) => {
     const requests: QuoteRequest[] = [];
     const short = waitingShortNodes(input);
     const gpuModel = input.config.gpuModel;
-    if (short > 0) requests.push({ side: "buy", gpuModel, nodes: short, startAt: "now", durationHours: 1 });
+    if (short > 0) {
+      requests.push({ side: "buy", gpuModel, nodes: short, startAt: "now", durationHours: reactiveBlockHours(input) });
+    }
     for (const n of endingNodes(input).busy) {
       requests.push({
         side: "buy",
@@ -157,7 +178,7 @@ export const reactive: BaselinePolicy = {
     if (short > 0) {
       const q = input.quotes.find((x) => x.side === "buy" && x.blockId === undefined);
       const start = marketNow(input.now);
-      const end = q?.endAt ?? blockEnd(start, 1);
+      const end = q?.endAt ?? blockEnd(start, reactiveBlockHours(input));
       actions.push({
         kind: "buy",
         tier: "fast",

@@ -1,5 +1,5 @@
 /**
- * npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F]
+ * npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F] [--estimates E]
  *
  * Replays a window of a job trace through Scalar's capacity policy and the static and reactive
  * baselines on the same simulated market, and prints one JSON object (see docs/capacity_planning.md).
@@ -21,6 +21,7 @@ const { values } = parseArgs({
     hours: { type: "string", default: "336" },
     seed: { type: "string", default: "1" },
     "fast-share": { type: "string", default: "0.3" },
+    estimates: { type: "string", default: "0" },
   },
 });
 
@@ -34,14 +35,21 @@ function number(name: string, value: string | undefined): number {
 }
 
 if (!values.jobs) {
-  console.error("usage: npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F]");
+  console.error(
+    "usage: npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F] [--estimates E]",
+  );
   process.exit(2);
 }
 const fromHour = number("from-hour", values["from-hour"]);
 const hours = number("hours", values.hours);
 const seed = number("seed", values.seed);
 const fastShare = number("fast-share", values["fast-share"]);
-const { jobs, origin } = loadTrace(values.jobs, { fromHour, hours }, { seed, fastShare });
+const estimateShare = number("estimates", values.estimates);
+if (fastShare > 1 || estimateShare > 1) {
+  console.error("--fast-share and --estimates are shares of the jobs, between 0 and 1");
+  process.exit(2);
+}
+const { jobs, origin } = loadTrace(values.jobs, { fromHour, hours }, { seed, fastShare, estimateShare });
 const windowStart = origin + fromHour * HOUR_MS;
 const base = replaySetup(jobs, windowStart, hours, seed);
 // REPLAY_TUNE='{"config":{…},"demand":{…}}' overrides settings (for tuning runs; the docs' numbers use none).
@@ -53,7 +61,7 @@ const setup: typeof base = {
   demand: { ...base.demand, ...tune.demand },
 };
 console.error(
-  `replay: ${jobs.length} jobs (${jobs.filter((j) => j.tier === "fast").length} Fast), ${hours} h from ${new Date(windowStart).toISOString()}, static fleet ${setup.staticNodes} nodes`,
+  `replay: ${jobs.length} jobs (${jobs.filter((j) => j.tier === "fast").length} Fast, ${jobs.filter((j) => j.estimateS !== null).length} with an estimated duration), ${hours} h from ${new Date(windowStart).toISOString()}, static fleet ${setup.staticNodes} nodes`,
 );
 
 const runs = {} as Record<PolicyName, ReturnType<typeof runPolicy>>;

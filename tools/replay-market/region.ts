@@ -16,7 +16,7 @@ import {
   plan,
 } from "../../core/scheduler";
 import type { Tier } from "../../core/schemas/common";
-import type { TraceJob } from "./trace";
+import { MAX_RUNTIME_S, type TraceJob } from "./trace";
 
 const GPU_INDICES = [0, 1, 2, 3, 4, 5, 6, 7] as const;
 /** What an 8-GPU H100 node offers besides GPUs (the packer checks CPU and memory too). */
@@ -25,8 +25,6 @@ const NODE_MEMORY_MIB = 1_900_000;
 /** Philly jobs have no CPU or memory request: a share of the node per GPU. */
 const CPU_PER_GPU = 24_000;
 const MEMORY_PER_GPU = 230_000;
-/** The API's longest max_runtime (30 days): Philly gives no estimate, so this is the packer's deadline. */
-const MAX_RUNTIME_S = 2_592_000;
 
 export interface RegionNode {
   id: string;
@@ -173,7 +171,7 @@ export class RegionModel {
           gpu_indices: part.gpus,
           cpu_milli: cpuOf(run.job, part.gpus.length),
           memory_mib: memOf(run.job, part.gpus.length),
-          expected_end_at: run.startedAt + MAX_RUNTIME_S * 1000,
+          expected_end_at: run.startedAt + (run.job.estimateS ?? MAX_RUNTIME_S) * 1000,
         });
       }
     }
@@ -235,7 +233,9 @@ export class RegionModel {
         seen.add(jobId);
         const run = this.runs.get(jobId)!;
         const gpus = run.nodes.find((p) => p.nodeId === n.id)?.gpus.length ?? 0;
-        work.push({ tier: run.job.tier, gpus, startedAt: run.startedAt, expectedEndAt: null });
+        // As the capacity manager maps it (workers/capacity/fleet.ts): start + estimate, if any.
+        const expectedEndAt = run.job.estimateS === null ? null : run.startedAt + run.job.estimateS * 1000;
+        work.push({ tier: run.job.tier, gpus, startedAt: run.startedAt, expectedEndAt });
       }
       out.push({
         id: n.id,
@@ -259,6 +259,7 @@ export class RegionModel {
       gpus: q.job.gpus,
       gpuModels: [],
       waitedMs: now - q.queuedAt,
+      estimateMs: q.job.estimateS === null ? null : q.job.estimateS * 1000,
     }));
   }
 
@@ -324,7 +325,7 @@ function toPackerJob(job: TraceJob, submittedAt: number, attempt: number): Packe
     gpu_models: [],
     cpu_milli: cpuOf(job, perNode),
     memory_mib: memOf(job, perNode),
-    estimated_duration_s: null,
+    estimated_duration_s: job.estimateS,
     max_runtime_s: MAX_RUNTIME_S,
     submitted_at: submittedAt,
     attempt,

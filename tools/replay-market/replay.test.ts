@@ -51,6 +51,23 @@ describe("market replay", () => {
     },
   );
 
+  it.each(["scalar", "reactive"] as const)(
+    "%s starts every job when jobs give estimated durations (bought blocks outlive the estimates)",
+    (name) => {
+      const withEstimates = loadTrace(
+        FIXTURE,
+        { fromHour: 720, hours: 3 },
+        { seed: 1, fastShare: 0.3, estimateShare: 1 },
+      ).jobs;
+      // Estimates longer than any block (336 h) can start nowhere new: none in this window.
+      expect(withEstimates.every((j) => j.estimateS !== null && j.estimateS < 300 * 3600)).toBe(true);
+      expect(withEstimates.some((j) => j.estimateS! > 4 * 3600)).toBe(true);
+      const run = runPolicy(name, replaySetup(withEstimates, origin + 720 * HOUR_MS, 3, 1));
+      expect(run.diagnostics.jobs_never_started).toBe(0);
+      expect(run.diagnostics.jobs_killed).toBe(0);
+    },
+  );
+
   it("keeps the lower bound under what a clairvoyant fleet pays on the same path", () => {
     const lengths = [1, 4, 24, 168, 336];
     const bound = lowerBoundCents(engineFor(setup), jobs, setup.windowStart, setup.windowMs, lengths);

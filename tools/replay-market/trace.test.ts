@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { idealConcurrency, parseTrace, scalarGpus, tierOf, unitHash } from "./trace";
+import { ESTIMATE_ERROR, estimateOf, idealConcurrency, parseTrace, scalarGpus, tierOf, unitHash } from "./trace";
 
 const SAMPLE = readFileSync(new URL("./fixtures/philly-h720-723.csv", import.meta.url), "utf8");
 
@@ -36,14 +36,39 @@ describe("the Philly trace", () => {
     expect(unitHash("x")).toBeGreaterThanOrEqual(0);
   });
 
+  it("gives a seeded share of jobs an estimated duration, padded and scattered around the true one", () => {
+    const rule = { seed: 3, fastShare: 0.3, estimateShare: 0.5 };
+    const ids = Array.from({ length: 20_000 }, (_, i) => `philly-${i}`);
+    const estimates = ids.map((id) => estimateOf(id, 3600, rule));
+    const given = estimates.filter((e): e is number => e !== null);
+    expect(given.length / ids.length).toBeGreaterThan(0.48);
+    expect(given.length / ids.length).toBeLessThan(0.52);
+    // The log of estimate / truth is normal around ln(1.5) with σ 0.5.
+    const logs = given.map((e) => Math.log(e / 3600)).sort((a, b) => a - b);
+    const median = logs[Math.floor(logs.length / 2)]!;
+    expect(Math.exp(median)).toBeCloseTo(ESTIMATE_ERROR.median, 1);
+    const mean = logs.reduce((a, b) => a + b, 0) / logs.length;
+    const sd = Math.sqrt(logs.reduce((a, b) => a + (b - mean) ** 2, 0) / logs.length);
+    expect(sd).toBeGreaterThan(0.47);
+    expect(sd).toBeLessThan(0.53);
+    // Some run past their estimate, most finish before it.
+    const late = given.filter((e) => e < 3600).length / given.length;
+    expect(late).toBeGreaterThan(0.15);
+    expect(late).toBeLessThan(0.25);
+    // Stable for a seed; none without a share; never under a minute.
+    expect(ids.map((id) => estimateOf(id, 3600, rule))).toEqual(estimates);
+    expect(ids.every((id) => estimateOf(id, 3600, { seed: 3, fastShare: 0.3 }) === null)).toBe(true);
+    expect(Math.min(...ids.map((id) => estimateOf(id, 10, { ...rule, estimateShare: 1 })!))).toBe(ESTIMATE_ERROR.minS);
+  });
+
   it("maps GPU counts onto what Scalar accepts", () => {
     expect([1, 2, 4, 8, 12, 16, 24, 64, 128].map(scalarGpus)).toEqual([1, 2, 4, 8, 16, 16, 24, 64, 64]);
   });
 
   it("measures ideal concurrent demand per minute", () => {
     const jobs = [
-      { id: "a", submitS: 0, gpus: 2, durationS: 120, tier: "fast" as const, account: "x" },
-      { id: "b", submitS: 60, gpus: 8, durationS: 600, tier: "flex" as const, account: "x" },
+      { id: "a", submitS: 0, gpus: 2, durationS: 120, tier: "fast" as const, estimateS: null, account: "x" },
+      { id: "b", submitS: 60, gpus: 8, durationS: 600, tier: "flex" as const, estimateS: null, account: "x" },
     ];
     // minute 0: a; minute 1: a+b; minutes 2..4: b (cut at the 5-minute window).
     expect(idealConcurrency(jobs, 300)).toEqual([2, 10, 8, 8, 8]);

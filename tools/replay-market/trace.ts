@@ -1,7 +1,9 @@
 /**
  * A job trace for the replay: the Philly CSV (`job_id,submit_s,num_gpus,duration_s,vc,...`), a window
  * of it, and a tier for each job. Philly jobs have no tier, so one is assigned by a seeded hash of
- * the job id: the same seed always gives the same tiers, whatever the window.
+ * the job id: the same seed always gives the same tiers, whatever the window. Nor do they have the
+ * estimated duration a customer may give (`estimated_duration_s`); `--estimates F` gives a seeded
+ * share F of the jobs one, off from the true duration as customers' guesses are (`estimateOf`).
  */
 import { readFileSync } from "node:fs";
 import { GPUS_PER_NODE, type Tier } from "../../core/schemas/common";
@@ -14,6 +16,8 @@ export interface TraceJob {
   gpus: number;
   durationS: number;
   tier: Tier;
+  /** The duration the customer estimated (`estimated_duration_s`), seconds; null for none. */
+  estimateS: number | null;
   /** Philly's virtual cluster: the account the job bills to (the packer is fair between accounts). */
   account: string;
 }
@@ -29,6 +33,38 @@ export interface TierRule {
   seed: number;
   /** Share of jobs that are Fast, e.g. 0.3. */
   fastShare: number;
+  /** Share of jobs that come with an estimated duration (default 0: none, as in the trace). */
+  estimateShare?: number;
+}
+
+/** Every replayed job's max runtime (the API's largest, 30 days): it is killed then. */
+export const MAX_RUNTIME_S = 2_592_000;
+
+/** An estimate's error: the true duration times e^(μ + σz), z standard normal. */
+export const ESTIMATE_ERROR = {
+  /** Customers pad their guesses: the median estimate is 1.5 × the true duration… */
+  median: 1.5,
+  /** …and 95 % of them lie within ×e^(±2σ) ≈ ×0.55–×4.1 of the true duration. */
+  sigma: 0.5,
+  /** No estimate under a minute. */
+  minS: 60,
+} as const;
+
+/**
+ * The job's estimated duration under the rule, or null: a seeded share of jobs have one, the true
+ * duration times a log-normal error (`ESTIMATE_ERROR`), so some finish early and some run late; at
+ * most the max runtime.
+ */
+export function estimateOf(jobId: string, durationS: number, rule: TierRule): number | null {
+  const share = rule.estimateShare ?? 0;
+  if (share <= 0 || unitHash(`${rule.seed}:estimate:${jobId}`) >= share) return null;
+  // Box–Muller from two more hashes of the id.
+  const u1 = Math.max(unitHash(`${rule.seed}:estimate-u1:${jobId}`), 2 ** -32);
+  const u2 = unitHash(`${rule.seed}:estimate-u2:${jobId}`);
+  const z = Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+  const factor = Math.exp(Math.log(ESTIMATE_ERROR.median) + ESTIMATE_ERROR.sigma * z);
+  // The API takes no estimate past the max runtime.
+  return Math.min(MAX_RUNTIME_S, Math.max(ESTIMATE_ERROR.minS, Math.round(durationS * factor)));
 }
 
 /** FNV-1a of the text, then a 32-bit finaliser: a well-mixed number in [0, 1) for the job. */
@@ -90,6 +126,7 @@ export function parseTrace(csv: string, window: TraceWindow, rule: TierRule): Tr
       gpus: scalarGpus(gpus),
       durationS: duration,
       tier: tierOf(id, rule),
+      estimateS: estimateOf(id, duration, rule),
       account: (vcC >= 0 ? cells[vcC] : undefined) || "philly",
     });
   }
