@@ -98,6 +98,7 @@ function answer(requests: QuoteRequest[], now: number, curve: Record<number, num
       priceCents: blockPrice(rate, r.nodes, start, end),
     };
     if (r.blockId !== undefined) q.blockId = r.blockId;
+    if (r.cover) q.cover = true;
     return q;
   });
 }
@@ -240,10 +241,36 @@ describe("Flex", () => {
     expect(buys[0]!.reason.message).toContain("1 waiting Flex job(s) estimated to run up to 20");
   });
 
-  it("buys nothing for a job estimated to run longer than any block on sale, and says so", () => {
-    // The longest block quoted is 168 h; a 400-h estimate fits no node bought now, however long.
+  it("asks for a block as long as an estimate past every usual length, and buys it for that job alone", () => {
+    // The usual lengths end at 168 h; f1 is estimated at 400 h: from when its node is up (NOW + 6 min)
+    // that needs 401 h. Its maximum wait is due, so it is bought at the deadline limit.
+    const queue = [{ ...job("f1", "flex", 8, 119), estimateMs: 400 * HOUR_MS }, job("f2", "flex", 8, 119)];
+    const i = input({ queue });
+    const lengths = quoteRequests(i)
+      .filter((r) => r.blockId === undefined)
+      .map((r) => r.durationHours);
+    expect(lengths).toEqual([1, 4, 24, 168, 401]);
+    const curve = { ...CURVE, 4: 190, 401: 140 };
+    const buys = ofKind(plan(i, curve).actions, "buy");
+    expect(buys.map((b) => [b.nodes, b.endAt, b.reason.rule])).toEqual([
+      [1, blockEnd(marketNow(NOW), 401), "flex_price"],
+      // f2 has no estimate: the long quote, though cheapest, is not one of the usual lengths.
+      [1, at("15:00"), "flex_price"],
+    ]);
+    // No estimate past the usual lengths: no such request.
+    expect(quoteRequests(input({ queue: [job("f2", "flex", 8, 119)] })).map((r) => r.durationHours)).toEqual([
+      1, 4, 24, 168,
+    ]);
+  });
+
+  it("buys nothing for a job estimated to run longer than any block the market quotes, and says so", () => {
+    // The market answers every length but the 401-h block asked for: the job fits no node bought now.
     const queue = [{ ...job("f1", "flex", 8, 119), estimateMs: 400 * HOUR_MS }];
-    const p = plan(input({ queue }), { ...CURVE, 4: 190 });
+    const i = input({ queue });
+    const quotes = answer(quoteRequests(i), NOW, { ...CURVE, 4: 190 }).filter(
+      (q) => q.endAt - q.startAt < 200 * HOUR_MS,
+    );
+    const p = planCapacity({ ...i, quotes });
     expect(ofKind(p.actions, "buy")).toEqual([]);
     const hold = ofKind(p.actions, "hold").find((h) => h.reason.rule === "estimate_too_long");
     expect(hold?.gpus).toBe(8);

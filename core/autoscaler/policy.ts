@@ -167,8 +167,9 @@ function assess(input: CapacityInput): Assessment {
   const incomingGpus = sum(booting.map((n) => n.gpus)) + sum(buying.map((o) => o.nodes * GPUS_PER_NODE));
   const busyGpus = sum(held.map((n) => sum(n.work.map((w) => w.gpus))));
 
-  // A job estimated to run longer than any block on sale fits no node bought now (the packer wants
-  // the block to outlive the estimate): buying for it would buy, again every cycle, what it cannot use.
+  // A job estimated to run longer than any block quoted (a block as long as the longest estimate is
+  // asked for, but the market may have none) fits no node bought now (the packer wants the block to
+  // outlive the estimate): buying for it would buy, again every cycle, what it cannot use.
   const longestEnd = Math.max(
     0,
     ...input.quotes
@@ -266,6 +267,17 @@ function byBlock(nodes: FleetNode[]): { blockId: string; endAt: number; zone: st
   return [...groups.values()].sort((a, b) => a.endAt - b.endAt || a.blockId.localeCompare(b.blockId));
 }
 
+/**
+ * Whole hours of a "now" block that covers the longest estimate among `jobs` from when its nodes are
+ * up (now + the lead time), when that is longer than every usual length; else null.
+ */
+function coverHours(input: CapacityInput, jobs: readonly QueuedJob[]): number | null {
+  const cfg = input.config;
+  const longest = Math.max(0, ...jobs.map((j) => j.estimateMs ?? 0));
+  const hours = Math.ceil((cfg.leadTimeMs + longest) / HOUR_MS);
+  return longest > 0 && hours > Math.max(0, ...cfg.durationsHours) ? hours : null;
+}
+
 /** The quotes `planCapacity` will look for, given the same input without quotes. */
 export function quoteRequests(input: CapacityInput): QuoteRequest[] {
   const cfg = input.config;
@@ -275,6 +287,21 @@ export function quoteRequests(input: CapacityInput): QuoteRequest[] {
   if (buyNodes > 0) {
     for (const d of cfg.durationsHours) {
       requests.push({ side: "buy", gpuModel: cfg.gpuModel, nodes: buyNodes, startAt: "now", durationHours: d });
+    }
+    // A waiting job estimated to outlast every usual length needs a block as long as its estimate:
+    // the market sells any length (up to years), and without one the job could never start. (Blocks
+    // of exactly each job's length were tried: they leave no long-lived room for the next estimated
+    // job, and Fast and Flex waited longer; docs/capacity_planning.md.)
+    const cover = coverHours(input, [...a.queuedFast, ...a.queuedFlex]);
+    if (cover !== null) {
+      requests.push({
+        side: "buy",
+        gpuModel: cfg.gpuModel,
+        nodes: buyNodes,
+        startAt: "now",
+        durationHours: cover,
+        cover: true,
+      });
     }
   }
   const extendable = a.fastShortGpus > 0 ? [...a.busyEnding, ...a.idleEnding] : a.busyEnding;
@@ -338,7 +365,7 @@ function bestNowQuote(input: CapacityInput, long: boolean | null): { quote: Mark
   let best: { quote: MarketQuote; rate: number } | null = null;
   for (const q of input.quotes) {
     if (q.side !== "buy" || q.blockId !== undefined || q.gpuModel !== cfg.gpuModel) continue;
-    if (q.startAt > start + HOUR_MS) continue;
+    if (q.startAt > start + HOUR_MS || q.cover) continue;
     const isLong = hoursBetween(q.startAt, q.endAt) >= cfg.steadyBlockHours;
     if (long !== null && isLong !== long) continue;
     const rate = ratePerGpuHour(q.priceCents, q.nodes, q.startAt, q.endAt);
@@ -571,7 +598,7 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
       gpus: sum(a.uncoverable.map((j) => j.gpus)),
       reason: {
         rule: "estimate_too_long",
-        message: `${a.uncoverable.length} waiting job(s) estimated to run up to ${longestEstimate(a.uncoverable)}, longer than any block on sale: nothing bought for them (they can start on a node whose block outlives their estimate)`,
+        message: `${a.uncoverable.length} waiting job(s) estimated to run up to ${longestEstimate(a.uncoverable)}, longer than any block the market quoted: nothing bought for them (they can start on a node whose block outlives their estimate)`,
       },
     });
   }

@@ -83,6 +83,8 @@ export interface MarketQuote {
   endAt: number;
   priceCents: number;
   blockId?: string;
+  /** Answers a request for a block that covers waiting jobs' estimates (`QuoteRequest.cover`). */
+  cover?: true;
 }
 
 /** A quote the policy wants before it can decide: the caller fetches it and calls `planCapacity` with the answer. */
@@ -97,6 +99,11 @@ export interface QuoteRequest {
   /** Sell quotes and colocated extension quotes. */
   blockId?: string;
   zone?: string;
+  /**
+   * A block as long as some waiting jobs' estimates need, besides the usual lengths: its quote is
+   * used only for those jobs (the answer carries the same mark).
+   */
+  cover?: true;
 }
 
 /**

@@ -105,20 +105,14 @@ function waitingShortNodes(input: CapacityInput): number {
   return Math.ceil(Math.max(0, waiting - incoming) / GPUS_PER_NODE);
 }
 
-/** The longest block the baselines buy (the market's longest quoted length). */
-const LONGEST_BLOCK_HOURS = 336;
-
 /**
  * Hours of the block bought for waiting work: 1, or long enough for the longest estimate among the
  * waiting jobs (from when the nodes are up), since the packer places a job with an estimate only on
- * a node whose block outlives it. Estimates no block on sale covers are left out.
+ * a node whose block outlives it.
  */
 function reactiveBlockHours(input: CapacityInput): number {
   const lead = input.config.leadTimeMs;
-  const needs = input.queue
-    .map((j) => Math.ceil((lead + (j.estimateMs ?? 0)) / HOUR_MS))
-    .filter((h) => h <= LONGEST_BLOCK_HOURS);
-  return Math.max(1, ...needs);
+  return Math.max(1, ...input.queue.map((j) => Math.ceil((lead + (j.estimateMs ?? 0)) / HOUR_MS)));
 }
 
 /**

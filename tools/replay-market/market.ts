@@ -130,6 +130,7 @@ export class EngineMarket {
           priceCents: q.price,
         };
         if (r.blockId !== undefined) out.blockId = r.blockId;
+        if (r.cover) out.cover = true;
         return out;
       }
       const contract = sellFrom ? this.contractsByGroup(this.groupKey(sellFrom))[0] : undefined;

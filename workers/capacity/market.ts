@@ -75,6 +75,7 @@ export async function fetchQuote(
     priceCents: q.price * nodes,
   };
   if (request.blockId !== undefined) quote.blockId = request.blockId;
+  if (request.cover) quote.cover = true;
   return quote;
 }
 
