@@ -134,7 +134,15 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
     orderFailed: () => ledger.ordersFailed++,
   });
   const policy = policyOf(name, setup);
-  const arrivals: { id: string; at: number; tier: Tier; gpus: number; heldMs?: number; heldSoFarMs: number }[] = [];
+  const arrivals: {
+    id: string;
+    at: number;
+    tier: Tier;
+    gpus: number;
+    heldMs?: number;
+    heldSoFarMs: number;
+    estimateMs: number | null;
+  }[] = [];
   const arrivalOf = new Map<string, (typeof arrivals)[number]>();
   const levels: { at: number; gpus: number }[] = [];
   const reasons: Record<string, number> = {};
@@ -252,7 +260,8 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       const at = setup.windowStart + job.submitS * 1000;
       region.submit(job, at);
       ledger.submit(job.id, job.tier, at);
-      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus, heldSoFarMs: 0 };
+      const estimateMs = job.estimateS === null ? null : job.estimateS * 1000;
+      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus, heldSoFarMs: 0, estimateMs };
       arrivals.push(arrival);
       arrivalOf.set(job.id, arrival);
     }
