@@ -34,7 +34,7 @@ import type {
 
 /** What the rules see after the fleet is sorted into ending, surviving and incoming capacity. */
 interface Assessment {
-  /** Waiting jobs estimated to run longer than any block on sale: nothing is bought for them. */
+  /** Waiting jobs estimated to run longer than any block the market quoted: nothing is bought for them. */
   uncoverable: QueuedJob[];
   /** Decisions cover capacity up to this instant: a buy placed now is usable by then. */
   horizon: number;
