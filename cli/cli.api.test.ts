@@ -224,6 +224,14 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(second.code).toBe(0);
     const job2 = JSON.parse(second.stdout);
     expect(job2).toMatchObject({ tier: "fast", gpu_count: 1, max_runtime_s: 300, command: ["true"] });
+    // An estimate past the max runtime is the API's to refuse, in one line with its code.
+    const overlong = await authed(
+      words("jobs run --detach --gpus 1 --image busybox:1 --max-runtime 5m --estimate 10m"),
+    );
+    expect(overlong.code).toBe(EXIT.error);
+    expect(oneErrorLine(overlong)).toMatch(
+      /^error: invalid_request: estimated_duration_s: must not exceed max_runtime_s/,
+    );
     expect(["queued", "placed"]).toContain(job2.status);
 
     const ls = await authed(words("jobs ls"));

@@ -20,12 +20,14 @@ const POLL_MS = 500;
 
 export function jobCreateBody(args: Parsed): JobCreate {
   const maxRuntime = stringOption(args.values, "max-runtime");
+  const estimate = stringOption(args.values, "estimate");
   const priority = intOption(args.values, "priority", { min: -1000, max: 1000 });
   const maxAttempts = intOption(args.values, "max-attempts", { min: 1, max: 20 });
   return {
     ...workloadBody(args.values),
     ...(args.rest.length > 0 ? { command: args.rest } : {}),
     ...(maxRuntime !== undefined ? { max_runtime_s: parseDuration(maxRuntime) } : {}),
+    ...(estimate !== undefined ? { estimated_duration_s: parseDuration(estimate) } : {}),
     ...(priority !== undefined ? { priority } : {}),
     ...(maxAttempts !== undefined ? { max_attempts: maxAttempts } : {}),
   };
@@ -155,6 +157,11 @@ export const jobsRun: CommandSpec<Context> = {
   options: {
     ...WORKLOAD_OPTIONS,
     "max-runtime": { type: "string", value: "DUR", description: "stop it after this long: 90s, 30m, 2h (default 1h)" },
+    estimate: {
+      type: "string",
+      value: "DUR",
+      description: "how long it should run, at most the max runtime (placement and backfill use it)",
+    },
     priority: { type: "string", value: "P", description: "−1000…1000 (default 0)" },
     "max-attempts": { type: "string", value: "N", description: "attempts before it is dead-lettered (default 3)" },
     "idempotency-key": { type: "string", value: "K", description: "submit at most once per key (default: a new UUID)" },
