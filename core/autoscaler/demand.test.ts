@@ -23,39 +23,6 @@ describe("quantile", () => {
 });
 
 describe("estimateDemand", () => {
-  it("takes a high quantile of recent Fast jobs' estimates, counting jobs without one as 0", () => {
-    // 20 Fast jobs in the lookback: 17 without an estimate, then 1 h, 3 h and 30 h; a Flex job and an
-    // older Fast job with longer estimates do not count.
-    const fast = (k: number, estimateMs?: number) => ({
-      at: NOW - (k + 1) * MINUTE_MS,
-      tier: "fast" as const,
-      gpus: 1,
-      ...(estimateMs ? { estimateMs } : {}),
-    });
-    const arrivals = [
-      ...Array.from({ length: 17 }, (_, k) => fast(k)),
-      fast(17, HOUR_MS),
-      fast(18, 3 * HOUR_MS),
-      fast(19, 30 * HOUR_MS),
-      { at: NOW - MINUTE_MS, tier: "flex" as const, gpus: 1, estimateMs: 100 * HOUR_MS },
-      { at: NOW - 3 * HOUR_MS, tier: "fast" as const, gpus: 1, estimateMs: 100 * HOUR_MS },
-    ];
-    // Nearest rank: the 19th of 20 at 0.95, the 18th at 0.9, the 20th at 1; without a quantile, none.
-    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, W).fastEstimateMs).toBe(0);
-    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, { ...W, estimateQuantile: 0.95 }).fastEstimateMs).toBe(
-      3 * HOUR_MS,
-    );
-    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, { ...W, estimateQuantile: 0.9 }).fastEstimateMs).toBe(
-      HOUR_MS,
-    );
-    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, { ...W, estimateQuantile: 1 }).fastEstimateMs).toBe(
-      30 * HOUR_MS,
-    );
-    expect(estimateDemand({ arrivals: [], concurrency: [] }, NOW, { ...W, estimateQuantile: 1 }).fastEstimateMs).toBe(
-      0,
-    );
-  });
-
   it("sizes Fast arrivals by the busiest window, ignoring Flex and what is outside the lookback", () => {
     const arrivals = [
       // A burst: 1 + 2 + 8 GPUs within 10 minutes → 11 GPUs, one whole node.

@@ -9,9 +9,9 @@ import type { DemandEstimate } from "./types";
 export interface DemandHistory {
   /**
    * Submissions within the lookback, any order. `heldMs`: how long the job held its GPUs, once it
-   * has finished (unknown while it runs or waits); `estimateMs`: its estimated duration, if it gave one.
+   * has finished (unknown while it runs or waits).
    */
-  arrivals: { at: number; tier: Tier; gpus: number; heldMs?: number; estimateMs?: number | null }[];
+  arrivals: { at: number; tier: Tier; gpus: number; heldMs?: number }[];
   /** Samples of concurrent demand (GPUs running plus GPUs waiting) within the lookback. */
   concurrency: { at: number; gpus: number }[];
 }
@@ -35,13 +35,6 @@ export interface DemandWindow {
   peakQuantile: number;
   /** …over this much of the recent past (default: the whole lookback). */
   peakLookbackMs?: number;
-  /**
-   * Quantile of Fast arrivals' estimated durations (none counts as 0) that Fast headroom blocks last
-   * long enough to take, since the packer places a job with an estimate only on a node whose block
-   * outlives it. Absent (the default): headroom is not lengthened for estimates (its cost and gain
-   * in replays: docs/capacity_planning.md, "With customers' estimates").
-   */
-  estimateQuantile?: number;
   /** Spacing of the windows whose arrivals are counted. */
   stepMs: number;
   /** The last this-long of Fast arrivals, projected over a headroom window, catches a burst as it starts. */
@@ -65,13 +58,11 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   const steps = Math.max(1, Math.round(w.lookbackMs / w.stepMs));
   const perWindow = Math.max(1, Math.round(w.windowMs / w.stepMs));
   let burst = 0;
-  const estimates: number[] = [];
   const gpuBuckets = new Float64Array(steps);
   const nodeBuckets = new Float64Array(steps);
   for (const a of history.arrivals) {
     if (a.tier !== "fast" || a.at <= since || a.at > now) continue;
     const gpus = a.gpus * occupancy(a.heldMs, w.windowMs);
-    estimates.push(a.estimateMs ?? 0);
     if (a.at > now - w.burstMs) burst += gpus;
     const i = Math.min(steps - 1, Math.floor((a.at - since) / w.stepMs));
     gpuBuckets[i]! += gpus;
@@ -113,7 +104,6 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
     fastGpusAtRecentRate: wholeGpus((burst * w.windowMs) / w.burstMs),
     steadyGpus: now - earliest >= (w.steadyMinHistoryMs ?? 0) ? quantileSorted(sortedLevels, w.steadyQuantile) : 0,
     peakGpus: quantileSorted(Float64Array.from(recent).sort(), w.peakQuantile),
-    fastEstimateMs: w.estimateQuantile === undefined ? 0 : quantile(estimates, w.estimateQuantile),
   };
 }
 

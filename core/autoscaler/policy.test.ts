@@ -186,38 +186,6 @@ describe("Fast headroom", () => {
     expect(plain[0]!.endAt).toBe(at("12:00"));
   });
 
-  /** 8 GPUs of Fast headroom wanted, nothing else. */
-  const demand = {
-    fastGpusInWindow: 8,
-    fastWholeNodesInWindow: 0,
-    fastGpusAtRecentRate: 0,
-    steadyGpus: 0,
-    peakGpus: 0,
-  };
-
-  it("buys headroom on a block that outlives recent Fast jobs' estimates, so such jobs start on it", () => {
-    // Recent Fast jobs estimate up to 3 h (at the configured quantile): a block must reach NOW + 6 min
-    // lead + 3 h = 13:26. The 4-h block (→ 15:00) is the cheapest that does; without estimates, the
-    // 1-h rolling block (→ 12:00).
-    const buys = ofKind(plan(input({ demand: { ...demand, fastEstimateMs: 3 * HOUR_MS } })).actions, "buy");
-    expect(buys.map((b) => [b.nodes, b.endAt, b.reason.rule])).toEqual([[1, at("15:00"), "fast_headroom"]]);
-    const plain = ofKind(plan(input({ demand })).actions, "buy");
-    expect(plain.map((b) => [b.nodes, b.endAt])).toEqual([[1, at("12:00")]]);
-  });
-
-  it("extends idle nodes kept for headroom long enough for recent Fast jobs' estimates", () => {
-    // n1 is idle and its block ends at 10:30; headroom wants 8 GPUs. Estimates up to 3 h: the
-    // extension must last 3 h, so the 4-h one (→ 14:30) beats 1 h (→ 11:30).
-    const nodes = [node("n1", { endAt: at("10:30") })];
-    const ext = (fastEstimateMs: number) =>
-      ofKind(plan(input({ nodes, demand: { ...demand, fastEstimateMs } })).actions, "extend").map((e) => [
-        e.endAt,
-        e.reason.rule,
-      ]);
-    expect(ext(3 * HOUR_MS)).toEqual([[at("14:30"), "extend_for_headroom"]]);
-    expect(ext(0)).toEqual([[at("11:30"), "extend_for_headroom"]]);
-  });
-
   it("buys the steady part of demand as a long block", () => {
     // 32 GPUs have held steadily and no block lasts 24 h: the 2 nodes go on the cheapest long block.
     const i = input({

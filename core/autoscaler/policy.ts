@@ -374,50 +374,6 @@ function bestNowQuote(input: CapacityInput, long: boolean | null): { quote: Mark
   return best;
 }
 
-/**
- * How long Fast headroom should last: the rolling block, or longer when recent Fast jobs came with
- * estimates (a high quantile of them, `DemandEstimate.fastEstimateMs`), so that such jobs can start
- * on it at once.
- */
-function headroomHoldMs(input: CapacityInput): number {
-  return Math.max(input.config.fast.blockHours * HOUR_MS, input.demand.fastEstimateMs ?? 0);
-}
-
-/**
- * The extension that keeps an idle node as Fast headroom: the cheapest in all that lasts as long as
- * the headroom should (a shorter one cannot take a job estimated past its end, whatever it costs an
- * hour); the usual choice for the rolling block's length when none does or no estimates are in play.
- */
-function headroomExtension(
-  input: CapacityInput,
-  blockId: string,
-  startAt: number,
-): { quote: MarketQuote; rate: number } | null {
-  const cfg = input.config;
-  const hold = headroomHoldMs(input);
-  if (hold > cfg.fast.blockHours * HOUR_MS) {
-    let best: MarketQuote | null = null;
-    for (const q of input.quotes) {
-      if (q.side !== "buy" || q.blockId !== blockId || q.startAt !== startAt) continue;
-      if (q.endAt - q.startAt < hold || hoursBetween(q.startAt, q.endAt) > cfg.extend.maxHours) continue;
-      if (!best || q.priceCents / q.nodes < best.priceCents / best.nodes) best = q;
-    }
-    if (best) return { quote: best, rate: ratePerGpuHour(best.priceCents, best.nodes, best.startAt, best.endAt) };
-  }
-  return chooseExtension(input, blockId, startAt, cfg.fast.blockHours * HOUR_MS);
-}
-
-/**
- * The block Fast headroom is bought on: the rolling block, or, when recent Fast estimates outlast
- * it, the cheapest block that covers them from when the nodes are up.
- */
-function rollingQuote(input: CapacityInput): { quote: MarketQuote; rate: number } | null {
-  const cfg = input.config;
-  const hold = headroomHoldMs(input);
-  if (hold > cfg.fast.blockHours * HOUR_MS) return coveringQuote(input, input.now + cfg.leadTimeMs + hold);
-  return nowQuoteOfLength(input, cfg.fast.blockHours);
-}
-
 /** The "now" quote closest to a given length (Fast's rolling blocks). */
 function nowQuoteOfLength(input: CapacityInput, hours: number): { quote: MarketQuote; rate: number } | null {
   const cfg = input.config;
@@ -520,7 +476,7 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
     fastShort -= n.gpus;
   }
   for (const g of byBlock(keepForFast)) {
-    const choice = headroomExtension(input, g.blockId, g.endAt);
+    const choice = chooseExtension(input, g.blockId, g.endAt, cfg.fast.blockHours * HOUR_MS);
     const end = choice?.quote.endAt ?? blockEnd(g.endAt, cfg.fast.blockHours);
     const rate = choice?.rate ?? cfg.fast.limitCentsPerGpuHour;
     if (rate > cfg.fast.limitCentsPerGpuHour) {
@@ -556,8 +512,8 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
         ? `${a.queuedFast.length} Fast job(s) wait for ${a.queuedFastGpus} GPUs`
         : `Fast headroom ${a.headroomGpus} GPUs (${a.headroomWholeNodes} whole nodes), ${a.readyFreeGpus} free, ${a.incomingGpus} on the way`;
     // Nodes for waiting jobs estimated to outlast the rolling block go on blocks that cover them.
-    const rolling = rollingQuote(input);
-    const usualEnd = rolling?.quote.endAt ?? blockEnd(marketStart, cfg.fast.blockHours);
+    const usualEnd =
+      nowQuoteOfLength(input, cfg.fast.blockHours)?.quote.endAt ?? blockEnd(marketStart, cfg.fast.blockHours);
     const cover =
       rule === "fast_queue" ? coverGroups(a.queuedFast, input, nodes, usualEnd) : { groups: [], rest: nodes };
     for (const g of cover.groups) {
@@ -587,7 +543,7 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
     }
     for (const part of splitSteady(cover.rest, steadyGap)) {
       steadyGap -= part.long ? part.nodes * GPUS_PER_NODE : 0;
-      const q = part.long ? bestNowQuote(input, true) : rolling;
+      const q = part.long ? bestNowQuote(input, true) : nowQuoteOfLength(input, cfg.fast.blockHours);
       const end = q?.quote.endAt ?? blockEnd(marketStart, cfg.fast.blockHours);
       const start = q?.quote.startAt ?? marketStart;
       if (q && q.rate > cfg.fast.limitCentsPerGpuHour) {

@@ -121,12 +121,6 @@ export interface DemandEstimate {
   steadyGpus: number;
   /** Recent peak of concurrent GPU demand: a high quantile. Capacity below it is not sold back. */
   peakGpus: number;
-  /**
-   * How long Fast jobs say they will run (a high quantile of recent estimates; 0 or absent: none
-   * gave one). Fast headroom is bought and kept on blocks that outlive it from when the nodes are
-   * up, since the packer places a job with an estimate only on a node whose block outlives it.
-   */
-  fastEstimateMs?: number;
 }
 
 export interface AutoscalerConfig {

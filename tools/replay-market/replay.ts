@@ -134,15 +134,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
     orderFailed: () => ledger.ordersFailed++,
   });
   const policy = policyOf(name, setup);
-  const arrivals: {
-    id: string;
-    at: number;
-    tier: Tier;
-    gpus: number;
-    heldMs?: number;
-    heldSoFarMs: number;
-    estimateMs: number | null;
-  }[] = [];
+  const arrivals: { id: string; at: number; tier: Tier; gpus: number; heldMs?: number; heldSoFarMs: number }[] = [];
   const arrivalOf = new Map<string, (typeof arrivals)[number]>();
   const levels: { at: number; gpus: number }[] = [];
   const reasons: Record<string, number> = {};
@@ -260,8 +252,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       const at = setup.windowStart + job.submitS * 1000;
       region.submit(job, at);
       ledger.submit(job.id, job.tier, at);
-      const estimateMs = job.estimateS === null ? null : job.estimateS * 1000;
-      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus, heldSoFarMs: 0, estimateMs };
+      const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus, heldSoFarMs: 0 };
       arrivals.push(arrival);
       arrivalOf.set(job.id, arrival);
     }

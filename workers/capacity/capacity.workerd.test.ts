@@ -373,7 +373,7 @@ describe("the capacity cron against the simulator", () => {
 });
 
 describe("recent arrivals, the autoscaler's demand history", () => {
-  it("carry how long each ended job held its GPUs, placement to end over its attempts (not running, queued or other regions' jobs), and estimates up to the max runtime", async () => {
+  it("carry how long each ended job held its GPUs, placement to end over its attempts; not running, queued or other regions' jobs", async () => {
     const region = `arrivals-${crypto.randomUUID().slice(0, 8)}`;
     const user = await signUp();
     const now = Date.now();
@@ -404,9 +404,8 @@ describe("recent arrivals, the autoscaler's demand history", () => {
         row({ status: "succeeded", gpuCount: 2, startedAt: new Date(now - 4_000), finishedAt: new Date(now - 3_000) }),
         // Cancelled while queued: it never held a GPU.
         row({ status: "cancelled", gpuCount: 4, finishedAt: new Date(now - 1_000) }),
-        row({ status: "running", startedAt: new Date(now - 5_000), estimatedDurationS: 600 }),
-        // An estimate past the max runtime (the API refuses one; a row may still hold it) counts up to it.
-        row({ status: "queued", tier: "flex", estimatedDurationS: 7_200 }),
+        row({ status: "running", startedAt: new Date(now - 5_000) }),
+        row({ status: "queued", tier: "flex" }),
         row({ status: "queued", region: `${region}-other` }),
       ])
       .returning({ id: jobs.id });
@@ -428,10 +427,10 @@ describe("recent arrivals, the autoscaler's demand history", () => {
     expect(
       arrivals.map(({ at: _, ...a }) => a).sort((a, b) => b.gpus - a.gpus || a.tier.localeCompare(b.tier)),
     ).toEqual([
-      { tier: "fast", gpus: 4, heldMs: 0, estimateMs: null },
-      { tier: "fast", gpus: 2, heldMs: 2_000, estimateMs: null },
-      { tier: "fast", gpus: 1, estimateMs: 600_000 },
-      { tier: "flex", gpus: 1, estimateMs: 3_600_000 },
+      { tier: "fast", gpus: 4, heldMs: 0 },
+      { tier: "fast", gpus: 2, heldMs: 2_000 },
+      { tier: "fast", gpus: 1 },
+      { tier: "flex", gpus: 1 },
     ]);
   });
 });

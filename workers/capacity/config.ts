@@ -34,8 +34,7 @@ export const CAPACITY_CONFIG: AutoscalerConfig = {
  * Headroom: the most Fast GPUs that arrived in any lead-time window of the last 12 hours, or the
  * last 3 minutes' rate over a window if a burst is under way. Steady: what demand stayed above 95 %
  * of the last 3 days, once there is a day of history. Peak (what sell-back keeps): 95th percentile of
- * the last 6 hours. Headroom is not lengthened for Fast jobs' estimates (`estimateQuantile` unset:
- * in replays it cost more than it gained; docs/capacity_planning.md).
+ * the last 6 hours.
  */
 export const DEMAND_WINDOW: DemandWindow = {
   windowMs: LEAD_TIME_MS + MINUTE,

@@ -181,14 +181,7 @@ export async function recentArrivals(db: Db, region: string, now: number, lookba
         from ${jobRuns} r where r.job_id = "jobs"."id" and r.finished_at is not null
     )::float8 end`;
   const rows = await db
-    .select({
-      at: jobs.createdAt,
-      tier: jobs.tier,
-      gpus: jobs.gpuCount,
-      heldMs: held,
-      estimateS: jobs.estimatedDurationS,
-      maxRuntimeS: jobs.maxRuntimeS,
-    })
+    .select({ at: jobs.createdAt, tier: jobs.tier, gpus: jobs.gpuCount, heldMs: held })
     .from(jobs)
     .where(and(eq(jobs.region, region), gt(jobs.createdAt, new Date(now - lookbackMs))));
   return rows.map((r) => ({
@@ -196,7 +189,5 @@ export async function recentArrivals(db: Db, region: string, now: number, lookba
     tier: r.tier as "fast" | "flex",
     gpus: r.gpus,
     ...(r.heldMs !== null ? { heldMs: Math.max(0, Number(r.heldMs)) } : {}),
-    // As the packer takes it: never past the max runtime.
-    estimateMs: r.estimateS === null ? null : Math.min(r.estimateS, r.maxRuntimeS) * 1000,
   }));
 }
