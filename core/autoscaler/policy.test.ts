@@ -186,6 +186,83 @@ describe("Fast headroom", () => {
     expect(plain[0]!.endAt).toBe(at("12:00"));
   });
 
+  it("extends a ready node with room for a waiting Fast job estimated past its block, instead of buying one", () => {
+    // j1 (4 GPUs, estimated 3 h) must run until NOW + a cycle + 3 h = 13:21. n1 and n3 have 8 free
+    // GPUs on blocks ending 12:00 and 12:30: n3 ends later (the shorter extension), so it is the one;
+    // extended, it takes j1 within a cycle. n2 has only 2 GPUs free.
+    const nodes = [
+      node("n1", { endAt: at("12:00") }),
+      node("n2", { freeGpus: 2, work: [{ tier: "flex", gpus: 6, startedAt: NOW, expectedEndAt: null }] }),
+      node("n3", { blockId: "blk-b", endAt: at("12:30") }),
+    ];
+    // j2 (2 GPUs, 5 h, waiting less) fits on n3 too: one extension covers both, to 15:21.
+    const queue = [
+      { ...job("j1", "fast", 4, 2), estimateMs: 3 * HOUR_MS },
+      { ...job("j2", "fast", 2, 1), estimateMs: 5 * HOUR_MS },
+    ];
+    const i = input({ nodes, queue });
+    const requests = quoteRequests(i).filter((r) => r.blockId !== undefined);
+    expect(requests).toEqual([
+      {
+        side: "buy",
+        gpuModel: "H100",
+        nodes: 1,
+        startAt: at("12:30"),
+        durationHours: 3,
+        blockId: "blk-b",
+        zone: "hayesvalley",
+      },
+    ]);
+    const p = plan(i);
+    expect(ofKind(p.actions, "buy")).toEqual([]);
+    const ext = ofKind(p.actions, "extend");
+    expect(ext.map((e) => [e.nodeIds, e.startAt, e.endAt, e.reason.rule])).toEqual([
+      [["n3"], at("12:30"), at("15:30"), "extend_for_estimate"],
+    ]);
+    expect(ext[0]!.reason.message).toContain("waiting Fast job(s) j1 (4 GPU(s), estimated 3");
+  });
+
+  it("does not sell back an idle node it extends for a waiting job", () => {
+    // 10:52, in the sell window: n1 (idle, block to 13:00) is surplus to a region with no demand, but
+    // it is being extended for j1 (estimated 3 h): only the other idle node, n2, is sold.
+    const now = at("10:52");
+    const nodes = [node("n1", { endAt: at("13:00") }), node("n2", { blockId: "blk-b", endAt: at("12:00") })];
+    const queue = [{ ...job("j1", "fast", 1, 1), estimateMs: 3 * HOUR_MS }];
+    const i = input({ now, nodes, queue });
+    const quotes = [
+      ...answer(quoteRequests(i), now),
+      // Sell quotes for both nodes' hours from 11:00, well above the fee.
+      ...["n1", "n2"].map((id) => {
+        const n = nodes.find((x) => x.id === id)!;
+        return {
+          side: "sell" as const,
+          gpuModel: "H100" as const,
+          zone: "hayesvalley",
+          nodes: 1,
+          startAt: at("11:00"),
+          endAt: n.endAt,
+          priceCents: blockPrice(250, 1, at("11:00"), n.endAt),
+          blockId: n.blockId,
+        };
+      }),
+    ];
+    const p = planCapacity({ ...i, quotes });
+    expect(ofKind(p.actions, "extend").map((e) => [e.nodeIds, e.reason.rule])).toEqual([
+      [["n1"], "extend_for_estimate"],
+    ]);
+    expect(ofKind(p.actions, "sell_back").flatMap((x) => x.nodeIds)).toEqual(["n2"]);
+  });
+
+  it("buys a covering node for the job when the extension would cost more than the Fast limit", () => {
+    const nodes = [node("n1", { endAt: at("12:00") })];
+    const queue = [{ ...job("j1", "fast", 4, 1), estimateMs: 3 * HOUR_MS }];
+    // The 2-h extension at $5.00 is above the $4.00 Fast limit: a 4-h block is bought instead.
+    const p = plan(input({ nodes, queue }), { ...CURVE, 2: 500 });
+    expect(ofKind(p.actions, "extend")).toEqual([]);
+    const buys = ofKind(p.actions, "buy");
+    expect(buys.map((b) => [b.nodes, b.endAt, b.reason.rule])).toEqual([[1, at("15:00"), "fast_queue"]]);
+  });
+
   it("buys the steady part of demand as a long block", () => {
     // 32 GPUs have held steadily and no block lasts 24 h: the 2 nodes go on the cheapest long block.
     const i = input({

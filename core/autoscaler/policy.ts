@@ -36,6 +36,11 @@ import type {
 interface Assessment {
   /** Waiting jobs estimated to run longer than any block the market quoted: nothing is bought for them. */
   uncoverable: QueuedJob[];
+  /**
+   * Waiting Fast jobs with estimates that fit on a ready node's free GPUs but outlast its block: that
+   * node is extended to cover them (`quote`: the extension to place, null before quotes are known).
+   */
+  extendFor: EstimateExtension[];
   /** Decisions cover capacity up to this instant: a buy placed now is usable by then. */
   horizon: number;
   /** Nodes whose block is over. */
@@ -73,6 +78,62 @@ interface Assessment {
 }
 
 const nodesFor = (gpus: number) => Math.ceil(gpus / GPUS_PER_NODE);
+
+/** A ready node to extend so that waiting Fast jobs with estimates can start on it. */
+interface EstimateExtension {
+  node: FleetNode;
+  jobs: QueuedJob[];
+  /** The block must last until then: the longest of the jobs' estimated ends if they start a cycle from now. */
+  needEnd: number;
+  quote: { quote: MarketQuote; rate: number } | null;
+}
+
+/**
+ * The packer places a job with an estimate only on a node whose block outlives it, so a waiting
+ * Fast job with an estimate may wait while free GPUs sit on nodes whose blocks end too soon (Fast
+ * headroom is on short rolling blocks). Extending such a node takes a market order, not a boot: the
+ * job can start within a cycle, where a new node takes minutes. Jobs are matched, longest waiting
+ * first, to the ready node with free GPUs for them whose block ends latest (the shortest extension);
+ * a node gets one extension, for the longest need among its jobs (`quote`: the cheapest extension
+ * quote that covers it, within the Fast limit).
+ */
+function estimateExtensions(input: CapacityInput, ready: FleetNode[], fast: QueuedJob[]): EstimateExtension[] {
+  const { now, config: cfg } = input;
+  const free = new Map(ready.map((n) => [n.id, n.freeGpus]));
+  const byNode = new Map<string, EstimateExtension>();
+  for (const job of [...fast].sort((a, b) => b.waitedMs - a.waitedMs || a.id.localeCompare(b.id))) {
+    if (!job.estimateMs || job.gpus > GPUS_PER_NODE) continue;
+    const needEnd = now + cfg.cycleMs + job.estimateMs;
+    // A node whose block already outlives the estimate would have taken the job: it did not fit there.
+    const node = ready
+      .filter((n) => n.endAt < needEnd && (free.get(n.id) ?? 0) >= job.gpus)
+      .sort((a, b) => b.endAt - a.endAt || a.id.localeCompare(b.id))[0];
+    if (!node) continue;
+    free.set(node.id, (free.get(node.id) ?? 0) - job.gpus);
+    const e = byNode.get(node.id) ?? { node, jobs: [], needEnd, quote: null };
+    e.jobs.push(job);
+    e.needEnd = Math.max(e.needEnd, needEnd);
+    byNode.set(node.id, e);
+  }
+  return [...byNode.values()].map((e) => ({ ...e, quote: coveringExtension(input, e.node, e.needEnd) }));
+}
+
+/** The cheapest extension quote for one node that lasts until `needEnd`, within the Fast limit. */
+function coveringExtension(
+  input: CapacityInput,
+  node: FleetNode,
+  needEnd: number,
+): { quote: MarketQuote; rate: number } | null {
+  const cfg = input.config;
+  let best: { quote: MarketQuote; rate: number } | null = null;
+  for (const q of input.quotes) {
+    if (q.side !== "buy" || q.blockId !== node.blockId || q.startAt !== node.endAt || q.endAt < needEnd) continue;
+    const rate = ratePerGpuHour(q.priceCents, q.nodes, q.startAt, q.endAt);
+    if (rate > cfg.fast.limitCentsPerGpuHour) continue;
+    if (!best || q.priceCents / q.nodes < best.quote.priceCents / best.quote.nodes) best = { quote: q, rate };
+  }
+  return best;
+}
 
 /** Nodes to buy on one block for waiting jobs whose estimates outlast the usual block. */
 interface CoverGroup {
@@ -160,7 +221,17 @@ function assess(input: CapacityInput): Assessment {
   const surviving = live.filter((n) => n.endAt > horizon || extending.has(n.id));
 
   const ready = surviving.filter((n) => n.state === "ready");
-  const readyFreeGpus = sum(ready.map((n) => n.freeGpus));
+  // Waiting Fast jobs a quoted extension of a ready node will take are not bought for; before quotes
+  // are known none is, so the buys' quotes are asked for too.
+  const extendFor = estimateExtensions(
+    input,
+    ready.filter((n) => !extending.has(n.id)),
+    input.queue.filter((j) => j.tier === "fast" && fits(j, cfg)),
+  );
+  const extended = new Set(extendFor.filter((e) => e.quote).flatMap((e) => e.jobs.map((j) => j.id)));
+  // …and the GPUs they will take are not free for the headroom.
+  const readyFreeGpus =
+    sum(ready.map((n) => n.freeGpus)) - sum(extendFor.filter((e) => e.quote).flatMap((e) => e.jobs.map((j) => j.gpus)));
   const wholeFreeNodes = ready.filter((n) => n.work.length === 0 && n.freeGpus === n.gpus).length;
   const booting = surviving.filter((n) => n.state === "booting");
   const buying = input.inflight.filter((o) => o.kind === "buy" && o.gpuModel === cfg.gpuModel && o.endAt > horizon);
@@ -179,7 +250,7 @@ function assess(input: CapacityInput): Assessment {
   const coverable = (j: QueuedJob) =>
     !j.estimateMs || longestEnd === 0 || now + cfg.leadTimeMs + j.estimateMs <= longestEnd;
   const uncoverable = input.queue.filter((j) => fits(j, cfg) && !coverable(j));
-  const queue = input.queue.filter((j) => fits(j, cfg) && coverable(j));
+  const queue = input.queue.filter((j) => fits(j, cfg) && !extended.has(j.id) && coverable(j));
   const queuedFast = queue.filter((j) => j.tier === "fast");
   const queuedFlex = queue.filter((j) => j.tier === "flex");
   const queuedFastGpus = sum(queuedFast.map((j) => j.gpus));
@@ -211,8 +282,12 @@ function assess(input: CapacityInput): Assessment {
   // Sell-backs start on the next hour; they are decided just before it, when idleness is known.
   const sellStart = nextHour(now);
   const sellWindowOpen = sellStart - now <= cfg.sellBack.leadMs;
+  // A node extended for waiting jobs is about to take them: not for sale.
+  const extendedNodes = new Set(extendFor.filter((e) => e.quote).map((e) => e.node.id));
   const sellCandidates = ready
-    .filter((n) => n.work.length === 0 && n.freeGpus === n.gpus && n.endAt >= sellStart + HOUR_MS)
+    .filter(
+      (n) => n.work.length === 0 && n.freeGpus === n.gpus && n.endAt >= sellStart + HOUR_MS && !extendedNodes.has(n.id),
+    )
     .sort((a, b) => b.endAt - a.endAt || a.id.localeCompare(b.id));
   // Drained nodes that have emptied are sold whatever the surplus: they were taken out of supply.
   const drainedIdle = held.filter(
@@ -229,6 +304,7 @@ function assess(input: CapacityInput): Assessment {
 
   return {
     uncoverable,
+    extendFor,
     horizon,
     ended,
     busyEnding,
@@ -303,6 +379,17 @@ export function quoteRequests(input: CapacityInput): QuoteRequest[] {
         cover: true,
       });
     }
+  }
+  for (const e of a.extendFor) {
+    requests.push({
+      side: "buy",
+      gpuModel: cfg.gpuModel,
+      nodes: 1,
+      startAt: e.node.endAt,
+      durationHours: Math.ceil((e.needEnd - e.node.endAt) / HOUR_MS),
+      blockId: e.node.blockId,
+      zone: e.node.zone,
+    });
   }
   const extendable = a.fastShortGpus > 0 ? [...a.busyEnding, ...a.idleEnding] : a.busyEnding;
   for (const g of byBlock(extendable)) {
@@ -464,6 +551,24 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
       ? `${hoursBetween(g.endAt, end)} h at ${formatRate(choice.rate)}${steady ? " (steady demand: long block)" : ""}`
       : "no quote, limit at the Fast limit";
     actions.push(extension(cfg, g, end, limit, { rule: "extend_busy", message: `${why}; ${priced}` }));
+  }
+
+  // 2b. Waiting Fast jobs with estimates: extend a ready node with room for each, so it starts there
+  //     within a cycle instead of waiting for a node to be bought and to boot.
+  for (const e of a.extendFor) {
+    if (!e.quote) continue;
+    const { quote: q, rate } = e.quote;
+    const jobs = e.jobs
+      .map((j) => `${j.id} (${j.gpus} GPU(s), estimated ${formatHours(j.estimateMs ?? 0)})`)
+      .join(", ");
+    const message = `waiting Fast job(s) ${jobs} fit on node ${e.node.id}, whose block ends ${formatInstant(e.node.endAt)}: extended ${hoursBetween(q.startAt, q.endAt)} h at ${formatRate(rate)}`;
+    const g = { blockId: e.node.blockId, endAt: e.node.endAt, zone: e.node.zone, nodes: [e.node] };
+    actions.push(
+      extension(cfg, g, q.endAt, limitFor(cfg, rate, cfg.fast.limitCentsPerGpuHour, 1, q.startAt, q.endAt), {
+        rule: "extend_for_estimate",
+        message,
+      }),
+    );
   }
 
   // 3. Fast: idle nodes about to end are kept for the headroom before anything new is bought
@@ -954,6 +1059,7 @@ function spendOf(action: PlanAction): number {
 const BUDGET_ORDER: Record<string, number> = {
   extend_busy: 0,
   fast_queue: 1,
+  extend_for_estimate: 1,
   extend_for_headroom: 2,
   fast_headroom: 3,
   steady_base: 4,

@@ -214,6 +214,7 @@ export type ReasonRule =
   | "steady_base"
   | "extend_busy"
   | "extend_for_headroom"
+  | "extend_for_estimate"
   | "idle_no_extend"
   | "consolidate"
   | "sell_back"

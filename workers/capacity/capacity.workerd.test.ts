@@ -75,6 +75,18 @@ function harness(
   };
 }
 
+/**
+ * The region's object reads the simulator's clock, as the capacity cycle does. The tests send no
+ * heartbeats: its nodes must not be declared lost while the minutes pass.
+ */
+async function onMarketClock(region: string, sim: Simulator) {
+  const object = env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(region));
+  await runInDurableObject(object, (instance) => {
+    (instance as unknown as { clock: { now(): number } }).clock = { now: () => sim.engine.now() };
+  });
+  await (object as unknown as DurableObjectStub<RegionScheduler>).configure({ heartbeat_timeout_ms: HOUR_MS });
+}
+
 const ofKind = <K extends PlanAction["kind"]>(actions: PlanAction[], kind: K) =>
   actions.filter((a): a is Extract<PlanAction, { kind: K }> => a.kind === kind);
 
@@ -256,13 +268,8 @@ describe("the capacity cron against the simulator", () => {
     const region = "capacity-e2e-headroom";
     const h = harness(region, { seed: 11_004, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
     const user = await signUp({ fast_tier_enabled: true });
-    // The reservations expire on the market's clock: the region's object reads the same one. The
-    // test sends no heartbeats: the node must not be declared lost while the minutes pass.
-    const object = env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(region));
-    await runInDurableObject(object, (instance) => {
-      (instance as unknown as { clock: { now(): number } }).clock = { now: () => h.sim.engine.now() };
-    });
-    await (object as unknown as DurableObjectStub<RegionScheduler>).configure({ heartbeat_timeout_ms: HOUR_MS });
+    // The reservations expire on the market's clock.
+    await onMarketClock(region, h.sim);
     // Minute 1: no nodes, 8 GPUs of headroom wanted → one node bought; it boots and registers.
     const first = await h.cycle();
     expect(ofKind(first.plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
@@ -295,6 +302,43 @@ describe("the capacity cron against the simulator", () => {
       expect((await scheduler.jobState(row.id))?.status).toBe("queued");
       expect((await scheduler.capacitySnapshot()).by_model[0]).toMatchObject({ reserved_gpus: 8, busy_gpus: 0 });
     }
+  });
+
+  it("extends a ready node for a waiting Fast job estimated past its block, and the job is placed in that minute", async () => {
+    const region = "capacity-e2e-estimate";
+    const h = harness(region, { seed: 11_005, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
+    const user = await signUp({ fast_tier_enabled: true });
+    // Block ends are on the market's clock.
+    await onMarketClock(region, h.sim);
+    // The headroom's node: bought on a rolling block of under two hours, booted, registered.
+    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
+    h.advance(7 * MINUTE_MS);
+    await h.cycle();
+    const [sim] = h.simNodes();
+    expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
+    const endBefore = sim!.endAt;
+    expect(endBefore - h.sim.engine.now()).toBeLessThan(2 * HOUR_MS);
+
+    // A Fast job estimated at 3 h: the free node's block ends before it would, so it waits.
+    const row = await submitTo(region, user.accountId, {
+      command: ["true"],
+      estimatedDurationS: 3 * 3_600,
+      maxRuntimeS: 4 * 3_600,
+    });
+    const scheduler = schedulerOf(env, region);
+    expect(await scheduler.jobState(row.id)).toMatchObject({ status: "queued" });
+
+    // The next minute extends that node to cover the estimate (no node bought for the job), and the
+    // region's scheduler places the job on it as soon as the extension is in.
+    h.advance(MINUTE_MS);
+    const next = await h.cycle();
+    expect(next.failed).toEqual([]);
+    const ext = ofKind(next.plan.actions, "extend");
+    expect(ext.map((e) => [e.nodeIds, e.reason.rule])).toEqual([[[sim!.name], "extend_for_estimate"]]);
+    expect(ext[0]!.endAt).toBeGreaterThanOrEqual(h.sim.engine.now() + 3 * HOUR_MS);
+    expect(ofKind(next.plan.actions, "buy").filter((b) => b.reason.rule === "fast_queue")).toEqual([]);
+    expect(h.simNodes()[0]!.endAt).toBe(ext[0]!.endAt);
+    expect(await scheduler.jobState(row.id)).toMatchObject({ status: "placed" });
   });
 
   it("plans a refused buy again the next minute, and releases the node it could not get", async () => {
