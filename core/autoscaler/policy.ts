@@ -228,10 +228,10 @@ function assess(input: CapacityInput): Assessment {
     ready.filter((n) => !extending.has(n.id)),
     input.queue.filter((j) => j.tier === "fast" && fits(j, cfg)),
   );
-  const extended = new Set(extendFor.filter((e) => e.quote).flatMap((e) => e.jobs.map((j) => j.id)));
+  const quoted = extendFor.filter((e) => e.quote);
+  const extended = new Set(quoted.flatMap((e) => e.jobs.map((j) => j.id)));
   // …and the GPUs they will take are not free for the headroom.
-  const readyFreeGpus =
-    sum(ready.map((n) => n.freeGpus)) - sum(extendFor.filter((e) => e.quote).flatMap((e) => e.jobs.map((j) => j.gpus)));
+  const readyFreeGpus = sum(ready.map((n) => n.freeGpus)) - sum(quoted.flatMap((e) => e.jobs.map((j) => j.gpus)));
   const wholeFreeNodes = ready.filter((n) => n.work.length === 0 && n.freeGpus === n.gpus).length;
   const booting = surviving.filter((n) => n.state === "booting");
   const buying = input.inflight.filter((o) => o.kind === "buy" && o.gpuModel === cfg.gpuModel && o.endAt > horizon);
@@ -283,7 +283,7 @@ function assess(input: CapacityInput): Assessment {
   const sellStart = nextHour(now);
   const sellWindowOpen = sellStart - now <= cfg.sellBack.leadMs;
   // A node extended for waiting jobs is about to take them: not for sale.
-  const extendedNodes = new Set(extendFor.filter((e) => e.quote).map((e) => e.node.id));
+  const extendedNodes = new Set(quoted.map((e) => e.node.id));
   const sellCandidates = ready
     .filter(
       (n) => n.work.length === 0 && n.freeGpus === n.gpus && n.endAt >= sellStart + HOUR_MS && !extendedNodes.has(n.id),

@@ -59,7 +59,7 @@ describe("market replay", () => {
         { fromHour: 720, hours: 3 },
         { seed: 1, fastShare: 0.3, estimateShare: 1 },
       ).jobs;
-      // Estimates longer than any block (336 h) can start nowhere new: none in this window.
+      // Every estimate within the usual block lengths (≤ 336 h) here, some past the 4-h block.
       expect(withEstimates.every((j) => j.estimateS !== null && j.estimateS < 300 * 3600)).toBe(true);
       expect(withEstimates.some((j) => j.estimateS! > 4 * 3600)).toBe(true);
       const run = runPolicy(name, replaySetup(withEstimates, origin + 720 * HOUR_MS, 3, 1));
