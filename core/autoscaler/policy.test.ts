@@ -402,6 +402,21 @@ describe("idle capacity", () => {
     expect(ends["blk-o"]).toBe(at("10:30") + 24 * HOUR_MS);
   });
 
+  it("keeps the limit's slack over the quote when extending running work above the Fast limit", () => {
+    // The market is at $4.10/GPU-h, over the Fast limit ($4.00). Running work is extended anyway,
+    // and its limit must sit above the quote: at the quote exactly, the per-node-hour limit the
+    // market takes (whole cents, rounded down) can fall under the ask, and the extension fails
+    // every minute until the node ends with the work on it (found by the market replay).
+    const i = input({ nodes: [busyNode("busy-1", 3, { blockId: "blk-busy", endAt: at("10:30") })] });
+    const p = plan(i, { 1: 410.0625, 4: 410.0625, 24: 410.0625, 168: 410.0625 });
+    const [ext] = ofKind(p.actions, "extend");
+    expect(ext!.reason.rule).toBe("extend_busy");
+    const quote = blockPrice(410.0625, 1, ext!.startAt, ext!.endAt);
+    expect(ext!.limitPriceCents).toBe(blockPrice(410.0625 * 1.02, 1, ext!.startAt, ext!.endAt));
+    const perNodeHour = Math.floor(ext!.limitPriceCents / ((ext!.endAt - ext!.startAt) / HOUR_MS));
+    expect(perNodeHour * ((ext!.endAt - ext!.startAt) / HOUR_MS)).toBeGreaterThan(quote);
+  });
+
   it("sells back idle future hours beyond the recent peak when the quote beats the resale fee", () => {
     const now = at("10:52");
     const end = Date.parse("2026-03-03T00:00:00Z");

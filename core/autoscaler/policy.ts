@@ -544,8 +544,10 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
     const why = `${g.nodes.length} node(s) of block ${g.blockId} end at ${formatInstant(g.endAt)} with work expected to run ${formatHours(remainingMs)} more`;
     // Without a quote for the colocated block: the shortest length at the Fast limit, so running work is not cut off.
     const end = choice?.quote.endAt ?? blockEnd(g.endAt, cfg.durationsHours[0] ?? 1);
+    // Running work is kept at the market's price, over the Fast limit if need be, with the usual
+    // slack: a limit of the quote exactly can round under the ask per node-hour and never fill.
     const limit = choice
-      ? limitFor(cfg, choice.rate, Math.max(cfg.fast.limitCentsPerGpuHour, choice.rate), g.nodes.length, g.endAt, end)
+      ? limitFor(cfg, choice.rate, Number.POSITIVE_INFINITY, g.nodes.length, g.endAt, end)
       : blockPrice(cfg.fast.limitCentsPerGpuHour, g.nodes.length, g.endAt, end);
     const priced = choice
       ? `${hoursBetween(g.endAt, end)} h at ${formatRate(choice.rate)}${steady ? " (steady demand: long block)" : ""}`
