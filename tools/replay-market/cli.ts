@@ -1,5 +1,6 @@
 /**
  * npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F] [--estimates E]
+ *   [--warm-up-hours W]
  *
  * Replays a window of a job trace through Scalar's capacity policy and the static and reactive
  * baselines on the same simulated market, and prints one JSON object (see docs/capacity_planning.md).
@@ -22,6 +23,7 @@ const { values } = parseArgs({
     seed: { type: "string", default: "1" },
     "fast-share": { type: "string", default: "0.3" },
     estimates: { type: "string", default: "0" },
+    "warm-up-hours": { type: "string", default: "0" },
   },
 });
 
@@ -36,7 +38,7 @@ function number(name: string, value: string | undefined): number {
 
 if (!values.jobs) {
   console.error(
-    "usage: npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F] [--estimates E]",
+    "usage: npm run replay:market -- --jobs FILE [--from-hour H --hours N] [--seed S] [--fast-share F] [--estimates E] [--warm-up-hours W]",
   );
   process.exit(2);
 }
@@ -45,13 +47,18 @@ const hours = number("hours", values.hours);
 const seed = number("seed", values.seed);
 const fastShare = number("fast-share", values["fast-share"]);
 const estimateShare = number("estimates", values.estimates);
+const warmUpHours = number("warm-up-hours", values["warm-up-hours"]);
 if (fastShare > 1 || estimateShare > 1) {
   console.error("--fast-share and --estimates are shares of the jobs, between 0 and 1");
   process.exit(2);
 }
-const { jobs, origin } = loadTrace(values.jobs, { fromHour, hours }, { seed, fastShare, estimateShare });
+if (!Number.isInteger(warmUpHours) || warmUpHours > fromHour) {
+  console.error(`--warm-up-hours must be whole hours, at most --from-hour (${fromHour}), got ${warmUpHours}`);
+  process.exit(2);
+}
+const { jobs, origin } = loadTrace(values.jobs, { fromHour, hours, warmUpHours }, { seed, fastShare, estimateShare });
 const windowStart = origin + fromHour * HOUR_MS;
-const base = replaySetup(jobs, windowStart, hours, seed);
+const base = replaySetup(jobs, windowStart, hours, seed, { warmUpMs: warmUpHours * HOUR_MS });
 // REPLAY_TUNE='{"config":{…},"demand":{…}}' overrides settings (for tuning runs; the docs' numbers use none).
 const tune = process.env.REPLAY_TUNE ? JSON.parse(process.env.REPLAY_TUNE) : {};
 const setup: typeof base = {
@@ -60,8 +67,9 @@ const setup: typeof base = {
   config: deepMerge(base.config, tune.config ?? {}),
   demand: { ...base.demand, ...tune.demand },
 };
+const windowJobs = jobs.filter((j) => j.submitS >= 0);
 console.error(
-  `replay: ${jobs.length} jobs (${jobs.filter((j) => j.tier === "fast").length} Fast, ${jobs.filter((j) => j.estimateS !== null).length} with an estimated duration), ${hours} h from ${new Date(windowStart).toISOString()}, static fleet ${setup.staticNodes} nodes`,
+  `replay: ${windowJobs.length} jobs (${windowJobs.filter((j) => j.tier === "fast").length} Fast, ${windowJobs.filter((j) => j.estimateS !== null).length} with an estimated duration), ${hours} h from ${new Date(windowStart).toISOString()}, static fleet ${setup.staticNodes} nodes${warmUpHours > 0 ? `; warm-up ${warmUpHours} h before it: ${jobs.length - windowJobs.length} jobs, not measured` : ""}`,
 );
 
 const runs = {} as Record<PolicyName, ReturnType<typeof runPolicy>>;
@@ -79,11 +87,13 @@ for (const name of ["scalar", "static", "reactive"] as const) {
   if (dir) writeFileSync(`${dir}/${name}.json`, JSON.stringify(series));
   console.error(`${name}: ${JSON.stringify(runs[name].diagnostics)}`);
 }
-// The block lengths the policies buy: Scalar's, and the static fleet's whole window.
-const lengths = [...setup.config.durationsHours, hours];
-const lowerBound = lowerBoundCents(engineFor(setup), jobs, windowStart, setup.windowMs, lengths);
+// The block lengths the policies buy: Scalar's, and the static fleet's whole window (and warm-up).
+const lengths = [...setup.config.durationsHours, hours + warmUpHours];
+const lowerBound = lowerBoundCents(engineFor(setup), jobs, windowStart, setup.windowMs, lengths, setup.warmUpMs);
+// The references below price the window only (an engine starting at it: the same prices there).
+const inWindow = { ...setup, warmUpMs: 0 };
 const formula = formulaLowerBoundCents(
-  engineFor(setup),
+  engineFor(inWindow),
   jobs,
   windowStart,
   setup.windowMs,
@@ -91,7 +101,7 @@ const formula = formulaLowerBoundCents(
 );
 console.error(`lower bound without congestion, at the price model's own terms: $${(formula / 100).toFixed(2)}`);
 // A reference for the targets: what a fleet that knew the demand in advance and packed it perfectly pays.
-const oracle = clairvoyantFleet(engineFor(setup), jobs, windowStart, setup.windowMs, setup.config.durationsHours);
+const oracle = clairvoyantFleet(engineFor(inWindow), jobs, windowStart, setup.windowMs, setup.config.durationsHours);
 console.error(
   `clairvoyant fleet (known demand, perfect packing, no headroom): $${(oracle.cents / 100).toFixed(2)} = ${(oracle.cents / lowerBound).toFixed(3)} × the lower bound, utilisation ${oracle.utilisation.toFixed(3)}, node-hours by block length ${JSON.stringify(oracle.nodeHoursByLength)}`,
 );

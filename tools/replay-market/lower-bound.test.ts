@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { coverCost } from "./lower-bound";
+import { coverCost, gpuHoursByHour } from "./lower-bound";
+import type { TraceJob } from "./trace";
 
 /** The simulator's term curve on a flat price: 1 h ×1.35, 4 h ×1.2, 24 h ×1.0. */
 const TERM: Record<number, number> = { 1: 135, 4: 120, 24: 100 };
@@ -37,5 +38,30 @@ describe("coverCost (the clairvoyant fleet's block choice)", () => {
 
   it("holds nothing when nothing is needed", () => {
     expect(coverCost([0, 0, 0], [1, 24], flat)).toEqual({ cost: 0, nodeHours: 0, nodeHoursByLength: {} });
+  });
+});
+
+describe("gpuHoursByHour (what the lower bound charges)", () => {
+  const job = (submitS: number, durationS: number, gpus = 2): TraceJob => ({
+    id: `j${submitS}`,
+    submitS,
+    gpus,
+    durationS,
+    tier: "flex",
+    estimateS: null,
+    account: "x",
+  });
+  const HOUR_MS = 3_600_000;
+
+  it("counts each job's GPU-hours in the hours it runs, cut at the window's end", () => {
+    // 2 GPUs from 0:30 for 2 h in a 2-h window: half an hour in hour 0, all of hour 1.
+    expect([...gpuHoursByHour([job(1800, 7200)], 0, 2 * HOUR_MS)]).toEqual([1, 2]);
+  });
+
+  it("counts a job submitted before the window (a warm-up's) from the window's start only", () => {
+    // Submitted half an hour before, runs 1 h: its last half hour is the window's.
+    expect([...gpuHoursByHour([job(-1800, 3600)], 0, 2 * HOUR_MS)]).toEqual([1, 0]);
+    // Over before the window: nothing.
+    expect([...gpuHoursByHour([job(-7200, 3600)], 0, 2 * HOUR_MS)]).toEqual([0, 0]);
   });
 });

@@ -16,13 +16,17 @@ import { idealConcurrency, type TraceJob } from "./trace";
 
 const HOUR = 3_600_000;
 
-/** GPU-hours used per hour of the window (index 0 = the window's first hour). */
+/**
+ * GPU-hours used per hour of the window (index 0 = the window's first hour); a job submitted
+ * before the window (a warm-up's) counts from the window's start.
+ */
 export function gpuHoursByHour(jobs: readonly TraceJob[], windowStart: number, windowMs: number): Float64Array {
   const hours = Math.ceil(windowMs / HOUR);
   const out = new Float64Array(hours);
   for (const j of jobs) {
-    const from = windowStart + j.submitS * 1000;
-    const to = Math.min(windowStart + windowMs, from + j.durationS * 1000);
+    const submitted = windowStart + j.submitS * 1000;
+    const from = Math.max(windowStart, submitted);
+    const to = Math.min(windowStart + windowMs, submitted + j.durationS * 1000);
     for (let t = from; t < to; ) {
       const h = Math.floor((t - windowStart) / HOUR);
       const until = Math.min(to, windowStart + (h + 1) * HOUR);
@@ -70,7 +74,9 @@ export function blockRates(
  * The lower bound (issue 7: "buying exactly the GPU-hours used at the cheapest prices of the
  * path"): each GPU-hour used in hour h at the cheapest per-GPU-hour rate of any block the market
  * quoted that covers hour h: any of the block lengths the policies buy, started on any hour of the
- * window up to h, in the cheapest zone. `engine` as for `blockRates`.
+ * window (or of the warm-up before it, `warmUpMs`, whole hours, when the policies ran through one)
+ * up to h, in the cheapest zone. `engine` must be fresh (nothing bought) and start at
+ * `windowStart - warmUpMs`; it is advanced hour by hour.
  */
 export function lowerBoundCents(
   engine: SimEngine,
@@ -78,15 +84,19 @@ export function lowerBoundCents(
   windowStart: number,
   windowMs: number,
   durationsHours: readonly number[],
+  warmUpMs = 0,
 ): number {
-  const rates = blockRates(engine, windowStart, windowMs, durationsHours);
+  const rates = blockRates(engine, windowStart - warmUpMs, warmUpMs + windowMs, durationsHours);
+  const offset = Math.ceil(warmUpMs / HOUR);
   const used = gpuHoursByHour(jobs, windowStart, windowMs);
   let total = 0;
   for (let h = 0; h < used.length; h++) {
     if (used[h] === 0) continue;
     let cheapest = Number.POSITIVE_INFINITY;
     durationsHours.forEach((d, i) => {
-      for (let s = Math.max(0, h - Math.ceil(d) + 1); s <= h; s++) cheapest = Math.min(cheapest, rates[i]![s]!);
+      for (let s = Math.max(0, offset + h - Math.ceil(d) + 1); s <= offset + h; s++) {
+        cheapest = Math.min(cheapest, rates[i]![s]!);
+      }
     });
     total += (used[h]! * cheapest) / GPUS_PER_NODE;
   }

@@ -78,6 +78,42 @@ describe("market replay", () => {
     expect(oracle.utilisation).toBeLessThanOrEqual(1);
   });
 
+  it("runs a warm-up before the window on the same prices, and measures the window only", () => {
+    const rule = { seed: 1, fastShare: 0.3 };
+    const windowStart = origin + 721 * HOUR_MS;
+    const cold = replaySetup(loadTrace(FIXTURE, { fromHour: 721, hours: 2 }, rule).jobs, windowStart, 2, 1);
+    const warmJobs = loadTrace(FIXTURE, { fromHour: 721, hours: 2, warmUpHours: 1 }, rule).jobs;
+    const warm = replaySetup(warmJobs, windowStart, 2, 1, { warmUpMs: HOUR_MS });
+    // The engine starts an hour earlier, on the same price path in the window.
+    const early = engineFor(warm);
+    expect(early.now()).toBe(windowStart - HOUR_MS);
+    early.advanceTo(windowStart);
+    const zone = early.settings.catalog.zones.find((z) => z.delivery_type === "VM")!;
+    const price = (e: ReturnType<typeof engineFor>) =>
+      e.market.priceBuy(zone, windowStart, windowStart + 4 * HOUR_MS, 1);
+    expect(price(early)).toEqual(price(engineFor(cold)));
+
+    const coldRun = runPolicy("scalar", cold);
+    const warmRun = runPolicy("scalar", warm);
+    expect(warmRun.diagnostics.jobs_never_started).toBe(0);
+    expect(warmRun.diagnostics.jobs_killed).toBe(0);
+    // The warm-up's jobs still running in the window are served and earn there: more revenue than
+    // the window's own jobs alone.
+    expect(warmRun.metrics.revenue_usd).toBeGreaterThan(coldRun.metrics.revenue_usd);
+    const bound = lowerBoundCents(
+      engineFor(warm),
+      warmJobs,
+      windowStart,
+      warm.windowMs,
+      [1, 4, 24, 168, 336, 3],
+      HOUR_MS,
+    );
+    expect(warmRun.metrics.spend_usd * 100).toBeGreaterThanOrEqual(bound);
+    expect(bound).toBeGreaterThan(
+      lowerBoundCents(engineFor(cold), cold.jobs, windowStart, cold.windowMs, [1, 4, 24, 168, 336, 2]),
+    );
+  });
+
   it("is deterministic for a seed", () => {
     expect(runPolicy("scalar", setup).metrics).toEqual(runPolicy("scalar", setup).metrics);
   });
@@ -103,5 +139,19 @@ describe("market replay", () => {
       code: 2,
       stderr: expect.stringContaining("usage: npm run replay:market"),
     });
+  }, 60_000);
+
+  it("refuses a warm-up longer than the trace before the window", async () => {
+    const run = promisify(execFile);
+    const root = fileURLToPath(new URL("../..", import.meta.url));
+    await expect(
+      run(
+        "npx",
+        ["tsx", "tools/replay-market/cli.ts", "--jobs", FIXTURE, "--from-hour", "720", "--warm-up-hours", "721"],
+        {
+          cwd: root,
+        },
+      ),
+    ).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining("--warm-up-hours must be whole hours") });
   }, 60_000);
 });

@@ -32,6 +32,14 @@ export interface ReplaySetup {
   /** Epoch ms of the window's first instant (the trace's own calendar time). */
   windowStart: number;
   windowMs: number;
+  /**
+   * Virtual time replayed before the window (default 0: the region starts empty at the window):
+   * the jobs submitted in it run, the policy buys for them and learns their demand, and nothing of
+   * it is measured (waits, money, use and orders count inside the window only). The market's price
+   * path starts at the window whatever the warm-up, so runs with and without one see the same prices
+   * in the window (the warm-up's are the path's long-run level).
+   */
+  warmUpMs?: number;
   seed: number;
   config: AutoscalerConfig;
   demand: DemandWindow;
@@ -65,14 +73,23 @@ interface ReplayPolicy {
 
 const MINUTE = 60_000;
 
-export function engineFor(setup: Pick<ReplaySetup, "seed" | "windowStart" | "zoneCapacityNodes">): SimEngine {
+/** A fresh market engine for the replay, at the start of its warm-up (or of its window). */
+export function engineFor(
+  setup: Pick<ReplaySetup, "seed" | "windowStart" | "zoneCapacityNodes" | "warmUpMs">,
+): SimEngine {
   const catalog = {
     ...DEFAULT_CATALOG,
     zones: DEFAULT_CATALOG.zones.map((z) =>
       z.delivery_type === "VM" ? { ...z, capacity_nodes: setup.zoneCapacityNodes } : z,
     ),
   };
-  return new SimEngine({ seed: setup.seed, clock: "virtual", start: setup.windowStart, settings: { catalog } });
+  return new SimEngine({
+    seed: setup.seed,
+    clock: "virtual",
+    start: setup.windowStart - (setup.warmUpMs ?? 0),
+    priceOrigin: setup.windowStart,
+    settings: { catalog },
+  });
 }
 
 function policyOf(name: PolicyName, setup: ReplaySetup): ReplayPolicy {
@@ -130,8 +147,12 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       region.setEnd(sfId, start);
       ledger.soldBack(net, 1, start, end);
     },
-    orderPlaced: () => ledger.ordersPlaced++,
-    orderFailed: () => ledger.ordersFailed++,
+    orderPlaced: () => {
+      if (engine.now() >= setup.windowStart) ledger.ordersPlaced++;
+    },
+    orderFailed: () => {
+      if (engine.now() >= setup.windowStart) ledger.ordersFailed++;
+    },
   });
   const policy = policyOf(name, setup);
   const arrivals: { id: string; at: number; tier: Tier; gpus: number; heldMs?: number; heldSoFarMs: number }[] = [];
@@ -239,7 +260,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
 
   const jobs = setup.jobs;
   let next = 0;
-  let nextTick = setup.windowStart;
+  let nextTick = setup.windowStart - (setup.warmUpMs ?? 0);
   for (;;) {
     const arrivalAt = next < jobs.length ? setup.windowStart + jobs[next]!.submitS * 1000 : Number.POSITIVE_INFINITY;
     const t = Math.min(arrivalAt, region.nextEndAt(), nextTick, engine.nextWakeAt());
@@ -251,7 +272,8 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       const job = jobs[next++]!;
       const at = setup.windowStart + job.submitS * 1000;
       region.submit(job, at);
-      ledger.submit(job.id, job.tier, at);
+      // A warm-up job runs and is bought for, but its wait is not the window's.
+      if (at >= setup.windowStart) ledger.submit(job.id, job.tier, at);
       const arrival = { id: job.id, at, tier: job.tier, gpus: job.gpus, heldSoFarMs: 0 };
       arrivals.push(arrival);
       arrivalOf.set(job.id, arrival);

@@ -17,6 +17,17 @@ describe("the Philly trace", () => {
     expect(later.every((j) => j.submitS >= 0 && j.submitS < 2 * 3600)).toBe(true);
   });
 
+  it("replays the hours before the window as a warm-up: its jobs come first, submitted before 0", () => {
+    const whole = parseTrace(SAMPLE, { fromHour: 720, hours: 3 }, { seed: 1, fastShare: 0.3 });
+    const warm = parseTrace(SAMPLE, { fromHour: 721, hours: 2, warmUpHours: 1 }, { seed: 1, fastShare: 0.3 });
+    // The same jobs as hours 720–723, re-based to hour 721: hour 720's are the warm-up's.
+    expect(warm).toEqual(whole.map((j) => ({ ...j, submitS: j.submitS - 3600 })));
+    expect(warm.filter((j) => j.submitS < 0).length).toBe(
+      whole.length - parseTrace(SAMPLE, { fromHour: 721, hours: 2 }, { seed: 1, fastShare: 0.3 }).length,
+    );
+    expect(warm[0]!.submitS).toBeLessThan(0);
+  });
+
   it("refuses a file that is not a job list", () => {
     expect(() => parseTrace("a,b\n1,2\n", { fromHour: 0, hours: 1 }, { seed: 1, fastShare: 0.3 })).toThrow(/job_id/);
   });
@@ -72,5 +83,17 @@ describe("the Philly trace", () => {
     ];
     // minute 0: a; minute 1: a+b; minutes 2..4: b (cut at the 5-minute window).
     expect(idealConcurrency(jobs, 300)).toEqual([2, 10, 8, 8, 8]);
+    // A warm-up job (submitted 2 min before the window) counts from the window's start.
+    const early = {
+      id: "c",
+      submitS: -120,
+      gpus: 4,
+      durationS: 240,
+      tier: "flex" as const,
+      estimateS: null,
+      account: "x",
+    };
+    expect(idealConcurrency([...jobs, early], 300)).toEqual([6, 14, 8, 8, 8]);
+    expect(idealConcurrency([{ ...early, durationS: 60 }], 300)).toEqual([0, 0, 0, 0, 0]);
   });
 });

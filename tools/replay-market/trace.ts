@@ -11,7 +11,7 @@ import { MAX_GPUS_PER_JOB } from "../../core/schemas/job";
 
 export interface TraceJob {
   id: string;
-  /** Seconds from the window's start. */
+  /** Seconds from the window's start; negative for a job submitted in the warm-up before it. */
   submitS: number;
   gpus: number;
   durationS: number;
@@ -27,6 +27,12 @@ export interface TraceWindow {
   fromHour: number;
   /** How many hours. */
   hours: number;
+  /**
+   * Hours before the window whose jobs are replayed too (default 0), so the window opens on a
+   * region already running the work submitted before it, with its demand history; only the
+   * window's own jobs are measured.
+   */
+  warmUpHours?: number;
 }
 
 export interface TierRule {
@@ -107,6 +113,7 @@ export function parseTrace(csv: string, window: TraceWindow, rule: TierRule): Tr
   const vcC = header.indexOf("vc");
   const from = window.fromHour * 3600;
   const to = from + window.hours * 3600;
+  const earliest = from - (window.warmUpHours ?? 0) * 3600;
   const jobs: TraceJob[] = [];
   for (let n = 1; n < lines.length; n++) {
     const line = lines[n]!;
@@ -119,7 +126,7 @@ export function parseTrace(csv: string, window: TraceWindow, rule: TierRule): Tr
     if (!id || !Number.isFinite(submit) || !Number.isInteger(gpus) || gpus < 1 || !(duration >= 0)) {
       throw new Error(`trace line ${n + 1}: not a job: ${line}`);
     }
-    if (submit < from || submit >= to) continue;
+    if (submit < earliest || submit >= to) continue;
     jobs.push({
       id,
       submitS: submit - from,
@@ -153,14 +160,15 @@ export function loadTrace(path: string, window: TraceWindow, rule: TierRule): { 
 }
 
 /**
- * GPUs demanded at once if every job ran from its submit for its duration (cut at the window's
- * end), sampled each minute: the static baseline sizes its fleet from a quantile of this.
+ * GPUs demanded at once if every job ran from its submit for its duration (cut to the window: a
+ * warm-up job counts from the window's start), sampled each minute: the static baseline sizes its
+ * fleet from a quantile of this.
  */
 export function idealConcurrency(jobs: readonly TraceJob[], windowS: number, stepS = 60): number[] {
   const slots = Math.ceil(windowS / stepS);
   const delta = new Float64Array(slots + 1);
   for (const j of jobs) {
-    const a = Math.floor(j.submitS / stepS);
+    const a = Math.max(0, Math.floor(j.submitS / stepS));
     const b = Math.min(slots, Math.ceil(Math.min(windowS, j.submitS + j.durationS) / stepS));
     if (a >= slots || b <= a) continue;
     delta[a]! += j.gpus;

@@ -28,6 +28,12 @@ export interface EngineOptions {
   /** A Clock, or "real" / "virtual" (virtual starts at `start`, default the current hour). */
   clock?: Clock | "real" | "virtual";
   start?: number;
+  /**
+   * The first hour of the seeded price path (default: the clock's start); before it the market
+   * level is the long-run mean. The same seed and origin give the same prices whenever the engine
+   * starts.
+   */
+  priceOrigin?: number;
   settings?: DeepPartial<SimSettings>;
 }
 
@@ -53,7 +59,7 @@ export class SimEngine {
     this.settings = mergeSettings(defaultSettings(options.seed ?? 1), options.settings ?? {});
     if (options.seed !== undefined) this.settings.seed = options.seed;
     const start = this.clock.now();
-    this.k = new Kernel(this.settings, start);
+    this.k = new Kernel(this.settings, start, options.priceOrigin ?? start);
     this.nextHourAt = floorTo(start, HOUR_MS) + HOUR_MS;
     this.market = new Market(this.k, (id) => this.account(id));
     this.nodes = new NodeFleet(this.k, this.market, (id) => this.account(id));

@@ -20,13 +20,18 @@ export class Kernel {
   /** The instant the engine's state reflects; timers run with it set to their own time. */
   cursor: number;
 
+  /**
+   * `priceOrigin` (default `start`): where the price path begins (its level is the long-run mean
+   * before it); a replay with a warm-up starts the engine earlier on the same path.
+   */
   constructor(
     readonly settings: SimSettings,
     start: number,
+    priceOrigin = start,
   ) {
     this.cursor = start;
     this.catalog = new CatalogIndex(settings.catalog);
-    this.prices = new PriceModel(settings.seed, Math.floor(start / 3_600_000), settings.prices);
+    this.prices = new PriceModel(settings.seed, Math.floor(priceOrigin / 3_600_000), settings.prices);
     this.supply = new SupplyBook(settings.seed, this.prices, settings.supply);
     this.idRng = new Rng(settings.seed, "ids");
     this.delayRng = new Rng(settings.seed, "delays");
