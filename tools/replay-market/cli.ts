@@ -86,6 +86,10 @@ for (const name of ["scalar", "static", "reactive"] as const) {
   runs[name] = runPolicy(name, dir ? { ...setup, observe: (s) => series.push(s) } : setup);
   if (dir) writeFileSync(`${dir}/${name}.json`, JSON.stringify(series));
   console.error(`${name}: ${JSON.stringify(runs[name].diagnostics)}`);
+  // Work lost or never served is a defect of the policy under test, not a figure to average away.
+  const { jobs_killed: killed, jobs_never_started: neverStarted } = runs[name].diagnostics;
+  if (killed > 0) console.error(`WARNING ${name}: ${killed} job(s) cut off when their node's time ended`);
+  if (neverStarted > 0) console.error(`WARNING ${name}: ${neverStarted} job(s) of the window never started`);
 }
 // The block lengths the policies buy: Scalar's, and the static fleet's whole window (and warm-up).
 const lengths = [...setup.config.durationsHours, hours + warmUpHours];

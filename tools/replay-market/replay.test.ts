@@ -121,11 +121,14 @@ describe("market replay", () => {
   it("prints the one JSON object of the command", async () => {
     const run = promisify(execFile);
     const root = fileURLToPath(new URL("../..", import.meta.url));
-    const { stdout } = await run(
+    const { stdout, stderr } = await run(
       "npx",
       ["tsx", "tools/replay-market/cli.ts", "--jobs", FIXTURE, "--from-hour", "720", "--hours", "3", "--seed", "2"],
       { cwd: root, env: { ...process.env, REPLAY_ONLY: "", REPLAY_TUNE: "" } },
     );
+    // No policy cut a job off or left one unstarted (each would print a WARNING line).
+    expect(stderr).not.toContain("WARNING");
+    expect(stderr).toContain("scalar: {");
     const result = JSON.parse(stdout);
     expect(Object.keys(result).sort()).toEqual(["lower_bound_spend_usd", "reactive", "scalar", "static"]);
     for (const name of ["scalar", "static", "reactive"]) expect(Object.keys(result[name]).sort()).toEqual(KEYS);
