@@ -26,6 +26,17 @@ export function hoursBetween(start: number, end: number): number {
   return (end - start) / HOUR_MS;
 }
 
+/**
+ * A block's limit as the Nodes API takes it (`max_price_per_node_hour`): whole cents per node-hour
+ * that keep `nodes` nodes over [start, end) within the limit, rounded down. The division's float
+ * error is forgiven first (a limit of exactly $32.00 a node-hour over 66 minutes divides to
+ * 3199.9999999999995): rounded down from there it would be a cent under, and an ask at the limit
+ * would not fill.
+ */
+export function perNodeHourLimit(limitPriceCents: number, nodes: number, start: number, end: number): number {
+  return Math.max(0, Math.floor(limitPriceCents / nodes / hoursBetween(start, end) + 1e-9));
+}
+
 /** Cents per GPU-hour of a block's total price. */
 export function ratePerGpuHour(priceCents: number, nodes: number, start: number, end: number): number {
   const gpuHours = nodes * GPUS_PER_NODE * hoursBetween(start, end);

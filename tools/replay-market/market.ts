@@ -10,7 +10,7 @@
  * What the market does in return (fills, boots, terminations, money) arrives as engine events and
  * ledger entries, turned here into region changes and `Ledger` entries.
  */
-import type { MarketQuote, QuoteRequest } from "../../core/autoscaler";
+import { type MarketQuote, perNodeHourLimit, type QuoteRequest } from "../../core/autoscaler";
 import type { Account } from "../sfcompute-sim/accounts";
 import type { SimEngine } from "../sfcompute-sim/engine";
 import type { SimEvent } from "../sfcompute-sim/events";
@@ -175,7 +175,7 @@ export class EngineMarket {
     now: number,
   ): void {
     const start = Math.ceil(now / 60_000) * 60_000;
-    const perNodeHour = Math.floor(limitPriceCents / nodes / ((firstEnd - start) / 3_600_000));
+    const perNodeHour = perNodeHourLimit(limitPriceCents, nodes, start, firstEnd);
     for (let i = 0; i < nodes; i++) {
       const end = firstEnd + i * endStepMs;
       this.outcomes.orderPlaced();
@@ -199,7 +199,7 @@ export class EngineMarket {
   /** Extends each node from its end to `end`, at no more than the limit's node-hour rate. */
   extend(sfIds: string[], start: number, end: number, limitPriceCents: number): void {
     const hours = (end - start) / 3_600_000;
-    const perNodeHour = Math.floor(limitPriceCents / sfIds.length / hours);
+    const perNodeHour = perNodeHourLimit(limitPriceCents, sfIds.length, start, end);
     for (const sfId of sfIds) {
       this.outcomes.orderPlaced();
       const before = this.account.balanceCents;

@@ -24,6 +24,7 @@ import {
   MINUTE_MS,
   marketNow,
   type PlanAction,
+  perNodeHourLimit,
   planCapacity,
   quoteRequests,
 } from "../../core/autoscaler";
@@ -38,7 +39,7 @@ import { placeJournaledOrder } from "../sfcompute/journal";
 import type { Node as SfNode } from "../sfcompute/schemas";
 import { blockCents, centsPerNodeHour, epochSeconds } from "../sfcompute/units";
 import { CAPACITY_NODE_PREFIX, type Fleet, loadFleet, nodeOfOrder, type OrderRow, recentArrivals } from "./fleet";
-import { cloudInit, contractSaleGroup, fetchQuote, nodeSaleGroup, perNodeHourLimit } from "./market";
+import { cloudInit, contractSaleGroup, fetchQuote, nodeSaleGroup } from "./market";
 
 /** What the cycle calls on the region's scheduler. */
 export type CapacityScheduler = Pick<

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { cloudInit, nodeSaleGroup, perNodeHourLimit, saleGroupKey, tokenOfCloudInit } from "./market";
+import { perNodeHourLimit } from "../../core/autoscaler";
+import { cloudInit, nodeSaleGroup, saleGroupKey, tokenOfCloudInit } from "./market";
 
 const H = 3_600_000;
 
@@ -33,5 +34,8 @@ describe("capacity market helpers", () => {
     expect(perNodeHourLimit(12_000, 3, 0, 2 * H)).toBe(2_000);
     // Rounded down, never over the block's limit.
     expect(perNodeHourLimit(12_001, 3, 0, 2 * H) * 3 * 2).toBeLessThanOrEqual(12_001);
+    // $32.00 a node-hour (the $4.00/GPU-h Fast limit) for 3 nodes over 66 minutes is 10,560¢, which
+    // divides back to 3199.9999999999995: still 3,200, so an ask at the limit fills.
+    expect(perNodeHourLimit(10_560, 3, 0, 66 * 60_000)).toBe(3_200);
   });
 });

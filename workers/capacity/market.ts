@@ -5,7 +5,7 @@
  * so contracts are matched by zone, start and end; nodes alike on all three are a sale group, sold
  * whole (the policy plans it so).
  */
-import { hoursBetween, type MarketQuote, marketNow, type QuoteRequest } from "../../core/autoscaler";
+import { type MarketQuote, marketNow, type QuoteRequest } from "../../core/autoscaler";
 import {
   decodeUserData,
   encodeUserData,
@@ -77,11 +77,6 @@ export async function fetchQuote(
   if (request.blockId !== undefined) quote.blockId = request.blockId;
   if (request.cover) quote.cover = true;
   return quote;
-}
-
-/** The limit per node-hour that keeps `nodes` nodes over [start, end) within a block's limit. */
-export function perNodeHourLimit(limitPriceCents: number, nodes: number, start: number, end: number): number {
-  return Math.max(0, Math.floor(limitPriceCents / nodes / hoursBetween(start, end)));
 }
 
 /** A node's cloud-init user data: the shared node-boot script (core/schemas/node-boot.ts), base64. */
