@@ -617,7 +617,7 @@ describe("budget cap", () => {
   });
 });
 
-describe("limits (property)", () => {
+describe("properties", () => {
   // Every buy and extension the policy plans must fill at the quote it was priced from once the
   // cron turns its limit into what the market takes: whole cents per node-hour, rounded down
   // (`perNodeHourLimit`). A limit under the ask never fills: the order is planned again every
@@ -638,6 +638,55 @@ describe("limits (property)", () => {
     estimateH: fc.option(fc.double({ min: 0.1, max: 400, noNaN: true }), { nil: null }),
   });
 
+  const fleetOf = (nodes: { busyHoursAgo: number | null; gpus: number; endInMin: number; block: string }[]) =>
+    nodes.map((n, k) => {
+      // Nodes of one block share its end.
+      const end = NOW + nodes.find((m) => m.block === n.block)!.endInMin * MINUTE_MS;
+      return n.busyHoursAgo === null
+        ? node(`n${k}`, { blockId: n.block, endAt: end })
+        : node(`n${k}`, {
+            blockId: n.block,
+            endAt: end,
+            freeGpus: 8 - n.gpus,
+            work: [{ tier: "flex", gpus: n.gpus, startedAt: NOW - n.busyHoursAgo * HOUR_MS, expectedEndAt: null }],
+          });
+    });
+
+  it("extends every node about to end with work of unknown end on it, past its end", () => {
+    fc.assert(
+      fc.property(
+        fc.array(arbNode, { maxLength: 8 }),
+        fc.array(arbJob, { maxLength: 6 }),
+        fc.record({ 1: rate, 4: rate, 24: rate, 168: rate }),
+        fc.integer({ min: 0, max: 40 }),
+        (nodes, jobs, curve, headroom) => {
+          const fleet = fleetOf(nodes);
+          const i = input({
+            nodes: fleet,
+            queue: jobs.map((j, k) => job(`j${k}`, j.tier, j.gpus, j.waitedMin)),
+            demand: {
+              fastGpusInWindow: headroom,
+              fastWholeNodesInWindow: 0,
+              fastGpusAtRecentRate: 0,
+              steadyGpus: headroom,
+              peakGpus: headroom,
+            },
+          });
+          const p = plan(i, curve);
+          const horizon = NOW + Math.max(CONFIG.leadTimeMs, CONFIG.extend.leadMs);
+          for (const n of fleet.filter((x) => x.work.length > 0 && x.endAt <= horizon)) {
+            const ext = ofKind(p.actions, "extend").find((e) => e.nodeIds.includes(n.id));
+            expect(ext, `busy node ${n.id} ending ${new Date(n.endAt).toISOString()}`).toBeDefined();
+            expect(ext!.startAt).toBe(n.endAt);
+            expect(ext!.endAt).toBeGreaterThan(n.endAt);
+            expect(p.actions.some((a) => a.kind === "sell_back" && a.nodeIds.includes(n.id))).toBe(false);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
   it("prices every buy and extension at or above its quote, per node-hour in whole cents", () => {
     fc.assert(
       fc.property(
@@ -646,20 +695,7 @@ describe("limits (property)", () => {
         fc.record({ 1: rate, 4: rate, 24: rate, 168: rate }),
         fc.integer({ min: 0, max: 40 }),
         (nodes, jobs, curve, headroom) => {
-          const fleet = nodes.map((n, k) => {
-            // Nodes of one block share its end.
-            const end = NOW + nodes.find((m) => m.block === n.block)!.endInMin * MINUTE_MS;
-            return n.busyHoursAgo === null
-              ? node(`n${k}`, { blockId: n.block, endAt: end })
-              : node(`n${k}`, {
-                  blockId: n.block,
-                  endAt: end,
-                  freeGpus: 8 - n.gpus,
-                  work: [
-                    { tier: "flex", gpus: n.gpus, startedAt: NOW - n.busyHoursAgo * HOUR_MS, expectedEndAt: null },
-                  ],
-                });
-          });
+          const fleet = fleetOf(nodes);
           const queue = jobs.map((j, k) => ({
             ...job(`j${k}`, j.tier, j.gpus, j.waitedMin),
             estimateMs: j.estimateH === null ? null : j.estimateH * HOUR_MS,
