@@ -618,11 +618,9 @@ describe("budget cap", () => {
 });
 
 describe("properties", () => {
-  // Every buy and extension the policy plans must fill at the quote it was priced from once the
-  // cron turns its limit into what the market takes: whole cents per node-hour, rounded down
-  // (`perNodeHourLimit`). A limit under the ask never fills: the order is planned again every
-  // minute, and for running work the node ends with the work on it.
-  // $0.75–$4.50/GPU-h in 1/16 ¢, often close to the Fast limit ($4.00).
+  // Random regions: nodes idle or running work of unknown end, many about to end; queues of both
+  // tiers with and without estimates; a price per block length of $0.75–$4.50/GPU-h in 1/16 ¢,
+  // often close to the Fast limit ($4.00).
   const rate = fc.oneof(fc.integer({ min: 1200, max: 7200 }), fc.integer({ min: 6200, max: 6600 })).map((x) => x / 16);
   const arbNode = fc.record({
     busyHoursAgo: fc.option(fc.double({ min: 0.05, max: 200, noNaN: true }), { nil: null }),
@@ -638,10 +636,18 @@ describe("properties", () => {
     estimateH: fc.option(fc.double({ min: 0.1, max: 400, noNaN: true }), { nil: null }),
   });
 
-  const fleetOf = (nodes: { busyHoursAgo: number | null; gpus: number; endInMin: number; block: string }[]) =>
-    nodes.map((n, k) => {
-      // Nodes of one block share its end.
-      const end = NOW + nodes.find((m) => m.block === n.block)!.endInMin * MINUTE_MS;
+  const arbRegion = fc.record({
+    nodes: fc.array(arbNode, { maxLength: 8 }),
+    jobs: fc.array(arbJob, { maxLength: 6 }),
+    curve: fc.record({ 1: rate, 4: rate, 24: rate, 168: rate }),
+    headroom: fc.integer({ min: 0, max: 40 }),
+  });
+  type Region = typeof arbRegion extends fc.Arbitrary<infer R> ? R : never;
+
+  /** The region's input: nodes of one block share its end; busy nodes run one job of unknown end. */
+  function regionInput(r: Region): CapacityInput {
+    const nodes = r.nodes.map((n, k) => {
+      const end = NOW + r.nodes.find((m) => m.block === n.block)!.endInMin * MINUTE_MS;
       return n.busyHoursAgo === null
         ? node(`n${k}`, { blockId: n.block, endAt: end })
         : node(`n${k}`, {
@@ -651,91 +657,68 @@ describe("properties", () => {
             work: [{ tier: "flex", gpus: n.gpus, startedAt: NOW - n.busyHoursAgo * HOUR_MS, expectedEndAt: null }],
           });
     });
+    const queue = r.jobs.map((j, k) => ({
+      ...job(`j${k}`, j.tier, j.gpus, j.waitedMin),
+      estimateMs: j.estimateH === null ? null : j.estimateH * HOUR_MS,
+    }));
+    const h = r.headroom;
+    return input({
+      nodes,
+      queue,
+      demand: { fastGpusInWindow: h, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: h, peakGpus: h },
+    });
+  }
 
   it("extends every node about to end with work of unknown end on it, past its end", () => {
     fc.assert(
-      fc.property(
-        fc.array(arbNode, { maxLength: 8 }),
-        fc.array(arbJob, { maxLength: 6 }),
-        fc.record({ 1: rate, 4: rate, 24: rate, 168: rate }),
-        fc.integer({ min: 0, max: 40 }),
-        (nodes, jobs, curve, headroom) => {
-          const fleet = fleetOf(nodes);
-          const i = input({
-            nodes: fleet,
-            queue: jobs.map((j, k) => job(`j${k}`, j.tier, j.gpus, j.waitedMin)),
-            demand: {
-              fastGpusInWindow: headroom,
-              fastWholeNodesInWindow: 0,
-              fastGpusAtRecentRate: 0,
-              steadyGpus: headroom,
-              peakGpus: headroom,
-            },
-          });
-          const p = plan(i, curve);
-          const horizon = NOW + Math.max(CONFIG.leadTimeMs, CONFIG.extend.leadMs);
-          for (const n of fleet.filter((x) => x.work.length > 0 && x.endAt <= horizon)) {
-            const ext = ofKind(p.actions, "extend").find((e) => e.nodeIds.includes(n.id));
-            expect(ext, `busy node ${n.id} ending ${new Date(n.endAt).toISOString()}`).toBeDefined();
-            expect(ext!.startAt).toBe(n.endAt);
-            expect(ext!.endAt).toBeGreaterThan(n.endAt);
-            expect(p.actions.some((a) => a.kind === "sell_back" && a.nodeIds.includes(n.id))).toBe(false);
-          }
-        },
-      ),
+      fc.property(arbRegion, (r) => {
+        const i = regionInput(r);
+        const p = plan(i, r.curve);
+        const horizon = NOW + Math.max(CONFIG.leadTimeMs, CONFIG.extend.leadMs);
+        for (const n of i.nodes.filter((x) => x.work.length > 0 && x.endAt <= horizon)) {
+          const ext = ofKind(p.actions, "extend").find((e) => e.nodeIds.includes(n.id));
+          expect(ext, `busy node ${n.id} ending ${new Date(n.endAt).toISOString()}`).toBeDefined();
+          expect(ext!.startAt).toBe(n.endAt);
+          expect(ext!.endAt).toBeGreaterThan(n.endAt);
+          expect(p.actions.some((a) => a.kind === "sell_back" && a.nodeIds.includes(n.id))).toBe(false);
+        }
+      }),
       { numRuns: 300 },
     );
   });
 
+  // Every buy and extension the policy plans must fill at the quote it was priced from once the
+  // cron turns its limit into what the market takes: whole cents per node-hour, rounded down
+  // (`perNodeHourLimit`). A limit under the ask never fills: the order is planned again every
+  // minute, and for running work the node ends with the work on it.
   it("prices every buy and extension at or above its quote, per node-hour in whole cents", () => {
     fc.assert(
-      fc.property(
-        fc.array(arbNode, { maxLength: 8 }),
-        fc.array(arbJob, { maxLength: 6 }),
-        fc.record({ 1: rate, 4: rate, 24: rate, 168: rate }),
-        fc.integer({ min: 0, max: 40 }),
-        (nodes, jobs, curve, headroom) => {
-          const fleet = fleetOf(nodes);
-          const queue = jobs.map((j, k) => ({
-            ...job(`j${k}`, j.tier, j.gpus, j.waitedMin),
-            estimateMs: j.estimateH === null ? null : j.estimateH * HOUR_MS,
-          }));
-          const i = input({
-            nodes: fleet,
-            queue,
-            demand: {
-              fastGpusInWindow: headroom,
-              fastWholeNodesInWindow: 0,
-              fastGpusAtRecentRate: 0,
-              steadyGpus: headroom,
-              peakGpus: headroom,
-            },
-          });
-          const quotes = answer(quoteRequests(i), NOW, curve);
-          const p = planCapacity({ ...i, quotes });
-          for (const a of p.actions) {
-            if (a.kind !== "buy" && a.kind !== "extend") continue;
-            const count = a.kind === "buy" ? a.nodes : a.nodeIds.length;
-            const start = a.startAt === "now" ? marketNow(NOW) : a.startAt;
-            const hours = hoursBetween(start, a.endAt);
-            const from = quotes.filter(
-              (q) =>
-                q.side === "buy" &&
-                q.startAt === start &&
-                q.endAt === a.endAt &&
-                (a.kind === "extend" ? q.blockId === a.blockId : q.blockId === undefined),
-            );
-            if (from.length === 0) continue; // priced without a quote (at a tier's limit)
-            // Less a float's width: dividing a quote's total back by its hours is not exact. A
-            // limit short by a cent per node-hour, or by half a cent as before the fix, still fails.
-            const askPerNodeHour = Math.min(...from.map((q) => q.priceCents / q.nodes / hours)) - 1e-6;
-            const limitPerNodeHour = perNodeHourLimit(a.limitPriceCents, count, start, a.endAt);
-            expect(limitPerNodeHour, `${a.kind} ${a.reason.rule}: ${a.reason.message}`).toBeGreaterThanOrEqual(
-              askPerNodeHour,
-            );
-          }
-        },
-      ),
+      fc.property(arbRegion, (r) => {
+        const i = regionInput(r);
+        const quotes = answer(quoteRequests(i), NOW, r.curve);
+        const p = planCapacity({ ...i, quotes });
+        for (const a of p.actions) {
+          if (a.kind !== "buy" && a.kind !== "extend") continue;
+          const count = a.kind === "buy" ? a.nodes : a.nodeIds.length;
+          const start = a.startAt === "now" ? marketNow(NOW) : a.startAt;
+          const hours = hoursBetween(start, a.endAt);
+          const from = quotes.filter(
+            (q) =>
+              q.side === "buy" &&
+              q.startAt === start &&
+              q.endAt === a.endAt &&
+              (a.kind === "extend" ? q.blockId === a.blockId : q.blockId === undefined),
+          );
+          if (from.length === 0) continue; // priced without a quote (at a tier's limit)
+          // Less a float's width: dividing a quote's total back by its hours is not exact. A
+          // limit short by a cent per node-hour, or by half a cent as before the fix, still fails.
+          const askPerNodeHour = Math.min(...from.map((q) => q.priceCents / q.nodes / hours)) - 1e-6;
+          const limitPerNodeHour = perNodeHourLimit(a.limitPriceCents, count, start, a.endAt);
+          expect(limitPerNodeHour, `${a.kind} ${a.reason.rule}: ${a.reason.message}`).toBeGreaterThanOrEqual(
+            askPerNodeHour,
+          );
+        }
+      }),
       { numRuns: 300 },
     );
   });
