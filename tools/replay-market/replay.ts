@@ -86,10 +86,15 @@ export function engineFor(
   return new SimEngine({
     seed: setup.seed,
     clock: "virtual",
-    start: setup.windowStart - (setup.warmUpMs ?? 0),
+    start: replayStart(setup),
     priceOrigin: setup.windowStart,
     settings: { catalog },
   });
+}
+
+/** Where the replay's clock starts: the window's first instant, or the warm-up's. */
+function replayStart(setup: Pick<ReplaySetup, "windowStart" | "warmUpMs">): number {
+  return setup.windowStart - (setup.warmUpMs ?? 0);
 }
 
 function policyOf(name: PolicyName, setup: ReplaySetup): ReplayPolicy {
@@ -260,7 +265,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
 
   const jobs = setup.jobs;
   let next = 0;
-  let nextTick = setup.windowStart - (setup.warmUpMs ?? 0);
+  let nextTick = replayStart(setup);
   for (;;) {
     const arrivalAt = next < jobs.length ? setup.windowStart + jobs[next]!.submitS * 1000 : Number.POSITIVE_INFINITY;
     const t = Math.min(arrivalAt, region.nextEndAt(), nextTick, engine.nextWakeAt());
