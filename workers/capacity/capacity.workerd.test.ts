@@ -317,6 +317,7 @@ describe("the capacity cron against the simulator", () => {
     const [sim] = h.simNodes();
     expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
     const endBefore = sim!.endAt;
+    if (endBefore === null) throw new Error("the headroom's node has no end");
     expect(endBefore - h.sim.engine.now()).toBeLessThan(2 * HOUR_MS);
 
     // A Fast job estimated at 3 h: the free node's block ends before it would, so it waits.
