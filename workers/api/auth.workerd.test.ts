@@ -349,3 +349,50 @@ describe("API keys", () => {
     expect(after.json.error.message).toBe("API key has expired");
   });
 });
+
+describe("refused credentials per client address", () => {
+  const from = (address: string) => ({ headers: { "cf-connecting-ip": address } });
+
+  it("answers 429 after 30 refused credentials from one address, then refuses it without a lookup; other addresses and valid credentials are not counted", async () => {
+    const user = await signUp();
+    const key = await createKey(user.token, ["jobs:read"]);
+    const unknown = `${key.secret.slice(0, -1)}${key.secret.endsWith("a") ? "b" : "a"}`;
+    // Valid credentials take nothing from the address's tries.
+    for (let i = 0; i < 35; i++)
+      expect((await call("GET", "/v1/jobs", key.secret, from("203.0.113.7"))).status).toBe(200);
+    // Without Cloudflare's address (a test, a service binding) nothing is counted.
+    for (let i = 0; i < 35; i++) expect((await call("GET", "/v1/jobs", unknown)).status).toBe(401);
+
+    for (let i = 0; i < 30; i++) {
+      const res = await call("GET", "/v1/jobs", unknown, from("203.0.113.7"));
+      expect(res.status).toBe(401);
+      expect(res.json.error.code).toBe("invalid_api_key");
+    }
+    const refused = await call("GET", "/v1/jobs", unknown, from("203.0.113.7"));
+    expect(refused.status).toBe(429);
+    expect(refused.json.error).toMatchObject({
+      code: "rate_limited",
+      details: { scope: "client", limit: 30, window_s: 60 },
+    });
+    const retryAfter = Number(refused.headers.get("retry-after"));
+    expect(retryAfter).toBeGreaterThanOrEqual(1);
+    expect(refused.json.error.details.retry_after_s).toBe(retryAfter);
+    // The address is out of tries: even a valid key from it waits (refused before any lookup).
+    const blocked = await call("GET", "/v1/jobs", key.secret, from("203.0.113.7"));
+    expect(blocked.status).toBe(429);
+    expect(blocked.json.error.details.scope).toBe("client");
+    // Another address is not.
+    expect((await call("GET", "/v1/jobs", key.secret, from("203.0.113.8"))).status).toBe(200);
+    expect((await call("GET", "/v1/jobs", unknown, from("203.0.113.8"))).status).toBe(401);
+  });
+
+  it("counts tokens that fail verification too", async () => {
+    const user = await signUp();
+    const expired = await mint({ sub: user.userId, expires_in_s: -120 });
+    for (let i = 0; i < 30; i++) {
+      expect((await call("GET", "/v1/me", expired, from("2001:db8::1"))).json.error.code).toBe("token_expired");
+    }
+    expect((await call("GET", "/v1/me", expired, from("2001:db8::1"))).status).toBe(429);
+    expect((await call("GET", "/v1/me", user.token, from("2001:db8::2"))).status).toBe(200);
+  });
+});
