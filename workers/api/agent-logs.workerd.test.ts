@@ -150,6 +150,22 @@ describe("agent authentication", () => {
     expect(refused.status).toBe(401);
     expect(refused.json.error.code).toBe("invalid_node_token");
   });
+
+  it("counts refused node tokens against the client's address, as the API's credentials are", async () => {
+    const op = await operator();
+    const { token } = await createNode(op);
+    const from = (address: string) => ({ headers: { "cf-connecting-ip": address } });
+    const guess = `${token.slice(0, -1)}${token.endsWith("a") ? "b" : "a"}`;
+    const poll = (credential: string, address: string) =>
+      call("GET", `${AGENT_ROUTES.placements}?wait_ms=0`, credential, from(address));
+    for (let i = 0; i < 30; i++) expect((await poll(guess, "198.51.100.20")).status).toBe(401);
+    const refused = await poll(guess, "198.51.100.20");
+    expect(refused.status).toBe(429);
+    expect(refused.json.error.details.scope).toBe("client");
+    // The real node token from that address waits too; from its own address it is served.
+    expect((await poll(token, "198.51.100.20")).status).toBe(429);
+    expect((await poll(token, "198.51.100.21")).status).toBe(200);
+  });
 });
 
 describe("job logs", () => {

@@ -1,8 +1,9 @@
 /**
  * Failed credentials per client address. Every credential the API refuses after checking it (an
- * unknown, revoked or expired API key, a token that fails verification) takes a token from the
- * address's bucket in a RateLimiter Durable Object (`client:<address>`); when the bucket is empty
- * the request is `429 rate_limited` (scope `client`) instead of `401`, and this isolate refuses
+ * unknown, revoked or expired API key, a token that fails verification, a refused node token on the
+ * agent routes) takes a token from the address's bucket in a RateLimiter Durable Object
+ * (`client:<address>`); when the bucket is empty the request is `429 rate_limited` (scope
+ * `client`) instead of `401`, and this isolate refuses
  * every request from that address until a token is back, before any database lookup, so a client
  * cycling through guesses costs the database nothing. Valid credentials take nothing from it.
  *
