@@ -48,6 +48,13 @@ describe("market replay", () => {
       expect(run.metrics.spend_usd * 100).toBeGreaterThanOrEqual(lowerBound);
       // Revenue is the configured price per GPU-second of what ran.
       expect(run.metrics.revenue_usd).toBeGreaterThan(0);
+      // Fast jobs over a minute late, by hour of the window: as many as the p99 says, at least.
+      const late = Object.entries(run.diagnostics.late_fast_by_hour);
+      for (const [hour] of late) expect([0, 1, 2]).toContain(Number(hour));
+      const lateCount = late.reduce((sum, [, n]) => sum + n, 0);
+      expect(lateCount).toBeLessThanOrEqual(jobs.filter((j) => j.tier === "fast").length);
+      if (run.metrics.fast_start_p99_s > 60) expect(lateCount).toBeGreaterThan(0);
+      else expect(lateCount).toBeLessThanOrEqual(Math.floor(jobs.filter((j) => j.tier === "fast").length / 100));
     },
   );
 

@@ -62,6 +62,8 @@ export interface PolicyRun {
     policy_cycles: number;
     reasons: Record<string, number>;
     spend_by: Record<string, number>;
+    /** Fast jobs that waited over a minute, by the window's hour of their submission. */
+    late_fast_by_hour: Record<string, number>;
     seconds: number;
   };
 }
@@ -72,6 +74,7 @@ interface ReplayPolicy {
 }
 
 const MINUTE = 60_000;
+const HOUR_MS = 60 * MINUTE;
 
 /** A fresh market engine for the replay, at the start of its warm-up (or of its window). */
 export function engineFor(
@@ -90,6 +93,15 @@ export function engineFor(
     priceOrigin: setup.windowStart,
     settings: { catalog },
   });
+}
+
+function lateByHour(late: readonly { at: number }[], windowStart: number): Record<string, number> {
+  const byHour: Record<string, number> = {};
+  for (const j of late) {
+    const hour = String(Math.floor((j.at - windowStart) / HOUR_MS));
+    byHour[hour] = (byHour[hour] ?? 0) + 1;
+  }
+  return byHour;
 }
 
 /** Where the replay's clock starts: the window's first instant, or the warm-up's. */
@@ -300,6 +312,7 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
       policy_cycles: cycles,
       reasons,
       spend_by: ledger.spendBy,
+      late_fast_by_hour: lateByHour(ledger.slowFast, setup.windowStart),
       seconds: Math.round((performance.now() - started) / 100) / 10,
     },
   };
