@@ -3,9 +3,9 @@
  * unknown, revoked or expired API key, a token that fails verification, a refused node token on the
  * agent routes) takes a token from the address's bucket in a RateLimiter Durable Object
  * (`client:<address>`); when the bucket is empty the request is `429 rate_limited` (scope
- * `client`) instead of `401`, and this isolate refuses
- * every request from that address until a token is back, before any database lookup, so a client
- * cycling through guesses costs the database nothing. Valid credentials take nothing from it.
+ * `client`) instead of `401`, and this isolate refuses every request from that address until a
+ * token is back, before any database lookup, so a client cycling through guesses costs the database
+ * nothing. Valid credentials take nothing from it.
  *
  * The address is Cloudflare's `CF-Connecting-IP` (set by the edge; a client cannot forge it). A
  * request without it (a service binding, a test) is not counted. The limiter unreachable: the `401`
