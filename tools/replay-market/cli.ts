@@ -73,13 +73,15 @@ console.error(
 );
 
 const runs = {} as Record<PolicyName, ReturnType<typeof runPolicy>>;
-// REPLAY_ONLY=scalar[,…] runs only those policies (the others repeat the first; for tuning runs).
+// REPLAY_ONLY=scalar[,…] runs only those policies (the others repeat the first that ran; for tuning runs).
 const only = process.env.REPLAY_ONLY ? process.env.REPLAY_ONLY.split(",") : null;
-for (const name of ["scalar", "static", "reactive"] as const) {
-  if (only && !only.includes(name)) {
-    runs[name] = runs.scalar;
-    continue;
-  }
+const POLICIES = ["scalar", "static", "reactive"] as const;
+if (only && !POLICIES.some((name) => only.includes(name))) {
+  console.error(`REPLAY_ONLY names none of ${POLICIES.join(", ")}: ${process.env.REPLAY_ONLY}`);
+  process.exit(2);
+}
+for (const name of POLICIES) {
+  if (only && !only.includes(name)) continue;
   // REPLAY_SERIES=DIR writes each policy's minute-by-minute state there (for plots and tuning).
   const dir = process.env.REPLAY_SERIES;
   const series: Record<string, number>[] = [];
@@ -91,6 +93,8 @@ for (const name of ["scalar", "static", "reactive"] as const) {
   if (killed > 0) console.error(`WARNING ${name}: ${killed} job(s) cut off when their node's time ended`);
   if (neverStarted > 0) console.error(`WARNING ${name}: ${neverStarted} job(s) of the window never started`);
 }
+const first = runs[POLICIES.find((name) => runs[name] !== undefined)!];
+for (const name of POLICIES) runs[name] ??= first;
 // The block lengths the policies buy: Scalar's, and the static fleet's whole window (and warm-up).
 const lengths = [...setup.config.durationsHours, hours + warmUpHours];
 const lowerBound = lowerBoundCents(engineFor(setup), jobs, windowStart, setup.windowMs, lengths, setup.warmUpMs);
