@@ -130,6 +130,29 @@ describe("Fast headroom", () => {
     expect(ofKind(p.actions, "hold_headroom")[0]).toMatchObject({ gpus: 4 });
   });
 
+  it("quotes and buys the Fast block's own length when it is not among the usual lengths", () => {
+    // Until 27 Nov a length missing from durationsHours was never quoted: the plan took the nearest
+    // quote (1 h), so fast.blockHours 2 bought what blockHours 1 did.
+    const i = input(
+      {
+        nodes: [node("n1", { freeGpus: 4, work: [{ tier: "flex", gpus: 4, startedAt: NOW, expectedEndAt: null }] })],
+        demand: {
+          fastGpusInWindow: 20,
+          fastWholeNodesInWindow: 0,
+          fastGpusAtRecentRate: 0,
+          steadyGpus: 0,
+          peakGpus: 4,
+        },
+      },
+      { fast: { ...CONFIG.fast, blockHours: 2 } },
+    );
+    expect(quoteRequests(i).map((r) => r.durationHours)).toEqual([1, 2, 4, 24, 168]);
+    const buys = ofKind(plan(i, { ...CURVE, 2: 280 }).actions, "buy");
+    expect(buys).toMatchObject([{ tier: "fast", nodes: 2, startAt: "now", endAt: at("13:00") }]);
+    // The 2 h rate with 2% slack, 16 GPUs × 2 h 40 min: 285.6 × 16 × 8/3 = 12,185.6 → 12,186.
+    expect(buys[0]!.limitPriceCents).toBe(12186);
+  });
+
   it("counts a buy still in flight, so a lost response is not bought twice", () => {
     const i = input({
       nodes: [node("n1", { freeGpus: 4, work: [{ tier: "flex", gpus: 4, startedAt: NOW, expectedEndAt: null }] })],

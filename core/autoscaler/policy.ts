@@ -355,13 +355,21 @@ function coverHours(input: CapacityInput, jobs: readonly QueuedJob[]): number | 
 }
 
 /** The quotes `planCapacity` will look for, given the same input without quotes. */
+/**
+ * The block lengths quoted each cycle: the configured ones, and the Fast and steady blocks' own
+ * lengths (a length the plan picks by name is always among the quotes, never snapped to another).
+ */
+export function quotedLengths(cfg: AutoscalerConfig): number[] {
+  return [...new Set([...cfg.durationsHours, cfg.fast.blockHours, cfg.steadyBlockHours])].sort((x, y) => x - y);
+}
+
 export function quoteRequests(input: CapacityInput): QuoteRequest[] {
   const cfg = input.config;
   const a = assess(input);
   const requests: QuoteRequest[] = [];
   const buyNodes = nodesFor(a.fastShortGpus + a.flexShortGpus);
   if (buyNodes > 0) {
-    for (const d of cfg.durationsHours) {
+    for (const d of quotedLengths(cfg)) {
       requests.push({ side: "buy", gpuModel: cfg.gpuModel, nodes: buyNodes, startAt: "now", durationHours: d });
     }
     // A waiting job estimated to outlast every usual length needs a block as long as its estimate:
@@ -393,7 +401,7 @@ export function quoteRequests(input: CapacityInput): QuoteRequest[] {
   }
   const extendable = a.fastShortGpus > 0 ? [...a.busyEnding, ...a.idleEnding] : a.busyEnding;
   for (const g of byBlock(extendable)) {
-    for (const d of cfg.durationsHours.filter((h) => h <= cfg.extend.maxHours)) {
+    for (const d of quotedLengths(cfg).filter((h) => h <= cfg.extend.maxHours)) {
       requests.push({
         side: "buy",
         gpuModel: cfg.gpuModel,

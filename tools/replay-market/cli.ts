@@ -8,7 +8,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { HOUR_MS } from "../../core/autoscaler";
+import { HOUR_MS, quotedLengths } from "../../core/autoscaler";
 import type { ReplayResult } from "./ledger";
 import { clairvoyantFleet, formulaLowerBoundCents, lowerBoundCents } from "./lower-bound";
 import { engineFor, type PolicyName, runPolicy } from "./replay";
@@ -96,7 +96,7 @@ for (const name of POLICIES) {
 const first = runs[POLICIES.find((name) => runs[name] !== undefined)!];
 for (const name of POLICIES) runs[name] ??= first;
 // The block lengths the policies buy: Scalar's, and the static fleet's whole window (and warm-up).
-const lengths = [...setup.config.durationsHours, hours + warmUpHours];
+const lengths = [...quotedLengths(setup.config), hours + warmUpHours];
 const lowerBound = lowerBoundCents(engineFor(setup), jobs, windowStart, setup.windowMs, lengths, setup.warmUpMs);
 // The references below price the window only (an engine starting at it: the same prices there).
 const inWindow = { ...setup, warmUpMs: 0 };
@@ -109,7 +109,7 @@ const formula = formulaLowerBoundCents(
 );
 console.error(`lower bound without congestion, at the price model's own terms: $${(formula / 100).toFixed(2)}`);
 // A reference for the targets: what a fleet that knew the demand in advance and packed it perfectly pays.
-const oracle = clairvoyantFleet(engineFor(inWindow), jobs, windowStart, setup.windowMs, setup.config.durationsHours);
+const oracle = clairvoyantFleet(engineFor(inWindow), jobs, windowStart, setup.windowMs, quotedLengths(setup.config));
 console.error(
   `clairvoyant fleet (known demand, perfect packing, no headroom): $${(oracle.cents / 100).toFixed(2)} = ${(oracle.cents / lowerBound).toFixed(3)} × the lower bound, utilisation ${oracle.utilisation.toFixed(3)}, node-hours by block length ${JSON.stringify(oracle.nodeHoursByLength)}`,
 );
