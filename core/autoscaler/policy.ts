@@ -354,7 +354,6 @@ function coverHours(input: CapacityInput, jobs: readonly QueuedJob[]): number | 
   return longest > 0 && hours > Math.max(0, ...cfg.durationsHours) ? hours : null;
 }
 
-/** The quotes `planCapacity` will look for, given the same input without quotes. */
 /**
  * The block lengths quoted each cycle: the configured ones, and the Fast and steady blocks' own
  * lengths (a length the plan picks by name is always among the quotes, never snapped to another).
@@ -363,6 +362,7 @@ export function quotedLengths(cfg: AutoscalerConfig): number[] {
   return [...new Set([...cfg.durationsHours, cfg.fast.blockHours, cfg.steadyBlockHours])].sort((x, y) => x - y);
 }
 
+/** The quotes `planCapacity` will look for, given the same input without quotes. */
 export function quoteRequests(input: CapacityInput): QuoteRequest[] {
   const cfg = input.config;
   const a = assess(input);
