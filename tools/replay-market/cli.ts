@@ -89,9 +89,20 @@ for (const name of POLICIES) {
   if (dir) writeFileSync(`${dir}/${name}.json`, JSON.stringify(series));
   console.error(`${name}: ${JSON.stringify(runs[name].diagnostics)}`);
   // Work lost or never served is a defect of the policy under test, not a figure to average away.
-  const { jobs_killed: killed, jobs_never_started: neverStarted } = runs[name].diagnostics;
+  const {
+    jobs_killed: killed,
+    jobs_never_started: neverStarted,
+    jobs_overdue_at_end: overdue,
+  } = runs[name].diagnostics;
   if (killed > 0) console.error(`WARNING ${name}: ${killed} job(s) cut off when their node's time ended`);
-  if (neverStarted > 0) console.error(`WARNING ${name}: ${neverStarted} job(s) of the window never started`);
+  if (overdue > 0) {
+    console.error(`WARNING ${name}: ${overdue} job(s) of the window never started, past their tier's wait at its end`);
+  }
+  if (neverStarted > overdue) {
+    console.error(
+      `${name}: ${neverStarted - overdue} job(s) submitted late in the window had not started at its end, within their tier's wait`,
+    );
+  }
 }
 const first = runs[POLICIES.find((name) => runs[name] !== undefined)!];
 for (const name of POLICIES) runs[name] ??= first;

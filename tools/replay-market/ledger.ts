@@ -100,6 +100,14 @@ export class Ledger {
     return this.submitted.size;
   }
 
+  /** Of the jobs not started, those that had waited longer than `promiseMs(tier)` at the window's end. */
+  overdueCount(promiseMs: (tier: Tier) => number): number {
+    let n = 0;
+    for (const job of this.submitted.values())
+      if (this.windowEnd - this.measuredFrom(job.at) > promiseMs(job.tier)) n++;
+    return n;
+  }
+
   metrics(prices: TierPrices): PolicyMetrics {
     // Jobs still waiting at the window's end count with the wait they have had so far.
     const waits = { fast: [...this.waits.fast], flex: [...this.waits.flex] };

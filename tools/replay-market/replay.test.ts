@@ -121,6 +121,28 @@ describe("market replay", () => {
     );
   });
 
+  it("tells jobs that arrived too late to start from jobs left waiting past their tier's promise", () => {
+    // A 64-GPU Flex job 30 s before the window's end: no fleet has room for it at once, and its
+    // 2-hour maximum wait has barely begun.
+    const late = {
+      id: "late-flex",
+      submitS: 3 * 3600 - 30,
+      gpus: 64,
+      durationS: 600,
+      tier: "flex" as const,
+      estimateS: null,
+      account: "late",
+    };
+    const run = runPolicy("scalar", replaySetup([...jobs, late], origin + 720 * HOUR_MS, 3, 1));
+    expect(run.diagnostics.jobs_never_started).toBe(1);
+    expect(run.diagnostics.jobs_overdue_at_end).toBe(0);
+    // As Fast, 90 s before the end, it is past its 60-s start goal there: overdue.
+    const fastLate = { ...late, tier: "fast" as const, submitS: 3 * 3600 - 90 };
+    const fast = runPolicy("scalar", replaySetup([...jobs, fastLate], origin + 720 * HOUR_MS, 3, 1));
+    expect(fast.diagnostics.jobs_never_started).toBe(1);
+    expect(fast.diagnostics.jobs_overdue_at_end).toBe(1);
+  });
+
   it("is deterministic for a seed", () => {
     expect(runPolicy("scalar", setup).metrics).toEqual(runPolicy("scalar", setup).metrics);
   });

@@ -58,6 +58,11 @@ export interface PolicyRun {
   diagnostics: {
     jobs_killed: number;
     jobs_never_started: number;
+    /**
+     * Of those, the ones that had waited past their tier's promise at the window's end (Fast: its
+     * start goal; Flex: its maximum wait); the rest arrived too late in the window to count against it.
+     */
+    jobs_overdue_at_end: number;
     packer_passes: number;
     policy_cycles: number;
     reasons: Record<string, number>;
@@ -308,6 +313,9 @@ export function runPolicy(name: PolicyName, setup: ReplaySetup): PolicyRun {
     diagnostics: {
       jobs_killed: killed,
       jobs_never_started: ledger.waitingCount(),
+      jobs_overdue_at_end: ledger.overdueCount((tier) =>
+        tier === "fast" ? setup.config.fast.startGoalMs : setup.config.flex.maxWaitMs,
+      ),
       packer_passes: region.packerPasses,
       policy_cycles: cycles,
       reasons,
