@@ -103,15 +103,14 @@ export class Ledger {
   /** Of the jobs not started, those that had waited longer than `promiseMs(tier)` at the window's end. */
   overdueCount(promiseMs: (tier: Tier) => number): number {
     let n = 0;
-    for (const job of this.submitted.values())
-      if (this.windowEnd - this.measuredFrom(job.at) > promiseMs(job.tier)) n++;
+    for (const job of this.submitted.values()) if (this.waitAtEnd(job.at) > promiseMs(job.tier)) n++;
     return n;
   }
 
   metrics(prices: TierPrices): PolicyMetrics {
     // Jobs still waiting at the window's end count with the wait they have had so far.
     const waits = { fast: [...this.waits.fast], flex: [...this.waits.flex] };
-    for (const job of this.submitted.values()) waits[job.tier].push(this.windowEnd - this.measuredFrom(job.at));
+    for (const job of this.submitted.values()) waits[job.tier].push(this.waitAtEnd(job.at));
     const usedGpuMs = this.usedGpuMs.fast + this.usedGpuMs.flex;
     const usedGpuHours = usedGpuMs / 3_600_000;
     const revenueCents = (this.usedGpuMs.fast * prices.fast + this.usedGpuMs.flex * prices.flex) / 1000;
@@ -129,6 +128,11 @@ export class Ledger {
       orders_failed: this.ordersFailed,
       sold_back_node_hours: round(this.soldNodeMs / 3_600_000, 1),
     };
+  }
+
+  /** How long a job submitted at `submittedAt` and not started has waited at the window's end. */
+  private waitAtEnd(submittedAt: number): number {
+    return this.windowEnd - this.measuredFrom(submittedAt);
   }
 
   private measuredFrom(submittedAt: number): number {

@@ -16,7 +16,7 @@ import type { BucketSpec } from "../../durable-objects/rate-limiter/bucket";
 import { RecentAnswers } from "../auth/recent-answers";
 import type { ApiEnv } from "./api-env";
 import { ApiError } from "./errors";
-import { errorFields } from "./log";
+import { takeFrom } from "./rate-limit";
 
 /** Refused credentials one address may send: a burst of 30, then one every 2 s. */
 export const FAILED_CREDENTIALS: BucketSpec = { name: "failed_credentials", limit: 30, windowS: 60 };
@@ -52,17 +52,11 @@ export function refuseIfBlocked(address: string | null, now = Date.now()): void 
  * the address is out of tries, else null.
  */
 export async function countFailure(c: Context<ApiEnv>, address: string): Promise<ApiError | null> {
-  try {
-    const stub = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(`client:${address}`));
-    const decision = await stub.take([FAILED_CREDENTIALS]);
-    if (decision.allowed) return null;
-    const now = Date.now();
-    const until = now + decision.retryAfterS * 1000;
-    blockedClients.set(address, until, now, until);
-    c.get("log").warn("auth.client_blocked", { client: address, retry_after_s: decision.retryAfterS });
-    return refusal(decision.retryAfterS);
-  } catch (error) {
-    c.get("log").warn("rate_limit.unavailable", errorFields(error));
-    return null;
-  }
+  const decision = await takeFrom(c, `client:${address}`, [FAILED_CREDENTIALS]);
+  if (decision === null || decision.allowed) return null;
+  const now = Date.now();
+  const until = now + decision.retryAfterS * 1000;
+  blockedClients.set(address, until, now, until);
+  c.get("log").warn("auth.client_blocked", { client: address, retry_after_s: decision.retryAfterS });
+  return refusal(decision.retryAfterS);
 }

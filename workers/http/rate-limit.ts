@@ -4,7 +4,7 @@
  * plan. Decided by the account's RateLimiter Durable Object (token buckets); see docs/api.md.
  */
 import type { Context, MiddlewareHandler } from "hono";
-import type { BucketReading, BucketSpec } from "../../durable-objects/rate-limiter/bucket";
+import type { BucketReading, BucketSpec, RateDecision } from "../../durable-objects/rate-limiter/bucket";
 import type { Caller } from "../auth/caller";
 import type { ApiEnv } from "./api-env";
 import { ApiError } from "./errors";
@@ -36,6 +36,19 @@ export function bucketsOf(caller: Caller): { object: string; specs: BucketSpec[]
   return { object: caller.account ? `account:${caller.account.id}` : `user:${caller.userId}`, specs };
 }
 
+/**
+ * One token from each of `specs` in the RateLimiter object named `object`, or null when the object
+ * cannot be reached (logged): the callers then let the request through (fail open).
+ */
+export async function takeFrom(c: Context<ApiEnv>, object: string, specs: BucketSpec[]): Promise<RateDecision | null> {
+  try {
+    return await c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(object)).take(specs);
+  } catch (error) {
+    c.get("log").warn("rate_limit.unavailable", errorFields(error));
+    return null;
+  }
+}
+
 function headers(r: BucketReading): Record<string, string> {
   return {
     "RateLimit-Limit": String(r.limit),
@@ -53,14 +66,8 @@ function headers(r: BucketReading): Record<string, string> {
 async function verdict(c: Context<ApiEnv>): Promise<void> {
   const caller = c.get("caller");
   const { object, specs } = bucketsOf(caller);
-  let decision: Awaited<ReturnType<DurableObjectStub<import("../../durable-objects").RateLimiter>["take"]>>;
-  try {
-    const stub = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(object));
-    decision = await stub.take(specs);
-  } catch (error) {
-    c.get("log").warn("rate_limit.unavailable", errorFields(error));
-    return;
-  }
+  const decision = await takeFrom(c, object, specs);
+  if (decision === null) return;
   const h = headers(decision.tightest);
   if (!decision.allowed) {
     const scope = decision.tightest.name === "account" ? "account" : caller.apiKey ? "api_key" : "user";
