@@ -399,8 +399,15 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(ls.stdout).toMatch(new RegExp(`${id}\\s+cli-serve\\s+active\\s+flex\\s+1\\s+0–1`));
     const get = JSON.parse((await authed(["endpoints", "get", id, "--json"])).stdout);
     expect(get).toMatchObject({ name: "cli-serve", port: 8080, command: ["httpd", "-f"], min_replicas: 0 });
-    const rm = await authed(["endpoints", "rm", id]);
+    // By name too: the account's active endpoint of that name.
+    expect(JSON.parse((await authed(words("endpoints get cli-serve --json"))).stdout).id).toBe(id);
+    const unknown = await authed(words("endpoints get no-such-serve"));
+    expect(unknown.code).toBe(EXIT.error);
+    expect(oneErrorLine(unknown)).toMatch(/^error: not_found: no active endpoint is named no-such-serve/);
+    const rm = await authed(words("endpoints rm cli-serve"));
     expect(rm).toMatchObject({ code: 0, stdout: `endpoint cli-serve (${id}) deleted\n` });
+    // Deleted: the name no longer finds it, and the id says it is gone.
+    expect(oneErrorLine(await authed(words("endpoints rm cli-serve")))).toMatch(/^error: not_found: /);
     expect((await authed(words("endpoints ls --json"))).stdout).not.toContain(id);
     expect(JSON.parse((await authed(words("endpoints ls --status all --json"))).stdout).data[0].id).toBe(id);
   });

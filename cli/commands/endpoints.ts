@@ -1,8 +1,8 @@
 /** `scalar endpoints create | ls | get | rm`. */
-import { type Endpoint, type EndpointCreate, ok } from "../api/client";
+import { type Connection, type Endpoint, type EndpointCreate, ok } from "../api/client";
 import { type CommandSpec, choiceOption, intOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
-import { EXIT } from "../errors";
+import { CliError, EXIT } from "../errors";
 import { age, keyValues, shorten, table } from "../output";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody } from "./workload";
 
@@ -25,6 +25,20 @@ export function endpointCreateBody(
     ...(port !== undefined ? { port } : {}),
     ...(healthPath ? { health_path: healthPath } : {}),
   };
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The endpoint an argument names: an id as it is, else the account's active endpoint of that name
+ * (active names are unique per account; the API refuses a second one).
+ */
+export async function endpointIdOf(conn: Connection, idOrName: string): Promise<string> {
+  if (UUID.test(idOrName)) return idOrName;
+  const page = await ok(conn, conn.api.GET("/v1/endpoints", { params: { query: { name: idOrName, limit: 1 } } }));
+  const found = page.data[0];
+  if (!found) throw new CliError(`not_found: no active endpoint is named ${idOrName} (scalar endpoints ls lists them)`);
+  return found.id;
 }
 
 function endpointsTable(rows: Endpoint[], now: number): string {
@@ -114,16 +128,14 @@ export const endpointsLs: CommandSpec<Context> = {
 export const endpointsGet: CommandSpec<Context> = {
   words: ["endpoints", "get"],
   summary: "show one endpoint and its live replicas",
-  usage: "ID",
+  usage: "ID|NAME",
   positionals: { min: 1, max: 1 },
   options: {},
-  examples: ["scalar endpoints get 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
+  examples: ["scalar endpoints get llama-serve", "scalar endpoints get 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
-    const e = await ok(
-      conn,
-      conn.api.GET("/v1/endpoints/{id}", { params: { path: { id: positionals[0] as string } } }),
-    );
+    const id = await endpointIdOf(conn, positionals[0] as string);
+    const e = await ok(conn, conn.api.GET("/v1/endpoints/{id}", { params: { path: { id } } }));
     if (ctx.json) {
       printJson(ctx, e);
       return EXIT.ok;
@@ -156,16 +168,14 @@ export const endpointsGet: CommandSpec<Context> = {
 export const endpointsRm: CommandSpec<Context> = {
   words: ["endpoints", "rm"],
   summary: "delete an endpoint (its replicas are removed)",
-  usage: "ID",
+  usage: "ID|NAME",
   positionals: { min: 1, max: 1 },
   options: {},
-  examples: ["scalar endpoints rm 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
+  examples: ["scalar endpoints rm llama-serve", "scalar endpoints rm 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
-    const e = await ok(
-      conn,
-      conn.api.DELETE("/v1/endpoints/{id}", { params: { path: { id: positionals[0] as string } } }),
-    );
+    const id = await endpointIdOf(conn, positionals[0] as string);
+    const e = await ok(conn, conn.api.DELETE("/v1/endpoints/{id}", { params: { path: { id } } }));
     if (ctx.json) printJson(ctx, e);
     else ctx.io.stdout(`endpoint ${e.name} (${e.id}) ${e.status}\n`);
     return EXIT.ok;
