@@ -247,25 +247,27 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
   });
 
   describe("image pull failures fail the placement with the reason and leave no container", () => {
-    const failsWith = async (badImage: string, reason: RegExp) => {
+    const failsWith = async (badImage: string, reason: RegExp, retryable: boolean) => {
       const p = run({ image: badImage, ...shell("true") });
       const outcome = await cp.outcome(p.placement_id);
       expect(outcome.type).toBe("failed");
       expect(outcome.type === "failed" && outcome.reason).toMatch(reason);
+      // Only a failure another attempt could pass is left to the control plane to retry.
+      expect(outcome.type === "failed" && outcome.retryable !== false).toBe(retryable);
       const left = (await labelled(t.engine, t.config.agentName)).filter(
         (c) => c.labels[LABELS.placement] === p.placement_id,
       );
       expect(left).toEqual([]);
     };
 
-    it("bad name", () => failsWith("Not/A-Valid:Name", /invalid image name "Not\/A-Valid:Name".*lowercase/));
+    it("bad name", () => failsWith("Not/A-Valid:Name", /invalid image name "Not\/A-Valid:Name".*lowercase/, false));
     it("not found", async () => {
       const missing = `${image.slice(0, image.lastIndexOf(":"))}:no-such-tag`;
-      await failsWith(missing, /image pull failed: .*no-such-tag not found .*manifest unknown/);
+      await failsWith(missing, /image pull failed: .*no-such-tag not found .*manifest unknown/, false);
     });
     it("registry down", async () => {
       const port = await freePort();
-      await failsWith(`127.0.0.1:${port}/test/busybox:1`, /registry unreachable .*connection refused/);
+      await failsWith(`127.0.0.1:${port}/test/busybox:1`, /registry unreachable .*connection refused/, true);
     });
   });
 

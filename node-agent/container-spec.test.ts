@@ -3,7 +3,7 @@ import { Placement } from "../core/schemas";
 import { containerName, containerSpec, LABELS } from "./container-spec";
 import { EngineError } from "./docker/engine";
 import { cpuPercent } from "./metrics";
-import { pullFailureReason, signalOf, startFailureReason } from "./placement-run";
+import { pullFailureReason, pullRetryable, signalOf, startFailureReason } from "./placement-run";
 
 const base = Placement.parse({
   placement_id: "pl_01J/abc",
@@ -84,6 +84,12 @@ describe("exit and failure reports", () => {
     expect(pullFailureReason("x", new EngineError("registry_unreachable", "connection refused"))).toMatch(
       /registry unreachable/,
     );
+    // Another attempt fails the same way only when the image is missing or its name malformed.
+    expect(pullRetryable(new EngineError("image_not_found", "manifest unknown"))).toBe(false);
+    expect(pullRetryable(new EngineError("invalid_reference", "must be lowercase"))).toBe(false);
+    expect(pullRetryable(new EngineError("registry_unreachable", "connection refused"))).toBe(true);
+    expect(pullRetryable(new EngineError("engine", "no space left on device"))).toBe(true);
+    expect(pullRetryable(new Error("socket hang up"))).toBe(true);
     expect(startFailureReason(new EngineError("gpu_unavailable", "could not select device driver"), ["0", "1"])).toBe(
       "GPU request failed: no NVIDIA container runtime on this node for GPUs 0,1 (could not select device driver)",
     );

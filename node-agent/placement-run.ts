@@ -63,6 +63,16 @@ export function pullFailureReason(image: string, error: unknown): string {
   }
 }
 
+/**
+ * A pull another attempt would fail the same way, on any node: the registry says the image does not
+ * exist or may not be read (docker says both as "not found"/"denied"), or the name is malformed.
+ * An unreachable registry, a full disk or anything else may pass on the next try.
+ */
+export function pullRetryable(error: unknown): boolean {
+  const code = error instanceof EngineError ? error.code : "engine";
+  return code !== "image_not_found" && code !== "invalid_reference";
+}
+
 export function startFailureReason(error: unknown, gpuIds: string[]): string {
   const message = errorText(error);
   if (error instanceof EngineError && error.code === "gpu_unavailable") {
@@ -258,7 +268,7 @@ export class PlacementRun {
         this.progress(`registry unreachable (${errorText(error)}); using the local copy of ${image}`, true);
         return true;
       }
-      this.fail(pullFailureReason(image, error));
+      this.fail(pullFailureReason(image, error), pullRetryable(error));
       return false;
     }
     this.progress(`pulled ${image}`, true);
@@ -364,11 +374,11 @@ export class PlacementRun {
     this.ctx.onSettled();
   }
 
-  private fail(reason: string): void {
+  private fail(reason: string, retryable = true): void {
     this.phase = "finished";
-    this.report({ type: "failed", reason: reason.slice(0, 2048) }, "failed");
+    this.report({ type: "failed", reason: reason.slice(0, 2048), ...(retryable ? {} : { retryable }) }, "failed");
     this.ctx.state.updatePlacement(this.id, { finished: "failed" });
-    this.ctx.log("warn", "placement failed", { placement_id: this.id, reason });
+    this.ctx.log("warn", "placement failed", { placement_id: this.id, reason, retryable });
     this.ctx.onSettled();
   }
 

@@ -2416,6 +2416,7 @@ export interface paths {
                             /** @enum {string} */
                             type: "failed";
                             reason: string;
+                            retryable?: boolean;
                         })[];
                     };
                 };

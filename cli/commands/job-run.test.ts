@@ -138,6 +138,20 @@ describe("jobs run: exit codes", () => {
         job({ status: "failed", exit_code: 3, attempts: 3, dead_lettered: true, failure_reason: "exited with code 3" }),
       ),
     ).toBe("job j1 failed: exit code 3; exited with code 3; dead-lettered after 3 attempts");
+    expect(
+      jobSummary(
+        job({
+          status: "failed",
+          exit_code: null,
+          attempts: 1,
+          max_attempts: 3,
+          dead_lettered: true,
+          failure_reason: "image pull failed: r/x:1 not found (manifest unknown)",
+        }),
+      ),
+    ).toBe(
+      "job j1 failed: image pull failed: r/x:1 not found (manifest unknown); dead-lettered after 1 attempt (not retried: another attempt would fail the same way)",
+    );
     expect(jobSummary(job({ status: "cancelled" }))).toBe("job j1 was cancelled");
   });
 });

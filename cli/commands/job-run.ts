@@ -67,7 +67,11 @@ export function jobSummary(job: Job): string {
       const why = [
         exit,
         job.failure_reason === exit ? null : job.failure_reason,
-        job.dead_lettered ? `dead-lettered after ${job.attempts} attempt${job.attempts === 1 ? "" : "s"}` : null,
+        job.dead_lettered
+          ? `dead-lettered after ${job.attempts} attempt${job.attempts === 1 ? "" : "s"}${
+              job.attempts < job.max_attempts ? " (not retried: another attempt would fail the same way)" : ""
+            }`
+          : null,
       ].filter(Boolean);
       return `job ${job.id} failed${took}${why.length ? `: ${why.join("; ")}` : ""}`;
     }

@@ -80,7 +80,15 @@ export const PlacementEvent = z.discriminatedUnion("type", [
     /** Why it stopped when we stopped it: cancelled, deadline. */
     stopped_by: z.enum(["cancel", "deadline"]).optional(),
   }),
-  EventBase.extend({ type: z.literal("failed"), reason: z.string().max(2048) }),
+  EventBase.extend({
+    type: z.literal("failed"),
+    reason: z.string().max(2048),
+    /**
+     * false: another attempt would fail the same way on any node (an image that does not exist, or
+     * that the node may not read, or a malformed name), so the job is not retried. Absent: retryable.
+     */
+    retryable: z.boolean().optional(),
+  }),
 ]);
 export type PlacementEvent = z.infer<typeof PlacementEvent>;
 

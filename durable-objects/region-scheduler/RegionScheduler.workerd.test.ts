@@ -352,6 +352,33 @@ describe("RegionScheduler: failures", () => {
     expect(await stub.redrive(job.id)).toEqual({ ok: false, status: "placed" });
   });
 
+  it("a failure the agent says another attempt would repeat is dead-lettered at once; a retryable one is retried", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 10_000 });
+    await stub.registerNode(nodeReg(N("a")));
+    const missing = await jobFor({ max_attempts: 3 });
+    await stub.submit(missing);
+    const p = await placementOf(stub, missing.id);
+    const reason = "image pull failed: r/x:1 not found (manifest unknown)";
+    await stub.reportEvent(N("a"), ev("failed", p.placement_id, clock.t, { reason, retryable: false }));
+    expect(await stub.jobState(missing.id)).toMatchObject({
+      status: "failed",
+      dead_lettered: true,
+      attempt: 1,
+      failure_reason: reason,
+    });
+    expect((await stub.deadLetters()).map((d) => [d.job_id, d.attempts, d.reasons])).toEqual([
+      [missing.id, 1, [`attempt 1: ${reason}`]],
+    ]);
+
+    // The same failure without the flag (an older agent, or a cause that may pass): retried.
+    const flaky = await jobFor({ max_attempts: 3 });
+    await stub.submit(flaky);
+    const q = await placementOf(stub, flaky.id);
+    const unreachable = "image pull failed: registry unreachable for r/x:1 (connection refused)";
+    await stub.reportEvent(N("a"), ev("failed", q.placement_id, clock.t, { reason: unreachable }));
+    expect(await stub.jobState(flaky.id)).toMatchObject({ status: "queued", attempt: 1, dead_lettered: false });
+  });
+
   it("keeps a lost node lost while its agent still runs work that was moved away", async () => {
     const { stub, clock } = await region({ heartbeat_timeout_ms: 60_000 });
     await stub.registerNode(nodeReg(N("a")));

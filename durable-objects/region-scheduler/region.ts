@@ -35,7 +35,15 @@ import { validateJob } from "./validate";
 
 export type RunOutcome =
   | { status: "succeeded"; exit_code: number }
-  | { status: "failed"; reason: string; exit_code: number | null; oom: boolean; deadline: boolean }
+  | {
+      status: "failed";
+      reason: string;
+      exit_code: number | null;
+      oom: boolean;
+      deadline: boolean;
+      /** false: the agent says another attempt would fail the same way (e.g. the image does not exist). */
+      retryable?: boolean;
+    }
   | { status: "cancelled"; reason: string; exit_code: number | null }
   | { status: "lost"; reason: string };
 
@@ -476,7 +484,14 @@ export class Region {
           run,
           run.desired === "stopped"
             ? this.stoppedOutcome(run, null)
-            : { status: "failed", reason: ev.reason, exit_code: null, oom: false, deadline: false },
+            : {
+                status: "failed",
+                reason: ev.reason,
+                exit_code: null,
+                oom: false,
+                deadline: false,
+                retryable: ev.retryable !== false,
+              },
           now,
           at,
         );
@@ -555,14 +570,19 @@ export class Region {
       this.records.job(job, now);
       return;
     }
-    this.attemptFailed(job, outcome.reason, "exit_code" in outcome ? outcome.exit_code : null, now);
+    const retryable = outcome.status !== "failed" || outcome.retryable !== false;
+    this.attemptFailed(job, outcome.reason, "exit_code" in outcome ? outcome.exit_code : null, now, retryable);
   }
 
-  /** Retry with backoff while attempts remain; then failed, in the dead-letter list with every reason. */
-  private attemptFailed(job: JobRow, reason: string, exitCode: number | null, now: number): void {
+  /**
+   * Retry with backoff while attempts remain; then failed, in the dead-letter list with every reason.
+   * A failure another attempt would repeat (`retryable` false) goes to the dead-letter list at once:
+   * an operator's re-drive runs it again once the cause is fixed (the image pushed, say).
+   */
+  private attemptFailed(job: JobRow, reason: string, exitCode: number | null, now: number, retryable = true): void {
     const reasons = [...json.strings(job.reasons), `attempt ${job.attempt}: ${reason}`];
     const failures = job.attempt - job.attempt_base;
-    if (failures >= job.max_attempts) {
+    if (failures >= job.max_attempts || !retryable) {
       this.patchJob(
         job,
         {
@@ -576,13 +596,14 @@ export class Region {
         now,
       );
       this.records.job(job, now);
-      this.records.event(job, "dead_lettered", now, { attempt: job.attempt, reason, data: { reasons } });
+      const data = { reasons, ...(retryable ? {} : { retryable: false }) };
+      this.records.event(job, "dead_lettered", now, { attempt: job.attempt, reason, data });
       this.records.audit(
         job.id,
         job.account_id,
         "job.dead_lettered",
         { type: "job", id: job.id },
-        { attempts: job.attempt, reasons },
+        { attempts: job.attempt, ...data },
         `job.dead_lettered:${job.id}:${job.attempt}`,
         now,
       );
