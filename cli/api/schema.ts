@@ -1246,7 +1246,7 @@ export interface paths {
         post?: never;
         /**
          * Revoke an API key
-         * @description The key stops working at once. Revoking a revoked key returns it unchanged.
+         * @description The key stops working at once in the API instance that revoked it and within 10 s everywhere (instances remember a key they resolved for up to 10 s). Revoking a revoked key returns it unchanged.
          */
         delete: {
             parameters: {
@@ -1663,7 +1663,7 @@ export interface paths {
         put?: never;
         /**
          * Issue a new agent token for a node
-         * @description Replaces the node's token: the old one stops working at once. The new token is shown once.
+         * @description Replaces the node's token: the old one stops working at once in the API instance that rotated it and within 10 s everywhere. The new token is shown once.
          */
         post: {
             parameters: {

@@ -131,7 +131,7 @@ export const keysLs: CommandSpec<Context> = {
 
 export const keysRevoke: CommandSpec<Context> = {
   words: ["keys", "revoke"],
-  summary: "revoke an API key (it stops working at once)",
+  summary: "revoke an API key (it stops working within 10 s everywhere)",
   usage: "ID",
   positionals: { min: 1, max: 1 },
   options: {},

@@ -189,7 +189,8 @@ apiKeysRouter.openapi(
     path: "/v1/api-keys/{id}",
     tags: ["API keys"],
     summary: "Revoke an API key",
-    description: "The key stops working at once. Revoking a revoked key returns it unchanged.",
+    description:
+      "The key stops working at once in the API instance that revoked it and within 10 s everywhere (instances remember a key they resolved for up to 10 s). Revoking a revoked key returns it unchanged.",
     security: BEARER,
     middleware: guard(),
     request: { params: IdParam },

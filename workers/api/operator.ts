@@ -243,7 +243,8 @@ operatorRouter.openapi(
     path: "/v1/operator/nodes/{id}/token",
     tags: ["Operators"],
     summary: "Issue a new agent token for a node",
-    description: "Replaces the node's token: the old one stops working at once. The new token is shown once.",
+    description:
+      "Replaces the node's token: the old one stops working at once in the API instance that rotated it and within 10 s everywhere. The new token is shown once.",
     security: BEARER,
     middleware: OPERATOR,
     request: { params: NodeIdParam, headers: IdempotencyHeaders },
