@@ -66,6 +66,7 @@ export const endpointsCreate: CommandSpec<Context> = {
   rest: true,
   options: {
     ...WORKLOAD_OPTIONS,
+    gpus: { type: "string", value: "N", description: "GPUs per replica, 1–8 (a replica runs on one node) (required)" },
     "min-replicas": { type: "string", value: "N", description: "replicas always placed, 0–64 (default 1)" },
     "max-replicas": { type: "string", value: "N", description: "at most, 1–64 (default 1)" },
     port: { type: "string", value: "P", description: "the port the container serves on (default 8000)" },

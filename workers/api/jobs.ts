@@ -306,7 +306,7 @@ jobsRouter.openapi(
     tags: ["Jobs"],
     summary: "Cancel a job",
     description:
-      "A queued job is cancelled at once; a running one is stopped by its node's agent (grace period, then kill) and reaches `cancelled` shortly after. Cancelling a cancelled job returns it unchanged.",
+      "A queued job is cancelled at once; a placed or running one is marked `cancelled` at once and its node's agent stops the container (grace period, then kill). Cancelling a cancelled job returns it unchanged; a finished job is 409 `job_finished`.",
     security: BEARER,
     middleware: guard({ scope: "jobs:write" }),
     request: { params: IdParam, headers: IdempotencyHeaders },
