@@ -34,6 +34,13 @@ export interface EngineOptions {
    * starts.
    */
   priceOrigin?: number;
+  /**
+   * Seeds the ids the market hands out (orders, contracts, nodes; default: `seed`). SF Compute's ids
+   * are unique for ever; a simulator started again with the same seed against a database that still
+   * holds the last run's nodes would hand out their ids again, so a long-lived local stack passes a
+   * new one each start.
+   */
+  idSeed?: string | number;
   settings?: DeepPartial<SimSettings>;
 }
 
@@ -59,7 +66,7 @@ export class SimEngine {
     this.settings = mergeSettings(defaultSettings(options.seed ?? 1), options.settings ?? {});
     if (options.seed !== undefined) this.settings.seed = options.seed;
     const start = this.clock.now();
-    this.k = new Kernel(this.settings, start, options.priceOrigin ?? start);
+    this.k = new Kernel(this.settings, start, options.priceOrigin ?? start, options.idSeed);
     this.nextHourAt = floorTo(start, HOUR_MS) + HOUR_MS;
     this.market = new Market(this.k, (id) => this.account(id));
     this.nodes = new NodeFleet(this.k, this.market, (id) => this.account(id));

@@ -22,18 +22,20 @@ export class Kernel {
 
   /**
    * `priceOrigin` (default `start`): where the price path begins (its level is the long-run mean
-   * before it); a replay with a warm-up starts the engine earlier on the same path.
+   * before it); a replay with a warm-up starts the engine earlier on the same path. `idSeed`
+   * (default the seed) seeds the ids handed out.
    */
   constructor(
     readonly settings: SimSettings,
     start: number,
     priceOrigin = start,
+    idSeed: string | number = settings.seed,
   ) {
     this.cursor = start;
     this.catalog = new CatalogIndex(settings.catalog);
     this.prices = new PriceModel(settings.seed, Math.floor(priceOrigin / 3_600_000), settings.prices);
     this.supply = new SupplyBook(settings.seed, this.prices, settings.supply);
-    this.idRng = new Rng(settings.seed, "ids");
+    this.idRng = new Rng(idSeed, "ids");
     this.delayRng = new Rng(settings.seed, "delays");
   }
 

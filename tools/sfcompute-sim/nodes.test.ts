@@ -260,3 +260,17 @@ describe("nodes and the market", () => {
     expect(order.status).toBe("cancelled");
   });
 });
+
+describe("ids", () => {
+  const firstNodeId = (idSeed?: string) => {
+    const engine = new SimEngine({ seed: 42, clock: "virtual", start: TEST_START, ...(idSeed ? { idSeed } : {}) });
+    const me = engine.createAccount({ token: "me", balanceCents: 10_000_000 });
+    return engine.nodes.create(me, reserved(engine))[0]!.id;
+  };
+
+  it("follow the seed, unless an id seed is given: a restarted market need not hand out the last run's ids", () => {
+    expect(firstNodeId()).toBe(firstNodeId());
+    expect(firstNodeId("run-a")).toBe(firstNodeId("run-a"));
+    expect(new Set([firstNodeId(), firstNodeId("run-a"), firstNodeId("run-b")]).size).toBe(3);
+  });
+});

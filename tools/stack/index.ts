@@ -175,6 +175,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           clock: "virtual",
           start: Date.now(),
           seed: 7,
+          // New ids each start: the state folder's database remembers the last run's nodes by their ids.
+          idSeed: randomBytes(8).toString("hex"),
           token: simToken,
           bootSeconds: opts.simBootSeconds ?? 5,
           settings: { market: { matchDelayMs: [100, 300] } },
