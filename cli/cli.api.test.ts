@@ -244,8 +244,12 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     const p1 = JSON.parse(page1.stdout);
     expect(p1.data.map((j: { id: string }) => j.id)).toEqual([job2.id]);
     expect(p1.next_cursor).toEqual(expect.any(String));
-    const human = await authed(words("jobs ls --limit 1"));
-    expect(human.stderr).toContain(`more: scalar jobs ls --cursor ${p1.next_cursor}`);
+    // The next page's command keeps the filters: run as printed, it lists the rest of the same query.
+    const human = await authed(words("jobs ls --status queued,placed --limit 1"));
+    const more = /more: scalar (jobs ls .*)$/m.exec(human.stderr)?.[1];
+    expect(more).toBe(`jobs ls --status queued,placed --limit 1 --cursor ${p1.next_cursor}`);
+    const next = await authed([...words(more!), "--json"]);
+    expect(JSON.parse(next.stdout).data.map((j: { id: string }) => j.id)).toEqual([id]);
     const page2 = await authed(["jobs", "ls", "--limit", "1", "--cursor", p1.next_cursor, "--json"]);
     expect(JSON.parse(page2.stdout).data[0].id).toBe(id);
     const labelled = await authed(words("jobs ls --label cli=test --status queued,placed --json"));

@@ -1,9 +1,25 @@
 import { describe, expect, it } from "vitest";
 import { ApiError, apiErrorFrom, errorLine, exitCodeOf, networkError, UsageError } from "./errors";
-import { age, duration, keyValues, shorten, table } from "./output";
+import { age, duration, keyValues, nextPageCommand, shellWord, shorten, table } from "./output";
 import { createProgress } from "./progress";
 import { readSse } from "./sse";
 import { parseCpu, parseDuration, parseMemory } from "./units";
+
+describe("the next page's command", () => {
+  it("repeats the filters given, in order, quoted for a shell, then the cursor", () => {
+    expect(
+      nextPageCommand(
+        "jobs ls",
+        { status: ["failed"], label: ["team=a b", "x=it's"], limit: "2", "api-key": "sk_secret", json: false },
+        ["status", "tier", "label", "limit"],
+        "c1",
+      ),
+    ).toBe(`scalar jobs ls --status failed --label 'team=a b' --label 'x=it'\\''s' --limit 2 --cursor c1`);
+    expect(nextPageCommand("keys ls", { all: true }, ["all", "limit"], "c2")).toBe("scalar keys ls --all --cursor c2");
+    expect(shellWord("queued,placed")).toBe("queued,placed");
+    expect(shellWord("")).toBe("''");
+  });
+});
 
 describe("tables and values", () => {
   it("pads columns to the widest cell and leaves the last one unpadded", () => {

@@ -1,4 +1,5 @@
 /** Human output: aligned tables, key/value blocks, ages and durations. Machine output is JSON (`--json`). */
+import type { Values } from "./args";
 
 /** Columns padded to their widest cell; the last column is not padded. */
 export function table(headers: string[], rows: string[][]): string {
@@ -39,4 +40,26 @@ export function age(iso: string | null | undefined, now: number): string {
 
 export function shorten(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/** A word as a POSIX shell reads it back: as is when plain, else single-quoted. */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * The command line of a list's next page: the same filters (a cursor marks a place in the list, not
+ * the query) and the cursor. Only the names in `keep` are repeated (never a credential).
+ */
+export function nextPageCommand(command: string, values: Values, keep: readonly string[], cursor: string): string {
+  const words = [`scalar ${command}`];
+  for (const name of keep) {
+    const value = values[name];
+    for (const v of Array.isArray(value) ? value : [value]) {
+      if (v === true) words.push(`--${name}`);
+      else if (typeof v === "string") words.push(`--${name}`, shellWord(v));
+    }
+  }
+  words.push("--cursor", shellWord(cursor));
+  return words.join(" ");
 }

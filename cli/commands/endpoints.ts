@@ -3,7 +3,7 @@ import { type Connection, type Endpoint, type EndpointCreate, ok } from "../api/
 import { type CommandSpec, choiceOption, intOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { CliError, EXIT } from "../errors";
-import { age, keyValues, shorten, table } from "../output";
+import { age, keyValues, nextPageCommand, shorten, table } from "../output";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody } from "./workload";
 
 export function endpointCreateBody(
@@ -121,7 +121,10 @@ export const endpointsLs: CommandSpec<Context> = {
     }
     if (page.data.length === 0) ctx.io.stderr("no endpoints\n");
     else ctx.io.stdout(endpointsTable(page.data, ctx.io.now()));
-    if (page.next_cursor) ctx.io.stderr(`more: scalar endpoints ls --cursor ${page.next_cursor}\n`);
+    if (page.next_cursor) {
+      const next = nextPageCommand("endpoints ls", values, ["status", "tier", "limit"], page.next_cursor);
+      ctx.io.stderr(`more: ${next}\n`);
+    }
     return EXIT.ok;
   },
 };

@@ -4,7 +4,7 @@ import { type CommandSpec, choiceOption, intOption, listOption, stringOption } f
 import { type Context, printJson } from "../context";
 import { EXIT } from "../errors";
 import { followLogs, readLogs } from "../logs";
-import { age, keyValues, shorten, table } from "../output";
+import { age, keyValues, nextPageCommand, shorten, table } from "../output";
 import { TIERS } from "./workload";
 
 const ID = { min: 1, max: 1 };
@@ -112,7 +112,10 @@ export const jobsLs: CommandSpec<Context> = {
     }
     if (page.data.length === 0) ctx.io.stderr("no jobs\n");
     else ctx.io.stdout(jobsTable(page.data, ctx.io.now()));
-    if (page.next_cursor) ctx.io.stderr(`more: scalar jobs ls --cursor ${page.next_cursor}\n`);
+    if (page.next_cursor) {
+      const next = nextPageCommand("jobs ls", values, ["status", "tier", "region", "label", "limit"], page.next_cursor);
+      ctx.io.stderr(`more: ${next}\n`);
+    }
     return EXIT.ok;
   },
 };

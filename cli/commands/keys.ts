@@ -3,7 +3,7 @@ import { type ApiKey, ok, type Scope } from "../api/client";
 import { type CommandSpec, intOption, listOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { EXIT, UsageError } from "../errors";
-import { age, table } from "../output";
+import { age, nextPageCommand, table } from "../output";
 
 /** Every scope of the API's spec: the compiler refuses this list when the spec gains or loses one. */
 const EVERY_SCOPE = {
@@ -124,7 +124,9 @@ export const keysLs: CommandSpec<Context> = {
     }
     if (page.data.length === 0) ctx.io.stderr("no keys\n");
     else ctx.io.stdout(keysTable(page.data, ctx.io.now()));
-    if (page.next_cursor) ctx.io.stderr(`more: scalar keys ls --cursor ${page.next_cursor}\n`);
+    if (page.next_cursor) {
+      ctx.io.stderr(`more: ${nextPageCommand("keys ls", values, ["all", "limit"], page.next_cursor)}\n`);
+    }
     return EXIT.ok;
   },
 };
