@@ -3,6 +3,7 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { createApi } from "./api";
 import { withDb } from "./db/client";
+import { unsupportedMediaType } from "./http/body";
 import { ApiError, errorBody, errorResponse } from "./http/errors";
 import { errorFields } from "./http/log";
 import { type AppEnv, requestContext } from "./http/request-context";
@@ -17,6 +18,14 @@ export function createApp() {
 
   app.onError((error, c) => {
     if (error instanceof ApiError) return errorResponse(c, error);
+    if (error instanceof HTTPException && error.status === 400 && /malformed json/i.test(error.message)) {
+      // The route's JSON validator found no JSON to read: a body it needs is missing (a body that
+      // does not parse is refused earlier, by jsonBody, with where it broke).
+      return errorResponse(c, new ApiError(400, "invalid_json", "this route needs a JSON body (an object)"));
+    }
+    if (error instanceof HTTPException && error.status === 415) {
+      return errorResponse(c, unsupportedMediaType(c.req.header("content-type")));
+    }
     if (error instanceof HTTPException) {
       return c.json(errorBody(c.get("requestId"), "http_error", error.message || "request failed"), error.status);
     }

@@ -192,6 +192,11 @@ describe("POST /v1/jobs", () => {
     });
     expect(broken.status).toBe(400);
     expect(broken.json.error.code).toBe("invalid_json");
+    // No body and no Content-Type where the route needs a body: the same 415 envelope as a body of
+    // another type (and with a JSON Content-Type, invalid_json: below).
+    const bare = await call("POST", "/v1/jobs", user.token, { raw: "" });
+    expect(bare.status).toBe(415);
+    expect(bare.json.error).toMatchObject({ code: "unsupported_media_type", request_id: expect.any(String) });
     const text = await call("POST", "/v1/jobs", user.token, {
       raw: "image=busybox",
       headers: { "content-type": "text/plain" },
@@ -208,6 +213,10 @@ describe("POST /v1/jobs", () => {
       raw: "",
     });
     expect(empty.status).toBe(400);
+    expect(empty.json.error).toMatchObject({
+      code: "invalid_json",
+      message: "this route needs a JSON body (an object)",
+    });
   });
 });
 

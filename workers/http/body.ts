@@ -20,17 +20,19 @@ export const limitBody: MiddlewareHandler = bodyLimit({
 
 const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json(\s*;.*)?$/i;
 
+export function unsupportedMediaType(contentType: string | undefined): ApiError {
+  return new ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json", {
+    content_type: contentType || null,
+  });
+}
+
 /** For methods with a body: a non-empty body must be JSON and must parse. */
 export const jsonBody: MiddlewareHandler = async (c, next) => {
   if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "DELETE") return next();
   const text = await c.req.text();
   if (text.trim().length === 0) return next();
   const type = c.req.header("content-type") ?? "";
-  if (!JSON_TYPE.test(type)) {
-    throw new ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json", {
-      content_type: type || null,
-    });
-  }
+  if (!JSON_TYPE.test(type)) throw unsupportedMediaType(type);
   try {
     JSON.parse(text);
   } catch (error) {
