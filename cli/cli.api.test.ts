@@ -273,9 +273,9 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     const again = await authed(["jobs", "cancel", id, "--json"]);
     expect(JSON.parse(again.stdout).status).toBe("cancelled");
 
-    // Following a finished job's logs ends at once with its status.
+    // Following a finished job's logs ends at once with how it ended.
     const follow = await authed(["jobs", "logs", id, "-f"]);
-    expect(follow).toEqual({ code: 0, stdout: "", stderr: `job ${id} cancelled\n` });
+    expect(follow).toEqual({ code: 0, stdout: "", stderr: `job ${id} was cancelled\n` });
   });
 
   it("jobs run --idempotency-key: the same key and body give the same job; another body is refused", async () => {
@@ -474,6 +474,12 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(r.stdout).toBe("out\n");
       expect(r.stderr).toContain("\nerr\n");
       expect(r.stderr.trimEnd().split("\n").at(-1)).toMatch(/failed after .*: exit code 3/);
+      // Following its logs afterwards ends with the same line, the reason included.
+      const id = /job ([0-9a-f-]{36}) submitted/.exec(r.stderr)?.[1] as string;
+      const follow = await authed(words(`jobs logs -f ${id}`));
+      expect(follow.code).toBe(0);
+      expect(follow.stdout).toBe("out\n");
+      expect(follow.stderr.trimEnd().split("\n").at(-1)).toMatch(new RegExp(`^job ${id} failed after .*: exit code 3`));
     });
 
     it("jobs run --json: log records between the status records and the end", async () => {

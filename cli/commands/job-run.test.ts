@@ -120,6 +120,7 @@ describe("jobs run: exit codes", () => {
     expect(jobExitCode(job({ status: "failed", exit_code: 137 }))).toBe(137);
     expect(jobExitCode(job({ status: "failed", exit_code: 256 + 7 }))).toBe(7);
     expect(jobExitCode(job({ status: "failed", exit_code: null }))).toBe(EXIT.jobFailed);
+    expect(jobExitCode(job({ status: "failed", exit_code: -1 }))).toBe(EXIT.jobFailed);
     expect(jobExitCode(job({ status: "failed", exit_code: 0 }))).toBe(EXIT.jobFailed);
     expect(jobExitCode(job({ status: "failed", exit_code: null, dead_lettered: true }))).toBe(EXIT.jobDeadLettered);
     expect(jobExitCode(job({ status: "cancelled", exit_code: 143 }))).toBe(EXIT.jobCancelled);

@@ -41,7 +41,8 @@ export function jobExitCode(job: Pick<Job, "status" | "exit_code" | "dead_letter
     case "cancelled":
       return EXIT.jobCancelled;
     case "failed": {
-      const code = job.exit_code === null ? 0 : ((job.exit_code % 256) + 256) % 256;
+      // -1: no container ever ran (stopped before the agent created one): no exit code of its own.
+      const code = job.exit_code === null || job.exit_code < 0 ? 0 : job.exit_code % 256;
       if (code !== 0) return code;
       return job.dead_lettered ? EXIT.jobDeadLettered : EXIT.jobFailed;
     }
@@ -107,7 +108,7 @@ function submit(conn: Connection, body: JobCreate, idempotencyKey: string): Prom
   );
 }
 
-function getJob(conn: Connection, id: string): Promise<Job> {
+export function getJob(conn: Connection, id: string): Promise<Job> {
   return retrying(() => ok(conn, conn.api.GET("/v1/jobs/{id}", { params: { path: { id } } })));
 }
 

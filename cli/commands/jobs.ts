@@ -5,6 +5,7 @@ import { type Context, printJson } from "../context";
 import { EXIT } from "../errors";
 import { followLogs, readLogs } from "../logs";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
+import { getJob, jobSummary } from "./job-run";
 import { TIERS } from "./workload";
 
 const ID = { min: 1, max: 1 };
@@ -185,7 +186,11 @@ export const jobsLogs: CommandSpec<Context> = {
     try {
       for await (const item of followLogs(conn, id, { signal: abort.signal })) {
         if (item.kind === "log") print(item.line);
-        else if (!ctx.json) io.stderr(`job ${id} ${item.status ?? "ended"}\n`);
+        else if (!ctx.json) {
+          // How it ended, with the reason when it failed (the stream's end says only the status).
+          const job = await getJob(conn, id).catch(() => null);
+          io.stderr(`${job ? jobSummary(job) : `job ${id} ${item.status ?? "ended"}`}\n`);
+        }
       }
     } finally {
       remove();
