@@ -205,3 +205,8 @@ export function pairs(values: Values, name: string): [string, string][] {
     return [p.slice(0, eq), p.slice(eq + 1)];
   });
 }
+
+/** An id as the API writes them (a UUID): told apart from a name or a key prefix. */
+export function isUuid(text: string): boolean {
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text);
+}

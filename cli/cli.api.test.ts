@@ -376,8 +376,14 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(refused.code).toBe(EXIT.error);
     expect(oneErrorLine(refused)).toMatch(/^error: missing_scope: /);
 
-    const revoked = await authed(["keys", "revoke", keyId]);
-    expect(revoked).toMatchObject({ code: 0, stdout: expect.stringContaining("revoked") });
+    // By the prefix keys ls shows, as well as by id; a prefix of no key of yours is one line.
+    const prefix = secret.split("_").slice(0, 3).join("_");
+    expect(oneErrorLine(await authed(words("keys revoke sk_test_nosuchkey")))).toMatch(/^error: not_found: /);
+    const revoked = await authed(["keys", "revoke", prefix]);
+    expect(revoked).toMatchObject({ code: 0, stdout: `key cli-readonly (${prefix}) revoked\n` });
+    expect(JSON.parse((await authed(["keys", "revoke", keyId, "--json"])).stdout).revoked_at).toEqual(
+      expect.any(String),
+    );
     const after = await withKey(["jobs", "ls"]);
     expect(after.code).toBe(EXIT.error);
     expect(oneErrorLine(after)).toMatch(/^error: invalid_api_key: /);

@@ -1070,6 +1070,8 @@ export interface paths {
                     limit?: number;
                     cursor?: string;
                     include_revoked?: "true" | "false";
+                    /** @description Only the key with this prefix (as `keys ls` shows it; prefixes are unique). */
+                    prefix?: string;
                 };
                 header?: never;
                 path?: never;

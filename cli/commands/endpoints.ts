@@ -1,6 +1,6 @@
 /** `scalar endpoints create | ls | get | rm`. */
 import { type Connection, type Endpoint, type EndpointCreate, ok } from "../api/client";
-import { type CommandSpec, choiceOption, intOption, stringOption } from "../args";
+import { type CommandSpec, choiceOption, intOption, isUuid, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { CliError, EXIT } from "../errors";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
@@ -27,14 +27,12 @@ export function endpointCreateBody(
   };
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /**
  * The endpoint an argument names: an id as it is, else the account's active endpoint of that name
  * (active names are unique per account; the API refuses a second one).
  */
 export async function endpointIdOf(conn: Connection, idOrName: string): Promise<string> {
-  if (UUID.test(idOrName)) return idOrName;
+  if (isUuid(idOrName)) return idOrName;
   const page = await ok(conn, conn.api.GET("/v1/endpoints", { params: { query: { name: idOrName, limit: 1 } } }));
   const found = page.data[0];
   if (!found) throw new CliError(`not_found: no active endpoint is named ${idOrName} (scalar endpoints ls lists them)`);

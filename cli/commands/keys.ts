@@ -1,8 +1,8 @@
 /** `scalar keys create | ls | revoke`: the account's API keys. */
-import { type ApiKey, ok, type Scope } from "../api/client";
-import { type CommandSpec, intOption, listOption, stringOption } from "../args";
+import { type ApiKey, type Connection, ok, type Scope } from "../api/client";
+import { type CommandSpec, intOption, isUuid, listOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
-import { EXIT, UsageError } from "../errors";
+import { CliError, EXIT, UsageError } from "../errors";
 import { age, nextPageCommand, table } from "../output";
 
 /** Every scope of the API's spec: the compiler refuses this list when the spec gains or loses one. */
@@ -28,6 +28,15 @@ export function parseScopes(raw: string[]): Scope[] {
       throw new UsageError(`--scope must be one of ${SCOPES.join(", ")}, not \`${s}\``);
   }
   return scopes.length > 0 ? [...new Set(scopes as Scope[])] : DEFAULT_SCOPES;
+}
+
+/** The key an argument names: an id as it is, else the key with that prefix (as `keys ls` shows it). */
+async function keyIdOf(conn: Connection, idOrPrefix: string): Promise<string> {
+  if (isUuid(idOrPrefix)) return idOrPrefix;
+  const query = { prefix: idOrPrefix, include_revoked: "true" as const, limit: 1 };
+  const found = (await ok(conn, conn.api.GET("/v1/api-keys", { params: { query } }))).data[0];
+  if (!found) throw new CliError(`not_found: no key of yours has the prefix ${idOrPrefix} (scalar keys ls lists them)`);
+  return found.id;
 }
 
 function keysTable(keys: ApiKey[], now: number): string {
@@ -134,16 +143,14 @@ export const keysLs: CommandSpec<Context> = {
 export const keysRevoke: CommandSpec<Context> = {
   words: ["keys", "revoke"],
   summary: "revoke an API key (it stops working within 10 s everywhere)",
-  usage: "ID",
+  usage: "ID|PREFIX",
   positionals: { min: 1, max: 1 },
   options: {},
-  examples: ["scalar keys revoke 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
+  examples: ["scalar keys revoke sk_live_ab12cd34", "scalar keys revoke 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
-    const key = await ok(
-      conn,
-      conn.api.DELETE("/v1/api-keys/{id}", { params: { path: { id: positionals[0] as string } } }),
-    );
+    const id = await keyIdOf(conn, positionals[0] as string);
+    const key = await ok(conn, conn.api.DELETE("/v1/api-keys/{id}", { params: { path: { id } } }));
     if (ctx.json) printJson(ctx, key);
     else ctx.io.stdout(`key ${key.name} (${key.prefix}) revoked\n`);
     return EXIT.ok;

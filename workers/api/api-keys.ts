@@ -154,6 +154,11 @@ apiKeysRouter.openapi(
       query: z.strictObject({
         ...PageQuery,
         include_revoked: z.enum(["true", "false"]).default("false"),
+        prefix: z
+          .string()
+          .max(64)
+          .optional()
+          .openapi({ description: "Only the key with this prefix (as `keys ls` shows it; prefixes are unique)." }),
       }),
     },
     responses: {
@@ -168,6 +173,7 @@ apiKeysRouter.openapi(
     const cursor = decodeTimeCursor(q.cursor);
     const where: SQL[] = [visibleTo(caller, account.id)];
     if (q.include_revoked === "false") where.push(isNull(apiKeys.revokedAt));
+    if (q.prefix) where.push(eq(apiKeys.prefix, q.prefix));
     if (cursor) {
       where.push(beforeCursor(apiKeys.createdAt, apiKeys.id, cursor));
     }

@@ -303,11 +303,24 @@ describe("API keys", () => {
     await call("DELETE", `/v1/api-keys/${keys[0]!.id}`, alice.token);
     expect((await call("GET", "/v1/api-keys", alice.token)).json.data).toHaveLength(2);
     expect((await call("GET", "/v1/api-keys?include_revoked=true", alice.token)).json.data).toHaveLength(3);
+    // By prefix: the one key, revoked or not when asked to include those.
+    const byPrefix = await call("GET", `/v1/api-keys?prefix=${keys[1]!.prefix}`, alice.token);
+    expect(byPrefix.json.data.map((k: { id: string }) => k.id)).toEqual([keys[1]!.id]);
+    expect((await call("GET", `/v1/api-keys?prefix=${keys[0]!.prefix}`, alice.token)).json.data).toEqual([]);
+    const revokedByPrefix = await call(
+      "GET",
+      `/v1/api-keys?prefix=${keys[0]!.prefix}&include_revoked=true`,
+      alice.token,
+    );
+    expect(revokedByPrefix.json.data.map((k: { id: string }) => k.id)).toEqual([keys[0]!.id]);
 
     const bobAdmin = await createKey(bob.token, ["admin"]);
     for (const credential of [bob.token, bobAdmin.secret]) {
       const list = await call("GET", "/v1/api-keys?include_revoked=true", credential);
       expect(list.json.data.map((k: { id: string }) => k.id)).not.toContain(keys[1]!.id);
+      // Another account's prefix finds nothing.
+      const other = await call("GET", `/v1/api-keys?prefix=${keys[1]!.prefix}`, credential);
+      expect(other.json.data).toEqual([]);
       const revoke = await call("DELETE", `/v1/api-keys/${keys[1]!.id}`, credential);
       expect(revoke.status).toBe(404);
       expect(revoke.text).not.toContain(keys[1]!.prefix);
