@@ -31,7 +31,14 @@ describe("container spec", () => {
       image: "registry.example/team/train:v3",
       entrypoint: ["python", "train.py"],
       cmd: ["--epochs", "3"],
-      env: ["WANDB_MODE=offline", "SCALAR_PLACEMENT_ID=pl_01J/abc", "SCALAR_JOB_ID=job_1", "SCALAR_ATTEMPT=2"],
+      env: [
+        "WANDB_MODE=offline",
+        "SCALAR_PLACEMENT_ID=pl_01J/abc",
+        "SCALAR_JOB_ID=job_1",
+        "SCALAR_ATTEMPT=2",
+        "SCALAR_NODE_RANK=0",
+        "SCALAR_NUM_NODES=1",
+      ],
       labels: {
         [LABELS.managed]: "true",
         [LABELS.agent]: "node-a",

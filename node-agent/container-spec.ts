@@ -36,6 +36,9 @@ export function containerSpec(
     `SCALAR_PLACEMENT_ID=${placement.placement_id}`,
     `SCALAR_JOB_ID=${placement.job_id}`,
     `SCALAR_ATTEMPT=${placement.attempt}`,
+    // A multi-node job's place in its gang (torchrun's --node-rank and --nnodes); 0 of 1 on one node.
+    `SCALAR_NODE_RANK=${placement.gang_index}`,
+    `SCALAR_NUM_NODES=${placement.gang_size}`,
   );
   // CUDA images set NVIDIA_VISIBLE_DEVICES=all; on a host whose default runtime is nvidia that would
   // expose every GPU to a placement that has none.

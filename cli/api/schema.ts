@@ -2276,6 +2276,10 @@ export interface paths {
                                 placement_id: string;
                                 job_id: string;
                                 attempt: number;
+                                /** @default 0 */
+                                gang_index?: number;
+                                /** @default 1 */
+                                gang_size?: number;
                                 image: string;
                                 /** @default [] */
                                 command?: string[];

@@ -39,6 +39,9 @@ export const Placement = z.object({
   placement_id: z.string(),
   job_id: z.string(),
   attempt: z.number().int().positive(),
+  /** A multi-node job runs one placement per node: this one's index (0-based) and how many there are. */
+  gang_index: z.number().int().nonnegative().default(0),
+  gang_size: z.number().int().positive().default(1),
   image: ImageRef,
   command: z.array(z.string()).default([]),
   args: z.array(z.string()).default([]),

@@ -409,6 +409,14 @@ describe("RegionScheduler: failures", () => {
       [N("a2"), 8, "za"],
     ]);
     const [m0, m1] = state!.placements;
+    // Each node's placement says its place in the gang (the agent passes it on as SCALAR_NODE_RANK / _NUM_NODES).
+    for (const [node, rank] of [
+      [N("a1"), 0],
+      [N("a2"), 1],
+    ] as const) {
+      const set = await stub.pollPlacements(node, 0, 0);
+      expect(set.placements.map((p) => [p.gang_index, p.gang_size])).toEqual([[rank, 2]]);
+    }
     await stub.reportEvent(N("a1"), ev("running", m0!.placement_id, clock.t));
     await stub.reportEvent(N("a2"), ev("running", m1!.placement_id, clock.t));
     expect(await stub.jobState(job.id)).toMatchObject({ status: "running" });

@@ -792,8 +792,10 @@ export class Region {
     if (!node) return { version: 0, placements: [] };
     const grace = this.settings().grace_period_ms;
     const placements: Placement[] = this.db
-      .all<RunRow & { spec: string }>(
-        `select runs.*, jobs.spec as spec from runs join jobs on jobs.id = runs.job_id
+      .all<RunRow & { spec: string; gang_size: number }>(
+        `select runs.*, jobs.spec as spec,
+                (select count(*) from runs gang where gang.job_id = runs.job_id and gang.attempt = runs.attempt) as gang_size
+         from runs join jobs on jobs.id = runs.job_id
          where runs.node_id = ? and runs.status in ${ACTIVE_RUN_SQL} order by runs.placed_at, runs.id`,
         nodeId,
       )
@@ -803,6 +805,8 @@ export class Region {
           placement_id: r.id,
           job_id: r.job_id,
           attempt: r.attempt,
+          gang_index: r.gang_index,
+          gang_size: r.gang_size,
           image: spec.image,
           command: spec.command,
           args: spec.args,

@@ -28,6 +28,8 @@ export function loadJobSpec(batch: string, i: number, image: string): ContainerS
       placement_id: placementId,
       job_id: placementId,
       attempt: 1,
+      gang_index: 0,
+      gang_size: 1,
       image,
       command: ["true"],
       args: [],
