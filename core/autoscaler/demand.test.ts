@@ -48,6 +48,19 @@ describe("estimateDemand", () => {
     ];
     // 3 GPUs in the last 2 minutes → 15 over a 10-minute window.
     expect(estimateDemand({ arrivals, concurrency: [] }, NOW, W).fastGpusAtRecentRate).toBe(15);
+    // Two arrivals are no stream when three are asked for: counted as they are, not projected.
+    expect(estimateDemand({ arrivals, concurrency: [] }, NOW, { ...W, burstMinArrivals: 3 }).fastGpusAtRecentRate).toBe(
+      3,
+    );
+    const big = [{ at: NOW - 30_000, tier: "fast" as const, gpus: 16 }];
+    expect(estimateDemand({ arrivals: big, concurrency: [] }, NOW, W).fastGpusAtRecentRate).toBe(80);
+    expect(
+      estimateDemand({ arrivals: big, concurrency: [] }, NOW, { ...W, burstMinArrivals: 3 }).fastGpusAtRecentRate,
+    ).toBe(16);
+    const stream = [0, 1, 2].map((i) => ({ at: NOW - (i + 1) * 20_000, tier: "fast" as const, gpus: 1 }));
+    expect(
+      estimateDemand({ arrivals: stream, concurrency: [] }, NOW, { ...W, burstMinArrivals: 3 }).fastGpusAtRecentRate,
+    ).toBe(15);
   });
 
   it("reads steady and peak levels of concurrent demand", () => {

@@ -37,8 +37,13 @@ export interface DemandWindow {
   peakLookbackMs?: number;
   /** Spacing of the windows whose arrivals are counted. */
   stepMs: number;
-  /** The last this-long of Fast arrivals, projected over a headroom window, catches a burst as it starts. */
+  /** The last this-long of Fast arrivals, projected over a headroom window, catches a burst as it starts… */
   burstMs: number;
+  /**
+   * …once it holds at least this many arrivals (default 1). Fewer are not a stream to project: one
+   * 16-GPU job in a quiet hour would otherwise ask for 16 × windowMs ÷ burstMs GPUs of headroom.
+   */
+  burstMinArrivals?: number;
 }
 
 /** The q-quantile (nearest rank) of values; 0 when empty. */
@@ -58,12 +63,16 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   const steps = Math.max(1, Math.round(w.lookbackMs / w.stepMs));
   const perWindow = Math.max(1, Math.round(w.windowMs / w.stepMs));
   let burst = 0;
+  let burstArrivals = 0;
   const gpuBuckets = new Float64Array(steps);
   const nodeBuckets = new Float64Array(steps);
   for (const a of history.arrivals) {
     if (a.tier !== "fast" || a.at <= since || a.at > now) continue;
     const gpus = a.gpus * occupancy(a.heldMs, w.windowMs);
-    if (a.at > now - w.burstMs) burst += gpus;
+    if (a.at > now - w.burstMs) {
+      burst += gpus;
+      burstArrivals += 1;
+    }
     const i = Math.min(steps - 1, Math.floor((a.at - since) / w.stepMs));
     gpuBuckets[i]! += gpus;
     nodeBuckets[i]! += wholeNodes(a.gpus);
@@ -101,7 +110,9 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   return {
     fastGpusInWindow: wholeGpus(quantileSorted(gpuSums.sort(), w.arrivalQuantile)),
     fastWholeNodesInWindow: quantileSorted(nodeSums.sort(), w.wholeNodeQuantile ?? w.arrivalQuantile),
-    fastGpusAtRecentRate: wholeGpus((burst * w.windowMs) / w.burstMs),
+    fastGpusAtRecentRate: wholeGpus(
+      burstArrivals >= (w.burstMinArrivals ?? 1) ? (burst * w.windowMs) / w.burstMs : burst,
+    ),
     steadyGpus: now - earliest >= (w.steadyMinHistoryMs ?? 0) ? quantileSorted(sortedLevels, w.steadyQuantile) : 0,
     peakGpus: quantileSorted(Float64Array.from(recent).sort(), w.peakQuantile),
   };
