@@ -499,5 +499,28 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(records.at(-1)).toMatchObject({ type: "end", job: { status: "succeeded", exit_code: 0 } });
       expect(records[0]).toMatchObject({ type: "status" });
     });
+
+    it("jobs run: a failed attempt's lines come before the retry is placed, each line once", async () => {
+      const flags = `--json --gpus 1 --image ${testImage()} --cpu 0.5 --memory 256Mi --max-attempts 2 --`;
+      const r = await authed([...words(`jobs run ${flags}`), "sh", "-c", "echo try $SCALAR_ATTEMPT; exit 5"]);
+      expect(r.code, r.stderr).toBe(5);
+      const records = r.stdout
+        .trimEnd()
+        .split("\n")
+        .map((l) => JSON.parse(l));
+      const logs = records.filter((x) => x.type === "log");
+      expect(logs.map((x) => [x.attempt, x.line])).toEqual([
+        [1, "try 1"],
+        [2, "try 2"],
+      ]);
+      // The first attempt's line is shown before the job's end is seen: either the CLI saw attempt 1
+      // running and streamed from then on (no status record after that), or it saw the job waiting
+      // for its retry (about 10 s of backoff) and showed the line then, not after the end.
+      const firstLine = records.indexOf(logs[0]);
+      const failed = records.findIndex((x) => x.type === "status" && x.status === "failed");
+      const running = records.findIndex((x) => x.type === "status" && x.status === "running");
+      expect(running >= 0 || (failed >= 0 && firstLine < failed), JSON.stringify(records)).toBe(true);
+      expect(r.stderr).toContain("--- attempt 2 ---");
+    });
   });
 });

@@ -170,6 +170,23 @@ describe("progress display", () => {
       "\r\x1b[2K",
     ]);
   });
+
+  it("writes other output with the spinner cleared, then redraws it", () => {
+    const out: string[] = [];
+    const tty = createProgress({ write: (t) => out.push(t), tty: true, now: () => 0, intervalMs: 0 });
+    tty.update("queued", "retrying");
+    tty.above(() => out.push("log line\n"));
+    expect(out).toEqual([
+      "\r\x1b[2K⠋ queued 0.0s · retrying",
+      "\r\x1b[2K",
+      "log line\n",
+      "\r\x1b[2K⠋ queued 0.0s · retrying",
+    ]);
+    const plain: string[] = [];
+    const p = createProgress({ write: (t) => plain.push(t), tty: false, now: () => 0 });
+    p.above(() => plain.push("log line\n"));
+    expect(plain).toEqual(["log line\n"]);
+  });
 });
 
 describe("server-sent events", () => {

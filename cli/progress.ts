@@ -20,6 +20,8 @@ export interface Progress {
   update(stage: string, detail?: string | null): void;
   /** A permanent line (above the spinner on a terminal). */
   note(line: string): void;
+  /** Writes other output (log lines on stdout or stderr) with the spinner cleared, then redraws it. */
+  above(write: () => void): void;
   /** Clears the spinner line; later calls do nothing. */
   stop(): void;
   /** The line a terminal would show now (for tests). */
@@ -70,6 +72,11 @@ export function createProgress(opts: ProgressOptions): Progress {
         opts.write(`${line}\n`);
         draw();
       } else opts.write(`${line}\n`);
+    },
+    above(write) {
+      if (opts.tty) clear();
+      write();
+      if (opts.tty) draw();
     },
     stop() {
       if (stopped) return;

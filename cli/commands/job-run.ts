@@ -5,11 +5,11 @@
  */
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Connection, type Job, type JobCreate, type JobEvent, ok, retrying } from "../api/client";
+import { type Connection, type Job, type JobCreate, type JobEvent, type LogLine, ok, retrying } from "../api/client";
 import { type CommandSpec, intOption, type Parsed, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { CliError, EXIT } from "../errors";
-import { followLogs } from "../logs";
+import { followLogs, readLogs } from "../logs";
 import { duration } from "../output";
 import { createProgress, type Progress } from "../progress";
 import { parseDuration } from "../units";
@@ -17,6 +17,7 @@ import { WORKLOAD_OPTIONS, workloadBody } from "./workload";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 500;
+const FLUSH_MS = 2_000;
 
 export function jobCreateBody(args: Parsed): JobCreate {
   const maxRuntime = stringOption(args.values, "max-runtime");
@@ -112,8 +113,20 @@ export function getJob(conn: Connection, id: string): Promise<Job> {
   return retrying(() => ok(conn, conn.api.GET("/v1/jobs/{id}", { params: { path: { id } } })));
 }
 
-/** Polls the job until it runs or ends, showing each stage; the events tell `pulling` apart from `placed`. */
-async function watchStart(conn: Connection, job: Job, progress: Progress, signal: AbortSignal, emit: Emit) {
+/**
+ * Polls the job until it runs or ends, showing each stage; the events tell `pulling` apart from `placed`.
+ * While the job waits for a retry, the ended attempt's lines are shown as they arrive (`flushLogs`),
+ * not only when a later attempt is seen running.
+ */
+async function watchStart(
+  conn: Connection,
+  job: Job,
+  progress: Progress,
+  signal: AbortSignal,
+  emit: Emit,
+  flushLogs: () => Promise<void>,
+) {
+  let flushedAt = Number.NEGATIVE_INFINITY;
   // The cursor of the last page read: each poll re-reads that page and any after it.
   let pageCursor: string | undefined;
   let lastEvent: JobEvent | undefined;
@@ -142,6 +155,11 @@ async function watchStart(conn: Connection, job: Job, progress: Progress, signal
     if (`${stage}|${detail}` !== shown) emit({ type: "status", status: job.status, stage, detail });
     shown = `${stage}|${detail}`;
     if (job.status === "running" || TERMINAL.has(job.status)) return job;
+    // Waiting for a retry: the ended attempt's lines, as they reach the API (every 2 s at most).
+    if (job.status === "queued" && job.attempts > 0 && Date.now() - flushedAt >= FLUSH_MS) {
+      flushedAt = Date.now();
+      await flushLogs();
+    }
     try {
       await sleep(POLL_MS, undefined, { signal });
     } catch {
@@ -207,10 +225,36 @@ export const jobsRun: CommandSpec<Context> = {
     progress.note(
       `job ${submitted.id} submitted (${submitted.tier}, ${submitted.gpu_count} GPU${submitted.gpu_count === 1 ? "" : "s"}, ${submitted.region})`,
     );
+    // Each line once, in the order read, with a header when the attempt changes (lines of an ended
+    // attempt may be shown while the job waits for its retry, and the stream then starts over).
+    const shown = new Set<string>();
+    let attempt = 1;
+    const print = (line: LogLine) => {
+      const key = `${line.placement_id}/${line.seq}`;
+      if (shown.has(key)) return;
+      shown.add(key);
+      if (line.attempt !== attempt) {
+        io.stderr(`--- attempt ${line.attempt} ---\n`);
+        attempt = line.attempt;
+      }
+      if (ctx.json) emit({ type: "log", ...line });
+      else if (line.stream === "stderr") io.stderr(`${line.line}\n`);
+      else io.stdout(`${line.line}\n`);
+    };
+    const flushLogs = async () => {
+      const lines: LogLine[] = [];
+      try {
+        for await (const line of readLogs(conn, submitted.id)) lines.push(line);
+      } catch {
+        return; // not now: the stream shows them later
+      }
+      progress.above(() => {
+        for (const line of lines) print(line);
+      });
+    };
     try {
-      let job = await watchStart(conn, submitted, progress, abort.signal, emit);
+      let job = await watchStart(conn, submitted, progress, abort.signal, emit, flushLogs);
       if (!abort.signal.aborted) {
-        let attempt = job.placements.at(-1)?.attempt ?? 1;
         let first = true;
         for await (const item of followLogs(conn, job.id, { signal: abort.signal })) {
           if (first) {
@@ -218,14 +262,7 @@ export const jobsRun: CommandSpec<Context> = {
             first = false;
           }
           if (item.kind === "end") break;
-          const line = item.line;
-          if (line.attempt !== attempt) {
-            io.stderr(`--- attempt ${line.attempt} ---\n`);
-            attempt = line.attempt;
-          }
-          if (ctx.json) emit({ type: "log", ...line });
-          else if (line.stream === "stderr") io.stderr(`${line.line}\n`);
-          else io.stdout(`${line.line}\n`);
+          print(item.line);
         }
         progress.stop();
       }
