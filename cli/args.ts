@@ -4,7 +4,7 @@
  * come from the same table.
  */
 import { parseArgs } from "node:util";
-import { UsageError } from "./errors";
+import { CliError, UsageError } from "./errors";
 
 export interface OptionSpec {
   type: "string" | "boolean";
@@ -207,6 +207,18 @@ export function pairs(values: Values, name: string): [string, string][] {
 }
 
 /** An id as the API writes them (a UUID): told apart from a name or a key prefix. */
-export function isUuid(text: string): boolean {
+function isUuid(text: string): boolean {
   return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text);
+}
+
+/** The id an argument names: an id as it is, else what `lookup` finds by it (a name, a prefix). */
+export async function idOf(
+  arg: string,
+  lookup: (arg: string) => Promise<{ id: string } | undefined>,
+  notFound: string,
+): Promise<string> {
+  if (isUuid(arg)) return arg;
+  const found = await lookup(arg);
+  if (!found) throw new CliError(`not_found: ${notFound}`);
+  return found.id;
 }

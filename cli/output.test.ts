@@ -7,15 +7,19 @@ import { parseCpu, parseDuration, parseMemory } from "./units";
 
 describe("the next page's command", () => {
   it("repeats the filters given, in order, quoted for a shell, then the cursor", () => {
+    const s = { type: "string" as const, description: "" };
     expect(
       nextPageCommand(
-        "jobs ls",
+        { words: ["jobs", "ls"], options: { status: s, tier: s, label: s, limit: s, cursor: s } },
         { status: ["failed"], label: ["team=a b", "x=it's"], limit: "2", "api-key": "sk_secret", json: false },
-        ["status", "tier", "label", "limit"],
         "c1",
       ),
     ).toBe(`scalar jobs ls --status failed --label 'team=a b' --label 'x=it'\\''s' --limit 2 --cursor c1`);
-    expect(nextPageCommand("keys ls", { all: true }, ["all", "limit"], "c2")).toBe("scalar keys ls --all --cursor c2");
+    const keys = {
+      words: ["keys", "ls"],
+      options: { all: { type: "boolean" as const, description: "" }, limit: s, cursor: s },
+    };
+    expect(nextPageCommand(keys, { all: true }, "c2")).toBe("scalar keys ls --all --cursor c2");
     expect(shellWord("queued,placed")).toBe("queued,placed");
     expect(shellWord("")).toBe("''");
   });

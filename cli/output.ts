@@ -1,5 +1,5 @@
 /** Human output: aligned tables, key/value blocks, ages and durations. Machine output is JSON (`--json`). */
-import type { Values } from "./args";
+import type { Options, Values } from "./args";
 
 /** Columns padded to their widest cell; the last column is not padded. */
 export function table(headers: string[], rows: string[][]): string {
@@ -49,11 +49,16 @@ export function shellWord(word: string): string {
 
 /**
  * The command line of a list's next page: the same filters (a cursor marks a place in the list, not
- * the query) and the cursor. Only the names in `keep` are repeated (never a credential).
+ * the query) and the cursor. Only the command's own options are repeated (never a global one, such
+ * as a credential).
  */
-export function nextPageCommand(command: string, values: Values, keep: readonly string[], cursor: string): string {
-  const words = [`scalar ${command}`];
-  for (const name of keep) {
+export function nextPageCommand(
+  command: { words: readonly string[]; options: Options },
+  values: Values,
+  cursor: string,
+): string {
+  const words = ["scalar", ...command.words];
+  for (const name of Object.keys(command.options).filter((n) => n !== "cursor")) {
     const value = values[name];
     for (const v of Array.isArray(value) ? value : [value]) {
       if (v === true) words.push(`--${name}`);

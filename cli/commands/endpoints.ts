@@ -1,8 +1,8 @@
 /** `scalar endpoints create | ls | get | rm`. */
 import { type Connection, type Endpoint, type EndpointCreate, ok } from "../api/client";
-import { type CommandSpec, choiceOption, intOption, isUuid, stringOption } from "../args";
+import { type CommandSpec, choiceOption, idOf, intOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
-import { CliError, EXIT } from "../errors";
+import { EXIT } from "../errors";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody } from "./workload";
 
@@ -31,12 +31,10 @@ export function endpointCreateBody(
  * The endpoint an argument names: an id as it is, else the account's active endpoint of that name
  * (active names are unique per account; the API refuses a second one).
  */
-export async function endpointIdOf(conn: Connection, idOrName: string): Promise<string> {
-  if (isUuid(idOrName)) return idOrName;
-  const page = await ok(conn, conn.api.GET("/v1/endpoints", { params: { query: { name: idOrName, limit: 1 } } }));
-  const found = page.data[0];
-  if (!found) throw new CliError(`not_found: no active endpoint is named ${idOrName} (scalar endpoints ls lists them)`);
-  return found.id;
+function endpointIdOf(conn: Connection, idOrName: string): Promise<string> {
+  const byName = async (name: string) =>
+    (await ok(conn, conn.api.GET("/v1/endpoints", { params: { query: { name, limit: 1 } } }))).data[0];
+  return idOf(idOrName, byName, `no active endpoint is named ${idOrName} (scalar endpoints ls lists them)`);
 }
 
 function endpointsTable(rows: Endpoint[], now: number): string {
@@ -120,8 +118,7 @@ export const endpointsLs: CommandSpec<Context> = {
     if (page.data.length === 0) ctx.io.stderr("no endpoints\n");
     else ctx.io.stdout(endpointsTable(page.data, ctx.io.now()));
     if (page.next_cursor) {
-      const next = nextPageCommand("endpoints ls", values, ["status", "tier", "limit"], page.next_cursor);
-      ctx.io.stderr(`more: ${next}\n`);
+      ctx.io.stderr(`more: ${nextPageCommand(endpointsLs, values, page.next_cursor)}\n`);
     }
     return EXIT.ok;
   },

@@ -114,8 +114,7 @@ export const jobsLs: CommandSpec<Context> = {
     if (page.data.length === 0) ctx.io.stderr("no jobs\n");
     else ctx.io.stdout(jobsTable(page.data, ctx.io.now()));
     if (page.next_cursor) {
-      const next = nextPageCommand("jobs ls", values, ["status", "tier", "region", "label", "limit"], page.next_cursor);
-      ctx.io.stderr(`more: ${next}\n`);
+      ctx.io.stderr(`more: ${nextPageCommand(jobsLs, values, page.next_cursor)}\n`);
     }
     return EXIT.ok;
   },

@@ -1,8 +1,8 @@
 /** `scalar keys create | ls | revoke`: the account's API keys. */
 import { type ApiKey, type Connection, ok, type Scope } from "../api/client";
-import { type CommandSpec, intOption, isUuid, listOption, stringOption } from "../args";
+import { type CommandSpec, idOf, intOption, listOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
-import { CliError, EXIT, UsageError } from "../errors";
+import { EXIT, UsageError } from "../errors";
 import { age, nextPageCommand, table } from "../output";
 
 /** Every scope of the API's spec: the compiler refuses this list when the spec gains or loses one. */
@@ -31,12 +31,12 @@ export function parseScopes(raw: string[]): Scope[] {
 }
 
 /** The key an argument names: an id as it is, else the key with that prefix (as `keys ls` shows it). */
-async function keyIdOf(conn: Connection, idOrPrefix: string): Promise<string> {
-  if (isUuid(idOrPrefix)) return idOrPrefix;
-  const query = { prefix: idOrPrefix, include_revoked: "true" as const, limit: 1 };
-  const found = (await ok(conn, conn.api.GET("/v1/api-keys", { params: { query } }))).data[0];
-  if (!found) throw new CliError(`not_found: no key of yours has the prefix ${idOrPrefix} (scalar keys ls lists them)`);
-  return found.id;
+function keyIdOf(conn: Connection, idOrPrefix: string): Promise<string> {
+  const byPrefix = async (prefix: string) => {
+    const query = { prefix, include_revoked: "true" as const, limit: 1 };
+    return (await ok(conn, conn.api.GET("/v1/api-keys", { params: { query } }))).data[0];
+  };
+  return idOf(idOrPrefix, byPrefix, `no key of yours has the prefix ${idOrPrefix} (scalar keys ls lists them)`);
 }
 
 function keysTable(keys: ApiKey[], now: number): string {
@@ -134,7 +134,7 @@ export const keysLs: CommandSpec<Context> = {
     if (page.data.length === 0) ctx.io.stderr("no keys\n");
     else ctx.io.stdout(keysTable(page.data, ctx.io.now()));
     if (page.next_cursor) {
-      ctx.io.stderr(`more: ${nextPageCommand("keys ls", values, ["all", "limit"], page.next_cursor)}\n`);
+      ctx.io.stderr(`more: ${nextPageCommand(keysLs, values, page.next_cursor)}\n`);
     }
     return EXIT.ok;
   },
