@@ -102,6 +102,7 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
       privileged: false,
       gpuDeviceIds: [],
     });
+    expect(details.networkMode).not.toBe("host");
     expect(details.labels).toMatchObject({
       [LABELS.managed]: "true",
       [LABELS.agent]: t.config.agentName,
@@ -136,6 +137,24 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     expect(mine.map((c) => c.id)).toEqual([id]);
     expect(cp.eventsFor(p.placement_id).filter((e) => e.type === "running")).toHaveLength(1);
 
+    cp.upsertPlacement({ ...p, desired: "stopped" });
+    await cp.outcome(p.placement_id);
+  });
+
+  it("runs a multi-node job's rank on the host's network, told where rank 0 is; registers the node's address", async () => {
+    expect(cp.registrations[0]).toMatchObject({ address: "10.9.8.7" });
+    const p = run({
+      image,
+      gang_index: 1,
+      gang_size: 2,
+      gang_master_address: "10.9.8.1",
+      ...shell('echo "$SCALAR_NODE_RANK/$SCALAR_NUM_NODES $MASTER_ADDR:$MASTER_PORT"; sleep 600'),
+    });
+    const running = await cp.waitFor("running", () => cp.eventsFor(p.placement_id).find((e) => e.type === "running"));
+    const details = (await t.engine.inspect(running.type === "running" ? running.container_id! : ""))!;
+    expect(details.networkMode).toBe("host");
+    await cp.waitFor("its line", () => cp.linesFor(p.placement_id).length === 1);
+    expect(cp.linesFor(p.placement_id).map((l) => l.line)).toEqual(["1/2 10.9.8.1:29500"]);
     cp.upsertPlacement({ ...p, desired: "stopped" });
     await cp.outcome(p.placement_id);
   });

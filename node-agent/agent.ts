@@ -200,6 +200,7 @@ export class Agent {
       cpu_milli: this.deps.host.cpuMilli,
       memory_mib: this.deps.host.memoryMib,
       ...(this.config.zone ? { zone: this.config.zone } : {}),
+      ...(this.deps.host.address ? { address: this.deps.host.address } : {}),
     };
   }
 

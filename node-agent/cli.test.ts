@@ -97,6 +97,17 @@ describe("scalar-agent command line", () => {
     expect(() => parse([...required, "--memory-mib", "32"])).toThrow(/--memory-mib takes a whole number ≥ 64/);
   });
 
+  it("takes the address peers reach the node at, from the flag or the environment", () => {
+    expect(parse([...required, "--address", "10.0.3.7"]).declared).toEqual({ address: "10.0.3.7" });
+    expect(parse(required, { SCALAR_NODE_ADDRESS: "node-7.internal" }).declared).toEqual({
+      address: "node-7.internal",
+    });
+    expect(parse([...required, "--address", "fd00::7"]).declared).toEqual({ address: "fd00::7" });
+    expect(() => parse([...required, "--address", "10.0.3.7; rm -rf /"])).toThrow(
+      /--address takes an IP address or a DNS name/,
+    );
+  });
+
   it("says what is missing or wrong", () => {
     expect(() => parse([])).toThrow(/control plane URL is missing/);
     expect(() => parse(["--api-url", "not a url", "--token", "x"])).toThrow(/not a URL/);

@@ -1,7 +1,7 @@
 /** Command line and environment → the agent's configuration. Pure, so every option is testable. */
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { GPU_MODELS, type GpuModel } from "../core/schemas";
+import { GPU_MODELS, type GpuModel, NodeAddress } from "../core/schemas";
 import { type AgentConfig, DEFAULT_AGENT_CONFIG } from "./agent";
 import { DEFAULT_BACKOFF } from "./backoff";
 import type { Level } from "./logger";
@@ -23,6 +23,9 @@ Usage: scalar-agent [options]
                          bigger machine); containers stay capped at the host's real cores
   --memory-mib N         declare N MiB of memory at registration instead of the host's
   --zone ZONE            zone reported at registration                 (env SCALAR_ZONE)
+  --address ADDR         where this node's peers reach it (IP or DNS name): a multi-node job's ranks
+                         meet at rank 0's (env SCALAR_NODE_ADDRESS; default: the first non-loopback
+                         IPv4 address, Docker's bridges skipped)
   --agent-name NAME      label value marking this agent's containers (env SCALAR_AGENT_NAME; default: host name)
   --pids-limit N         process limit per container  (default ${DEFAULT_AGENT_CONFIG.pidsLimit})
   --pull-policy POLICY   always | if-not-present | auto: when to ask the registry for the image before
@@ -48,8 +51,8 @@ export interface CliOptions {
   dockerSocket: string;
   gpus: GpuSourceOption;
   logLevel: Level;
-  /** CPU and memory to declare instead of the host's own (--cpus, --memory-mib). */
-  declared: { cpuMilli?: number; memoryMib?: number };
+  /** CPU, memory and address to declare instead of the host's own (--cpus, --memory-mib, --address). */
+  declared: { cpuMilli?: number; memoryMib?: number; address?: string };
   agent: AgentConfig;
 }
 
@@ -78,6 +81,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
         cpus: { type: "string" },
         "memory-mib": { type: "string" },
         zone: { type: "string" },
+        address: { type: "string" },
         "agent-name": { type: "string" },
         "pids-limit": { type: "string" },
         "orphan-grace-ms": { type: "string" },
@@ -143,6 +147,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
   const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
   const cpus = integer("cpus", str("cpus"), 1);
   const memoryMib = integer("memory-mib", str("memory-mib"), 64);
+  const address = str("address") ?? env.SCALAR_NODE_ADDRESS;
+  if (address !== undefined && !NodeAddress.safeParse(address).success) {
+    throw new UsageError(`--address takes an IP address or a DNS name, not "${address}"`);
+  }
   return {
     help,
     version,
@@ -154,6 +162,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
     declared: {
       ...(cpus !== undefined ? { cpuMilli: cpus * 1000 } : {}),
       ...(memoryMib !== undefined ? { memoryMib } : {}),
+      ...(address !== undefined ? { address } : {}),
     },
     agent: {
       ...DEFAULT_AGENT_CONFIG,

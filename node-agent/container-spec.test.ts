@@ -66,6 +66,41 @@ describe("container spec", () => {
     expect(containerName("a b/c:d")).toBe("scalar-a-b-c-d");
   });
 
+  it("gives a multi-node job's ranks rank 0's address on the hosts' network; one node gets neither", () => {
+    const opts = { agentName: "a", nodeId: "n", pidsLimit: 1 };
+    const single = containerSpec({ ...base, gang_master_address: "10.0.0.1" }, opts);
+    expect(single).not.toHaveProperty("hostNetwork");
+    expect(single.env.some((e) => e.includes("MASTER_"))).toBe(false);
+
+    const rank1 = containerSpec({ ...base, gang_index: 1, gang_size: 2, gang_master_address: "10.0.0.1" }, opts);
+    expect(rank1.hostNetwork).toBe(true);
+    expect(rank1.env).toEqual(
+      expect.arrayContaining([
+        "SCALAR_NODE_RANK=1",
+        "SCALAR_NUM_NODES=2",
+        "SCALAR_MASTER_ADDR=10.0.0.1",
+        "SCALAR_MASTER_PORT=29500",
+        "MASTER_ADDR=10.0.0.1",
+        "MASTER_PORT=29500",
+      ]),
+    );
+
+    // The job's own MASTER_PORT wins; an unknown address (an older agent at rank 0) sets none.
+    const own = containerSpec(
+      {
+        ...base,
+        env: [{ name: "MASTER_PORT", value: "6000" }],
+        gang_size: 2,
+        gang_master_address: "10.0.0.1",
+      },
+      opts,
+    );
+    expect(own.env.filter((e) => e.startsWith("MASTER_PORT="))).toEqual(["MASTER_PORT=6000"]);
+    const unknown = containerSpec({ ...base, gang_size: 2, gang_master_address: null }, opts);
+    expect(unknown.hostNetwork).toBe(true);
+    expect(unknown.env.some((e) => e.includes("MASTER_ADDR"))).toBe(false);
+  });
+
   it("caps the CPU limit at the host's real cores when the node declares more", () => {
     const opts = { agentName: "a", nodeId: "n", pidsLimit: 1 };
     expect(containerSpec(base, { ...opts, maxCpuMilli: 2_000 }).nanoCpus).toBe(2_000_000_000);

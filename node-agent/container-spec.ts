@@ -15,6 +15,9 @@ export const LABELS = {
 
 const MIB = 1024 * 1024;
 
+/** The rendezvous port on a gang's rank-0 node: PyTorch's default for MASTER_PORT. */
+export const MASTER_PORT = 29500;
+
 /** Names Docker accepts: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`. */
 export function containerName(placementId: string): string {
   return `scalar-${placementId.replace(/[^a-zA-Z0-9_.-]/g, "-")}`;
@@ -40,6 +43,20 @@ export function containerSpec(
     `SCALAR_NODE_RANK=${placement.gang_index}`,
     `SCALAR_NUM_NODES=${placement.gang_size}`,
   );
+  // A gang's ranks meet at rank 0's node (torchrun's --master-addr, PyTorch's MASTER_ADDR/PORT for
+  // env:// init); the job's own values win. Its containers share their hosts' network, so a port
+  // rank 0 listens on is at that address: a gang holds its nodes whole, so no other job's ports clash.
+  const gang = placement.gang_size > 1;
+  if (gang && placement.gang_master_address) {
+    const own = new Set(placement.env.map((e) => e.name));
+    const rendezvous = [
+      ["SCALAR_MASTER_ADDR", placement.gang_master_address],
+      ["SCALAR_MASTER_PORT", String(MASTER_PORT)],
+      ["MASTER_ADDR", placement.gang_master_address],
+      ["MASTER_PORT", String(MASTER_PORT)],
+    ];
+    for (const [name, value] of rendezvous) if (!own.has(name!)) env.push(`${name}=${value}`);
+  }
   // CUDA images set NVIDIA_VISIBLE_DEVICES=all; on a host whose default runtime is nvidia that would
   // expose every GPU to a placement that has none.
   if (placement.gpu_indices.length === 0) env.push("NVIDIA_VISIBLE_DEVICES=void");
@@ -61,5 +78,6 @@ export function containerSpec(
     nanoCpus: Math.min(placement.cpu_milli, opts.maxCpuMilli ?? Number.POSITIVE_INFINITY) * 1_000_000,
     pidsLimit: opts.pidsLimit,
     gpuDeviceIds: [...placement.gpu_indices].sort((a, b) => a - b).map(String),
+    ...(gang ? { hostNetwork: true } : {}),
   };
 }

@@ -1,19 +1,39 @@
 /** The host's CPU, memory and disk, as the node inventory and heartbeats report them. */
 import { statfs } from "node:fs/promises";
-import { availableParallelism, hostname, totalmem } from "node:os";
+import { availableParallelism, hostname, type NetworkInterfaceInfo, networkInterfaces, totalmem } from "node:os";
 
 export interface HostFacts {
   hostname: string;
   cpuMilli: number;
   memoryMib: number;
+  /** Where peers reach this node (multi-node jobs' rank 0); none when the host has no such address. */
+  address?: string;
 }
 
 export function discoverHost(): HostFacts {
+  const address = peerAddress(networkInterfaces());
   return {
     hostname: hostname(),
     cpuMilli: availableParallelism() * 1000,
     memoryMib: Math.floor(totalmem() / (1024 * 1024)),
+    ...(address ? { address } : {}),
   };
+}
+
+/**
+ * The first IPv4 address of a non-loopback interface, skipping Docker's own bridges (docker0,
+ * br-…, veth…: only this host reaches them); interfaces in name order, so the choice is stable.
+ * A node with several networks sets --address to the one its peers share.
+ */
+export function peerAddress(interfaces: NodeJS.Dict<NetworkInterfaceInfo[]>): string | undefined {
+  const names = Object.keys(interfaces)
+    .filter((name) => !/^(docker\d*|br-|veth|lo$)/.test(name))
+    .sort();
+  for (const name of names) {
+    const found = interfaces[name]?.find((a) => a.family === "IPv4" && !a.internal);
+    if (found) return found.address;
+  }
+  return undefined;
 }
 
 /** Free bytes for unprivileged use on the file system holding `path`; undefined if it cannot be read. */

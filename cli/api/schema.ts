@@ -2161,6 +2161,7 @@ export interface paths {
                         cpu_milli: number;
                         memory_mib: number;
                         zone?: string;
+                        address?: string;
                     };
                 };
             };
@@ -2280,6 +2281,8 @@ export interface paths {
                                 gang_index?: number;
                                 /** @default 1 */
                                 gang_size?: number;
+                                /** @default null */
+                                gang_master_address?: string | null;
                                 image: string;
                                 /** @default [] */
                                 command?: string[];

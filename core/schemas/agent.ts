@@ -14,6 +14,13 @@ export const GpuInventory = z.object({
 });
 export type GpuInventory = z.infer<typeof GpuInventory>;
 
+/** A host's address as peers dial it: an IPv4 or IPv6 address, or a DNS name. */
+export const NodeAddress = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^[A-Za-z0-9.:-]+$/, "an IP address or a DNS name (letters, digits, '.', ':', '-')");
+
 /** What an agent reports about its host when it registers. */
 export const NodeInventory = z.object({
   hostname: z.string().max(255),
@@ -23,6 +30,11 @@ export const NodeInventory = z.object({
   cpu_milli: z.number().int().positive(),
   memory_mib: z.number().int().positive(),
   zone: z.string().max(64).optional(),
+  /**
+   * Where the node's peers reach it: an IPv4 or IPv6 address or a DNS name (the agent's --address,
+   * else its first non-loopback IPv4). Multi-node jobs get rank 0's as their rendezvous address.
+   */
+  address: NodeAddress.optional(),
 });
 export type NodeInventory = z.infer<typeof NodeInventory>;
 
@@ -42,6 +54,8 @@ export const Placement = z.object({
   /** A multi-node job runs one placement per node: this one's index (0-based) and how many there are. */
   gang_index: z.number().int().nonnegative().default(0),
   gang_size: z.number().int().positive().default(1),
+  /** A multi-node job's rendezvous: the address of the node running gang index 0 (null: one node, or unknown). */
+  gang_master_address: z.string().nullable().default(null),
   image: ImageRef,
   command: z.array(z.string()).default([]),
   args: z.array(z.string()).default([]),

@@ -399,7 +399,8 @@ describe("RegionScheduler: failures", () => {
 
   it("retries a failed attempt of a gang: the other members are stopped, then all move", async () => {
     const { stub, clock } = await region({ retry_base_ms: 1_000 });
-    for (const id of [N("a1"), N("a2")]) await stub.registerNode(nodeReg(id, { zone: "za" }));
+    await stub.registerNode(nodeReg(N("a1"), { zone: "za", address: "10.0.0.1" }));
+    await stub.registerNode(nodeReg(N("a2"), { zone: "za", address: "10.0.0.2" }));
     await stub.registerNode(nodeReg(N("b1"), { zone: "zb" }));
     const job = await jobFor({ gpu_count: 16 });
     await stub.submit(job);
@@ -409,14 +410,22 @@ describe("RegionScheduler: failures", () => {
       [N("a2"), 8, "za"],
     ]);
     const [m0, m1] = state!.placements;
-    // Each node's placement says its place in the gang (the agent passes it on as SCALAR_NODE_RANK / _NUM_NODES).
+    // Each node's placement says its place in the gang and where rank 0 is (the agent passes them on
+    // as SCALAR_NODE_RANK / _NUM_NODES / MASTER_ADDR).
     for (const [node, rank] of [
       [N("a1"), 0],
       [N("a2"), 1],
     ] as const) {
       const set = await stub.pollPlacements(node, 0, 0);
-      expect(set.placements.map((p) => [p.gang_index, p.gang_size])).toEqual([[rank, 2]]);
+      expect(set.placements.map((p) => [p.gang_index, p.gang_size, p.gang_master_address])).toEqual([
+        [rank, 2, "10.0.0.1"],
+      ]);
     }
+    // A one-node job on an addressed node gets no rendezvous address.
+    const single = await jobFor({ gpu_count: 1 });
+    await stub.submit(single);
+    const b1 = await stub.pollPlacements(N("b1"), 0, 0);
+    expect(b1.placements.map((p) => [p.job_id, p.gang_size, p.gang_master_address])).toEqual([[single.id, 1, null]]);
     await stub.reportEvent(N("a1"), ev("running", m0!.placement_id, clock.t));
     await stub.reportEvent(N("a2"), ev("running", m1!.placement_id, clock.t));
     expect(await stub.jobState(job.id)).toMatchObject({ status: "running" });

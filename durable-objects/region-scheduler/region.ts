@@ -296,8 +296,8 @@ export class Region {
     if (!existing) {
       this.db.run(
         `insert into nodes (id, zone, gpu_model, gpus, cpu_milli, memory_mib, state, block_id, block_end_at, hostname,
-           agent_version, registered_at, last_heartbeat_at)
-         values (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?)`,
+           address, agent_version, registered_at, last_heartbeat_at)
+         values (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?)`,
         reg.node_id,
         reg.zone,
         reg.gpu_model,
@@ -307,6 +307,7 @@ export class Region {
         reg.block_id,
         reg.block_end_at,
         reg.hostname,
+        reg.address ?? null,
         reg.agent_version,
         now,
         now,
@@ -322,6 +323,7 @@ export class Region {
         block_id: reg.block_id,
         block_end_at: reg.block_end_at,
         hostname: reg.hostname,
+        address: reg.address ?? null,
         agent_version: reg.agent_version,
         registered_at: now,
       });
@@ -792,9 +794,11 @@ export class Region {
     if (!node) return { version: 0, placements: [] };
     const grace = this.settings().grace_period_ms;
     const placements: Placement[] = this.db
-      .all<RunRow & { spec: string; gang_size: number }>(
+      .all<RunRow & { spec: string; gang_size: number; master_address: string | null }>(
         `select runs.*, jobs.spec as spec,
-                (select count(*) from runs gang where gang.job_id = runs.job_id and gang.attempt = runs.attempt) as gang_size
+                (select count(*) from runs gang where gang.job_id = runs.job_id and gang.attempt = runs.attempt) as gang_size,
+                (select n.address from runs gang join nodes n on n.id = gang.node_id
+                 where gang.job_id = runs.job_id and gang.attempt = runs.attempt and gang.gang_index = 0) as master_address
          from runs join jobs on jobs.id = runs.job_id
          where runs.node_id = ? and runs.status in ${ACTIVE_RUN_SQL} order by runs.placed_at, runs.id`,
         nodeId,
@@ -807,6 +811,8 @@ export class Region {
           attempt: r.attempt,
           gang_index: r.gang_index,
           gang_size: r.gang_size,
+          // Rank 0's node, for a gang only: one node needs no rendezvous address.
+          gang_master_address: r.gang_size > 1 ? r.master_address : null,
           image: spec.image,
           command: spec.command,
           args: spec.args,

@@ -18,6 +18,8 @@ export type NodeRow = {
   block_id: string | null;
   block_end_at: number | null;
   hostname: string | null;
+  /** Where the node's peers reach it (IP or DNS name), as its agent reported; null if it did not. */
+  address: string | null;
   agent_version: string | null;
   registered_at: number;
   last_heartbeat_at: number | null;

@@ -122,4 +122,6 @@ export const SCHEMA: readonly string[] = [
   // v3: when a run was asked to stop, so a heartbeat that no longer lists it ends it only after the
   // agent has had a heartbeat cycle to act on the stop.
   `alter table runs add column stop_requested_at integer;`,
+  // v4: where a node's peers reach it (the agent's report), for multi-node jobs' rank 0.
+  `alter table nodes add column address text;`,
 ];

@@ -139,6 +139,7 @@ export class DockerodeEngine implements ContainerEngine {
       init: Boolean(host.Init),
       privileged: Boolean(host.Privileged),
       gpuDeviceIds: gpuIds,
+      networkMode: host.NetworkMode ?? "default",
     };
   }
 
@@ -201,6 +202,7 @@ export class DockerodeEngine implements ContainerEngine {
           SecurityOpt: ["no-new-privileges"],
           RestartPolicy: { Name: "no" },
           LogConfig: { Type: "json-file", Config: { "max-size": "50m", "max-file": "4" } },
+          ...(spec.hostNetwork ? { NetworkMode: "host" } : {}),
           ...(spec.gpuDeviceIds.length > 0
             ? {
                 DeviceRequests: [

@@ -29,6 +29,8 @@ export interface ContainerDetails extends ContainerSummary {
   init: boolean;
   privileged: boolean;
   gpuDeviceIds: string[];
+  /** `host`, or the engine's default network (`default` / `bridge`). */
+  networkMode: string;
 }
 
 export interface ContainerSpec {
@@ -45,6 +47,8 @@ export interface ContainerSpec {
   pidsLimit: number;
   /** GPU indices as the NVIDIA device driver takes them; empty = no device request. */
   gpuDeviceIds: string[];
+  /** Share the host's network (a multi-node job's ranks reach each other at the nodes' addresses). */
+  hostNetwork?: boolean;
 }
 
 export interface LogEntry {

@@ -136,7 +136,7 @@ export async function startTestAgent(
     engine,
     api: new ControlPlaneClient(cp.url, cp.token),
     gpus: new DeclaredGpus(8, "H100"),
-    host: { hostname: "test-host", cpuMilli: 2_000, memoryMib: 4_096 },
+    host: { hostname: "test-host", cpuMilli: 2_000, memoryMib: 4_096, address: "10.9.8.7" },
     clock: systemClock,
     random: Math.random,
     log: process.env.SCALAR_TEST_AGENT_LOG ? jsonLogger("debug") : () => {},

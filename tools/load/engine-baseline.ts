@@ -30,6 +30,7 @@ export function loadJobSpec(batch: string, i: number, image: string): ContainerS
       attempt: 1,
       gang_index: 0,
       gang_size: 1,
+      gang_master_address: null,
       image,
       command: ["true"],
       args: [],
