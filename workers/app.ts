@@ -3,6 +3,7 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { createApi } from "./api";
 import { withDb } from "./db/client";
+import { allowedMethods } from "./http/allowed-methods";
 import { unsupportedMediaType } from "./http/body";
 import { ApiError, errorBody, errorResponse } from "./http/errors";
 import { errorFields } from "./http/log";
@@ -35,9 +36,24 @@ export function createApp() {
       500,
     );
   });
-  app.notFound((c) =>
-    c.json(errorBody(c.get("requestId"), "not_found", `no route for ${c.req.method} ${c.req.path}`), 404),
-  );
+  let allowed: ((path: string) => string[]) | undefined;
+  app.notFound((c) => {
+    // Built on first use, once every route below is registered.
+    allowed ??= allowedMethods(app.routes);
+    const methods = allowed(c.req.path);
+    if (methods.length > 0) {
+      c.header("Allow", methods.join(", "));
+      return c.json(
+        errorBody(
+          c.get("requestId"),
+          "method_not_allowed",
+          `${c.req.path} does not take ${c.req.method}; it takes ${methods.join(", ")}`,
+        ),
+        405,
+      );
+    }
+    return c.json(errorBody(c.get("requestId"), "not_found", `no route for ${c.req.method} ${c.req.path}`), 404);
+  });
 
   /** Liveness and dependencies: Postgres through Hyperdrive, and each region's scheduler object. */
   app.get("/healthz", async (c) => {

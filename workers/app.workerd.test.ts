@@ -30,7 +30,7 @@ describe("GET /ping", () => {
     expect(res.status).toBe(200);
     expect(await res.text()).toBe("pong");
     expect(res.headers.get("x-request-id")).toBeNull();
-    expect((await SELF.fetch("http://scalar.test/ping", { method: "POST" })).status).toBe(404);
+    expect((await SELF.fetch("http://scalar.test/ping", { method: "POST" })).status).toBe(405);
   });
 });
 
@@ -43,6 +43,23 @@ describe("error envelope", () => {
     expect(await res.json()).toEqual({
       error: { code: "not_found", message: "no route for GET /v1/nothing-here", request_id: "client-req-12345" },
     });
+  });
+
+  it("answers a method a route does not take with a 405 and the methods it does take", async () => {
+    const list = await SELF.fetch("http://scalar.test/v1/jobs", { method: "DELETE" });
+    expect(list.status).toBe(405);
+    expect(list.headers.get("allow")).toBe("GET, HEAD, POST");
+    expect(await list.json()).toMatchObject({
+      error: { code: "method_not_allowed", message: "/v1/jobs does not take DELETE; it takes GET, HEAD, POST" },
+    });
+    const one = await SELF.fetch(`http://scalar.test/v1/jobs/${crypto.randomUUID()}`, { method: "PUT" });
+    expect(one.status).toBe(405);
+    expect(one.headers.get("allow")).toBe("GET, HEAD");
+    const cancel = await SELF.fetch(`http://scalar.test/v1/jobs/${crypto.randomUUID()}/cancel`);
+    expect(cancel.status).toBe(405);
+    expect(cancel.headers.get("allow")).toBe("POST");
+    // A path no route has stays a 404, whatever the method.
+    expect((await SELF.fetch("http://scalar.test/v1/nothing-here", { method: "POST" })).status).toBe(404);
   });
 });
 

@@ -279,6 +279,18 @@ describe("listing, reading and cancelling jobs", () => {
       const res = await call("GET", `/v1/jobs?${query}`, user.token);
       expect(res.status, query).toBe(400);
     }
+
+    // A parameter given twice is named as such; label takes repeats.
+    const twice = await call("GET", "/v1/jobs?limit=1&limit=2&tier=fast&tier=flex", user.token);
+    expect(twice.status).toBe(400);
+    expect(twice.json.error.message).toBe(
+      "invalid query parameter: limit: given 2 times; takes one value; tier: given 2 times; takes one value",
+    );
+    expect(twice.json.error.details.fields).toEqual([
+      { field: "limit", message: "given 2 times; takes one value", code: "repeated" },
+      { field: "tier", message: "given 2 times; takes one value", code: "repeated" },
+    ]);
+    expect((await call("GET", "/v1/jobs?label=a:b&label=c:d", user.token)).status).toBe(200);
   });
 
   it("cancels a queued job, is idempotent about it, and refuses a finished one with 409", async () => {

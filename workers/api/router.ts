@@ -18,10 +18,19 @@ import { ErrorEnvelope } from "./schemas";
 
 export function createRouter() {
   return new OpenAPIHono<ApiEnv>({
-    defaultHook: (result) => {
-      if (!result.success) throw validationError(result.error, result.target);
+    defaultHook: (result, c) => {
+      if (!result.success) {
+        throw validationError(result.error, result.target, result.target === "query" ? repeatedQuery(c) : undefined);
+      }
     },
   });
+}
+
+/** Query parameters given more than once, with their counts. */
+function repeatedQuery(c: Context): Map<string, number> {
+  const repeated = new Map<string, number>();
+  for (const [key, values] of Object.entries(c.req.queries())) if (values.length > 1) repeated.set(key, values.length);
+  return repeated;
 }
 
 export interface Access {

@@ -39,8 +39,17 @@ const WHERE: Record<string, string> = {
   header: "header",
 };
 
-export function validationError(error: z.ZodError, target: string): ApiError {
-  const issues = fieldIssues(error);
+/**
+ * `repeated`: query parameters given more than once, with their counts. An issue with one of those
+ * says so (`?limit=1&limit=2` reached the schema as an array, and "expected number, received NaN"
+ * would not tell why).
+ */
+export function validationError(error: z.ZodError, target: string, repeated?: Map<string, number>): ApiError {
+  const issues = fieldIssues(error).map((issue) => {
+    // Only where the parameter's type was wrong: one that takes repeats (label) fails otherwise.
+    const times = /^invalid_(type|value)$/.test(issue.code) ? repeated?.get(issue.field.split(/[.[]/)[0]!) : undefined;
+    return times ? { ...issue, message: `given ${times} times; takes one value`, code: "repeated" } : issue;
+  });
   const summary = issues
     .slice(0, 5)
     .map((i) => `${i.field}: ${i.message}`)
