@@ -9,6 +9,14 @@ import { ok } from "./api/client";
 import { apiErrorFrom, CliError, networkError } from "./errors";
 import { readSse } from "./sse";
 
+/** GPUs on one node: a job asking for more runs on several, and its lines say which node wrote them. */
+const GPUS_PER_NODE = 8;
+
+/** A line as printed: prefixed with `[node N] ` (its SCALAR_NODE_RANK) for a job on several nodes. */
+export function logText(line: Pick<LogLine, "line" | "node_rank">, gpuCount: number): string {
+  return gpuCount > GPUS_PER_NODE ? `[node ${line.node_rank}] ${line.line}` : line.line;
+}
+
 export type LogItem = { kind: "log"; id: string | null; line: LogLine } | { kind: "end"; status: string | null };
 
 /** How many reconnects in a row without a line before giving up. */

@@ -2804,6 +2804,8 @@ export interface components {
             zone: string;
             gpu_indices: number[];
             attempt: number;
+            /** @description Its place in a multi-node job (the container's `SCALAR_NODE_RANK`); 0 on one node. */
+            node_rank: number;
             status: string;
             /**
              * Format: date-time
@@ -2936,6 +2938,8 @@ export interface components {
         LogLine: {
             placement_id: string;
             attempt: number;
+            /** @description Which node of a multi-node job wrote it (`SCALAR_NODE_RANK`); 0 on one node. */
+            node_rank: number;
             seq: number;
             /** @enum {string} */
             stream: "stdout" | "stderr";

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Job, JobEvent } from "../api/client";
 import { parseCommandLine } from "../args";
 import { EXIT, UsageError } from "../errors";
+import { logText } from "../logs";
 import { COMMANDS } from ".";
 import { jobCreateBody, jobExitCode, jobSummary, stageOf } from "./job-run";
 
@@ -157,6 +158,14 @@ describe("jobs run: exit codes", () => {
   });
 });
 
+describe("log lines as printed", () => {
+  it("say which node wrote them for a job on several nodes, and nothing more for one node", () => {
+    expect(logText({ line: "loss 0.3", node_rank: 0 }, 8)).toBe("loss 0.3");
+    expect(logText({ line: "loss 0.3", node_rank: 0 }, 16)).toBe("[node 0] loss 0.3");
+    expect(logText({ line: "ready", node_rank: 2 }, 24)).toBe("[node 2] ready");
+  });
+});
+
 describe("jobs run: the stage shown", () => {
   const placement = {
     placement_id: "p1",
@@ -164,6 +173,7 @@ describe("jobs run: the stage shown", () => {
     zone: "z",
     gpu_indices: [0, 1],
     attempt: 1,
+    node_rank: 0,
     status: "placed",
     placed_at: "2026-11-26T12:00:00.000Z",
     started_at: null,

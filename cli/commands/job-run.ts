@@ -9,7 +9,7 @@ import { type Connection, type Job, type JobCreate, type JobEvent, type LogLine,
 import { type CommandSpec, intOption, type Parsed, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { CliError, EXIT } from "../errors";
-import { followLogs, readLogs } from "../logs";
+import { followLogs, logText, readLogs } from "../logs";
 import { duration } from "../output";
 import { createProgress, type Progress } from "../progress";
 import { parseDuration } from "../units";
@@ -238,8 +238,8 @@ export const jobsRun: CommandSpec<Context> = {
         attempt = line.attempt;
       }
       if (ctx.json) emit({ type: "log", ...line });
-      else if (line.stream === "stderr") io.stderr(`${line.line}\n`);
-      else io.stdout(`${line.line}\n`);
+      else if (line.stream === "stderr") io.stderr(`${logText(line, submitted.gpu_count)}\n`);
+      else io.stdout(`${logText(line, submitted.gpu_count)}\n`);
     };
     const flushLogs = async () => {
       const lines: LogLine[] = [];

@@ -1,9 +1,9 @@
 /** `scalar jobs ls | get | cancel | logs`. */
-import { type Job, ok } from "../api/client";
+import { type Job, type LogLine, ok } from "../api/client";
 import { type CommandSpec, choiceOption, intOption, listOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { EXIT } from "../errors";
-import { followLogs, readLogs } from "../logs";
+import { followLogs, logText, readLogs } from "../logs";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
 import { getJob, jobSummary } from "./job-run";
 import { TIERS } from "./workload";
@@ -170,12 +170,14 @@ export const jobsLogs: CommandSpec<Context> = {
   async run(ctx, { positionals, values }) {
     const id = positionals[0] as string;
     const { io } = ctx;
-    const print = (line: { stream: string; line: string }) => {
-      if (ctx.json) io.stdout(`${JSON.stringify(line)}\n`);
-      else if (line.stream === "stderr") io.stderr(`${line.line}\n`);
-      else io.stdout(`${line.line}\n`);
-    };
     const conn = ctx.connection();
+    // Its size decides whether lines say which node wrote them (and an unknown id fails here, plainly).
+    const { gpu_count } = ctx.json ? { gpu_count: 0 } : await getJob(conn, id);
+    const print = (line: LogLine) => {
+      if (ctx.json) io.stdout(`${JSON.stringify(line)}\n`);
+      else if (line.stream === "stderr") io.stderr(`${logText(line, gpu_count)}\n`);
+      else io.stdout(`${logText(line, gpu_count)}\n`);
+    };
     if (values.follow !== true) {
       for await (const line of readLogs(conn, id)) print(line);
       return EXIT.ok;

@@ -405,9 +405,9 @@ describe("RegionScheduler: failures", () => {
     const job = await jobFor({ gpu_count: 16 });
     await stub.submit(job);
     const state = await stub.jobState(job.id);
-    expect(state!.placements.map((p) => [p.node_id, p.gpu_indices.length, p.zone])).toEqual([
-      [N("a1"), 8, "za"],
-      [N("a2"), 8, "za"],
+    expect(state!.placements.map((p) => [p.node_id, p.gpu_indices.length, p.zone, p.gang_index])).toEqual([
+      [N("a1"), 8, "za", 0],
+      [N("a2"), 8, "za", 1],
     ]);
     const [m0, m1] = state!.placements;
     // Each node's placement says its place in the gang and where rank 0 is (the agent passes them on
@@ -421,6 +421,13 @@ describe("RegionScheduler: failures", () => {
         [rank, 2, "10.0.0.1"],
       ]);
     }
+    // The outbox stores each run's rank in Postgres (the API's placements and log lines show it).
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    const stored = await sql`select node_id, gang_index from job_runs where job_id = ${job.id} order by gang_index`;
+    expect(stored.map((r) => [r.node_id, r.gang_index])).toEqual([
+      [N("a1"), 0],
+      [N("a2"), 1],
+    ]);
     // A one-node job on an addressed node gets no rendezvous address.
     const single = await jobFor({ gpu_count: 1 });
     await stub.submit(single);

@@ -79,9 +79,10 @@ async function ensureNode(sql: Sql, n: NodeRecord): Promise<void> {
 async function upsertJobRun(sql: Sql, r: JobRunRecord): Promise<void> {
   await ensureNode(sql, r.node);
   await sql`
-    insert into job_runs (id, job_id, account_id, attempt, node_id, status, gpu_count, placed_at, started_at,
-                          finished_at, exit_code, oom_killed, failure_reason)
-    values (${r.id}, ${r.job_id}::uuid, ${r.account_id}::uuid, ${r.attempt}, ${r.node.id}, ${r.status}, ${r.gpu_count},
+    insert into job_runs (id, job_id, account_id, attempt, gang_index, node_id, status, gpu_count, placed_at,
+                          started_at, finished_at, exit_code, oom_killed, failure_reason)
+    values (${r.id}, ${r.job_id}::uuid, ${r.account_id}::uuid, ${r.attempt}, ${r.gang_index ?? 0}, ${r.node.id},
+            ${r.status}, ${r.gpu_count},
             ${ts(r.placed_at)}, ${ts(r.started_at)}, ${ts(r.finished_at)}, ${r.exit_code}, ${r.oom_killed},
             ${r.failure_reason})
     on conflict (id) do update set status = excluded.status, started_at = excluded.started_at,

@@ -50,6 +50,8 @@ export interface JobRunRecord {
   job_id: string;
   account_id: string;
   attempt: number;
+  /** Its place in a multi-node job; absent in records queued before it was sent (0 then). */
+  gang_index?: number;
   node: NodeRecord;
   status: string;
   gpu_count: number;

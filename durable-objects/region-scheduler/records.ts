@@ -106,6 +106,7 @@ export class Records {
           job_id: job.id,
           account_id: job.account_id,
           attempt: run.attempt,
+          gang_index: run.gang_index,
           node: node ? this.nodeRecord(node) : this.unknownNode(run),
           status: run.status,
           gpu_count: json.numbers(run.gpu_indices).length,

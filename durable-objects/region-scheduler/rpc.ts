@@ -48,6 +48,8 @@ export interface PlacementView {
   zone: string;
   gpu_indices: number[];
   attempt: number;
+  /** Its place in a multi-node job (0 on one node). */
+  gang_index: number;
   status: RunStatus;
   placed_at: number;
   started_at: number | null;

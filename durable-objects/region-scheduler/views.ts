@@ -14,6 +14,7 @@ export function placementView(run: RunRow, zone: string): PlacementView {
     zone,
     gpu_indices: json.numbers(run.gpu_indices),
     attempt: run.attempt,
+    gang_index: run.gang_index,
     status: run.status,
     placed_at: run.placed_at,
     started_at: run.started_at,

@@ -208,6 +208,37 @@ describe("job logs", () => {
     expect(denied.text).not.toContain("line 0");
   });
 
+  it("say which node of a multi-node job wrote each line, as the job's placements do", async () => {
+    const op = await operator();
+    const nodes = [await createNode(op), await createNode(op)];
+    const user = await signUp();
+    const job = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
+    await sql("update jobs set status = 'running' where id = $1", [job.id]);
+    for (const [rank, n] of nodes.entries()) {
+      await sql(
+        `insert into job_runs (id, job_id, account_id, attempt, gang_index, node_id, status, gpu_count, placed_at)
+         values ($1, $2, $3, 1, $4, $5, 'running', 8, now())`,
+        [`${job.id}-a1-g${rank}`, job.id, user.accountId, rank, n.node.id],
+      );
+    }
+    for (const [rank, n] of [...nodes.entries()].reverse()) {
+      const res = await call("POST", AGENT_ROUTES.logs, n.token, {
+        body: { lines: [line(`${job.id}-a1-g${rank}`, 0, `hi from ${rank}`)] },
+      });
+      expect(res.status).toBe(200);
+    }
+    const logs = await call("GET", `/v1/jobs/${job.id}/logs`, user.token);
+    expect(logs.json.data.map((l: { node_rank: number; line: string }) => [l.node_rank, l.line])).toEqual([
+      [1, "hi from 1"],
+      [0, "hi from 0"],
+    ]);
+    const got = await call("GET", `/v1/jobs/${job.id}`, user.token);
+    expect(got.json.placements.map((p: { node_id: string; node_rank: number }) => [p.node_id, p.node_rank])).toEqual([
+      [nodes[0]!.node.id, 0],
+      [nodes[1]!.node.id, 1],
+    ]);
+  });
+
   it("are kept for LOG_RETENTION_DAYS after they arrive, then deleted by the cron task", async () => {
     const op = await operator();
     const { node, token } = await createNode(op);

@@ -20,6 +20,9 @@ const LogLineView = z
   .object({
     placement_id: z.string(),
     attempt: z.number().int(),
+    node_rank: z.number().int().openapi({
+      description: "Which node of a multi-node job wrote it (`SCALAR_NODE_RANK`); 0 on one node.",
+    }),
     seq: z.number().int(),
     stream: z.enum(["stdout", "stderr"]),
     at: Timestamp,
@@ -45,6 +48,7 @@ interface LogRow extends Record<string, unknown> {
   id: string | number;
   placement_id: string;
   attempt: number;
+  node_rank: number;
   seq: string | number;
   stream: "stdout" | "stderr";
   at: Date | string;
@@ -53,7 +57,7 @@ interface LogRow extends Record<string, unknown> {
 
 async function readLines(db: Db, jobId: string, accountId: string, after: number, limit: number, stream?: string) {
   const rows = await db.execute<LogRow>(sql`
-    select l.id, l.placement_id, r.attempt, l.seq, l.stream, l.at, l.line
+    select l.id, l.placement_id, r.attempt, r.gang_index as node_rank, l.seq, l.stream, l.at, l.line
       from job_logs l
       join job_runs r on r.id = l.placement_id and r.node_id = l.node_id
      where r.job_id = ${jobId} and r.account_id = ${accountId} and l.id > ${after}
@@ -65,6 +69,7 @@ async function readLines(db: Db, jobId: string, accountId: string, after: number
     view: {
       placement_id: r.placement_id,
       attempt: r.attempt,
+      node_rank: r.node_rank,
       seq: Number(r.seq),
       stream: r.stream,
       at: new Date(r.at).toISOString(),

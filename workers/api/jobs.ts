@@ -62,7 +62,7 @@ export const jobsRouter = createRouter();
 async function jobRunsOf(db: Db, jobId: string): Promise<RunRow[]> {
   return db
     .execute<RunRow & Record<string, unknown>>(sql`
-    select r.id as placement_id, r.node_id, n.zone, r.attempt, r.status, r.placed_at, r.started_at,
+    select r.id as placement_id, r.node_id, n.zone, r.attempt, r.gang_index as node_rank, r.status, r.placed_at, r.started_at,
            r.finished_at, r.exit_code,
            coalesce(array_agg(g.gpu_index order by g.gpu_index) filter (where g.gpu_index is not null), '{}') as gpu_indices
       from ${jobRuns} r
@@ -70,7 +70,7 @@ async function jobRunsOf(db: Db, jobId: string): Promise<RunRow[]> {
       left join gpu_assignments g on g.job_run_id = r.id
      where r.job_id = ${sql.raw(literal(jobId))}
      group by r.id, n.zone
-     order by r.attempt, r.placed_at`)
+     order by r.attempt, r.gang_index, r.placed_at`)
     .then((rows) =>
       rows.map((r) => ({
         ...r,

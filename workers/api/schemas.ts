@@ -89,6 +89,9 @@ export const PlacementView = z
     zone: z.string(),
     gpu_indices: z.array(z.number().int()),
     attempt: z.number().int(),
+    node_rank: z.number().int().openapi({
+      description: "Its place in a multi-node job (the container's `SCALAR_NODE_RANK`); 0 on one node.",
+    }),
     status: z.string(),
     placed_at: Timestamp,
     started_at: Timestamp.nullable(),

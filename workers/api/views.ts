@@ -91,6 +91,7 @@ export interface RunRow {
   zone: string;
   gpu_indices: number[];
   attempt: number;
+  node_rank: number;
   status: string;
   placed_at: Date;
   started_at: Date | null;
@@ -105,6 +106,7 @@ export function runPlacement(r: RunRow): PlacementWire {
     zone: r.zone,
     gpu_indices: r.gpu_indices,
     attempt: r.attempt,
+    node_rank: r.node_rank,
     status: r.status,
     placed_at: r.placed_at.toISOString(),
     started_at: iso(r.started_at),
@@ -120,6 +122,7 @@ export function livePlacement(p: PlacementView): PlacementWire {
     zone: p.zone,
     gpu_indices: p.gpu_indices,
     attempt: p.attempt,
+    node_rank: p.gang_index,
     status: p.status,
     placed_at: isoMs(p.placed_at) ?? new Date(0).toISOString(),
     started_at: isoMs(p.started_at),

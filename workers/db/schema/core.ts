@@ -266,6 +266,8 @@ export const jobRuns = pgTable(
       .notNull()
       .references(() => accounts.id, { onDelete: "cascade" }),
     attempt: integer("attempt").notNull(),
+    /** Its place in a multi-node job (0 on one node): the container's SCALAR_NODE_RANK. */
+    gangIndex: integer("gang_index").notNull().default(0),
     nodeId: text("node_id")
       .notNull()
       .references(() => nodes.id),
@@ -284,6 +286,7 @@ export const jobRuns = pgTable(
     index("job_runs_node_idx").on(t.nodeId),
     check("job_runs_status", sql`${t.status} in (${inList(RUN_STATUSES)})`),
     check("job_runs_attempt", sql`${t.attempt} >= 1`),
+    check("job_runs_gang_index", sql`${t.gangIndex} >= 0`),
     check("job_runs_gpu_count", sql`${t.gpuCount} between 0 and 8`),
     check("job_runs_window", sql`${t.finishedAt} is null or ${t.finishedAt} >= ${t.placedAt}`),
   ],
