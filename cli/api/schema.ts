@@ -1031,6 +1031,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description Idempotency-Key reused with a different request, or the request cannot be scheduled. */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
                 429: {
                     headers: {

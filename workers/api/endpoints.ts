@@ -17,7 +17,7 @@ import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } fr
 import { audit } from "./audit";
 import { endpointDemand, enforceQuota, lockAccount, requireTier } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
-import { schedulerOf, servedRegion } from "./scheduler";
+import { requireGpuModels, schedulerOf, servedRegion } from "./scheduler";
 import {
   EndpointSpecFields,
   EnvVarView,
@@ -210,6 +210,7 @@ endpointsRouter.openapi(
     const body = c.req.valid("json");
     const region = servedRegion(c.env, body.region);
     requireTier(body.tier, account.fastTierEnabled);
+    await requireGpuModels(c.env, region, body.gpu_models);
     const env = await sealEnv(c.env, account.id, body.env);
     const db = c.get("pg").db;
     const row = await db.transaction(async (tx) => {
@@ -358,7 +359,7 @@ endpointsRouter.openapi(
     },
     responses: {
       200: { description: "The endpoint after the change.", content: { "application/json": { schema: Endpoint } } },
-      ...errors(402, 404, 409, 413, 415, 503),
+      ...errors(402, 404, 409, 413, 415, 422, 503),
     },
   }),
   async (c) => {
@@ -368,6 +369,10 @@ endpointsRouter.openapi(
     const patch = c.req.valid("json");
     const patchEnv = patch.env ? await sealEnv(c.env, account.id, patch.env) : undefined;
     const db = c.get("pg").db;
+    if (patch.gpu_models && patch.gpu_models.length > 0) {
+      const { region } = await loadEndpoint(db, account.id, id);
+      await requireGpuModels(c.env, region, patch.gpu_models);
+    }
     const row = await db.transaction(async (tx) => {
       await lockAccount(tx, account.id);
       const current = await loadEndpoint(tx as unknown as Db, account.id, id);

@@ -25,7 +25,7 @@ import {
   requireTier,
 } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
-import { schedulerOf, servedRegion } from "./scheduler";
+import { requireGpuModels, schedulerOf, servedRegion } from "./scheduler";
 import { IdempotencyHeaders, IdParam, Job, JobCreate, PageQuery, pageOf } from "./schemas";
 import { submitJob } from "./submission";
 import { type JobRow, jobView, type RunRow, workloadColumns } from "./views";
@@ -113,6 +113,7 @@ jobsRouter.openapi(
     const body = { ...request, tier: request.tier ?? (account.fastTierEnabled ? "fast" : "flex") } as const;
     const region = servedRegion(c.env, body.region);
     requireTier(body.tier, account.fastTierEnabled);
+    await requireGpuModels(c.env, region, body.gpu_models);
     if (body.estimated_duration_s !== undefined && body.estimated_duration_s > body.max_runtime_s) {
       throw new ApiError(400, "invalid_request", "estimated_duration_s: must not exceed max_runtime_s", {
         location: "body",

@@ -204,11 +204,12 @@ describe("waiting, cancelling and regions", () => {
     const agent = await startNode(op, "H100", 8);
     const user = await signUp();
 
-    const waiting = await submit(user, { gpu_models: ["H200"] });
+    // More CPU than any node has: it waits, and says why.
+    const waiting = await submit(user, { cpu_milli: 200_000 });
     expect(waiting.status).toBe("queued");
     const state = await getJob(user, waiting.id);
     expect(state.status).toBe("queued");
-    expect(state.waiting_reason).toMatch(/model/i);
+    expect(state.waiting_reason).toMatch(/CPU/);
 
     const regions = await call("GET", "/v1/regions", user.token);
     expect(regions.status).toBe(200);
@@ -291,6 +292,48 @@ describe("operators", () => {
     // Not for anyone else.
     expect((await call("POST", `/v1/operator/nodes/${agent.nodeId}/drain`, user.token)).status).toBe(403);
     expect((await call("GET", "/v1/operator/dead-letters", user.token)).status).toBe(403);
+  });
+});
+
+describe("GPU models", () => {
+  it("refuses work that allows only models the region neither has nor buys, storing nothing; takes it once a node has them", async () => {
+    const op = await signUp({ is_operator: true });
+    const user = await signUp();
+    const refused = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_models: ["H200"] } });
+    expect(refused.status).toBe(422);
+    expect(refused.json.error).toMatchObject({
+      code: "gpu_model_unavailable",
+      message: `gpu_models: ${REGION} has no H200 GPUs and buys H100 only; allow H100, or leave gpu_models empty for any`,
+      details: { fields: [{ field: "gpu_models", code: "gpu_model_unavailable" }] },
+    });
+    const endpoint = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: "h200", image: "busybox", gpu_count: 1, gpu_models: ["H200"], min_replicas: 0, max_replicas: 1 },
+    });
+    expect(endpoint.json.error.code).toBe("gpu_model_unavailable");
+    const stored = await sql<{ n: number }>(
+      "select (select count(*) from jobs where account_id = $1) + (select count(*) from endpoints where account_id = $1) as n",
+      [user.accountId],
+    );
+    expect(Number(stored[0]!.n)).toBe(0);
+    // Any model, or the one the region buys among others, is taken without asking the nodes.
+    expect(
+      (await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_models: ["H200", "H100"] } })).status,
+    ).toBe(202);
+
+    const any = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: "any", image: "busybox", gpu_count: 1, min_replicas: 0, max_replicas: 1 },
+    });
+    expect(any.status).toBe(201);
+    const patched = await call("PATCH", `/v1/endpoints/${any.json.id}`, user.token, { body: { gpu_models: ["H200"] } });
+    expect(patched.json.error.code).toBe("gpu_model_unavailable");
+
+    const agent = await startNode(op, "H200", 8);
+    expect((await call("POST", "/v1/jobs", user.token, { body: { ...JOB, gpu_models: ["H200"] } })).status).toBe(202);
+    const repatched = await call("PATCH", `/v1/endpoints/${any.json.id}`, user.token, {
+      body: { gpu_models: ["H200"] },
+    });
+    expect(repatched.json.gpu_models).toEqual(["H200"]);
+    await retire(op, agent);
   });
 });
 
