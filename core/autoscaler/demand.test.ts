@@ -63,6 +63,16 @@ describe("estimateDemand", () => {
     ).toBe(15);
   });
 
+  it("counts a whole-node job once, as its nodes, when asked; smaller jobs are still projected", () => {
+    const once = { ...W, burstWholeNodesOnce: true };
+    const big = [{ at: NOW - 30_000, tier: "fast" as const, gpus: 16 }];
+    expect(estimateDemand({ arrivals: big, concurrency: [] }, NOW, once).fastGpusAtRecentRate).toBe(16);
+    const mixed = [...big, { at: NOW - 60_000, tier: "fast" as const, gpus: 2 }];
+    // 16 once, plus 2 GPUs in the last 2 minutes → 10 over the window.
+    expect(estimateDemand({ arrivals: mixed, concurrency: [] }, NOW, once).fastGpusAtRecentRate).toBe(26);
+    expect(estimateDemand({ arrivals: mixed, concurrency: [] }, NOW, W).fastGpusAtRecentRate).toBe(90);
+  });
+
   it("reads steady and peak levels of concurrent demand", () => {
     const concurrency = Array.from({ length: 100 }, (_, i) => ({ at: NOW - i * MINUTE_MS, gpus: 100 + i }));
     const d = estimateDemand({ arrivals: [], concurrency }, NOW, W);

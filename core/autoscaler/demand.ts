@@ -44,6 +44,11 @@ export interface DemandWindow {
    * 16-GPU job in a quiet hour would otherwise ask for 16 × windowMs ÷ burstMs GPUs of headroom.
    */
   burstMinArrivals?: number;
+  /**
+   * Project only jobs smaller than a node (default false: every job). A job of 8 GPUs or more then
+   * counts once, as the whole nodes it takes, not as a rate: one 16-GPU job is not a stream of them.
+   */
+  burstWholeNodesOnce?: boolean;
 }
 
 /** The q-quantile (nearest rank) of values; 0 when empty. */
@@ -63,6 +68,7 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
   const steps = Math.max(1, Math.round(w.lookbackMs / w.stepMs));
   const perWindow = Math.max(1, Math.round(w.windowMs / w.stepMs));
   let burst = 0;
+  let burstOnce = 0;
   let burstArrivals = 0;
   const gpuBuckets = new Float64Array(steps);
   const nodeBuckets = new Float64Array(steps);
@@ -70,8 +76,11 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
     if (a.tier !== "fast" || a.at <= since || a.at > now) continue;
     const gpus = a.gpus * occupancy(a.heldMs, w.windowMs);
     if (a.at > now - w.burstMs) {
-      burst += gpus;
-      burstArrivals += 1;
+      if (w.burstWholeNodesOnce && a.gpus >= GPUS_PER_NODE) burstOnce += gpus;
+      else {
+        burst += gpus;
+        burstArrivals += 1;
+      }
     }
     const i = Math.min(steps - 1, Math.floor((a.at - since) / w.stepMs));
     gpuBuckets[i]! += gpus;
@@ -111,7 +120,7 @@ export function estimateDemand(history: DemandHistory, now: number, w: DemandWin
     fastGpusInWindow: wholeGpus(quantileSorted(gpuSums.sort(), w.arrivalQuantile)),
     fastWholeNodesInWindow: quantileSorted(nodeSums.sort(), w.wholeNodeQuantile ?? w.arrivalQuantile),
     fastGpusAtRecentRate: wholeGpus(
-      burstArrivals >= (w.burstMinArrivals ?? 1) ? (burst * w.windowMs) / w.burstMs : burst,
+      burstOnce + (burstArrivals >= (w.burstMinArrivals ?? 1) ? (burst * w.windowMs) / w.burstMs : burst),
     ),
     steadyGpus: now - earliest >= (w.steadyMinHistoryMs ?? 0) ? quantileSorted(sortedLevels, w.steadyQuantile) : 0,
     peakGpus: quantileSorted(Float64Array.from(recent).sort(), w.peakQuantile),

@@ -1,6 +1,7 @@
 /** The capacity knobs of the Worker's environment: overrides, and loud errors for bad values. */
 import { describe, expect, it } from "vitest";
-import { CAPACITY_CONFIG, CapacityConfigError, capacityClock, capacityConfigFromEnv } from "./config";
+import { estimateDemand } from "../../core/autoscaler/demand";
+import { CAPACITY_CONFIG, CapacityConfigError, capacityClock, capacityConfigFromEnv, DEMAND_WINDOW } from "./config";
 
 describe("CAPACITY_FAST_HEADROOM_GPUS", () => {
   it("keeps the policy's own headroom when unset or empty", () => {
@@ -42,5 +43,16 @@ describe("CAPACITY_CLOCK", () => {
   it("refuses an unknown mode, or trigger without a trigger time", () => {
     expect(() => capacityClock({ CAPACITY_CLOCK: "virtual" }, 1, clock)).toThrow(/"wall" or "trigger"/);
     expect(() => capacityClock({ CAPACITY_CLOCK: "trigger" }, undefined, clock)).toThrow(/scheduledTime/);
+  });
+});
+
+describe("DEMAND_WINDOW", () => {
+  it("asks for one big Fast job's nodes once, not for a stream of them, and still projects small jobs", () => {
+    const now = 10 * 3_600_000;
+    const big = { arrivals: [{ at: now - 30_000, tier: "fast" as const, gpus: 16 }], concurrency: [] };
+    expect(estimateDemand(big, now, DEMAND_WINDOW).fastGpusAtRecentRate).toBe(16);
+    const small = { arrivals: [{ at: now - 30_000, tier: "fast" as const, gpus: 2 }], concurrency: [] };
+    // 2 GPUs in the last 3 minutes, over a 12-minute headroom window.
+    expect(estimateDemand(small, now, DEMAND_WINDOW).fastGpusAtRecentRate).toBe(8);
   });
 });
