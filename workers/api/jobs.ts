@@ -245,7 +245,8 @@ jobsRouter.openapi(
     const where: SQL[] = [eq(jobs.accountId, account.id)];
     if (q.status) where.push(inArray(jobs.status, q.status.split(",")));
     if (q.tier) where.push(eq(jobs.tier, q.tier));
-    if (q.region) where.push(eq(jobs.region, q.region));
+    // A region never served is a typo, not an empty list (as a submission to it is refused).
+    if (q.region) where.push(eq(jobs.region, servedRegion(c.env, q.region, "region", "query")));
     for (const selector of q.label === undefined ? [] : Array.isArray(q.label) ? q.label : [q.label]) {
       const at = selector.indexOf(":");
       const labels = { [selector.slice(0, at)]: selector.slice(at + 1) };

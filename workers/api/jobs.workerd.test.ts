@@ -275,6 +275,7 @@ describe("listing, reading and cancelling jobs", () => {
       "cursor=garbage",
       "label=nocolon",
       "sort=asc",
+      "region=mars",
     ]) {
       const res = await call("GET", `/v1/jobs?${query}`, user.token);
       expect(res.status, query).toBe(400);

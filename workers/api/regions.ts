@@ -3,7 +3,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { GpuModel, Tier } from "../../core/schemas";
 import { regionsOf } from "../regions";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
-import { schedulerOf } from "./scheduler";
+import { schedulerOf, servedRegion } from "./scheduler";
 
 const RegionSummary = z
   .object({
@@ -45,7 +45,7 @@ regionsRouter.openapi(
   }),
   async (c) => {
     const q = c.req.valid("query");
-    const regions = regionsOf(c.env).filter((r) => !q.region || r === q.region);
+    const regions = q.region ? [servedRegion(c.env, q.region, "region", "query")] : regionsOf(c.env);
     const data = await Promise.all(
       regions.map(async (region) => {
         try {

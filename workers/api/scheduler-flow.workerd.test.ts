@@ -218,6 +218,14 @@ describe("waiting, cancelling and regions", () => {
     expect(region.gpus.find((g: { gpu_model: string }) => g.gpu_model === "H100").total).toBeGreaterThanOrEqual(8);
     expect(region.queues.find((q: { tier: string }) => q.tier === "flex").queued_jobs).toBeGreaterThanOrEqual(1);
     expect(JSON.stringify(regions.json)).not.toContain(agent.nodeId);
+    const one = await call("GET", `/v1/regions?region=${REGION}`, user.token);
+    expect(one.json.data.map((r: { region: string }) => r.region)).toEqual([REGION]);
+    const mars = await call("GET", "/v1/regions?region=mars", user.token);
+    expect(mars.status).toBe(400);
+    expect(mars.json.error).toMatchObject({
+      code: "invalid_request",
+      details: { location: "query", fields: [{ field: "region", code: "unknown_region" }] },
+    });
     const fastOnly = await call("GET", "/v1/regions?tier=fast", user.token);
     expect(fastOnly.json.data[0].queues.map((q: { tier: string }) => q.tier)).toEqual(["fast"]);
 

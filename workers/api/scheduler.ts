@@ -13,12 +13,17 @@ export function schedulerOf(env: Env, region: string): RegionSchedulerRpc {
 }
 
 /** The region a request names (or the first served), refused with the field named if not served. */
-export function servedRegion(env: Env, requested: string | undefined, field = "region"): string {
+export function servedRegion(
+  env: Env,
+  requested: string | undefined,
+  field = "region",
+  location: "body" | "query" = "body",
+): string {
   const served = regionsOf(env);
   const region = requested ?? served[0];
   if (!region || !served.includes(region)) {
     throw new ApiError(400, "invalid_request", `${field}: not a region served here (${served.join(", ")})`, {
-      location: "body",
+      location,
       fields: [{ field, message: `one of ${served.join(", ")}`, code: "unknown_region" }],
     });
   }
