@@ -523,4 +523,17 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(r.stderr).toContain("--- attempt 2 ---");
     });
   });
+
+  // Last: it revokes the key the other tests use.
+  it("a second npm start's development session revokes the keys earlier runs made, and no other", async () => {
+    const me = (key: string) => fetch(`${apiUrl}/v1/me`, { headers: { authorization: `Bearer ${key}` } });
+    const other = await authed(["keys", "create", "ci"]);
+    expect(other.code, other.stderr).toBe(EXIT.ok);
+    const next = await createDevSession({ apiUrl, databaseUrl: db.url, issuer, revokeEarlierKeys: true });
+    expect(next.revokedKeys).toBe(1);
+    expect((await me(apiKey)).status).toBe(401);
+    expect((await me(next.apiKey)).status).toBe(200);
+    expect((await me(other.stdout.trim())).status).toBe(200);
+    apiKey = next.apiKey;
+  });
 });

@@ -245,8 +245,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     // 7. The development account, its credentials.
     const session = await step(
       "Development account",
-      () => createDevSession({ apiUrl, databaseUrl: db.url, issuer }),
-      (s) => s.accountId,
+      () => createDevSession({ apiUrl, databaseUrl: db.url, issuer, revokeEarlierKeys: db.started }),
+      (s) => (s.revokedKeys > 0 ? `${s.accountId}; ${s.revokedKeys} earlier npm start key(s) revoked` : s.accountId),
     );
     const credentialsFile =
       opts.credentialsFile === null

@@ -23,7 +23,12 @@ export async function createDevSession(opts: {
   issuer: TokenIssuerServer;
   /** Token lifetime; a working day, so the printed token outlives a coffee break. */
   tokenTtlS?: number;
-}): Promise<DevSession> {
+  /**
+   * Revoke the keys earlier `npm start` runs made (their credentials file now holds the new one).
+   * Only for a database this run started: a running one may serve a stack that is still up.
+   */
+  revokeEarlierKeys?: boolean;
+}): Promise<DevSession & { revokedKeys: number }> {
   const sql = postgres(opts.databaseUrl, { max: 1, onnotice: () => {} });
   let accountId: string;
   try {
@@ -43,16 +48,40 @@ export async function createDevSession(opts: {
     email: DEV_USER_EMAIL,
     expires_in_s: opts.tokenTtlS ?? 12 * 3600,
   });
+  const headers = { authorization: `Bearer ${token}`, "content-type": "application/json", "scalar-account": accountId };
+  const earlier = opts.revokeEarlierKeys ? await devKeyIds(opts.apiUrl, headers) : [];
   const res = await fetch(`${opts.apiUrl}/v1/api-keys`, {
     method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", "scalar-account": accountId },
+    headers,
     body: JSON.stringify({
-      name: `npm start ${new Date().toISOString()}`,
+      name: `${KEY_NAME_PREFIX}${new Date().toISOString()}`,
       scopes: ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write", "billing:read", "admin"],
     }),
   });
   const body = (await res.json()) as { secret?: string; error?: { message: string } };
   if (!res.ok || !body.secret)
     throw new Error(`could not create an API key: ${res.status} ${body.error?.message ?? ""}`);
-  return { userId: DEV_USER_ID, accountId, token, apiKey: body.secret };
+  for (const id of earlier) {
+    const revoked = await fetch(`${opts.apiUrl}/v1/api-keys/${id}`, { method: "DELETE", headers });
+    if (!revoked.ok) throw new Error(`could not revoke an earlier development key ${id}: ${revoked.status}`);
+  }
+  return { userId: DEV_USER_ID, accountId, token, apiKey: body.secret, revokedKeys: earlier.length };
+}
+
+const KEY_NAME_PREFIX = "npm start ";
+
+/** The development account's active keys that earlier `npm start` runs made (by their name). */
+async function devKeyIds(apiUrl: string, headers: Record<string, string>): Promise<string[]> {
+  const ids: string[] = [];
+  let cursor: string | null = null;
+  do {
+    const res = await fetch(`${apiUrl}/v1/api-keys?limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`, {
+      headers,
+    });
+    const page = (await res.json()) as { data?: { id: string; name: string }[]; next_cursor?: string | null };
+    if (!res.ok || !page.data) throw new Error(`could not list the development keys: ${res.status}`);
+    ids.push(...page.data.filter((k) => k.name.startsWith(KEY_NAME_PREFIX)).map((k) => k.id));
+    cursor = page.next_cursor ?? null;
+  } while (cursor);
+  return ids;
 }
