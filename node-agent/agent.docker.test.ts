@@ -159,6 +159,25 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     await cp.outcome(p.placement_id);
   });
 
+  it("checks an endpoint replica's readiness and reports it in heartbeats: ready once it serves, not on a 404", async () => {
+    const serve = "mkdir -p /www && echo ok > /www/health && sleep 1 && exec httpd -f -p 8080 -h /www";
+    const ok = run({ image, health_check: { port: 8080, path: "/health" }, ...shell(serve) });
+    const missing = run({ image, health_check: { port: 8080, path: "/nope" }, ...shell(serve) });
+    const plain = run({ image, ...shell("sleep 600") });
+    const readyOf = (h: (typeof cp.heartbeats)[number], id: string) =>
+      h.containers.find((c) => c.placement_id === id)?.ready;
+    const beat = await cp.waitFor(
+      "a heartbeat with both replicas' answers",
+      () =>
+        cp.heartbeats.find((h) => readyOf(h, ok.placement_id) === true && readyOf(h, missing.placement_id) === false),
+      30_000,
+    );
+    // Work without a check reports no readiness at all.
+    expect(beat.containers.find((c) => c.placement_id === plain.placement_id)).not.toHaveProperty("ready");
+    for (const p of [ok, missing, plain]) cp.upsertPlacement({ ...p, desired: "stopped" });
+    for (const p of [ok, missing, plain]) await cp.outcome(p.placement_id);
+  });
+
   it("stops a cancelled placement: SIGTERM, then SIGKILL after the grace period", async () => {
     const p = run({
       image,

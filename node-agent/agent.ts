@@ -13,6 +13,7 @@ import { LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import type { ContainerEngine, LogFollow, StatsSample } from "./docker/engine";
 import type { GpuInventoryResult, GpuSource } from "./gpu";
+import { probeReady } from "./health-check";
 import { diskFreeBytes, type HostFacts } from "./host";
 import { followContainerLog } from "./log-follower";
 import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-shipper";
@@ -84,6 +85,8 @@ export class Agent {
   private orphanSince = new Map<string, number>();
   private previousStats = new Map<string, StatsSample>();
   private heartbeatIntervalMs = 10_000;
+  /** Running containers' addresses as this host reaches them (for readiness checks), by container id. */
+  private readonly addresses = new Map<string, string>();
   private pollWaitMs = 25_000;
   private reregister = false;
   private reconciling: Promise<void> | null = null;
@@ -287,10 +290,15 @@ export class Agent {
     const running = [...this.runs.values()].filter((r) => r.running && r.containerId);
     const stats = new Map<string, StatsSample>();
     const containers = [];
+    const ready = await this.readiness(running);
     for (const run of running.slice(0, 64)) {
       const sample = await this.deps.engine.stats(run.containerId!).catch(() => null);
       if (!sample) continue;
-      containers.push(containerMetrics(run.id, this.previousStats.get(run.id), sample));
+      const r = ready.get(run.id);
+      containers.push({
+        ...containerMetrics(run.id, this.previousStats.get(run.id), sample),
+        ...(r !== undefined ? { ready: r } : {}),
+      });
       stats.set(run.id, sample);
     }
     this.previousStats = stats;
@@ -302,6 +310,25 @@ export class Agent {
       containers,
       running: running.slice(0, 64).map((r) => r.id),
     });
+  }
+
+  /** Endpoint replicas' readiness checks, all at once (each up to 2 s); by placement id. */
+  private async readiness(running: PlacementRun[]): Promise<Map<string, boolean>> {
+    const checked = running.filter((r) => r.placement.health_check);
+    const live = new Set(checked.map((r) => r.containerId!));
+    for (const id of this.addresses.keys()) if (!live.has(id)) this.addresses.delete(id);
+    const answers = await Promise.all(
+      checked.map(async (run) => {
+        const id = run.containerId!;
+        if (!this.addresses.has(id)) {
+          const details = await this.deps.engine.inspect(id).catch(() => null);
+          if (details?.address) this.addresses.set(id, details.address);
+        }
+        const address = this.addresses.get(id);
+        return [run.id, address ? await probeReady(address, run.placement.health_check!) : false] as const;
+      }),
+    );
+    return new Map(answers);
   }
 
   private async every(intervalMs: () => number, task: () => void): Promise<void> {

@@ -2310,6 +2310,11 @@ export interface paths {
                                 desired: "running" | "stopped";
                                 /** @default 10000 */
                                 grace_period_ms?: number;
+                                /** @default null */
+                                health_check?: {
+                                    port: number;
+                                    path: string;
+                                } | null;
                             }[];
                         };
                     };
@@ -2658,6 +2663,7 @@ export interface paths {
                             memory_bytes?: number;
                             memory_limit_bytes?: number;
                             pids?: number;
+                            ready?: boolean;
                         }[];
                         /** @default [] */
                         running?: string[];
@@ -2995,6 +3001,8 @@ export interface components {
                 status: string;
                 node_id: string | null;
                 waiting_reason: string | null;
+                /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s); null while running but not checked yet. */
+                ready: boolean | null;
             }[] | null;
             /**
              * Format: date-time

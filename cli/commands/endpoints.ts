@@ -157,7 +157,7 @@ export const endpointsGet: CommandSpec<Context> = {
     );
     for (const r of e.replicas ?? []) {
       ctx.io.stdout(
-        `replica ${r.replica_id}  ${r.status}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}\n`,
+        `replica ${r.replica_id}  ${r.status}${r.status === "running" ? readiness(r.ready) : ""}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}\n`,
       );
     }
     return EXIT.ok;
@@ -180,3 +180,8 @@ export const endpointsRm: CommandSpec<Context> = {
     return EXIT.ok;
   },
 };
+
+/** A running replica's readiness check, as `endpoints get` shows it. */
+export function readiness(ready: boolean | null | undefined): string {
+  return ready === true ? ", ready" : ready === false ? ", not ready" : ", not checked yet";
+}

@@ -68,6 +68,14 @@ export const Placement = z.object({
   /** `stopped` asks the agent to stop the container (cancel): grace period, then kill. */
   desired: z.enum(["running", "stopped"]),
   grace_period_ms: z.number().int().nonnegative().default(10_000),
+  /**
+   * An endpoint replica's readiness check: the agent asks `GET http://<container>:<port><path>`
+   * while the container runs and reports the answer (2xx or 3xx: ready) in its heartbeats.
+   */
+  health_check: z
+    .object({ port: z.number().int().min(1).max(65_535), path: z.string().startsWith("/").max(512) })
+    .nullable()
+    .default(null),
 });
 export type Placement = z.infer<typeof Placement>;
 
@@ -142,6 +150,8 @@ export const ContainerMetrics = z.object({
   memory_bytes: z.number().nonnegative().optional(),
   memory_limit_bytes: z.number().nonnegative().optional(),
   pids: z.number().int().nonnegative().optional(),
+  /** The placement's readiness check answered 2xx or 3xx at this heartbeat (absent: no check). */
+  ready: z.boolean().optional(),
 });
 export type ContainerMetrics = z.infer<typeof ContainerMetrics>;
 

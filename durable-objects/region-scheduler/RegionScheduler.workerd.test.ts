@@ -672,7 +672,27 @@ describe("RegionScheduler: endpoints", () => {
       ["placed", null],
     ]);
     const r0 = state.replicas[0]!.placement!;
+    // Each replica's placement carries the endpoint's readiness check.
+    const placed = await stub.pollPlacements(N("n1"), 0, 0);
+    expect(placed.placements.map((p) => p.health_check)).toEqual([
+      { port: 8080, path: "/healthz" },
+      { port: 8080, path: "/healthz" },
+    ]);
     await stub.reportEvent(N("n1"), ev("running", r0.placement_id, clock.t));
+    const readyOf = async () => (await stub.endpointState(spec.id))!.replicas.map((r) => r.ready);
+    expect(await readyOf()).toEqual([null, false]); // running, not checked yet; placed, not running
+    const beat = (ready: boolean) =>
+      stub.heartbeat(N("n1"), {
+        at: clock.t,
+        gpus: [],
+        containers: [{ placement_id: r0.placement_id, ready }],
+        running: [r0.placement_id],
+      });
+    await beat(true);
+    expect(await readyOf()).toEqual([true, false]);
+    await beat(false);
+    expect(await readyOf()).toEqual([false, false]);
+    await beat(true);
     clock.advance(5_000);
     await stub.reportEvent(N("n1"), ev("exited", r0.placement_id, clock.t, { exit_code: 1 }));
     const restarting = await stub.endpointState(spec.id);

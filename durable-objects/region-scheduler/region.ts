@@ -363,6 +363,20 @@ export class Region {
       this.log("node.gpu_health_changed", { node_id: nodeId, unhealthy_gpus: json.numbers(unhealthy) });
       changed = true;
     }
+    // Replicas' readiness, kept only when it changes (no write for a steady answer).
+    for (const c of hb.containers ?? []) {
+      if (c.ready === undefined) continue;
+      const run = this.db.one<RunRow>(
+        `select * from runs where id = ? and node_id = ? and status in ${ACTIVE_RUN_SQL}`,
+        c.placement_id,
+        nodeId,
+      );
+      const ready = c.ready ? 1 : 0;
+      if (run && run.ready !== ready) {
+        this.patch("runs", run, { ready });
+        this.log("run.readiness_changed", { placement_id: run.id, node_id: nodeId, ready: c.ready });
+      }
+    }
     const running = new Set(hb.running ?? []);
     if (node.state === "lost") {
       const desired = new Set(this.activeRuns(nodeId).map((r) => r.id));
@@ -794,8 +808,8 @@ export class Region {
     if (!node) return { version: 0, placements: [] };
     const grace = this.settings().grace_period_ms;
     const placements: Placement[] = this.db
-      .all<RunRow & { spec: string; gang_size: number; master_address: string | null }>(
-        `select runs.*, jobs.spec as spec,
+      .all<RunRow & { spec: string; endpoint_id: string | null; gang_size: number; master_address: string | null }>(
+        `select runs.*, jobs.spec as spec, jobs.endpoint_id as endpoint_id,
                 (select count(*) from runs gang where gang.job_id = runs.job_id and gang.attempt = runs.attempt) as gang_size,
                 (select n.address from runs gang join nodes n on n.id = gang.node_id
                  where gang.job_id = runs.job_id and gang.attempt = runs.attempt and gang.gang_index = 0) as master_address
@@ -805,6 +819,7 @@ export class Region {
       )
       .map((r) => {
         const spec = JSON.parse(r.spec) as ContainerSpec;
+        const endpoint = r.endpoint_id ? this.endpoints.endpoint(r.endpoint_id) : null;
         return {
           placement_id: r.id,
           job_id: r.job_id,
@@ -823,6 +838,7 @@ export class Region {
           kill_deadline: r.kill_deadline,
           desired: r.desired,
           grace_period_ms: grace,
+          health_check: endpoint ? { port: endpoint.port, path: endpoint.health_path } : null,
         };
       });
     return { version: node.placement_version, placements };

@@ -81,6 +81,8 @@ export type RunRow = {
   exit_code: number | null;
   oom_killed: number;
   failure_reason: string | null;
+  /** An endpoint replica's last readiness report: 1 ready, 0 not, null none yet. */
+  ready: number | null;
 };
 
 export type ReservationRow = {

@@ -195,7 +195,14 @@ export interface EndpointSpec {
 export interface EndpointState {
   id: string;
   desired_replicas: number;
-  replicas: { replica_id: string; status: JobStatus; placement: PlacementView | null; waiting_reason: string | null }[];
+  replicas: {
+    replica_id: string;
+    status: JobStatus;
+    placement: PlacementView | null;
+    waiting_reason: string | null;
+    /** Its readiness check answered 2xx/3xx at the last heartbeat; null: running, not reported yet; false otherwise. */
+    ready: boolean | null;
+  }[];
 }
 
 export type EventResult = { ok: true; duplicate: boolean } | { ok: false; code: "unknown_placement" | "wrong_node" };

@@ -124,4 +124,6 @@ export const SCHEMA: readonly string[] = [
   `alter table runs add column stop_requested_at integer;`,
   // v4: where a node's peers reach it (the agent's report), for multi-node jobs' rank 0.
   `alter table nodes add column address text;`,
+  // v5: an endpoint replica's readiness as its agent last reported it (null: not reported yet).
+  `alter table runs add column ready integer;`,
 ];

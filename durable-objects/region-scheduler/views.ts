@@ -164,6 +164,13 @@ export class Views {
           status: r.status,
           placement: run ? placementView(run, this.zoneOf(run.node_id)) : null,
           waiting_reason: this.waitingReason(r),
+          // Ready only while running and answering its check; null until the agent has said.
+          ready:
+            run?.status === "running" && run.ready !== null
+              ? run.ready === 1
+              : run?.status === "running"
+                ? null
+                : false,
         };
       }),
     };

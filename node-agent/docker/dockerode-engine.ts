@@ -140,6 +140,7 @@ export class DockerodeEngine implements ContainerEngine {
       privileged: Boolean(host.Privileged),
       gpuDeviceIds: gpuIds,
       networkMode: host.NetworkMode ?? "default",
+      address: containerAddress(host.NetworkMode, info.NetworkSettings),
     };
   }
 
@@ -346,4 +347,14 @@ function describePull(status: string, id: string | undefined, layers: Map<string
   const mb = (n: number) => (n / 1e6).toFixed(1);
   const bytes = total > 0 ? ` (${mb(current)} of ${mb(total)} MB in ${layers.size} layers)` : "";
   return `${status}${id ? ` ${id}` : ""}${bytes}`.slice(0, 512);
+}
+
+/** The container's address as this host reaches it (see ContainerDetails.address). */
+function containerAddress(
+  mode: string | undefined,
+  net: Docker.ContainerInspectInfo["NetworkSettings"],
+): string | null {
+  if (mode === "host") return "127.0.0.1";
+  for (const n of Object.values(net?.Networks ?? {})) if (n.IPAddress) return n.IPAddress;
+  return null;
 }

@@ -31,6 +31,8 @@ export interface ContainerDetails extends ContainerSummary {
   gpuDeviceIds: string[];
   /** `host`, or the engine's default network (`default` / `bridge`). */
   networkMode: string;
+  /** Where this host reaches the container: its bridge address, 127.0.0.1 on the host's network; null if none. */
+  address: string | null;
 }
 
 export interface ContainerSpec {

@@ -31,6 +31,7 @@ export function loadJobSpec(batch: string, i: number, image: string): ContainerS
       gang_index: 0,
       gang_size: 1,
       gang_master_address: null,
+      health_check: null,
       image,
       command: ["true"],
       args: [],

@@ -72,6 +72,10 @@ const Replica = z.object({
   status: z.string(),
   node_id: z.string().nullable(),
   waiting_reason: z.string().nullable(),
+  ready: z.boolean().nullable().openapi({
+    description:
+      "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s); null while running but not checked yet.",
+  }),
 });
 
 const Endpoint = z
@@ -126,6 +130,8 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
           status: r.status,
           node_id: r.placement?.node_id ?? null,
           waiting_reason: r.waiting_reason,
+          // An older scheduler object answers without it: not known.
+          ready: r.ready ?? null,
         }))
       : null,
     created_at: row.createdAt.toISOString(),

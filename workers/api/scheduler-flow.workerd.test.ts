@@ -358,6 +358,8 @@ describe("endpoints with the scheduler", () => {
     expect(created.json.replicas).toHaveLength(2);
     const read = await call("GET", `/v1/endpoints/${created.json.id}`, user.token);
     expect(read.json.replicas.map((r: { node_id: string | null }) => r.node_id)).toEqual([agent.nodeId, agent.nodeId]);
+    // Placed, not running: not ready.
+    expect(read.json.replicas.map((r: { ready: boolean | null }) => r.ready)).toEqual([false, false]);
     const onNode = (await poll(agent)).placements.filter((p) => p.job_id.startsWith(created.json.id));
     expect(onNode).toHaveLength(2);
 
