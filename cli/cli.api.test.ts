@@ -394,7 +394,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(all.find((k) => k.id === keyId)?.revoked_at).toEqual(expect.any(String));
   });
 
-  it("endpoints create, ls, get, rm", async () => {
+  it("endpoints create, ls, get, update, rm", async () => {
     const created = await authed(
       words("endpoints create cli-serve --gpus 1 --image busybox:1 --min-replicas 0 --port 8080 -- httpd -f"),
     );
@@ -414,6 +414,21 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     const unknown = await authed(words("endpoints get no-such-serve"));
     expect(unknown.code).toBe(EXIT.error);
     expect(oneErrorLine(unknown)).toMatch(/^error: not_found: no active endpoint is named no-such-serve/);
+    // Update changes only what it names.
+    const updated = await authed(words("endpoints update cli-serve --max-replicas 3 --health-path /ready"));
+    expect(updated.code, updated.stderr).toBe(0);
+    expect(updated.stdout).toMatch(new RegExp(`^endpoint cli-serve \\(${id}\\) updated`));
+    expect(JSON.parse((await authed(["endpoints", "get", id, "--json"])).stdout)).toMatchObject({
+      max_replicas: 3,
+      health_path: "/ready",
+      port: 8080,
+      command: ["httpd", "-f"],
+      min_replicas: 0,
+    });
+    expect(oneErrorLine(await authed(words("endpoints update cli-serve")))).toMatch(/^error: nothing to change/);
+    expect(oneErrorLine(await authed(words("endpoints update cli-serve --region eu-1")))).toMatch(
+      /^error: an endpoint's region cannot change/,
+    );
     const rm = await authed(words("endpoints rm cli-serve"));
     expect(rm).toMatchObject({ code: 0, stdout: `endpoint cli-serve (${id}) deleted\n` });
     // Deleted: the name no longer finds it, and the id says it is gone.

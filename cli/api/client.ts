@@ -14,6 +14,7 @@ export type JobEvent = Schemas["JobEvent"];
 export type LogLine = Schemas["LogLine"];
 export type Endpoint = Schemas["Endpoint"];
 export type EndpointCreate = Schemas["EndpointCreate"];
+export type EndpointPatch = Schemas["EndpointPatch"];
 export type ApiKey = Schemas["ApiKey"];
 export type Scope = Schemas["Scope"];
 export type Region = Schemas["Region"];

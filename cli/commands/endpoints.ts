@@ -1,24 +1,36 @@
-/** `scalar endpoints create | ls | get | rm`. */
-import { type Connection, type Endpoint, type EndpointCreate, ok } from "../api/client";
+/** `scalar endpoints create | ls | get | update | rm`. */
+import { type Connection, type Endpoint, type EndpointCreate, type EndpointPatch, ok } from "../api/client";
 import { type CommandSpec, choiceOption, idOf, intOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
-import { EXIT } from "../errors";
+import { EXIT, UsageError } from "../errors";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
-import { TIERS, WORKLOAD_OPTIONS, workloadBody } from "./workload";
+import { TIERS, WORKLOAD_OPTIONS, workloadBody, workloadChanges } from "./workload";
 
 export function endpointCreateBody(
   name: string,
   values: Parameters<typeof workloadBody>[0],
   rest: string[],
 ): EndpointCreate {
+  return { name, ...workloadBody(values), ...serviceFields(values, rest) };
+}
+
+/** `endpoints update`: only the fields given; the region and name stay. */
+export function endpointPatchBody(values: Parameters<typeof workloadBody>[0], rest: string[]): EndpointPatch {
+  if (stringOption(values, "region")) throw new UsageError("an endpoint's region cannot change (create another)");
+  const body = { ...workloadChanges(values), ...serviceFields(values, rest) };
+  if (Object.keys(body).length === 0) {
+    throw new UsageError("nothing to change: give the options to change (see `scalar endpoints update --help`)");
+  }
+  return body;
+}
+
+function serviceFields(values: Parameters<typeof workloadBody>[0], rest: string[]) {
   const num = (flag: string, min: number, max: number) => intOption(values, flag, { min, max });
   const minReplicas = num("min-replicas", 0, 64);
   const maxReplicas = num("max-replicas", 1, 64);
   const port = num("port", 1, 65535);
   const healthPath = stringOption(values, "health-path");
   return {
-    name,
-    ...workloadBody(values),
     ...(rest.length > 0 ? { command: rest } : {}),
     ...(minReplicas !== undefined ? { min_replicas: minReplicas } : {}),
     ...(maxReplicas !== undefined ? { max_replicas: maxReplicas } : {}),
@@ -26,6 +38,13 @@ export function endpointCreateBody(
     ...(healthPath ? { health_path: healthPath } : {}),
   };
 }
+
+const SERVICE_OPTIONS = {
+  "min-replicas": { type: "string", value: "N", description: "replicas always placed, 0–64 (default 1)" },
+  "max-replicas": { type: "string", value: "N", description: "at most, 1–64 (default 1)" },
+  port: { type: "string", value: "P", description: "the port the container serves on (default 8000)" },
+  "health-path": { type: "string", value: "PATH", description: "readiness check path (default /health)" },
+} as const;
 
 /**
  * The endpoint an argument names: an id as it is, else the account's active endpoint of that name
@@ -63,10 +82,7 @@ export const endpointsCreate: CommandSpec<Context> = {
   options: {
     ...WORKLOAD_OPTIONS,
     gpus: { type: "string", value: "N", description: "GPUs per replica, 1–8 (a replica runs on one node) (required)" },
-    "min-replicas": { type: "string", value: "N", description: "replicas always placed, 0–64 (default 1)" },
-    "max-replicas": { type: "string", value: "N", description: "at most, 1–64 (default 1)" },
-    port: { type: "string", value: "P", description: "the port the container serves on (default 8000)" },
-    "health-path": { type: "string", value: "PATH", description: "health check path (default /health)" },
+    ...SERVICE_OPTIONS,
   },
   examples: ["scalar endpoints create llama-serve --gpus 1 --image ghcr.io/acme/serve:2.0 --port 8000"],
   async run(ctx, { positionals, values, rest }) {
@@ -160,6 +176,43 @@ export const endpointsGet: CommandSpec<Context> = {
         `replica ${r.replica_id}  ${r.status}${r.status === "running" ? readiness(r.ready) : ""}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}\n`,
       );
     }
+    return EXIT.ok;
+  },
+};
+
+export const endpointsUpdate: CommandSpec<Context> = {
+  words: ["endpoints", "update"],
+  summary: "change an endpoint: only the options given (replicas are replaced when their spec changes)",
+  usage: "ID|NAME [options] [-- CMD…]",
+  positionals: { min: 1, max: 1 },
+  rest: true,
+  options: {
+    ...WORKLOAD_OPTIONS,
+    image: { type: "string", value: "IMG", description: "container image" },
+    gpus: { type: "string", value: "N", description: "GPUs per replica, 1–8" },
+    env: {
+      type: "string",
+      multiple: true,
+      value: "K=V",
+      description: "environment variable; repeat (replaces them all)",
+    },
+    label: { type: "string", multiple: true, value: "k=v", description: "label; repeat (replaces them all)" },
+    ...SERVICE_OPTIONS,
+  },
+  examples: [
+    "scalar endpoints update llama-serve --min-replicas 2 --max-replicas 4",
+    "scalar endpoints update llama-serve --image ghcr.io/acme/serve:2.1",
+  ],
+  async run(ctx, { positionals, values, rest }) {
+    const body = endpointPatchBody(values, rest);
+    const conn = ctx.connection();
+    const id = await endpointIdOf(conn, positionals[0] as string);
+    const e = await ok(conn, conn.api.PATCH("/v1/endpoints/{id}", { params: { path: { id } }, body }));
+    if (ctx.json) printJson(ctx, e);
+    else
+      ctx.io.stdout(
+        `endpoint ${e.name} (${e.id}) updated${e.synced ? "" : "; the scheduler gets the change shortly"}\n`,
+      );
     return EXIT.ok;
   },
 };

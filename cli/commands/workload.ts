@@ -37,10 +37,16 @@ type Workload = Pick<
 
 /** The shared fields of the request body; only what was given (the API applies its defaults). */
 export function workloadBody(values: Values): Workload {
+  const fields = workloadChanges(values);
+  if (!fields.image) throw new UsageError("--image is required");
+  if (fields.gpu_count === undefined) throw new UsageError("--gpus is required");
+  return fields as Workload;
+}
+
+/** The same fields for a change (PATCH): only those given, none required. */
+export function workloadChanges(values: Values): Partial<Workload> {
   const image = stringOption(values, "image");
-  if (!image) throw new UsageError("--image is required");
   const gpus = intOption(values, "gpus", { min: 1 });
-  if (gpus === undefined) throw new UsageError("--gpus is required");
   const models = listOption(values, "gpu-model").map((m) => m.toUpperCase());
   for (const m of models) {
     if (!(GPU_MODELS as readonly string[]).includes(m)) {
@@ -57,8 +63,8 @@ export function workloadBody(values: Values): Workload {
   const labels = Object.fromEntries(pairs(values, "label"));
   const region = stringOption(values, "region");
   return {
-    image,
-    gpu_count: gpus,
+    ...(image ? { image } : {}),
+    ...(gpus !== undefined ? { gpu_count: gpus } : {}),
     ...(models.length > 0 ? { gpu_models: models as Workload["gpu_models"] } : {}),
     ...(tier ? { tier } : {}),
     ...(cpu !== undefined ? { cpu_milli: parseCpu(cpu) } : {}),
