@@ -190,6 +190,7 @@ export const endpointsUpdate: CommandSpec<Context> = {
     ...WORKLOAD_OPTIONS,
     image: { type: "string", value: "IMG", description: "container image" },
     gpus: { type: "string", value: "N", description: "GPUs per replica, 1–8" },
+    region: { type: "string", value: "R", description: "cannot change: an endpoint stays in its region" },
     env: {
       type: "string",
       multiple: true,
