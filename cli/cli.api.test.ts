@@ -484,6 +484,27 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(JSON.parse(json.stdout)).toMatchObject({ stream: "stdout", line: "hello", attempt: 1 });
     });
 
+    it("endpoints logs: its replicas' lines, each with its replica", async () => {
+      const created = await authed([
+        ...words(
+          `endpoints create cli-logs --gpus 1 --image ${testImage()} --cpu 0.5 --memory 256Mi --min-replicas 1 --`,
+        ),
+        "sh",
+        "-c",
+        "echo serving; sleep 600",
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      let out = "";
+      for (const until = Date.now() + 30_000; Date.now() < until && !out.includes("serving"); ) {
+        out = (await authed(words("endpoints logs cli-logs"))).stdout;
+        if (!out.includes("serving")) await new Promise((r) => setTimeout(r, 500));
+      }
+      expect(out, agent.log().slice(-2000)).toBe("[replica 0] serving\n");
+      const json = await authed(words("endpoints logs cli-logs --json"));
+      expect(JSON.parse(json.stdout)).toMatchObject({ replica: 0, attempt: 1, line: "serving", stream: "stdout" });
+      expect((await authed(words("endpoints rm cli-logs"))).code).toBe(0);
+    });
+
     it("a failing job: its stdout and stderr apart, and its exit code", async () => {
       const r = await authed([
         ...words(`jobs run --gpus 1 --image ${testImage()} ${small} --`),

@@ -22,17 +22,26 @@ export type LogItem = { kind: "log"; id: string | null; line: LogLine } | { kind
 /** How many reconnects in a row without a line before giving up. */
 const MAX_FAILURES = 5;
 
-export async function* readLogs(conn: Connection, jobId: string): AsyncGenerator<LogLine> {
+/** Whose logs: a job's (the default) or an endpoint's replicas' (lines then carry `replica`). */
+export type LogOwner = "jobs" | "endpoints";
+
+/** The same route for either owner (their lines differ only in `node_rank` / `replica`). */
+const logsPath = (owner: LogOwner) => `/v1/${owner}/{id}/logs` as "/v1/jobs/{id}/logs";
+const ownerName = (owner: LogOwner) => (owner === "jobs" ? "job" : "endpoint");
+
+export async function* readLogs(conn: Connection, jobId: string, owner: LogOwner = "jobs"): AsyncGenerator<LogLine> {
   let cursor: string | undefined;
   for (;;) {
     const page = await ok(
       conn,
-      conn.api.GET("/v1/jobs/{id}/logs", {
+      conn.api.GET(logsPath(owner), {
         params: { path: { id: jobId }, query: { limit: 1000, ...(cursor ? { cursor } : {}) } },
       }),
     );
     // The spec allows an event stream here too (follow=true); without follow it is always JSON.
-    if (typeof page === "string") throw new CliError(`the API answered the logs of job ${jobId} with text, not JSON`);
+    if (typeof page === "string") {
+      throw new CliError(`the API answered the logs of ${ownerName(owner)} ${jobId} with text, not JSON`);
+    }
     yield* page.data;
     if (!page.next_cursor) return;
     cursor = page.next_cursor;
@@ -42,8 +51,9 @@ export async function* readLogs(conn: Connection, jobId: string): AsyncGenerator
 export async function* followLogs(
   conn: Connection,
   jobId: string,
-  opts: { signal?: AbortSignal; retryDelayMs?: number } = {},
+  opts: { signal?: AbortSignal; retryDelayMs?: number; owner?: LogOwner } = {},
 ): AsyncGenerator<LogItem> {
+  const owner = opts.owner ?? "jobs";
   let cursor: string | undefined;
   let failures = 0;
   const retry = async (why: unknown) => {
@@ -55,7 +65,7 @@ export async function* followLogs(
     let response: Response;
     let body: ReadableStream<Uint8Array> | null | undefined;
     try {
-      const r = await conn.api.GET("/v1/jobs/{id}/logs", {
+      const r = await conn.api.GET(logsPath(owner), {
         params: { path: { id: jobId }, query: { follow: "true", ...(cursor ? { cursor } : {}) } },
         parseAs: "stream",
         ...(opts.signal ? { signal: opts.signal } : {}),
@@ -70,7 +80,7 @@ export async function* followLogs(
     }
     if (!body || !(response.headers.get("content-type") ?? "").includes("text/event-stream")) {
       throw new CliError(
-        `the API did not answer ${conn.apiUrl}/v1/jobs/${jobId}/logs?follow=true with an event stream`,
+        `the API did not answer ${conn.apiUrl}/v1/${owner}/${jobId}/logs?follow=true with an event stream`,
       );
     }
     let askedToReconnect = false;
@@ -89,11 +99,11 @@ export async function* followLogs(
           askedToReconnect = true;
           break;
         } else if (ev.event === "error") {
-          throw new CliError(`the log stream of job ${jobId} failed on the server (${ev.data})`);
+          throw new CliError(`the log stream of ${ownerName(owner)} ${jobId} failed on the server (${ev.data})`);
         }
       }
       if (opts.signal?.aborted) return;
-      if (!askedToReconnect) await retry(new Error("the log stream closed before the job ended"));
+      if (!askedToReconnect) await retry(new Error(`the log stream closed before the ${ownerName(owner)} ended`));
     } catch (error) {
       if (opts.signal?.aborted) return;
       await retry(error);

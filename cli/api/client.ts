@@ -15,6 +15,7 @@ export type LogLine = Schemas["LogLine"];
 export type Endpoint = Schemas["Endpoint"];
 export type EndpointCreate = Schemas["EndpointCreate"];
 export type EndpointPatch = Schemas["EndpointPatch"];
+export type EndpointLogLine = Schemas["EndpointLogLine"];
 export type ApiKey = Schemas["ApiKey"];
 export type Scope = Schemas["Scope"];
 export type Region = Schemas["Region"];

@@ -576,6 +576,99 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/endpoints/{id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get an endpoint's logs
+         * @description Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`. Kept for `LOG_RETENTION_DAYS` like a job's.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    limit?: number;
+                    cursor?: string;
+                    stream?: "stdout" | "stderr";
+                    /** @description `true`: a `text/event-stream` of `log` events (id = cursor) until the job ends, then an `end` event. */
+                    follow?: "true" | "false";
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description A page of lines, or an event stream when following. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["EndpointLogPage"];
+                        "text/event-stream": string;
+                    };
+                };
+                /** @description Invalid request: the envelope's `details.fields` names each offending field. */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing, expired or invalid access token or API key. */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing scope or role, tier not allowed, or a quota reached. */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description No such resource in this account. */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/endpoints": {
         parameters: {
             query?: never;
@@ -2955,6 +3048,27 @@ export interface components {
             attempt: number;
             /** @description Which node of a multi-node job wrote it (`SCALAR_NODE_RANK`); 0 on one node. */
             node_rank: number;
+            seq: number;
+            /** @enum {string} */
+            stream: "stdout" | "stderr";
+            /**
+             * Format: date-time
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            at: string;
+            line: string;
+        };
+        EndpointLogPage: {
+            data: components["schemas"]["EndpointLogLine"][];
+            /** @description Pass as `cursor` for the next page; null on the last. */
+            next_cursor: string | null;
+        };
+        EndpointLogLine: {
+            placement_id: string;
+            /** @description The replica's number within the endpoint (0, 1, …). */
+            replica: number;
+            /** @description Which start of that replica (a replica restarts when it exits). */
+            attempt: number;
             seq: number;
             /** @enum {string} */
             stream: "stdout" | "stderr";

@@ -1,9 +1,17 @@
-/** `scalar endpoints create | ls | get | update | rm`. */
-import { type Connection, type Endpoint, type EndpointCreate, type EndpointPatch, ok } from "../api/client";
+/** `scalar endpoints create | ls | get | update | logs | rm`. */
+import {
+  type Connection,
+  type Endpoint,
+  type EndpointCreate,
+  type EndpointLogLine,
+  type EndpointPatch,
+  ok,
+} from "../api/client";
 import { type CommandSpec, choiceOption, idOf, intOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { EXIT, UsageError } from "../errors";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
+import { showLogs } from "./show-logs";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody, workloadChanges } from "./workload";
 
 export function endpointCreateBody(
@@ -215,6 +223,27 @@ export const endpointsUpdate: CommandSpec<Context> = {
         `endpoint ${e.name} (${e.id}) updated${e.synced ? "" : "; the scheduler gets the change shortly"}\n`,
       );
     return EXIT.ok;
+  },
+};
+
+export const endpointsLogs: CommandSpec<Context> = {
+  words: ["endpoints", "logs"],
+  summary: "print an endpoint's logs (all replicas and restarts, each line with its replica); -f follows",
+  usage: "ID|NAME [-f]",
+  positionals: { min: 1, max: 1 },
+  options: {
+    follow: { type: "boolean", short: "f", description: "keep streaming new lines (until the endpoint is deleted)" },
+  },
+  examples: ["scalar endpoints logs llama-serve", "scalar endpoints logs -f llama-serve"],
+  async run(ctx, { positionals, values }) {
+    const conn = ctx.connection();
+    const id = await endpointIdOf(conn, positionals[0] as string);
+    return showLogs<EndpointLogLine>(ctx, conn, id, {
+      owner: "endpoints",
+      follow: values.follow === true,
+      text: (line) => `[replica ${line.replica}] ${line.line}`,
+      ended: async (status) => `endpoint ${positionals[0]} ${status ?? "ended"}`,
+    });
   },
 };
 

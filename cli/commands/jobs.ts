@@ -3,9 +3,10 @@ import { type Job, type LogLine, ok } from "../api/client";
 import { type CommandSpec, choiceOption, intOption, listOption, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { EXIT } from "../errors";
-import { followLogs, logText, readLogs } from "../logs";
+import { logText } from "../logs";
 import { age, keyValues, nextPageCommand, shorten, table } from "../output";
 import { getJob, jobSummary } from "./job-run";
+import { showLogs } from "./show-logs";
 import { TIERS } from "./workload";
 
 const ID = { min: 1, max: 1 };
@@ -169,33 +170,18 @@ export const jobsLogs: CommandSpec<Context> = {
   ],
   async run(ctx, { positionals, values }) {
     const id = positionals[0] as string;
-    const { io } = ctx;
     const conn = ctx.connection();
     // Its size decides whether lines say which node wrote them (and an unknown id fails here, plainly).
     const { gpu_count } = ctx.json ? { gpu_count: 0 } : await getJob(conn, id);
-    const print = (line: LogLine) => {
-      if (ctx.json) io.stdout(`${JSON.stringify(line)}\n`);
-      else if (line.stream === "stderr") io.stderr(`${logText(line, gpu_count)}\n`);
-      else io.stdout(`${logText(line, gpu_count)}\n`);
-    };
-    if (values.follow !== true) {
-      for await (const line of readLogs(conn, id)) print(line);
-      return EXIT.ok;
-    }
-    const abort = new AbortController();
-    const remove = io.onInterrupt(() => abort.abort());
-    try {
-      for await (const item of followLogs(conn, id, { signal: abort.signal })) {
-        if (item.kind === "log") print(item.line);
-        else if (!ctx.json) {
-          // How it ended, with the reason when it failed (the stream's end says only the status).
-          const job = await getJob(conn, id).catch(() => null);
-          io.stderr(`${job ? jobSummary(job) : `job ${id} ${item.status ?? "ended"}`}\n`);
-        }
-      }
-    } finally {
-      remove();
-    }
-    return abort.signal.aborted ? EXIT.interrupted : EXIT.ok;
+    return showLogs<LogLine>(ctx, conn, id, {
+      owner: "jobs",
+      follow: values.follow === true,
+      text: (line) => logText(line, gpu_count),
+      // How it ended, with the reason when it failed (the stream's end says only the status).
+      ended: async (status) => {
+        const job = await getJob(conn, id).catch(() => null);
+        return job ? jobSummary(job) : `job ${id} ${status ?? "ended"}`;
+      },
+    });
   },
 };

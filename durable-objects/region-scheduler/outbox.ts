@@ -12,6 +12,7 @@ import type { ObjectSql } from "../sqlite";
 export type OutboxPayload =
   | { kind: "job"; row: JobUpdate }
   | { kind: "job_run"; row: JobRunRecord }
+  | { kind: "replica_run"; row: ReplicaRunRecord }
   | { kind: "gpu_assignments"; row: GpuAssignmentRecord }
   | { kind: "usage_event"; row: UsageRecord }
   | { kind: "audit"; row: AuditRecord }
@@ -61,6 +62,22 @@ export interface JobRunRecord {
   exit_code: number | null;
   oom_killed: boolean;
   failure_reason: string | null;
+}
+
+/** A run of an endpoint replica: where its log lines come from (`GET /v1/endpoints/{id}/logs`). */
+export interface ReplicaRunRecord {
+  id: string;
+  endpoint_id: string;
+  account_id: string;
+  /** The replica's number within the endpoint (`<endpoint>#<replica>`). */
+  replica: number;
+  attempt: number;
+  node: NodeRecord;
+  status: string;
+  placed_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  exit_code: number | null;
 }
 
 export interface GpuAssignmentRecord {

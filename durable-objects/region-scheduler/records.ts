@@ -5,6 +5,7 @@
  * Secret values never appear here: the container spec is not part of any record.
  */
 import type { ObjectSql } from "../sqlite";
+import { replicaIndex } from "./endpoints";
 import type { NodeRecord, Outbox } from "./outbox";
 import { type JobRow, json, type NodeRow, type RunRow } from "./rows";
 
@@ -96,6 +97,29 @@ export class Records {
   }
 
   run(run: RunRow, job: JobRow, node: NodeRow | undefined, now: number): void {
+    if (job.kind === "replica" && job.endpoint_id) {
+      this.outbox.add(
+        job.id,
+        {
+          kind: "replica_run",
+          row: {
+            id: run.id,
+            endpoint_id: job.endpoint_id,
+            account_id: job.account_id,
+            replica: replicaIndex(job.id),
+            attempt: run.attempt,
+            node: node ? this.nodeRecord(node) : this.unknownNode(run),
+            status: run.status,
+            placed_at: run.placed_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            exit_code: run.exit_code,
+          },
+        },
+        now,
+      );
+      return;
+    }
     if (job.kind !== "job") return;
     this.outbox.add(
       job.id,

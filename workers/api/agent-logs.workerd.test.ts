@@ -239,6 +239,58 @@ describe("job logs", () => {
     ]);
   });
 
+  it("of an endpoint: its replicas' lines across restarts, from their own nodes only; followed until it is deleted", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const user = await signUp();
+    const ep = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: `logs-${crypto.randomUUID().slice(0, 6)}`, image: "busybox", gpu_count: 1, min_replicas: 0 },
+    });
+    expect(ep.status).toBe(201);
+    const id = ep.json.id as string;
+    // Two runs of replica 0 and one of replica 1, as the scheduler's outbox records them.
+    const runs = [
+      [`${id}#0-a1-g0`, 0, 1],
+      [`${id}#0-a2-g0`, 0, 2],
+      [`${id}#1-a1-g0`, 1, 1],
+    ] as const;
+    for (const [placement, replica, attempt] of runs) {
+      await sql(
+        `insert into replica_runs (id, endpoint_id, account_id, replica, attempt, node_id, status, placed_at)
+         values ($1, $2, $3, $4, $5, $6, 'running', now())`,
+        [placement, id, user.accountId, replica, attempt, node.id],
+      );
+    }
+    const lines = runs.map(([placement, replica, attempt]) => line(placement, 0, `r${replica} a${attempt}`));
+    expect((await call("POST", AGENT_ROUTES.logs, token, { body: { lines } })).status).toBe(200);
+    // A line claiming a replica's placement from another node is not the endpoint's.
+    const other = await createNode(op);
+    await call("POST", AGENT_ROUTES.logs, other.token, { body: { lines: [line(runs[2][0], 1, "forged")] } });
+
+    const res = await call("GET", `/v1/endpoints/${id}/logs`, user.token);
+    expect(res.status).toBe(200);
+    expect(
+      res.json.data.map((l: { replica: number; attempt: number; line: string }) => [l.replica, l.attempt, l.line]),
+    ).toEqual([
+      [0, 1, "r0 a1"],
+      [0, 2, "r0 a2"],
+      [1, 1, "r1 a1"],
+    ]);
+    const paged = await call("GET", `/v1/endpoints/${id}/logs?limit=2`, user.token);
+    expect(paged.json.data).toHaveLength(2);
+    const rest = await call("GET", `/v1/endpoints/${id}/logs?cursor=${paged.json.next_cursor}`, user.token);
+    expect(rest.json.data.map((l: { line: string }) => l.line)).toEqual(["r1 a1"]);
+    expect((await call("GET", `/v1/endpoints/${id}/logs`, (await signUp()).token)).status).toBe(404);
+
+    expect((await call("DELETE", `/v1/endpoints/${id}`, user.token)).status).toBe(200);
+    const followed = await SELF.fetch(`${BASE}/v1/endpoints/${id}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${user.token}` },
+    });
+    const text = await followed.text();
+    expect(text.match(/^event: log$/gm)).toHaveLength(3);
+    expect(text).toContain('event: end\ndata: {"status":"deleted"}');
+  });
+
   it("are kept for LOG_RETENTION_DAYS after they arrive, then deleted by the cron task", async () => {
     const op = await operator();
     const { node, token } = await createNode(op);

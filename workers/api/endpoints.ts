@@ -180,7 +180,7 @@ export async function syncEndpoint(env: Env, db: Db, row: EndpointRow, log: Logg
   }
 }
 
-async function loadEndpoint(db: Db, accountId: string, id: string): Promise<EndpointRow> {
+export async function loadEndpoint(db: Db, accountId: string, id: string): Promise<EndpointRow> {
   const [row] = await db
     .select()
     .from(endpoints)

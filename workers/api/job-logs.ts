@@ -1,17 +1,21 @@
 /**
- * `GET /v1/jobs/{id}/logs`: the job's container output, oldest first, from `job_logs` (shipped by
- * the agents). Lines count only when they came from the node the run was placed on. With
- * `follow=true` the answer is a server-sent event stream that tails new lines until the job ends.
+ * `GET /v1/jobs/{id}/logs` and `GET /v1/endpoints/{id}/logs`: container output, oldest first, from
+ * `job_logs` (shipped by the agents). Lines count only when they came from the node the run was
+ * placed on. With `follow=true` the answer is a server-sent event stream that tails new lines until
+ * the job ends (the endpoint is deleted).
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { eq, sql } from "drizzle-orm";
+import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { type JobStatus, TERMINAL_JOB_STATUSES } from "../../core/schemas";
 import { requireAccount } from "../auth/caller";
 import { type Db, openDb } from "../db/client";
-import { jobs } from "../db/schema";
+import { endpoints, jobs } from "../db/schema";
+import type { ApiEnv } from "../http/api-env";
 import { errorFields } from "../http/log";
 import { decodeSeqCursor, encodeSeqCursor, page } from "../http/pagination";
+import { loadEndpoint } from "./endpoints";
 import { loadJob } from "./job-rows";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { IdParam, pageOf, Timestamp } from "./schemas";
@@ -49,33 +53,105 @@ interface LogRow extends Record<string, unknown> {
   placement_id: string;
   attempt: number;
   node_rank: number;
+  replica: number;
   seq: string | number;
   stream: "stdout" | "stderr";
   at: Date | string;
   line: string;
 }
 
-async function readLines(db: Db, jobId: string, accountId: string, after: number, limit: number, stream?: string) {
+/** Whose lines: a job's (through `job_runs`) or an endpoint's replicas' (through `replica_runs`). */
+type LogSource = { kind: "job"; id: string } | { kind: "endpoint"; id: string };
+
+/** Lines after the cursor `after`, oldest first; only those from the node the run was placed on. */
+async function readLines(db: Db, source: LogSource, accountId: string, after: number, limit: number, stream?: string) {
+  const runs =
+    source.kind === "job"
+      ? sql`select id, node_id, attempt, gang_index as node_rank, 0 as replica from job_runs
+             where job_id = ${source.id} and account_id = ${accountId}`
+      : sql`select id, node_id, attempt, 0 as node_rank, replica from replica_runs
+             where endpoint_id = ${source.id} and account_id = ${accountId}`;
   const rows = await db.execute<LogRow>(sql`
-    select l.id, l.placement_id, r.attempt, r.gang_index as node_rank, l.seq, l.stream, l.at, l.line
+    select l.id, l.placement_id, r.attempt, r.node_rank, r.replica, l.seq, l.stream, l.at, l.line
       from job_logs l
-      join job_runs r on r.id = l.placement_id and r.node_id = l.node_id
-     where r.job_id = ${jobId} and r.account_id = ${accountId} and l.id > ${after}
+      join (${runs}) r on r.id = l.placement_id and r.node_id = l.node_id
+     where l.id > ${after}
        ${stream ? sql`and l.stream = ${stream}` : sql``}
      order by l.id
      limit ${limit}`);
-  return rows.map((r) => ({
-    id: Number(r.id),
-    view: {
+  return rows.map((r) => {
+    const common = {
       placement_id: r.placement_id,
       attempt: r.attempt,
-      node_rank: r.node_rank,
       seq: Number(r.seq),
       stream: r.stream,
       at: new Date(r.at).toISOString(),
       line: r.line,
-    },
-  }));
+    };
+    return {
+      id: Number(r.id),
+      view: source.kind === "job" ? { ...common, node_rank: r.node_rank } : { ...common, replica: r.replica },
+    };
+  });
+}
+
+/**
+ * A page of lines, or with `follow=true` a server-sent event stream that tails new lines until
+ * `ended` says the source has ended (one more poll after that, for late lines) or 10 minutes pass.
+ */
+function serveLogs(
+  c: Context<ApiEnv>,
+  source: LogSource,
+  accountId: string,
+  q: z.infer<typeof LogsQuery>,
+  ended: (db: Db) => Promise<string | null>,
+  pageSchema: typeof LogPage | typeof EndpointLogPage,
+) {
+  const lastEventId = c.req.header("last-event-id");
+  const after = decodeSeqCursor(q.cursor ?? (lastEventId && q.follow === "true" ? lastEventId : undefined)) ?? 0;
+  if (q.follow === "false") {
+    return readLines(c.get("pg").db, source, accountId, after, q.limit + 1, q.stream).then((rows) => {
+      const p = page(rows, q.limit, (r) => encodeSeqCursor(r.id));
+      return respond(c, pageSchema, { data: p.data.map((r) => r.view) as never, next_cursor: p.next_cursor }, 200);
+    });
+  }
+  const log = c.get("log");
+  return streamSSE(c, async (stream) => {
+    // The request's own connection closes when this handler returns; the stream keeps its own.
+    const { db: tail, close } = openDb(c.env);
+    const started = Date.now();
+    let cursor = after;
+    // Agents may ship the last lines just after the end: one more poll once it has ended.
+    let endedPolls = 0;
+    try {
+      for (;;) {
+        const status = await ended(tail);
+        // Drain everything there is; after the end this also picks up the last lines.
+        for (;;) {
+          const rows = await readLines(tail, source, accountId, cursor, 500, q.stream);
+          for (const r of rows) {
+            await stream.writeSSE({ event: "log", id: encodeSeqCursor(r.id), data: JSON.stringify(r.view) });
+            cursor = r.id;
+          }
+          if (rows.length < 500) break;
+        }
+        if (status !== null && endedPolls++ >= 1) {
+          await stream.writeSSE({ event: "end", data: JSON.stringify({ status }) });
+          return;
+        }
+        if (stream.aborted || Date.now() - started > MAX_STREAM_MS) {
+          await stream.writeSSE({ event: "reconnect", id: encodeSeqCursor(cursor), data: "{}" });
+          return;
+        }
+        await stream.sleep(POLL_MS);
+      }
+    } catch (error) {
+      log.warn("logs.follow_failed", { [`${source.kind}_id`]: source.id, ...errorFields(error) });
+      await stream.writeSSE({ event: "error", data: JSON.stringify({ code: "stream_failed" }) }).catch(() => {});
+    } finally {
+      await close().catch(() => {});
+    }
+  });
 }
 
 export const jobLogsRouter = createRouter();
@@ -105,55 +181,62 @@ jobLogsRouter.openapi(
   async (c) => {
     const account = requireAccount(c.get("caller"));
     const { id } = c.req.valid("param");
-    const q = c.req.valid("query");
     const db = c.get("pg").db;
     await loadJob(db, account.id, id);
-    const lastEventId = c.req.header("last-event-id");
-    const after = decodeSeqCursor(q.cursor ?? (lastEventId && q.follow === "true" ? lastEventId : undefined)) ?? 0;
+    const ended = async (tail: Db) => {
+      const [current] = await tail.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, id));
+      return TERMINAL_JOB_STATUSES.includes(current?.status as JobStatus) ? (current?.status ?? null) : null;
+    };
+    return serveLogs(c, { kind: "job", id }, account.id, c.req.valid("query"), ended, LogPage) as never;
+  },
+);
 
-    if (q.follow === "false") {
-      const rows = await readLines(db, id, account.id, after, q.limit + 1, q.stream);
-      const p = page(rows, q.limit, (r) => encodeSeqCursor(r.id));
-      return respond(c, LogPage, { data: p.data.map((r) => r.view), next_cursor: p.next_cursor }, 200);
-    }
+const EndpointLogLineView = z
+  .object({
+    placement_id: z.string(),
+    replica: z.number().int().openapi({ description: "The replica's number within the endpoint (0, 1, …)." }),
+    attempt: z
+      .number()
+      .int()
+      .openapi({ description: "Which start of that replica (a replica restarts when it exits)." }),
+    seq: z.number().int(),
+    stream: z.enum(["stdout", "stderr"]),
+    at: Timestamp,
+    line: z.string(),
+  })
+  .openapi("EndpointLogLine");
+const EndpointLogPage = pageOf(EndpointLogLineView, "EndpointLogPage");
 
-    const log = c.get("log");
-    return streamSSE(c, async (stream) => {
-      // The request's own connection closes when this handler returns; the stream keeps its own.
-      const { db: tail, close } = openDb(c.env);
-      const started = Date.now();
-      let cursor = after;
-      // Agents may ship a job's last lines just after its exit: one more poll once it has ended.
-      let endedPolls = 0;
-      try {
-        for (;;) {
-          const [current] = await tail.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, id));
-          const finished = TERMINAL_JOB_STATUSES.includes(current?.status as JobStatus);
-          // Drain everything there is; after the job ended this also picks up its last lines.
-          for (;;) {
-            const rows = await readLines(tail, id, account.id, cursor, 500, q.stream);
-            for (const r of rows) {
-              await stream.writeSSE({ event: "log", id: encodeSeqCursor(r.id), data: JSON.stringify(r.view) });
-              cursor = r.id;
-            }
-            if (rows.length < 500) break;
-          }
-          if (finished && endedPolls++ >= 1) {
-            await stream.writeSSE({ event: "end", data: JSON.stringify({ status: current?.status }) });
-            return;
-          }
-          if (stream.aborted || Date.now() - started > MAX_STREAM_MS) {
-            await stream.writeSSE({ event: "reconnect", id: encodeSeqCursor(cursor), data: "{}" });
-            return;
-          }
-          await stream.sleep(POLL_MS);
-        }
-      } catch (error) {
-        log.warn("logs.follow_failed", { job_id: id, ...errorFields(error) });
-        await stream.writeSSE({ event: "error", data: JSON.stringify({ code: "stream_failed" }) }).catch(() => {});
-      } finally {
-        await close().catch(() => {});
-      }
-    }) as never;
+jobLogsRouter.openapi(
+  createRoute({
+    method: "get",
+    path: "/v1/endpoints/{id}/logs",
+    tags: ["Endpoints"],
+    summary: "Get an endpoint's logs",
+    description:
+      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`. Kept for `LOG_RETENTION_DAYS` like a job's.",
+    security: BEARER,
+    middleware: guard({ scope: "endpoints:read" }),
+    request: { params: IdParam, query: LogsQuery },
+    responses: {
+      200: {
+        description: "A page of lines, or an event stream when following.",
+        content: {
+          "application/json": { schema: EndpointLogPage },
+          "text/event-stream": { schema: z.string().openapi({ description: "Server-sent events." }) },
+        },
+      },
+      ...errors(404),
+    },
+  }),
+  async (c) => {
+    const account = requireAccount(c.get("caller"));
+    const { id } = c.req.valid("param");
+    await loadEndpoint(c.get("pg").db, account.id, id);
+    const ended = async (tail: Db) => {
+      const [current] = await tail.select({ status: endpoints.status }).from(endpoints).where(eq(endpoints.id, id));
+      return current?.status === "deleted" ? "deleted" : null;
+    };
+    return serveLogs(c, { kind: "endpoint", id }, account.id, c.req.valid("query"), ended, EndpointLogPage) as never;
   },
 );

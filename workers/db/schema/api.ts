@@ -17,7 +17,7 @@ import {
   uniqueIndex,
   uuid,
 } from "drizzle-orm/pg-core";
-import { accounts, apiKeys, GPU_MODELS, inList, jobs, TIERS, users } from "./core";
+import { accounts, apiKeys, GPU_MODELS, inList, jobs, nodes, RUN_STATUSES, TIERS, users } from "./core";
 
 const tz = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
 
@@ -116,8 +116,43 @@ export const idempotencyKeys = pgTable(
 );
 
 /**
+ * One run of an endpoint replica on a node, as the region scheduler's outbox records it: what ties
+ * a replica's log lines to its endpoint (placement → endpoint, node), as `job_runs` does for jobs.
+ */
+export const replicaRuns = pgTable(
+  "replica_runs",
+  {
+    /** The placement id the scheduler chose; the agent ships log lines against it. */
+    id: text("id").primaryKey(),
+    endpointId: uuid("endpoint_id")
+      .notNull()
+      .references(() => endpoints.id, { onDelete: "cascade" }),
+    accountId: uuid("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    replica: integer("replica").notNull(),
+    attempt: integer("attempt").notNull(),
+    nodeId: text("node_id")
+      .notNull()
+      .references(() => nodes.id),
+    status: text("status").notNull(),
+    placedAt: tz("placed_at").notNull(),
+    startedAt: tz("started_at"),
+    finishedAt: tz("finished_at"),
+    exitCode: integer("exit_code"),
+  },
+  (t) => [
+    index("replica_runs_endpoint_idx").on(t.endpointId, t.placedAt),
+    check("replica_runs_status", sql`${t.status} in (${inList(RUN_STATUSES)})`),
+    check("replica_runs_replica", sql`${t.replica} >= 0`),
+    check("replica_runs_attempt", sql`${t.attempt} >= 1`),
+  ],
+);
+
+/**
  * Container output shipped by node agents. `(placement_id, seq)` de-duplicates re-sent batches; `id`
- * is the read cursor. Lines are tied to a job at read time through `job_runs` (placement → job, node).
+ * is the read cursor. Lines are tied to a job at read time through `job_runs` (placement → job, node),
+ * or to an endpoint through `replica_runs`.
  */
 export const jobLogs = pgTable(
   "job_logs",
