@@ -3115,6 +3115,10 @@ export interface components {
                 status: string;
                 node_id: string | null;
                 waiting_reason: string | null;
+                /** @description Times it was placed again after a run ended (it crashed, exited, its node was lost, or its spec changed). */
+                restarts: number;
+                /** @description Why its last run ended; null before any ended. */
+                last_exit: string | null;
                 /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s); null while running but not checked yet. */
                 ready: boolean | null;
             }[] | null;

@@ -181,7 +181,7 @@ export const endpointsGet: CommandSpec<Context> = {
     );
     for (const r of e.replicas ?? []) {
       ctx.io.stdout(
-        `replica ${r.replica_id}  ${r.status}${r.status === "running" ? readiness(r.ready) : ""}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}\n`,
+        `replica ${r.replica_id}  ${r.status}${r.status === "running" ? readiness(r.ready) : ""}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}${r.restarts > 0 ? `; ${r.restarts} restart${r.restarts === 1 ? "" : "s"}, last: ${r.last_exit ?? "unknown"}` : ""}\n`,
       );
     }
     return EXIT.ok;

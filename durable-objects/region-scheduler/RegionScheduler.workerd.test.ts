@@ -696,12 +696,19 @@ describe("RegionScheduler: endpoints", () => {
     clock.advance(5_000);
     await stub.reportEvent(N("n1"), ev("exited", r0.placement_id, clock.t, { exit_code: 1 }));
     const restarting = await stub.endpointState(spec.id);
-    expect(restarting!.replicas[0]).toMatchObject({ status: "queued", placement: null });
+    expect(restarting!.replicas[0]).toMatchObject({
+      status: "queued",
+      placement: null,
+      starts: 1,
+      last_exit: "exit code 1",
+    });
     clock.advance(2_000);
     await runDurableObjectAlarm(stub);
     expect((await stub.endpointState(spec.id))!.replicas[0]).toMatchObject({
       status: "placed",
       placement: expect.objectContaining({ attempt: 2 }),
+      starts: 2,
+      last_exit: "exit code 1",
     });
 
     expect(await stub.removeEndpoint(spec.id)).toEqual({ removed: true });

@@ -198,6 +198,10 @@ export interface EndpointState {
   replicas: {
     replica_id: string;
     status: JobStatus;
+    /** How many times it has been placed (a replica is placed again whenever its run ends). */
+    starts: number;
+    /** Why its last run ended (`exit code 1`, `OOM-killed`, …); null before any ended. */
+    last_exit: string | null;
     placement: PlacementView | null;
     waiting_reason: string | null;
     /** Its readiness check answered 2xx/3xx at the last heartbeat; null: running, not reported yet; false otherwise. */

@@ -162,6 +162,8 @@ export class Views {
         return {
           replica_id: r.id,
           status: r.status,
+          starts: r.attempt,
+          last_exit: r.failure_reason,
           placement: run ? placementView(run, this.zoneOf(run.node_id)) : null,
           waiting_reason: this.waitingReason(r),
           // Ready only while running and answering its check; null until the agent has said.

@@ -72,6 +72,11 @@ const Replica = z.object({
   status: z.string(),
   node_id: z.string().nullable(),
   waiting_reason: z.string().nullable(),
+  restarts: z.number().int().openapi({
+    description:
+      "Times it was placed again after a run ended (it crashed, exited, its node was lost, or its spec changed).",
+  }),
+  last_exit: z.string().nullable().openapi({ description: "Why its last run ended; null before any ended." }),
   ready: z.boolean().nullable().openapi({
     description:
       "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s); null while running but not checked yet.",
@@ -130,7 +135,9 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
           status: r.status,
           node_id: r.placement?.node_id ?? null,
           waiting_reason: r.waiting_reason,
-          // An older scheduler object answers without it: not known.
+          // An older scheduler object answers without these: not known.
+          restarts: Math.max(0, (r.starts ?? 1) - 1),
+          last_exit: r.last_exit ?? null,
           ready: r.ready ?? null,
         }))
       : null,

@@ -358,8 +358,9 @@ describe("endpoints with the scheduler", () => {
     expect(created.json.replicas).toHaveLength(2);
     const read = await call("GET", `/v1/endpoints/${created.json.id}`, user.token);
     expect(read.json.replicas.map((r: { node_id: string | null }) => r.node_id)).toEqual([agent.nodeId, agent.nodeId]);
-    // Placed, not running: not ready.
+    // Placed, not running: not ready; never restarted.
     expect(read.json.replicas.map((r: { ready: boolean | null }) => r.ready)).toEqual([false, false]);
+    expect(read.json.replicas[0]).toMatchObject({ restarts: 0, last_exit: null });
     const onNode = (await poll(agent)).placements.filter((p) => p.job_id.startsWith(created.json.id));
     expect(onNode).toHaveLength(2);
 
