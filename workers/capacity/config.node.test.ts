@@ -47,12 +47,19 @@ describe("CAPACITY_CLOCK", () => {
 });
 
 describe("DEMAND_WINDOW", () => {
-  it("asks for one big Fast job's nodes once, not for a stream of them, and still projects small jobs", () => {
-    const now = 10 * 3_600_000;
-    const big = { arrivals: [{ at: now - 30_000, tier: "fast" as const, gpus: 16 }], concurrency: [] };
-    expect(estimateDemand(big, now, DEMAND_WINDOW).fastGpusAtRecentRate).toBe(16);
-    const small = { arrivals: [{ at: now - 30_000, tier: "fast" as const, gpus: 2 }], concurrency: [] };
-    // 2 GPUs in the last 3 minutes, over a 12-minute headroom window.
-    expect(estimateDemand(small, now, DEMAND_WINDOW).fastGpusAtRecentRate).toBe(8);
+  const now = 10 * 3_600_000;
+  const fast = (gpus: number, agoMs: number) => ({ at: now - agoMs, tier: "fast" as const, gpus });
+  const rate = (arrivals: ReturnType<typeof fast>[]) =>
+    estimateDemand({ arrivals, concurrency: [] }, now, DEMAND_WINDOW).fastGpusAtRecentRate;
+
+  it("asks for one big Fast job's nodes once, and for one or two small jobs as they are: no stream yet", () => {
+    expect(rate([fast(16, 30_000)])).toBe(16);
+    expect(rate([fast(1, 30_000)])).toBe(1);
+    expect(rate([fast(1, 30_000), fast(2, 60_000)])).toBe(3);
+  });
+
+  it("projects three or more small Fast jobs in the last burst over the headroom window", () => {
+    const three = [fast(1, 30_000), fast(1, 60_000), fast(1, 90_000)];
+    expect(rate(three)).toBe(Math.ceil((3 * DEMAND_WINDOW.windowMs) / DEMAND_WINDOW.burstMs));
   });
 });
