@@ -29,7 +29,7 @@ import {
   type RunRow,
   specOf,
 } from "./rows";
-import type { CancelResult, EventResult, NodeRegistration, SchedulerJob, SubmitResult } from "./rpc";
+import type { CancelResult, EndpointSpec, EventResult, NodeRegistration, SchedulerJob, SubmitResult } from "./rpc";
 import { backoff, type SchedulerSettings } from "./settings";
 import { validateJob } from "./validate";
 
@@ -807,6 +807,12 @@ export class Region {
     const node = this.node(nodeId);
     if (!node) return { version: 0, placements: [] };
     const grace = this.settings().grace_period_ms;
+    // An endpoint's replicas on this node share one spec: read it once per answer.
+    const endpointSpecs = new Map<string, EndpointSpec | null>();
+    const endpointOf = (id: string) => {
+      if (!endpointSpecs.has(id)) endpointSpecs.set(id, this.endpoints.endpoint(id));
+      return endpointSpecs.get(id) ?? null;
+    };
     const placements: Placement[] = this.db
       .all<RunRow & { spec: string; endpoint_id: string | null; gang_size: number; master_address: string | null }>(
         `select runs.*, jobs.spec as spec, jobs.endpoint_id as endpoint_id,
@@ -819,7 +825,7 @@ export class Region {
       )
       .map((r) => {
         const spec = JSON.parse(r.spec) as ContainerSpec;
-        const endpoint = r.endpoint_id ? this.endpoints.endpoint(r.endpoint_id) : null;
+        const endpoint = r.endpoint_id ? endpointOf(r.endpoint_id) : null;
         return {
           placement_id: r.id,
           job_id: r.job_id,

@@ -167,12 +167,7 @@ export class Views {
           placement: run ? placementView(run, this.zoneOf(run.node_id)) : null,
           waiting_reason: this.waitingReason(r),
           // Ready only while running and answering its check; null until the agent has said.
-          ready:
-            run?.status === "running" && run.ready !== null
-              ? run.ready === 1
-              : run?.status === "running"
-                ? null
-                : false,
+          ready: run?.status !== "running" ? false : run.ready === null ? null : run.ready === 1,
         };
       }),
     };
