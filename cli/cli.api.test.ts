@@ -415,16 +415,25 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(unknown.code).toBe(EXIT.error);
     expect(oneErrorLine(unknown)).toMatch(/^error: not_found: no active endpoint is named no-such-serve/);
     // Update changes only what it names.
-    const updated = await authed(words("endpoints update cli-serve --max-replicas 3 --health-path /ready"));
+    const updated = await authed(
+      words("endpoints update cli-serve --max-replicas 3 --health-path /ready --startup-timeout 1800"),
+    );
     expect(updated.code, updated.stderr).toBe(0);
     expect(updated.stdout).toMatch(new RegExp(`^endpoint cli-serve \\(${id}\\) updated`));
     expect(JSON.parse((await authed(["endpoints", "get", id, "--json"])).stdout)).toMatchObject({
       max_replicas: 3,
       health_path: "/ready",
+      startup_timeout_s: 1800,
       port: 8080,
       command: ["httpd", "-f"],
       min_replicas: 0,
     });
+    expect((await authed(words("endpoints get cli-serve"))).stdout).toMatch(
+      /^health\s+GET \/ready; ready within 1800 s of starting$/m,
+    );
+    expect(oneErrorLine(await authed(words("endpoints update cli-serve --startup-timeout 5")))).toMatch(
+      /^error: .*startup-timeout/,
+    );
     expect(oneErrorLine(await authed(words("endpoints update cli-serve")))).toMatch(/^error: nothing to change/);
     expect(oneErrorLine(await authed(words("endpoints update cli-serve --region eu-1")))).toMatch(
       /^error: an endpoint's region cannot change/,

@@ -3104,6 +3104,7 @@ export interface components {
             scale_down_delay_s: number;
             port: number;
             health_path: string;
+            startup_timeout_s: number;
             labels: {
                 [key: string]: string;
             };
@@ -3185,6 +3186,11 @@ export interface components {
             port?: number;
             /** @default /health */
             health_path?: string;
+            /**
+             * @description A replica whose health check has not passed this long after its container started is restarted (a replica that passed once is restarted after failing for 30 s).
+             * @default 600
+             */
+            startup_timeout_s?: number;
             labels?: components["schemas"]["Labels"];
         };
         EndpointPage: {
@@ -3219,6 +3225,7 @@ export interface components {
             scale_down_delay_s?: number;
             port?: number;
             health_path?: string;
+            startup_timeout_s?: number;
             labels?: components["schemas"]["Labels"];
         };
         CreatedApiKey: components["schemas"]["ApiKey"] & {

@@ -38,12 +38,14 @@ function serviceFields(values: Parameters<typeof workloadBody>[0], rest: string[
   const maxReplicas = num("max-replicas", 1, 64);
   const port = num("port", 1, 65535);
   const healthPath = stringOption(values, "health-path");
+  const startupTimeout = num("startup-timeout", 10, 86_400);
   return {
     ...(rest.length > 0 ? { command: rest } : {}),
     ...(minReplicas !== undefined ? { min_replicas: minReplicas } : {}),
     ...(maxReplicas !== undefined ? { max_replicas: maxReplicas } : {}),
     ...(port !== undefined ? { port } : {}),
     ...(healthPath ? { health_path: healthPath } : {}),
+    ...(startupTimeout !== undefined ? { startup_timeout_s: startupTimeout } : {}),
   };
 }
 
@@ -52,6 +54,11 @@ const SERVICE_OPTIONS = {
   "max-replicas": { type: "string", value: "N", description: "at most, 1–64 (default 1)" },
   port: { type: "string", value: "P", description: "the port the container serves on (default 8000)" },
   "health-path": { type: "string", value: "PATH", description: "readiness check path (default /health)" },
+  "startup-timeout": {
+    type: "string",
+    value: "S",
+    description: "seconds a replica may take to pass its check before it is restarted, 10–86400 (default 600)",
+  },
 } as const;
 
 /**
@@ -174,7 +181,7 @@ export const endpointsGet: CommandSpec<Context> = {
         ["gpus", e.gpu_count],
         ["replicas", `${e.min_replicas}–${e.max_replicas}`],
         ["port", e.port],
-        ["health", e.health_path],
+        ["health", `GET ${e.health_path}; ready within ${e.startup_timeout_s} s of starting`],
         ["synced", e.synced ? "yes" : "not yet"],
         ["created", e.created_at],
       ]),

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PlacementEvent } from "../../core/schemas";
 import type { Clock } from "./clock";
 import { RegionScheduler } from "./RegionScheduler";
-import type { NodeRegistration, SchedulerJob } from "./rpc";
+import type { EndpointSpec, NodeRegistration, SchedulerJob } from "./rpc";
 
 class TestClock implements Clock {
   constructor(public t: number) {}
@@ -644,27 +644,33 @@ describe("RegionScheduler: capacity", () => {
   });
 });
 
+/** An endpoint of two 1-GPU replicas serving GET /healthz on 8080. */
+function endpointFor(overrides: Partial<EndpointSpec> = {}): EndpointSpec {
+  return {
+    id: `ep-${crypto.randomUUID().slice(0, 8)}`,
+    account_id: accountId,
+    tier: "fast",
+    image: "127.0.0.1:5000/test/busybox:1",
+    command: ["httpd", "-f"],
+    args: [],
+    env: [],
+    gpu_count: 1,
+    gpu_models: [],
+    cpu_milli: 1_000,
+    memory_mib: 1_024,
+    min_replicas: 2,
+    max_replicas: 2,
+    port: 8080,
+    health_path: "/healthz",
+    ...overrides,
+  };
+}
+
 describe("RegionScheduler: endpoints", () => {
   it("keeps min_replicas placed, restarts a replica that exits, and stops them on removal", async () => {
     const { stub, clock } = await region({ retry_base_ms: 1_000 });
     await stub.registerNode(nodeReg(N("n1")));
-    const spec = {
-      id: `ep-${crypto.randomUUID().slice(0, 8)}`,
-      account_id: accountId,
-      tier: "fast" as const,
-      image: "127.0.0.1:5000/test/busybox:1",
-      command: ["httpd", "-f"],
-      args: [],
-      env: [],
-      gpu_count: 2,
-      gpu_models: [],
-      cpu_milli: 2_000,
-      memory_mib: 4_096,
-      min_replicas: 2,
-      max_replicas: 4,
-      port: 8080,
-      health_path: "/healthz",
-    };
+    const spec = endpointFor({ gpu_count: 2, cpu_milli: 2_000, memory_mib: 4_096, max_replicas: 4 });
     const state = await stub.ensureEndpoint(spec);
     expect(state.desired_replicas).toBe(2);
     expect(state.replicas.map((r) => [r.status, r.placement?.kill_deadline])).toEqual([
@@ -716,6 +722,67 @@ describe("RegionScheduler: endpoints", () => {
     const set = await stub.pollPlacements(N("n1"), 0, 0);
     expect(set.placements.map((p) => p.desired)).toEqual(["stopped", "stopped"]);
     expect(await stub.endpointState(spec.id)).toBeNull();
+  });
+
+  it("restarts a replica that stops answering its health check, and one never ready within its startup timeout", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ startup_timeout_s: 60 });
+    const state = await stub.ensureEndpoint(spec);
+    const [a, b] = state.replicas.map((r) => r.placement!.placement_id) as [string, string];
+    await stub.reportEvent(N("n1"), ev("running", a, clock.t));
+    await stub.reportEvent(N("n1"), ev("running", b, clock.t));
+    const beat = (readyA: boolean) =>
+      stub.heartbeat(N("n1"), {
+        at: clock.t,
+        gpus: [],
+        containers: [
+          { placement_id: a, ready: readyA },
+          { placement_id: b, ready: false },
+        ],
+        running: [a, b],
+      });
+    const desired = async () => {
+      const set = await stub.pollPlacements(N("n1"), 0, 0);
+      return Object.fromEntries(set.placements.map((p) => [p.placement_id === a ? "a" : "b", p.desired]));
+    };
+    await beat(true);
+    clock.advance(20_000);
+    await beat(false); // a fails from here
+    clock.advance(20_000);
+    await beat(false); // a: failing 20 s; b: 40 s since it started
+    expect(await desired()).toEqual({ a: "running", b: "running" });
+    clock.advance(10_000);
+    await beat(false); // a: failing 30 s
+    expect(await desired()).toEqual({ a: "stopped", b: "running" });
+    clock.advance(10_000);
+    await beat(false); // b: 60 s without being ready
+    expect(await desired()).toEqual({ a: "stopped", b: "stopped" });
+
+    await stub.reportEvent(N("n1"), ev("exited", a, clock.t, { exit_code: 143, stopped_by: "cancel" }));
+    await stub.reportEvent(N("n1"), ev("exited", b, clock.t, { exit_code: 143, stopped_by: "cancel" }));
+    const after = (await stub.endpointState(spec.id))!.replicas;
+    expect(after.map((r) => [r.status, r.last_exit])).toEqual([
+      ["queued", "unhealthy: GET /healthz on port 8080 failing for 30 s"],
+      ["queued", "unhealthy: GET /healthz on port 8080 not ready within 60 s of starting"],
+    ]);
+    // They wait out the backoff, as after a crash...
+    expect(after.map((r) => r.waiting_reason)).toEqual([
+      expect.stringMatching(/^retrying at .* after: unhealthy: /),
+      expect.stringMatching(/^retrying at .* after: unhealthy: /),
+    ]);
+    // ...unless the spec changes: a new spec is placed at once.
+    const fixed = { ...spec, image: "127.0.0.1:5000/test/busybox:2" };
+    await stub.ensureEndpoint(fixed);
+    const again = (await stub.endpointState(spec.id))!.replicas;
+    expect(again.map((r) => [r.status, r.starts, r.placement?.attempt])).toEqual([
+      ["placed", 2, 2],
+      ["placed", 2, 2],
+    ]);
+    // A startup-timeout change is not a new spec: the replicas are not replaced.
+    await stub.ensureEndpoint({ ...fixed, startup_timeout_s: 600 });
+    const set = await stub.pollPlacements(N("n1"), 0, 0);
+    expect(set.placements.filter((p) => p.desired === "running").map((p) => p.attempt)).toEqual([2, 2]);
   });
 });
 

@@ -88,7 +88,12 @@ export class Endpoints {
           now,
         );
       } else {
-        this.state.patchJob(replica, shape, now);
+        // A new spec is a fresh start: a replica waiting out a crash loop's backoff is placed now.
+        const fresh =
+          changed && replica.status === "queued" && replica.next_attempt_at !== null
+            ? { next_attempt_at: null, attempt_base: replica.attempt }
+            : {};
+        this.state.patchJob(replica, { ...shape, ...fresh }, now);
         if (changed)
           for (const run of this.state.runsOf(replica))
             if (isActiveRun(run)) this.state.stopRun(run, replica, "spec_changed", now);
@@ -143,7 +148,14 @@ export class Endpoints {
 
 /** What a replica is made of: a change means running replicas are replaced. */
 function replicaShape(spec: EndpointSpec) {
-  const { id: _id, account_id: _account, min_replicas: _min, max_replicas: _max, ...shape } = spec;
+  const {
+    id: _id,
+    account_id: _account,
+    min_replicas: _min,
+    max_replicas: _max,
+    startup_timeout_s: _startup,
+    ...shape
+  } = spec;
   return shape;
 }
 

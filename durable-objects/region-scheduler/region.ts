@@ -48,7 +48,10 @@ export type RunOutcome =
   | { status: "lost"; reason: string };
 
 /** Why a run was asked to stop; it decides what its exit means. */
-type StopReason = "cancel" | "deadline" | "gang" | "spec_changed" | "scale_down";
+type StopReason = "cancel" | "deadline" | "gang" | "spec_changed" | "scale_down" | "unhealthy";
+
+/** How long a replica may take to become ready when its endpoint does not say. */
+export const DEFAULT_STARTUP_TIMEOUT_S = 600;
 
 export interface WaitingInfo {
   reason: string;
@@ -371,11 +374,17 @@ export class Region {
         c.placement_id,
         nodeId,
       );
+      if (!run) continue;
       const ready = c.ready ? 1 : 0;
-      if (run && run.ready !== ready) {
-        this.patch("runs", run, { ready });
+      if (run.ready !== ready) {
+        this.patch("runs", run, {
+          ready,
+          ready_changed_at: now,
+          ...(ready === 1 && run.first_ready_at === null ? { first_ready_at: now } : {}),
+        });
         this.log("run.readiness_changed", { placement_id: run.id, node_id: nodeId, ready: c.ready });
       }
+      if (ready === 0) this.restartIfUnhealthy(run, now);
     }
     const running = new Set(hb.running ?? []);
     if (node.state === "lost") {
@@ -406,6 +415,34 @@ export class Region {
       }
     }
     return { known: true, changed, state: node.state };
+  }
+
+  /**
+   * A replica reported not ready is restarted (stopped, then placed again with backoff) when it was
+   * ready once and has failed its check for `replica_unhealthy_after_ms`, or was never ready within
+   * its endpoint's startup timeout of its container starting.
+   */
+  private restartIfUnhealthy(run: RunRow, now: number): void {
+    if (run.desired === "stopped" || run.status !== "running" || run.started_at === null) return;
+    const job = this.job(run.job_id);
+    if (job?.kind !== "replica") return;
+    const spec = this.endpoints.endpoint(job.endpoint_id ?? "");
+    if (!spec) return;
+    const check = `GET ${spec.health_path} on port ${spec.port}`;
+    let why: string | null = null;
+    if (run.first_ready_at !== null) {
+      const failing = now - (run.ready_changed_at ?? now);
+      if (failing >= this.settings().replica_unhealthy_after_ms) {
+        why = `unhealthy: ${check} failing for ${Math.round(failing / 1000)} s`;
+      }
+    } else {
+      const limit = (spec.startup_timeout_s ?? DEFAULT_STARTUP_TIMEOUT_S) * 1000;
+      if (now - run.started_at >= limit) why = `unhealthy: ${check} not ready within ${limit / 1000} s of starting`;
+    }
+    if (!why) return;
+    this.patch("runs", run, { failure_reason: why });
+    this.log("replica.unhealthy", { placement_id: run.id, replica_id: job.id, reason: why });
+    this.stopRun(run, job, "unhealthy", now);
   }
 
   setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null, now: number): boolean {
@@ -528,6 +565,10 @@ export class Region {
   private stoppedOutcome(run: RunRow, exitCode: number | null): RunOutcome {
     if (run.stop_reason === "deadline") {
       return { status: "failed", reason: "max runtime exceeded", exit_code: exitCode, oom: false, deadline: true };
+    }
+    if (run.stop_reason === "unhealthy") {
+      const reason = run.failure_reason ?? "unhealthy: health check failing";
+      return { status: "failed", reason, exit_code: exitCode, oom: false, deadline: false };
     }
     const why = run.stop_reason === "cancel" ? "cancelled" : `stopped (${run.stop_reason ?? "requested"})`;
     return { status: "cancelled", reason: why, exit_code: exitCode };

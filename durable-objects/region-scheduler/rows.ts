@@ -83,6 +83,10 @@ export type RunRow = {
   failure_reason: string | null;
   /** An endpoint replica's last readiness report: 1 ready, 0 not, null none yet. */
   ready: number | null;
+  /** When `ready` last changed (its first report counts as a change). */
+  ready_changed_at: number | null;
+  /** When the replica was first reported ready; null: never yet. */
+  first_ready_at: number | null;
 };
 
 export type ReservationRow = {

@@ -191,6 +191,11 @@ export interface EndpointSpec {
   max_replicas: number;
   port: number;
   health_path: string;
+  /**
+   * A replica not yet ready this long after its container started is restarted. Absent (a spec
+   * from before this field): 600.
+   */
+  startup_timeout_s?: number;
 }
 export interface EndpointState {
   id: string;

@@ -126,4 +126,8 @@ export const SCHEMA: readonly string[] = [
   `alter table nodes add column address text;`,
   // v5: an endpoint replica's readiness as its agent last reported it (null: not reported yet).
   `alter table runs add column ready integer;`,
+  // v6: when that readiness last changed and when the replica was first ready, so a replica that
+  // never becomes ready, or stops answering, is restarted.
+  `alter table runs add column ready_changed_at integer;
+   alter table runs add column first_ready_at integer;`,
 ];

@@ -18,6 +18,8 @@ export interface SchedulerSettings {
   retry_cap_ms: number;
   /** An endpoint replica that ran this long restarts its backoff from the base. */
   replica_backoff_reset_ms: number;
+  /** A replica that was ready and has failed its health check for this long is restarted. */
+  replica_unhealthy_after_ms: number;
   /** Stop a run this long after its kill deadline if the agent has not. */
   deadline_slack_ms: number;
   /** Outbox: first flush this long after a change (batches writes), rows per flush, and retries. */
@@ -43,6 +45,7 @@ export const DEFAULT_SETTINGS: SchedulerSettings = {
   retry_base_ms: 10_000,
   retry_cap_ms: 600_000,
   replica_backoff_reset_ms: 600_000,
+  replica_unhealthy_after_ms: 30_000,
   deadline_slack_ms: 30_000,
   flush_delay_ms: 1_000,
   flush_batch: 200,

@@ -52,6 +52,9 @@ export function validateEndpoint(spec: EndpointSpec): string | null {
   if (!int(spec.min_replicas, 0, 64) || !int(spec.max_replicas, 0, 64) || spec.min_replicas > spec.max_replicas) {
     return "replicas: 0 ≤ min_replicas ≤ max_replicas ≤ 64";
   }
+  if (spec.startup_timeout_s !== undefined && !int(spec.startup_timeout_s, 10, 86_400)) {
+    return "startup_timeout_s must be 10 to 86,400";
+  }
   if (spec.gpu_count > 8) return "an endpoint replica takes at most one node (gpu_count ≤ 8)";
   return resources(spec);
 }

@@ -103,6 +103,7 @@ const Endpoint = z
     scale_down_delay_s: z.number().int(),
     port: z.number().int(),
     health_path: z.string(),
+    startup_timeout_s: z.number().int(),
     labels: z.record(z.string(), z.string()),
     synced: z.boolean().openapi({ description: "Whether the region's scheduler has the current spec." }),
     replicas: z.array(Replica).nullable().openapi({ description: "Live replicas (single reads only; null in lists)." }),
@@ -127,6 +128,7 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
     scale_down_delay_s: row.scaleDownDelayS,
     port: row.port,
     health_path: row.healthPath,
+    startup_timeout_s: row.startupTimeoutS,
     labels: (row.labels ?? {}) as Record<string, string>,
     synced: row.syncedVersion === row.version,
     replicas: live
@@ -158,6 +160,7 @@ export async function endpointSpec(env: Env, row: EndpointRow): Promise<Endpoint
     max_replicas: row.maxReplicas,
     port: row.port,
     health_path: row.healthPath,
+    startup_timeout_s: row.startupTimeoutS,
   };
 }
 
@@ -254,6 +257,7 @@ endpointsRouter.openapi(
           scaleDownDelayS: body.scale_down_delay_s,
           port: body.port,
           healthPath: body.health_path,
+          startupTimeoutS: body.startup_timeout_s,
           labels: body.labels,
         })
         .returning();
@@ -405,6 +409,7 @@ endpointsRouter.openapi(
         scaleDownDelayS: patch.scale_down_delay_s ?? current.scaleDownDelayS,
         port: patch.port ?? current.port,
         healthPath: patch.health_path ?? current.healthPath,
+        startupTimeoutS: patch.startup_timeout_s ?? current.startupTimeoutS,
         labels: patch.labels ?? current.labels,
       };
       if (next.minReplicas > next.maxReplicas) {

@@ -31,6 +31,7 @@ describe("endpoints", () => {
       scale_down_delay_s: 300,
       port: 8080,
       health_path: "/ready",
+      startup_timeout_s: 600,
       env: [{ name: "API_TOKEN", secret: true }],
     });
     expect(created.text).not.toContain("tok_secret_123");
@@ -43,10 +44,16 @@ describe("endpoints", () => {
     expect(list.json.data.map((e: { id: string }) => e.id)).toEqual([id]);
 
     const patched = await call("PATCH", `/v1/endpoints/${id}`, user.token, {
-      body: { max_replicas: 5, image: "busybox:2" },
+      body: { max_replicas: 5, image: "busybox:2", startup_timeout_s: 1_800 },
     });
     expect(patched.status).toBe(200);
-    expect(patched.json).toMatchObject({ max_replicas: 5, image: "busybox:2", min_replicas: 1, port: 8080 });
+    expect(patched.json).toMatchObject({
+      max_replicas: 5,
+      image: "busybox:2",
+      min_replicas: 1,
+      port: 8080,
+      startup_timeout_s: 1_800,
+    });
     expect(patched.json.env).toEqual([{ name: "API_TOKEN", secret: true }]);
     // Sealed at rest; a PATCH without env keeps the sealed value, one with env seals the new one.
     const storedEnv = async () =>
@@ -101,6 +108,7 @@ describe("endpoints", () => {
       [{ ...ENDPOINT, name: uniqueName(), min_replicas: 4, max_replicas: 2 }, "max_replicas"],
       [{ ...ENDPOINT, name: uniqueName(), port: 70000 }, "port"],
       [{ ...ENDPOINT, name: uniqueName(), health_path: "health" }, "health_path"],
+      [{ ...ENDPOINT, name: uniqueName(), startup_timeout_s: 5 }, "startup_timeout_s"],
       [{ ...ENDPOINT, name: uniqueName(), replicas: 2 }, "replicas"],
     ] as const) {
       const res = await call("POST", "/v1/endpoints", user.token, { body });

@@ -185,4 +185,8 @@ export const EndpointSpecFields = {
     .max(512)
     .regex(/^\/[\x21-\x7e]*$/, "an absolute path such as /health")
     .default("/health"),
+  startup_timeout_s: z.number().int().min(10).max(86_400).default(600).openapi({
+    description:
+      "A replica whose health check has not passed this long after its container started is restarted (a replica that passed once is restarted after failing for 30 s).",
+  }),
 };

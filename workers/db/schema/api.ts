@@ -53,6 +53,7 @@ export const endpoints = pgTable(
     scaleDownDelayS: integer("scale_down_delay_s").notNull(),
     port: integer("port").notNull(),
     healthPath: text("health_path").notNull(),
+    startupTimeoutS: integer("startup_timeout_s").notNull().default(600),
     labels: jsonb("labels").notNull().default(sql`'{}'::jsonb`),
     /** Bumped on every change; the scheduler has seen the spec when `synced_version` equals it. */
     version: integer("version").notNull().default(1),
@@ -79,6 +80,7 @@ export const endpoints = pgTable(
     ),
     check("endpoints_scale_down_delay", sql`${t.scaleDownDelayS} between 0 and 86400`),
     check("endpoints_port", sql`${t.port} between 1 and 65535`),
+    check("endpoints_startup_timeout", sql`${t.startupTimeoutS} between 10 and 86400`),
     check("endpoints_versions", sql`${t.syncedVersion} <= ${t.version}`),
   ],
 );

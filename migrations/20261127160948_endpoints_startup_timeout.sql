@@ -1,0 +1,2 @@
+ALTER TABLE "endpoints" ADD COLUMN "startup_timeout_s" integer DEFAULT 600 NOT NULL;--> statement-breakpoint
+ALTER TABLE "endpoints" ADD CONSTRAINT "endpoints_startup_timeout" CHECK ("endpoints"."startup_timeout_s" between 10 and 86400);
