@@ -196,6 +196,14 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     });
   }
 
+  async removeNode(nodeId: string): Promise<{ removed: boolean }> {
+    return this.change((now) => {
+      const removed = this.state.removeNode(nodeId, now);
+      if (removed) this.state.schedule(now);
+      return { removed };
+    });
+  }
+
   async listNodes(): Promise<NodeView[]> {
     return this.views.nodes();
   }

@@ -630,6 +630,32 @@ describe("RegionScheduler: capacity", () => {
     });
   });
 
+  it("forgets a removed node: its GPUs no longer count, and work on it is retried elsewhere", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const job = await jobFor({ gpu_count: 2 });
+    await stub.submit(job);
+    const placed = await placementOf(stub, job.id);
+    expect(placed.node_id).toBe(N("n1"));
+    await stub.reportEvent(N("n1"), ev("running", placed.placement_id, clock.t));
+    await stub.registerNode(nodeReg(N("n2")));
+
+    expect(await stub.removeNode(N("n1"))).toEqual({ removed: true });
+    expect((await stub.listNodes()).map((n) => n.node_id)).toEqual([N("n2")]);
+    expect((await stub.capacitySnapshot()).by_model).toMatchObject([{ total_gpus: 8, nodes_ready: 1 }]);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "queued", attempt: 1 });
+    clock.advance(2_000);
+    await runDurableObjectAlarm(stub);
+    const again = await placementOf(stub, job.id);
+    expect([again.node_id, again.attempt]).toEqual([N("n2"), 2]);
+    expect(await stub.removeNode(N("n1"))).toEqual({ removed: false });
+    // Its agent's heartbeat is now a stranger's (its token is revoked before removal in production).
+    expect(await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] })).toEqual({
+      ok: false,
+      state: "unknown",
+    });
+  });
+
   it("takes an unhealthy GPU out of service", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1")));

@@ -472,6 +472,28 @@ export class Region {
     return { ok: true, state: node.state };
   }
 
+  /** The node left the fleet: its work ends as lost (retried elsewhere) and its row goes. */
+  removeNode(nodeId: string, now: number): boolean {
+    const node = this.node(nodeId);
+    if (!node) return false;
+    for (const run of this.activeRuns(nodeId)) {
+      this.endRun(run, { status: "lost", reason: `node ${nodeId} released` }, now, now);
+    }
+    this.db.run("delete from nodes where id = ?", nodeId);
+    this.liveness.delete(nodeId);
+    this.records.audit(
+      `node:${nodeId}`,
+      null,
+      "node.removed",
+      { type: "node", id: nodeId },
+      { state: node.state },
+      `node.removed:${nodeId}:${now}`,
+      now,
+    );
+    this.log("node.removed", { node_id: nodeId, state: node.state });
+    return true;
+  }
+
   private markLost(node: NodeRow, now: number, lastSeen: number): void {
     this.patch("nodes", node, { state: "lost", lost_at: now, last_heartbeat_at: lastSeen });
     this.bump(node.id);

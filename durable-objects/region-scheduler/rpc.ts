@@ -231,6 +231,11 @@ export interface RegionSchedulerRpc {
   drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
   /** The node's block changed (an extension bought more time): the packer scores it by its new end. */
   setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null): Promise<{ ok: boolean }>;
+  /**
+   * The node left the fleet (its block ended, it was sold, it never came): forgotten, its GPUs no
+   * longer counted; work still on it ends as lost and is retried elsewhere. Unknown: `removed` false.
+   */
+  removeNode(nodeId: string): Promise<{ removed: boolean }>;
   listNodes(): Promise<NodeView[]>;
   deadLetters(): Promise<DeadLetter[]>;
   redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }>;

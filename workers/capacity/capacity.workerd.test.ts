@@ -18,6 +18,7 @@ import { call, signUp } from "../api/test-support";
 import { openDb } from "../db/client";
 import { auditLog, blocks, jobRuns, jobs, marketOrders, nodes } from "../db/schema";
 import { createLogger } from "../http/log";
+import { issueNodeToken } from "../nodes/tokens";
 import { SfComputeClient } from "../sfcompute/client";
 import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
 import { H100_NODE_SHAPE } from "./cron";
@@ -241,8 +242,12 @@ describe("the capacity cron against the simulator", () => {
       .from(nodes)
       .where(and(eq(nodes.region, region), like(nodes.id, "cap-%")));
     expect(left.every((n) => n.state === "released" && n.agentTokenHash === null)).toBe(true);
-    // The scheduler's outbox writes node rows a moment later (the drain that follows a release
-    // among them): a released node stays released.
+    // The region's scheduler has forgotten them: no GPUs of theirs are counted any more.
+    const gone = await scheduler.capacitySnapshot();
+    expect(gone.nodes).toEqual([]);
+    expect(gone.by_model.reduce((s, m) => s + m.total_gpus, 0)).toBe(0);
+    // The scheduler's outbox writes node rows a moment later (the drain before the release among
+    // them): a released node stays released.
     await new Promise((r) => setTimeout(r, 2_500));
     await runDurableObjectAlarm(env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(region)));
     const settled = await db
@@ -367,6 +372,33 @@ describe("the capacity cron against the simulator", () => {
     h.advance(MINUTE_MS);
     expect(ofKind((await h.cycle()).plan.actions, "buy")).toHaveLength(0);
     expect(h.simNodes()).toHaveLength(1);
+  });
+
+  it("makes the scheduler forget a node released before it forgot released nodes", async () => {
+    const region = "capacity-e2e-forget";
+    const h = harness(region, { seed: 11_005 });
+    await onMarketClock(region, h.sim);
+    const nodeId = `dev-${crypto.randomUUID().slice(0, 8)}`;
+    await db.insert(nodes).values({
+      id: nodeId,
+      region,
+      zone: "hayesvalley",
+      gpuModel: "H100",
+      gpuCount: 8,
+      cpuMilli: H100_NODE_SHAPE.cpuMilli,
+      memoryMib: H100_NODE_SHAPE.memoryMib,
+      state: "provisioning",
+    });
+    const token = await issueNodeToken(db, nodeId);
+    expect((await register(token!, nodeId)).status).toBe(200);
+    const scheduler = schedulerOf(env, region);
+    expect((await scheduler.capacitySnapshot()).nodes.map((n) => n.node_id)).toEqual([nodeId]);
+    // Released here (as an earlier version did, leaving the scheduler holding it as lost for ever).
+    await db.update(nodes).set({ state: "released" }).where(eq(nodes.id, nodeId));
+    const report = await h.cycle();
+    expect(report.failed).toEqual([]);
+    expect((await scheduler.capacitySnapshot()).nodes).toEqual([]);
+    expect(await scheduler.removeNode(nodeId)).toEqual({ removed: false });
   });
 
   it("sells back the future hours of idle nodes when the quote beats the resale fee", async () => {

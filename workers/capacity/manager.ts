@@ -28,7 +28,7 @@ import {
   planCapacity,
   quoteRequests,
 } from "../../core/autoscaler";
-import type { RegionSchedulerRpc } from "../../durable-objects/region-scheduler/rpc";
+import type { CapacitySnapshot, RegionSchedulerRpc } from "../../durable-objects/region-scheduler/rpc";
 import type { Db } from "../db/client";
 import { auditLog, blocks, capacitySamples, marketOrders, nodes } from "../db/schema";
 import type { Logger } from "../http/log";
@@ -44,7 +44,7 @@ import { cloudInit, contractSaleGroup, fetchQuote, nodeSaleGroup } from "./marke
 /** What the cycle calls on the region's scheduler. */
 export type CapacityScheduler = Pick<
   RegionSchedulerRpc,
-  "capacitySnapshot" | "reserve" | "release" | "drain" | "setNodeBlock"
+  "capacitySnapshot" | "reserve" | "release" | "drain" | "setNodeBlock" | "removeNode"
 >;
 
 export interface CapacityDeps {
@@ -99,7 +99,12 @@ export async function runCapacityCycle(deps: CapacityDeps, region: string): Prom
   const marketAfter = await client.listNodes();
 
   // 2. The fleet and demand.
-  const snapshot = await scheduler.capacitySnapshot();
+  let snapshot = await scheduler.capacitySnapshot();
+  let forgotten = 0;
+  await attempt("forget_released", async () => {
+    forgotten = await forgetReleased(deps, region, snapshot);
+  });
+  if (forgotten > 0) snapshot = await scheduler.capacitySnapshot();
   const fleet = await loadFleet(db, region, deps.config.gpuModel, marketAfter, snapshot, now);
   await recordSample(db, region, snapshot, now);
   const concurrency = await db
@@ -300,7 +305,6 @@ async function execute(
       return;
     case "release":
       await releaseNode(deps, action.nodeId);
-      await deps.scheduler.drain(action.nodeId);
       return;
     case "hold_headroom":
       await holdHeadroom(deps, region, action.gpuModel, action.gpus, action.reason.message);
@@ -576,10 +580,30 @@ async function sellBack(
   }
 }
 
-/** The node's time is over or it never came: its token stops working and it leaves the fleet. */
+/**
+ * The node's time is over or it never came: its token stops working, the region's scheduler forgets
+ * it, and it is released. In that order: if the scheduler cannot be reached, the node is not yet
+ * released and the next cycle plans its release again.
+ */
 async function releaseNode(deps: CapacityDeps, nodeId: string): Promise<void> {
   await revokeNodeToken(deps.db, nodeId);
+  await deps.scheduler.removeNode(nodeId);
   await deps.db.update(nodes).set({ state: "released" }).where(eq(nodes.id, nodeId));
+}
+
+/**
+ * Nodes the scheduler still holds that are released here (a release from before the scheduler
+ * forgot nodes, or one whose scheduler call was lost): forgotten now. Returns how many.
+ */
+async function forgetReleased(deps: CapacityDeps, region: string, snapshot: CapacitySnapshot): Promise<number> {
+  const held = snapshot.nodes.map((n) => n.node_id);
+  if (held.length === 0) return 0;
+  const released = await deps.db
+    .select({ id: nodes.id })
+    .from(nodes)
+    .where(and(eq(nodes.region, region), eq(nodes.state, "released"), inArray(nodes.id, held)));
+  for (const { id } of released) await deps.scheduler.removeNode(id);
+  return released.length;
 }
 
 /** One Fast reservation per minute, replacing the last one; it lapses by itself if a cycle is missed. */
