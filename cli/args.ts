@@ -207,7 +207,7 @@ export function pairs(values: Values, name: string): [string, string][] {
 }
 
 /** An id as the API writes them (a UUID): told apart from a name or a key prefix. */
-function isUuid(text: string): boolean {
+export function isUuid(text: string): boolean {
   return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text);
 }
 

@@ -567,6 +567,51 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(running >= 0 || (failed >= 0 && firstLine < failed), JSON.stringify(records)).toBe(true);
       expect(r.stderr).toContain("--- attempt 2 ---");
     });
+
+    it("operators: nodes ls shows the agent's node; dead-letters ls and redrive a job that failed its attempts", async () => {
+      const nodes = await authed(words("nodes ls"));
+      expect(nodes.code, nodes.stderr).toBe(0);
+      expect(nodes.stdout).toMatch(/^ID\s+REGION\s+ZONE\s+MODEL\s+FREE\/GPUS\s+STATE/);
+      expect(nodes.stdout).toMatch(/\sus-west-1\s+\S+\s+H100\s+\d\/8\s+ready\s+\d+\s+\d+s ago/);
+      const nodeId = JSON.parse((await authed(words("nodes ls --state ready --json"))).stdout).data[0].id as string;
+      expect(oneErrorLine(await authed(words("nodes ls --state gone")))).toMatch(/^error: --state must be one of /);
+
+      const r = await authed([...words(`jobs run --gpus 1 --image ${testImage()} ${small} --`), "sh", "-c", "exit 7"]);
+      expect(r.code, r.stderr).toBe(7);
+      const id = /job ([0-9a-f-]{36}) submitted/.exec(r.stderr)?.[1] as string;
+      const letters = await authed(words("dead-letters ls --limit 100"));
+      expect(letters.stdout).toMatch(
+        new RegExp(`^${id}\\s+[0-9a-f-]{36}\\s+us-west-1\\s+1\\s+\\d+s ago\\s+attempt 1: exit code 7$`, "m"),
+      );
+      const redriven = await authed(words(`dead-letters redrive ${id}`));
+      expect(redriven).toMatchObject({ code: 0, stdout: expect.stringMatching(new RegExp(`^job ${id} re-driven: `)) });
+      // It runs again (and fails again): a second attempt, dead-lettered once more.
+      const again = (j: { attempts: number; status: string }) => j.status === "failed" && j.attempts === 2;
+      let job = { attempts: 1, status: "" };
+      for (const until = Date.now() + 30_000; Date.now() < until && !again(job); ) {
+        job = JSON.parse((await authed(words(`jobs get ${id} --json`))).stdout);
+        if (!again(job)) await new Promise((res) => setTimeout(res, 500));
+      }
+      expect(job).toMatchObject({ status: "failed", attempts: 2 });
+      expect(oneErrorLine(await authed(words(`dead-letters redrive ${crypto.randomUUID()}`)))).toMatch(
+        /^error: not_found: /,
+      );
+      expect(oneErrorLine(await authed(words("dead-letters redrive nope")))).toMatch(
+        /^error: redrive takes the job's id/,
+      );
+
+      // Last in this group: the node takes nothing new once drained.
+      const drained = await authed(words(`nodes drain ${nodeId}`));
+      expect(drained).toMatchObject({
+        code: 0,
+        stdout: expect.stringMatching(new RegExp(`^node ${nodeId} draining; `)),
+      });
+      expect(
+        JSON.parse((await authed(words(`nodes ls --state draining --json`))).stdout).data.map(
+          (n: { id: string }) => n.id,
+        ),
+      ).toContain(nodeId);
+    });
   });
 
   // Last: it revokes the key the other tests use.

@@ -2,7 +2,9 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { type Connection, connect } from "./api/client";
+import type { Options, Values } from "./args";
 import { type Credentials, requireCredentials } from "./credentials";
+import { nextPageCommand } from "./output";
 
 export interface Io {
   stdout(text: string): void;
@@ -60,4 +62,27 @@ export function createContext(io: Io, global: { apiUrl?: string; apiKey?: string
 /** Machine output: one JSON document on stdout. */
 export function printJson(ctx: Context, value: unknown): void {
   ctx.io.stdout(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/**
+ * A list command's page: with `--json` the page as the API gave it; else its table on stdout (or
+ * `none` on stderr) and, when there is more, the command line of the next page on stderr.
+ */
+export function printPage<T>(
+  ctx: Context,
+  page: { data: T[]; next_cursor: string | null },
+  show: {
+    command: { words: readonly string[]; options: Options };
+    values: Values;
+    none: string;
+    table: (rows: T[], now: number) => string;
+  },
+): void {
+  if (ctx.json) {
+    printJson(ctx, page);
+    return;
+  }
+  if (page.data.length === 0) ctx.io.stderr(`${show.none}\n`);
+  else ctx.io.stdout(show.table(page.data, ctx.io.now()));
+  if (page.next_cursor) ctx.io.stderr(`more: ${nextPageCommand(show.command, show.values, page.next_cursor)}\n`);
 }

@@ -20,6 +20,9 @@ export type ApiKey = Schemas["ApiKey"];
 export type Scope = Schemas["Scope"];
 export type Region = Schemas["Region"];
 export type Me = Schemas["Me"];
+export type OperatorNode = Schemas["OperatorNode"];
+export type NodeState = NonNullable<NonNullable<paths["/v1/operator/nodes"]["get"]["parameters"]["query"]>["state"]>;
+export type DeadLetter = Schemas["DeadLetter"];
 
 export type Api = Client<paths>;
 

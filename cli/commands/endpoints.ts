@@ -8,9 +8,9 @@ import {
   ok,
 } from "../api/client";
 import { type CommandSpec, choiceOption, idOf, intOption, stringOption } from "../args";
-import { type Context, printJson } from "../context";
+import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
-import { age, keyValues, nextPageCommand, shorten, table } from "../output";
+import { age, keyValues, shorten, table } from "../output";
 import { showLogs } from "./show-logs";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody, workloadChanges } from "./workload";
 
@@ -142,15 +142,7 @@ export const endpointsLs: CommandSpec<Context> = {
         },
       }),
     );
-    if (ctx.json) {
-      printJson(ctx, page);
-      return EXIT.ok;
-    }
-    if (page.data.length === 0) ctx.io.stderr("no endpoints\n");
-    else ctx.io.stdout(endpointsTable(page.data, ctx.io.now()));
-    if (page.next_cursor) {
-      ctx.io.stderr(`more: ${nextPageCommand(endpointsLs, values, page.next_cursor)}\n`);
-    }
+    printPage(ctx, page, { command: endpointsLs, values, none: "no endpoints", table: endpointsTable });
     return EXIT.ok;
   },
 };

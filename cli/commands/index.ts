@@ -6,6 +6,7 @@ import { jobsRun } from "./job-run";
 import { jobsCancel, jobsGet, jobsLogs, jobsLs } from "./jobs";
 import { keysCreate, keysLs, keysRevoke } from "./keys";
 import { login, whoami } from "./login";
+import { deadLettersLs, deadLettersRedrive, nodesDrain, nodesLs } from "./operator";
 import { regions } from "./regions";
 
 export const COMMANDS: CommandSpec<Context>[] = [
@@ -26,4 +27,8 @@ export const COMMANDS: CommandSpec<Context>[] = [
   keysLs,
   keysRevoke,
   regions,
+  nodesLs,
+  nodesDrain,
+  deadLettersLs,
+  deadLettersRedrive,
 ];

@@ -1,10 +1,10 @@
 /** `scalar jobs ls | get | cancel | logs`. */
 import { type Job, type LogLine, ok } from "../api/client";
 import { type CommandSpec, choiceOption, intOption, listOption, stringOption } from "../args";
-import { type Context, printJson } from "../context";
+import { type Context, printJson, printPage } from "../context";
 import { EXIT } from "../errors";
 import { logText } from "../logs";
-import { age, keyValues, nextPageCommand, shorten, table } from "../output";
+import { age, keyValues, shorten, table } from "../output";
 import { getJob, jobSummary } from "./job-run";
 import { showLogs } from "./show-logs";
 import { TIERS } from "./workload";
@@ -108,15 +108,7 @@ export const jobsLs: CommandSpec<Context> = {
         },
       }),
     );
-    if (ctx.json) {
-      printJson(ctx, page);
-      return EXIT.ok;
-    }
-    if (page.data.length === 0) ctx.io.stderr("no jobs\n");
-    else ctx.io.stdout(jobsTable(page.data, ctx.io.now()));
-    if (page.next_cursor) {
-      ctx.io.stderr(`more: ${nextPageCommand(jobsLs, values, page.next_cursor)}\n`);
-    }
+    printPage(ctx, page, { command: jobsLs, values, none: "no jobs", table: jobsTable });
     return EXIT.ok;
   },
 };

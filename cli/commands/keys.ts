@@ -1,9 +1,9 @@
 /** `scalar keys create | ls | revoke`: the account's API keys. */
 import { type ApiKey, type Connection, ok, type Scope } from "../api/client";
 import { type CommandSpec, idOf, intOption, listOption, stringOption } from "../args";
-import { type Context, printJson } from "../context";
+import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
-import { age, nextPageCommand, table } from "../output";
+import { age, table } from "../output";
 
 /** Every scope of the API's spec: the compiler refuses this list when the spec gains or loses one. */
 const EVERY_SCOPE = {
@@ -127,15 +127,7 @@ export const keysLs: CommandSpec<Context> = {
         },
       }),
     );
-    if (ctx.json) {
-      printJson(ctx, page);
-      return EXIT.ok;
-    }
-    if (page.data.length === 0) ctx.io.stderr("no keys\n");
-    else ctx.io.stdout(keysTable(page.data, ctx.io.now()));
-    if (page.next_cursor) {
-      ctx.io.stderr(`more: ${nextPageCommand(keysLs, values, page.next_cursor)}\n`);
-    }
+    printPage(ctx, page, { command: keysLs, values, none: "no keys", table: keysTable });
     return EXIT.ok;
   },
 };

@@ -1,0 +1,165 @@
+/**
+ * Operator commands (owners and admins of the operator account): `scalar nodes ls | drain` and
+ * `scalar dead-letters ls | redrive`. Anyone else gets the API's one-line `forbidden`.
+ */
+import { type DeadLetter, type NodeState, type OperatorNode, ok } from "../api/client";
+import { type CommandSpec, choiceOption, intOption, isUuid, stringOption } from "../args";
+import { type Context, printJson, printPage } from "../context";
+import { EXIT, UsageError } from "../errors";
+import { age, shorten, table } from "../output";
+
+/** Every node state of the API's spec: the compiler refuses this list when the spec changes. */
+const EVERY_STATE = {
+  provisioning: true,
+  ready: true,
+  draining: true,
+  lost: true,
+  released: true,
+} as const satisfies Record<NodeState, true>;
+const NODE_STATES = Object.keys(EVERY_STATE) as NodeState[];
+
+const PAGE_OPTIONS = {
+  limit: { type: "string", value: "N", description: "per page, 1–100 (default 20)" },
+  cursor: { type: "string", value: "C", description: "the next page" },
+} as const;
+
+function pageQuery(values: Record<string, unknown>) {
+  const limit = intOption(values as never, "limit", { min: 1, max: 100 });
+  const cursor = stringOption(values as never, "cursor");
+  return { ...(limit !== undefined ? { limit } : {}), ...(cursor ? { cursor } : {}) };
+}
+
+/** A node's GPUs as `free/total`, with unhealthy ones named; `-` when its scheduler did not answer. */
+function gpusCell(n: OperatorNode): string {
+  if (!n.live) return `-/${n.gpu_count}`;
+  const sick = n.live.unhealthy_gpus.length > 0 ? ` (${n.live.unhealthy_gpus.length} unhealthy)` : "";
+  return `${n.live.free_gpus.length}/${n.gpu_count}${sick}`;
+}
+
+export function nodesTable(nodes: OperatorNode[], now: number): string {
+  return table(
+    ["ID", "REGION", "ZONE", "MODEL", "FREE/GPUS", "STATE", "RUNNING", "HEARTBEAT", "AGE"],
+    nodes.map((n) => [
+      n.id,
+      n.region,
+      n.zone,
+      n.gpu_model,
+      gpusCell(n),
+      // The scheduler's live state when it differs from the record (e.g. lost before Postgres knows).
+      n.live && n.live.state !== n.state ? `${n.state} (live: ${n.live.state})` : n.state,
+      n.live ? String(n.live.placements.length) : "-",
+      n.live?.last_heartbeat_at ? `${age(n.live.last_heartbeat_at, now)} ago` : "-",
+      age(n.created_at, now),
+    ]),
+  );
+}
+
+export function deadLettersTable(letters: DeadLetter[], now: number): string {
+  return table(
+    ["JOB", "ACCOUNT", "REGION", "ATTEMPTS", "DEAD-LETTERED", "LAST REASON"],
+    letters.map((d) => [
+      d.job_id,
+      d.account_id,
+      d.region,
+      String(d.attempts),
+      `${age(d.dead_lettered_at, now)} ago`,
+      shorten(d.reasons.at(-1) ?? "-", 60),
+    ]),
+  );
+}
+
+export const nodesLs: CommandSpec<Context> = {
+  words: ["nodes", "ls"],
+  summary: "list the fleet's nodes with their live state (operators)",
+  usage: "[--region R] [--state S] [--limit N] [--cursor C]",
+  positionals: { min: 0, max: 0 },
+  options: {
+    region: { type: "string", value: "R", description: "only this region" },
+    state: { type: "string", value: "S", description: `only this state: ${NODE_STATES.join(", ")}` },
+    ...PAGE_OPTIONS,
+  },
+  examples: ["scalar nodes ls", "scalar nodes ls --state ready --json"],
+  async run(ctx, { values }) {
+    const region = stringOption(values, "region");
+    const state = choiceOption(values, "state", NODE_STATES);
+    const conn = ctx.connection();
+    const page = await ok(
+      conn,
+      conn.api.GET("/v1/operator/nodes", {
+        params: { query: { ...(region ? { region } : {}), ...(state ? { state } : {}), ...pageQuery(values) } },
+      }),
+    );
+    printPage(ctx, page, { command: nodesLs, values, none: "no nodes", table: nodesTable });
+    return EXIT.ok;
+  },
+};
+
+export const nodesDrain: CommandSpec<Context> = {
+  words: ["nodes", "drain"],
+  summary: "drain a node: nothing new is placed on it, running work finishes (operators)",
+  usage: "NODE_ID",
+  positionals: { min: 1, max: 1 },
+  options: {},
+  examples: ["scalar nodes drain node-7f3a9c"],
+  async run(ctx, { positionals }) {
+    const conn = ctx.connection();
+    const id = positionals[0] as string;
+    const node = await ok(conn, conn.api.POST("/v1/operator/nodes/{id}/drain", { params: { path: { id } } }));
+    if (ctx.json) printJson(ctx, node);
+    else {
+      const running = node.live?.placements.length ?? 0;
+      ctx.io.stdout(`node ${node.id} draining; ${running} placement${running === 1 ? "" : "s"} still running\n`);
+    }
+    return EXIT.ok;
+  },
+};
+
+export const deadLettersLs: CommandSpec<Context> = {
+  words: ["dead-letters", "ls"],
+  summary: "list dead-lettered jobs, newest first, with their last failure (operators)",
+  usage: "[--region R] [--account ID] [--limit N] [--cursor C]",
+  positionals: { min: 0, max: 0 },
+  options: {
+    region: { type: "string", value: "R", description: "only this region" },
+    account: { type: "string", value: "ID", description: "only this account's jobs" },
+    ...PAGE_OPTIONS,
+  },
+  examples: ["scalar dead-letters ls", "scalar dead-letters ls --json   # every attempt's reason"],
+  async run(ctx, { values }) {
+    const region = stringOption(values, "region");
+    const account = stringOption(values, "account");
+    if (account !== undefined && !isUuid(account)) throw new UsageError(`--account takes an account id (a UUID)`);
+    const conn = ctx.connection();
+    const page = await ok(
+      conn,
+      conn.api.GET("/v1/operator/dead-letters", {
+        params: {
+          query: { ...(region ? { region } : {}), ...(account ? { account_id: account } : {}), ...pageQuery(values) },
+        },
+      }),
+    );
+    printPage(ctx, page, { command: deadLettersLs, values, none: "no dead-lettered jobs", table: deadLettersTable });
+    return EXIT.ok;
+  },
+};
+
+export const deadLettersRedrive: CommandSpec<Context> = {
+  words: ["dead-letters", "redrive"],
+  summary: "put a dead-lettered job back in its queue with fresh attempts (operators)",
+  usage: "JOB_ID",
+  positionals: { min: 1, max: 1 },
+  options: {},
+  examples: ["scalar dead-letters redrive 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
+  async run(ctx, { positionals }) {
+    const id = positionals[0] as string;
+    if (!isUuid(id)) throw new UsageError("redrive takes the job's id (a UUID), as dead-letters ls shows it");
+    const conn = ctx.connection();
+    const result = await ok(
+      conn,
+      conn.api.POST("/v1/operator/dead-letters/{id}/redrive", { params: { path: { id } } }),
+    );
+    if (ctx.json) printJson(ctx, result);
+    else ctx.io.stdout(`job ${result.job_id} re-driven: ${result.status} (scalar jobs get ${result.job_id})\n`);
+    return EXIT.ok;
+  },
+};
