@@ -193,7 +193,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
   it("regions: a table, and JSON that parses", async () => {
     const r = await authed(words("regions"));
     expect(r.code).toBe(0);
-    expect(r.stdout.split("\n")[0]).toMatch(/^REGION\s+AVAILABLE\s+GPU\s+TOTAL\s+FREE\s+BUSY\s+QUEUED JOBS$/);
+    expect(r.stdout.split("\n")[0]).toMatch(/^REGION\s+AVAILABLE\s+GPU\s+TOTAL\s+FREE\s+HELD\s+BUSY\s+QUEUED JOBS$/);
     expect(r.stdout).toContain("us-west-1");
     const j = await authed(words("regions --json"));
     expect(JSON.parse(j.stdout).data.map((x: { region: string }) => x.region)).toEqual(["us-west-1"]);

@@ -21,17 +21,18 @@ export function regionsTable(regions: Region[]): string {
         g?.gpu_model ?? "-",
         String(g?.total ?? 0),
         String(g?.free ?? 0),
+        String(g?.held ?? 0),
         String(g?.busy ?? 0),
         queue,
       ]);
     }
   }
-  return table(["REGION", "AVAILABLE", "GPU", "TOTAL", "FREE", "BUSY", "QUEUED JOBS"], rows);
+  return table(["REGION", "AVAILABLE", "GPU", "TOTAL", "FREE", "HELD", "BUSY", "QUEUED JOBS"], rows);
 }
 
 export const regions: CommandSpec<Context> = {
   words: ["regions"],
-  summary: "regions: GPUs by model (total, free, busy) and queued jobs by tier",
+  summary: "regions: GPUs by model (total, free, held for Fast, busy) and queued jobs by tier",
   usage: "[--region R] [--tier fast|flex]",
   positionals: { min: 0, max: 0 },
   options: {

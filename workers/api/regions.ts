@@ -10,7 +10,16 @@ const RegionSummary = z
     region: z.string(),
     available: z.boolean().openapi({ description: "False when the region's scheduler did not answer." }),
     gpus: z.array(
-      z.object({ gpu_model: GpuModel, total: z.number().int(), free: z.number().int(), busy: z.number().int() }),
+      z.object({
+        gpu_model: GpuModel,
+        total: z.number().int().openapi({ description: "Healthy GPUs of the region's nodes." }),
+        free: z.number().int().openapi({ description: "On ready nodes, running nothing and not held." }),
+        held: z.number().int().openapi({
+          description:
+            "Held back by the capacity manager, mostly as warm Fast headroom: a Fast job starts on them at once; Flex work does not take them.",
+        }),
+        busy: z.number().int().openapi({ description: "Running work (GPUs of draining nodes included)." }),
+      }),
     ),
     queues: z.array(
       z.object({
@@ -57,6 +66,7 @@ regionsRouter.openapi(
               gpu_model: m.gpu_model,
               total: m.total_gpus,
               free: m.free_gpus,
+              held: m.reserved_gpus,
               busy: m.busy_gpus,
             })),
             queues: snap.queues

@@ -218,6 +218,25 @@ describe("waiting, cancelling and regions", () => {
     expect(region.gpus.find((g: { gpu_model: string }) => g.gpu_model === "H100").total).toBeGreaterThanOrEqual(8);
     expect(region.queues.find((q: { tier: string }) => q.tier === "flex").queued_jobs).toBeGreaterThanOrEqual(1);
     expect(JSON.stringify(regions.json)).not.toContain(agent.nodeId);
+    // GPUs held as Fast headroom are shown apart from free ones.
+    const h100 = async () =>
+      (await call("GET", `/v1/regions?region=${REGION}`, user.token)).json.data[0].gpus.find(
+        (g: { gpu_model: string }) => g.gpu_model === "H100",
+      ) as { free: number; held: number };
+    const before = await h100();
+    const hold = `test-hold-${crypto.randomUUID().slice(0, 8)}`;
+    const scheduler = regionScheduler(env, REGION);
+    const reserved = await scheduler.reserve({
+      reservation_id: hold,
+      gpu_model: "H100",
+      gpu_count: 2,
+      tier: "fast",
+      expires_at: null,
+      reason: "test",
+    });
+    expect(reserved.ok).toBe(true);
+    expect(await h100()).toMatchObject({ free: before.free - 2, held: before.held + 2 });
+    await scheduler.release(hold);
     const one = await call("GET", `/v1/regions?region=${REGION}`, user.token);
     expect(one.json.data.map((r: { region: string }) => r.region)).toEqual([REGION]);
     const mars = await call("GET", "/v1/regions?region=mars", user.token);
