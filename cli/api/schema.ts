@@ -3176,11 +3176,20 @@ export interface components {
             cpu_milli?: number;
             /** @default 16384 */
             memory_mib?: number;
-            /** @default 1 */
+            /**
+             * @description Replicas the scheduler keeps placed at all times.
+             * @default 1
+             */
             min_replicas?: number;
-            /** @default 1 */
+            /**
+             * @description The most replicas traffic may scale to. Stored and checked (≥ min_replicas); nothing scales above min_replicas until traffic is routed to endpoints, which comes later.
+             * @default 1
+             */
             max_replicas?: number;
-            /** @default 300 */
+            /**
+             * @description How long extra replicas outlive the traffic that needed them. Stored; unused until then.
+             * @default 300
+             */
             scale_down_delay_s?: number;
             /** @default 8000 */
             port?: number;

@@ -51,7 +51,11 @@ function serviceFields(values: Parameters<typeof workloadBody>[0], rest: string[
 
 const SERVICE_OPTIONS = {
   "min-replicas": { type: "string", value: "N", description: "replicas always placed, 0–64 (default 1)" },
-  "max-replicas": { type: "string", value: "N", description: "at most, 1–64 (default 1)" },
+  "max-replicas": {
+    type: "string",
+    value: "N",
+    description: "at most, 1–64 (default 1; stored: nothing scales above --min-replicas until traffic is routed)",
+  },
   port: { type: "string", value: "P", description: "the port the container serves on (default 8000)" },
   "health-path": { type: "string", value: "PATH", description: "readiness check path (default /health)" },
   "startup-timeout": {

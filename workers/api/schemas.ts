@@ -176,9 +176,20 @@ export const EndpointSpecFields = {
   gpu_models: z.array(GpuModel).max(8).default([]),
   cpu_milli: ResourceRequest.shape.cpu_milli,
   memory_mib: ResourceRequest.shape.memory_mib,
-  min_replicas: z.number().int().min(0).max(64).default(1),
-  max_replicas: z.number().int().min(1).max(64).default(1),
-  scale_down_delay_s: z.number().int().min(0).max(86_400).default(300),
+  min_replicas: z
+    .number()
+    .int()
+    .min(0)
+    .max(64)
+    .default(1)
+    .openapi({ description: "Replicas the scheduler keeps placed at all times." }),
+  max_replicas: z.number().int().min(1).max(64).default(1).openapi({
+    description:
+      "The most replicas traffic may scale to. Stored and checked (≥ min_replicas); nothing scales above min_replicas until traffic is routed to endpoints, which comes later.",
+  }),
+  scale_down_delay_s: z.number().int().min(0).max(86_400).default(300).openapi({
+    description: "How long extra replicas outlive the traffic that needed them. Stored; unused until then.",
+  }),
   port: z.number().int().min(1).max(65_535).default(8000),
   health_path: z
     .string()
