@@ -55,6 +55,14 @@ export const login: CommandSpec<Context> = {
   },
 };
 
+/** Month-to-date usage (needs `billing:read`) and the cap, in dollars; null when not readable. */
+function spend(q: { month_to_date_cents: number | null; monthly_spend_cap_cents: number | null } | undefined) {
+  if (!q || q.month_to_date_cents === null) return null;
+  const dollars = (c: number) => `$${(c / 100).toFixed(2)}`;
+  const cap = q.monthly_spend_cap_cents === null ? "no cap" : `cap ${dollars(q.monthly_spend_cap_cents)}`;
+  return `${dollars(q.month_to_date_cents)} used (${cap}; a run's usage counts once it ends)`;
+}
+
 export const whoami: CommandSpec<Context> = {
   words: ["whoami"],
   summary: "which API, account and key the CLI uses, and where it found them",
@@ -78,10 +86,12 @@ export const whoami: CommandSpec<Context> = {
         ["role", me.account?.role],
         ["scopes", me.scopes.join(", ")],
         ["fast tier", me.account ? (me.account.fast_tier_enabled ? "yes" : "no") : null],
+        ["operator", me.account?.is_operator ? "yes (nodes, dead-letters)" : null],
         [
           "gpus in use",
           me.account ? `${me.account.quotas.gpus_in_use} of ${me.account.quotas.max_concurrent_gpus}` : null,
         ],
+        ["this month", spend(me.account?.quotas)],
       ]),
     );
     return EXIT.ok;
