@@ -158,7 +158,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     // The development user owns an operator account, and its key may read billing.
     const text = (await scalar(["whoami"])).stdout;
     expect(text).toMatch(/^operator\s+yes \(nodes, dead-letters\)$/m);
-    expect(text).toMatch(/^this month\s+\$\d+\.\d\d used \(no cap; a run's usage counts once it ends\)$/m);
+    expect(text).toMatch(/^this month\s+\$\d+\.\d\d used \(no cap; a job's run counts once it ends\)$/m);
   });
 
   it("prefers the nearest .scalar/credentials.json (npm start's) over the login file, and flags over both", async () => {

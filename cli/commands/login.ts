@@ -60,7 +60,7 @@ function spend(q: { month_to_date_cents: number | null; monthly_spend_cap_cents:
   if (!q || q.month_to_date_cents === null) return null;
   const dollars = (c: number) => `$${(c / 100).toFixed(2)}`;
   const cap = q.monthly_spend_cap_cents === null ? "no cap" : `cap ${dollars(q.monthly_spend_cap_cents)}`;
-  return `${dollars(q.month_to_date_cents)} used (${cap}; a run's usage counts once it ends)`;
+  return `${dollars(q.month_to_date_cents)} used (${cap}; a job's run counts once it ends)`;
 }
 
 export const whoami: CommandSpec<Context> = {

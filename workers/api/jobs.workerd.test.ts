@@ -704,4 +704,41 @@ describe("quotas", () => {
     expect(refused.status).toBe(402);
     expect(refused.json.error.details.month_to_date_cents).toBe(30);
   });
+
+  it("counts this month's share of a run that began last month, and endpoint replicas still running", async () => {
+    const user = await signUp();
+    const mtd = async () => (await call("GET", "/v1/me", user.token)).json.account.quotas.month_to_date_cents as number;
+    expect(await mtd()).toBe(0);
+    // 1 GPU from an hour before the 1st (UTC) to an hour after: half of it, 3,600 GPU-s, is this
+    // month's: 179 ¢ of Flex H100. (Until now a run that began last month counted in neither.)
+    await sql(
+      `insert into usage_events (account_id, job_run_id, tier, gpu_model, gpu_count, gpu_seconds, period_start, period_end)
+       select $1, $2, 'flex', 'H100', 1, 7200, m - interval '1 hour', m + interval '1 hour'
+         from (select date_trunc('month', now() at time zone 'UTC') at time zone 'UTC' as m) month`,
+      [user.accountId, `run-${crypto.randomUUID()}`],
+    );
+    expect(await mtd()).toBe(179);
+    // A replica running for ten minutes (2 GPUs, Flex H100): counted before its run ends.
+    const endpoint = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: `mtd-${crypto.randomUUID().slice(0, 8)}`, image: "busybox:1", gpu_count: 2, min_replicas: 0 },
+    });
+    expect(endpoint.status).toBe(201);
+    const nodeId = `mtd-node-${crypto.randomUUID().slice(0, 8)}`;
+    await sql(
+      `insert into nodes (id, region, zone, gpu_model, gpu_count, cpu_milli, memory_mib, state)
+       values ($1, 'us-west-1', 'test', 'H100', 8, 16000, 65536, 'ready')`,
+      [nodeId],
+    );
+    const [run] = await sql<{ secs: number }>(
+      `insert into replica_runs (id, endpoint_id, account_id, replica, attempt, node_id, status, placed_at, started_at)
+       values ($1, $2, $3, 0, 1, $4, 'running', now(), now() - interval '10 minutes')
+       returning extract(epoch from now() - greatest(started_at,
+         date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'))::float8 as secs`,
+      [`pl-${crypto.randomUUID()}`, endpoint.json.id, user.accountId, nodeId],
+    );
+    const expected = 179 + Math.ceil((2 * run!.secs * 179) / 3600);
+    const withReplica = await mtd();
+    expect(withReplica).toBeGreaterThanOrEqual(expected);
+    expect(withReplica).toBeLessThanOrEqual(expected + 1); // the seconds between the insert and the read
+  });
 });

@@ -62,7 +62,15 @@ const parseModels = (v: unknown): GpuModel[] =>
 const parseModel = (v: unknown): GpuModel =>
   (typeof v === "string" && v.startsWith('"') ? JSON.parse(v) : v) as GpuModel;
 
+/** The start of this calendar month (UTC), as Postgres computes it in the statement. */
+const MONTH_START = sql.raw("(date_trunc('month', now() at time zone 'UTC') at time zone 'UTC')");
+
 /**
+ * This month's usage counts each usage event's GPU-seconds inside the month (a run that began last
+ * month counts its share since the 1st, by time), and endpoint replicas still running count their
+ * GPU-seconds this month so far: their usage events are written only when a run ends, and a
+ * replica may run for weeks. (Running jobs are covered by their whole ceiling in `committed`.)
+ *
  * The query of what the account holds and used, as rows of `QuotaGroup`: one statement, since it
  * runs inside a submission's locked transaction where each round trip counts. A job submission
  * runs it as part of the statement that inserts the job (see jobs.ts).
@@ -82,11 +90,19 @@ export function quotaGroupsQuery(accountId: string): SQL {
      where account_id = ${account} and status = 'active'
      group by tier, gpu_models
     union all
-    select 'usage', tier, to_jsonb(gpu_model), 0::numeric, sum(gpu_seconds)::numeric
+    select 'usage', tier, to_jsonb(gpu_model), 0::numeric,
+           ceil(sum(case when period_start >= ${MONTH_START} then gpu_seconds
+                         else gpu_seconds * extract(epoch from period_end - ${MONTH_START})
+                              / extract(epoch from period_end - period_start) end))::numeric
       from usage_events
-     where account_id = ${account}
-       and period_start >= date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'
-     group by tier, gpu_model`;
+     where account_id = ${account} and (period_start >= ${MONTH_START} or period_end > ${MONTH_START})
+     group by tier, gpu_model
+    union all
+    select 'usage', e.tier, to_jsonb(n.gpu_model), 0::numeric,
+           ceil(sum(e.gpu_count * greatest(0, extract(epoch from now() - greatest(r.started_at, ${MONTH_START})))))::numeric
+      from replica_runs r join endpoints e on e.id = r.endpoint_id join nodes n on n.id = r.node_id
+     where r.account_id = ${account} and r.status = 'running' and r.started_at is not null
+     group by e.tier, n.gpu_model`;
 }
 
 /** What the account holds now and has spent this month (UTC). */

@@ -145,6 +145,8 @@ export const replicaRuns = pgTable(
   },
   (t) => [
     index("replica_runs_endpoint_idx").on(t.endpointId, t.placedAt),
+    // The spend cap counts running replicas' usage so far (quota.ts).
+    index("replica_runs_running_idx").on(t.accountId).where(sql`${t.status} = 'running'`),
     check("replica_runs_status", sql`${t.status} in (${inList(RUN_STATUSES)})`),
     check("replica_runs_replica", sql`${t.replica} >= 0`),
     check("replica_runs_attempt", sql`${t.attempt} >= 1`),

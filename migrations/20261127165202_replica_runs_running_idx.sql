@@ -1,0 +1,1 @@
+CREATE INDEX "replica_runs_running_idx" ON "replica_runs" USING btree ("account_id") WHERE "replica_runs"."status" = 'running';
