@@ -3,6 +3,10 @@
  * control plane as its peer: pulls, logs, exits, OOM, cancel, deadline, limits, pull failures,
  * orphans and heartbeats.
  */
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Placement } from "../core/schemas";
 import { freePort } from "../tools/db/embedded";
@@ -306,6 +310,42 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     it("registry down", async () => {
       const port = await freePort();
       await failsWith(`127.0.0.1:${port}/test/busybox:1`, /registry unreachable .*connection refused/, true);
+    });
+    it("registry wants credentials", async () => {
+      // A second docker-registry (the package `npm run docker:up` installs) behind basic auth.
+      const dir = mkdtempSync(join(tmpdir(), "scalar-auth-registry-"));
+      const port = await freePort();
+      // bcrypt of a throwaway password: the registry only needs a user to exist.
+      writeFileSync(join(dir, "htpasswd"), "scalar:$2b$04$uFcUe1d80mPTKkNOZN0hd.JbmYTDRG4smysFkYnDARk.3iBwWeQZy\n");
+      writeFileSync(
+        join(dir, "config.yml"),
+        [
+          "version: 0.1",
+          "log: { level: error }",
+          `storage: { filesystem: { rootdirectory: ${join(dir, "data")} } }`,
+          `http: { addr: "127.0.0.1:${port}" }`,
+          `auth: { htpasswd: { realm: scalar-test, path: ${join(dir, "htpasswd")} } }`,
+        ].join("\n"),
+      );
+      const registry = spawn("docker-registry", ["serve", join(dir, "config.yml")], { stdio: "ignore" });
+      try {
+        for (const until = Date.now() + 15_000; ; ) {
+          const status = await fetch(`http://127.0.0.1:${port}/v2/`)
+            .then((r) => r.status)
+            .catch(() => 0);
+          if (status === 401) break;
+          if (Date.now() > until) throw new Error(`the auth registry did not start (last status ${status})`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        await failsWith(
+          `127.0.0.1:${port}/test/busybox:1`,
+          /needs registry credentials .*no basic auth credentials/,
+          false,
+        );
+      } finally {
+        registry.kill();
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 

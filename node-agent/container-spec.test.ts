@@ -126,8 +126,12 @@ describe("exit and failure reports", () => {
     expect(pullFailureReason("x", new EngineError("registry_unreachable", "connection refused"))).toMatch(
       /registry unreachable/,
     );
-    // Another attempt fails the same way only when the image is missing or its name malformed.
+    expect(pullFailureReason("r/x:1", new EngineError("image_unauthorized", "no basic auth credentials"))).toBe(
+      "image pull failed: r/x:1 needs registry credentials (no basic auth credentials); nodes pull without any, so use a public image or one in a registry they may read",
+    );
+    // Another attempt fails the same way only when the image is missing, unreadable or its name malformed.
     expect(pullRetryable(new EngineError("image_not_found", "manifest unknown"))).toBe(false);
+    expect(pullRetryable(new EngineError("image_unauthorized", "no basic auth credentials"))).toBe(false);
     expect(pullRetryable(new EngineError("invalid_reference", "must be lowercase"))).toBe(false);
     expect(pullRetryable(new EngineError("registry_unreachable", "connection refused"))).toBe(true);
     expect(pullRetryable(new EngineError("engine", "no space left on device"))).toBe(true);

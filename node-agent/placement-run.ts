@@ -56,6 +56,8 @@ export function pullFailureReason(image: string, error: unknown): string {
       return `image pull failed: invalid image name "${image}" (${message})`;
     case "image_not_found":
       return `image pull failed: ${image} not found (${message})`;
+    case "image_unauthorized":
+      return `image pull failed: ${image} needs registry credentials (${message}); nodes pull without any, so use a public image or one in a registry they may read`;
     case "registry_unreachable":
       return `image pull failed: registry unreachable for ${image} (${message})`;
     default:
@@ -65,12 +67,13 @@ export function pullFailureReason(image: string, error: unknown): string {
 
 /**
  * A pull another attempt would fail the same way, on any node: the registry says the image does not
- * exist or may not be read (docker says both as "not found"/"denied"), or the name is malformed.
+ * exist or may not be read without credentials (docker says "not found", "denied", "no basic auth
+ * credentials"), or the name is malformed.
  * An unreachable registry, a full disk or anything else may pass on the next try.
  */
 export function pullRetryable(error: unknown): boolean {
   const code = error instanceof EngineError ? error.code : "engine";
-  return code !== "image_not_found" && code !== "invalid_reference";
+  return code !== "image_not_found" && code !== "image_unauthorized" && code !== "invalid_reference";
 }
 
 export function startFailureReason(error: unknown, gpuIds: string[]): string {

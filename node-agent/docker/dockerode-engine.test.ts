@@ -14,6 +14,12 @@ describe("dockerode engine helpers", () => {
       pullErrorCode(500, 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host'),
     ).toBe("registry_unreachable");
     expect(pullErrorCode(undefined, "pull access denied for x, repository does not exist")).toBe("image_not_found");
+    // What this engine answered for a registry behind basic auth (docker-registry with htpasswd),
+    // which the pull used to sort as an engine fault and retry three times.
+    expect(
+      pullErrorCode(500, 'Head "http://127.0.0.1:5001/v2/test/busybox/manifests/1": no basic auth credentials'),
+    ).toBe("image_unauthorized");
+    expect(pullErrorCode(401, "unauthorized: authentication required")).toBe("image_unauthorized");
     expect(pullErrorCode(500, "write /var/lib/docker/tmp: no space left on device")).toBe("engine");
   });
 

@@ -31,8 +31,14 @@ const status = (error: unknown): number | undefined => (error as DockerodeError)
 /** Sorts a failed pull (the HTTP answer, or an error in the progress stream) by its cause. */
 export function pullErrorCode(statusCode: number | undefined, message: string): EngineErrorCode {
   if (statusCode === 400 || /invalid reference format|repository name must/i.test(message)) return "invalid_reference";
-  if (statusCode === 404 || /not found|manifest unknown|does not exist|denied|unauthorized/i.test(message)) {
-    return "image_not_found";
+  if (statusCode === 404 || /not found|manifest unknown|does not exist/i.test(message)) return "image_not_found";
+  // The registry wants credentials the node does not send (docker: "no basic auth credentials").
+  if (
+    statusCode === 401 ||
+    statusCode === 403 ||
+    /no basic auth credentials|authentication required|unauthorized|denied|forbidden/i.test(message)
+  ) {
+    return "image_unauthorized";
   }
   if (/connection refused|no such host|i\/o timeout|dial tcp|tls|timeout|network is unreachable|EOF/i.test(message)) {
     return "registry_unreachable";

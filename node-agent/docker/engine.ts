@@ -83,6 +83,7 @@ export type EngineErrorCode =
   | "conflict"
   | "invalid_reference"
   | "image_not_found"
+  | "image_unauthorized"
   | "registry_unreachable"
   | "gpu_unavailable"
   | "engine";
@@ -105,7 +106,7 @@ export interface ContainerEngine {
   /** Null when there is no such container. */
   inspect(id: string): Promise<ContainerDetails | null>;
   hasImage(ref: string): Promise<boolean>;
-  /** Throws EngineError invalid_reference | image_not_found | registry_unreachable | engine. */
+  /** Throws EngineError invalid_reference | image_not_found | image_unauthorized | registry_unreachable | engine. */
   pull(ref: string, onProgress: (progress: string) => void): Promise<void>;
   /** Returns the new id; EngineError conflict when the name is taken. */
   create(spec: ContainerSpec): Promise<string>;
