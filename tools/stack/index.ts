@@ -329,7 +329,8 @@ function writeCredentials(file: string, creds: { api_url: string; api_key: strin
  * capacity orders, live blocks) belong to a market that no longer exists. Left alone, the region
  * scheduler (whose state persists) would place work on them until their heartbeats time out, and the
  * capacity manager would wait for them or re-send their orders to the new market. So: drain them
- * through the operator API, then release them, cancel their orders and end their blocks.
+ * through the operator API, then release them, cancel their orders and end their blocks. The next
+ * capacity cycle removes released nodes from the region scheduler (`forgetReleased`).
  */
 async function forgetPreviousMarket(databaseUrl: string, apiUrl: string, apiKey: string): Promise<number> {
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
