@@ -3365,13 +3365,13 @@ export interface components {
             gpus: {
                 /** @enum {string} */
                 gpu_model: "H100" | "H200";
-                /** @description Healthy GPUs of the region's nodes. */
+                /** @description Healthy GPUs of the region's nodes, draining ones included (their idle GPUs are neither free, held nor busy). */
                 total: number;
                 /** @description On ready nodes, running nothing and not held. */
                 free: number;
                 /** @description Held back by the capacity manager, mostly as warm Fast headroom: a Fast job starts on them at once; Flex work does not take them. */
                 held: number;
-                /** @description Running work (GPUs of draining nodes included). */
+                /** @description Running work. */
                 busy: number;
             }[];
             queues: {

@@ -12,13 +12,16 @@ const RegionSummary = z
     gpus: z.array(
       z.object({
         gpu_model: GpuModel,
-        total: z.number().int().openapi({ description: "Healthy GPUs of the region's nodes." }),
+        total: z.number().int().openapi({
+          description:
+            "Healthy GPUs of the region's nodes, draining ones included (their idle GPUs are neither free, held nor busy).",
+        }),
         free: z.number().int().openapi({ description: "On ready nodes, running nothing and not held." }),
         held: z.number().int().openapi({
           description:
             "Held back by the capacity manager, mostly as warm Fast headroom: a Fast job starts on them at once; Flex work does not take them.",
         }),
-        busy: z.number().int().openapi({ description: "Running work (GPUs of draining nodes included)." }),
+        busy: z.number().int().openapi({ description: "Running work." }),
       }),
     ),
     queues: z.array(
