@@ -424,18 +424,17 @@ export class Region {
    */
   private restartIfUnhealthy(run: RunRow, now: number): void {
     if (run.desired === "stopped" || run.status !== "running" || run.started_at === null) return;
+    // A replica that was ready and failed only briefly: nothing to read.
+    const failing = run.first_ready_at === null ? null : now - (run.ready_changed_at ?? now);
+    if (failing !== null && failing < this.settings().replica_unhealthy_after_ms) return;
     const job = this.job(run.job_id);
     if (job?.kind !== "replica") return;
     const spec = this.endpoints.endpoint(job.endpoint_id ?? "");
     if (!spec) return;
     const check = `GET ${spec.health_path} on port ${spec.port}`;
     let why: string | null = null;
-    if (run.first_ready_at !== null) {
-      const failing = now - (run.ready_changed_at ?? now);
-      if (failing >= this.settings().replica_unhealthy_after_ms) {
-        why = `unhealthy: ${check} failing for ${Math.round(failing / 1000)} s`;
-      }
-    } else {
+    if (failing !== null) why = `unhealthy: ${check} failing for ${Math.round(failing / 1000)} s`;
+    else {
       const limit = (spec.startup_timeout_s ?? DEFAULT_STARTUP_TIMEOUT_S) * 1000;
       if (now - run.started_at >= limit) why = `unhealthy: ${check} not ready within ${limit / 1000} s of starting`;
     }
