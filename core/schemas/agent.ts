@@ -191,4 +191,6 @@ export const AGENT_ROUTES = {
   logs: "/v1/agent/logs",
   /** POST Heartbeat → { state } */
   heartbeat: "/v1/agent/heartbeat",
+  /** GET → RegistryAuth: the credentials to pull one of this node's placements' image with */
+  registryAuth: "/v1/agent/placements/{placement_id}/registry-auth",
 } as const;
