@@ -176,6 +176,11 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     return this.state.placementSet(nodeId);
   }
 
+  /** The account and image of a placement active on `nodeId`; null when it is not (or no longer). */
+  async placementImage(nodeId: string, placementId: string): Promise<{ account_id: string; image: string } | null> {
+    return this.state.placementImage(nodeId, placementId);
+  }
+
   async reportEvent(nodeId: string, event: PlacementEvent): Promise<EventResult> {
     return this.change((now) => {
       const { changed, ...result } = this.state.report(nodeId, event, now);

@@ -865,6 +865,21 @@ export class Region {
 
   // ---- views ------------------------------------------------------------------------------
 
+  /**
+   * The account and image of a placement active on this node (placed, pulling or running), or null:
+   * what the agent route needs to hand the node that account's registry credentials, and no others.
+   */
+  placementImage(nodeId: string, placementId: string): { account_id: string; image: string } | null {
+    const row = this.db.one<{ account_id: string; spec: string }>(
+      `select jobs.account_id as account_id, jobs.spec as spec from runs join jobs on jobs.id = runs.job_id
+       where runs.id = ? and runs.node_id = ? and runs.status in ${ACTIVE_RUN_SQL}`,
+      placementId,
+      nodeId,
+    );
+    if (!row) return null;
+    return { account_id: row.account_id, image: (JSON.parse(row.spec) as ContainerSpec).image };
+  }
+
   placementSet(nodeId: string): PlacementSet {
     const node = this.node(nodeId);
     if (!node) return { version: 0, placements: [] };

@@ -224,6 +224,8 @@ export interface RegionSchedulerRpc {
   registerNode(registration: NodeRegistration): Promise<RegisterResponse>;
   heartbeat(nodeId: string, heartbeat: Heartbeat): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
   pollPlacements(nodeId: string, sinceVersion: number, waitMs: number): Promise<PlacementSet>;
+  /** The account and image of a placement active on `nodeId` (for its registry credentials); null if none. */
+  placementImage(nodeId: string, placementId: string): Promise<{ account_id: string; image: string } | null>;
   reportEvent(nodeId: string, event: PlacementEvent): Promise<EventResult>;
   capacitySnapshot(): Promise<CapacitySnapshot>;
   reserve(request: ReservationRequest): Promise<ReserveResult>;

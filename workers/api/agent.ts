@@ -16,11 +16,15 @@ import {
   NodeInventory,
   PlacementSet,
   RegisterResponse,
+  RegistryAuth,
+  registryOf,
 } from "../../core/schemas";
+import { SecretKeyError } from "../auth/env-secrets";
 import { jobLogs, nodes } from "../db/schema";
 import { jsonBody } from "../http/body";
 import { ApiError } from "../http/errors";
 import { authenticateNode, authenticateRecentNode } from "../nodes/authenticate";
+import { credentialsFor } from "./registries";
 import { createRouter, ERRORS, NODE_TOKEN, respond } from "./router";
 import { schedulerOf, viaScheduler } from "./scheduler";
 
@@ -30,6 +34,7 @@ const AGENT_HOT = [authenticateRecentNode, jsonBody];
 const agentErrors = {
   400: ERRORS[400],
   401: ERRORS[401],
+  404: ERRORS[404],
   409: ERRORS[409],
   413: ERRORS[413],
   415: ERRORS[415],
@@ -131,6 +136,58 @@ agentRouter.openapi(
       schedulerOf(c.env, node.region).pollPlacements(node.id, q.since, q.wait_ms),
     );
     return respond(c, PlacementSet, set, 200);
+  },
+);
+
+agentRouter.openapi(
+  createRoute({
+    method: "get",
+    path: AGENT_ROUTES.registryAuth,
+    tags: ["Agent"],
+    summary: "Registry credentials for a placement's pull",
+    description:
+      "The registry the placement's image is on and its account's credentials for it (null: pull anonymously). Only for a placement active on the calling node (`unknown_placement` otherwise), so a node learns no credentials but those of the work it runs.",
+    security: NODE_TOKEN,
+    middleware: AGENT,
+    request: {
+      params: z.strictObject({
+        placement_id: z
+          .string()
+          .min(1)
+          .max(128)
+          .openapi({ param: { name: "placement_id", in: "path" } }),
+      }),
+    },
+    responses: {
+      200: {
+        description: "Where to pull from, and with what.",
+        content: { "application/json": { schema: RegistryAuth } },
+      },
+      ...agentErrors,
+    },
+  }),
+  async (c) => {
+    const node = c.get("node");
+    const { placement_id } = c.req.valid("param");
+    const placement = await viaScheduler(node.region, () =>
+      schedulerOf(c.env, node.region).placementImage(node.id, placement_id),
+    );
+    if (!placement) {
+      throw new ApiError(404, "unknown_placement", `placement ${placement_id} is not active on this node`);
+    }
+    const registry = registryOf(placement.image);
+    let credentials: { username: string; password: string } | null;
+    try {
+      credentials = await credentialsFor(c.get("pg").db, c.env, placement.account_id, registry);
+    } catch (error) {
+      if (!(error instanceof SecretKeyError)) throw error;
+      throw new ApiError(
+        503,
+        "secrets_unavailable",
+        `the credentials for ${registry} cannot be opened: ${error.message}`,
+      );
+    }
+    return respond(c, RegistryAuth, { registry, credentials }, 200);
   },
 );
 

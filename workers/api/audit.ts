@@ -7,7 +7,7 @@ type Writer = Pick<Db, "insert">;
 
 export interface AuditEntry {
   action: string;
-  targetType: "job" | "endpoint" | "api_key" | "node";
+  targetType: "job" | "endpoint" | "api_key" | "node" | "registry_credentials";
   targetId: string;
   data?: Record<string, unknown>;
 }

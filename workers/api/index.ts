@@ -16,6 +16,7 @@ import { jobsRouter } from "./jobs";
 import { meRouter } from "./me";
 import { operatorRouter } from "./operator";
 import { regionsRouter } from "./regions";
+import { registriesRouter } from "./registries";
 import { createRouter } from "./router";
 
 export const API_INFO = {
@@ -35,6 +36,7 @@ export function createApi() {
     jobLogsRouter,
     endpointsRouter,
     apiKeysRouter,
+    registriesRouter,
     meRouter,
     regionsRouter,
     operatorRouter,

@@ -389,6 +389,51 @@ describe("endpoints with the scheduler", () => {
     expect(deleted.json).toMatchObject({ status: "deleted", synced: true });
     const stopped = (await poll(agent)).placements.filter((p) => p.job_id.startsWith(created.json.id));
     expect(stopped.every((p) => p.desired === "stopped")).toBe(true);
+    await retire(op, agent);
+  });
+});
+
+describe("registry credentials for a placement's pull", () => {
+  it("go only to the node running the account's placement, for its image's registry, while it is active", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H200", 8);
+    const other = await startNode(op, "H200", 8);
+    await retire(op, other);
+    const user = await signUp();
+    const set = await call("POST", "/v1/registry-credentials", user.token, {
+      body: { registry: "ghcr.io", username: "puller", password: "ghp_token_for_nodes" },
+    });
+    expect(set.status).toBe(201);
+    const auth = (a: Agent, placementId: string) =>
+      call("GET", AGENT_ROUTES.registryAuth.replace("{placement_id}", encodeURIComponent(placementId)), a.token);
+
+    const job = await submit(user, { image: "ghcr.io/acme/private-model:1", gpu_models: ["H200"] });
+    const publicJob = await submit(user, { image: "127.0.0.1:5000/test/busybox:1", gpu_models: ["H200"] });
+    const placements = (await poll(agent)).placements;
+    const mine = placements.find((p) => p.job_id === job.id)!;
+    const pub = placements.find((p) => p.job_id === publicJob.id)!;
+
+    const answer = await auth(agent, mine.placement_id);
+    expect(answer.status).toBe(200);
+    expect(answer.json).toEqual({
+      registry: "ghcr.io",
+      credentials: { username: "puller", password: "ghp_token_for_nodes" },
+    });
+    // No credentials for the local registry: the agent pulls anonymously.
+    expect((await auth(agent, pub.placement_id)).json).toEqual({ registry: "127.0.0.1:5000", credentials: null });
+    // Another node's token learns nothing of this placement; nor does anyone without a node token.
+    const stranger = await auth(other, mine.placement_id);
+    expect(stranger.status).toBe(404);
+    expect(stranger.json.error.code).toBe("unknown_placement");
+    expect((await auth({ ...agent, token: user.token }, mine.placement_id)).status).toBe(401);
+
+    // Removed credentials stop at once; an ended placement gets none.
+    await call("DELETE", `/v1/registry-credentials/${set.json.id}`, user.token);
+    expect((await auth(agent, mine.placement_id)).json).toEqual({ registry: "ghcr.io", credentials: null });
+    await report(agent, mine.placement_id, "running");
+    await report(agent, mine.placement_id, "exited", { exit_code: 0 });
+    expect((await auth(agent, mine.placement_id)).status).toBe(404);
+    await retire(op, agent);
   });
 });
 

@@ -154,12 +154,45 @@ export async function sealEnv(
   );
 }
 
-function secretsUnavailable(why: string): ApiError {
+function secretsUnavailable(why: string, what = "secret environment values"): ApiError {
   return new ApiError(
     503,
     "secrets_unavailable",
-    `this deployment cannot store secret environment values now (${why}); nothing was stored`,
+    `this deployment cannot store ${what} now (${why}); nothing was stored`,
   );
+}
+
+/**
+ * One secret of an account sealed under `name` (the associated data: a sealed value does not open
+ * under another account or name). Refused (503) when no key is configured: never stored in the clear.
+ */
+export async function sealSecret(
+  env: { ENV_SECRETS_KEYS?: string },
+  accountId: string,
+  name: string,
+  value: string,
+  what: string,
+): Promise<string> {
+  let ring: Keyring | null;
+  try {
+    ring = await keyringOf(env);
+  } catch (error) {
+    throw secretsUnavailable(error instanceof Error ? error.message : String(error), what);
+  }
+  if (!ring) throw secretsUnavailable("ENV_SECRETS_KEYS is not set", what);
+  return seal(ring, accountId, name, value);
+}
+
+/** Opens what `sealSecret` sealed under the same account and name. Throws SecretKeyError. */
+export async function openSecret(
+  env: { ENV_SECRETS_KEYS?: string },
+  accountId: string,
+  name: string,
+  sealed: string,
+): Promise<string> {
+  const ring = await keyringOf(env);
+  if (!ring) throw new SecretKeyError(`ENV_SECRETS_KEYS is not set, and ${name} is sealed`);
+  return open(ring, accountId, name, sealed);
 }
 
 /** A stored env list → the names and values the container gets. Throws SecretKeyError. */

@@ -218,3 +218,33 @@ export const rateLimitOverrides = pgTable(
     check("rate_limit_overrides_window", sql`${t.windowS} between 1 and 86400`),
   ],
 );
+
+/**
+ * An account's credentials for a private container registry. Nodes pull the account's images from
+ * that registry with them (the agent fetches them per pull: workers/api/agent.ts). The password is
+ * sealed (workers/auth/env-secrets.ts, associated data: the account and `registry:<host>`), never
+ * stored in the clear nor returned by the API. One per account and registry host.
+ */
+export const registryCredentials = pgTable(
+  "registry_credentials",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    accountId: uuid("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    /** Host[:port] as core/schemas/registry.ts normalises it (`docker.io` for Docker Hub). */
+    registry: text("registry").notNull(),
+    username: text("username").notNull(),
+    sealedPassword: text("sealed_password").notNull(),
+    createdBy: uuid("created_by").references(() => users.id, { onDelete: "set null" }),
+    createdByKey: uuid("created_by_key").references(() => apiKeys.id, { onDelete: "set null" }),
+    createdAt: tz("created_at").notNull().defaultNow(),
+    updatedAt: tz("updated_at").notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex("registry_credentials_account_registry_key").on(t.accountId, t.registry),
+    index("registry_credentials_account_list_idx").on(t.accountId, t.createdAt.desc(), t.id),
+    check("registry_credentials_registry_len", sql`char_length(${t.registry}) between 1 and 253`),
+    check("registry_credentials_username_len", sql`char_length(${t.username}) between 1 and 256`),
+  ],
+);
