@@ -3,9 +3,7 @@
  * control plane as its peer: pulls, logs, exits, OOM, cancel, deadline, limits, pull failures,
  * orphans and heartbeats.
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Placement } from "../core/schemas";
@@ -13,6 +11,7 @@ import { freePort } from "../tools/db/embedded";
 import { has } from "../tools/test/parts";
 import { containerSpec, LABELS } from "./container-spec";
 import { DockerodeEngine } from "./docker/dockerode-engine";
+import { AUTH_PASSWORD, AUTH_USER, type AuthRegistry, pushPrivateImage, startAuthRegistry } from "./test/auth-registry";
 import { TestControlPlane } from "./test/control-plane";
 import {
   freshImage,
@@ -24,6 +23,8 @@ import {
   type TestAgent,
   untagImage,
 } from "./test/harness";
+
+const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engine", () => {
   let cp: TestControlPlane;
@@ -288,64 +289,116 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     });
   });
 
-  describe("image pull failures fail the placement with the reason and leave no container", () => {
-    const failsWith = async (badImage: string, reason: RegExp, retryable: boolean) => {
-      const p = run({ image: badImage, ...shell("true") });
-      const outcome = await cp.outcome(p.placement_id);
-      expect(outcome.type).toBe("failed");
-      expect(outcome.type === "failed" && outcome.reason).toMatch(reason);
-      // Only a failure another attempt could pass is left to the control plane to retry.
-      expect(outcome.type === "failed" && outcome.retryable !== false).toBe(retryable);
-      const left = (await labelled(t.engine, t.config.agentName)).filter(
-        (c) => c.labels[LABELS.placement] === p.placement_id,
-      );
-      expect(left).toEqual([]);
-    };
+  /** The placement fails with this reason, retryable or not, and leaves no container. */
+  const failsWith = async (p: ReturnType<typeof placement>, reason: RegExp, retryable: boolean) => {
+    const outcome = await cp.outcome(p.placement_id);
+    expect(outcome.type).toBe("failed");
+    expect(outcome.type === "failed" && outcome.reason).toMatch(reason);
+    // Only a failure another attempt could pass is left to the control plane to retry.
+    expect(outcome.type === "failed" && outcome.retryable !== false).toBe(retryable);
+    const left = (await labelled(t.engine, t.config.agentName)).filter(
+      (c) => c.labels[LABELS.placement] === p.placement_id,
+    );
+    expect(left).toEqual([]);
+    return outcome;
+  };
 
-    it("bad name", () => failsWith("Not/A-Valid:Name", /invalid image name "Not\/A-Valid:Name".*lowercase/, false));
+  describe("image pull failures fail the placement with the reason and leave no container", () => {
+    const pullFails = (badImage: string, reason: RegExp, retryable: boolean) =>
+      failsWith(run({ image: badImage, ...shell("true") }), reason, retryable);
+
+    it("bad name", () => pullFails("Not/A-Valid:Name", /invalid image name "Not\/A-Valid:Name".*lowercase/, false));
     it("not found", async () => {
       const missing = `${image.slice(0, image.lastIndexOf(":"))}:no-such-tag`;
-      await failsWith(missing, /image pull failed: .*no-such-tag not found .*manifest unknown/, false);
+      await pullFails(missing, /image pull failed: .*no-such-tag not found .*manifest unknown/, false);
     });
     it("registry down", async () => {
       const port = await freePort();
-      await failsWith(`127.0.0.1:${port}/test/busybox:1`, /registry unreachable .*connection refused/, true);
+      await pullFails(`127.0.0.1:${port}/test/busybox:1`, /registry unreachable .*connection refused/, true);
     });
-    it("registry wants credentials", async () => {
-      // A second docker-registry (the package `npm run docker:up` installs) behind basic auth.
-      const dir = mkdtempSync(join(tmpdir(), "scalar-auth-registry-"));
-      const port = await freePort();
-      // bcrypt of a throwaway password: the registry only needs a user to exist.
-      writeFileSync(join(dir, "htpasswd"), "scalar:$2b$04$uFcUe1d80mPTKkNOZN0hd.JbmYTDRG4smysFkYnDARk.3iBwWeQZy\n");
-      writeFileSync(
-        join(dir, "config.yml"),
-        [
-          "version: 0.1",
-          "log: { level: error }",
-          `storage: { filesystem: { rootdirectory: ${join(dir, "data")} } }`,
-          `http: { addr: "127.0.0.1:${port}" }`,
-          `auth: { htpasswd: { realm: scalar-test, path: ${join(dir, "htpasswd")} } }`,
-        ].join("\n"),
+  });
+
+  describe("a private registry (docker-registry behind htpasswd): the account's credentials from the control plane", () => {
+    let registry: AuthRegistry;
+    /** The test image under another id (a label added), pushed to the private registry only. */
+    let privateImage: string;
+    const right = { username: AUTH_USER, password: AUTH_PASSWORD };
+    const wrong = { username: AUTH_USER, password: "not-the-password" };
+
+    beforeAll(async () => {
+      registry = await startAuthRegistry();
+      privateImage = await pushPrivateImage(t.engine, registry, image);
+    });
+
+    afterAll(async () => {
+      await registry?.stop();
+      if (privateImage) await untagImage(privateImage);
+    });
+
+    /** A placement whose control plane answers these credentials for its registry. */
+    const runWith = (credentials: { username: string; password: string } | null, img = privateImage) => {
+      const p = placement({ image: img, ...shell("echo private") });
+      cp.placementCredentials.set(p.placement_id, credentials);
+      cp.upsertPlacement(p);
+      return p;
+    };
+
+    it("without credentials: needs registry credentials, not retryable, naming the command that adds them", async () => {
+      const p = runWith(null, `${registry.host}/test/busybox:1`);
+      await failsWith(
+        p,
+        new RegExp(
+          `needs registry credentials .*no basic auth credentials.*scalar registries add ${literal(registry.host)}`,
+        ),
+        false,
       );
-      const registry = spawn("docker-registry", ["serve", join(dir, "config.yml")], { stdio: "ignore" });
-      try {
-        for (const until = Date.now() + 15_000; ; ) {
-          const status = await fetch(`http://127.0.0.1:${port}/v2/`)
-            .then((r) => r.status)
-            .catch(() => 0);
-          if (status === 401) break;
-          if (Date.now() > until) throw new Error(`the auth registry did not start (last status ${status})`);
-          await new Promise((r) => setTimeout(r, 100));
-        }
-        await failsWith(
-          `127.0.0.1:${port}/test/busybox:1`,
-          /needs registry credentials .*no basic auth credentials/,
-          false,
-        );
-      } finally {
-        registry.kill();
-        rmSync(dir, { recursive: true, force: true });
-      }
+    });
+
+    it("(a) the right credentials: pulls with them, runs, and records only their fingerprint", async () => {
+      const p = runWith(right);
+      expect(await cp.outcome(p.placement_id)).toMatchObject({ type: "exited", exit_code: 0 });
+      expect(cp.registryAuthRequests).toContain(p.placement_id);
+      const progress = cp.eventsFor(p.placement_id).flatMap((e) => (e.type === "pulling" ? [e.progress] : []));
+      expect(progress.at(0)).toBe(
+        `pulling ${privateImage} with the account's credentials for ${registry.host} (user ${AUTH_USER})`,
+      );
+      expect(progress.at(-1)).toBe(`pulled ${privateImage}`);
+      await cp.waitFor("its line", () => cp.linesFor(p.placement_id).at(0)?.line === "private");
+
+      const id = await t.engine.imageId(privateImage);
+      const stateFile = readFileSync(join(t.config.dataDir, "state.json"), "utf8");
+      expect(JSON.parse(stateFile).images[id!]).toMatchObject({
+        ref: privateImage,
+        fingerprints: [expect.stringMatching(/^sha256:[0-9a-f]{64}$/)],
+      });
+      expect(stateFile).not.toContain(AUTH_PASSWORD);
+      expect(JSON.stringify(cp.events)).not.toContain(AUTH_PASSWORD);
+    });
+
+    it("(b) wrong credentials: the registry refused the account's credentials, not retryable", async () => {
+      const p = runWith(wrong);
+      const outcome = await failsWith(
+        p,
+        new RegExp(`the registry refused the account's credentials for ${literal(registry.host)} \\(user scalar\\)`),
+        false,
+      );
+      expect(JSON.stringify(outcome)).not.toContain(wrong.password);
+    });
+
+    it("(c) no credentials, with the image cached by (a): no start from the cache, needs registry credentials", async () => {
+      expect(await t.engine.hasImage(privateImage)).toBe(true);
+      const p = runWith(null);
+      await failsWith(
+        p,
+        new RegExp(`needs registry credentials .*scalar registries add ${literal(registry.host)}`),
+        false,
+      );
+      expect(cp.registryAuthRequests).toContain(p.placement_id);
+      expect(cp.eventsFor(p.placement_id).some((e) => e.type === "running")).toBe(false);
+      // The same credentials as (a) still start from the cache, without a pull.
+      const again = runWith(right);
+      expect(await cp.outcome(again.placement_id)).toMatchObject({ type: "exited", exit_code: 0 });
+      expect(cp.eventsFor(again.placement_id).map((e) => e.type)).toEqual(["running", "exited"]);
     });
   });
 

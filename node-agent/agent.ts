@@ -21,6 +21,7 @@ import { errorText, type Logger } from "./logger";
 import { containerMetrics } from "./metrics";
 import { EventOutbox } from "./outbox";
 import { PlacementRun, type RunContext } from "./placement-run";
+import { PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
 import { planReconcile, type RemoveStep } from "./reconcile";
 import { AgentState } from "./state";
@@ -74,6 +75,7 @@ export class Agent {
   readonly state: AgentState;
   readonly outbox: EventOutbox;
   readonly shipper: LogShipper;
+  readonly images: PrivateImages;
   private readonly runs = new Map<string, PlacementRun>();
   /** Containers being retired without a run (found after a restart, placement gone). */
   private readonly retiring = new Map<string, Promise<void>>();
@@ -108,8 +110,11 @@ export class Agent {
       config.logShipping,
     );
     this.desired = this.state.placementSet?.placements ?? null;
+    this.images = new PrivateImages(this.state, deps.engine, deps.clock, deps.log);
     this.ctx = {
       engine: deps.engine,
+      api: deps.api,
+      images: this.images,
       clock: deps.clock,
       state: this.state,
       outbox: this.outbox,
@@ -156,6 +161,8 @@ export class Agent {
     this.inventory = await this.deps.gpus.inventory();
     await this.waitForEngine();
     if (this.signal.aborted) return;
+    // Before any run: images a pull with credentials left unrecorded, and records of images gone.
+    await this.images.start();
     const delivery = {
       clock: this.deps.clock,
       signal: this.signal,

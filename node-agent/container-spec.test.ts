@@ -127,7 +127,12 @@ describe("exit and failure reports", () => {
       /registry unreachable/,
     );
     expect(pullFailureReason("r/x:1", new EngineError("image_unauthorized", "no basic auth credentials"))).toBe(
-      "image pull failed: r/x:1 needs registry credentials (no basic auth credentials); nodes pull without any, so use a public image or one in a registry they may read",
+      "image pull failed: r/x:1 needs registry credentials (no basic auth credentials); the account can add them with `scalar registries add docker.io`",
+    );
+    expect(
+      pullFailureReason("ghcr.io/o/x:1", new EngineError("image_unauthorized", "unauthorized"), { username: "u" }),
+    ).toBe(
+      "image pull failed: the registry refused the account's credentials for ghcr.io (user u) for ghcr.io/o/x:1 (unauthorized); update them with `scalar registries add ghcr.io`",
     );
     // Another attempt fails the same way only when the image is missing, unreadable or its name malformed.
     expect(pullRetryable(new EngineError("image_not_found", "manifest unknown"))).toBe(false);

@@ -1,7 +1,8 @@
 /**
  * The agent's client of the control plane's agent routes (`AGENT_ROUTES`), typed and validated with
  * the shared zod schemas. Failures are sorted in two: `unreachable` (network, 5xx, 408, 429: try
- * again later) and `rejected` (any other 4xx: retrying the same request will not help).
+ * again later) and `rejected` (any other 4xx: retrying the same request will not help). An error
+ * answer in Scalar's envelope also gives its `code` (e.g. `unknown_placement`).
  */
 import type { z } from "zod";
 import {
@@ -15,6 +16,7 @@ import {
   type NodeInventory,
   PlacementSet,
   RegisterResponse,
+  RegistryAuth,
 } from "../core/schemas";
 
 export class ControlPlaneError extends Error {
@@ -22,6 +24,8 @@ export class ControlPlaneError extends Error {
     readonly kind: "unreachable" | "rejected",
     message: string,
     readonly status?: number,
+    /** The error envelope's `code`, when the answer had one. */
+    readonly code?: string,
   ) {
     super(message);
     this.name = "ControlPlaneError";
@@ -34,6 +38,11 @@ export interface ControlPlaneApi {
   events(batch: EventBatch): Promise<EventBatchResponse>;
   logs(batch: LogBatch): Promise<LogBatchResponse>;
   heartbeat(heartbeat: Heartbeat): Promise<HeartbeatResponse>;
+  /**
+   * The registry of a placement's image and the account's credentials for it. 404 `unknown_placement`
+   * (ControlPlaneError, `code`) when the placement is not, or no longer, active on this node.
+   */
+  registryAuth(placementId: string): Promise<RegistryAuth>;
 }
 
 export class ControlPlaneClient implements ControlPlaneApi {
@@ -69,6 +78,11 @@ export class ControlPlaneClient implements ControlPlaneApi {
     return this.call(HeartbeatResponse, "POST", AGENT_ROUTES.heartbeat, heartbeat);
   }
 
+  registryAuth(placementId: string) {
+    const path = AGENT_ROUTES.registryAuth.replace("{placement_id}", encodeURIComponent(placementId));
+    return this.call(RegistryAuth, "GET", path);
+  }
+
   private async call<T extends z.ZodType>(
     schema: T,
     method: "GET" | "POST",
@@ -97,11 +111,13 @@ export class ControlPlaneClient implements ControlPlaneApi {
     const text = await res.text().catch(() => "");
     if (!res.ok) {
       const retry = res.status >= 500 || res.status === 408 || res.status === 429;
-      const message = errorMessage(text) ?? res.statusText;
+      const envelope = errorEnvelope(text);
+      const message = envelope.message ?? res.statusText;
       throw new ControlPlaneError(
         retry ? "unreachable" : "rejected",
         `${method} ${path}: ${res.status} ${message}`,
         res.status,
+        envelope.code,
       );
     }
     let json: unknown;
@@ -122,13 +138,17 @@ export class ControlPlaneClient implements ControlPlaneApi {
   }
 }
 
-/** The message of Scalar's error envelope, when the body is one. */
-function errorMessage(text: string): string | undefined {
+/** The code and message of Scalar's error envelope when the body is one; else the body's start as the message. */
+function errorEnvelope(text: string): { code?: string; message?: string } {
   try {
-    const body = JSON.parse(text) as { error?: { code?: string; message?: string } };
-    if (body.error?.message) return `${body.error.code ?? "error"}: ${body.error.message}`;
+    const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown } };
+    const code = typeof body.error?.code === "string" ? body.error.code : undefined;
+    if (typeof body.error?.message === "string" && body.error.message) {
+      return { ...(code ? { code } : {}), message: `${code ?? "error"}: ${body.error.message}` };
+    }
+    if (code) return { code, ...(text ? { message: text.slice(0, 200) } : {}) };
   } catch {
     // not an envelope
   }
-  return text ? text.slice(0, 200) : undefined;
+  return text ? { message: text.slice(0, 200) } : {};
 }

@@ -7,20 +7,26 @@
  * after a restart is a duplicate the control plane ignores, never a second fact.
  */
 import { constants } from "node:os";
-import type { Placement, PlacementEvent } from "../core/schemas";
+import { type Placement, type PlacementEvent, type RegistryAuth, registryOf, serverAddressOf } from "../core/schemas";
 import { Backoff, type BackoffPolicy } from "./backoff";
 import type { Clock } from "./clock";
 import { containerSpec, LABELS, ownLabels } from "./container-spec";
+import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import { type ContainerDetails, type ContainerEngine, EngineError, type LogFollow } from "./docker/engine";
 import { followContainerLog } from "./log-follower";
 import type { LogShipper } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
 import type { EventOutbox } from "./outbox";
+import type { PrivateImages } from "./private-images";
 import { effectivePolicy, type PullPolicy } from "./pull-policy";
 import type { AgentState } from "./state";
 
 export interface RunContext {
   engine: ContainerEngine;
+  /** Asked for a placement's registry credentials before any pull. */
+  api: Pick<ControlPlaneApi, "registryAuth">;
+  /** Which cached images were pulled with which credentials. */
+  images: PrivateImages;
   clock: Clock;
   state: AgentState;
   outbox: EventOutbox;
@@ -49,15 +55,27 @@ export function signalOf(exitCode: number): string | undefined {
   return exitCode > 128 && exitCode < 160 ? SIGNAL_NAMES.get(exitCode - 128) : undefined;
 }
 
-export function pullFailureReason(image: string, error: unknown): string {
+/** Tries of the registry-auth call while the control plane is unreachable, before the attempt fails. */
+export const REGISTRY_AUTH_TRIES = 3;
+
+/**
+ * Why a pull failed. `credentials`: the account's user name for the image's registry when the pull
+ * sent credentials (the password never reaches a reason).
+ */
+export function pullFailureReason(image: string, error: unknown, credentials?: { username: string } | null): string {
   const message = errorText(error);
   switch (error instanceof EngineError ? error.code : "engine") {
     case "invalid_reference":
       return `image pull failed: invalid image name "${image}" (${message})`;
     case "image_not_found":
       return `image pull failed: ${image} not found (${message})`;
-    case "image_unauthorized":
-      return `image pull failed: ${image} needs registry credentials (${message}); nodes pull without any, so use a public image or one in a registry they may read`;
+    case "image_unauthorized": {
+      const registry = registryOf(image);
+      if (credentials) {
+        return `image pull failed: the registry refused the account's credentials for ${registry} (user ${credentials.username}) for ${image} (${message}); update them with \`scalar registries add ${registry}\``;
+      }
+      return `image pull failed: ${image} needs registry credentials (${message}); the account can add them with \`scalar registries add ${registry}\``;
+    }
     case "registry_unreachable":
       return `image pull failed: registry unreachable for ${image} (${message})`;
     default:
@@ -67,8 +85,8 @@ export function pullFailureReason(image: string, error: unknown): string {
 
 /**
  * A pull another attempt would fail the same way, on any node: the registry says the image does not
- * exist or may not be read without credentials (docker says "not found", "denied", "no basic auth
- * credentials"), or the name is malformed.
+ * exist or may not be read with the credentials sent, or without any (docker says "not found",
+ * "denied", "no basic auth credentials", "unauthorized"), or the name is malformed.
  * An unreachable registry, a full disk or anything else may pass on the next try.
  */
 export function pullRetryable(error: unknown): boolean {
@@ -256,34 +274,129 @@ export class PlacementRun {
     return true;
   }
 
+  /**
+   * Makes sure the engine has the image this placement may use; false when the run is over (failed,
+   * or not to start). Rules (private-images.ts): a cached image the pull policy takes as fixed and
+   * that no pull with credentials put here starts at once, without asking anyone (the hot path).
+   * Anything else first asks the control plane for the placement's registry credentials; a cached
+   * private image starts only with the credentials it was pulled with, else it is pulled again
+   * with this placement's credentials, or none, and the registry decides.
+   */
   private async pullImage(): Promise<boolean> {
     const image = this.placement.image;
-    // No registry call and no `pulling` event for an image the policy takes as fixed and the engine has.
-    if (effectivePolicy(image, this.ctx.pullPolicy) === "if-not-present") {
-      if (await this.ctx.engine.hasImage(image).catch(() => false)) return true;
+    const images = this.ctx.images;
+    const fixed = effectivePolicy(image, this.ctx.pullPolicy) === "if-not-present";
+    let cached: string | null = null;
+    if (fixed) {
+      cached = await this.imageId(image);
+      // No control-plane call, no registry call and no `pulling` event for a public image the engine has.
+      if (cached && images.isPublic(cached)) return true;
     }
-    this.progress(`pulling ${image}`, true);
+    const auth = await this.registryAuth();
+    if (!auth) return false;
+    await images.settle();
+    const fingerprint = images.fingerprint(auth);
+    const credentials = auth.credentials;
+    const redact = redactor(credentials?.password);
+    if (cached && images.mayStart(cached, fingerprint)) return true;
+
+    this.progress(
+      credentials
+        ? `pulling ${image} with the account's credentials for ${auth.registry} (user ${credentials.username})`
+        : `pulling ${image}`,
+      true,
+      redact,
+    );
+    const pull = images.startPull(image, fingerprint);
     try {
-      await this.ctx.engine.pull(image, (p) => this.progress(p, false));
+      await this.ctx.engine.pull(
+        image,
+        (p) => this.progress(p, false, redact),
+        credentials
+          ? {
+              username: credentials.username,
+              password: credentials.password,
+              serveraddress: serverAddressOf(auth.registry),
+            }
+          : undefined,
+      );
     } catch (error) {
+      pull.failed();
       const unreachable = error instanceof EngineError && error.code === "registry_unreachable";
-      if (unreachable && (await this.ctx.engine.hasImage(image).catch(() => false))) {
-        this.progress(`registry unreachable (${errorText(error)}); using the local copy of ${image}`, true);
+      const local = unreachable ? await this.imageId(image) : null;
+      if (local && images.mayStart(local, fingerprint)) {
+        this.progress(`registry unreachable (${errorText(error)}); using the local copy of ${image}`, true, redact);
         return true;
       }
-      this.fail(pullFailureReason(image, error), pullRetryable(error));
+      const notLocal = local
+        ? "; the local copy was pulled with other credentials, so it is used only once the registry lets this account read it"
+        : "";
+      this.fail(redact(pullFailureReason(image, error, credentials) + notLocal), pullRetryable(error));
       return false;
     }
+    pull.succeeded(await this.imageId(image));
     this.progress(`pulled ${image}`, true);
     return true;
   }
 
-  private progress(text: string, always: boolean): void {
+  /** The engine's id of the image, or null when it has none (or cannot say). */
+  private imageId(image: string): Promise<string | null> {
+    return this.ctx.engine.imageId(image).catch(() => null);
+  }
+
+  /**
+   * The placement's registry credentials from the control plane; null when the run ends here: the
+   * attempt failed (reported), or the control plane says the placement is not active on this node
+   * (`unknown_placement`): then nothing starts and nothing is reported, as for a placement that
+   * left the desired set before its container existed, unless its latest version is cancelled or
+   * past its deadline, which is reported as such (exit -1). If the desired set still holds it, the
+   * next reconcile launches it again and the control plane is asked again.
+   */
+  private async registryAuth(): Promise<RegistryAuth | null> {
+    const backoff = new Backoff(this.ctx.backoff, this.ctx.random);
+    for (let attempt = 1; ; attempt++) {
+      if (this.abandoned || this.closing.signal.aborted) return null;
+      let auth: RegistryAuth;
+      try {
+        auth = await this.ctx.api.registryAuth(this.id);
+      } catch (error) {
+        if (error instanceof ControlPlaneError && error.status === 404 && error.code === "unknown_placement") {
+          if (!this.notToStart()) {
+            this.ctx.log("info", "placement not active on this node any more; not starting it", {
+              placement_id: this.id,
+              error: errorText(error),
+            });
+            this.abandon();
+          }
+          return null;
+        }
+        const unreachable = error instanceof ControlPlaneError && error.kind === "unreachable";
+        if (unreachable && attempt < REGISTRY_AUTH_TRIES) {
+          await this.ctx.clock.sleep(backoff.next(), this.closing.signal);
+          continue;
+        }
+        if (this.closing.signal.aborted) return null;
+        this.fail(`could not fetch registry credentials: ${errorText(error)}`);
+        return null;
+      }
+      // Credentials go only to the registry the image is on, never to another one.
+      const registry = registryOf(this.placement.image);
+      if (auth.credentials && auth.registry !== registry) {
+        this.fail(
+          `could not fetch registry credentials: the control plane answered credentials for ${auth.registry}, but ${this.placement.image} is on ${registry}`,
+        );
+        return null;
+      }
+      return auth;
+    }
+  }
+
+  private progress(text: string, always: boolean, redact: (text: string) => string = (t) => t): void {
     const now = this.ctx.clock.now();
     if (!always && now - this.lastProgressAt < this.ctx.pullProgressIntervalMs) return;
     this.lastProgressAt = now;
     const n = this.progressCount++;
-    this.report({ type: "pulling", progress: text.slice(0, 512) }, `pulling/${this.ctx.incarnation}/${n}`);
+    this.report({ type: "pulling", progress: redact(text).slice(0, 512) }, `pulling/${this.ctx.incarnation}/${n}`);
   }
 
   private async supervise(id: string): Promise<void> {
@@ -433,3 +546,12 @@ export class PlacementRun {
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/**
+ * Masks a password wherever text from elsewhere (the engine's messages) could carry it. Shorter
+ * than 4 characters it is left alone: masking would mangle the text and hide nothing.
+ */
+export function redactor(password: string | undefined): (text: string) => string {
+  if (!password || password.length < 4) return (text) => text;
+  return (text) => text.split(password).join("***");
+}

@@ -1,9 +1,11 @@
 /**
  * What the agent remembers across restarts, in `<data>/state.json`: its node identity, the last
- * desired set (so deadlines are kept even while the control plane is unreachable), and per
+ * desired set (so deadlines are kept even while the control plane is unreachable), per
  * placement whether its outcome is already reported (never start it again), why we stopped it,
- * and how far its log has been acknowledged.
+ * and how far its log has been acknowledged; and which cached images were pulled with registry
+ * credentials, and with which (fingerprints only: see private-images.ts).
  */
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementSet } from "../core/schemas";
@@ -21,12 +23,29 @@ const PlacementRecord = z.object({
 });
 export type PlacementRecord = z.infer<typeof PlacementRecord>;
 
+/** An image in the engine that was pulled with registry credentials, by its engine id. */
+export const ImageRecord = z.object({
+  /** The reference it was last pulled as (for operators; the record is the image's, whatever it is called). */
+  ref: z.string(),
+  /** Fingerprints of the credentials it was pulled with, oldest first (never the credentials). */
+  fingerprints: z.array(z.string()),
+  /** When it was last pulled with credentials (ms). */
+  at: z.number(),
+});
+export type ImageRecord = z.infer<typeof ImageRecord>;
+
 const StateFile = z.object({
   version: z.literal(1),
   node_id: z.string().optional(),
   region: z.string().optional(),
   placement_set: PlacementSet.optional(),
   placements: z.record(z.string(), PlacementRecord),
+  /** Images pulled with credentials, by engine image id. */
+  images: z.record(z.string(), ImageRecord).optional(),
+  /** Pulls with credentials started and not yet recorded, by reference → start time (ms). */
+  pending_pulls: z.record(z.string(), z.number()).optional(),
+  /** Mixed into credential fingerprints, so they cannot be compared with other nodes' or looked up. */
+  fingerprint_salt: z.string().optional(),
 });
 type StateFile = z.infer<typeof StateFile>;
 
@@ -79,6 +98,46 @@ export class AgentState {
 
   knownPlacements(): string[] {
     return Object.keys(this.data.placements);
+  }
+
+  imageRecord(imageId: string): ImageRecord | undefined {
+    return this.data.images?.[imageId];
+  }
+
+  imageRecordIds(): string[] {
+    return Object.keys(this.data.images ?? {});
+  }
+
+  /** Replaces (or with undefined, drops) an image's record: always a new object, never changed in place. */
+  setImageRecord(imageId: string, record: ImageRecord | undefined): void {
+    const images = { ...this.data.images };
+    if (record) images[imageId] = record;
+    else if (imageId in images) delete images[imageId];
+    else return;
+    this.data.images = images;
+    this.save();
+  }
+
+  pendingPulls(): Record<string, number> {
+    return { ...this.data.pending_pulls };
+  }
+
+  setPendingPull(ref: string, startedAt: number | undefined): void {
+    const pending = { ...this.data.pending_pulls };
+    if (startedAt !== undefined) pending[ref] = startedAt;
+    else if (ref in pending) delete pending[ref];
+    else return;
+    this.data.pending_pulls = pending;
+    this.save();
+  }
+
+  /** This node's fingerprint salt, made (and saved) on first use. */
+  fingerprintSalt(): string {
+    if (!this.data.fingerprint_salt) {
+      this.data.fingerprint_salt = randomBytes(16).toString("hex");
+      this.save();
+    }
+    return this.data.fingerprint_salt;
   }
 
   private save(): void {

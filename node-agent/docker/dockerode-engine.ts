@@ -9,6 +9,7 @@ import type {
   ContainerSummary,
   LogEntry,
   LogFollow,
+  RegistryCredentials,
   StatsSample,
 } from "./engine";
 import { EngineError, type EngineErrorCode } from "./engine";
@@ -151,33 +152,49 @@ export class DockerodeEngine implements ContainerEngine {
   }
 
   async hasImage(ref: string): Promise<boolean> {
+    return (await this.imageId(ref)) !== null;
+  }
+
+  async imageId(ref: string): Promise<string | null> {
     try {
-      await this.docker.getImage(ref).inspect();
-      return true;
+      return (await this.docker.getImage(ref).inspect()).Id;
     } catch (error) {
-      if (status(error) === 404) return false;
+      if (status(error) === 404) return null;
       throw new EngineError("engine", engineMessage(error), status(error));
     }
   }
 
-  async pull(ref: string, onProgress: (progress: string) => void): Promise<void> {
+  async pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void> {
     let stream: NodeJS.ReadableStream;
     try {
-      stream = await this.docker.pull(ref);
+      // dockerode sends `authconfig` as the X-Registry-Auth header, never in the URL.
+      stream = await this.docker.pull(ref, credentials ? { authconfig: { ...credentials } } : {});
     } catch (error) {
       const message = engineMessage(error);
       throw new EngineError(pullErrorCode(status(error), message), message, status(error));
     }
     const layers = new Map<string, { current: number; total: number }>();
+    // An error after the pull began comes as an event in the stream, which followProgress does not treat as one.
+    let streamError: string | null = null;
     await new Promise<void>((done, fail) => {
       this.docker.modem.followProgress(
         stream,
         (error: unknown) => {
-          if (!error) return done();
-          const message = engineMessage(error);
+          if (!error && streamError === null) return done();
+          const message = error ? engineMessage(error) : streamError!;
           fail(new EngineError(pullErrorCode(undefined, message), message));
         },
-        (event: { status?: string; id?: string; progressDetail?: { current?: number; total?: number } }) => {
+        (event: {
+          status?: string;
+          id?: string;
+          progressDetail?: { current?: number; total?: number };
+          error?: string;
+          errorDetail?: { message?: string };
+        }) => {
+          if (event.error || event.errorDetail?.message) {
+            streamError ??= (event.errorDetail?.message ?? event.error ?? "").trim() || "pull failed";
+            return;
+          }
           if (event.id && event.progressDetail?.total) {
             layers.set(event.id, { current: event.progressDetail.current ?? 0, total: event.progressDetail.total });
           }

@@ -99,6 +99,14 @@ export class EngineError extends Error {
   }
 }
 
+/** What a pull from a registry that wants credentials sends (the account's, for the image's registry). */
+export interface RegistryCredentials {
+  username: string;
+  password: string;
+  /** The registry as `docker login` names it (`serverAddressOf` in core/schemas/registry.ts). */
+  serveraddress: string;
+}
+
 export interface ContainerEngine {
   ping(): Promise<void>;
   /** Containers in any state carrying all these labels. */
@@ -106,8 +114,13 @@ export interface ContainerEngine {
   /** Null when there is no such container. */
   inspect(id: string): Promise<ContainerDetails | null>;
   hasImage(ref: string): Promise<boolean>;
-  /** Throws EngineError invalid_reference | image_not_found | image_unauthorized | registry_unreachable | engine. */
-  pull(ref: string, onProgress: (progress: string) => void): Promise<void>;
+  /** The engine's id (`sha256:…`) of the image a reference, or an id, names here; null when it has none. */
+  imageId(ref: string): Promise<string | null>;
+  /**
+   * Anonymous without `credentials`. Throws EngineError invalid_reference | image_not_found |
+   * image_unauthorized | registry_unreachable | engine.
+   */
+  pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void>;
   /** Returns the new id; EngineError conflict when the name is taken. */
   create(spec: ContainerSpec): Promise<string>;
   /** EngineError gpu_unavailable when the NVIDIA device request cannot be served. */

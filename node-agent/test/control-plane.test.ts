@@ -64,6 +64,36 @@ describe("test control plane", () => {
     expect(await res.json()).toMatchObject({ error: { code: "invalid_request", request_id: expect.any(String) } });
   });
 
+  it("answers a placement's registry credentials; the id is URL-encoded; unknown_placement once it is not active", async () => {
+    const odd = { ...placement, placement_id: "p/1 ?#%", image: "ghcr.io/org/app:1" };
+    cp.setPlacements([placement, odd]);
+    expect(await client.registryAuth("p1")).toEqual({ registry: "127.0.0.1:5000", credentials: null });
+    cp.registryCredentials.set("ghcr.io", { username: "u", password: "pw" });
+    expect(await client.registryAuth(odd.placement_id)).toEqual({
+      registry: "ghcr.io",
+      credentials: { username: "u", password: "pw" },
+    });
+    expect(cp.registryAuthRequests).toEqual(["p1", odd.placement_id]);
+
+    cp.setPlacements([{ ...placement, desired: "stopped" }]);
+    for (const id of ["p1", "nope"]) {
+      const error = await client.registryAuth(id).catch((e) => e);
+      expect(error).toBeInstanceOf(ControlPlaneError);
+      expect(error).toMatchObject({
+        kind: "rejected",
+        status: 404,
+        code: "unknown_placement",
+        message: expect.stringMatching(/registry-auth: 404 unknown_placement: placement .* is not active/),
+      });
+    }
+    cp.registryAuthError = { status: 503, code: "secrets_unavailable", message: "cannot open" };
+    await expect(client.registryAuth("p1")).rejects.toMatchObject({
+      kind: "unreachable",
+      status: 503,
+      code: "secrets_unavailable",
+    });
+  });
+
   it("refuses connections while down and comes back on the same port (unreachable)", async () => {
     await cp.goDown();
     const error = await client.register(inventory).catch((e) => e);

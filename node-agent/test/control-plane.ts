@@ -2,8 +2,8 @@
  * TEST PEER, not the product: a small stand-in for the control plane's agent routes, for the node
  * agent's tests until they run against the real Worker. It serves exactly `AGENT_ROUTES` with the
  * `core/schemas/agent.ts` types (zod-validated both ways, the error envelope on bad input), keeps
- * what agents send, lets a test set the desired placements, and can go down (refusing connections)
- * and come back on the same port.
+ * what agents send, lets a test set the desired placements and the registry credentials it hands
+ * out, and can go down (refusing connections) and come back on the same port.
  */
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -23,7 +23,13 @@ import {
   type PlacementEvent,
   type PlacementSet,
   RegisterResponse,
+  RegistryAuth,
+  registryOf,
 } from "../../core/schemas";
+
+type Credentials = NonNullable<RegistryAuth["credentials"]>;
+
+const REGISTRY_AUTH_PATH = new RegExp(`^${AGENT_ROUTES.registryAuth.replace("{placement_id}", "([^/]+)")}$`);
 
 export interface TestControlPlaneOptions {
   token?: string;
@@ -57,6 +63,14 @@ export class TestControlPlane {
   private version = 0;
   /** Answer `state: unknown` to heartbeats (as after losing state) until the next registration. */
   forgetNode = false;
+  /** The account's credentials by registry host, for every placement (none: null, pull anonymously). */
+  readonly registryCredentials = new Map<string, Credentials>();
+  /** Per placement, instead of the map: another account's credentials, or null for none. */
+  readonly placementCredentials = new Map<string, Credentials | null>();
+  /** Placement ids the registry-auth route was asked for, in order. */
+  readonly registryAuthRequests: string[] = [];
+  /** When set, the registry-auth route answers this error (status, code, message) instead. */
+  registryAuthError: { status: number; code: string; message: string } | null = null;
   private server: Server;
   private port = 0;
   private readonly changeWaiters = new Set<() => void>();
@@ -217,6 +231,8 @@ export class TestControlPlane {
       throw new HttpError(401, "unauthorized", "missing or wrong node token");
     }
     const route = `${req.method} ${url.pathname}`;
+    const authFor = req.method === "GET" ? REGISTRY_AUTH_PATH.exec(url.pathname) : null;
+    if (authFor) return send(res, 200, this.registryAuth(decodeURIComponent(authFor[1]!)));
     switch (route) {
       case `POST ${AGENT_ROUTES.register}`: {
         const inventory = parse(NodeInventory, await body(req));
@@ -280,6 +296,24 @@ export class TestControlPlane {
       default:
         throw new HttpError(404, "not_found", `no route ${route}`);
     }
+  }
+
+  /** As the Worker: only for a placement active on the node (in its set and not stopped). */
+  private registryAuth(placementId: string): RegistryAuth {
+    this.registryAuthRequests.push(placementId);
+    if (this.registryAuthError) {
+      const e = this.registryAuthError;
+      throw new HttpError(e.status, e.code, e.message);
+    }
+    const placement = this.placement(placementId);
+    if (!placement || placement.desired === "stopped") {
+      throw new HttpError(404, "unknown_placement", `placement ${placementId} is not active on this node`);
+    }
+    const registry = registryOf(placement.image);
+    const credentials = this.placementCredentials.has(placementId)
+      ? this.placementCredentials.get(placementId)!
+      : (this.registryCredentials.get(registry) ?? null);
+    return RegistryAuth.parse({ registry, credentials });
   }
 
   private waitForChange(req: IncomingMessage, waitMs: number): Promise<void> {

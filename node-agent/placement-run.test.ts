@@ -1,0 +1,459 @@
+/**
+ * A placement's image pull with registry credentials (private-images.ts), on a fake engine and a
+ * fake control plane: when the agent asks the control plane, when it pulls and with what, what it
+ * records, and what it never writes down.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import type { z } from "zod";
+import { Placement, type PlacementEvent, type RegistryAuth, registryOf } from "../core/schemas";
+import { systemClock } from "./clock";
+import { ControlPlaneError } from "./control-plane";
+import { EngineError, type RegistryCredentials } from "./docker/engine";
+import { readJson } from "./files";
+import { LogShipper } from "./log-shipper";
+import type { Logger } from "./logger";
+import { EventOutbox } from "./outbox";
+import { PlacementRun, REGISTRY_AUTH_TRIES, type RunContext } from "./placement-run";
+import { ANONYMOUS, MAX_FINGERPRINTS, PrivateImages } from "./private-images";
+import type { PullPolicy } from "./pull-policy";
+import { AgentState } from "./state";
+import { FakeEngine } from "./test/fake-engine";
+
+const REGISTRY = "registry.example.com";
+const IMAGE = `${REGISTRY}/org/app:1`;
+const ALICE = { username: "alice", password: "alice-s3cret-pw" };
+const BOB = { username: "bob", password: "bob-other-s3cret" };
+
+/** The control plane's registry-auth route: each placement's answer (set by `run`), or an error. */
+class FakeAuth {
+  readonly asked: string[] = [];
+  readonly answers = new Map<string, RegistryAuth>();
+  error: ((placementId: string) => Error) | null = null;
+
+  async registryAuth(placementId: string): Promise<RegistryAuth> {
+    this.asked.push(placementId);
+    if (this.error) throw this.error(placementId);
+    const answer = this.answers.get(placementId);
+    if (!answer) throw new ControlPlaneError("rejected", "404 unknown_placement", 404, "unknown_placement");
+    return answer;
+  }
+}
+
+/** A registry that only lets these users read, and answers this image id. */
+const privateRegistry =
+  (users: { username: string; password: string }[], id = "sha256:private") =>
+  (_ref: string, credentials?: RegistryCredentials) => {
+    if (!credentials) throw new EngineError("image_unauthorized", "no basic auth credentials");
+    if (!users.some((u) => u.username === credentials.username && u.password === credentials.password)) {
+      throw new EngineError("image_unauthorized", "unauthorized: authentication required");
+    }
+    return id;
+  };
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+let counter = 0;
+
+/** One agent's worth of run context over a data folder (a new one unless given: a restart reuses it). */
+function node(opts: { dataDir?: string; engine?: FakeEngine; pullPolicy?: PullPolicy } = {}) {
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "scalar-run-"));
+  if (!opts.dataDir) dirs.push(dataDir);
+  const engine = opts.engine ?? new FakeEngine();
+  const api = new FakeAuth();
+  const logs: string[] = [];
+  const log: Logger = (level, msg, fields) => logs.push(JSON.stringify({ level, msg, ...fields }));
+  const state = AgentState.open(dataDir);
+  const outbox = EventOutbox.open(dataDir, { log });
+  const images = new PrivateImages(state, engine, systemClock, log);
+  const ctx: RunContext = {
+    engine,
+    api,
+    images,
+    clock: systemClock,
+    state,
+    outbox,
+    shipper: new LogShipper(() => {}, log),
+    log,
+    agentName: "unit",
+    nodeId: () => "node-1",
+    pidsLimit: 64,
+    pullProgressIntervalMs: 0,
+    pullPolicy: opts.pullPolicy ?? "auto",
+    incarnation: "i1",
+    backoff: { initialMs: 1, maxMs: 5, factor: 2, jitter: 0 },
+    random: () => 0,
+    onSettled: () => {},
+  };
+  /** Runs one placement to its end; its events, in order. */
+  const run = async (
+    over: Partial<z.input<typeof Placement>> & { credentials?: RegistryAuth["credentials"] } = {},
+  ): Promise<PlacementEvent[]> => {
+    const { credentials, ...rest } = over;
+    const placement = Placement.parse({
+      placement_id: `p${counter++}`,
+      job_id: "j",
+      attempt: 1,
+      image: IMAGE,
+      gpu_indices: [],
+      cpu_milli: 100,
+      memory_mib: 64,
+      kill_deadline: null,
+      desired: "running",
+      ...rest,
+    });
+    api.answers.set(placement.placement_id, {
+      registry: registryOf(placement.image),
+      credentials: credentials ?? null,
+    });
+    const r = new PlacementRun(ctx, placement);
+    await r.done;
+    return events().filter((e) => e.placement_id === placement.placement_id);
+  };
+  const events = (): PlacementEvent[] => (readJson(join(dataDir, "outbox.json")) as PlacementEvent[] | undefined) ?? [];
+  const stateFile = () => readFileSync(join(dataDir, "state.json"), "utf8");
+  return { dataDir, engine, api, ctx, state, images, logs, run, events, stateFile };
+}
+
+const types = (events: PlacementEvent[]) => events.map((e) => e.type);
+const pulling = (events: PlacementEvent[]) => events.flatMap((e) => (e.type === "pulling" ? [e.progress] : []));
+const failure = (events: PlacementEvent[]) =>
+  events.find((e) => e.type === "failed") as Extract<PlacementEvent, { type: "failed" }> | undefined;
+
+describe("pulling with the account's registry credentials", () => {
+  it("starts a cached public image with a fixed tag without asking the control plane or the registry", async () => {
+    const n = node();
+    n.engine.images.set(IMAGE, "sha256:public");
+    expect(types(await n.run())).toEqual(["running", "exited"]);
+    expect(n.api.asked).toEqual([]);
+    expect(n.engine.pulls).toEqual([]);
+    // The image check is the only engine call before create: the hot path has nothing more.
+    expect(n.engine.calls.slice(0, 2)).toEqual(["imageId", "create"]);
+  });
+
+  it("asks for credentials before pulling a missing image, pulls with them and records their fingerprint", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE]);
+    const events = await n.run({ credentials: ALICE });
+    expect(types(events).filter((t) => t !== "pulling")).toEqual(["running", "exited"]);
+    expect(n.api.asked).toHaveLength(1);
+    expect(n.engine.pulls).toEqual([
+      { ref: IMAGE, credentials: { username: "alice", password: ALICE.password, serveraddress: REGISTRY } },
+    ]);
+    expect(pulling(events)[0]).toBe(`pulling ${IMAGE} with the account's credentials for ${REGISTRY} (user alice)`);
+    expect(pulling(events).at(-1)).toBe(`pulled ${IMAGE}`);
+    const record = n.state.imageRecord("sha256:private");
+    expect(record).toMatchObject({
+      ref: IMAGE,
+      fingerprints: [n.images.fingerprint({ registry: REGISTRY, credentials: ALICE })],
+    });
+    expect(record?.fingerprints[0]).toMatch(/^sha256:[0-9a-f]{64}$/);
+  });
+
+  it("starts a cached private image without a pull for the credentials it was pulled with", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE]);
+    await n.run({ credentials: ALICE });
+    n.engine.registry = () => {
+      throw new Error("no pull expected");
+    };
+    const events = await n.run({ credentials: ALICE });
+    expect(types(events)).toEqual(["running", "exited"]);
+    expect(n.api.asked).toHaveLength(2);
+    expect(n.engine.pulls).toHaveLength(1);
+  });
+
+  it("pulls a cached private image again for other credentials, and adds theirs once the registry agrees", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE, BOB]);
+    await n.run({ credentials: ALICE });
+    const events = await n.run({ credentials: BOB });
+    expect(types(events).filter((t) => t !== "pulling")).toEqual(["running", "exited"]);
+    expect(n.engine.pulls.map((p) => p.credentials?.username)).toEqual(["alice", "bob"]);
+    expect(n.state.imageRecord("sha256:private")?.fingerprints).toEqual([
+      n.images.fingerprint({ registry: REGISTRY, credentials: ALICE }),
+      n.images.fingerprint({ registry: REGISTRY, credentials: BOB }),
+    ]);
+  });
+
+  it("pulls a cached private image anonymously for a placement without credentials: the registry refuses, not retryable", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE]);
+    await n.run({ credentials: ALICE });
+    const events = await n.run({ credentials: null });
+    expect(n.engine.pulls.at(-1)).toEqual({ ref: IMAGE });
+    expect(types(events)).not.toContain("running");
+    expect(failure(events)).toMatchObject({
+      reason: `image pull failed: ${IMAGE} needs registry credentials (no basic auth credentials); the account can add them with \`scalar registries add ${REGISTRY}\``,
+      retryable: false,
+    });
+    expect(n.engine.containerCount).toBe(1); // only the first placement's
+    expect(n.state.imageRecord("sha256:private")?.fingerprints).toHaveLength(1);
+  });
+
+  it("says the registry refused the account's credentials (user shown, password not), not retryable", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE]);
+    await n.run({ credentials: ALICE });
+    const wrong = { username: "alice", password: "not-the-password" };
+    const events = await n.run({ credentials: wrong });
+    expect(failure(events)).toMatchObject({
+      reason: `image pull failed: the registry refused the account's credentials for ${REGISTRY} (user alice) for ${IMAGE} (unauthorized: authentication required); update them with \`scalar registries add ${REGISTRY}\``,
+      retryable: false,
+    });
+    expect(JSON.stringify(events)).not.toContain(wrong.password);
+  });
+
+  it("drops the record when an anonymous pull succeeds (the image is public): later starts skip the control plane again", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE]);
+    await n.run({ credentials: ALICE });
+    n.engine.registry = () => "sha256:private"; // made public
+    const events = await n.run({ credentials: null });
+    expect(types(events).filter((t) => t !== "pulling")).toEqual(["running", "exited"]);
+    expect(n.engine.pulls.at(-1)).toEqual({ ref: IMAGE });
+    expect(n.state.imageRecord("sha256:private")).toBeUndefined();
+    const asked = n.api.asked.length;
+    expect(types(await n.run())).toEqual(["running", "exited"]);
+    expect(n.api.asked).toHaveLength(asked);
+  });
+
+  it("uses the local copy while the registry is unreachable only for a public image or the recorded credentials", async () => {
+    // `:latest` is pulled before every start, so every start meets the unreachable registry.
+    const latest = `${REGISTRY}/org/app:latest`;
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE, BOB]);
+    await n.run({ image: latest, credentials: ALICE });
+    n.engine.registry = () => {
+      throw new EngineError("registry_unreachable", "dial tcp: connection refused");
+    };
+    const same = await n.run({ image: latest, credentials: ALICE });
+    expect(types(same).filter((t) => t !== "pulling")).toEqual(["running", "exited"]);
+    expect(pulling(same).at(-1)).toMatch(/^registry unreachable .*; using the local copy of/);
+
+    for (const credentials of [BOB, null]) {
+      const other = await n.run({ image: latest, credentials });
+      expect(types(other)).not.toContain("running");
+      expect(failure(other)).toMatchObject({
+        reason: expect.stringMatching(
+          /registry unreachable .*connection refused.*the local copy was pulled with other credentials/,
+        ),
+      });
+      expect(failure(other)).not.toHaveProperty("retryable"); // retryable: the registry may be back
+    }
+
+    const pub = `${REGISTRY}/org/public:latest`;
+    n.engine.images.set(pub, "sha256:public");
+    expect(types(await n.run({ image: pub })).filter((t) => t !== "pulling")).toEqual(["running", "exited"]);
+  });
+
+  it("keeps the record across an agent restart (state file), with fingerprints only: no password in the state, events or logs", async () => {
+    const engine = new FakeEngine();
+    engine.registry = privateRegistry([ALICE, BOB]);
+    const first = node({ engine });
+    await first.run({ credentials: ALICE });
+
+    const second = node({ engine, dataDir: first.dataDir });
+    await second.images.start();
+    const again = await second.run({ credentials: ALICE });
+    expect(types(again)).toEqual(["running", "exited"]); // asked, not pulled
+    expect(second.api.asked).toHaveLength(1);
+    expect(engine.pulls).toHaveLength(1);
+    await second.run({ credentials: null }); // refused: needs credentials
+    await second.run({ credentials: BOB }); // pulls with Bob's
+    expect(engine.pulls.map((p) => p.credentials?.username ?? ANONYMOUS)).toEqual(["alice", ANONYMOUS, "bob"]);
+
+    for (const text of [
+      second.stateFile(),
+      JSON.stringify(second.events()),
+      [...first.logs, ...second.logs].join("\n"),
+    ]) {
+      expect(text).not.toContain(ALICE.password);
+      expect(text).not.toContain(BOB.password);
+    }
+    expect(JSON.parse(second.stateFile()).images["sha256:private"]).toEqual({
+      ref: IMAGE,
+      fingerprints: [expect.stringMatching(/^sha256:/), expect.stringMatching(/^sha256:/)],
+      at: expect.any(Number),
+    });
+  });
+
+  it("masks the password should the engine's messages carry it", async () => {
+    const n = node();
+    n.engine.registry = (_ref, credentials) => {
+      throw new EngineError("engine", `login as ${credentials?.username}:${credentials?.password} failed`);
+    };
+    const events = await n.run({ credentials: ALICE });
+    expect(failure(events)?.reason).toBe(`image pull failed for ${IMAGE}: login as alice:*** failed`);
+    expect(n.logs.join("\n")).not.toContain(ALICE.password);
+  });
+
+  it("starts nothing and reports nothing when the control plane says the placement is not active here (unknown_placement)", async () => {
+    const n = node();
+    n.api.error = (id) =>
+      new ControlPlaneError(
+        "rejected",
+        `GET …/${id}/registry-auth: 404 unknown_placement: gone`,
+        404,
+        "unknown_placement",
+      );
+    const events = await n.run();
+    expect(events).toEqual([]);
+    expect(n.engine.pulls).toEqual([]);
+    expect(n.engine.containerCount).toBe(0);
+    expect(n.state.placement(`p${counter - 1}`).finished).toBeUndefined(); // the next reconcile may launch it again
+    expect(n.logs.join("\n")).toContain("placement not active on this node any more");
+  });
+
+  it("reports a placement cancelled meanwhile as stopped before it started when the control plane says it is not active", async () => {
+    const n = node();
+    let run: PlacementRun | null = null;
+    n.api.error = () => {
+      run?.update({ ...run.placement, desired: "stopped" });
+      return new ControlPlaneError("rejected", "404 unknown_placement", 404, "unknown_placement");
+    };
+    const placement = Placement.parse({
+      placement_id: "p-cancelled",
+      job_id: "j",
+      attempt: 1,
+      image: IMAGE,
+      gpu_indices: [],
+      cpu_milli: 100,
+      memory_mib: 64,
+      kill_deadline: null,
+      desired: "running",
+    });
+    run = new PlacementRun(n.ctx, placement);
+    await run.done;
+    expect(n.events().filter((e) => e.placement_id === "p-cancelled")).toMatchObject([
+      { type: "exited", exit_code: -1, stopped_by: "cancel" },
+    ]);
+  });
+
+  it("fails the attempt as retryable when the credentials cannot be fetched (unreachable: after a few tries)", async () => {
+    const n = node();
+    n.api.error = () => new ControlPlaneError("unreachable", "GET …/registry-auth: 503 secrets_unavailable: down", 503);
+    const events = await n.run();
+    expect(failure(events)).toEqual(
+      expect.objectContaining({
+        reason: "could not fetch registry credentials: GET …/registry-auth: 503 secrets_unavailable: down",
+      }),
+    );
+    expect(failure(events)).not.toHaveProperty("retryable");
+    expect(n.api.asked).toHaveLength(REGISTRY_AUTH_TRIES);
+    expect(n.engine.pulls).toEqual([]);
+
+    const refused = node();
+    refused.api.error = () =>
+      new ControlPlaneError("rejected", "GET …: 401 unauthorized: wrong token", 401, "unauthorized");
+    expect(failure(await refused.run())?.reason).toBe(
+      "could not fetch registry credentials: GET …: 401 unauthorized: wrong token",
+    );
+    expect(refused.api.asked).toHaveLength(1);
+  });
+
+  it("never sends credentials to a registry other than the image's", async () => {
+    const n = node();
+    n.api.registryAuth = async () => ({ registry: "ghcr.io", credentials: ALICE });
+    const events = await n.run();
+    expect(failure(events)?.reason).toMatch(/credentials for ghcr.io, but .* is on registry.example.com/);
+    expect(n.engine.pulls).toEqual([]);
+  });
+
+  it("pulls with credentials every time under `always`, adding nothing twice", async () => {
+    const n = node({ pullPolicy: "always" });
+    n.engine.registry = privateRegistry([ALICE]);
+    await n.run({ credentials: ALICE });
+    await n.run({ credentials: ALICE });
+    expect(n.engine.pulls).toHaveLength(2);
+    expect(n.state.imageRecord("sha256:private")?.fingerprints).toHaveLength(1);
+  });
+});
+
+describe("private image records", () => {
+  it("finds the record under any name of the image (engine id), e.g. with docker.io/ or a digest", async () => {
+    const n = node();
+    n.engine.registry = privateRegistry([ALICE]);
+    await n.run({ image: "org/app:1", credentials: ALICE });
+    n.engine.images.set("docker.io/org/app:1", "sha256:private");
+    n.engine.images.set("org/app@sha256:abc", "sha256:private");
+    for (const image of ["docker.io/org/app:1", "org/app@sha256:abc"]) {
+      const asked = n.api.asked.length;
+      const events = await n.run({ image, credentials: null });
+      expect(n.api.asked).toHaveLength(asked + 1);
+      expect(failure(events)?.reason).toMatch(/needs registry credentials/);
+    }
+  });
+
+  it("while a pull with credentials runs, or one an earlier process left, only images seen public before count as public", async () => {
+    const n = node();
+    n.engine.images.set(IMAGE, "sha256:x");
+    const fp = n.images.fingerprint({ registry: REGISTRY, credentials: ALICE });
+    expect(n.images.isPublic("sha256:x")).toBe(true);
+    const pull = n.images.startPull("other/image:1", fp);
+    // sha256:x was here, public, before that pull began: it stays public; an image not seen yet may be its result.
+    expect(n.images.isPublic("sha256:x")).toBe(true);
+    expect(n.images.isPublic("sha256:new")).toBe(false);
+    expect(n.images.mayStart("sha256:new", ANONYMOUS)).toBe(false);
+    expect(JSON.parse(n.stateFile()).pending_pulls).toEqual({ "other/image:1": expect.any(Number) });
+
+    // The agent stops during that pull; the engine finishes it.
+    n.engine.images.set("other/image:1", "sha256:y");
+    const restarted = node({ engine: n.engine, dataDir: n.dataDir });
+    expect(restarted.images.isPublic("sha256:x")).toBe(false);
+    await restarted.images.start();
+    expect(restarted.images.isPublic("sha256:x")).toBe(true);
+    // Whose credentials pulled it is unknown: private, with no fingerprint: everyone pulls once more.
+    expect(restarted.state.imageRecord("sha256:y")).toMatchObject({ ref: "other/image:1", fingerprints: [] });
+    expect(restarted.images.mayStart("sha256:y", fp)).toBe(false);
+    expect(JSON.parse(restarted.stateFile()).pending_pulls).toEqual({});
+    expect(pull).toBeDefined(); // the stopped process's ticket, never settled
+  });
+
+  it("forgets images the engine no longer has at start, and keeps at most MAX_FINGERPRINTS per image", async () => {
+    const n = node();
+    n.engine.images.set("a:1", "sha256:a");
+    for (let i = 0; i < MAX_FINGERPRINTS + 3; i++) {
+      const fp = n.images.fingerprint({ registry: "docker.io", credentials: { username: `u${i}`, password: "pw" } });
+      n.images.startPull("a:1", fp).succeeded("sha256:a");
+    }
+    const fingerprints = n.state.imageRecord("sha256:a")?.fingerprints ?? [];
+    expect(fingerprints).toHaveLength(MAX_FINGERPRINTS);
+    expect(fingerprints.at(-1)).toBe(
+      n.images.fingerprint({
+        registry: "docker.io",
+        credentials: { username: `u${MAX_FINGERPRINTS + 2}`, password: "pw" },
+      }),
+    );
+    n.images.startPull("b:1", fingerprints[0]!).succeeded("sha256:b"); // "b:1" is not in the engine
+    expect(n.state.imageRecordIds().sort()).toEqual(["sha256:a", "sha256:b"]);
+
+    const restarted = node({ engine: n.engine, dataDir: n.dataDir });
+    await restarted.images.start();
+    expect(restarted.state.imageRecordIds()).toEqual(["sha256:a"]);
+  });
+
+  it("fingerprints differ by registry, user name, password and node; anonymous is anonymous", () => {
+    const a = node().images;
+    const b = node().images;
+    const fp = (images: PrivateImages, registry: string, username: string, password: string) =>
+      images.fingerprint({ registry, credentials: { username, password } });
+    const all = new Set([
+      fp(a, "r", "u", "p"),
+      fp(a, "r2", "u", "p"),
+      fp(a, "r", "u2", "p"),
+      fp(a, "r", "u", "p2"),
+      fp(a, "r", "u:", "p"),
+      fp(a, "r", "u", ":p"),
+      fp(b, "r", "u", "p"),
+    ]);
+    expect(all.size).toBe(7);
+    expect(fp(a, "r", "u", "p")).toBe(fp(a, "r", "u", "p"));
+    expect(a.fingerprint({ registry: "r", credentials: null })).toBe(ANONYMOUS);
+  });
+});
