@@ -222,3 +222,16 @@ export async function idOf(
   if (!found) throw new CliError(`not_found: ${notFound}`);
   return found.id;
 }
+
+/** `--limit N --cursor C` of every list command (the API's cursor pagination). */
+export const PAGE_OPTIONS = {
+  limit: { type: "string", value: "N", description: "per page, 1–100 (default 20)" },
+  cursor: { type: "string", value: "C", description: "the next page" },
+} as const;
+
+/** The page part of a list request's query: only what was given. */
+export function pageQuery(values: Values): { limit?: number; cursor?: string } {
+  const limit = intOption(values, "limit", { min: 1, max: 100 });
+  const cursor = stringOption(values, "cursor");
+  return { ...(limit !== undefined ? { limit } : {}), ...(cursor ? { cursor } : {}) };
+}

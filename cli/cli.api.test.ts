@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DockerodeEngine } from "../node-agent/docker/dockerode-engine";
+import { AUTH_PASSWORD, AUTH_USER, pushPrivateImage, startAuthRegistry } from "../node-agent/test/auth-registry";
 import { AgentProcess, gpuEngineSocket, removeLabelled, testImage } from "../node-agent/test/harness";
 import { freePort } from "../tools/db/embedded";
 import { startWranglerDev, type WranglerDev } from "../tools/launcher/wrangler";
@@ -18,6 +19,7 @@ import { createTestDatabase, type TestDatabase } from "../tools/test/database";
 import { has } from "../tools/test/parts";
 import { createDevSession } from "../tools/token-issuer/dev-session";
 import { startTokenIssuer, type TokenIssuerServer } from "../tools/token-issuer/server";
+import { newKeyEntry } from "../workers/auth/env-secrets";
 import { EXIT } from "./errors";
 
 const BIN = resolve(import.meta.dirname, "bin/scalar.mjs");
@@ -109,7 +111,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       port: await freePort(),
       inspectorPort: await freePort(),
       databaseUrl: db.url,
-      vars: { SUPABASE_URL: issuer.url, LOG_LEVEL: "warn" },
+      vars: { SUPABASE_URL: issuer.url, LOG_LEVEL: "warn", ENV_SECRETS_KEYS: newKeyEntry("cli-test") },
       stateDir: join(dir, "wrangler"),
       timeoutMs: 150_000,
     });
@@ -398,6 +400,38 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(all.find((k) => k.id === keyId)?.revoked_at).toEqual(expect.any(String));
   });
 
+  it("registries add (the password from stdin, never echoed), ls, rm by registry", async () => {
+    const adding = authed(words("registries add GHCR.io --username ci-bot"));
+    adding.child.stdin?.end("ghp_cli_secret_token\n");
+    const added = await adding;
+    expect(added).toMatchObject({
+      code: 0,
+      stdout: "saved credentials for ghcr.io (user ci-bot); nodes use them from their next pull\n",
+    });
+    const again = authed(words("registries add ghcr.io --username ci-bot-2 --json"));
+    again.child.stdin?.end("ghp_other_token\n");
+    const replaced = JSON.parse((await again).stdout);
+    expect(replaced).toMatchObject({ registry: "ghcr.io", username: "ci-bot-2" });
+    expect(JSON.stringify(replaced)).not.toContain("ghp_");
+
+    const ls = await authed(words("registries ls"));
+    expect(ls.stdout.split("\n")[0]).toMatch(/^ID\s+REGISTRY\s+USERNAME\s+CREATED\s+UPDATED$/);
+    expect(ls.stdout).toMatch(/ghcr\.io\s+ci-bot-2\s/);
+    expect(ls.stdout).not.toContain("ghp_");
+
+    const empty = authed(words("registries add docker.io --username me"));
+    empty.child.stdin?.end("");
+    expect(oneErrorLine(await empty)).toMatch(/no password given/);
+    expect((await authed(words("registries add https://ghcr.io --username me"))).code).toBe(EXIT.usage);
+    expect(oneErrorLine(await authed(words("registries rm quay.io")))).toMatch(/^error: not_found: .*quay\.io/);
+
+    expect(await authed(words("registries rm ghcr.io"))).toMatchObject({
+      code: 0,
+      stdout: "removed the credentials for ghcr.io (user ci-bot-2)\n",
+    });
+    expect(JSON.parse((await authed(words("registries ls --json"))).stdout).data).toEqual([]);
+  });
+
   it("endpoints create, ls, get, update, rm", async () => {
     const created = await authed(
       words("endpoints create cli-serve --gpus 1 --image busybox:1 --min-replicas 0 --port 8080 -- httpd -f"),
@@ -495,6 +529,43 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(await authed(words(`jobs logs ${id}`))).toEqual({ code: 0, stdout: "hello\n", stderr: "" });
       const json = await authed(words(`jobs logs ${id} --json`));
       expect(JSON.parse(json.stdout)).toMatchObject({ stream: "stdout", line: "hello", attempt: 1 });
+    });
+
+    it("a private image runs once `registries add` gives the account credentials, and is refused again after `rm`", async () => {
+      const registry = await startAuthRegistry();
+      let image: string | undefined;
+      try {
+        image = await pushPrivateImage(engine, registry, testImage());
+        const run = () => authed(words(`jobs run --gpus 1 --image ${image} ${small} -- echo private-hello`));
+        const needs = new RegExp(
+          `needs registry credentials .*scalar registries add ${registry.host.replace(/\./g, "\\.")}`,
+        );
+        const before = await run();
+        expect(before.stdout).toBe("");
+        expect(before.code).toBe(EXIT.jobDeadLettered);
+        expect(before.stderr).toMatch(needs);
+
+        const adding = authed(words(`registries add ${registry.host} --username ${AUTH_USER}`));
+        adding.child.stdin?.end(`${AUTH_PASSWORD}\n`);
+        expect((await adding).code).toBe(0);
+        const ran = await run();
+        expect(ran.stdout, `${ran.stderr}\n${agent.log().slice(-2000)}`).toBe("private-hello\n");
+        expect(ran.code).toBe(0);
+
+        // The node still has the image, but pulls again for an account without credentials: refused.
+        expect((await authed(words(`registries rm ${registry.host}`))).code).toBe(0);
+        const after = await run();
+        expect(after.code).toBe(EXIT.jobDeadLettered);
+        expect(after.stderr).toMatch(needs);
+        expect(agent.log()).not.toContain(AUTH_PASSWORD);
+      } finally {
+        await registry.stop();
+        if (image)
+          await engine.docker
+            .getImage(image)
+            .remove({ force: true })
+            .catch(() => {});
+      }
     });
 
     it("endpoints logs: its replicas' lines, each with its replica", async () => {

@@ -17,6 +17,7 @@ export type EndpointCreate = Schemas["EndpointCreate"];
 export type EndpointPatch = Schemas["EndpointPatch"];
 export type EndpointLogLine = Schemas["EndpointLogLine"];
 export type ApiKey = Schemas["ApiKey"];
+export type RegistryCredential = Schemas["RegistryCredential"];
 export type Scope = Schemas["Scope"];
 export type Region = Schemas["Region"];
 export type Me = Schemas["Me"];

@@ -7,7 +7,7 @@ import {
   type EndpointPatch,
   ok,
 } from "../api/client";
-import { type CommandSpec, choiceOption, idOf, intOption, stringOption } from "../args";
+import { type CommandSpec, choiceOption, idOf, intOption, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
 import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
 import { age, keyValues, shorten, table } from "../output";
@@ -123,15 +123,12 @@ export const endpointsLs: CommandSpec<Context> = {
   options: {
     status: { type: "string", value: "S", description: "active (default), deleted or all" },
     tier: { type: "string", value: "fast|flex", description: "only this tier" },
-    limit: { type: "string", value: "N", description: "per page, 1–100 (default 20)" },
-    cursor: { type: "string", value: "C", description: "the next page" },
+    ...PAGE_OPTIONS,
   },
   examples: ["scalar endpoints ls", "scalar endpoints ls --status all --json"],
   async run(ctx, { values }) {
     const status = choiceOption(values, "status", ["active", "deleted", "all"] as const);
     const tier = choiceOption(values, "tier", TIERS);
-    const limit = intOption(values, "limit", { min: 1, max: 100 });
-    const cursor = stringOption(values, "cursor");
     const conn = ctx.connection();
     const page = await ok(
       conn,
@@ -140,8 +137,7 @@ export const endpointsLs: CommandSpec<Context> = {
           query: {
             ...(status ? { status } : {}),
             ...(tier ? { tier } : {}),
-            ...(limit !== undefined ? { limit } : {}),
-            ...(cursor ? { cursor } : {}),
+            ...pageQuery(values),
           },
         },
       }),

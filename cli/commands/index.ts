@@ -8,6 +8,7 @@ import { keysCreate, keysLs, keysRevoke } from "./keys";
 import { login, whoami } from "./login";
 import { deadLettersLs, deadLettersRedrive, nodesDrain, nodesLs } from "./operator";
 import { regions } from "./regions";
+import { registriesAdd, registriesLs, registriesRm } from "./registries";
 
 export const COMMANDS: CommandSpec<Context>[] = [
   login,
@@ -26,6 +27,9 @@ export const COMMANDS: CommandSpec<Context>[] = [
   keysCreate,
   keysLs,
   keysRevoke,
+  registriesAdd,
+  registriesLs,
+  registriesRm,
   regions,
   nodesLs,
   nodesDrain,

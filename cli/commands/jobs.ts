@@ -1,6 +1,6 @@
 /** `scalar jobs ls | get | cancel | logs`. */
 import { type Job, type LogLine, ok } from "../api/client";
-import { type CommandSpec, choiceOption, intOption, listOption, stringOption } from "../args";
+import { type CommandSpec, choiceOption, listOption, pageQuery, stringOption } from "../args";
 import { type Context, printJson, printPage } from "../context";
 import { EXIT } from "../errors";
 import { logText } from "../logs";
@@ -90,8 +90,6 @@ export const jobsLs: CommandSpec<Context> = {
     const labels = listOption(values, "label").map((l) => l.replace("=", ":"));
     const tier = choiceOption(values, "tier", TIERS);
     const region = stringOption(values, "region");
-    const limit = intOption(values, "limit", { min: 1, max: 100 });
-    const cursor = stringOption(values, "cursor");
     const conn = ctx.connection();
     const page = await ok(
       conn,
@@ -102,8 +100,7 @@ export const jobsLs: CommandSpec<Context> = {
             ...(tier ? { tier } : {}),
             ...(region ? { region } : {}),
             ...(labels.length ? { label: labels } : {}),
-            ...(limit !== undefined ? { limit } : {}),
-            ...(cursor ? { cursor } : {}),
+            ...pageQuery(values),
           },
         },
       }),

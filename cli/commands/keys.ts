@@ -1,6 +1,6 @@
 /** `scalar keys create | ls | revoke`: the account's API keys. */
 import { type ApiKey, type Connection, ok, type Scope } from "../api/client";
-import { type CommandSpec, idOf, intOption, listOption, stringOption } from "../args";
+import { type CommandSpec, idOf, listOption, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
 import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
 import { age, table } from "../output";
@@ -107,13 +107,10 @@ export const keysLs: CommandSpec<Context> = {
   positionals: { min: 0, max: 0 },
   options: {
     all: { type: "boolean", description: "include revoked keys" },
-    limit: { type: "string", value: "N", description: "per page, 1–100 (default 20)" },
-    cursor: { type: "string", value: "C", description: "the next page" },
+    ...PAGE_OPTIONS,
   },
   examples: ["scalar keys ls", "scalar keys ls --all --json"],
   async run(ctx, { values }) {
-    const limit = intOption(values, "limit", { min: 1, max: 100 });
-    const cursor = stringOption(values, "cursor");
     const conn = ctx.connection();
     const page = await ok(
       conn,
@@ -121,8 +118,7 @@ export const keysLs: CommandSpec<Context> = {
         params: {
           query: {
             ...(values.all === true ? { include_revoked: "true" as const } : {}),
-            ...(limit !== undefined ? { limit } : {}),
-            ...(cursor ? { cursor } : {}),
+            ...pageQuery(values),
           },
         },
       }),

@@ -3,7 +3,7 @@
  * `scalar dead-letters ls | redrive`. Anyone else gets the API's one-line `forbidden`.
  */
 import { type DeadLetter, type NodeState, type OperatorNode, ok } from "../api/client";
-import { type CommandSpec, choiceOption, intOption, isUuid, stringOption } from "../args";
+import { type CommandSpec, choiceOption, isUuid, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
 import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
 import { age, shorten, table } from "../output";
@@ -17,17 +17,6 @@ const EVERY_STATE = {
   released: true,
 } as const satisfies Record<NodeState, true>;
 const NODE_STATES = Object.keys(EVERY_STATE) as NodeState[];
-
-const PAGE_OPTIONS = {
-  limit: { type: "string", value: "N", description: "per page, 1–100 (default 20)" },
-  cursor: { type: "string", value: "C", description: "the next page" },
-} as const;
-
-function pageQuery(values: Record<string, unknown>) {
-  const limit = intOption(values as never, "limit", { min: 1, max: 100 });
-  const cursor = stringOption(values as never, "cursor");
-  return { ...(limit !== undefined ? { limit } : {}), ...(cursor ? { cursor } : {}) };
-}
 
 /** A node's GPUs as `free/total`, with unhealthy ones named; `-` when its scheduler did not answer. */
 function gpusCell(n: OperatorNode): string {
