@@ -61,6 +61,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
   let wrangler: WranglerDev;
   let apiUrl: string;
   let apiKey: string;
+  let accountId: string;
   let dir: string;
   let home: string;
   let xdg: string;
@@ -116,7 +117,9 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       timeoutMs: 150_000,
     });
     apiUrl = wrangler.url;
-    apiKey = (await createDevSession({ apiUrl, databaseUrl: db.url, issuer })).apiKey;
+    const session = await createDevSession({ apiUrl, databaseUrl: db.url, issuer });
+    apiKey = session.apiKey;
+    accountId = session.accountId;
   }, 180_000);
 
   afterAll(async () => {
@@ -398,6 +401,24 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       revoked_at: string | null;
     }[];
     expect(all.find((k) => k.id === keyId)?.revoked_at).toEqual(expect.any(String));
+  });
+
+  it("usage: this month's lines and total as a table, a past month by --month, --json", async () => {
+    // 90 minutes of 2 Flex H100 GPUs that ended this month (as the outbox writes a run's usage).
+    await db.sql`
+      insert into usage_events (account_id, job_run_id, tier, gpu_model, gpu_count, gpu_seconds, period_start, period_end)
+      values (${accountId}, ${`run-${crypto.randomUUID()}`}, 'flex', 'H100', 2, 10800,
+              greatest(now() - interval '90 minutes', date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'), now())`;
+    const month = new Date().toISOString().slice(0, 7);
+    const table = await authed(words("usage"));
+    expect(table.code).toBe(0);
+    expect(table.stdout.split("\n")[0]).toMatch(/^TIER\s+GPU\s+STATE\s+GPU-HOURS\s+PER GPU-HOUR\s+AMOUNT$/);
+    expect(table.stdout).toMatch(/flex\s+H100\s+ended\s+3\.00\s+\$1\.79\s+\$5\.37/);
+    expect(table.stdout).toContain(`${month}: $5.37 for 3.00 GPU-hours\n`);
+    const json = JSON.parse((await authed(words(`usage --month ${month} --json`))).stdout);
+    expect(json).toMatchObject({ month, total_cents: 537, total_gpu_seconds: 10800 });
+    expect((await authed(words("usage --month 2026-13"))).code).toBe(EXIT.usage);
+    expect(oneErrorLine(await authed(words("usage --month 2999-01")))).toMatch(/^error: invalid_request: month: /);
   });
 
   it("registries add (the password from stdin, never echoed), ls, rm by registry", async () => {

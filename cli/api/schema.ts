@@ -1782,6 +1782,84 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Usage and its cost in a month
+         * @description GPU-seconds and their cost at the price list, per tier, GPU model and state (`ended` runs are final; `running` ones are counted up to `as_of`), for a calendar month in UTC. A run that spans the 1st counts its share in each month, by time. Needs `billing:read`.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description `YYYY-MM` (UTC); this month when absent. */
+                    month?: string;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The month's usage. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Usage"];
+                    };
+                };
+                /** @description Invalid request: the envelope's `details.fields` names each offending field. */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing, expired or invalid access token or API key. */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing scope or role, tier not allowed, or a quota reached. */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/regions": {
         parameters: {
             query?: never;
@@ -3839,6 +3917,45 @@ export interface components {
         };
         /** @enum {string|null} */
         AccountRole: "owner" | "admin" | "member" | "viewer" | null;
+        Usage: {
+            /** @example 2026-11 */
+            month: string;
+            /**
+             * Format: date-time
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            period_start: string;
+            /**
+             * Format: date-time
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            period_end: string;
+            /**
+             * Format: date-time
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            as_of: string;
+            /** @enum {string} */
+            currency: "usd";
+            lines: components["schemas"]["UsageLine"][];
+            total_gpu_seconds: number;
+            total_cents: number;
+        };
+        UsageLine: {
+            /** @enum {string} */
+            tier: "fast" | "flex";
+            /** @enum {string} */
+            gpu_model: "H100" | "H200";
+            /**
+             * @description `ended`: runs that finished (final); `running`: runs still going, counted up to `as_of`.
+             * @enum {string}
+             */
+            state: "ended" | "running";
+            gpu_seconds: number;
+            cents_per_gpu_hour: number;
+            /** @description GPU-seconds × the price, rounded up to the cent. */
+            amount_cents: number;
+        };
         RegionList: {
             data: components["schemas"]["Region"][];
             next_cursor: null;

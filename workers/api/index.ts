@@ -18,6 +18,7 @@ import { operatorRouter } from "./operator";
 import { regionsRouter } from "./regions";
 import { registriesRouter } from "./registries";
 import { createRouter } from "./router";
+import { usageRouter } from "./usage";
 
 export const API_INFO = {
   title: "Scalar API",
@@ -38,6 +39,7 @@ export function createApi() {
     apiKeysRouter,
     registriesRouter,
     meRouter,
+    usageRouter,
     regionsRouter,
     operatorRouter,
     agentRouter,
