@@ -14,7 +14,8 @@ import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import type { ContainerEngine, LogFollow, StatsSample } from "./docker/engine";
 import type { GpuInventoryResult, GpuSource } from "./gpu";
 import { probeReady } from "./health-check";
-import { diskFreeBytes, type HostFacts } from "./host";
+import { type DiskUsageReader, diskFreeBytes, type HostFacts } from "./host";
+import { DEFAULT_IMAGE_GC, ImageGc, type ImageGcConfig, ImageUse } from "./image-gc";
 import { followContainerLog } from "./log-follower";
 import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
@@ -47,6 +48,8 @@ export interface AgentConfig {
   maxOutboxEvents: number;
   backoff: BackoffPolicy;
   logShipping: LogShipperOptions;
+  /** Removing unused images before the disk fills (image-gc.ts). */
+  imageGc: ImageGcConfig;
 }
 
 export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = {
@@ -59,6 +62,7 @@ export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = 
   maxOutboxEvents: 5_000,
   backoff: DEFAULT_BACKOFF,
   logShipping: DEFAULT_LOG_SHIPPER,
+  imageGc: DEFAULT_IMAGE_GC,
 };
 
 export interface AgentDeps {
@@ -69,6 +73,8 @@ export interface AgentDeps {
   clock: Clock;
   random: () => number;
   log: Logger;
+  /** Reads a file system's usage for image GC (default: statfs). */
+  diskUsage?: DiskUsageReader;
 }
 
 export class Agent {
@@ -76,6 +82,8 @@ export class Agent {
   readonly outbox: EventOutbox;
   readonly shipper: LogShipper;
   readonly images: PrivateImages;
+  readonly imageUse: ImageUse;
+  readonly imageGc: ImageGc;
   private readonly runs = new Map<string, PlacementRun>();
   /** Containers being retired without a run (found after a restart, placement gone). */
   private readonly retiring = new Map<string, Promise<void>>();
@@ -111,6 +119,18 @@ export class Agent {
     );
     this.desired = this.state.placementSet?.placements ?? null;
     this.images = new PrivateImages(this.state, deps.engine, deps.clock, deps.log);
+    this.imageUse = new ImageUse(this.state, deps.clock);
+    this.imageGc = new ImageGc(config.imageGc, {
+      engine: deps.engine,
+      use: this.imageUse,
+      privateImages: this.images,
+      clock: deps.clock,
+      log: deps.log,
+      dataDir: config.dataDir,
+      protectedRefs: () => this.protectedImages(),
+      ...(deps.diskUsage ? { readDisk: deps.diskUsage } : {}),
+      signal: this.stopping.signal,
+    });
     this.ctx = {
       engine: deps.engine,
       api: deps.api,
@@ -130,6 +150,8 @@ export class Agent {
       backoff: config.backoff,
       random: deps.random,
       onSettled: () => this.requestReconcile(),
+      imageUsed: (imageId) => this.imageUse.touch(imageId),
+      diskFull: () => void this.imageGc.request("no_space"),
     };
   }
 
@@ -145,7 +167,13 @@ export class Agent {
     this.stopping.abort();
     for (const run of this.runs.values()) run.close();
     for (const follow of this.follows) follow.stop();
-    await Promise.allSettled(this.loops);
+    await Promise.allSettled([...this.loops, this.imageGc.idle()]);
+  }
+
+  /** Images image GC must keep: the desired set's and those of runs in progress; null before any desired set. */
+  private protectedImages(): string[] | null {
+    if (this.desired === null) return null;
+    return [...new Set([...this.desired, ...[...this.runs.values()].map((r) => r.placement)].map((p) => p.image))];
   }
 
   /** Placements whose containers run now. */
@@ -179,6 +207,14 @@ export class Agent {
       ),
       this.connect(),
     );
+    if (this.imageGc.enabled) {
+      this.loops.push(
+        this.every(
+          () => this.config.imageGc.intervalMs,
+          () => void this.imageGc.request("interval"),
+        ),
+      );
+    }
     // With an identity and a desired set from before a restart, carry on at once: adopt, enforce deadlines.
     if (this.state.nodeId && this.desired) this.requestReconcile();
   }

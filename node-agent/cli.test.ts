@@ -85,6 +85,63 @@ describe("scalar-agent command line", () => {
     );
   });
 
+  it("takes the image GC thresholds, interval and minimum age, from the flags or the environment", () => {
+    expect(parse(required).agent.imageGc).toEqual({
+      highPercent: 85,
+      lowPercent: 80,
+      intervalMs: 300_000,
+      minAgeMs: 120_000,
+    });
+    expect(
+      parse([
+        ...required,
+        "--image-gc-high-percent",
+        "90",
+        "--image-gc-low-percent",
+        "70",
+        "--image-gc-interval",
+        "90s",
+        "--image-min-age",
+        "0s",
+      ]).agent.imageGc,
+    ).toEqual({ highPercent: 90, lowPercent: 70, intervalMs: 90_000, minAgeMs: 0 });
+    expect(
+      parse(required, {
+        SCALAR_IMAGE_GC_HIGH_PERCENT: "95",
+        SCALAR_IMAGE_GC_LOW_PERCENT: "60",
+        SCALAR_IMAGE_GC_INTERVAL: "1h",
+        SCALAR_IMAGE_MIN_AGE: "1500ms",
+      }).agent.imageGc,
+    ).toEqual({ highPercent: 95, lowPercent: 60, intervalMs: 3_600_000, minAgeMs: 1_500 });
+    // 100 turns it off; the low mark stays valid.
+    expect(parse([...required, "--image-gc-high-percent", "100"]).agent.imageGc.highPercent).toBe(100);
+    expect(parse([...required, "--image-gc-interval", "2.5m"]).agent.imageGc.intervalMs).toBe(150_000);
+  });
+
+  it("says what is wrong with the image GC options", () => {
+    for (const bad of ["0", "101", "85.5", "high", ""]) {
+      expect(() => parse([...required, "--image-gc-high-percent", bad])).toThrow(
+        new RegExp(`--image-gc-high-percent takes a whole number from 1 to 100, not "${bad}"`),
+      );
+    }
+    expect(() => parse([...required, "--image-gc-low-percent", "0"])).toThrow(
+      /--image-gc-low-percent takes a whole number from 1 to 100/,
+    );
+    expect(() => parse([...required, "--image-gc-low-percent", "85"])).toThrow(
+      /--image-gc-low-percent \(85\) must be below --image-gc-high-percent \(85\)/,
+    );
+    expect(() => parse([...required, "--image-gc-high-percent", "50"])).toThrow(
+      /--image-gc-low-percent \(80\) must be below --image-gc-high-percent \(50\)/,
+    );
+    expect(() => parse(required, { SCALAR_IMAGE_GC_LOW_PERCENT: "90" })).toThrow(/must be below/);
+    expect(() => parse([...required, "--image-gc-interval", "300"])).toThrow(
+      /--image-gc-interval takes a duration of at least 1s with a unit \(ms, s, m, h\), e.g. 90s or 5m, not "300"/,
+    );
+    expect(() => parse([...required, "--image-gc-interval", "10ms"])).toThrow(/at least 1s/);
+    expect(() => parse([...required, "--image-min-age=-1m"])).toThrow(/--image-min-age takes a duration/);
+    expect(() => parse([...required, "--image-min-age", "2 days"])).toThrow(/--image-min-age takes a duration/);
+  });
+
   it("declares CPU and memory for a host standing in for a bigger node", () => {
     expect(parse(required).declared).toEqual({});
     expect(parse([...required, "--cpus", "208", "--memory-mib", "1900000"]).declared).toEqual({

@@ -4,6 +4,7 @@ import { parseArgs } from "node:util";
 import { GPU_MODELS, type GpuModel, NodeAddress } from "../core/schemas";
 import { type AgentConfig, DEFAULT_AGENT_CONFIG } from "./agent";
 import { DEFAULT_BACKOFF } from "./backoff";
+import { DEFAULT_IMAGE_GC, type ImageGcConfig } from "./image-gc";
 import type { Level } from "./logger";
 import { PULL_POLICIES, type PullPolicy } from "./pull-policy";
 
@@ -32,6 +33,14 @@ Usage: scalar-agent [options]
                          a start; auto pulls :latest and untagged images every time, a digest or
                          another tag only when missing              (env SCALAR_PULL_POLICY; default auto)
   --orphan-grace-ms MS   how long a container without a placement may run (default ${DEFAULT_AGENT_CONFIG.orphanGraceMs})
+  --image-gc-high-percent N  remove unused images once the engine's disk is N % full; 100 turns
+                         image GC off         (env SCALAR_IMAGE_GC_HIGH_PERCENT; default ${DEFAULT_IMAGE_GC.highPercent})
+  --image-gc-low-percent N   ... down to N % full, below the high mark
+                                              (env SCALAR_IMAGE_GC_LOW_PERCENT; default ${DEFAULT_IMAGE_GC.lowPercent})
+  --image-gc-interval DURATION  how often to look (e.g. 90s, 5m), and after a pull fails for lack
+                         of space             (env SCALAR_IMAGE_GC_INTERVAL; default ${formatDuration(DEFAULT_IMAGE_GC.intervalMs)})
+  --image-min-age DURATION  keep images this agent pulled or started from within this time
+                                              (env SCALAR_IMAGE_MIN_AGE; default ${formatDuration(DEFAULT_IMAGE_GC.minAgeMs)})
   --retry-max-ms MS      longest wait between retries to the control plane (default ${DEFAULT_BACKOFF.maxMs})
   --log-level LEVEL      debug | info | warn | error  (default info)
   --help, --version
@@ -54,6 +63,66 @@ export interface CliOptions {
   /** CPU, memory and address to declare instead of the host's own (--cpus, --memory-mib, --address). */
   declared: { cpuMilli?: number; memoryMib?: number; address?: string };
   agent: AgentConfig;
+}
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/** `90s`, `5m`, `1.5h`, `250ms` → milliseconds. */
+export function parseDuration(name: string, raw: string | undefined, minMs: number): number | undefined {
+  if (raw === undefined) return undefined;
+  const m = raw.trim().match(/^(\d+(?:\.\d+)?)(ms|s|m|h)$/);
+  const ms = m ? Math.round(Number(m[1]) * UNIT_MS[m[2]!]!) : Number.NaN;
+  if (!(ms >= minMs)) {
+    throw new UsageError(
+      `--${name} takes a duration of at least ${formatDuration(minMs)} with a unit (ms, s, m, h), e.g. 90s or 5m, not "${raw}"`,
+    );
+  }
+  return ms;
+}
+
+function formatDuration(ms: number): string {
+  if (ms === 0) return "0s";
+  for (const [unit, size] of [
+    ["h", 3_600_000],
+    ["m", 60_000],
+    ["s", 1_000],
+  ] as const) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+function percent(name: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (raw.trim() === "" || !Number.isInteger(n) || n < 1 || n > 100) {
+    throw new UsageError(`--${name} takes a whole number from 1 to 100, not "${raw}"`);
+  }
+  return n;
+}
+
+/** The image GC options (flags, else environment), checked together. */
+function imageGcOptions(str: (name: string) => string | undefined, env: NodeJS.ProcessEnv): ImageGcConfig {
+  const high =
+    percent("image-gc-high-percent", str("image-gc-high-percent") ?? env.SCALAR_IMAGE_GC_HIGH_PERCENT) ??
+    DEFAULT_IMAGE_GC.highPercent;
+  const low =
+    percent("image-gc-low-percent", str("image-gc-low-percent") ?? env.SCALAR_IMAGE_GC_LOW_PERCENT) ??
+    DEFAULT_IMAGE_GC.lowPercent;
+  if (low >= high) {
+    throw new UsageError(
+      `--image-gc-low-percent (${low}) must be below --image-gc-high-percent (${high}): image GC removes images from the high mark down to the low one`,
+    );
+  }
+  return {
+    highPercent: high,
+    lowPercent: low,
+    intervalMs:
+      parseDuration("image-gc-interval", str("image-gc-interval") ?? env.SCALAR_IMAGE_GC_INTERVAL, 1_000) ??
+      DEFAULT_IMAGE_GC.intervalMs,
+    minAgeMs:
+      parseDuration("image-min-age", str("image-min-age") ?? env.SCALAR_IMAGE_MIN_AGE, 0) ?? DEFAULT_IMAGE_GC.minAgeMs,
+  };
 }
 
 function integer(name: string, raw: string | undefined, min: number): number | undefined {
@@ -86,6 +155,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
         "pids-limit": { type: "string" },
         "orphan-grace-ms": { type: "string" },
         "pull-policy": { type: "string" },
+        "image-gc-high-percent": { type: "string" },
+        "image-gc-low-percent": { type: "string" },
+        "image-gc-interval": { type: "string" },
+        "image-min-age": { type: "string" },
         "retry-max-ms": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -144,6 +217,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
     throw new UsageError(`--pull-policy takes ${PULL_POLICIES.join(", ")}, not "${pullPolicy}"`);
   }
 
+  const imageGc = imageGcOptions(str, env);
   const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
   const cpus = integer("cpus", str("cpus"), 1);
   const memoryMib = integer("memory-mib", str("memory-mib"), 64);
@@ -173,6 +247,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
       pullPolicy,
       orphanGraceMs: integer("orphan-grace-ms", str("orphan-grace-ms"), 0) ?? DEFAULT_AGENT_CONFIG.orphanGraceMs,
       backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },
+      imageGc,
     },
   };
 }

@@ -1,7 +1,8 @@
 import type { NetworkInterfaceInfo } from "node:os";
-import { networkInterfaces } from "node:os";
+import { networkInterfaces, tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { discoverHost, peerAddress } from "./host";
+import { discoverHost, diskUsage, peerAddress, usedPercent } from "./host";
 
 const v4 = (address: string, internal = false): NetworkInterfaceInfo => ({
   address,
@@ -44,5 +45,16 @@ describe("the address peers reach a node at", () => {
 
   it("is read from this machine's interfaces", () => {
     expect(discoverHost().address).toBe(peerAddress(networkInterfaces()));
+  });
+});
+
+describe("disk usage for image GC", () => {
+  it("reads a file system's size and what is available, and counts used as the kubelet does", async () => {
+    const u = await diskUsage(tmpdir());
+    expect(u!.totalBytes).toBeGreaterThan(0);
+    expect(u!.availableBytes).toBeLessThanOrEqual(u!.totalBytes);
+    expect(await diskUsage(join(tmpdir(), "no-such-folder-for-scalar"))).toBeUndefined();
+    expect(usedPercent({ totalBytes: 200, availableBytes: 30 })).toBe(85);
+    expect(usedPercent({ totalBytes: 0, availableBytes: 0 })).toBe(0);
   });
 });

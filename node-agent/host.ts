@@ -45,3 +45,26 @@ export async function diskFreeBytes(path: string): Promise<number | undefined> {
     return undefined;
   }
 }
+
+/** A file system's size and what unprivileged writers may still use (statfs `blocks` and `bavail`). */
+export interface DiskUsage {
+  totalBytes: number;
+  availableBytes: number;
+}
+
+/** Reads the usage of the file system holding a path; undefined when the path cannot be read. */
+export type DiskUsageReader = (path: string) => Promise<DiskUsage | undefined>;
+
+export const diskUsage: DiskUsageReader = async (path) => {
+  try {
+    const s = await statfs(path);
+    return s.blocks > 0 ? { totalBytes: s.blocks * s.bsize, availableBytes: s.bavail * s.bsize } : undefined;
+  } catch {
+    return undefined;
+  }
+};
+
+/** Percent in use as the kubelet counts it: everything not available (root's reserve included). */
+export function usedPercent(u: DiskUsage): number {
+  return u.totalBytes > 0 ? (100 * (u.totalBytes - u.availableBytes)) / u.totalBytes : 0;
+}

@@ -13,6 +13,7 @@ import type { Clock } from "./clock";
 import { containerSpec, LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import { type ContainerDetails, type ContainerEngine, EngineError, type LogFollow } from "./docker/engine";
+import { isNoSpace } from "./image-gc";
 import { followContainerLog } from "./log-follower";
 import type { LogShipper } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
@@ -44,6 +45,10 @@ export interface RunContext {
   random: () => number;
   /** Something changed that the reconcile loop should look at. */
   onSettled: () => void;
+  /** The placement starts from this image (engine id), just pulled or cached: image GC keeps it for a while. */
+  imageUsed?: (imageId: string) => void;
+  /** A pull or create failed for lack of disk space: collect unused images now. */
+  diskFull?: () => void;
 }
 
 type StopReason = "cancel" | "deadline";
@@ -223,6 +228,7 @@ export class PlacementRun {
         const again = await this.findContainer();
         if (again) return again;
       }
+      if (isNoSpace(error)) this.ctx.diskFull?.();
       this.fail(`container create failed: ${errorText(error)}`);
       return null;
     }
@@ -290,7 +296,7 @@ export class PlacementRun {
     if (fixed) {
       cached = await this.imageId(image);
       // No control-plane call, no registry call and no `pulling` event for a public image the engine has.
-      if (cached && images.isPublic(cached)) return true;
+      if (cached && images.isPublic(cached)) return this.using(cached);
     }
     const auth = await this.registryAuth();
     if (!auth) return false;
@@ -298,7 +304,7 @@ export class PlacementRun {
     const fingerprint = images.fingerprint(auth);
     const credentials = auth.credentials;
     const redact = redactor(credentials?.password);
-    if (cached && images.mayStart(cached, fingerprint)) return true;
+    if (cached && images.mayStart(cached, fingerprint)) return this.using(cached);
 
     this.progress(
       credentials
@@ -322,11 +328,12 @@ export class PlacementRun {
       );
     } catch (error) {
       pull.failed();
+      if (isNoSpace(error)) this.ctx.diskFull?.();
       const unreachable = error instanceof EngineError && error.code === "registry_unreachable";
       const local = unreachable ? await this.imageId(image) : null;
       if (local && images.mayStart(local, fingerprint)) {
         this.progress(`registry unreachable (${errorText(error)}); using the local copy of ${image}`, true, redact);
-        return true;
+        return this.using(local);
       }
       const notLocal = local
         ? "; the local copy was pulled with other credentials, so it is used only once the registry lets this account read it"
@@ -334,8 +341,16 @@ export class PlacementRun {
       this.fail(redact(pullFailureReason(image, error, credentials) + notLocal), pullRetryable(error));
       return false;
     }
-    pull.succeeded(await this.imageId(image));
+    const pulled = await this.imageId(image);
+    pull.succeeded(pulled);
+    if (pulled) this.using(pulled);
     this.progress(`pulled ${image}`, true);
+    return true;
+  }
+
+  /** Notes the image this placement starts from (image GC keeps recently used images); true. */
+  private using(imageId: string): true {
+    this.ctx.imageUsed?.(imageId);
     return true;
   }
 

@@ -2,8 +2,9 @@
  * What the agent remembers across restarts, in `<data>/state.json`: its node identity, the last
  * desired set (so deadlines are kept even while the control plane is unreachable), per
  * placement whether its outcome is already reported (never start it again), why we stopped it,
- * and how far its log has been acknowledged; and which cached images were pulled with registry
- * credentials, and with which (fingerprints only: see private-images.ts).
+ * and how far its log has been acknowledged; which cached images were pulled with registry
+ * credentials, and with which (fingerprints only: see private-images.ts); and when each image was
+ * last pulled or started from (image-gc.ts: least recently used goes first).
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
@@ -44,6 +45,8 @@ const StateFile = z.object({
   images: z.record(z.string(), ImageRecord).optional(),
   /** Pulls with credentials started and not yet recorded, by reference → start time (ms). */
   pending_pulls: z.record(z.string(), z.number()).optional(),
+  /** When this agent last pulled or started a placement from each image (ms), by engine image id (bounded: image-gc.ts). */
+  image_use: z.record(z.string(), z.number()).optional(),
   /** Mixed into credential fingerprints, so they cannot be compared with other nodes' or looked up. */
   fingerprint_salt: z.string().optional(),
 });
@@ -128,6 +131,29 @@ export class AgentState {
     else if (ref in pending) delete pending[ref];
     else return;
     this.data.pending_pulls = pending;
+    this.save();
+  }
+
+  /** When each image was last pulled or started from, by engine image id (a copy). */
+  imageUse(): Record<string, number> {
+    return { ...this.data.image_use };
+  }
+
+  /** Sets (or with undefined, drops) images' last-use times in one write. */
+  updateImageUse(changes: Record<string, number | undefined>): void {
+    const use = { ...this.data.image_use };
+    let changed = false;
+    for (const [id, at] of Object.entries(changes)) {
+      if (at !== undefined && use[id] !== at) {
+        use[id] = at;
+        changed = true;
+      } else if (at === undefined && id in use) {
+        delete use[id];
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    this.data.image_use = use;
     this.save();
   }
 

@@ -7,6 +7,7 @@ import type {
   ContainerSpec,
   ContainerState,
   ContainerSummary,
+  ImageSummary,
   LogEntry,
   LogFollow,
   RegistryCredentials,
@@ -202,6 +203,54 @@ export class DockerodeEngine implements ContainerEngine {
         },
       );
     });
+  }
+
+  async dataRoot(): Promise<string | null> {
+    try {
+      return (await this.docker.info()).DockerRootDir || null;
+    } catch (error) {
+      throw new EngineError("engine", engineMessage(error), status(error));
+    }
+  }
+
+  async listImages(): Promise<ImageSummary[]> {
+    let found: Docker.ImageInfo[];
+    try {
+      found = await this.docker.listImages();
+    } catch (error) {
+      throw new EngineError("engine", engineMessage(error), status(error));
+    }
+    return found.map((i) => ({
+      id: i.Id,
+      // Older engines list `<none>:<none>` / `<none>@<none>` for an image without names.
+      tags: (i.RepoTags ?? []).filter((t) => !t.startsWith("<none>")),
+      digests: (i.RepoDigests ?? []).filter((d) => !d.startsWith("<none>")),
+      created: i.Created * 1000,
+      sizeBytes: i.Size,
+      labels: i.Labels ?? {},
+    }));
+  }
+
+  async containerImageIds(): Promise<Set<string>> {
+    try {
+      const all = await this.docker.listContainers({ all: true });
+      return new Set(all.map((c) => c.ImageID).filter(Boolean));
+    } catch (error) {
+      throw new EngineError("engine", engineMessage(error), status(error));
+    }
+  }
+
+  async removeImage(ref: string): Promise<void> {
+    try {
+      await this.docker.getImage(ref).remove({ force: false, noprune: false });
+    } catch (error) {
+      const code = status(error);
+      throw new EngineError(
+        code === 404 ? "not_found" : code === 409 ? "conflict" : "engine",
+        engineMessage(error),
+        code,
+      );
+    }
   }
 
   async create(spec: ContainerSpec): Promise<string> {

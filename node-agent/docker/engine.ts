@@ -53,6 +53,21 @@ export interface ContainerSpec {
   hostNetwork?: boolean;
 }
 
+/** An image the engine has (`docker images`; intermediate layers not listed). */
+export interface ImageSummary {
+  /** The engine's id, `sha256:…`. */
+  id: string;
+  /** `repo:tag` names; empty for an untagged image. */
+  tags: string[];
+  /** `repo@sha256:…` names. */
+  digests: string[];
+  /** When the image was built (ms), from its config: not when this engine got it. */
+  created: number;
+  /** Bytes on disk, layers shared with other images included. */
+  sizeBytes: number;
+  labels: Record<string, string>;
+}
+
 export interface LogEntry {
   stream: "stdout" | "stderr";
   /** The engine's RFC 3339 timestamp with nanoseconds, fixed width: orders and resumes the log. */
@@ -121,6 +136,17 @@ export interface ContainerEngine {
    * image_unauthorized | registry_unreachable | engine.
    */
   pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void>;
+  /** Where the engine keeps images and containers (`docker info`'s DockerRootDir), as the engine sees it; null if it does not say. */
+  dataRoot(): Promise<string | null>;
+  listImages(): Promise<ImageSummary[]>;
+  /** The image ids of every container the engine has, in any state, whoever made it. */
+  containerImageIds(): Promise<Set<string>>;
+  /**
+   * `docker rmi` without force, by id or by name: a name of an image with other names only loses
+   * that name; the image itself goes with its last name (or by id), unless a container uses it.
+   * EngineError not_found (404) | conflict (409: in use, several names, child images) | engine.
+   */
+  removeImage(ref: string): Promise<void>;
   /** Returns the new id; EngineError conflict when the name is taken. */
   create(spec: ContainerSpec): Promise<string>;
   /** EngineError gpu_unavailable when the NVIDIA device request cannot be served. */

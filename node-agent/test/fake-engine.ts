@@ -1,7 +1,9 @@
 /**
  * TEST DOUBLE: an in-memory ContainerEngine for the agent's unit tests. Images are a map from
  * reference to id, and a pull asks `registry` (the test's stand-in for the registry) what the
- * reference is now, with the credentials sent; containers exit with code 0 as soon as they start.
+ * reference is now, with the credentials sent; containers exit with code 0 as soon as they start
+ * and stay (stopped) until removed. Image removal follows the engine's rules without force (see
+ * `removeImage`), and `imageMeta` gives images a build time, a size and labels for image GC.
  */
 import {
   type ContainerDetails,
@@ -9,6 +11,7 @@ import {
   type ContainerSpec,
   type ContainerSummary,
   EngineError,
+  type ImageSummary,
   type LogEntry,
   type LogFollow,
   type RegistryCredentials,
@@ -18,7 +21,9 @@ import {
 interface FakeContainer {
   id: string;
   spec: ContainerSpec;
-  state: "created" | "exited";
+  /** The image id it was created from. */
+  imageId: string;
+  state: "created" | "running" | "exited";
   startedAt: number | null;
   finishedAt: number | null;
 }
@@ -35,6 +40,16 @@ export class FakeEngine implements ContainerEngine {
    * (e.g. image_unauthorized, registry_unreachable) to refuse. Default: anyone may read anything.
    */
   registry: (ref: string, credentials?: RegistryCredentials) => string = (ref) => `sha256:${ref}`;
+  /** Per image id: build time (ms), size and labels as `listImages` reports them (default 0, 0, none). */
+  readonly imageMeta = new Map<string, { created?: number; sizeBytes?: number; labels?: Record<string, string> }>();
+  /** Image ids without any name (untagged). */
+  readonly danglingImages = new Set<string>();
+  /** Every `removeImage` asked for, in order. */
+  readonly imageRemovals: string[] = [];
+  /** Answers a `removeImage` call with this error instead (e.g. a 409 race, a 500), when it returns one. */
+  removeImageError: (ref: string) => EngineError | undefined = () => undefined;
+  /** `docker info`'s DockerRootDir. */
+  dataRootDir: string | null = "/var/lib/docker";
   private readonly containers = new Map<string, FakeContainer>();
   private next = 0;
 
@@ -83,7 +98,108 @@ export class FakeEngine implements ContainerEngine {
 
   async imageId(ref: string): Promise<string | null> {
     this.calls.push("imageId");
-    return this.images.get(ref) ?? ([...this.images.values()].includes(ref) ? ref : null);
+    return this.images.get(ref) ?? (this.imageIds().has(ref) ? ref : null);
+  }
+
+  /** Adds an image under these names (none: untagged), with its metadata. */
+  addImage(
+    id: string,
+    names: string[],
+    meta: { created?: number; sizeBytes?: number; labels?: Record<string, string> } = {},
+  ): void {
+    for (const name of names) this.images.set(name, id);
+    if (names.length === 0) this.danglingImages.add(id);
+    this.imageMeta.set(id, meta);
+  }
+
+  /** A container someone else made from this image id (no labels of ours), running or stopped. */
+  addForeignContainer(imageId: string, state: "running" | "exited" = "exited"): string {
+    const id = `c${this.next++}`;
+    const spec: ContainerSpec = {
+      name: `foreign-${id}`,
+      image: imageId,
+      env: [],
+      labels: {},
+      memoryBytes: 0,
+      nanoCpus: 0,
+      pidsLimit: 0,
+      gpuDeviceIds: [],
+    };
+    this.containers.set(id, { id, spec, imageId, state, startedAt: null, finishedAt: null });
+    return id;
+  }
+
+  async dataRoot(): Promise<string | null> {
+    this.calls.push("dataRoot");
+    return this.dataRootDir;
+  }
+
+  async listImages(): Promise<ImageSummary[]> {
+    this.calls.push("listImages");
+    return [...this.imageIds()].map((id) => {
+      const names = this.namesOf(id);
+      const meta = this.imageMeta.get(id) ?? {};
+      return {
+        id,
+        tags: names.filter((n) => !n.includes("@")),
+        digests: names.filter((n) => n.includes("@")),
+        created: meta.created ?? 0,
+        sizeBytes: meta.sizeBytes ?? 0,
+        labels: meta.labels ?? {},
+      };
+    });
+  }
+
+  async containerImageIds(): Promise<Set<string>> {
+    this.calls.push("containerImageIds");
+    return new Set([...this.containers.values()].map((c) => c.imageId));
+  }
+
+  /**
+   * The engine's rules without force: by id, an image with names in more than one repository (or
+   * several tags) is refused (409 "referenced in multiple repositories"), as one a container uses
+   * (409); by name, a name of an image with other names is removed (untagged) without looking at
+   * containers, and the last name is refused while a container uses the image, else it takes the
+   * image with it.
+   */
+  async removeImage(ref: string): Promise<void> {
+    this.calls.push("removeImage");
+    this.imageRemovals.push(ref);
+    const injected = this.removeImageError(ref);
+    if (injected) throw injected;
+    const byName = this.images.has(ref);
+    const id = byName ? this.images.get(ref)! : this.imageIds().has(ref) ? ref : null;
+    if (id === null) throw new EngineError("not_found", `No such image: ${ref}`, 404);
+    const names = this.namesOf(id);
+    const user = [...this.containers.values()].find((c) => c.imageId === id);
+    if (byName && names.length > 1) {
+      this.images.delete(ref);
+      return;
+    }
+    if (!byName && names.length > 1 && !singleReference(names)) {
+      throw new EngineError(
+        "conflict",
+        `conflict: unable to delete ${id.slice(7, 19)} (must be forced) - image is referenced in multiple repositories`,
+        409,
+      );
+    }
+    if (user) {
+      throw new EngineError(
+        "conflict",
+        `conflict: unable to delete ${id.slice(7, 19)} (must be forced) - image is being used by stopped container ${user.id}`,
+        409,
+      );
+    }
+    for (const name of names) this.images.delete(name);
+    this.danglingImages.delete(id);
+  }
+
+  private imageIds(): Set<string> {
+    return new Set([...this.images.values(), ...this.danglingImages]);
+  }
+
+  private namesOf(id: string): string[] {
+    return [...this.images].filter(([, v]) => v === id).map(([k]) => k);
   }
 
   async pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void> {
@@ -101,7 +217,8 @@ export class FakeEngine implements ContainerEngine {
       throw new EngineError("conflict", `name ${spec.name} taken`);
     }
     const id = `c${this.next++}`;
-    this.containers.set(id, { id, spec, state: "created", startedAt: null, finishedAt: null });
+    const imageId = this.images.get(spec.image)!;
+    this.containers.set(id, { id, spec, imageId, state: "created", startedAt: null, finishedAt: null });
     return id;
   }
 
@@ -136,8 +253,19 @@ export class FakeEngine implements ContainerEngine {
     return null;
   }
 
-  /** Containers made so far (any state). */
+  /** Containers the engine has now (any state). */
   get containerCount(): number {
     return this.containers.size;
   }
+}
+
+/** The engine's test: at most one tag, and every name (digests too) in that one repository. */
+function singleReference(names: string[]): boolean {
+  if (names.filter((n) => !n.includes("@")).length > 1) return false;
+  const repository = (n: string) => {
+    if (n.includes("@")) return n.slice(0, n.indexOf("@"));
+    const colon = n.lastIndexOf(":");
+    return colon > n.lastIndexOf("/") ? n.slice(0, colon) : n;
+  };
+  return new Set(names.map(repository)).size === 1;
 }

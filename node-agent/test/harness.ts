@@ -112,6 +112,11 @@ export interface TestAgent {
   stop(): Promise<void>;
 }
 
+/**
+ * Image GC is off for test agents (high mark 100 %): they share engines with other tests, and the
+ * shared test image must not be collected when the machine's disk happens to be full. The image GC
+ * tests turn it on with their own candidates.
+ */
 export function testAgentConfig(overrides: Partial<AgentConfig> = {}): AgentConfig {
   return {
     ...DEFAULT_AGENT_CONFIG,
@@ -121,6 +126,7 @@ export function testAgentConfig(overrides: Partial<AgentConfig> = {}): AgentConf
     pullProgressIntervalMs: 200,
     backoff: { initialMs: 100, maxMs: 1_000, factor: 2, jitter: 0.5 },
     logShipping: { ...DEFAULT_AGENT_CONFIG.logShipping, flushDelayMs: 50 },
+    imageGc: { ...DEFAULT_AGENT_CONFIG.imageGc, highPercent: 100 },
     ...overrides,
   };
 }
@@ -198,6 +204,9 @@ export class AgentProcess {
         "1000",
         "--log-level",
         "debug",
+        // Off: the engine is shared with other tests and their image (see testAgentConfig).
+        "--image-gc-high-percent",
+        "100",
         ...this.extra,
       ],
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },

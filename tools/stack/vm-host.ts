@@ -107,6 +107,10 @@ export function startVmHost(opts: {
       agentName,
       "--retry-max-ms",
       "2000",
+      // The local engine is the developer's (or docker:up's) own: the agents do not collect its
+      // images (node-agent image GC, on by default on real nodes). SCALAR_IMAGE_GC_HIGH_PERCENT overrides.
+      "--image-gc-high-percent",
+      process.env.SCALAR_IMAGE_GC_HIGH_PERCENT ?? "100",
     ];
     const proc = startProcess(`agent ${boot.node_id}`, process.execPath, args, { cwd: ROOT, logFile });
     const info: AgentInfo = { nodeId: boot.node_id, sfNodeId, agentName, pid: proc.child.pid ?? 0, logFile };
