@@ -421,6 +421,20 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(oneErrorLine(await authed(words("usage --month 2999-01")))).toMatch(/^error: invalid_request: month: /);
   });
 
+  it("invoices ls: the account's invoices as a table and JSON", async () => {
+    expect((await authed(words("invoices ls"))).stderr).toBe("no invoices yet\n");
+    await db.sql`
+      insert into invoices (account_id, period_start, period_end, status, total_cents, subtotal_cents, number, lines)
+      values (${accountId}, '2026-10-01T00:00:00Z', '2026-11-01T00:00:00Z', 'open', 1241, 1241, 'SIM-0042',
+              ${db.sql.json([{ tier: "flex", gpu_model: "H100", gpu_seconds: 24_960, cents_per_gpu_hour: 179, amount_cents: 1241 }])})`;
+    const ls = await authed(words("invoices ls"));
+    expect(ls.code).toBe(0);
+    expect(ls.stdout.split("\n")[0]).toMatch(/^ID\s+MONTH\s+STATUS\s+TOTAL\s+NUMBER\s+PAY AT$/);
+    expect(ls.stdout).toMatch(/2026-10\s+open\s+\$12\.41\s+SIM-0042\s+-/);
+    const json = JSON.parse((await authed(words("invoices ls --json"))).stdout);
+    expect(json.data[0]).toMatchObject({ month: "2026-10", total_cents: 1241, lines: [{ amount_cents: 1241 }] });
+  });
+
   it("registries add (the password from stdin, never echoed), ls, rm by registry", async () => {
     const adding = authed(words("registries add GHCR.io --username ci-bot"));
     adding.child.stdin?.end("ghp_cli_secret_token\n");

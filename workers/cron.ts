@@ -3,7 +3,9 @@
  * is logged and does not stop the others.
  */
 import { expireIdempotencyKeysTask, expireJobLogsTask, reconcileTask } from "./api/housekeeping";
+import { runBilling, stripeOf } from "./billing/invoices";
 import { runCapacityCron } from "./capacity/cron";
+import { withDb } from "./db/client";
 import { createLogger, errorFields, type Logger } from "./http/log";
 import { runMarketMonitorCron } from "./sfcompute/monitor-cron";
 
@@ -15,8 +17,10 @@ export interface CronTrigger {
 export type CronTask = { name: string; run: (env: Env, log: Logger, trigger: CronTrigger) => Promise<unknown> };
 
 export const EVERY_MINUTE = "* * * * *";
+/** Hourly, at minute 17: the monthly invoices (workers/billing), due from an hour into a month. */
+export const HOURLY = "17 * * * *";
 
-/** What runs on which schedule. Later issues register the autoscaler, reconciler and billing here. */
+/** What runs on which schedule. */
 export const CRON_TASKS: Record<string, CronTask[]> = {
   [EVERY_MINUTE]: [
     { name: "sfcompute.market-monitor", run: (env, log, trigger) => runMarketMonitorCron(env, log, trigger) },
@@ -24,6 +28,13 @@ export const CRON_TASKS: Record<string, CronTask[]> = {
     expireIdempotencyKeysTask,
     expireJobLogsTask,
     { name: "capacity.autoscaler", run: (env, log, trigger) => runCapacityCron(env, log, trigger) },
+  ],
+  [HOURLY]: [
+    {
+      name: "billing.invoices",
+      run: (env, log, trigger) =>
+        withDb(env, (db) => runBilling({ db, stripe: stripeOf(env), now: trigger.scheduledTime, log })),
+    },
   ],
 };
 

@@ -19,6 +19,7 @@ export type EndpointLogLine = Schemas["EndpointLogLine"];
 export type ApiKey = Schemas["ApiKey"];
 export type RegistryCredential = Schemas["RegistryCredential"];
 export type Usage = Schemas["Usage"];
+export type Invoice = Schemas["Invoice"];
 export type Scope = Schemas["Scope"];
 export type Region = Schemas["Region"];
 export type Me = Schemas["Me"];

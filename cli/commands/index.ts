@@ -9,12 +9,13 @@ import { login, whoami } from "./login";
 import { deadLettersLs, deadLettersRedrive, nodesDrain, nodesLs } from "./operator";
 import { regions } from "./regions";
 import { registriesAdd, registriesLs, registriesRm } from "./registries";
-import { usage } from "./usage";
+import { invoicesLs, usage } from "./usage";
 
 export const COMMANDS: CommandSpec<Context>[] = [
   login,
   whoami,
   usage,
+  invoicesLs,
   jobsRun,
   jobsLs,
   jobsGet,

@@ -1,7 +1,7 @@
-/** `scalar usage [--month YYYY-MM]`: a month's GPU time and its cost, per tier, GPU model and state. */
-import { ok, type Usage } from "../api/client";
-import { type CommandSpec, stringOption } from "../args";
-import { type Context, printJson } from "../context";
+/** `scalar usage [--month YYYY-MM]` (a month's GPU time and its cost) and `scalar invoices ls`. */
+import { type Invoice, ok, type Usage } from "../api/client";
+import { type CommandSpec, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
+import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
 import { table } from "../output";
 
@@ -49,6 +49,28 @@ export const usage: CommandSpec<Context> = {
         running ? ` (running work counted up to ${result.as_of})` : ""
       }\n`,
     );
+    return EXIT.ok;
+  },
+};
+
+function invoicesTable(rows: Invoice[]): string {
+  return table(
+    ["ID", "MONTH", "STATUS", "TOTAL", "NUMBER", "PAY AT"],
+    rows.map((i) => [i.id, i.month, i.status, dollars(i.total_cents), i.number ?? "-", i.hosted_invoice_url ?? "-"]),
+  );
+}
+
+export const invoicesLs: CommandSpec<Context> = {
+  words: ["invoices", "ls"],
+  summary: "the account's monthly invoices, newest first (needs billing:read)",
+  usage: "[--limit N] [--cursor C]",
+  positionals: { min: 0, max: 0 },
+  options: { ...PAGE_OPTIONS },
+  examples: ["scalar invoices ls", "scalar invoices ls --json"],
+  async run(ctx, { values }) {
+    const conn = ctx.connection();
+    const page = await ok(conn, conn.api.GET("/v1/invoices", { params: { query: pageQuery(values) } }));
+    printPage(ctx, page, { command: invoicesLs, values, none: "no invoices yet", table: invoicesTable });
     return EXIT.ok;
   },
 };

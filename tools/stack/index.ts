@@ -18,6 +18,7 @@ import { startPgPool } from "../hyperdrive-pool/pool";
 import type { ManagedProcess } from "../launcher/processes";
 import { startWranglerDev } from "../launcher/wrangler";
 import { type RunningSimulator, startSimulatorServer } from "../sfcompute-sim/server";
+import { startStripeSimulator } from "../stripe-sim/server";
 import { detectDocker } from "../test/docker";
 import { createDevSession } from "../token-issuer/dev-session";
 import { startTokenIssuer, type TokenIssuerServer } from "../token-issuer/server";
@@ -48,6 +49,8 @@ export interface Stack {
   apiUrl: string;
   databaseUrl: string;
   simUrl: string;
+  /** The Stripe stand-in (tools/stripe-sim) the billing cron hands invoices to. */
+  stripeUrl: string;
   /** Bearer token of the simulator's account (the Worker's SF_API_KEY). */
   simToken: string;
   issuerUrl: string;
@@ -187,6 +190,14 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     const clock: MarketClock = driveMarketClock(sim.sim.engine, { log });
     cleanups.push(async () => clock.stop());
 
+    // Stripe's stand-in, for the monthly invoices (workers/billing): the real SDK, this base URL.
+    const stripeSim = await step(
+      "Stripe stand-in",
+      () => startStripeSimulator({ port: 0 }),
+      (s) => s.url,
+    );
+    cleanups.push(() => stripeSim.close());
+
     // 4. Docker (for the agents) before wrangler, so a slow engine start does not hold the API.
     const docker =
       opts.docker === "off"
@@ -223,6 +234,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
             SF_API_BASE_URL: sim.url,
             SCALAR_AGENT_API_URL: apiUrl,
             ENV_SECRETS_KEYS: localSecretsKey(stateDir),
+            STRIPE_SECRET_KEY: "sk_test_scalar_local",
+            STRIPE_API_BASE: stripeSim.url,
             CAPACITY_FAST_HEADROOM_GPUS: String(fastHeadroomGpus),
             CAPACITY_CLOCK: "trigger",
           },
@@ -279,6 +292,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       apiUrl,
       databaseUrl: db.url,
       simUrl: sim.url,
+      stripeUrl: stripeSim.url,
       simToken,
       issuerUrl: issuer.url,
       apiKey: session.apiKey,

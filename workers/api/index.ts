@@ -10,6 +10,7 @@ import { agentRouter } from "./agent";
 import { apiKeysRouter } from "./api-keys";
 import { docsPage } from "./docs-page";
 import { endpointsRouter } from "./endpoints";
+import { invoicesRouter } from "./invoices";
 import { jobEventsRouter } from "./job-events";
 import { jobLogsRouter } from "./job-logs";
 import { jobsRouter } from "./jobs";
@@ -40,6 +41,7 @@ export function createApi() {
     registriesRouter,
     meRouter,
     usageRouter,
+    invoicesRouter,
     regionsRouter,
     operatorRouter,
     agentRouter,

@@ -6,11 +6,10 @@
  * rounded up to the cent once.
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { sql } from "drizzle-orm";
 import { MONTH_PATTERN, monthBounds, monthOf } from "../../core/pricing/month";
-import { GPU_HOUR_PRICE_CENTS, gpuSecondsCostCents } from "../../core/pricing/prices";
 import { GpuModel, Tier } from "../../core/schemas";
 import { requireAccount } from "../auth/caller";
+import { rateUsage, totalsOf } from "../billing/rating";
 import { ApiError } from "../http/errors";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { Timestamp } from "./schemas";
@@ -40,48 +39,6 @@ const Usage = z
     total_cents: z.number().int(),
   })
   .openapi("Usage");
-
-interface Row extends Record<string, unknown> {
-  state: "ended" | "running";
-  tier: Tier;
-  gpu_model: GpuModel;
-  gpu_seconds: string | number;
-}
-
-const ts = (ms: number) => sql`${new Date(ms).toISOString()}::timestamptz`;
-
-/**
- * GPU-seconds per (state, tier, model) inside [start, end), as of `nowMs`. Ended runs: the usage
- * events' share inside the window (shareInside); running jobs and replicas: their GPUs × the time
- * they have run inside it.
- */
-export function usageQuery(accountId: string, startMs: number, endMs: number, nowMs: number) {
-  const start = ts(startMs);
-  const end = ts(endMs);
-  const until = ts(Math.min(nowMs, endMs));
-  return sql<Row>`
-    select 'ended' as state, tier, gpu_model,
-           ceil(sum(case when period_end <= period_start then gpu_seconds
-                         else gpu_seconds * extract(epoch from least(period_end, ${end}) - greatest(period_start, ${start}))
-                              / extract(epoch from period_end - period_start) end))::bigint as gpu_seconds
-      from usage_events
-     where account_id = ${accountId}
-       and ((period_end > period_start and period_start < ${end} and period_end > ${start})
-            or (period_end <= period_start and period_start >= ${start} and period_start < ${end}))
-     group by tier, gpu_model
-    union all
-    select 'running', j.tier, n.gpu_model,
-           ceil(sum(r.gpu_count * greatest(0, extract(epoch from ${until} - greatest(r.started_at, ${start})))))::bigint
-      from job_runs r join jobs j on j.id = r.job_id join nodes n on n.id = r.node_id
-     where r.account_id = ${accountId} and r.status = 'running' and r.started_at is not null and r.started_at < ${end}
-     group by j.tier, n.gpu_model
-    union all
-    select 'running', e.tier, n.gpu_model,
-           ceil(sum(e.gpu_count * greatest(0, extract(epoch from ${until} - greatest(r.started_at, ${start})))))::bigint
-      from replica_runs r join endpoints e on e.id = r.endpoint_id join nodes n on n.id = r.node_id
-     where r.account_id = ${accountId} and r.status = 'running' and r.started_at is not null and r.started_at < ${end}
-     group by e.tier, n.gpu_model`;
-}
 
 export const usageRouter = createRouter();
 
@@ -120,22 +77,7 @@ usageRouter.openapi(
         fields: [{ field: "month", message: "a month that has begun", code: "future_month" }],
       });
     }
-    const rows = await c.get("pg").db.execute<Row>(usageQuery(account.id, bounds.startMs, bounds.endMs, nowMs));
-    const lines = rows
-      .map((r) => ({ ...r, gpu_seconds: Number(r.gpu_seconds) }))
-      .filter((r) => r.gpu_seconds > 0)
-      .map((r) => ({
-        tier: r.tier,
-        gpu_model: r.gpu_model,
-        state: r.state,
-        gpu_seconds: r.gpu_seconds,
-        cents_per_gpu_hour: GPU_HOUR_PRICE_CENTS[r.tier][r.gpu_model],
-        amount_cents: gpuSecondsCostCents(r.gpu_seconds, r.tier, r.gpu_model),
-      }))
-      .sort(
-        (a, b) =>
-          a.state.localeCompare(b.state) || a.tier.localeCompare(b.tier) || a.gpu_model.localeCompare(b.gpu_model),
-      );
+    const lines = await rateUsage(c.get("pg").db, account.id, bounds, nowMs);
     return respond(
       c,
       Usage,
@@ -146,8 +88,7 @@ usageRouter.openapi(
         as_of: new Date(nowMs).toISOString(),
         currency: "usd",
         lines,
-        total_gpu_seconds: lines.reduce((s, l) => s + l.gpu_seconds, 0),
-        total_cents: lines.reduce((s, l) => s + l.amount_cents, 0),
+        ...totalsOf(lines),
       },
       200,
     );

@@ -358,10 +358,19 @@ export const invoices = pgTable(
     subtotalCents: cents("subtotal_cents").notNull().default(0),
     totalCents: cents("total_cents").notNull().default(0),
     stripeInvoiceId: text("stripe_invoice_id").unique(),
+    /** The lines as rated (workers/billing): tier, GPU model, GPU-seconds, price, amount. */
+    lines: jsonb("lines").notNull().default(sql`'[]'::jsonb`),
+    /** Stripe's invoice number and payment page, once finalized. */
+    number: text("number"),
+    hostedInvoiceUrl: text("hosted_invoice_url"),
+    /** Why the last attempt to hand it to Stripe failed (retried by the next billing run). */
+    lastError: text("last_error"),
+    updatedAt: tz("updated_at").notNull().defaultNow(),
     createdAt: createdAt(),
   },
   (t) => [
     uniqueIndex("invoices_account_period_key").on(t.accountId, t.periodStart),
+    index("invoices_unsent_idx").on(t.createdAt).where(sql`${t.status} = 'draft'`),
     check("invoices_status", sql`${t.status} in (${inList(INVOICE_STATUSES)})`),
     check("invoices_amounts", sql`${t.subtotalCents} >= 0 and ${t.totalCents} >= 0`),
     check("invoices_currency", sql`${t.currency} ~ '^[a-z]{3}$'`),

@@ -1,0 +1,242 @@
+/**
+ * Monthly invoices. Scalar rates usage itself (rating.ts, core/pricing) and asks Stripe only to
+ * collect: for every closed calendar month (UTC), once its usage has settled (SETTLE_MS after the
+ * month's end, so the outbox has delivered the last runs' usage events), each account that used
+ * GPUs gets one invoice row (`invoices`, unique per account and month) holding its rated lines;
+ * then each draft is handed to Stripe: the account's customer (created once), a draft invoice, one
+ * invoice item per line attached to it, and finalization. Every Stripe call carries an idempotency
+ * key derived from the invoice (and line), so a run that fails half-way, or two runs at once, never
+ * bill twice: the next run repeats the same calls and Stripe answers them as before. A failure is
+ * kept in `last_error` and retried by the next run.
+ *
+ * A closed month's running work counts up to the month's end: when such a run ends, its usage event
+ * spans both months and only its share after the 1st is billed next month (rating.ts).
+ */
+import { and, asc, eq, isNull, sql } from "drizzle-orm";
+import Stripe from "stripe";
+import { monthBounds, monthOf } from "../../core/pricing/month";
+import type { Db } from "../db/client";
+import { accounts, invoices } from "../db/schema";
+import type { Logger } from "../http/log";
+import { type RatedLine, rateUsage, totalsOf } from "./rating";
+
+declare global {
+  namespace Cloudflare {
+    interface Env {
+      /** A Worker secret: the Stripe secret key. Without it invoices are rated and kept as drafts. */
+      STRIPE_SECRET_KEY?: string;
+      /** Where the Stripe API is (default Stripe's own); locally the stand-in of tools/stripe-sim. */
+      STRIPE_API_BASE?: string;
+    }
+  }
+}
+
+/** How long after a month ends its invoices wait for the last usage events. */
+export const SETTLE_MS = 60 * 60_000;
+
+/** The Stripe client of this deployment, or null when no key is configured. */
+export function stripeOf(
+  env: { STRIPE_SECRET_KEY?: string; STRIPE_API_BASE?: string },
+  fetchFn?: typeof fetch,
+): Stripe | null {
+  const key = env.STRIPE_SECRET_KEY?.trim();
+  if (!key) return null;
+  const base = env.STRIPE_API_BASE ? new URL(env.STRIPE_API_BASE) : null;
+  return new Stripe(key, {
+    httpClient: Stripe.createFetchHttpClient(fetchFn),
+    maxNetworkRetries: 2,
+    ...(base
+      ? {
+          host: base.hostname,
+          protocol: base.protocol === "http:" ? ("http" as const) : ("https" as const),
+          ...(base.port ? { port: Number(base.port) } : {}),
+        }
+      : {}),
+  });
+}
+
+export interface BillingDeps {
+  db: Db;
+  stripe: Stripe | null;
+  now: number;
+  log: Logger;
+}
+
+export interface BillingResult {
+  month: string | null;
+  created: number;
+  sent: number;
+  failed: number;
+}
+
+/** The last month whose invoices are due at `now` (null in the first hour of a month). */
+export function billableMonth(now: number): string | null {
+  const current = monthBounds(monthOf(now))!;
+  const previous = monthOf(current.startMs - 1);
+  return now >= current.startMs + SETTLE_MS ? previous : null;
+}
+
+/** One billing run: rate the due month's invoices that do not exist yet, then send every draft. */
+export async function runBilling(deps: BillingDeps): Promise<BillingResult> {
+  const month = billableMonth(deps.now);
+  const created = month ? await createInvoices(deps, month) : 0;
+  let sent = 0;
+  let failed = 0;
+  if (deps.stripe) {
+    const drafts = await deps.db
+      .select({ id: invoices.id })
+      .from(invoices)
+      .where(eq(invoices.status, "draft"))
+      .orderBy(asc(invoices.periodStart), asc(invoices.createdAt));
+    for (const { id } of drafts) {
+      try {
+        await sendInvoice(deps.db, deps.stripe, id);
+        sent += 1;
+      } catch (error) {
+        failed += 1;
+        const message = error instanceof Error ? error.message : String(error);
+        deps.log.warn("billing.send_failed", { invoice_id: id, error: message.slice(0, 500) });
+        await deps.db
+          .update(invoices)
+          .set({ lastError: message.slice(0, 1000), updatedAt: new Date(deps.now) })
+          .where(eq(invoices.id, id));
+      }
+    }
+  } else if (created > 0) {
+    deps.log.warn("billing.no_stripe_key", { month, created });
+  }
+  return { month, created, sent, failed };
+}
+
+/** Invoice rows for `month` for every account that used GPUs in it and has none yet. */
+async function createInvoices(deps: BillingDeps, month: string): Promise<number> {
+  const bounds = monthBounds(month)!;
+  const start = new Date(bounds.startMs).toISOString();
+  const end = new Date(bounds.endMs).toISOString();
+  // Accounts with ended runs overlapping the month, or runs that were running in it.
+  const candidates = await deps.db.execute<{ account_id: string }>(sql`
+    select account_id from usage_events
+     where period_start < ${end}::timestamptz and period_end >= ${start}::timestamptz
+    union
+    select account_id from job_runs where status = 'running' and started_at < ${end}::timestamptz
+    union
+    select account_id from replica_runs where status = 'running' and started_at < ${end}::timestamptz
+    except
+    select account_id from invoices where period_start = ${start}::timestamptz`);
+  let created = 0;
+  for (const { account_id } of candidates) {
+    const lines = await rateUsage(deps.db, account_id, bounds, bounds.endMs);
+    const totals = totalsOf(lines);
+    if (totals.total_cents <= 0) continue;
+    const inserted = await deps.db
+      .insert(invoices)
+      .values({
+        accountId: account_id,
+        periodStart: new Date(bounds.startMs),
+        periodEnd: new Date(bounds.endMs),
+        status: "draft",
+        lines: lines.map(({ state: _state, ...line }) => line),
+        subtotalCents: totals.total_cents,
+        totalCents: totals.total_cents,
+      })
+      .onConflictDoNothing({ target: [invoices.accountId, invoices.periodStart] })
+      .returning({ id: invoices.id });
+    if (inserted.length > 0) {
+      created += 1;
+      deps.log.info("billing.invoice_created", { account_id, month, total_cents: totals.total_cents });
+    }
+  }
+  return created;
+}
+
+type InvoiceLine = Omit<RatedLine, "state">;
+
+const describeLine = (l: InvoiceLine, month: string) =>
+  `${l.tier === "fast" ? "Fast" : "Flex"} ${l.gpu_model} GPU time, ${month}: ${(l.gpu_seconds / 3600).toFixed(4)} GPU-hours (${l.gpu_seconds} GPU-seconds) at $${(l.cents_per_gpu_hour / 100).toFixed(2)} per GPU-hour`;
+
+/** Hands one draft invoice to Stripe, each step safe to repeat; marks it `open` (or `paid`). */
+export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Promise<void> {
+  const [row] = await db
+    .select({ invoice: invoices, account: accounts })
+    .from(invoices)
+    .innerJoin(accounts, eq(accounts.id, invoices.accountId))
+    .where(eq(invoices.id, invoiceId));
+  if (row?.invoice.status !== "draft") return;
+  const { invoice, account } = row;
+  const month = monthOf(invoice.periodStart.getTime());
+
+  let customer = account.stripeCustomerId;
+  if (!customer) {
+    const created = await stripe.customers.create(
+      { name: account.name, metadata: { account_id: account.id } },
+      { idempotencyKey: `scalar-customer-${account.id}` },
+    );
+    await db
+      .update(accounts)
+      .set({ stripeCustomerId: created.id })
+      .where(and(eq(accounts.id, account.id), isNull(accounts.stripeCustomerId)));
+    const [saved] = await db
+      .select({ id: accounts.stripeCustomerId })
+      .from(accounts)
+      .where(eq(accounts.id, account.id));
+    customer = saved?.id ?? created.id;
+  }
+
+  // A draft first, then its items attached to it by id: no other invoice can take them.
+  const draft = await stripe.invoices.create(
+    {
+      customer,
+      currency: invoice.currency,
+      collection_method: "charge_automatically",
+      // Not finalized by Stripe on its own an hour on (half-built, were a run to stop between the
+      // draft and its items): this run finalizes it, and collection then advances automatically.
+      auto_advance: false,
+      pending_invoice_items_behavior: "exclude",
+      description: `Scalar GPU usage, ${month}`,
+      metadata: { invoice_id: invoice.id, account_id: account.id, month },
+    },
+    { idempotencyKey: `scalar-invoice-${invoice.id}` },
+  );
+  if (invoice.stripeInvoiceId !== draft.id) {
+    await db
+      .update(invoices)
+      .set({ stripeInvoiceId: draft.id, updatedAt: new Date() })
+      .where(eq(invoices.id, invoice.id));
+  }
+  const lines = invoice.lines as InvoiceLine[];
+  for (const [index, line] of lines.entries()) {
+    await stripe.invoiceItems.create(
+      {
+        customer,
+        invoice: draft.id as string,
+        amount: line.amount_cents,
+        currency: invoice.currency,
+        description: describeLine(line, month),
+        period: {
+          start: Math.floor(invoice.periodStart.getTime() / 1000),
+          end: Math.floor(invoice.periodEnd.getTime() / 1000),
+        },
+        metadata: { invoice_id: invoice.id, line: String(index), tier: line.tier, gpu_model: line.gpu_model },
+      },
+      { idempotencyKey: `scalar-invoice-${invoice.id}-line-${index}` },
+    );
+  }
+  const finalized = await stripe.invoices.finalizeInvoice(
+    draft.id as string,
+    { auto_advance: true },
+    { idempotencyKey: `scalar-invoice-${invoice.id}-finalize` },
+  );
+  if (finalized.total !== invoice.totalCents) {
+    throw new Error(`Stripe's invoice ${finalized.id} totals ${finalized.total} ¢, ours ${invoice.totalCents} ¢`);
+  }
+  await db
+    .update(invoices)
+    .set({
+      status: finalized.status === "paid" ? "paid" : "open",
+      number: finalized.number ?? null,
+      hostedInvoiceUrl: finalized.hosted_invoice_url ?? null,
+      lastError: null,
+      updatedAt: new Date(),
+    })
+    .where(eq(invoices.id, invoice.id));
+}
