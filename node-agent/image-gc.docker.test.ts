@@ -22,6 +22,8 @@ import { gpuEngineSocket, testImage } from "./test/harness";
 
 const LABEL = "io.scalar.test.image-gc";
 
+// Needs a Docker engine and the local registry: skipped only outside CI when they are missing (`npm test`
+// says which); under CI=true `has()` is true, so a missing part fails the test (tools/test/parts.ts).
 describe.skipIf(!has("docker") || !has("registry"))("image GC on a real Docker engine", () => {
   const run = randomBytes(6).toString("hex");
   const repo = `scalar-test-gc-${run}`;

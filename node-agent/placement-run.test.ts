@@ -21,6 +21,7 @@ import { ANONYMOUS, MAX_FINGERPRINTS, PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
 import { AgentState } from "./state";
 import { FakeEngine } from "./test/fake-engine";
+import { placement as testPlacement } from "./test/harness";
 
 const REGISTRY = "registry.example.com";
 const IMAGE = `${REGISTRY}/org/app:1`;
@@ -95,18 +96,9 @@ function node(opts: { dataDir?: string; engine?: FakeEngine; pullPolicy?: PullPo
     over: Partial<z.input<typeof Placement>> & { credentials?: RegistryAuth["credentials"] } = {},
   ): Promise<PlacementEvent[]> => {
     const { credentials, ...rest } = over;
-    const placement = Placement.parse({
-      placement_id: `p${counter++}`,
-      job_id: "j",
-      attempt: 1,
-      image: IMAGE,
-      gpu_indices: [],
-      cpu_milli: 100,
-      memory_mib: 64,
-      kill_deadline: null,
-      desired: "running",
-      ...rest,
-    });
+    const placement = Placement.parse(
+      testPlacement({ placement_id: `p${counter++}`, job_id: "j", image: IMAGE, cpu_milli: 100, ...rest }),
+    );
     api.answers.set(placement.placement_id, {
       registry: registryOf(placement.image),
       credentials: credentials ?? null,
@@ -317,17 +309,9 @@ describe("pulling with the account's registry credentials", () => {
       run?.update({ ...run.placement, desired: "stopped" });
       return new ControlPlaneError("rejected", "404 unknown_placement", 404, "unknown_placement");
     };
-    const placement = Placement.parse({
-      placement_id: "p-cancelled",
-      job_id: "j",
-      attempt: 1,
-      image: IMAGE,
-      gpu_indices: [],
-      cpu_milli: 100,
-      memory_mib: 64,
-      kill_deadline: null,
-      desired: "running",
-    });
+    const placement = Placement.parse(
+      testPlacement({ placement_id: "p-cancelled", job_id: "j", image: IMAGE, cpu_milli: 100 }),
+    );
     run = new PlacementRun(n.ctx, placement);
     await run.done;
     expect(n.events().filter((e) => e.placement_id === "p-cancelled")).toMatchObject([
