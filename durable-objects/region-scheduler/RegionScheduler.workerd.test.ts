@@ -931,6 +931,49 @@ describe("RegionScheduler: the outbox", () => {
     });
   });
 
+  it("never brings a cancelled job back: a row written before the cancel and delivered after it is dropped", async () => {
+    const { stub, clock } = await region();
+    const job = await jobFor({ gpu_count: 1 });
+    await stub.submit(job);
+    clock.advance(1_000);
+    await runDurableObjectAlarm(stub);
+    expect((await sql`select status from jobs where id = ${job.id}`)[0]).toEqual({ status: "queued" });
+    // What the API does: the scheduler cancels, then the route marks the row at once.
+    expect(await stub.cancel(job.id)).toEqual({ ok: true, status: "cancelled" });
+    await sql`update jobs set status = 'cancelled', finished_at = now() where id = ${job.id}`;
+    // The alarm's waiting-reason row of just before the cancel, still in the outbox (a flush had
+    // picked it up before the cancel arrived), reaches Postgres after the API's write.
+    const stale = {
+      id: job.id,
+      status: "queued",
+      attempts: 0,
+      waiting_reason: "0/0 nodes",
+      exit_code: null,
+      failure_reason: null,
+      dead_lettered_at: null,
+      started_at: null,
+      finished_at: null,
+    };
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec(
+        "insert into outbox (kind, key, payload, created_at) values ('job', ?, ?, ?)",
+        job.id,
+        JSON.stringify(stale),
+        clock.t,
+      );
+    });
+    clock.advance(1_000);
+    await runDurableObjectAlarm(stub);
+    expect((await sql`select status, waiting_reason from jobs where id = ${job.id}`)[0]).toEqual({
+      status: "cancelled",
+      waiting_reason: null,
+    });
+    // Dropped, not retried: nothing is left in the outbox.
+    await runInDurableObject(stub, (_o, state) => {
+      expect(state.storage.sql.exec<{ n: number }>("select count(*) as n from outbox").one().n).toBe(0);
+    });
+  });
+
   it("loses nothing while Postgres is unreachable: rows wait, the outbox pauses, then delivers", async () => {
     const { stub, clock } = await region({ outbox_retry_base_ms: 1_000 });
     await stub.registerNode(nodeReg(N("n1")));

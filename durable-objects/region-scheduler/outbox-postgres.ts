@@ -43,13 +43,21 @@ export async function deliver(sql: Sql, entry: OutboxPayload): Promise<void> {
   }
 }
 
+/**
+ * A cancel is final: the API marks the row `cancelled` as soon as the scheduler has it, so a row of
+ * this job still on its way (a waiting reason written by the alarm just before the cancel) is older
+ * than what Postgres holds and must not bring the job back to `queued`. The scheduler never moves a
+ * cancelled job anywhere else, so no later row is lost by this.
+ */
 async function updateJob(sql: Sql, j: JobUpdate): Promise<void> {
   const rows = await sql`
     update jobs set status = ${j.status}, attempts = ${j.attempts}, waiting_reason = ${j.waiting_reason},
       exit_code = ${j.exit_code}, failure_reason = ${j.failure_reason}, dead_lettered_at = ${ts(j.dead_lettered_at)},
       started_at = ${ts(j.started_at)}, finished_at = ${ts(j.finished_at)}
-    where id = ${j.id}::uuid returning id`;
-  if (rows.length === 0) throw new MissingRow(`jobs row ${j.id} not found`);
+    where id = ${j.id}::uuid and (status <> 'cancelled' or ${j.status} = 'cancelled') returning id`;
+  if (rows.length > 0) return;
+  const [row] = await sql`select status from jobs where id = ${j.id}::uuid`;
+  if (!row) throw new MissingRow(`jobs row ${j.id} not found`);
 }
 
 /**

@@ -255,7 +255,8 @@ describe("listing, reading and cancelling jobs", () => {
     expect(team.json.data).toHaveLength(2);
     const both = await call("GET", "/v1/jobs?label=team:a&label=run:r0", user.token);
     expect(both.json.data.map((j: { id: string }) => j.id)).toEqual([ids[0]]);
-    await call("POST", `/v1/jobs/${ids[2]}/cancel`, user.token);
+    const cancel = await call("POST", `/v1/jobs/${ids[2]}/cancel`, user.token);
+    expect([cancel.status, cancel.json.status]).toEqual([200, "cancelled"]);
     const cancelled = await call("GET", "/v1/jobs?status=cancelled", user.token);
     expect(cancelled.json.data.map((j: { id: string }) => j.id)).toEqual([ids[2]]);
     const live = await call("GET", "/v1/jobs?status=queued,running", user.token);
