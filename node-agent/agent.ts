@@ -16,6 +16,7 @@ import type { GpuInventoryResult, GpuSource } from "./gpu";
 import { probeReady } from "./health-check";
 import { type DiskUsageReader, diskFreeBytes, type HostFacts } from "./host";
 import { DEFAULT_IMAGE_GC, ImageGc, type ImageGcConfig, ImageUse } from "./image-gc";
+import { Ingress, type IngressTarget } from "./ingress";
 import { followContainerLog } from "./log-follower";
 import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
@@ -50,6 +51,22 @@ export interface AgentConfig {
   logShipping: LogShipperOptions;
   /** Removing unused images before the disk fills (image-gc.ts). */
   imageGc: ImageGcConfig;
+  /**
+   * How often a replica that runs but was not in the last heartbeat as ready is probed: its first
+   * ready answer sends a heartbeat at once, so the control plane does not wait for the interval.
+   */
+  startingReadinessIntervalMs: number;
+  /** The node's ingress to its endpoint replicas (ingress.ts); absent: none, the node serves no traffic. */
+  ingress?: IngressConfig;
+}
+
+export interface IngressConfig {
+  port: number;
+  host: string;
+  /** Registered as the inventory's `ingress_url`: where the control plane reaches the ingress. */
+  url: string;
+  /** How long a replica may take to answer (default: the ingress's). */
+  timeoutMs?: number;
 }
 
 export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = {
@@ -63,6 +80,7 @@ export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = 
   backoff: DEFAULT_BACKOFF,
   logShipping: DEFAULT_LOG_SHIPPER,
   imageGc: DEFAULT_IMAGE_GC,
+  startingReadinessIntervalMs: 1_000,
 };
 
 export interface AgentDeps {
@@ -98,6 +116,16 @@ export class Agent {
   /** Running containers' addresses as this host reaches them (for readiness checks), by container id. */
   private readonly addresses = new Map<string, string>();
   private pollWaitMs = 25_000;
+  /** Placements the last heartbeat reported ready; a checked replica not in it is still starting (or unready). */
+  private reportedReady = new Set<string>();
+  /** Set while a heartbeat is being built and sent. */
+  private beating = false;
+  /** A heartbeat is wanted before the interval is over; `heartbeatWake` cuts the wait short. */
+  private heartbeatWanted = false;
+  private heartbeatWake: AbortController | null = null;
+  private ingress: Ingress | null = null;
+  /** The key the control plane sends to the ingress (RegisterResponse); memory only, renewed at each registration. */
+  private ingressKey: string | null = null;
   private reregister = false;
   private reconciling: Promise<void> | null = null;
   private reconcileAgain = false;
@@ -167,7 +195,7 @@ export class Agent {
     this.stopping.abort();
     for (const run of this.runs.values()) run.close();
     for (const follow of this.follows) follow.stop();
-    await Promise.allSettled([...this.loops, this.imageGc.idle()]);
+    await Promise.allSettled([...this.loops, this.imageGc.idle(), this.ingress?.stop()]);
   }
 
   /** Images image GC must keep: the desired set's and those of runs in progress; null before any desired set. */
@@ -181,6 +209,18 @@ export class Agent {
     return [...this.runs.values()].filter((r) => r.running).map((r) => r.id);
   }
 
+  /**
+   * Where the ingress sends a placement's requests: a replica (it has a readiness check, so an
+   * endpoint port) this agent runs now and has not been asked to stop, at its container's address.
+   */
+  ingressTarget(placementId: string): IngressTarget | null {
+    const run = this.runs.get(placementId);
+    const check = run?.placement.health_check;
+    if (!run || !check || run.status !== "active" || !run.running || run.placement.desired !== "running") return null;
+    const host = run.containerId ? this.addresses.get(run.containerId) : undefined;
+    return host ? { host, port: check.port } : null;
+  }
+
   private get signal(): AbortSignal {
     return this.stopping.signal;
   }
@@ -191,6 +231,8 @@ export class Agent {
     if (this.signal.aborted) return;
     // Before any run: images a pull with credentials left unrecorded, and records of images gone.
     await this.images.start();
+    // Before registering: the URL the control plane learns answers from then on.
+    if (this.config.ingress) await this.startIngress(this.config.ingress);
     const delivery = {
       clock: this.deps.clock,
       signal: this.signal,
@@ -217,6 +259,24 @@ export class Agent {
     }
     // With an identity and a desired set from before a restart, carry on at once: adopt, enforce deadlines.
     if (this.state.nodeId && this.desired) this.requestReconcile();
+  }
+
+  private async startIngress(config: IngressConfig): Promise<void> {
+    const ingress = new Ingress({
+      port: config.port,
+      host: config.host,
+      log: this.deps.log,
+      lookup: (id) => this.ingressTarget(id),
+      key: () => this.ingressKey,
+      ...(config.timeoutMs !== undefined ? { timeoutMs: config.timeoutMs } : {}),
+    });
+    try {
+      await ingress.start();
+    } catch (error) {
+      throw new Error(`the ingress cannot listen on ${config.host}:${config.port}: ${errorText(error)}`);
+    }
+    this.ingress = ingress;
+    this.deps.log("info", "ingress listening", { host: config.host, port: config.port, url: config.url });
   }
 
   private async waitForEngine(): Promise<void> {
@@ -247,6 +307,7 @@ export class Agent {
       memory_mib: this.deps.host.memoryMib,
       ...(this.config.zone ? { zone: this.config.zone } : {}),
       ...(this.deps.host.address ? { address: this.deps.host.address } : {}),
+      ...(this.config.ingress ? { ingress_url: this.config.ingress.url } : {}),
     };
   }
 
@@ -258,7 +319,11 @@ export class Agent {
         this.state.setIdentity(res.node_id, res.region);
         this.heartbeatIntervalMs = res.heartbeat_interval_ms;
         this.pollWaitMs = res.poll_wait_ms;
+        this.ingressKey = res.ingress_key ?? null;
         this.deps.log("info", "registered", { node_id: res.node_id, region: res.region });
+        if (this.ingress && this.ingressKey === null) {
+          this.deps.log("warn", "the control plane gave no ingress key: the ingress refuses every request");
+        }
         return true;
       } catch (error) {
         const delay = backoff.next();
@@ -274,8 +339,9 @@ export class Agent {
   private async connect(): Promise<void> {
     if (!(await this.register())) return;
     const heartbeats = this.heartbeats();
+    const watch = this.watchStartingReplicas();
     await this.pollPlacements();
-    await heartbeats;
+    await Promise.all([heartbeats, watch]);
   }
 
   private async pollPlacements(): Promise<void> {
@@ -316,6 +382,8 @@ export class Agent {
 
   private async heartbeats(): Promise<void> {
     while (!this.signal.aborted) {
+      this.heartbeatWanted = false;
+      this.beating = true;
       try {
         const res = await this.deps.api.heartbeat(await this.heartbeat());
         if (res.state === "unknown") {
@@ -324,9 +392,44 @@ export class Agent {
         }
       } catch (error) {
         this.deps.log("debug", "heartbeat failed", { error: errorText(error) });
+      } finally {
+        this.beating = false;
       }
-      await this.deps.clock.sleep(this.heartbeatIntervalMs, this.signal);
+      if (this.heartbeatWanted) continue;
+      const wake = new AbortController();
+      this.heartbeatWake = wake;
+      await this.deps.clock.sleep(this.heartbeatIntervalMs, AbortSignal.any([this.signal, wake.signal]));
+      this.heartbeatWake = null;
     }
+  }
+
+  /** Sends the next heartbeat now rather than at the end of the interval. */
+  private heartbeatSoon(): void {
+    this.heartbeatWanted = true;
+    this.heartbeatWake?.abort();
+  }
+
+  /**
+   * Heartbeats probe readiness only every interval (10 s by default). Meanwhile this probes the
+   * replicas that run but were not reported ready, every `startingReadinessIntervalMs`, and brings
+   * the heartbeat forward at the first ready answer. Without such replicas a tick only looks at
+   * the runs in memory: no engine call, no probe.
+   */
+  private async watchStartingReplicas(): Promise<void> {
+    while (!this.signal.aborted) {
+      await this.deps.clock.sleep(this.config.startingReadinessIntervalMs, this.signal);
+      // A heartbeat on its way probes them itself.
+      if (this.signal.aborted || this.beating || this.heartbeatWanted) continue;
+      const starting = this.checkedReplicas().filter((run) => !this.reportedReady.has(run.id));
+      if (starting.length === 0) continue;
+      const answers = await Promise.all(starting.map((run) => this.probe(run)));
+      if (answers.some(Boolean) && !this.signal.aborted) this.heartbeatSoon();
+    }
+  }
+
+  /** Running containers with a readiness check (endpoint replicas). */
+  private checkedReplicas(): PlacementRun[] {
+    return [...this.runs.values()].filter((r) => r.running && r.containerId && r.placement.health_check);
   }
 
   private async heartbeat(): Promise<Heartbeat> {
@@ -360,18 +463,20 @@ export class Agent {
     const checked = running.filter((r) => r.placement.health_check);
     const live = new Set(checked.map((r) => r.containerId!));
     for (const id of this.addresses.keys()) if (!live.has(id)) this.addresses.delete(id);
-    const answers = await Promise.all(
-      checked.map(async (run) => {
-        const id = run.containerId!;
-        if (!this.addresses.has(id)) {
-          const details = await this.deps.engine.inspect(id).catch(() => null);
-          if (details?.address) this.addresses.set(id, details.address);
-        }
-        const address = this.addresses.get(id);
-        return [run.id, address ? await probeReady(address, run.placement.health_check!) : false] as const;
-      }),
-    );
+    const answers = await Promise.all(checked.map(async (run) => [run.id, await this.probe(run)] as const));
+    this.reportedReady = new Set(answers.filter(([, ready]) => ready).map(([id]) => id));
     return new Map(answers);
+  }
+
+  /** One replica's readiness check; its container's address is asked of the engine once, then kept. */
+  private async probe(run: PlacementRun): Promise<boolean> {
+    const id = run.containerId!;
+    if (!this.addresses.has(id)) {
+      const details = await this.deps.engine.inspect(id).catch(() => null);
+      if (details?.address) this.addresses.set(id, details.address);
+    }
+    const address = this.addresses.get(id);
+    return address ? probeReady(address, run.placement.health_check!) : false;
   }
 
   private async every(intervalMs: () => number, task: () => void): Promise<void> {

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseCli, UsageError } from "./cli";
+import { defaultIngressUrl, parseCli, UsageError } from "./cli";
 
 const parse = (argv: string[], env: NodeJS.ProcessEnv = {}) => parseCli(argv, env, "gpu-node-7");
 const required = ["--api-url", "https://api.scalar.test", "--token", "t0k"];
@@ -165,6 +165,79 @@ describe("scalar-agent command line", () => {
     );
   });
 
+  it("runs no ingress unless given a port", () => {
+    expect(parse(required).agent).not.toHaveProperty("ingress");
+    expect(parse(required, { SCALAR_INGRESS_PORT: "" }).agent).not.toHaveProperty("ingress");
+  });
+
+  it("takes the ingress's port, listen address and URL, from the flags or the environment", () => {
+    expect(
+      parse([
+        ...required,
+        "--ingress-port",
+        "8443",
+        "--ingress-host",
+        "10.0.3.7",
+        "--ingress-url",
+        "https://n7.nodes.example/",
+      ]).agent.ingress,
+    ).toEqual({ port: 8443, host: "10.0.3.7", url: "https://n7.nodes.example" });
+    expect(
+      parse(required, {
+        SCALAR_INGRESS_PORT: "9000",
+        SCALAR_INGRESS_HOST: "127.0.0.1",
+        SCALAR_INGRESS_URL: "http://127.0.0.1:9000/edge",
+      }).agent.ingress,
+    ).toEqual({ port: 9000, host: "127.0.0.1", url: "http://127.0.0.1:9000/edge" });
+    // The flag wins over the environment.
+    expect(
+      parse([...required, "--ingress-port", "81", "--address", "a"], { SCALAR_INGRESS_PORT: "9000" }).agent.ingress
+        ?.port,
+    ).toBe(81);
+  });
+
+  it("builds the ingress URL from --address, else the detected address, listening on every address", () => {
+    expect(parse([...required, "--ingress-port", "8080", "--address", "node-7.internal"]).agent.ingress).toEqual({
+      port: 8080,
+      host: "0.0.0.0",
+      url: "http://node-7.internal:8080",
+    });
+    expect(parseCli([...required, "--ingress-port", "8080"], {}, "h", "192.0.2.4").agent.ingress?.url).toBe(
+      "http://192.0.2.4:8080",
+    );
+    expect(
+      parseCli([...required, "--ingress-port", "8080", "--address", "fd00::7"], {}, "h", "192.0.2.4").agent.ingress
+        ?.url,
+    ).toBe("http://[fd00::7]:8080");
+    expect(defaultIngressUrl("fd00::7", 1)).toBe("http://[fd00::7]:1");
+  });
+
+  it("says what is wrong with the ingress options", () => {
+    for (const bad of ["0", "65536", "80.5", "http", " "]) {
+      expect(() => parse([...required, "--ingress-port", bad, "--address", "10.0.0.1"])).toThrow(
+        new RegExp(`--ingress-port takes a port number from 1 to 65535, not "${bad}"`),
+      );
+    }
+    expect(() => parse([...required, "--ingress-port", "8080"])).toThrow(
+      /--ingress-port needs --ingress-url or --address: this host has no address/,
+    );
+    for (const bad of ["ftp://n7.example", "http://n7.example/?q=1", "http://u:p@n7.example", "n7.example:8080", "x"]) {
+      expect(() => parse([...required, "--ingress-port", "8080", "--ingress-url", bad])).toThrow(
+        /--ingress-url takes an http:\/\/ or https:\/\/ URL without query, fragment or credentials/,
+      );
+    }
+    expect(() =>
+      parse([...required, "--ingress-port", "8080", "--address", "a", "--ingress-host", "0.0.0.0; x"]),
+    ).toThrow(/--ingress-host takes an IP address or a host name/);
+    expect(() => parse([...required, "--ingress-url", "http://n7.example:8080"])).toThrow(
+      /--ingress-host and --ingress-url go with --ingress-port/,
+    );
+    expect(() => parse(required, { SCALAR_INGRESS_HOST: "127.0.0.1" })).toThrow(/go with --ingress-port/);
+    expect(() => parse([...required, "--ingress-port", "8080", "--address", "a"], { SCALAR_INGRESS_URL: "x" })).toThrow(
+      UsageError,
+    );
+  });
+
   it("says what is missing or wrong", () => {
     expect(() => parse([])).toThrow(/control plane URL is missing/);
     expect(() => parse(["--api-url", "not a url", "--token", "x"])).toThrow(/not a URL/);
@@ -184,6 +257,13 @@ describe("the scalar-agent program", () => {
     const r = run("--help");
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^scalar-agent: runs Scalar placements/);
+  });
+
+  it("lists the ingress options in its usage", () => {
+    const r = run("--help");
+    for (const flag of ["--ingress-port N", "--ingress-host HOST", "--ingress-url URL"])
+      expect(r.stdout).toContain(flag);
+    expect(r.stdout).toMatch(/SCALAR_INGRESS_PORT/);
   });
 
   it("exits 2 with the reason when the configuration is incomplete", () => {

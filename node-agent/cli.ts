@@ -1,8 +1,8 @@
 /** Command line and environment → the agent's configuration. Pure, so every option is testable. */
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { GPU_MODELS, type GpuModel, NodeAddress } from "../core/schemas";
-import { type AgentConfig, DEFAULT_AGENT_CONFIG } from "./agent";
+import { GPU_MODELS, type GpuModel, IngressUrl, NodeAddress } from "../core/schemas";
+import { type AgentConfig, DEFAULT_AGENT_CONFIG, type IngressConfig } from "./agent";
 import { DEFAULT_BACKOFF } from "./backoff";
 import { DEFAULT_IMAGE_GC, type ImageGcConfig } from "./image-gc";
 import type { Level } from "./logger";
@@ -28,6 +28,12 @@ Usage: scalar-agent [options]
                          meet at rank 0's (env SCALAR_NODE_ADDRESS; default: the first non-loopback
                          IPv4 address, Docker's bridges skipped)
   --agent-name NAME      label value marking this agent's containers (env SCALAR_AGENT_NAME; default: host name)
+  --ingress-port N       serve endpoint traffic: listen on port N for the control plane's requests to
+                         this node's replicas (the ingress)  (env SCALAR_INGRESS_PORT; default: no ingress)
+  --ingress-host HOST    the address the ingress listens on      (env SCALAR_INGRESS_HOST; default 0.0.0.0)
+  --ingress-url URL      where the control plane reaches the ingress, registered with the node; in
+                         production a DNS name with TLS in front (env SCALAR_INGRESS_URL; default
+                         http://<--address, else the detected address>:<port>)
   --pids-limit N         process limit per container  (default ${DEFAULT_AGENT_CONFIG.pidsLimit})
   --pull-policy POLICY   always | if-not-present | auto: when to ask the registry for the image before
                          a start; auto pulls :latest and untagged images every time, a digest or
@@ -125,6 +131,64 @@ function imageGcOptions(str: (name: string) => string | undefined, env: NodeJS.P
   };
 }
 
+/** IngressUrl's refinement throws on a string that is no URL at all (zod runs it after `.url()` fails). */
+function validIngressUrl(raw: string): boolean {
+  try {
+    return IngressUrl.safeParse(raw).success;
+  } catch {
+    return false;
+  }
+}
+
+/** The ingress's default URL: plain HTTP on the node's address (IPv6 in brackets). */
+export function defaultIngressUrl(address: string, port: number): string {
+  return `http://${address.includes(":") ? `[${address}]` : address}:${port}`;
+}
+
+/**
+ * The ingress options (flags, else environment; an empty variable counts as unset). Without a port
+ * there is no ingress; the URL defaults to the node's address, declared or else detected.
+ */
+function ingressOptions(
+  str: (name: string) => string | undefined,
+  env: NodeJS.ProcessEnv,
+  address: string | undefined,
+): IngressConfig | undefined {
+  const rawPort = str("ingress-port") ?? (env.SCALAR_INGRESS_PORT || undefined);
+  const host = str("ingress-host") ?? (env.SCALAR_INGRESS_HOST || undefined);
+  const rawUrl = str("ingress-url") ?? (env.SCALAR_INGRESS_URL || undefined);
+  if (rawPort === undefined) {
+    if (host !== undefined || rawUrl !== undefined) {
+      throw new UsageError("--ingress-host and --ingress-url go with --ingress-port (SCALAR_INGRESS_PORT)");
+    }
+    return undefined;
+  }
+  const port = Number(rawPort);
+  if (rawPort.trim() === "" || !Number.isInteger(port) || port < 1 || port > 65_535) {
+    throw new UsageError(`--ingress-port takes a port number from 1 to 65535, not "${rawPort}"`);
+  }
+  if (host !== undefined && !NodeAddress.safeParse(host).success) {
+    throw new UsageError(`--ingress-host takes an IP address or a host name to listen on, not "${host}"`);
+  }
+  let url: string;
+  if (rawUrl !== undefined) {
+    if (!validIngressUrl(rawUrl)) {
+      throw new UsageError(
+        `--ingress-url takes an http:// or https:// URL without query, fragment or credentials, not "${rawUrl}"`,
+      );
+    }
+    // The control plane appends `/p/<placement id>…`.
+    url = rawUrl.replace(/\/+$/, "");
+  } else if (address !== undefined) {
+    url = defaultIngressUrl(address, port);
+  } else {
+    throw new UsageError(
+      "--ingress-port needs --ingress-url or --address: this host has no address to build the ingress URL from",
+    );
+  }
+  return { port, host: host ?? "0.0.0.0", url };
+}
+
 function integer(name: string, raw: string | undefined, min: number): number | undefined {
   if (raw === undefined) return undefined;
   const n = Number(raw);
@@ -132,7 +196,13 @@ function integer(name: string, raw: string | undefined, min: number): number | u
   return n;
 }
 
-export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: string): CliOptions {
+/** `detectedAddress`: the host's own (host.ts), for the ingress URL when --address is not given. */
+export function parseCli(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+  hostname: string,
+  detectedAddress?: string,
+): CliOptions {
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
@@ -152,6 +222,9 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
         zone: { type: "string" },
         address: { type: "string" },
         "agent-name": { type: "string" },
+        "ingress-port": { type: "string" },
+        "ingress-host": { type: "string" },
+        "ingress-url": { type: "string" },
         "pids-limit": { type: "string" },
         "orphan-grace-ms": { type: "string" },
         "pull-policy": { type: "string" },
@@ -225,6 +298,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
   if (address !== undefined && !NodeAddress.safeParse(address).success) {
     throw new UsageError(`--address takes an IP address or a DNS name, not "${address}"`);
   }
+  const ingress = ingressOptions(str, env, address ?? detectedAddress);
   return {
     help,
     version,
@@ -248,6 +322,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv, hostname: strin
       orphanGraceMs: integer("orphan-grace-ms", str("orphan-grace-ms"), 0) ?? DEFAULT_AGENT_CONFIG.orphanGraceMs,
       backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },
       imageGc,
+      ...(ingress ? { ingress } : {}),
     },
   };
 }

@@ -9,9 +9,11 @@ import { DeclaredGpus, NvidiaSmi } from "./gpu";
 import { discoverHost } from "./host";
 import { errorText, jsonLogger } from "./logger";
 
+const host = discoverHost();
 let options: ReturnType<typeof parseCli>;
 try {
-  options = parseCli(process.argv.slice(2), process.env, hostname());
+  // The detected address is the ingress URL's default host when --address is not given.
+  options = parseCli(process.argv.slice(2), process.env, hostname(), host.address);
 } catch (error) {
   if (!(error instanceof UsageError)) throw error;
   console.error(`scalar-agent: ${error.message}\n\n${USAGE}`);
@@ -32,7 +34,6 @@ const gpus =
     ? new DeclaredGpus(options.gpus.count, options.gpus.model)
     : new NvidiaSmi(options.gpus.binary);
 
-const host = discoverHost();
 let agent: Agent;
 try {
   // Declared CPU/memory (--cpus, --memory-mib) go to registration; containers stay within the real cores.
@@ -58,6 +59,7 @@ log("info", "agent started", {
   api_url: options.apiUrl,
   docker_socket: options.dockerSocket,
   data_dir: options.agent.dataDir,
+  ...(options.agent.ingress ? { ingress_url: options.agent.ingress.url } : {}),
 });
 
 let stopping = false;

@@ -21,6 +21,72 @@ export const NodeAddress = z
   .max(253)
   .regex(/^[A-Za-z0-9.:-]+$/, "an IP address or a DNS name (letters, digits, '.', ':', '-')");
 
+/**
+ * Where the control plane reaches a node's ingress (the agent's reverse proxy to its endpoint
+ * replicas): an http(s) origin, optionally with a path prefix; no query, fragment or credentials.
+ */
+export const IngressUrl = z
+  .string()
+  .max(2048)
+  .url()
+  .refine((raw) => {
+    // Runs even when `.url()` has already failed (zod checks on): never throw here.
+    if (!URL.canParse(raw)) return false;
+    const url = new URL(raw);
+    return (
+      (url.protocol === "http:" || url.protocol === "https:") &&
+      !url.search &&
+      !url.hash &&
+      !url.username &&
+      !url.password
+    );
+  }, "an http:// or https:// URL without query, fragment or credentials");
+
+/**
+ * The node ingress's contract. The control plane forwards an endpoint request to
+ * `<ingress_url>/p/<placement id><path and query>` with the node's ingress key (given at
+ * registration) in `x-scalar-ingress-key`; the agent checks the key, drops it, and proxies to the
+ * replica's container on its endpoint port. A refusal of the ingress's own (not the replica's
+ * answer) carries `x-scalar-ingress-error` with one of INGRESS_ERRORS, which a container cannot set.
+ */
+export const INGRESS = {
+  keyHeader: "x-scalar-ingress-key",
+  errorHeader: "x-scalar-ingress-error",
+  prefix: "/p/",
+  /** The path on the ingress for a replica's request (`path` starts with "/", may carry a query). */
+  path: (placementId: string, path: string) => `/p/${encodeURIComponent(placementId)}${path}`,
+} as const;
+
+/**
+ * Refusals of the ingress itself: `unauthorized` (401, bad or missing key), `unknown_placement`
+ * (404, no running replica with that id here), `replica_unreachable` (502, the container refused
+ * the connection or reset it before answering), `replica_timeout` (504, no answer in time).
+ */
+export const INGRESS_ERRORS = ["unauthorized", "unknown_placement", "replica_unreachable", "replica_timeout"] as const;
+export type IngressError = (typeof INGRESS_ERRORS)[number];
+export const INGRESS_ERROR_STATUS: Readonly<Record<IngressError, number>> = {
+  unauthorized: 401,
+  unknown_placement: 404,
+  replica_unreachable: 502,
+  replica_timeout: 504,
+};
+
+/**
+ * Headers of one connection, not of the message (RFC 9110 §7.6.1): neither proxy on the way to a
+ * replica (the Worker's invoke route, the node's ingress) forwards them, nor those named in `Connection`.
+ */
+export const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
 /** What an agent reports about its host when it registers. */
 export const NodeInventory = z.object({
   hostname: z.string().max(255),
@@ -35,6 +101,8 @@ export const NodeInventory = z.object({
    * else its first non-loopback IPv4). Multi-node jobs get rank 0's as their rendezvous address.
    */
   address: NodeAddress.optional(),
+  /** Where the control plane reaches this node's ingress (absent: the node serves no endpoint traffic). */
+  ingress_url: IngressUrl.optional(),
 });
 export type NodeInventory = z.infer<typeof NodeInventory>;
 
@@ -43,6 +111,11 @@ export const RegisterResponse = z.object({
   region: z.string(),
   heartbeat_interval_ms: z.number().int().positive(),
   poll_wait_ms: z.number().int().positive(),
+  /**
+   * The key the control plane sends in INGRESS.keyHeader to this node's ingress (absent: the
+   * deployment has no INGRESS_SECRET, so no endpoint traffic is routed; the ingress refuses all).
+   */
+  ingress_key: z.string().min(32).max(128).optional(),
 });
 export type RegisterResponse = z.infer<typeof RegisterResponse>;
 

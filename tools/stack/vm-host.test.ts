@@ -1,12 +1,14 @@
 /**
  * The VM host without a Docker engine: it reads each booted VM's user data the way the agent would
- * get it, and says plainly why no agent starts. (With Docker, tools/stack/e2e.test.ts runs agents.)
+ * get it, and says plainly why no agent starts; the command line it gives agents is one the agent
+ * accepts. (With Docker, tools/stack/e2e.test.ts runs agents.)
  */
 import { describe, expect, it } from "vitest";
 import { encodeUserData, renderNodeBootScript } from "../../core/schemas/node-boot";
+import { parseCli } from "../../node-agent/cli";
 import { HOUR_MS, MINUTE_MS } from "../sfcompute-sim/clock";
 import { SimEngine } from "../sfcompute-sim/engine";
-import { startVmHost } from "./vm-host";
+import { agentArgs, startVmHost, VM_SHAPE } from "./vm-host";
 
 const START = Date.parse("2026-03-02T17:20:00Z");
 
@@ -61,5 +63,29 @@ describe("the VM host", () => {
     );
     expect(host.agents()).toEqual([]);
     await host.stop();
+  });
+
+  it("gives each agent a loopback ingress with its URL, on a command line the agent accepts", () => {
+    const args = agentArgs({
+      boot: {
+        api_url: "http://127.0.0.1:8787",
+        node_token: "snt_0123456789abcdef0123456789",
+        node_id: "cap-abc-0",
+        region: "us-west-1",
+        zone: "hayesvalley",
+        gpu_model: "H100",
+      },
+      tokenFile: "/state/agents/cap-abc-0/node-token",
+      dataDir: "/state/agents/cap-abc-0/data",
+      dockerSocket: "/run/docker.sock",
+      agentName: "cap-abc-0.test",
+      ingressPort: 41_234,
+    });
+    // As the agent reads it on a host whose own address is not loopback (the token from the
+    // environment, so the file is not read).
+    const o = parseCli(args, { SCALAR_NODE_TOKEN: "t" }, "h", "192.0.2.4");
+    expect(o.agent.ingress).toEqual({ port: 41_234, host: "127.0.0.1", url: "http://127.0.0.1:41234" });
+    expect(o.gpus).toEqual({ kind: "declared", count: VM_SHAPE.gpus, model: "H100" });
+    expect(o.agent).toMatchObject({ agentName: "cap-abc-0.test", zone: "hayesvalley" });
   });
 });

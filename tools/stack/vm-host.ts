@@ -3,14 +3,17 @@
  * node's cloud-init user data (what a real VM gets from its metadata service; here the simulator's
  * own record), decodes the Scalar boot script (core/schemas/node-boot.ts) and starts a node agent
  * process on the local Docker engine with the node's token, zone and GPU model, declaring the CPU
- * and memory of an 8-GPU H100 VM. When the VM is Destroyed or the node ends (terminated, released,
- * deleted, failed) it stops the agent and removes its containers, as the machine going away would.
+ * and memory of an 8-GPU H100 VM, and an ingress on a free loopback port (the boot script carries no
+ * ingress settings; the Worker reaches the agents on this machine). When the VM is Destroyed or the
+ * node ends (terminated, released, deleted, failed) it stops the agent and removes its containers, as
+ * the machine going away would.
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { decodeUserData, parseNodeBootScript } from "../../core/schemas/node-boot";
+import { decodeUserData, type NodeBootConfig, parseNodeBootScript } from "../../core/schemas/node-boot";
 import { ownLabels } from "../../node-agent/container-spec";
 import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
+import { freePort } from "../db/embedded";
 import { ROOT } from "../db/local";
 import { type ManagedProcess, startProcess } from "../launcher/processes";
 import type { SimEngine } from "../sfcompute-sim/engine";
@@ -27,7 +30,57 @@ export interface AgentInfo {
   agentName: string;
   pid: number;
   logFile: string;
+  /** Where the control plane reaches the agent's ingress (loopback). */
+  ingressUrl: string;
 }
+
+/** The agent's command line for a booted VM (after the script's path). */
+export function agentArgs(opts: {
+  boot: NodeBootConfig;
+  tokenFile: string;
+  dataDir: string;
+  dockerSocket: string;
+  agentName: string;
+  ingressPort: number;
+}): string[] {
+  return [
+    "--api-url",
+    opts.boot.api_url,
+    "--token-file",
+    opts.tokenFile,
+    "--data-dir",
+    opts.dataDir,
+    "--docker-socket",
+    opts.dockerSocket,
+    "--gpus",
+    String(VM_SHAPE.gpus),
+    "--gpu-model",
+    opts.boot.gpu_model,
+    "--cpus",
+    String(VM_SHAPE.cpus),
+    "--memory-mib",
+    String(VM_SHAPE.memoryMib),
+    "--zone",
+    opts.boot.zone,
+    "--agent-name",
+    opts.agentName,
+    "--retry-max-ms",
+    "2000",
+    // The local engine is the developer's (or docker:up's) own: the agents do not collect its
+    // images (node-agent image GC, on by default on real nodes). SCALAR_IMAGE_GC_HIGH_PERCENT overrides.
+    "--image-gc-high-percent",
+    process.env.SCALAR_IMAGE_GC_HIGH_PERCENT ?? "100",
+    // Loopback only: the local Worker is on this machine, and nothing else should reach the replicas.
+    "--ingress-host",
+    "127.0.0.1",
+    "--ingress-port",
+    String(opts.ingressPort),
+    "--ingress-url",
+    ingressUrl(opts.ingressPort),
+  ];
+}
+
+const ingressUrl = (port: number) => `http://127.0.0.1:${port}`;
 
 export interface VmHost {
   agents(): AgentInfo[];
@@ -83,39 +136,32 @@ export function startVmHost(opts: {
     chmodSync(tokenFile, 0o600);
     const agentName = `${boot.node_id}.${opts.instanceId}`;
     const logFile = join(dir, "agent.log");
+    // A new port at each start (a restarted agent registers its new URL): the old one may be taken.
+    const ingressPort = await freePort();
     const args = [
       resolve(ROOT, "node-agent/bin/scalar-agent.mjs"),
-      "--api-url",
-      boot.api_url,
-      "--token-file",
-      tokenFile,
-      "--data-dir",
-      join(dir, "data"),
-      "--docker-socket",
-      opts.dockerSocket,
-      "--gpus",
-      String(VM_SHAPE.gpus),
-      "--gpu-model",
-      boot.gpu_model,
-      "--cpus",
-      String(VM_SHAPE.cpus),
-      "--memory-mib",
-      String(VM_SHAPE.memoryMib),
-      "--zone",
-      boot.zone,
-      "--agent-name",
-      agentName,
-      "--retry-max-ms",
-      "2000",
-      // The local engine is the developer's (or docker:up's) own: the agents do not collect its
-      // images (node-agent image GC, on by default on real nodes). SCALAR_IMAGE_GC_HIGH_PERCENT overrides.
-      "--image-gc-high-percent",
-      process.env.SCALAR_IMAGE_GC_HIGH_PERCENT ?? "100",
+      ...agentArgs({
+        boot,
+        tokenFile,
+        dataDir: join(dir, "data"),
+        dockerSocket: opts.dockerSocket,
+        agentName,
+        ingressPort,
+      }),
     ];
     const proc = startProcess(`agent ${boot.node_id}`, process.execPath, args, { cwd: ROOT, logFile });
-    const info: AgentInfo = { nodeId: boot.node_id, sfNodeId, agentName, pid: proc.child.pid ?? 0, logFile };
+    const info: AgentInfo = {
+      nodeId: boot.node_id,
+      sfNodeId,
+      agentName,
+      pid: proc.child.pid ?? 0,
+      logFile,
+      ingressUrl: ingressUrl(ingressPort),
+    };
     running.set(sfNodeId, { info, proc });
-    opts.log(`agent started for node ${boot.node_id} (${boot.zone}, pid ${info.pid}, log ${logFile})`);
+    opts.log(
+      `agent started for node ${boot.node_id} (${boot.zone}, pid ${info.pid}, ingress ${info.ingressUrl}, log ${logFile})`,
+    );
     proc.exited.then((code) => {
       if (running.get(sfNodeId)?.proc !== proc) return;
       running.delete(sfNodeId);

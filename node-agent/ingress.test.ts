@@ -1,0 +1,630 @@
+/**
+ * The ingress against real HTTP servers on 127.0.0.1 standing in for replicas: routing, the key,
+ * hop-by-hop headers, streaming both ways, its own refusals (401, 404, 501, 502, 504) and aborts.
+ * Then the agent's side on a fake engine: the key from registration, lookups of running replicas
+ * only, and the readiness watch that brings a heartbeat forward.
+ */
+import { once } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  request,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import type { AddressInfo } from "node:net";
+import { networkInterfaces, tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { INGRESS, type NodeInventory, type RegisterResponse } from "../core/schemas";
+import { freePort } from "../tools/db/embedded";
+import { inCi } from "../tools/test/parts";
+import { Agent, DEFAULT_AGENT_CONFIG } from "./agent";
+import { systemClock } from "./clock";
+import { ControlPlaneClient } from "./control-plane";
+import type { ContainerDetails, ContainerSummary, StatsSample } from "./docker/engine";
+import { DeclaredGpus } from "./gpu";
+import { Ingress, type IngressOptions, type IngressTarget, parseIngressPath } from "./ingress";
+import { silentLogger } from "./logger";
+import { TestControlPlane } from "./test/control-plane";
+import { FakeEngine } from "./test/fake-engine";
+
+const KEY = "k".repeat(40);
+
+interface Answer {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** A request to the ingress with node:http (so every header comes back as sent). */
+function send(
+  port: number,
+  path: string,
+  opts: { method?: string; headers?: OutgoingHttpHeaders; body?: string; key?: string | null } = {},
+): Promise<Answer> {
+  const key = opts.key === undefined ? KEY : opts.key;
+  return new Promise((done, fail) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        path,
+        method: opts.method ?? "GET",
+        headers: { ...(key !== null ? { [INGRESS.keyHeader]: key } : {}), ...opts.headers },
+        agent: false,
+      },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk: string) => {
+          body += chunk;
+        });
+        res.on("end", () => done({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        res.on("error", fail);
+      },
+    );
+    req.on("error", fail);
+    req.end(opts.body);
+  });
+}
+
+/** Resolves with `promise`, or fails the test after `ms` (a stand-in for "arrives before the end"). */
+function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  return Promise.race([
+    promise,
+    new Promise<never>((_, fail) => setTimeout(() => fail(new Error(`not within ${ms} ms: ${what}`)), ms)),
+  ]);
+}
+
+async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void, host = "127.0.0.1") {
+  const server = createServer(handler);
+  server.listen(0, host);
+  await once(server, "listening");
+  return server;
+}
+
+const echo = (req: IncomingMessage, res: ServerResponse) => {
+  let body = "";
+  req.setEncoding("utf8");
+  req.on("data", (chunk: string) => {
+    body += chunk;
+  });
+  req.on("end", () => {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body }));
+  });
+};
+
+/** True when this host has an IPv6 loopback to listen on. */
+const hasIpv6Loopback = Object.values(networkInterfaces())
+  .flat()
+  .some((a) => a?.address === "::1");
+
+describe("the node ingress", () => {
+  const servers: Server[] = [];
+  const ingresses: Ingress[] = [];
+  afterEach(async () => {
+    for (const i of ingresses.splice(0)) await i.stop();
+    for (const s of servers.splice(0)) {
+      s.closeAllConnections();
+      await new Promise((done) => s.close(done));
+    }
+  });
+
+  /** A replica server, and an ingress routing `placements` (id → that server, or another target). */
+  async function setup(
+    handler: (req: IncomingMessage, res: ServerResponse) => void,
+    opts: Partial<IngressOptions> & { targets?: Record<string, IngressTarget>; host?: string } = {},
+  ) {
+    const { targets: more, host: replicaHost = "127.0.0.1", ...options } = opts;
+    const replica = await listen(handler, replicaHost);
+    servers.push(replica);
+    const replicaPort = (replica.address() as AddressInfo).port;
+    const targets: Record<string, IngressTarget> = { "rep-1": { host: replicaHost, port: replicaPort }, ...more };
+    const lookups: string[] = [];
+    const ingress = new Ingress({
+      port: 0,
+      host: "127.0.0.1",
+      log: silentLogger,
+      key: () => KEY,
+      lookup: (id) => {
+        lookups.push(id);
+        return targets[id] ?? null;
+      },
+      ...options,
+    });
+    ingresses.push(ingress);
+    const { port } = await ingress.start();
+    return { port, replicaPort, lookups };
+  }
+
+  it("reads the placement id and the replica's path from the ingress path", () => {
+    expect(parseIngressPath("/p/rep-1/v1/chat?x=1")).toEqual({ placementId: "rep-1", path: "/v1/chat?x=1" });
+    expect(parseIngressPath("/p/rep-1")).toEqual({ placementId: "rep-1", path: "/" });
+    expect(parseIngressPath("/p/rep-1?q=2")).toEqual({ placementId: "rep-1", path: "/?q=2" });
+    expect(parseIngressPath("/p/rep-1/")).toEqual({ placementId: "rep-1", path: "/" });
+    expect(parseIngressPath(INGRESS.path("a b/c", "/x"))).toEqual({ placementId: "a b/c", path: "/x" });
+    expect(parseIngressPath("/p/")).toBeNull();
+    expect(parseIngressPath("/p/%E0%A4%A/x")).toBeNull();
+    expect(parseIngressPath("/other/rep-1")).toBeNull();
+  });
+
+  it("forwards method, path and query to the replica, with the forwarded headers and without the key", async () => {
+    const { port, replicaPort, lookups } = await setup(echo);
+    const cases: [string, string][] = [
+      ["/p/rep-1/v1/chat?x=1&y=%20z", "/v1/chat?x=1&y=%20z"],
+      ["/p/rep-1", "/"],
+      ["/p/rep-1?q=1", "/?q=1"],
+    ];
+    for (const [path, upstream] of cases) {
+      const a = await send(port, path, { method: "DELETE", headers: { "x-custom": "yes" } });
+      expect(a.status).toBe(200);
+      expect(a.headers[INGRESS.errorHeader]).toBeUndefined();
+      const seen = JSON.parse(a.body);
+      expect(seen).toMatchObject({ method: "DELETE", url: upstream });
+      expect(seen.headers).toMatchObject({
+        host: `127.0.0.1:${replicaPort}`,
+        "x-custom": "yes",
+        "x-forwarded-for": "127.0.0.1",
+        "x-forwarded-proto": "http",
+        "x-forwarded-host": `127.0.0.1:${port}`,
+      });
+      expect(seen.headers).not.toHaveProperty(INGRESS.keyHeader);
+    }
+    expect(lookups).toEqual(["rep-1", "rep-1", "rep-1"]);
+
+    // A caller's own forwarded headers (a TLS terminator in front) are kept, the client appended.
+    const a = await send(port, "/p/rep-1/", {
+      headers: { "x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https", "x-forwarded-host": "api.example" },
+    });
+    expect(JSON.parse(a.body).headers).toMatchObject({
+      "x-forwarded-for": "203.0.113.9, 127.0.0.1",
+      "x-forwarded-proto": "https",
+      "x-forwarded-host": "api.example",
+    });
+  });
+
+  it("refuses a missing or wrong key with 401, and everything while it has no key", async () => {
+    let hits = 0;
+    const { port } = await setup((req, res) => {
+      hits++;
+      echo(req, res);
+    });
+    for (const key of [null, "", "k".repeat(39) + "x", "k".repeat(41), "k".repeat(39)]) {
+      const a = await send(port, "/p/rep-1/", { key });
+      expect(a.status).toBe(401);
+      expect(a.headers[INGRESS.errorHeader]).toBe("unauthorized");
+      expect(a.headers["content-type"]).toBe("application/json");
+      expect(JSON.parse(a.body)).toEqual({ error: { code: "unauthorized", message: expect.any(String) } });
+    }
+    // Before the path: an unknown placement without the key is a 401 too.
+    expect((await send(port, "/p/nope/", { key: "wrong" })).status).toBe(401);
+    expect(hits).toBe(0);
+    expect((await send(port, "/p/rep-1/")).status).toBe(200);
+    expect(hits).toBe(1);
+
+    let key: string | null = null;
+    const { port: keyless } = await setup(echo, { key: () => key });
+    const refused = await send(keyless, "/p/rep-1/");
+    expect([refused.status, refused.headers[INGRESS.errorHeader]]).toEqual([401, "unauthorized"]);
+    // A key given at (re-)registration applies at once.
+    key = KEY;
+    expect((await send(keyless, "/p/rep-1/")).status).toBe(200);
+  });
+
+  it("answers 404 unknown_placement for a placement it does not run and for paths outside the prefix", async () => {
+    const { port, lookups } = await setup(echo);
+    for (const path of ["/p/rep-2/x", "/p/", "/", "/rep-1/x", "/p/%zz/x"]) {
+      const a = await send(port, path);
+      expect(a.status, path).toBe(404);
+      expect(a.headers[INGRESS.errorHeader]).toBe("unknown_placement");
+      expect(JSON.parse(a.body).error.code).toBe("unknown_placement");
+    }
+    expect(lookups).toEqual(["rep-2"]);
+  });
+
+  it("drops hop-by-hop headers both ways, those named in Connection included", async () => {
+    const { port } = await setup((req, res) => {
+      res.writeHead(200, {
+        connection: "x-resp-hop",
+        "x-resp-hop": "1",
+        "keep-alive": "timeout=999",
+        "proxy-authenticate": "Basic",
+        "x-kept": "yes",
+        "set-cookie": ["a=1", "b=2"],
+      });
+      res.end(JSON.stringify(req.headers));
+    });
+    const a = await send(port, "/p/rep-1/", {
+      headers: {
+        connection: "keep-alive, x-req-hop",
+        "x-req-hop": "1",
+        "keep-alive": "timeout=5",
+        te: "trailers",
+        "proxy-authorization": "Basic eA==",
+        "proxy-connection": "keep-alive",
+        "x-end-to-end": "yes",
+      },
+    });
+    const seen = JSON.parse(a.body);
+    expect(seen["x-end-to-end"]).toBe("yes");
+    for (const name of ["x-req-hop", "keep-alive", "te", "proxy-authorization", "proxy-connection"]) {
+      expect(seen, name).not.toHaveProperty(name);
+    }
+    // Node's own connection handling may add `connection`; never the replica's values.
+    expect(seen.connection).not.toMatch(/x-req-hop/);
+    expect(a.headers["x-kept"]).toBe("yes");
+    expect(a.headers["set-cookie"]).toEqual(["a=1", "b=2"]);
+    expect(a.headers).not.toHaveProperty("x-resp-hop");
+    expect(a.headers).not.toHaveProperty("proxy-authenticate");
+    expect(a.headers["keep-alive"]).not.toBe("timeout=999");
+    expect(a.headers.connection).not.toMatch(/x-resp-hop/);
+  });
+
+  it("strips an ingress error header a replica sets, passing its status and body on", async () => {
+    const { port } = await setup((_req, res) => {
+      res.writeHead(404, "Gone Fishing", { [INGRESS.errorHeader]: "unknown_placement", "content-type": "text/plain" });
+      res.end("the replica's own 404");
+    });
+    const a = await send(port, "/p/rep-1/missing");
+    expect(a).toMatchObject({ status: 404, body: "the replica's own 404" });
+    expect(a.headers).not.toHaveProperty(INGRESS.errorHeader);
+  });
+
+  it("streams a chunked response chunk by chunk, before the replica ends it", async () => {
+    let release!: () => void;
+    const released = new Promise<void>((done) => {
+      release = done;
+    });
+    const { port } = await setup((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write("first\n");
+      void released.then(() => res.end("second\n"));
+    });
+    const res = await within(
+      5_000,
+      "the response headers while the replica holds the rest",
+      new Promise<IncomingMessage>((done, fail) => {
+        request({ host: "127.0.0.1", port, path: "/p/rep-1/stream", headers: { [INGRESS.keyHeader]: KEY } }, done)
+          .on("error", fail)
+          .end();
+      }),
+    );
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["transfer-encoding"]).toBe("chunked");
+    res.setEncoding("utf8");
+    const [first] = (await within(5_000, "the first chunk while the replica holds the rest", once(res, "data"))) as [
+      string,
+    ];
+    expect(first).toBe("first\n");
+    release();
+    let rest = "";
+    res.on("data", (chunk: string) => {
+      rest += chunk;
+    });
+    await once(res, "end");
+    expect(rest).toBe("second\n");
+  });
+
+  it("streams a request body to the replica as it arrives, chunked or with a length", async () => {
+    let gotFirst!: () => void;
+    const firstArrived = new Promise<void>((done) => {
+      gotFirst = done;
+    });
+    const { port } = await setup((req, res) => {
+      let body = "";
+      req.setEncoding("utf8");
+      req.on("data", (chunk: string) => {
+        if (!body) gotFirst();
+        body += chunk;
+      });
+      req.on("end", () => {
+        res.writeHead(200);
+        res.end(JSON.stringify({ body, te: req.headers["transfer-encoding"], length: req.headers["content-length"] }));
+      });
+    });
+    const answer = new Promise<Answer>((done, fail) => {
+      const req = request(
+        {
+          host: "127.0.0.1",
+          port,
+          method: "POST",
+          path: "/p/rep-1/upload",
+          headers: { [INGRESS.keyHeader]: KEY, "transfer-encoding": "chunked" },
+        },
+        (res) => {
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (c: string) => {
+            body += c;
+          });
+          res.on("end", () => done({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        },
+      );
+      req.on("error", fail);
+      req.write("part one;");
+      // The second part only once the replica has the first: a buffering ingress never gets here.
+      void within(5_000, "the first part at the replica before the client sends the rest", firstArrived).then(
+        () => req.end("part two"),
+        fail,
+      );
+    });
+    const a = await answer;
+    expect(a.status).toBe(200);
+    expect(JSON.parse(a.body)).toEqual({ body: "part one;part two", te: "chunked" });
+
+    const sized = await send(port, "/p/rep-1/upload", { method: "PUT", body: '{"prompt":"hi"}' });
+    expect(JSON.parse(sized.body)).toEqual({ body: '{"prompt":"hi"}', length: "15" });
+  });
+
+  it("answers 502 replica_unreachable when the replica refuses the connection or resets it before answering", async () => {
+    const closed = await freePort();
+    const { port } = await setup(
+      (req) => {
+        req.socket.destroy();
+      },
+      { targets: { refused: { host: "127.0.0.1", port: closed } } },
+    );
+    for (const path of ["/p/refused/x", "/p/rep-1/x"]) {
+      const a = await send(port, path, { method: "POST", body: "payload" });
+      expect(a.status, path).toBe(502);
+      expect(a.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
+      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect(a.body).not.toContain("127.0.0.1");
+    }
+  });
+
+  it("cuts the client's connection when the replica fails after its headers, not ending it cleanly", async () => {
+    const { port } = await setup((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.write("partial");
+      setTimeout(() => res.socket?.destroy(), 50);
+    });
+    await expect(send(port, "/p/rep-1/x")).rejects.toThrow(/aborted|ECONNRESET|socket hang up/);
+  });
+
+  it("answers 504 replica_timeout when the replica sends no headers in time, and drops its request", async () => {
+    let upstreamClosed!: () => void;
+    const dropped = new Promise<void>((done) => {
+      upstreamClosed = done;
+    });
+    const { port } = await setup(
+      (_req, res) => {
+        res.on("close", () => upstreamClosed());
+      },
+      { timeoutMs: 200 },
+    );
+    const started = Date.now();
+    const a = await send(port, "/p/rep-1/slow");
+    expect(a.status).toBe(504);
+    expect(a.headers[INGRESS.errorHeader]).toBe("replica_timeout");
+    expect(JSON.parse(a.body).error.code).toBe("replica_timeout");
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await within(5_000, "the replica's request closed", dropped);
+  });
+
+  it("aborts the replica's request when the client goes away", async () => {
+    let arrived!: () => void;
+    const atReplica = new Promise<void>((done) => {
+      arrived = done;
+    });
+    let upstreamClosed!: () => void;
+    const dropped = new Promise<void>((done) => {
+      upstreamClosed = done;
+    });
+    const { port } = await setup((_req, res) => {
+      res.on("close", () => upstreamClosed());
+      arrived();
+    });
+    const client = request({
+      host: "127.0.0.1",
+      port,
+      path: "/p/rep-1/generate",
+      headers: { [INGRESS.keyHeader]: KEY },
+      agent: false,
+    });
+    client.on("error", () => {}); // we cut it ourselves
+    client.end();
+    await within(5_000, "the request at the replica", atReplica);
+    client.destroy();
+    await within(5_000, "the replica's request closed after the client left", dropped);
+  });
+
+  it("refuses upgrades (WebSockets) with 501 without calling the replica", async () => {
+    let hits = 0;
+    const { port } = await setup((req, res) => {
+      hits++;
+      echo(req, res);
+    });
+    const a = await send(port, "/p/rep-1/ws", {
+      headers: { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13" },
+    });
+    expect(a.status).toBe(501);
+    expect(JSON.parse(a.body).error.code).toBe("upgrade_not_supported");
+    expect(hits).toBe(0);
+    // Without the key, still the 401 first.
+    expect(
+      (await send(port, "/p/rep-1/ws", { key: null, headers: { connection: "Upgrade", upgrade: "x" } })).status,
+    ).toBe(401);
+  });
+
+  // Outside CI a host without an IPv6 loopback (some containers) cannot run this; in CI it must.
+  it.skipIf(!inCi() && !hasIpv6Loopback)("reaches a replica at an IPv6 address", async () => {
+    const { port, replicaPort } = await setup(echo, { host: "::1" });
+    const a = await send(port, "/p/rep-1/v6?x=1");
+    expect(a.status).toBe(200);
+    expect(JSON.parse(a.body)).toMatchObject({ url: "/v6?x=1", headers: { host: `[::1]:${replicaPort}` } });
+  });
+
+  it("stops listening on stop()", async () => {
+    const { port } = await setup(echo);
+    expect((await send(port, "/p/rep-1/")).status).toBe(200);
+    await ingresses.pop()!.stop();
+    await expect(send(port, "/p/rep-1/")).rejects.toThrow(/ECONNREFUSED/);
+  });
+});
+
+/** The test control plane hands out no ingress key; this adds one to its answers, as the Worker does. */
+class KeyedClient extends ControlPlaneClient {
+  override async register(inventory: NodeInventory): Promise<RegisterResponse> {
+    return { ...(await super.register(inventory)), ingress_key: KEY };
+  }
+}
+
+/** The fake engine, but a started container runs until stopped, at 127.0.0.1 (where the test's replica listens). */
+class ServingEngine extends FakeEngine {
+  private readonly stopped = new Set<string>();
+  private readonly exits = new Map<string, () => void>();
+
+  private live(c: { id: string; state: string }): boolean {
+    return c.state === "exited" && !this.stopped.has(c.id); // the fake's "exited" = started
+  }
+
+  override async list(labels: Record<string, string>): Promise<ContainerSummary[]> {
+    return (await super.list(labels)).map((c) => (this.live(c) ? { ...c, state: "running" } : c));
+  }
+
+  override async inspect(id: string): Promise<ContainerDetails | null> {
+    const d = await super.inspect(id);
+    if (!d) return null;
+    const live = this.live(d);
+    return { ...d, state: live ? "running" : d.state, running: live, address: "127.0.0.1" };
+  }
+
+  override wait(id?: string, signal?: AbortSignal): Promise<void> {
+    this.calls.push("wait");
+    if (!id || this.stopped.has(id)) return Promise.resolve();
+    return new Promise((done) => {
+      this.exits.set(id, done);
+      signal?.addEventListener("abort", () => done(), { once: true });
+    });
+  }
+
+  override async stop(id?: string): Promise<void> {
+    this.calls.push("stop");
+    if (!id) return;
+    this.stopped.add(id);
+    this.exits.get(id)?.();
+  }
+
+  override async stats(): Promise<StatsSample | null> {
+    return { cpuTotalNs: 0, systemCpuNs: 0, onlineCpus: 1 };
+  }
+}
+
+describe("the agent's ingress and readiness watch (fake engine)", () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  it("reports a starting replica ready at once, probes nothing once none is starting, and routes only running replicas", async () => {
+    let serving = false;
+    let probes = 0;
+    const replica = await listen((req, res) => {
+      if (req.url === "/ready") probes++;
+      if (!serving) {
+        res.writeHead(503);
+        res.end();
+        return;
+      }
+      echo(req, res);
+    });
+    cleanups.push(() => {
+      replica.closeAllConnections();
+      return new Promise((done) => replica.close(() => done()));
+    });
+    const replicaPort = (replica.address() as AddressInfo).port;
+    // Heartbeats a minute apart: the registration's is the only one unless one is brought forward.
+    const cp = await TestControlPlane.start({ heartbeatIntervalMs: 60_000, pollWaitMs: 1_000 });
+    cleanups.push(() => cp.close());
+    const engine = new ServingEngine();
+    const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-ingress-"));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const port = await freePort();
+    const agent = await Agent.start(
+      {
+        ...DEFAULT_AGENT_CONFIG,
+        agentName: "unit",
+        dataDir,
+        reconcileIntervalMs: 100,
+        backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
+        startingReadinessIntervalMs: 100,
+        ingress: { port, host: "127.0.0.1", url: `http://127.0.0.1:${port}` },
+      },
+      {
+        engine,
+        api: new KeyedClient(cp.url, cp.token),
+        gpus: new DeclaredGpus(8, "H100"),
+        host: { hostname: "unit-host", cpuMilli: 2_000, memoryMib: 4_096 },
+        clock: systemClock,
+        random: () => 0.5,
+        log: silentLogger,
+      },
+    );
+    cleanups.push(() => agent.stop());
+    await cp.waitFor("the first heartbeat", () => cp.heartbeats.length > 0);
+    expect(cp.registrations[0]).toMatchObject({ ingress_url: `http://127.0.0.1:${port}` });
+    const readyIn = (id: string) =>
+      cp.heartbeats.find((h) => h.containers.some((c) => c.placement_id === id && c.ready === true));
+    const inspects = () => engine.calls.filter((c) => c === "inspect").length;
+
+    // Nothing starting: ticks of the watch cost no engine call.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(inspects()).toBe(0);
+
+    const p = {
+      placement_id: "rep-1",
+      job_id: "job-rep-1",
+      attempt: 1,
+      image: "r/app:1",
+      gpu_indices: [],
+      cpu_milli: 100,
+      memory_mib: 64,
+      kill_deadline: null,
+      desired: "running" as const,
+      health_check: { port: replicaPort, path: "/ready" },
+    };
+    cp.setPlacements([p]);
+    await cp.waitFor("running", () => cp.eventsFor("rep-1").find((e) => e.type === "running"));
+    await within(
+      5_000,
+      "the watch probing the starting replica",
+      until(() => probes >= 2),
+    );
+    expect(readyIn("rep-1")).toBeUndefined();
+    // Not ready: the ingress still routes to it (the control plane decides where traffic goes).
+    expect(agent.ingressTarget("rep-1")).toEqual({ host: "127.0.0.1", port: replicaPort });
+
+    serving = true;
+    const servingSince = Date.now();
+    await cp.waitFor("a heartbeat reporting the replica ready", () => readyIn("rep-1"), 5_000);
+    expect(Date.now() - servingSince).toBeLessThan(1_500);
+
+    // Reported ready: no more probes and no engine call until the next heartbeat.
+    const [probesThen, inspectsThen] = [probes, inspects()];
+    await new Promise((r) => setTimeout(r, 400));
+    expect([probes, inspects()]).toEqual([probesThen, inspectsThen]);
+
+    const a = await send(port, "/p/rep-1/v1/generate?n=2", { method: "POST", body: "{}" });
+    expect(a.status).toBe(200);
+    expect(JSON.parse(a.body)).toMatchObject({ method: "POST", url: "/v1/generate?n=2", body: "{}" });
+    expect((await send(port, "/p/rep-1/", { key: "nope" })).status).toBe(401);
+
+    cp.setPlacements([{ ...p, desired: "stopped" }]);
+    await cp.outcome("rep-1");
+    expect(agent.ingressTarget("rep-1")).toBeNull();
+    const gone = await send(port, "/p/rep-1/");
+    expect([gone.status, gone.headers[INGRESS.errorHeader]]).toEqual([404, "unknown_placement"]);
+  });
+});
+
+/** Resolves once `check` holds (polled every 20 ms); gives up after 10 s. */
+async function until(check: () => boolean): Promise<void> {
+  const giveUp = Date.now() + 10_000;
+  while (!check() && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 20));
+}
