@@ -5,6 +5,7 @@
  */
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+import { TEST_INGRESS_SECRET } from "./workers/api/test-ingress";
 import { newKeyEntry } from "./workers/auth/env-secrets";
 
 /** One throw-away key per run for sealing secret environment values (workers/auth/env-secrets.ts). */
@@ -56,13 +57,14 @@ export default defineConfig({
                 LOG_LEVEL: "warn",
                 SUPABASE_URL: inject("supabaseUrl"),
                 ENV_SECRETS_KEYS: envSecretsKeys,
+                INGRESS_SECRET: TEST_INGRESS_SECRET,
               },
             },
           })),
         ],
         test: {
           name: "workers",
-          globalSetup: ["tools/token-issuer/vitest-global-setup.ts"],
+          globalSetup: ["tools/token-issuer/vitest-global-setup.ts", "workers/api/test-ingress-setup.ts"],
           include: ["workers/**/*.workerd.test.ts", "durable-objects/**/*.workerd.test.ts"],
           testTimeout: 30_000,
         },

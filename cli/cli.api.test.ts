@@ -479,7 +479,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(oneErrorLine(dup)).toMatch(/^error: name_taken: /);
 
     const ls = await authed(words("endpoints ls"));
-    expect(ls.stdout).toMatch(new RegExp(`${id}\\s+cli-serve\\s+active\\s+flex\\s+1\\s+0–1`));
+    expect(ls.stdout).toMatch(new RegExp(`${id}\\s+cli-serve\\s+active\\s+fast\\s+1\\s+0–1`));
     const get = JSON.parse((await authed(["endpoints", "get", id, "--json"])).stdout);
     expect(get).toMatchObject({ name: "cli-serve", port: 8080, command: ["httpd", "-f"], min_replicas: 0 });
     // By name too: the account's active endpoint of that name.

@@ -746,7 +746,7 @@ export interface paths {
         put?: never;
         /**
          * Create an endpoint
-         * @description Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running. Names are unique among the account's active endpoints.
+         * @description Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running; traffic sent to `/v1/endpoints/{id or name}/invoke/…` scales it up to `max_replicas`. Names are unique among the account's active endpoints.
          */
         post: {
             parameters: {
@@ -2789,6 +2789,8 @@ export interface paths {
                         memory_mib: number;
                         zone?: string;
                         address?: string;
+                        /** Format: uri */
+                        ingress_url?: string;
                     };
                 };
             };
@@ -2804,6 +2806,7 @@ export interface paths {
                             region: string;
                             heartbeat_interval_ms: number;
                             poll_wait_ms: number;
+                            ingress_key?: string;
                         };
                     };
                 };
@@ -3781,7 +3784,10 @@ export interface components {
             memory_mib: number;
             min_replicas: number;
             max_replicas: number;
+            target_concurrency: number;
             scale_down_delay_s: number;
+            /** @description Replicas wanted now: min_replicas plus what traffic asks for, at most max_replicas (single reads only; null in lists). */
+            desired_replicas: number | null;
             port: number;
             health_path: string;
             startup_timeout_s: number;
@@ -3800,7 +3806,7 @@ export interface components {
                 restarts: number;
                 /** @description Why its last run ended; null before any ended. */
                 last_exit: string | null;
-                /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s); null while running but not checked yet. */
+                /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every second until it first passes); null while running but not checked yet. Only ready replicas take traffic. */
                 ready: boolean | null;
             }[] | null;
             /**
@@ -3825,7 +3831,7 @@ export interface components {
             /** @description Defaults to the first region served. */
             region?: string;
             /**
-             * @default flex
+             * @description Defaults to fast when the account may use it, else flex.
              * @enum {string}
              */
             tier?: "fast" | "flex";
@@ -3857,17 +3863,22 @@ export interface components {
             /** @default 16384 */
             memory_mib?: number;
             /**
-             * @description Replicas the scheduler keeps placed at all times.
+             * @description Replicas kept placed at all times, traffic or not. 0 scales to zero: the first request after a quiet `scale_down_delay_s` waits for a replica to start.
              * @default 1
              */
             min_replicas?: number;
             /**
-             * @description The most replicas traffic may scale to. Stored and checked (≥ min_replicas); nothing scales above min_replicas until traffic is routed to endpoints, which comes later.
+             * @description The most replicas traffic may scale to (≥ min_replicas). Quotas and the spend cap count this many, since traffic can ask for them at any time.
              * @default 1
              */
             max_replicas?: number;
             /**
-             * @description How long extra replicas outlive the traffic that needed them. Stored; unused until then.
+             * @description Requests in flight one replica is meant to take: traffic keeps ceil(in flight / target_concurrency) replicas, within min..max.
+             * @default 4
+             */
+            target_concurrency?: number;
+            /**
+             * @description How long replicas outlive the traffic that needed them: fewer are kept only after the need has been lower for this long.
              * @default 300
              */
             scale_down_delay_s?: number;
@@ -3911,6 +3922,7 @@ export interface components {
             memory_mib?: number;
             min_replicas?: number;
             max_replicas?: number;
+            target_concurrency?: number;
             scale_down_delay_s?: number;
             port?: number;
             health_path?: string;
@@ -3922,7 +3934,7 @@ export interface components {
             secret: string;
         };
         /** @enum {string} */
-        Scope: "jobs:read" | "jobs:write" | "endpoints:read" | "endpoints:write" | "billing:read" | "admin";
+        Scope: "jobs:read" | "jobs:write" | "endpoints:read" | "endpoints:write" | "endpoints:invoke" | "billing:read" | "admin";
         ApiKey: {
             /**
              * Format: uuid

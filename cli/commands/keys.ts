@@ -11,12 +11,19 @@ const EVERY_SCOPE = {
   "jobs:write": true,
   "endpoints:read": true,
   "endpoints:write": true,
+  "endpoints:invoke": true,
   "billing:read": true,
   admin: true,
 } as const satisfies Record<Scope, true>;
 export const SCOPES = Object.keys(EVERY_SCOPE) as readonly Scope[];
 /** What `keys create` grants when no `--scope` is given: run and read work, not manage the account. */
-export const DEFAULT_SCOPES: Scope[] = ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write"];
+export const DEFAULT_SCOPES: Scope[] = [
+  "jobs:read",
+  "jobs:write",
+  "endpoints:read",
+  "endpoints:write",
+  "endpoints:invoke",
+];
 
 export function parseScopes(raw: string[]): Scope[] {
   const scopes = raw

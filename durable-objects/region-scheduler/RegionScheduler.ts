@@ -26,6 +26,7 @@ import type {
   RegionSchedulerRpc,
   ReservationRequest,
   ReserveResult,
+  RouteResult,
   SchedulerJob,
   SubmitResult,
 } from "./rpc";
@@ -40,6 +41,8 @@ export interface RegionSchedulerEnv {
 
 /** Longest a long-poll is held, whatever the agent asks. */
 const MAX_POLL_MS = 60_000;
+/** Longest an endpoint request waits for a ready replica, whatever the caller asks. */
+const MAX_ROUTE_WAIT_MS = 600_000;
 
 export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implements RegionSchedulerRpc {
   /** Tests replace this with a clock they advance; nothing else reads the time. */
@@ -51,6 +54,8 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
   private readonly views: Views;
   private settings: SchedulerSettings;
   private readonly waiters = new Map<string, Set<() => void>>();
+  /** Endpoint requests waiting for a ready replica: woken by whatever may have made one ready. */
+  private readonly routeWaiters = new Set<() => void>();
   private flushing: Promise<{ delivered: number; failed: number }> | null = null;
 
   constructor(ctx: DurableObjectState, env: RegionSchedulerEnv) {
@@ -140,7 +145,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
         heartbeat_interval_ms: this.settings.heartbeat_interval_ms,
         poll_wait_ms: this.settings.poll_wait_ms,
       };
-    });
+    }, true);
   }
 
   async heartbeat(
@@ -152,7 +157,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       if (!r.known) return { ok: false, state: "unknown" as const };
       if (r.changed) this.state.schedule(now);
       return { ok: true, state: this.state.node(nodeId)!.state };
-    });
+    }, true);
   }
 
   /**
@@ -186,7 +191,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       const { changed, ...result } = this.state.report(nodeId, event, now);
       if (changed) this.state.schedule(now);
       return result;
-    });
+    }, true);
   }
 
   async drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }> {
@@ -246,7 +251,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       this.state.endpoints.ensure(spec, now);
       this.state.schedule(now);
       return this.views.endpointState(spec.id)!;
-    });
+    }, true);
   }
 
   async removeEndpoint(endpointId: string): Promise<{ removed: boolean }> {
@@ -261,6 +266,38 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     return this.views.endpointState(endpointId);
   }
 
+  /**
+   * Lease a ready replica for one request (traffic.ts). None ready: wait, woken by heartbeats,
+   * events and registrations (a replica turning ready comes in a heartbeat), up to `wait_ms`.
+   */
+  async routeEndpoint(endpointId: string, opts: { wait_ms?: number; exclude?: string[] } = {}): Promise<RouteResult> {
+    const waitMs = Math.max(0, Math.min(opts.wait_ms ?? 0, MAX_ROUTE_WAIT_MS));
+    // Waiting is real time, whatever clock the scheduler's decisions read.
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const result = await this.change((now) => this.state.traffic.route(endpointId, opts.exclude ?? [], now));
+      const left = deadline - Date.now();
+      if (result.ok || result.code === "not_found" || left <= 0) return result;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.routeWaiters.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, left);
+        this.routeWaiters.add(done);
+      });
+    }
+  }
+
+  async endpointRequestDone(leaseId: string): Promise<{ ok: boolean }> {
+    return this.change((now) => {
+      const ok = this.state.traffic.done(leaseId, now);
+      if (this.state.traffic.takeScaled()) this.state.schedule(now);
+      return { ok };
+    });
+  }
+
   // ---- the alarm --------------------------------------------------------------------------
 
   /** Due timers, liveness, the packer pass, then the outbox to Postgres. Re-armed whatever happens. */
@@ -269,9 +306,11 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       const now = this.clock.now();
       this.ctx.storage.transactionSync(() => {
         this.state.tick(now);
+        this.state.traffic.takeScaled();
         this.state.schedule(now);
       });
       this.wake();
+      this.wakeRoutes();
       await this.flush();
     } catch (error) {
       this.log("error", "alarm.failed", { error: error instanceof Error ? error.message : String(error) });
@@ -353,8 +392,11 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
 
   // ---- plumbing ---------------------------------------------------------------------------
 
-  /** One change: in a storage transaction, then wake the long-polls it concerns and arm the alarm. */
-  private async change<T>(fn: (now: number) => T): Promise<T> {
+  /**
+   * One change: in a storage transaction, then wake the long-polls it concerns and arm the alarm.
+   * `readies`: the change may have made an endpoint replica ready, so waiting requests look again.
+   */
+  private async change<T>(fn: (now: number) => T, readies = false): Promise<T> {
     const now = this.clock.now();
     let result: T;
     try {
@@ -364,8 +406,14 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       throw error;
     }
     this.wake();
+    if (readies) this.wakeRoutes();
     await this.arm(false);
     return result;
+  }
+
+  /** Endpoint requests waiting for a replica look again (after a change that may have readied one). */
+  private wakeRoutes(): void {
+    for (const done of [...this.routeWaiters]) done();
   }
 
   private wake(): void {

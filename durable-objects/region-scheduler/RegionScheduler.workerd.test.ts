@@ -812,6 +812,126 @@ describe("RegionScheduler: endpoints", () => {
   });
 });
 
+describe("RegionScheduler: endpoint traffic", () => {
+  /** Replicas' runs on a node as an agent would report them: running, readiness as given. */
+  async function reportReady(stub: Stub, nodeId: string, at: number, ready: Record<string, boolean>) {
+    for (const placementId of Object.keys(ready)) await stub.reportEvent(nodeId, ev("running", placementId, at));
+    await stub.heartbeat(nodeId, {
+      at,
+      gpus: [],
+      containers: Object.entries(ready).map(([placement_id, r]) => ({ placement_id, ready: r })),
+      running: Object.keys(ready),
+    });
+  }
+  const placementsOf = async (stub: Stub, id: string) =>
+    (await stub.endpointState(id))!.replicas.map((r) => r.placement?.placement_id ?? null);
+  const desiredOf = async (stub: Stub, id: string) => (await stub.endpointState(id))!.desired_replicas;
+
+  it("starts a replica for the first request at zero, spreads requests over ready replicas, and scales back after the delay", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 0, max_replicas: 3, target_concurrency: 1, scale_down_delay_s: 60 });
+    expect((await stub.ensureEndpoint(spec)).replicas).toEqual([]);
+
+    // Nothing ready: the request says why, and its need has started a replica.
+    const cold = await stub.routeEndpoint(spec.id, { wait_ms: 0 });
+    expect(cold).toEqual({ ok: false, code: "no_ready_replica", waiting_reason: "replica 0: starting" });
+    expect(await desiredOf(stub, spec.id)).toBe(1);
+    const [p0] = (await placementsOf(stub, spec.id)) as [string];
+
+    // A request that waits is answered once the replica's heartbeat says it is ready.
+    const waiting = stub.routeEndpoint(spec.id, { wait_ms: 10_000 });
+    await reportReady(stub, N("n1"), clock.t, { [p0]: false });
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true });
+    const first = await waiting;
+    expect(first).toMatchObject({ ok: true, placement_id: p0, node_id: N("n1"), ingress_url: "https://n1.nodes.test" });
+
+    // A second request in flight needs a second replica; until it is ready, replica 0 takes it.
+    const second = await stub.routeEndpoint(spec.id);
+    expect(second).toMatchObject({ ok: true, placement_id: p0 });
+    expect(await desiredOf(stub, spec.id)).toBe(2);
+    const [, p1] = (await placementsOf(stub, spec.id)) as [string, string];
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true, [p1]: true });
+    // The least busy ready replica takes the next one; three in flight want three replicas.
+    const third = await stub.routeEndpoint(spec.id);
+    expect(third).toMatchObject({ ok: true, placement_id: p1 });
+    expect(await desiredOf(stub, spec.id)).toBe(3);
+
+    // A replica that failed this request is skipped; none left: the reason says so.
+    expect(await stub.routeEndpoint(spec.id, { exclude: [p0, p1] })).toEqual({
+      ok: false,
+      code: "no_ready_replica",
+      waiting_reason:
+        "replica 0: ready, but did not answer this request; replica 1: ready, but did not answer this request; replica 2: starting",
+    });
+
+    // Traffic ends. Nothing scales down before the delay, which starts when the need first drops
+    // (two in flight then)...
+    for (const r of [first, second, third]) {
+      expect(await stub.endpointRequestDone((r as { lease_id: string }).lease_id)).toEqual({ ok: true });
+    }
+    expect(await stub.endpointRequestDone((first as { lease_id: string }).lease_id)).toEqual({ ok: false });
+    const running = async () =>
+      (await stub.pollPlacements(N("n1"), 0, 0)).placements
+        .filter((p) => p.desired === "running")
+        .map((p) => p.placement_id);
+    // The node stays alive: a heartbeat with its replicas ready before each look.
+    const later = async (ms: number) => {
+      clock.advance(ms);
+      const ids = await running();
+      await stub.heartbeat(N("n1"), {
+        at: clock.t,
+        gpus: [],
+        containers: ids.map((placement_id) => ({ placement_id, ready: true })),
+        running: ids,
+      });
+      await runDurableObjectAlarm(stub);
+    };
+    await later(30_000);
+    expect(await desiredOf(stub, spec.id)).toBe(3);
+    // ...then it keeps what the busiest moment of the delay needed (2), the highest replica going first.
+    await later(31_000);
+    expect(await desiredOf(stub, spec.id)).toBe(2);
+    expect(await running()).toEqual([p0, p1]);
+    // One request in the next delay keeps one replica past it.
+    const lone = await stub.routeEndpoint(spec.id);
+    expect(lone).toMatchObject({ ok: true, placement_id: p0 });
+    await stub.endpointRequestDone((lone as { lease_id: string }).lease_id);
+    await later(61_000);
+    expect(await desiredOf(stub, spec.id)).toBe(1);
+    expect(await running()).toEqual([p0]);
+    // A quiet delay later: back to zero.
+    await later(61_000);
+    expect(await desiredOf(stub, spec.id)).toBe(0);
+    expect(await running()).toEqual([]);
+  });
+
+  it("never routes to a node without an ingress, never scales past max_replicas, and returns forgotten leases", async () => {
+    const { stub, clock } = await region({ lease_ttl_ms: 60_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ min_replicas: 1, max_replicas: 1, target_concurrency: 1 });
+    await stub.ensureEndpoint(spec);
+    const [p0] = (await placementsOf(stub, spec.id)) as [string];
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true });
+    expect(await stub.routeEndpoint(spec.id)).toEqual({
+      ok: false,
+      code: "no_ready_replica",
+      waiting_reason: "replica 0: ready, but its node has no ingress",
+    });
+    // The agent comes back with an ingress (a re-registration carries it).
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "http://127.0.0.1:8090" }));
+    const leases = [];
+    for (let i = 0; i < 3; i++) leases.push(await stub.routeEndpoint(spec.id));
+    expect(leases.map((l) => l.ok && l.placement_id)).toEqual([p0, p0, p0]);
+    expect(await desiredOf(stub, spec.id)).toBe(1);
+    expect(await stub.routeEndpoint(`ep-unknown`)).toEqual({ ok: false, code: "not_found" });
+    // Leases nobody returned end by themselves.
+    clock.advance(61_000);
+    await runDurableObjectAlarm(stub);
+    expect(await stub.endpointRequestDone((leases[0] as { lease_id: string }).lease_id)).toEqual({ ok: false });
+  });
+});
+
 describe("RegionScheduler: the outbox", () => {
   it("carries a job's whole history to Postgres, idempotently", async () => {
     const { stub, clock } = await region();

@@ -1,5 +1,6 @@
 /**
- * Endpoints: a long-lived service kept at `min_replicas` replicas. A replica is a job with no kill
+ * Endpoints: a long-lived service kept at its desired replicas (`min_replicas` until traffic asks
+ * for more, never above `max_replicas`; traffic.ts decides). A replica is a job with no kill
  * deadline (`kind = 'replica'`, id `<endpoint>#<n>`) that is put back in the queue whenever its run
  * ends, with backoff that starts over after a long enough run. A changed spec replaces running
  * replicas; fewer replicas cancel the extra ones; removal stops them all.
@@ -45,6 +46,35 @@ export class Endpoints {
       );
     }
     const changed = existing !== undefined && existing.spec_hash !== hash;
+    this.apply(spec, this.desiredOf(spec.id), changed, now);
+  }
+
+  /**
+   * How many replicas the endpoint wants now: what traffic last asked for (see traffic.ts), within
+   * min..max; `min_replicas` before any traffic. 0 for an endpoint this object does not have.
+   */
+  desiredOf(endpointId: string): number {
+    const row = this.db.one<EndpointRow>("select * from endpoints where id = ?", endpointId);
+    if (!row) return 0;
+    const spec = JSON.parse(row.spec) as EndpointSpec;
+    return clamp(row.desired ?? spec.min_replicas, spec.min_replicas, spec.max_replicas);
+  }
+
+  /** Traffic's word: keep `n` replicas (held within min..max). True when that changed anything. */
+  scaleTo(endpointId: string, n: number, now: number): boolean {
+    const spec = this.endpoint(endpointId);
+    if (!spec) return false;
+    const before = this.desiredOf(endpointId);
+    const target = clamp(n, spec.min_replicas, spec.max_replicas);
+    this.db.run("update endpoints set desired = ? where id = ?", target, endpointId);
+    if (target === before) return false;
+    this.apply(spec, target, false, now);
+    this.log("endpoint.scaled", { endpoint_id: endpointId, from: before, to: target });
+    return true;
+  }
+
+  /** Replicas 0..desired-1 placed (a changed spec replaces running ones); the rest stopped. */
+  private apply(spec: EndpointSpec, desired: number, changed: boolean, now: number): void {
     const shape = {
       tier: spec.tier,
       gpu_count: spec.gpu_count,
@@ -53,7 +83,7 @@ export class Endpoints {
       memory_mib: spec.memory_mib,
       spec: JSON.stringify(specOf(spec)),
     };
-    for (let n = 0; n < spec.min_replicas; n++) {
+    for (let n = 0; n < desired; n++) {
       const id = replicaId(spec.id, n);
       const replica = this.state.job(id);
       if (!replica) {
@@ -84,6 +114,8 @@ export class Endpoints {
             finished_at: null,
             next_attempt_at: null,
             submitted_at: now,
+            // Only a scale-down or the endpoint's removal cancels a replica.
+            failure_reason: replica.status === "cancelled" ? "scaled down" : replica.failure_reason,
           },
           now,
         );
@@ -100,7 +132,7 @@ export class Endpoints {
       }
     }
     for (const replica of this.replicas(spec.id)) {
-      if (replicaIndex(replica.id) >= spec.min_replicas && !TERMINAL_JOB_STATUSES.includes(replica.status)) {
+      if (replicaIndex(replica.id) >= desired && !TERMINAL_JOB_STATUSES.includes(replica.status)) {
         this.state.stopJob(replica, "scale_down", now);
       }
     }
@@ -108,6 +140,7 @@ export class Endpoints {
 
   remove(endpointId: string, now: number): { removed: boolean } {
     const n = this.db.run("delete from endpoints where id = ?", endpointId);
+    this.state.traffic.forget(endpointId);
     for (const replica of this.replicas(endpointId)) {
       if (!TERMINAL_JOB_STATUSES.includes(replica.status)) this.state.stopJob(replica, "scale_down", now);
     }
@@ -128,7 +161,7 @@ export class Endpoints {
   /** A replica restarts whenever its run ends, with backoff that resets after a long enough run. */
   restart(job: JobRow, run: RunRow, outcome: RunOutcome, now: number): void {
     const spec = this.endpoint(job.endpoint_id ?? "");
-    if (!spec || replicaIndex(job.id) >= spec.min_replicas) {
+    if (!spec || replicaIndex(job.id) >= this.desiredOf(spec.id)) {
       this.state.patchJob(job, { status: "cancelled", finished_at: now }, now);
       return;
     }
@@ -154,9 +187,15 @@ function replicaShape(spec: EndpointSpec) {
     min_replicas: _min,
     max_replicas: _max,
     startup_timeout_s: _startup,
+    target_concurrency: _target,
+    scale_down_delay_s: _delay,
     ...shape
   } = spec;
   return shape;
+}
+
+function clamp(n: number, min: number, max: number): number {
+  return Math.max(min, Math.min(max, n));
 }
 
 export function replicaId(endpointId: string, n: number): string {

@@ -31,6 +31,7 @@ import {
 } from "./rows";
 import type { CancelResult, EndpointSpec, EventResult, NodeRegistration, SchedulerJob, SubmitResult } from "./rpc";
 import { backoff, type SchedulerSettings } from "./settings";
+import { Traffic } from "./traffic";
 import { validateJob } from "./validate";
 
 export type RunOutcome =
@@ -69,6 +70,7 @@ export class Region {
 
   readonly endpoints: Endpoints;
   readonly reservations: Reservations;
+  readonly traffic: Traffic;
 
   constructor(
     private readonly db: ObjectSql,
@@ -79,6 +81,7 @@ export class Region {
   ) {
     this.endpoints = new Endpoints(db, this, settings, log);
     this.reservations = new Reservations(db, records, this, region);
+    this.traffic = new Traffic(db, this, settings, log);
   }
 
   // ---- rows -------------------------------------------------------------------------------
@@ -133,6 +136,10 @@ export class Region {
       key,
       at,
     );
+  }
+
+  hasTimer(kind: string, key: string): boolean {
+    return this.db.one("select 1 from timers where kind = ? and key = ?", kind, key) !== undefined;
   }
 
   clearTimer(kind: string, key: string): void {
@@ -299,8 +306,8 @@ export class Region {
     if (!existing) {
       this.db.run(
         `insert into nodes (id, zone, gpu_model, gpus, cpu_milli, memory_mib, state, block_id, block_end_at, hostname,
-           address, agent_version, registered_at, last_heartbeat_at)
-         values (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?)`,
+           address, ingress_url, agent_version, registered_at, last_heartbeat_at)
+         values (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?)`,
         reg.node_id,
         reg.zone,
         reg.gpu_model,
@@ -311,6 +318,7 @@ export class Region {
         reg.block_end_at,
         reg.hostname,
         reg.address ?? null,
+        reg.ingress_url ?? null,
         reg.agent_version,
         now,
         now,
@@ -327,6 +335,7 @@ export class Region {
         block_end_at: reg.block_end_at,
         hostname: reg.hostname,
         address: reg.address ?? null,
+        ingress_url: reg.ingress_url ?? null,
         agent_version: reg.agent_version,
         registered_at: now,
       });
@@ -717,8 +726,10 @@ export class Region {
       this.clearTimer(t.kind, t.key);
       if (t.kind === "deadline") this.deadlinePassed(t.key, now);
       else if (t.kind === "reservation") this.reservations.release(t.key, now);
+      else if (t.kind === "endpoint_scale") this.traffic.timerFired(t.key, now);
       // `retry`: nothing to do; the pass that follows sees the job eligible again.
     }
+    this.traffic.expire(now);
     this.sweep(now);
   }
 

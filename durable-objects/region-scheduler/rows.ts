@@ -20,6 +20,8 @@ export type NodeRow = {
   hostname: string | null;
   /** Where the node's peers reach it (IP or DNS name), as its agent reported; null if it did not. */
   address: string | null;
+  /** Where the control plane reaches the node's ingress (its agent's report); null: no endpoint traffic. */
+  ingress_url: string | null;
   agent_version: string | null;
   registered_at: number;
   last_heartbeat_at: number | null;
@@ -106,6 +108,8 @@ export type EndpointRow = {
   spec_hash: string;
   created_at: number;
   updated_at: number;
+  /** Replicas traffic wants now (see traffic.ts); null: none asked yet, so `min_replicas`. */
+  desired: number | null;
 };
 
 /** What a job row's `spec` column holds: the container, secrets included (never leaves this object but to its node). */

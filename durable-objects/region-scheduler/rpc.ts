@@ -196,6 +196,13 @@ export interface EndpointSpec {
    * from before this field): 600.
    */
   startup_timeout_s?: number;
+  /**
+   * Requests in flight one replica is meant to take: traffic keeps ceil(in flight / this) replicas
+   * (within min..max). Absent (a spec from before traffic was routed): 4.
+   */
+  target_concurrency?: number;
+  /** How long replicas traffic no longer needs are kept. Absent: 300. */
+  scale_down_delay_s?: number;
 }
 export interface EndpointState {
   id: string;
@@ -213,6 +220,17 @@ export interface EndpointState {
     ready: boolean | null;
   }[];
 }
+
+/**
+ * A request routed to an endpoint: a lease on one ready replica, to be returned with
+ * `endpointRequestDone` when the response has ended. `no_ready_replica`: none could take it within
+ * the wait (`waiting_reason` says what the replicas are doing); `not_found`: this object has no
+ * such endpoint (not synced yet, or removed).
+ */
+export type RouteResult =
+  | { ok: true; lease_id: string; placement_id: string; replica_id: string; node_id: string; ingress_url: string }
+  | { ok: false; code: "not_found" }
+  | { ok: false; code: "no_ready_replica"; waiting_reason: string };
 
 export type EventResult = { ok: true; duplicate: boolean } | { ok: false; code: "unknown_placement" | "wrong_node" };
 
@@ -244,4 +262,8 @@ export interface RegionSchedulerRpc {
   ensureEndpoint(spec: EndpointSpec): Promise<EndpointState>;
   removeEndpoint(endpointId: string): Promise<{ removed: boolean }>;
   endpointState(endpointId: string): Promise<EndpointState | null>;
+  /** Lease a ready replica for one request, waiting up to `wait_ms` for one (scaling up as needed). */
+  routeEndpoint(endpointId: string, opts?: { wait_ms?: number; exclude?: string[] }): Promise<RouteResult>;
+  /** The request of a lease has ended (its answer was sent, or it failed). */
+  endpointRequestDone(leaseId: string): Promise<{ ok: boolean }>;
 }

@@ -130,4 +130,8 @@ export const SCHEMA: readonly string[] = [
   // never becomes ready, or stops answering, is restarted.
   `alter table runs add column ready_changed_at integer;
    alter table runs add column first_ready_at integer;`,
+  // v7: endpoint traffic: where the scheduler sends a node's replicas' requests (its agent's
+  // ingress), and how many replicas traffic wants of an endpoint now (min..max; null: min).
+  `alter table nodes add column ingress_url text;
+   alter table endpoints add column desired integer;`,
 ];

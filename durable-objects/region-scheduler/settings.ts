@@ -32,6 +32,8 @@ export interface SchedulerSettings {
   /** Agent event ids are remembered this long for de-duplication. */
   seen_event_ttl_ms: number;
   grace_period_ms: number;
+  /** An endpoint request's lease on its replica ends by itself this long after routing (its Worker died). */
+  lease_ttl_ms: number;
   packer: Partial<PackerConfig>;
 }
 
@@ -54,6 +56,7 @@ export const DEFAULT_SETTINGS: SchedulerSettings = {
   outbox_max_attempts: 200,
   seen_event_ttl_ms: 24 * 3_600_000,
   grace_period_ms: 10_000,
+  lease_ttl_ms: 15 * 60_000,
   packer: {},
 };
 

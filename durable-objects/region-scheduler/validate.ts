@@ -55,6 +55,12 @@ export function validateEndpoint(spec: EndpointSpec): string | null {
   if (spec.startup_timeout_s !== undefined && !int(spec.startup_timeout_s, 10, 86_400)) {
     return "startup_timeout_s must be 10 to 86,400";
   }
+  if (spec.target_concurrency !== undefined && !int(spec.target_concurrency, 1, 1_000)) {
+    return "target_concurrency must be 1 to 1,000";
+  }
+  if (spec.scale_down_delay_s !== undefined && !int(spec.scale_down_delay_s, 0, 86_400)) {
+    return "scale_down_delay_s must be 0 to 86,400";
+  }
   if (spec.gpu_count > 8) return "an endpoint replica takes at most one node (gpu_count ≤ 8)";
   return resources(spec);
 }

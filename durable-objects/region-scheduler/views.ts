@@ -156,7 +156,7 @@ export class Views {
       .filter((r) => !TERMINAL_JOB_STATUSES.includes(r.status));
     return {
       id: endpointId,
-      desired_replicas: spec.min_replicas,
+      desired_replicas: this.region.endpoints.desiredOf(endpointId),
       replicas: replicas.map((r) => {
         const run = this.region.runsOf(r).find(isActiveRun) ?? null;
         return {

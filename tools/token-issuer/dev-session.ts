@@ -4,6 +4,7 @@
  * token from the local issuer and an API key made through the API itself.
  */
 import postgres from "postgres";
+import { API_KEY_SCOPES } from "../../workers/db/schema/core";
 import { mintAccessToken } from "./issuer";
 import type { TokenIssuerServer } from "./server";
 
@@ -55,7 +56,8 @@ export async function createDevSession(opts: {
     headers,
     body: JSON.stringify({
       name: `${KEY_NAME_PREFIX}${new Date().toISOString()}`,
-      scopes: ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write", "billing:read", "admin"],
+      // Every scope there is: the developer's own key, and keys made with it may hold no more.
+      scopes: API_KEY_SCOPES,
     }),
   });
   const body = (await res.json()) as { secret?: string; error?: { message: string } };

@@ -24,6 +24,7 @@ import { jobLogs, nodes } from "../db/schema";
 import { jsonBody } from "../http/body";
 import { ApiError } from "../http/errors";
 import { authenticateNode, authenticateRecentNode } from "../nodes/authenticate";
+import { ingressKey } from "../nodes/ingress-key";
 import { credentialsFor } from "./registries";
 import { createRouter, ERRORS, NODE_TOKEN, respond } from "./router";
 import { schedulerOf, viaScheduler } from "./scheduler";
@@ -104,7 +105,8 @@ agentRouter.openapi(
         state: sql`case when ${nodes.state} = 'provisioning' then 'ready' else ${nodes.state} end`,
       })
       .where(eq(nodes.id, node.id));
-    return respond(c, RegisterResponse, registered, 200);
+    const key = await ingressKey(c.env, node.id);
+    return respond(c, RegisterResponse, key ? { ...registered, ingress_key: key } : registered, 200);
   },
 );
 

@@ -7,7 +7,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, isNull, type SQL } from "drizzle-orm";
 import { generateApiKey } from "../auth/api-keys";
 import { type Caller, recentApiKeys, requireAccount } from "../auth/caller";
-import type { Scope as ScopeName } from "../auth/scopes";
+import { SCOPES, type Scope as ScopeName } from "../auth/scopes";
 import { apiKeys } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
@@ -40,7 +40,7 @@ const ApiKeyCreate = z
     scopes: z
       .array(Scope)
       .min(1)
-      .max(6)
+      .max(SCOPES.length)
       .refine((s) => new Set(s).size === s.length, "scopes must not repeat")
       .openapi({ example: ["jobs:read", "jobs:write"] }),
     expires_at: z.iso.datetime({ offset: true }).optional().openapi({ description: "Optional expiry (future)." }),

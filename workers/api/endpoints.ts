@@ -51,7 +51,7 @@ const EndpointCreate = z
   .strictObject({
     name: NAME.openapi({ example: "llama-serve" }),
     region: z.string().max(32).optional().openapi({ description: "Defaults to the first region served." }),
-    tier: Tier.default("flex"),
+    tier: Tier.optional().openapi({ description: "Defaults to fast when the account may use it, else flex." }),
     ...EndpointSpecFields,
     labels: Labels.default({}),
   })
@@ -79,7 +79,7 @@ const Replica = z.object({
   last_exit: z.string().nullable().openapi({ description: "Why its last run ended; null before any ended." }),
   ready: z.boolean().nullable().openapi({
     description:
-      "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s); null while running but not checked yet.",
+      "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every second until it first passes); null while running but not checked yet. Only ready replicas take traffic.",
   }),
 });
 
@@ -100,7 +100,12 @@ const Endpoint = z
     memory_mib: z.number().int(),
     min_replicas: z.number().int(),
     max_replicas: z.number().int(),
+    target_concurrency: z.number().int(),
     scale_down_delay_s: z.number().int(),
+    desired_replicas: z.number().int().nullable().openapi({
+      description:
+        "Replicas wanted now: min_replicas plus what traffic asks for, at most max_replicas (single reads only; null in lists).",
+    }),
     port: z.number().int(),
     health_path: z.string(),
     startup_timeout_s: z.number().int(),
@@ -125,7 +130,9 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
     ...workloadView(row),
     min_replicas: row.minReplicas,
     max_replicas: row.maxReplicas,
+    target_concurrency: row.targetConcurrency,
     scale_down_delay_s: row.scaleDownDelayS,
+    desired_replicas: live?.desired_replicas ?? null,
     port: row.port,
     health_path: row.healthPath,
     startup_timeout_s: row.startupTimeoutS,
@@ -161,6 +168,8 @@ export async function endpointSpec(env: Env, row: EndpointRow): Promise<Endpoint
     port: row.port,
     health_path: row.healthPath,
     startup_timeout_s: row.startupTimeoutS,
+    target_concurrency: row.targetConcurrency,
+    scale_down_delay_s: row.scaleDownDelayS,
   };
 }
 
@@ -208,7 +217,7 @@ endpointsRouter.openapi(
     tags: ["Endpoints"],
     summary: "Create an endpoint",
     description:
-      "Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running. Names are unique among the account's active endpoints.",
+      "Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running; traffic sent to `/v1/endpoints/{id or name}/invoke/…` scales it up to `max_replicas`. Names are unique among the account's active endpoints.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:write" }),
     request: {
@@ -223,7 +232,9 @@ endpointsRouter.openapi(
   async (c) => {
     const caller = c.get("caller");
     const account = requireAccount(caller);
-    const body = c.req.valid("json");
+    const request = c.req.valid("json");
+    // No tier asked for: the best the account may use, as for jobs.
+    const body = { ...request, tier: request.tier ?? (account.fastTierEnabled ? "fast" : "flex") } as const;
     const region = servedRegion(c.env, body.region);
     requireTier(body.tier, account.fastTierEnabled);
     await requireGpuModels(c.env, region, body.gpu_models);
@@ -255,6 +266,7 @@ endpointsRouter.openapi(
           minReplicas: body.min_replicas,
           maxReplicas: body.max_replicas,
           scaleDownDelayS: body.scale_down_delay_s,
+          targetConcurrency: body.target_concurrency,
           port: body.port,
           healthPath: body.health_path,
           startupTimeoutS: body.startup_timeout_s,
@@ -407,6 +419,7 @@ endpointsRouter.openapi(
         minReplicas: patch.min_replicas ?? current.minReplicas,
         maxReplicas: patch.max_replicas ?? current.maxReplicas,
         scaleDownDelayS: patch.scale_down_delay_s ?? current.scaleDownDelayS,
+        targetConcurrency: patch.target_concurrency ?? current.targetConcurrency,
         port: patch.port ?? current.port,
         healthPath: patch.health_path ?? current.healthPath,
         startupTimeoutS: patch.startup_timeout_s ?? current.startupTimeoutS,
@@ -424,13 +437,13 @@ endpointsRouter.openapi(
         tier: current.tier as never,
         gpu_models: current.gpuModels as never,
         gpu_count: current.gpuCount,
-        min_replicas: current.minReplicas,
+        max_replicas: current.maxReplicas,
       });
       const after = endpointDemand({
         tier: next.tier as never,
         gpu_models: next.gpuModels as never,
         gpu_count: next.gpuCount,
-        min_replicas: next.minReplicas,
+        max_replicas: next.maxReplicas,
       });
       if (after.gpus > before.gpus || after.ceilingCents > before.ceilingCents) {
         await enforceQuota(tx, account, {

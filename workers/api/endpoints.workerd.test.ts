@@ -122,18 +122,18 @@ describe("endpoints", () => {
     expect(fast.json.error.code).toBe("tier_not_allowed");
   });
 
-  it("counts minimum replicas against the concurrent GPU cap", async () => {
+  it("counts maximum replicas (what traffic may scale to) against the concurrent GPU cap", async () => {
     const user = await signUp({ max_concurrent_gpus: 4 });
     const ok = await call("POST", "/v1/endpoints", user.token, {
-      body: { ...ENDPOINT, name: uniqueName(), gpu_count: 2, min_replicas: 2, max_replicas: 4 },
+      body: { ...ENDPOINT, name: uniqueName(), gpu_count: 2, min_replicas: 0, max_replicas: 2 },
     });
     expect(ok.status).toBe(201);
     const over = await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name: uniqueName() } });
     expect(over.status).toBe(403);
     expect(over.json.error).toMatchObject({ code: "gpu_quota_exceeded", details: { in_use: 4 } });
-    const grow = await call("PATCH", `/v1/endpoints/${ok.json.id}`, user.token, { body: { min_replicas: 3 } });
+    const grow = await call("PATCH", `/v1/endpoints/${ok.json.id}`, user.token, { body: { max_replicas: 3 } });
     expect(grow.status).toBe(403);
-    const shrink = await call("PATCH", `/v1/endpoints/${ok.json.id}`, user.token, { body: { min_replicas: 1 } });
+    const shrink = await call("PATCH", `/v1/endpoints/${ok.json.id}`, user.token, { body: { max_replicas: 1 } });
     expect(shrink.status).toBe(200);
     expect((await call("POST", "/v1/jobs", user.token, { body: { image: "busybox", gpu_count: 2 } })).status).toBe(202);
   });

@@ -11,6 +11,7 @@ import { apiKeysRouter } from "./api-keys";
 import { docsPage } from "./docs-page";
 import { endpointsRouter } from "./endpoints";
 import { invoicesRouter } from "./invoices";
+import { invokeRouter, isInvokePath } from "./invoke";
 import { jobEventsRouter } from "./job-events";
 import { jobLogsRouter } from "./job-logs";
 import { jobsRouter } from "./jobs";
@@ -31,7 +32,10 @@ export const API_INFO = {
 export function createApi() {
   const api = createRouter();
   // Server-Timing on every response (total, and the phases routes mark: auth, claim, write, schedule).
-  api.use("/v1/*", timing({ totalDescription: "in the Worker" }), limitBody, database);
+  // Endpoint traffic (invoke.ts) carries the replica's bodies, with a limit of its own.
+  const apiBodies: typeof limitBody = (c, next) => (isInvokePath(c.req.path) ? next() : limitBody(c, next));
+  api.use("/v1/*", timing({ totalDescription: "in the Worker" }), apiBodies, database);
+  api.route("/", invokeRouter as never);
   const routers = [
     jobsRouter,
     jobEventsRouter,

@@ -85,7 +85,7 @@ export function quotaGroupsQuery(accountId: string): SQL {
      where account_id = ${account} and status in ('queued', 'placed', 'running')
      group by tier, gpu_models
     union all
-    select 'endpoint', tier, to_jsonb(gpu_models), sum(min_replicas * gpu_count)::numeric, 0::numeric
+    select 'endpoint', tier, to_jsonb(gpu_models), sum(max_replicas * gpu_count)::numeric, 0::numeric
       from endpoints
      where account_id = ${account} and status = 'active'
      group by tier, gpu_models
@@ -154,7 +154,7 @@ export function gpuQuotaCheck(account: AccountContext, requested: number): SQL {
   return sql<boolean>`public.check_gpu_quota(
     coalesce((select sum(gpu_count) from jobs
                where account_id = ${id} and status in ('queued', 'placed', 'running')), 0)
-    + coalesce((select sum(min_replicas * gpu_count) from endpoints
+    + coalesce((select sum(max_replicas * gpu_count) from endpoints
                  where account_id = ${id} and status = 'active'), 0),
     ${n(requested)}, ${n(account.maxConcurrentGpus)})`;
 }
@@ -211,14 +211,15 @@ export function jobDemand(job: {
   return { gpus: job.gpu_count, ceilingCents: jobCeilingCents(job) };
 }
 
-/** An endpoint commits its minimum replicas until the end of the month. */
+/** An endpoint commits its maximum replicas until the end of the month (traffic may scale it there). */
 export function endpointDemand(
-  e: { tier: Tier; gpu_models: GpuModel[]; gpu_count: number; min_replicas: number },
+  e: { tier: Tier; gpu_models: GpuModel[]; gpu_count: number; max_replicas: number },
   nowMs = Date.now(),
 ): Demand {
   const now = new Date(nowMs);
   const secondsLeft = Math.ceil((Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1) - nowMs) / 1000);
-  const gpus = e.min_replicas * e.gpu_count;
+  // Traffic may scale it to max_replicas at any time: that is what it can use.
+  const gpus = e.max_replicas * e.gpu_count;
   return { gpus, ceilingCents: centsFor(gpus * secondsLeft, worstCasePriceCents(e.tier, e.gpu_models)) };
 }
 

@@ -7,7 +7,7 @@
 import { env, runDurableObjectAlarm } from "cloudflare:test";
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
-import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
+import { AGENT_ROUTES } from "../../core/schemas";
 import { newKeyEntry, sealEnv } from "../auth/env-secrets";
 import { withDb } from "../db/client";
 import { jobs } from "../db/schema";
@@ -15,67 +15,15 @@ import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
 import { recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
+import { type Agent, poll, REGION, report, retire, startNode } from "./test-agent";
 import { call, JOB, signUp, sql, type TestUser } from "./test-support";
 import type { JobRow } from "./views";
 
-const REGION = "us-west-1";
 const log = createLogger("error");
 
 /** Deliver the scheduler's outbox to Postgres now. */
 async function flush() {
   await runDurableObjectAlarm(regionScheduler(env, REGION));
-}
-
-interface Agent {
-  nodeId: string;
-  token: string;
-  eventSeq: number;
-}
-
-/** A node created by an operator and registered by its agent with `gpus` GPUs of `model`. */
-async function startNode(op: TestUser, model = "H100", gpus = 8): Promise<Agent> {
-  const created = await call("POST", "/v1/operator/nodes", op.token, {
-    body: { gpu_model: model, gpu_count: gpus, cpu_milli: 64_000, memory_mib: 512_000 },
-  });
-  expect(created.status).toBe(201);
-  const { node, token } = created.json;
-  const registered = await call("POST", AGENT_ROUTES.register, token, {
-    body: {
-      hostname: `${node.id}.local`,
-      agent_version: "test",
-      gpu_model: model,
-      gpus: Array.from({ length: gpus }, (_, index) => ({ index })),
-      cpu_milli: 64_000,
-      memory_mib: 512_000,
-    },
-  });
-  expect(registered.status).toBe(200);
-  expect(registered.json).toMatchObject({ node_id: node.id, region: REGION });
-  return { nodeId: node.id, token, eventSeq: 0 };
-}
-
-/** Tests share the file's region: a test's node is drained when it is done, so later jobs go elsewhere. */
-async function retire(op: TestUser, agent: Agent) {
-  expect((await call("POST", `/v1/operator/nodes/${agent.nodeId}/drain`, op.token)).status).toBe(200);
-}
-
-async function poll(agent: Agent, since = 0): Promise<PlacementSet> {
-  const res = await call("GET", `${AGENT_ROUTES.placements}?since=${since}&wait_ms=0`, agent.token);
-  expect(res.status).toBe(200);
-  return res.json;
-}
-
-async function report(agent: Agent, placementId: string, type: string, extra: Record<string, unknown> = {}) {
-  agent.eventSeq += 1;
-  const res = await call("POST", AGENT_ROUTES.events, agent.token, {
-    body: {
-      events: [
-        { event_id: `${agent.nodeId}-${agent.eventSeq}`, placement_id: placementId, at: Date.now(), type, ...extra },
-      ],
-    },
-  });
-  expect(res.status).toBe(200);
-  return res.json as { accepted: number; duplicates: number; rejected: { event_id: string; code: string }[] };
 }
 
 async function submit(user: TestUser, body: Record<string, unknown>) {

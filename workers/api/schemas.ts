@@ -176,19 +176,21 @@ export const EndpointSpecFields = {
   gpu_models: z.array(GpuModel).max(8).default([]),
   cpu_milli: ResourceRequest.shape.cpu_milli,
   memory_mib: ResourceRequest.shape.memory_mib,
-  min_replicas: z
-    .number()
-    .int()
-    .min(0)
-    .max(64)
-    .default(1)
-    .openapi({ description: "Replicas the scheduler keeps placed at all times." }),
+  min_replicas: z.number().int().min(0).max(64).default(1).openapi({
+    description:
+      "Replicas kept placed at all times, traffic or not. 0 scales to zero: the first request after a quiet `scale_down_delay_s` waits for a replica to start.",
+  }),
   max_replicas: z.number().int().min(1).max(64).default(1).openapi({
     description:
-      "The most replicas traffic may scale to. Stored and checked (≥ min_replicas); nothing scales above min_replicas until traffic is routed to endpoints, which comes later.",
+      "The most replicas traffic may scale to (≥ min_replicas). Quotas and the spend cap count this many, since traffic can ask for them at any time.",
+  }),
+  target_concurrency: z.number().int().min(1).max(1_000).default(4).openapi({
+    description:
+      "Requests in flight one replica is meant to take: traffic keeps ceil(in flight / target_concurrency) replicas, within min..max.",
   }),
   scale_down_delay_s: z.number().int().min(0).max(86_400).default(300).openapi({
-    description: "How long extra replicas outlive the traffic that needed them. Stored; unused until then.",
+    description:
+      "How long replicas outlive the traffic that needed them: fewer are kept only after the need has been lower for this long.",
   }),
   port: z.number().int().min(1).max(65_535).default(8000),
   health_path: z

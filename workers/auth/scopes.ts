@@ -12,7 +12,7 @@ export const ROLES = ACCOUNT_ROLES;
 export const ROLE_SCOPES: Record<AccountRole, readonly Scope[]> = {
   owner: SCOPES,
   admin: SCOPES,
-  member: ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write"],
+  member: ["jobs:read", "jobs:write", "endpoints:read", "endpoints:write", "endpoints:invoke"],
   viewer: ["jobs:read", "endpoints:read"],
 };
 

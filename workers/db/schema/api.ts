@@ -51,6 +51,8 @@ export const endpoints = pgTable(
     minReplicas: integer("min_replicas").notNull(),
     maxReplicas: integer("max_replicas").notNull(),
     scaleDownDelayS: integer("scale_down_delay_s").notNull(),
+    /** Requests in flight one replica is meant to take; traffic scales replicas to match. */
+    targetConcurrency: integer("target_concurrency").notNull().default(4),
     port: integer("port").notNull(),
     healthPath: text("health_path").notNull(),
     startupTimeoutS: integer("startup_timeout_s").notNull().default(600),
@@ -79,6 +81,7 @@ export const endpoints = pgTable(
       sql`${t.minReplicas} between 0 and 64 and ${t.maxReplicas} between 1 and 64 and ${t.minReplicas} <= ${t.maxReplicas}`,
     ),
     check("endpoints_scale_down_delay", sql`${t.scaleDownDelayS} between 0 and 86400`),
+    check("endpoints_target_concurrency", sql`${t.targetConcurrency} between 1 and 1000`),
     check("endpoints_port", sql`${t.port} between 1 and 65535`),
     check("endpoints_startup_timeout", sql`${t.startupTimeoutS} between 10 and 86400`),
     check("endpoints_versions", sql`${t.syncedVersion} <= ${t.version}`),

@@ -43,6 +43,7 @@ export const API_KEY_SCOPES = [
   "jobs:write",
   "endpoints:read",
   "endpoints:write",
+  "endpoints:invoke",
   "billing:read",
   "admin",
 ] as const;

@@ -1,0 +1,291 @@
+/**
+ * Endpoint traffic: `ANY /v1/endpoints/{id or name}/invoke/<path>` reaches one ready replica.
+ *
+ * The region's scheduler leases a replica (the least busy ready one, scaling up or starting one
+ * from zero as the traffic needs; durable-objects/region-scheduler/traffic.ts); the Worker forwards
+ * the request to that node's ingress at `<ingress_url>/p/<placement>/<path>` with the node's key,
+ * streams the answer back, and returns the lease when the answer's body has ended. A replica that
+ * could not be reached (refused, gone from its node) is skipped and the request goes to another
+ * one: the request is buffered (at most MAX_INVOKE_BODY_BYTES) so it can be sent again.
+ *
+ * Not in the OpenAPI document: the method, path, body and answer are the replica's own.
+ * docs/api.md "Traffic" describes the route, its headers and its errors.
+ */
+
+import { and, eq } from "drizzle-orm";
+import { type Context, Hono } from "hono";
+import { HOP_BY_HOP_HEADERS, INGRESS } from "../../core/schemas";
+import type { RouteResult } from "../../durable-objects/region-scheduler/rpc";
+import { requireAccount, requireScope } from "../auth/caller";
+import type { Db } from "../db/client";
+import { endpoints } from "../db/schema";
+import type { ApiEnv } from "../http/api-env";
+import { authenticate } from "../http/authenticate";
+import { ApiError } from "../http/errors";
+import { errorFields } from "../http/log";
+import { ingressKey } from "../nodes/ingress-key";
+import { syncEndpoint } from "./endpoints";
+import { schedulerOf } from "./scheduler";
+import type { EndpointRow } from "./views";
+
+/** Bodies are buffered so a request can go to another replica; larger ones are refused (413). */
+export const MAX_INVOKE_BODY_BYTES = 32 * 1024 * 1024;
+export const WAIT_HEADER = "scalar-wait";
+export const REPLICA_HEADER = "scalar-replica";
+/** How long a request waits for a ready replica unless `Scalar-Wait` says otherwise, and the most it may ask. */
+export const DEFAULT_WAIT_S = 120;
+export const MAX_WAIT_S = 600;
+/** Replicas tried for one request before it fails with 502 replica_unreachable. */
+const MAX_TRIES = 3;
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Not forwarded either way: one hop's headers, and those the Worker's fetch sets itself. */
+const HOP_BY_HOP = new Set([...HOP_BY_HOP_HEADERS, "host", "content-length"]);
+const NOT_FORWARDED = new Set(["authorization", "cookie", WAIT_HEADER, "scalar-account", INGRESS.keyHeader]);
+
+export const invokeRouter = new Hono<ApiEnv>();
+
+const INVOKE_PATH = /^\/v1\/endpoints\/[^/]+\/invoke(\/|$)/;
+export const isInvokePath = (path: string) => INVOKE_PATH.test(path);
+
+const invoke = async (c: Context<ApiEnv>) => {
+  const caller = c.get("caller");
+  const account = requireAccount(caller);
+  requireScope(caller, "endpoints:invoke");
+  const waitMs = waitOf(c.req.header(WAIT_HEADER));
+  const ref = c.req.param("ref") ?? "";
+  const db = c.get("pg").db;
+  let row = await findEndpoint(db, account.id, ref);
+
+  if (c.req.header("upgrade")) {
+    throw new ApiError(501, "upgrade_not_supported", "endpoints do not take WebSocket or other upgraded connections");
+  }
+  const body = await requestBody(c);
+  const url = new URL(c.req.url);
+  const marker = `/invoke`;
+  const rest = url.pathname.slice(url.pathname.indexOf(marker, "/v1/endpoints/".length) + marker.length) || "/";
+  const target = `${rest}${url.search}`;
+  const headers = forwardHeaders(c.req.raw.headers, url);
+
+  const scheduler = schedulerOf(c.env, row.region);
+  const exclude: string[] = [];
+  let synced = false;
+  for (let attempt = 0; attempt < MAX_TRIES; ) {
+    let route: RouteResult;
+    try {
+      // A retry takes a replica that is ready now, or none: the caller's wait was for the first one.
+      route = await scheduler.routeEndpoint(row.id, { wait_ms: exclude.length > 0 ? 0 : waitMs, exclude });
+    } catch (error) {
+      c.get("log").warn("invoke.route_failed", { endpoint_id: row.id, ...errorFields(error) });
+      throw new ApiError(
+        503,
+        "routing_unavailable",
+        `the ${row.region} scheduler did not answer; retry shortly`,
+        undefined,
+        {
+          "Retry-After": "2",
+        },
+      );
+    }
+    if (!route.ok) {
+      if (route.code === "not_found") {
+        // The scheduler does not have the endpoint yet (its sync failed): hand it over once, here.
+        if (!synced) {
+          synced = true;
+          await syncEndpoint(c.env, db, row, c.get("log"));
+          row = await findEndpoint(db, account.id, row.id);
+          continue;
+        }
+        throw new ApiError(
+          409,
+          "endpoint_not_synced",
+          "the region's scheduler does not have this endpoint yet; retry shortly",
+          {
+            endpoint_id: row.id,
+          },
+          { "Retry-After": "5" },
+        );
+      }
+      if (exclude.length > 0) break;
+      throw new ApiError(
+        503,
+        "no_ready_replica",
+        `no replica of ${row.name} was ready within ${waitMs / 1000} s: ${route.waiting_reason}`,
+        { endpoint_id: row.id, waiting_reason: route.waiting_reason, waited_s: waitMs / 1000 },
+        { "Retry-After": "5" },
+      );
+    }
+    attempt++;
+    const leaseDone = () =>
+      scheduler
+        .endpointRequestDone(route.lease_id)
+        .catch((error: unknown) =>
+          c.get("log").warn("invoke.lease_not_returned", { endpoint_id: row.id, ...errorFields(error) }),
+        );
+    const key = await ingressKey(c.env, route.node_id);
+    if (!key) {
+      await leaseDone();
+      throw new ApiError(503, "routing_unavailable", "this deployment has no INGRESS_SECRET: endpoint traffic is off");
+    }
+    let answer: Response;
+    try {
+      answer = await fetch(`${route.ingress_url.replace(/\/+$/, "")}${INGRESS.path(route.placement_id, target)}`, {
+        method: c.req.method,
+        headers: { ...headers, [INGRESS.keyHeader]: key },
+        body,
+        redirect: "manual",
+      });
+    } catch (error) {
+      await leaseDone();
+      c.get("log").warn("invoke.ingress_unreachable", {
+        endpoint_id: row.id,
+        node_id: route.node_id,
+        placement_id: route.placement_id,
+        ...errorFields(error),
+      });
+      exclude.push(route.placement_id);
+      continue;
+    }
+    const refusal = answer.headers.get(INGRESS.errorHeader);
+    if (refusal) {
+      await answer.body?.cancel();
+      await leaseDone();
+      const where = { endpoint_id: row.id, replica: route.replica_id, node_id: route.node_id };
+      if (refusal === "unknown_placement" || refusal === "replica_unreachable") {
+        // The request never reached a container: another replica may take it.
+        exclude.push(route.placement_id);
+        continue;
+      }
+      if (refusal === "replica_timeout") {
+        throw new ApiError(504, "replica_timeout", `replica ${route.replica_id} did not answer in time`, where);
+      }
+      if (refusal === "unauthorized") {
+        c.get("log").error("invoke.ingress_refused_key", where);
+        throw new ApiError(
+          502,
+          "ingress_refused",
+          "the replica's node refused the control plane's key; retry shortly",
+          where,
+        );
+      }
+      throw new ApiError(
+        502,
+        "bad_replica_response",
+        `the replica's node answered with an unknown refusal: ${refusal}`,
+        where,
+      );
+    }
+    return relay(c, answer, route.replica_id, leaseDone);
+  }
+  throw new ApiError(
+    502,
+    "replica_unreachable",
+    `no replica of ${row.name} could be reached (tried ${exclude.length})`,
+    { endpoint_id: row.id, tried: exclude.length },
+    { "Retry-After": "2" },
+  );
+};
+
+invokeRouter.all("/v1/endpoints/:ref/invoke", authenticate, invoke);
+invokeRouter.all("/v1/endpoints/:ref/invoke/*", authenticate, invoke);
+
+/** Stream the replica's answer back; its lease is returned when the body has been sent (or dropped). */
+function relay(c: Context<ApiEnv>, answer: Response, replicaId: string, leaseDone: () => Promise<unknown>): Response {
+  const headers = new Headers();
+  for (const [name, value] of answer.headers) if (!HOP_BY_HOP_HEADERS.has(name)) headers.append(name, value);
+  headers.set(REPLICA_HEADER, replicaId);
+  headers.set("x-request-id", c.get("requestId"));
+  if (!answer.body) {
+    c.executionCtx.waitUntil(leaseDone());
+    return new Response(null, { status: answer.status, headers });
+  }
+  const { readable, writable } = new TransformStream();
+  c.executionCtx.waitUntil(
+    answer.body
+      .pipeTo(writable)
+      .catch(() => {})
+      .finally(leaseDone),
+  );
+  return new Response(readable, { status: answer.status, headers });
+}
+
+function waitOf(header: string | undefined): number {
+  if (header === undefined) return DEFAULT_WAIT_S * 1000;
+  const s = Number(header.trim());
+  if (header.trim() === "" || !Number.isFinite(s) || s < 0 || s > MAX_WAIT_S) {
+    throw new ApiError(400, "invalid_header", `Scalar-Wait: seconds from 0 to ${MAX_WAIT_S}`, {
+      location: "header",
+      fields: [{ field: "Scalar-Wait", message: `seconds from 0 to ${MAX_WAIT_S}`, code: "invalid_header" }],
+    });
+  }
+  return Math.round(s * 1000);
+}
+
+/** The account's active endpoint by id or by name. */
+async function findEndpoint(db: Db, accountId: string, ref: string): Promise<EndpointRow> {
+  const [row] = await db
+    .select()
+    .from(endpoints)
+    .where(
+      and(
+        eq(endpoints.accountId, accountId),
+        eq(endpoints.status, "active"),
+        UUID.test(ref) ? eq(endpoints.id, ref) : eq(endpoints.name, ref),
+      ),
+    )
+    .limit(1);
+  if (!row) throw new ApiError(404, "not_found", `no active endpoint ${ref} in this account`);
+  return row;
+}
+
+async function requestBody(c: Context<ApiEnv>): Promise<ArrayBuffer | null> {
+  if (c.req.method === "GET" || c.req.method === "HEAD") return null;
+  const declared = Number(c.req.header("content-length") ?? "0");
+  const tooLarge = () =>
+    new ApiError(413, "payload_too_large", `request body exceeds ${MAX_INVOKE_BODY_BYTES} bytes`, {
+      max_bytes: MAX_INVOKE_BODY_BYTES,
+    });
+  if (declared > MAX_INVOKE_BODY_BYTES) throw tooLarge();
+  if (!c.req.raw.body) return null;
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = c.req.raw.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MAX_INVOKE_BODY_BYTES) {
+      await reader.cancel();
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return out.buffer;
+}
+
+/** The caller's headers the replica sees: not ours, not one hop's; where the request came from. */
+function forwardHeaders(incoming: Headers, url: URL): Record<string, string> {
+  const out: Record<string, string> = {};
+  const listed = new Set(
+    (incoming.get("connection") ?? "")
+      .split(",")
+      .map((h) => h.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  for (const [name, value] of incoming) {
+    if (HOP_BY_HOP.has(name) || NOT_FORWARDED.has(name) || listed.has(name) || name.startsWith("cf-")) continue;
+    out[name] = value;
+  }
+  const client = incoming.get("cf-connecting-ip");
+  if (client) out["x-forwarded-for"] = client;
+  out["x-forwarded-proto"] = url.protocol.replace(":", "");
+  out["x-forwarded-host"] = url.host;
+  return out;
+}

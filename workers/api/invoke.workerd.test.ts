@@ -1,0 +1,204 @@
+/**
+ * Endpoint traffic through the API with the real RegionScheduler: `/v1/endpoints/{id or name}/invoke/…`
+ * leased to a ready replica, forwarded to its node's ingress (the fake of test-ingress.ts, which
+ * checks the node's key) and streamed back; cold starts from zero, retries past unreachable
+ * replicas, the ingress's refusals, and the route's own errors.
+ */
+import { env, runDurableObjectAlarm, SELF } from "cloudflare:test";
+import { describe, expect, inject, it } from "vitest";
+import { INGRESS } from "../../core/schemas";
+import { regionScheduler } from "../regions";
+import { type Agent, poll, REGION, reportReady, retire, startNode } from "./test-agent";
+import type {} from "./test-ingress-setup";
+import { BASE, call, createKey, signUp, type TestUser } from "./test-support";
+
+const IMAGE = "127.0.0.1:5000/test/busybox:1";
+
+/** A node whose ingress is the run's fake one (or `url`, e.g. a port nobody listens on). */
+const ingressNode = (op: TestUser, url?: string) =>
+  startNode(op, "H100", 8, (nodeId) => ({ ingress_url: url ?? `${inject("ingressUrl")}/n/${nodeId}` }));
+
+async function createEndpoint(user: TestUser, body: Record<string, unknown>) {
+  const res = await call("POST", "/v1/endpoints", user.token, {
+    body: { image: IMAGE, gpu_count: 8, port: 8080, health_path: "/ok", ...body },
+  });
+  expect(res.status, res.text).toBe(201);
+  return res.json as { id: string; name: string };
+}
+
+/** The agent's running replicas of this endpoint, by placement id. */
+async function replicasOn(agent: Agent, endpointId: string): Promise<string[]> {
+  return (await poll(agent)).placements
+    .filter((p) => p.job_id.startsWith(endpointId) && p.desired === "running")
+    .map((p) => p.placement_id);
+}
+
+async function invoke(
+  credential: string,
+  path: string,
+  init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+) {
+  return SELF.fetch(`${BASE}${path}`, {
+    method: init.method ?? "GET",
+    headers: { authorization: `Bearer ${credential}`, ...init.headers },
+    body: init.body,
+  });
+}
+
+describe("invoking an endpoint", () => {
+  it("forwards to a ready replica through its node's ingress and streams the answer back", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    expect(agent.ingressKey).toMatch(/^[0-9a-f]{64}$/);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "echo", min_replicas: 1 });
+    const [placement] = await replicasOn(agent, ep.id);
+    await reportReady(agent, [placement!]);
+
+    const res = await invoke(user.token, `/v1/endpoints/echo/invoke/v1/chat?stream=false&x=%2F`, {
+      method: "POST",
+      body: '{"prompt":"hi"}',
+      headers: { "content-type": "application/json", "x-custom": "1", "scalar-wait": "5", cookie: "a=b" },
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("scalar-replica")).toBe(`${ep.id}#0`);
+    expect(res.headers.get("x-replica-said")).toBe("hello");
+    const echo = (await res.json()) as {
+      placement: string;
+      method: string;
+      path: string;
+      headers: Record<string, string>;
+      body: string;
+    };
+    expect(echo).toMatchObject({
+      placement,
+      method: "POST",
+      path: "/v1/chat?stream=false&x=%2F",
+      body: '{"prompt":"hi"}',
+    });
+    expect(echo.headers).toMatchObject({
+      "content-type": "application/json",
+      "x-custom": "1",
+      "x-forwarded-proto": "http",
+    });
+    // Our credentials and controls stay with us; the node's key is checked by the ingress.
+    for (const h of ["authorization", "cookie", "scalar-wait"]) expect(echo.headers[h]).toBeUndefined();
+
+    // By id too, the bare route is the replica's "/", and its statuses and streams come back as they are.
+    const root = await invoke(user.token, `/v1/endpoints/${ep.id}/invoke`);
+    expect(((await root.json()) as { path: string }).path).toBe("/");
+    const missing = await invoke(user.token, `/v1/endpoints/echo/invoke/status/404`);
+    expect([missing.status, await missing.text()]).toEqual([404, "status 404"]);
+    const stream = await invoke(user.token, `/v1/endpoints/echo/invoke/stream`);
+    const reader = stream.body!.getReader();
+    // The first chunk arrives while the replica is still writing (200 ms to go): not buffered.
+    const first = new TextDecoder().decode((await reader.read()).value);
+    expect(first).toMatch(/^chunk 0\n/);
+    expect(first).not.toContain("chunk 2");
+    let all = first;
+    for (let r = await reader.read(); !r.done; r = await reader.read()) all += new TextDecoder().decode(r.value);
+    expect(all).toBe("chunk 0\nchunk 1\nchunk 2\n");
+
+    // Every lease came back: nothing is in flight.
+    const state = await call("GET", `/v1/endpoints/${ep.id}`, user.token);
+    expect(state.json).toMatchObject({ desired_replicas: 1, target_concurrency: 4 });
+    await retire(op, agent);
+  });
+
+  it("starts a replica for a request at zero replicas and answers it once the replica is ready", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "cold", min_replicas: 0, max_replicas: 2 });
+    expect(await replicasOn(agent, ep.id)).toEqual([]);
+
+    // Not willing to wait: 503 with what the replicas are doing (the request has asked for one).
+    const now = await invoke(user.token, `/v1/endpoints/cold/invoke/`, { headers: { "scalar-wait": "0" } });
+    expect(now.status).toBe(503);
+    const refused = (await now.json()) as { error: { code: string; details: { waiting_reason: string } } };
+    expect(refused.error.code).toBe("no_ready_replica");
+    expect(refused.error.details.waiting_reason).toMatch(/^replica 0: /);
+    expect(now.headers.get("retry-after")).toBe("5");
+
+    // A request that waits gets its answer when the agent reports the replica ready.
+    const waiting = invoke(user.token, `/v1/endpoints/cold/invoke/hello`, { headers: { "scalar-wait": "20" } });
+    const placements = await replicasOn(agent, ep.id);
+    expect(placements).toHaveLength(1);
+    await reportReady(agent, placements);
+    const res = await waiting;
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { path: string }).path).toBe("/hello");
+    await retire(op, agent);
+  });
+
+  it("goes to another replica when one cannot be reached, and says so when none can", async () => {
+    const op = await signUp({ is_operator: true });
+    // Replica 0 lands on a node whose ingress nobody listens on (one replica takes a whole node).
+    const dead = await ingressNode(op, "http://127.0.0.1:9");
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "spread", min_replicas: 1, max_replicas: 2 });
+    const [onDead] = await replicasOn(dead, ep.id);
+    await reportReady(dead, [onDead!]);
+    const live = await ingressNode(op);
+    expect((await call("PATCH", `/v1/endpoints/${ep.id}`, user.token, { body: { min_replicas: 2 } })).status).toBe(200);
+    const [onLive] = await replicasOn(live, ep.id);
+    await reportReady(live, [onLive!]);
+
+    // Lowest replica first on a tie: #0, unreachable, then #1.
+    const res = await invoke(user.token, `/v1/endpoints/spread/invoke/x`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("scalar-replica")).toBe(`${ep.id}#1`);
+    expect(((await res.json()) as { placement: string }).placement).toBe(onLive);
+
+    // The ingress says the container refused: another replica is tried, then the request fails.
+    const none = await invoke(user.token, `/v1/endpoints/spread/invoke/__refuse/replica_unreachable`);
+    expect(none.status).toBe(502);
+    expect(((await none.json()) as { error: { code: string } }).error.code).toBe("replica_unreachable");
+    // The ingress's other refusals are errors of ours, not the replica's answer.
+    for (const [path, status, code] of [
+      ["__refuse/replica_timeout", 504, "replica_timeout"],
+      ["__refuse/unauthorized", 502, "ingress_refused"],
+      ["__refuse/something_new", 502, "bad_replica_response"],
+    ] as const) {
+      const r = await invoke(user.token, `/v1/endpoints/spread/invoke/${path}`);
+      expect([r.status, ((await r.json()) as { error: { code: string } }).error.code], path).toEqual([status, code]);
+    }
+    // A container cannot pass for the ingress: only the ingress sets the header (node-agent/ingress.ts strips it).
+    expect(INGRESS.errorHeader).toBe("x-scalar-ingress-error");
+    await retire(op, dead);
+    await retire(op, live);
+  });
+
+  it("refuses bad requests and callers without the scope, clearly", async () => {
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "guarded", min_replicas: 0 });
+    const unknown = await invoke(user.token, `/v1/endpoints/nope/invoke/`);
+    expect(unknown.status).toBe(404);
+    for (const wait of ["-1", "601", "soon", ""]) {
+      const r = await invoke(user.token, `/v1/endpoints/guarded/invoke/`, { headers: { "scalar-wait": wait } });
+      expect(r.status, wait).toBe(400);
+      expect(((await r.json()) as { error: { code: string } }).error.code).toBe("invalid_header");
+    }
+    expect((await invoke("not-a-token", `/v1/endpoints/guarded/invoke/`)).status).toBe(401);
+    const upgrade = await invoke(user.token, `/v1/endpoints/guarded/invoke/ws`, { headers: { upgrade: "websocket" } });
+    expect(upgrade.status).toBe(501);
+
+    const readOnly = await createKey(user.token, ["endpoints:read"]);
+    const denied = await invoke(readOnly.secret, `/v1/endpoints/guarded/invoke/`, { headers: { "scalar-wait": "0" } });
+    expect(denied.status).toBe(403);
+    // A key that may only invoke does that and nothing else.
+    const invokeOnly = await createKey(user.token, ["endpoints:invoke"]);
+    const allowed = await invoke(invokeOnly.secret, `/v1/endpoints/${ep.id}/invoke/`, {
+      headers: { "scalar-wait": "0" },
+    });
+    expect(allowed.status).toBe(503);
+    expect((await call("GET", "/v1/endpoints", invokeOnly.secret)).status).toBe(403);
+    // Larger bodies than a replica's request may carry are refused before anything is routed.
+    const big = await invoke(user.token, `/v1/endpoints/guarded/invoke/`, {
+      method: "POST",
+      body: "x".repeat(32 * 1024 * 1024 + 1),
+    });
+    expect(big.status).toBe(413);
+    await runDurableObjectAlarm(regionScheduler(env, REGION));
+  });
+});

@@ -1,0 +1,70 @@
+/**
+ * A node ingress as the invoke tests need it (the real one is node-agent/ingress.ts, tested with
+ * real containers there). Started once per run by the `workers` project's global setup; each node
+ * of a test registers `<url>/n/<node id>` as its ingress URL, so the fake knows which node's key to
+ * expect: HMAC of TEST_INGRESS_SECRET (the Worker's INGRESS_SECRET in vitest.config.ts) and the
+ * node id, as workers/nodes/ingress-key.ts derives it.
+ *
+ * What a replica "does" is in the request path after `/p/<placement>`:
+ *   /stream               three chunks, 100 ms apart
+ *   /status/<n>           answers status n
+ *   /__refuse/<code>      the ingress refuses with INGRESS.errorHeader <code>
+ *   anything else         200, JSON echo of placement, method, path and query, headers, body
+ */
+import { createHmac } from "node:crypto";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { INGRESS, INGRESS_ERROR_STATUS } from "../../core/schemas";
+
+export const TEST_INGRESS_SECRET = "test-ingress-secret-0123456789abcdef";
+
+export async function startTestIngress(): Promise<{ url: string; close: () => Promise<void> }> {
+  const server: Server = createServer((req, res) => {
+    const refuse = (code: string) => {
+      const status = INGRESS_ERROR_STATUS[code as keyof typeof INGRESS_ERROR_STATUS] ?? 400;
+      res.writeHead(status, { "content-type": "application/json", [INGRESS.errorHeader]: code });
+      res.end(JSON.stringify({ error: { code, message: `test ingress: ${code}` } }));
+    };
+    const m = /^\/n\/([^/]+)\/p\/([^/?]+)(.*)$/.exec(req.url ?? "");
+    if (!m) return refuse("unknown_placement");
+    const [, nodeId, placementId, rest] = m as unknown as [string, string, string, string];
+    const key = createHmac("sha256", TEST_INGRESS_SECRET).update(`scalar-ingress:${nodeId}`).digest("hex");
+    if (req.headers[INGRESS.keyHeader] !== key) return refuse("unauthorized");
+    const path = rest || "/";
+    if (path.startsWith("/__refuse/")) return refuse(path.slice("/__refuse/".length));
+    if (path.startsWith("/status/")) {
+      res.writeHead(Number(path.slice("/status/".length)), { "content-type": "text/plain" });
+      return res.end(`status ${path.slice("/status/".length)}`);
+    }
+    if (path === "/stream") {
+      res.writeHead(200, { "content-type": "text/plain" });
+      let n = 0;
+      const tick = () => {
+        res.write(`chunk ${n}\n`);
+        if (++n < 3) setTimeout(tick, 100);
+        else res.end();
+      };
+      return tick();
+    }
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "application/json", "x-replica-said": "hello" });
+      res.end(
+        JSON.stringify({
+          placement: decodeURIComponent(placementId),
+          method: req.method,
+          path,
+          headers: req.headers,
+          body: Buffer.concat(chunks).toString("utf8"),
+        }),
+      );
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
