@@ -5,7 +5,7 @@
  */
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
-import { TEST_INGRESS_SECRET } from "./workers/api/test-ingress";
+import { TEST_INGRESS_SECRET } from "./workers/api/test-ingress-secret";
 import { newKeyEntry } from "./workers/auth/env-secrets";
 
 /** One throw-away key per run for sealing secret environment values (workers/auth/env-secrets.ts). */

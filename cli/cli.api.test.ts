@@ -112,7 +112,12 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       port: await freePort(),
       inspectorPort: await freePort(),
       databaseUrl: db.url,
-      vars: { SUPABASE_URL: issuer.url, LOG_LEVEL: "warn", ENV_SECRETS_KEYS: newKeyEntry("cli-test") },
+      vars: {
+        SUPABASE_URL: issuer.url,
+        LOG_LEVEL: "warn",
+        ENV_SECRETS_KEYS: newKeyEntry("cli-test"),
+        INGRESS_SECRET: "cli-test-ingress-secret-0123456789",
+      },
       stateDir: join(dir, "wrangler"),
       timeoutMs: 150_000,
     });
@@ -540,13 +545,21 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       const created = (await res.json()) as { token: string };
       expect(res.status).toBe(201);
       engine = new DockerodeEngine({ socketPath: gpuEngineSocket() });
-      agent = new AgentProcess({
-        apiUrl,
-        token: created.token,
-        socket: gpuEngineSocket(),
-        dataDir: mkdtempSync(join(dir, "agent-")),
-        agentName,
-      });
+      // With an ingress on loopback, as the local stack's agents have: endpoints take traffic.
+      const ingressPort = await freePort();
+      agent = new AgentProcess(
+        {
+          apiUrl,
+          token: created.token,
+          socket: gpuEngineSocket(),
+          dataDir: mkdtempSync(join(dir, "agent-")),
+          agentName,
+        },
+        [
+          ...["--ingress-host", "127.0.0.1", "--ingress-port", String(ingressPort)],
+          ...["--ingress-url", `http://127.0.0.1:${ingressPort}`],
+        ],
+      );
       agent.start();
     }, 60_000);
 
@@ -601,6 +614,36 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
             .remove({ force: true })
             .catch(() => {});
       }
+    });
+
+    it("endpoints invoke: the first request starts a replica from zero; then the replica's own answers; an invoke-only key", async () => {
+      const created = await authed([
+        ...words(
+          `endpoints create web --gpus 1 --image ${testImage()} --cpu 0.5 --memory 256Mi --min-replicas 0 --max-replicas 2 --port 8080 --health-path /ok --`,
+        ),
+        "sh",
+        "-c",
+        "mkdir -p /www && echo ok > /www/ok && exec httpd -f -p 8080 -h /www",
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      const cold = await authed(words("endpoints invoke web /ok --wait 60"));
+      expect(cold, `${cold.stderr}\n${agent.log().slice(-2000)}`).toMatchObject({ code: 0, stdout: "ok\n" });
+      // The replica's 404 is printed as it came, and the exit code says it was not a success.
+      const missing = await authed(words("endpoints invoke web /nope"));
+      expect(missing.code).toBe(EXIT.error);
+      expect(missing.stderr).toMatch(/^the endpoint answered HTTP 404 \(replica [0-9a-f-]{36}#0\)$/m);
+      expect((await authed(words("endpoints get web"))).stdout).toMatch(/^replicas\s+0–2, 1 wanted now$/m);
+      // A key that may only invoke does that, and nothing else.
+      const key = await authed(words("keys create invoker --scope endpoints:invoke"));
+      expect(key.code, key.stderr).toBe(0);
+      const invoker = (line: string) =>
+        scalar(words(line), { env: { SCALAR_API_URL: apiUrl, SCALAR_API_KEY: key.stdout.trim() } });
+      expect(await invoker("endpoints invoke web /ok")).toMatchObject({ code: 0, stdout: "ok\n" });
+      expect(oneErrorLine(await invoker("jobs ls"))).toMatch(/^error: missing_scope: /);
+      // Unknown endpoints and bad options are one line each.
+      expect(oneErrorLine(await authed(words("endpoints invoke nope /")))).toMatch(/^error: not_found: /);
+      expect((await authed(words("endpoints invoke web ok"))).code).toBe(EXIT.usage);
+      expect((await authed(words("endpoints rm web"))).code).toBe(0);
     });
 
     it("endpoints logs: its replicas' lines, each with its replica", async () => {

@@ -8,6 +8,8 @@ import { nextPageCommand } from "./output";
 
 export interface Io {
   stdout(text: string): void;
+  /** Bytes as they are (an endpoint's answer); absent: decoded as UTF-8 and given to `stdout`. */
+  stdoutBytes?(bytes: Uint8Array): void;
   stderr(text: string): void;
   stderrIsTTY: boolean;
   columns?: number;

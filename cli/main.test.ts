@@ -38,6 +38,22 @@ describe("run (in process)", () => {
     expect(c.stderr()).toBe("error: --cpu takes cores (`2`, `0.5`) or millicores (`500m`), not `lots`\n");
   });
 
+  it("checks `endpoints invoke`'s request before sending it (exit 2)", async () => {
+    const env = { SCALAR_API_URL: "http://127.0.0.1:9", SCALAR_API_KEY: "sk_test_x" };
+    for (const [args, message] of [
+      [["web", "health"], "error: PATH must start with /, not `health`\n"],
+      [["web", "/", "-H", "no-colon"], "error: -H must be 'Name: value', not `no-colon`\n"],
+      [["web", "/", "-d", "x", "-X", "GET"], "error: a GET request has no body: drop -d or pass -X POST\n"],
+      [["web", "/", "--wait", "601"], "error: --wait must be at most 600\n"],
+      [["web", "/", "-d", "@/nonexistent/body.json"], "error: -d @/nonexistent/body.json: ENOENT\n"],
+    ] as const) {
+      const c = capture(env);
+      expect(await run(["endpoints", "invoke", ...args], c.io), args.join(" ")).toBe(2);
+      expect(c.stdout()).toBe("");
+      expect(c.stderr()).toBe(message);
+    }
+  });
+
   it("checks credentials before running a command that needs them (exit 1)", async () => {
     const c = capture();
     expect(await run(["regions", "--json"], c.io)).toBe(1);

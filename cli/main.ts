@@ -55,6 +55,7 @@ function readSecret(prompt: string): Promise<string> {
 export function processIo(): Io {
   return {
     stdout: (t) => process.stdout.write(t),
+    stdoutBytes: (b) => process.stdout.write(b),
     stderr: (t) => process.stderr.write(t),
     stderrIsTTY: Boolean(process.stderr.isTTY),
     ...(process.stderr.columns ? { columns: process.stderr.columns } : {}),

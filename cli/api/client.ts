@@ -32,14 +32,26 @@ export type Api = Client<paths>;
 export interface Connection {
   api: Api;
   apiUrl: string;
+  /** A request outside the typed client (an endpoint's own routes), with the same credentials. */
+  fetch(path: string, init?: RequestInit): Promise<Response>;
 }
 
 export function connect(apiUrl: string, apiKey: string, userAgent: string): Connection {
-  const api = createClient<paths>({
-    baseUrl: apiUrl,
-    headers: { authorization: `Bearer ${apiKey}`, "user-agent": userAgent },
-  });
-  return { api, apiUrl };
+  const headers = { authorization: `Bearer ${apiKey}`, "user-agent": userAgent };
+  const api = createClient<paths>({ baseUrl: apiUrl, headers });
+  return {
+    api,
+    apiUrl,
+    async fetch(path, init = {}) {
+      const merged = new Headers(init.headers);
+      for (const [name, value] of Object.entries(headers)) if (!merged.has(name)) merged.set(name, value);
+      try {
+        return await fetch(`${apiUrl.replace(/\/+$/, "")}${path}`, { ...init, headers: merged });
+      } catch (error) {
+        throw networkError(apiUrl, error);
+      }
+    },
+  };
 }
 
 /** Awaits one call: its data on 2xx, else the API's error (or which URL could not be reached) thrown. */

@@ -1,4 +1,6 @@
-/** `scalar endpoints create | ls | get | update | logs | rm`. */
+/** `scalar endpoints create | ls | get | update | invoke | logs | rm`. */
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import {
   type Connection,
   type Endpoint,
@@ -7,9 +9,18 @@ import {
   type EndpointPatch,
   ok,
 } from "../api/client";
-import { type CommandSpec, choiceOption, idOf, intOption, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
+import {
+  type CommandSpec,
+  choiceOption,
+  idOf,
+  intOption,
+  listOption,
+  PAGE_OPTIONS,
+  pageQuery,
+  stringOption,
+} from "../args";
 import { type Context, printJson, printPage } from "../context";
-import { EXIT, UsageError } from "../errors";
+import { apiErrorFrom, EXIT, UsageError } from "../errors";
 import { age, keyValues, shorten, table } from "../output";
 import { showLogs } from "./show-logs";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody, workloadChanges } from "./workload";
@@ -39,6 +50,8 @@ function serviceFields(values: Parameters<typeof workloadBody>[0], rest: string[
   const port = num("port", 1, 65535);
   const healthPath = stringOption(values, "health-path");
   const startupTimeout = num("startup-timeout", 10, 86_400);
+  const targetConcurrency = num("target-concurrency", 1, 1_000);
+  const scaleDownDelay = num("scale-down-delay", 0, 86_400);
   return {
     ...(rest.length > 0 ? { command: rest } : {}),
     ...(minReplicas !== undefined ? { min_replicas: minReplicas } : {}),
@@ -46,15 +59,27 @@ function serviceFields(values: Parameters<typeof workloadBody>[0], rest: string[
     ...(port !== undefined ? { port } : {}),
     ...(healthPath ? { health_path: healthPath } : {}),
     ...(startupTimeout !== undefined ? { startup_timeout_s: startupTimeout } : {}),
+    ...(targetConcurrency !== undefined ? { target_concurrency: targetConcurrency } : {}),
+    ...(scaleDownDelay !== undefined ? { scale_down_delay_s: scaleDownDelay } : {}),
   };
 }
 
 const SERVICE_OPTIONS = {
-  "min-replicas": { type: "string", value: "N", description: "replicas always placed, 0–64 (default 1)" },
-  "max-replicas": {
+  "min-replicas": {
     type: "string",
     value: "N",
-    description: "at most, 1–64 (default 1; stored: nothing scales above --min-replicas until traffic is routed)",
+    description: "replicas always placed, 0–64 (default 1; 0: none without traffic)",
+  },
+  "max-replicas": { type: "string", value: "N", description: "the most traffic may scale to, 1–64 (default 1)" },
+  "target-concurrency": {
+    type: "string",
+    value: "N",
+    description: "requests in flight per replica before another is started, 1–1000 (default 4)",
+  },
+  "scale-down-delay": {
+    type: "string",
+    value: "S",
+    description: "seconds replicas outlive the traffic that needed them, 0–86400 (default 300)",
   },
   port: { type: "string", value: "P", description: "the port the container serves on (default 8000)" },
   "health-path": { type: "string", value: "PATH", description: "readiness check path (default /health)" },
@@ -94,7 +119,7 @@ function endpointsTable(rows: Endpoint[], now: number): string {
 
 export const endpointsCreate: CommandSpec<Context> = {
   words: ["endpoints", "create"],
-  summary: "create an endpoint (a long-lived service kept at min replicas)",
+  summary: "create an endpoint (a service kept at min replicas, scaled to max by its traffic)",
   usage: "NAME --gpus N --image IMG [options] [-- CMD…]",
   positionals: { min: 1, max: 1 },
   rest: true,
@@ -171,7 +196,11 @@ export const endpointsGet: CommandSpec<Context> = {
         ["region", e.region],
         ["image", e.image],
         ["gpus", e.gpu_count],
-        ["replicas", `${e.min_replicas}–${e.max_replicas}`],
+        [
+          "replicas",
+          `${e.min_replicas}–${e.max_replicas}${e.desired_replicas != null ? `, ${e.desired_replicas} wanted now` : ""}`,
+        ],
+        ["scaling", `${e.target_concurrency} requests in flight per replica; down after ${e.scale_down_delay_s} s`],
         ["port", e.port],
         ["health", `GET ${e.health_path}; ready within ${e.startup_timeout_s} s of starting`],
         ["synced", e.synced ? "yes" : "not yet"],
@@ -224,6 +253,100 @@ export const endpointsUpdate: CommandSpec<Context> = {
     return EXIT.ok;
   },
 };
+
+export const endpointsInvoke: CommandSpec<Context> = {
+  words: ["endpoints", "invoke"],
+  summary: "send one request to an endpoint and print its answer (starts a replica if it has none)",
+  usage: "ID|NAME [PATH] [-X METHOD] [-d DATA|@FILE] [-H 'Name: value' …] [--wait S]",
+  positionals: { min: 1, max: 2 },
+  options: {
+    request: { type: "string", short: "X", value: "METHOD", description: "HTTP method (default GET, POST with -d)" },
+    data: { type: "string", short: "d", value: "DATA", description: "request body; @FILE reads a file, @- stdin" },
+    header: { type: "string", short: "H", multiple: true, value: "'N: V'", description: "request header; repeat" },
+    wait: {
+      type: "string",
+      value: "S",
+      description: "seconds to wait for a ready replica, 0–600 (default 120: a cold start)",
+    },
+    include: { type: "boolean", short: "i", description: "print the status line and headers (to stderr) first" },
+  },
+  examples: [
+    "scalar endpoints invoke llama-serve /health",
+    `scalar endpoints invoke llama-serve /v1/completions -d '{"prompt":"hi"}' -H 'content-type: application/json'`,
+    "scalar endpoints invoke llama-serve /v1/embed -d @input.json --wait 300",
+  ],
+  async run(ctx, { positionals, values }) {
+    const ref = positionals[0] as string;
+    const path = positionals[1] ?? "/";
+    if (!path.startsWith("/")) throw new UsageError(`PATH must start with /, not \`${path}\``);
+    const headers = new Headers();
+    for (const raw of listOption(values, "header")) {
+      const at = raw.indexOf(":");
+      if (at <= 0) throw new UsageError(`-H must be 'Name: value', not \`${raw}\``);
+      headers.append(raw.slice(0, at).trim(), raw.slice(at + 1).trim());
+    }
+    const wait = intOption(values, "wait", { min: 0, max: 600 });
+    if (wait !== undefined) headers.set("scalar-wait", String(wait));
+    const data = stringOption(values, "data");
+    const body = data === undefined ? undefined : bodyOf(data, ctx.io.cwd);
+    const method = (stringOption(values, "request") ?? (body !== undefined ? "POST" : "GET")).toUpperCase();
+    if (!/^[A-Z]+$/.test(method)) throw new UsageError(`-X must be an HTTP method, not \`${method}\``);
+    if (body !== undefined && (method === "GET" || method === "HEAD")) {
+      throw new UsageError(`a ${method} request has no body: drop -d or pass -X POST`);
+    }
+    const conn = ctx.connection();
+    // A cold start can take a while: on a terminal, say what is being waited for.
+    const notice = ctx.io.stderrIsTTY
+      ? setTimeout(() => ctx.io.stderr(`waiting for a ready replica of ${ref} (a cold start)…\n`), 2_000)
+      : undefined;
+    let res: Response;
+    try {
+      res = await conn.fetch(`/v1/endpoints/${encodeURIComponent(ref)}/invoke${path}`, {
+        method,
+        headers,
+        ...(body !== undefined ? { body } : {}),
+      });
+    } finally {
+      clearTimeout(notice);
+    }
+    const replica = res.headers.get("scalar-replica");
+    if (!replica) {
+      // Not the replica's answer: the API's own error (unknown endpoint, none ready, no scope…).
+      const text = await res.text();
+      let parsed: unknown = text;
+      try {
+        parsed = JSON.parse(text);
+      } catch {}
+      throw apiErrorFrom(res.status, parsed, res.headers.get("x-request-id"));
+    }
+    if (values.include === true) {
+      ctx.io.stderr(`HTTP ${res.status} ${res.statusText} (replica ${replica})\n`);
+      res.headers.forEach((value, name) => ctx.io.stderr(`${name}: ${value}\n`));
+      ctx.io.stderr("\n");
+    }
+    const decoder = new TextDecoder();
+    if (res.body) {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        if (ctx.io.stdoutBytes) ctx.io.stdoutBytes(chunk);
+        else ctx.io.stdout(decoder.decode(chunk, { stream: true }));
+      }
+    }
+    if (res.ok) return EXIT.ok;
+    ctx.io.stderr(`the endpoint answered HTTP ${res.status} (replica ${replica})\n`);
+    return EXIT.error;
+  },
+};
+
+/** `-d`: the text itself, `@FILE` a file's bytes, `@-` standard input's. */
+function bodyOf(data: string, cwd: string): string | Blob {
+  if (!data.startsWith("@")) return data;
+  const file = data.slice(1);
+  try {
+    return new Blob([readFileSync(file === "-" ? 0 : resolve(cwd, file))]);
+  } catch (error) {
+    throw new UsageError(`-d ${data}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+}
 
 export const endpointsLogs: CommandSpec<Context> = {
   words: ["endpoints", "logs"],

@@ -1,7 +1,15 @@
 /** Every command, in the order `scalar --help` lists them. */
 import type { CommandSpec } from "../args";
 import type { Context } from "../context";
-import { endpointsCreate, endpointsGet, endpointsLogs, endpointsLs, endpointsRm, endpointsUpdate } from "./endpoints";
+import {
+  endpointsCreate,
+  endpointsGet,
+  endpointsInvoke,
+  endpointsLogs,
+  endpointsLs,
+  endpointsRm,
+  endpointsUpdate,
+} from "./endpoints";
 import { jobsRun } from "./job-run";
 import { jobsCancel, jobsGet, jobsLogs, jobsLs } from "./jobs";
 import { keysCreate, keysLs, keysRevoke } from "./keys";
@@ -25,6 +33,7 @@ export const COMMANDS: CommandSpec<Context>[] = [
   endpointsLs,
   endpointsGet,
   endpointsUpdate,
+  endpointsInvoke,
   endpointsLogs,
   endpointsRm,
   keysCreate,

@@ -100,6 +100,15 @@ export function localSecretsKey(stateDir: string): string {
   return entry;
 }
 
+/** The Worker's INGRESS_SECRET for this state folder (node ingress keys derive from it), made once. */
+export function localIngressSecret(stateDir: string): string {
+  const file = resolve(stateDir, "ingress-secret");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  const secret = randomBytes(32).toString("hex");
+  writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  return secret;
+}
+
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const log = opts.log ?? (() => {});
   const stateDir = resolve(opts.stateDir ?? DEFAULT_STACK_DIR);
@@ -234,6 +243,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
             SF_API_BASE_URL: sim.url,
             SCALAR_AGENT_API_URL: apiUrl,
             ENV_SECRETS_KEYS: localSecretsKey(stateDir),
+            INGRESS_SECRET: localIngressSecret(stateDir),
             STRIPE_SECRET_KEY: "sk_test_scalar_local",
             STRIPE_API_BASE: stripeSim.url,
             CAPACITY_FAST_HEADROOM_GPUS: String(fastHeadroomGpus),

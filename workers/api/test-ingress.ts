@@ -15,8 +15,7 @@ import { createHmac } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { INGRESS, INGRESS_ERROR_STATUS } from "../../core/schemas";
-
-export const TEST_INGRESS_SECRET = "test-ingress-secret-0123456789abcdef";
+import { TEST_INGRESS_SECRET } from "./test-ingress-secret";
 
 export async function startTestIngress(): Promise<{ url: string; close: () => Promise<void> }> {
   const server: Server = createServer((req, res) => {
