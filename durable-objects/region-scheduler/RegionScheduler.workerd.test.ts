@@ -906,6 +906,22 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await running()).toEqual([]);
   });
 
+  it("keeps the replicas a lowered minimum no longer needs for the scale-down delay; a lowered maximum applies at once", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 3, max_replicas: 3, scale_down_delay_s: 60 });
+    await stub.ensureEndpoint(spec);
+    expect(await desiredOf(stub, spec.id)).toBe(3);
+    await stub.ensureEndpoint({ ...spec, min_replicas: 2, max_replicas: 2 });
+    expect(await desiredOf(stub, spec.id)).toBe(2);
+    await stub.ensureEndpoint({ ...spec, min_replicas: 0, max_replicas: 2 });
+    expect(await desiredOf(stub, spec.id)).toBe(2);
+    clock.advance(61_000);
+    await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] });
+    await runDurableObjectAlarm(stub);
+    expect(await desiredOf(stub, spec.id)).toBe(0);
+  });
+
   it("never routes to a node without an ingress, never scales past max_replicas, and returns forgotten leases", async () => {
     const { stub, clock } = await region({ lease_ttl_ms: 60_000 });
     await stub.registerNode(nodeReg(N("n1")));

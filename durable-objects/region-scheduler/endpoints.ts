@@ -28,11 +28,15 @@ export class Endpoints {
     const hash = String(hashString(JSON.stringify(replicaShape(spec))));
     const existing = this.db.one<EndpointRow>("select * from endpoints where id = ?", spec.id);
     if (existing) {
+      // A lower minimum is a lower need, not an order: the replicas it kept go after the
+      // scale-down delay, as when traffic drops (a lower maximum applies at once).
+      const kept = this.desiredOf(spec.id);
       this.db.run(
-        "update endpoints set spec = ?, spec_hash = ?, updated_at = ? where id = ?",
+        "update endpoints set spec = ?, spec_hash = ?, updated_at = ?, desired = ? where id = ?",
         JSON.stringify(spec),
         hash,
         now,
+        clamp(kept, spec.min_replicas, spec.max_replicas),
         spec.id,
       );
     } else {
@@ -47,6 +51,7 @@ export class Endpoints {
     }
     const changed = existing !== undefined && existing.spec_hash !== hash;
     this.apply(spec, this.desiredOf(spec.id), changed, now);
+    this.state.traffic.reconsider(spec, now);
   }
 
   /**

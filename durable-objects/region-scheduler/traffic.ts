@@ -131,6 +131,11 @@ export class Traffic {
     }
   }
 
+  /** The endpoint's spec changed (its minimum, its target): the need of the requests in flight now. */
+  reconsider(spec: EndpointSpec, now: number): void {
+    this.need(spec, this.inflight.get(spec.id) ?? 0, now);
+  }
+
   /** The endpoint is gone: no scale-down is due for it. */
   forget(endpointId: string): void {
     this.region.clearTimer("endpoint_scale", endpointId);
