@@ -17,6 +17,17 @@ describe("node boot user data", () => {
     expect(parseNodeBootScript(decodeUserData(encodeUserData(script)))).toEqual(config);
   });
 
+  it("carries the agent's ingress when the deployment gives nodes one", () => {
+    const withIngress = { ...config, ingress_port: 8090, ingress_url: "https://node-abc.nodes.example.com" };
+    const script = renderNodeBootScript(withIngress);
+    expect(script).toContain("export SCALAR_INGRESS_PORT='8090'\n");
+    expect(script).toContain("export SCALAR_INGRESS_URL='https://node-abc.nodes.example.com'\n");
+    expect(parseNodeBootScript(script)).toEqual(withIngress);
+    expect(renderNodeBootScript(config)).not.toContain("INGRESS");
+    expect(() => renderNodeBootScript({ ...config, ingress_url: "ftp://x" })).toThrow(/http/);
+    expect(() => renderNodeBootScript({ ...config, ingress_port: 70_000 })).toThrow();
+  });
+
   it("ignores user data that is not ours, or incomplete", () => {
     expect(parseNodeBootScript("#cloud-config\nruncmd: []\n")).toBeNull();
     expect(parseNodeBootScript("# scalar-node-boot v1\nexport SCALAR_API_URL='http://x'\n")).toBeNull();

@@ -5,6 +5,7 @@
  * VM's part and reads the same settings back to start an agent process.
  */
 import { z } from "zod";
+import { IngressUrl } from "./agent";
 import { GpuModel } from "./common";
 
 export const NodeBootConfig = z.object({
@@ -16,6 +17,12 @@ export const NodeBootConfig = z.object({
   region: z.string().min(1).max(64),
   zone: z.string().min(1).max(64),
   gpu_model: GpuModel,
+  /**
+   * The agent's ingress to its endpoint replicas (node-agent/README.md, "Ingress"): the port it
+   * listens on and the URL the control plane reaches it by. Absent: no ingress, no endpoint traffic.
+   */
+  ingress_port: z.coerce.number().int().min(1).max(65_535).optional(),
+  ingress_url: IngressUrl.optional(),
 });
 export type NodeBootConfig = z.infer<typeof NodeBootConfig>;
 
@@ -27,6 +34,8 @@ const KEYS: Record<keyof NodeBootConfig, string> = {
   region: "SCALAR_REGION",
   zone: "SCALAR_ZONE",
   gpu_model: "SCALAR_GPU_MODEL",
+  ingress_port: "SCALAR_INGRESS_PORT",
+  ingress_url: "SCALAR_INGRESS_URL",
 };
 
 /** Values are single-quoted for the shell; our values never contain a quote (checked). */
@@ -41,7 +50,7 @@ export function renderNodeBootScript(config: NodeBootConfig): string {
   const c = NodeBootConfig.parse(config);
   const lines = ["#!/bin/sh", MARKER, "set -eu"];
   for (const [field, env] of Object.entries(KEYS) as [keyof NodeBootConfig, string][]) {
-    lines.push(`export ${env}=${quote(c[field])}`);
+    if (c[field] !== undefined) lines.push(`export ${env}=${quote(String(c[field]))}`);
   }
   lines.push(
     "mkdir -p /etc/scalar /var/lib/scalar-agent",

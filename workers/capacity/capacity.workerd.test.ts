@@ -9,7 +9,7 @@ import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test"
 import { and, eq, like } from "drizzle-orm";
 import { afterAll, describe, expect, it } from "vitest";
 import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
-import { AGENT_ROUTES, type PlacementSet } from "../../core/schemas";
+import { AGENT_ROUTES, decodeUserData, type PlacementSet, parseNodeBootScript } from "../../core/schemas";
 import type { RegionScheduler } from "../../durable-objects/region-scheduler/RegionScheduler";
 import { Simulator } from "../../tools/sfcompute-sim/simulator";
 import { schedulerOf } from "../api/scheduler";
@@ -20,7 +20,7 @@ import { auditLog, blocks, jobRuns, jobs, marketOrders, nodes } from "../db/sche
 import { createLogger } from "../http/log";
 import { issueNodeToken } from "../nodes/tokens";
 import { SfComputeClient } from "../sfcompute/client";
-import { CAPACITY_CONFIG, DEMAND_WINDOW } from "./config";
+import { CAPACITY_CONFIG, DEMAND_WINDOW, type IngressKnobs, nodeIngressFromEnv } from "./config";
 import { H100_NODE_SHAPE } from "./cron";
 import { recentArrivals } from "./fleet";
 import { type CapacityDeps, runCapacityCycle } from "./manager";
@@ -33,7 +33,12 @@ afterAll(() => close());
 /** A simulator whose clock the test moves, and a cycle that runs on it. */
 function harness(
   region: string,
-  opts: { seed: number; config?: Partial<typeof CAPACITY_CONFIG>; demand?: Partial<typeof DEMAND_WINDOW> },
+  opts: {
+    seed: number;
+    config?: Partial<typeof CAPACITY_CONFIG>;
+    demand?: Partial<typeof DEMAND_WINDOW>;
+    env?: IngressKnobs;
+  },
 ) {
   const sim = new Simulator({
     clock: "virtual",
@@ -66,6 +71,7 @@ function harness(
     agentApiUrl: "http://scalar.test",
     defaultZone: "hayesvalley",
     nodeShape: H100_NODE_SHAPE,
+    nodeIngress: nodeIngressFromEnv(opts.env ?? {}),
   };
   return {
     sim,
@@ -271,7 +277,11 @@ describe("the capacity cron against the simulator", () => {
 
   it("keeps the Fast headroom across the minute boundary: a waiting Flex job is told why and never takes it", async () => {
     const region = "capacity-e2e-headroom";
-    const h = harness(region, { seed: 11_004, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
+    const h = harness(region, {
+      seed: 11_004,
+      config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } },
+      env: { INGRESS_URL_TEMPLATE: "https://{node_id}.nodes.test" },
+    });
     const user = await signUp({ fast_tier_enabled: true });
     // The reservations expire on the market's clock.
     await onMarketClock(region, h.sim);
@@ -281,6 +291,9 @@ describe("the capacity cron against the simulator", () => {
     h.advance(7 * MINUTE_MS);
     await h.cycle();
     const [sim] = h.simNodes();
+    // The node's boot script gives its agent an ingress at the node's own URL.
+    const boot = parseNodeBootScript(decodeUserData(sim!.cloudInitUserData!))!;
+    expect(boot).toMatchObject({ ingress_port: 8090, ingress_url: `https://${boot.node_id}.nodes.test` });
     expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
     const scheduler = schedulerOf(env, region);
     h.advance(MINUTE_MS);

@@ -1,7 +1,14 @@
 /** The capacity knobs of the Worker's environment: overrides, and loud errors for bad values. */
 import { describe, expect, it } from "vitest";
 import { estimateDemand } from "../../core/autoscaler/demand";
-import { CAPACITY_CONFIG, CapacityConfigError, capacityClock, capacityConfigFromEnv, DEMAND_WINDOW } from "./config";
+import {
+  CAPACITY_CONFIG,
+  CapacityConfigError,
+  capacityClock,
+  capacityConfigFromEnv,
+  DEMAND_WINDOW,
+  nodeIngressFromEnv,
+} from "./config";
 
 describe("CAPACITY_FAST_HEADROOM_GPUS", () => {
   it("keeps the policy's own headroom when unset or empty", () => {
@@ -61,5 +68,33 @@ describe("DEMAND_WINDOW", () => {
   it("projects three or more small Fast jobs in the last burst over the headroom window", () => {
     const three = [fast(1, 30_000), fast(1, 60_000), fast(1, 90_000)];
     expect(rate(three)).toBe(Math.ceil((3 * DEMAND_WINDOW.windowMs) / DEMAND_WINDOW.burstMs));
+  });
+});
+
+describe("INGRESS_URL_TEMPLATE and INGRESS_PORT", () => {
+  it("give bought nodes no ingress without a template", () => {
+    expect(nodeIngressFromEnv({})).toBeNull();
+    expect(nodeIngressFromEnv({ INGRESS_PORT: "9000" })).toBeNull();
+  });
+
+  it("give each node its own URL and the port (default 8090)", () => {
+    const of = nodeIngressFromEnv({ INGRESS_URL_TEMPLATE: "https://{node_id}.nodes.example.com" })!;
+    expect(of("cap-1a2b-0")).toEqual({ ingress_port: 8090, ingress_url: "https://cap-1a2b-0.nodes.example.com" });
+    const tunnel = nodeIngressFromEnv({
+      INGRESS_URL_TEMPLATE: "https://edge.example.com/n/{node_id}",
+      INGRESS_PORT: "9000",
+    })!;
+    expect(tunnel("n1")).toEqual({ ingress_port: 9000, ingress_url: "https://edge.example.com/n/n1" });
+  });
+
+  it.each([
+    [{ INGRESS_URL_TEMPLATE: "https://nodes.example.com" }, /must contain \{node_id\}/],
+    [{ INGRESS_URL_TEMPLATE: "ftp://{node_id}.example.com" }, /http\(s\) URL/],
+    [{ INGRESS_URL_TEMPLATE: "https://{node_id}.example.com/?a=1" }, /without query/],
+    [{ INGRESS_URL_TEMPLATE: "https://{node_id}.example.com", INGRESS_PORT: "0" }, /INGRESS_PORT must be/],
+    [{ INGRESS_PORT: "http" }, /INGRESS_PORT must be/],
+  ])("refuses %o", (env, message) => {
+    expect(() => nodeIngressFromEnv(env)).toThrow(CapacityConfigError);
+    expect(() => nodeIngressFromEnv(env)).toThrow(message);
   });
 });

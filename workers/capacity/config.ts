@@ -4,6 +4,7 @@
  * Rates are cents per GPU-hour; times in ms.
  */
 import type { AutoscalerConfig, DemandWindow } from "../../core/autoscaler";
+import { IngressUrl } from "../../core/schemas";
 
 const MINUTE = 60_000;
 const HOUR = 3_600_000;
@@ -68,6 +69,47 @@ export interface CapacityKnobs {
 }
 
 export class CapacityConfigError extends Error {}
+
+/** The Worker variables that give bought nodes their agent's ingress (optional: no traffic without). */
+export interface IngressKnobs {
+  /** Each node's ingress URL, `{node_id}` replaced, e.g. `https://{node_id}.nodes.example.com`. */
+  INGRESS_URL_TEMPLATE?: string;
+  /** The port the agent's ingress listens on (default 8090). */
+  INGRESS_PORT?: string;
+}
+
+export const DEFAULT_INGRESS_PORT = 8090;
+
+/**
+ * What a bought node's boot script says about its ingress: nothing without INGRESS_URL_TEMPLATE
+ * (its replicas then take no traffic); else the port and the node's own URL. Malformed: an error.
+ */
+export function nodeIngressFromEnv(
+  env: IngressKnobs,
+): ((nodeId: string) => { ingress_port: number; ingress_url: string }) | null {
+  const template = env.INGRESS_URL_TEMPLATE?.trim();
+  const rawPort = env.INGRESS_PORT?.trim();
+  let port = DEFAULT_INGRESS_PORT;
+  if (rawPort) {
+    port = Number(rawPort);
+    if (!/^\d+$/.test(rawPort) || port < 1 || port > 65_535) {
+      throw new CapacityConfigError(`INGRESS_PORT must be a port number from 1 to 65535, not "${rawPort}"`);
+    }
+  }
+  if (!template) return null;
+  if (!template.includes("{node_id}")) {
+    throw new CapacityConfigError(
+      `INGRESS_URL_TEMPLATE must contain {node_id} (each node has its own), not "${template}"`,
+    );
+  }
+  const sample = IngressUrl.safeParse(template.replaceAll("{node_id}", "node-0"));
+  if (!sample.success) {
+    throw new CapacityConfigError(
+      `INGRESS_URL_TEMPLATE must give an http(s) URL without query, fragment or credentials, not "${template}"`,
+    );
+  }
+  return (nodeId) => ({ ingress_port: port, ingress_url: template.replaceAll("{node_id}", nodeId) });
+}
 
 /** Most Fast headroom the knob accepts: 128 nodes. */
 export const MAX_FAST_HEADROOM_GPUS = 1024;

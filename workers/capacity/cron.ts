@@ -11,10 +11,17 @@ import { withDb } from "../db/client";
 import { errorFields, type Logger } from "../http/log";
 import { regionsOf } from "../regions";
 import { sfComputeClientFromEnv } from "../sfcompute/client";
-import { type CapacityKnobs, capacityClock, capacityConfigFromEnv, DEMAND_WINDOW } from "./config";
+import {
+  type CapacityKnobs,
+  capacityClock,
+  capacityConfigFromEnv,
+  DEMAND_WINDOW,
+  type IngressKnobs,
+  nodeIngressFromEnv,
+} from "./config";
 import { type CycleReport, runCapacityCycle } from "./manager";
 
-export interface CapacityEnv extends DbBinding, CapacityKnobs {
+export interface CapacityEnv extends DbBinding, CapacityKnobs, IngressKnobs {
   REGIONS: string;
   SF_API_KEY?: string;
   SF_API_BASE_URL?: string;
@@ -38,6 +45,7 @@ export async function runCapacityCron(
   }
   // Misconfigured knobs stop the cycle with a clear error (logged as the task's failure).
   const config = capacityConfigFromEnv(env);
+  const nodeIngress = nodeIngressFromEnv(env);
   const now = capacityClock(env, trigger?.scheduledTime);
   const client = sfComputeClientFromEnv(env, { timeoutMs: 20_000, retry: { maxAttempts: 2 } });
   const reports: CycleReport[] = [];
@@ -57,6 +65,7 @@ export async function runCapacityCron(
             agentApiUrl: env.SCALAR_AGENT_API_URL ?? "http://127.0.0.1:8787",
             defaultZone: env.CAPACITY_DEFAULT_ZONE ?? "hayesvalley",
             nodeShape: H100_NODE_SHAPE,
+            nodeIngress,
           },
           region,
         ),

@@ -64,6 +64,8 @@ export interface CapacityDeps {
   defaultZone: string;
   /** An 8-GPU node's CPU and memory, until its agent reports them. */
   nodeShape: { cpuMilli: number; memoryMib: number };
+  /** A node's agent ingress for its boot script (config.ts nodeIngressFromEnv); absent: none. */
+  nodeIngress?: ((nodeId: string) => { ingress_port: number; ingress_url: string }) | null;
 }
 
 export interface CycleReport {
@@ -403,6 +405,7 @@ async function createNode(deps: CapacityDeps, region: string, order: OrderRow, n
         region,
         zone,
         gpu_model: deps.config.gpuModel,
+        ...(deps.nodeIngress?.(nodeId) ?? {}),
       }),
     });
     await db
