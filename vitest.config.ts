@@ -58,6 +58,7 @@ export default defineConfig({
                 SUPABASE_URL: inject("supabaseUrl"),
                 ENV_SECRETS_KEYS: envSecretsKeys,
                 INGRESS_SECRET: TEST_INGRESS_SECRET,
+                STRIPE_WEBHOOK_SECRET: "whsec_scalar_test_webhooks",
               },
             },
           })),

@@ -4167,6 +4167,22 @@ export interface components {
             hosted_invoice_url: string | null;
             /**
              * Format: date-time
+             * @description When Stripe collected it.
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            paid_at: string | null;
+            /** @description Collection attempts that failed so far. */
+            payment_attempts: number;
+            /** @description Why the last attempt failed. */
+            payment_error: string | null;
+            /**
+             * Format: date-time
+             * @description When Stripe tries again; null: it will not.
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            next_payment_attempt_at: string | null;
+            /**
+             * Format: date-time
              * @example 2026-11-26T12:00:00.000Z
              */
             created_at: string;

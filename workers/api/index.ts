@@ -20,6 +20,7 @@ import { operatorRouter } from "./operator";
 import { regionsRouter } from "./regions";
 import { registriesRouter } from "./registries";
 import { createRouter } from "./router";
+import { stripeWebhooksRouter } from "./stripe-webhooks";
 import { usageRouter } from "./usage";
 
 export const API_INFO = {
@@ -36,6 +37,7 @@ export function createApi() {
   const apiBodies: typeof limitBody = (c, next) => (isInvokePath(c.req.path) ? next() : limitBody(c, next));
   api.use("/v1/*", timing({ totalDescription: "in the Worker" }), apiBodies, database);
   api.route("/", invokeRouter as never);
+  api.route("/", stripeWebhooksRouter as never);
   const routers = [
     jobsRouter,
     jobEventsRouter,

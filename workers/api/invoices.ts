@@ -13,6 +13,7 @@ import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { IdParam, PageQuery, pageOf, Timestamp, Uuid } from "./schemas";
+import { iso } from "./views";
 
 const InvoiceLine = z
   .object({
@@ -40,6 +41,12 @@ export const Invoice = z
     total_cents: z.number().int(),
     number: z.string().nullable().openapi({ description: "Stripe's invoice number, once finalized." }),
     hosted_invoice_url: z.string().nullable().openapi({ description: "Stripe's page to view and pay it." }),
+    paid_at: Timestamp.nullable().openapi({ description: "When Stripe collected it." }),
+    payment_attempts: z.number().int().openapi({ description: "Collection attempts that failed so far." }),
+    payment_error: z.string().nullable().openapi({ description: "Why the last attempt failed." }),
+    next_payment_attempt_at: Timestamp.nullable().openapi({
+      description: "When Stripe tries again; null: it will not.",
+    }),
     created_at: Timestamp,
     updated_at: Timestamp,
   })
@@ -60,6 +67,10 @@ const view = (r: Row) => ({
   total_cents: r.totalCents,
   number: r.number,
   hosted_invoice_url: r.hostedInvoiceUrl,
+  paid_at: iso(r.paidAt),
+  payment_attempts: r.paymentAttempts,
+  payment_error: r.paymentError,
+  next_payment_attempt_at: iso(r.nextPaymentAttemptAt),
   created_at: r.createdAt.toISOString(),
   updated_at: r.updatedAt.toISOString(),
 });

@@ -366,6 +366,11 @@ export const invoices = pgTable(
     hostedInvoiceUrl: text("hosted_invoice_url"),
     /** Why the last attempt to hand it to Stripe failed (retried by the next billing run). */
     lastError: text("last_error"),
+    /** From Stripe's webhooks: when it was paid; its failed collection attempts, the last one's reason, and the next. */
+    paidAt: tz("paid_at"),
+    paymentAttempts: integer("payment_attempts").notNull().default(0),
+    paymentError: text("payment_error"),
+    nextPaymentAttemptAt: tz("next_payment_attempt_at"),
     updatedAt: tz("updated_at").notNull().defaultNow(),
     createdAt: createdAt(),
   },
@@ -378,6 +383,18 @@ export const invoices = pgTable(
     check("invoices_window", sql`${t.periodEnd} > ${t.periodStart}`),
   ],
 );
+
+/**
+ * Stripe webhook events already applied, by Stripe's event id: Stripe delivers at least once (and
+ * retries for days), so an event seen again is acknowledged and not applied twice.
+ */
+export const stripeEvents = pgTable("stripe_events", {
+  id: text("id").primaryKey(),
+  type: text("type").notNull(),
+  /** What it did: `applied`, or why it changed nothing (`ignored: …`). */
+  outcome: text("outcome").notNull(),
+  receivedAt: tz("received_at").notNull().defaultNow(),
+});
 
 export const auditLog = pgTable(
   "audit_log",

@@ -1,0 +1,172 @@
+/**
+ * Stripe's webhooks: what happens to an invoice after Scalar hands it over (invoices.ts). Stripe
+ * collects and tells us by signed events at `POST /v1/stripe/webhooks`; the route checks the
+ * signature with STRIPE_WEBHOOK_SECRET (`Stripe-Signature`, 5 minutes' tolerance), applies each
+ * event once (`stripe_events` keeps the ids: Stripe delivers at least once), and answers 2xx for
+ * anything it understood or deliberately ignores, so Stripe stops retrying; a 5xx (Postgres down)
+ * makes Stripe deliver it again later.
+ *
+ * Events may arrive out of order, so each moves an invoice only forward: `paid` and `void` are
+ * final; `uncollectible` may still be paid; a failed attempt never changes the status, it records
+ * the attempt, its reason and when Stripe tries next.
+ */
+import { and, eq, inArray, sql } from "drizzle-orm";
+import Stripe from "stripe";
+import type { Db } from "../db/client";
+import { invoices, stripeEvents } from "../db/schema";
+import { ApiError } from "../http/errors";
+import type { Logger } from "../http/log";
+
+declare global {
+  namespace Cloudflare {
+    interface Env {
+      /** A Worker secret: the signing secret (`whsec_…`) of the Stripe webhook endpoint. */
+      STRIPE_WEBHOOK_SECRET?: string;
+    }
+  }
+}
+
+export const SIGNATURE_HEADER = "stripe-signature";
+/** Stripe's own default: a signature older than this is refused (replays). */
+export const TOLERANCE_S = 300;
+
+/** The invoice events Scalar acts on; any other type is acknowledged and ignored. */
+export const HANDLED_EVENTS = [
+  "invoice.finalized",
+  "invoice.paid",
+  "invoice.payment_succeeded",
+  "invoice.payment_failed",
+  "invoice.marked_uncollectible",
+  "invoice.voided",
+] as const;
+
+export interface WebhookResult {
+  event_id: string;
+  type: string;
+  outcome: string;
+  duplicate: boolean;
+}
+
+const cryptoProvider = Stripe.createSubtleCryptoProvider();
+
+/** Verify, de-duplicate and apply one delivery. Throws ApiError 400/503 for what Stripe must see. */
+export async function handleStripeWebhook(
+  env: { STRIPE_WEBHOOK_SECRET?: string },
+  db: Db,
+  payload: string,
+  signature: string | undefined,
+  log: Logger,
+  now: () => number = Date.now,
+): Promise<WebhookResult> {
+  const secret = env.STRIPE_WEBHOOK_SECRET?.trim();
+  if (!secret) {
+    // Stripe retries 5xx for days: the events wait until the secret is set.
+    throw new ApiError(503, "webhooks_not_configured", "STRIPE_WEBHOOK_SECRET is not set; retry later");
+  }
+  if (!signature) throw new ApiError(400, "invalid_signature", `the ${SIGNATURE_HEADER} header is missing`);
+  let event: Stripe.Event;
+  try {
+    event = await Stripe.webhooks.constructEventAsync(
+      payload,
+      signature,
+      secret,
+      TOLERANCE_S,
+      cryptoProvider,
+      now(), // milliseconds: the SDK divides by 1000
+    );
+  } catch (error) {
+    throw new ApiError(400, "invalid_signature", `the signature does not match: ${(error as Error).message}`);
+  }
+  return db.transaction(async (tx) => {
+    const [fresh] = await tx
+      .insert(stripeEvents)
+      .values({ id: event.id, type: event.type, outcome: "pending" })
+      .onConflictDoNothing()
+      .returning({ id: stripeEvents.id });
+    if (!fresh) {
+      const [seen] = await tx.select().from(stripeEvents).where(eq(stripeEvents.id, event.id));
+      return { event_id: event.id, type: event.type, outcome: seen?.outcome ?? "applied", duplicate: true };
+    }
+    const outcome = await applyEvent(tx as unknown as Db, event);
+    await tx.update(stripeEvents).set({ outcome }).where(eq(stripeEvents.id, event.id));
+    log.info("stripe.webhook", { event_id: event.id, type: event.type, outcome });
+    return { event_id: event.id, type: event.type, outcome, duplicate: false };
+  });
+}
+
+async function applyEvent(db: Db, event: Stripe.Event): Promise<string> {
+  if (!(HANDLED_EVENTS as readonly string[]).includes(event.type)) return `ignored: ${event.type} is not acted on`;
+  const object = event.data.object as Stripe.Invoice;
+  const [row] = await db
+    .select({ id: invoices.id, status: invoices.status })
+    .from(invoices)
+    .where(eq(invoices.stripeInvoiceId, object.id ?? ""));
+  if (!row) return `ignored: no invoice of ours is Stripe's ${object.id}`;
+  const at = (s: number | null | undefined) => (s ? new Date(s * 1000) : null);
+  const where = (from: string[]) => and(eq(invoices.id, row.id), inArray(invoices.status, from));
+  let changed: { id: string }[] = [];
+  switch (event.type) {
+    case "invoice.finalized":
+      changed = await db
+        .update(invoices)
+        .set({
+          status: "open",
+          number: object.number ?? null,
+          hostedInvoiceUrl: object.hosted_invoice_url ?? null,
+          updatedAt: new Date(),
+        })
+        .where(where(["draft"]))
+        .returning({ id: invoices.id });
+      break;
+    case "invoice.paid":
+    case "invoice.payment_succeeded":
+      changed = await db
+        .update(invoices)
+        .set({
+          status: "paid",
+          paidAt: at(object.status_transitions?.paid_at) ?? new Date(event.created * 1000),
+          nextPaymentAttemptAt: null,
+          updatedAt: new Date(),
+        })
+        .where(where(["draft", "open", "uncollectible"]))
+        .returning({ id: invoices.id });
+      break;
+    case "invoice.payment_failed":
+      changed = await db
+        .update(invoices)
+        .set({
+          // Stripe's count is cumulative: a late, older event never lowers it.
+          paymentAttempts: sql`greatest(${invoices.paymentAttempts}, ${object.attempt_count ?? 0})`,
+          paymentError: paymentError(object),
+          nextPaymentAttemptAt: at(object.next_payment_attempt),
+          updatedAt: new Date(),
+        })
+        .where(where(["draft", "open", "uncollectible"]))
+        .returning({ id: invoices.id });
+      break;
+    case "invoice.marked_uncollectible":
+      changed = await db
+        .update(invoices)
+        .set({ status: "uncollectible", nextPaymentAttemptAt: null, updatedAt: new Date() })
+        .where(where(["draft", "open"]))
+        .returning({ id: invoices.id });
+      break;
+    case "invoice.voided":
+      changed = await db
+        .update(invoices)
+        .set({ status: "void", nextPaymentAttemptAt: null, updatedAt: new Date() })
+        .where(where(["draft", "open", "uncollectible"]))
+        .returning({ id: invoices.id });
+      break;
+  }
+  return changed.length > 0 ? "applied" : `ignored: invoice already ${row.status}`;
+}
+
+/** Why the last collection attempt failed, as far as the invoice says. */
+function paymentError(invoice: Stripe.Invoice): string {
+  const finalization = invoice.last_finalization_error?.message;
+  if (finalization) return finalization.slice(0, 500);
+  return invoice.next_payment_attempt
+    ? "the payment failed; Stripe will try again"
+    : "the payment failed; Stripe will not try again";
+}
