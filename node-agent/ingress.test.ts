@@ -15,7 +15,7 @@ import {
   type Server,
   type ServerResponse,
 } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, createServer as createNetServer } from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -375,6 +375,42 @@ describe("the node ingress", () => {
       expect(a.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
       expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
       expect(a.body).not.toContain("127.0.0.1");
+    }
+  });
+
+  it("sends a request without a body again on a fresh connection when a kept-alive one turns out closed", async () => {
+    // A replica that answers the first request of each connection, keeps it open, and resets it
+    // when a second request comes: what a server whose idle timeout just ran out looks like.
+    const connections: number[] = [];
+    const raw = createNetServer((socket) => {
+      connections.push(connections.length);
+      let answered = false;
+      socket.on("data", () => {
+        if (answered) {
+          socket.resetAndDestroy();
+          return;
+        }
+        answered = true;
+        socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok");
+      });
+    });
+    raw.listen(0, "127.0.0.1");
+    await once(raw, "listening");
+    const rawPort = (raw.address() as AddressInfo).port;
+    try {
+      const { port } = await setup(echo, { targets: { idle: { host: "127.0.0.1", port: rawPort } } });
+      for (let i = 0; i < 3; i++) {
+        const a = await send(port, "/p/idle/x");
+        expect([a.status, a.body], `request ${i}`).toEqual([200, "ok"]);
+      }
+      // Each request after the first found its kept-alive connection reset and went on a new one.
+      expect(connections).toHaveLength(3);
+      // With a body it is not sent twice: the client gets the 502.
+      const posted = await send(port, "/p/idle/x", { method: "POST", body: "once" });
+      expect(posted.status).toBe(502);
+      expect(posted.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
+    } finally {
+      await new Promise((done) => raw.close(done));
     }
   });
 

@@ -151,6 +151,7 @@ export class Ingress {
     placementId: string,
     path: string,
     target: IngressTarget,
+    retried = false,
   ): void {
     const hostHeader = `${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
     // `expect`: Node answered `100 Continue` to the client already.
@@ -167,6 +168,9 @@ export class Ingress {
       headers["transfer-encoding"] = "chunked";
     }
 
+    const bodied =
+      (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") ||
+      req.headers["transfer-encoding"] !== undefined;
     const upstream = request({
       host: target.host,
       port: target.port,
@@ -205,6 +209,12 @@ export class Ingress {
     upstream.on("error", (error) => {
       clearTimeout(timer);
       if (timedOut || clientGone) return;
+      // A kept-alive connection the replica had closed meanwhile (its idle timeout): the request
+      // never reached it, so one without a body goes again on a fresh connection.
+      if (upstream.reusedSocket && !retried && !bodied && !res.headersSent) {
+        this.forward(req, res, placementId, path, target, true);
+        return;
+      }
       if (res.headersSent) {
         res.destroy(error); // mid-body: the client sees the cut, not a clean end
         return;
@@ -222,7 +232,11 @@ export class Ingress {
       upstream.destroy();
     });
     // Not `pipeline`: a failed upstream must not destroy the client's socket before the 502 is sent.
-    req.pipe(upstream);
+    if (bodied) req.pipe(upstream);
+    else {
+      req.resume();
+      upstream.end();
+    }
   }
 
   private refuse(res: ServerResponse, code: IngressError, message: string): void {
