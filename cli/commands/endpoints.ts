@@ -321,7 +321,9 @@ export const endpointsInvoke: CommandSpec<Context> = {
     }
     if (values.include === true) {
       ctx.io.stderr(`HTTP ${res.status} ${res.statusText} (replica ${replica})\n`);
-      res.headers.forEach((value, name) => ctx.io.stderr(`${name}: ${value}\n`));
+      res.headers.forEach((value, name) => {
+        ctx.io.stderr(`${name}: ${value}\n`);
+      });
       ctx.io.stderr("\n");
     }
     const decoder = new TextDecoder();
