@@ -3806,7 +3806,7 @@ export interface components {
                 restarts: number;
                 /** @description Why its last run ended; null before any ended. */
                 last_exit: string | null;
-                /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every second until it first passes); null while running but not checked yet. Only ready replicas take traffic. */
+                /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every 250 ms until it first passes); null while running but not checked yet. Only ready replicas take traffic. */
                 ready: boolean | null;
             }[] | null;
             /**

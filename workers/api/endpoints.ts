@@ -79,7 +79,7 @@ const Replica = z.object({
   last_exit: z.string().nullable().openapi({ description: "Why its last run ended; null before any ended." }),
   ready: z.boolean().nullable().openapi({
     description:
-      "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every second until it first passes); null while running but not checked yet. Only ready replicas take traffic.",
+      "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every 250 ms until it first passes); null while running but not checked yet. Only ready replicas take traffic.",
   }),
 });
 
