@@ -1,6 +1,6 @@
 /**
  * The ingress in a real agent on the Docker engine, with the test control plane as its peer: a
- * replica (busybox httpd) is reported ready about a second after it answers, not at the next
+ * replica (busybox httpd) is reported ready within a second of answering, not at the next
  * heartbeat, and requests reach it through the ingress with the node's key, only while it runs.
  */
 import { rmSync } from "node:fs";
@@ -25,6 +25,8 @@ class KeyedClient extends ControlPlaneClient {
   }
 }
 
+// Needs a Docker engine and the local registry: skipped only outside CI without them; with CI=true
+// `has()` is true, so a missing engine fails the test (tools/test/parts.ts).
 describe.skipIf(!has("docker") || !has("registry"))("the agent's ingress on a real Docker engine", () => {
   let cp: TestControlPlane;
   let agent: Agent;
