@@ -38,6 +38,7 @@ import { INGRESS } from "../../core/schemas";
 import { containerName, LABELS } from "../../node-agent/container-spec";
 import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
 import { ingressKey } from "../../workers/nodes/ingress-key";
+import { positiveInt } from "../load/args";
 import { CPU_GROUPS, type CpuGroup, type CpuReport, cpuReport, cpuSnapshot } from "../load/cpu";
 import { LOAD_JOB_RESOURCES } from "../load/generator";
 import { errorCode, type HttpClient, type HttpResult, httpClient, jsonOf } from "../load/http";
@@ -587,15 +588,6 @@ async function engineClear(docker: Docker, endpointId: string, timeoutMs: number
 }
 
 // ---- the run ----------------------------------------------------------------------------------------
-
-class UsageError extends Error {}
-
-function positiveInt(name: string, raw: string | undefined, fallback: number, min = 1): number {
-  if (raw === undefined) return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} takes a whole number ≥ ${min}, not "${raw}"`);
-  return n;
-}
 
 export function parse(argv: string[]) {
   const { values } = parseArgs({

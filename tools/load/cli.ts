@@ -10,6 +10,7 @@
  * the platform did not come up).
  */
 import { parseArgs } from "node:util";
+import { positiveInt, UsageError } from "./args";
 import { type CpuReport, cpuReport, cpuSnapshot } from "./cpu";
 import { type EngineBaseline, measureEngine } from "./engine-baseline";
 import { DEFAULT_LOAD, histograms, type LoadOptions, type Progress, runLoad } from "./generator";
@@ -28,15 +29,6 @@ const USAGE = `npm run load:fast -- [options]
   --shared-key     all users share --key instead of one key each
   --help
 `;
-
-class UsageError extends Error {}
-
-function positiveInt(name: string, raw: string | undefined, fallback: number, min = 1): number {
-  if (raw === undefined) return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} takes a whole number ≥ ${min}, not "${raw}"`);
-  return n;
-}
 
 function parse(argv: string[]) {
   const { values } = parseArgs({

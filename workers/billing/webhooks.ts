@@ -11,6 +11,7 @@
  * the attempt, its reason and when Stripe tries next.
  */
 import { and, eq, inArray, sql } from "drizzle-orm";
+import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
 import Stripe from "stripe";
 import type { Db } from "../db/client";
 import { invoices, stripeEvents } from "../db/schema";
@@ -94,6 +95,9 @@ export async function handleStripeWebhook(
   });
 }
 
+/** An event's change to an invoice: what it writes, and the statuses it may move it from. */
+type Move = { set: PgUpdateSetSource<typeof invoices>; from: string[] };
+
 async function applyEvent(db: Db, event: Stripe.Event): Promise<string> {
   if (!(HANDLED_EVENTS as readonly string[]).includes(event.type)) return `ignored: ${event.type} is not acted on`;
   const object = event.data.object as Stripe.Invoice;
@@ -103,62 +107,46 @@ async function applyEvent(db: Db, event: Stripe.Event): Promise<string> {
     .where(eq(invoices.stripeInvoiceId, object.id ?? ""));
   if (!row) return `ignored: no invoice of ours is Stripe's ${object.id}`;
   const at = (s: number | null | undefined) => (s ? new Date(s * 1000) : null);
-  const where = (from: string[]) => and(eq(invoices.id, row.id), inArray(invoices.status, from));
-  let changed: { id: string }[] = [];
-  switch (event.type) {
-    case "invoice.finalized":
-      changed = await db
-        .update(invoices)
-        .set({
-          status: "open",
-          number: object.number ?? null,
-          hostedInvoiceUrl: object.hosted_invoice_url ?? null,
-          updatedAt: new Date(),
-        })
-        .where(where(["draft"]))
-        .returning({ id: invoices.id });
-      break;
-    case "invoice.paid":
-    case "invoice.payment_succeeded":
-      changed = await db
-        .update(invoices)
-        .set({
-          status: "paid",
-          paidAt: at(object.status_transitions?.paid_at) ?? new Date(event.created * 1000),
-          nextPaymentAttemptAt: null,
-          updatedAt: new Date(),
-        })
-        .where(where(["draft", "open", "uncollectible"]))
-        .returning({ id: invoices.id });
-      break;
-    case "invoice.payment_failed":
-      changed = await db
-        .update(invoices)
-        .set({
-          // Stripe's count is cumulative: a late, older event never lowers it.
-          paymentAttempts: sql`greatest(${invoices.paymentAttempts}, ${object.attempt_count ?? 0})`,
-          paymentError: paymentError(object),
-          nextPaymentAttemptAt: at(object.next_payment_attempt),
-          updatedAt: new Date(),
-        })
-        .where(where(["draft", "open", "uncollectible"]))
-        .returning({ id: invoices.id });
-      break;
-    case "invoice.marked_uncollectible":
-      changed = await db
-        .update(invoices)
-        .set({ status: "uncollectible", nextPaymentAttemptAt: null, updatedAt: new Date() })
-        .where(where(["draft", "open"]))
-        .returning({ id: invoices.id });
-      break;
-    case "invoice.voided":
-      changed = await db
-        .update(invoices)
-        .set({ status: "void", nextPaymentAttemptAt: null, updatedAt: new Date() })
-        .where(where(["draft", "open", "uncollectible"]))
-        .returning({ id: invoices.id });
-      break;
-  }
+  // Each event: what it writes, and the statuses it may move the invoice from (only forward).
+  const paid: Move = {
+    set: {
+      status: "paid",
+      paidAt: at(object.status_transitions?.paid_at) ?? new Date(event.created * 1000),
+      nextPaymentAttemptAt: null,
+    },
+    from: ["draft", "open", "uncollectible"],
+  };
+  const moves: Record<(typeof HANDLED_EVENTS)[number], Move> = {
+    "invoice.finalized": {
+      set: { status: "open", number: object.number ?? null, hostedInvoiceUrl: object.hosted_invoice_url ?? null },
+      from: ["draft"],
+    },
+    "invoice.paid": paid,
+    "invoice.payment_succeeded": paid,
+    "invoice.payment_failed": {
+      set: {
+        // Stripe's count is cumulative: a late, older event never lowers it.
+        paymentAttempts: sql`greatest(${invoices.paymentAttempts}, ${object.attempt_count ?? 0})`,
+        paymentError: paymentError(object),
+        nextPaymentAttemptAt: at(object.next_payment_attempt),
+      },
+      from: ["draft", "open", "uncollectible"],
+    },
+    "invoice.marked_uncollectible": {
+      set: { status: "uncollectible", nextPaymentAttemptAt: null },
+      from: ["draft", "open"],
+    },
+    "invoice.voided": {
+      set: { status: "void", nextPaymentAttemptAt: null },
+      from: ["draft", "open", "uncollectible"],
+    },
+  };
+  const move = moves[event.type as (typeof HANDLED_EVENTS)[number]];
+  const changed = await db
+    .update(invoices)
+    .set({ ...move.set, updatedAt: new Date() })
+    .where(and(eq(invoices.id, row.id), inArray(invoices.status, move.from)))
+    .returning({ id: invoices.id });
   return changed.length > 0 ? "applied" : `ignored: invoice already ${row.status}`;
 }
 
