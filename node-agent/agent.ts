@@ -6,12 +6,13 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import { Heartbeat, type NodeInventory, type Placement, type PlacementSet } from "../core/schemas";
+import { type EngineStuck, Heartbeat, type NodeInventory, type Placement, type PlacementSet } from "../core/schemas";
 import { Backoff, type BackoffPolicy, DEFAULT_BACKOFF } from "./backoff";
 import type { Clock } from "./clock";
 import { LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import type { ContainerEngine, LogFollow, StatsSample } from "./docker/engine";
+import { DEFAULT_ENGINE_TIMEOUT_MS, EngineWatchdog, formatSeconds } from "./engine-watchdog";
 import type { GpuInventoryResult, GpuSource } from "./gpu";
 import { probeReady } from "./health-check";
 import { type DiskUsageReader, diskFreeBytes, type HostFacts } from "./host";
@@ -58,6 +59,12 @@ export interface AgentConfig {
   startingReadinessIntervalMs: number;
   /** The node's ingress to its endpoint replicas (ingress.ts); absent: none, the node serves no traffic. */
   ingress?: IngressConfig;
+  /**
+   * How long the container engine may leave a quick call (create, start, inspect, …; a stop: its
+   * grace period plus this) unanswered before the agent gives up on it and reports the engine stuck
+   * (engine-watchdog.ts).
+   */
+  engineTimeoutMs: number;
 }
 
 export interface IngressConfig {
@@ -82,9 +89,11 @@ export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = 
   imageGc: DEFAULT_IMAGE_GC,
   // A cold start waits for this probe: 250 ms costs a local HTTP GET per starting replica, 4 a second.
   startingReadinessIntervalMs: 250,
+  engineTimeoutMs: DEFAULT_ENGINE_TIMEOUT_MS,
 };
 
 export interface AgentDeps {
+  /** The engine as it is: the agent puts its deadlines on it (EngineWatchdog). */
   engine: ContainerEngine;
   api: ControlPlaneApi;
   gpus: GpuSource;
@@ -103,6 +112,8 @@ export class Agent {
   readonly images: PrivateImages;
   readonly imageUse: ImageUse;
   readonly imageGc: ImageGc;
+  /** The engine every part of the agent uses: deadlines on its quick calls, and whether it is stuck. */
+  readonly engine: EngineWatchdog;
   private readonly runs = new Map<string, PlacementRun>();
   /** Containers being retired without a run (found after a restart, placement gone). */
   private readonly retiring = new Map<string, Promise<void>>();
@@ -133,12 +144,19 @@ export class Agent {
   /** Set once a reconcile has compared the desired set with the engine's containers in this process. */
   private reconciledOnce = false;
   private inventory: GpuInventoryResult | null = null;
+  /** When the engine last became stuck (for the recovery's log line). */
+  private engineStuckAt: number | null = null;
 
   private constructor(
     private readonly config: AgentConfig,
     private readonly deps: AgentDeps,
   ) {
     mkdirSync(config.dataDir, { recursive: true });
+    this.engine = new EngineWatchdog(deps.engine, {
+      timeoutMs: config.engineTimeoutMs,
+      clock: deps.clock,
+      onChange: (stuck) => this.engineStuckChanged(stuck),
+    });
     this.state = AgentState.open(config.dataDir);
     this.outbox = EventOutbox.open(config.dataDir, { maxEvents: config.maxOutboxEvents, log: deps.log });
     this.shipper = new LogShipper(
@@ -147,10 +165,10 @@ export class Agent {
       config.logShipping,
     );
     this.desired = this.state.placementSet?.placements ?? null;
-    this.images = new PrivateImages(this.state, deps.engine, deps.clock, deps.log);
+    this.images = new PrivateImages(this.state, this.engine, deps.clock, deps.log);
     this.imageUse = new ImageUse(this.state, deps.clock);
     this.imageGc = new ImageGc(config.imageGc, {
-      engine: deps.engine,
+      engine: this.engine,
       use: this.imageUse,
       privateImages: this.images,
       clock: deps.clock,
@@ -161,7 +179,7 @@ export class Agent {
       signal: this.stopping.signal,
     });
     this.ctx = {
-      engine: deps.engine,
+      engine: this.engine,
       api: deps.api,
       images: this.images,
       clock: deps.clock,
@@ -284,7 +302,7 @@ export class Agent {
     const backoff = new Backoff(this.config.backoff, this.deps.random);
     while (!this.signal.aborted) {
       try {
-        await this.deps.engine.ping();
+        await this.engine.ping();
         return;
       } catch (error) {
         const delay = backoff.next();
@@ -404,6 +422,27 @@ export class Agent {
     }
   }
 
+  /** The watchdog's news: logged once each way, and the control plane told at once (it cordons the node). */
+  private engineStuckChanged(stuck: EngineStuck | undefined): void {
+    const now = this.deps.clock.now();
+    if (stuck) {
+      this.engineStuckAt = now;
+      // Heartbeats carry engine_stuck (the control plane cordons the node) until every late call settled.
+      this.deps.log("warn", "container engine stuck: a call went unanswered past the engine timeout", {
+        operation: stuck.operation,
+        detail: stuck.detail,
+        since: new Date(stuck.since).toISOString(),
+        engine_timeout: formatSeconds(this.config.engineTimeoutMs),
+      });
+    } else {
+      this.deps.log("info", "container engine answers again", {
+        stuck_ms: this.engineStuckAt === null ? undefined : now - this.engineStuckAt,
+      });
+      this.engineStuckAt = null;
+    }
+    if (!this.signal.aborted) this.heartbeatSoon();
+  }
+
   /** Sends the next heartbeat now rather than at the end of the interval. */
   private heartbeatSoon(): void {
     this.heartbeatWanted = true;
@@ -439,9 +478,15 @@ export class Agent {
     const containers = [];
     const ready = await this.readiness(running);
     for (const run of running.slice(0, 64)) {
-      const sample = await this.deps.engine.stats(run.containerId!).catch(() => null);
-      if (!sample) continue;
       const r = ready.get(run.id);
+      // A stuck engine may leave samples unanswered too (each up to the timeout): the heartbeat goes
+      // now, with the replicas' readiness but without metrics.
+      if (this.engine.stuck()) {
+        if (r !== undefined) containers.push({ placement_id: run.id, ready: r });
+        continue;
+      }
+      const sample = await this.engine.stats(run.containerId!).catch(() => null);
+      if (!sample) continue;
       containers.push({
         ...containerMetrics(run.id, this.previousStats.get(run.id), sample),
         ...(r !== undefined ? { ready: r } : {}),
@@ -450,12 +495,14 @@ export class Agent {
     }
     this.previousStats = stats;
     const disk = await diskFreeBytes(this.config.dataDir);
+    const engineStuck = this.engine.stuck();
     return Heartbeat.parse({
       at: this.deps.clock.now(),
       gpus: await this.deps.gpus.health(),
       ...(disk !== undefined ? { disk_free_bytes: disk } : {}),
       containers,
       running: running.slice(0, 64).map((r) => r.id),
+      ...(engineStuck ? { engine_stuck: engineStuck } : {}),
     });
   }
 
@@ -469,11 +516,14 @@ export class Agent {
     return new Map(answers);
   }
 
-  /** One replica's readiness check; its container's address is asked of the engine once, then kept. */
+  /**
+   * One replica's readiness check; its container's address is asked of the engine once, then kept
+   * (not while the engine is stuck: the check would wait for the engine's timeout).
+   */
   private async probe(run: PlacementRun): Promise<boolean> {
     const id = run.containerId!;
-    if (!this.addresses.has(id)) {
-      const details = await this.deps.engine.inspect(id).catch(() => null);
+    if (!this.addresses.has(id) && !this.engine.stuck()) {
+      const details = await this.engine.inspect(id).catch(() => null);
       if (details?.address) this.addresses.set(id, details.address);
     }
     const address = this.addresses.get(id);
@@ -530,7 +580,7 @@ export class Agent {
   }
 
   private async reconcile(): Promise<void> {
-    const listed = await this.deps.engine.list(ownLabels(this.config.agentName));
+    const listed = await this.engine.list(ownLabels(this.config.agentName));
     const containers = listed
       .filter((c) => c.labels[LABELS.placement])
       .map((c) => ({ id: c.id, placementId: c.labels[LABELS.placement]!, state: c.state }));
@@ -543,6 +593,7 @@ export class Agent {
       runs,
       known,
       finished: new Set(known.filter((id) => this.state.placement(id).finished)),
+      failed: new Set(known.filter((id) => this.state.placement(id).finished === "failed")),
       orphanSince: this.orphanSince,
       now: this.deps.clock.now(),
       orphanGraceMs: this.config.orphanGraceMs,
@@ -579,6 +630,8 @@ export class Agent {
     const run = this.runs.get(step.placementId);
     if (step.kind === "abandon") {
       run?.abandon();
+      // Finished, and its container gone (e.g. removed late, after an engine timeout): nothing left to do.
+      if (run?.finished) this.runs.delete(run.id);
       return;
     }
     this.deps.log("info", "retiring container", { placement_id: step.placementId, why: step.why });
@@ -593,12 +646,12 @@ export class Agent {
       return;
     }
     // Also for a container that is not running: it may have been started since it was listed.
-    const stopped = this.deps.engine.stop(step.containerId, this.config.orphanStopGraceMs);
+    const stopped = this.engine.stop(step.containerId, this.config.orphanStopGraceMs);
     const removed = (async () => {
       await stopped.catch(() => {});
       // Ship what its log still holds past the cursor before the container, and its log, go.
       const follow = await followContainerLog(
-        this.deps.engine,
+        this.engine,
         this.shipper,
         this.state,
         step.placementId,
@@ -611,7 +664,7 @@ export class Agent {
       }
       await this.shipper.whenDrained(step.placementId);
       if (this.signal.aborted) return;
-      await this.deps.engine.remove(step.containerId);
+      await this.engine.remove(step.containerId);
       this.state.forgetPlacement(step.placementId);
     })()
       .catch((error) => this.deps.log("warn", "container removal failed", { error: errorText(error) }))

@@ -238,6 +238,22 @@ describe("scalar-agent command line", () => {
     );
   });
 
+  it("takes the engine timeout in seconds (60 unless told), from the flag or the environment, and checks it", () => {
+    expect(parse(required).agent.engineTimeoutMs).toBe(60_000);
+    expect(parse([...required, "--engine-timeout", "90"]).agent.engineTimeoutMs).toBe(90_000);
+    expect(parse(required, { SCALAR_ENGINE_TIMEOUT_S: "30" }).agent.engineTimeoutMs).toBe(30_000);
+    expect(parse([...required, "--engine-timeout", "5"], { SCALAR_ENGINE_TIMEOUT_S: "30" }).agent.engineTimeoutMs).toBe(
+      5_000,
+    );
+    expect(parse(required, { SCALAR_ENGINE_TIMEOUT_S: "" }).agent.engineTimeoutMs).toBe(60_000);
+    for (const bad of ["0", "-1", "1.5", "60s", "soon"]) {
+      expect(() => parse([...required, `--engine-timeout=${bad}`])).toThrow(
+        `--engine-timeout (SCALAR_ENGINE_TIMEOUT_S) takes a whole number of seconds, at least 1, not "${bad}"`,
+      );
+    }
+    expect(() => parse(required, { SCALAR_ENGINE_TIMEOUT_S: "x" })).toThrow(UsageError);
+  });
+
   it("says what is missing or wrong", () => {
     expect(() => parse([])).toThrow(/control plane URL is missing/);
     expect(() => parse(["--api-url", "not a url", "--token", "x"])).toThrow(/not a URL/);
@@ -264,6 +280,7 @@ describe("the scalar-agent program", () => {
     for (const flag of ["--ingress-port N", "--ingress-host HOST", "--ingress-url URL"])
       expect(r.stdout).toContain(flag);
     expect(r.stdout).toMatch(/SCALAR_INGRESS_PORT/);
+    expect(r.stdout).toMatch(/--engine-timeout S .*\n(.*\n)*.*SCALAR_ENGINE_TIMEOUT_S; default 60\)/);
   });
 
   it("exits 2 with the reason when the configuration is incomplete", () => {

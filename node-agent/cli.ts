@@ -47,6 +47,10 @@ Usage: scalar-agent [options]
                          of space             (env SCALAR_IMAGE_GC_INTERVAL; default ${formatDuration(DEFAULT_IMAGE_GC.intervalMs)})
   --image-min-age DURATION  keep images this agent pulled or started from within this time
                                               (env SCALAR_IMAGE_MIN_AGE; default ${formatDuration(DEFAULT_IMAGE_GC.minAgeMs)})
+  --engine-timeout S     how many seconds the container engine may leave a call unanswered (create,
+                         start, inspect, …; a stop: past its grace period); then the placement fails
+                         (retryable) and heartbeats report the engine stuck, which cordons the node
+                         until it answers again (env SCALAR_ENGINE_TIMEOUT_S; default ${DEFAULT_AGENT_CONFIG.engineTimeoutMs / 1000})
   --retry-max-ms MS      longest wait between retries to the control plane (default ${DEFAULT_BACKOFF.maxMs})
   --log-level LEVEL      debug | info | warn | error  (default info)
   --help, --version
@@ -189,6 +193,18 @@ function ingressOptions(
   return { port, host: host ?? "0.0.0.0", url };
 }
 
+/** `--engine-timeout` (whole seconds, at least 1) → milliseconds. */
+function engineTimeout(raw: string | undefined): number {
+  if (raw === undefined) return DEFAULT_AGENT_CONFIG.engineTimeoutMs;
+  const n = Number(raw);
+  if (raw.trim() === "" || !Number.isInteger(n) || n < 1) {
+    throw new UsageError(
+      `--engine-timeout (SCALAR_ENGINE_TIMEOUT_S) takes a whole number of seconds, at least 1, not "${raw}"`,
+    );
+  }
+  return n * 1000;
+}
+
 function integer(name: string, raw: string | undefined, min: number): number | undefined {
   if (raw === undefined) return undefined;
   const n = Number(raw);
@@ -233,6 +249,7 @@ export function parseCli(
         "image-gc-interval": { type: "string" },
         "image-min-age": { type: "string" },
         "retry-max-ms": { type: "string" },
+        "engine-timeout": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean" },
@@ -291,6 +308,7 @@ export function parseCli(
   }
 
   const imageGc = imageGcOptions(str, env);
+  const engineTimeoutMs = engineTimeout(str("engine-timeout") ?? (env.SCALAR_ENGINE_TIMEOUT_S || undefined));
   const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
   const cpus = integer("cpus", str("cpus"), 1);
   const memoryMib = integer("memory-mib", str("memory-mib"), 64);
@@ -322,6 +340,7 @@ export function parseCli(
       orphanGraceMs: integer("orphan-grace-ms", str("orphan-grace-ms"), 0) ?? DEFAULT_AGENT_CONFIG.orphanGraceMs,
       backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },
       imageGc,
+      engineTimeoutMs,
       ...(ingress ? { ingress } : {}),
     },
   };

@@ -40,6 +40,7 @@ try {
   agent = await Agent.start(
     { ...options.agent, maxContainerCpuMilli: host.cpuMilli },
     {
+      // The agent puts its deadlines on it (engine-watchdog.ts, --engine-timeout).
       engine: new DockerodeEngine({ socketPath: options.dockerSocket }),
       api: new ControlPlaneClient(options.apiUrl, options.token),
       gpus,
@@ -59,6 +60,7 @@ log("info", "agent started", {
   api_url: options.apiUrl,
   docker_socket: options.dockerSocket,
   data_dir: options.agent.dataDir,
+  engine_timeout_s: options.agent.engineTimeoutMs / 1000,
   ...(options.agent.ingress ? { ingress_url: options.agent.ingress.url } : {}),
 });
 

@@ -12,6 +12,7 @@ import { Placement, type PlacementEvent, type RegistryAuth, registryOf } from ".
 import { systemClock } from "./clock";
 import { ControlPlaneError } from "./control-plane";
 import { EngineError, type RegistryCredentials } from "./docker/engine";
+import { EngineWatchdog } from "./engine-watchdog";
 import { readJson } from "./files";
 import { LogShipper } from "./log-shipper";
 import type { Logger } from "./logger";
@@ -356,6 +357,76 @@ describe("pulling with the account's registry credentials", () => {
     await n.run({ credentials: ALICE });
     expect(n.engine.pulls).toHaveLength(2);
     expect(n.state.imageRecord("sha256:private")?.fingerprints).toHaveLength(1);
+  });
+});
+
+describe("a hung container engine", () => {
+  /** A node whose engine calls have a 100 ms deadline, with the image cached; one placement's run. */
+  function hungNode() {
+    const n = node();
+    n.engine.images.set(IMAGE, "sha256:public");
+    const watchdog = new EngineWatchdog(n.engine, { timeoutMs: 100, clock: systemClock });
+    n.ctx.engine = watchdog;
+    const placement = Placement.parse(
+      testPlacement({ placement_id: `p${counter++}`, job_id: "j", image: IMAGE, cpu_milli: 100 }),
+    );
+    const mine = () => n.events().filter((e) => e.placement_id === placement.placement_id);
+    return { ...n, watchdog, placement, mine };
+  }
+
+  it("fails the placement, retryable, when the start is not answered, and keeps the container it could not remove for its retirement", async () => {
+    const n = hungNode();
+    n.engine.hung.add("start").add("remove");
+    const run = new PlacementRun(n.ctx, n.placement);
+    await run.done;
+    expect(n.mine()).toEqual([
+      expect.objectContaining({
+        type: "failed",
+        reason:
+          'container start timed out: the container engine did not answer "start" within 0.1 s; the node is cordoned until its engine answers',
+      }),
+    ]);
+    expect(failure(n.mine())).not.toHaveProperty("retryable");
+    // It tried to remove the container; that hung too, so the run holds on to it.
+    expect(n.engine.heldCalls()).toEqual(["start", "remove"]);
+    expect(run.finished).toBe(true);
+    expect(run.containerId).not.toBeNull();
+    expect(n.watchdog.stuck()).toMatchObject({ operation: "start" });
+
+    // The start happens late: nothing follows it, nothing is reported.
+    n.engine.hung.clear();
+    n.engine.release("start");
+    await new Promise((r) => setTimeout(r, 50));
+    expect(types(n.mine())).toEqual(["failed"]);
+    // The placement leaves the desired set: retiring the run removes the container.
+    await run.retire().removed;
+    expect(n.engine.containerCount).toBe(0);
+  });
+
+  it("removes the container at once when the engine answers the remove after a start that timed out", async () => {
+    const n = hungNode();
+    n.engine.hung.add("start");
+    const run = new PlacementRun(n.ctx, n.placement);
+    await run.done;
+    expect(failure(n.mine())?.reason).toMatch(/^container start timed out: /);
+    expect(run.containerId).toBeNull();
+    expect(n.engine.containerCount).toBe(0);
+  });
+
+  it("fails the placement, retryable, when the create is not answered", async () => {
+    const n = hungNode();
+    n.engine.hung.add("create");
+    const run = new PlacementRun(n.ctx, n.placement);
+    await run.done;
+    expect(n.mine()).toEqual([
+      expect.objectContaining({
+        type: "failed",
+        reason:
+          'container create timed out: the container engine did not answer "create" within 0.1 s; the node is cordoned until its engine answers',
+      }),
+    ]);
+    expect(failure(n.mine())).not.toHaveProperty("retryable");
+    expect(n.engine.calls).not.toContain("start");
   });
 });
 

@@ -99,8 +99,19 @@ export function pullRetryable(error: unknown): boolean {
   return code !== "image_not_found" && code !== "image_unauthorized" && code !== "invalid_reference";
 }
 
+/** A call the engine left unanswered past the agent's deadline (engine-watchdog.ts); it may still answer. */
+export function isEngineTimeout(error: unknown): boolean {
+  return error instanceof EngineError && error.code === "engine_timeout";
+}
+
+/** Why a create or start the engine did not answer in time failed the placement (retryable: another node). */
+export function engineTimeoutReason(step: "create" | "start", error: unknown): string {
+  return `container ${step} timed out: ${errorText(error)}; the node is cordoned until its engine answers`;
+}
+
 export function startFailureReason(error: unknown, gpuIds: string[]): string {
   const message = errorText(error);
+  if (isEngineTimeout(error)) return engineTimeoutReason("start", error);
   if (error instanceof EngineError && error.code === "gpu_unavailable") {
     return `GPU request failed: no NVIDIA container runtime on this node for GPUs ${gpuIds.join(",")} (${message})`;
   }
@@ -229,7 +240,10 @@ export class PlacementRun {
         if (again) return again;
       }
       if (isNoSpace(error)) this.ctx.diskFull?.();
-      this.fail(`container create failed: ${errorText(error)}`);
+      // A create answered late leaves a container the reconcile removes once the placement is gone.
+      this.fail(
+        isEngineTimeout(error) ? engineTimeoutReason("create", error) : `container create failed: ${errorText(error)}`,
+      );
       return null;
     }
     if (this.notToStart()) {
@@ -248,11 +262,32 @@ export class PlacementRun {
     return found[0]?.id ?? null;
   }
 
-  /** Starts a created container; on failure removes it, so a failed placement leaves nothing behind. */
+  /**
+   * Starts a created container; on failure removes it, so a failed placement leaves nothing behind.
+   * `containerId` stays set only for a container whose start timed out and that could not be removed:
+   * the run keeps it, so that retiring the run removes it.
+   */
   private async startContainer(id: string, gpuIds: string[]): Promise<boolean> {
     try {
       await this.ctx.engine.start(id);
     } catch (error) {
+      if (isEngineTimeout(error)) {
+        // Reported first, so the scheduler retries elsewhere now: the hung engine may not answer the
+        // remove either. The start may still happen: the remove (the engine runs it after the start),
+        // or else this run's retirement once the placement has left the desired set, takes it away.
+        this.fail(startFailureReason(error, gpuIds));
+        this.containerId = id;
+        try {
+          await this.ctx.engine.remove(id);
+          this.containerId = null;
+        } catch (e) {
+          this.ctx.log("warn", "could not remove a container whose start timed out; it goes with its placement", {
+            placement_id: this.id,
+            error: errorText(e),
+          });
+        }
+        return false;
+      }
       // The engine keeps a container whose start failed (state Created): remove it.
       await this.ctx.engine.remove(id).catch((e) =>
         this.ctx.log("warn", "could not remove a container that failed to start", {
@@ -260,6 +295,7 @@ export class PlacementRun {
           error: errorText(e),
         }),
       );
+      this.containerId = null;
       this.fail(startFailureReason(error, gpuIds));
       return false;
     }
@@ -430,10 +466,7 @@ export class PlacementRun {
           this.fail(startFailureReason(new EngineError("engine", details.error), details.gpuDeviceIds));
         return;
       }
-      if (!(await this.startContainer(id, details.gpuDeviceIds))) {
-        this.containerId = null;
-        return;
-      }
+      if (!(await this.startContainer(id, details.gpuDeviceIds))) return;
       details = (await this.ctx.engine.inspect(id)) ?? details;
     }
     // A container this process did not start (adopted, or found by label) may never have been reported

@@ -22,6 +22,7 @@ const input = (over: Partial<PlanInput>): PlanInput => ({
   runs: new Map(),
   known: [],
   finished: new Set(),
+  failed: new Set(),
   orphanSince: new Map(),
   now: 100_000,
   orphanGraceMs: 60_000,
@@ -95,6 +96,17 @@ describe("reconcile plan", () => {
     const plan = planReconcile(input({ runs: new Map([["pulling", "active"]]), known: ["pulling", "old"] }));
     expect(plan.removes).toEqual([{ kind: "abandon", placementId: "pulling" }]);
     expect(plan.forget).toEqual(["old"]);
+  });
+
+  it("never adopts the container of a placement reported failed, and retires it at once when the placement leaves", () => {
+    // A start the engine answered after the agent had given up on it (engine timeout): running, unsupervised.
+    const containers = [{ id: "c-late", placementId: "late", state: "running" as const }];
+    const failed = { known: ["late"], finished: new Set(["late"]), failed: new Set(["late"]) };
+    const desired = planReconcile(input({ desired: [placement("late")], containers, ...failed }));
+    expect(desired).toMatchObject({ removes: [], updates: [], adds: [] });
+    const gone = planReconcile(input({ containers, ...failed }));
+    expect(gone.removes).toEqual([{ kind: "retire", placementId: "late", containerId: "c-late", why: "failed" }]);
+    expect(gone.orphanSince.size).toBe(0);
   });
 
   it("leaves placements being retired alone", () => {

@@ -22,6 +22,12 @@ export interface PlanInput {
   known: readonly string[];
   /** Placements whose outcome is already reported: never launched again. */
   finished: ReadonlySet<string>;
+  /**
+   * Of those, the ones reported failed. A container of theirs is a leftover (a create or start the
+   * engine answered after the agent gave up on it): never adopted, and retired without the orphan
+   * grace once the placement leaves the desired set.
+   */
+  failed: ReadonlySet<string>;
   /** When each running container without a placement was first seen so. */
   orphanSince: ReadonlyMap<string, number>;
   now: number;
@@ -30,7 +36,7 @@ export interface PlanInput {
 
 export type RemoveStep =
   /** Stop (if running) and remove its container once its log is shipped. */
-  | { kind: "retire"; placementId: string; containerId: string; why: "finished" | "orphan" }
+  | { kind: "retire"; placementId: string; containerId: string; why: "finished" | "failed" | "orphan" }
   /** A run with no container yet (pulling) whose placement is gone: stop before creating anything. */
   | { kind: "abandon"; placementId: string };
 export type UpdateStep =
@@ -66,7 +72,9 @@ export function planReconcile(input: PlanInput): Plan {
     const run = input.runs.get(id);
     if (!placement) {
       if (run === "retiring") continue;
-      if (container?.state === "running" || container?.state === "restarting" || container?.state === "paused") {
+      if (container && input.failed.has(id)) {
+        plan.removes.push({ kind: "retire", placementId: id, containerId: container.id, why: "failed" });
+      } else if (container?.state === "running" || container?.state === "restarting" || container?.state === "paused") {
         // Running without a placement: maybe a control plane glitch, so wait before killing real work.
         const since = input.orphanSince.get(id) ?? input.now;
         if (input.now - since >= input.orphanGraceMs) {
@@ -85,6 +93,8 @@ export function planReconcile(input: PlanInput): Plan {
     }
     if (run === "active") plan.updates.push({ kind: "update", placement });
     else if (run === "retiring") continue;
+    // Reported failed: its container is not followed (it would report a start after the failure).
+    else if (container && input.failed.has(id)) continue;
     else if (container) plan.updates.push({ kind: "adopt", placement, containerId: container.id });
     else if (!input.finished.has(id)) plan.adds.push({ kind: "launch", placement });
   }

@@ -3434,6 +3434,11 @@ export interface paths {
                         }[];
                         /** @default [] */
                         running?: string[];
+                        engine_stuck?: {
+                            since: number;
+                            operation: string;
+                            detail: string;
+                        };
                     };
                 };
             };
@@ -4262,6 +4267,16 @@ export interface components {
                 state: string;
                 free_gpus: number[];
                 unhealthy_gpus: number[];
+                /** @description The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again. */
+                engine_stuck: {
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-26T12:00:00.000Z
+                     */
+                    since: string;
+                    operation: string;
+                    detail: string;
+                } | null;
                 placements: string[];
                 /**
                  * Format: date-time

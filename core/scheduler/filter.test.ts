@@ -33,6 +33,7 @@ function check(
 describe("nodeState", () => {
   it.each([
     ["ready takes work", "ready", null],
+    ["cordoned takes no new work", "cordoned", "node_cordoned"],
     ["draining takes no new work", "draining", "node_draining"],
     ["lost takes nothing", "lost", "node_lost"],
   ] as const)("%s", (_, state, expected) => {

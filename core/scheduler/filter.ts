@@ -2,7 +2,7 @@
  * Feasibility: one tiny check per concern, each answering null (fits) or the reason it does not.
  * The chain's order is the order reasons are attributed in, so a node is counted under the first
  * check it fails:
- *   1. node state — a draining or lost node takes nothing, whatever else is true of it;
+ *   1. node state — a cordoned, draining or lost node takes nothing, whatever else is true of it;
  *   2. GPU model — fixed for the node's life, so "wrong model" is the most useful answer;
  *   3. free GPUs — the scarce resource, and the usual reason to wait; when the GPUs are there
  *      but held by reservations the job's tier may not use, the reason says so (held for Fast
@@ -19,8 +19,9 @@ import type { ReasonCode } from "./reasons";
 
 export type NodeFilter = (need: JobNeed, node: FleetNode) => ReasonCode | null;
 
-export const nodeState: NodeFilter = (_need, node) =>
-  node.state === "ready" ? null : node.state === "lost" ? "node_lost" : "node_draining";
+const STATE_REASON = { ready: null, cordoned: "node_cordoned", draining: "node_draining", lost: "node_lost" } as const;
+
+export const nodeState: NodeFilter = (_need, node) => STATE_REASON[node.state];
 
 export const gpuModel: NodeFilter = (need, node) => (need.modelAllowed[node.modelOrd] ? null : "gpu_model_not_allowed");
 

@@ -74,6 +74,7 @@ export class Fleet {
   readonly heldAny: NodeSet;
   readonly readyByModel: number[];
   readonly maxTotalByModel: number[];
+  cordoned = 0;
   draining = 0;
   lost = 0;
   /** Free GPUs over ready nodes (not counting held ones). */
@@ -106,7 +107,8 @@ export class Fleet {
         this.maxTotalByModel[m] = Math.max(this.maxTotalByModel[m]!, node.gpuTotal);
         this.buckets[m]![popcount(node.free)]!.add(ord);
         this.freeGpus += popcount(node.free);
-      } else if (n.state === "draining") this.draining++;
+      } else if (n.state === "cordoned") this.cordoned++;
+      else if (n.state === "draining") this.draining++;
       else this.lost++;
       return node;
     });

@@ -7,7 +7,11 @@ import type { Tier } from "../schemas/common";
 
 export type { Tier };
 
-export type NodeState = "ready" | "draining" | "lost";
+/**
+ * `cordoned`: up, but taking no new work (its container engine does not answer, say); what runs on
+ * it runs on. `draining`: leaving the region (its block ends or it is released).
+ */
+export type NodeState = "ready" | "cordoned" | "draining" | "lost";
 
 export interface PackerNode {
   id: string;

@@ -51,9 +51,10 @@ describe("plan: placement", () => {
     expect(one.waiting[0]!.reason).toBe("0/1 nodes: 1 free GPUs reserved for Fast");
   });
 
-  it("counts draining, lost, CPU, memory and block reasons", () => {
+  it("counts cordoned, draining, lost, CPU, memory and block reasons", () => {
     const nodes = [
       node("lost", { state: "lost" }),
+      node("cordoned", { state: "cordoned" }),
       node("drain", { state: "draining" }),
       node("cpu", { cpu_milli: 1_000 }),
       node("mem", { memory_mib: 1_000 }),
@@ -61,7 +62,7 @@ describe("plan: placement", () => {
     ];
     const p = plan({ now: 0, nodes, queue: [job("j", { estimated_duration_s: 60 })] });
     expect(p.waiting[0]!.reason).toBe(
-      "0/5 nodes: 1 node lost, 1 node draining, 1 insufficient CPU, 1 insufficient memory, 1 block ends before the job's estimated end",
+      "0/6 nodes: 1 node lost, 1 node cordoned, 1 node draining, 1 insufficient CPU, 1 insufficient memory, 1 block ends before the job's estimated end",
     );
   });
 

@@ -35,7 +35,7 @@ const nodeArb = (i: number) =>
       zone: fc.constantFrom("a", "b", "c"),
       gpu_model: fc.constantFrom("H100", "H200"),
       unhealthy: fc.subarray([0, 1, 2, 3, 4, 5, 6, 7], { maxLength: 2 }),
-      state: fc.constantFrom("ready", "ready", "ready", "ready", "draining", "lost"),
+      state: fc.constantFrom("ready", "ready", "ready", "ready", "cordoned", "draining", "lost"),
       cpu_milli: fc.integer({ min: 8, max: 64 }).map((x) => x * 1000),
       memory_mib: fc.integer({ min: 64, max: 512 }).map((x) => x * 1024),
       block_end_at: fc.option(fc.integer({ min: NOW, max: NOW + 24 * H }), { nil: null }),

@@ -4,6 +4,7 @@
  */
 export const REASON_CODES = [
   "node_lost",
+  "node_cordoned",
   "node_draining",
   "gpu_model_not_allowed",
   "insufficient_free_gpus",
@@ -19,6 +20,7 @@ export type ReasonCode = (typeof REASON_CODES)[number];
 
 export const REASON_TEXT: Record<ReasonCode, string> = {
   node_lost: "node lost",
+  node_cordoned: "node cordoned",
   node_draining: "node draining",
   gpu_model_not_allowed: "GPU model not allowed",
   insufficient_free_gpus: "insufficient free GPUs",

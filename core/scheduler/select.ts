@@ -152,6 +152,7 @@ function bucketsByBound(fleet: Fleet, need: JobNeed, ctx: ScoreContext): BucketR
  */
 function countByIndex(fleet: Fleet, need: JobNeed, counts: ReasonCounts): void {
   addReason(counts, "node_lost", fleet.lost);
+  addReason(counts, "node_cordoned", fleet.cordoned);
   addReason(counts, "node_draining", fleet.draining);
   const held = fleet.heldFor[need.tier];
   for (let m = 0; m < fleet.models.length; m++) {

@@ -228,6 +228,16 @@ export const ContainerMetrics = z.object({
 });
 export type ContainerMetrics = z.infer<typeof ContainerMetrics>;
 
+/** A container engine call unanswered past the agent's engine timeout (the oldest such call). */
+export const EngineStuck = z.object({
+  /** When the oldest call still unanswered began. */
+  since: EpochMs,
+  /** Which engine call: `create`, `start`, `stop`, `remove`, `inspect`, … */
+  operation: z.string().min(1).max(64),
+  detail: z.string().max(512),
+});
+export type EngineStuck = z.infer<typeof EngineStuck>;
+
 export const Heartbeat = z.object({
   at: EpochMs,
   gpus: z.array(GpuHealth).max(16),
@@ -235,6 +245,12 @@ export const Heartbeat = z.object({
   containers: z.array(ContainerMetrics).max(64).default([]),
   /** Placements the agent runs now, so the control plane can spot drift. */
   running: z.array(z.string()).max(64).default([]),
+  /**
+   * Present while the container engine leaves a call unanswered past the agent's engine timeout
+   * (a hung engine: e.g. a container start that never returns). The control plane cordons the node:
+   * nothing new is placed on it until a heartbeat comes without this.
+   */
+  engine_stuck: EngineStuck.optional(),
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
 

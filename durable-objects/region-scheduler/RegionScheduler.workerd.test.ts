@@ -530,6 +530,7 @@ describe("RegionScheduler: capacity", () => {
         busy_gpus: 2,
         reserved_gpus: 6,
         nodes_ready: 1,
+        nodes_cordoned: 0,
         nodes_draining: 0,
       },
     ]);
@@ -667,6 +668,52 @@ describe("RegionScheduler: capacity", () => {
       waiting_reason: "0/1 nodes: 1 insufficient free GPUs",
     });
     expect((await stub.listNodes())[0]).toMatchObject({ unhealthy_gpus: [3], free_gpus: [0, 1, 2, 4, 5, 6, 7] });
+  });
+
+  it("cordons a node whose container engine hangs, and places there again once it answers", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const first = await jobFor();
+    await stub.submit(first);
+    const running = await placementOf(stub, first.id);
+    const stuck = {
+      since: clock.t - 61_000,
+      operation: "start",
+      detail: 'the container engine did not answer "start" within 60 s',
+    };
+    const beat = (engine_stuck?: typeof stuck) =>
+      stub.heartbeat(N("n1"), {
+        at: clock.t,
+        gpus: [],
+        containers: [],
+        running: [running.placement_id],
+        ...(engine_stuck ? { engine_stuck } : {}),
+      });
+    await beat(stuck);
+    const view = (await stub.listNodes())[0]!;
+    expect(view).toMatchObject({ state: "cordoned", engine_stuck: stuck });
+    // What runs there runs on; nothing new goes there, and the job says why.
+    const second = await jobFor();
+    await stub.submit(second);
+    expect(await stub.jobState(second.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 node cordoned",
+    });
+    expect(await stub.jobState(first.id)).toMatchObject({ status: "placed" });
+    expect((await stub.capacitySnapshot()).by_model).toMatchObject([
+      { nodes_ready: 0, nodes_cordoned: 1, free_gpus: 0 },
+    ]);
+    // Still stuck on another call: still cordoned.
+    clock.advance(10_000);
+    await beat({ ...stuck, operation: "remove" });
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(second.id)).toMatchObject({ status: "queued" });
+    // The engine answers again: the node takes work at once.
+    clock.advance(10_000);
+    await beat();
+    expect((await stub.listNodes())[0]).toMatchObject({ state: "ready", engine_stuck: null });
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(second.id)).toMatchObject({ status: "placed", waiting_reason: null });
   });
 });
 

@@ -6,7 +6,7 @@ import {
   type PackerJob,
   type PackerNode,
 } from "../../core/scheduler";
-import { type JobRow, json, type NodeRow, type ReservationRow, type RunRow } from "./rows";
+import { cordoned, type JobRow, json, type NodeRow, type ReservationRow, type RunRow } from "./rows";
 
 export function toPackerNode(n: NodeRow): PackerNode {
   return {
@@ -17,7 +17,7 @@ export function toPackerNode(n: NodeRow): PackerNode {
     unhealthy_gpus: json.numbers(n.unhealthy_gpus),
     cpu_milli: n.cpu_milli,
     memory_mib: n.memory_mib,
-    state: n.state,
+    state: cordoned(n) ? "cordoned" : n.state,
     block_end_at: n.block_end_at,
   };
 }
@@ -88,6 +88,7 @@ export class PlacementCheck {
     for (const a of assignments) {
       const node = this.nodes.get(a.node_id);
       if (node?.state !== "ready") return `node ${a.node_id} is not ready`;
+      if (cordoned(node)) return `node ${a.node_id} is cordoned`;
       const unhealthy = json.numbers(node.unhealthy_gpus);
       const all = json.numbers(node.gpus);
       for (const g of a.gpu_indices) {

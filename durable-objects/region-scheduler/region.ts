@@ -11,7 +11,7 @@
  * the row helpers here.
  */
 import { hashString, plan } from "../../core/scheduler";
-import type { Heartbeat, JobStatus, Placement, PlacementEvent, PlacementSet } from "../../core/schemas";
+import type { EngineStuck, Heartbeat, JobStatus, Placement, PlacementEvent, PlacementSet } from "../../core/schemas";
 import { TERMINAL_JOB_STATUSES } from "../../core/schemas";
 import type { ObjectSql, SqlValue } from "../sqlite";
 import { Endpoints } from "./endpoints";
@@ -354,6 +354,38 @@ export class Region {
     );
   }
 
+  /**
+   * A hung container engine cordons the node (no new work; what runs runs on) until a heartbeat
+   * comes without the report. Whether the node's capacity changed: the start or end of a cordon.
+   */
+  private engineHealth(node: NodeRow, stuck: EngineStuck | null, now: number): boolean {
+    const value = stuck === null ? null : JSON.stringify(stuck);
+    if (value === node.engine_stuck) return false;
+    const was = node.engine_stuck !== null;
+    this.patch("nodes", node, { engine_stuck: value });
+    if (was === (stuck !== null)) return false; // still stuck, on another call: nothing else changes
+    const action = stuck ? "node.cordoned" : "node.uncordoned";
+    const details = stuck
+      ? {
+          reason: "engine_stuck",
+          operation: stuck.operation,
+          since: new Date(stuck.since).toISOString(),
+          detail: stuck.detail,
+        }
+      : { reason: "engine_answers" };
+    this.log(action, { node_id: node.id, ...details });
+    this.records.audit(
+      `node:${node.id}`,
+      null,
+      action,
+      { type: "node", id: node.id },
+      details,
+      `${action}:${node.id}:${now}`,
+      now,
+    );
+    return true;
+  }
+
   /** Returns whether capacity changed (so a packer pass is due). No row is written unless something changed. */
   heartbeat(
     nodeId: string,
@@ -375,6 +407,7 @@ export class Region {
       this.log("node.gpu_health_changed", { node_id: nodeId, unhealthy_gpus: json.numbers(unhealthy) });
       changed = true;
     }
+    if (this.engineHealth(node, hb.engine_stuck ?? null, now)) changed = true;
     // Replicas' readiness, kept only when it changes (no write for a steady answer).
     for (const c of hb.containers ?? []) {
       if (c.ready === undefined) continue;

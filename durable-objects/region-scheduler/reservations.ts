@@ -7,7 +7,7 @@ import type { ObjectSql } from "../sqlite";
 import { toHolds } from "./packer-input";
 import type { Records } from "./records";
 import type { Region } from "./region";
-import { type JobRow, json, type ReservationRow } from "./rows";
+import { cordoned, type JobRow, json, type ReservationRow } from "./rows";
 import type { ReservationRequest, ReserveResult } from "./rpc";
 
 export class Reservations {
@@ -101,7 +101,7 @@ export class Reservations {
       for (const g of json.numbers(run.gpu_indices)) busy.add(`${run.node_id}/${g}`);
     return this.state
       .nodes()
-      .filter((n) => n.state === "ready" && n.gpu_model === model)
+      .filter((n) => n.state === "ready" && !cordoned(n) && n.gpu_model === model)
       .map((n) => {
         const unhealthy = json.numbers(n.unhealthy_gpus);
         const free = json

@@ -28,7 +28,14 @@ export type NodeRow = {
   placement_version: number;
   lost_at: number | null;
   synced_heartbeat_at: number | null;
+  /** JSON of the agent's `EngineStuck` while its container engine does not answer (cordoned); else null. */
+  engine_stuck: string | null;
 };
+
+/** A ready node whose agent reports a hung container engine takes no new work. */
+export function cordoned(n: NodeRow): boolean {
+  return n.state === "ready" && n.engine_stuck !== null;
+}
 
 export type JobKind = "job" | "replica";
 

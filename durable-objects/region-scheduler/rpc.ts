@@ -5,6 +5,7 @@
  * for outcomes a caller must handle ("not found", "not allowed in this state").
  */
 import type {
+  EngineStuck,
   GpuModel,
   Heartbeat,
   JobStatus,
@@ -97,7 +98,10 @@ export interface NodeView {
   cpu_free_milli: number;
   memory_mib: number;
   memory_free_mib: number;
-  state: "ready" | "draining" | "lost";
+  /** `cordoned`: a ready node that takes no new work while its container engine does not answer. */
+  state: "ready" | "cordoned" | "draining" | "lost";
+  /** The agent's report of its hung container engine (why the node is cordoned); null when fine. */
+  engine_stuck: EngineStuck | null;
   block_id: string | null;
   block_end_at: number | null;
   last_heartbeat_at: number | null;
@@ -130,6 +134,7 @@ export interface CapacitySnapshot {
     busy_gpus: number;
     reserved_gpus: number;
     nodes_ready: number;
+    nodes_cordoned: number;
     nodes_draining: number;
   }[];
   queues: TierQueue[];

@@ -134,4 +134,7 @@ export const SCHEMA: readonly string[] = [
   // ingress), and how many replicas traffic wants of an endpoint now (min..max; null: min).
   `alter table nodes add column ingress_url text;
    alter table endpoints add column desired integer;`,
+  // v8: the node's container engine leaves a call unanswered (its agent's report, JSON of
+  // EngineStuck; null: fine): the node is cordoned, it takes no new work.
+  `alter table nodes add column engine_stuck text;`,
 ];

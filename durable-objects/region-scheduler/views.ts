@@ -1,10 +1,10 @@
 /** Read-only answers built from the rows: job state, nodes, the capacity snapshot, dead letters, endpoints. */
 
 import { estimateMs } from "../../core/scheduler";
-import { TERMINAL_JOB_STATUSES, TIERS } from "../../core/schemas";
+import { type EngineStuck, TERMINAL_JOB_STATUSES, TIERS } from "../../core/schemas";
 import type { ObjectSql } from "../sqlite";
 import type { Region } from "./region";
-import { isActiveRun, type JobRow, json, type NodeRow, type ReservationRow, type RunRow } from "./rows";
+import { cordoned, isActiveRun, type JobRow, json, type NodeRow, type ReservationRow, type RunRow } from "./rows";
 import type { CapacitySnapshot, DeadLetter, EndpointState, JobState, NodeView, PlacementView, TierQueue } from "./rpc";
 
 export function placementView(run: RunRow, zone: string): PlacementView {
@@ -97,6 +97,7 @@ export class Views {
         busy_gpus: busy,
         reserved_gpus: reserved,
         nodes_ready: of.filter((n) => n.state === "ready").length,
+        nodes_cordoned: of.filter((n) => n.state === "cordoned").length,
         nodes_draining: of.filter((n) => n.state === "draining").length,
       } as CapacitySnapshot["by_model"][number];
     });
@@ -195,7 +196,8 @@ function nodeView(
     cpu_free_milli: n.cpu_milli - runs.reduce((s, r) => s + r.cpu_milli, 0),
     memory_mib: n.memory_mib,
     memory_free_mib: n.memory_mib - runs.reduce((s, r) => s + r.memory_mib, 0),
-    state: n.state,
+    state: cordoned(n) ? "cordoned" : n.state,
+    engine_stuck: n.engine_stuck === null ? null : (JSON.parse(n.engine_stuck) as EngineStuck),
     block_id: n.block_id,
     block_end_at: n.block_end_at,
     last_heartbeat_at: Math.max(lastSeen ?? 0, n.last_heartbeat_at ?? 0) || null,

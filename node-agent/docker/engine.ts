@@ -101,6 +101,8 @@ export type EngineErrorCode =
   | "image_unauthorized"
   | "registry_unreachable"
   | "gpu_unavailable"
+  /** The engine left the call unanswered past the agent's deadline (engine-watchdog.ts); it may still answer. */
+  | "engine_timeout"
   | "engine";
 
 export class EngineError extends Error {

@@ -4,6 +4,7 @@
  * reference is now, with the credentials sent; containers exit with code 0 as soon as they start
  * and stay (stopped) until removed. Image removal follows the engine's rules without force (see
  * `removeImage`), and `imageMeta` gives images a build time, a size and labels for image GC.
+ * `hung` makes calls of some methods wait, unanswered, until `release` (a hung engine).
  */
 import {
   type ContainerDetails,
@@ -50,15 +51,44 @@ export class FakeEngine implements ContainerEngine {
   removeImageError: (ref: string) => EngineError | undefined = () => undefined;
   /** `docker info`'s DockerRootDir. */
   dataRootDir: string | null = "/var/lib/docker";
+  /** Methods whose calls wait, unanswered, until `release` (e.g. `start`: a deadlocked engine). */
+  readonly hung = new Set<keyof ContainerEngine>();
+  private held: { method: string; go: () => void; fail: (error: Error) => void }[] = [];
   private readonly containers = new Map<string, FakeContainer>();
   private next = 0;
 
+  /** Calls waiting in `hung` methods now, by method name. */
+  heldCalls(): string[] {
+    return this.held.map((h) => h.method);
+  }
+
+  /**
+   * Answers the held calls of `method` (all: every method; still hung for new calls unless taken out
+   * of `hung`): they go on as usual, or fail with `error` (as calls to a restarted engine do).
+   */
+  release(method?: keyof ContainerEngine, error?: Error): void {
+    const go = this.held.filter((h) => method === undefined || h.method === method);
+    this.held = this.held.filter((h) => !go.includes(h));
+    for (const h of go) {
+      if (error) h.fail(error);
+      else h.go();
+    }
+  }
+
+  /** Waits for `release` when the method is hung. */
+  private gate(method: keyof ContainerEngine): Promise<void> {
+    if (!this.hung.has(method)) return Promise.resolve();
+    return new Promise((go, fail) => this.held.push({ method, go, fail }));
+  }
+
   async ping(): Promise<void> {
     this.calls.push("ping");
+    await this.gate("ping");
   }
 
   async list(labels: Record<string, string>): Promise<ContainerSummary[]> {
     this.calls.push("list");
+    await this.gate("list");
     return [...this.containers.values()]
       .filter((c) => Object.entries(labels).every(([k, v]) => c.spec.labels[k] === v))
       .map((c) => ({ id: c.id, name: c.spec.name, state: c.state, labels: c.spec.labels }));
@@ -66,6 +96,7 @@ export class FakeEngine implements ContainerEngine {
 
   async inspect(id: string): Promise<ContainerDetails | null> {
     this.calls.push("inspect");
+    await this.gate("inspect");
     const c = this.containers.get(id);
     if (!c) return null;
     return {
@@ -204,6 +235,7 @@ export class FakeEngine implements ContainerEngine {
 
   async pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void> {
     this.calls.push("pull");
+    await this.gate("pull");
     this.pulls.push({ ref, ...(credentials ? { credentials } : {}) });
     const id = this.registry(ref, credentials);
     onProgress(`Pulling from ${ref}`);
@@ -212,6 +244,7 @@ export class FakeEngine implements ContainerEngine {
 
   async create(spec: ContainerSpec): Promise<string> {
     this.calls.push("create");
+    await this.gate("create");
     if (![...this.images.keys()].includes(spec.image)) throw new EngineError("image_not_found", "No such image");
     if ([...this.containers.values()].some((c) => c.spec.name === spec.name)) {
       throw new EngineError("conflict", `name ${spec.name} taken`);
@@ -224,6 +257,7 @@ export class FakeEngine implements ContainerEngine {
 
   async start(id: string): Promise<void> {
     this.calls.push("start");
+    await this.gate("start");
     const c = this.containers.get(id);
     if (!c) throw new EngineError("not_found", "no such container");
     c.state = "exited";
@@ -233,23 +267,28 @@ export class FakeEngine implements ContainerEngine {
 
   async wait(): Promise<void> {
     this.calls.push("wait");
+    await this.gate("wait");
   }
 
   async stop(): Promise<void> {
     this.calls.push("stop");
+    await this.gate("stop");
   }
 
   async remove(id: string): Promise<void> {
     this.calls.push("remove");
+    await this.gate("remove");
     this.containers.delete(id);
   }
 
   async followLogs(_id: string, _since: string | null, _sink: (entry: LogEntry) => void): Promise<LogFollow> {
     this.calls.push("followLogs");
+    await this.gate("followLogs");
     return { pause() {}, resume() {}, stop() {}, ended: Promise.resolve() };
   }
 
   async stats(): Promise<StatsSample | null> {
+    await this.gate("stats");
     return null;
   }
 

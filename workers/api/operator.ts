@@ -47,6 +47,10 @@ const OperatorNode = z
         state: z.string(),
         free_gpus: z.array(z.number().int()),
         unhealthy_gpus: z.array(z.number().int()),
+        engine_stuck: z.object({ since: Timestamp, operation: z.string(), detail: z.string() }).nullable().openapi({
+          description:
+            "The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again.",
+        }),
         placements: z.array(z.string()),
         last_heartbeat_at: Timestamp.nullable(),
       })
@@ -106,6 +110,11 @@ function nodeView(n: NodeRow, live: NodeView | undefined) {
           state: live.state,
           free_gpus: live.free_gpus,
           unhealthy_gpus: live.unhealthy_gpus,
+          engine_stuck: live.engine_stuck && {
+            since: new Date(live.engine_stuck.since).toISOString(),
+            operation: live.engine_stuck.operation,
+            detail: live.engine_stuck.detail,
+          },
           placements: live.placements,
           last_heartbeat_at: live.last_heartbeat_at === null ? null : new Date(live.last_heartbeat_at).toISOString(),
         }

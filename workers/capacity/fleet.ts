@@ -12,6 +12,7 @@ import type { CapacitySnapshot } from "../../durable-objects/region-scheduler/rp
 import type { Db } from "../db/client";
 import { blocks, jobRuns, jobs, marketOrders, nodes } from "../db/schema";
 import type { Node as SfNode } from "../sfcompute/schemas";
+import { policyFreeGpus } from "./free-gpus";
 import { nodeSaleGroup } from "./market";
 
 export const CAPACITY_NODE_PREFIX = "cap-";
@@ -102,8 +103,7 @@ export async function loadFleet(
       gpuModel: row.gpuModel as GpuModel,
       zone: sf?.zone ?? row.zone,
       gpus: row.gpuCount,
-      // Free for the policy includes GPUs held for Fast (the region's own view leaves them out).
-      freeGpus: registered ? view.gpu_indices.length - view.unhealthy_gpus.length - busy : row.gpuCount,
+      freeGpus: registered ? policyFreeGpus(view, busy) : row.gpuCount,
       state: !registered ? "booting" : view.state === "draining" || row.state === "draining" ? "draining" : "ready",
       endAt,
       work,

@@ -1,0 +1,259 @@
+/**
+ * The engine watchdog on a fake engine whose calls can hang, with time driven by hand: deadlines,
+ * the stuck report while a late call is pending and its end once it settles, and the calls without
+ * a deadline. Then an agent on a hung engine against the test control plane: the placement fails,
+ * retryable, and heartbeats carry `engine_stuck` until the engine answers again.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import type { EngineStuck } from "../core/schemas";
+import { Agent, DEFAULT_AGENT_CONFIG } from "./agent";
+import { type Clock, systemClock } from "./clock";
+import { ControlPlaneClient } from "./control-plane";
+import { EngineError } from "./docker/engine";
+import { EngineWatchdog } from "./engine-watchdog";
+import { DeclaredGpus } from "./gpu";
+import type { Logger } from "./logger";
+import { TestControlPlane } from "./test/control-plane";
+import { FakeEngine } from "./test/fake-engine";
+
+/** Time that moves only when the test says so. */
+class ManualClock implements Clock {
+  t = 1_700_000_000_000;
+  private timers: { at: number; done: () => void }[] = [];
+
+  now(): number {
+    return this.t;
+  }
+
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((done) => {
+      if (signal?.aborted) return done();
+      const timer = { at: this.t + ms, done };
+      this.timers.push(timer);
+      signal?.addEventListener(
+        "abort",
+        () => {
+          this.timers = this.timers.filter((t) => t !== timer);
+          done();
+        },
+        { once: true },
+      );
+    });
+  }
+
+  /** Moves time on, fires the timers due, and lets what they wake run. */
+  async advance(ms: number): Promise<void> {
+    this.t += ms;
+    const due = this.timers.filter((t) => t.at <= this.t);
+    this.timers = this.timers.filter((t) => t.at > this.t);
+    for (const t of due) t.done();
+    await settle();
+  }
+}
+
+const settle = () => new Promise((r) => setImmediate(r));
+
+/** A promise's state without waiting for it. */
+function track<T>(promise: Promise<T>) {
+  const s: { done: boolean; value?: T; error?: unknown } = { done: false };
+  promise.then(
+    (value) => Object.assign(s, { done: true, value }),
+    (error) => Object.assign(s, { done: true, error }),
+  );
+  return s;
+}
+
+const ID = "0123456789abcdef0123456789abcdef";
+
+function setup() {
+  const clock = new ManualClock();
+  const engine = new FakeEngine();
+  const changes: (EngineStuck | undefined)[] = [];
+  const watchdog = new EngineWatchdog(engine, { timeoutMs: 60_000, clock, onChange: (s) => changes.push(s) });
+  return { clock, engine, watchdog, changes };
+}
+
+describe("the engine watchdog", () => {
+  it("rejects a call unanswered past its deadline with engine_timeout, and reports the engine stuck while it is pending", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    engine.hung.add("start");
+    const t0 = clock.now();
+    const start = track(watchdog.start(ID));
+    await clock.advance(59_999);
+    expect(start.done).toBe(false);
+    expect(watchdog.stuck()).toBeUndefined();
+
+    await clock.advance(1);
+    expect(start.error).toBeInstanceOf(EngineError);
+    expect(start.error).toMatchObject({
+      code: "engine_timeout",
+      message: 'the container engine did not answer "start" within 60 s',
+    });
+    const stuck = { since: t0, operation: "start", detail: ID.slice(0, 12) };
+    expect(watchdog.stuck()).toEqual(stuck);
+    expect(changes).toEqual([stuck]);
+
+    // The call still hangs (it cannot be cancelled): still stuck, no news.
+    await clock.advance(10 * 60_000);
+    expect(watchdog.stuck()).toEqual(stuck);
+    expect(engine.heldCalls()).toEqual(["start"]);
+    expect(changes).toHaveLength(1);
+  });
+
+  it("stays stuck until every late call has settled, reporting the oldest, and clears by itself", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    engine.hung.add("start").add("remove");
+    const t0 = clock.now();
+    void watchdog.start(ID).catch(() => {});
+    await clock.advance(10_000);
+    void watchdog.remove(ID).catch(() => {});
+    await clock.advance(60_000);
+    expect(watchdog.stuck()).toMatchObject({ since: t0, operation: "start" });
+
+    // The start answers late: the remove is still out.
+    engine.release("start");
+    await settle();
+    expect(watchdog.stuck()).toMatchObject({ since: t0 + 10_000, operation: "remove" });
+    expect(changes).toHaveLength(1);
+
+    // The engine restarted: the remove fails with a connection error, which settles it too.
+    engine.release("remove", new Error("connect ECONNREFUSED /var/run/docker.sock"));
+    await settle();
+    expect(watchdog.stuck()).toBeUndefined();
+    expect(changes).toEqual([{ since: t0, operation: "start", detail: ID.slice(0, 12) }, undefined]);
+  });
+
+  it("marks nothing for calls answered in time, successes and failures alike", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    engine.hung.add("start").add("inspect");
+    const start = track(watchdog.start(ID));
+    const inspect = track(watchdog.inspect(ID));
+    await clock.advance(59_000);
+    engine.release("start");
+    engine.release("inspect", new EngineError("engine", "500 boom"));
+    await settle();
+    expect(start.error).toMatchObject({ code: "not_found" }); // the fake has no such container
+    expect(inspect.error).toMatchObject({ code: "engine", message: "500 boom" });
+    await clock.advance(120_000);
+    expect(watchdog.stuck()).toBeUndefined();
+    expect(changes).toEqual([]);
+  });
+
+  it("gives a stop its grace period on top of the timeout", async () => {
+    const { clock, engine, watchdog } = setup();
+    engine.hung.add("stop");
+    const stop = track(watchdog.stop(ID, 30_000));
+    await clock.advance(60_000);
+    expect(stop.done).toBe(false);
+    await clock.advance(30_000);
+    expect(stop.error).toMatchObject({
+      code: "engine_timeout",
+      message: 'the container engine did not answer "stop" within 90 s',
+    });
+  });
+
+  it("puts no deadline on pull, wait and followLogs, which are long by nature", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    engine.hung.add("pull").add("wait").add("followLogs");
+    const calls = [
+      track(watchdog.pull("r/app:1", () => {})),
+      track(watchdog.wait(ID)),
+      track(watchdog.followLogs(ID, null, () => {})),
+    ];
+    await clock.advance(60 * 60_000);
+    expect(calls.map((c) => c.done)).toEqual([false, false, false]);
+    expect(watchdog.stuck()).toBeUndefined();
+    expect(changes).toEqual([]);
+    engine.release();
+    await settle();
+    // Answered after an hour: no error of the watchdog's.
+    expect(calls.map((c) => [c.done, c.error])).toEqual([
+      [true, undefined],
+      [true, undefined],
+      [true, undefined],
+    ]);
+  });
+});
+
+describe("an agent on a hung engine", () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  it("fails the placement whose start hangs (retryable), reports engine_stuck at once, and clears it when the engine answers", async () => {
+    // Heartbeats a minute apart: only the registration's, unless the agent brings one forward.
+    const cp = await TestControlPlane.start({ heartbeatIntervalMs: 60_000, pollWaitMs: 1_000 });
+    cleanups.push(() => cp.close());
+    const engine = new FakeEngine();
+    engine.images.set("r/app:1", "sha256:app");
+    engine.hung.add("start").add("remove");
+    const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-stuck-"));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const logs: { level: string; msg: string }[] = [];
+    const log: Logger = (level, msg) => logs.push({ level, msg });
+    const agent = await Agent.start(
+      {
+        ...DEFAULT_AGENT_CONFIG,
+        agentName: "unit",
+        dataDir,
+        reconcileIntervalMs: 100,
+        backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
+        engineTimeoutMs: 300,
+      },
+      {
+        engine,
+        api: new ControlPlaneClient(cp.url, cp.token),
+        gpus: new DeclaredGpus(8, "H100"),
+        host: { hostname: "unit-host", cpuMilli: 2_000, memoryMib: 4_096 },
+        clock: systemClock,
+        random: () => 0.5,
+        log,
+      },
+    );
+    cleanups.push(() => agent.stop());
+    await cp.waitFor("the first heartbeat", () => cp.heartbeats.length > 0);
+    expect(cp.heartbeats[0]!.engine_stuck).toBeUndefined();
+
+    cp.setPlacements([
+      {
+        placement_id: "p-hung",
+        job_id: "job-hung",
+        attempt: 1,
+        image: "r/app:1",
+        gpu_indices: [0],
+        cpu_milli: 100,
+        memory_mib: 64,
+        kill_deadline: null,
+        desired: "running",
+      },
+    ]);
+    const outcome = await cp.outcome("p-hung", 10_000);
+    expect(outcome).toMatchObject({
+      type: "failed",
+      reason:
+        'container start timed out: the container engine did not answer "start" within 0.3 s; the node is cordoned until its engine answers',
+    });
+    expect(outcome).not.toHaveProperty("retryable");
+    const stuck = await cp.waitFor("a heartbeat with engine_stuck", () => cp.heartbeats.find((h) => h.engine_stuck));
+    expect(stuck.engine_stuck).toMatchObject({ operation: "start" });
+    expect(cp.eventsFor("p-hung").map((e) => e.type)).toEqual(["failed"]);
+
+    // The engine is restarted: the hung calls fail with connection errors, and the engine answers.
+    engine.hung.clear();
+    engine.release(undefined, new Error("connect ECONNREFUSED /var/run/docker.sock"));
+    const beats = cp.heartbeats.length;
+    await cp.waitFor("a heartbeat without engine_stuck", () => cp.heartbeats.slice(beats).find((h) => !h.engine_stuck));
+    expect(logs.filter((l) => l.msg.startsWith("container engine stuck"))).toMatchObject([{ level: "warn" }]);
+    expect(logs.filter((l) => l.msg === "container engine answers again")).toMatchObject([{ level: "info" }]);
+
+    // The container of the failed start goes once the placement has left the desired set.
+    expect(engine.containerCount).toBe(1);
+    cp.setPlacements([]);
+    await cp.waitFor("the container removed", () => engine.containerCount === 0, 10_000);
+    expect(cp.eventsFor("p-hung").map((e) => e.type)).toEqual(["failed"]);
+  });
+});
