@@ -111,6 +111,7 @@ async function main(argv: string[]): Promise<number> {
   process.once("SIGTERM", stopOnSignal);
 
   let failed = false;
+  let keep = false;
   try {
     say(`Warming the image cache: one job with ${target.image} (not counted)…`);
     const warm = await runOneJob({ apiUrl: target.apiUrl, apiKey: target.apiKey, image: target.image });
@@ -155,13 +156,15 @@ async function main(argv: string[]): Promise<number> {
     say(histograms(samples));
     if (cpu) say(cpuLine(cpu));
     process.stdout.write(`${JSON.stringify({ ...report, engine_baseline: engine, cpu }, null, 2)}\n`);
+    // An error is worth a look at the platform's logs: the local platform's state folder stays.
+    if (!report.targets.no_errors) keep = true;
     return Object.values(report.targets).every(Boolean) ? 0 : 1;
   } catch (error) {
     failed = true;
     say(`load test failed: ${error instanceof Error ? error.message : String(error)}`);
     return 2;
   } finally {
-    await target.stop(failed);
+    await target.stop(failed || keep);
   }
 }
 
