@@ -12,7 +12,7 @@ import type { Clock } from "./clock";
 import { LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import type { ContainerEngine, LogFollow, StatsSample } from "./docker/engine";
-import { DEFAULT_ENGINE_TIMEOUT_MS, EngineWatchdog, formatSeconds } from "./engine-watchdog";
+import { DEFAULT_ENGINE_TIMEOUT_MS, DEFAULT_PULL_STALL_MS, EngineWatchdog, formatSeconds } from "./engine-watchdog";
 import type { GpuInventoryResult, GpuSource } from "./gpu";
 import { probeReady } from "./health-check";
 import { type DiskUsageReader, diskFreeBytes, type HostFacts } from "./host";
@@ -65,6 +65,11 @@ export interface AgentConfig {
    * (engine-watchdog.ts).
    */
   engineTimeoutMs: number;
+  /**
+   * How long an image pull may report no progress before the agent gives up on it and fails the
+   * placement, retryable (engine-watchdog.ts); the engine is not marked stuck.
+   */
+  pullStallMs: number;
 }
 
 export interface IngressConfig {
@@ -90,6 +95,7 @@ export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = 
   // A cold start waits for this probe: 250 ms costs a local HTTP GET per starting replica, 4 a second.
   startingReadinessIntervalMs: 250,
   engineTimeoutMs: DEFAULT_ENGINE_TIMEOUT_MS,
+  pullStallMs: DEFAULT_PULL_STALL_MS,
 };
 
 export interface AgentDeps {
@@ -154,6 +160,7 @@ export class Agent {
     mkdirSync(config.dataDir, { recursive: true });
     this.engine = new EngineWatchdog(deps.engine, {
       timeoutMs: config.engineTimeoutMs,
+      pullStallMs: config.pullStallMs,
       clock: deps.clock,
       onChange: (stuck) => this.engineStuckChanged(stuck),
     });

@@ -254,6 +254,27 @@ describe("scalar-agent command line", () => {
     expect(() => parse(required, { SCALAR_ENGINE_TIMEOUT_S: "x" })).toThrow(UsageError);
   });
 
+  it("takes the pull stall timeout in seconds (300 unless told), from the flag or the environment, and checks it", () => {
+    expect(parse(required).agent.pullStallMs).toBe(300_000);
+    expect(parse([...required, "--pull-stall-timeout", "600"]).agent.pullStallMs).toBe(600_000);
+    expect(parse(required, { SCALAR_PULL_STALL_TIMEOUT_S: "120" }).agent.pullStallMs).toBe(120_000);
+    expect(
+      parse([...required, "--pull-stall-timeout", "1"], { SCALAR_PULL_STALL_TIMEOUT_S: "120" }).agent.pullStallMs,
+    ).toBe(1_000);
+    expect(parse(required, { SCALAR_PULL_STALL_TIMEOUT_S: "" }).agent.pullStallMs).toBe(300_000);
+    // Apart from the engine timeout.
+    expect(parse([...required, "--pull-stall-timeout", "600"]).agent.engineTimeoutMs).toBe(60_000);
+    expect(parse([...required, "--engine-timeout", "90"]).agent.pullStallMs).toBe(300_000);
+    for (const bad of ["0", "-1", "1.5", "300s", "5m", " "]) {
+      expect(() => parse([...required, `--pull-stall-timeout=${bad}`])).toThrow(
+        `--pull-stall-timeout (SCALAR_PULL_STALL_TIMEOUT_S) takes a whole number of seconds, at least 1, not "${bad}"`,
+      );
+    }
+    expect(() => parse(required, { SCALAR_PULL_STALL_TIMEOUT_S: "x" })).toThrow(
+      `--pull-stall-timeout (SCALAR_PULL_STALL_TIMEOUT_S) takes a whole number of seconds, at least 1, not "x"`,
+    );
+  });
+
   it("says what is missing or wrong", () => {
     expect(() => parse([])).toThrow(/control plane URL is missing/);
     expect(() => parse(["--api-url", "not a url", "--token", "x"])).toThrow(/not a URL/);
@@ -281,6 +302,7 @@ describe("the scalar-agent program", () => {
       expect(r.stdout).toContain(flag);
     expect(r.stdout).toMatch(/SCALAR_INGRESS_PORT/);
     expect(r.stdout).toMatch(/--engine-timeout S .*\n(.*\n)*.*SCALAR_ENGINE_TIMEOUT_S; default 60\)/);
+    expect(r.stdout).toMatch(/--pull-stall-timeout S .*\n(.*\n)*.*SCALAR_PULL_STALL_TIMEOUT_S; default 300\)/);
   });
 
   it("exits 2 with the reason when the configuration is incomplete", () => {

@@ -51,6 +51,9 @@ Usage: scalar-agent [options]
                          start, inspect, …; a stop: past its grace period); then the placement fails
                          (retryable) and heartbeats report the engine stuck, which cordons the node
                          until it answers again (env SCALAR_ENGINE_TIMEOUT_S; default ${DEFAULT_AGENT_CONFIG.engineTimeoutMs / 1000})
+  --pull-stall-timeout S  how many seconds an image pull may go without progress before the agent
+                         gives up on it and fails the placement (retryable; the node stays in service)
+                                              (env SCALAR_PULL_STALL_TIMEOUT_S; default ${DEFAULT_AGENT_CONFIG.pullStallMs / 1000})
   --retry-max-ms MS      longest wait between retries to the control plane (default ${DEFAULT_BACKOFF.maxMs})
   --log-level LEVEL      debug | info | warn | error  (default info)
   --help, --version
@@ -193,14 +196,12 @@ function ingressOptions(
   return { port, host: host ?? "0.0.0.0", url };
 }
 
-/** `--engine-timeout` (whole seconds, at least 1) → milliseconds. */
-function engineTimeout(raw: string | undefined): number {
-  if (raw === undefined) return DEFAULT_AGENT_CONFIG.engineTimeoutMs;
+/** `--engine-timeout`, `--pull-stall-timeout` (whole seconds, at least 1) → milliseconds; `fallbackMs` when unset. */
+function seconds(flag: string, envName: string, raw: string | undefined, fallbackMs: number): number {
+  if (raw === undefined) return fallbackMs;
   const n = Number(raw);
   if (raw.trim() === "" || !Number.isInteger(n) || n < 1) {
-    throw new UsageError(
-      `--engine-timeout (SCALAR_ENGINE_TIMEOUT_S) takes a whole number of seconds, at least 1, not "${raw}"`,
-    );
+    throw new UsageError(`--${flag} (${envName}) takes a whole number of seconds, at least 1, not "${raw}"`);
   }
   return n * 1000;
 }
@@ -250,6 +251,7 @@ export function parseCli(
         "image-min-age": { type: "string" },
         "retry-max-ms": { type: "string" },
         "engine-timeout": { type: "string" },
+        "pull-stall-timeout": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean" },
@@ -308,7 +310,18 @@ export function parseCli(
   }
 
   const imageGc = imageGcOptions(str, env);
-  const engineTimeoutMs = engineTimeout(str("engine-timeout") ?? (env.SCALAR_ENGINE_TIMEOUT_S || undefined));
+  const engineTimeoutMs = seconds(
+    "engine-timeout",
+    "SCALAR_ENGINE_TIMEOUT_S",
+    str("engine-timeout") ?? (env.SCALAR_ENGINE_TIMEOUT_S || undefined),
+    DEFAULT_AGENT_CONFIG.engineTimeoutMs,
+  );
+  const pullStallMs = seconds(
+    "pull-stall-timeout",
+    "SCALAR_PULL_STALL_TIMEOUT_S",
+    str("pull-stall-timeout") ?? (env.SCALAR_PULL_STALL_TIMEOUT_S || undefined),
+    DEFAULT_AGENT_CONFIG.pullStallMs,
+  );
   const retryMax = integer("retry-max-ms", str("retry-max-ms"), 100);
   const cpus = integer("cpus", str("cpus"), 1);
   const memoryMib = integer("memory-mib", str("memory-mib"), 64);
@@ -341,6 +354,7 @@ export function parseCli(
       backoff: { ...DEFAULT_BACKOFF, ...(retryMax !== undefined ? { maxMs: retryMax } : {}) },
       imageGc,
       engineTimeoutMs,
+      pullStallMs,
       ...(ingress ? { ingress } : {}),
     },
   };

@@ -13,7 +13,7 @@ import { Agent, DEFAULT_AGENT_CONFIG } from "./agent";
 import { type Clock, systemClock } from "./clock";
 import { ControlPlaneClient } from "./control-plane";
 import { EngineError } from "./docker/engine";
-import { EngineWatchdog } from "./engine-watchdog";
+import { EngineWatchdog, PullStalled } from "./engine-watchdog";
 import { DeclaredGpus } from "./gpu";
 import type { Logger } from "./logger";
 import { TestControlPlane } from "./test/control-plane";
@@ -155,16 +155,12 @@ describe("the engine watchdog", () => {
     });
   });
 
-  it("puts no deadline on pull, wait and followLogs, which are long by nature", async () => {
+  it("puts no deadline on wait and followLogs, which are long by nature", async () => {
     const { clock, engine, watchdog, changes } = setup();
-    engine.hung.add("pull").add("wait").add("followLogs");
-    const calls = [
-      track(watchdog.pull("r/app:1", () => {})),
-      track(watchdog.wait(ID)),
-      track(watchdog.followLogs(ID, null, () => {})),
-    ];
+    engine.hung.add("wait").add("followLogs");
+    const calls = [track(watchdog.wait(ID)), track(watchdog.followLogs(ID, null, () => {}))];
     await clock.advance(60 * 60_000);
-    expect(calls.map((c) => c.done)).toEqual([false, false, false]);
+    expect(calls.map((c) => c.done)).toEqual([false, false]);
     expect(watchdog.stuck()).toBeUndefined();
     expect(changes).toEqual([]);
     engine.release();
@@ -173,8 +169,126 @@ describe("the engine watchdog", () => {
     expect(calls.map((c) => [c.done, c.error])).toEqual([
       [true, undefined],
       [true, undefined],
-      [true, undefined],
     ]);
+  });
+});
+
+/** The fake engine's pull replaced by one the test drives: progress events, then success or an error. */
+function drivenPull(engine: FakeEngine) {
+  const pulls: { ref: string; progress: (p: string) => void; finish: (error?: Error) => void }[] = [];
+  engine.pull = (ref, onProgress) =>
+    new Promise<void>((resolve, reject) => {
+      pulls.push({ ref, progress: onProgress, finish: (error) => (error ? reject(error) : resolve()) });
+    });
+  return pulls;
+}
+
+describe("the engine watchdog on pulls", () => {
+  it("fails a pull silent for 5 minutes with pull_stalled, without marking the engine stuck; the engine's pull goes on", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    const pulls = drivenPull(engine);
+    const heard: string[] = [];
+    const pull = track(watchdog.pull("r/app:1", (p) => heard.push(p)));
+    await clock.advance(299_999);
+    expect(pull.done).toBe(false);
+
+    await clock.advance(1);
+    expect(pull.error).toBeInstanceOf(PullStalled);
+    expect(pull.error).toMatchObject({
+      code: "pull_stalled",
+      message: "image pull made no progress for 300 s",
+      ref: "r/app:1",
+      stallMs: 300_000,
+    });
+    // The registry or the network, not the engine: no stuck report, no cordon.
+    expect(watchdog.stuck()).toBeUndefined();
+    expect(changes).toEqual([]);
+
+    // The engine's pull was not cancelled: it goes on, its progress goes nowhere, and its end is told.
+    const outcome = track((pull.error as PullStalled).outcome);
+    pulls[0]!.progress("Downloading 1 MB / 9 MB");
+    await clock.advance(60 * 60_000);
+    expect(heard).toEqual([]);
+    expect(outcome.done).toBe(false);
+    pulls[0]!.finish();
+    await settle();
+    expect(outcome.value).toEqual({ pulled: true });
+    expect(watchdog.stuck()).toBeUndefined();
+    expect(changes).toEqual([]);
+  });
+
+  it("tells how a stalled pull ended when the engine's pull fails later", async () => {
+    const { clock, engine, watchdog } = setup();
+    const pulls = drivenPull(engine);
+    const pull = track(watchdog.pull("r/app:1", () => {}));
+    await clock.advance(300_000);
+    const outcome = track((pull.error as PullStalled).outcome);
+    const error = new EngineError("registry_unreachable", "read tcp: connection reset by peer");
+    pulls[0]!.finish(error);
+    await settle();
+    expect(outcome.value).toEqual({ pulled: false, error });
+  });
+
+  it("starts the stall time again at every progress event: a slow pull that keeps moving succeeds", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    const pulls = drivenPull(engine);
+    const heard: string[] = [];
+    const pull = track(watchdog.pull("r/app:1", (p) => heard.push(p)));
+    // An hour of download, an event every 4 minutes 50 s: never 5 minutes of silence.
+    for (let i = 0; i < 12; i++) {
+      await clock.advance(290_000);
+      pulls[0]!.progress(`Downloading ${i}`);
+    }
+    expect(pull.done).toBe(false);
+    expect(heard).toHaveLength(12);
+    pulls[0]!.finish();
+    await settle();
+    expect([pull.done, pull.error]).toEqual([true, undefined]);
+    expect(changes).toEqual([]);
+  });
+
+  it("counts the silence from the last progress event", async () => {
+    const { clock, engine, watchdog } = setup();
+    const pulls = drivenPull(engine);
+    const pull = track(watchdog.pull("r/app:1", () => {}));
+    await clock.advance(200_000);
+    pulls[0]!.progress("Extracting 10 MB / 900 MB");
+    await clock.advance(299_999); // 499.999 s in: more than 300 s since the start, not since the event
+    expect(pull.done).toBe(false);
+    await clock.advance(1);
+    expect(pull.error).toMatchObject({ code: "pull_stalled" });
+  });
+
+  it("takes its stall limit from pullStallMs", async () => {
+    const clock = new ManualClock();
+    const engine = new FakeEngine();
+    drivenPull(engine);
+    const watchdog = new EngineWatchdog(engine, { timeoutMs: 60_000, pullStallMs: 30_000, clock });
+    expect(watchdog.pullStallMs).toBe(30_000);
+    const pull = track(watchdog.pull("r/app:1", () => {}));
+    await clock.advance(29_999);
+    expect(pull.done).toBe(false);
+    await clock.advance(1);
+    expect(pull.error).toMatchObject({ code: "pull_stalled", message: "image pull made no progress for 30 s" });
+  });
+
+  it("leaves a pull that ends in time alone: its result, its progress and its own errors pass through", async () => {
+    const { clock, engine, watchdog, changes } = setup();
+    engine.registry = (ref) => {
+      if (ref === "r/missing:1") throw new EngineError("image_not_found", "manifest unknown");
+      return "sha256:app";
+    };
+    const heard: string[] = [];
+    await expect(watchdog.pull("r/app:1", (p) => heard.push(p))).resolves.toBeUndefined();
+    expect(heard).toEqual(["Pulling from r/app:1"]);
+    expect(engine.images.get("r/app:1")).toBe("sha256:app");
+    const missing = watchdog.pull("r/missing:1", () => {});
+    await expect(missing).rejects.toMatchObject({ code: "image_not_found", message: "manifest unknown" });
+    await expect(missing).rejects.not.toBeInstanceOf(PullStalled);
+    // No timer left behind to fire later.
+    await clock.advance(60 * 60_000);
+    expect(watchdog.stuck()).toBeUndefined();
+    expect(changes).toEqual([]);
   });
 });
 

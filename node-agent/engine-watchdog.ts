@@ -6,9 +6,14 @@
  * call itself cannot be cancelled, so it stays tracked, and the engine counts as stuck until every
  * call that passed its deadline has settled (a restarted engine fails them with connection errors).
  *
- * No deadline on what is long by nature: `pull` (as long as the download; it reports progress),
- * `wait` (until the container exits) and `followLogs` (the call resolves once the stream opens; a
- * stream opened after a deadline would be left following with no one to stop it).
+ * No deadline on what is long by nature: `wait` (until the container exits) and `followLogs` (the
+ * call resolves once the stream opens; a stream opened after a deadline would be left following
+ * with no one to stop it). A `pull` takes as long as its download, so it has no deadline either,
+ * but it reports progress all along (the engine sends events while it downloads or extracts): one
+ * silent for `pullStallMs` rejects with PullStalled (`pull_stalled`). That is usually the registry
+ * or the network, not the engine: it does not make the engine stuck. The engine's pull cannot be
+ * cancelled and goes on; PullStalled.outcome says how it ends (a pull that finishes later leaves
+ * the image cached), and its progress goes nowhere from the stall on.
  */
 import type { EngineStuck } from "../core/schemas";
 import type { Clock } from "./clock";
@@ -26,10 +31,13 @@ import {
 } from "./docker/engine";
 
 export const DEFAULT_ENGINE_TIMEOUT_MS = 60_000;
+export const DEFAULT_PULL_STALL_MS = 300_000;
 
 export interface EngineWatchdogOptions {
   /** How long a call may go unanswered (a stop: its grace period plus this). */
   timeoutMs: number;
+  /** How long a pull may go without reporting progress before it fails (default DEFAULT_PULL_STALL_MS). */
+  pullStallMs?: number;
   clock: Clock;
   /** The engine became stuck (the oldest late call), or answers again (undefined). */
   onChange?: (stuck: EngineStuck | undefined) => void;
@@ -41,6 +49,23 @@ export function formatSeconds(ms: number): string {
 }
 
 const shortId = (id: string) => id.slice(0, 12);
+
+/** How the engine's own pull ended after the watchdog gave up on it. */
+export type LatePullOutcome = { pulled: true } | { pulled: false; error: unknown };
+
+/**
+ * A pull silent for the stall limit. The engine's pull itself goes on (it cannot be cancelled):
+ * `outcome` resolves (never rejects) when it ends, so whoever tracks the pull can settle it then.
+ */
+export class PullStalled extends EngineError {
+  constructor(
+    readonly ref: string,
+    readonly stallMs: number,
+    readonly outcome: Promise<LatePullOutcome>,
+  ) {
+    super("pull_stalled", `image pull made no progress for ${formatSeconds(stallMs)}`);
+  }
+}
 
 export class EngineWatchdog implements ContainerEngine {
   /** Calls past their deadline that have not settled yet. */
@@ -85,9 +110,62 @@ export class EngineWatchdog implements ContainerEngine {
     return this.guard("imageId", ref, () => this.engine.imageId(ref));
   }
 
-  /** No deadline: a pull takes as long as its download, and reports progress meanwhile. */
+  get pullStallMs(): number {
+    return this.opts.pullStallMs ?? DEFAULT_PULL_STALL_MS;
+  }
+
+  /**
+   * No deadline (a pull takes as long as its download), but a stall limit: PullStalled once it has
+   * reported no progress for `pullStallMs`, every progress event starting that time again. A stall
+   * does not make the engine stuck. One timer at a time, not one per event: a pull reports often.
+   */
   pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void> {
-    return this.engine.pull(ref, onProgress, credentials);
+    const { clock } = this.opts;
+    const stallMs = this.pullStallMs;
+    let lastProgress = clock.now();
+    let stalled = false;
+    let pending: Promise<void>;
+    try {
+      pending = this.engine.pull(
+        ref,
+        (progress) => {
+          // Given up on: the caller has moved on, and hears no more of this pull.
+          if (stalled) return;
+          lastProgress = clock.now();
+          onProgress(progress);
+        },
+        credentials,
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return new Promise<void>((resolve, reject) => {
+      const timer = new AbortController();
+      pending.then(
+        () => {
+          timer.abort();
+          resolve();
+        },
+        (error) => {
+          timer.abort();
+          reject(error);
+        },
+      );
+      void (async () => {
+        for (;;) {
+          const left = lastProgress + stallMs - clock.now();
+          if (left <= 0) break;
+          await clock.sleep(left, timer.signal);
+          if (timer.signal.aborted) return;
+        }
+        stalled = true;
+        const outcome = pending.then(
+          (): LatePullOutcome => ({ pulled: true }),
+          (error: unknown): LatePullOutcome => ({ pulled: false, error }),
+        );
+        reject(new PullStalled(ref, stallMs, outcome));
+      })();
+    });
   }
 
   dataRoot(): Promise<string | null> {

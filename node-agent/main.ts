@@ -40,7 +40,7 @@ try {
   agent = await Agent.start(
     { ...options.agent, maxContainerCpuMilli: host.cpuMilli },
     {
-      // The agent puts its deadlines on it (engine-watchdog.ts, --engine-timeout).
+      // The agent puts its deadlines on it (engine-watchdog.ts, --engine-timeout, --pull-stall-timeout).
       engine: new DockerodeEngine({ socketPath: options.dockerSocket }),
       api: new ControlPlaneClient(options.apiUrl, options.token),
       gpus,
@@ -61,6 +61,7 @@ log("info", "agent started", {
   docker_socket: options.dockerSocket,
   data_dir: options.agent.dataDir,
   engine_timeout_s: options.agent.engineTimeoutMs / 1000,
+  pull_stall_timeout_s: options.agent.pullStallMs / 1000,
   ...(options.agent.ingress ? { ingress_url: options.agent.ingress.url } : {}),
 });
 

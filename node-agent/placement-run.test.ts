@@ -430,6 +430,86 @@ describe("a hung container engine", () => {
   });
 });
 
+describe("a stalled image pull", () => {
+  /** A node whose pulls fail after 100 ms without progress, the image not cached, and whose pulls hang. */
+  function stallingNode() {
+    const n = node();
+    const watchdog = new EngineWatchdog(n.engine, { timeoutMs: 60_000, pullStallMs: 100, clock: systemClock });
+    n.ctx.engine = watchdog;
+    n.engine.hung.add("pull");
+    const pendingPulls = () => JSON.parse(n.stateFile()).pending_pulls as Record<string, number> | undefined;
+    return { ...n, watchdog, pendingPulls };
+  }
+
+  it("fails the placement, retryable, with the reason; the node is not marked stuck, and a late end reports nothing", async () => {
+    const n = stallingNode();
+    const events = await n.run();
+    expect(types(events)).toEqual(["pulling", "failed"]);
+    expect(failure(events)).toMatchObject({
+      reason: `image pull failed for ${IMAGE}: no progress for 0.1 s (registry or network stalled)`,
+    });
+    expect(failure(events)).not.toHaveProperty("retryable");
+    expect(n.engine.calls).not.toContain("create");
+    expect(n.watchdog.stuck()).toBeUndefined();
+    expect(n.logs.map((l) => JSON.parse(l))).toContainEqual(
+      expect.objectContaining({ level: "warn", msg: "placement failed", retryable: true }),
+    );
+
+    // The engine's pull was left running; it finishes: the image is cached, the placement stays failed.
+    expect(n.engine.heldCalls()).toEqual(["pull"]);
+    n.engine.release("pull");
+    await until(() => n.logs.some((l) => l.includes("a stalled image pull finished after all")));
+    expect(n.engine.images.get(IMAGE)).toBe(`sha256:${IMAGE}`);
+    const all = n.events().filter((e) => e.placement_id === events[0]!.placement_id);
+    expect(types(all)).toEqual(["pulling", "failed"]);
+  });
+
+  it("keeps a pull with credentials marked while the engine's pull goes on, and records it when it ends", async () => {
+    const n = stallingNode();
+    n.engine.registry = privateRegistry([ALICE]);
+    n.engine.images.set("other/app:1", "sha256:other"); // cached, never seen public by this process
+    const events = await n.run({ credentials: ALICE });
+    expect(failure(events)?.reason).toBe(
+      `image pull failed for ${IMAGE}: no progress for 0.1 s (registry or network stalled)`,
+    );
+    // The engine may still put the image here: until it says, an image without a record is not taken for public.
+    expect(n.pendingPulls()).toEqual({ [IMAGE]: expect.any(Number) });
+    expect(n.images.unsettled).toBe(true);
+    expect(n.images.isPublic("sha256:other")).toBe(false);
+
+    n.engine.release("pull");
+    await until(() => n.state.imageRecord("sha256:private") !== undefined);
+    expect(n.state.imageRecord("sha256:private")).toMatchObject({
+      ref: IMAGE,
+      fingerprints: [n.images.fingerprint({ registry: REGISTRY, credentials: ALICE })],
+    });
+    expect(n.pendingPulls()).toEqual({});
+    expect(n.images.unsettled).toBe(false);
+    expect(n.stateFile()).not.toContain(ALICE.password);
+  });
+
+  it("drops the mark of a stalled pull with credentials once the engine's pull fails", async () => {
+    const n = stallingNode();
+    await n.run({ credentials: ALICE });
+    expect(n.pendingPulls()).toEqual({ [IMAGE]: expect.any(Number) });
+    n.engine.release("pull", new EngineError("registry_unreachable", `read tcp: reset (${ALICE.password})`));
+    await until(() => n.logs.some((l) => l.includes("a stalled image pull ended with an error")));
+    expect(n.pendingPulls()).toEqual({});
+    expect(n.images.unsettled).toBe(false);
+    expect(n.state.imageRecordIds()).toEqual([]);
+    expect(n.logs.join("\n")).not.toContain(ALICE.password);
+  });
+});
+
+/** Waits (real time, briefly) for something a background promise does. */
+async function until(condition: () => boolean, ms = 2_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 describe("private image records", () => {
   it("finds the record under any name of the image (engine id), e.g. with docker.io/ or a digest", async () => {
     const n = node();

@@ -13,12 +13,13 @@ import type { Clock } from "./clock";
 import { containerSpec, LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
 import { type ContainerDetails, type ContainerEngine, EngineError, type LogFollow } from "./docker/engine";
+import { formatSeconds, PullStalled } from "./engine-watchdog";
 import { isNoSpace } from "./image-gc";
 import { followContainerLog } from "./log-follower";
 import type { LogShipper } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
 import type { EventOutbox } from "./outbox";
-import type { PrivateImages } from "./private-images";
+import type { PrivateImages, PullTicket } from "./private-images";
 import { effectivePolicy, type PullPolicy } from "./pull-policy";
 import type { AgentState } from "./state";
 
@@ -83,6 +84,10 @@ export function pullFailureReason(image: string, error: unknown, credentials?: {
     }
     case "registry_unreachable":
       return `image pull failed: registry unreachable for ${image} (${message})`;
+    case "pull_stalled": {
+      const silence = error instanceof PullStalled ? `no progress for ${formatSeconds(error.stallMs)}` : message;
+      return `image pull failed for ${image}: ${silence} (registry or network stalled)`;
+    }
     default:
       return `image pull failed for ${image}: ${message}`;
   }
@@ -92,7 +97,8 @@ export function pullFailureReason(image: string, error: unknown, credentials?: {
  * A pull another attempt would fail the same way, on any node: the registry says the image does not
  * exist or may not be read with the credentials sent, or without any (docker says "not found",
  * "denied", "no basic auth credentials", "unauthorized"), or the name is malformed.
- * An unreachable registry, a full disk or anything else may pass on the next try.
+ * An unreachable registry, a pull that stalled (`pull_stalled`: another node, or the next try, may
+ * reach the registry), a full disk or anything else may pass on the next try.
  */
 export function pullRetryable(error: unknown): boolean {
   const code = error instanceof EngineError ? error.code : "engine";
@@ -363,7 +369,8 @@ export class PlacementRun {
           : undefined,
       );
     } catch (error) {
-      pull.failed();
+      if (error instanceof PullStalled) this.settleLate(error, pull, redact);
+      else pull.failed();
       if (isNoSpace(error)) this.ctx.diskFull?.();
       const unreachable = error instanceof EngineError && error.code === "registry_unreachable";
       const local = unreachable ? await this.imageId(image) : null;
@@ -382,6 +389,40 @@ export class PlacementRun {
     if (pulled) this.using(pulled);
     this.progress(`pulled ${image}`, true);
     return true;
+  }
+
+  /**
+   * A stalled pull fails the placement, but the engine's pull goes on and may still put the image
+   * here: its ticket stays open (a pull with credentials stays marked, so that a cached image
+   * without a record is not taken for public meanwhile) and is settled when the engine's pull ends,
+   * as a pull that ended then would have been.
+   */
+  private settleLate(stalled: PullStalled, pull: PullTicket, redact: (text: string) => string): void {
+    const image = this.placement.image;
+    const settled = stalled.outcome.then(async (late) => {
+      if (late.pulled) {
+        pull.succeeded(await this.imageId(image));
+        this.ctx.log("info", "a stalled image pull finished after all; the image is cached", {
+          placement_id: this.id,
+          image,
+        });
+      } else {
+        pull.failed();
+        if (isNoSpace(late.error)) this.ctx.diskFull?.();
+        this.ctx.log("info", "a stalled image pull ended with an error", {
+          placement_id: this.id,
+          image,
+          error: redact(errorText(late.error)),
+        });
+      }
+    });
+    settled.catch((error) =>
+      this.ctx.log("warn", "could not record the end of a stalled image pull", {
+        placement_id: this.id,
+        image,
+        error: errorText(error),
+      }),
+    );
   }
 
   /** Notes the image this placement starts from (image GC keeps recently used images); true. */

@@ -103,6 +103,11 @@ export type EngineErrorCode =
   | "gpu_unavailable"
   /** The engine left the call unanswered past the agent's deadline (engine-watchdog.ts); it may still answer. */
   | "engine_timeout"
+  /**
+   * A pull reported no progress for the agent's stall limit (engine-watchdog.ts): usually the
+   * registry or the network, not the engine, which is not marked stuck. The engine's pull may go on.
+   */
+  | "pull_stalled"
   | "engine";
 
 export class EngineError extends Error {
