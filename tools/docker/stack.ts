@@ -15,8 +15,9 @@
 import { type SpawnOptions, spawn, spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { ROOT, STATE_DIR } from "../db/local";
+import { hungStarts } from "./wedge";
 
 export const DOCKER_DIR = resolve(STATE_DIR, "docker");
 export const FAKE_GPU_DIR = resolve(ROOT, "tools/docker/fake-gpu");
@@ -239,9 +240,25 @@ export async function ensureRegistry(log: (line: string) => void): Promise<void>
 }
 
 export async function ensureEngine(kind: EngineKind, log: (line: string) => void): Promise<string> {
-  const running = await findEngine(kind);
-  if (running) return running.socket;
   const spec = engineSpec(kind);
+  const running = await findEngine(kind);
+  if (running) {
+    // A wedged engine answers pings but starts nothing (wedge.ts): restart this checkout's own.
+    const hung = hungStarts(join(dirname(running.socket), "exec"));
+    if (hung.length === 0) return running.socket;
+    const what = `the ${kind} engine at ${running.socket} is wedged: container ${hung[0]!.containerId.slice(0, 12)} has been starting for ${hung[0]!.ageS} s (${hung.length} start(s) hung; a known deadlock of Debian's docker.io 20.10 libnetwork, docs/performance.md)`;
+    if (running.socket !== spec.socket) {
+      throw new Error(
+        `${what}; restart it from the checkout that started it (npm run docker:down && npm run docker:up)`,
+      );
+    }
+    log(`${what}; restarting it`);
+    await stopEngine(kind, log);
+    // A hung `runc create` may outlive its engine; the new engine would find it and restart again.
+    for (const h of hung) {
+      if (alive(h.pid)) process.kill(h.pid, "SIGKILL");
+    }
+  }
   mkdirSync(join(spec.dir, "logs"), { recursive: true });
   const logFile = join(spec.dir, "logs/dockerd.log");
   const path = kind === "gpu" ? `${FAKE_GPU_DIR}:${process.env.PATH}` : (process.env.PATH ?? "");
@@ -313,16 +330,37 @@ export async function ensureDockerStack(opts: { install: boolean; log: (line: st
   return { gpuSocket, plainSocket, registry: LOCAL_REGISTRY, image: TEST_IMAGE };
 }
 
+interface Stoppable {
+  what: string;
+  pidFile: string;
+  netns: string | null;
+}
+
+function engineTarget(kind: EngineKind): Stoppable {
+  return {
+    what: `${kind} engine`,
+    pidFile: join(engineSpec(kind).dir, "dockerd.pid"),
+    netns: join(engineSpec(kind).dir, "exec/netns/default"),
+  };
+}
+
+async function stopEngine(kind: EngineKind, log: (line: string) => void): Promise<void> {
+  await stopTargets([engineTarget(kind)], log);
+}
+
 /** Stops the engines and the registry that this checkout started (their pid files are under .scalar/docker). */
 export async function stopDockerStack(log: (line: string) => void): Promise<void> {
-  const targets = [
-    ...(["plain", "gpu"] as const).map((kind) => ({
-      what: `${kind} engine`,
-      pidFile: join(engineSpec(kind).dir, "dockerd.pid"),
-      netns: join(engineSpec(kind).dir, "exec/netns/default"),
-    })),
-    { what: "registry", pidFile: join(DOCKER_DIR, "registry.pid"), netns: null },
-  ];
+  await stopTargets(
+    [
+      engineTarget("plain"),
+      engineTarget("gpu"),
+      { what: "registry", pidFile: join(DOCKER_DIR, "registry.pid"), netns: null },
+    ],
+    log,
+  );
+}
+
+async function stopTargets(targets: Stoppable[], log: (line: string) => void): Promise<void> {
   for (const t of targets) {
     if (!existsSync(t.pidFile)) continue;
     const pid = Number.parseInt(readFileSync(t.pidFile, "utf8"), 10);
