@@ -592,6 +592,50 @@ describe("idle capacity", () => {
   });
 });
 
+describe("a node whose container engine hangs (cordoned)", () => {
+  const headroom = {
+    fastGpusInWindow: 8,
+    fastWholeNodesInWindow: 0,
+    fastGpusAtRecentRate: 0,
+    steadyGpus: 0,
+    peakGpus: 8,
+  };
+
+  it("is drained once cordoned for ten minutes, with the reason; not before", () => {
+    const early = plan(
+      input({ nodes: [node("hung", { freeGpus: 0, cordonedSince: NOW - 9 * MINUTE_MS }), node("ok")] }),
+    );
+    expect(ofKind(early.actions, "drain")).toEqual([]);
+    const late = plan(
+      input({ nodes: [node("hung", { freeGpus: 0, cordonedSince: NOW - 11 * MINUTE_MS }), node("ok")] }),
+    );
+    const drains = ofKind(late.actions, "drain");
+    expect(drains.map((d) => [d.nodeId, d.reason.rule])).toEqual([["hung", "engine_stuck"]]);
+    expect(drains[0]!.reason.message).toBe(
+      "node hung's container engine has not answered since 2026-03-02 10:09 (11 min): drained; its work finishes, its idle hours are sold back",
+    );
+  });
+
+  it("follows cordonDrainAfterMs", () => {
+    const p = plan(
+      input(
+        { nodes: [node("hung", { freeGpus: 0, cordonedSince: NOW - 3 * MINUTE_MS })] },
+        { cordonDrainAfterMs: 2 * MINUTE_MS },
+      ),
+    );
+    expect(ofKind(p.actions, "drain").map((d) => d.reason.rule)).toEqual(["engine_stuck"]);
+  });
+
+  it("is not kept for the Fast headroom at its end: headroom is bought instead", () => {
+    const ending = { endAt: at("10:25"), freeGpus: 0 };
+    const healthy = plan(input({ nodes: [node("idle", { ...ending, freeGpus: 8 })], demand: headroom }));
+    expect(ofKind(healthy.actions, "extend").map((e) => e.reason.rule)).toEqual(["extend_for_headroom"]);
+    const p = plan(input({ nodes: [node("hung", { ...ending, cordonedSince: NOW - MINUTE_MS })], demand: headroom }));
+    expect(ofKind(p.actions, "extend")).toEqual([]);
+    expect(ofKind(p.actions, "buy").map((b) => b.reason.rule)).toEqual(["fast_headroom"]);
+  });
+});
+
 describe("budget cap", () => {
   it("trims buys to the budget and says so", () => {
     // Headroom needs 4 nodes (≈ 4 × 8 × 1.67 h × $3.06 = $163); $50 left covers one.

@@ -19,21 +19,24 @@ import {
   nextHour,
   ratePerGpuHour,
 } from "./market-time";
-import type {
-  AutoscalerConfig,
-  CapacityInput,
-  CapacityPlan,
-  FleetNode,
-  MarketQuote,
-  PlanAction,
-  QueuedJob,
-  QuoteRequest,
-  Reason,
-  RunningWork,
+import {
+  type AutoscalerConfig,
+  type CapacityInput,
+  type CapacityPlan,
+  DEFAULT_CORDON_DRAIN_AFTER_MS,
+  type FleetNode,
+  type MarketQuote,
+  type PlanAction,
+  type QueuedJob,
+  type QuoteRequest,
+  type Reason,
+  type RunningWork,
 } from "./types";
 
 /** What the rules see after the fleet is sorted into ending, surviving and incoming capacity. */
 interface Assessment {
+  /** Nodes held past now and not being sold. */
+  held: FleetNode[];
   /** Waiting jobs estimated to run longer than any block the market quoted: nothing is bought for them. */
   uncoverable: QueuedJob[];
   /**
@@ -217,7 +220,10 @@ function assess(input: CapacityInput): Assessment {
   // Draining nodes take no new work, but work they still run must not be cut off at their end.
   const ending = held.filter((n) => n.endAt <= horizon && !extending.has(n.id));
   const busyEnding = ending.filter((n) => continuesPast(n, n.endAt, now));
-  const idleEnding = ending.filter((n) => n.state !== "draining" && !continuesPast(n, n.endAt, now));
+  // A cordoned node takes no work: never kept for the headroom.
+  const idleEnding = ending.filter(
+    (n) => n.state !== "draining" && n.cordonedSince === undefined && !continuesPast(n, n.endAt, now),
+  );
   const surviving = live.filter((n) => n.endAt > horizon || extending.has(n.id));
 
   const ready = surviving.filter((n) => n.state === "ready");
@@ -303,6 +309,7 @@ function assess(input: CapacityInput): Assessment {
   const surplusGpus = Math.max(0, supplyGpus - keepGpus);
 
   return {
+    held,
     uncoverable,
     extendFor,
     horizon,
@@ -524,6 +531,21 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
       nodeId: n.id,
       blockId: n.blockId,
       reason: { rule: "block_ended", message: `block ${n.blockId} ended at ${formatInstant(n.endAt)}` },
+    });
+  }
+  //    Nodes whose container engine has hung for long: out of supply for good (drained, so their
+  //    idle hours are sold back like any drained node's).
+  const cordonLimit = cfg.cordonDrainAfterMs ?? DEFAULT_CORDON_DRAIN_AFTER_MS;
+  for (const n of a.held) {
+    if (n.state !== "ready" || n.cordonedSince === undefined || now - n.cordonedSince < cordonLimit) continue;
+    actions.push({
+      kind: "drain",
+      nodeId: n.id,
+      blockId: n.blockId,
+      reason: {
+        rule: "engine_stuck",
+        message: `node ${n.id}'s container engine has not answered since ${formatInstant(n.cordonedSince)} (${Math.round((now - n.cordonedSince) / 60_000)} min): drained; its work finishes, its idle hours are sold back`,
+      },
     });
   }
 

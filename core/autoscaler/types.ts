@@ -29,6 +29,11 @@ export interface FleetNode {
   endAt: number;
   work: RunningWork[];
   /**
+   * Since when the node has been cordoned (its container engine does not answer: it takes no new
+   * work); absent when it is not. Cordoned longer than `cordonDrainAfterMs`, it is drained.
+   */
+  cordonedSince?: number;
+  /**
    * Nodes that can only be sold back together (the market does not say which of their contracts
    * is which node's); none = the node alone.
    */
@@ -189,7 +194,15 @@ export interface AutoscalerConfig {
   budget: { capCents: number; periodMs: number } | null;
   /** Limit price above the quote, in basis points, so a moving market still fills. */
   limitSlackBps: number;
+  /**
+   * A node cordoned this long (its container engine hung) is drained: its work finishes, its idle
+   * hours are sold back, and headroom is bought elsewhere. Default DEFAULT_CORDON_DRAIN_AFTER_MS.
+   */
+  cordonDrainAfterMs?: number;
 }
+
+/** A hung engine that has not recovered in ten minutes is not expected to (it needs a restart). */
+export const DEFAULT_CORDON_DRAIN_AFTER_MS = 10 * 60_000;
 
 export interface CapacityInput {
   now: number;
@@ -222,6 +235,7 @@ export type ReasonRule =
   | "budget_cap"
   | "no_quote"
   | "block_ended"
+  | "engine_stuck"
   | "estimate_too_long";
 
 /** Why an action is in the plan: a stable rule name for code and tests, and a sentence for people. */

@@ -107,6 +107,9 @@ export async function loadFleet(
       state: !registered ? "booting" : view.state === "draining" || row.state === "draining" ? "draining" : "ready",
       endAt,
       work,
+      ...(registered && view.state === "cordoned" && view.engine_stuck
+        ? { cordonedSince: view.engine_stuck.since }
+        : {}),
       ...(sf ? { sellGroup: nodeSaleGroup(sf) } : {}),
     });
   }
