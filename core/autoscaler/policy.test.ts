@@ -592,15 +592,16 @@ describe("idle capacity", () => {
   });
 });
 
-describe("a node whose container engine hangs (cordoned)", () => {
-  const headroom = {
-    fastGpusInWindow: 8,
-    fastWholeNodesInWindow: 0,
-    fastGpusAtRecentRate: 0,
-    steadyGpus: 0,
-    peakGpus: 8,
-  };
+/** Demand that wants one node of Fast headroom. */
+const ONE_NODE_HEADROOM = {
+  fastGpusInWindow: 8,
+  fastWholeNodesInWindow: 0,
+  fastGpusAtRecentRate: 0,
+  steadyGpus: 0,
+  peakGpus: 8,
+};
 
+describe("a node whose container engine hangs (cordoned)", () => {
   it("is drained once cordoned for ten minutes, with the reason; not before", () => {
     const early = plan(
       input({ nodes: [node("hung", { freeGpus: 0, cordonedSince: NOW - 9 * MINUTE_MS }), node("ok")] }),
@@ -628,11 +629,38 @@ describe("a node whose container engine hangs (cordoned)", () => {
 
   it("is not kept for the Fast headroom at its end: headroom is bought instead", () => {
     const ending = { endAt: at("10:25"), freeGpus: 0 };
-    const healthy = plan(input({ nodes: [node("idle", { ...ending, freeGpus: 8 })], demand: headroom }));
+    const healthy = plan(input({ nodes: [node("idle", { ...ending, freeGpus: 8 })], demand: ONE_NODE_HEADROOM }));
     expect(ofKind(healthy.actions, "extend").map((e) => e.reason.rule)).toEqual(["extend_for_headroom"]);
-    const p = plan(input({ nodes: [node("hung", { ...ending, cordonedSince: NOW - MINUTE_MS })], demand: headroom }));
+    const p = plan(
+      input({ nodes: [node("hung", { ...ending, cordonedSince: NOW - MINUTE_MS })], demand: ONE_NODE_HEADROOM }),
+    );
     expect(ofKind(p.actions, "extend")).toEqual([]);
     expect(ofKind(p.actions, "buy").map((b) => b.reason.rule)).toEqual(["fast_headroom"]);
+  });
+});
+
+describe("a node that never gets an agent (boot timeout)", () => {
+  const booting = (minutes: number) => node("slow", { state: "booting", bootingSince: NOW - minutes * MINUTE_MS });
+
+  it("counts a booting node as capacity on its way, until the boot timeout", () => {
+    const p = plan(input({ nodes: [booting(10)], demand: ONE_NODE_HEADROOM }));
+    expect(ofKind(p.actions, "buy")).toEqual([]);
+    expect(ofKind(p.actions, "drain")).toEqual([]);
+  });
+
+  it("then writes it off: drained with the reason, and the headroom bought elsewhere", () => {
+    const p = plan(input({ nodes: [booting(21)], demand: ONE_NODE_HEADROOM }));
+    const drains = ofKind(p.actions, "drain");
+    expect(drains.map((d) => [d.nodeId, d.reason.rule])).toEqual([["slow", "boot_timeout"]]);
+    expect(drains[0]!.reason.message).toBe(
+      "node slow has had no agent in the region since 2026-03-02 09:59 (21 min): not counted, drained; its hours are sold back",
+    );
+    expect(ofKind(p.actions, "buy").map((b) => b.reason.rule)).toEqual(["fast_headroom"]);
+  });
+
+  it("follows bootTimeoutMs", () => {
+    const p = plan(input({ nodes: [booting(6)], demand: ONE_NODE_HEADROOM }, { bootTimeoutMs: 5 * MINUTE_MS }));
+    expect(ofKind(p.actions, "drain").map((d) => d.reason.rule)).toEqual(["boot_timeout"]);
   });
 });
 

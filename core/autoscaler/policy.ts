@@ -23,6 +23,7 @@ import {
   type AutoscalerConfig,
   type CapacityInput,
   type CapacityPlan,
+  DEFAULT_BOOT_TIMEOUT_MS,
   DEFAULT_CORDON_DRAIN_AFTER_MS,
   type FleetNode,
   type MarketQuote,
@@ -203,6 +204,11 @@ function continuesPast(node: FleetNode, t: number, now: number): boolean {
   });
 }
 
+function bootTimedOut(n: FleetNode, input: CapacityInput): boolean {
+  const limit = input.config.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS;
+  return n.state === "booting" && n.bootingSince !== undefined && input.now - n.bootingSince >= limit;
+}
+
 function fits(job: QueuedJob, cfg: AutoscalerConfig): boolean {
   return job.gpuModels.length === 0 || job.gpuModels.includes(cfg.gpuModel);
 }
@@ -216,13 +222,18 @@ function assess(input: CapacityInput): Assessment {
 
   const ended = nodes.filter((n) => n.endAt <= now);
   const held = nodes.filter((n) => n.endAt > now && !selling.has(n.id));
-  const live = held.filter((n) => n.state !== "draining");
+  // Draining nodes, and nodes that never booted, are out of supply.
+  const live = held.filter((n) => n.state !== "draining" && !bootTimedOut(n, input));
   // Draining nodes take no new work, but work they still run must not be cut off at their end.
   const ending = held.filter((n) => n.endAt <= horizon && !extending.has(n.id));
   const busyEnding = ending.filter((n) => continuesPast(n, n.endAt, now));
   // A cordoned node takes no work: never kept for the headroom.
   const idleEnding = ending.filter(
-    (n) => n.state !== "draining" && n.cordonedSince === undefined && !continuesPast(n, n.endAt, now),
+    (n) =>
+      n.state !== "draining" &&
+      n.cordonedSince === undefined &&
+      !bootTimedOut(n, input) &&
+      !continuesPast(n, n.endAt, now),
   );
   const surviving = live.filter((n) => n.endAt > horizon || extending.has(n.id));
 
@@ -545,6 +556,19 @@ export function planCapacity(input: CapacityInput): CapacityPlan {
       reason: {
         rule: "engine_stuck",
         message: `node ${n.id}'s container engine has not answered since ${formatInstant(n.cordonedSince)} (${Math.round((now - n.cordonedSince) / 60_000)} min): drained; its work finishes, its idle hours are sold back`,
+      },
+    });
+  }
+  //    Nodes that never came up: written off (drained, so their hours are sold back) and replaced.
+  for (const n of a.held) {
+    if (!bootTimedOut(n, input)) continue;
+    actions.push({
+      kind: "drain",
+      nodeId: n.id,
+      blockId: n.blockId,
+      reason: {
+        rule: "boot_timeout",
+        message: `node ${n.id} has had no agent in the region since ${formatInstant(n.bootingSince!)} (${Math.round((now - n.bootingSince!) / 60_000)} min): not counted, drained; its hours are sold back`,
       },
     });
   }

@@ -34,6 +34,13 @@ export interface FleetNode {
    */
   cordonedSince?: number;
   /**
+   * Booting nodes: since when the node could have had an agent in the region (bought and its block
+   * started; for a node lost after registering, when it was last heard from). One still without
+   * an agent after `bootTimeoutMs` is not counted as capacity on its way (it may never come) and is
+   * drained.
+   */
+  bootingSince?: number;
+  /**
    * Nodes that can only be sold back together (the market does not say which of their contracts
    * is which node's); none = the node alone.
    */
@@ -199,7 +206,12 @@ export interface AutoscalerConfig {
    * hours are sold back, and headroom is bought elsewhere. Default DEFAULT_CORDON_DRAIN_AFTER_MS.
    */
   cordonDrainAfterMs?: number;
+  /** A node whose agent has not registered this long after it could boot is written off (`boot_timeout`). Default DEFAULT_BOOT_TIMEOUT_MS. */
+  bootTimeoutMs?: number;
 }
+
+/** SF Compute nodes boot in 4–10 minutes; one not up in 20 has failed to. */
+export const DEFAULT_BOOT_TIMEOUT_MS = 20 * 60_000;
 
 /** A hung engine that has not recovered in ten minutes is not expected to (it needs a restart). */
 export const DEFAULT_CORDON_DRAIN_AFTER_MS = 10 * 60_000;
@@ -236,6 +248,7 @@ export type ReasonRule =
   | "no_quote"
   | "block_ended"
   | "engine_stuck"
+  | "boot_timeout"
   | "estimate_too_long";
 
 /** Why an action is in the plan: a stable rule name for code and tests, and a sentence for people. */

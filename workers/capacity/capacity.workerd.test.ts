@@ -387,6 +387,32 @@ describe("the capacity cron against the simulator", () => {
     expect(h.simNodes()).toHaveLength(1);
   });
 
+  it("writes off a bought node whose agent never registers: buys the headroom again and drains it", async () => {
+    const region = "capacity-e2e-no-boot";
+    const h = harness(region, { seed: 11_006, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
+    await onMarketClock(region, h.sim);
+    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
+    const [first] = h.simNodes();
+    // Its agent never registers. Until the boot timeout the node counts as capacity on its way.
+    for (let m = 0; m < 19; m++) {
+      h.advance(MINUTE_MS);
+      const { plan } = await h.cycle();
+      expect(ofKind(plan.actions, "buy")).toHaveLength(0);
+      expect(ofKind(plan.actions, "drain")).toHaveLength(0);
+    }
+    h.advance(2 * MINUTE_MS);
+    const { plan } = await h.cycle();
+    expect(ofKind(plan.actions, "drain")).toMatchObject([{ nodeId: first!.name, reason: { rule: "boot_timeout" } }]);
+    expect(ofKind(plan.actions, "buy")).toMatchObject([{ reason: { rule: "fast_headroom" }, nodes: 1 }]);
+    const [row] = await db.select().from(nodes).where(eq(nodes.id, first!.name));
+    expect(row!.state).toBe("draining");
+    // Drained, it is out of supply for good: no second write-off, no second buy.
+    h.advance(MINUTE_MS);
+    const next = (await h.cycle()).plan.actions;
+    expect(ofKind(next, "drain").filter((d) => d.nodeId === first!.name)).toHaveLength(0);
+    expect(ofKind(next, "buy")).toHaveLength(0);
+  });
+
   it("makes the scheduler forget a node released before it forgot released nodes", async () => {
     const region = "capacity-e2e-forget";
     const h = harness(region, { seed: 11_005 });

@@ -104,12 +104,21 @@ export async function loadFleet(
       zone: sf?.zone ?? row.zone,
       gpus: row.gpuCount,
       freeGpus: registered ? policyFreeGpus(view, busy) : row.gpuCount,
-      state: !registered ? "booting" : view.state === "draining" || row.state === "draining" ? "draining" : "ready",
+      // Drained by us (e.g. written off before it ever registered) or by the region: draining.
+      state:
+        row.state === "draining"
+          ? "draining"
+          : !registered
+            ? "booting"
+            : view.state === "draining"
+              ? "draining"
+              : "ready",
       endAt,
       work,
       ...(registered && view.state === "cordoned" && view.engine_stuck
         ? { cordonedSince: view.engine_stuck.since }
         : {}),
+      ...(registered ? {} : { bootingSince: Math.max(bootableSince(block, sf, now), view?.last_heartbeat_at ?? 0) }),
       ...(sf ? { sellGroup: nodeSaleGroup(sf) } : {}),
     });
   }
@@ -174,6 +183,15 @@ async function runStarts(
 }
 
 /** Fast and Flex submissions of the last `lookbackMs`, for the demand estimate. */
+/**
+ * When an unregistered node could have booted: its block started and the market's node started
+ * (both on the market's clock, as the policy's `now`); without either, now.
+ */
+function bootableSince(block: BlockRow | undefined, sf: SfNode | undefined, now: number): number {
+  const since = Math.max(block?.startAt.getTime() ?? 0, (sf?.start_at ?? 0) * 1000);
+  return since > 0 ? since : now;
+}
+
 export async function recentArrivals(db: Db, region: string, now: number, lookbackMs: number) {
   // A job that has ended: how long its GPUs were taken, from each placement to its end, summed over
   // its attempts (0 when it never ran). core/autoscaler/demand.ts `occupancy` weighs it by that.
