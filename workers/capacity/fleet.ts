@@ -182,7 +182,6 @@ async function runStarts(
   return out;
 }
 
-/** Fast and Flex submissions of the last `lookbackMs`, for the demand estimate. */
 /**
  * When an unregistered node could have booted: its block started and the market's node started
  * (both on the market's clock, as the policy's `now`); without either, now.
@@ -192,6 +191,7 @@ function bootableSince(block: BlockRow | undefined, sf: SfNode | undefined, now:
   return since > 0 ? since : now;
 }
 
+/** Fast and Flex submissions of the last `lookbackMs`, for the demand estimate. */
 export async function recentArrivals(db: Db, region: string, now: number, lookbackMs: number) {
   // A job that has ended: how long its GPUs were taken, from each placement to its end, summed over
   // its attempts (0 when it never ran). core/autoscaler/demand.ts `occupancy` weighs it by that.
