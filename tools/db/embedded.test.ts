@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { afterEach, describe, expect, it } from "vitest";
+import { processAlive } from "../launcher/processes";
 import { freePort, pgAuthMethod, startEmbeddedPostgres } from "./embedded";
 
 const saved = process.env.SCALAR_PG_AUTH;
@@ -44,6 +45,22 @@ describe("pgAuthMethod", () => {
           await db.stop();
         }
       }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
+describe("stop", () => {
+  it("returns when the server has already exited (a Ctrl-C reaches it too)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "scalar-pg-stop-"));
+    try {
+      const db = await startEmbeddedPostgres({ dataDir: join(dir, "data"), port: await freePort(), ephemeral: true });
+      const pid = Number(readFileSync(join(dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
+      process.kill(pid, "SIGINT");
+      await expect.poll(() => processAlive(pid), { timeout: 20_000, interval: 100 }).toBe(false);
+      // Without the fix this never settles: the test times out.
+      await db.stop();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

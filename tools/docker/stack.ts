@@ -17,6 +17,7 @@ import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { request } from "node:http";
 import { dirname, join, resolve } from "node:path";
 import { ROOT, STATE_DIR } from "../db/local";
+import { processAlive } from "../launcher/processes";
 import { hungStarts } from "./wedge";
 
 export const DOCKER_DIR = resolve(STATE_DIR, "docker");
@@ -196,15 +197,6 @@ function spawnDetached(command: string, args: string[], logFile: string, env?: N
   return { pid: child.pid, exited: () => child.exitCode !== null || child.signalCode !== null };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function waitFor(what: string, check: () => Promise<boolean>, proc: Detached, logFile: string) {
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
@@ -256,7 +248,7 @@ export async function ensureEngine(kind: EngineKind, log: (line: string) => void
     await stopEngine(kind, log);
     // A hung `runc create` may outlive its engine; the new engine would find it and restart again.
     for (const h of hung) {
-      if (alive(h.pid)) process.kill(h.pid, "SIGKILL");
+      if (processAlive(h.pid)) process.kill(h.pid, "SIGKILL");
     }
   }
   mkdirSync(join(spec.dir, "logs"), { recursive: true });
@@ -364,11 +356,11 @@ async function stopTargets(targets: Stoppable[], log: (line: string) => void): P
   for (const t of targets) {
     if (!existsSync(t.pidFile)) continue;
     const pid = Number.parseInt(readFileSync(t.pidFile, "utf8"), 10);
-    if (Number.isFinite(pid) && alive(pid)) {
+    if (Number.isFinite(pid) && processAlive(pid)) {
       process.kill(pid, "SIGTERM");
       const deadline = Date.now() + 20_000;
-      while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-      if (alive(pid)) process.kill(pid, "SIGKILL");
+      while (processAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      if (processAlive(pid)) process.kill(pid, "SIGKILL");
       log(`${t.what} stopped (pid ${pid})`);
     }
     rmSync(t.pidFile, { force: true });

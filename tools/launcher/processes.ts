@@ -88,3 +88,13 @@ export async function waitUntil(
     `${what}: not ready after ${Math.round(opts.timeoutMs / 1000)} s${opts.process ? `; see ${opts.process.logFile}` : ""}`,
   );
 }
+
+/** Whether a process of that id exists (signal 0 checks without signalling). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

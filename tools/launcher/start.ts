@@ -12,14 +12,19 @@ const started = Date.now();
 const since = () => `${((Date.now() - started) / 1000).toFixed(1)} s`;
 
 let stack: Stack | undefined;
-let stopping = false;
+let stopping: Promise<void> | undefined;
+/**
+ * One stop, however many signals: a terminal's Ctrl-C reaches this process twice (from the
+ * terminal, and from npm, which passes it on), and exiting at the second would leave wrangler,
+ * Postgres and the agents running.
+ */
 async function stopAll(code: number): Promise<never> {
-  if (!stopping) {
-    stopping = true;
+  stopping ??= (async () => {
     console.log("\nStopping (agents and their containers, wrangler, the simulator, Postgres)…");
     await stack?.stop().catch((e: unknown) => console.error(String(e)));
     console.log("Stopped.");
-  }
+  })();
+  await stopping;
   process.exit(code);
 }
 process.on("SIGINT", () => void stopAll(0));

@@ -106,9 +106,16 @@ async function main(argv: string[]): Promise<number> {
     }
     target = local;
   }
-  const stopOnSignal = () => void target.stop().finally(() => process.exit(2));
-  process.once("SIGINT", stopOnSignal);
-  process.once("SIGTERM", stopOnSignal);
+  // One stop however many signals come (Ctrl-C reaches us from the terminal and again from npm):
+  // exiting at the second would leave the platform's processes running.
+  let stopping = false;
+  const stopOnSignal = () => {
+    if (stopping) return;
+    stopping = true;
+    void target.stop().finally(() => process.exit(2));
+  };
+  process.on("SIGINT", stopOnSignal);
+  process.on("SIGTERM", stopOnSignal);
 
   let failed = false;
   let keep = false;
