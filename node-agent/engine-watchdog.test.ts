@@ -4,20 +4,19 @@
  * a deadline. Then an agent on a hung engine against the test control plane: the placement fails,
  * retryable, and heartbeats carry `engine_stuck` until the engine answers again.
  */
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { EngineStuck } from "../core/schemas";
-import { Agent, DEFAULT_AGENT_CONFIG } from "./agent";
-import { type Clock, systemClock } from "./clock";
-import { ControlPlaneClient } from "./control-plane";
+import type { Clock } from "./clock";
 import { EngineError } from "./docker/engine";
 import { EngineWatchdog, PullStalled } from "./engine-watchdog";
-import { DeclaredGpus } from "./gpu";
 import type { Logger } from "./logger";
 import { TestControlPlane } from "./test/control-plane";
 import { FakeEngine } from "./test/fake-engine";
+import { startUnitAgent } from "./test/harness";
 
 /** Time that moves only when the test says so. */
 class ManualClock implements Clock {
@@ -309,25 +308,7 @@ describe("an agent on a hung engine", () => {
     cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
     const logs: { level: string; msg: string }[] = [];
     const log: Logger = (level, msg) => logs.push({ level, msg });
-    const agent = await Agent.start(
-      {
-        ...DEFAULT_AGENT_CONFIG,
-        agentName: "unit",
-        dataDir,
-        reconcileIntervalMs: 100,
-        backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
-        engineTimeoutMs: 300,
-      },
-      {
-        engine,
-        api: new ControlPlaneClient(cp.url, cp.token),
-        gpus: new DeclaredGpus(8, "H100"),
-        host: { hostname: "unit-host", cpuMilli: 2_000, memoryMib: 4_096 },
-        clock: systemClock,
-        random: () => 0.5,
-        log,
-      },
-    );
+    const agent = await startUnitAgent(cp, engine, { dataDir, config: { engineTimeoutMs: 300 }, deps: { log } });
     cleanups.push(() => agent.stop());
     await cp.waitFor("the first heartbeat", () => cp.heartbeats.length > 0);
     expect(cp.heartbeats[0]!.engine_stuck).toBeUndefined();

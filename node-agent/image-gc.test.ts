@@ -4,15 +4,14 @@
  * engine's refusals, names, private image records; then the agent collecting on its interval and
  * right after a pull fails for lack of space.
  */
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { Agent, DEFAULT_AGENT_CONFIG } from "./agent";
+import type { Agent } from "./agent";
 import { type Clock, systemClock } from "./clock";
-import { ControlPlaneClient } from "./control-plane";
 import { EngineError } from "./docker/engine";
-import { DeclaredGpus } from "./gpu";
 import type { DiskUsage } from "./host";
 import {
   DEFAULT_IMAGE_GC,
@@ -28,6 +27,7 @@ import { PrivateImages } from "./private-images";
 import { AgentState } from "./state";
 import { TestControlPlane } from "./test/control-plane";
 import { FakeEngine } from "./test/fake-engine";
+import { startUnitAgent } from "./test/harness";
 
 const GB = 1_000_000_000;
 const DAY = 86_400_000;
@@ -459,26 +459,14 @@ describe("the agent's image GC", () => {
   async function startAgent(engine: FakeEngine, disk: ReturnType<typeof fakeDisk>, gc: Partial<ImageGcConfig>) {
     const cp = await TestControlPlane.start({ pollWaitMs: 1_000, heartbeatIntervalMs: 60_000 });
     const logs: LogLine[] = [];
-    const agent = await Agent.start(
-      {
-        ...DEFAULT_AGENT_CONFIG,
-        agentName: "unit",
-        dataDir: tempDir(),
-        reconcileIntervalMs: 100,
-        backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
-        imageGc: { ...DEFAULT_IMAGE_GC, ...gc },
-      },
-      {
-        engine,
-        api: new ControlPlaneClient(cp.url, cp.token),
-        gpus: new DeclaredGpus(8, "H100"),
-        host: { hostname: "unit-host", cpuMilli: 2_000, memoryMib: 4_096 },
-        clock: systemClock,
-        random: () => 0.5,
+    const agent = await startUnitAgent(cp, engine, {
+      dataDir: tempDir(),
+      config: { imageGc: { ...DEFAULT_IMAGE_GC, ...gc } },
+      deps: {
         log: (level, msg, fields) => logs.push({ level, msg, ...fields }),
         diskUsage: (path) => disk.read(path),
       },
-    );
+    });
     started.push({ agent, cp });
     return { agent, cp, logs };
   }

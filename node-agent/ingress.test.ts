@@ -4,6 +4,7 @@
  * Then the agent's side on a fake engine: the key from registration, lookups of running replicas
  * only, and the readiness watch that brings a heartbeat forward.
  */
+
 import { once } from "node:events";
 import { mkdtempSync, rmSync } from "node:fs";
 import {
@@ -22,15 +23,13 @@ import { afterEach, describe, expect, it } from "vitest";
 import { INGRESS, type NodeInventory, type RegisterResponse } from "../core/schemas";
 import { freePort } from "../tools/db/embedded";
 import { inCi } from "../tools/test/parts";
-import { Agent, DEFAULT_AGENT_CONFIG } from "./agent";
-import { systemClock } from "./clock";
 import { ControlPlaneClient } from "./control-plane";
 import type { ContainerDetails, ContainerSummary, StatsSample } from "./docker/engine";
-import { DeclaredGpus } from "./gpu";
 import { Ingress, type IngressOptions, type IngressTarget, parseIngressPath } from "./ingress";
 import { silentLogger } from "./logger";
 import { TestControlPlane } from "./test/control-plane";
 import { FakeEngine } from "./test/fake-engine";
+import { startUnitAgent } from "./test/harness";
 
 const KEY = "k".repeat(40);
 
@@ -582,26 +581,14 @@ describe("the agent's ingress and readiness watch (fake engine)", () => {
     const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-ingress-"));
     cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
     const port = await freePort();
-    const agent = await Agent.start(
-      {
-        ...DEFAULT_AGENT_CONFIG,
-        agentName: "unit",
-        dataDir,
-        reconcileIntervalMs: 100,
-        backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
+    const agent = await startUnitAgent(cp, engine, {
+      dataDir,
+      config: {
         startingReadinessIntervalMs: 100,
         ingress: { port, host: "127.0.0.1", url: `http://127.0.0.1:${port}` },
       },
-      {
-        engine,
-        api: new KeyedClient(cp.url, cp.token),
-        gpus: new DeclaredGpus(8, "H100"),
-        host: { hostname: "unit-host", cpuMilli: 2_000, memoryMib: 4_096 },
-        clock: systemClock,
-        random: () => 0.5,
-        log: silentLogger,
-      },
-    );
+      deps: { api: new KeyedClient(cp.url, cp.token), log: silentLogger },
+    });
     cleanups.push(() => agent.stop());
     await cp.waitFor("the first heartbeat", () => cp.heartbeats.length > 0);
     expect(cp.registrations[0]).toMatchObject({ ingress_url: `http://127.0.0.1:${port}` });

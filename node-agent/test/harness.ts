@@ -11,11 +11,12 @@ import { join, resolve } from "node:path";
 import type { z } from "zod";
 import type { Placement } from "../../core/schemas";
 import { requirePart } from "../../tools/test/parts";
-import { Agent, type AgentConfig, DEFAULT_AGENT_CONFIG } from "../agent";
+import { Agent, type AgentConfig, type AgentDeps, DEFAULT_AGENT_CONFIG } from "../agent";
 import { systemClock } from "../clock";
 import { ownLabels } from "../container-spec";
 import { ControlPlaneClient } from "../control-plane";
 import { DockerodeEngine } from "../docker/dockerode-engine";
+import type { ContainerEngine } from "../docker/engine";
 import { DeclaredGpus } from "../gpu";
 import { jsonLogger } from "../logger";
 import type { TestControlPlane } from "./control-plane";
@@ -157,6 +158,37 @@ export async function startTestAgent(
       rmSync(config.dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * An agent in this process on a fake engine, for unit tests: named `unit`, reconciling every 100 ms,
+ * quick backoff, 8 declared H100s, silent. `config` and `deps` override any of it.
+ */
+export function startUnitAgent(
+  cp: TestControlPlane,
+  engine: ContainerEngine,
+  opts: { dataDir: string; config?: Partial<AgentConfig>; deps?: Partial<AgentDeps> },
+): Promise<Agent> {
+  return Agent.start(
+    {
+      ...DEFAULT_AGENT_CONFIG,
+      agentName: "unit",
+      dataDir: opts.dataDir,
+      reconcileIntervalMs: 100,
+      backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
+      ...opts.config,
+    },
+    {
+      engine,
+      api: new ControlPlaneClient(cp.url, cp.token),
+      gpus: new DeclaredGpus(8, "H100"),
+      host: { hostname: "unit-host", cpuMilli: 2_000, memoryMib: 4_096 },
+      clock: systemClock,
+      random: () => 0.5,
+      log: () => {},
+      ...opts.deps,
+    },
+  );
 }
 
 /** Containers carrying this agent's labels, in any state. */

@@ -38,7 +38,7 @@ import { INGRESS } from "../../core/schemas";
 import { containerName, LABELS } from "../../node-agent/container-spec";
 import { DockerodeEngine } from "../../node-agent/docker/dockerode-engine";
 import { ingressKey } from "../../workers/nodes/ingress-key";
-import { positiveInt } from "../load/args";
+import { parseOrExit, positiveInt } from "../load/args";
 import { CPU_GROUPS, type CpuGroup, type CpuReport, cpuReport, cpuSnapshot } from "../load/cpu";
 import { LOAD_JOB_RESOURCES } from "../load/generator";
 import { errorCode, type HttpClient, type HttpResult, httpClient, jsonOf } from "../load/http";
@@ -615,17 +615,9 @@ export function parse(argv: string[]) {
 }
 
 async function main(argv: string[]): Promise<number> {
-  let args: ReturnType<typeof parse>;
-  try {
-    args = parse(argv);
-  } catch (error) {
-    say(`${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`);
-    return 2;
-  }
-  if (args.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const parsed = parseOrExit(argv, parse, USAGE, say);
+  if ("exit" in parsed) return parsed.exit;
+  const { args } = parsed;
 
   const runId = randomUUID().slice(0, 8);
   const startedAt = new Date();

@@ -10,7 +10,7 @@
  * the platform did not come up).
  */
 import { parseArgs } from "node:util";
-import { positiveInt, UsageError } from "./args";
+import { parseOrExit, positiveInt, UsageError } from "./args";
 import { type CpuReport, cpuReport, cpuSnapshot } from "./cpu";
 import { type EngineBaseline, measureEngine } from "./engine-baseline";
 import { DEFAULT_LOAD, histograms, type LoadOptions, type Progress, runLoad } from "./generator";
@@ -71,17 +71,9 @@ function progressLine(p: Progress, last: Progress | null): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  let args: ReturnType<typeof parse>;
-  try {
-    args = parse(argv);
-  } catch (error) {
-    say(`${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`);
-    return 2;
-  }
-  if (args.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const parsed = parseOrExit(argv, parse, USAGE, say);
+  if ("exit" in parsed) return parsed.exit;
+  const { args } = parsed;
 
   let target: {
     apiUrl: string;
