@@ -55,7 +55,7 @@ Scalar is running (started in ${since()}).
   Credentials    ${s.credentialsFile ?? "(not saved)"}   (the CLI reads them: no login needed)
   Image          ${image}
   SF Compute     ${s.simUrl}   (the simulator; the autoscaler keeps one 8-GPU node warm)
-  Stripe         ${s.stripeUrl}   (the stand-in that monthly invoices go to)
+  Stripe         ${s.stripeUrl}   (the stand-in that monthly invoices go to; its events reach the API signed)
   Docker         ${s.docker.available ? s.docker.detail : `not reachable: ${s.docker.detail}; no node agents will start`}
   Logs           ${s.logs.wrangler}, agents under ${s.stateDir}/agents/
 

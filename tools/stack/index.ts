@@ -109,6 +109,15 @@ export function localIngressSecret(stateDir: string): string {
   return secret;
 }
 
+/** The signing secret of the Stripe stand-in's webhook endpoint (the API's STRIPE_WEBHOOK_SECRET), kept per state folder. */
+export function localStripeWebhookSecret(stateDir: string): string {
+  const file = resolve(stateDir, "stripe-webhook-secret");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  const secret = `whsec_${randomBytes(24).toString("hex")}`;
+  writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  return secret;
+}
+
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const log = opts.log ?? (() => {});
   const stateDir = resolve(opts.stateDir ?? DEFAULT_STACK_DIR);
@@ -200,9 +209,16 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     cleanups.push(async () => clock.stop());
 
     // Stripe's stand-in, for the monthly invoices (workers/billing): the real SDK, this base URL.
+    // Its invoice events go to the API's webhook route, signed as Stripe signs them (retried until
+    // wrangler answers).
+    const stripeWebhookSecret = localStripeWebhookSecret(stateDir);
     const stripeSim = await step(
       "Stripe stand-in",
-      () => startStripeSimulator({ port: 0 }),
+      () =>
+        startStripeSimulator({
+          port: 0,
+          webhooks: [{ url: `http://127.0.0.1:${apiPort}/v1/stripe/webhooks`, secret: stripeWebhookSecret }],
+        }),
       (s) => s.url,
     );
     cleanups.push(() => stripeSim.close());
@@ -246,6 +262,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
             INGRESS_SECRET: localIngressSecret(stateDir),
             STRIPE_SECRET_KEY: "sk_test_scalar_local",
             STRIPE_API_BASE: stripeSim.url,
+            STRIPE_WEBHOOK_SECRET: stripeWebhookSecret,
             CAPACITY_FAST_HEADROOM_GPUS: String(fastHeadroomGpus),
             CAPACITY_CLOCK: "trigger",
           },

@@ -1,7 +1,10 @@
 /**
- * `npx tsx tools/stripe-sim/cli.ts [--port 12111] [--host 127.0.0.1] [--api-key sk_test_… (repeatable)]`
- * Serves the simulated Stripe API until interrupted.
+ * `npx tsx tools/stripe-sim/cli.ts [--port 12111] [--host 127.0.0.1] [--api-key sk_test_… (repeatable)]
+ *   [--webhook URL (repeatable)] [--webhook-secret whsec_…]`
+ * Serves the simulated Stripe API until interrupted; invoice events go to each --webhook URL, signed
+ * with --webhook-secret (printed when generated).
  */
+import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import { startStripeSimulator } from "./server";
 
@@ -10,6 +13,8 @@ const { values } = parseArgs({
     port: { type: "string", default: "12111" },
     host: { type: "string", default: "127.0.0.1" },
     "api-key": { type: "string", multiple: true },
+    webhook: { type: "string", multiple: true },
+    "webhook-secret": { type: "string" },
   },
   strict: true,
 });
@@ -21,10 +26,14 @@ if (!Number.isInteger(port) || port < 0 || port > 65_535) {
 }
 const apiKeys = values["api-key"];
 
-const running = await startStripeSimulator({ port, host: values.host, apiKeys });
+const webhookSecret = values["webhook-secret"] ?? `whsec_${randomBytes(24).toString("hex")}`;
+const webhooks = (values.webhook ?? []).map((url) => ({ url, secret: webhookSecret }));
+
+const running = await startStripeSimulator({ port, host: values.host, apiKeys, webhooks });
 console.log(`stripe-sim listening on ${running.url}`);
 console.log(`  keys     ${apiKeys?.length ? apiKeys.join(", ") : "any sk_test_… / rk_test_… key"}`);
 console.log(`  SDK      new Stripe(key, { host: "${running.host}", port: ${running.port}, protocol: "http" })`);
+if (webhooks.length > 0) console.log(`  webhooks ${webhooks.map((w) => w.url).join(", ")}   secret ${webhookSecret}`);
 
 const stop = async () => {
   await running.close();

@@ -2,7 +2,8 @@
  * Stripe's error envelope, `{ error: { type, code?, message, param?, doc_url? } }`, and the errors the
  * simulator raises. The stripe SDK (stripe-node 23.1.0, `Error.js` `generateV1Error`) picks the error
  * class from the status and `type`: 400/404 → `StripeInvalidRequestError` (or `StripeIdempotencyError`
- * when `type` is `idempotency_error`), 401 → `StripeAuthenticationError`, 5xx → `StripeAPIError`.
+ * when `type` is `idempotency_error`), 401 → `StripeAuthenticationError`, 402 `card_error` →
+ * `StripeCardError`, 5xx → `StripeAPIError`.
  *
  * Every error also says in which phase it arose, because Stripe saves an idempotent result only once
  * "the execution of an endpoint begins": errors from checking the incoming parameters are not saved
@@ -11,8 +12,10 @@
  */
 
 export interface StripeErrorBody {
-  type: "invalid_request_error" | "idempotency_error" | "api_error";
+  type: "invalid_request_error" | "idempotency_error" | "api_error" | "card_error";
   code?: string;
+  /** Card errors: the issuer's reason (e.g. `insufficient_funds`). */
+  decline_code?: string;
   message: string;
   param?: string;
   doc_url?: string;
@@ -90,3 +93,7 @@ export const invalidRequest = (message: string, extra: { code?: string; param?: 
   const { status = 400, ...rest } = extra;
   return invalid(status, "execution", message, rest);
 };
+
+/** A declined payment: 402 `card_error`, as Stripe answers `POST /v1/invoices/{id}/pay` (saved). */
+export const cardDeclined = (decline: { code: string; decline_code?: string; message: string }) =>
+  new StripeSimError(402, { type: "card_error", ...decline }, "execution");

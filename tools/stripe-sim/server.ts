@@ -35,6 +35,7 @@ export async function startStripeSimulator(
     simulator,
     server,
     async close() {
+      if (!given) simulator.webhooks.close(); // no retries left waiting after the server is gone
       server.closeAllConnections();
       await new Promise<void>((done) => server.close(() => done()));
     },

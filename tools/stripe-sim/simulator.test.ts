@@ -6,6 +6,8 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { resolve } from "node:path";
 import Stripe from "stripe";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -578,10 +580,198 @@ describe("the simulator's finer rules (in-process)", () => {
   });
 });
 
+/** A webhook receiver on a free port: keeps each delivery's body and signature; `answer` picks the status. */
+async function receiver(answer: (body: string) => number = () => 200) {
+  const got: { body: string; signature: string }[] = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c: Buffer) => {
+      body += c.toString();
+    });
+    req.on("end", () => {
+      got.push({ body, signature: String(req.headers["stripe-signature"] ?? "") });
+      res.writeHead(answer(body)).end();
+    });
+  });
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    got,
+    close: () => new Promise<void>((done) => server.close(() => done())),
+  };
+}
+
+describe("collection, events and webhooks (the real SDK over HTTP)", () => {
+  const SECRET = "whsec_scalar_sim_test";
+  const subtle = Stripe.createSubtleCryptoProvider();
+  let hook: Awaited<ReturnType<typeof receiver>>;
+  let running: RunningStripeSimulator;
+  let stripe: Stripe;
+  /** Deliveries of this event type still to refuse. */
+  let refuse = { type: "", times: 0 };
+  beforeAll(async () => {
+    hook = await receiver((body) => {
+      if (JSON.parse(body).type !== refuse.type || refuse.times === 0) return 200;
+      refuse.times--;
+      return refuse.times === 1 ? 500 : 503;
+    });
+    running = await startStripeSimulator({
+      webhooks: [{ url: hook.url, secret: SECRET }],
+      webhookDelivery: { retryDelaysMs: [20, 20] },
+    });
+    stripe = new Stripe(KEY, { host: "127.0.0.1", port: running.port, protocol: "http" });
+  });
+  afterAll(async () => {
+    await running?.close();
+    await hook?.close();
+  });
+
+  async function openInvoice(amount = 4_200) {
+    const customer = await stripe.customers.create({ email: `pay-${amount}@example.com` });
+    await stripe.invoiceItems.create({ customer: customer.id, amount, currency: "usd" });
+    const draft = await stripe.invoices.create({ customer: customer.id, pending_invoice_items_behavior: "include" });
+    return { customer, invoice: await stripe.invoices.finalizeInvoice(draft.id) };
+  }
+
+  /**
+   * The events the receiver got about this invoice, each checked by the SDK's own verification, in
+   * the order they happened (deliveries run side by side, so they may land in another).
+   */
+  async function delivered(invoiceId: string) {
+    await running.simulator.webhooks.settle();
+    const events: Stripe.Event[] = [];
+    for (const d of hook.got) {
+      const event = await stripe.webhooks.constructEventAsync(d.body, d.signature, SECRET, undefined, subtle);
+      if ((event.data.object as { id?: string }).id === invoiceId) events.push(event);
+    }
+    const order = running.simulator.events().map((e) => e.id);
+    return events.sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
+  }
+
+  it("pays an open invoice: invoice.paid and invoice.payment_succeeded, signed, once each; paying again fails", async () => {
+    const { invoice } = await openInvoice();
+    const paid = await stripe.invoices.pay(invoice.id, {}, { idempotencyKey: `pay-${invoice.id}` });
+    expect(paid).toMatchObject({ status: "paid", amount_paid: 4_200, amount_remaining: 0, attempt_count: 1 });
+    expect(paid.status_transitions.paid_at).toBeGreaterThan(0);
+    // The same key again: Stripe's saved answer, no second payment and no second event.
+    await stripe.invoices.pay(invoice.id, {}, { idempotencyKey: `pay-${invoice.id}` });
+    const events = await delivered(invoice.id);
+    expect(events.map((e) => e.type)).toEqual([
+      "invoice.created",
+      "invoice.finalized",
+      "invoice.paid",
+      "invoice.payment_succeeded",
+    ]);
+    expect(events[2]!.request).toMatchObject({ idempotency_key: `pay-${invoice.id}` });
+    expect((events[2]!.data.object as Stripe.Invoice).status).toBe("paid");
+
+    const again = await rejection(stripe.invoices.pay(invoice.id));
+    expect(again).toBeInstanceOf(Stripe.errors.StripeInvalidRequestError);
+    expect(again.message).toBe("Invoice is already paid");
+  });
+
+  it("a declined card: 402 StripeCardError, invoice.payment_failed with the next attempt; then it pays", async () => {
+    const { customer, invoice } = await openInvoice(9_900);
+    running.simulator.declinePayments(customer.id, { decline_code: "insufficient_funds" });
+    const error = await rejection(stripe.invoices.pay(invoice.id));
+    expect(error).toBeInstanceOf(Stripe.errors.StripeCardError);
+    expect(error).toMatchObject({ statusCode: 402, code: "card_declined", decline_code: "insufficient_funds" });
+    const failed = await stripe.invoices.retrieve(invoice.id);
+    expect(failed).toMatchObject({ status: "open", attempt_count: 1, attempted: true });
+    expect(failed.next_payment_attempt! - failed.status_transitions.finalized_at!).toBeGreaterThanOrEqual(3 * 86_400);
+
+    running.simulator.declinePayments(customer.id, null);
+    expect((await stripe.invoices.pay(invoice.id)).status).toBe("paid");
+    const types = (await delivered(invoice.id)).map((e) => e.type);
+    expect(types.slice(2)).toEqual(["invoice.payment_failed", "invoice.paid", "invoice.payment_succeeded"]);
+  });
+
+  it("paid out of band: invoice.paid only; uncollectible then void; a paid invoice cannot be voided", async () => {
+    const a = await openInvoice(1_000);
+    expect((await stripe.invoices.pay(a.invoice.id, { paid_out_of_band: true })).status).toBe("paid");
+    expect((await delivered(a.invoice.id)).map((e) => e.type).slice(2)).toEqual(["invoice.paid"]);
+    const refused = await rejection(stripe.invoices.voidInvoice(a.invoice.id));
+    expect(refused).toMatchObject({ statusCode: 400 });
+
+    const b = await openInvoice(2_000);
+    const lost = await stripe.invoices.markUncollectible(b.invoice.id);
+    expect(lost.status).toBe("uncollectible");
+    expect(lost.status_transitions.marked_uncollectible_at).toBeGreaterThan(0);
+    expect((await stripe.invoices.voidInvoice(b.invoice.id)).status).toBe("void");
+    expect(await rejection(stripe.invoices.pay(b.invoice.id))).toMatchObject({ statusCode: 400 });
+    expect((await delivered(b.invoice.id)).map((e) => e.type).slice(2)).toEqual([
+      "invoice.marked_uncollectible",
+      "invoice.voided",
+    ]);
+  });
+
+  it("retries a delivery the receiver refused, with the same event", async () => {
+    refuse = { type: "invoice.created", times: 2 };
+    hook.got.length = 0;
+    try {
+      const { invoice } = await openInvoice(3_000);
+      await running.simulator.webhooks.settle();
+      const ids = hook.got.map((d) => JSON.parse(d.body).id as string);
+      // invoice.created refused twice, then taken; invoice.finalized taken at once.
+      expect(ids.length).toBe(4);
+      expect(new Set(ids).size).toBe(2);
+      const attempts = running.simulator.webhooks.attempts.filter((a) => ids.includes(a.event_id));
+      expect(attempts.map((a) => [a.type, a.attempt, a.status]).sort()).toEqual([
+        ["invoice.created", 1, 500],
+        ["invoice.created", 2, 503],
+        ["invoice.created", 3, 200],
+        ["invoice.finalized", 1, 200],
+      ]);
+      expect((await delivered(invoice.id)).length).toBe(4);
+    } finally {
+      refuse = { type: "", times: 0 };
+    }
+  });
+
+  it("webhook endpoints made through the API get their own secret and only their events; events list and page", async () => {
+    const other = await receiver();
+    try {
+      const endpoint = await stripe.webhookEndpoints.create({ url: other.url, enabled_events: ["invoice.voided"] });
+      expect(endpoint.secret).toMatch(/^whsec_/);
+      expect((await stripe.webhookEndpoints.retrieve(endpoint.id)).secret).toBeUndefined();
+      expect((await stripe.webhookEndpoints.list()).data.map((e) => e.id)).toContain(endpoint.id);
+      const bad = await rejection(stripe.webhookEndpoints.create({ url: "ftp://x", enabled_events: ["*"] }));
+      expect(bad).toMatchObject({ statusCode: 400, param: "url" });
+
+      const { invoice } = await openInvoice(5_000);
+      await stripe.invoices.voidInvoice(invoice.id);
+      await running.simulator.webhooks.settle();
+      expect(other.got.length).toBe(1);
+      const event = await stripe.webhooks.constructEventAsync(
+        other.got[0]!.body,
+        other.got[0]!.signature,
+        endpoint.secret!,
+        undefined,
+        subtle,
+      );
+      expect(event.type).toBe("invoice.voided");
+
+      expect((await stripe.events.retrieve(event.id)).type).toBe("invoice.voided");
+      const page = await stripe.events.list({ type: "invoice.*", limit: 2 });
+      expect(page.data.map((e) => e.type)).toEqual(["invoice.voided", "invoice.finalized"]);
+      expect(page.has_more).toBe(true);
+      const next = await stripe.events.list({ type: "invoice.*", limit: 2, starting_after: page.data[1]!.id });
+      expect(next.data[0]!.type).toBe("invoice.created");
+      expect(
+        (await stripe.events.list({ types: ["invoice.voided"] })).data.every((e) => e.type === "invoice.voided"),
+      ).toBe(true);
+    } finally {
+      await other.close();
+    }
+  });
+});
+
 describe("the CLI", () => {
-  it("starts a server on the given port and prints its URL", async () => {
+  it("starts a server on the given port, prints its URL, and sends events to --webhook", async () => {
     const root = resolve(import.meta.dirname, "../..");
-    const child = spawn(process.execPath, ["--import", "tsx", "tools/stripe-sim/cli.ts", "--port", "0"], {
+    const hook = await receiver();
+    const args = ["tools/stripe-sim/cli.ts", "--port", "0", "--webhook", hook.url, "--webhook-secret", "whsec_cli"];
+    const child = spawn(process.execPath, ["--import", "tsx", ...args], {
       cwd: root,
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -597,8 +787,14 @@ describe("the CLI", () => {
       });
       const port = Number(new URL(url).port);
       const stripe = new Stripe(KEY, { host: "127.0.0.1", port, protocol: "http" });
-      expect((await stripe.customers.create({ email: "cli@example.com" })).email).toBe("cli@example.com");
+      const customer = await stripe.customers.create({ email: "cli@example.com" });
+      expect(customer.email).toBe("cli@example.com");
+      await stripe.invoices.create({ customer: customer.id });
+      await expect.poll(() => hook.got.length, { timeout: 10_000 }).toBe(1);
+      const event = await stripe.webhooks.constructEventAsync(hook.got[0]!.body, hook.got[0]!.signature, "whsec_cli");
+      expect(event.type).toBe("invoice.created");
     } finally {
+      await hook.close();
       child.kill("SIGTERM");
       if (child.exitCode === null) await once(child, "exit");
     }

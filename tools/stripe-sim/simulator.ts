@@ -1,7 +1,8 @@
 /**
  * A local stand-in for the part of Stripe's v1 API that Scalar's billing uses: customers, invoice
- * items and invoices (create, finalize, retrieve, list), with Stripe's bearer auth, error envelope,
- * idempotency rules and pagination, plus fault injection and inspection for tests.
+ * items and invoices (create, finalize, pay, void, mark uncollectible, retrieve, list), their events
+ * and signed webhook deliveries (./webhooks), with Stripe's bearer auth, error envelope, idempotency
+ * rules and pagination, plus fault injection and inspection for tests.
  *
  * `sim.fetch` is the whole API as a fetch handler using only Web-standard APIs, so it runs in Node and
  * inside workerd, in-process:
@@ -16,6 +17,7 @@
  */
 import type Stripe from "stripe";
 import {
+  cardDeclined,
   invalidRequest,
   parameterInvalid,
   parameterMissing,
@@ -35,6 +37,7 @@ import {
   type Spec,
   validate,
 } from "./params";
+import { enabledFor, type SimEvent, type SimWebhookEndpoint, type WebhookOptions, WebhookSender } from "./webhooks";
 
 /**
  * The JSON form of an SDK type: stripe-node 23 turns decimal strings (`quantity_decimal`,
@@ -81,6 +84,23 @@ export interface StripeSimulatorOptions {
   storeValidationErrors?: boolean;
   /** How long idempotency keys are kept, ms of the simulator's clock (default 24 h). */
   idempotencyTtlMs?: number;
+  /**
+   * Webhook endpoints from the start, as if made with `POST /v1/webhook_endpoints` (a missing
+   * secret is generated; `enabledEvents` defaults to every event, `*`).
+   */
+  webhooks?: readonly { url: string; secret?: string; enabledEvents?: readonly string[] }[];
+  /** How webhook deliveries are sent and retried (default: the global fetch; 1 s … 10 min). */
+  webhookDelivery?: WebhookOptions;
+}
+
+/** How a customer's payments fail (`declinePayments`): Stripe's card error fields. */
+export interface Decline {
+  /** Default `card_declined`. */
+  code?: string;
+  /** Default `generic_decline`. */
+  decline_code?: string;
+  /** Default "Your card was declined.". */
+  message?: string;
 }
 
 export interface FaultMatch {
@@ -182,7 +202,7 @@ interface InvoiceRecord {
   items: string[];
 }
 
-type ObjectKind = "customer" | "invoiceitem" | "invoice" | "line_item";
+type ObjectKind = "customer" | "invoiceitem" | "invoice" | "line_item" | "event" | "webhook_endpoint";
 interface RouteResult {
   status?: number;
   body: Record<string, unknown>;
@@ -204,6 +224,8 @@ const EXPANDABLE: Record<ObjectKind, readonly string[]> = {
   invoiceitem: ["customer", "invoice", "invoice.customer"],
   invoice: ["customer"],
   line_item: [],
+  event: [],
+  webhook_endpoint: [],
 };
 
 const EXPAND: Spec = { kind: "strings" };
@@ -350,6 +372,27 @@ interface PageParams {
   ending_before?: string;
 }
 
+const INVOICE_PAY: Schema = {
+  paid_out_of_band: { kind: "boolean" },
+  expand: EXPAND,
+  ...unsupportedFields(["forgive", "mandate", "off_session", "payment_method", "source"]),
+};
+
+const WEBHOOK_ENDPOINT_CREATE: Schema = {
+  url: { kind: "string", required: true, maxLength: 5000 },
+  enabled_events: { kind: "strings" },
+  description: { kind: "string", emptyable: true, maxLength: 5000 },
+  metadata: { kind: "metadata" },
+  expand: EXPAND,
+  ...unsupportedFields(["api_version", "connect"]),
+};
+interface WebhookEndpointParams {
+  url: string;
+  enabled_events?: string[];
+  description?: string | null;
+  metadata?: Record<string, string> | null;
+}
+
 const ALPHANUMERIC = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 function randomChars(n: number, alphabet = ALPHANUMERIC): string {
   const bytes = crypto.getRandomValues(new Uint8Array(n));
@@ -387,11 +430,21 @@ export class StripeSimulator {
   private log: StripeSimRequest[] = [];
   private seq = 0;
   private requestSeq = 0;
+  private eventsById = new Map<string, { seq: number; obj: SimEvent }>();
+  private endpointsById = new Map<string, { seq: number; obj: SimWebhookEndpoint; secret: string }>();
+  private declines = new Map<string, Required<Decline>>();
+  /** The request being run, for events' `request` (null ids for what the clock does by itself). */
+  private current: SimEvent["request"] = { id: null, idempotency_key: null };
+  /** Webhook deliveries: `attempts` (every try), `settle()` (await what is under way), `close()`. */
+  readonly webhooks: WebhookSender;
 
   constructor(options: StripeSimulatorOptions = {}) {
     this.options = options;
     this.now = options.now ?? (() => Date.now());
     this.routes = this.buildRoutes();
+    this.webhooks = new WebhookSender(options.webhookDelivery);
+    for (const w of options.webhooks ?? [])
+      this.addWebhookEndpoint({ url: w.url, enabled_events: [...(w.enabledEvents ?? ["*"])] }, w.secret);
   }
 
   // ---------------------------------------------------------------- the HTTP API
@@ -549,7 +602,13 @@ export class StripeSimulator {
       const values = validate(params, route.schema, route.name);
       const expand = (values.expand as string[] | undefined) ?? [];
       this.checkExpand(expand, route.result);
-      const result = route.run(values, ids);
+      this.current = { id: entry.requestId, idempotency_key: entry.idempotencyKey };
+      let result: RouteResult;
+      try {
+        result = route.run(values, ids);
+      } finally {
+        this.current = { id: null, idempotency_key: null };
+      }
       for (const path of expand) this.expandInto(result.body, path.split("."));
       answer = { status: result.status ?? 200, body: JSON.stringify(result.body) };
     } catch (error) {
@@ -768,6 +827,46 @@ export class StripeSimulator {
       r("GET", "/v1/invoices/{id}/lines", PAGE, "list:line_item", (p, [iid]) => ({
         body: this.listLines(iid!, p as PageParams),
       })),
+      r("POST", "/v1/invoices/{id}/pay", INVOICE_PAY, "invoice", (p, [iid]) => ({
+        body: this.payInvoice(iid!, p as { paid_out_of_band?: boolean }),
+      })),
+      r("POST", "/v1/invoices/{id}/void", { expand: EXPAND }, "invoice", (_p, [iid]) => ({
+        body: this.closeInvoice(iid!, "void"),
+      })),
+      r("POST", "/v1/invoices/{id}/mark_uncollectible", { expand: EXPAND }, "invoice", (_p, [iid]) => ({
+        body: this.closeInvoice(iid!, "uncollectible"),
+      })),
+      r(
+        "GET",
+        "/v1/events",
+        {
+          type: { kind: "string" },
+          types: { kind: "strings" },
+          ...PAGE,
+          ...unsupportedFields(["created", "delivery_success"]),
+        },
+        "list:event",
+        (p) => ({ body: this.listEvents(p as PageParams & { type?: string; types?: string[] }) }),
+      ),
+      r("GET", "/v1/events/{id}", { expand: EXPAND }, "event", (_p, [eid]) => ({
+        body: this.requireEvent(eid!),
+      })),
+      r("POST", "/v1/webhook_endpoints", WEBHOOK_ENDPOINT_CREATE, "webhook_endpoint", (p) => ({
+        body: this.addWebhookEndpoint(p as unknown as WebhookEndpointParams),
+      })),
+      r("GET", "/v1/webhook_endpoints", PAGE, "list:webhook_endpoint", (p) => ({
+        body: this.page(
+          StripeSimulator.newestFirst([...this.endpointsById.values()]).map((e) => clone(e.obj)),
+          p as PageParams,
+          "/v1/webhook_endpoints",
+          "webhook_endpoint",
+        ),
+      })),
+      r("GET", "/v1/webhook_endpoints/{id}", { expand: EXPAND }, "webhook_endpoint", (_p, [wid]) => {
+        const e = this.endpointsById.get(wid!);
+        if (!e) throw resourceMissing("webhook_endpoint", wid!, "id");
+        return { body: clone(e.obj) };
+      }),
     ];
   }
 
@@ -1030,6 +1129,7 @@ export class StripeSimulator {
     }
     this.invoicesById.set(invoice.id, record);
     this.recompute(record);
+    this.emit("invoice.created", record);
     return this.render(record);
   }
 
@@ -1094,6 +1194,149 @@ export class StripeSimulator {
     } else {
       inv.status = "open";
     }
+    this.emit("invoice.finalized", record);
+    if (inv.status === "paid") this.emit("invoice.paid", record);
+  }
+
+  // ---------------------------------------------------------------- collection
+
+  /**
+   * `POST /v1/invoices/{id}/pay`: a draft is finalized first; an open or uncollectible invoice is
+   * paid out of band, or charged to the customer's card, which succeeds unless `declinePayments`
+   * says otherwise: then 402 `card_error`, one more attempt counted and, for an automatically
+   * charged invoice, the next retry 3 days on (none after the fourth attempt).
+   */
+  private payInvoice(id: string, p: { paid_out_of_band?: boolean }): SimInvoice {
+    const record = this.invoicesById.get(id);
+    if (!record) throw resourceMissing("invoice", id, "id");
+    const inv = record.obj;
+    const now = this.nowSeconds();
+    if (inv.status === "paid") throw invalidRequest("Invoice is already paid");
+    // Simulator wording: Stripe refuses with its own message.
+    if (inv.status === "void") throw invalidRequest("This invoice is void and cannot be paid.");
+    if (inv.status === "draft") {
+      this.finalize(record, now);
+      if (inv.status === "paid") return this.render(record);
+    }
+    if (p.paid_out_of_band) {
+      this.markPaid(record, now);
+      this.emit("invoice.paid", record);
+      return this.render(record);
+    }
+    inv.attempt_count += 1;
+    inv.attempted = true;
+    const decline = this.declines.get(inv.customer);
+    if (decline) {
+      const retry = inv.collection_method === "charge_automatically" && inv.attempt_count < 4;
+      inv.next_payment_attempt = retry ? now + 3 * 86_400 : null;
+      this.emit("invoice.payment_failed", record);
+      throw cardDeclined(decline);
+    }
+    this.markPaid(record, now);
+    this.emit("invoice.paid", record);
+    this.emit("invoice.payment_succeeded", record);
+    return this.render(record);
+  }
+
+  private markPaid(record: InvoiceRecord, at: number): void {
+    const inv = record.obj;
+    inv.status = "paid";
+    inv.amount_paid = inv.amount_due;
+    inv.amount_remaining = 0;
+    inv.status_transitions.paid_at = at;
+    inv.next_payment_attempt = null;
+    inv.auto_advance = false;
+  }
+
+  /** `void` (open or uncollectible invoices) and `mark_uncollectible` (open ones). */
+  private closeInvoice(id: string, to: "void" | "uncollectible"): SimInvoice {
+    const record = this.invoicesById.get(id);
+    if (!record) throw resourceMissing("invoice", id, "id");
+    const inv = record.obj;
+    const from = to === "void" ? ["open", "uncollectible"] : ["open"];
+    if (!from.includes(String(inv.status)))
+      // Simulator wording; Stripe's status and type.
+      throw invalidRequest(
+        `You can only ${to === "void" ? "void" : "mark as uncollectible"} ${from.join(" or ")} invoices; this one is ${inv.status}.`,
+      );
+    const now = this.nowSeconds();
+    inv.status = to;
+    inv.next_payment_attempt = null;
+    inv.auto_advance = false;
+    if (to === "void") inv.status_transitions.voided_at = now;
+    else inv.status_transitions.marked_uncollectible_at = now;
+    this.emit(to === "void" ? "invoice.voided" : "invoice.marked_uncollectible", record);
+    return this.render(record);
+  }
+
+  // ---------------------------------------------------------------- events and webhooks
+
+  /** Records an event about the invoice as it is now and sends it to the endpoints that want it. */
+  private emit(type: string, record: InvoiceRecord): void {
+    const endpoints = [...this.endpointsById.values()].filter((e) => enabledFor(e.obj, type));
+    const event: SimEvent = {
+      id: newId("evt"),
+      object: "event",
+      api_version: STRIPE_API_VERSION,
+      created: this.nowSeconds(),
+      data: { object: this.render(record) as unknown as Record<string, unknown> },
+      livemode: false,
+      pending_webhooks: endpoints.length,
+      request: { ...this.current },
+      type,
+    };
+    this.eventsById.set(event.id, { seq: ++this.seq, obj: event });
+    for (const e of endpoints) this.webhooks.send(clone(event), { ...e.obj, secret: e.secret });
+  }
+
+  private addWebhookEndpoint(p: WebhookEndpointParams, secret = `whsec_${randomChars(32)}`): SimWebhookEndpoint {
+    if (!p.enabled_events?.length) throw parameterMissing("enabled_events");
+    let url: URL;
+    try {
+      url = new URL(p.url);
+    } catch {
+      throw parameterInvalid("url", `Invalid URL: ${p.url}`);
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:")
+      throw parameterInvalid("url", `Invalid URL: ${p.url} (must be http or https)`);
+    const endpoint: SimWebhookEndpoint = {
+      id: newId("we"),
+      object: "webhook_endpoint",
+      api_version: null,
+      application: null,
+      created: this.nowSeconds(),
+      description: p.description ?? null,
+      enabled_events: p.enabled_events,
+      livemode: false,
+      metadata: createMetadata(p.metadata),
+      status: "enabled",
+      url: p.url,
+    };
+    this.endpointsById.set(endpoint.id, { seq: ++this.seq, obj: endpoint, secret });
+    return { ...clone(endpoint), secret };
+  }
+
+  private requireEvent(id: string): SimEvent {
+    const e = this.eventsById.get(id);
+    if (!e) throw resourceMissing("event", id, "id");
+    return clone(e.obj);
+  }
+
+  /** Newest first; `type` may end in `*` (`invoice.*`), `types` is any of several. */
+  private listEvents(p: PageParams & { type?: string; types?: string[] }): SimList<SimEvent> {
+    if (p.type !== undefined && p.types !== undefined) throw parametersExclusive(["type", "types"]);
+    const matches = (t: string) =>
+      (p.type === undefined || (p.type.endsWith("*") ? t.startsWith(p.type.slice(0, -1)) : t === p.type)) &&
+      (p.types === undefined || p.types.includes(t));
+    const records = [...this.eventsById.values()]
+      .filter((e) => matches(e.obj.type))
+      .sort((a, b) => b.obj.created - a.obj.created || b.seq - a.seq);
+    return this.page(
+      records.map((e) => clone(e.obj)),
+      p,
+      "/v1/events",
+      "event",
+    );
   }
 
   private requireInvoice(id: string): SimInvoice {
@@ -1341,6 +1584,23 @@ export class StripeSimulator {
     return rendered;
   }
 
+  /** Every event so far, oldest first. */
+  events(): SimEvent[] {
+    this.sync();
+    return [...this.eventsById.values()].sort((a, b) => a.seq - b.seq).map((e) => clone(e.obj));
+  }
+
+  /** The customer's payments (`POST /v1/invoices/{id}/pay`) fail from now on, or succeed again (null). */
+  declinePayments(customerId: string, decline: Decline | null = {}): void {
+    if (decline === null) this.declines.delete(customerId);
+    else
+      this.declines.set(customerId, {
+        code: decline.code ?? "card_declined",
+        decline_code: decline.decline_code ?? "generic_decline",
+        message: decline.message ?? "Your card was declined.",
+      });
+  }
+
   /** The idempotency keys currently remembered (for an API key, or all). */
   idempotencyKeys(apiKey?: string): StoredIdempotencyKey[] {
     return [...this.idempotency.entries()]
@@ -1359,6 +1619,8 @@ export class StripeSimulator {
     this.customersById.clear();
     this.itemsById.clear();
     this.invoicesById.clear();
+    this.eventsById.clear();
+    this.declines.clear();
     this.idempotency.clear();
     this.faults = [];
     this.log = [];
