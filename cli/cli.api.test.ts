@@ -753,6 +753,27 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
         /^error: redrive takes the job's id/,
       );
 
+      // Cordoned by hand and uncordoned: `nodes ls` shows the live state, `--json` the cordon.
+      const cordoned = await authed([...words(`nodes cordon ${nodeId} --reason`), "inspecting NVLink"]);
+      expect(cordoned).toMatchObject({
+        code: 0,
+        stdout: expect.stringMatching(new RegExp(`^node ${nodeId} cordoned; \\d+ placements? still running `)),
+      });
+      expect((await authed(words("nodes ls --state ready"))).stdout).toMatch(
+        new RegExp(`^${nodeId}\\s.*\\sready \\(live: cordoned\\)\\s`, "m"),
+      );
+      const listed = JSON.parse((await authed(words("nodes ls --state ready --json"))).stdout).data;
+      expect(listed.find((n: { id: string }) => n.id === nodeId).live.cordon).toMatchObject({
+        reason: "inspecting NVLink",
+        by: expect.stringMatching(/^api_key:/),
+      });
+      const uncordoned = await authed(words(`nodes uncordon ${nodeId} --json`));
+      expect(JSON.parse(uncordoned.stdout)).toMatchObject({ id: nodeId, live: { state: "ready", cordon: null } });
+      expect((await authed(words(`nodes uncordon ${nodeId}`))).stdout).toBe(
+        `node ${nodeId} uncordoned; it takes new work\n`,
+      );
+      expect(oneErrorLine(await authed(words("nodes cordon node-nope")))).toMatch(/^error: not_found: /);
+
       // Last in this group: the node takes nothing new once drained.
       const drained = await authed(words(`nodes drain ${nodeId}`));
       expect(drained).toMatchObject({

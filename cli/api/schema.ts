@@ -2530,6 +2530,278 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description Request body too large. */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Body is not JSON. */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/operator/nodes/{id}/cordon": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cordon a node
+         * @description The scheduler places nothing new on it until it is uncordoned; running work runs on (e.g. to look at a node without draining it: a drained node never takes work again). Again on a node an operator cordoned: nothing changes, the first cordon (`live.cordon`) stays. A draining node is refused (`node_draining`).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: {
+                    /** @description Makes the POST safe to retry: the same key and body return the first result for 24 h. */
+                    "idempotency-key"?: string;
+                };
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["NodeCordonRequest"];
+                };
+            };
+            responses: {
+                /** @description The node. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["OperatorNode"];
+                    };
+                };
+                /** @description Invalid request: the envelope's `details.fields` names each offending field. */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing, expired or invalid access token or API key. */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing scope or role, tier not allowed, or a quota reached. */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description No such resource in this account. */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Conflict with the resource's state, or an idempotent request still running. */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Request body too large. */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Body is not JSON. */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/operator/nodes/{id}/uncordon": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Uncordon a node
+         * @description Lifts an operator's cordon: the scheduler places waiting work on the node at once. A node whose container engine does not answer stays cordoned until it answers (`live.engine_stuck`). A node not cordoned is left as it is.
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: {
+                    /** @description Makes the POST safe to retry: the same key and body return the first result for 24 h. */
+                    "idempotency-key"?: string;
+                };
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description The node. */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["OperatorNode"];
+                    };
+                };
+                /** @description Invalid request: the envelope's `details.fields` names each offending field. */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing, expired or invalid access token or API key. */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Missing scope or role, tier not allowed, or a quota reached. */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description No such resource in this account. */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Conflict with the resource's state, or an idempotent request still running. */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Request body too large. */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Body is not JSON. */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
                 429: {
                     headers: {
@@ -4264,10 +4536,11 @@ export interface components {
             created_at: string;
             /** @description The region scheduler's view; null if it does not know the node (or did not answer). */
             live: {
+                /** @description `ready`, `cordoned` (up, but taking no new work while `cordon` or `engine_stuck` holds; what runs runs on), `draining` or `lost`. */
                 state: string;
                 free_gpus: number[];
                 unhealthy_gpus: number[];
-                /** @description The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again. */
+                /** @description The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again (and, if an operator cordoned it too, until they uncordon it). */
                 engine_stuck: {
                     /**
                      * Format: date-time
@@ -4276,6 +4549,20 @@ export interface components {
                     since: string;
                     operation: string;
                     detail: string;
+                } | null;
+                /** @description An operator's cordon (`POST /v1/operator/nodes/{id}/cordon`): the node is cordoned (state `cordoned`, no new work; what runs runs on) until an operator uncordons it. */
+                cordon: {
+                    /**
+                     * Format: date-time
+                     * @example 2026-11-26T12:00:00.000Z
+                     */
+                    since: string;
+                    reason: string | null;
+                    /**
+                     * @description The operator, as the audit log names them.
+                     * @example user:3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11
+                     */
+                    by: string;
                 } | null;
                 placements: string[];
                 /**
@@ -4303,6 +4590,13 @@ export interface components {
             cpu_milli: number;
             memory_mib: number;
             hostname?: string;
+        };
+        NodeCordonRequest: {
+            /**
+             * @description Why, for the other operators (`live.cordon`) and the audit log.
+             * @example inspecting NVLink errors
+             */
+            reason?: string;
         };
         DeadLetterPage: {
             data: components["schemas"]["DeadLetter"][];

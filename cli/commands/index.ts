@@ -14,7 +14,7 @@ import { jobsRun } from "./job-run";
 import { jobsCancel, jobsGet, jobsLogs, jobsLs } from "./jobs";
 import { keysCreate, keysLs, keysRevoke } from "./keys";
 import { login, whoami } from "./login";
-import { deadLettersLs, deadLettersRedrive, nodesDrain, nodesLs } from "./operator";
+import { deadLettersLs, deadLettersRedrive, nodesCordon, nodesDrain, nodesLs, nodesUncordon } from "./operator";
 import { regions } from "./regions";
 import { registriesAdd, registriesLs, registriesRm } from "./registries";
 import { invoicesLs, usage } from "./usage";
@@ -45,6 +45,8 @@ export const COMMANDS: CommandSpec<Context>[] = [
   regions,
   nodesLs,
   nodesDrain,
+  nodesCordon,
+  nodesUncordon,
   deadLettersLs,
   deadLettersRedrive,
 ];

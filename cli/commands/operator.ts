@@ -1,8 +1,8 @@
 /**
- * Operator commands (owners and admins of the operator account): `scalar nodes ls | drain` and
- * `scalar dead-letters ls | redrive`. Anyone else gets the API's one-line `forbidden`.
+ * Operator commands (owners and admins of the operator account): `scalar nodes ls | drain | cordon |
+ * uncordon` and `scalar dead-letters ls | redrive`. Anyone else gets the API's one-line `forbidden`.
  */
-import { type DeadLetter, type NodeState, type OperatorNode, ok } from "../api/client";
+import { type Connection, type DeadLetter, type NodeState, type OperatorNode, ok } from "../api/client";
 import { type CommandSpec, choiceOption, isUuid, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
 import { type Context, printJson, printPage } from "../context";
 import { EXIT, UsageError } from "../errors";
@@ -83,6 +83,32 @@ export const nodesLs: CommandSpec<Context> = {
   },
 };
 
+/** `2 placements still running`: what a node taking no new work still runs. */
+function stillRunning(node: OperatorNode): string {
+  const running = node.live?.placements.length ?? 0;
+  return `${running} placement${running === 1 ? "" : "s"} still running`;
+}
+
+/**
+ * A node action (drain, cordon, uncordon) on the node the one positional names; its answer printed:
+ * the node (`--json`), else `line` about it.
+ */
+async function nodeAction(
+  ctx: Context,
+  positionals: string[],
+  request: (
+    conn: Connection,
+    path: { params: { path: { id: string } } },
+  ) => Promise<{ data?: OperatorNode; error?: unknown; response: Response }>,
+  line: (node: OperatorNode) => string,
+): Promise<number> {
+  const conn = ctx.connection();
+  const node = await ok(conn, request(conn, { params: { path: { id: positionals[0] as string } } }));
+  if (ctx.json) printJson(ctx, node);
+  else ctx.io.stdout(`${line(node)}\n`);
+  return EXIT.ok;
+}
+
 export const nodesDrain: CommandSpec<Context> = {
   words: ["nodes", "drain"],
   summary: "drain a node: nothing new is placed on it, running work finishes (operators)",
@@ -90,17 +116,63 @@ export const nodesDrain: CommandSpec<Context> = {
   positionals: { min: 1, max: 1 },
   options: {},
   examples: ["scalar nodes drain node-7f3a9c"],
-  async run(ctx, { positionals }) {
-    const conn = ctx.connection();
-    const id = positionals[0] as string;
-    const node = await ok(conn, conn.api.POST("/v1/operator/nodes/{id}/drain", { params: { path: { id } } }));
-    if (ctx.json) printJson(ctx, node);
-    else {
-      const running = node.live?.placements.length ?? 0;
-      ctx.io.stdout(`node ${node.id} draining; ${running} placement${running === 1 ? "" : "s"} still running\n`);
-    }
-    return EXIT.ok;
+  run: (ctx, { positionals }) =>
+    nodeAction(
+      ctx,
+      positionals,
+      (conn, path) => conn.api.POST("/v1/operator/nodes/{id}/drain", path),
+      (node) => `node ${node.id} draining; ${stillRunning(node)}`,
+    ),
+};
+
+export const nodesCordon: CommandSpec<Context> = {
+  words: ["nodes", "cordon"],
+  summary: "cordon a node: nothing new is placed on it until uncordoned, running work runs on (operators)",
+  usage: "NODE_ID [--reason TEXT]",
+  positionals: { min: 1, max: 1 },
+  options: {
+    reason: {
+      type: "string",
+      value: "TEXT",
+      description: "why, for other operators and the audit log (1-500 characters)",
+    },
   },
+  examples: ["scalar nodes cordon node-7f3a9c --reason 'inspecting NVLink errors'"],
+  run(ctx, { positionals, values }) {
+    const reason = stringOption(values, "reason");
+    return nodeAction(
+      ctx,
+      positionals,
+      (conn, path) =>
+        conn.api.POST("/v1/operator/nodes/{id}/cordon", {
+          ...path,
+          ...(reason !== undefined ? { body: { reason } } : {}),
+        }),
+      (node) => `node ${node.id} cordoned; ${stillRunning(node)} (scalar nodes uncordon ${node.id} to lift)`,
+    );
+  },
+};
+
+export const nodesUncordon: CommandSpec<Context> = {
+  words: ["nodes", "uncordon"],
+  summary: "lift an operator's cordon: the node takes new work again (operators)",
+  usage: "NODE_ID",
+  positionals: { min: 1, max: 1 },
+  options: {},
+  examples: ["scalar nodes uncordon node-7f3a9c"],
+  run: (ctx, { positionals }) =>
+    nodeAction(
+      ctx,
+      positionals,
+      (conn, path) => conn.api.POST("/v1/operator/nodes/{id}/uncordon", path),
+      (node) => {
+        const state = node.live?.state ?? node.state;
+        // A hung engine's cordon is not the operator's to lift: it ends when the engine answers.
+        if (state === "cordoned")
+          return `node ${node.id} uncordoned; still cordoned: its container engine does not answer`;
+        return `node ${node.id} uncordoned; ${state === "ready" ? "it takes new work" : state}`;
+      },
+    ),
 };
 
 export const deadLettersLs: CommandSpec<Context> = {

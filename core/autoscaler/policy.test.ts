@@ -639,6 +639,22 @@ describe("a node whose container engine hangs (cordoned)", () => {
   });
 });
 
+describe("a node an operator cordoned", () => {
+  it("is neither drained nor kept for the Fast headroom at its end: headroom is bought instead", () => {
+    // Idle at its end, like the healthy node kept above; the operator's cordon is theirs to lift.
+    const cordoned = node("looked-at", { endAt: at("10:25"), freeGpus: 0, cordoned: true });
+    const p = plan(input({ nodes: [cordoned], demand: ONE_NODE_HEADROOM }));
+    expect(ofKind(p.actions, "extend")).toEqual([]);
+    expect(ofKind(p.actions, "drain")).toEqual([]);
+    expect(ofKind(p.actions, "buy").map((b) => b.reason.rule)).toEqual(["fast_headroom"]);
+  });
+
+  it("is never drained for a hung engine, however long it stays cordoned", () => {
+    const p = plan(input({ nodes: [node("looked-at", { freeGpus: 0, cordoned: true }), node("ok")] }));
+    expect(ofKind(p.actions, "drain")).toEqual([]);
+  });
+});
+
 describe("a node that never gets an agent (boot timeout)", () => {
   const booting = (minutes: number) => node("slow", { state: "booting", bootingSince: NOW - minutes * MINUTE_MS });
 

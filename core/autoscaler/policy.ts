@@ -209,6 +209,11 @@ function bootTimedOut(n: FleetNode, input: CapacityInput): boolean {
   return n.state === "booting" && n.bootingSince !== undefined && input.now - n.bootingSince >= limit;
 }
 
+/** Up but taking no new work: cordoned by an operator, or its container engine hung. */
+function cordoned(n: FleetNode): boolean {
+  return n.cordoned === true || n.cordonedSince !== undefined;
+}
+
 function fits(job: QueuedJob, cfg: AutoscalerConfig): boolean {
   return job.gpuModels.length === 0 || job.gpuModels.includes(cfg.gpuModel);
 }
@@ -229,11 +234,7 @@ function assess(input: CapacityInput): Assessment {
   const busyEnding = ending.filter((n) => continuesPast(n, n.endAt, now));
   // A cordoned node takes no work: never kept for the headroom.
   const idleEnding = ending.filter(
-    (n) =>
-      n.state !== "draining" &&
-      n.cordonedSince === undefined &&
-      !bootTimedOut(n, input) &&
-      !continuesPast(n, n.endAt, now),
+    (n) => n.state !== "draining" && !cordoned(n) && !bootTimedOut(n, input) && !continuesPast(n, n.endAt, now),
   );
   const surviving = live.filter((n) => n.endAt > horizon || extending.has(n.id));
 

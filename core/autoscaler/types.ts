@@ -29,8 +29,14 @@ export interface FleetNode {
   endAt: number;
   work: RunningWork[];
   /**
-   * Since when the node has been cordoned (its container engine does not answer: it takes no new
-   * work); absent when it is not. Cordoned longer than `cordonDrainAfterMs`, it is drained.
+   * The node is up but takes no new work (the scheduler's state `cordoned`): an operator cordoned
+   * it, or its container engine does not answer (`cordonedSince`). Never kept for the headroom.
+   */
+  cordoned?: boolean;
+  /**
+   * Since when the node's container engine has not answered (it is cordoned); absent when it
+   * answers. Cordoned so longer than `cordonDrainAfterMs`, it is drained. An operator's cordon sets
+   * only `cordoned`: the operator lifts it, the policy never drains for it.
    */
   cordonedSince?: number;
   /**

@@ -21,7 +21,9 @@ import type {
   EndpointState,
   EventResult,
   JobState,
+  NodeCordon,
   NodeRegistration,
+  NodeResult,
   NodeView,
   RegionSchedulerRpc,
   ReservationRequest,
@@ -148,10 +150,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     }, true);
   }
 
-  async heartbeat(
-    nodeId: string,
-    heartbeat: Heartbeat,
-  ): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }> {
+  async heartbeat(nodeId: string, heartbeat: Heartbeat): Promise<NodeResult> {
     return this.change((now) => {
       const r = this.state.heartbeat(nodeId, heartbeat, now);
       if (!r.known) return { ok: false, state: "unknown" as const };
@@ -194,8 +193,21 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     }, true);
   }
 
-  async drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }> {
+  async drain(nodeId: string): Promise<NodeResult> {
     return this.change((now) => this.state.drain(nodeId, now));
+  }
+
+  async cordon(nodeId: string, cordon: Omit<NodeCordon, "since">): Promise<NodeResult> {
+    return this.change((now) => this.state.cordon(nodeId, cordon, now));
+  }
+
+  async uncordon(nodeId: string, by?: string): Promise<NodeResult> {
+    return this.change((now) => {
+      const { changed, ...result } = this.state.uncordon(nodeId, by ?? null, now);
+      // Its GPUs are free for the queue again: place what waits at once, not at the next alarm.
+      if (changed) this.state.schedule(now);
+      return result;
+    });
   }
 
   async setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null): Promise<{ ok: boolean }> {

@@ -6,7 +6,7 @@
 import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { PlacementEvent } from "../../core/schemas";
+import type { EngineStuck, PlacementEvent } from "../../core/schemas";
 import type { Clock } from "./clock";
 import { RegionScheduler } from "./RegionScheduler";
 import type { EndpointSpec, NodeRegistration, SchedulerJob } from "./rpc";
@@ -108,6 +108,23 @@ function ev<T extends PlacementEvent["type"]>(
   extra: Record<string, unknown> = {},
 ): PlacementEvent {
   return { event_id: `e${++eventNo}`, type, placement_id: placementId, at, ...extra } as PlacementEvent;
+}
+
+/** An agent's report of a container start left unanswered since `since`. */
+function stuckSince(since: number): EngineStuck {
+  return { since, operation: "start", detail: 'the container engine did not answer "start" within 60 s' };
+}
+
+/** Heartbeats of `nodeId` running `running`, its engine reported stuck when `engine_stuck` is given. */
+function heartbeats(stub: Stub, clock: TestClock, nodeId: string, running: string[] = []) {
+  return (engine_stuck?: EngineStuck) =>
+    stub.heartbeat(nodeId, {
+      at: clock.t,
+      gpus: [],
+      containers: [],
+      running,
+      ...(engine_stuck ? { engine_stuck } : {}),
+    });
 }
 
 async function placementOf(stub: Stub, jobId: string) {
@@ -676,19 +693,8 @@ describe("RegionScheduler: capacity", () => {
     const first = await jobFor();
     await stub.submit(first);
     const running = await placementOf(stub, first.id);
-    const stuck = {
-      since: clock.t - 61_000,
-      operation: "start",
-      detail: 'the container engine did not answer "start" within 60 s',
-    };
-    const beat = (engine_stuck?: typeof stuck) =>
-      stub.heartbeat(N("n1"), {
-        at: clock.t,
-        gpus: [],
-        containers: [],
-        running: [running.placement_id],
-        ...(engine_stuck ? { engine_stuck } : {}),
-      });
+    const stuck = stuckSince(clock.t - 61_000);
+    const beat = heartbeats(stub, clock, N("n1"), [running.placement_id]);
     await beat(stuck);
     const view = (await stub.listNodes())[0]!;
     expect(view).toMatchObject({ state: "cordoned", engine_stuck: stuck });
@@ -714,6 +720,104 @@ describe("RegionScheduler: capacity", () => {
     expect((await stub.listNodes())[0]).toMatchObject({ state: "ready", engine_stuck: null });
     await runDurableObjectAlarm(stub);
     expect(await stub.jobState(second.id)).toMatchObject({ status: "placed", waiting_reason: null });
+  });
+
+  it("cordons a node by hand: nothing new lands until the operator uncordons it, then what waits is placed at once", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const by = "user:3f1c2b0e";
+    expect(await stub.cordon(N("n1"), { reason: "inspecting NVLink", by })).toEqual({ ok: true, state: "cordoned" });
+    expect(await stub.cordon(N("zz"), { reason: null, by })).toEqual({ ok: false, state: "unknown" });
+    // Again: nothing changes, the first cordon stays.
+    clock.advance(1_000);
+    expect(await stub.cordon(N("n1"), { reason: "again", by: "user:other" })).toEqual({ ok: true, state: "cordoned" });
+    expect((await stub.listNodes())[0]).toMatchObject({
+      state: "cordoned",
+      engine_stuck: null,
+      cordon: { since: T0, reason: "inspecting NVLink", by },
+    });
+    const job = await jobFor();
+    await stub.submit(job);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 node cordoned",
+    });
+    expect((await stub.capacitySnapshot()).by_model).toMatchObject([
+      { nodes_ready: 0, nodes_cordoned: 1, free_gpus: 0 },
+    ]);
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "queued" });
+
+    // Uncordoned: placed in the same call, no alarm needed.
+    clock.advance(1_000);
+    expect(await stub.uncordon(N("n1"), by)).toEqual({ ok: true, state: "ready" });
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", waiting_reason: null });
+    expect((await stub.listNodes())[0]).toMatchObject({ state: "ready", cordon: null });
+    expect(await stub.uncordon(N("n1"), by)).toEqual({ ok: true, state: "ready" });
+    expect(await stub.uncordon(N("zz"))).toEqual({ ok: false, state: "unknown" });
+    // A draining node is not cordoned: it takes no new work already, for good.
+    await stub.drain(N("n1"));
+    expect(await stub.cordon(N("n1"), { reason: null, by })).toEqual({ ok: false, state: "draining" });
+
+    await runDurableObjectAlarm(stub);
+    const audit = await sql`select action, data from audit_log where target_id = ${N("n1")} order by id`;
+    expect(audit.map((a) => [a.action, a.data])).toEqual([
+      ["node.registered", expect.anything()],
+      ["node.cordoned", { reason: "operator", detail: "inspecting NVLink", by }],
+      [
+        "node.uncordoned",
+        {
+          reason: "operator",
+          by,
+          lifted: { since: new Date(T0).toISOString(), reason: "inspecting NVLink", by },
+        },
+      ],
+      ["node.draining", {}],
+    ]);
+  });
+
+  it("keeps a node cordoned while either cordon holds: its hung engine's or its operator's", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const stuck = stuckSince(clock.t);
+    const beat = heartbeats(stub, clock, N("n1"));
+    await beat(stuck);
+    const by = "api_key:7d0e";
+    clock.advance(1_000);
+    expect(await stub.cordon(N("n1"), { reason: null, by })).toEqual({ ok: true, state: "cordoned" });
+    const job = await jobFor();
+    await stub.submit(job);
+    // The engine answers: the operator's cordon holds.
+    clock.advance(1_000);
+    await beat();
+    expect((await stub.listNodes())[0]).toMatchObject({ state: "cordoned", engine_stuck: null, cordon: { by } });
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 node cordoned",
+    });
+    // Hung again, then the operator lifts theirs: the engine's holds.
+    clock.advance(1_000);
+    await beat(stuck);
+    clock.advance(1_000);
+    expect(await stub.uncordon(N("n1"), by)).toEqual({ ok: true, state: "cordoned" });
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "queued" });
+    // Both lifted: placed on the heartbeat that ends the last one.
+    clock.advance(1_000);
+    await beat();
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed" });
+
+    await runDurableObjectAlarm(stub);
+    const audit = await sql`select action, data from audit_log where target_id = ${N("n1")} order by id`;
+    expect(audit.map((a) => [a.action, a.data.reason, a.data.still_cordoned ?? false])).toEqual([
+      ["node.registered", undefined, false],
+      ["node.cordoned", "engine_stuck", false],
+      ["node.cordoned", "operator", false],
+      ["node.uncordoned", "engine_answers", true],
+      ["node.cordoned", "engine_stuck", false],
+      ["node.uncordoned", "operator", true],
+      ["node.uncordoned", "engine_answers", false],
+    ]);
   });
 });
 

@@ -6,7 +6,7 @@ import {
   type PackerJob,
   type PackerNode,
 } from "../../core/scheduler";
-import { cordoned, type JobRow, json, type NodeRow, type ReservationRow, type RunRow } from "./rows";
+import { cordoned, type JobRow, json, liveState, type NodeRow, type ReservationRow, type RunRow } from "./rows";
 
 export function toPackerNode(n: NodeRow): PackerNode {
   return {
@@ -17,7 +17,7 @@ export function toPackerNode(n: NodeRow): PackerNode {
     unhealthy_gpus: json.numbers(n.unhealthy_gpus),
     cpu_milli: n.cpu_milli,
     memory_mib: n.memory_mib,
-    state: cordoned(n) ? "cordoned" : n.state,
+    state: liveState(n),
     block_end_at: n.block_end_at,
   };
 }

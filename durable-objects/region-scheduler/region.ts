@@ -21,15 +21,26 @@ import { Reservations } from "./reservations";
 import {
   ACTIVE_RUN_SQL,
   type ContainerSpec,
+  cordoned,
   isActiveRun,
   type JobRow,
   json,
+  liveState,
   type NodeRow,
   type ReservationRow,
   type RunRow,
   specOf,
 } from "./rows";
-import type { CancelResult, EndpointSpec, EventResult, NodeRegistration, SchedulerJob, SubmitResult } from "./rpc";
+import type {
+  CancelResult,
+  EndpointSpec,
+  EventResult,
+  NodeCordon,
+  NodeRegistration,
+  NodeResult,
+  SchedulerJob,
+  SubmitResult,
+} from "./rpc";
 import { backoff, type SchedulerSettings } from "./settings";
 import { Traffic } from "./traffic";
 import { validateJob } from "./validate";
@@ -356,15 +367,16 @@ export class Region {
 
   /**
    * A hung container engine cordons the node (no new work; what runs runs on) until a heartbeat
-   * comes without the report. Whether the node's capacity changed: the start or end of a cordon.
+   * comes without the report. Whether the node's capacity changed: it became cordoned or not (an
+   * operator's cordon may hold either way).
    */
   private engineHealth(node: NodeRow, stuck: EngineStuck | null, now: number): boolean {
     const value = stuck === null ? null : JSON.stringify(stuck);
     if (value === node.engine_stuck) return false;
     const was = node.engine_stuck !== null;
+    const wasCordoned = cordoned(node);
     this.patch("nodes", node, { engine_stuck: value });
     if (was === (stuck !== null)) return false; // still stuck, on another call: nothing else changes
-    const action = stuck ? "node.cordoned" : "node.uncordoned";
     const details = stuck
       ? {
           reason: "engine_stuck",
@@ -373,17 +385,31 @@ export class Region {
           detail: stuck.detail,
         }
       : { reason: "engine_answers" };
-    this.log(action, { node_id: node.id, ...details });
+    this.cordonChanged(node, stuck ? "node.cordoned" : "node.uncordoned", details, now);
+    return wasCordoned !== cordoned(node);
+  }
+
+  /**
+   * One cordon began or ended (the engine's or an operator's): logged and audited. An end while the
+   * other cordon holds says so (`still_cordoned`): the node still takes no new work.
+   */
+  private cordonChanged(
+    node: NodeRow,
+    action: "node.cordoned" | "node.uncordoned",
+    details: { reason: string } & Record<string, unknown>,
+    now: number,
+  ): void {
+    const data = action === "node.uncordoned" && cordoned(node) ? { ...details, still_cordoned: true } : details;
+    this.log(action, { node_id: node.id, ...data });
     this.records.audit(
       `node:${node.id}`,
       null,
       action,
       { type: "node", id: node.id },
-      details,
-      `${action}:${node.id}:${now}`,
+      data,
+      `${action}:${node.id}:${details.reason}:${now}`,
       now,
     );
-    return true;
   }
 
   /** Returns whether capacity changed (so a packer pass is due). No row is written unless something changed. */
@@ -511,6 +537,41 @@ export class Region {
       );
     }
     return { ok: true, state: node.state };
+  }
+
+  /**
+   * An operator's cordon: no new work on a ready node, what runs runs on, until `uncordon`. Draining
+   * and lost nodes are refused. A node they cordoned already keeps its first cordon.
+   */
+  cordon(nodeId: string, asked: Omit<NodeCordon, "since">, now: number): NodeResult {
+    const node = this.node(nodeId);
+    if (!node) return { ok: false, state: "unknown" };
+    if (node.state !== "ready") return { ok: false, state: node.state };
+    if (node.cordon === null) {
+      const cordon: NodeCordon = { since: now, reason: asked.reason, by: asked.by };
+      this.patch("nodes", node, { cordon: JSON.stringify(cordon) });
+      this.cordonChanged(node, "node.cordoned", { reason: "operator", detail: cordon.reason, by: cordon.by }, now);
+    }
+    return { ok: true, state: liveState(node) };
+  }
+
+  /**
+   * Lifts the operator's cordon, in any state (a lost node that comes back is not cordoned then). A
+   * hung engine's cordon stays until the engine answers. `changed`: the node takes new work again.
+   */
+  uncordon(nodeId: string, by: string | null, now: number): NodeResult & { changed: boolean } {
+    const node = this.node(nodeId);
+    if (!node) return { ok: false, state: "unknown", changed: false };
+    if (node.cordon === null) return { ok: true, state: liveState(node), changed: false };
+    const lifted = JSON.parse(node.cordon) as NodeCordon;
+    this.patch("nodes", node, { cordon: null });
+    this.cordonChanged(
+      node,
+      "node.uncordoned",
+      { reason: "operator", by, lifted: { ...lifted, since: new Date(lifted.since).toISOString() } },
+      now,
+    );
+    return { ok: true, state: liveState(node), changed: node.state === "ready" && !cordoned(node) };
   }
 
   /** The node left the fleet: its work ends as lost (retried elsewhere) and its row goes. */

@@ -30,11 +30,18 @@ export type NodeRow = {
   synced_heartbeat_at: number | null;
   /** JSON of the agent's `EngineStuck` while its container engine does not answer (cordoned); else null. */
   engine_stuck: string | null;
+  /** JSON of the operator's `NodeCordon` while they keep new work off the node; else null. */
+  cordon: string | null;
 };
 
-/** A ready node whose agent reports a hung container engine takes no new work. */
+/** A ready node takes no new work while its agent reports a hung container engine, or an operator cordoned it. */
 export function cordoned(n: NodeRow): boolean {
-  return n.state === "ready" && n.engine_stuck !== null;
+  return n.state === "ready" && (n.engine_stuck !== null || n.cordon !== null);
+}
+
+/** The state the packer and the views see: a cordoned ready node is `cordoned`. */
+export function liveState(n: NodeRow): NodeState | "cordoned" {
+  return cordoned(n) ? "cordoned" : n.state;
 }
 
 export type JobKind = "job" | "replica";

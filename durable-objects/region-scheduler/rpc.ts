@@ -87,6 +87,20 @@ export interface NodeRegistration extends NodeInventory {
   block_id: string | null;
 }
 
+/** An operator's cordon of a node: since when, why (their words, if they gave any) and who. */
+export interface NodeCordon {
+  since: number;
+  reason: string | null;
+  /** The operator as the audit log names them (`user:…`, `api_key:…`). */
+  by: string;
+}
+
+/** What a node call answers: `ok` false for a node the object does not know, or one in a state the call refuses. */
+export interface NodeResult {
+  ok: boolean;
+  state: NodeView["state"] | "unknown";
+}
+
 export interface NodeView {
   node_id: string;
   zone: string;
@@ -98,10 +112,15 @@ export interface NodeView {
   cpu_free_milli: number;
   memory_mib: number;
   memory_free_mib: number;
-  /** `cordoned`: a ready node that takes no new work while its container engine does not answer. */
+  /**
+   * `cordoned`: a ready node that takes no new work (what runs runs on) while an operator's cordon
+   * holds or its container engine does not answer.
+   */
   state: "ready" | "cordoned" | "draining" | "lost";
   /** The agent's report of its hung container engine (why the node is cordoned); null when fine. */
   engine_stuck: EngineStuck | null;
+  /** The operator's cordon, until they lift it; null when none. */
+  cordon: NodeCordon | null;
   block_id: string | null;
   block_end_at: number | null;
   last_heartbeat_at: number | null;
@@ -245,7 +264,7 @@ export interface RegionSchedulerRpc {
   cancel(jobId: string): Promise<CancelResult>;
   jobState(jobId: string): Promise<JobState | null>;
   registerNode(registration: NodeRegistration): Promise<RegisterResponse>;
-  heartbeat(nodeId: string, heartbeat: Heartbeat): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
+  heartbeat(nodeId: string, heartbeat: Heartbeat): Promise<NodeResult>;
   pollPlacements(nodeId: string, sinceVersion: number, waitMs: number): Promise<PlacementSet>;
   /** The account and image of a placement active on `nodeId` (for its registry credentials); null if none. */
   placementImage(nodeId: string, placementId: string): Promise<{ account_id: string; image: string } | null>;
@@ -253,7 +272,18 @@ export interface RegionSchedulerRpc {
   capacitySnapshot(): Promise<CapacitySnapshot>;
   reserve(request: ReservationRequest): Promise<ReserveResult>;
   release(reservationId: string): Promise<{ released: boolean }>;
-  drain(nodeId: string): Promise<{ ok: boolean; state: NodeView["state"] | "unknown" }>;
+  drain(nodeId: string): Promise<NodeResult>;
+  /**
+   * An operator keeps new work off a ready node (what runs runs on) until `uncordon`. A draining or
+   * lost node is refused (`ok` false, its state). Again on a node they cordoned: nothing changes,
+   * the first cordon's time, reason and operator stay.
+   */
+  cordon(nodeId: string, cordon: Omit<NodeCordon, "since">): Promise<NodeResult>;
+  /**
+   * Lifts the operator's cordon (`by`: who, for the audit row); the node takes new work at once,
+   * unless its container engine does not answer (that cordon lifts when it answers).
+   */
+  uncordon(nodeId: string, by?: string): Promise<NodeResult>;
   /** The node's block changed (an extension bought more time): the packer scores it by its new end. */
   setNodeBlock(nodeId: string, blockId: string | null, blockEndAt: number | null): Promise<{ ok: boolean }>;
   /**

@@ -137,4 +137,7 @@ export const SCHEMA: readonly string[] = [
   // v8: the node's container engine leaves a call unanswered (its agent's report, JSON of
   // EngineStuck; null: fine): the node is cordoned, it takes no new work.
   `alter table nodes add column engine_stuck text;`,
+  // v9: an operator's cordon (JSON of NodeCordon: since, reason, by; null: none): the node takes no
+  // new work until the operator lifts it, whatever its engine says.
+  `alter table nodes add column cordon text;`,
 ];

@@ -4,8 +4,17 @@ import { estimateMs } from "../../core/scheduler";
 import { type EngineStuck, TERMINAL_JOB_STATUSES, TIERS } from "../../core/schemas";
 import type { ObjectSql } from "../sqlite";
 import type { Region } from "./region";
-import { cordoned, isActiveRun, type JobRow, json, type NodeRow, type ReservationRow, type RunRow } from "./rows";
-import type { CapacitySnapshot, DeadLetter, EndpointState, JobState, NodeView, PlacementView, TierQueue } from "./rpc";
+import { isActiveRun, type JobRow, json, liveState, type NodeRow, type ReservationRow, type RunRow } from "./rows";
+import type {
+  CapacitySnapshot,
+  DeadLetter,
+  EndpointState,
+  JobState,
+  NodeCordon,
+  NodeView,
+  PlacementView,
+  TierQueue,
+} from "./rpc";
 
 export function placementView(run: RunRow, zone: string): PlacementView {
   return {
@@ -196,8 +205,9 @@ function nodeView(
     cpu_free_milli: n.cpu_milli - runs.reduce((s, r) => s + r.cpu_milli, 0),
     memory_mib: n.memory_mib,
     memory_free_mib: n.memory_mib - runs.reduce((s, r) => s + r.memory_mib, 0),
-    state: cordoned(n) ? "cordoned" : n.state,
+    state: liveState(n),
     engine_stuck: n.engine_stuck === null ? null : (JSON.parse(n.engine_stuck) as EngineStuck),
+    cordon: n.cordon === null ? null : (JSON.parse(n.cordon) as NodeCordon),
     block_id: n.block_id,
     block_end_at: n.block_end_at,
     last_heartbeat_at: Math.max(lastSeen ?? 0, n.last_heartbeat_at ?? 0) || null,

@@ -22,12 +22,17 @@ export async function audit(db: Writer, caller: Caller, accountId: string, entry
   await db.insert(auditLog).values(auditRow(caller, accountId, entry));
 }
 
+/** How the audit log names an operator: `api_key:<id>` or `user:<id>`. */
+export function operatorId(caller: Caller): string {
+  return caller.apiKey ? `api_key:${caller.apiKey.id}` : `user:${caller.userId}`;
+}
+
 /** An operator action: actor type `operator`, recorded in the operator's account. */
 export async function auditOperator(db: Writer, caller: Caller, entry: AuditEntry): Promise<void> {
   await db.insert(auditLog).values({
     accountId: caller.account?.id ?? null,
     actorType: "operator",
-    actorId: caller.apiKey ? `api_key:${caller.apiKey.id}` : `user:${caller.userId}`,
+    actorId: operatorId(caller),
     ...entry,
     data: entry.data ?? {},
   });

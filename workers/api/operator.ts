@@ -1,19 +1,20 @@
 /**
  * Operator routes (owners and admins of the operator account): the fleet's nodes (create a node
- * record and its agent token, rotate or revoke the token, drain), and the dead-letter list with
- * re-drive. Every action writes an audit row.
+ * record and its agent token, rotate or revoke the token, drain, cordon and uncordon), and the
+ * dead-letter list with re-drive. Every action writes an audit row.
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, type SQL } from "drizzle-orm";
 import { GPUS_PER_NODE, GpuModel } from "../../core/schemas";
-import type { DeadLetter, NodeView } from "../../durable-objects/region-scheduler/rpc";
+import type { DeadLetter, NodeResult, NodeView, RegionSchedulerRpc } from "../../durable-objects/region-scheduler/rpc";
+import type { Caller } from "../auth/caller";
 import type { Db } from "../db/client";
 import { jobs, NODE_STATES, nodes } from "../db/schema";
 import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { issueNodeToken, revokeNodeToken } from "../nodes/tokens";
 import { regionsOf } from "../regions";
-import { auditOperator } from "./audit";
+import { type AuditEntry, auditOperator, operatorId } from "./audit";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { schedulerOf, servedRegion, viaScheduler } from "./scheduler";
 import { IdempotencyHeaders, PageQuery, pageOf, Timestamp, Uuid } from "./schemas";
@@ -44,13 +45,30 @@ const OperatorNode = z
     created_at: Timestamp,
     live: z
       .object({
-        state: z.string(),
+        state: z.string().openapi({
+          description:
+            "`ready`, `cordoned` (up, but taking no new work while `cordon` or `engine_stuck` holds; what runs runs on), `draining` or `lost`.",
+        }),
         free_gpus: z.array(z.number().int()),
         unhealthy_gpus: z.array(z.number().int()),
         engine_stuck: z.object({ since: Timestamp, operation: z.string(), detail: z.string() }).nullable().openapi({
           description:
-            "The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again.",
+            "The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again (and, if an operator cordoned it too, until they uncordon it).",
         }),
+        cordon: z
+          .object({
+            since: Timestamp,
+            reason: z.string().nullable(),
+            by: z.string().openapi({
+              description: "The operator, as the audit log names them.",
+              example: "user:3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11",
+            }),
+          })
+          .nullable()
+          .openapi({
+            description:
+              "An operator's cordon (`POST /v1/operator/nodes/{id}/cordon`): the node is cordoned (state `cordoned`, no new work; what runs runs on) until an operator uncordons it.",
+          }),
         placements: z.array(z.string()),
         last_heartbeat_at: Timestamp.nullable(),
       })
@@ -72,6 +90,14 @@ const NodeCreate = z
     hostname: z.string().max(255).optional(),
   })
   .openapi("NodeCreate");
+const NodeCordonRequest = z
+  .strictObject({
+    reason: z.string().min(1).max(500).optional().openapi({
+      description: "Why, for the other operators (`live.cordon`) and the audit log.",
+      example: "inspecting NVLink errors",
+    }),
+  })
+  .openapi("NodeCordonRequest");
 const NodeWithToken = z
   .object({ node: OperatorNode, token: z.string().openapi({ description: "The agent token; shown only here." }) })
   .openapi("NodeWithToken");
@@ -115,6 +141,7 @@ function nodeView(n: NodeRow, live: NodeView | undefined) {
             operation: live.engine_stuck.operation,
             detail: live.engine_stuck.detail,
           },
+          cordon: live.cordon && { ...live.cordon, since: new Date(live.cordon.since).toISOString() },
           placements: live.placements,
           last_heartbeat_at: live.last_heartbeat_at === null ? null : new Date(live.last_heartbeat_at).toISOString(),
         }
@@ -139,6 +166,49 @@ async function liveNodes(env: Env, regions: string[]): Promise<Map<string, NodeV
     }),
   );
   return out;
+}
+
+/**
+ * A node action its region's scheduler does (drain, cordon, uncordon), refused (409) when the node
+ * left the fleet, its scheduler does not know it, or it is draining (cordon: it takes no new work
+ * already, for good).
+ */
+async function actOnNode(
+  env: Env,
+  node: NodeRow,
+  act: (scheduler: RegionSchedulerRpc) => Promise<NodeResult>,
+): Promise<void> {
+  const gone = (state: string) => new ApiError(409, "node_gone", `node ${node.id} is ${state}`);
+  if (node.state === "released" || node.state === "lost") throw gone(node.state);
+  const result = await viaScheduler(node.region, () => act(schedulerOf(env, node.region)));
+  if (result.ok) return;
+  if (result.state === "unknown") {
+    throw new ApiError(409, "node_unknown_to_scheduler", `the ${node.region} scheduler does not know node ${node.id}`, {
+      state: result.state,
+    });
+  }
+  if (result.state === "lost") throw gone(result.state);
+  throw new ApiError(409, "node_draining", `node ${node.id} is ${result.state}: it takes no new work already`, {
+    state: result.state,
+  });
+}
+
+/** The operator's action on a node audited, and the node with its live state to answer. */
+async function actedOn(
+  env: Env,
+  db: Db,
+  caller: Caller,
+  node: NodeRow,
+  entry: Pick<AuditEntry, "action" | "data">,
+): Promise<ReturnType<typeof nodeView>> {
+  await auditOperator(db, caller, {
+    ...entry,
+    targetType: "node",
+    targetId: node.id,
+    data: { region: node.region, ...entry.data },
+  });
+  const live = await liveNodes(env, [node.region]);
+  return nodeView(await loadNode(db, node.id), live.get(node.id));
 }
 
 export const operatorRouter = createRouter();
@@ -299,43 +369,86 @@ operatorRouter.openapi(
   },
 );
 
-operatorRouter.openapi(
-  createRoute({
+/**
+ * The route of a node action (drain, cordon, uncordon): operators only, `Idempotency-Key` taken,
+ * the node answered with its live state. `body`: the action's optional JSON body, if it takes one.
+ */
+function nodeActionRoute<const Verb extends string, const Body extends object = object>(
+  verb: Verb,
+  doc: { summary: string; description: string },
+  body: Body = {} as Body,
+) {
+  return createRoute({
     method: "post",
-    path: "/v1/operator/nodes/{id}/drain",
+    path: `/v1/operator/nodes/{id}/${verb}`,
     tags: ["Operators"],
-    summary: "Drain a node",
-    description: "The scheduler places nothing new on it; running work finishes.",
+    ...doc,
     security: BEARER,
     middleware: OPERATOR,
-    request: { params: NodeIdParam, headers: IdempotencyHeaders },
+    request: { params: NodeIdParam, headers: IdempotencyHeaders, ...body },
     responses: {
       200: { description: "The node.", content: { "application/json": { schema: OperatorNode } } },
-      ...errors(404, 409, 503),
+      ...errors(404, 409, 413, 415, 503),
     },
+  });
+}
+
+operatorRouter.openapi(
+  nodeActionRoute("drain", {
+    summary: "Drain a node",
+    description: "The scheduler places nothing new on it; running work finishes.",
   }),
   async (c) => {
     const { id } = c.req.valid("param");
     const db = c.get("pg").db;
     const node = await loadNode(db, id);
-    if (node.state === "released" || node.state === "lost") {
-      throw new ApiError(409, "node_gone", `node ${id} is ${node.state}`);
-    }
-    const result = await viaScheduler(node.region, () => schedulerOf(c.env, node.region).drain(id));
-    if (!result.ok) {
-      throw new ApiError(409, "node_unknown_to_scheduler", `the ${node.region} scheduler does not know node ${id}`, {
-        state: result.state,
-      });
-    }
+    await actOnNode(c.env, node, (scheduler) => scheduler.drain(id));
     await db.update(nodes).set({ state: "draining" }).where(eq(nodes.id, id));
-    await auditOperator(db, c.get("caller"), {
-      action: "node.drained",
-      targetType: "node",
-      targetId: id,
-      data: { region: node.region },
+    const drained = await actedOn(c.env, db, c.get("caller"), node, { action: "node.drained" });
+    return respond(c, OperatorNode, drained, 200);
+  },
+);
+
+operatorRouter.openapi(
+  nodeActionRoute(
+    "cordon",
+    {
+      summary: "Cordon a node",
+      description:
+        "The scheduler places nothing new on it until it is uncordoned; running work runs on (e.g. to look at a node without draining it: a drained node never takes work again). Again on a node an operator cordoned: nothing changes, the first cordon (`live.cordon`) stays. A draining node is refused (`node_draining`).",
+    },
+    { body: { required: false, content: { "application/json": { schema: NodeCordonRequest } } } },
+  ),
+  async (c) => {
+    const { id } = c.req.valid("param");
+    const { reason } = c.req.valid("json");
+    const db = c.get("pg").db;
+    const caller = c.get("caller");
+    const node = await loadNode(db, id);
+    await actOnNode(c.env, node, (scheduler) =>
+      scheduler.cordon(id, { reason: reason ?? null, by: operatorId(caller) }),
+    );
+    const cordoned = await actedOn(c.env, db, caller, node, {
+      action: "node.cordoned",
+      data: { reason: reason ?? null },
     });
-    const live = await liveNodes(c.env, [node.region]);
-    return respond(c, OperatorNode, nodeView(await loadNode(db, id), live.get(id)), 200);
+    return respond(c, OperatorNode, cordoned, 200);
+  },
+);
+
+operatorRouter.openapi(
+  nodeActionRoute("uncordon", {
+    summary: "Uncordon a node",
+    description:
+      "Lifts an operator's cordon: the scheduler places waiting work on the node at once. A node whose container engine does not answer stays cordoned until it answers (`live.engine_stuck`). A node not cordoned is left as it is.",
+  }),
+  async (c) => {
+    const { id } = c.req.valid("param");
+    const db = c.get("pg").db;
+    const caller = c.get("caller");
+    const node = await loadNode(db, id);
+    await actOnNode(c.env, node, (scheduler) => scheduler.uncordon(id, operatorId(caller)));
+    return respond(c, OperatorNode, await actedOn(c.env, db, caller, node, { action: "node.uncordoned" }), 200);
   },
 );
 

@@ -268,6 +268,62 @@ describe("operators", () => {
     expect((await call("POST", `/v1/operator/nodes/${agent.nodeId}/drain`, user.token)).status).toBe(403);
     expect((await call("GET", "/v1/operator/dead-letters", user.token)).status).toBe(403);
   });
+
+  it("cordon a node by hand and uncordon it: nothing new lands on it meanwhile, each audited", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H100", 8);
+    const user = await signUp();
+    const action = (verb: string, id = agent.nodeId) => `/v1/operator/nodes/${id}/${verb}`;
+    // Operators only.
+    expect((await call("POST", action("cordon"), user.token)).status).toBe(403);
+    expect((await call("POST", action("uncordon"), user.token)).status).toBe(403);
+    expect((await call("POST", action("cordon", "node-nope"), op.token)).json.error.code).toBe("not_found");
+    const tooLong = await call("POST", action("cordon"), op.token, { body: { reason: "x".repeat(501) } });
+    expect(tooLong.status).toBe(400);
+
+    const cordoned = await call("POST", action("cordon"), op.token, {
+      body: { reason: "inspecting NVLink" },
+      headers: { "idempotency-key": `cordon-${agent.nodeId}` },
+    });
+    expect(cordoned.status).toBe(200);
+    expect(cordoned.json).toMatchObject({
+      state: "ready",
+      live: {
+        state: "cordoned",
+        engine_stuck: null,
+        cordon: { reason: "inspecting NVLink", by: `user:${op.userId}`, since: expect.any(String) },
+      },
+    });
+    // Again, without a body: the first cordon stays.
+    const again = await call("POST", action("cordon"), op.token);
+    expect(again.json.live.cordon).toEqual(cordoned.json.live.cordon);
+
+    const job = await submit(user, { gpu_models: ["H100"], gpu_count: 8 });
+    expect((await poll(agent)).placements.map((p) => p.job_id)).not.toContain(job.id);
+    expect((await getJob(user, job.id)).waiting_reason).toMatch(/1 node cordoned/);
+
+    const uncordoned = await call("POST", action("uncordon"), op.token);
+    expect(uncordoned.status).toBe(200);
+    expect(uncordoned.json.live).toMatchObject({ state: "ready", cordon: null });
+    // What waited is placed there at once.
+    expect((await poll(agent)).placements.map((p) => p.job_id)).toContain(job.id);
+
+    // Drained, it cannot be cordoned (it takes no new work already, for good).
+    await retire(op, agent);
+    const draining = await call("POST", action("cordon"), op.token);
+    expect([draining.status, draining.json.error.code]).toEqual([409, "node_draining"]);
+    const audit = await sql<{ action: string; data: Record<string, unknown> }>(
+      "select action, data from audit_log where actor_type = 'operator' and target_id = $1 order by id",
+      [agent.nodeId],
+    );
+    expect(audit.map((a) => [a.action, a.data])).toEqual([
+      ["node.created", expect.anything()],
+      ["node.cordoned", { region: REGION, reason: "inspecting NVLink" }],
+      ["node.cordoned", { region: REGION, reason: null }],
+      ["node.uncordoned", { region: REGION }],
+      ["node.drained", { region: REGION }],
+    ]);
+  });
 });
 
 describe("GPU models", () => {

@@ -115,8 +115,9 @@ export async function loadFleet(
               : "ready",
       endAt,
       work,
-      ...(registered && view.state === "cordoned" && view.engine_stuck
-        ? { cordonedSince: view.engine_stuck.since }
+      // Only a hung engine's cordon is timed (and drained when long): an operator's is theirs to lift.
+      ...(registered && view.state === "cordoned"
+        ? { cordoned: true, ...(view.engine_stuck ? { cordonedSince: view.engine_stuck.since } : {}) }
         : {}),
       ...(registered ? {} : { bootingSince: Math.max(bootableSince(block, sf, now), view?.last_heartbeat_at ?? 0) }),
       ...(sf ? { sellGroup: nodeSaleGroup(sf) } : {}),
