@@ -1,3 +1,5 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { describe, expect, it } from "vitest";
 import type { Io } from "./context";
 import { VERSION } from "./context";
@@ -59,5 +61,66 @@ describe("run (in process)", () => {
     expect(await run(["regions", "--json"], c.io)).toBe(1);
     expect(c.stdout()).toBe("");
     expect(c.stderr()).toMatch(/^error: no Scalar API credentials found: run `npm start`.*\n$/);
+  });
+});
+
+describe("an account on payment hold", () => {
+  const hold = {
+    since: "2026-12-15T01:17:00.000Z",
+    invoice_id: "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11",
+    month: "2026-11",
+    amount_due_cents: 58_700,
+    currency: "usd",
+    hosted_invoice_url: "https://invoice.stripe.com/i/acct_1/test_abc",
+  };
+  const me = {
+    user: null,
+    api_key: { id: "7c9e6679-7425-40de-944b-e07fc1f90ae7", prefix: "sk_test_ab12cd34" },
+    account: {
+      id: "14b0aaba-cff5-422d-aee9-21908b85e51a",
+      name: "acme",
+      role: "owner",
+      fast_tier_enabled: false,
+      is_operator: false,
+      quotas: { max_concurrent_gpus: 16, gpus_in_use: 0, monthly_spend_cap_cents: null, month_to_date_cents: 0 },
+      rate_limit: { plan: "standard", account_limit: 600, key_limit: 300, window_s: 60 },
+      billing: { payment_hold: hold },
+    },
+    accounts: [],
+    scopes: ["jobs:write"],
+  };
+  const refusal = {
+    error: {
+      code: "payment_required",
+      message: `invoice SCL-0042 (2026-11, 587.00 USD) is unpaid: the account starts no new jobs or endpoints until it is paid; pay it at ${hold.hosted_invoice_url}`,
+      details: { ...hold, since: undefined },
+      request_id: "req_hold",
+    },
+  };
+
+  it("`jobs run` prints the 402 as one line naming the invoice; `whoami` shows the hold", async () => {
+    const server = createServer((req, res) => {
+      const [status, body] = req.url === "/v1/me" ? [200, me] : [402, refusal];
+      res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+    });
+    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+    try {
+      const env = {
+        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        SCALAR_API_KEY: "sk_test_ab12cd34_x",
+      };
+      const submit = capture(env);
+      expect(await run(["jobs", "run", "--gpus", "1", "--image", "busybox", "--", "true"], submit.io)).toBe(1);
+      expect(submit.stdout()).toBe("");
+      expect(submit.stderr()).toBe(`error: payment_required: ${refusal.error.message}\n`);
+
+      const who = capture(env);
+      expect(await run(["whoami"], who.io)).toBe(0);
+      expect(who.stdout()).toMatch(
+        /^payment hold {2}since 2026-12-15T01:17:00.000Z: invoice 2026-11 \(587\.00 USD\) unpaid, no new jobs or endpoints; pay at https:\/\/invoice\.stripe\.com\/i\/acct_1\/test_abc$/m,
+      );
+    } finally {
+      await new Promise((closed) => server.close(closed));
+    }
   });
 });

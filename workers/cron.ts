@@ -4,6 +4,7 @@
  */
 import { expireIdempotencyKeysTask, expireJobLogsTask, reconcileTask } from "./api/housekeeping";
 import { runBilling, stripeOf } from "./billing/invoices";
+import { paymentHoldsTask } from "./billing/payment-hold";
 import { runCapacityCron } from "./capacity/cron";
 import { withDb } from "./db/client";
 import { createLogger, errorFields, type Logger } from "./http/log";
@@ -17,7 +18,10 @@ export interface CronTrigger {
 export type CronTask = { name: string; run: (env: Env, log: Logger, trigger: CronTrigger) => Promise<unknown> };
 
 export const EVERY_MINUTE = "* * * * *";
-/** Hourly, at minute 17: the monthly invoices (workers/billing), due from an hour into a month. */
+/**
+ * Hourly, at minute 17: the monthly invoices (workers/billing), due from an hour into a month, and
+ * the payment holds of accounts with an invoice unpaid past its grace.
+ */
 export const HOURLY = "17 * * * *";
 
 /** What runs on which schedule. */
@@ -35,6 +39,7 @@ export const CRON_TASKS: Record<string, CronTask[]> = {
       run: (env, log, trigger) =>
         withDb(env, (db) => runBilling({ db, stripe: stripeOf(env), now: trigger.scheduledTime, log })),
     },
+    paymentHoldsTask,
   ],
 };
 

@@ -84,7 +84,7 @@ export interface paths {
         put?: never;
         /**
          * Submit a job
-         * @description Validates the request, checks the tier entitlement and quotas, stores the job (`queued`) and hands it to the region's scheduler. Safe to retry with `Idempotency-Key`.
+         * @description Validates the request, checks the tier entitlement, the payment hold (an unpaid invoice: `402 payment_required`) and quotas, stores the job (`queued`) and hands it to the region's scheduler. Safe to retry with `Idempotency-Key`.
          */
         post: {
             parameters: {
@@ -129,7 +129,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Monthly spend cap reached (`spend_cap_exceeded`). */
+                /** @description Monthly spend cap reached (`spend_cap_exceeded`), or the account is on payment hold (`payment_required`): an invoice is unpaid past its grace period or uncollectible, and `details` name it (`invoice_id`, `month`, `amount_due_cents`, `currency`, `hosted_invoice_url`). */
                 402: {
                     headers: {
                         [name: string]: unknown;
@@ -746,7 +746,7 @@ export interface paths {
         put?: never;
         /**
          * Create an endpoint
-         * @description Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running; traffic sent to `/v1/endpoints/{id or name}/invoke/…` scales it up to `max_replicas`. Names are unique among the account's active endpoints.
+         * @description Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running; traffic sent to `/v1/endpoints/{id or name}/invoke/…` scales it up to `max_replicas`. Names are unique among the account's active endpoints. An account on payment hold (an unpaid invoice) gets `402 payment_required`.
          */
         post: {
             parameters: {
@@ -791,7 +791,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Monthly spend cap reached (`spend_cap_exceeded`). */
+                /** @description Monthly spend cap reached (`spend_cap_exceeded`), or the account is on payment hold (`payment_required`): an invoice is unpaid past its grace period or uncollectible, and `details` name it (`invoice_id`, `month`, `amount_due_cents`, `currency`, `hosted_invoice_url`). */
                 402: {
                     headers: {
                         [name: string]: unknown;
@@ -1026,7 +1026,7 @@ export interface paths {
         head?: never;
         /**
          * Update an endpoint
-         * @description Changes the given fields; the scheduler rolls replicas to the new spec. Name and region are fixed.
+         * @description Changes the given fields; the scheduler rolls replicas to the new spec. Name and region are fixed. While the account is on payment hold, a change that raises `min_replicas`, or the GPUs or price the endpoint may use, is `402 payment_required`.
          */
         patch: {
             parameters: {
@@ -1070,7 +1070,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Monthly spend cap reached (`spend_cap_exceeded`). */
+                /** @description Monthly spend cap reached (`spend_cap_exceeded`), or the account is on payment hold (`payment_required`): an invoice is unpaid past its grace period or uncollectible, and `details` name it (`invoice_id`, `month`, `amount_due_cents`, `currency`, `hosted_invoice_url`). */
                 402: {
                     headers: {
                         [name: string]: unknown;
@@ -4353,6 +4353,9 @@ export interface components {
                     key_limit: number;
                     window_s: number;
                 };
+                billing: {
+                    payment_hold: components["schemas"]["PaymentHold"];
+                };
             } | null;
             accounts: {
                 /**
@@ -4367,6 +4370,25 @@ export interface components {
         };
         /** @enum {string|null} */
         AccountRole: "owner" | "admin" | "member" | "viewer" | null;
+        /** @description The unpaid invoice that keeps the account from starting new jobs and endpoints (`402 payment_required`) until it is paid; running work keeps running. */
+        PaymentHold: {
+            /**
+             * Format: date-time
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            since: string;
+            /**
+             * Format: uuid
+             * @example 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11
+             */
+            invoice_id: string;
+            /** @example 2026-10 */
+            month: string;
+            amount_due_cents: number;
+            currency: string;
+            /** @description Stripe's page to view and pay it. */
+            hosted_invoice_url: string | null;
+        } | null;
         Usage: {
             /** @example 2026-11 */
             month: string;
@@ -4442,6 +4464,12 @@ export interface components {
             number: string | null;
             /** @description Stripe's page to view and pay it. */
             hosted_invoice_url: string | null;
+            /**
+             * Format: date-time
+             * @description When Stripe first finalized it (sent it for collection). Still open `DUNNING_GRACE_DAYS` (14) days later, it puts the account on payment hold.
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            finalized_at: string | null;
             /**
              * Format: date-time
              * @description When Stripe collected it.

@@ -63,6 +63,14 @@ function spend(q: { month_to_date_cents: number | null; monthly_spend_cap_cents:
   return `${dollars(q.month_to_date_cents)} used (${cap}; a job's run counts once it ends)`;
 }
 
+/** The account's payment hold, or null: new jobs and endpoints are refused until the invoice is paid. */
+export function holdLine(hold: NonNullable<Me["account"]>["billing"]["payment_hold"] | undefined): string | null {
+  if (!hold) return null;
+  const amount = `${(hold.amount_due_cents / 100).toFixed(2)} ${hold.currency.toUpperCase()}`;
+  const pay = hold.hosted_invoice_url ? `; pay at ${hold.hosted_invoice_url}` : "";
+  return `since ${hold.since}: invoice ${hold.month} (${amount}) unpaid, no new jobs or endpoints${pay}`;
+}
+
 export const whoami: CommandSpec<Context> = {
   words: ["whoami"],
   summary: "which API, account and key the CLI uses, and where it found them",
@@ -92,6 +100,7 @@ export const whoami: CommandSpec<Context> = {
           me.account ? `${me.account.quotas.gpus_in_use} of ${me.account.quotas.max_concurrent_gpus}` : null,
         ],
         ["this month", spend(me.account?.quotas)],
+        ["payment hold", holdLine(me.account?.billing?.payment_hold)],
       ]),
     );
     return EXIT.ok;

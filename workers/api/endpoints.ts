@@ -15,6 +15,7 @@ import { ApiError } from "../http/errors";
 import { errorFields, type Logger } from "../http/log";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit } from "./audit";
+import { refuseHeld } from "./payment-required";
 import { endpointDemand, enforceQuota, lockAccount, requireTier } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { requireGpuModels, schedulerOf, servedRegion } from "./scheduler";
@@ -217,7 +218,7 @@ endpointsRouter.openapi(
     tags: ["Endpoints"],
     summary: "Create an endpoint",
     description:
-      "Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running; traffic sent to `/v1/endpoints/{id or name}/invoke/…` scales it up to `max_replicas`. Names are unique among the account's active endpoints.",
+      "Stores the endpoint and asks the region's scheduler to keep `min_replicas` replicas running; traffic sent to `/v1/endpoints/{id or name}/invoke/…` scales it up to `max_replicas`. Names are unique among the account's active endpoints. An account on payment hold (an unpaid invoice) gets `402 payment_required`.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:write" }),
     request: {
@@ -241,7 +242,7 @@ endpointsRouter.openapi(
     const env = await sealEnv(c.env, account.id, body.env);
     const db = c.get("pg").db;
     const row = await db.transaction(async (tx) => {
-      await lockAccount(tx, account.id);
+      refuseHeld(await lockAccount(tx, account.id));
       const [clash] = await tx
         .select({ id: endpoints.id })
         .from(endpoints)
@@ -379,7 +380,8 @@ endpointsRouter.openapi(
     path: "/v1/endpoints/{id}",
     tags: ["Endpoints"],
     summary: "Update an endpoint",
-    description: "Changes the given fields; the scheduler rolls replicas to the new spec. Name and region are fixed.",
+    description:
+      "Changes the given fields; the scheduler rolls replicas to the new spec. Name and region are fixed. While the account is on payment hold, a change that raises `min_replicas`, or the GPUs or price the endpoint may use, is `402 payment_required`.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:write" }),
     request: {
@@ -403,7 +405,7 @@ endpointsRouter.openapi(
       await requireGpuModels(c.env, region, patch.gpu_models);
     }
     const row = await db.transaction(async (tx) => {
-      await lockAccount(tx, account.id);
+      const hold = await lockAccount(tx, account.id);
       const current = await loadEndpoint(tx as unknown as Db, account.id, id);
       if (current.status !== "active") throw new ApiError(409, "endpoint_deleted", "endpoint was deleted");
       const next = {
@@ -445,7 +447,11 @@ endpointsRouter.openapi(
         gpu_count: next.gpuCount,
         max_replicas: next.maxReplicas,
       });
-      if (after.gpus > before.gpus || after.ceilingCents > before.ceilingCents) {
+      const grows = after.gpus > before.gpus || after.ceilingCents > before.ceilingCents;
+      // While the account is on payment hold the endpoint keeps what it has: any change that could
+      // start more replicas, or dearer ones, is new work.
+      if (grows || next.minReplicas > current.minReplicas) refuseHeld(hold);
+      if (grows) {
         await enforceQuota(tx, account, {
           gpus: Math.max(0, after.gpus - before.gpus),
           ceilingCents: Math.max(0, after.ceilingCents - before.ceilingCents),

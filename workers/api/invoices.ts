@@ -41,6 +41,10 @@ export const Invoice = z
     total_cents: z.number().int(),
     number: z.string().nullable().openapi({ description: "Stripe's invoice number, once finalized." }),
     hosted_invoice_url: z.string().nullable().openapi({ description: "Stripe's page to view and pay it." }),
+    finalized_at: Timestamp.nullable().openapi({
+      description:
+        "When Stripe first finalized it (sent it for collection). Still open `DUNNING_GRACE_DAYS` (14) days later, it puts the account on payment hold.",
+    }),
     paid_at: Timestamp.nullable().openapi({ description: "When Stripe collected it." }),
     payment_attempts: z.number().int().openapi({ description: "Collection attempts that failed so far." }),
     payment_error: z.string().nullable().openapi({ description: "Why the last attempt failed." }),
@@ -67,6 +71,7 @@ const view = (r: Row) => ({
   total_cents: r.totalCents,
   number: r.number,
   hosted_invoice_url: r.hostedInvoiceUrl,
+  finalized_at: iso(r.finalizedAt),
   paid_at: iso(r.paidAt),
   payment_attempts: r.paymentAttempts,
   payment_error: r.paymentError,

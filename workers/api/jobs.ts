@@ -13,6 +13,7 @@ import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit, auditRow } from "./audit";
 import { loadJob } from "./job-rows";
+import { paymentHoldCheck, paymentHoldError } from "./payment-required";
 import {
   checkQuota,
   gpuQuotaCheck,
@@ -93,7 +94,7 @@ jobsRouter.openapi(
     tags: ["Jobs"],
     summary: "Submit a job",
     description:
-      "Validates the request, checks the tier entitlement and quotas, stores the job (`queued`) and hands it to the region's scheduler. Safe to retry with `Idempotency-Key`.",
+      "Validates the request, checks the tier entitlement, the payment hold (an unpaid invoice: `402 payment_required`) and quotas, stores the job (`queued`) and hands it to the region's scheduler. Safe to retry with `Idempotency-Key`.",
     security: BEARER,
     middleware: guard({ scope: "jobs:write" }),
     request: {
@@ -123,9 +124,10 @@ jobsRouter.openapi(
     const { db, sql: client } = c.get("pg");
     // The account stays locked from the quota check to the commit, and every round trip in between
     // delays the account's other submissions. So one statement, after the lock, writes the job, its
-    // ledger row (this first attempt counted) and its audit row, and checks the account's quota
-    // (from a snapshot taken after the lock, without the new job); over the quota the transaction
-    // rolls it all back. The id is chosen here so the three inserts need not wait for one another.
+    // ledger row (this first attempt counted) and its audit row, and checks the account's payment
+    // hold and quota (from a snapshot taken after the lock, without the new job); held or over the
+    // quota, the transaction rolls it all back. The id is chosen here so the three inserts need not
+    // wait for one another.
     const id = crypto.randomUUID();
     const ledger = db.$with("ledger", {}).as(
       db
@@ -173,38 +175,43 @@ jobsRouter.openapi(
             .with(ledger, audited)
             .insert(jobs)
             .values(values)
-            .returning({ ...getTableColumns(jobs), quotaOk: gpuQuotaCheck(account, demand.gpus) })
+            .returning({
+              ...getTableColumns(jobs),
+              holdOk: paymentHoldCheck(account.id),
+              quotaOk: gpuQuotaCheck(account, demand.gpus),
+            })
             .toSQL()
         : null;
-    if (oneTrip && oneTrip.params.length === 0) {
-      // No spend cap: the quota is the GPU count, which the statement checks itself (check_gpu_quota
-      // raises over the limit), so BEGIN, the lock, the insert and COMMIT leave together and the lock
-      // is held for no round trip at all.
-      try {
+    try {
+      if (oneTrip && oneTrip.params.length === 0) {
+        // No spend cap: the quota is the GPU count, which the statement checks itself (check_gpu_quota
+        // raises over the limit, check_payment_hold while held), so BEGIN, the lock, the insert and
+        // COMMIT leave together and the lock is held for no round trip at all.
         [row] = mapColumns<JobRow>(
           getTableColumns(jobs),
           await pipelinedWrite(client, lockAccountStatement(account.id), oneTrip.sql),
         ) as [JobRow];
-      } catch (error) {
-        throw gpuQuotaError(account, demand, error) ?? error;
+      } else {
+        // A spend cap (priced with core/pricing, here): the quota is checked between the insert and
+        // the COMMIT.
+        row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
+          const quota = db.$with("quota", {}).as(quotaGroupsQuery(account.id));
+          const [inserted] = await db
+            .with(ledger, audited, quota)
+            .insert(jobs)
+            .values(values)
+            .returning({
+              ...getTableColumns(jobs),
+              holdOk: paymentHoldCheck(account.id),
+              quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,
+            });
+          const { quota: groups, holdOk: _held, ...job } = inserted!;
+          checkQuota(account, quotaUseOf(groups), demand);
+          return job;
+        });
       }
-    } else {
-      // A spend cap (priced with core/pricing, here): the quota is checked between the insert and
-      // the COMMIT.
-      row = await pipelinedTransaction(client, lockAccountStatement(account.id), async () => {
-        const quota = db.$with("quota", {}).as(quotaGroupsQuery(account.id));
-        const [inserted] = await db
-          .with(ledger, audited, quota)
-          .insert(jobs)
-          .values(values)
-          .returning({
-            ...getTableColumns(jobs),
-            quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,
-          });
-        const { quota: groups, ...job } = inserted!;
-        checkQuota(account, quotaUseOf(groups), demand);
-        return job;
-      });
+    } catch (error) {
+      throw paymentHoldError(error) ?? gpuQuotaError(account, demand, error) ?? error;
     }
     endTime(c, "write");
     startTime(c, "schedule", "handed to the region scheduler and acknowledged");

@@ -1,12 +1,30 @@
-/** `GET /v1/me`: who the credential is, the account it acts in, its scopes, quotas and rate limits. */
+/**
+ * `GET /v1/me`: who the credential is, the account it acts in, its scopes, quotas, rate limits and
+ * payment hold.
+ */
 import { createRoute, z } from "@hono/zod-openapi";
 import { ROLES } from "../auth/scopes";
 import { ratePlanOf } from "../http/rate-limit";
+import { accountHold } from "./payment-required";
 import { quotaUse } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
-import { Scope, Uuid } from "./schemas";
+import { Scope, Timestamp, Uuid } from "./schemas";
 
 const Role = z.enum(ROLES).openapi("AccountRole");
+
+const PaymentHold = z
+  .object({
+    since: Timestamp,
+    invoice_id: Uuid,
+    month: z.string().openapi({ example: "2026-10" }),
+    amount_due_cents: z.number().int(),
+    currency: z.string(),
+    hosted_invoice_url: z.string().nullable().openapi({ description: "Stripe's page to view and pay it." }),
+  })
+  .openapi("PaymentHold", {
+    description:
+      "The unpaid invoice that keeps the account from starting new jobs and endpoints (`402 payment_required`) until it is paid; running work keeps running.",
+  });
 
 const Me = z
   .object({
@@ -35,6 +53,7 @@ const Me = z
           key_limit: z.number().int(),
           window_s: z.number().int(),
         }),
+        billing: z.object({ payment_hold: PaymentHold.nullable() }),
       })
       .nullable()
       .openapi({ description: "Null when a user in several accounts has not named one (Scalar-Account)." }),
@@ -58,7 +77,11 @@ meRouter.openapi(
   async (c) => {
     const caller = c.get("caller");
     const account = caller.account;
-    const use = account ? await quotaUse(c.get("pg").db, account.id) : null;
+    const db = c.get("pg").db;
+    // Sent together on the request's connection (postgres.js pipelines them): one round trip.
+    const [use, hold] = account
+      ? await Promise.all([quotaUse(db, account.id), accountHold(db, account.id)])
+      : [null, null];
     const plan = ratePlanOf(caller);
     return respond(
       c,
@@ -85,6 +108,16 @@ meRouter.openapi(
                   account_limit: plan.accountLimit,
                   key_limit: plan.keyLimit,
                   window_s: plan.windowS,
+                },
+                billing: {
+                  payment_hold: hold && {
+                    since: hold.since,
+                    invoice_id: hold.invoice_id,
+                    month: hold.month,
+                    amount_due_cents: hold.amount_due_cents,
+                    currency: hold.currency,
+                    hosted_invoice_url: hold.hosted_invoice_url,
+                  },
                 },
               }
             : null,

@@ -12,7 +12,9 @@ import type { GpuModel, Tier } from "../../core/schemas";
 import type { AccountContext } from "../auth/caller";
 import type { Db } from "../db/client";
 import { literal } from "../db/round-trips";
+import type { PaymentHold } from "../db/schema";
 import { ApiError } from "../http/errors";
+import { parseHold } from "./payment-required";
 
 type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
 
@@ -25,10 +27,12 @@ export interface Demand {
  * Serialises the account's quota checks. `for no key update`, not `for update`: it conflicts with
  * itself, but not with the key-share locks that foreign-key checks take, so concurrent inserts that
  * only reference the account (idempotency keys, audit rows, API key use) do not queue behind a
- * submission's transaction.
+ * submission's transaction. Returns the account's payment hold as the lock found it (a hold is set
+ * under the same lock), for `refuseHeld` at no extra round trip.
  */
-export async function lockAccount(tx: Tx, accountId: string): Promise<void> {
-  await tx.execute(sql.raw(lockAccountStatement(accountId)));
+export async function lockAccount(tx: Tx, accountId: string): Promise<PaymentHold | null> {
+  const [row] = await tx.execute<{ payment_hold: unknown }>(sql.raw(lockAccountStatement(accountId)));
+  return parseHold(row?.payment_hold);
 }
 
 /**
@@ -37,7 +41,7 @@ export async function lockAccount(tx: Tx, accountId: string): Promise<void> {
  * the lock is the start of the account's critical section.
  */
 export function lockAccountStatement(accountId: string): string {
-  return `select 1 from accounts where id = ${literal(accountId)} for no key update`;
+  return `select payment_hold from accounts where id = ${literal(accountId)} for no key update`;
 }
 
 /** One group of what the account holds or used: active jobs, active endpoints, this month's usage. */

@@ -73,7 +73,9 @@ const envelope = (description: string) => ({
 export const ERRORS = {
   400: envelope("Invalid request: the envelope's `details.fields` names each offending field."),
   401: envelope("Missing, expired or invalid access token or API key."),
-  402: envelope("Monthly spend cap reached (`spend_cap_exceeded`)."),
+  402: envelope(
+    "Monthly spend cap reached (`spend_cap_exceeded`), or the account is on payment hold (`payment_required`): an invoice is unpaid past its grace period or uncollectible, and `details` name it (`invoice_id`, `month`, `amount_due_cents`, `currency`, `hosted_invoice_url`).",
+  ),
   403: envelope("Missing scope or role, tier not allowed, or a quota reached."),
   404: envelope("No such resource in this account."),
   409: envelope("Conflict with the resource's state, or an idempotent request still running."),

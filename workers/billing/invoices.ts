@@ -229,12 +229,15 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
   if (finalized.total !== invoice.totalCents) {
     throw new Error(`Stripe's invoice ${finalized.id} totals ${finalized.total} ¢, ours ${invoice.totalCents} ¢`);
   }
+  // Stripe's own finalization time (a repeated run finds the first one); the payment hold's grace runs from it.
+  const finalizedAt = new Date((finalized.status_transitions?.finalized_at ?? Math.floor(Date.now() / 1000)) * 1000);
   await db
     .update(invoices)
     .set({
       status: finalized.status === "paid" ? "paid" : "open",
       number: finalized.number ?? null,
       hostedInvoiceUrl: finalized.hosted_invoice_url ?? null,
+      finalizedAt: sql`coalesce(${invoices.finalizedAt}, ${finalizedAt.toISOString()}::timestamptz)`,
       lastError: null,
       updatedAt: new Date(),
     })

@@ -8,7 +8,8 @@
  *
  * Events may arrive out of order, so each moves an invoice only forward: `paid` and `void` are
  * final; `uncollectible` may still be paid; a failed attempt never changes the status, it records
- * the attempt, its reason and when Stripe tries next.
+ * the attempt, its reason and when Stripe tries next. Then the account's payment hold is derived
+ * again from its invoices as they now are (payment-hold.ts), in the same transaction.
  */
 import { and, eq, inArray, sql } from "drizzle-orm";
 import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
@@ -17,6 +18,7 @@ import type { Db } from "../db/client";
 import { invoices, stripeEvents } from "../db/schema";
 import { ApiError } from "../http/errors";
 import type { Logger } from "../http/log";
+import { dunningGraceMs, ensurePaymentHold } from "./payment-hold";
 
 declare global {
   namespace Cloudflare {
@@ -52,7 +54,7 @@ const cryptoProvider = Stripe.createSubtleCryptoProvider();
 
 /** Verify, de-duplicate and apply one delivery. Throws ApiError 400/503 for what Stripe must see. */
 export async function handleStripeWebhook(
-  env: { STRIPE_WEBHOOK_SECRET?: string },
+  env: { STRIPE_WEBHOOK_SECRET?: string; DUNNING_GRACE_DAYS?: string },
   db: Db,
   payload: string,
   signature: string | undefined,
@@ -88,9 +90,18 @@ export async function handleStripeWebhook(
       const [seen] = await tx.select().from(stripeEvents).where(eq(stripeEvents.id, event.id));
       return { event_id: event.id, type: event.type, outcome: seen?.outcome ?? "applied", duplicate: true };
     }
-    const outcome = await applyEvent(tx as unknown as Db, event);
+    const { outcome, accountId } = await applyEvent(tx as unknown as Db, event);
     await tx.update(stripeEvents).set({ outcome }).where(eq(stripeEvents.id, event.id));
-    log.info("stripe.webhook", { event_id: event.id, type: event.type, outcome });
+    // Whatever the event did (even nothing: it came late), the hold follows the invoices as they are.
+    const hold = accountId
+      ? await ensurePaymentHold(
+          tx,
+          accountId,
+          { now: now(), graceMs: dunningGraceMs(env.DUNNING_GRACE_DAYS, log) },
+          `stripe:${event.id}`,
+        )
+      : null;
+    log.info("stripe.webhook", { event_id: event.id, type: event.type, outcome, payment_hold: hold });
     return { event_id: event.id, type: event.type, outcome, duplicate: false };
   });
 }
@@ -98,14 +109,17 @@ export async function handleStripeWebhook(
 /** An event's change to an invoice: what it writes, and the statuses it may move it from. */
 type Move = { set: PgUpdateSetSource<typeof invoices>; from: string[] };
 
-async function applyEvent(db: Db, event: Stripe.Event): Promise<string> {
-  if (!(HANDLED_EVENTS as readonly string[]).includes(event.type)) return `ignored: ${event.type} is not acted on`;
+/** What an event did (`applied`, or why not), and the account of the invoice it is about, if ours. */
+async function applyEvent(db: Db, event: Stripe.Event): Promise<{ outcome: string; accountId: string | null }> {
+  if (!(HANDLED_EVENTS as readonly string[]).includes(event.type)) {
+    return { outcome: `ignored: ${event.type} is not acted on`, accountId: null };
+  }
   const object = event.data.object as Stripe.Invoice;
   const [row] = await db
-    .select({ id: invoices.id, status: invoices.status })
+    .select({ id: invoices.id, status: invoices.status, accountId: invoices.accountId })
     .from(invoices)
     .where(eq(invoices.stripeInvoiceId, object.id ?? ""));
-  if (!row) return `ignored: no invoice of ours is Stripe's ${object.id}`;
+  if (!row) return { outcome: `ignored: no invoice of ours is Stripe's ${object.id}`, accountId: null };
   const at = (s: number | null | undefined) => (s ? new Date(s * 1000) : null);
   // Each event: what it writes, and the statuses it may move the invoice from (only forward).
   const paid: Move = {
@@ -142,12 +156,25 @@ async function applyEvent(db: Db, event: Stripe.Event): Promise<string> {
     },
   };
   const move = moves[event.type as (typeof HANDLED_EVENTS)[number]];
+  // The first finalization, whichever event tells it first: the payment hold's grace runs from it.
+  const finalized =
+    at(object.status_transitions?.finalized_at) ??
+    (event.type === "invoice.finalized" ? new Date(event.created * 1000) : null);
   const changed = await db
     .update(invoices)
-    .set({ ...move.set, updatedAt: new Date() })
+    .set({
+      ...move.set,
+      ...(finalized
+        ? { finalizedAt: sql`coalesce(${invoices.finalizedAt}, ${finalized.toISOString()}::timestamptz)` }
+        : {}),
+      updatedAt: new Date(),
+    })
     .where(and(eq(invoices.id, row.id), inArray(invoices.status, move.from)))
     .returning({ id: invoices.id });
-  return changed.length > 0 ? "applied" : `ignored: invoice already ${row.status}`;
+  return {
+    outcome: changed.length > 0 ? "applied" : `ignored: invoice already ${row.status}`,
+    accountId: row.accountId,
+  };
 }
 
 /** Why the last collection attempt failed, as far as the invoice says. */

@@ -49,6 +49,23 @@ export const API_KEY_SCOPES = [
 ] as const;
 export const ACTOR_TYPES = ["user", "api_key", "system", "agent", "operator"] as const;
 
+/**
+ * An account's payment hold (`accounts.payment_hold`): the unpaid invoice that stops new work, as it
+ * was when the hold was set (workers/billing/payment-hold.ts). The submission reads it in the
+ * statement that writes the job, so the refusal's details need no other row.
+ */
+export interface PaymentHold {
+  invoice_id: string;
+  number: string | null;
+  /** The invoice's month, `YYYY-MM` (UTC). */
+  month: string;
+  amount_due_cents: number;
+  currency: string;
+  hosted_invoice_url: string | null;
+  /** When the hold began (ISO 8601); kept when the hold moves to another unpaid invoice. */
+  since: string;
+}
+
 /** Supabase's `auth.users` (a shim provides it where no Supabase runs). Only `id` is referenced. */
 const auth = pgSchema("auth");
 const authUsers = auth.table("users", {
@@ -70,12 +87,18 @@ export const accounts = pgTable(
     /** The operator account: its admins run the fleet. */
     isOperator: boolean("is_operator").notNull().default(false),
     stripeCustomerId: text("stripe_customer_id").unique(),
+    /** Set while an invoice is unpaid past its grace (or uncollectible): no new jobs or endpoints. */
+    paymentHold: jsonb("payment_hold").$type<PaymentHold>(),
     createdAt: createdAt(),
   },
   (t) => [
     check("accounts_name_len", sql`char_length(${t.name}) between 1 and 200`),
     check("accounts_max_concurrent_gpus", sql`${t.maxConcurrentGpus} >= 0`),
     check("accounts_monthly_spend_cap", sql`${t.monthlySpendCapCents} is null or ${t.monthlySpendCapCents} >= 0`),
+    check(
+      "accounts_payment_hold",
+      sql`${t.paymentHold} is null or (jsonb_typeof(${t.paymentHold} -> 'invoice_id') = 'string' and jsonb_typeof(${t.paymentHold} -> 'since') = 'string')`,
+    ),
   ],
 );
 
@@ -363,6 +386,8 @@ export const invoices = pgTable(
     lines: jsonb("lines").notNull().default(sql`'[]'::jsonb`),
     /** Stripe's invoice number and payment page, once finalized. */
     number: text("number"),
+    /** When it was first finalized (sent for collection): the payment hold's grace runs from here. */
+    finalizedAt: tz("finalized_at"),
     hostedInvoiceUrl: text("hosted_invoice_url"),
     /** Why the last attempt to hand it to Stripe failed (retried by the next billing run). */
     lastError: text("last_error"),
@@ -377,6 +402,8 @@ export const invoices = pgTable(
   (t) => [
     uniqueIndex("invoices_account_period_key").on(t.accountId, t.periodStart),
     index("invoices_unsent_idx").on(t.createdAt).where(sql`${t.status} = 'draft'`),
+    // The payment-hold sweep's candidates (workers/billing/payment-hold.ts).
+    index("invoices_unpaid_idx").on(t.accountId, t.finalizedAt).where(sql`${t.status} in ('open', 'uncollectible')`),
     check("invoices_status", sql`${t.status} in (${inList(INVOICE_STATUSES)})`),
     check("invoices_amounts", sql`${t.subtotalCents} >= 0 and ${t.totalCents} >= 0`),
     check("invoices_currency", sql`${t.currency} ~ '^[a-z]{3}$'`),
