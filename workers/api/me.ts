@@ -5,7 +5,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { ROLES } from "../auth/scopes";
 import { ratePlanOf } from "../http/rate-limit";
-import { accountHold } from "./payment-required";
+import { accountHold, heldInvoice } from "./payment-required";
 import { quotaUse } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { Scope, Timestamp, Uuid } from "./schemas";
@@ -110,14 +110,7 @@ meRouter.openapi(
                   window_s: plan.windowS,
                 },
                 billing: {
-                  payment_hold: hold && {
-                    since: hold.since,
-                    invoice_id: hold.invoice_id,
-                    month: hold.month,
-                    amount_due_cents: hold.amount_due_cents,
-                    currency: hold.currency,
-                    hosted_invoice_url: hold.hosted_invoice_url,
-                  },
+                  payment_hold: hold && { since: hold.since, ...heldInvoice(hold) },
                 },
               }
             : null,

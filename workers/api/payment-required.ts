@@ -17,6 +17,17 @@ export function parseHold(value: unknown): PaymentHold | null {
   return (typeof value === "string" ? JSON.parse(value) : value) as PaymentHold;
 }
 
+/** The unpaid invoice, as the 402's details and `GET /v1/me` show it. */
+export function heldInvoice(hold: PaymentHold) {
+  return {
+    invoice_id: hold.invoice_id,
+    month: hold.month,
+    amount_due_cents: hold.amount_due_cents,
+    currency: hold.currency,
+    hosted_invoice_url: hold.hosted_invoice_url,
+  };
+}
+
 export function paymentRequired(hold: PaymentHold): ApiError {
   const amount = `${(hold.amount_due_cents / 100).toFixed(2)} ${hold.currency.toUpperCase()}`;
   const pay = hold.hosted_invoice_url ? `; pay it at ${hold.hosted_invoice_url}` : "";
@@ -24,13 +35,7 @@ export function paymentRequired(hold: PaymentHold): ApiError {
     402,
     "payment_required",
     `invoice ${hold.number ?? hold.invoice_id} (${hold.month}, ${amount}) is unpaid: the account starts no new jobs or endpoints until it is paid${pay}`,
-    {
-      invoice_id: hold.invoice_id,
-      month: hold.month,
-      amount_due_cents: hold.amount_due_cents,
-      currency: hold.currency,
-      hosted_invoice_url: hold.hosted_invoice_url,
-    },
+    heldInvoice(hold),
   );
 }
 

@@ -9,28 +9,22 @@ import { env, SELF } from "cloudflare:test";
 import { eq } from "drizzle-orm";
 import type Stripe from "stripe";
 import { afterAll, describe, expect, it } from "vitest";
-import { monthBounds, monthOf } from "../../core/pricing/month";
 import { StripeSimulator } from "../../tools/stripe-sim/simulator";
 import { call, signUp } from "../api/test-support";
 import { withDb } from "../db/client";
 import { invoices } from "../db/schema";
 import { createLogger } from "../http/log";
-import { runBilling, SETTLE_MS, sendInvoice, stripeOf } from "./invoices";
-import { addFlexHour } from "./test-billing";
+import { runBilling, sendInvoice } from "./invoices";
+import { AFTER, addFlexHour, stripeOver, thisMonth } from "./test-webhooks";
 
 const log = createLogger("error");
-const thisMonth = monthBounds(monthOf(Date.now()))!;
-const AFTER = thisMonth.endMs + SETTLE_MS + 60_000;
 
 const sim = new StripeSimulator({
   now: () => AFTER,
   webhooks: [{ url: "https://scalar.test/v1/stripe/webhooks", secret: env.STRIPE_WEBHOOK_SECRET as string }],
   webhookDelivery: { deliver: (url, init) => SELF.fetch(url, init), retryDelaysMs: [] },
 });
-const stripe: Stripe = stripeOf({ STRIPE_SECRET_KEY: "sk_test_scalar_sim_events" }, ((
-  i: RequestInfo | URL,
-  init?: RequestInit,
-) => sim.fetch(new Request(i, init))) as typeof fetch)!;
+const stripe: Stripe = stripeOver(sim, "sk_test_scalar_sim_events");
 afterAll(() => sim.webhooks.close());
 
 /** A new account with an hour of Flex usage this month, billed: its invoice is open in the stand-in. */

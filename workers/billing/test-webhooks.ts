@@ -1,7 +1,7 @@
 /**
- * Shared by the workerd tests of Stripe's webhooks: an account billed through the Stripe stand-in,
- * and Stripe's signed events about its invoice, posted to the route (signed with the real SDK's
- * test helper).
+ * Shared by the workerd tests of billing and Stripe's webhooks: usage to bill, a Stripe client over
+ * the Stripe stand-in, an account billed through it, and Stripe's signed events about its invoice,
+ * posted to the route (signed with the real SDK's test helper).
  */
 import { env, SELF } from "cloudflare:test";
 import { eq } from "drizzle-orm";
@@ -9,12 +9,11 @@ import Stripe from "stripe";
 import { expect } from "vitest";
 import { monthBounds, monthOf } from "../../core/pricing/month";
 import { StripeSimulator } from "../../tools/stripe-sim/simulator";
-import { BASE, signUp } from "../api/test-support";
+import { BASE, signUp, sql } from "../api/test-support";
 import { withDb } from "../db/client";
 import { invoices } from "../db/schema";
 import { createLogger } from "../http/log";
 import { runBilling, SETTLE_MS, stripeOf } from "./invoices";
-import { addFlexHour } from "./test-billing";
 
 const log = createLogger("error");
 export const thisMonth = monthBounds(monthOf(Date.now()))!;
@@ -23,15 +22,32 @@ export const AFTER = thisMonth.endMs + SETTLE_MS + 60_000;
 const SECRET = env.STRIPE_WEBHOOK_SECRET as string;
 const subtle = Stripe.createSubtleCryptoProvider();
 
+/** One hour of one Flex H100 GPU for the account, in the second hour of the month starting at `monthStartMs`. */
+export async function addFlexHour(accountId: string, monthStartMs: number): Promise<void> {
+  await sql(
+    `insert into usage_events (account_id, job_run_id, tier, gpu_model, gpu_count, gpu_seconds, period_start, period_end)
+     values ($1, $2, 'flex', 'H100', 1, 3600, $3, $4)`,
+    [
+      accountId,
+      `run-${crypto.randomUUID()}`,
+      new Date(monthStartMs + 3_600_000).toISOString(),
+      new Date(monthStartMs + 7_200_000).toISOString(),
+    ],
+  );
+}
+
+/** The real SDK, in-process against the stand-in `sim` (as billing's Stripe client, `stripeOf`). */
+export function stripeOver(sim: StripeSimulator, key = "sk_test_scalar_webhooks"): Stripe {
+  return stripeOf({ STRIPE_SECRET_KEY: key }, ((i: RequestInfo | URL, init?: RequestInit) =>
+    sim.fetch(new Request(i, init))) as typeof fetch)!;
+}
+
 /** A new account with some usage this month, billed: its invoice is `open` in Stripe. */
 export async function billedInvoice() {
   const user = await signUp({});
   await addFlexHour(user.accountId, thisMonth.startMs);
   const sim = new StripeSimulator({ now: () => AFTER });
-  const stripe = stripeOf({ STRIPE_SECRET_KEY: "sk_test_scalar_webhooks" }, ((
-    i: RequestInfo | URL,
-    init?: RequestInit,
-  ) => sim.fetch(new Request(i, init))) as typeof fetch)!;
+  const stripe = stripeOver(sim);
   await withDb(env, (db) => runBilling({ db, stripe, now: AFTER, log }));
   const [row] = await withDb(env, (db) => db.select().from(invoices).where(eq(invoices.accountId, user.accountId)));
   expect(row).toMatchObject({ status: "open" });
