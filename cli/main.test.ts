@@ -83,7 +83,7 @@ describe("an account on payment hold", () => {
       fast_tier_enabled: false,
       is_operator: false,
       quotas: { max_concurrent_gpus: 16, gpus_in_use: 0, monthly_spend_cap_cents: null, month_to_date_cents: 0 },
-      rate_limit: { plan: "standard", account_limit: 600, key_limit: 300, window_s: 60 },
+      rate_limit: { plan: "standard", account_limit: 600, key_limit: 300, window_s: 60, invoke_limit: 6000 },
       billing: { payment_hold: hold },
     },
     accounts: [],

@@ -4352,6 +4352,8 @@ export interface components {
                     account_limit: number;
                     key_limit: number;
                     window_s: number;
+                    /** @description Endpoint invoke requests per window for the account, apart from the API's. */
+                    invoke_limit: number;
                 };
                 billing: {
                     payment_hold: components["schemas"]["PaymentHold"];

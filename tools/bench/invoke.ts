@@ -20,9 +20,9 @@
  * the API shows no replica and the engine holds no container of the endpoint). Each phase reports
  * requests/s, latency p50/p90/p99/max, errors by status, the machine's CPU per request by process
  * group (tools/load/cpu.ts), the replica containers' own CPU and throttling (the engine's stats), and
- * the CPU of work outside the run (other processes on the machine). The run's account gets a rate
- * limit no phase reaches (`rate_limit_overrides`), so `GET /v1/me` is never refused; invoke requests
- * are not rate limited. The endpoint is deleted and the platform stopped at the end.
+ * the CPU of work outside the run (other processes on the machine). The run's account gets rate
+ * limits no phase reaches (`rate_limit_overrides`, the API's and the invoke bucket's), so neither
+ * `GET /v1/me` nor an invoke is ever refused. The endpoint is deleted and the platform stopped at the end.
  *
  * One JSON object on stdout, progress and a summary on stderr. No targets: exit 0 when it ran, 2 when
  * it could not (usage, no Docker engine, the platform or the endpoint did not come up, a phase failed).
@@ -679,15 +679,16 @@ async function main(argv: string[]): Promise<number> {
       say("The local registry's image is missing (`npm run docker:up`); or pass --image.");
       return 2;
     }
-    // GET /v1/me is rate limited (3,000 requests a minute for a Fast account) and a closed loop sends
-    // more: this run's own account gets limits no phase reaches, so the bare route is never refused.
-    // Invoke requests are not rate limited at all (docs/api.md, "Traffic").
+    // GET /v1/me is rate limited (3,000 requests a minute for a Fast account), and so are invokes
+    // (their own bucket, 60,000 a minute), and a closed loop may send more: this run's own account
+    // gets limits no phase reaches, so neither the bare route nor an invoke is refused.
     const { default: postgres } = await import("postgres");
     const sql = postgres(stack.databaseUrl, { max: 1, onnotice: () => {} });
     try {
-      await sql`insert into rate_limit_overrides (account_id, account_limit, key_limit, window_s, reason)
-                values (${stack.accountId}, 100000000, 100000000, 60, 'npm run bench:invoke')
-                on conflict (account_id) do update set account_limit = excluded.account_limit, key_limit = excluded.key_limit`;
+      await sql`insert into rate_limit_overrides (account_id, account_limit, key_limit, window_s, invoke_limit, reason)
+                values (${stack.accountId}, 100000000, 100000000, 60, 100000000, 'npm run bench:invoke')
+                on conflict (account_id) do update set account_limit = excluded.account_limit,
+                  key_limit = excluded.key_limit, invoke_limit = excluded.invoke_limit`;
     } finally {
       await sql.end({ timeout: 2 });
     }

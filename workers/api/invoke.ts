@@ -23,6 +23,7 @@ import type { ApiEnv } from "../http/api-env";
 import { authenticate } from "../http/authenticate";
 import { ApiError } from "../http/errors";
 import { errorFields } from "../http/log";
+import { invokeVerdict } from "../http/rate-limit";
 import { ingressKey } from "../nodes/ingress-key";
 import { syncEndpoint } from "./endpoints";
 import { schedulerOf } from "./scheduler";
@@ -52,11 +53,15 @@ export const isInvokePath = (path: string) => INVOKE_PATH.test(path);
 const invoke = async (c: Context<ApiEnv>) => {
   const caller = c.get("caller");
   const account = requireAccount(caller);
+  const db = c.get("pg").db;
+  // The limiter's call and the endpoint's lookup run side by side; a refusal (429) is the answer
+  // before any other error, as on the API's routes.
+  const found = findEndpoint(db, account.id, c.req.param("ref") ?? "");
+  found.catch(() => {});
+  await invokeVerdict(c, account);
   requireScope(caller, "endpoints:invoke");
   const waitMs = waitOf(c.req.header(WAIT_HEADER));
-  const ref = c.req.param("ref") ?? "";
-  const db = c.get("pg").db;
-  let row = await findEndpoint(db, account.id, ref);
+  let row = await found;
 
   if (c.req.header("upgrade")) {
     throw new ApiError(501, "upgrade_not_supported", "endpoints do not take WebSocket or other upgraded connections");

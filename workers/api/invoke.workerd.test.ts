@@ -10,7 +10,7 @@ import { INGRESS } from "../../core/schemas";
 import { regionScheduler } from "../regions";
 import { type Agent, poll, REGION, reportReady, retire, startNode } from "./test-agent";
 import type {} from "./test-ingress-setup";
-import { BASE, call, createKey, signUp, type TestUser } from "./test-support";
+import { BASE, call, createKey, rateLimitOverride, signUp, type TestUser } from "./test-support";
 
 const IMAGE = "127.0.0.1:5000/test/busybox:1";
 
@@ -200,5 +200,51 @@ describe("invoking an endpoint", () => {
     });
     expect(big.status).toBe(413);
     await runDurableObjectAlarm(regionScheduler(env, REGION));
+  });
+
+  it("limits an account's endpoint requests in a bucket apart from its API requests", async () => {
+    const user = await signUp({ fast_tier_enabled: true });
+    const me = async () => {
+      const res = await call("GET", "/v1/me", user.token);
+      return { limit: res.json.account.rate_limit, remaining: Number(res.headers.get("ratelimit-remaining")) };
+    };
+    // Without an override: the tier's plan; an override without its own invoke limit keeps the tier's rate.
+    expect((await me()).limit).toMatchObject({ plan: "fast", invoke_limit: 60_000, window_s: 60 });
+    await rateLimitOverride(user.accountId, 1000, 1000, 86_400);
+    expect((await me()).limit).toMatchObject({ plan: "custom", invoke_limit: 86_400_000, window_s: 86_400 });
+    await rateLimitOverride(user.accountId, 1000, 1000, 86_400, 3);
+    await createEndpoint(user, { name: "limited", min_replicas: 0 });
+    const before = await me();
+    expect(before.limit).toMatchObject({ plan: "custom", invoke_limit: 3 });
+
+    const wait0 = { headers: { "scalar-wait": "0" } };
+    for (let i = 0; i < 3; i++) {
+      const r = await invoke(user.token, `/v1/endpoints/limited/invoke/`, wait0);
+      expect([r.status, ((await r.json()) as { error: { code: string } }).error.code]).toEqual([
+        503,
+        "no_ready_replica",
+      ]);
+    }
+    const refused = await invoke(user.token, `/v1/endpoints/limited/invoke/`, wait0);
+    expect(refused.status).toBe(429);
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0);
+    expect(refused.headers.get("ratelimit-policy")).toBe("3;w=86400");
+    const error = ((await refused.json()) as { error: { code: string; message: string; details: unknown } }).error;
+    expect(error).toMatchObject({
+      code: "rate_limited",
+      details: { scope: "invoke", limit: 3, window_s: 86_400 },
+    });
+    expect(error.message).toMatch(/^rate limit of 3 endpoint requests per 86400 s reached for this account/);
+    // The refusal comes before any other error, as on the API's routes.
+    const unknown = await invoke(user.token, `/v1/endpoints/nope/invoke/`);
+    expect([unknown.status, ((await unknown.json()) as { error: { code: string } }).error.code]).toEqual([
+      429,
+      "rate_limited",
+    ]);
+
+    // The API's own budget was not spent by the invokes: only this GET /v1/me took a token since.
+    const after = await me();
+    expect(after.remaining).toBe(before.remaining - 1);
+    expect((await call("GET", "/v1/endpoints", user.token)).status).toBe(200);
   });
 });

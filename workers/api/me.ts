@@ -52,6 +52,10 @@ const Me = z
           account_limit: z.number().int(),
           key_limit: z.number().int(),
           window_s: z.number().int(),
+          invoke_limit: z
+            .number()
+            .int()
+            .openapi({ description: "Endpoint invoke requests per window for the account, apart from the API's." }),
         }),
         billing: z.object({ payment_hold: PaymentHold.nullable() }),
       })
@@ -108,6 +112,7 @@ meRouter.openapi(
                   account_limit: plan.accountLimit,
                   key_limit: plan.keyLimit,
                   window_s: plan.windowS,
+                  invoke_limit: plan.invokeLimit,
                 },
                 billing: {
                   payment_hold: hold && { since: hold.since, ...heldInvoice(hold) },

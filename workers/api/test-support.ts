@@ -66,11 +66,18 @@ export async function addMember(accountId: string, role: string): Promise<TestUs
   return { ...user, accountId };
 }
 
-export async function rateLimitOverride(accountId: string, accountLimit: number, keyLimit: number, windowS: number) {
+export async function rateLimitOverride(
+  accountId: string,
+  accountLimit: number,
+  keyLimit: number,
+  windowS: number,
+  invokeLimit: number | null = null,
+) {
   await sql(
-    `insert into rate_limit_overrides (account_id, account_limit, key_limit, window_s) values ($1, $2, $3, $4)
-     on conflict (account_id) do update set account_limit = $2, key_limit = $3, window_s = $4`,
-    [accountId, accountLimit, keyLimit, windowS],
+    `insert into rate_limit_overrides (account_id, account_limit, key_limit, window_s, invoke_limit)
+     values ($1, $2, $3, $4, $5)
+     on conflict (account_id) do update set account_limit = $2, key_limit = $3, window_s = $4, invoke_limit = $5`,
+    [accountId, accountLimit, keyLimit, windowS, invokeLimit],
   );
 }
 

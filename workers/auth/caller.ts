@@ -15,6 +15,8 @@ export interface RateLimitOverride {
   accountLimit: number;
   keyLimit: number;
   windowS: number;
+  /** Endpoint invoke requests per window; null: the tier's invoke rate, scaled to the window. */
+  invokeLimit: number | null;
 }
 
 export interface AccountContext {
@@ -60,6 +62,7 @@ interface AccountRow {
   account_limit: number | null;
   key_limit: number | null;
   window_s: number | null;
+  invoke_limit: number | null;
 }
 
 function accountContext(row: AccountRow): AccountContext {
@@ -72,13 +75,18 @@ function accountContext(row: AccountRow): AccountContext {
     isOperator: row.is_operator,
     rateLimitOverride:
       row.account_limit !== null && row.key_limit !== null && row.window_s !== null
-        ? { accountLimit: row.account_limit, keyLimit: row.key_limit, windowS: row.window_s }
+        ? {
+            accountLimit: row.account_limit,
+            keyLimit: row.key_limit,
+            windowS: row.window_s,
+            invokeLimit: row.invoke_limit,
+          }
         : null,
   };
 }
 
 const ACCOUNT_COLUMNS = `a.id as account_id, a.name, a.fast_tier_enabled, a.max_concurrent_gpus,
-  a.monthly_spend_cap_cents, a.is_operator, o.account_limit, o.key_limit, o.window_s`;
+  a.monthly_spend_cap_cents, a.is_operator, o.account_limit, o.key_limit, o.window_s, o.invoke_limit`;
 
 function unauthenticated(code: string, message: string): ApiError {
   return new ApiError(401, code, message, undefined, { "www-authenticate": 'Bearer realm="scalar"' });

@@ -1,11 +1,12 @@
 /**
  * Rate limits per account and per API key (or user session), tier-aware: accounts entitled to the
  * Fast tier get the higher plan. A per-account override (table `rate_limit_overrides`) replaces the
- * plan. Decided by the account's RateLimiter Durable Object (token buckets); see docs/api.md.
+ * plan. Endpoint invoke requests have a bucket of their own per account (`invokeLimit`), apart from
+ * the API's. Decided by RateLimiter Durable Objects (token buckets); see docs/api.md.
  */
 import type { Context, MiddlewareHandler } from "hono";
 import type { BucketReading, BucketSpec, RateDecision } from "../../durable-objects/rate-limiter/bucket";
-import type { Caller } from "../auth/caller";
+import type { AccountContext, Caller } from "../auth/caller";
 import type { ApiEnv } from "./api-env";
 import { ApiError } from "./errors";
 import { errorFields } from "./log";
@@ -14,18 +15,29 @@ export interface RatePlan {
   accountLimit: number;
   keyLimit: number;
   windowS: number;
+  /** Endpoint invoke requests per window, for the whole account (not counted in `accountLimit`). */
+  invokeLimit: number;
 }
 
 /** Requests per window: a bucket of `limit` tokens refilled evenly over `windowS`. */
 export const RATE_PLANS = {
-  standard: { accountLimit: 600, keyLimit: 300, windowS: 60 },
-  fast: { accountLimit: 3000, keyLimit: 1200, windowS: 60 },
+  standard: { accountLimit: 600, keyLimit: 300, windowS: 60, invokeLimit: 6_000 },
+  fast: { accountLimit: 3000, keyLimit: 1200, windowS: 60, invokeLimit: 60_000 },
 } as const satisfies Record<string, RatePlan>;
 
 export function ratePlanOf(caller: Caller): RatePlan & { plan: string } {
   const account = caller.account;
-  if (account?.rateLimitOverride) return { plan: "custom", ...account.rateLimitOverride };
-  return account?.fastTierEnabled ? { plan: "fast", ...RATE_PLANS.fast } : { plan: "standard", ...RATE_PLANS.standard };
+  const tier = account?.fastTierEnabled ? RATE_PLANS.fast : RATE_PLANS.standard;
+  const custom = account?.rateLimitOverride;
+  if (!custom) return { plan: account?.fastTierEnabled ? "fast" : "standard", ...tier };
+  return {
+    plan: "custom",
+    accountLimit: custom.accountLimit,
+    keyLimit: custom.keyLimit,
+    windowS: custom.windowS,
+    // Without its own invoke limit an override keeps the tier's invoke rate, over its own window.
+    invokeLimit: custom.invokeLimit ?? Math.ceil((tier.invokeLimit * custom.windowS) / tier.windowS),
+  };
 }
 
 export function bucketsOf(caller: Caller): { object: string; specs: BucketSpec[] } {
@@ -58,6 +70,17 @@ function headers(r: BucketReading): Record<string, string> {
   };
 }
 
+function refusal(decision: RateDecision & { allowed: false }, scope: string, what: string): ApiError {
+  const { limit, windowS } = decision.tightest;
+  return new ApiError(
+    429,
+    "rate_limited",
+    `rate limit of ${limit} ${what} per ${windowS} s reached for this ${scope === "invoke" ? "account" : scope.replace("_", " ")}; retry in ${decision.retryAfterS} s`,
+    { scope, limit, window_s: windowS, retry_after_s: decision.retryAfterS },
+    { ...headers(decision.tightest), "Retry-After": String(decision.retryAfterS) },
+  );
+}
+
 /**
  * The limiter's verdict for one request: resolves when it may go on (setting the RateLimit-*
  * headers), or when the limiter cannot be reached (fail open: a limiter outage must not take the
@@ -68,23 +91,25 @@ async function verdict(c: Context<ApiEnv>): Promise<void> {
   const { object, specs } = bucketsOf(caller);
   const decision = await takeFrom(c, object, specs);
   if (decision === null) return;
-  const h = headers(decision.tightest);
   if (!decision.allowed) {
     const scope = decision.tightest.name === "account" ? "account" : caller.apiKey ? "api_key" : "user";
-    throw new ApiError(
-      429,
-      "rate_limited",
-      `rate limit of ${decision.tightest.limit} requests per ${decision.tightest.windowS} s reached for this ${scope.replace("_", " ")}; retry in ${decision.retryAfterS} s`,
-      {
-        scope,
-        limit: decision.tightest.limit,
-        window_s: decision.tightest.windowS,
-        retry_after_s: decision.retryAfterS,
-      },
-      { ...h, "Retry-After": String(decision.retryAfterS) },
-    );
+    throw refusal(decision, scope, "requests");
   }
-  for (const [name, value] of Object.entries(h)) c.header(name, value);
+  for (const [name, value] of Object.entries(headers(decision.tightest))) c.header(name, value);
+}
+
+/**
+ * An endpoint invoke request's verdict: one token from the account's invoke bucket, kept in a
+ * RateLimiter object of its own (`invoke:<account>`), so endpoint traffic neither spends the API's
+ * budget nor queues behind its limiter calls. Resolves when the request may go on (or the limiter
+ * cannot be reached: fail open), rejects with the 429 (`details.scope` "invoke"). A request let
+ * through gets no RateLimit-* headers: its answer's headers are the replica's own.
+ */
+export async function invokeVerdict(c: Context<ApiEnv>, account: AccountContext): Promise<void> {
+  const plan = ratePlanOf(c.get("caller"));
+  const spec = { name: "invoke", limit: plan.invokeLimit, windowS: plan.windowS };
+  const decision = await takeFrom(c, `invoke:${account.id}`, [spec]);
+  if (decision !== null && !decision.allowed) throw refusal(decision, "invoke", "endpoint requests");
 }
 
 /**

@@ -213,12 +213,15 @@ export const rateLimitOverrides = pgTable(
     accountLimit: integer("account_limit").notNull(),
     keyLimit: integer("key_limit").notNull(),
     windowS: integer("window_s").notNull(),
+    /** Endpoint invoke requests per window for the whole account; null: the tier's invoke rate. */
+    invokeLimit: integer("invoke_limit"),
     reason: text("reason"),
     createdAt: tz("created_at").notNull().defaultNow(),
   },
   (t) => [
     check("rate_limit_overrides_limits", sql`${t.accountLimit} >= 1 and ${t.keyLimit} >= 1`),
     check("rate_limit_overrides_window", sql`${t.windowS} between 1 and 86400`),
+    check("rate_limit_overrides_invoke", sql`${t.invokeLimit} is null or ${t.invokeLimit} >= 1`),
   ],
 );
 

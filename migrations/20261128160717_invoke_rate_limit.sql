@@ -1,0 +1,2 @@
+ALTER TABLE "rate_limit_overrides" ADD COLUMN "invoke_limit" integer;--> statement-breakpoint
+ALTER TABLE "rate_limit_overrides" ADD CONSTRAINT "rate_limit_overrides_invoke" CHECK ("rate_limit_overrides"."invoke_limit" is null or "rate_limit_overrides"."invoke_limit" >= 1);
