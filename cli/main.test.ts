@@ -84,7 +84,7 @@ describe("an account on payment hold", () => {
       is_operator: false,
       quotas: { max_concurrent_gpus: 16, gpus_in_use: 0, monthly_spend_cap_cents: null, month_to_date_cents: 0 },
       rate_limit: { plan: "standard", account_limit: 600, key_limit: 300, window_s: 60, invoke_limit: 6000 },
-      billing: { payment_hold: hold },
+      billing: { payment_hold: hold as Record<string, unknown> },
     },
     accounts: [],
     scopes: ["jobs:write"],
@@ -118,6 +118,14 @@ describe("an account on payment hold", () => {
       expect(await run(["whoami"], who.io)).toBe(0);
       expect(who.stdout()).toMatch(
         /^payment hold {2}since 2026-12-15T01:17:00.000Z: invoice 2026-11 \(587\.00 USD\) unpaid, no new jobs or endpoints; pay at https:\/\/invoice\.stripe\.com\/i\/acct_1\/test_abc$/m,
+      );
+
+      // Without billing:read the API gives neither the amount nor the page.
+      me.account.billing.payment_hold = { ...hold, amount_due_cents: null, currency: null, hosted_invoice_url: null };
+      const member = capture(env);
+      expect(await run(["whoami"], member.io)).toBe(0);
+      expect(member.stdout()).toMatch(
+        /^payment hold {2}since 2026-12-15T01:17:00.000Z: invoice 2026-11 unpaid, no new jobs or endpoints; an owner or admin can see and pay it$/m,
       );
     } finally {
       await new Promise((closed) => server.close(closed));

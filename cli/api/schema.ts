@@ -4386,9 +4386,11 @@ export interface components {
             invoice_id: string;
             /** @example 2026-10 */
             month: string;
-            amount_due_cents: number;
-            currency: string;
-            /** @description Stripe's page to view and pay it. */
+            /** @description Null without the `billing:read` scope. */
+            amount_due_cents: number | null;
+            /** @description Null without the `billing:read` scope. */
+            currency: string | null;
+            /** @description Stripe's page to view and pay it. Null without the `billing:read` scope. */
             hosted_invoice_url: string | null;
         } | null;
         Usage: {

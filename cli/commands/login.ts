@@ -66,9 +66,17 @@ function spend(q: { month_to_date_cents: number | null; monthly_spend_cap_cents:
 /** The account's payment hold, or null: new jobs and endpoints are refused until the invoice is paid. */
 export function holdLine(hold: NonNullable<Me["account"]>["billing"]["payment_hold"] | undefined): string | null {
   if (!hold) return null;
-  const amount = `${(hold.amount_due_cents / 100).toFixed(2)} ${hold.currency.toUpperCase()}`;
-  const pay = hold.hosted_invoice_url ? `; pay at ${hold.hosted_invoice_url}` : "";
-  return `since ${hold.since}: invoice ${hold.month} (${amount}) unpaid, no new jobs or endpoints${pay}`;
+  // The amount and the payment page come only with billing:read (an owner's or admin's).
+  const what =
+    hold.amount_due_cents === null || hold.currency === null
+      ? `invoice ${hold.month}`
+      : `invoice ${hold.month} (${(hold.amount_due_cents / 100).toFixed(2)} ${hold.currency.toUpperCase()})`;
+  const pay = hold.hosted_invoice_url
+    ? `; pay at ${hold.hosted_invoice_url}`
+    : hold.amount_due_cents === null
+      ? "; an owner or admin can see and pay it"
+      : "";
+  return `since ${hold.since}: ${what} unpaid, no new jobs or endpoints${pay}`;
 }
 
 export const whoami: CommandSpec<Context> = {

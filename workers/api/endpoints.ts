@@ -15,7 +15,7 @@ import { ApiError } from "../http/errors";
 import { errorFields, type Logger } from "../http/log";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit } from "./audit";
-import { refuseHeld } from "./payment-required";
+import { readsBilling, refuseHeld } from "./payment-required";
 import { endpointDemand, enforceQuota, lockAccount, requireTier } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { requireGpuModels, schedulerOf, servedRegion } from "./scheduler";
@@ -242,7 +242,7 @@ endpointsRouter.openapi(
     const env = await sealEnv(c.env, account.id, body.env);
     const db = c.get("pg").db;
     const row = await db.transaction(async (tx) => {
-      refuseHeld(await lockAccount(tx, account.id));
+      refuseHeld(await lockAccount(tx, account.id), readsBilling(caller));
       const [clash] = await tx
         .select({ id: endpoints.id })
         .from(endpoints)
@@ -450,7 +450,7 @@ endpointsRouter.openapi(
       const grows = after.gpus > before.gpus || after.ceilingCents > before.ceilingCents;
       // While the account is on payment hold the endpoint keeps what it has: any change that could
       // start more replicas, or dearer ones, is new work.
-      if (grows || next.minReplicas > current.minReplicas) refuseHeld(hold);
+      if (grows || next.minReplicas > current.minReplicas) refuseHeld(hold, readsBilling(caller));
       if (grows) {
         await enforceQuota(tx, account, {
           gpus: Math.max(0, after.gpus - before.gpus),

@@ -13,7 +13,7 @@ import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit, auditRow } from "./audit";
 import { loadJob } from "./job-rows";
-import { paymentHoldCheck, paymentHoldError } from "./payment-required";
+import { paymentHoldCheck, paymentHoldError, readsBilling } from "./payment-required";
 import {
   checkQuota,
   gpuQuotaCheck,
@@ -211,7 +211,7 @@ jobsRouter.openapi(
         });
       }
     } catch (error) {
-      throw paymentHoldError(error) ?? gpuQuotaError(account, demand, error) ?? error;
+      throw paymentHoldError(error, readsBilling(caller)) ?? gpuQuotaError(account, demand, error) ?? error;
     }
     endTime(c, "write");
     startTime(c, "schedule", "handed to the region scheduler and acknowledged");

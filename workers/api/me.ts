@@ -5,7 +5,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { ROLES } from "../auth/scopes";
 import { ratePlanOf } from "../http/rate-limit";
-import { accountHold, heldInvoice } from "./payment-required";
+import { accountHold, heldInvoice, readsBilling } from "./payment-required";
 import { quotaUse } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { Scope, Timestamp, Uuid } from "./schemas";
@@ -17,9 +17,12 @@ const PaymentHold = z
     since: Timestamp,
     invoice_id: Uuid,
     month: z.string().openapi({ example: "2026-10" }),
-    amount_due_cents: z.number().int(),
-    currency: z.string(),
-    hosted_invoice_url: z.string().nullable().openapi({ description: "Stripe's page to view and pay it." }),
+    amount_due_cents: z.number().int().nullable().openapi({ description: "Null without the `billing:read` scope." }),
+    currency: z.string().nullable().openapi({ description: "Null without the `billing:read` scope." }),
+    hosted_invoice_url: z
+      .string()
+      .nullable()
+      .openapi({ description: "Stripe's page to view and pay it. Null without the `billing:read` scope." }),
   })
   .openapi("PaymentHold", {
     description:
@@ -105,7 +108,7 @@ meRouter.openapi(
                   max_concurrent_gpus: account.maxConcurrentGpus,
                   gpus_in_use: use.gpusInUse,
                   monthly_spend_cap_cents: account.monthlySpendCapCents,
-                  month_to_date_cents: caller.scopes.includes("billing:read") ? use.monthToDateCents : null,
+                  month_to_date_cents: readsBilling(caller) ? use.monthToDateCents : null,
                 },
                 rate_limit: {
                   plan: plan.plan,
@@ -115,7 +118,7 @@ meRouter.openapi(
                   invoke_limit: plan.invokeLimit,
                 },
                 billing: {
-                  payment_hold: hold && { since: hold.since, ...heldInvoice(hold) },
+                  payment_hold: hold && { since: hold.since, ...heldInvoice(hold, readsBilling(caller)) },
                 },
               }
             : null,

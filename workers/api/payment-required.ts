@@ -6,6 +6,7 @@
  * write from the row its lock returns (`lockAccount`).
  */
 import { type SQL, sql } from "drizzle-orm";
+import type { Caller } from "../auth/caller";
 import type { Db } from "../db/client";
 import { literal } from "../db/round-trips";
 import type { PaymentHold } from "../db/schema";
@@ -17,32 +18,46 @@ export function parseHold(value: unknown): PaymentHold | null {
   return (typeof value === "string" ? JSON.parse(value) : value) as PaymentHold;
 }
 
-/** The unpaid invoice, as the 402's details and `GET /v1/me` show it. */
-export function heldInvoice(hold: PaymentHold) {
+/**
+ * The unpaid invoice, as the 402's details and `GET /v1/me` show it. Its amount and Stripe's page
+ * (a link that shows the whole invoice and takes payment) only to callers who may read billing
+ * (`billing:read`: owners, admins, keys with the scope); others learn which invoice and month.
+ */
+export function heldInvoice(hold: PaymentHold, billing: boolean) {
   return {
     invoice_id: hold.invoice_id,
     month: hold.month,
-    amount_due_cents: hold.amount_due_cents,
-    currency: hold.currency,
-    hosted_invoice_url: hold.hosted_invoice_url,
+    amount_due_cents: billing ? hold.amount_due_cents : null,
+    currency: billing ? hold.currency : null,
+    hosted_invoice_url: billing ? hold.hosted_invoice_url : null,
   };
 }
 
-export function paymentRequired(hold: PaymentHold): ApiError {
-  const amount = `${(hold.amount_due_cents / 100).toFixed(2)} ${hold.currency.toUpperCase()}`;
-  const pay = hold.hosted_invoice_url ? `; pay it at ${hold.hosted_invoice_url}` : "";
+export function paymentRequired(hold: PaymentHold, billing: boolean): ApiError {
+  const invoice = `invoice ${hold.number ?? hold.invoice_id}`;
+  const what = billing
+    ? `${invoice} (${hold.month}, ${(hold.amount_due_cents / 100).toFixed(2)} ${hold.currency.toUpperCase()})`
+    : `${invoice} (${hold.month})`;
+  const next = !billing
+    ? "; an owner or admin of the account can see and pay it"
+    : hold.hosted_invoice_url
+      ? `; pay it at ${hold.hosted_invoice_url}`
+      : "";
   return new ApiError(
     402,
     "payment_required",
-    `invoice ${hold.number ?? hold.invoice_id} (${hold.month}, ${amount}) is unpaid: the account starts no new jobs or endpoints until it is paid${pay}`,
-    heldInvoice(hold),
+    `${what} is unpaid: the account starts no new jobs or endpoints until it is paid${next}`,
+    heldInvoice(hold, billing),
   );
 }
 
-/** Throws `402 payment_required` while the account is held. */
-export function refuseHeld(hold: PaymentHold | null): void {
-  if (hold) throw paymentRequired(hold);
+/** Throws `402 payment_required` while the account is held (`billing`: the caller may read billing). */
+export function refuseHeld(hold: PaymentHold | null, billing: boolean): void {
+  if (hold) throw paymentRequired(hold, billing);
 }
+
+/** Whether the caller sees billing figures (`billing:read`). */
+export const readsBilling = (caller: Caller): boolean => caller.scopes.includes("billing:read");
 
 /**
  * An expression for a statement that writes new work: true when the account is not held, and
@@ -58,12 +73,12 @@ export function paymentHoldCheck(accountId: string): SQL {
  * The API's payment_required error for the database error `paymentHoldCheck` raises (as postgres.js
  * throws it, or as its `cause` when drizzle ran the statement); null for any other.
  */
-export function paymentHoldError(error: unknown): ApiError | null {
+export function paymentHoldError(error: unknown, billing: boolean): ApiError | null {
   type PgError = { code?: unknown; detail?: unknown; cause?: unknown } | null;
   const outer = error as PgError;
   const e = outer?.code === undefined ? (outer?.cause as PgError) : outer;
   if (e?.code !== "SQ002" || typeof e.detail !== "string") return null;
-  return paymentRequired(JSON.parse(e.detail) as PaymentHold);
+  return paymentRequired(JSON.parse(e.detail) as PaymentHold, billing);
 }
 
 /** The account's payment hold now (no parameters: one round trip on a new connection). */

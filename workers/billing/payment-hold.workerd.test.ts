@@ -6,7 +6,7 @@
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { monthBounds, monthOf } from "../../core/pricing/month";
-import { call, JOB, signUp, sql } from "../api/test-support";
+import { call, createKey, JOB, signUp, sql } from "../api/test-support";
 import { withDb } from "../db/client";
 import type { PaymentHold } from "../db/schema";
 import { createLogger } from "../http/log";
@@ -81,6 +81,17 @@ describe("payment holds", () => {
       expect(refused.json.error.message).toContain(`invoice ${row.number}`);
       expect(refused.json.error.message).toContain(row.hostedInvoiceUrl!);
     }
+    // A key without billing:read learns which invoice holds the account, not its amount or its page.
+    const jobsOnly = await createKey(user.token, ["jobs:write"]);
+    const hidden = { ...details, amount_due_cents: null, currency: null, hosted_invoice_url: null };
+    const refusedKey = await submit(jobsOnly.secret);
+    expect(refusedKey.status).toBe(402);
+    expect(refusedKey.json.error).toMatchObject({ code: "payment_required", details: hidden });
+    expect(refusedKey.json.error.message).toBe(
+      `invoice ${row.number} (${details.month}) is unpaid: the account starts no new jobs or endpoints until it is paid; an owner or admin of the account can see and pay it`,
+    );
+    const keyMe = await call("GET", "/v1/me", jobsOnly.secret);
+    expect(keyMe.json.account.billing.payment_hold).toEqual({ ...hidden, since: expect.any(String) });
     const [jobs] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
       user.accountId,
     ]);
