@@ -13,11 +13,21 @@ export interface RunningStripeSimulator {
   close(): Promise<void>;
 }
 
-/** Serves a simulator (a new one unless `simulator` is given) on `host:port` (port 0 = any free port). */
+/**
+ * Serves a simulator (a new one unless `simulator` is given) on `host:port` (port 0 = any free port).
+ * Every `syncIntervalMs` (default 1000) it runs what fell due on the simulator's clock (`sync`:
+ * auto-finalization, automatic collection), so those happen, and their webhooks go out, without
+ * waiting for a request.
+ */
 export async function startStripeSimulator(
-  options: StripeSimulatorOptions & { port?: number; host?: string; simulator?: StripeSimulator } = {},
+  options: StripeSimulatorOptions & {
+    port?: number;
+    host?: string;
+    simulator?: StripeSimulator;
+    syncIntervalMs?: number;
+  } = {},
 ): Promise<RunningStripeSimulator> {
-  const { port: wanted = 0, host = "127.0.0.1", simulator: given, ...simOptions } = options;
+  const { port: wanted = 0, host = "127.0.0.1", simulator: given, syncIntervalMs = 1000, ...simOptions } = options;
   const simulator = given ?? new StripeSimulator(simOptions);
   const server = createServer((req, res) => void serve(simulator, req, res));
   await new Promise<void>((done, fail) => {
@@ -28,6 +38,8 @@ export async function startStripeSimulator(
     });
   });
   const port = (server.address() as AddressInfo).port;
+  const ticker = setInterval(() => simulator.sync(), syncIntervalMs);
+  ticker.unref();
   return {
     url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
     host,
@@ -35,6 +47,7 @@ export async function startStripeSimulator(
     simulator,
     server,
     async close() {
+      clearInterval(ticker);
       if (!given) simulator.webhooks.close(); // no retries left waiting after the server is gone
       server.closeAllConnections();
       await new Promise<void>((done) => server.close(() => done()));

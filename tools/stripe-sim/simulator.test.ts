@@ -532,6 +532,98 @@ describe("the simulator's finer rules (in-process)", () => {
     expect(open.automatically_finalizes_at).toBeNull();
   });
 
+  describe("automatic collection", () => {
+    const HOUR = 3_600_000;
+    const DAY = 86_400_000;
+
+    /** An open invoice of a new customer, finalized as Scalar's billing does: auto_advance on. */
+    async function collected(client: Stripe, amount = 7_700) {
+      const c = await client.customers.create({});
+      await client.invoiceItems.create({ customer: c.id, amount, currency: "usd" });
+      const draft = await client.invoices.create({ customer: c.id, pending_invoice_items_behavior: "include" });
+      const invoice = await client.invoices.finalizeInvoice(draft.id, { auto_advance: true });
+      return { customer: c.id, invoice };
+    }
+
+    const failures = (s: StripeSimulator, id: string) =>
+      s.events().filter((e) => (e.data.object as { id: string }).id === id && e.type !== "invoice.created");
+
+    it("charges an open auto-advancing invoice an hour after it was finalized, as Stripe collects", async () => {
+      const { invoice } = await collected(stripe);
+      const finalizedAt = invoice.status_transitions.finalized_at!;
+      expect(invoice).toMatchObject({ status: "open", attempt_count: 0, next_payment_attempt: finalizedAt + 3600 });
+      t += HOUR - 1000;
+      expect((await stripe.invoices.retrieve(invoice.id)).status).toBe("open");
+      t += 1000;
+      const paid = await stripe.invoices.retrieve(invoice.id);
+      expect(paid).toMatchObject({ status: "paid", attempt_count: 1, amount_paid: 7_700, next_payment_attempt: null });
+      expect(paid.status_transitions.paid_at).toBe(finalizedAt + 3600);
+      const events = failures(sim, invoice.id);
+      expect(events.map((e) => e.type)).toEqual(["invoice.finalized", "invoice.paid", "invoice.payment_succeeded"]);
+      // Done by the clock, not by a request.
+      expect(events[1]!.request).toEqual({ id: null, idempotency_key: null });
+    });
+
+    it("retries a declined card every 3 days, 4 attempts in all, then leaves the invoice open", async () => {
+      const { customer, invoice } = await collected(stripe);
+      const first = invoice.next_payment_attempt!;
+      sim.declinePayments(customer);
+      t += HOUR;
+      expect(sim.invoice(invoice.id)).toMatchObject({
+        status: "open",
+        attempt_count: 1,
+        next_payment_attempt: first + 3 * 86_400,
+      });
+      // The clock jumps past the three retries at once: each is made, in order.
+      t += 10 * DAY;
+      expect(sim.invoice(invoice.id)).toMatchObject({ status: "open", attempt_count: 4, next_payment_attempt: null });
+      expect(failures(sim, invoice.id).map((e) => e.type)).toEqual([
+        "invoice.finalized",
+        ...Array(4).fill("invoice.payment_failed"),
+      ]);
+      // A card that works again is charged only by hand now.
+      sim.declinePayments(customer, null);
+      t += 10 * DAY;
+      expect(sim.invoice(invoice.id)!.status).toBe("open");
+      expect((await stripe.invoices.pay(invoice.id)).status).toBe("paid");
+    });
+
+    it("a retry that succeeds pays it; with afterLastFailure mark_uncollectible the last failure writes it off", async () => {
+      const { customer, invoice } = await collected(stripe);
+      sim.declinePayments(customer);
+      t += HOUR;
+      expect(sim.invoice(invoice.id)).toMatchObject({ status: "open", attempt_count: 1 });
+      sim.declinePayments(customer, null);
+      t += 3 * DAY;
+      expect(sim.invoice(invoice.id)).toMatchObject({ status: "paid", attempt_count: 2 });
+
+      const strict = new StripeSimulator({ now: () => t, autoCollect: { afterLastFailure: "mark_uncollectible" } });
+      const client = inProcessClient(strict);
+      const unpaid = await collected(client);
+      strict.declinePayments(unpaid.customer);
+      t += HOUR + 9 * DAY;
+      expect(strict.invoice(unpaid.invoice.id)).toMatchObject({ status: "uncollectible", attempt_count: 4 });
+      expect(
+        failures(strict, unpaid.invoice.id)
+          .map((e) => e.type)
+          .slice(-2),
+      ).toEqual(["invoice.payment_failed", "invoice.marked_uncollectible"]);
+    });
+
+    it("charges nothing by itself with autoCollect false, nor invoices without auto_advance", async () => {
+      const manual = new StripeSimulator({ now: () => t, autoCollect: false });
+      const { invoice } = await collected(inProcessClient(manual));
+      expect(invoice.next_payment_attempt).toBeNull();
+      const c = await stripe.customers.create({});
+      await stripe.invoiceItems.create({ customer: c.id, amount: 100, currency: "usd" });
+      const draft = await stripe.invoices.create({ customer: c.id, pending_invoice_items_behavior: "include" });
+      const plain = await stripe.invoices.finalizeInvoice(draft.id);
+      t += 30 * DAY;
+      expect(manual.invoice(invoice.id)).toMatchObject({ status: "open", attempt_count: 0 });
+      expect(sim.invoice(plain.id)).toMatchObject({ status: "open", attempt_count: 0, next_payment_attempt: null });
+    });
+  });
+
   it("expands customer and invoice", async () => {
     const c = await stripe.customers.create({ email: "expand@example.com" });
     const draft = await stripe.invoices.create({ customer: c.id });
@@ -725,6 +817,35 @@ describe("collection, events and webhooks (the real SDK over HTTP)", () => {
       expect((await delivered(invoice.id)).length).toBe(4);
     } finally {
       refuse = { type: "", times: 0 };
+    }
+  });
+
+  it("a served simulator collects on its own clock and sends the webhooks without any request", async () => {
+    const got: string[] = [];
+    const own = await receiver((body) => {
+      got.push(JSON.parse(body).type);
+      return 200;
+    });
+    const served = await startStripeSimulator({
+      webhooks: [{ url: own.url }],
+      autoCollect: { firstAttemptAfterS: 1 },
+      syncIntervalMs: 50,
+    });
+    try {
+      const client = new Stripe(KEY, { host: "127.0.0.1", port: served.port, protocol: "http" });
+      const c = await client.customers.create({});
+      await client.invoiceItems.create({ customer: c.id, amount: 2_500, currency: "usd" });
+      const draft = await client.invoices.create({ customer: c.id, pending_invoice_items_behavior: "include" });
+      await client.invoices.finalizeInvoice(draft.id, { auto_advance: true });
+      const deadline = Date.now() + 5_000;
+      while (!got.includes("invoice.payment_succeeded") && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(got).toContain("invoice.paid");
+      expect(got).toContain("invoice.payment_succeeded");
+    } finally {
+      await served.close();
+      await own.close();
     }
   });
 

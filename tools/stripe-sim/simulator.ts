@@ -91,7 +91,26 @@ export interface StripeSimulatorOptions {
   webhooks?: readonly { url: string; secret?: string; enabledEvents?: readonly string[] }[];
   /** How webhook deliveries are sent and retried (default: the global fetch; 1 s … 10 min). */
   webhookDelivery?: WebhookOptions;
+  /**
+   * Automatic collection, as Stripe drives an open `charge_automatically` invoice with
+   * `auto_advance: true`: its card is charged `firstAttemptAfterS` (default 3600) after it was
+   * finalized, and a declined charge is tried again 3 days after each failure, 4 attempts in all
+   * (`next_payment_attempt` says when). After the last failure the invoice stays open (Stripe's
+   * "leave the invoice past due", the default) or, with `afterLastFailure: "mark_uncollectible"`, is
+   * marked uncollectible. Checked lazily on each request and inspection (`sync`), and every second by
+   * the HTTP server. `false`: nothing is charged unless `pay` is called.
+   */
+  autoCollect?: false | AutoCollect;
 }
+
+export interface AutoCollect {
+  firstAttemptAfterS?: number;
+  afterLastFailure?: "leave_open" | "mark_uncollectible";
+}
+
+/** Charges of one invoice: the first, then one every RETRY_S after a decline, ATTEMPTS in all. */
+const RETRY_S = 3 * 86_400;
+const ATTEMPTS = 4;
 
 /** How a customer's payments fail (`declinePayments`): Stripe's card error fields. */
 export interface Decline {
@@ -1193,6 +1212,10 @@ export class StripeSimulator {
       inv.auto_advance = false;
     } else {
       inv.status = "open";
+      const collect = this.autoCollect();
+      if (collect && inv.auto_advance && inv.collection_method === "charge_automatically") {
+        inv.next_payment_attempt = at + (collect.firstAttemptAfterS ?? HOUR_S);
+      }
     }
     this.emit("invoice.finalized", record);
     if (inv.status === "paid") this.emit("invoice.paid", record);
@@ -1223,19 +1246,31 @@ export class StripeSimulator {
       this.emit("invoice.paid", record);
       return this.render(record);
     }
+    const decline = this.charge(record, now);
+    if (decline) throw cardDeclined(decline);
+    return this.render(record);
+  }
+
+  /**
+   * One charge of the customer's card for an open invoice at `at`: paid (`invoice.paid`,
+   * `invoice.payment_succeeded`), or declined (`invoice.payment_failed`; for an automatically
+   * charged invoice the next attempt RETRY_S on, none after the last). Returns the decline, if any.
+   */
+  private charge(record: InvoiceRecord, at: number): Required<Decline> | null {
+    const inv = record.obj;
     inv.attempt_count += 1;
     inv.attempted = true;
     const decline = this.declines.get(inv.customer);
     if (decline) {
-      const retry = inv.collection_method === "charge_automatically" && inv.attempt_count < 4;
-      inv.next_payment_attempt = retry ? now + 3 * 86_400 : null;
+      const retry = inv.collection_method === "charge_automatically" && inv.attempt_count < ATTEMPTS;
+      inv.next_payment_attempt = retry ? at + RETRY_S : null;
       this.emit("invoice.payment_failed", record);
-      throw cardDeclined(decline);
+      return decline;
     }
-    this.markPaid(record, now);
+    this.markPaid(record, at);
     this.emit("invoice.paid", record);
     this.emit("invoice.payment_succeeded", record);
-    return this.render(record);
+    return null;
   }
 
   private markPaid(record: InvoiceRecord, at: number): void {
@@ -1259,14 +1294,18 @@ export class StripeSimulator {
       throw invalidRequest(
         `You can only ${to === "void" ? "void" : "mark as uncollectible"} ${from.join(" or ")} invoices; this one is ${inv.status}.`,
       );
-    const now = this.nowSeconds();
+    this.close(record, to, this.nowSeconds());
+    return this.render(record);
+  }
+
+  private close(record: InvoiceRecord, to: "void" | "uncollectible", at: number): void {
+    const inv = record.obj;
     inv.status = to;
     inv.next_payment_attempt = null;
     inv.auto_advance = false;
-    if (to === "void") inv.status_transitions.voided_at = now;
-    else inv.status_transitions.marked_uncollectible_at = now;
+    if (to === "void") inv.status_transitions.voided_at = at;
+    else inv.status_transitions.marked_uncollectible_at = at;
     this.emit(to === "void" ? "invoice.voided" : "invoice.marked_uncollectible", record);
-    return this.render(record);
   }
 
   // ---------------------------------------------------------------- events and webhooks
@@ -1494,14 +1533,32 @@ export class StripeSimulator {
     return Math.floor(this.now() / 1000);
   }
 
-  /** Runs what falls due on the simulator's clock: auto-advancing drafts finalize after an hour. */
+  private autoCollect(): AutoCollect | null {
+    return this.options.autoCollect === false ? null : (this.options.autoCollect ?? {});
+  }
+
+  /**
+   * Runs what falls due on the simulator's clock: auto-advancing drafts finalize after an hour, and
+   * open invoices Stripe collects are charged at their `next_payment_attempt` (each attempt that fell
+   * due, in order, when the clock jumped past several).
+   */
   sync(): void {
-    if (this.options.autoFinalize === false) return;
+    const finalize = this.options.autoFinalize !== false;
+    const collect = this.autoCollect();
     const now = this.nowSeconds();
     for (const record of [...this.invoicesById.values()].sort((a, b) => a.seq - b.seq)) {
       const inv = record.obj;
-      if (inv.status === "draft" && inv.auto_advance && inv.automatically_finalizes_at !== null) {
+      if (finalize && inv.status === "draft" && inv.auto_advance && inv.automatically_finalizes_at !== null) {
         if (now >= inv.automatically_finalizes_at) this.finalize(record, inv.automatically_finalizes_at);
+      }
+      if (!collect) continue;
+      while (inv.status === "open" && inv.auto_advance && inv.next_payment_attempt !== null) {
+        const at = inv.next_payment_attempt;
+        if (now < at) break;
+        const declined = this.charge(record, at);
+        if (declined && inv.next_payment_attempt === null && collect.afterLastFailure === "mark_uncollectible") {
+          this.close(record, "uncollectible", at);
+        }
       }
     }
   }

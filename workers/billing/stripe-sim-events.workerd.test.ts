@@ -19,8 +19,10 @@ import { AFTER, addFlexHour, stripeOver, thisMonth } from "./test-webhooks";
 
 const log = createLogger("error");
 
+/** The stand-in's clock (Scalar's billing runs at AFTER throughout). */
+let clock = AFTER;
 const sim = new StripeSimulator({
-  now: () => AFTER,
+  now: () => clock,
   webhooks: [{ url: "https://scalar.test/v1/stripe/webhooks", secret: env.STRIPE_WEBHOOK_SECRET as string }],
   webhookDelivery: { deliver: (url, init) => SELF.fetch(url, init), retryDelaysMs: [] },
 });
@@ -91,5 +93,34 @@ describe("the Stripe stand-in's webhooks reach the API", () => {
       ["invoice.voided", 200],
     ]);
     expect((await rowOf(user.accountId)).status).toBe("void");
+  });
+
+  it("Stripe's own collection: charged an hour after it was sent; a declined card retried until the last attempt", async () => {
+    const paid = await billed();
+    const declined = await billed();
+    sim.declinePayments(declined.customer);
+    try {
+      clock = AFTER + 3_600_000;
+      sim.sync();
+      expect((await deliveries(paid.stripeId)).slice(2)).toEqual([
+        ["invoice.paid", 200],
+        ["invoice.payment_succeeded", 200],
+      ]);
+      expect(await rowOf(paid.user.accountId)).toMatchObject({ status: "paid" });
+      expect(await rowOf(declined.user.accountId)).toMatchObject({ status: "open", paymentAttempts: 1 });
+
+      // Three more attempts, 3 days apart; after the last Stripe leaves it open (dunning takes it from there).
+      clock += 9 * 86_400_000;
+      sim.sync();
+      await sim.webhooks.settle();
+      expect(await rowOf(declined.user.accountId)).toMatchObject({
+        status: "open",
+        paymentAttempts: 4,
+        nextPaymentAttemptAt: null,
+      });
+    } finally {
+      sim.declinePayments(declined.customer, null);
+      clock = AFTER;
+    }
   });
 });
