@@ -438,6 +438,25 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     expect(ls.stdout).toMatch(/2026-10\s+open\s+\$12\.41\s+SIM-0042\s+-/);
     const json = JSON.parse((await authed(words("invoices ls --json"))).stdout);
     expect(json.data[0]).toMatchObject({ month: "2026-10", total_cents: 1241, lines: [{ amount_cents: 1241 }] });
+
+    const id = json.data[0].id as string;
+    await db.sql`update invoices set payment_attempts = 2, payment_error = 'Your card was declined.',
+                   hosted_invoice_url = 'https://invoice.stripe.test/i/42' where id = ${id}`;
+    const got = await authed(words(`invoices get ${id}`));
+    expect(got.code).toBe(0);
+    expect(got.stdout).toMatch(
+      new RegExp(`^id +${id}\nmonth +2026-10\nstatus +open\nnumber +SIM-0042\ntotal +\\$12\\.41 USD\n`),
+    );
+    expect(got.stdout).toMatch(/^attempts +2 \(last: Your card was declined\.\)$/m);
+    expect(got.stdout).toMatch(/^pay at +https:\/\/invoice\.stripe\.test\/i\/42$/m);
+    expect(got.stdout).toMatch(/^TIER +GPU +GPU-HOURS +PER GPU-HOUR +AMOUNT\nflex +H100 +6\.93 +\$1\.79 +\$12\.41\n$/m);
+    expect(JSON.parse((await authed(words(`invoices get ${id} --json`))).stdout)).toMatchObject({
+      id,
+      payment_attempts: 2,
+    });
+    expect(oneErrorLine(await authed(words("invoices get 00000000-0000-4000-8000-000000000000")))).toMatch(
+      /^error: not_found: /,
+    );
   });
 
   it("registries add (the password from stdin, never echoed), ls, rm by registry", async () => {

@@ -17,13 +17,14 @@ import { login, whoami } from "./login";
 import { deadLettersLs, deadLettersRedrive, nodesCordon, nodesDrain, nodesLs, nodesUncordon } from "./operator";
 import { regions } from "./regions";
 import { registriesAdd, registriesLs, registriesRm } from "./registries";
-import { invoicesLs, usage } from "./usage";
+import { invoicesGet, invoicesLs, usage } from "./usage";
 
 export const COMMANDS: CommandSpec<Context>[] = [
   login,
   whoami,
   usage,
   invoicesLs,
+  invoicesGet,
   jobsRun,
   jobsLs,
   jobsGet,
