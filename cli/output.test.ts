@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ApiError, apiErrorFrom, errorLine, exitCodeOf, networkError, UsageError } from "./errors";
-import { age, duration, keyValues, nextPageCommand, shellWord, shorten, table } from "./output";
+import { age, duration, keyValues, metricsText, nextPageCommand, shellWord, shorten, table } from "./output";
 import { createProgress } from "./progress";
 import { readSse } from "./sse";
 import { parseCpu, parseDuration, parseMemory } from "./units";
@@ -61,6 +61,33 @@ describe("tables and values", () => {
     expect(age("2026-11-24T12:00:00Z", now)).toBe("2d");
     expect(age(null, now)).toBe("-");
     expect(shorten("abcdef", 4)).toBe("abc…");
+  });
+});
+
+describe("a placement's resource use", () => {
+  const now = Date.parse("2026-11-26T12:01:00Z");
+  const sample = {
+    at: "2026-11-26T12:00:50.000Z",
+    cpu_pct: 99.6,
+    memory_bytes: 412 * 1024 * 1024,
+    memory_limit_bytes: 16 * 1024 ** 3,
+    pids: 3,
+    gpus: [
+      { index: 0, utilisation_pct: 100, memory_used_mib: 81_000, memory_total_mib: 81_559 },
+      { index: 1, utilisation_pct: 4.4, memory_used_mib: null, memory_total_mib: null },
+    ],
+  };
+
+  it("shows each GPU of the placement, then CPU and memory, with a use under 1 GiB in MiB", () => {
+    expect(metricsText(sample, now)).toBe(
+      "GPU 0: 100 % · 79.1/79.6 GiB, GPU 1: 4 %   CPU 100 %   mem 412 MiB/16 GiB   (10s ago)",
+    );
+  });
+
+  it("leaves out what the node did not report: GPUs without nvidia-smi, CPU at the first heartbeat", () => {
+    const bare = { ...sample, cpu_pct: null, memory_limit_bytes: null, gpus: [] };
+    expect(metricsText(bare, now)).toBe("mem 412 MiB   (10s ago)");
+    expect(metricsText({ ...bare, memory_bytes: 2.5 * 1024 ** 3 }, now)).toBe("mem 2.5 GiB   (10s ago)");
   });
 });
 

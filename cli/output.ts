@@ -1,4 +1,5 @@
 /** Human output: aligned tables, key/value blocks, ages and durations. Machine output is JSON (`--json`). */
+import type { PlacementMetrics } from "./api/client";
 import type { Options, Values } from "./args";
 
 /** Columns padded to their widest cell; the last column is not padded. */
@@ -36,6 +37,42 @@ export function age(iso: string | null | undefined, now: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m`;
   if (s < 86400) return `${Math.floor(s / 3600)}h`;
   return `${Math.floor(s / 86400)}d`;
+}
+
+const MIB = 1024 * 1024;
+
+/** MiB as GiB to one decimal, without a `.0`: `61.2`, `16`. */
+const gib = (mib: number) => String(Math.round(mib / 102.4) / 10);
+
+/** `61.2/79.6 GiB`; a use under 1 GiB in MiB, `412 MiB/16 GiB`; without a total, the use alone. */
+function inUse(usedMib: number, totalMib: number | null): string {
+  const total = totalMib === null ? "" : `/${gib(totalMib)} GiB`;
+  if (usedMib < 1024) return `${Math.round(usedMib)} MiB${total}`;
+  return totalMib === null ? `${gib(usedMib)} GiB` : `${gib(usedMib)}${total}`;
+}
+
+/**
+ * A placement's resource use at its node's last heartbeat, on one line:
+ * `GPU 0: 87 % · 61.2/79.6 GiB   CPU 143 %   mem 3.1/16 GiB   (4s ago)`. What the node did not
+ * report is left out (GPUs on a host without nvidia-smi, CPU at the container's first heartbeat).
+ */
+export function metricsText(m: PlacementMetrics, now: number): string {
+  const gpus = m.gpus.flatMap((g) => {
+    const figures = [
+      g.utilisation_pct === null ? null : `${Math.round(g.utilisation_pct)} %`,
+      g.memory_used_mib === null ? null : inUse(g.memory_used_mib, g.memory_total_mib),
+    ].filter((f) => f !== null);
+    return figures.length ? [`GPU ${g.index}: ${figures.join(" · ")}`] : [];
+  });
+  const limit = m.memory_limit_bytes === null ? null : m.memory_limit_bytes / MIB;
+  return [
+    gpus.join(", "),
+    m.cpu_pct === null ? "" : `CPU ${Math.round(m.cpu_pct)} %`,
+    m.memory_bytes === null ? "" : `mem ${inUse(m.memory_bytes / MIB, limit)}`,
+    `(${age(m.at, now)} ago)`,
+  ]
+    .filter((part) => part !== "")
+    .join("   ");
 }
 
 export function shorten(text: string, max: number): string {

@@ -26,6 +26,8 @@ export type Me = Schemas["Me"];
 export type OperatorNode = Schemas["OperatorNode"];
 export type NodeState = NonNullable<NonNullable<paths["/v1/operator/nodes"]["get"]["parameters"]["query"]>["state"]>;
 export type DeadLetter = Schemas["DeadLetter"];
+/** A running placement's resource use (the schema's is nullable: placements before or after running have none). */
+export type PlacementMetrics = NonNullable<Schemas["PlacementMetrics"]>;
 
 export type Api = Client<paths>;
 

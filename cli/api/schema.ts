@@ -3891,7 +3891,45 @@ export interface components {
              */
             finished_at: string | null;
             exit_code: number | null;
+            metrics: components["schemas"]["PlacementMetrics"];
         };
+        /** @description A running placement's resource use at its node's latest heartbeat (one every ~10 s; `at` says when). Null before a heartbeat has measured its container, once it has ended, and after the region's scheduler restarts until the next heartbeat (it keeps them in memory only). A container figure is null when the agent had none (CPU needs two samples: null at the first heartbeat). */
+        PlacementMetrics: {
+            /**
+             * Format: date-time
+             * @description When the control plane received the heartbeat that measured it.
+             * @example 2026-11-26T12:00:00.000Z
+             */
+            at: string;
+            /**
+             * @description CPU over the last heartbeat interval, in percent of one CPU (200: two CPUs busy).
+             * @example 143.2
+             */
+            cpu_pct: number | null;
+            /**
+             * @description Memory in use by the container.
+             * @example 3300000000
+             */
+            memory_bytes: number | null;
+            /**
+             * @description The container's memory limit (its `memory_mib`, in bytes).
+             * @example 17179869184
+             */
+            memory_limit_bytes: number | null;
+            /** @description Processes and threads in the container. */
+            pids: number | null;
+            /** @description This placement's own GPUs, as nvidia-smi reports them; empty on a host without nvidia-smi. A figure the host did not report is null. */
+            gpus: {
+                /** @description The GPU's index on its node (one of `gpu_indices`). */
+                index: number;
+                /** @example 87 */
+                utilisation_pct: number | null;
+                /** @example 62668 */
+                memory_used_mib: number | null;
+                /** @example 81559 */
+                memory_total_mib: number | null;
+            }[];
+        } | null;
         Error: {
             error: {
                 /** @example invalid_request */
@@ -4085,6 +4123,7 @@ export interface components {
                 last_exit: string | null;
                 /** @description Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every 250 ms until it first passes); null while running but not checked yet. Only ready replicas take traffic. */
                 ready: boolean | null;
+                metrics: components["schemas"]["PlacementMetrics"];
             }[] | null;
             /**
              * Format: date-time

@@ -21,7 +21,7 @@ import {
 } from "../args";
 import { type Context, printJson, printPage } from "../context";
 import { apiErrorFrom, EXIT, UsageError } from "../errors";
-import { age, keyValues, shorten, table } from "../output";
+import { age, keyValues, metricsText, shorten, table } from "../output";
 import { showLogs } from "./show-logs";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody, workloadChanges } from "./workload";
 
@@ -207,11 +207,7 @@ export const endpointsGet: CommandSpec<Context> = {
         ["created", e.created_at],
       ]),
     );
-    for (const r of e.replicas ?? []) {
-      ctx.io.stdout(
-        `replica ${r.replica_id}  ${r.status}${r.status === "running" ? readiness(r.ready) : ""}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}${r.restarts > 0 ? `; ${r.restarts} restart${r.restarts === 1 ? "" : "s"}, last: ${r.last_exit ?? "unknown"}` : ""}\n`,
-      );
-    }
+    for (const r of e.replicas ?? []) ctx.io.stdout(replicaLines(r, ctx.io.now()));
     return EXIT.ok;
   },
 };
@@ -387,6 +383,12 @@ export const endpointsRm: CommandSpec<Context> = {
     return EXIT.ok;
   },
 };
+
+/** A replica as `endpoints get` shows it; a running one's resource use on a second line. */
+export function replicaLines(r: NonNullable<Endpoint["replicas"]>[number], now: number): string {
+  const line = `replica ${r.replica_id}  ${r.status}${r.status === "running" ? readiness(r.ready) : ""}${r.node_id ? ` on ${r.node_id}` : ""}${r.waiting_reason ? ` (${r.waiting_reason})` : ""}${r.restarts > 0 ? `; ${r.restarts} restart${r.restarts === 1 ? "" : "s"}, last: ${r.last_exit ?? "unknown"}` : ""}\n`;
+  return r.metrics ? `${line}  metrics  ${metricsText(r.metrics, now)}\n` : line;
+}
 
 /** A running replica's readiness check, as `endpoints get` shows it. */
 export function readiness(ready: boolean | null | undefined): string {

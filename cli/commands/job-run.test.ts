@@ -5,6 +5,7 @@ import { EXIT, UsageError } from "../errors";
 import { logText } from "../logs";
 import { COMMANDS } from ".";
 import { jobCreateBody, jobExitCode, jobSummary, stageOf } from "./job-run";
+import { jobDetails } from "./jobs";
 
 const job = (over: Partial<Job> = {}): Job => ({
   id: "j1",
@@ -179,6 +180,7 @@ describe("jobs run: the stage shown", () => {
     started_at: null,
     finished_at: null,
     exit_code: null,
+    metrics: null,
   };
   const pulling: JobEvent = {
     seq: 3,
@@ -214,5 +216,43 @@ describe("jobs run: the stage shown", () => {
       stage: "running",
       detail: "node n1",
     });
+  });
+});
+
+describe("jobs get: the running placement's resource use", () => {
+  const running = {
+    placement_id: "p1",
+    node_id: "n1",
+    zone: "z",
+    gpu_indices: [3],
+    attempt: 1,
+    node_rank: 0,
+    status: "running",
+    placed_at: "2026-11-26T12:00:00.000Z",
+    started_at: "2026-11-26T12:00:01.000Z",
+    finished_at: null,
+    exit_code: null,
+    metrics: {
+      at: "2026-11-26T12:05:00.000Z",
+      cpu_pct: 143.2,
+      memory_bytes: 3.3e9,
+      memory_limit_bytes: 16 * 1024 ** 3,
+      pids: 12,
+      gpus: [{ index: 3, utilisation_pct: 87, memory_used_mib: 62_668, memory_total_mib: 81_559 }],
+    },
+  };
+  const now = Date.parse("2026-11-26T12:05:04.000Z");
+
+  it("prints a line under the placement, in the style of the others, with the sample's age", () => {
+    const text = jobDetails(job({ status: "running", placements: [running] }), now);
+    expect(text).toMatch(
+      /^placement {5}node n1 \(z\), GPUs 3\nmetrics {7}GPU 3: 87 % · 61\.2\/79\.6 GiB {3}CPU 143 % {3}mem 3\.1\/16 GiB {3}\(4s ago\)$/m,
+    );
+  });
+
+  it("prints none before a heartbeat has measured the placement", () => {
+    const text = jobDetails(job({ status: "running", placements: [{ ...running, metrics: null }] }), now);
+    expect(text).toContain("placement");
+    expect(text).not.toContain("metrics");
   });
 });

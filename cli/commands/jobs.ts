@@ -4,7 +4,7 @@ import { type CommandSpec, choiceOption, listOption, pageQuery, stringOption } f
 import { type Context, printJson, printPage } from "../context";
 import { EXIT } from "../errors";
 import { logText } from "../logs";
-import { age, keyValues, shorten, table } from "../output";
+import { age, keyValues, metricsText, shorten, table } from "../output";
 import { getJob, jobSummary } from "./job-run";
 import { showLogs } from "./show-logs";
 import { TIERS } from "./workload";
@@ -26,7 +26,8 @@ export function jobsTable(jobs: Job[], now: number): string {
   );
 }
 
-export function jobDetails(job: Job): string {
+/** `now`: the time the metrics' age is counted from. */
+export function jobDetails(job: Job, now: number): string {
   const placement = job.placements.at(-1);
   return keyValues([
     ["id", job.id],
@@ -43,6 +44,7 @@ export function jobDetails(job: Job): string {
       "placement",
       placement ? `node ${placement.node_id} (${placement.zone}), GPUs ${placement.gpu_indices.join(",")}` : null,
     ],
+    ["metrics", placement?.metrics ? metricsText(placement.metrics, now) : null],
     [
       "labels",
       Object.entries(job.labels)
@@ -112,7 +114,7 @@ export const jobsLs: CommandSpec<Context> = {
 
 export const jobsGet: CommandSpec<Context> = {
   words: ["jobs", "get"],
-  summary: "show one job: status, why it waits, placement, exit code",
+  summary: "show one job: status, why it waits, placement and its resource use, exit code",
   usage: "ID",
   positionals: ID,
   options: {},
@@ -121,7 +123,7 @@ export const jobsGet: CommandSpec<Context> = {
     const conn = ctx.connection();
     const job = await ok(conn, conn.api.GET("/v1/jobs/{id}", { params: { path: { id: positionals[0] as string } } }));
     if (ctx.json) printJson(ctx, job);
-    else ctx.io.stdout(jobDetails(job));
+    else ctx.io.stdout(jobDetails(job, ctx.io.now()));
     return EXIT.ok;
   },
 };

@@ -6,9 +6,11 @@
 import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { EngineStuck, PlacementEvent } from "../../core/schemas";
+import type { ContainerMetrics, EngineStuck, Heartbeat, PlacementEvent } from "../../core/schemas";
+import type { ObjectSql } from "../sqlite";
 import type { Clock } from "./clock";
 import { RegionScheduler } from "./RegionScheduler";
+import type { Region } from "./region";
 import type { EndpointSpec, NodeRegistration, SchedulerJob } from "./rpc";
 
 class TestClock implements Clock {
@@ -125,6 +127,31 @@ function heartbeats(stub: Stub, clock: TestClock, nodeId: string, running: strin
       running,
       ...(engine_stuck ? { engine_stuck } : {}),
     });
+}
+
+/** The object's own parts, for what its RPC does not show: its SQLite and its in-memory state. */
+function insides(instance: unknown) {
+  return instance as { db: ObjectSql; state: Region };
+}
+
+/** Rows the object writes while `fn` runs: every insert, update and delete goes through its ObjectSql's `run`. */
+function rowsWritten(stub: Stub, fn: (object: RegionScheduler) => Promise<unknown>): Promise<number> {
+  return runInDurableObject(stub, async (instance) => {
+    const { db } = insides(instance);
+    const run = db.run;
+    let written = 0;
+    db.run = (query, ...params) => {
+      const rows = run.call(db, query, ...params);
+      written += rows;
+      return rows;
+    };
+    try {
+      await fn(instance as unknown as RegionScheduler);
+    } finally {
+      db.run = run;
+    }
+    return written;
+  });
 }
 
 async function placementOf(stub: Stub, jobId: string) {
@@ -495,6 +522,94 @@ describe("RegionScheduler: restart", () => {
         placements: [expect.objectContaining({ gpu_indices: p.gpu_indices })],
       });
     });
+  });
+});
+
+describe("RegionScheduler: resource use", () => {
+  const MiB = 1024 * 1024;
+  /** A run's own GPU as its placement shows it: figures that differ per GPU and per heartbeat. */
+  const own = (index: number, beat: number) => ({
+    index,
+    utilisation_pct: 10 * index + beat,
+    memory_used_mib: 1_000 * index + beat,
+    memory_total_mib: 81_559,
+  });
+  /** The node's heartbeat number `beat`: every GPU measured (nvidia-smi), and these containers. */
+  const heartbeat = (at: number, beat: number, containers: ContainerMetrics[]): Heartbeat => ({
+    at,
+    gpus: [0, 1, 2, 3, 4, 5, 6, 7].map((i) => ({ ...own(i, beat), healthy: true, temperature_c: 41, power_w: 310 })),
+    containers,
+    running: containers.map((c) => c.placement_id),
+  });
+  const container = (placement_id: string, cpu_pct: number) => ({
+    placement_id,
+    cpu_pct,
+    memory_bytes: 3e9,
+    memory_limit_bytes: 16_384 * MiB,
+    pids: 7,
+  });
+
+  it("keeps each run's last sample, with its own GPUs only, in memory: no row written, none once it ends", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const [a, b] = [await jobFor({ gpu_count: 2 }), await jobFor({ gpu_count: 2 })];
+    await stub.submit(a!);
+    await stub.submit(b!);
+    const [pa, pb] = [await placementOf(stub, a!.id), await placementOf(stub, b!.id)];
+    expect(pa.gpu_indices.filter((g) => pb.gpu_indices.includes(g))).toEqual([]);
+    for (const p of [pa, pb]) await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+    expect(pa.metrics).toBeNull();
+
+    clock.advance(10_000);
+    const first = clock.t;
+    const hb = heartbeat(first, 1, [container(pa.placement_id, 150), container(pb.placement_id, 40)]);
+    expect(await rowsWritten(stub, (o) => o.heartbeat(N("n1"), hb))).toBe(0);
+    expect((await placementOf(stub, a!.id)).metrics).toEqual({
+      at: first,
+      cpu_pct: 150,
+      memory_bytes: 3e9,
+      memory_limit_bytes: 16_384 * MiB,
+      pids: 7,
+      gpus: pa.gpu_indices.map((i) => own(i, 1)),
+    });
+    expect((await placementOf(stub, b!.id)).metrics).toMatchObject({
+      cpu_pct: 40,
+      gpus: pb.gpu_indices.map((i) => own(i, 1)),
+    });
+
+    // The next heartbeat replaces a's sample; b's container was not measured (its engine did not
+    // answer), so b keeps its last one, as old as it is.
+    clock.advance(10_000);
+    await stub.heartbeat(
+      N("n1"),
+      heartbeat(clock.t, 2, [container(pa.placement_id, 90), { placement_id: pb.placement_id }]),
+    );
+    expect((await placementOf(stub, a!.id)).metrics).toMatchObject({
+      at: clock.t,
+      cpu_pct: 90,
+      gpus: pa.gpu_indices.map((i) => own(i, 2)),
+    });
+    expect((await placementOf(stub, b!.id)).metrics).toMatchObject({ at: first, cpu_pct: 40 });
+
+    await stub.reportEvent(N("n1"), ev("exited", pa.placement_id, clock.t, { exit_code: 0 }));
+    expect(await stub.jobState(a!.id)).toMatchObject({
+      status: "succeeded",
+      placements: [expect.objectContaining({ metrics: null })],
+    });
+
+    await runInDurableObject(stub, async (_obj, state) => {
+      // After a restart: none until the node's next heartbeat.
+      const restarted = new RegionScheduler(state, env);
+      restarted.clock = clock;
+      expect((await restarted.jobState(b!.id))!.placements[0]!.metrics).toBeNull();
+      await restarted.heartbeat(N("n1"), heartbeat(clock.t, 3, [container(pb.placement_id, 20)]));
+      expect((await restarted.jobState(b!.id))!.placements[0]!.metrics).toMatchObject({ at: clock.t, cpu_pct: 20 });
+    });
+
+    // Its node removed, b's run ends: nothing of it stays.
+    await stub.removeNode(N("n1"));
+    expect((await stub.jobState(b!.id))!.placements[0]).toMatchObject({ status: "lost", metrics: null });
+    expect(await runInDurableObject(stub, (instance) => insides(instance).state.metrics.size)).toBe(0);
   });
 });
 

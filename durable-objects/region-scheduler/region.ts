@@ -3,9 +3,9 @@
  * object runs each call inside one storage transaction, so a change and the outbox rows that
  * record it commit together, and one change is applied at a time.
  *
- * In memory only: last heartbeats (written out every `node_sync_ms`, not per heartbeat), the
- * waiting reason of each queued job (written out on the alarm), and which nodes' desired sets
- * changed (to wake long-polls).
+ * In memory only: last heartbeats (written out every `node_sync_ms`, not per heartbeat), each
+ * active run's resource use at its node's last heartbeat (never written), the waiting reason of each
+ * queued job (written out on the alarm), and which nodes' desired sets changed (to wake long-polls).
  *
  * Endpoints and reservations live in their own modules (endpoints.ts, reservations.ts) and use
  * the row helpers here.
@@ -15,6 +15,7 @@ import type { EngineStuck, Heartbeat, JobStatus, Placement, PlacementEvent, Plac
 import { TERMINAL_JOB_STATUSES } from "../../core/schemas";
 import type { ObjectSql, SqlValue } from "../sqlite";
 import { Endpoints } from "./endpoints";
+import { measured, runMetrics } from "./metrics";
 import { PlacementCheck, toAllocation, toHolds, toPackerJob, toPackerNode } from "./packer-input";
 import type { Records } from "./records";
 import { Reservations } from "./reservations";
@@ -38,6 +39,7 @@ import type {
   NodeCordon,
   NodeRegistration,
   NodeResult,
+  RunMetrics,
   SchedulerJob,
   SubmitResult,
 } from "./rpc";
@@ -73,6 +75,11 @@ export interface WaitingInfo {
 export class Region {
   /** Last sign of life per node (heartbeat or event); absent after a restart until the first sweep. */
   readonly liveness = new Map<string, number>();
+  /**
+   * Each active run's resource use at its node's last heartbeat that measured it; dropped when the
+   * run ends (its node lost or removed included), so it holds at most one entry per active run.
+   */
+  readonly metrics = new Map<string, RunMetrics>();
   readonly waiting = new Map<string, WaitingInfo>();
   /** When each queued job's waiting reason was last written out. */
   private readonly reasonWrittenAt = new Map<string, number>();
@@ -476,13 +483,28 @@ export class Region {
     // Runs asked to stop that the agent no longer runs, a heartbeat cycle after the request (time
     // for the agent to see it), have stopped, reported or not.
     const settled = now - 2 * this.settings().heartbeat_interval_ms;
-    for (const run of this.activeRuns(nodeId)) {
+    const active = this.activeRuns(nodeId);
+    for (const run of active) {
       if (run.desired === "stopped" && !running.has(run.id) && (run.stop_requested_at ?? 0) <= settled) {
         this.endRun(run, this.stoppedOutcome(run, null), now, now);
         changed = true;
       }
     }
+    this.keepMetrics(active.filter(isActiveRun), hb, now);
     return { known: true, changed, state: node.state };
+  }
+
+  /**
+   * The runs' resource use as this heartbeat measured it, each with its own GPUs' figures only. In
+   * memory, never written: a heartbeat that changes nothing else writes no row. A run the agent did
+   * not measure this time keeps its last sample (its `at` says how old it is).
+   */
+  private keepMetrics(runs: RunRow[], hb: Heartbeat, now: number): void {
+    const containers = new Map((hb.containers ?? []).filter(measured).map((c) => [c.placement_id, c]));
+    for (const run of runs) {
+      const c = containers.get(run.id);
+      if (c) this.metrics.set(run.id, runMetrics(json.numbers(run.gpu_indices), c, hb.gpus, now));
+    }
   }
 
   /**
@@ -710,6 +732,7 @@ export class Region {
       failure_reason: outcome.status === "succeeded" ? null : outcome.reason,
     });
     this.clearTimer("deadline", run.id);
+    this.metrics.delete(run.id);
     this.bump(run.node_id);
     this.records.run(run, job, node, now);
     this.records.gpus(run, job, now);

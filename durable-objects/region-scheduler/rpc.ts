@@ -43,6 +43,30 @@ export type SubmitResult =
   | { ok: true; status: JobStatus; duplicate: boolean }
   | { ok: false; code: "invalid"; message: string };
 
+/** One of a run's own GPUs at its node's latest heartbeat (nvidia-smi's figures; null: not reported). */
+export interface GpuSample {
+  index: number;
+  utilisation_pct: number | null;
+  memory_used_mib: number | null;
+  memory_total_mib: number | null;
+}
+
+/**
+ * A run's resource use as its node's latest heartbeat measured it: its container's (null: the agent
+ * had no figure) and its own GPUs' (only those with figures: none on a host without nvidia-smi).
+ * Kept in memory only, so none after the object restarts until the next heartbeat.
+ */
+export interface RunMetrics {
+  /** When the heartbeat arrived. */
+  at: number;
+  /** Percent of one CPU (200: two CPUs busy), over the last heartbeat interval. */
+  cpu_pct: number | null;
+  memory_bytes: number | null;
+  memory_limit_bytes: number | null;
+  pids: number | null;
+  gpus: GpuSample[];
+}
+
 export interface PlacementView {
   placement_id: string;
   node_id: string;
@@ -55,6 +79,8 @@ export interface PlacementView {
   placed_at: number;
   started_at: number | null;
   kill_deadline: number | null;
+  /** Its resource use at the last heartbeat; null before one measured it, and once it has ended. */
+  metrics: RunMetrics | null;
 }
 
 export interface JobState {

@@ -13,10 +13,11 @@ import type {
   NodeCordon,
   NodeView,
   PlacementView,
+  RunMetrics,
   TierQueue,
 } from "./rpc";
 
-export function placementView(run: RunRow, zone: string): PlacementView {
+export function placementView(run: RunRow, zone: string, metrics: RunMetrics | null): PlacementView {
   return {
     placement_id: run.id,
     node_id: run.node_id,
@@ -28,6 +29,7 @@ export function placementView(run: RunRow, zone: string): PlacementView {
     placed_at: run.placed_at,
     started_at: run.started_at,
     kill_deadline: run.kill_deadline,
+    metrics,
   };
 }
 
@@ -39,6 +41,10 @@ export class Views {
 
   private zoneOf(nodeId: string): string {
     return this.region.node(nodeId)?.zone ?? "unknown";
+  }
+
+  private placement(run: RunRow): PlacementView {
+    return placementView(run, this.zoneOf(run.node_id), this.region.metrics.get(run.id) ?? null);
   }
 
   private waitingReason(job: JobRow): string | null {
@@ -56,7 +62,7 @@ export class Views {
       max_attempts: job.max_attempts,
       waiting_reason: this.waitingReason(job),
       next_attempt_at: job.status === "queued" ? job.next_attempt_at : null,
-      placements: this.region.runsOf(job).map((r) => placementView(r, this.zoneOf(r.node_id))),
+      placements: this.region.runsOf(job).map((r) => this.placement(r)),
       exit_code: job.exit_code,
       failure_reason: job.failure_reason,
       dead_lettered: job.dead_lettered_at !== null,
@@ -174,7 +180,7 @@ export class Views {
           status: r.status,
           starts: r.attempt,
           last_exit: r.failure_reason,
-          placement: run ? placementView(run, this.zoneOf(run.node_id)) : null,
+          placement: run ? this.placement(run) : null,
           waiting_reason: this.waitingReason(r),
           // Ready only while running and answering its check; null until the agent has said.
           ready: run?.status !== "running" ? false : run.ready === null ? null : run.ready === 1,

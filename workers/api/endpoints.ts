@@ -26,11 +26,12 @@ import {
   IdParam,
   Labels,
   PageQuery,
+  PlacementMetrics,
   pageOf,
   Timestamp,
   Uuid,
 } from "./schemas";
-import { type EndpointRow, iso, schedulerWorkload, workloadColumns, workloadView } from "./views";
+import { type EndpointRow, iso, metricsView, schedulerWorkload, workloadColumns, workloadView } from "./views";
 
 const NAME = z
   .string()
@@ -82,6 +83,7 @@ const Replica = z.object({
     description:
       "Running and answering `GET health_path` on `port` with 2xx or 3xx at its node's last check (every heartbeat, about 10 s; every 250 ms until it first passes); null while running but not checked yet. Only ready replicas take traffic.",
   }),
+  metrics: PlacementMetrics.nullable(),
 });
 
 const Endpoint = z
@@ -149,6 +151,7 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
           restarts: Math.max(0, (r.starts ?? 1) - 1),
           last_exit: r.last_exit ?? null,
           ready: r.ready ?? null,
+          metrics: metricsView(r.placement?.metrics),
         }))
       : null,
     created_at: row.createdAt.toISOString(),

@@ -15,7 +15,7 @@ import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
 import { recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
-import { type Agent, poll, REGION, report, retire, startNode } from "./test-agent";
+import { type Agent, gpuUse, measuredHeartbeat, poll, REGION, report, retire, startNode } from "./test-agent";
 import { call, JOB, signUp, sql, type TestUser } from "./test-support";
 import type { JobRow } from "./views";
 
@@ -393,6 +393,56 @@ describe("endpoints with the scheduler", () => {
     expect(deleted.json).toMatchObject({ status: "deleted", synced: true });
     const stopped = (await poll(agent)).placements.filter((p) => p.job_id.startsWith(created.json.id));
     expect(stopped.every((p) => p.desired === "stopped")).toBe(true);
+    await retire(op, agent);
+  });
+});
+
+describe("resource use", () => {
+  it("shows a running job's and replica's last measured use, their own GPUs only, until they end", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op);
+    const user = await signUp();
+    const [a, b] = [await submit(user, { gpu_models: ["H100"] }), await submit(user, { gpu_models: ["H100"] })];
+    const endpoint = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: "measured", image: "busybox", gpu_count: 1, gpu_models: ["H100"] },
+    });
+    expect(endpoint.status).toBe(201);
+    const placed = (await poll(agent)).placements;
+    const [pa, pb, pr] = [a.id, b.id, endpoint.json.id].map((id) => placed.find((p) => p.job_id.startsWith(id))!);
+    for (const p of [pa!, pb!, pr!]) await report(agent, p.placement_id, "running");
+    expect((await getJob(user, a.id)).placements[0].metrics).toBeNull();
+
+    const before = Date.now();
+    await measuredHeartbeat(agent, 1, { [pa!.placement_id]: 150, [pb!.placement_id]: 40, [pr!.placement_id]: 5 });
+    const measured = (await getJob(user, a.id)).placements[0].metrics;
+    expect(measured).toEqual({
+      at: expect.any(String),
+      cpu_pct: 150,
+      memory_bytes: 3e9,
+      memory_limit_bytes: 16 * 1024 ** 3,
+      pids: 7,
+      gpus: pa!.gpu_indices.map((i) => gpuUse(i, 1)),
+    });
+    expect(Date.parse(measured.at)).toBeGreaterThanOrEqual(before);
+    expect((await getJob(user, b.id)).placements[0].metrics).toMatchObject({
+      cpu_pct: 40,
+      gpus: pb!.gpu_indices.map((i) => gpuUse(i, 1)),
+    });
+    const read = await call("GET", `/v1/endpoints/${endpoint.json.id}`, user.token);
+    expect(read.json.replicas[0].metrics).toMatchObject({ cpu_pct: 5, gpus: pr!.gpu_indices.map((i) => gpuUse(i, 1)) });
+
+    await measuredHeartbeat(agent, 2, { [pa!.placement_id]: 90, [pb!.placement_id]: 40, [pr!.placement_id]: 5 });
+    expect((await getJob(user, a.id)).placements[0].metrics).toMatchObject({
+      cpu_pct: 90,
+      gpus: pa!.gpu_indices.map((i) => gpuUse(i, 2)),
+    });
+
+    await report(agent, pa!.placement_id, "exited", { exit_code: 0 });
+    expect((await getJob(user, a.id)).placements[0]).toMatchObject({ status: "succeeded", metrics: null });
+    await flush();
+    expect((await getJob(user, a.id)).placements[0]).toMatchObject({ status: "succeeded", metrics: null });
+    expect((await call("POST", `/v1/jobs/${b.id}/cancel`, user.token)).status).toBe(200);
+    expect((await call("DELETE", `/v1/endpoints/${endpoint.json.id}`, user.token)).status).toBe(200);
     await retire(op, agent);
   });
 });

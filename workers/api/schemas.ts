@@ -82,6 +82,39 @@ export const JobCreate = z
   .openapi("JobCreate");
 export type JobCreate = z.infer<typeof JobCreate>;
 
+export const PlacementMetrics = z
+  .object({
+    at: Timestamp.openapi({ description: "When the control plane received the heartbeat that measured it." }),
+    cpu_pct: z.number().nullable().openapi({
+      description: "CPU over the last heartbeat interval, in percent of one CPU (200: two CPUs busy).",
+      example: 143.2,
+    }),
+    memory_bytes: z.number().nullable().openapi({ description: "Memory in use by the container.", example: 3.3e9 }),
+    memory_limit_bytes: z
+      .number()
+      .nullable()
+      .openapi({ description: "The container's memory limit (its `memory_mib`, in bytes).", example: 17_179_869_184 }),
+    pids: z.number().int().nullable().openapi({ description: "Processes and threads in the container." }),
+    gpus: z
+      .array(
+        z.object({
+          index: z.number().int().openapi({ description: "The GPU's index on its node (one of `gpu_indices`)." }),
+          utilisation_pct: z.number().nullable().openapi({ example: 87 }),
+          memory_used_mib: z.number().nullable().openapi({ example: 62_668 }),
+          memory_total_mib: z.number().nullable().openapi({ example: 81_559 }),
+        }),
+      )
+      .openapi({
+        description:
+          "This placement's own GPUs, as nvidia-smi reports them; empty on a host without nvidia-smi. A figure the host did not report is null.",
+      }),
+  })
+  .openapi("PlacementMetrics", {
+    description:
+      "A running placement's resource use at its node's latest heartbeat (one every ~10 s; `at` says when). Null before a heartbeat has measured its container, once it has ended, and after the region's scheduler restarts until the next heartbeat (it keeps them in memory only). A container figure is null when the agent had none (CPU needs two samples: null at the first heartbeat).",
+  });
+export type PlacementMetrics = z.infer<typeof PlacementMetrics>;
+
 export const PlacementView = z
   .object({
     placement_id: z.string(),
@@ -97,6 +130,7 @@ export const PlacementView = z
     started_at: Timestamp.nullable(),
     finished_at: Timestamp.nullable(),
     exit_code: z.number().int().nullable(),
+    metrics: PlacementMetrics.nullable(),
   })
   .openapi("Placement");
 export type PlacementView = z.infer<typeof PlacementView>;

@@ -85,6 +85,33 @@ export async function heartbeat(agent: Agent, ready: Record<string, boolean>) {
   expect(res.status).toBe(200);
 }
 
+/** GPU `index` at heartbeat `beat`, as a placement shows it; its figures differ per GPU and per beat. */
+export function gpuUse(index: number, beat: number) {
+  return { index, utilisation_pct: 10 * index + beat, memory_used_mib: 1_000 * index + beat, memory_total_mib: 81_559 };
+}
+
+/**
+ * A heartbeat with every GPU measured (as nvidia-smi does) and these placements running, each with
+ * its CPU use and the same memory (3 GB of 16 GiB) and process count (7).
+ */
+export async function measuredHeartbeat(agent: Agent, beat: number, cpuPct: Record<string, number>) {
+  const res = await call("POST", AGENT_ROUTES.heartbeat, agent.token, {
+    body: {
+      at: Date.now(),
+      gpus: Array.from({ length: 8 }, (_, i) => ({ ...gpuUse(i, beat), healthy: true, temperature_c: 41 })),
+      containers: Object.entries(cpuPct).map(([placement_id, cpu_pct]) => ({
+        placement_id,
+        cpu_pct,
+        memory_bytes: 3e9,
+        memory_limit_bytes: 16 * 1024 ** 3,
+        pids: 7,
+      })),
+      running: Object.keys(cpuPct),
+    },
+  });
+  expect(res.status).toBe(200);
+}
+
 /** The node's replicas of an endpoint reported running and ready, as an agent whose containers answer. */
 export async function reportReady(agent: Agent, placementIds: string[]) {
   for (const id of placementIds) await report(agent, id, "running");

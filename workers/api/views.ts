@@ -1,10 +1,10 @@
 /** Rows → the API's resources. Secret environment values are dropped here, and nowhere else needed. */
 
 import type { GpuModel, JobStatus, Tier } from "../../core/schemas";
-import type { JobState, PlacementView } from "../../durable-objects/region-scheduler/rpc";
+import type { JobState, PlacementView, RunMetrics } from "../../durable-objects/region-scheduler/rpc";
 import type { EnvEntry, StoredEnvEntry } from "../auth/env-secrets";
 import type { endpoints, jobs } from "../db/schema";
-import type { Job, PlacementView as PlacementWire } from "./schemas";
+import type { Job, PlacementMetrics, PlacementView as PlacementWire } from "./schemas";
 
 export type JobRow = typeof jobs.$inferSelect;
 export type EndpointRow = typeof endpoints.$inferSelect;
@@ -112,7 +112,14 @@ export function runPlacement(r: RunRow): PlacementWire {
     started_at: iso(r.started_at),
     finished_at: iso(r.finished_at),
     exit_code: r.exit_code,
+    // Only the scheduler measures a placement, and only while it runs.
+    metrics: null,
   };
+}
+
+/** A placement's last measured resource use; undefined: an older scheduler object answers without it. */
+export function metricsView(m: RunMetrics | null | undefined): PlacementMetrics | null {
+  return m ? { ...m, at: new Date(m.at).toISOString() } : null;
 }
 
 export function livePlacement(p: PlacementView): PlacementWire {
@@ -128,6 +135,7 @@ export function livePlacement(p: PlacementView): PlacementWire {
     started_at: isoMs(p.started_at),
     finished_at: null,
     exit_code: null,
+    metrics: metricsView(p.metrics),
   };
 }
 
