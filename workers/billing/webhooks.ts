@@ -121,6 +121,8 @@ async function applyEvent(db: Db, event: Stripe.Event): Promise<{ outcome: strin
     .where(eq(invoices.stripeInvoiceId, object.id ?? ""));
   if (!row) return { outcome: `ignored: no invoice of ours is Stripe's ${object.id}`, accountId: null };
   const at = (s: number | null | undefined) => (s ? new Date(s * 1000) : null);
+  const attempt = object.attempt_count ?? 0;
+  const nextAttempt = at(object.next_payment_attempt)?.toISOString() ?? null;
   // Each event: what it writes, and the statuses it may move the invoice from (only forward).
   const paid: Move = {
     set: {
@@ -138,11 +140,13 @@ async function applyEvent(db: Db, event: Stripe.Event): Promise<{ outcome: strin
     "invoice.paid": paid,
     "invoice.payment_succeeded": paid,
     "invoice.payment_failed": {
+      // Stripe's count is cumulative and deliveries come in any order: a late, older failure never
+      // lowers the count nor overwrites the error and next attempt of a newer one (SET reads the
+      // row as it was, so each expression compares with the stored count).
       set: {
-        // Stripe's count is cumulative: a late, older event never lowers it.
-        paymentAttempts: sql`greatest(${invoices.paymentAttempts}, ${object.attempt_count ?? 0})`,
-        paymentError: paymentError(object),
-        nextPaymentAttemptAt: at(object.next_payment_attempt),
+        paymentAttempts: sql`greatest(${invoices.paymentAttempts}, ${attempt})`,
+        paymentError: sql`case when ${attempt} >= ${invoices.paymentAttempts} then ${paymentError(object)} else ${invoices.paymentError} end`,
+        nextPaymentAttemptAt: sql`case when ${attempt} >= ${invoices.paymentAttempts} then ${nextAttempt}::timestamptz else ${invoices.nextPaymentAttemptAt} end`,
       },
       from: ["draft", "open", "uncollectible"],
     },

@@ -41,6 +41,31 @@ describe("Stripe's webhooks", () => {
       nextPaymentAttemptAt: new Date(retryAt * 1000),
     });
 
+    // The second failure, then the first delivered late (deliveries come in any order): the newer stays.
+    const secondAt = retryAt + 3 * 86_400;
+    await deliver(event("invoice.payment_failed", stripeInvoice, { attempt_count: 2, next_payment_attempt: secondAt }));
+    expect(
+      (
+        await deliver(
+          event("invoice.payment_failed", stripeInvoice, { attempt_count: 1, next_payment_attempt: retryAt }),
+        )
+      ).json.outcome,
+    ).toBe("applied");
+    expect(await invoiceRow(row.id)).toMatchObject({
+      paymentAttempts: 2,
+      nextPaymentAttemptAt: new Date(secondAt * 1000),
+    });
+    const last = event("invoice.payment_failed", stripeInvoice, { attempt_count: 4, next_payment_attempt: null });
+    await deliver(last);
+    await deliver(
+      event("invoice.payment_failed", stripeInvoice, { attempt_count: 3, next_payment_attempt: secondAt + 3 * 86_400 }),
+    );
+    expect(await invoiceRow(row.id)).toMatchObject({
+      paymentAttempts: 4,
+      paymentError: "the payment failed; Stripe will not try again",
+      nextPaymentAttemptAt: null,
+    });
+
     const paidAt = Math.floor(AFTER / 1000) + 3 * 86_400 + 60;
     const paid = event("invoice.paid", stripeInvoice, { status: "paid", status_transitions: { paid_at: paidAt } });
     expect((await deliver(paid)).json).toMatchObject({ outcome: "applied", duplicate: false });
@@ -50,7 +75,7 @@ describe("Stripe's webhooks", () => {
       status: "paid",
       paidAt: new Date(paidAt * 1000),
       nextPaymentAttemptAt: null,
-      paymentAttempts: 1,
+      paymentAttempts: 4,
     });
     // Out of order: an older failure, or a void, after the payment changes nothing.
     const late = event("invoice.payment_failed", stripeInvoice, { attempt_count: 1, next_payment_attempt: retryAt });
@@ -64,7 +89,7 @@ describe("Stripe's webhooks", () => {
       id: row.id,
       status: "paid",
       paid_at: new Date(paidAt * 1000).toISOString(),
-      payment_attempts: 1,
+      payment_attempts: 4,
       next_payment_attempt_at: null,
     });
   });
