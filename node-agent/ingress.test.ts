@@ -1,10 +1,12 @@
 /**
  * The ingress against real HTTP servers on 127.0.0.1 standing in for replicas: routing, the key,
- * hop-by-hop headers, streaming both ways, its own refusals (401, 404, 501, 502, 504) and aborts.
+ * hop-by-hop headers, streaming both ways, its own refusals (401, 404, 501, 502, 504) and aborts;
+ * WebSockets through it, between a `ws` client and a `ws` server.
  * Then the agent's side on a fake engine: the key from registration, lookups of running replicas
  * only, and the readiness watch that brings a heartbeat forward.
  */
 
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { mkdtempSync, rmSync } from "node:fs";
 import {
@@ -16,10 +18,11 @@ import {
   type Server,
   type ServerResponse,
 } from "node:http";
-import { type AddressInfo, createServer as createNetServer } from "node:net";
+import { type AddressInfo, connect as connectNet, createServer as createNetServer, type Socket } from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { WebSocket, WebSocketServer } from "ws";
 import { INGRESS, type NodeInventory, type RegisterResponse } from "../core/schemas";
 import { freePort } from "../tools/db/embedded";
 import { inCi } from "../tools/test/parts";
@@ -79,8 +82,15 @@ function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
   ]);
 }
 
+/** The open connections of the servers `listen` started: upgraded ones are beyond `closeAllConnections`. */
+const serverSockets = new Set<Socket>();
+
 async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void, host = "127.0.0.1") {
   const server = createServer(handler);
+  server.on("connection", (socket: Socket) => {
+    serverSockets.add(socket);
+    socket.once("close", () => serverSockets.delete(socket));
+  });
   server.listen(0, host);
   await once(server, "listening");
   return server;
@@ -106,8 +116,13 @@ const hasIpv6Loopback = Object.values(networkInterfaces())
 describe("the node ingress", () => {
   const servers: Server[] = [];
   const ingresses: Ingress[] = [];
+  const clients: WebSocket[] = [];
+  const rawClients: Socket[] = [];
   afterEach(async () => {
+    for (const ws of clients.splice(0)) ws.terminate();
+    for (const socket of rawClients.splice(0)) socket.destroy();
     for (const i of ingresses.splice(0)) await i.stop();
+    for (const socket of serverSockets) socket.destroy();
     for (const s of servers.splice(0)) {
       s.closeAllConnections();
       await new Promise((done) => s.close(done));
@@ -138,7 +153,7 @@ describe("the node ingress", () => {
     });
     ingresses.push(ingress);
     const { port } = await ingress.start();
-    return { port, replicaPort, lookups };
+    return { port, replicaPort, lookups, replica };
   }
 
   it("reads the placement id and the replica's path from the ingress path", () => {
@@ -469,22 +484,403 @@ describe("the node ingress", () => {
     await within(5_000, "the replica's request closed after the client left", dropped);
   });
 
-  it("refuses upgrades (WebSockets) with 501 without calling the replica", async () => {
-    let hits = 0;
-    const { port } = await setup((req, res) => {
-      hits++;
-      echo(req, res);
+  /**
+   * `setup` with a WebSocket replica: it echoes every message (text as text, binary as binary) and
+   * closes with `<code> <reason>` when sent `close <code> <reason>`. `intercept` takes an upgrade
+   * first (true: handled, the echo server never sees it).
+   */
+  async function wsSetup(
+    opts: Partial<IngressOptions> & {
+      targets?: Record<string, IngressTarget>;
+      protocol?: (offered: Set<string>) => string | false;
+      perMessageDeflate?: boolean;
+      intercept?: (req: IncomingMessage, socket: Socket) => boolean;
+    } = {},
+  ) {
+    const { protocol, perMessageDeflate = false, intercept, ...rest } = opts;
+    const s = await setup(echo, rest);
+    const upgrades: IncomingMessage[] = [];
+    const peers: WebSocket[] = [];
+    const wss = new WebSocketServer({ noServer: true, perMessageDeflate, handleProtocols: protocol ?? (() => false) });
+    // What a container might add to its 101: the ingress passes the one and drops the other.
+    wss.on("headers", (headers) => headers.push("x-replica: yes", `${INGRESS.errorHeader}: unauthorized`));
+    s.replica.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      upgrades.push(req);
+      if (intercept?.(req, socket)) return;
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        peers.push(ws);
+        ws.on("message", (data: Buffer, binary) => {
+          const close = binary ? null : /^close (\d+) (.*)$/.exec(data.toString());
+          if (close) ws.close(Number(close[1]), close[2]);
+          else ws.send(data, { binary });
+        });
+      });
     });
-    const a = await send(port, "/p/rep-1/ws", {
-      headers: { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13" },
+    return { ...s, upgrades, peers };
+  }
+
+  type WsOptions = { key?: string | null; protocols?: string[]; headers?: Record<string, string> };
+
+  function client(port: number, path: string, opts: WsOptions): WebSocket {
+    const key = opts.key === undefined ? KEY : opts.key;
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`, opts.protocols ?? [], {
+      headers: { ...(key !== null ? { [INGRESS.keyHeader]: key } : {}), ...opts.headers },
     });
-    expect(a.status).toBe(501);
-    expect(JSON.parse(a.body).error.code).toBe("upgrade_not_supported");
-    expect(hits).toBe(0);
+    clients.push(ws);
+    return ws;
+  }
+
+  /** A WebSocket through the ingress, once open, and the 101 it got. */
+  async function openWs(port: number, path: string, opts: WsOptions = {}) {
+    const ws = client(port, path, opts);
+    let response: IncomingMessage | undefined;
+    ws.once("upgrade", (res) => {
+      response = res;
+    });
+    const next = inbox(ws);
+    await within(5_000, "the WebSocket open", once(ws, "open"));
+    return { ws, response: response!, next };
+  }
+
+  /** The answer to a WebSocket handshake through the ingress that does not upgrade. */
+  function refusedWs(port: number, path: string, opts: WsOptions = {}): Promise<Answer> {
+    const ws = client(port, path, opts);
+    return within(
+      5_000,
+      "the answer to the handshake",
+      new Promise<Answer>((done, fail) => {
+        let answered = false;
+        ws.on("error", (error) => {
+          if (!answered) fail(error);
+        });
+        ws.once("open", () => fail(new Error("the WebSocket opened")));
+        ws.once("unexpected-response", (_req, res) => {
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (chunk: string) => {
+            body += chunk;
+          });
+          res.on("error", fail);
+          res.on("end", () => {
+            answered = true;
+            done({ status: res.statusCode ?? 0, headers: res.headers, body });
+            ws.terminate();
+          });
+        });
+      }),
+    );
+  }
+
+  type Message = { binary: boolean; data: Buffer };
+
+  /** What `ws` receives, in order: `next()` resolves with the next message (perhaps already in). */
+  function inbox(ws: WebSocket): () => Promise<Message> {
+    const queue: Message[] = [];
+    const waiting: ((m: Message) => void)[] = [];
+    ws.on("message", (data: Buffer, binary) => {
+      const m = { binary, data };
+      const waiter = waiting.shift();
+      if (waiter) waiter(m);
+      else queue.push(m);
+    });
+    return () => {
+      const m = queue.shift();
+      return within(5_000, "a message", m ? Promise.resolve(m) : new Promise<Message>((done) => waiting.push(done)));
+    };
+  }
+
+  it("proxies a WebSocket: text and binary both ways, with the forwarded headers and without the key", async () => {
+    const { port, replicaPort, upgrades, lookups } = await wsSetup();
+    const { ws, response, next } = await openWs(port, "/p/rep-1/chat?room=a", {
+      headers: {
+        "x-custom": "yes",
+        "keep-alive": "timeout=5",
+        "proxy-authorization": "Basic eA==",
+        [INGRESS.errorHeader]: "forged",
+      },
+    });
+    expect(lookups).toEqual(["rep-1"]);
+    expect(response.statusCode).toBe(101);
+    expect(response.headers["x-replica"]).toBe("yes");
+    expect(response.headers).not.toHaveProperty(INGRESS.errorHeader);
+
+    expect(upgrades).toHaveLength(1);
+    const seen = upgrades[0]!;
+    expect([seen.method, seen.url]).toEqual(["GET", "/chat?room=a"]);
+    expect(seen.headers).toMatchObject({
+      host: `127.0.0.1:${replicaPort}`,
+      connection: "Upgrade",
+      upgrade: "websocket",
+      "sec-websocket-version": "13",
+      "sec-websocket-key": expect.any(String),
+      "x-custom": "yes",
+      "x-forwarded-for": "127.0.0.1",
+      "x-forwarded-proto": "http",
+      "x-forwarded-host": `127.0.0.1:${port}`,
+    });
+    for (const name of [INGRESS.keyHeader, INGRESS.errorHeader, "keep-alive", "proxy-authorization"]) {
+      expect(seen.headers, name).not.toHaveProperty(name);
+    }
+
+    ws.send("hello");
+    const text = await next();
+    expect([text.binary, text.data.toString()]).toEqual([false, "hello"]);
+    // Larger than a socket's buffers, and in a row: whole and in order.
+    const big = Buffer.alloc(300_000, 0);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 7919) % 256;
+    ws.send(big);
+    ws.send("after");
+    const binary = await next();
+    expect(binary.binary).toBe(true);
+    expect(binary.data.equals(big)).toBe(true);
+    const after = await next();
+    expect([after.binary, after.data.toString()]).toEqual([false, "after"]);
+  });
+
+  it("negotiates the subprotocol and extensions end to end", async () => {
+    const { port, upgrades } = await wsSetup({
+      protocol: (offered) => (offered.has("chat.v1") ? "chat.v1" : false),
+      perMessageDeflate: true,
+    });
+    const { ws, response, next } = await openWs(port, "/p/rep-1/", { protocols: ["chat.v2", "chat.v1"] });
+    expect(upgrades[0]!.headers["sec-websocket-protocol"]).toBe("chat.v2,chat.v1");
+    expect(ws.protocol).toBe("chat.v1");
+    expect(response.headers["sec-websocket-protocol"]).toBe("chat.v1");
+    expect(ws.extensions).toContain("permessage-deflate");
+    const text = "compressible ".repeat(1_000);
+    ws.send(text);
+    expect((await next()).data.toString()).toBe(text);
+  });
+
+  it("passes close codes and reasons through each way", async () => {
+    const { port, peers } = await wsSetup();
+    // The client closes.
+    const a = await openWs(port, "/p/rep-1/");
+    const peer = peers[0]!;
+    const peerClosed = once(peer, "close");
+    const clientClosed = once(a.ws, "close");
+    a.ws.close(4001, "client bye");
+    const [peerCode, peerReason] = (await within(5_000, "the replica's close", peerClosed)) as [number, Buffer];
+    expect([peerCode, peerReason.toString()]).toEqual([4001, "client bye"]);
+    const [code, reason] = (await within(5_000, "the client's close", clientClosed)) as [number, Buffer];
+    expect([code, reason.toString()]).toEqual([4001, "client bye"]);
+
+    // The replica closes.
+    const b = await openWs(port, "/p/rep-1/");
+    const closedByReplica = once(b.ws, "close");
+    b.ws.send("close 4002 server bye");
+    const [code2, reason2] = (await within(5_000, "the client's close", closedByReplica)) as [number, Buffer];
+    expect([code2, reason2.toString()]).toEqual([4002, "server bye"]);
+  });
+
+  it("refuses a WebSocket without the right key with 401 and one for an unknown placement with 404", async () => {
+    const { port, upgrades, lookups } = await wsSetup();
+    for (const key of [null, "wrong", "k".repeat(39)]) {
+      const a = await refusedWs(port, "/p/rep-1/", { key });
+      expect(a.status).toBe(401);
+      expect(a.headers[INGRESS.errorHeader]).toBe("unauthorized");
+      expect(a.headers["content-type"]).toBe("application/json");
+      expect(a.headers.connection).toBe("close");
+      expect(JSON.parse(a.body)).toEqual({ error: { code: "unauthorized", message: expect.any(String) } });
+    }
+    // The key before the path.
+    expect((await refusedWs(port, "/p/nope/", { key: "wrong" })).status).toBe(401);
+    expect(lookups).toEqual([]);
+    for (const path of ["/p/nope/", "/elsewhere"]) {
+      const a = await refusedWs(port, path);
+      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([404, "unknown_placement"]);
+      expect(JSON.parse(a.body).error.code).toBe("unknown_placement");
+    }
+    expect(upgrades).toHaveLength(0);
+  });
+
+  it("refuses other upgrades with 501 without calling the replica", async () => {
+    const { port, upgrades } = await wsSetup();
+    const ws = { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13" };
+    const cases: { method?: string; headers: OutgoingHttpHeaders }[] = [
+      {
+        headers: {
+          connection: "Upgrade, HTTP2-Settings",
+          upgrade: "h2c",
+          "http2-settings": "AAMAAABkAARAAAAAAAIAAAAA",
+        },
+      },
+      { method: "POST", headers: ws },
+      // `Upgrade` without `Connection: Upgrade`: not a handshake (a plain request for Node).
+      { headers: { upgrade: "websocket" } },
+    ];
+    for (const c of cases) {
+      const a = await send(port, "/p/rep-1/ws", c);
+      expect(a.status, JSON.stringify(c)).toBe(501);
+      expect(a.headers[INGRESS.errorHeader]).toBeUndefined();
+      expect(JSON.parse(a.body).error.code).toBe("upgrade_not_supported");
+    }
     // Without the key, still the 401 first.
-    expect(
-      (await send(port, "/p/rep-1/ws", { key: null, headers: { connection: "Upgrade", upgrade: "x" } })).status,
-    ).toBe(401);
+    const a = await send(port, "/p/rep-1/ws", { key: null, headers: cases[0]!.headers });
+    expect([a.status, a.headers[INGRESS.errorHeader]]).toEqual([401, "unauthorized"]);
+    expect(upgrades).toHaveLength(0);
+  });
+
+  it("answers 502 replica_unreachable when the replica refuses a WebSocket's connection or resets it", async () => {
+    const closed = await freePort();
+    const { port } = await wsSetup({
+      targets: { refused: { host: "127.0.0.1", port: closed } },
+      intercept: (_req, socket) => {
+        socket.destroy();
+        return true;
+      },
+    });
+    for (const path of ["/p/refused/", "/p/rep-1/"]) {
+      const a = await refusedWs(port, path);
+      expect(a.status, path).toBe(502);
+      expect(a.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
+      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect(a.body).not.toContain("127.0.0.1");
+    }
+  });
+
+  it("passes on a replica's answer that does not upgrade, without an ingress error header", async () => {
+    const { port } = await wsSetup({
+      intercept: (req, socket) => {
+        socket.end(
+          req.url === "/chunked"
+            ? "HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n there\r\n0\r\n\r\n"
+            : `HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n${INGRESS.errorHeader}: unknown_placement\r\n` +
+                "x-reason: no-ws\r\ncontent-length: 10\r\n\r\nno upgrade",
+        );
+        return true;
+      },
+    });
+    const a = await refusedWs(port, "/p/rep-1/x");
+    expect(a).toMatchObject({ status: 400, body: "no upgrade" });
+    expect(a.headers).toMatchObject({ "content-type": "text/plain", "x-reason": "no-ws", "content-length": "10" });
+    expect(a.headers).not.toHaveProperty(INGRESS.errorHeader);
+    // A body of unknown length ends with the connection.
+    const b = await refusedWs(port, "/p/rep-1/chunked");
+    expect(b).toMatchObject({ status: 403, body: "hello there" });
+  });
+
+  it("answers 504 replica_timeout when the replica does not answer a WebSocket in time, and has no timeout once open", async () => {
+    let replicaClosed!: () => void;
+    const dropped = new Promise<void>((done) => {
+      replicaClosed = done;
+    });
+    const { port } = await wsSetup({
+      timeoutMs: 200,
+      intercept: (req, socket) => {
+        if (req.url !== "/slow") return false;
+        socket.resume(); // reading: how it sees the ingress go
+        socket.once("end", () => replicaClosed());
+        return true;
+      },
+    });
+    const a = await refusedWs(port, "/p/rep-1/slow");
+    expect(a.status).toBe(504);
+    expect(a.headers[INGRESS.errorHeader]).toBe("replica_timeout");
+    expect(JSON.parse(a.body).error.code).toBe("replica_timeout");
+    await within(5_000, "the replica's connection closed", dropped);
+
+    const { ws, next } = await openWs(port, "/p/rep-1/fast");
+    // Well past the timeout: nothing to wait for but time.
+    await new Promise((r) => setTimeout(r, 500));
+    ws.send("still here");
+    expect((await next()).data.toString()).toBe("still here");
+  });
+
+  it("cuts the replica's connection when the client leaves before the replica answers", async () => {
+    let arrived!: () => void;
+    const atReplica = new Promise<void>((done) => {
+      arrived = done;
+    });
+    let replicaClosed!: () => void;
+    const dropped = new Promise<void>((done) => {
+      replicaClosed = done;
+    });
+    const { port } = await wsSetup({
+      intercept: (_req, socket) => {
+        socket.resume(); // reading: how it sees the ingress go
+        socket.once("end", () => replicaClosed());
+        arrived();
+        return true;
+      },
+    });
+    const ws = client(port, "/p/rep-1/", {});
+    ws.on("error", () => {}); // we cut it ourselves
+    await within(5_000, "the handshake at the replica", atReplica);
+    ws.terminate();
+    await within(5_000, "the replica's connection closed after the client left", dropped);
+  });
+
+  it("passes on what either side sends right behind its handshake", async () => {
+    /** A text frame of up to 125 bytes (masked with a zero key, as a client must mask). */
+    const frame = (text: string, masked: boolean) =>
+      Buffer.concat([
+        Buffer.from([0x81, (masked ? 0x80 : 0) | text.length]),
+        masked ? Buffer.alloc(4) : Buffer.alloc(0),
+        Buffer.from(text),
+      ]);
+    const { port } = await wsSetup({
+      intercept: (req, socket) => {
+        if (req.url !== "/eager") return false;
+        const accept = createHash("sha1")
+          .update(`${req.headers["sec-websocket-key"]}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+          .digest("base64");
+        socket.write(
+          Buffer.concat([
+            Buffer.from(
+              `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`,
+            ),
+            frame("right behind the 101", false),
+          ]),
+        );
+        return true;
+      },
+    });
+    // The replica's frame in the same write as its 101.
+    const eager = await openWs(port, "/p/rep-1/eager");
+    expect((await eager.next()).data.toString()).toBe("right behind the 101");
+
+    // The client's frame in the same write as its handshake (a raw client: `ws` waits for the 101).
+    const raw = connectNet(port, "127.0.0.1");
+    raw.on("error", () => {});
+    rawClients.push(raw);
+    raw.write(
+      Buffer.concat([
+        Buffer.from(
+          `GET /p/rep-1/ HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\n${INGRESS.keyHeader}: ${KEY}\r\nconnection: Upgrade\r\n` +
+            "upgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ),
+        frame("right behind the handshake", true),
+      ]),
+    );
+    let got = Buffer.alloc(0);
+    const echoed = frame("right behind the handshake", false);
+    await within(
+      5_000,
+      "the 101 and the echo",
+      new Promise<void>((done) => {
+        raw.on("data", (chunk: Buffer) => {
+          got = Buffer.concat([got, chunk]);
+          const end = got.indexOf("\r\n\r\n");
+          if (end >= 0 && got.length >= end + 4 + echoed.length) done();
+        });
+      }),
+    );
+    const end = got.indexOf("\r\n\r\n");
+    expect(got.subarray(0, end).toString()).toMatch(/^HTTP\/1\.1 101 /);
+    expect(got.subarray(0, end).toString()).toContain("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    expect(got.subarray(end + 4).equals(echoed)).toBe(true);
+  });
+
+  it("closes open WebSockets on stop()", async () => {
+    const { port, peers } = await wsSetup();
+    const { ws } = await openWs(port, "/p/rep-1/");
+    const clientClosed = once(ws, "close");
+    const peerClosed = once(peers[0]!, "close");
+    await within(5_000, "stop()", ingresses.pop()!.stop());
+    const [code] = (await within(5_000, "the client's close", clientClosed)) as [number];
+    expect(code).toBe(1006); // cut, not closed
+    await within(5_000, "the replica's close", peerClosed);
   });
 
   // Outside CI a host without an IPv6 loopback (some containers) cannot run this; in CI it must.
