@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { MAX_BODY_BYTES } from "../http/body";
 import { createLogger } from "../http/log";
 import { expireIdempotencyKeysTask } from "./housekeeping";
+import { poll, retire, startNode } from "./test-agent";
 import { call, createKey, JOB, rateLimitOverride, signUp, sql } from "./test-support";
 
 describe("POST /v1/jobs", () => {
@@ -98,6 +99,31 @@ describe("POST /v1/jobs", () => {
       res.json.id,
     ]);
     expect(submission).toMatchObject({ attempts: 1 });
+  });
+
+  it("keeps backslashes and quotes in command, args and env as sent, through to the node's placement", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H100", 8);
+    const user = await signUp({ fast_tier_enabled: true });
+    // Written with escapes: each "\\" below is one backslash the container must get.
+    const command = ["sh", "-c", 'printf \'a\\r\\nb\\\\c "q" \\{x\\}\\n\' && echo "$1"'];
+    const args = ["C:\\temp\\new", '{"json":"a\\"b"}', "\\\\", ""];
+    const env = [{ name: "PATTERN", value: "^\\d+\\.\\d+$" }];
+    const res = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, command, args, env } });
+    expect(res.status, res.text).toBe(202);
+    expect(res.json).toMatchObject({ command, args });
+    const got = await call("GET", `/v1/jobs/${res.json.id}`, user.token);
+    expect(got.json).toMatchObject({ command, args, env: [{ name: "PATTERN", value: env[0]!.value }] });
+    const [placement] = (await poll(agent)).placements.filter((p) => p.job_id === res.json.id);
+    expect(placement).toMatchObject({ command, args, env: [{ name: "PATTERN", value: env[0]!.value }] });
+
+    const ep = await call("POST", "/v1/endpoints", user.token, {
+      body: { name: "slashes", image: JOB.image, gpu_count: 1, command, args },
+    });
+    expect(ep.status, ep.text).toBe(201);
+    expect(ep.json).toMatchObject({ command, args });
+    expect((await call("GET", `/v1/endpoints/${ep.json.id}`, user.token)).json).toMatchObject({ command, args });
+    await retire(op, agent);
   });
 
   it("says where its time went in Server-Timing: auth, claim (with an Idempotency-Key), write, schedule, total", async () => {

@@ -4,6 +4,7 @@
  */
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
+import { parse as parseArray } from "postgres-array";
 
 /**
  * Without drizzle's relational query API (`db.query.*`): given the schema, `drizzle()` derives the
@@ -17,6 +18,17 @@ export interface DbBinding {
   HYPERDRIVE: Hyperdrive;
 }
 
+/**
+ * Arrays read back as arrays. Without `fetch_types` (a round trip per connection) postgres.js hands
+ * drizzle a `text[]` as its text form, and drizzle 0.45's own parser of that form drops every
+ * backslash (`{"a\\nb"}` → "anb"): a command like `printf 'a\nb'` lost them. Parsed here,
+ * drizzle takes the array as it is. Writing is unchanged (drizzle escapes correctly).
+ */
+export const ARRAY_TYPES = {
+  textArray: { to: 1009, from: [1009], serialize: (x: unknown) => x, parse: (x: string) => parseArray(x) },
+  int4Array: { to: 1007, from: [1007], serialize: (x: unknown) => x, parse: (x: string) => parseArray(x, Number) },
+} satisfies Record<string, postgres.PostgresType>;
+
 export function openDb(env: DbBinding): { db: Db; sql: Sql; close: () => Promise<void> } {
   const sql = postgres(env.HYPERDRIVE.connectionString, {
     max: 1,
@@ -24,6 +36,7 @@ export function openDb(env: DbBinding): { db: Db; sql: Sql; close: () => Promise
     prepare: true,
     connect_timeout: 10,
     onnotice: () => {},
+    types: ARRAY_TYPES,
   });
   return { db: drizzle(sql), sql, close: () => sql.end({ timeout: 2 }) };
 }
