@@ -10,6 +10,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
 import { DockerodeEngine } from "../node-agent/docker/dockerode-engine";
 import { AUTH_PASSWORD, AUTH_USER, pushPrivateImage, startAuthRegistry } from "../node-agent/test/auth-registry";
 import { AgentProcess, gpuEngineSocket, removeLabelled, testImage } from "../node-agent/test/harness";
@@ -663,6 +664,55 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(oneErrorLine(await authed(words("endpoints invoke nope /")))).toMatch(/^error: not_found: /);
       expect((await authed(words("endpoints invoke web ok"))).code).toBe(EXIT.usage);
       expect((await authed(words("endpoints rm web"))).code).toBe(0);
+    });
+
+    it("a WebSocket reaches a replica's container through wrangler dev and the node's ingress, both ways", async () => {
+      // The replica: busybox's nc running node-agent/test/ws-echo.sh for each connection (GET /ok for
+      // its readiness check; a WebSocket greets, echoes one message and closes with 1000).
+      const script = readFileSync(join(import.meta.dirname, "../node-agent/test/ws-echo.sh"), "utf8");
+      const created = await authed([
+        ...words(
+          `endpoints create sockets --gpus 1 --image ${testImage()} --cpu 0.5 --memory 256Mi --min-replicas 1 --port 8080 --health-path /ok --`,
+        ),
+        "sh",
+        "-c",
+        'printf %s "$1" > /ws.sh && exec nc -ll -p 8080 -e sh /ws.sh',
+        "ws",
+        script,
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      const ready = await authed(words("endpoints invoke sockets /ok --wait 50"));
+      expect(ready, `${ready.stderr}\n${agent.log().slice(-2000)}`).toMatchObject({ code: 0, stdout: "ok\n" });
+
+      const ws = new WebSocket(`${apiUrl.replace(/^http/, "ws")}/v1/endpoints/sockets/invoke/chat?room=1`, {
+        headers: { authorization: `Bearer ${apiKey}` },
+      });
+      const heard: string[] = [];
+      const closed = new Promise<{ code: number; replica: string | undefined }>((resolve, reject) => {
+        let replica: string | undefined;
+        ws.on("upgrade", (res) => {
+          replica = res.headers["scalar-replica"] as string | undefined;
+        });
+        ws.on("message", (data) => {
+          heard.push(data.toString());
+          if (heard.length === 1) ws.send("hi there");
+        });
+        ws.on("close", (code) => resolve({ code, replica }));
+        ws.on("error", reject);
+      });
+      const { code, replica } = await closed;
+      expect(heard).toEqual(["hello /chat?room=1", "echo hi there"]);
+      expect(code).toBe(1000);
+      expect(replica).toMatch(/^[0-9a-f-]{36}#0$/);
+
+      // Without a key the upgrade is refused like any request: 401 before any replica is asked.
+      const refused = new WebSocket(`${apiUrl.replace(/^http/, "ws")}/v1/endpoints/sockets/invoke/chat`);
+      const status = await new Promise<number>((resolve) => {
+        refused.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+        refused.on("error", () => resolve(-1));
+      });
+      expect(status).toBe(401);
+      expect((await authed(words("endpoints rm sockets"))).code).toBe(0);
     });
 
     it("endpoints logs: its replicas' lines, each with its replica", async () => {

@@ -310,6 +310,10 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     });
   }
 
+  async renewEndpointLease(leaseId: string): Promise<{ ok: boolean }> {
+    return { ok: this.state.traffic.renew(leaseId, this.clock.now()) };
+  }
+
   // ---- the alarm --------------------------------------------------------------------------
 
   /** Due timers, liveness, the packer pass, then the outbox to Postgres. Re-armed whatever happens. */

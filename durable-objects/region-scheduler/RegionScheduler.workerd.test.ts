@@ -1188,7 +1188,7 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await desiredOf(stub, spec.id)).toBe(0);
   });
 
-  it("never routes to a node without an ingress, never scales past max_replicas, and returns forgotten leases", async () => {
+  it("never routes to a node without an ingress, never scales past max_replicas, returns forgotten leases and keeps renewed ones", async () => {
     const { stub, clock } = await region({ lease_ttl_ms: 60_000 });
     await stub.registerNode(nodeReg(N("n1")));
     const spec = endpointFor({ min_replicas: 1, max_replicas: 1, target_concurrency: 1 });
@@ -1207,10 +1207,16 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(leases.map((l) => l.ok && l.placement_id)).toEqual([p0, p0, p0]);
     expect(await desiredOf(stub, spec.id)).toBe(1);
     expect(await stub.routeEndpoint(`ep-unknown`)).toEqual({ ok: false, code: "not_found" });
-    // Leases nobody returned end by themselves.
-    clock.advance(61_000);
+    // A lease renewed (an open WebSocket) lives on; leases nobody returned end by themselves.
+    const [kept, forgotten] = leases.map((l) => (l as { lease_id: string }).lease_id) as [string, string];
+    clock.advance(40_000);
+    expect(await stub.renewEndpointLease(kept)).toEqual({ ok: true });
+    clock.advance(21_000);
     await runDurableObjectAlarm(stub);
-    expect(await stub.endpointRequestDone((leases[0] as { lease_id: string }).lease_id)).toEqual({ ok: false });
+    expect(await stub.endpointRequestDone(forgotten)).toEqual({ ok: false });
+    expect(await stub.renewEndpointLease(forgotten)).toEqual({ ok: false });
+    expect(await stub.endpointRequestDone(kept)).toEqual({ ok: true });
+    expect(await stub.renewEndpointLease(kept)).toEqual({ ok: false });
   });
 });
 

@@ -327,4 +327,6 @@ export interface RegionSchedulerRpc {
   routeEndpoint(endpointId: string, opts?: { wait_ms?: number; exclude?: string[] }): Promise<RouteResult>;
   /** The request of a lease has ended (its answer was sent, or it failed). */
   endpointRequestDone(leaseId: string): Promise<{ ok: boolean }>;
+  /** A long request (a WebSocket) is still open: its lease lives another `lease_ttl_ms`. */
+  renewEndpointLease(leaseId: string): Promise<{ ok: boolean }>;
 }

@@ -96,6 +96,17 @@ export class Traffic {
     return true;
   }
 
+  /**
+   * A request that outlives `lease_ttl_ms` (a WebSocket) keeps its lease: it expires `lease_ttl_ms`
+   * from now. False: no such lease (returned, or expired: the replica no longer counts it).
+   */
+  renew(leaseId: string, now: number): boolean {
+    const lease = this.leases.get(leaseId);
+    if (!lease) return false;
+    lease.expires_at = now + this.settings().lease_ttl_ms;
+    return true;
+  }
+
   /** Whether a scaling decision since the last call changed replicas (then the caller runs the packer). */
   takeScaled(): boolean {
     const scaled = this.scaled;

@@ -6,7 +6,9 @@
  * the request to that node's ingress at `<ingress_url>/p/<placement>/<path>` with the node's key,
  * streams the answer back, and returns the lease when the answer's body has ended. A replica that
  * could not be reached (refused, gone from its node) is skipped and the request goes to another
- * one: the request is buffered (at most MAX_INVOKE_BODY_BYTES) so it can be sent again.
+ * one: the request is buffered (at most MAX_INVOKE_BODY_BYTES) so it can be sent again. A WebSocket
+ * (`GET` with `Upgrade: websocket`) is routed the same way, then relayed message by message while it
+ * holds its lease (`bridge`).
  *
  * Not in the OpenAPI document: the method, path, body and answer are the replica's own.
  * docs/api.md "Traffic" describes the route, its headers and its errors.
@@ -36,6 +38,15 @@ export const REPLICA_HEADER = "scalar-replica";
 /** How long a request waits for a ready replica unless `Scalar-Wait` says otherwise, and the most it may ask. */
 export const DEFAULT_WAIT_S = 120;
 export const MAX_WAIT_S = 600;
+/** An open WebSocket renews its replica's lease this often (the lease lives 15 min unless renewed). */
+const WEBSOCKET_LEASE_RENEW_MS = 60_000;
+/** The handshake's own headers, made afresh for the replica by the runtime. */
+const WEBSOCKET_HANDSHAKE = new Set([
+  "sec-websocket-key",
+  "sec-websocket-version",
+  "sec-websocket-extensions",
+  "sec-websocket-accept",
+]);
 /** Replicas tried for one request before it fails with 502 replica_unreachable. */
 const MAX_TRIES = 3;
 
@@ -63,8 +74,14 @@ const invoke = async (c: Context<ApiEnv>) => {
   const waitMs = waitOf(c.req.header(WAIT_HEADER));
   let row = await found;
 
-  if (c.req.header("upgrade")) {
-    throw new ApiError(501, "upgrade_not_supported", "endpoints do not take WebSocket or other upgraded connections");
+  const upgrade = c.req.header("upgrade");
+  const webSocket = upgrade !== undefined;
+  if (webSocket && (upgrade.trim().toLowerCase() !== "websocket" || c.req.method !== "GET")) {
+    throw new ApiError(
+      501,
+      "upgrade_not_supported",
+      "endpoints take WebSocket upgrades only (GET with Upgrade: websocket), no other upgraded connections",
+    );
   }
   const body = await requestBody(c);
   const url = new URL(c.req.url);
@@ -72,6 +89,12 @@ const invoke = async (c: Context<ApiEnv>) => {
   const rest = url.pathname.slice(url.pathname.indexOf(marker, "/v1/endpoints/".length) + marker.length) || "/";
   const target = `${rest}${url.search}`;
   const headers = forwardHeaders(c.req.raw.headers, url);
+  // The runtime makes the replica's handshake itself (its own key, version and extensions); the
+  // subprotocols the caller offers go on.
+  if (webSocket) {
+    for (const name of Object.keys(headers)) if (WEBSOCKET_HANDSHAKE.has(name)) delete headers[name];
+    headers.upgrade = "websocket";
+  }
 
   const scheduler = schedulerOf(c.env, row.region);
   const exclude: string[] = [];
@@ -181,6 +204,9 @@ const invoke = async (c: Context<ApiEnv>) => {
         where,
       );
     }
+    if (webSocket && answer.webSocket) {
+      return bridge(c, answer, route.replica_id, leaseDone, () => scheduler.renewEndpointLease(route.lease_id));
+    }
     return relay(c, answer, route.replica_id, leaseDone);
   }
   throw new ApiError(
@@ -213,6 +239,77 @@ function relay(c: Context<ApiEnv>, answer: Response, replicaId: string, leaseDon
       .finally(leaseDone),
   );
   return new Response(readable, { status: answer.status, headers });
+}
+
+/**
+ * A WebSocket, relayed message by message between the caller and the replica. Its lease is kept
+ * while it is open (renewed every WEBSOCKET_LEASE_RENEW_MS: the scheduler counts it against the
+ * replica's target concurrency and scales by it) and returned when either side closes; a close
+ * code and reason pass through.
+ */
+function bridge(
+  c: Context<ApiEnv>,
+  answer: Response,
+  replicaId: string,
+  leaseDone: () => Promise<unknown>,
+  renew: () => Promise<unknown>,
+): Response {
+  const upstream = answer.webSocket!;
+  const [caller, ours] = Object.values(new WebSocketPair()) as [WebSocket, WebSocket];
+  // Binary messages as ArrayBuffers (the standard's default is Blob, which send() does not take).
+  for (const socket of [upstream, ours]) {
+    socket.accept();
+    socket.binaryType = "arraybuffer";
+  }
+  let ended = false;
+  let closed!: () => void;
+  const ending = new Promise<void>((resolve) => {
+    closed = resolve;
+  });
+  const renewing = setInterval(() => void renew().catch(() => {}), WEBSOCKET_LEASE_RENEW_MS);
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    clearInterval(renewing);
+    closed();
+  };
+  const pipe = (from: WebSocket, to: WebSocket) => {
+    from.addEventListener("message", (event) => {
+      try {
+        to.send(event.data);
+      } catch {
+        // The other side is closing: its close event ends both.
+      }
+    });
+    from.addEventListener("close", (event) => {
+      closeQuietly(to, event.code, event.reason);
+      closeQuietly(from, event.code, event.reason);
+      end();
+    });
+    from.addEventListener("error", () => {
+      closeQuietly(to, 1011, "the other side of the connection failed");
+      end();
+    });
+  };
+  pipe(upstream, ours);
+  pipe(ours, upstream);
+  c.executionCtx.waitUntil(ending.then(leaseDone));
+
+  const headers = new Headers({ [REPLICA_HEADER]: replicaId, "x-request-id": c.get("requestId") });
+  const protocol = answer.headers.get("sec-websocket-protocol");
+  if (protocol) headers.set("sec-websocket-protocol", protocol);
+  return new Response(null, { status: 101, webSocket: caller, headers });
+}
+
+/** Closes with the other side's code where one may be sent (1005 and 1006 are never sent, only seen). */
+function closeQuietly(socket: WebSocket, code: number, reason: string): void {
+  try {
+    if (code === 1005) socket.close();
+    else if (code === 1006 || code === 1015) socket.close(1011, "the other side's connection ended abnormally");
+    else socket.close(code, reason);
+  } catch {
+    // Closed already.
+  }
 }
 
 function waitOf(header: string | undefined): number {

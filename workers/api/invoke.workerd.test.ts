@@ -169,6 +169,108 @@ describe("invoking an endpoint", () => {
     await retire(op, live);
   });
 
+  it("relays a WebSocket both ways, holding the replica's lease until it closes", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, {
+      name: "socket",
+      min_replicas: 1,
+      max_replicas: 2,
+      target_concurrency: 1,
+      scale_down_delay_s: 0,
+    });
+    const [placement] = await replicasOn(agent, ep.id);
+    await reportReady(agent, [placement!]);
+
+    const res = await invoke(user.token, `/v1/endpoints/socket/invoke/chat?room=1`, {
+      headers: { upgrade: "websocket", "sec-websocket-protocol": "chat.v2, chat.v1", "x-custom": "1" },
+    });
+    expect(res.status).toBe(101);
+    expect(res.headers.get("scalar-replica")).toBe(`${ep.id}#0`);
+    expect(res.headers.get("sec-websocket-protocol")).toBe("chat.v2");
+    const ws = res.webSocket!;
+    const messages: (string | ArrayBuffer | Blob)[] = [];
+    let arrived: () => void = () => {};
+    ws.addEventListener("message", (event) => {
+      messages.push(event.data);
+      arrived();
+    });
+    const closed = new Promise<CloseEvent>((resolve) => ws.addEventListener("close", resolve));
+    ws.accept();
+    const next = async () => {
+      if (messages.length === 0) await new Promise<void>((resolve) => (arrived = resolve));
+      return messages.shift()!;
+    };
+
+    // The replica's greeting: where the request went, with the caller's headers but not our credentials.
+    const hello = JSON.parse((await next()) as string) as {
+      placement: string;
+      path: string;
+      headers: Record<string, string>;
+      protocol: string;
+    };
+    expect(hello).toMatchObject({ placement, path: "/chat?room=1", protocol: "chat.v2" });
+    expect(hello.headers).toMatchObject({ upgrade: "websocket", "x-custom": "1", "x-forwarded-proto": "http" });
+    expect(hello.headers.authorization).toBeUndefined();
+    ws.send("ping 1");
+    expect(await next()).toBe("ping 1");
+    ws.send(new Uint8Array([1, 2, 3]));
+    const binary = await next();
+    // Binary stays binary (this client hands it over as a Blob).
+    expect(typeof binary, String(binary)).not.toBe("string");
+    const bytes = binary instanceof Blob ? await binary.arrayBuffer() : (binary as ArrayBuffer);
+    expect([...new Uint8Array(bytes)]).toEqual([1, 2, 3]);
+
+    // While it is open it holds a lease: with a request streaming beside it, two are in flight and
+    // the endpoint wants a second replica (target concurrency 1); without the socket's lease, one.
+    const desired = async () =>
+      ((await call("GET", `/v1/endpoints/${ep.id}`, user.token)).json as { desired_replicas: number }).desired_replicas;
+    const stream = await invoke(user.token, `/v1/endpoints/socket/invoke/stream`);
+    const reader = stream.body!.getReader();
+    await reader.read();
+    expect(await desired()).toBe(2);
+    while (!(await reader.read()).done) {}
+
+    // The replica closes with a code and a reason: both reach the caller, and the lease comes back,
+    // so with no minimum the endpoint scales to zero.
+    expect((await call("PATCH", `/v1/endpoints/${ep.id}`, user.token, { body: { min_replicas: 0 } })).status).toBe(200);
+    ws.send("close 4001 done here");
+    const close = await closed;
+    expect([close.code, close.reason]).toEqual([4001, "done here"]);
+    const scheduler = regionScheduler(env, REGION);
+    let now = await desired();
+    for (let i = 0; i < 50 && now !== 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await runDurableObjectAlarm(scheduler);
+      now = await desired();
+    }
+    expect(now).toBe(0);
+    await retire(op, agent);
+  });
+
+  it("answers a replica's refusal to upgrade as it is, and an unreachable replica as any request's", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "plainonly", min_replicas: 1 });
+    const [placement] = await replicasOn(agent, ep.id);
+    await reportReady(agent, [placement!]);
+    const ws = { upgrade: "websocket" };
+
+    const refused = await invoke(user.token, `/v1/endpoints/plainonly/invoke/no-upgrade`, { headers: ws });
+    expect([refused.status, await refused.text()]).toEqual([400, "no upgrade"]);
+    expect(refused.webSocket).toBeNull();
+    const gone = await invoke(user.token, `/v1/endpoints/plainonly/invoke/__refuse/replica_unreachable`, {
+      headers: ws,
+    });
+    expect([gone.status, ((await gone.json()) as { error: { code: string } }).error.code]).toEqual([
+      502,
+      "replica_unreachable",
+    ]);
+    await retire(op, agent);
+  });
+
   it("refuses bad requests and callers without the scope, clearly", async () => {
     const user = await signUp({ fast_tier_enabled: true });
     const ep = await createEndpoint(user, { name: "guarded", min_replicas: 0 });
@@ -180,8 +282,12 @@ describe("invoking an endpoint", () => {
       expect(((await r.json()) as { error: { code: string } }).error.code).toBe("invalid_header");
     }
     expect((await invoke("not-a-token", `/v1/endpoints/guarded/invoke/`)).status).toBe(401);
-    const upgrade = await invoke(user.token, `/v1/endpoints/guarded/invoke/ws`, { headers: { upgrade: "websocket" } });
-    expect(upgrade.status).toBe(501);
+    // WebSocket upgrades only (this test client cannot send an upgrade with another method).
+    const h2c = await invoke(user.token, `/v1/endpoints/guarded/invoke/ws`, { headers: { upgrade: "h2c" } });
+    expect([h2c.status, ((await h2c.json()) as { error: { code: string } }).error.code]).toEqual([
+      501,
+      "upgrade_not_supported",
+    ]);
 
     const readOnly = await createKey(user.token, ["endpoints:read"]);
     const denied = await invoke(readOnly.secret, `/v1/endpoints/guarded/invoke/`, { headers: { "scalar-wait": "0" } });

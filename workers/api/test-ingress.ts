@@ -10,10 +10,17 @@
  *   /status/<n>           answers status n
  *   /__refuse/<code>      the ingress refuses with INGRESS.errorHeader <code>
  *   anything else         200, JSON echo of placement, method, path and query, headers, body
+ *
+ * A WebSocket upgrade (real handshake, by the `ws` package) to any path but the refusals above: the
+ * replica first sends a JSON text message (placement, path, the handshake's headers, the protocol
+ * it chose: the first one offered), then echoes every message, text as text and binary as binary;
+ * a text message `close <code> <reason>` makes it close with that code and reason. `/no-upgrade`
+ * answers 400 without upgrading.
  */
 import { createHmac } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { WebSocketServer } from "ws";
 import { INGRESS, INGRESS_ERROR_STATUS } from "../../core/schemas";
 import { TEST_INGRESS_SECRET } from "./test-ingress-secret";
 
@@ -60,10 +67,55 @@ export async function startTestIngress(): Promise<{ url: string; close: () => Pr
       );
     });
   });
+  const sockets = new WebSocketServer({
+    noServer: true,
+    handleProtocols: (offered) => [...offered][0] ?? false,
+  });
+  server.on("upgrade", (req, socket, head) => {
+    const refuse = (status: number, code: string) => {
+      socket.end(
+        `HTTP/1.1 ${status} Refused\r\ncontent-type: application/json\r\n${INGRESS.errorHeader}: ${code}\r\n` +
+          `connection: close\r\ncontent-length: 2\r\n\r\n{}`,
+      );
+    };
+    const m = /^\/n\/([^/]+)\/p\/([^/?]+)(.*)$/.exec(req.url ?? "");
+    if (!m) return refuse(404, "unknown_placement");
+    const [, nodeId, placementId, rest] = m as unknown as [string, string, string, string];
+    const key = createHmac("sha256", TEST_INGRESS_SECRET).update(`scalar-ingress:${nodeId}`).digest("hex");
+    if (req.headers[INGRESS.keyHeader] !== key) return refuse(401, "unauthorized");
+    const path = rest || "/";
+    if (path.startsWith("/__refuse/")) {
+      const code = path.slice("/__refuse/".length);
+      return refuse(INGRESS_ERROR_STATUS[code as keyof typeof INGRESS_ERROR_STATUS] ?? 400, code);
+    }
+    if (path === "/no-upgrade") {
+      return socket.end("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nno upgrade");
+    }
+    sockets.handleUpgrade(req, socket, head, (ws) => {
+      ws.send(
+        JSON.stringify({
+          placement: decodeURIComponent(placementId),
+          path,
+          headers: req.headers,
+          protocol: ws.protocol,
+        }),
+      );
+      ws.on("message", (data, binary) => {
+        const text = binary ? null : data.toString();
+        const close = text ? /^close (\d+) (.*)$/.exec(text) : null;
+        if (close) return ws.close(Number(close[1]), close[2]);
+        ws.send(data, { binary });
+      });
+    });
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const ws of sockets.clients) ws.terminate();
+        server.close(() => resolve());
+      }),
   };
 }
