@@ -290,6 +290,29 @@ describe("API keys", () => {
     expect((await call("GET", "/v1/me", memberKey.secret)).status).toBe(401);
   });
 
+  it("refuses the keys of a user who was deleted, whatever scopes they carry", async () => {
+    const owner = await signUp();
+    const admin = await addMember(owner.accountId, "admin");
+    const key = await createKey(admin.token, ["admin", "jobs:read"], { account: owner.accountId });
+    expect((await call("GET", "/v1/api-keys", key.secret)).status).toBe(200);
+    // Deleting the Supabase user removes public.users, which leaves the key without a creator.
+    await sql("delete from auth.users where id = $1", [admin.userId]);
+    const [row] = await sql<{ created_by: string | null }>("select created_by from api_keys where id = $1", [key.id]);
+    expect(row!.created_by).toBeNull();
+    recentApiKeys.clear();
+    for (const path of ["/v1/me", "/v1/api-keys", "/v1/jobs"]) {
+      const res = await call("GET", path, key.secret);
+      expect(res.status, path).toBe(401);
+      expect(res.json.error).toMatchObject({
+        code: "invalid_api_key",
+        message: "the user who created this API key no longer exists",
+      });
+    }
+    // The owner's own keys are untouched.
+    const ownerKey = await createKey(owner.token, ["jobs:read"]);
+    expect((await call("GET", "/v1/jobs", ownerKey.secret)).status).toBe(200);
+  });
+
   it("pages keys, hides revoked ones unless asked, and never shows or revokes another account's", async () => {
     const alice = await signUp();
     const bob = await signUp();

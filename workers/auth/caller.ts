@@ -194,7 +194,12 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
   if (!row) throw unauthenticated("invalid_api_key", "API key not recognised");
   if (row.revoked) throw unauthenticated("invalid_api_key", "API key has been revoked");
   if (row.expired) throw unauthenticated("invalid_api_key", "API key has expired");
-  if (row.created_by !== null && !isRole(row.creator_role)) {
+  // Every key is made by a user (POST /v1/api-keys); no creator left means the user was deleted
+  // (the foreign key sets it null), and such a key must not keep the scopes it was given.
+  if (row.created_by === null) {
+    throw unauthenticated("invalid_api_key", "the user who created this API key no longer exists");
+  }
+  if (!isRole(row.creator_role)) {
     throw unauthenticated("invalid_api_key", "the user who created this API key is no longer in its account");
   }
   // Coarse last-use time: at most one write a minute per key, and no round trip on the other requests.
@@ -202,7 +207,7 @@ async function apiKeyCaller(sql: Sql, credential: string): Promise<Caller> {
     await sql`update api_keys set last_used_at = now()
                where id = ${row.key_id} and (last_used_at is null or last_used_at < now() - interval '1 minute')`;
   }
-  const creatorRole = isRole(row.creator_role) ? row.creator_role : null;
+  const creatorRole = row.creator_role;
   const caller: Caller = {
     kind: "api_key",
     userId: row.created_by,
