@@ -54,6 +54,16 @@ describe("parseCommandLine", () => {
     expect(r.args.values.image).toBe("ls");
   });
 
+  it("takes a negative number after an option as its value; other dashes after an option stay one-line errors", () => {
+    const r = ran(["jobs", "run", "--priority", "-5", "--gpus", "-1", "--image", "busybox", "--", "echo", "-5"]);
+    expect(r.args.values.priority).toBe("-5");
+    expect(r.args.values.gpus).toBe("-1");
+    expect(r.args.rest).toEqual(["echo", "-5"]);
+    const message = usageError(["jobs", "run", "--image", "--gpus", "1"]);
+    expect(message).not.toContain("\n");
+    expect(message).toMatch(/^option --image argument is ambiguous; see `scalar jobs run --help`$/);
+  });
+
   it("accepts --opt=value and short flags", () => {
     const r = ran(["jobs", "logs", "-f", "--api-key=sk_test_x", "abc"]);
     expect(r.args.values.follow).toBe(true);

@@ -118,11 +118,12 @@ export function parseCommandLine<C>(argv: string[], commands: CommandSpec<C>[]):
   if (remaining.includes("--help") || remaining.includes("-h")) return { kind: "help", words: command.words };
   if (remaining.includes("--version") || remaining.includes("-V")) return { kind: "version" };
 
+  const options = { ...GLOBAL_OPTIONS, ...command.options };
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs({
-      args: remaining,
-      options: toParseArgs({ ...GLOBAL_OPTIONS, ...command.options }),
+      args: negativeValues(remaining, options),
+      options: toParseArgs(options),
       allowPositionals: true,
       strict: true,
     });
@@ -160,10 +161,33 @@ function toParseArgs(options: Options) {
   return out;
 }
 
+/**
+ * `--priority -5`: parseArgs takes a value starting with "-" for an option and refuses it as
+ * ambiguous; a negative number after an option that takes a value is that value (`--priority=-5`).
+ */
+function negativeValues(args: string[], options: Options): string[] {
+  const takesValue = (arg: string) => {
+    const long = /^--([^=]+)$/.exec(arg)?.[1];
+    if (long !== undefined) return options[long]?.type === "string";
+    const short = /^-([^-])$/.exec(arg)?.[1];
+    return short !== undefined && Object.values(options).some((o) => o.short === short && o.type === "string");
+  };
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const next = args[i + 1];
+    if (next !== undefined && /^-\d+(\.\d+)?$/.test(next) && takesValue(arg)) {
+      out.push(arg.startsWith("--") ? `${arg}=${next}` : arg + next);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
 /** parseArgs's messages mention its own API ("To specify a positional argument…"); keep the first sentence. */
 function plainParseError(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  const first = message.split(". ")[0] ?? message;
+  const first = message.split(/\.(?: |\n)/)[0] ?? message;
   return first.replace(/^Unknown option '(.+)'$/, "unknown option $1").replace(/^Option '(.+?)'/, "option $1");
 }
 

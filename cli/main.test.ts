@@ -127,6 +127,18 @@ describe("an account on payment hold", () => {
       expect(member.stdout()).toMatch(
         /^payment hold {2}since 2026-12-15T01:17:00.000Z: invoice 2026-11 unpaid, no new jobs or endpoints; an owner or admin can see and pay it$/m,
       );
+
+      // An operator account: operator commands need the admin scope too.
+      me.account.is_operator = true;
+      const reader = capture(env);
+      expect(await run(["whoami"], reader.io)).toBe(0);
+      expect(reader.stdout()).toMatch(
+        /^operator {6}no: the account is an operator's, but this credential lacks the admin scope$/m,
+      );
+      me.scopes = ["jobs:write", "admin"];
+      const admin = capture(env);
+      expect(await run(["whoami"], admin.io)).toBe(0);
+      expect(admin.stdout()).toMatch(/^operator {6}yes \(nodes, dead-letters\)$/m);
     } finally {
       await new Promise((closed) => server.close(closed));
     }

@@ -102,7 +102,7 @@ export const whoami: CommandSpec<Context> = {
         ["role", me.account?.role],
         ["scopes", me.scopes.join(", ")],
         ["fast tier", me.account ? (me.account.fast_tier_enabled ? "yes" : "no") : null],
-        ["operator", me.account?.is_operator ? "yes (nodes, dead-letters)" : null],
+        ["operator", operatorLine(me.account?.is_operator, me.scopes)],
         [
           "gpus in use",
           me.account ? `${me.account.quotas.gpus_in_use} of ${me.account.quotas.max_concurrent_gpus}` : null,
@@ -114,3 +114,11 @@ export const whoami: CommandSpec<Context> = {
     return EXIT.ok;
   },
 };
+
+/** Operator commands need an operator account and the `admin` scope (an owner's or admin's, or an admin key). */
+function operatorLine(isOperator: boolean | undefined, scopes: readonly string[]): string | null {
+  if (!isOperator) return null;
+  return scopes.includes("admin")
+    ? "yes (nodes, dead-letters)"
+    : "no: the account is an operator's, but this credential lacks the admin scope";
+}
