@@ -15,7 +15,7 @@ export const WORKLOAD_OPTIONS: Options = {
     type: "string",
     value: "fast|flex",
     description:
-      "fast starts in seconds; flex waits for cheap capacity (default: jobs fast when the account may use it, else flex; endpoints flex)",
+      "fast starts in seconds; flex waits for cheap capacity (default: fast when the account may use it, else flex)",
   },
   cpu: { type: "string", value: "CORES", description: "CPU: cores (2, 0.5) or millicores (500m); default 4" },
   memory: { type: "string", value: "SIZE", description: "memory: 16Gi, 512Mi, …; default 16Gi" },

@@ -1,9 +1,10 @@
 /**
  * Quotas, checked inside the transaction that writes the job or endpoint, after locking the account
  * row, so concurrent submissions cannot together exceed them:
- * - concurrent GPUs: queued, placed and running jobs plus endpoints' minimum replicas;
+ * - concurrent GPUs: queued, placed and running jobs plus endpoints' maximum replicas (traffic may
+ *   scale them there at any time);
  * - the optional monthly spend cap: month-to-date usage, plus the most that active work can still
- *   cost (every job at its max runtime on the dearest allowed model; endpoints' minimum replicas to
+ *   cost (every job at its max runtime on the dearest allowed model; endpoints' maximum replicas to
  *   the end of the month), plus the new work's own ceiling.
  */
 import { type SQL, sql } from "drizzle-orm";
@@ -145,7 +146,7 @@ export function quotaUseOf(groups: readonly QuotaGroup[], nowMs = Date.now()): Q
 /**
  * The GPU half of the quota inside a statement, for an account without a spend cap: an expression
  * that is true when the account's GPUs in use (as `quotaUseOf` counts them: active jobs, active
- * endpoints' minimum replicas) plus `requested` stay within its limit, and otherwise makes the
+ * endpoints' maximum replicas) plus `requested` stay within its limit, and otherwise makes the
  * statement fail with SQLSTATE SQ001 (`check_gpu_quota`, migration submission_gpu_quota). No
  * parameters: it goes in statements sent without a describe round trip (round-trips.ts).
  */
