@@ -788,6 +788,13 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       const running = records.findIndex((x) => x.type === "status" && x.status === "running");
       expect(running >= 0 || (failed >= 0 && firstLine < failed), JSON.stringify(records)).toBe(true);
       expect(r.stderr).toContain("--- attempt 2 ---");
+      // `jobs logs` marks the attempts as `jobs run` does.
+      const id = records.at(-1).job.id as string;
+      expect(await authed(words(`jobs logs ${id}`))).toEqual({
+        code: 0,
+        stdout: "try 1\ntry 2\n",
+        stderr: "--- attempt 2 ---\n",
+      });
     });
 
     it("operators: nodes ls shows the agent's node; dead-letters ls and redrive a job that failed its attempts", async () => {

@@ -1,5 +1,6 @@
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import type { Io } from "./context";
 import { VERSION } from "./context";
@@ -139,6 +140,37 @@ describe("an account on payment hold", () => {
       const admin = capture(env);
       expect(await run(["whoami"], admin.io)).toBe(0);
       expect(admin.stdout()).toMatch(/^operator {6}yes \(nodes, dead-letters\)$/m);
+    } finally {
+      await new Promise((closed) => server.close(closed));
+    }
+  });
+});
+
+describe("endpoints invoke -i", () => {
+  it("prints a compressed answer decoded, and says its encoding headers are from before decoding", async () => {
+    const server = createServer((_req, res) => {
+      const body = gzipSync("hello, decoded\n");
+      res
+        .writeHead(200, {
+          "content-type": "text/plain",
+          "content-encoding": "gzip",
+          "content-length": body.length,
+          "scalar-replica": "ep#0",
+        })
+        .end(body);
+    });
+    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+    try {
+      const c = capture({
+        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        SCALAR_API_KEY: "sk_test_ab12cd34_x",
+      });
+      expect(await run(["endpoints", "invoke", "web", "/x", "-i"], c.io)).toBe(0);
+      expect(c.stdout()).toBe("hello, decoded\n");
+      expect(c.stderr()).toMatch(/^HTTP 200 OK \(replica ep#0\)\n/);
+      expect(c.stderr()).toMatch(/^content-encoding: gzip \(before decoding\)$/m);
+      expect(c.stderr()).toMatch(/^content-length: \d+ \(before decoding\)$/m);
+      expect(c.stderr()).toMatch(/^content-type: text\/plain$/m);
     } finally {
       await new Promise((closed) => server.close(closed));
     }

@@ -317,8 +317,11 @@ export const endpointsInvoke: CommandSpec<Context> = {
     }
     if (values.include === true) {
       ctx.io.stderr(`HTTP ${res.status} ${res.statusText} (replica ${replica})\n`);
+      // fetch decodes a compressed body itself: what follows is the decoded body, as said here.
+      const encoded = res.headers.has("content-encoding");
       res.headers.forEach((value, name) => {
-        ctx.io.stderr(`${name}: ${value}\n`);
+        const note = encoded && (name === "content-encoding" || name === "content-length") ? " (before decoding)" : "";
+        ctx.io.stderr(`${name}: ${value}${note}\n`);
       });
       ctx.io.stderr("\n");
     }

@@ -168,6 +168,8 @@ export const jobsLogs: CommandSpec<Context> = {
       owner: "jobs",
       follow: values.follow === true,
       text: (line) => logText(line, gpu_count),
+      // As `jobs run` shows them: a header before the lines of every attempt after the first.
+      section: (line) => ({ key: line.attempt, header: `--- attempt ${line.attempt} ---` }),
       // How it ended, with the reason when it failed (the stream's end says only the status).
       ended: async (status) => {
         const job = await getJob(conn, id).catch(() => null);

@@ -18,12 +18,20 @@ export async function showLogs<Line extends { stream: string }>(
     text: (line: Line) => string;
     /** What to print on stderr when the followed stream ends (without `--json`). */
     ended: (status: string | null) => Promise<string>;
+    /** The part of the logs a line belongs to (a job's attempt): a header on stderr when it changes (without `--json`). */
+    section?: (line: Line) => { key: number; header: string };
   },
 ): Promise<number> {
   const { io } = ctx;
+  let section = 1;
   const print = (line: Line) => {
-    if (ctx.json) io.stdout(`${JSON.stringify(line)}\n`);
-    else (line.stream === "stderr" ? io.stderr : io.stdout)(`${opts.text(line)}\n`);
+    if (ctx.json) return io.stdout(`${JSON.stringify(line)}\n`);
+    const part = opts.section?.(line);
+    if (part && part.key !== section) {
+      io.stderr(`${part.header}\n`);
+      section = part.key;
+    }
+    (line.stream === "stderr" ? io.stderr : io.stdout)(`${opts.text(line)}\n`);
   };
   if (!opts.follow) {
     for await (const line of readLogs(conn, id, opts.owner)) print(line as unknown as Line);
