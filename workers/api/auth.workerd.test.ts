@@ -175,6 +175,13 @@ describe("accounts and roles", () => {
     const foreign = await call("GET", "/v1/me", viewer.token, { account: other.accountId });
     expect(foreign.status).toBe(403);
     expect(foreign.json.error.code).toBe("not_a_member");
+    // Not an account id at all: a validation error naming the header, as any bad field is.
+    const malformed = await call("GET", "/v1/me", viewer.token, { account: "acme" });
+    expect(malformed.status).toBe(400);
+    expect(malformed.json.error).toMatchObject({
+      code: "invalid_request",
+      details: { location: "header", fields: [{ field: "Scalar-Account", code: "invalid_format" }] },
+    });
   });
 
   it("gives a viewer read access and refuses writes with 403 missing_scope", async () => {

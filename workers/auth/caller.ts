@@ -128,7 +128,12 @@ export async function resolveCaller(
   let chosen: (AccountRow & { role: string }) | undefined;
   if (accountHeader !== undefined) {
     const wanted = accountHeader.trim().toLowerCase();
-    if (!UUID.test(wanted)) throw new ApiError(400, "invalid_request", "Scalar-Account must be an account id");
+    if (!UUID.test(wanted)) {
+      throw new ApiError(400, "invalid_request", "Scalar-Account must be an account id", {
+        location: "header",
+        fields: [{ field: "Scalar-Account", message: "an account id (a UUID)", code: "invalid_format" }],
+      });
+    }
     chosen = rows.find((r) => r.account_id === wanted);
     if (!chosen) throw new ApiError(403, "not_a_member", "you are not a member of that account");
   } else if (rows.length === 1) {
