@@ -407,6 +407,23 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       revoked_at: string | null;
     }[];
     expect(all.find((k) => k.id === keyId)?.revoked_at).toEqual(expect.any(String));
+
+    // By name: one active key of that name is revoked; two are a usage error naming their prefixes.
+    const twins = [];
+    for (let i = 0; i < 2; i++) twins.push((await authed(words("keys create cli-twin"))).stdout.trim());
+    const ambiguous = await authed(words("keys revoke cli-twin"));
+    expect(ambiguous.code).toBe(EXIT.usage);
+    expect(ambiguous.stderr).toMatch(/^error: 2 active keys are named cli-twin; revoke one by its prefix: sk_test_/);
+    const first = twins[0]!.split("_").slice(0, 3).join("_");
+    expect((await authed(["keys", "revoke", first])).code).toBe(0);
+    const second = twins[1]!.split("_").slice(0, 3).join("_");
+    expect(await authed(words("keys revoke cli-twin"))).toMatchObject({
+      code: 0,
+      stdout: `key cli-twin (${second}) revoked\n`,
+    });
+    expect(oneErrorLine(await authed(words("keys revoke cli-twin")))).toMatch(
+      /^error: not_found: no active key of yours is named cli-twin/,
+    );
   });
 
   it("usage: this month's lines and total as a table, a past month by --month, --json", async () => {

@@ -38,12 +38,34 @@ export function parseScopes(raw: string[]): Scope[] {
 }
 
 /** The key an argument names: an id as it is, else the key with that prefix (as `keys ls` shows it). */
-function keyIdOf(conn: Connection, idOrPrefix: string): Promise<string> {
+/** A key by its id, its prefix (`sk_…`, as `keys ls` shows it) or its name (one active key of yours). */
+function keyIdOf(conn: Connection, ref: string): Promise<string> {
   const byPrefix = async (prefix: string) => {
     const query = { prefix, include_revoked: "true" as const, limit: 1 };
     return (await ok(conn, conn.api.GET("/v1/api-keys", { params: { query } }))).data[0];
   };
-  return idOf(idOrPrefix, byPrefix, `no key of yours has the prefix ${idOrPrefix} (scalar keys ls lists them)`);
+  if (ref.startsWith("sk_")) {
+    return idOf(ref, byPrefix, `no key of yours has the prefix ${ref} (scalar keys ls lists them)`);
+  }
+  return idOf(ref, (name) => byName(conn, name), `no active key of yours is named ${ref} (scalar keys ls lists them)`);
+}
+
+/** Names are not unique: the one active key with this name, or a usage error naming the candidates. */
+async function byName(conn: Connection, name: string): Promise<ApiKey | undefined> {
+  const found: ApiKey[] = [];
+  let cursor: string | undefined;
+  do {
+    const query = { limit: 100, ...(cursor ? { cursor } : {}) };
+    const page = await ok(conn, conn.api.GET("/v1/api-keys", { params: { query } }));
+    found.push(...page.data.filter((k) => k.name === name));
+    cursor = page.next_cursor ?? undefined;
+  } while (cursor);
+  if (found.length > 1) {
+    throw new UsageError(
+      `${found.length} active keys are named ${name}; revoke one by its prefix: ${found.map((k) => k.prefix).join(", ")}`,
+    );
+  }
+  return found[0];
 }
 
 function keysTable(keys: ApiKey[], now: number): string {
@@ -138,10 +160,14 @@ export const keysLs: CommandSpec<Context> = {
 export const keysRevoke: CommandSpec<Context> = {
   words: ["keys", "revoke"],
   summary: "revoke an API key (it stops working within 10 s everywhere)",
-  usage: "ID|PREFIX",
+  usage: "ID|PREFIX|NAME",
   positionals: { min: 1, max: 1 },
   options: {},
-  examples: ["scalar keys revoke sk_live_ab12cd34", "scalar keys revoke 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11"],
+  examples: [
+    "scalar keys revoke sk_live_ab12cd34",
+    "scalar keys revoke ci-deploy",
+    "scalar keys revoke 3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11",
+  ],
   async run(ctx, { positionals }) {
     const conn = ctx.connection();
     const id = await keyIdOf(conn, positionals[0] as string);
