@@ -326,6 +326,11 @@ describe("RegionScheduler: one job's life", () => {
       failure_reason: "max runtime exceeded",
       dead_lettered: false,
     });
+    // Its events end with how it ended, as a success's or a dead letter's do.
+    await runDurableObjectAlarm(stub);
+    const events = await sql`select type, exit_code from job_events where job_id = ${job.id} order by seq`;
+    expect(events.at(-1)).toEqual({ type: "failed", exit_code: 137 });
+    expect(events.map((e) => e.type)).toEqual(["queued", "placed", "running", "stop_requested", "exited", "failed"]);
   });
 });
 

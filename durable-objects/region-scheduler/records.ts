@@ -1,7 +1,8 @@
 /**
  * What the object tells Postgres, built from its rows and queued on the outbox in the same
  * transaction as the change: job status, runs, GPU assignments, usage, job events, audit rows and
- * node rows. Endpoint replicas have no `jobs` row in Postgres, so only their usage and audit go.
+ * node rows. Endpoint replicas have no `jobs` row in Postgres: their runs go as `replica_runs`
+ * rows, with their usage (no job events, no audit rows).
  * Secret values never appear here: the container spec is not part of any record.
  */
 import type { ObjectSql } from "../sqlite";

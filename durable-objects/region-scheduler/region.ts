@@ -772,6 +772,12 @@ export class Region {
         now,
       );
       this.records.job(job, now);
+      // Its last event says how it ended, as succeeded, cancelled and dead_lettered do.
+      this.records.event(job, "failed", now, {
+        attempt: job.attempt,
+        reason: outcome.reason,
+        exit_code: outcome.exit_code,
+      });
       return;
     }
     const retryable = outcome.status !== "failed" || outcome.retryable !== false;

@@ -224,7 +224,10 @@ export interface DeadLetter {
   reasons: string[];
 }
 
-/** A long-lived service: the scheduler keeps `min_replicas` replicas placed, restarting any that exit. */
+/**
+ * A long-lived service: the scheduler keeps the replicas its traffic wants placed (at least
+ * `min_replicas`, at most `max_replicas`: traffic.ts), restarting any that exit.
+ */
 export interface EndpointSpec {
   id: string;
   account_id: string;
