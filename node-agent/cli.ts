@@ -23,7 +23,7 @@ Usage: scalar-agent [options]
   --cpus N               declare N CPU cores at registration instead of the host's (a stand-in for a
                          bigger machine); containers stay capped at the host's real cores
   --memory-mib N         declare N MiB of memory at registration instead of the host's
-  --zone ZONE            zone reported at registration                 (env SCALAR_ZONE)
+  --zone ZONE            zone reported at registration (informational) (env SCALAR_ZONE)
   --address ADDR         where this node's peers reach it (IP or DNS name): a multi-node job's ranks
                          meet at rank 0's (env SCALAR_NODE_ADDRESS; default: the first non-loopback
                          IPv4 address, Docker's bridges skipped)
