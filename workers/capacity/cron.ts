@@ -47,7 +47,11 @@ export async function runCapacityCron(
   const config = capacityConfigFromEnv(env);
   const nodeIngress = nodeIngressFromEnv(env);
   const now = capacityClock(env, trigger?.scheduledTime);
-  const client = sfComputeClientFromEnv(env, { timeoutMs: 20_000, retry: { maxAttempts: 2 } });
+  // Quotes too are held to 20 s an attempt (the client's own default for a quote is the CLI's 600 s,
+  // a solver call): a cycle runs every minute and asks several quotes one after another, so a slow
+  // market answer is skipped this minute (the policy plans without that quote) rather than holding
+  // the cycle for up to 20 minutes, past a cron invocation's 15-minute wall time.
+  const client = sfComputeClientFromEnv(env, { timeoutMs: 20_000, quoteTimeoutMs: 20_000, retry: { maxAttempts: 2 } });
   const reports: CycleReport[] = [];
   for (const region of regionsOf(env)) {
     try {
