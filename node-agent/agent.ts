@@ -152,6 +152,8 @@ export class Agent {
   private inventory: GpuInventoryResult | null = null;
   /** When the engine last became stuck (for the recovery's log line). */
   private engineStuckAt: number | null = null;
+  /** The node's state in the control plane's last heartbeat answer (`ready`, `cordoned`, `draining`…). */
+  private nodeState: string | null = null;
 
   private constructor(
     private readonly config: AgentConfig,
@@ -415,6 +417,14 @@ export class Agent {
         if (res.state === "unknown") {
           this.deps.log("warn", "control plane does not know this node; registering again");
           this.reregister = true;
+        } else if (res.state !== this.nodeState) {
+          // Once per change: cordoned (by an operator, or for a hung engine), draining, ready again.
+          if (this.nodeState !== null || res.state !== "ready") {
+            this.deps.log(res.state === "ready" ? "info" : "warn", `control plane: this node is now ${res.state}`, {
+              was: this.nodeState,
+            });
+          }
+          this.nodeState = res.state;
         }
       } catch (error) {
         this.deps.log("debug", "heartbeat failed", { error: errorText(error) });

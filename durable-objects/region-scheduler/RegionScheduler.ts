@@ -13,6 +13,7 @@ import { Outbox, type OutboxPayload } from "./outbox";
 import { deliver, isRowError } from "./outbox-postgres";
 import { Records } from "./records";
 import { Region } from "./region";
+import { liveState } from "./rows";
 import type {
   CancelResult,
   CapacitySnapshot,
@@ -155,7 +156,8 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       const r = this.state.heartbeat(nodeId, heartbeat, now);
       if (!r.known) return { ok: false, state: "unknown" as const };
       if (r.changed) this.state.schedule(now);
-      return { ok: true, state: this.state.node(nodeId)!.state };
+      // As cordon and uncordon answer: a cordoned node's agent hears `cordoned`, not `ready`.
+      return { ok: true, state: liveState(this.state.node(nodeId)!) };
     }, true);
   }
 

@@ -867,11 +867,15 @@ describe("RegionScheduler: capacity", () => {
     ]);
     await runDurableObjectAlarm(stub);
     expect(await stub.jobState(job.id)).toMatchObject({ status: "queued" });
+    // The agent hears it in its heartbeat's answer too.
+    const beat = () => stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] });
+    expect(await beat()).toEqual({ ok: true, state: "cordoned" });
 
     // Uncordoned: placed in the same call, no alarm needed.
     clock.advance(1_000);
     expect(await stub.uncordon(N("n1"), by)).toEqual({ ok: true, state: "ready" });
     expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", waiting_reason: null });
+    expect(await beat()).toEqual({ ok: true, state: "ready" });
     expect((await stub.listNodes())[0]).toMatchObject({ state: "ready", cordon: null });
     expect(await stub.uncordon(N("n1"), by)).toEqual({ ok: true, state: "ready" });
     expect(await stub.uncordon(N("zz"))).toEqual({ ok: false, state: "unknown" });

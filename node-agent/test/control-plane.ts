@@ -63,6 +63,8 @@ export class TestControlPlane {
   private version = 0;
   /** Answer `state: unknown` to heartbeats (as after losing state) until the next registration. */
   forgetNode = false;
+  /** The state heartbeats are answered with otherwise (the scheduler's live state: `cordoned`, `draining`…). */
+  nodeState = "ready";
   /** The account's credentials by registry host, for every placement (none: null, pull anonymously). */
   readonly registryCredentials = new Map<string, Credentials>();
   /** Per placement, instead of the map: another account's credentials, or null for none. */
@@ -290,7 +292,7 @@ export class TestControlPlane {
       }
       case `POST ${AGENT_ROUTES.heartbeat}`: {
         this.heartbeats.push(parse(Heartbeat, await body(req)));
-        const answer: HeartbeatResponse = { state: this.forgetNode ? "unknown" : "ready" };
+        const answer: HeartbeatResponse = { state: this.forgetNode ? "unknown" : this.nodeState };
         return send(res, 200, answer);
       }
       default:
