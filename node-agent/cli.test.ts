@@ -42,6 +42,13 @@ describe("scalar-agent command line", () => {
       expect(() => parse(["--api-url", "http://x", "--token-file", join(dir, "missing")])).toThrow(
         /cannot read the token file/,
       );
+      // Flags before the environment: --token, then --token-file, then SCALAR_NODE_TOKEN, then its file.
+      const env = { SCALAR_NODE_TOKEN: "from-env", SCALAR_NODE_TOKEN_FILE: join(dir, "missing") };
+      expect(parse(["--api-url", "http://x", "--token-file", join(dir, "token")], env).token).toBe("from-file");
+      expect(parse(["--api-url", "http://x", "--token", "flag", "--token-file", join(dir, "token")], env).token).toBe(
+        "flag",
+      );
+      expect(parse(["--api-url", "http://x"], env).token).toBe("from-env");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -265,15 +265,17 @@ export function parseCli(
   const version = Boolean(values.version);
 
   const apiUrl = str("api-url") ?? env.SCALAR_API_URL ?? "";
-  const tokenFile = str("token-file") ?? env.SCALAR_NODE_TOKEN_FILE;
-  let token = str("token") ?? env.SCALAR_NODE_TOKEN ?? "";
-  if (!token && tokenFile) {
+  const readToken = (file: string) => {
     try {
-      token = readFileSync(tokenFile, "utf8").trim();
+      return readFileSync(file, "utf8").trim();
     } catch (error) {
-      throw new UsageError(`cannot read the token file ${tokenFile}: ${(error as Error).message}`);
+      throw new UsageError(`cannot read the token file ${file}: ${(error as Error).message}`);
     }
-  }
+  };
+  // Flags before the environment: --token, --token-file, SCALAR_NODE_TOKEN, SCALAR_NODE_TOKEN_FILE.
+  const tokenFlagFile = str("token-file");
+  let token = str("token") ?? (tokenFlagFile ? readToken(tokenFlagFile) : undefined) ?? env.SCALAR_NODE_TOKEN ?? "";
+  if (!token && env.SCALAR_NODE_TOKEN_FILE) token = readToken(env.SCALAR_NODE_TOKEN_FILE);
   const dockerHost = env.DOCKER_HOST?.startsWith("unix://") ? env.DOCKER_HOST.slice(7) : undefined;
   const dockerSocket = str("docker-socket") ?? dockerHost ?? "/var/run/docker.sock";
 
