@@ -37,7 +37,6 @@ export function parseScopes(raw: string[]): Scope[] {
   return scopes.length > 0 ? [...new Set(scopes as Scope[])] : DEFAULT_SCOPES;
 }
 
-/** The key an argument names: an id as it is, else the key with that prefix (as `keys ls` shows it). */
 /** A key by its id, its prefix (`sk_…`, as `keys ls` shows it) or its name (one active key of yours). */
 function keyIdOf(conn: Connection, ref: string): Promise<string> {
   const byPrefix = async (prefix: string) => {

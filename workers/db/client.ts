@@ -24,7 +24,7 @@ export interface DbBinding {
  * backslash (`{"a\\nb"}` → "anb"): a command like `printf 'a\nb'` lost them. Parsed here,
  * drizzle takes the array as it is. Writing is unchanged (drizzle escapes correctly).
  */
-export const ARRAY_TYPES = {
+const ARRAY_TYPES = {
   textArray: { to: 1009, from: [1009], serialize: (x: unknown) => x, parse: (x: string) => parseArray(x) },
   int4Array: { to: 1007, from: [1007], serialize: (x: unknown) => x, parse: (x: string) => parseArray(x, Number) },
 } satisfies Record<string, postgres.PostgresType>;
