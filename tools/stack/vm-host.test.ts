@@ -3,6 +3,9 @@
  * get it, and says plainly why no agent starts; the command line it gives agents is one the agent
  * accepts. (With Docker, tools/stack/e2e.test.ts runs agents.)
  */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { encodeUserData, renderNodeBootScript } from "../../core/schemas/node-boot";
 import { parseCli } from "../../node-agent/cli";
@@ -66,6 +69,9 @@ describe("the VM host", () => {
   });
 
   it("gives each agent a loopback ingress with its URL, on a command line the agent accepts", () => {
+    const dir = mkdtempSync(join(tmpdir(), "vm-host-"));
+    const tokenFile = join(dir, "node-token");
+    writeFileSync(tokenFile, "snt_0123456789abcdef0123456789\n");
     const args = agentArgs({
       boot: {
         api_url: "http://127.0.0.1:8787",
@@ -75,15 +81,17 @@ describe("the VM host", () => {
         zone: "hayesvalley",
         gpu_model: "H100",
       },
-      tokenFile: "/state/agents/cap-abc-0/node-token",
+      tokenFile,
       dataDir: "/state/agents/cap-abc-0/data",
       dockerSocket: "/run/docker.sock",
       agentName: "cap-abc-0.test",
       ingressPort: 41_234,
     });
-    // As the agent reads it on a host whose own address is not loopback (the token from the
-    // environment, so the file is not read).
-    const o = parseCli(args, { SCALAR_NODE_TOKEN: "t" }, "h", "192.0.2.4");
+    // As the agent reads it on a host whose own address is not loopback; the token file on its
+    // command line wins over a token left in the environment.
+    const o = parseCli(args, { SCALAR_NODE_TOKEN: "stale" }, "h", "192.0.2.4");
+    rmSync(dir, { recursive: true, force: true });
+    expect(o.token).toBe("snt_0123456789abcdef0123456789");
     expect(o.agent.ingress).toEqual({ port: 41_234, host: "127.0.0.1", url: "http://127.0.0.1:41234" });
     expect(o.gpus).toEqual({ kind: "declared", count: VM_SHAPE.gpus, model: "H100" });
     expect(o.agent).toMatchObject({ agentName: "cap-abc-0.test", zone: "hayesvalley" });
