@@ -592,3 +592,29 @@ describe("private image records", () => {
     expect(a.fingerprint({ registry: "r", credentials: null })).toBe(ANONYMOUS);
   });
 });
+
+describe("an exit the engine explains late", () => {
+  const exited = (events: PlacementEvent[]) =>
+    events.find((e) => e.type === "exited") as Extract<PlacementEvent, { type: "exited" }> | undefined;
+
+  it("reports a SIGKILL as OOM-killed when the engine records the OOM kill only after the exit is seen", async () => {
+    const n = node();
+    n.engine.images.set(IMAGE, "sha256:app");
+    // The first two looks at the exited container do not say OOM yet; the third does.
+    n.engine.exitsAs.set(IMAGE, { exitCode: 137, oomAfterInspects: 2 });
+    expect(exited(await n.run())).toMatchObject({ exit_code: 137, oom_killed: true, signal: "SIGKILL" });
+  });
+
+  it("reports a SIGKILL the engine never calls an OOM kill as a plain SIGKILL after four more looks; other exits at once", async () => {
+    const inspects = (engine: FakeEngine) => engine.calls.filter((c) => c === "inspect").length;
+    const n = node();
+    n.engine.images.set(IMAGE, "sha256:app");
+    n.engine.exitsAs.set(IMAGE, { exitCode: 137, oomAfterInspects: 1_000 });
+    expect(exited(await n.run())).toMatchObject({ exit_code: 137, oom_killed: false, signal: "SIGKILL" });
+    const other = node();
+    other.engine.images.set(IMAGE, "sha256:app");
+    other.engine.exitsAs.set(IMAGE, { exitCode: 3, oomAfterInspects: 1_000 });
+    expect(exited(await other.run())).toMatchObject({ exit_code: 3, oom_killed: false });
+    expect(inspects(n.engine) - inspects(other.engine)).toBe(4);
+  });
+});

@@ -23,6 +23,10 @@ import type { PrivateImages, PullTicket } from "./private-images";
 import { effectivePolicy, type PullPolicy } from "./pull-policy";
 import type { AgentState } from "./state";
 
+/** How often, and how far apart, an unexplained SIGKILL is looked at again for a late OOM record. */
+const OOM_SETTLE_TRIES = 4;
+const OOM_SETTLE_MS = 250;
+
 export interface RunContext {
   engine: ContainerEngine;
   /** Asked for a placement's registry credentials before any pull. */
@@ -539,7 +543,24 @@ export class PlacementRun {
       this.fail("the container was removed outside the agent");
       return;
     }
-    this.reportExit(details);
+    this.reportExit(await this.oomSettled(id, details));
+  }
+
+  /**
+   * The kernel's OOM kill is a SIGKILL (exit 137), and the engine records it (`OOMKilled`) from a
+   * separate event that can come after the exit is seen (found on a loaded machine: reported as a
+   * plain SIGKILL). A 137 nobody here asked for is looked at again, up to OOM_SETTLE_TRIES times
+   * OOM_SETTLE_MS apart, so an OOM kill is reported as one; any other exit is reported at once.
+   */
+  private async oomSettled(id: string, details: ContainerDetails): Promise<ContainerDetails> {
+    const stoppedBy = this.stopReason ?? this.ctx.state.placement(this.id).stop_reason;
+    let seen = details;
+    for (let i = 0; i < OOM_SETTLE_TRIES && seen.exitCode === 137 && !seen.oomKilled && !stoppedBy; i++) {
+      await this.ctx.clock.sleep(OOM_SETTLE_MS, this.closing.signal);
+      if (this.closing.signal.aborted) break;
+      seen = (await this.ctx.engine.inspect(id).catch(() => null)) ?? seen;
+    }
+    return seen;
   }
 
   private async waitForExit(id: string): Promise<void> {

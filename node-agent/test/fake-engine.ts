@@ -51,6 +51,13 @@ export class FakeEngine implements ContainerEngine {
   removeImageError: (ref: string) => EngineError | undefined = () => undefined;
   /** `docker info`'s DockerRootDir. */
   dataRootDir: string | null = "/var/lib/docker";
+  /**
+   * How containers of an image exit (default: code 0). `oomAfterInspects`: the exited container's
+   * first N inspections say `oomKilled: false`, later ones true (the engine recording an OOM kill late).
+   */
+  readonly exitsAs = new Map<string, { exitCode: number; oomAfterInspects?: number }>();
+  /** Inspections of each exited container so far, by container id. */
+  private readonly exitedInspects = new Map<string, number>();
   /** Methods whose calls wait, unanswered, until `release` (e.g. `start`: a deadlocked engine). */
   readonly hung = new Set<keyof ContainerEngine>();
   private held: { method: string; go: () => void; fail: (error: Error) => void }[] = [];
@@ -99,14 +106,21 @@ export class FakeEngine implements ContainerEngine {
     await this.gate("inspect");
     const c = this.containers.get(id);
     if (!c) return null;
+    const exit = this.exitsAs.get(c.spec.image);
+    let oomKilled = false;
+    if (exit?.oomAfterInspects !== undefined && c.state === "exited") {
+      const n = this.exitedInspects.get(id) ?? 0;
+      this.exitedInspects.set(id, n + 1);
+      oomKilled = n >= exit.oomAfterInspects;
+    }
     return {
       id: c.id,
       name: c.spec.name,
       state: c.state,
       labels: c.spec.labels,
       running: false,
-      exitCode: 0,
-      oomKilled: false,
+      exitCode: c.state === "exited" ? (exit?.exitCode ?? 0) : 0,
+      oomKilled,
       error: "",
       startedAt: c.startedAt,
       finishedAt: c.finishedAt,
