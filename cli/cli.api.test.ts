@@ -818,7 +818,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       const nodes = await authed(words("nodes ls"));
       expect(nodes.code, nodes.stderr).toBe(0);
       expect(nodes.stdout).toMatch(/^ID\s+REGION\s+ZONE\s+MODEL\s+FREE\/GPUS\s+STATE/);
-      expect(nodes.stdout).toMatch(/\sus-west-1\s+\S+\s+H100\s+\d\/8\s+ready\s+\d+\s+\d+s ago/);
+      expect(nodes.stdout).toMatch(/\sus-west-1\s+\S+\s+H100\s+\d\/8( \(\d held\))?\s+ready\s+\d+\s+\d+s ago/);
       const nodeId = JSON.parse((await authed(words("nodes ls --state ready --json"))).stdout).data[0].id as string;
       expect(oneErrorLine(await authed(words("nodes ls --state gone")))).toMatch(/^error: --state must be one of /);
 
@@ -839,6 +839,9 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
         if (!again(job)) await new Promise((res) => setTimeout(res, 500));
       }
       expect(job).toMatchObject({ status: "failed", attempts: 2 });
+      expect((await authed(words(`jobs get ${id}`))).stdout).toMatch(
+        /^attempts +2 \(re-driven: each re-drive allows 1 more\)$/m,
+      );
       expect(oneErrorLine(await authed(words(`dead-letters redrive ${crypto.randomUUID()}`)))).toMatch(
         /^error: not_found: /,
       );

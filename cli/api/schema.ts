@@ -4609,7 +4609,10 @@ export interface components {
             live: {
                 /** @description `ready`, `cordoned` (up, but taking no new work while `cordon` or `engine_stuck` holds; what runs runs on), `draining` or `lost`. */
                 state: string;
+                /** @description Healthy GPUs neither allocated nor held: any work may be placed there (when `state` is `ready`). */
                 free_gpus: number[];
+                /** @description Healthy GPUs not allocated but held by a reservation (the autoscaler's Fast headroom): only work of the reservation's tier is placed there. */
+                held_gpus: number[];
                 unhealthy_gpus: number[];
                 /** @description The agent's report of a container engine call left unanswered past its timeout: the node is cordoned (state `cordoned`, no new work) until the engine answers again (and, if an operator cordoned it too, until they uncordon it). */
                 engine_stuck: {

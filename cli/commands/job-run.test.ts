@@ -256,3 +256,13 @@ describe("jobs get: the running placement's resource use", () => {
     expect(text).not.toContain("metrics");
   });
 });
+
+describe("jobs get: attempts", () => {
+  it("counts attempts against the limit, and says a re-drive took the count past it", () => {
+    expect(jobDetails(job({ attempts: 2, max_attempts: 3 }), 0)).toMatch(/^attempts +2 of 3$/m);
+    expect(jobDetails(job({ attempts: 3, max_attempts: 3 }), 0)).toMatch(/^attempts +3 of 3$/m);
+    expect(jobDetails(job({ attempts: 2, max_attempts: 1 }), 0)).toMatch(
+      /^attempts +2 \(re-driven: each re-drive allows 1 more\)$/m,
+    );
+  });
+});

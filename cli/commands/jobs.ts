@@ -26,6 +26,15 @@ export function jobsTable(jobs: Job[], now: number): string {
   );
 }
 
+/**
+ * `2 of 3`. Only a re-drive (`POST /v1/operator/dead-letters/{id}/redrive`), which grants the job
+ * `max_attempts` more, takes the count past the limit: said so, not `2 of 1`.
+ */
+function attemptsText(job: Job): string {
+  if (job.attempts <= job.max_attempts) return `${job.attempts} of ${job.max_attempts}`;
+  return `${job.attempts} (re-driven: each re-drive allows ${job.max_attempts} more)`;
+}
+
 /** `now`: the time the metrics' age is counted from. */
 export function jobDetails(job: Job, now: number): string {
   const placement = job.placements.at(-1);
@@ -39,7 +48,7 @@ export function jobDetails(job: Job, now: number): string {
     ["command", [...job.command, ...job.args].map((a) => (/\s/.test(a) ? JSON.stringify(a) : a)).join(" ")],
     ["gpus", `${job.gpu_count}${job.gpu_models.length ? ` (${job.gpu_models.join(", ")})` : ""}`],
     ["cpu / memory", `${job.cpu_milli / 1000} cores / ${job.memory_mib} MiB`],
-    ["attempts", `${job.attempts} of ${job.max_attempts}`],
+    ["attempts", attemptsText(job)],
     [
       "placement",
       placement ? `node ${placement.node_id} (${placement.zone}), GPUs ${placement.gpu_indices.join(",")}` : null,

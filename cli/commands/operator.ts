@@ -18,11 +18,19 @@ const EVERY_STATE = {
 } as const satisfies Record<NodeState, true>;
 const NODE_STATES = Object.keys(EVERY_STATE) as NodeState[];
 
-/** A node's GPUs as `free/total`, with unhealthy ones named; `-` when its scheduler did not answer. */
+/**
+ * A node's GPUs as `free/total`, with those held (Fast headroom) and unhealthy ones counted; `-` when
+ * its scheduler did not answer.
+ */
 function gpusCell(n: OperatorNode): string {
   if (!n.live) return `-/${n.gpu_count}`;
-  const sick = n.live.unhealthy_gpus.length > 0 ? ` (${n.live.unhealthy_gpus.length} unhealthy)` : "";
-  return `${n.live.free_gpus.length}/${n.gpu_count}${sick}`;
+  const notes = [
+    // An API from before `held_gpus` does not send it.
+    [(n.live.held_gpus ?? []).length, "held"],
+    [n.live.unhealthy_gpus.length, "unhealthy"],
+  ] as const;
+  const said = notes.filter(([count]) => count > 0).map(([count, what]) => `${count} ${what}`);
+  return `${n.live.free_gpus.length}/${n.gpu_count}${said.length > 0 ? ` (${said.join(", ")})` : ""}`;
 }
 
 export function nodesTable(nodes: OperatorNode[], now: number): string {

@@ -715,6 +715,11 @@ describe("RegionScheduler: capacity", () => {
     expect(await headroom("m3", 6, "m2")).toMatchObject({ ok: true });
     expect(await stub.jobState(flex.id)).toMatchObject({ status: "placed", waiting_reason: null });
     expect((await stub.capacitySnapshot()).by_model[0]).toMatchObject({ busy_gpus: 1, reserved_gpus: 6, free_gpus: 1 });
+    // The node's view tells held GPUs from free ones (the Flex job's GPU is neither).
+    const [node] = await stub.listNodes();
+    expect(node!.held_gpus).toHaveLength(6);
+    expect(node!.free_gpus).toHaveLength(1);
+    expect(new Set([...node!.held_gpus, ...node!.free_gpus]).size).toBe(7);
   });
 
   it("release then reserve (the old way) lets the packer hand the headroom to Flex work in between", async () => {

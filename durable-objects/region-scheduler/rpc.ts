@@ -133,7 +133,10 @@ export interface NodeView {
   gpu_model: GpuModel;
   gpu_indices: number[];
   unhealthy_gpus: number[];
+  /** Healthy, not allocated, not held. */
   free_gpus: number[];
+  /** Healthy, not allocated, held by a reservation (Fast headroom): only work of its tier lands there. */
+  held_gpus: number[];
   cpu_milli: number;
   cpu_free_milli: number;
   memory_mib: number;

@@ -207,6 +207,7 @@ function nodeView(
     gpu_indices: gpus,
     unhealthy_gpus: unhealthy,
     free_gpus: gpus.filter((g) => !unhealthy.includes(g) && !busy.has(g) && !reserved.has(g)),
+    held_gpus: gpus.filter((g) => !unhealthy.includes(g) && !busy.has(g) && reserved.has(g)),
     cpu_milli: n.cpu_milli,
     cpu_free_milli: n.cpu_milli - runs.reduce((s, r) => s + r.cpu_milli, 0),
     memory_mib: n.memory_mib,

@@ -49,7 +49,14 @@ const OperatorNode = z
           description:
             "`ready`, `cordoned` (up, but taking no new work while `cordon` or `engine_stuck` holds; what runs runs on), `draining` or `lost`.",
         }),
-        free_gpus: z.array(z.number().int()),
+        free_gpus: z.array(z.number().int()).openapi({
+          description:
+            "Healthy GPUs neither allocated nor held: any work may be placed there (when `state` is `ready`).",
+        }),
+        held_gpus: z.array(z.number().int()).openapi({
+          description:
+            "Healthy GPUs not allocated but held by a reservation (the autoscaler's Fast headroom): only work of the reservation's tier is placed there.",
+        }),
         unhealthy_gpus: z.array(z.number().int()),
         engine_stuck: z.object({ since: Timestamp, operation: z.string(), detail: z.string() }).nullable().openapi({
           description:
@@ -135,6 +142,7 @@ function nodeView(n: NodeRow, live: NodeView | undefined) {
       ? {
           state: live.state,
           free_gpus: live.free_gpus,
+          held_gpus: live.held_gpus,
           unhealthy_gpus: live.unhealthy_gpus,
           engine_stuck: live.engine_stuck && {
             since: new Date(live.engine_stuck.since).toISOString(),
