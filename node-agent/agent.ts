@@ -154,6 +154,10 @@ export class Agent {
   private engineStuckAt: number | null = null;
   /** The node's state in the control plane's last heartbeat answer (`ready`, `cordoned`, `draining`…). */
   private nodeState: string | null = null;
+  /** Set while the engine has not answered since the process began (see waitForEngine). */
+  private engineDown: EngineStuck | null = null;
+  /** The registration made while the engine did not answer, if any (connect waits for it). */
+  private registeredEarly: Promise<boolean> | null = null;
 
   private constructor(
     private readonly config: AgentConfig,
@@ -255,12 +259,12 @@ export class Agent {
 
   private async begin(): Promise<void> {
     this.inventory = await this.deps.gpus.inventory();
+    // Before registering: the URL the control plane learns answers from then on.
+    if (this.config.ingress) await this.startIngress(this.config.ingress);
     await this.waitForEngine();
     if (this.signal.aborted) return;
     // Before any run: images a pull with credentials left unrecorded, and records of images gone.
     await this.images.start();
-    // Before registering: the URL the control plane learns answers from then on.
-    if (this.config.ingress) await this.startIngress(this.config.ingress);
     const delivery = {
       clock: this.deps.clock,
       signal: this.signal,
@@ -307,11 +311,25 @@ export class Agent {
     this.deps.log("info", "ingress listening", { host: config.host, port: config.port, url: config.url });
   }
 
+  /**
+   * Until the engine answers a ping. An agent with no placements to adopt registers meanwhile and
+   * heartbeats with `engine_stuck` (operation `ping`), so the node shows up cordoned, with the
+   * reason, instead of not at all; it polls for placements only once the engine answers. One with
+   * placements to adopt (a restart) stays silent until then, as its heartbeats could not say what
+   * runs.
+   */
   private async waitForEngine(): Promise<void> {
     const backoff = new Backoff(this.config.backoff, this.deps.random);
     while (!this.signal.aborted) {
       try {
         await this.engine.ping();
+        if (this.engineDown) {
+          this.deps.log("info", "container engine answers", {
+            down_ms: this.deps.clock.now() - this.engineDown.since,
+          });
+          this.engineDown = null;
+          this.heartbeatSoon();
+        }
         return;
       } catch (error) {
         const delay = backoff.next();
@@ -319,13 +337,29 @@ export class Agent {
           retry_in_ms: delay,
           error: errorText(error),
         });
+        if (!this.engineDown && !this.desired?.length) {
+          this.engineDown = {
+            since: this.deps.clock.now(),
+            operation: "ping",
+            detail: `the container engine is not reachable: ${errorText(error)}`.slice(0, 512),
+          };
+          this.registeredEarly = this.registerAndBeat();
+        }
         await this.deps.clock.sleep(delay, this.signal);
       }
     }
   }
 
+  /** Registers and starts the heartbeats; false if stopped first. Once per process. */
+  private async registerAndBeat(): Promise<boolean> {
+    if (!(await this.register())) return false;
+    this.loops.push(this.heartbeats());
+    return true;
+  }
+
   private nodeInventory(): NodeInventory {
     const inv = this.inventory!;
+    const stuck = this.engine.stuck() ?? this.engineDown;
     return {
       hostname: this.deps.host.hostname,
       agent_version: AGENT_VERSION,
@@ -336,6 +370,7 @@ export class Agent {
       ...(this.config.zone ? { zone: this.config.zone } : {}),
       ...(this.deps.host.address ? { address: this.deps.host.address } : {}),
       ...(this.config.ingress ? { ingress_url: this.config.ingress.url } : {}),
+      ...(stuck ? { engine_stuck: stuck } : {}),
     };
   }
 
@@ -365,11 +400,10 @@ export class Agent {
 
   /** Registers, then long-polls the desired set and sends heartbeats until stopped. */
   private async connect(): Promise<void> {
-    if (!(await this.register())) return;
-    const heartbeats = this.heartbeats();
+    if (!(await (this.registeredEarly ?? this.registerAndBeat()))) return;
     const watch = this.watchStartingReplicas();
     await this.pollPlacements();
-    await Promise.all([heartbeats, watch]);
+    await watch;
   }
 
   private async pollPlacements(): Promise<void> {
@@ -512,7 +546,7 @@ export class Agent {
     }
     this.previousStats = stats;
     const disk = await diskFreeBytes(this.config.dataDir);
-    const engineStuck = this.engine.stuck();
+    const engineStuck = this.engine.stuck() ?? this.engineDown ?? undefined;
     return Heartbeat.parse({
       at: this.deps.clock.now(),
       gpus: await this.deps.gpus.health(),

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { Logger } from "./logger";
 import { TestControlPlane } from "./test/control-plane";
 import { FakeEngine } from "./test/fake-engine";
-import { startUnitAgent } from "./test/harness";
+import { placement, startUnitAgent } from "./test/harness";
 
 describe("the node's state in heartbeat answers", () => {
   const cleanups: (() => Promise<void> | void)[] = [];
@@ -45,5 +45,68 @@ describe("the node's state in heartbeat answers", () => {
       ["warn", "control plane: this node is now draining", "cordoned"],
       ["info", "control plane: this node is now ready", "draining"],
     ]);
+  });
+
+  it("registers while its container engine does not answer, reporting it (the node is cordoned), and takes work once it does", async () => {
+    const cp = await TestControlPlane.start({ heartbeatIntervalMs: 50 });
+    cleanups.push(() => cp.close());
+    const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-state-"));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const engine = new FakeEngine();
+    engine.pingError = new Error("connect ENOENT /var/run/docker.sock");
+    const lines: { level: string; msg: string }[] = [];
+    const starting = startUnitAgent(cp, engine, { dataDir, deps: { log: (level, msg) => lines.push({ level, msg }) } });
+    // Agent.start returns once the engine answers: let it, if the test failed before it did.
+    cleanups.push(async () => {
+      engine.pingError = null;
+      await (await starting).stop();
+    });
+
+    await cp.waitFor("a registration", () => cp.registrations.length === 1);
+    expect(cp.registrations[0]!.engine_stuck).toMatchObject({
+      operation: "ping",
+      detail: "the container engine is not reachable: connect ENOENT /var/run/docker.sock",
+    });
+    const since = cp.registrations[0]!.engine_stuck!.since;
+    await cp.waitFor("heartbeats saying so", () => cp.heartbeats.filter((h) => h.engine_stuck).length >= 3);
+    expect(cp.heartbeats.every((h) => h.engine_stuck?.since === since)).toBe(true);
+    // No placements are asked for while the engine cannot run them.
+    expect(cp.placementPolls).toBe(0);
+
+    engine.pingError = null;
+    await starting;
+    await cp.waitFor("a heartbeat without engine_stuck", () => cp.heartbeats.at(-1)?.engine_stuck === undefined);
+    await cp.waitFor("a placement poll", () => cp.placementPolls > 0);
+    expect(cp.registrations).toHaveLength(1);
+    expect(lines.some((l) => l.level === "info" && l.msg === "container engine answers")).toBe(true);
+  });
+
+  it("with placements to adopt (a restart), waits for the engine before registering", async () => {
+    const cp = await TestControlPlane.start({ heartbeatIntervalMs: 50 });
+    cleanups.push(() => cp.close());
+    const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-state-"));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    // A first process that ran a placement (the fake's containers exit at once; the set stays).
+    cp.setPlacements([placement({ image: "busybox" })]);
+    const ran = new FakeEngine();
+    const first = await startUnitAgent(cp, ran, { dataDir });
+    await cp.waitFor("the placement's container", () => ran.calls.includes("start"));
+    await first.stop();
+
+    const engine = new FakeEngine();
+    engine.pingError = new Error("connect ENOENT /var/run/docker.sock");
+    const starting = startUnitAgent(cp, engine, { dataDir });
+    // Agent.start returns once the engine answers: let it, if the test failed before it did.
+    cleanups.push(async () => {
+      engine.pingError = null;
+      await (await starting).stop();
+    });
+    // The control plane hears nothing: wait on the engine's calls instead.
+    while (engine.calls.filter((c) => c === "ping").length < 3) await new Promise((go) => setTimeout(go, 20));
+    expect(cp.registrations).toHaveLength(1);
+    engine.pingError = null;
+    await starting;
+    await cp.waitFor("a second registration", () => cp.registrations.length === 2);
+    expect(cp.registrations[1]!.engine_stuck).toBeUndefined();
   });
 });

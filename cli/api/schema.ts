@@ -3063,6 +3063,11 @@ export interface paths {
                         address?: string;
                         /** Format: uri */
                         ingress_url?: string;
+                        engine_stuck?: {
+                            since: number;
+                            operation: string;
+                            detail: string;
+                        };
                     };
                 };
             };

@@ -88,6 +88,16 @@ export const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
 ]);
 
 /** What an agent reports about its host when it registers. */
+/** A container engine call unanswered past the agent's engine timeout (the oldest such call). */
+export const EngineStuck = z.object({
+  /** When the oldest call still unanswered began. */
+  since: EpochMs,
+  /** Which engine call: `create`, `start`, `stop`, `remove`, `inspect`, … */
+  operation: z.string().min(1).max(64),
+  detail: z.string().max(512),
+});
+export type EngineStuck = z.infer<typeof EngineStuck>;
+
 export const NodeInventory = z.object({
   hostname: z.string().max(255),
   agent_version: z.string().max(64),
@@ -103,6 +113,12 @@ export const NodeInventory = z.object({
   address: NodeAddress.optional(),
   /** Where the control plane reaches this node's ingress (absent: the node serves no endpoint traffic). */
   ingress_url: IngressUrl.optional(),
+  /**
+   * Present when the agent registers while its container engine does not answer (it registers
+   * anyway, so operators see the node and why): the control plane cordons the node from the start,
+   * as for a heartbeat's `engine_stuck`.
+   */
+  engine_stuck: EngineStuck.optional(),
 });
 export type NodeInventory = z.infer<typeof NodeInventory>;
 
@@ -227,16 +243,6 @@ export const ContainerMetrics = z.object({
   ready: z.boolean().optional(),
 });
 export type ContainerMetrics = z.infer<typeof ContainerMetrics>;
-
-/** A container engine call unanswered past the agent's engine timeout (the oldest such call). */
-export const EngineStuck = z.object({
-  /** When the oldest call still unanswered began. */
-  since: EpochMs,
-  /** Which engine call: `create`, `start`, `stop`, `remove`, `inspect`, … */
-  operation: z.string().min(1).max(64),
-  detail: z.string().max(512),
-});
-export type EngineStuck = z.infer<typeof EngineStuck>;
 
 export const Heartbeat = z.object({
   at: EpochMs,

@@ -847,6 +847,28 @@ describe("RegionScheduler: capacity", () => {
     expect(await stub.jobState(second.id)).toMatchObject({ status: "placed", waiting_reason: null });
   });
 
+  it("a node registering with its engine unreachable is cordoned from the start; a job waiting is placed once it answers", async () => {
+    const { stub, clock } = await region();
+    const job = await jobFor();
+    await stub.submit(job);
+    const down = { since: clock.t - 5_000, operation: "ping", detail: "the container engine is not reachable: ENOENT" };
+    await stub.registerNode(nodeReg(N("n1"), { engine_stuck: down }));
+    expect((await stub.listNodes())[0]).toMatchObject({ state: "cordoned", engine_stuck: down });
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 node cordoned",
+    });
+    clock.advance(10_000);
+    await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] });
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed" });
+    // A registration without the report (the engine answers at the agent's next start) clears it.
+    await stub.registerNode(nodeReg(N("n1"), { engine_stuck: down }));
+    expect((await stub.listNodes())[0]).toMatchObject({ state: "cordoned" });
+    await stub.registerNode(nodeReg(N("n1")));
+    expect((await stub.listNodes())[0]).toMatchObject({ state: "ready", engine_stuck: null });
+  });
+
   it("cordons a node by hand: nothing new lands until the operator uncordons it, then what waits is placed at once", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1")));

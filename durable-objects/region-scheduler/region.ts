@@ -360,6 +360,8 @@ export class Region {
     }
     this.liveness.set(reg.node_id, now);
     const node = this.node(reg.node_id)!;
+    // Before any packing: a node whose engine does not answer takes no work from its first moment.
+    this.engineHealth(node, reg.engine_stuck ?? null, now);
     this.records.node(node, now);
     this.records.audit(
       `node:${node.id}`,

@@ -53,6 +53,8 @@ export class TestControlPlane {
   readonly nodeId = `node-${randomBytes(4).toString("hex")}`;
   readonly registrations: NodeInventory[] = [];
   readonly heartbeats: Heartbeat[] = [];
+  /** `GET placements` requests so far. */
+  placementPolls = 0;
   /** Accepted events, first arrival of each id, in arrival order. */
   readonly events: PlacementEvent[] = [];
   /** Events that arrived again with an id already accepted. */
@@ -249,6 +251,7 @@ export class TestControlPlane {
         return send(res, 200, RegisterResponse.parse(answer));
       }
       case `GET ${AGENT_ROUTES.placements}`: {
+        this.placementPolls += 1;
         const since = Number(url.searchParams.get("since") ?? "0");
         const waitMs = Math.min(Number(url.searchParams.get("wait_ms") ?? "0"), 60_000);
         if (!Number.isInteger(since) || since < 0 || !Number.isFinite(waitMs) || waitMs < 0) {

@@ -4,7 +4,8 @@
  * reference is now, with the credentials sent; containers exit with code 0 as soon as they start
  * and stay (stopped) until removed. Image removal follows the engine's rules without force (see
  * `removeImage`), and `imageMeta` gives images a build time, a size and labels for image GC.
- * `hung` makes calls of some methods wait, unanswered, until `release` (a hung engine).
+ * `hung` makes calls of some methods wait, unanswered, until `release` (a hung engine); `pingError`
+ * makes the engine unreachable.
  */
 import {
   type ContainerDetails,
@@ -88,8 +89,12 @@ export class FakeEngine implements ContainerEngine {
     return new Promise((go, fail) => this.held.push({ method, go, fail }));
   }
 
+  /** While set, `ping` fails at once with it (an engine that is not running: its socket refuses). */
+  pingError: Error | null = null;
+
   async ping(): Promise<void> {
     this.calls.push("ping");
+    if (this.pingError) throw this.pingError;
     await this.gate("ping");
   }
 

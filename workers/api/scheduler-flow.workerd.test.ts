@@ -220,6 +220,23 @@ describe("waiting, cancelling and regions", () => {
 });
 
 describe("operators", () => {
+  it("see a node whose agent registered with its container engine unreachable: cordoned, with the reason", async () => {
+    const op = await signUp({ is_operator: true });
+    const engine_stuck = {
+      since: Date.now() - 1_000,
+      operation: "ping",
+      detail: "the container engine is not reachable",
+    };
+    const agent = await startNode(op, "H100", 8, () => ({ engine_stuck }));
+    const listed = await call("GET", `/v1/operator/nodes?limit=100`, op.token);
+    const node = listed.json.data.find((n: { id: string }) => n.id === agent.nodeId);
+    expect(node.live).toMatchObject({
+      state: "cordoned",
+      engine_stuck: { operation: "ping", detail: "the container engine is not reachable" },
+    });
+    await retire(op, agent);
+  });
+
   it("see live nodes, drain one, and re-drive a dead-lettered job, each audited", async () => {
     const op = await signUp({ is_operator: true });
     const agent = await startNode(op, "H100", 8);
