@@ -722,6 +722,12 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(code).toBe(1000);
       expect(replica).toMatch(/^[0-9a-f-]{36}#0$/);
 
+      // The CLI's WebSocket: stdin's line goes as a message, the replica's messages are printed, and
+      // its echo arrives although the CLI closes as soon as its input ends.
+      const cli = authed(words("endpoints invoke sockets /chat?room=2 --ws"));
+      cli.child.stdin!.end("hi there\n");
+      expect(await cli).toEqual({ code: 0, stdout: "hello /chat?room=2\necho hi there\n", stderr: "" });
+
       // Without a key the upgrade is refused like any request: 401 before any replica is asked.
       const refused = new WebSocket(`${apiUrl.replace(/^http/, "ws")}/v1/endpoints/sockets/invoke/chat`);
       const status = await new Promise<number>((resolve) => {

@@ -19,6 +19,8 @@ export interface Io {
   now(): number;
   /** Reads one line from standard input (`scalar login` without `--api-key`); hidden on a terminal. */
   readSecret(prompt: string): Promise<string>;
+  /** Standard input line by line, without line ends, until its end (`endpoints invoke --ws`). */
+  stdinLines(): AsyncIterable<string>;
   /** Runs `handler` on Ctrl-C instead of exiting; returns the function that removes it. */
   onInterrupt(handler: () => void): () => void;
 }

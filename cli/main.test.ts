@@ -1,12 +1,13 @@
-import { createServer } from "node:http";
+import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
+import { type WebSocket, WebSocketServer } from "ws";
 import type { Io } from "./context";
 import { VERSION } from "./context";
 import { run } from "./main";
 
-function capture(env: Record<string, string> = {}) {
+function capture(env: Record<string, string> = {}, stdin: string[] = []) {
   const out: string[] = [];
   const err: string[] = [];
   const io: Io = {
@@ -18,6 +19,9 @@ function capture(env: Record<string, string> = {}) {
     home: "/nonexistent-home",
     now: () => 0,
     readSecret: async () => "",
+    stdinLines: async function* () {
+      yield* stdin;
+    },
     onInterrupt: () => () => {},
   };
   return { io, stdout: () => out.join(""), stderr: () => err.join("") };
@@ -49,6 +53,8 @@ describe("run (in process)", () => {
       [["web", "/", "-d", "x", "-X", "GET"], "error: a GET request has no body: drop -d or pass -X POST\n"],
       [["web", "/", "--wait", "601"], "error: --wait must be at most 600\n"],
       [["web", "/", "-d", "@/nonexistent/body.json"], "error: -d @/nonexistent/body.json: ENOENT\n"],
+      [["web", "/", "--ws", "-d", "x"], "error: --ws sends standard input's lines as messages: drop -d and -X\n"],
+      [["web", "/", "--protocol", "chat"], "error: --protocol is for --ws\n"],
     ] as const) {
       const c = capture(env);
       expect(await run(["endpoints", "invoke", ...args], c.io), args.join(" ")).toBe(2);
@@ -174,5 +180,115 @@ describe("endpoints invoke -i", () => {
     } finally {
       await new Promise((closed) => server.close(closed));
     }
+  });
+});
+
+describe("endpoints invoke --ws", () => {
+  /**
+   * The API's invoke route as the CLI sees it: a WebSocket server on /v1/endpoints/web/invoke/…
+   * that checks the key, answers with a replica header, then does what `behave` says.
+   */
+  async function withApi(
+    behave: (ws: WebSocket, req: IncomingMessage) => void,
+    test: (env: Record<string, string>) => Promise<void>,
+  ): Promise<void> {
+    const server = createServer((_req, res) => {
+      res
+        .writeHead(404, { "content-type": "application/json", "x-request-id": "req-1" })
+        .end(JSON.stringify({ error: { code: "not_found", message: "no endpoint nope" } }));
+    });
+    const wss = new WebSocketServer({ noServer: true, handleProtocols: (offered) => [...offered][0] ?? false });
+    wss.on("headers", (headers) => headers.push("scalar-replica: ep#0"));
+    server.on("upgrade", (req, socket, head) => {
+      if (req.headers.authorization !== "Bearer sk_test_ab12cd34_x" || !req.url?.startsWith("/v1/endpoints/web/")) {
+        const body = JSON.stringify({ error: { code: "not_found", message: "no endpoint nope" } });
+        socket.end(
+          `HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\nx-request-id: req-1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+        );
+        return;
+      }
+      if (req.url.endsWith("/plain")) {
+        // The replica answered the upgrade with a plain response (relayed with its replica header).
+        socket.end("HTTP/1.1 200 OK\r\nscalar-replica: ep#0\r\ncontent-length: 17\r\n\r\nnot a websocket\r\n");
+        return;
+      }
+      wss.handleUpgrade(req, socket, head, (ws) => behave(ws, req));
+    });
+    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+    try {
+      await test({
+        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        SCALAR_API_KEY: "sk_test_ab12cd34_x",
+      });
+    } finally {
+      for (const client of wss.clients) client.terminate();
+      await new Promise((closed) => server.close(closed));
+    }
+  }
+
+  it("sends each stdin line as a message, prints each message received, and closes with 1000 at the end of input", async () => {
+    const closes: number[] = [];
+    await withApi(
+      (ws, req) => {
+        ws.send(`hello ${req.url} ${ws.protocol}`);
+        ws.on("message", (data, isBinary) => {
+          if (String(data) === "bytes") ws.send(Buffer.from([0xff, 0x00, 0x41]), { binary: true });
+          else ws.send(`echo ${String(data)}${isBinary ? " (binary)" : ""}`);
+        });
+        ws.on("close", (code) => closes.push(code));
+      },
+      async (env) => {
+        const c = capture(env, ["one", "two words", ""]);
+        const bytes: Uint8Array[] = [];
+        c.io.stdoutBytes = (b) => bytes.push(b);
+        const code = await run(["endpoints", "invoke", "web", "/chat?room=1", "--ws", "--protocol", "chat.v1"], c.io);
+        expect(code, c.stderr()).toBe(0);
+        expect(c.stdout()).toBe(
+          "hello /v1/endpoints/web/invoke/chat?room=1 chat.v1\necho one\necho two words\necho \n",
+        );
+        expect(c.stderr()).toBe("");
+        expect(bytes).toEqual([]);
+        expect(closes).toEqual([1000]);
+
+        const b = capture(env, ["bytes"]);
+        b.io.stdoutBytes = (chunk) => bytes.push(chunk);
+        expect(await run(["endpoints", "invoke", "web", "/", "--ws"], b.io)).toBe(0);
+        expect(bytes.map((x) => [...x])).toEqual([[0xff, 0x00, 0x41]]);
+      },
+    );
+  });
+
+  it("exits 1 with the code and reason when the endpoint closes otherwise, and prints the handshake with -i", async () => {
+    await withApi(
+      (ws) => ws.close(4001, "room full"),
+      async (env) => {
+        const c = capture(env);
+        expect(await run(["endpoints", "invoke", "web", "/", "--ws", "-i"], c.io)).toBe(1);
+        expect(c.stderr()).toMatch(/^HTTP 101 Switching Protocols \(replica ep#0\)\n/);
+        expect(c.stderr()).toMatch(/^upgrade: websocket$/m);
+        expect(c.stderr()).toMatch(/^the WebSocket closed with code 4001: room full\n$/m);
+      },
+    );
+  });
+
+  it("prints the API's refusal as one error line, and an unreachable API as such", async () => {
+    await withApi(
+      () => {},
+      async (env) => {
+        const c = capture(env);
+        expect(await run(["endpoints", "invoke", "nope", "/", "--ws"], c.io)).toBe(1);
+        expect(c.stdout()).toBe("");
+        expect(c.stderr()).toBe("error: not_found: no endpoint nope\n");
+        const plain = capture(env);
+        expect(await run(["endpoints", "invoke", "web", "/plain", "--ws"], plain.io)).toBe(1);
+        expect(plain.stdout()).toBe("not a websocket\r\n");
+        expect(plain.stderr()).toBe("the endpoint answered HTTP 200 instead of a WebSocket (replica ep#0)\n");
+      },
+    );
+    const down = capture({ SCALAR_API_URL: "http://127.0.0.1:9", SCALAR_API_KEY: "sk_test_x" });
+    expect(await run(["endpoints", "invoke", "web", "/", "--ws"], down.io)).toBe(1);
+    expect(down.stderr()).toMatch(
+      /^error: could not reach the Scalar API at http:\/\/127\.0\.0\.1:9 \(.*\); is `npm start` running\?\n$/,
+    );
   });
 });

@@ -64,6 +64,7 @@ export function processIo(): Io {
     home: homedir(),
     now: () => Date.now(),
     readSecret,
+    stdinLines: () => createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY }),
     onInterrupt(handler) {
       const listener = () => handler();
       process.on("SIGINT", listener);

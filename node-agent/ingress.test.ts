@@ -673,6 +673,41 @@ describe("the node ingress", () => {
     expect([code2, reason2.toString()]).toEqual([4002, "server bye"]);
   });
 
+  it("after the client's close, still passes on what the replica sends before its own close", async () => {
+    // A replica that answers late: once the client's message and close are in, it waits, then sends
+    // one more message and its close (as a server busy with the last message does).
+    const { port } = await wsSetup({
+      intercept: (req, socket) => {
+        const accept = createHash("sha1")
+          .update(`${req.headers["sec-websocket-key"]}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+          .digest("base64");
+        socket.write(
+          `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`,
+        );
+        let seen = 0;
+        socket.on("data", (chunk: Buffer) => {
+          seen += chunk.length;
+          // "last" (6 + 4 bytes masked) and a close with a code (6 + 2): both in.
+          if (seen < 18) return;
+          setTimeout(() => {
+            socket.write(Buffer.concat([Buffer.from([0x81, 4]), Buffer.from("late")]));
+            socket.end(Buffer.from([0x88, 2, 0x03, 0xe8]));
+          }, 200);
+        });
+        return true;
+      },
+    });
+    const { ws, next } = await openWs(port, "/p/rep-1/");
+    const closed = once(ws, "close");
+    ws.send("last");
+    ws.close(1000);
+    // Its sending side done (as workerd's is once it sent its close): the replica's answer still comes.
+    (ws as unknown as { _socket: Socket })._socket.end();
+    expect((await next()).data.toString()).toBe("late");
+    const [code] = (await within(5_000, "the client's close", closed)) as [number, Buffer];
+    expect(code).toBe(1000);
+  });
+
   it("refuses a WebSocket without the right key with 401 and one for an unknown placement with 404", async () => {
     const { port, upgrades, lookups } = await wsSetup();
     for (const key of [null, "wrong", "k".repeat(39)]) {

@@ -4,6 +4,7 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import createClient, { type Client } from "openapi-fetch";
+import WebSocket from "ws";
 import { ApiError, apiErrorFrom, NetworkError, networkError } from "../errors";
 import type { components, paths } from "./schema";
 
@@ -36,6 +37,8 @@ export interface Connection {
   apiUrl: string;
   /** A request outside the typed client (an endpoint's own routes), with the same credentials. */
   fetch(path: string, init?: RequestInit): Promise<Response>;
+  /** A WebSocket to a path of the API (an endpoint's), with the same credentials; `headers` add to them. */
+  websocket(path: string, opts?: { headers?: Headers; protocols?: string[] }): WebSocket;
 }
 
 export function connect(apiUrl: string, apiKey: string, userAgent: string): Connection {
@@ -52,6 +55,14 @@ export function connect(apiUrl: string, apiKey: string, userAgent: string): Conn
       } catch (error) {
         throw networkError(apiUrl, error);
       }
+    },
+    websocket(path, opts = {}) {
+      const url = `${apiUrl.replace(/\/+$/, "").replace(/^http/, "ws")}${path}`;
+      const extra: Record<string, string> = {};
+      opts.headers?.forEach((value, name) => {
+        extra[name] = value;
+      });
+      return new WebSocket(url, opts.protocols ?? [], { headers: { ...extra, ...headers } });
     },
   };
 }

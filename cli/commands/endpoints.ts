@@ -22,6 +22,7 @@ import {
 import { type Context, printJson, printPage } from "../context";
 import { apiErrorFrom, EXIT, UsageError } from "../errors";
 import { age, keyValues, metricsText, shorten, table } from "../output";
+import { invokeWebSocket } from "./invoke-ws";
 import { showLogs } from "./show-logs";
 import { TIERS, WORKLOAD_OPTIONS, workloadBody, workloadChanges } from "./workload";
 
@@ -252,8 +253,9 @@ export const endpointsUpdate: CommandSpec<Context> = {
 
 export const endpointsInvoke: CommandSpec<Context> = {
   words: ["endpoints", "invoke"],
-  summary: "send one request to an endpoint and print its answer (starts a replica if it has none)",
-  usage: "ID|NAME [PATH] [-X METHOD] [-d DATA|@FILE] [-H 'Name: value' …] [--wait S]",
+  summary:
+    "send one request to an endpoint and print its answer (starts a replica if it has none); --ws: a WebSocket, stdin lines as messages",
+  usage: "ID|NAME [PATH] [-X METHOD] [-d DATA|@FILE] [-H 'Name: value' …] [--wait S] [--ws [--protocol P …]]",
   positionals: { min: 1, max: 2 },
   options: {
     request: { type: "string", short: "X", value: "METHOD", description: "HTTP method (default GET, POST with -d)" },
@@ -265,11 +267,18 @@ export const endpointsInvoke: CommandSpec<Context> = {
       description: "seconds to wait for a ready replica, 0–600 (default 120: a cold start)",
     },
     include: { type: "boolean", short: "i", description: "print the status line and headers (to stderr) first" },
+    ws: {
+      type: "boolean",
+      description:
+        "open a WebSocket instead: each stdin line is sent as a text message, each message received printed; Ctrl-D closes",
+    },
+    protocol: { type: "string", multiple: true, value: "P", description: "--ws: a subprotocol to offer; repeat" },
   },
   examples: [
     "scalar endpoints invoke llama-serve /health",
     `scalar endpoints invoke llama-serve /v1/completions -d '{"prompt":"hi"}' -H 'content-type: application/json'`,
     "scalar endpoints invoke llama-serve /v1/embed -d @input.json --wait 300",
+    'echo \'{"prompt":"hi"}\' | scalar endpoints invoke llama-serve /v1/stream --ws',
   ],
   async run(ctx, { positionals, values }) {
     const ref = positionals[0] as string;
@@ -283,6 +292,20 @@ export const endpointsInvoke: CommandSpec<Context> = {
     }
     const wait = intOption(values, "wait", { min: 0, max: 600 });
     if (wait !== undefined) headers.set("scalar-wait", String(wait));
+    const protocols = listOption(values, "protocol");
+    if (values.ws === true) {
+      if (values.data !== undefined || values.request !== undefined) {
+        throw new UsageError("--ws sends standard input's lines as messages: drop -d and -X");
+      }
+      return invokeWebSocket(ctx, ctx.connection(), {
+        ref,
+        path,
+        headers,
+        protocols,
+        include: values.include === true,
+      });
+    }
+    if (protocols.length > 0) throw new UsageError("--protocol is for --ws");
     const data = stringOption(values, "data");
     const body = data === undefined ? undefined : bodyOf(data, ctx.io.cwd);
     const method = (stringOption(values, "request") ?? (body !== undefined ? "POST" : "GET")).toUpperCase();

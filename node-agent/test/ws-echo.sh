@@ -1,6 +1,6 @@
 # One connection on stdin/stdout: GET /ok answers "ok"; a WebSocket handshake is accepted, the
 # server sends "hello <path>", echoes one text message (under 126 bytes) as "echo <text>", and
-# closes with 1000. Busybox only (sh, tr, sha1sum, xxd, base64, dd, od).
+# closes with 1000, then reads until the client hangs up. Busybox only (sh, tr, sha1sum, xxd, base64, dd, od).
 IFS= read -r req
 req=$(printf %s "$req" | tr -d '\r')
 key=""
@@ -32,3 +32,6 @@ for b in $(dd bs=1 count=$len 2>/dev/null | od -An -tu1); do
 done
 text "echo $msg"
 printf '\210\002\003\350'
+# Read what the client still sends (its close) until it hangs up: closing with unread input would
+# reset the connection and drop what was just sent.
+cat >/dev/null

@@ -38,6 +38,8 @@ export const REPLICA_HEADER = "scalar-replica";
 /** How long a request waits for a ready replica unless `Scalar-Wait` says otherwise, and the most it may ask. */
 export const DEFAULT_WAIT_S = 120;
 export const MAX_WAIT_S = 600;
+/** A WebSocket side that closed is answered with the other side's close, or after this long without one. */
+const CLOSE_WAIT_MS = 30_000;
 /** An open WebSocket renews its replica's lease this often (the lease lives 15 min unless renewed). */
 const WEBSOCKET_LEASE_RENEW_MS = 60_000;
 /** The handshake's own headers, made afresh for the replica by the runtime. */
@@ -245,7 +247,8 @@ function relay(c: Context<ApiEnv>, answer: Response, replicaId: string, leaseDon
  * A WebSocket, relayed message by message between the caller and the replica. Its lease is kept
  * while it is open (renewed every WEBSOCKET_LEASE_RENEW_MS: the scheduler counts it against the
  * replica's target concurrency and scales by it) and returned when either side closes; a close
- * code and reason pass through.
+ * code and reason pass through, and messages the other side sent before it answered the close
+ * still arrive.
  */
 function bridge(
   c: Context<ApiEnv>,
@@ -257,8 +260,10 @@ function bridge(
   const upstream = answer.webSocket!;
   const [caller, ours] = Object.values(new WebSocketPair()) as [WebSocket, WebSocket];
   // Binary messages as ArrayBuffers (the standard's default is Blob, which send() does not take).
+  // Half-open: a side's close is not answered at once but passed on, and answered with the other
+  // side's close, so what the other side sent meanwhile (the answer to a last message) still arrives.
   for (const socket of [upstream, ours]) {
-    socket.accept();
+    socket.accept({ allowHalfOpen: true });
     socket.binaryType = "arraybuffer";
   }
   let ended = false;
@@ -273,6 +278,8 @@ function bridge(
     clearInterval(renewing);
     closed();
   };
+  let closes = 0;
+  let answering: ReturnType<typeof setTimeout> | undefined;
   const pipe = (from: WebSocket, to: WebSocket) => {
     from.addEventListener("message", (event) => {
       try {
@@ -283,7 +290,9 @@ function bridge(
     });
     from.addEventListener("close", (event) => {
       closeQuietly(to, event.code, event.reason);
-      closeQuietly(from, event.code, event.reason);
+      // `from` is answered when `to`'s close comes back (the other pipe), or after CLOSE_WAIT_MS.
+      if (++closes === 2) clearTimeout(answering);
+      else answering = setTimeout(() => closeQuietly(from, event.code, event.reason), CLOSE_WAIT_MS);
       end();
     });
     from.addEventListener("error", () => {

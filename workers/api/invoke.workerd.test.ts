@@ -249,6 +249,30 @@ describe("invoking an endpoint", () => {
     await retire(op, agent);
   });
 
+  it("closed by the caller, still relays what the replica sent before it answered the close", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "halfclose", min_replicas: 1 });
+    const [placement] = await replicasOn(agent, ep.id);
+    await reportReady(agent, [placement!]);
+    const res = await invoke(user.token, `/v1/endpoints/halfclose/invoke/late`, { headers: { upgrade: "websocket" } });
+    expect(res.status).toBe(101);
+    const ws = res.webSocket!;
+    const messages: string[] = [];
+    ws.addEventListener("message", (event) => messages.push(String(event.data)));
+    const closed = new Promise<CloseEvent>((resolve) => ws.addEventListener("close", resolve));
+    ws.accept({ allowHalfOpen: true });
+    // The last message and the close at once, as a client does at the end of its input; the
+    // replica answers 300 ms later, its close after its answer.
+    ws.send("last words");
+    ws.close(1000, "done");
+    const close = await closed;
+    expect(messages).toEqual(["late"]);
+    expect(close.code).toBe(1000);
+    await retire(op, agent);
+  });
+
   it("answers a replica's refusal to upgrade as it is, and an unreachable replica as any request's", async () => {
     const op = await signUp({ is_operator: true });
     const agent = await ingressNode(op);

@@ -17,7 +17,7 @@
  * a text message `close <code> <reason>` makes it close with that code and reason. `/no-upgrade`
  * answers 400 without upgrading.
  */
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer } from "ws";
@@ -87,6 +87,26 @@ export async function startTestIngress(): Promise<{ url: string; close: () => Pr
     if (path.startsWith("/__refuse/")) {
       const code = path.slice("/__refuse/".length);
       return refuse(INGRESS_ERROR_STATUS[code as keyof typeof INGRESS_ERROR_STATUS] ?? 400, code);
+    }
+    if (path === "/late") {
+      // A busy replica: 300 ms after the client's first bytes it sends "late" and its close, whatever
+      // came meanwhile (a close of the client's included), then reads until the client hangs up.
+      const accept = createHash("sha1")
+        .update(`${req.headers["sec-websocket-key"]}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+        .digest("base64");
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`,
+      );
+      socket.once("data", () => {
+        setTimeout(() => {
+          socket.write(
+            Buffer.concat([Buffer.from([0x81, 4]), Buffer.from("late"), Buffer.from([0x88, 2, 0x03, 0xe8])]),
+          );
+        }, 300);
+      });
+      socket.on("data", () => {});
+      socket.on("end", () => socket.end());
+      return;
     }
     if (path === "/no-upgrade") {
       return socket.end("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nno upgrade");
