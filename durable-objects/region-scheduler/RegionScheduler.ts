@@ -312,8 +312,16 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     });
   }
 
-  async renewEndpointLease(leaseId: string): Promise<{ ok: boolean }> {
-    return { ok: this.state.traffic.renew(leaseId, this.clock.now()) };
+  async renewEndpointLease(
+    leaseId: string,
+    holder?: { endpoint_id: string; placement_id: string },
+  ): Promise<{ ok: boolean }> {
+    return this.change((now) => {
+      const ok = this.state.traffic.renew(leaseId, now, holder);
+      // A lease taken again may have asked for a replica more.
+      if (this.state.traffic.takeScaled()) this.state.schedule(now);
+      return { ok };
+    });
   }
 
   // ---- the alarm --------------------------------------------------------------------------

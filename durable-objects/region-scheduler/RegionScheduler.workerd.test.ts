@@ -12,6 +12,7 @@ import type { Clock } from "./clock";
 import { RegionScheduler } from "./RegionScheduler";
 import type { Region } from "./region";
 import type { EndpointSpec, NodeRegistration, SchedulerJob } from "./rpc";
+import type { Traffic } from "./traffic";
 
 class TestClock implements Clock {
   constructor(public t: number) {}
@@ -1253,6 +1254,42 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await stub.renewEndpointLease(forgotten)).toEqual({ ok: false });
     expect(await stub.endpointRequestDone(kept)).toEqual({ ok: true });
     expect(await stub.renewEndpointLease(kept)).toEqual({ ok: false });
+  });
+
+  it("takes a WebSocket's lease again after a restart forgot it, when the renewal names its replica", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "http://127.0.0.1:8090" }));
+    const spec = endpointFor({ min_replicas: 1, max_replicas: 2, target_concurrency: 1 });
+    await stub.ensureEndpoint(spec);
+    const [p0] = (await placementsOf(stub, spec.id)) as [string];
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true });
+    const lease = await stub.routeEndpoint(spec.id);
+    if (!lease.ok) throw new Error("no lease");
+    const holder = { endpoint_id: spec.id, placement_id: p0 };
+
+    await runInDurableObject(stub, async (_obj, state) => {
+      // A new instance over the same storage (eviction, a deploy): leases lived in memory.
+      const restarted = new RegionScheduler(state, env);
+      restarted.clock = clock;
+      const traffic = () => (restarted as unknown as { state: { traffic: Traffic } }).state.traffic;
+      await restarted.listNodes(); // loads the object
+      expect(traffic().inFlight(spec.id)).toBe(0);
+      // A renewal without its replica cannot take it again; with it, the socket counts again.
+      expect(await restarted.renewEndpointLease(lease.lease_id)).toEqual({ ok: false });
+      expect(await restarted.renewEndpointLease(lease.lease_id, holder)).toEqual({ ok: true });
+      expect(traffic().inFlight(spec.id)).toBe(1);
+      expect(await restarted.renewEndpointLease(lease.lease_id, holder)).toEqual({ ok: true });
+      expect(traffic().inFlight(spec.id)).toBe(1);
+      // A second request now wants a second replica (target concurrency 1): the socket is counted.
+      expect(await restarted.routeEndpoint(spec.id)).toMatchObject({ ok: true, placement_id: p0 });
+      expect(await restarted.endpointState(spec.id)).toMatchObject({ desired_replicas: 2 });
+      expect(await restarted.endpointRequestDone(lease.lease_id)).toEqual({ ok: true });
+      expect(traffic().inFlight(spec.id)).toBe(1);
+      // A replica no longer taking requests is not leased again.
+      expect(await restarted.renewEndpointLease("gone", { endpoint_id: spec.id, placement_id: "p-nope" })).toEqual({
+        ok: false,
+      });
+    });
   });
 });
 

@@ -333,6 +333,9 @@ export interface RegionSchedulerRpc {
   routeEndpoint(endpointId: string, opts?: { wait_ms?: number; exclude?: string[] }): Promise<RouteResult>;
   /** The request of a lease has ended (its answer was sent, or it failed). */
   endpointRequestDone(leaseId: string): Promise<{ ok: boolean }>;
-  /** A long request (a WebSocket) is still open: its lease lives another `lease_ttl_ms`. */
-  renewEndpointLease(leaseId: string): Promise<{ ok: boolean }>;
+  /**
+   * A long request (a WebSocket) is still open: its lease lives another `lease_ttl_ms`. `holder`
+   * (the lease's endpoint and replica placement) lets a lease the object forgot be taken again.
+   */
+  renewEndpointLease(leaseId: string, holder?: { endpoint_id: string; placement_id: string }): Promise<{ ok: boolean }>;
 }

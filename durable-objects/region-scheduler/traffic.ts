@@ -98,12 +98,26 @@ export class Traffic {
 
   /**
    * A request that outlives `lease_ttl_ms` (a WebSocket) keeps its lease: it expires `lease_ttl_ms`
-   * from now. False: no such lease (returned, or expired: the replica no longer counts it).
+   * from now. A lease this object no longer has (it restarted: leases live in memory; or the
+   * renewals could not reach it until it expired) is taken again for the same replica when `holder`
+   * names it and it still takes requests, so an open socket counts again within one renewal.
+   * False: no such lease, and none taken again.
    */
-  renew(leaseId: string, now: number): boolean {
+  renew(leaseId: string, now: number, holder?: { endpoint_id: string; placement_id: string }): boolean {
+    const expires_at = now + this.settings().lease_ttl_ms;
     const lease = this.leases.get(leaseId);
-    if (!lease) return false;
-    lease.expires_at = now + this.settings().lease_ttl_ms;
+    if (lease) {
+      lease.expires_at = expires_at;
+      return true;
+    }
+    if (!holder || !this.ready(holder.endpoint_id).some((c) => c.placement_id === holder.placement_id)) return false;
+    this.leases.set(leaseId, { ...holder, expires_at });
+    this.add(holder.endpoint_id, holder.placement_id, 1);
+    const inflight = this.inflight.get(holder.endpoint_id) ?? 0;
+    this.peak.set(holder.endpoint_id, Math.max(this.peak.get(holder.endpoint_id) ?? 0, inflight));
+    const spec = this.region.endpoints.endpoint(holder.endpoint_id);
+    if (spec) this.need(spec, inflight, now);
+    this.log("traffic.lease_restored", { endpoint_id: holder.endpoint_id, placement_id: holder.placement_id });
     return true;
   }
 

@@ -207,7 +207,8 @@ const invoke = async (c: Context<ApiEnv>) => {
       );
     }
     if (webSocket && answer.webSocket) {
-      return bridge(c, answer, route.replica_id, leaseDone, () => scheduler.renewEndpointLease(route.lease_id));
+      const holder = { endpoint_id: row.id, placement_id: route.placement_id };
+      return bridge(c, answer, route.replica_id, leaseDone, () => scheduler.renewEndpointLease(route.lease_id, holder));
     }
     return relay(c, answer, route.replica_id, leaseDone);
   }
