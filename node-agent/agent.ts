@@ -450,7 +450,9 @@ export class Agent {
         const res = await this.deps.api.heartbeat(await this.heartbeat());
         if (res.state === "unknown") {
           this.deps.log("warn", "control plane does not know this node; registering again");
-          this.reregister = true;
+          // The placement poll registers again; before it runs (the engine not up yet), this loop does.
+          if (this.engineDown) await this.register();
+          else this.reregister = true;
         } else if (res.state !== this.nodeState) {
           // Once per change: cordoned (by an operator, or for a hung engine), draining, ready again.
           if (this.nodeState !== null || res.state !== "ready") {

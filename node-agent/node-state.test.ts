@@ -72,12 +72,16 @@ describe("the node's state in heartbeat answers", () => {
     expect(cp.heartbeats.every((h) => h.engine_stuck?.since === since)).toBe(true);
     // No placements are asked for while the engine cannot run them.
     expect(cp.placementPolls).toBe(0);
+    // A control plane that forgot the node (heartbeats answered `unknown`) hears from it again.
+    cp.forgetNode = true;
+    await cp.waitFor("a registration again", () => cp.registrations.length === 2);
+    expect(cp.registrations[1]!.engine_stuck).toMatchObject({ operation: "ping", since });
 
     engine.pingError = null;
     await starting;
     await cp.waitFor("a heartbeat without engine_stuck", () => cp.heartbeats.at(-1)?.engine_stuck === undefined);
     await cp.waitFor("a placement poll", () => cp.placementPolls > 0);
-    expect(cp.registrations).toHaveLength(1);
+    expect(cp.registrations).toHaveLength(2);
     expect(lines.some((l) => l.level === "info" && l.msg === "container engine answers")).toBe(true);
   });
 
