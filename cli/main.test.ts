@@ -250,6 +250,21 @@ describe("endpoints invoke --ws", () => {
         expect(bytes).toEqual([]);
         expect(closes).toEqual([1000]);
 
+        const json = capture(env, ["bytes", "a"]);
+        expect(await run(["endpoints", "invoke", "web", "/", "--ws", "--json"], json.io)).toBe(0);
+        expect(
+          json
+            .stdout()
+            .trimEnd()
+            .split("\n")
+            .map((l) => JSON.parse(l)),
+        ).toEqual([
+          { type: "message", text: "hello /v1/endpoints/web/invoke/ " },
+          { type: "message", base64: Buffer.from([0xff, 0x00, 0x41]).toString("base64") },
+          { type: "message", text: "echo a" },
+          { type: "close", code: 1000, reason: "" },
+        ]);
+
         const b = capture(env, ["bytes"]);
         b.io.stdoutBytes = (chunk) => bytes.push(chunk);
         expect(await run(["endpoints", "invoke", "web", "/", "--ws"], b.io)).toBe(0);

@@ -3,7 +3,7 @@
  * standard input goes as one text message; each message received is printed (text with a newline,
  * binary as its bytes). At the end of input (Ctrl-D) or on Ctrl-C the CLI closes with 1000 and
  * prints what still arrives until the endpoint's close. Exit 0 for a normal close (1000, or none
- * given), 1 for any other code, with the code and reason on stderr.
+ * given), 1 for any other code, with the code and reason on stderr. `--json`: one object per line.
  */
 import type { IncomingMessage } from "node:http";
 import type WebSocket from "ws";
@@ -34,6 +34,8 @@ export async function invokeWebSocket(ctx: Context, conn: Connection, opts: WebS
     ? setTimeout(() => io.stderr(`waiting for a ready replica of ${opts.ref} (a cold start)…\n`), 2_000)
     : undefined;
   const decoder = new TextDecoder();
+  // --json: one object per line, `{"type":"message","text"|"base64":…}` and `{"type":"close",…}` last.
+  const emit = (record: Record<string, unknown>) => io.stdout(`${JSON.stringify(record)}\n`);
   let closing = false;
   const closeNormally = () => {
     if (closing) return;
@@ -82,12 +84,19 @@ export async function invokeWebSocket(ctx: Context, conn: Connection, opts: WebS
         });
       });
       ws.on("message", (data: Buffer, isBinary: boolean) => {
-        if (!isBinary) io.stdout(`${decoder.decode(data)}\n`);
+        if (ctx.json)
+          emit(
+            isBinary
+              ? { type: "message", base64: data.toString("base64") }
+              : { type: "message", text: decoder.decode(data) },
+          );
+        else if (!isBinary) io.stdout(`${decoder.decode(data)}\n`);
         else if (io.stdoutBytes) io.stdoutBytes(data);
         else io.stdout(decoder.decode(data));
       });
       ws.on("close", (code: number, reason: Buffer) => {
         if (failed) return; // said by the error
+        if (ctx.json) emit({ type: "close", code, reason: reason.toString("utf8") });
         if (NORMAL_CLOSE.has(code)) return resolve(EXIT.ok);
         const why = reason.length > 0 ? `: ${reason.toString("utf8")}` : "";
         io.stderr(`the WebSocket closed with code ${code}${why}\n`);
