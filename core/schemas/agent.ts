@@ -87,7 +87,6 @@ export const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
   "upgrade",
 ]);
 
-/** What an agent reports about its host when it registers. */
 /** A container engine call unanswered past the agent's engine timeout (the oldest such call). */
 export const EngineStuck = z.object({
   /** When the oldest call still unanswered began. */
@@ -98,6 +97,7 @@ export const EngineStuck = z.object({
 });
 export type EngineStuck = z.infer<typeof EngineStuck>;
 
+/** What an agent reports about its host when it registers. */
 export const NodeInventory = z.object({
   hostname: z.string().max(255),
   agent_version: z.string().max(64),

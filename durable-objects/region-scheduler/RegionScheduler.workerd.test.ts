@@ -1281,7 +1281,11 @@ describe("RegionScheduler: endpoint traffic", () => {
       expect(await restarted.renewEndpointLease(lease.lease_id, holder)).toEqual({ ok: true });
       expect(traffic().inFlight(spec.id)).toBe(1);
       // A second request now wants a second replica (target concurrency 1): the socket is counted.
-      expect(await restarted.routeEndpoint(spec.id)).toMatchObject({ ok: true, placement_id: p0 });
+      // Its lease is a new one, though the clock stands still and the new instance counts from 0.
+      const second = await restarted.routeEndpoint(spec.id);
+      expect(second).toMatchObject({ ok: true, placement_id: p0 });
+      expect(second.ok && second.lease_id).not.toBe(lease.lease_id);
+      expect(traffic().inFlight(spec.id)).toBe(2);
       expect(await restarted.endpointState(spec.id)).toMatchObject({ desired_replicas: 2 });
       expect(await restarted.endpointRequestDone(lease.lease_id)).toEqual({ ok: true });
       expect(traffic().inFlight(spec.id)).toBe(1);

@@ -42,6 +42,11 @@ export class Traffic {
   /** The most requests in flight since the endpoint's scale-down timer was set. */
   private readonly peak = new Map<string, number>();
   private nextLease = 0;
+  /**
+   * Part of every lease id: the counter starts again with each instance, and a lease taken again
+   * after a restart (`renew`) keeps its old id, which a new lease must not take.
+   */
+  private readonly instance = crypto.randomUUID().slice(0, 8);
   /** The desired replicas changed since `takeScaled` was last asked: the packer should run. */
   private scaled = false;
 
@@ -75,7 +80,7 @@ export class Traffic {
         best = c;
       }
     }
-    const leaseId = `${now.toString(36)}-${(this.nextLease++).toString(36)}`;
+    const leaseId = `${now.toString(36)}-${this.instance}-${(this.nextLease++).toString(36)}`;
     this.leases.set(leaseId, {
       endpoint_id: endpointId,
       placement_id: best.placement_id,
