@@ -33,6 +33,20 @@ async function replicasOn(agent: Agent, endpointId: string): Promise<string[]> {
     .map((p) => p.placement_id);
 }
 
+/**
+ * An operator's node with an ingress, a user entitled to Fast, and the user's endpoint with one
+ * replica running and ready on that node.
+ */
+async function readyEndpoint(body: Record<string, unknown>) {
+  const op = await signUp({ is_operator: true });
+  const agent = await ingressNode(op);
+  const user = await signUp({ fast_tier_enabled: true });
+  const ep = await createEndpoint(user, { min_replicas: 1, ...body });
+  const [placement] = await replicasOn(agent, ep.id);
+  await reportReady(agent, [placement!]);
+  return { op, agent, user, ep, placement: placement! };
+}
+
 async function invoke(
   credential: string,
   path: string,
@@ -47,13 +61,8 @@ async function invoke(
 
 describe("invoking an endpoint", () => {
   it("forwards to a ready replica through its node's ingress and streams the answer back", async () => {
-    const op = await signUp({ is_operator: true });
-    const agent = await ingressNode(op);
+    const { op, agent, user, ep, placement } = await readyEndpoint({ name: "echo" });
     expect(agent.ingressKey).toMatch(/^[0-9a-f]{64}$/);
-    const user = await signUp({ fast_tier_enabled: true });
-    const ep = await createEndpoint(user, { name: "echo", min_replicas: 1 });
-    const [placement] = await replicasOn(agent, ep.id);
-    await reportReady(agent, [placement!]);
 
     const res = await invoke(user.token, `/v1/endpoints/echo/invoke/v1/chat?stream=false&x=%2F`, {
       method: "POST",
@@ -170,18 +179,12 @@ describe("invoking an endpoint", () => {
   });
 
   it("relays a WebSocket both ways, holding the replica's lease until it closes", async () => {
-    const op = await signUp({ is_operator: true });
-    const agent = await ingressNode(op);
-    const user = await signUp({ fast_tier_enabled: true });
-    const ep = await createEndpoint(user, {
+    const { op, agent, user, ep, placement } = await readyEndpoint({
       name: "socket",
-      min_replicas: 1,
       max_replicas: 2,
       target_concurrency: 1,
       scale_down_delay_s: 0,
     });
-    const [placement] = await replicasOn(agent, ep.id);
-    await reportReady(agent, [placement!]);
 
     const res = await invoke(user.token, `/v1/endpoints/socket/invoke/chat?room=1`, {
       headers: { upgrade: "websocket", "sec-websocket-protocol": "chat.v2, chat.v1", "x-custom": "1" },
@@ -250,12 +253,7 @@ describe("invoking an endpoint", () => {
   });
 
   it("closed by the caller, still relays what the replica sent before it answered the close", async () => {
-    const op = await signUp({ is_operator: true });
-    const agent = await ingressNode(op);
-    const user = await signUp({ fast_tier_enabled: true });
-    const ep = await createEndpoint(user, { name: "halfclose", min_replicas: 1 });
-    const [placement] = await replicasOn(agent, ep.id);
-    await reportReady(agent, [placement!]);
+    const { op, agent, user } = await readyEndpoint({ name: "halfclose" });
     const res = await invoke(user.token, `/v1/endpoints/halfclose/invoke/late`, { headers: { upgrade: "websocket" } });
     expect(res.status).toBe(101);
     const ws = res.webSocket!;
@@ -274,12 +272,7 @@ describe("invoking an endpoint", () => {
   });
 
   it("answers a replica's refusal to upgrade as it is, and an unreachable replica as any request's", async () => {
-    const op = await signUp({ is_operator: true });
-    const agent = await ingressNode(op);
-    const user = await signUp({ fast_tier_enabled: true });
-    const ep = await createEndpoint(user, { name: "plainonly", min_replicas: 1 });
-    const [placement] = await replicasOn(agent, ep.id);
-    await reportReady(agent, [placement!]);
+    const { op, agent, user } = await readyEndpoint({ name: "plainonly" });
     const ws = { upgrade: "websocket" };
 
     const refused = await invoke(user.token, `/v1/endpoints/plainonly/invoke/no-upgrade`, { headers: ws });
