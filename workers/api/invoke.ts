@@ -291,9 +291,13 @@ function bridge(
     });
     from.addEventListener("close", (event) => {
       closeQuietly(to, event.code, event.reason);
-      // `from` is answered when `to`'s close comes back (the other pipe), or after CLOSE_WAIT_MS.
+      // `from` is answered when `to`'s close comes back (the other pipe), or after CLOSE_WAIT_MS;
+      // a connection that ended without a close (1006, 1015) is gone: there is nothing to answer,
+      // and a close sent on it would fail later, out of reach of any catch.
       if (++closes === 2) clearTimeout(answering);
-      else answering = setTimeout(() => closeQuietly(from, event.code, event.reason), CLOSE_WAIT_MS);
+      else if (!GONE.has(event.code)) {
+        answering = setTimeout(() => closeQuietly(from, event.code, event.reason), CLOSE_WAIT_MS);
+      }
       end();
     });
     from.addEventListener("error", () => {
@@ -311,11 +315,14 @@ function bridge(
   return new Response(null, { status: 101, webSocket: caller, headers });
 }
 
+/** Close codes seen when a connection ended without a close frame. */
+const GONE = new Set([1006, 1015]);
+
 /** Closes with the other side's code where one may be sent (1005 and 1006 are never sent, only seen). */
 function closeQuietly(socket: WebSocket, code: number, reason: string): void {
   try {
     if (code === 1005) socket.close();
-    else if (code === 1006 || code === 1015) socket.close(1011, "the other side's connection ended abnormally");
+    else if (GONE.has(code)) socket.close(1011, "the other side's connection ended abnormally");
     else socket.close(code, reason);
   } catch {
     // Closed already.

@@ -271,6 +271,21 @@ describe("invoking an endpoint", () => {
     await retire(op, agent);
   });
 
+  it("closes the caller's WebSocket with 1011 when the replica's connection is cut without a close", async () => {
+    const { op, agent, user } = await readyEndpoint({ name: "dropper" });
+    const res = await invoke(user.token, `/v1/endpoints/dropper/invoke/drop`, { headers: { upgrade: "websocket" } });
+    expect(res.status).toBe(101);
+    const ws = res.webSocket!;
+    const messages: string[] = [];
+    ws.addEventListener("message", (event) => messages.push(String(event.data)));
+    const closed = new Promise<CloseEvent>((resolve) => ws.addEventListener("close", resolve));
+    ws.accept();
+    const close = await closed;
+    expect(messages).toEqual(["bye"]);
+    expect([close.code, close.reason]).toEqual([1011, "the other side's connection ended abnormally"]);
+    await retire(op, agent);
+  });
+
   it("answers a replica's refusal to upgrade as it is, and an unreachable replica as any request's", async () => {
     const { op, agent, user } = await readyEndpoint({ name: "plainonly" });
     const ws = { upgrade: "websocket" };

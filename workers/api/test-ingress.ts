@@ -112,6 +112,11 @@ export async function startTestIngress(): Promise<{ url: string; close: () => Pr
       return socket.end("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nno upgrade");
     }
     sockets.handleUpgrade(req, socket, head, (ws) => {
+      // `/drop`: the connection cut after one message, no close frame (a replica that crashed).
+      if (path === "/drop") {
+        ws.send("bye", () => setTimeout(() => ws.terminate(), 50));
+        return;
+      }
       ws.send(
         JSON.stringify({
           placement: decodeURIComponent(placementId),
