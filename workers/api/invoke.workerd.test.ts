@@ -59,6 +59,18 @@ async function invoke(
   });
 }
 
+/** A WebSocket through the API, accepted half-open (this side answers a close itself), with what it receives. */
+async function openSocket(user: TestUser, path: string) {
+  const res = await invoke(user.token, path, { headers: { upgrade: "websocket" } });
+  expect(res.status).toBe(101);
+  const ws = res.webSocket!;
+  const messages: string[] = [];
+  ws.addEventListener("message", (event) => messages.push(String(event.data)));
+  const closed = new Promise<CloseEvent>((resolve) => ws.addEventListener("close", resolve));
+  ws.accept({ allowHalfOpen: true });
+  return { ws, messages, closed };
+}
+
 describe("invoking an endpoint", () => {
   it("forwards to a ready replica through its node's ingress and streams the answer back", async () => {
     const { op, agent, user, ep, placement } = await readyEndpoint({ name: "echo" });
@@ -254,13 +266,7 @@ describe("invoking an endpoint", () => {
 
   it("closed by the caller, still relays what the replica sent before it answered the close", async () => {
     const { op, agent, user } = await readyEndpoint({ name: "halfclose" });
-    const res = await invoke(user.token, `/v1/endpoints/halfclose/invoke/late`, { headers: { upgrade: "websocket" } });
-    expect(res.status).toBe(101);
-    const ws = res.webSocket!;
-    const messages: string[] = [];
-    ws.addEventListener("message", (event) => messages.push(String(event.data)));
-    const closed = new Promise<CloseEvent>((resolve) => ws.addEventListener("close", resolve));
-    ws.accept({ allowHalfOpen: true });
+    const { ws, messages, closed } = await openSocket(user, "/v1/endpoints/halfclose/invoke/late");
     // The last message and the close at once, as a client does at the end of its input; the
     // replica answers 300 ms later, its close after its answer.
     ws.send("last words");
@@ -273,13 +279,7 @@ describe("invoking an endpoint", () => {
 
   it("closes the caller's WebSocket with 1011 when the replica's connection is cut without a close", async () => {
     const { op, agent, user } = await readyEndpoint({ name: "dropper" });
-    const res = await invoke(user.token, `/v1/endpoints/dropper/invoke/drop`, { headers: { upgrade: "websocket" } });
-    expect(res.status).toBe(101);
-    const ws = res.webSocket!;
-    const messages: string[] = [];
-    ws.addEventListener("message", (event) => messages.push(String(event.data)));
-    const closed = new Promise<CloseEvent>((resolve) => ws.addEventListener("close", resolve));
-    ws.accept();
+    const { messages, closed } = await openSocket(user, "/v1/endpoints/dropper/invoke/drop");
     const close = await closed;
     expect(messages).toEqual(["bye"]);
     expect([close.code, close.reason]).toEqual([1011, "the other side's connection ended abnormally"]);
