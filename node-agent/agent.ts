@@ -357,9 +357,14 @@ export class Agent {
     return true;
   }
 
+  /** What registrations and heartbeats say of the engine: a call left unanswered, or no answer since start. */
+  private engineReport(): EngineStuck | undefined {
+    return this.engine.stuck() ?? this.engineDown ?? undefined;
+  }
+
   private nodeInventory(): NodeInventory {
     const inv = this.inventory!;
-    const stuck = this.engine.stuck() ?? this.engineDown;
+    const stuck = this.engineReport();
     return {
       hostname: this.deps.host.hostname,
       agent_version: AGENT_VERSION,
@@ -548,7 +553,7 @@ export class Agent {
     }
     this.previousStats = stats;
     const disk = await diskFreeBytes(this.config.dataDir);
-    const engineStuck = this.engine.stuck() ?? this.engineDown ?? undefined;
+    const engineStuck = this.engineReport();
     return Heartbeat.parse({
       at: this.deps.clock.now(),
       gpus: await this.deps.gpus.health(),

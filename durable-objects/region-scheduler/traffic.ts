@@ -81,13 +81,11 @@ export class Traffic {
       }
     }
     const leaseId = `${now.toString(36)}-${this.instance}-${(this.nextLease++).toString(36)}`;
-    this.leases.set(leaseId, {
+    this.hold(leaseId, {
       endpoint_id: endpointId,
       placement_id: best.placement_id,
       expires_at: now + this.settings().lease_ttl_ms,
     });
-    this.add(endpointId, best.placement_id, 1);
-    this.peak.set(endpointId, Math.max(this.peak.get(endpointId) ?? 0, inflight + 1));
     return { ok: true, lease_id: leaseId, ...best };
   }
 
@@ -116,12 +114,9 @@ export class Traffic {
       return true;
     }
     if (!holder || !this.ready(holder.endpoint_id).some((c) => c.placement_id === holder.placement_id)) return false;
-    this.leases.set(leaseId, { ...holder, expires_at });
-    this.add(holder.endpoint_id, holder.placement_id, 1);
-    const inflight = this.inflight.get(holder.endpoint_id) ?? 0;
-    this.peak.set(holder.endpoint_id, Math.max(this.peak.get(holder.endpoint_id) ?? 0, inflight));
+    this.hold(leaseId, { ...holder, expires_at });
     const spec = this.region.endpoints.endpoint(holder.endpoint_id);
-    if (spec) this.need(spec, inflight, now);
+    if (spec) this.need(spec, this.inflight.get(holder.endpoint_id) ?? 0, now);
     this.log("traffic.lease_restored", { endpoint_id: holder.endpoint_id, placement_id: holder.placement_id });
     return true;
   }
@@ -198,6 +193,14 @@ export class Traffic {
     else this.inflight.delete(endpointId);
     if (p > 0) this.perPlacement.set(placementId, p);
     else this.perPlacement.delete(placementId);
+  }
+
+  /** A lease taken: counted in flight, for its replica and in the endpoint's peak. */
+  private hold(leaseId: string, lease: Lease): void {
+    this.leases.set(leaseId, lease);
+    this.add(lease.endpoint_id, lease.placement_id, 1);
+    const inflight = this.inflight.get(lease.endpoint_id) ?? 0;
+    this.peak.set(lease.endpoint_id, Math.max(this.peak.get(lease.endpoint_id) ?? 0, inflight));
   }
 
   private release(leaseId: string, lease: Lease): void {
