@@ -1113,6 +1113,35 @@ describe("RegionScheduler: endpoints", () => {
     const set = await stub.pollPlacements(N("n1"), 0, 0);
     expect(set.placements.filter((p) => p.desired === "running").map((p) => p.attempt)).toEqual([2, 2]);
   });
+
+  it("bills a replica's run at the tier it was placed at when the endpoint's tier changes under it", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ min_replicas: 1, max_replicas: 1, gpu_count: 2 });
+    const r0 = (await stub.ensureEndpoint(spec)).replicas[0]!.placement!;
+    await stub.reportEvent(N("n1"), ev("running", r0.placement_id, clock.t));
+    clock.advance(60_000);
+    // Now Flex: the replica is replaced, its old run stops while the job row already says flex.
+    await stub.ensureEndpoint({ ...spec, tier: "flex" });
+    clock.advance(5_000);
+    await stub.reportEvent(N("n1"), ev("exited", r0.placement_id, clock.t, { exit_code: 0, stopped_by: "cancel" }));
+    type Row = { kind: string; payload: string };
+    const rows = await runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec<Row>("select kind, payload from outbox order by seq").toArray(),
+    );
+    const payloads = rows.map((r) => ({ kind: r.kind, row: JSON.parse(r.payload) }));
+    const usage = payloads.filter((p) => p.kind === "usage_event").map((p) => p.row);
+    expect(usage).toEqual([
+      expect.objectContaining({ job_run_id: r0.placement_id, tier: "fast", gpu_count: 2, gpu_seconds: 2 * 65 }),
+    ]);
+    // The replica's runs tell Postgres their own tier and GPUs (a running one is priced by them).
+    const runs = payloads.filter((p) => p.kind === "replica_run").map((p) => [p.row.id, p.row.status, p.row.tier]);
+    expect(runs).toContainEqual([r0.placement_id, "cancelled", "fast"]);
+    const next = (await stub.endpointState(spec.id))!.replicas[0]!.placement!;
+    expect(next.placement_id).not.toBe(r0.placement_id);
+    expect(runs).toContainEqual([next.placement_id, "placed", "flex"]);
+    expect(payloads.find((p) => p.kind === "replica_run" && p.row.id === next.placement_id)?.row.gpu_count).toBe(2);
+  });
 });
 
 describe("RegionScheduler: endpoint traffic", () => {

@@ -110,12 +110,13 @@ async function upsertReplicaRun(sql: Sql, r: ReplicaRunRecord): Promise<void> {
   await ensureNode(sql, r.node);
   await sql`
     insert into replica_runs (id, endpoint_id, account_id, replica, attempt, node_id, status, placed_at, started_at,
-                              finished_at, exit_code)
+                              finished_at, exit_code, tier, gpu_count)
     select ${r.id}, e.id, e.account_id, ${r.replica}, ${r.attempt}, ${r.node.id}, ${r.status}, ${ts(r.placed_at)},
-           ${ts(r.started_at)}, ${ts(r.finished_at)}, ${r.exit_code}
+           ${ts(r.started_at)}, ${ts(r.finished_at)}, ${r.exit_code}, ${r.tier ?? null}, ${r.gpu_count ?? null}
       from endpoints e where e.id = ${r.endpoint_id}::uuid
     on conflict (id) do update set status = excluded.status, started_at = excluded.started_at,
-      finished_at = excluded.finished_at, exit_code = excluded.exit_code`;
+      finished_at = excluded.finished_at, exit_code = excluded.exit_code,
+      tier = coalesce(replica_runs.tier, excluded.tier), gpu_count = coalesce(replica_runs.gpu_count, excluded.gpu_count)`;
 }
 
 async function upsertGpuAssignments(sql: Sql, a: GpuAssignmentRecord): Promise<void> {

@@ -64,7 +64,10 @@ export interface JobRunRecord {
   failure_reason: string | null;
 }
 
-/** A run of an endpoint replica: where its log lines come from (`GET /v1/endpoints/{id}/logs`). */
+/**
+ * A run of an endpoint replica: where its log lines come from (`GET /v1/endpoints/{id}/logs`), and
+ * what a running one costs so far (its own tier and GPUs: the endpoint's may have changed since).
+ */
 export interface ReplicaRunRecord {
   id: string;
   endpoint_id: string;
@@ -78,6 +81,9 @@ export interface ReplicaRunRecord {
   started_at: number | null;
   finished_at: number | null;
   exit_code: number | null;
+  /** Absent in records queued before they were sent (Postgres then takes the endpoint's). */
+  tier?: string;
+  gpu_count?: number;
 }
 
 export interface GpuAssignmentRecord {

@@ -115,6 +115,8 @@ export class Records {
             started_at: run.started_at,
             finished_at: run.finished_at,
             exit_code: run.exit_code,
+            tier: run.tier ?? job.tier,
+            gpu_count: json.numbers(run.gpu_indices).length,
           },
         },
         now,
@@ -165,7 +167,11 @@ export class Records {
     );
   }
 
-  /** GPU-seconds of a finished run, by tier and GPU model: one per run, for billing. */
+  /**
+   * GPU-seconds of a finished run, by tier and GPU model: one per run, for billing. The tier is the
+   * one it was placed at: an endpoint's replica keeps running at its old tier while a changed spec
+   * replaces it.
+   */
   usage(run: RunRow, job: JobRow, gpuModel: string, end: number, now: number): void {
     if (run.started_at == null) return;
     const gpuCount = json.numbers(run.gpu_indices).length;
@@ -178,7 +184,7 @@ export class Records {
           account_id: job.account_id,
           job_id: job.kind === "job" ? job.id : null,
           job_run_id: run.id,
-          tier: job.tier,
+          tier: run.tier ?? job.tier,
           gpu_model: gpuModel,
           gpu_count: gpuCount,
           gpu_seconds: gpuCount * seconds,

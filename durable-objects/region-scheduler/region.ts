@@ -968,8 +968,8 @@ export class Region {
       const id = `${job.id}-a${attempt}-g${i}`;
       this.db.run(
         `insert into runs (id, job_id, attempt, gang_index, node_id, gpu_indices, cpu_milli, memory_mib, status, desired,
-           placed_at, kill_deadline)
-         values (?, ?, ?, ?, ?, ?, ?, ?, 'placed', 'running', ?, ?)`,
+           placed_at, kill_deadline, tier)
+         values (?, ?, ?, ?, ?, ?, ?, ?, 'placed', 'running', ?, ?, ?)`,
         id,
         job.id,
         attempt,
@@ -980,6 +980,7 @@ export class Region {
         a.memory_mib,
         now,
         deadline,
+        job.tier,
       );
       if (deadline !== null) {
         this.setTimer("deadline", id, deadline + this.settings().grace_period_ms + this.settings().deadline_slack_ms);

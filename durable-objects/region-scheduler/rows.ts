@@ -103,6 +103,8 @@ export type RunRow = {
   ready_changed_at: number | null;
   /** When the replica was first reported ready; null: never yet. */
   first_ready_at: number | null;
+  /** The job's tier when this run was placed (what its usage is billed at); null before schema v10. */
+  tier: Tier | null;
 };
 
 export type ReservationRow = {

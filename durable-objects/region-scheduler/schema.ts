@@ -140,4 +140,7 @@ export const SCHEMA: readonly string[] = [
   // v9: an operator's cordon (JSON of NodeCordon: since, reason, by; null: none): the node takes no
   // new work until the operator lifts it, whatever its engine says.
   `alter table nodes add column cordon text;`,
+  // v10: the tier a run was placed at, so its usage is billed at it even after an endpoint's tier
+  // changes while the run stops (null: placed before v10, billed at its job's tier).
+  `alter table runs add column tier text;`,
 ];

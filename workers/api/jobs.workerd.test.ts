@@ -767,5 +767,20 @@ describe("quotas", () => {
     const withReplica = await mtd();
     expect(withReplica).toBeGreaterThanOrEqual(expected);
     expect(withReplica).toBeLessThanOrEqual(expected + 1); // the seconds between the insert and the read
+    // A run placed before the endpoint changed is priced by its own tier and GPUs (1 GPU of Fast,
+    // 299 ¢ an hour), not the endpoint's present ones (2 GPUs of Flex).
+    const [old] = await sql<{ secs: number }>(
+      `insert into replica_runs (id, endpoint_id, account_id, replica, attempt, node_id, status, placed_at, started_at,
+                                 tier, gpu_count)
+       values ($1, $2, $3, 0, 1, $4, 'running', now(), now() - interval '10 minutes', 'fast', 1)
+       returning extract(epoch from now() - started_at)::float8 as secs`,
+      [`pl-${crypto.randomUUID()}`, endpoint.json.id, user.accountId, nodeId],
+    );
+    const withOld = await mtd();
+    expect(withOld - withReplica).toBeGreaterThanOrEqual(Math.ceil((old!.secs * 299) / 3600) - 1);
+    expect(withOld - withReplica).toBeLessThanOrEqual(Math.ceil((old!.secs * 299) / 3600) + 2);
+    const usage = await call("GET", "/v1/usage", user.token);
+    const running = usage.json.lines.filter((l: { state: string }) => l.state === "running");
+    expect(running.map((l: { tier: string }) => l.tier).sort()).toEqual(["fast", "flex"]);
   });
 });

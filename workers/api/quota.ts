@@ -103,11 +103,11 @@ export function quotaGroupsQuery(accountId: string): SQL {
      where account_id = ${account} and (period_start >= ${MONTH_START} or period_end > ${MONTH_START})
      group by tier, gpu_model
     union all
-    select 'usage', e.tier, to_jsonb(n.gpu_model), 0::numeric,
-           ceil(sum(e.gpu_count * greatest(0, extract(epoch from now() - greatest(r.started_at, ${MONTH_START})))))::numeric
+    select 'usage', coalesce(r.tier, e.tier), to_jsonb(n.gpu_model), 0::numeric,
+           ceil(sum(coalesce(r.gpu_count, e.gpu_count) * greatest(0, extract(epoch from now() - greatest(r.started_at, ${MONTH_START})))))::numeric
       from replica_runs r join endpoints e on e.id = r.endpoint_id join nodes n on n.id = r.node_id
      where r.account_id = ${account} and r.status = 'running' and r.started_at is not null
-     group by e.tier, n.gpu_model`;
+     group by coalesce(r.tier, e.tier), n.gpu_model`;
 }
 
 /** What the account holds now and has spent this month (UTC). */

@@ -54,11 +54,11 @@ function usageQuery(accountId: string, startMs: number, endMs: number, nowMs: nu
      where r.account_id = ${accountId} and r.status = 'running' and r.started_at is not null and r.started_at < ${end}
      group by j.tier, n.gpu_model
     union all
-    select 'running', e.tier, n.gpu_model,
-           ceil(sum(e.gpu_count * greatest(0, extract(epoch from ${until} - greatest(r.started_at, ${start})))))::bigint
+    select 'running', coalesce(r.tier, e.tier), n.gpu_model,
+           ceil(sum(coalesce(r.gpu_count, e.gpu_count) * greatest(0, extract(epoch from ${until} - greatest(r.started_at, ${start})))))::bigint
       from replica_runs r join endpoints e on e.id = r.endpoint_id join nodes n on n.id = r.node_id
      where r.account_id = ${accountId} and r.status = 'running' and r.started_at is not null and r.started_at < ${end}
-     group by e.tier, n.gpu_model`;
+     group by coalesce(r.tier, e.tier), n.gpu_model`;
 }
 
 /** The priced lines of an account's usage in [startMs, endMs) as of `nowMs`, lines of no use left out. */

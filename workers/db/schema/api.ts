@@ -145,6 +145,9 @@ export const replicaRuns = pgTable(
     startedAt: tz("started_at"),
     finishedAt: tz("finished_at"),
     exitCode: integer("exit_code"),
+    /** The tier and GPUs the run was placed with (a running one is priced by them); null: the endpoint's. */
+    tier: text("tier"),
+    gpuCount: integer("gpu_count"),
   },
   (t) => [
     index("replica_runs_endpoint_idx").on(t.endpointId, t.placedAt),
@@ -153,6 +156,8 @@ export const replicaRuns = pgTable(
     check("replica_runs_status", sql`${t.status} in (${inList(RUN_STATUSES)})`),
     check("replica_runs_replica", sql`${t.replica} >= 0`),
     check("replica_runs_attempt", sql`${t.attempt} >= 1`),
+    check("replica_runs_tier", sql`${t.tier} is null or ${t.tier} in (${inList(TIERS)})`),
+    check("replica_runs_gpu_count", sql`${t.gpuCount} is null or ${t.gpuCount} >= 1`),
   ],
 );
 
