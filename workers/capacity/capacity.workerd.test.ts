@@ -360,6 +360,50 @@ describe("the capacity cron against the simulator", () => {
     expect(await scheduler.jobState(row.id)).toMatchObject({ status: "placed" });
   });
 
+  it("sends a refused extension again the next minute (the same order, re-opened), and the job is placed", async () => {
+    const region = "capacity-e2e-extend-retry";
+    const h = harness(region, { seed: 11_007, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
+    const user = await signUp({ fast_tier_enabled: true });
+    await onMarketClock(region, h.sim);
+    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
+    h.advance(7 * MINUTE_MS);
+    await h.cycle();
+    const [sim] = h.simNodes();
+    expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
+    const endBefore = sim!.endAt;
+    const row = await submitTo(region, user.accountId, {
+      command: ["true"],
+      estimatedDurationS: 3 * 3_600,
+      maxRuntimeS: 4 * 3_600,
+    });
+    const scheduler = schedulerOf(env, region);
+
+    // The market refuses the first extension (as a limit under the ask is refused).
+    h.sim.faults.add({ action: "error", method: "PATCH", path: "/v1/nodes/*", status: 400 });
+    h.advance(MINUTE_MS);
+    const refused = await h.cycle();
+    const ext = ofKind(refused.plan.actions, "extend");
+    expect(ext.map((e) => e.reason.rule)).toEqual(["extend_for_estimate"]);
+    expect(refused.failed).toHaveLength(1);
+    expect(h.simNodes()[0]!.endAt).toBe(endBefore);
+    const ordersOf = () =>
+      db
+        .select()
+        .from(marketOrders)
+        .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:extend")));
+    expect((await ordersOf()).map((o) => o.status)).toEqual(["failed"]);
+
+    // Planned again with the same end (the same key): sent again, and this time it is in.
+    h.advance(MINUTE_MS);
+    const again = await h.cycle();
+    expect(again.failed).toEqual([]);
+    expect(ofKind(again.plan.actions, "extend").map((e) => e.endAt)).toEqual([ext[0]!.endAt]);
+    expect(h.simNodes()[0]!.endAt).toBe(ext[0]!.endAt);
+    const orders = await ordersOf();
+    expect(orders.map((o) => [o.status, o.lastError])).toEqual([["filled", null]]);
+    expect(await scheduler.jobState(row.id)).toMatchObject({ status: "placed" });
+  });
+
   it("plans a refused buy again the next minute, and releases the node it could not get", async () => {
     const region = "capacity-e2e-refused";
     const h = harness(region, { seed: 11_003 });

@@ -452,10 +452,11 @@ async function extend(
   for (const nodeId of action.nodeIds) {
     const sfId = fleet.market.get(nodeId)?.id;
     if (!sfId) continue;
-    const [order] = await db
+    const idempotencyKey = `${nodeId}|extend|${new Date(action.endAt).toISOString()}`;
+    const [inserted] = await db
       .insert(marketOrders)
       .values({
-        idempotencyKey: `${nodeId}|extend|${new Date(action.endAt).toISOString()}`,
+        idempotencyKey,
         region,
         side: "buy",
         instanceType: deps.instanceType,
@@ -470,6 +471,25 @@ async function extend(
       })
       .onConflictDoNothing({ target: marketOrders.idempotencyKey })
       .returning();
+    // The same extension tried before and `failed` (refused, or its node's end did not move): the
+    // policy planned it again, so it is sent again, at this plan's limit. One still `placing` or
+    // `pending` is followed by followOrders; a `filled` one is done.
+    const order =
+      inserted ??
+      (
+        await db
+          .update(marketOrders)
+          .set({
+            status: "placing",
+            limitPriceCents: perNodeHour * hours,
+            blockId,
+            placedAt: new Date(now),
+            lastError: null,
+            lastCheckedAt: new Date(now),
+          })
+          .where(and(eq(marketOrders.idempotencyKey, idempotencyKey), eq(marketOrders.status, "failed")))
+          .returning()
+      )[0];
     if (!order) continue;
     try {
       await client.extendNode(sfId, {
