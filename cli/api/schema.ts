@@ -306,7 +306,7 @@ export interface paths {
         put?: never;
         /**
          * Cancel a job
-         * @description A queued job is cancelled at once; a placed or running one is marked `cancelled` at once and its node's agent stops the container (grace period, then kill). Cancelling a cancelled job returns it unchanged; a finished job is 409 `job_finished`.
+         * @description A queued job is cancelled at once; a placed or running one is marked `cancelled` at once and its node's agent stops the container (grace period, then kill). Cancelling a cancelled job returns it unchanged; a finished job is 409 `job_finished`. With the region's scheduler unreachable, only a job it never acknowledged is cancelled (the cancel is passed on once it answers); otherwise 503 `scheduler_unavailable`: retry.
          */
         post: {
             parameters: {
@@ -378,6 +378,15 @@ export interface paths {
                 };
                 /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
                 429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`). */
+                503: {
                     headers: {
                         [name: string]: unknown;
                     };

@@ -7,7 +7,7 @@ import type { CronTask } from "../cron";
 import { withDb } from "../db/client";
 import type { Logger } from "../http/log";
 import { reconcileEndpoints } from "./endpoints";
-import { recheckAcknowledged, reconcileSubmissions } from "./submission";
+import { forwardCancels, recheckAcknowledged, reconcileSubmissions } from "./submission";
 
 /** Rows deleted per statement; a few statements per run, so a backlog drains over some minutes. */
 const EXPIRY_BATCH = 10_000;
@@ -20,6 +20,7 @@ export const reconcileTask: CronTask = {
     withDb(env, async (db) => ({
       jobs: await reconcileSubmissions(env, db, log),
       rechecked: await recheckAcknowledged(env, db, log),
+      cancels: await forwardCancels(env, db, log),
       endpoints: await reconcileEndpoints(env, db, log),
     })),
 };

@@ -315,13 +315,13 @@ jobsRouter.openapi(
     tags: ["Jobs"],
     summary: "Cancel a job",
     description:
-      "A queued job is cancelled at once; a placed or running one is marked `cancelled` at once and its node's agent stops the container (grace period, then kill). Cancelling a cancelled job returns it unchanged; a finished job is 409 `job_finished`.",
+      "A queued job is cancelled at once; a placed or running one is marked `cancelled` at once and its node's agent stops the container (grace period, then kill). Cancelling a cancelled job returns it unchanged; a finished job is 409 `job_finished`. With the region's scheduler unreachable, only a job it never acknowledged is cancelled (the cancel is passed on once it answers); otherwise 503 `scheduler_unavailable`: retry.",
     security: BEARER,
     middleware: guard({ scope: "jobs:write" }),
     request: { params: IdParam, headers: IdempotencyHeaders },
     responses: {
       200: { description: "The job after the request.", content: { "application/json": { schema: Job } } },
-      ...errors(404, 409),
+      ...errors(404, 409, 503),
     },
   }),
   async (c) => {
@@ -339,8 +339,9 @@ jobsRouter.openapi(
       result = await scheduler.cancel(row.id);
     } catch (error) {
       c.get("log").warn("job.cancel_unavailable", { job_id: row.id, error: String(error) });
-      // Only a job that cannot be running anywhere may be cancelled without the scheduler.
-      if (row.status !== "queued") {
+      // Only a job that cannot be running anywhere may be cancelled without the scheduler: one it
+      // has acknowledged may be placed there already, though Postgres still says queued.
+      if (row.status !== "queued" || (await acknowledged(db, row.id))) {
         throw new ApiError(503, "scheduler_unavailable", "the region's scheduler is unreachable; retry shortly");
       }
     }
@@ -354,8 +355,9 @@ jobsRouter.openapi(
       if (result.status === "cancelled")
         current = (await markCancelled(db, row, ["queued", "placed", "running"])) ?? row;
     } else {
-      // Unknown to the scheduler (never acknowledged) or unreachable while queued: cancel the row,
-      // then tell the scheduler once more in case a submission reached it meanwhile.
+      // Unknown to the scheduler or unreachable, never acknowledged: cancel the row, then tell the
+      // scheduler once more in case a submission reached it meanwhile. The ledger stays
+      // unacknowledged until the scheduler has heard it (the reconciler passes it on: forwardCancels).
       current = (await markCancelled(db, row, ["queued"])) ?? (await loadJob(db, account.id, row.id));
       await scheduler.cancel(row.id).catch(() => null);
     }
@@ -368,6 +370,15 @@ jobsRouter.openapi(
     return respond(c, Job, jobView(current), 200);
   },
 );
+
+/** Whether the region's scheduler has acknowledged the job (the submission ledger's `acked_at`). */
+async function acknowledged(db: Db, jobId: string): Promise<boolean> {
+  const [ledger] = await db
+    .select({ ackedAt: jobSubmissions.ackedAt })
+    .from(jobSubmissions)
+    .where(eq(jobSubmissions.jobId, jobId));
+  return ledger?.ackedAt != null;
+}
 
 async function markCancelled(db: Db, row: JobRow, from: JobStatus[]): Promise<JobRow | undefined> {
   const [updated] = await db

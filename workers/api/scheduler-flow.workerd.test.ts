@@ -4,19 +4,22 @@
  * the region summary, and the submission's failure semantics (row first, reconciler re-submits).
  * The scheduler's outbox is flushed by running its alarm (no waiting on timers).
  */
-import { env, runDurableObjectAlarm } from "cloudflare:test";
+// The API's schemas extend core's with OpenAPI metadata: @hono/zod-openapi must load before core/schemas.
+import "@hono/zod-openapi";
+import { createExecutionContext, env, runDurableObjectAlarm, waitOnExecutionContext } from "cloudflare:test";
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES } from "../../core/schemas";
+import { createApp } from "../app";
 import { newKeyEntry, sealEnv } from "../auth/env-secrets";
 import { withDb } from "../db/client";
 import { jobs } from "../db/schema";
 import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
-import { recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
+import { forwardCancels, recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
 import { type Agent, gpuUse, measuredHeartbeat, poll, REGION, report, retire, startNode } from "./test-agent";
-import { call, JOB, signUp, sql, type TestUser } from "./test-support";
+import { BASE, call, JOB, signUp, sql, type TestUser } from "./test-support";
 import type { JobRow } from "./views";
 
 const log = createLogger("error");
@@ -624,6 +627,48 @@ describe("submission's failure semantics", () => {
     await sql("update jobs set status = 'cancelled', created_at = now() - interval '1 minute' where id = $1", [job.id]);
     const result = await withDb(env, (db) => reconcileSubmissions(env, db, log));
     expect(result.submitted).toBe(0);
+  });
+
+  it("cancels a job without an unreachable scheduler only if it never acknowledged it, and passes the cancel on", async () => {
+    const user = await signUp({ max_concurrent_gpus: 128 });
+    const app = createApp();
+    /** POST /v1/jobs/{id}/cancel through the API with the scheduler unreachable. */
+    const cancelUnreachable = async (id: string) => {
+      const ctx = createExecutionContext();
+      const res = await app.fetch(
+        new Request(`${BASE}/v1/jobs/${id}/cancel`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${user.token}` },
+        }),
+        unreachable,
+        ctx,
+      );
+      await waitOnExecutionContext(ctx);
+      return { status: res.status, json: (await res.json()) as { status?: string; error?: { code: string } } };
+    };
+    // 64 GPUs: more than this file's region ever has, so both stay queued in the scheduler.
+    const acked = await submit(user, { gpu_count: 64 });
+    const refused = await cancelUnreachable(acked.id);
+    expect(refused).toMatchObject({ status: 503, json: { error: { code: "scheduler_unavailable" } } });
+    expect((await getJob(user, acked.id)).status).toBe("queued");
+
+    // A submission that reached the scheduler but whose answer was lost: the ledger never says so.
+    const lost = await submit(user, { gpu_count: 64 });
+    await sql("update job_submissions set acked_at = null where job_id = $1", [lost.id]);
+    expect(await cancelUnreachable(lost.id)).toMatchObject({ status: 200, json: { status: "cancelled" } });
+    const scheduler = regionScheduler(env, REGION);
+    expect((await scheduler.jobState(lost.id))?.status).toBe("queued");
+    // The reconciler passes the cancel on, once the scheduler answers.
+    expect(await withDb(env, (db) => forwardCancels(unreachable, db, log))).toEqual({ forwarded: 0 });
+    const ledgerOf = async (id: string) =>
+      (await sql<{ acked_at: Date | null }>("select acked_at from job_submissions where job_id = $1", [id]))[0]!;
+    expect((await ledgerOf(lost.id)).acked_at).toBeNull();
+    // (Other files' rows may be passed on in the same run: the count is at least this one.)
+    expect((await withDb(env, (db) => forwardCancels(env, db, log))).forwarded).toBeGreaterThanOrEqual(1);
+    expect((await scheduler.jobState(lost.id))?.status).toBe("cancelled");
+    // Closed: not passed on again.
+    expect((await ledgerOf(lost.id)).acked_at).not.toBeNull();
+    await call("POST", `/v1/jobs/${acked.id}/cancel`, user.token);
   });
 
   it("syncs an endpoint whose spec the scheduler missed", async () => {

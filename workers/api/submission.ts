@@ -145,6 +145,41 @@ export async function reconcileSubmissions(
   return { submitted: pending.length, acked };
 }
 
+/**
+ * Cron task: jobs cancelled in Postgres that their scheduler never acknowledged (cancelled while it
+ * was unreachable, or while their submission was in flight and its answer lost) may still be
+ * queued there, where nothing would ever stop them. Each such cancel is passed on until the
+ * scheduler answers; its answer, whatever it is (cancelled there, unknown, already finished),
+ * closes the ledger row.
+ */
+export async function forwardCancels(env: Env, db: Db, log: Logger): Promise<{ forwarded: number }> {
+  const pending = await db
+    .select({ id: jobs.id, region: jobs.region })
+    .from(jobSubmissions)
+    .innerJoin(jobs, eq(jobs.id, jobSubmissions.jobId))
+    .where(and(isNull(jobSubmissions.ackedAt), eq(jobs.status, "cancelled"), inArray(jobs.region, regionsOf(env))))
+    .orderBy(asc(jobs.createdAt))
+    .limit(BATCH);
+  let forwarded = 0;
+  for (const job of pending) {
+    try {
+      const result = await schedulerOf(env, job.region).cancel(job.id);
+      await db
+        .update(jobSubmissions)
+        .set({ ackedAt: new Date(), lastError: null, lastAttemptAt: new Date() })
+        .where(eq(jobSubmissions.jobId, job.id));
+      if (result.ok) log.warn("reconcile.cancel_forwarded", { job_id: job.id, region: job.region });
+      forwarded += 1;
+    } catch (error) {
+      await db
+        .update(jobSubmissions)
+        .set({ lastError: error instanceof Error ? error.message.slice(0, 1000) : String(error) })
+        .where(eq(jobSubmissions.jobId, job.id));
+    }
+  }
+  return { forwarded };
+}
+
 /** Acknowledged jobs still queued are checked again this long after their last check. */
 const RECHECK_MINUTES = 10;
 const RECHECK_BATCH = 50;
