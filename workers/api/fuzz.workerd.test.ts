@@ -173,3 +173,49 @@ describe("fuzzing every route from docs/openapi.json", () => {
     expect(jobsMade!.n).toBeGreaterThan(1);
   });
 });
+
+describe("text Postgres cannot store", () => {
+  it("refuses a NUL or a lone surrogate in a body, a query or a path with 400 invalid_request, the field named", async () => {
+    const user = await signUp({ is_operator: true, fast_tier_enabled: true });
+    const send = async (method: string, path: string, body?: string, headers: Record<string, string> = {}) => {
+      const ctx = createExecutionContext();
+      const res = await worker.fetch(
+        new Request(`${BASE}${path}`, {
+          method,
+          headers: {
+            authorization: `Bearer ${user.token}`,
+            ...(body ? { "content-type": "application/json" } : {}),
+            ...headers,
+          },
+          body,
+        }),
+        env,
+        ctx,
+      );
+      await waitOnExecutionContext(ctx);
+      const json = (await res.json()) as { error: { code: string; details?: { fields?: { field: string }[] } } };
+      return { status: res.status, code: json.error?.code, field: json.error?.details?.fields?.[0]?.field };
+    };
+    const job1 = (extra: string) => `{"image":"busybox","gpu_count":1,${extra}}`;
+    const cases: [string, string, string | undefined, Record<string, string>, string][] = [
+      ["POST", "/v1/jobs", job1('"command":["a\\u0000b"]'), {}, "command[0]"],
+      ["POST", "/v1/jobs", job1('"env":[{"name":"A","value":"\\u0000"}]'), {}, "env[0].value"],
+      ["POST", "/v1/jobs", job1('"labels":{"team":"x\\u0000"}'), {}, "labels.team"],
+      ["POST", "/v1/jobs", job1('"labels":{"team":"\\ud800"}'), {}, "labels.team"],
+      ["POST", "/v1/endpoints", '{"name":"nul","image":"busybox","gpu_count":1,"args":["\\u0000"]}', {}, "args[0]"],
+      ["POST", "/v1/api-keys", '{"name":"\\u0000","scopes":["jobs:read"]}', {}, "name"],
+      ["GET", "/v1/jobs?label=team:%00", undefined, {}, "label"],
+      ["GET", "/v1/api-keys?prefix=%00", undefined, {}, "prefix"],
+      ["POST", "/v1/jobs/%00/cancel", undefined, { "idempotency-key": "nul-cancel" }, "path"],
+    ];
+    for (const [method, path, body, headers, field] of cases) {
+      const answer = await send(method, path, body, headers);
+      expect({ method, path, ...answer }).toEqual({ method, path, status: 400, code: "invalid_request", field });
+    }
+    // An endpoint's reference with a NUL: no such endpoint (the rest of the path is the replica's).
+    expect(await send("GET", "/v1/endpoints/%00/invoke")).toMatchObject({ status: 404, code: "not_found" });
+    // Escapes that are fine still are: an emoji as a surrogate pair, a tab.
+    const fine = await send("POST", "/v1/jobs", job1('"labels":{"team":"\\ud83d\\ude80\\t"}'));
+    expect(fine.status).toBe(202);
+  });
+});

@@ -343,6 +343,9 @@ function waitOf(header: string | undefined): number {
 
 /** The account's active endpoint by id or by name. */
 async function findEndpoint(db: Db, accountId: string, ref: string): Promise<EndpointRow> {
+  // No name holds a NUL (Postgres could not even compare one): the path is passed on as it is, so
+  // only the reference is checked here.
+  if (ref.includes("\0")) throw new ApiError(404, "not_found", "no active endpoint with a NUL in its name");
   const [row] = await db
     .select()
     .from(endpoints)

@@ -1,7 +1,7 @@
 /**
  * Building blocks of every v1 route: a router whose validation failures become the 400 envelope, the
- * middleware chain of a public route (authenticate → rate limit → permission → JSON body →
- * idempotency), response validation, and the error responses the OpenAPI document lists.
+ * middleware chain of a public route (authenticate → rate limit → permission → text Postgres can
+ * store → JSON body → idempotency), response validation, and the error responses the OpenAPI document lists.
  */
 import { OpenAPIHono, type z } from "@hono/zod-openapi";
 import type { Context, MiddlewareHandler } from "hono";
@@ -13,6 +13,7 @@ import { authenticate } from "../http/authenticate";
 import { jsonBody } from "../http/body";
 import { idempotency } from "../http/idempotency";
 import { rateLimit } from "../http/rate-limit";
+import { refuseUnstorableBody, refuseUnstorableUrl } from "../http/text";
 import { validationError } from "../http/validation";
 import { ErrorEnvelope } from "./schemas";
 
@@ -51,7 +52,7 @@ export function guard(access: Access = {}): MiddlewareHandler<ApiEnv>[] {
     if (access.scope) requireScope(caller, access.scope);
     return next();
   };
-  return [authenticate, rateLimit, permission, jsonBody, idempotency];
+  return [authenticate, rateLimit, permission, refuseUnstorableUrl, jsonBody, refuseUnstorableBody, idempotency];
 }
 
 /** Validate a response body against its schema before it leaves (it also drops fields not in it). */
