@@ -137,6 +137,7 @@ apiKeysRouter.openapi(
       });
       return inserted!;
     });
+    c.set("secretAnswer", { id: row.id });
     return respond(c, CreatedApiKey, { ...keyView(row), secret: key.secret }, 201);
   },
 );

@@ -381,6 +381,36 @@ describe("cross-account isolation", () => {
 });
 
 describe("Idempotency-Key", () => {
+  it("replays only to the caller who made the request, and keeps no copy of a secret it answered", async () => {
+    const user = await signUp();
+    const admin = await createKey(user.token, ["admin", "jobs:write"]);
+    const headers = { "idempotency-key": `key-${crypto.randomUUID()}` };
+    const body = { name: "ci", scopes: ["jobs:write"] };
+    const made = await call("POST", "/v1/api-keys", user.token, { body, headers });
+    expect(made.status).toBe(201);
+    expect(made.json.secret).toMatch(/^sk_/);
+    // Another credential of the same account, the same key and body: not a replay of someone else's answer.
+    const other = await call("POST", "/v1/api-keys", admin.secret, { body, headers });
+    expect(other.status).toBe(422);
+    expect(other.json.error.code).toBe("idempotency_key_reused");
+    // The same caller again: the key is not made twice, and its secret is not kept to be replayed.
+    const again = await call("POST", "/v1/api-keys", user.token, { body, headers });
+    expect(again.status).toBe(409);
+    expect(again.json.error).toMatchObject({ code: "idempotency_secret_withheld", details: { id: made.json.id } });
+    const [stored] = await sql<{ body: string }>(
+      "select response_body::text as body from idempotency_keys where account_id = $1 and key = $2",
+      [user.accountId, headers["idempotency-key"]],
+    );
+    expect(stored!.body).not.toContain(made.json.secret);
+    const keys = await call("GET", "/v1/api-keys", user.token);
+    expect(keys.json.data.filter((k: { name: string }) => k.name === "ci")).toHaveLength(1);
+    // Jobs likewise: another key of the account sending the same submission is refused, not replayed.
+    const submitKey = { "idempotency-key": `job-${crypto.randomUUID()}` };
+    expect((await call("POST", "/v1/jobs", user.token, { body: JOB, headers: submitKey })).status).toBe(202);
+    const stranger = await call("POST", "/v1/jobs", admin.secret, { body: JOB, headers: submitKey });
+    expect(stranger.json.error?.code).toBe("idempotency_key_reused");
+  });
+
   it("replays the first result for the same body, refuses another body with 422, and keeps keys 24 h", async () => {
     const user = await signUp();
     const headers = { "idempotency-key": `submit-${crypto.randomUUID()}` };
@@ -530,7 +560,8 @@ describe("Idempotency-Key", () => {
       body: { name: "a", scopes: ["jobs:read"] },
       headers: keyHeaders,
     });
-    expect(k2.json).toEqual(k1.json);
+    // One key made; its secret is not replayed (see "keeps no copy of a secret").
+    expect(k2.json.error).toMatchObject({ code: "idempotency_secret_withheld", details: { id: k1.json.id } });
     const cancel1 = await call("POST", `/v1/jobs/${fixed.json.id}/cancel`, user.token, {
       headers: { "idempotency-key": "c" },
     });

@@ -320,6 +320,7 @@ operatorRouter.openapi(
       targetId: id,
       data: { region, gpu_model: body.gpu_model },
     });
+    c.set("secretAnswer", { id });
     return respond(c, NodeWithToken, { node: nodeView(await loadNode(db, id), undefined), token }, 201);
   },
 );
@@ -347,6 +348,7 @@ operatorRouter.openapi(
     const token = await issueNodeToken(db, id);
     if (!token) throw new ApiError(409, "node_released", `node ${id} was released`);
     await auditOperator(db, c.get("caller"), { action: "node.token_issued", targetType: "node", targetId: id });
+    c.set("secretAnswer", { id });
     return respond(c, NodeWithToken, { node: nodeView(await loadNode(db, id), undefined), token }, 201);
   },
 );

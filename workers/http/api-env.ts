@@ -15,6 +15,11 @@ export type ApiVariables = AppVariables & {
    * while the key is claimed (rejects with the 429). `idempotency` waits for it.
    */
   rateGate?: Promise<void>;
+  /**
+   * Set by a route whose answer holds a secret shown once (a new API key, a node token):
+   * `idempotency` then keeps no copy of it, and answers a replay with what it made, not the secret.
+   */
+  secretAnswer?: { id: string };
 };
 
 export type ApiEnv = { Bindings: Env; Variables: ApiVariables };

@@ -1,9 +1,11 @@
 /**
  * `Idempotency-Key` on every POST. The key (per account) is claimed before the route runs; a 2xx
- * result is stored for 24 h and replayed to a retry with the same method, path and body (compared as
- * canonical JSON). The same key with another body is a 422; a retry while the first is still running
- * is a 409, so two concurrent requests with one key do the work once. Anything but a 2xx releases
- * the key, so a corrected or later retry can run.
+ * result is stored for 24 h and replayed to a retry from the same caller (user or API key) with the
+ * same method, path and body (compared as canonical JSON). The same key with another body, or from
+ * another caller, is a 422: a stored answer never reaches someone the route would not have answered.
+ * A retry while the first is still running is a 409, so two concurrent requests with one key do the
+ * work once. Anything but a 2xx releases the key, so a corrected or later retry can run. An answer
+ * holding a secret shown once (`secretAnswer`) is not kept: its replay is a 409 naming what was made.
  */
 import type { MiddlewareHandler } from "hono";
 import { endTime, startTime } from "hono/timing";
@@ -52,10 +54,13 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
       fields: [{ field: "Idempotency-Key", message: "1 to 255 visible ASCII characters", code: "invalid_format" }],
     });
   }
-  const account = requireAccount(c.get("caller"));
+  const caller = c.get("caller");
+  const account = requireAccount(caller);
   const sql = c.get("pg").sql;
   const path = c.req.path;
-  const hash = await sha256Hex(`${c.req.method} ${path}\n${canonicalJson(await c.req.text())}`);
+  // Who asked is part of the request: a viewer resending an owner's key and body gets no replay.
+  const who = caller.apiKey ? `key:${caller.apiKey.id}` : `user:${caller.userId}`;
+  const hash = await sha256Hex(`${c.req.method} ${path}\n${who}\n${canonicalJson(await c.req.text())}`);
 
   // Waited for with the first claim only: later rounds happen after the verdict.
   let gate: Promise<void> | undefined = c.get("rateGate");
@@ -112,6 +117,15 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
         { "Retry-After": "1" },
       );
     }
+    const withheld = (stored.response_body as { withheld_secret?: { id: string } } | null)?.withheld_secret;
+    if (withheld) {
+      throw new ApiError(
+        409,
+        "idempotency_secret_withheld",
+        `the first request with this Idempotency-Key made ${withheld.id}; its answer held a secret, shown once and not kept: use the secret from that answer, or revoke ${withheld.id} and make another`,
+        { id: withheld.id, status: stored.response_status },
+      );
+    }
     c.header("Idempotency-Replayed", "true");
     return c.json(stored.response_body as object, stored.response_status as ContentfulStatusCode);
   }
@@ -137,7 +151,8 @@ async function run(
   // Errors thrown by the route were turned into a response by Hono before we get here.
   const status = c.res.status;
   if (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json")) {
-    const body = await c.res.clone().json();
+    const secret = c.get("secretAnswer");
+    const body = secret ? { withheld_secret: { id: secret.id } } : await c.res.clone().json();
     await sql.unsafe(`update idempotency_keys
                          set state = 'completed', response_status = ${Number(status)},
                              response_body = ${literal(JSON.stringify(body))}::jsonb
