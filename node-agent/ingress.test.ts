@@ -16,12 +16,18 @@ import {
   type OutgoingHttpHeaders,
   request,
   type Server,
-  type ServerResponse,
+  ServerResponse,
 } from "node:http";
-import { type AddressInfo, connect as connectNet, createServer as createNetServer, type Socket } from "node:net";
+import {
+  type AddressInfo,
+  connect as connectNet,
+  createServer as createNetServer,
+  type Server as NetServer,
+  type Socket,
+} from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { INGRESS, type NodeInventory, type RegisterResponse } from "../core/schemas";
 import { freePort } from "../tools/db/embedded";
@@ -115,6 +121,7 @@ const hasIpv6Loopback = Object.values(networkInterfaces())
 
 describe("the node ingress", () => {
   const servers: Server[] = [];
+  const rawServers: NetServer[] = [];
   const ingresses: Ingress[] = [];
   const clients: WebSocket[] = [];
   const rawClients: Socket[] = [];
@@ -127,6 +134,7 @@ describe("the node ingress", () => {
       s.closeAllConnections();
       await new Promise((done) => s.close(done));
     }
+    for (const s of rawServers.splice(0)) await new Promise((done) => s.close(done));
   });
 
   /** A replica server, and an ingress routing `placements` (id → that server, or another target). */
@@ -426,6 +434,140 @@ describe("the node ingress", () => {
     } finally {
       await new Promise((done) => raw.close(done));
     }
+  });
+
+  /** A replica on a raw TCP server (what node:http would not send): `answer` writes to each connection. */
+  async function rawReplica(answer: (socket: Socket, request: string, connection: number) => void) {
+    let connections = 0;
+    const raw = createNetServer((socket) => {
+      serverSockets.add(socket);
+      socket.once("close", () => serverSockets.delete(socket));
+      const connection = connections++;
+      socket.on("data", (chunk: Buffer) => answer(socket, chunk.toString("latin1"), connection));
+    });
+    raw.listen(0, "127.0.0.1");
+    await once(raw, "listening");
+    rawServers.push(raw);
+    return { host: "127.0.0.1", port: (raw.address() as AddressInfo).port };
+  }
+
+  it("answers 502 replica_unreachable to a status HTTP does not allow, and goes on serving", async () => {
+    // Node's client takes any three digits; `writeHead` throws on them (ERR_HTTP_INVALID_STATUS_CODE),
+    // which, inside the replica's socket event, would be an uncaught exception: the agent's end.
+    const heads: Record<string, string> = {
+      "/099": "HTTP/1.1 099 Weird\r\ncontent-length: 2\r\n\r\nhi",
+      "/000": "HTTP/1.1 000 Zero\r\ncontent-length: 2\r\n\r\nhi",
+      "/600": "HTTP/1.1 600 Beyond\r\ncontent-length: 2\r\n\r\nhi",
+      // A 101 with a body is no upgrade: Node hands it over as a final answer.
+      "/101": "HTTP/1.1 101 Switching Protocols\r\ncontent-length: 2\r\n\r\nhi",
+    };
+    const bad = await rawReplica((socket, request) => {
+      socket.end(heads[request.split(" ")[1] ?? ""] ?? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    });
+    const { port } = await setup(echo, { targets: { bad } });
+    for (const path of Object.keys(heads)) {
+      const a = await within(5_000, `the answer to ${path}`, send(port, `/p/bad${path}`));
+      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([502, "replica_unreachable"]);
+      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect(a.body).not.toContain("127.0.0.1");
+    }
+    // The ingress (and the process) is still there for the next requests, this replica's and others'.
+    expect((await send(port, "/p/bad/fine")).body).toBe("ok");
+    expect((await send(port, "/p/rep-1/x")).status).toBe(200);
+  });
+
+  it("passes on a status whose reason phrase holds control characters, with the standard reason", async () => {
+    // Node's client lets a reason phrase with control characters through; `writeHead` throws on them.
+    const odd = await rawReplica((socket) => {
+      socket.end(Buffer.from("HTTP/1.1 201 Cre\x01at\x7fed\r\ncontent-length: 4\r\nx-a: b\r\n\r\nmade", "latin1"));
+    });
+    const { port } = await setup(echo, { targets: { odd } });
+    const answer = await within(
+      5_000,
+      "the answer",
+      new Promise<{ status?: number; message?: string; body: string }>((done, fail) => {
+        const req = request(
+          { host: "127.0.0.1", port, path: "/p/odd/x", headers: { [INGRESS.keyHeader]: KEY }, agent: false },
+          (res) => {
+            let body = "";
+            res.setEncoding("utf8");
+            res.on("data", (chunk: string) => {
+              body += chunk;
+            });
+            res.on("end", () => done({ status: res.statusCode, message: res.statusMessage, body }));
+          },
+        );
+        req.on("error", fail);
+        req.end();
+      }),
+    );
+    expect(answer).toEqual({ status: 201, message: "Created", body: "made" });
+    expect((await send(port, "/p/rep-1/x")).status).toBe(200);
+  });
+
+  it("answers 502 replica_unreachable when relaying the replica's head throws for any other reason", async () => {
+    const replica = await rawReplica((socket) => socket.end("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    const { port } = await setup(echo, { targets: { replica } });
+    // The first head written in this process is the ingress's relay of the raw replica's answer.
+    const writeHead = vi.spyOn(ServerResponse.prototype, "writeHead").mockImplementationOnce(() => {
+      throw Object.assign(new TypeError("refused"), { code: "ERR_SOMETHING" });
+    });
+    try {
+      const a = await within(5_000, "the answer", send(port, "/p/replica/x"));
+      expect([a.status, a.headers[INGRESS.errorHeader]]).toEqual([502, "replica_unreachable"]);
+      expect(JSON.parse(a.body).error.message).toContain("ERR_SOMETHING");
+    } finally {
+      writeHead.mockRestore();
+    }
+    expect((await send(port, "/p/replica/x")).body).toBe("ok");
+  });
+
+  it("sends again only a safe request that got no byte back from its kept-alive connection", async () => {
+    // A replica that answers the first request of each connection and keeps it open; on a second it
+    // resets the connection, or for `/partial` sends part of a head and closes: it has the request
+    // either way, so a POST or DELETE without a body must not reach it twice.
+    const seen: string[] = [];
+    const idle = await rawReplica((socket, request, connection) => {
+      const [method, path] = request.split(" ");
+      seen.push(`${connection} ${method} ${path}`);
+      if (seen.filter((s) => s.startsWith(`${connection} `)).length === 1) {
+        socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok");
+      } else if (path === "/partial") socket.end("HTTP/1.1 200 OK\r\ncontent-le");
+      else socket.resetAndDestroy();
+    });
+    const { port } = await setup(echo, { targets: { idle } });
+    const answers: [string, number, string | string[] | undefined][] = [];
+    for (const [method, path] of [
+      ["GET", "/a"], // connection 0, answered
+      ["POST", "/b"], // reset on connection 0: not again
+      ["GET", "/c"], // connection 1, answered
+      ["DELETE", "/d"], // reset on connection 1: not again
+      ["GET", "/e"], // connection 2, answered
+      ["GET", "/f"], // reset on connection 2: again on connection 3
+      ["GET", "/partial"], // began to answer on connection 3: not again
+    ] as const) {
+      const a = await within(5_000, `${method} ${path}`, send(port, `/p/idle${path}`, { method }));
+      answers.push([`${method} ${path}`, a.status, a.headers[INGRESS.errorHeader]]);
+    }
+    expect(answers).toEqual([
+      ["GET /a", 200, undefined],
+      ["POST /b", 502, "replica_unreachable"],
+      ["GET /c", 200, undefined],
+      ["DELETE /d", 502, "replica_unreachable"],
+      ["GET /e", 200, undefined],
+      ["GET /f", 200, undefined],
+      ["GET /partial", 502, "replica_unreachable"],
+    ]);
+    expect(seen).toEqual([
+      "0 GET /a",
+      "0 POST /b",
+      "1 GET /c",
+      "1 DELETE /d",
+      "2 GET /e",
+      "2 GET /f",
+      "3 GET /f",
+      "3 GET /partial",
+    ]);
   });
 
   it("cuts the client's connection when the replica fails after its headers, not ending it cleanly", async () => {
@@ -793,6 +935,25 @@ describe("the node ingress", () => {
     // A body of unknown length ends with the connection.
     const b = await refusedWs(port, "/p/rep-1/chunked");
     expect(b).toMatchObject({ status: 403, body: "hello there" });
+  });
+
+  it("answers a WebSocket's handshake 502 replica_unreachable when the replica's status is not HTTP's", async () => {
+    const { port } = await wsSetup({
+      intercept: (req, socket) => {
+        socket.end(
+          req.url === "/101"
+            ? "HTTP/1.1 101 Switching Protocols\r\ncontent-length: 2\r\n\r\nhi"
+            : "HTTP/1.1 099 Weird\r\ncontent-length: 2\r\n\r\nhi",
+        );
+        return true;
+      },
+    });
+    for (const path of ["/p/rep-1/099", "/p/rep-1/101"]) {
+      const a = await refusedWs(port, path);
+      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([502, "replica_unreachable"]);
+      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+    }
+    expect((await send(port, "/p/rep-1/x")).status).toBe(200);
   });
 
   it("answers 504 replica_timeout when the replica does not answer a WebSocket in time, and has no timeout once open", async () => {

@@ -12,6 +12,13 @@
  * passed back and the connection closed. Refusals on an upgrade are the same, written on the socket
  * with `Connection: close`. Any other upgrade (h2c, a non-GET) is refused with 501
  * `upgrade_not_supported`.
+ *
+ * A replica's answer is never trusted to be valid HTTP: Node's client takes any three-digit status
+ * (`099`, `000`, `600`) and reason phrases with control characters, which `writeHead` would throw on
+ * inside a socket's event (an uncaught exception: the agent's end). A status outside 200–599 is
+ * answered 502 `replica_unreachable` (as for an answer Node cannot parse at all), a reason phrase
+ * HTTP does not allow is replaced by the standard one, and anything else `writeHead` refuses cuts
+ * the request instead of the process.
  */
 import { timingSafeEqual } from "node:crypto";
 import {
@@ -81,6 +88,29 @@ function endToEnd(headers: IncomingHttpHeaders, drop: readonly string[]): Outgoi
   return out;
 }
 
+/**
+ * Methods whose request may go to the replica twice (RFC 9110 §9.2.1-2: safe). PUT and DELETE are
+ * idempotent by definition, but a replica's API need not honour that (a DELETE of "the next job"),
+ * and the ingress cannot tell, so they go once.
+ */
+const RESENDABLE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * A status a replica's final answer may carry: RFC 9110 §15 allows 100–599, and a 1xx is an interim
+ * answer, never the last (Node hands over all but a 101 as 'information' events).
+ */
+function isFinalStatus(status: number | undefined): status is number {
+  return status !== undefined && Number.isInteger(status) && status >= 200 && status <= 599;
+}
+
+/** Characters a reason phrase may not hold (RFC 9110 §4: HTAB, SP, VCHAR, obs-text only); writeHead throws on them. */
+const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/;
+
+/** The replica's reason phrase when HTTP allows it, else none (the status's standard one is sent). */
+function reasonPhrase(message: string | undefined): string | undefined {
+  return message && !INVALID_REASON.test(message) ? message : undefined;
+}
+
 /** Constant time for keys of the same length; a different length is a mismatch. */
 function keyMatches(given: string | string[] | undefined, expected: string | null): boolean {
   if (expected === null || typeof given !== "string") return false;
@@ -91,10 +121,11 @@ function keyMatches(given: string | string[] | undefined, expected: string | nul
 
 /**
  * A response head for a raw socket (latin1, as header values come from Node's parser). Values are
- * the parser's or our own, so they hold no CR or LF.
+ * the parser's or our own, so they hold no CR or LF; a reason phrase with other control characters
+ * (which the parser lets through) is replaced by the standard one.
  */
 function responseHead(status: number, message: string | undefined, headers: OutgoingHttpHeaders): Buffer {
-  let head = `HTTP/1.1 ${status} ${message || STATUS_CODES[status] || "Unknown"}\r\n`;
+  let head = `HTTP/1.1 ${status} ${reasonPhrase(message) || STATUS_CODES[status] || "Unknown"}\r\n`;
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined) continue;
     for (const one of Array.isArray(value) ? value : [value]) head += `${name}: ${one}\r\n`;
@@ -245,6 +276,15 @@ export class Ingress {
     });
     let timedOut = false;
     let clientGone = false;
+    /** The replica's answer was refused (an invalid head): its connection is cut, its errors are ours. */
+    let badAnswer = false;
+    /** The connection's bytes read before this request: more at an error means the replica began to answer. */
+    let connection: Socket | undefined;
+    let readBefore = 0;
+    upstream.once("socket", (socket: Socket) => {
+      connection = socket;
+      readBefore = socket.bytesRead;
+    });
     /** Answers with a refusal, reading (and dropping) what is left of the client's body. */
     const fail = (code: IngressError, message: string) => {
       req.unpipe(upstream);
@@ -257,13 +297,40 @@ export class Ingress {
       fail("replica_timeout", `the replica sent no response within ${this.timeoutMs} ms`);
     }, this.timeoutMs);
 
+    /** A head that cannot be relayed: the replica's connection is cut and the client gets a 502 (or a cut). */
+    const refuseAnswer = (why: string) => {
+      badAnswer = true;
+      upstream.destroy();
+      this.opts.log("debug", "ingress: replica's answer refused", { placement_id: placementId, reason: why });
+      if (!res.headersSent) {
+        try {
+          fail("replica_unreachable", `the replica answered with ${why}`);
+          return;
+        } catch {
+          // Our own head refused too (a response left half set by the failed one): cut it.
+        }
+      }
+      res.destroy();
+    };
+
     upstream.on("response", (answer) => {
       clearTimeout(timer);
-      res.writeHead(
-        answer.statusCode ?? 502,
-        answer.statusMessage || undefined,
-        endToEnd(answer.headers, [INGRESS.errorHeader, INGRESS.keyHeader]),
-      );
+      const status = answer.statusCode;
+      if (!isFinalStatus(status)) {
+        refuseAnswer(`an invalid status (${status})`);
+        return;
+      }
+      try {
+        res.writeHead(
+          status,
+          reasonPhrase(answer.statusMessage),
+          endToEnd(answer.headers, [INGRESS.errorHeader, INGRESS.keyHeader]),
+        );
+      } catch (error) {
+        // Whatever else in the replica's head Node will not send: this request's end, not the agent's.
+        refuseAnswer(`a head that cannot be relayed (${(error as NodeJS.ErrnoException).code ?? "error"})`);
+        return;
+      }
       // Streams as it comes; if either side goes away the other is cut too.
       pipeline(answer, res, (error) => {
         if (error)
@@ -272,10 +339,22 @@ export class Ingress {
     });
     upstream.on("error", (error) => {
       clearTimeout(timer);
-      if (timedOut || clientGone) return;
-      // A kept-alive connection the replica had closed meanwhile (its idle timeout): the request
-      // never reached it, so one without a body goes again on a fresh connection.
-      if (upstream.reusedSocket && !retried && !bodied && !res.headersSent) {
+      if (timedOut || clientGone || badAnswer) return;
+      // A kept-alive connection the replica had closed meanwhile (its idle timeout), as Node's docs
+      // tell it (`reusedSocket`): reset or closed before the replica sent a byte. The request most
+      // likely never reached it, but may have (the replica died while handling it), so only a safe
+      // method without a body goes again, once, on a fresh connection.
+      const errorCode = (error as NodeJS.ErrnoException).code;
+      if (
+        upstream.reusedSocket &&
+        !retried &&
+        !bodied &&
+        RESENDABLE_METHODS.has(req.method ?? "") &&
+        (errorCode === "ECONNRESET" || errorCode === "EPIPE") &&
+        connection !== undefined &&
+        connection.bytesRead === readBefore &&
+        !res.headersSent
+      ) {
         this.forward(req, res, placementId, path, target, true);
         return;
       }
@@ -285,8 +364,7 @@ export class Ingress {
       }
       this.opts.log("debug", "ingress: replica unreachable", { placement_id: placementId, error: errorText(error) });
       // The error's code only: its text names the container's private address.
-      const code = (error as NodeJS.ErrnoException).code ?? "error";
-      fail("replica_unreachable", `the replica refused or dropped the connection (${code})`);
+      fail("replica_unreachable", `the replica refused or dropped the connection (${errorCode ?? "error"})`);
     });
     // The client went away before the whole answer: stop the replica's work too.
     res.on("close", () => {
@@ -429,6 +507,20 @@ export class Ingress {
         upstream.destroy();
         return;
       }
+      // A status HTTP does not allow (a 101 with a body included) would reach the client as it is.
+      if (!isFinalStatus(answer.statusCode)) {
+        upstream.destroy();
+        this.opts.log("debug", "ingress: replica's answer refused", {
+          placement_id: placementId,
+          reason: `an invalid status (${answer.statusCode})`,
+        });
+        this.refuseUpgrade(
+          client,
+          "replica_unreachable",
+          `the replica answered with an invalid status (${answer.statusCode})`,
+        );
+        return;
+      }
       // Not upgraded: the replica's answer as it is (minus hop-by-hop headers), then the connection closes.
       const headers = endToEnd(answer.headers, [INGRESS.errorHeader, INGRESS.keyHeader]);
       headers.connection = "close";
@@ -436,7 +528,7 @@ export class Ingress {
         upstream.destroy();
         return;
       }
-      client.write(responseHead(answer.statusCode ?? 502, answer.statusMessage, headers));
+      client.write(responseHead(answer.statusCode, answer.statusMessage, headers));
       // Without a content-length the body ends with the connection.
       pipeline(answer, client, (error) => {
         if (error)
@@ -482,7 +574,8 @@ export class Ingress {
   private refuse(res: ServerResponse, code: IngressError, message: string): void {
     if (res.headersSent) return;
     const body = JSON.stringify({ error: { code, message } });
-    res.writeHead(STATUS[code], {
+    // The reason given: a failed writeHead of the replica's may have left its own on `res`.
+    res.writeHead(STATUS[code], STATUS_CODES[STATUS[code]], {
       "content-type": "application/json",
       "content-length": Buffer.byteLength(body),
       [INGRESS.errorHeader]: code,
