@@ -383,7 +383,7 @@ describe("the node ingress", () => {
     expect(JSON.parse(sized.body)).toEqual({ body: '{"prompt":"hi"}', length: "15" });
   });
 
-  it("answers 502 replica_unreachable when the replica refuses the connection or resets it before answering", async () => {
+  it("answers 502 replica_unreachable when the replica refuses the connection, replica_failed when it drops it", async () => {
     const closed = await freePort();
     const { port } = await setup(
       (req) => {
@@ -391,11 +391,16 @@ describe("the node ingress", () => {
       },
       { targets: { refused: { host: "127.0.0.1", port: closed } } },
     );
-    for (const path of ["/p/refused/x", "/p/rep-1/x"]) {
-      const a = await send(port, path, { method: "POST", body: "payload" });
+    // Refused: the request never reached it (the control plane may send it to another replica).
+    // Dropped after it had the request: it may have acted on it.
+    for (const [path, code] of [
+      ["/p/refused/x", "replica_unreachable"],
+      ["/p/rep-1/x", "replica_failed"],
+    ]) {
+      const a = await send(port, path!, { method: "POST", body: "payload" });
       expect(a.status, path).toBe(502);
-      expect(a.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
-      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect(a.headers[INGRESS.errorHeader], path).toBe(code);
+      expect(JSON.parse(a.body).error.code).toBe(code);
       expect(a.body).not.toContain("127.0.0.1");
     }
   });
@@ -430,7 +435,7 @@ describe("the node ingress", () => {
       // With a body it is not sent twice: the client gets the 502.
       const posted = await send(port, "/p/idle/x", { method: "POST", body: "once" });
       expect(posted.status).toBe(502);
-      expect(posted.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
+      expect(posted.headers[INGRESS.errorHeader]).toBe("replica_failed");
     } finally {
       await new Promise((done) => raw.close(done));
     }
@@ -451,7 +456,7 @@ describe("the node ingress", () => {
     return { host: "127.0.0.1", port: (raw.address() as AddressInfo).port };
   }
 
-  it("answers 502 replica_unreachable to a status HTTP does not allow, and goes on serving", async () => {
+  it("answers 502 replica_failed to a status HTTP does not allow, and goes on serving", async () => {
     // Node's client takes any three digits; `writeHead` throws on them (ERR_HTTP_INVALID_STATUS_CODE),
     // which, inside the replica's socket event, would be an uncaught exception: the agent's end.
     const heads: Record<string, string> = {
@@ -467,8 +472,8 @@ describe("the node ingress", () => {
     const { port } = await setup(echo, { targets: { bad } });
     for (const path of Object.keys(heads)) {
       const a = await within(5_000, `the answer to ${path}`, send(port, `/p/bad${path}`));
-      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([502, "replica_unreachable"]);
-      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([502, "replica_failed"]);
+      expect(JSON.parse(a.body).error.code).toBe("replica_failed");
       expect(a.body).not.toContain("127.0.0.1");
     }
     // The ingress (and the process) is still there for the next requests, this replica's and others'.
@@ -505,7 +510,7 @@ describe("the node ingress", () => {
     expect((await send(port, "/p/rep-1/x")).status).toBe(200);
   });
 
-  it("answers 502 replica_unreachable when relaying the replica's head throws for any other reason", async () => {
+  it("answers 502 replica_failed when relaying the replica's head throws for any other reason", async () => {
     const replica = await rawReplica((socket) => socket.end("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
     const { port } = await setup(echo, { targets: { replica } });
     // The first head written in this process is the ingress's relay of the raw replica's answer.
@@ -514,7 +519,7 @@ describe("the node ingress", () => {
     });
     try {
       const a = await within(5_000, "the answer", send(port, "/p/replica/x"));
-      expect([a.status, a.headers[INGRESS.errorHeader]]).toEqual([502, "replica_unreachable"]);
+      expect([a.status, a.headers[INGRESS.errorHeader]]).toEqual([502, "replica_failed"]);
       expect(JSON.parse(a.body).error.message).toContain("ERR_SOMETHING");
     } finally {
       writeHead.mockRestore();
@@ -551,12 +556,12 @@ describe("the node ingress", () => {
     }
     expect(answers).toEqual([
       ["GET /a", 200, undefined],
-      ["POST /b", 502, "replica_unreachable"],
+      ["POST /b", 502, "replica_failed"],
       ["GET /c", 200, undefined],
-      ["DELETE /d", 502, "replica_unreachable"],
+      ["DELETE /d", 502, "replica_failed"],
       ["GET /e", 200, undefined],
       ["GET /f", 200, undefined],
-      ["GET /partial", 502, "replica_unreachable"],
+      ["GET /partial", 502, "replica_failed"],
     ]);
     expect(seen).toEqual([
       "0 GET /a",
@@ -898,7 +903,7 @@ describe("the node ingress", () => {
     expect(upgrades).toHaveLength(0);
   });
 
-  it("answers 502 replica_unreachable when the replica refuses a WebSocket's connection or resets it", async () => {
+  it("answers 502 replica_unreachable when the replica refuses a WebSocket's connection, replica_failed when it resets it", async () => {
     const closed = await freePort();
     const { port } = await wsSetup({
       targets: { refused: { host: "127.0.0.1", port: closed } },
@@ -907,11 +912,14 @@ describe("the node ingress", () => {
         return true;
       },
     });
-    for (const path of ["/p/refused/", "/p/rep-1/"]) {
-      const a = await refusedWs(port, path);
+    for (const [path, code] of [
+      ["/p/refused/", "replica_unreachable"],
+      ["/p/rep-1/", "replica_failed"],
+    ]) {
+      const a = await refusedWs(port, path!);
       expect(a.status, path).toBe(502);
-      expect(a.headers[INGRESS.errorHeader]).toBe("replica_unreachable");
-      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect(a.headers[INGRESS.errorHeader], path).toBe(code);
+      expect(JSON.parse(a.body).error.code).toBe(code);
       expect(a.body).not.toContain("127.0.0.1");
     }
   });
@@ -937,7 +945,7 @@ describe("the node ingress", () => {
     expect(b).toMatchObject({ status: 403, body: "hello there" });
   });
 
-  it("answers a WebSocket's handshake 502 replica_unreachable when the replica's status is not HTTP's", async () => {
+  it("answers a WebSocket's handshake 502 replica_failed when the replica's status is not HTTP's", async () => {
     const { port } = await wsSetup({
       intercept: (req, socket) => {
         socket.end(
@@ -950,8 +958,8 @@ describe("the node ingress", () => {
     });
     for (const path of ["/p/rep-1/099", "/p/rep-1/101"]) {
       const a = await refusedWs(port, path);
-      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([502, "replica_unreachable"]);
-      expect(JSON.parse(a.body).error.code).toBe("replica_unreachable");
+      expect([a.status, a.headers[INGRESS.errorHeader]], path).toEqual([502, "replica_failed"]);
+      expect(JSON.parse(a.body).error.code).toBe("replica_failed");
     }
     expect((await send(port, "/p/rep-1/x")).status).toBe(200);
   });

@@ -16,7 +16,7 @@
  * A replica's answer is never trusted to be valid HTTP: Node's client takes any three-digit status
  * (`099`, `000`, `600`) and reason phrases with control characters, which `writeHead` would throw on
  * inside a socket's event (an uncaught exception: the agent's end). A status outside 200–599 is
- * answered 502 `replica_unreachable` (as for an answer Node cannot parse at all), a reason phrase
+ * answered 502 `replica_failed` (as for an answer Node cannot parse at all), a reason phrase
  * HTTP does not allow is replaced by the standard one, and anything else `writeHead` refuses cuts
  * the request instead of the process.
  */
@@ -34,7 +34,7 @@ import {
 } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { pipeline } from "node:stream";
-import { HOP_BY_HOP_HEADERS, INGRESS, INGRESS_ERROR_STATUS, type IngressError } from "../core/schemas";
+import { CONNECT_ERRORS, HOP_BY_HOP_HEADERS, INGRESS, INGRESS_ERROR_STATUS, type IngressError } from "../core/schemas";
 import { errorText, type Logger } from "./logger";
 
 /** Where a replica's container answers, as this host reaches it. */
@@ -304,7 +304,7 @@ export class Ingress {
       this.opts.log("debug", "ingress: replica's answer refused", { placement_id: placementId, reason: why });
       if (!res.headersSent) {
         try {
-          fail("replica_unreachable", `the replica answered with ${why}`);
+          fail("replica_failed", `the replica answered with ${why}`);
           return;
         } catch {
           // Our own head refused too (a response left half set by the failed one): cut it.
@@ -364,7 +364,10 @@ export class Ingress {
       }
       this.opts.log("debug", "ingress: replica unreachable", { placement_id: placementId, error: errorText(error) });
       // The error's code only: its text names the container's private address.
-      fail("replica_unreachable", `the replica refused or dropped the connection (${errorCode ?? "error"})`);
+      // Refused (nothing listening): it never had the request. Dropped: it may have acted on it.
+      if (errorCode !== undefined && CONNECT_ERRORS.has(errorCode))
+        fail("replica_unreachable", `the replica refused the connection (${errorCode})`);
+      else fail("replica_failed", `the replica dropped the connection before answering (${errorCode ?? "error"})`);
     });
     // The client went away before the whole answer: stop the replica's work too.
     res.on("close", () => {
@@ -516,7 +519,7 @@ export class Ingress {
         });
         this.refuseUpgrade(
           client,
-          "replica_unreachable",
+          "replica_failed",
           `the replica answered with an invalid status (${answer.statusCode})`,
         );
         return;
@@ -545,7 +548,10 @@ export class Ingress {
       this.opts.log("debug", "ingress: replica unreachable", { placement_id: placementId, error: errorText(error) });
       // The error's code only: its text names the container's private address.
       const code = (error as NodeJS.ErrnoException).code ?? "error";
-      this.refuseUpgrade(client, "replica_unreachable", `the replica refused or dropped the connection (${code})`);
+      if (CONNECT_ERRORS.has(code))
+        this.refuseUpgrade(client, "replica_unreachable", `the replica refused the connection (${code})`);
+      else
+        this.refuseUpgrade(client, "replica_failed", `the replica dropped the connection before answering (${code})`);
     });
     upstream.end();
   }

@@ -59,17 +59,40 @@ export const INGRESS = {
 
 /**
  * Refusals of the ingress itself: `unauthorized` (401, bad or missing key), `unknown_placement`
- * (404, no running replica with that id here), `replica_unreachable` (502, the container refused
- * the connection or reset it before answering), `replica_timeout` (504, no answer in time).
+ * (404, no running replica with that id here), `replica_unreachable` (502, the container could not
+ * be connected to: the request never reached it), `replica_failed` (502, the container had the
+ * request and failed it: it dropped the connection before answering, or answered with something
+ * that is not valid HTTP; it may have acted on it), `replica_timeout` (504, no answer in time).
  */
-export const INGRESS_ERRORS = ["unauthorized", "unknown_placement", "replica_unreachable", "replica_timeout"] as const;
+export const INGRESS_ERRORS = [
+  "unauthorized",
+  "unknown_placement",
+  "replica_unreachable",
+  "replica_failed",
+  "replica_timeout",
+] as const;
 export type IngressError = (typeof INGRESS_ERRORS)[number];
 export const INGRESS_ERROR_STATUS: Readonly<Record<IngressError, number>> = {
   unauthorized: 401,
   unknown_placement: 404,
   replica_unreachable: 502,
+  replica_failed: 502,
   replica_timeout: 504,
 };
+
+/**
+ * Connection errors that mean the request never reached the replica (nothing accepted the
+ * connection): the ingress answers them `replica_unreachable`, any other `replica_failed`.
+ */
+export const CONNECT_ERRORS: ReadonlySet<string> = new Set([
+  "ECONNREFUSED",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EHOSTDOWN",
+  "EADDRNOTAVAIL",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
 
 /**
  * Headers of one connection, not of the message (RFC 9110 §7.6.1): neither proxy on the way to a

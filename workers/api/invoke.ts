@@ -49,6 +49,9 @@ const WEBSOCKET_HANDSHAKE = new Set([
   "sec-websocket-extensions",
   "sec-websocket-accept",
 ]);
+/** Methods that may go to a second replica after the first had them and failed (RFC 9110 §9.2.1: safe). */
+const SAFE_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS"]);
+
 /** Replicas tried for one request before it fails with 502 replica_unreachable. */
 const MAX_TRIES = 3;
 
@@ -186,6 +189,20 @@ const invoke = async (c: Context<ApiEnv>) => {
         // The request never reached a container: another replica may take it.
         exclude.push(route.placement_id);
         continue;
+      }
+      if (refusal === "replica_failed") {
+        // The container had the request and failed it (dropped the connection, or answered with
+        // what is not HTTP): it may have acted on it. Only a safe request goes to another replica.
+        if (SAFE_METHODS.has(c.req.method)) {
+          exclude.push(route.placement_id);
+          continue;
+        }
+        throw new ApiError(
+          502,
+          "replica_failed",
+          `replica ${route.replica_id} failed the request without answering it; it may have acted on it, so it was not sent to another replica`,
+          where,
+        );
       }
       if (refusal === "replica_timeout") {
         throw new ApiError(504, "replica_timeout", `replica ${route.replica_id} did not answer in time`, where);

@@ -175,6 +175,21 @@ describe("invoking an endpoint", () => {
     const none = await invoke(user.token, `/v1/endpoints/spread/invoke/__refuse/replica_unreachable`);
     expect(none.status).toBe(502);
     expect(((await none.json()) as { error: { code: string } }).error.code).toBe("replica_unreachable");
+    // The container had the request and failed it: a GET goes to the other replica too (both fail
+    // here: 2 tried), a POST does not (it may have been acted on).
+    const failedGet = await invoke(user.token, `/v1/endpoints/spread/invoke/__refuse/replica_failed`);
+    expect([failedGet.status, await failedGet.json()]).toMatchObject([
+      502,
+      { error: { code: "replica_unreachable", details: { tried: 2 } } },
+    ]);
+    const failedPost = await invoke(user.token, `/v1/endpoints/spread/invoke/__refuse/replica_failed`, {
+      method: "POST",
+      body: "once",
+    });
+    expect([failedPost.status, await failedPost.json()]).toMatchObject([
+      502,
+      { error: { code: "replica_failed", details: { endpoint_id: ep.id } } },
+    ]);
     // The ingress's other refusals are errors of ours, not the replica's answer.
     for (const [path, status, code] of [
       ["__refuse/replica_timeout", 504, "replica_timeout"],
