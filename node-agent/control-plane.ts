@@ -2,7 +2,9 @@
  * The agent's client of the control plane's agent routes (`AGENT_ROUTES`), typed and validated with
  * the shared zod schemas. Failures are sorted in two: `unreachable` (network, 5xx, 408, 429: try
  * again later) and `rejected` (any other 4xx: retrying the same request will not help). An error
- * answer in Scalar's envelope also gives its `code` (e.g. `unknown_placement`).
+ * answer in Scalar's envelope also gives its `code` (e.g. `unknown_placement`). A body over the
+ * control plane's size cap (MAX_REQUEST_BODY_BYTES, shared with the Worker) is `rejected` with
+ * status 413 and code `payload_too_large`: batches are sized under AGENT_BATCH_BYTES to stay clear.
  */
 import type { z } from "zod";
 import {
@@ -13,11 +15,23 @@ import {
   HeartbeatResponse,
   type LogBatch,
   LogBatchResponse,
+  MAX_REQUEST_BODY_BYTES,
   type NodeInventory,
   PlacementSet,
   RegisterResponse,
   RegistryAuth,
 } from "../core/schemas";
+
+/**
+ * The most a batch of events or log lines should weigh serialized: the control plane's body cap
+ * (MAX_REQUEST_BODY_BYTES) less a quarter, a margin for what the measure of a batch may leave out.
+ */
+export const AGENT_BATCH_BYTES = Math.floor((MAX_REQUEST_BODY_BYTES * 3) / 4);
+
+/** The size of a value as a request body carries it: its JSON, in UTF-8 bytes. */
+export function jsonBytes(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value));
+}
 
 export class ControlPlaneError extends Error {
   constructor(

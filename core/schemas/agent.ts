@@ -297,6 +297,8 @@ export type LogBatchResponse = z.infer<typeof LogBatchResponse>;
 export const HeartbeatResponse = z.object({ state: z.string() });
 export type HeartbeatResponse = z.infer<typeof HeartbeatResponse>;
 
+export { MAX_REQUEST_BODY_BYTES } from "./limits";
+
 /** The agent routes (all under the per-node token, `Authorization: Bearer <node token>`). */
 export const AGENT_ROUTES = {
   /** POST NodeInventory → RegisterResponse */

@@ -5,9 +5,11 @@
  */
 import type { MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { MAX_REQUEST_BODY_BYTES } from "../../core/schemas/limits";
 import { ApiError } from "./errors";
 
-export const MAX_BODY_BYTES = 256 * 1024;
+/** Shared with the node agent, which sizes its log and event batches under it. */
+export const MAX_BODY_BYTES = MAX_REQUEST_BODY_BYTES;
 
 export const limitBody: MiddlewareHandler = bodyLimit({
   maxSize: MAX_BODY_BYTES,
