@@ -234,7 +234,9 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
   await db
     .update(invoices)
     .set({
-      status: finalized.status === "paid" ? "paid" : "open",
+      // Only from draft: a webhook may have moved it on (paid, void, uncollectible) meanwhile, and
+      // its event is not delivered again.
+      status: sql`case when ${invoices.status} = 'draft' then ${finalized.status === "paid" ? "paid" : "open"} else ${invoices.status} end`,
       number: finalized.number ?? null,
       hostedInvoiceUrl: finalized.hosted_invoice_url ?? null,
       finalizedAt: sql`coalesce(${invoices.finalizedAt}, ${finalizedAt.toISOString()}::timestamptz)`,

@@ -148,6 +148,27 @@ describe("monthly invoices", () => {
     expect(sim.invoiceItems().filter((i) => i.metadata?.invoice_id === done!.id)).toHaveLength(2);
   });
 
+  it("does not move an invoice a webhook moved on while it was being sent back to open", async () => {
+    const user = await signUp();
+    await usage(user.accountId, "flex", "H100", 3_600, 1, 2); // 179 ¢
+    const { sim, run } = stack();
+    // The invoice is paid (its webhook applied) while the run waits for Stripe's finalize answer.
+    const original = sim.fetch;
+    sim.fetch = async (request) => {
+      const answer = await original(request);
+      if (request.method === "POST" && new URL(request.url).pathname.endsWith("/finalize")) {
+        await sql("update invoices set status = 'paid' where account_id = $1", [user.accountId]);
+      }
+      return answer;
+    };
+    await run();
+    const [row] = await invoiceOf(user.accountId);
+    expect(row).toMatchObject({ status: "paid", totalCents: 179, lastError: null });
+    // Stripe's own fields are still filled in.
+    expect(row!.number).toEqual(expect.any(String));
+    expect(row!.finalizedAt).toBeInstanceOf(Date);
+  });
+
   it("without a Stripe key, rates the month and keeps the invoice as a draft", async () => {
     const user = await signUp();
     await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
