@@ -13,7 +13,7 @@ import { ApiError } from "../http/errors";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit } from "./audit";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
-import { IdempotencyHeaders, IdParam, PageQuery, pageOf, Scope, Timestamp, Uuid } from "./schemas";
+import { DateTimeInput, IdempotencyHeaders, IdParam, PageQuery, pageOf, Scope, Timestamp, Uuid } from "./schemas";
 import { iso } from "./views";
 
 export const ApiKey = z
@@ -43,7 +43,7 @@ const ApiKeyCreate = z
       .max(SCOPES.length)
       .refine((s) => new Set(s).size === s.length, "scopes must not repeat")
       .openapi({ example: ["jobs:read", "jobs:write"] }),
-    expires_at: z.iso.datetime({ offset: true }).optional().openapi({ description: "Optional expiry (future)." }),
+    expires_at: DateTimeInput.optional().openapi({ description: "Optional expiry (future)." }),
   })
   .openapi("ApiKeyCreate");
 

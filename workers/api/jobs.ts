@@ -27,7 +27,7 @@ import {
 } from "./quota";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { requireGpuModels, schedulerOf, servedRegion } from "./scheduler";
-import { IdempotencyHeaders, IdParam, Job, JobCreate, PageQuery, pageOf } from "./schemas";
+import { DateTimeInput, IdempotencyHeaders, IdParam, Job, JobCreate, PageQuery, pageOf } from "./schemas";
 import { submitJob } from "./submission";
 import { type JobRow, jobView, type RunRow, workloadColumns } from "./views";
 
@@ -54,8 +54,8 @@ const ListJobsQuery = z.strictObject({
     .union([LabelSelector, z.array(LabelSelector).max(10)])
     .optional()
     .openapi({ description: "`key:value`; repeat to require several labels." }),
-  created_after: z.iso.datetime({ offset: true }).optional(),
-  created_before: z.iso.datetime({ offset: true }).optional(),
+  created_after: DateTimeInput.optional(),
+  created_before: DateTimeInput.optional(),
 });
 
 export const jobsRouter = createRouter();

@@ -3,6 +3,7 @@ import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:
 import { describe, expect, it } from "vitest";
 import { MAX_BODY_BYTES } from "../http/body";
 import { createLogger } from "../http/log";
+import { encodeTimeCursor } from "../http/pagination";
 import { expireIdempotencyKeysTask } from "./housekeeping";
 import { poll, retire, startNode } from "./test-agent";
 import { call, createKey, JOB, rateLimitOverride, signUp, sql } from "./test-support";
@@ -303,10 +304,20 @@ describe("listing, reading and cancelling jobs", () => {
       "label=nocolon",
       "sort=asc",
       "region=mars",
+      // Dates zod takes but Postgres does not hold: year 0, and year 10000 once in UTC.
+      "created_after=0000-01-01T00:00:00Z",
+      `created_before=${encodeURIComponent("9999-12-31T23:59:59-23:59")}`,
+      // Forged cursors whose instant does not exist: 30 February, year 0.
+      `cursor=${encodeTimeCursor("2026-02-30T00:00:00.000000Z", ids[0]!)}`,
+      `cursor=${encodeTimeCursor("0000-01-01T00:00:00.000000Z", ids[0]!)}`,
     ]) {
       const res = await call("GET", `/v1/jobs?${query}`, user.token);
       expect(res.status, query).toBe(400);
     }
+    const farKey = await call("POST", "/v1/api-keys", user.token, {
+      body: { name: "far", scopes: ["jobs:read"], expires_at: "9999-12-31T23:59:59-23:59" },
+    });
+    expect([farKey.status, farKey.json.error?.details?.fields?.[0]?.field]).toEqual([400, "expires_at"]);
 
     // A parameter given twice is named as such; label takes repeats.
     const twice = await call("GET", "/v1/jobs?limit=1&limit=2&tier=fast&tier=flex", user.token);

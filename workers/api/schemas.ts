@@ -18,6 +18,15 @@ import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "../http/pagination";
 
 export const Uuid = z.uuid().openapi({ example: "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11" });
 export const Timestamp = z.string().openapi({ format: "date-time", example: "2026-11-26T12:00:00.000Z" });
+/**
+ * A date-time a client sends (RFC 3339 with an offset), within the years Postgres stores: zod takes
+ * `0000-01-01T00:00:00Z` and `9999-12-31T23:59:59-23:59` (year 10000 in UTC), which the database
+ * would refuse with a 500.
+ */
+export const DateTimeInput = z.iso.datetime({ offset: true }).refine((v) => {
+  const year = new Date(v).getUTCFullYear();
+  return year >= 1 && year <= 9999;
+}, "must be between years 1 and 9999 (UTC)");
 export const Scope = z.enum(SCOPES).openapi("Scope");
 
 export const ErrorEnvelope = z

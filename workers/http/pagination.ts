@@ -55,7 +55,10 @@ export function decodeTimeCursor(cursor: string | undefined, idIsUuid = true): T
   const value = decode(cursor) as Partial<TimeCursor> | null;
   const t = value?.t;
   const id = value?.id;
-  if (typeof t !== "string" || !CURSOR_TIME.test(t) || Number.isNaN(new Date(t).getTime())) throw invalidCursor();
+  // The text must be a real instant Postgres takes: no 30 February (Date rolls it into March), no year 0.
+  if (typeof t !== "string" || !CURSOR_TIME.test(t) || t.startsWith("0000")) throw invalidCursor();
+  const parsed = new Date(t);
+  if (Number.isNaN(parsed.getTime()) || parsed.toISOString().slice(0, 23) !== t.slice(0, 23)) throw invalidCursor();
   if (typeof id !== "string" || id.length > 128 || (idIsUuid && !UUID.test(id))) throw invalidCursor();
   return { t, id };
 }
