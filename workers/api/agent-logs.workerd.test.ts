@@ -2,6 +2,7 @@
 import { env, SELF } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES } from "../../core/schemas";
+import { openDb } from "../db/client";
 import { createLogger } from "../http/log";
 import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
 import { BASE, call, createKey, JOB, signUp, sql, type TestUser } from "./test-support";
@@ -346,6 +347,14 @@ describe("job logs", () => {
     expect(empty.status).toBe(400);
     const nul = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line("pl-nul", 0, "a\u0000b")] } });
     expect(nul.json).toEqual({ accepted: 1, duplicates: 0 });
+    // Nor do halves of UTF-16 surrogate pairs (stored as U+FFFD, as UTF-8 has no form for them).
+    const halves = `pl-${crypto.randomUUID()}`;
+    const split = await call("POST", AGENT_ROUTES.logs, token, {
+      body: { lines: [line(halves, 0, "x\uD800y\uDC00z 🙂")] },
+    });
+    expect(split.json).toEqual({ accepted: 1, duplicates: 0 });
+    const [stored] = await sql<{ line: string }>("select line from job_logs where placement_id = $1", [halves]);
+    expect(stored!.line).toBe("x\uFFFDy\uFFFDz 🙂");
   });
 
   it("follows the logs as server-sent events until the job ends", async () => {
@@ -407,4 +416,120 @@ describe("job logs", () => {
     expect(resumedText).toContain("training");
     expect(resumedText).toContain("event: end");
   });
+});
+
+/** Backends waiting for a lock that backend `pid` holds. */
+async function blockedBy(pid: number): Promise<number[]> {
+  const rows = await sql<{ pid: number }>("select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))", [
+    pid,
+  ]);
+  return rows.map((r) => r.pid);
+}
+
+async function waitFor<T>(what: string, check: () => Promise<T | null | undefined | false>): Promise<T> {
+  for (let i = 0; i < 400; i++) {
+    const value = await check();
+    if (value) return value;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("log batches stored concurrently", () => {
+  // Two agents' batches of one job (its two nodes) or one endpoint (replicas on two nodes): A's takes
+  // the lower ids but commits last, held up (as by a slow disk or network) behind a transaction this
+  // test keeps open; B's, with the higher ids, is sent meanwhile. A reader pages through in between
+  // and carries on from its cursor once both are in: it must see every line.
+  it.each(["a job", "an endpoint"] as const)(
+    "of %s: a reader's cursor never passes a line stored later",
+    async (kind) => {
+      const op = await operator();
+      const nodes = [await createNode(op), await createNode(op)] as const;
+      const user = await signUp();
+      let path: string;
+      let placements: [string, string];
+      if (kind === "a job") {
+        const job = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
+        await sql("update jobs set status = 'running' where id = $1", [job.id]);
+        path = `/v1/jobs/${job.id}/logs`;
+        placements = [`${job.id}-a1-g0`, `${job.id}-a1-g1`];
+        for (const [rank, placement] of placements.entries()) {
+          await sql(
+            `insert into job_runs (id, job_id, account_id, attempt, gang_index, node_id, status, gpu_count, placed_at)
+           values ($1, $2, $3, 1, $4, $5, 'running', 8, now())`,
+            [placement, job.id, user.accountId, rank, nodes[rank]!.node.id],
+          );
+        }
+      } else {
+        const ep = await call("POST", "/v1/endpoints", user.token, {
+          body: { name: `race-${crypto.randomUUID().slice(0, 6)}`, image: "busybox", gpu_count: 1, min_replicas: 0 },
+        });
+        expect(ep.status).toBe(201);
+        path = `/v1/endpoints/${ep.json.id}/logs`;
+        placements = [`${ep.json.id}#0-a1-g0`, `${ep.json.id}#1-a1-g0`];
+        for (const [replica, placement] of placements.entries()) {
+          await sql(
+            `insert into replica_runs (id, endpoint_id, account_id, replica, attempt, node_id, status, placed_at)
+           values ($1, $2, $3, $4, 1, $5, 'running', now())`,
+            [placement, ep.json.id, user.accountId, replica, nodes[replica]!.node.id],
+          );
+        }
+      }
+      const aLines = Array.from({ length: 10 }, (_, i) => `a${i}`);
+
+      // The hold-up: an uncommitted row with A's last (placement, seq), so A's insert takes all its
+      // ids, then waits on the unique index until this transaction rolls back.
+      const { sql: direct, close } = openDb(env);
+      let release = () => {};
+      const released = new Promise<void>((done) => {
+        release = done;
+      });
+      let holderPid = 0;
+      const holder = direct
+        .begin(async (tx) => {
+          const [me] = await tx<{ pid: number }[]>`select pg_backend_pid() as pid`;
+          await tx`insert into job_logs (placement_id, node_id, seq, stream, at, line)
+                 values (${placements[0]}, ${nodes[0].node.id}, ${aLines.length - 1}, 'stdout', now(), 'hold-up')`;
+          holderPid = me!.pid;
+          await released;
+          throw new Error("rollback");
+        })
+        .catch(() => {});
+      try {
+        await waitFor("the hold-up", async () => holderPid);
+        const a = call("POST", AGENT_ROUTES.logs, nodes[0].token, {
+          body: { lines: aLines.map((text, seq) => line(placements[0], seq, text)) },
+        });
+        const aPid = await waitFor("A's batch to wait", async () => (await blockedBy(holderPid))[0]);
+        let bDone = false;
+        const b = call("POST", AGENT_ROUTES.logs, nodes[1].token, {
+          body: { lines: [line(placements[1], 0, "b0"), line(placements[1], 1, "b1")] },
+        }).finally(() => {
+          bDone = true;
+        });
+        // B's batch is stored, or waits for A's.
+        await waitFor("B's batch to be stored or wait", async () => bDone || (await blockedBy(aPid)).length > 0);
+
+        const first = await call("GET", `${path}?limit=1`, user.token);
+        expect(first.status).toBe(200);
+        release();
+        await holder;
+        expect((await a).json).toEqual({ accepted: aLines.length, duplicates: 0 });
+        expect((await b).json).toEqual({ accepted: 2, duplicates: 0 });
+
+        const seen: string[] = first.json.data.map((l: { line: string }) => l.line);
+        let cursor: string | null = first.json.next_cursor;
+        do {
+          const next = await call("GET", `${path}?limit=100${cursor ? `&cursor=${cursor}` : ""}`, user.token);
+          seen.push(...next.json.data.map((l: { line: string }) => l.line));
+          cursor = next.json.next_cursor;
+        } while (cursor);
+        expect(seen).toEqual([...aLines, "b0", "b1"]);
+      } finally {
+        release();
+        await holder;
+        await close().catch(() => {});
+      }
+    },
+  );
 });

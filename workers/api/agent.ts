@@ -20,11 +20,12 @@ import {
   registryOf,
 } from "../../core/schemas";
 import { SecretKeyError } from "../auth/env-secrets";
-import { jobLogs, nodes } from "../db/schema";
+import { nodes } from "../db/schema";
 import { jsonBody } from "../http/body";
 import { ApiError } from "../http/errors";
 import { authenticateNode, authenticateRecentNode } from "../nodes/authenticate";
 import { ingressKey } from "../nodes/ingress-key";
+import { insertLogLines } from "./job-logs";
 import { credentialsFor } from "./registries";
 import { createRouter, ERRORS, NODE_TOKEN, respond } from "./router";
 import { schedulerOf, viaScheduler } from "./scheduler";
@@ -241,23 +242,9 @@ agentRouter.openapi(
   async (c) => {
     const node = c.get("node");
     const lines = c.req.valid("json").lines;
-    const inserted = await c
-      .get("pg")
-      .db.insert(jobLogs)
-      .values(
-        lines.map((l) => ({
-          placementId: l.placement_id,
-          nodeId: node.id,
-          seq: l.seq,
-          stream: l.stream,
-          at: new Date(l.at),
-          // Postgres text cannot hold NUL; containers can print it.
-          line: l.line.replaceAll("\u0000", "\uFFFD"),
-        })),
-      )
-      .onConflictDoNothing({ target: [jobLogs.placementId, jobLogs.seq] })
-      .returning({ id: jobLogs.id });
-    return respond(c, LogAck, { accepted: inserted.length, duplicates: lines.length - inserted.length }, 200);
+    // In id order per job and endpoint, so that readers paging by id miss none (job-logs.ts).
+    const accepted = await insertLogLines(c.get("pg").db, node.id, lines);
+    return respond(c, LogAck, { accepted, duplicates: lines.length - accepted }, 200);
   },
 );
 

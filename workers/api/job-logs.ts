@@ -8,7 +8,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import { type JobStatus, TERMINAL_JOB_STATUSES } from "../../core/schemas";
+import { type JobStatus, type LogLine, TERMINAL_JOB_STATUSES } from "../../core/schemas";
 import { requireAccount } from "../auth/caller";
 import { type Db, openDb } from "../db/client";
 import { endpoints, jobs } from "../db/schema";
@@ -59,6 +59,77 @@ interface LogRow extends Record<string, unknown> {
   at: Date | string;
   line: string;
 }
+
+/**
+ * Stores an agent's batch (`POST /v1/agent/logs`), dropping lines whose `(placement_id, seq)` is
+ * stored already; returns how many were new.
+ *
+ * Readers page by `job_logs.id` (a sequence: ids are taken as rows are inserted, but become visible
+ * when their transaction commits). Two batches of one job (two nodes of a multi-node job) or of one
+ * endpoint (replicas on different nodes) stored at once could commit out of id order: a reader would
+ * see the later ids, move its cursor past them, and never be given the lines with the earlier ids
+ * that commit afterwards. So each batch first takes a transaction-scoped advisory lock per job or
+ * endpoint it has lines of, and only then takes its ids: a second batch of the same job waits for the
+ * first to commit (the lock is let go after the commit is visible), so its ids are higher and become
+ * visible later. For any job or endpoint, ids then become visible in increasing order, and a line
+ * with an id below the cursor is never committed after the cursor passed it.
+ *
+ * It is one statement, as the insert was before (its own transaction; a transaction-scoped lock is
+ * safe under Hyperdrive's transaction pooling, a session lock would not be): no extra round trip,
+ * and the lock is held only while Postgres stores the batch and commits, never across the network.
+ * The `locked` CTE has to finish (all locks taken, in key order so two batches that share several
+ * cannot deadlock) before the cross join yields a row to insert, and ids are drawn (the column's
+ * default) only for rows coming out of it.
+ *
+ * The lock key is what a reader's scope is: the job or endpoint of the placement's run. Its run row
+ * may not be in Postgres yet (the scheduler's outbox writes it shortly after placing); the placement
+ * id then still names it, `<job id>-a<attempt>-g<rank>` or `<endpoint id>#<replica>-a<attempt>-g0`
+ * (durable-objects/region-scheduler/region.ts), so the leading UUID is the same key. Other keys
+ * (a placement no one knows) only serialize that placement's own batches. Batches of different jobs
+ * do not wait for each other (a hash collision in the 32-bit key only makes two of them wait).
+ */
+export async function insertLogLines(db: Db, nodeId: string, lines: LogLine[]): Promise<number> {
+  const batch = lines.map((l, n) => ({
+    n,
+    placement_id: l.placement_id,
+    seq: l.seq,
+    stream: l.stream,
+    at: new Date(l.at).toISOString(),
+    // Postgres text cannot hold NUL (containers can print it), nor jsonb a lone UTF-16 surrogate
+    // (which a UTF-8 encoding of the string would have turned into U+FFFD anyway).
+    line: l.line.replaceAll("\u0000", "\uFFFD").replace(LONE_SURROGATE, "\uFFFD"),
+  }));
+  const inserted = await db.execute(sql`
+    with batch as (
+      select * from jsonb_to_recordset(${JSON.stringify(batch)}::jsonb)
+        as b(n int, placement_id text, seq bigint, stream text, at timestamptz, line text)
+    ),
+    locked as (
+      select count(*) as locks from (
+        select pg_advisory_xact_lock(${LOG_LOCK_SPACE}, k) from (
+          select distinct hashtext(coalesce(
+                   (select job_id::text from job_runs where id = p.placement_id),
+                   (select endpoint_id::text from replica_runs where id = p.placement_id),
+                   substring(lower(p.placement_id) from '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'),
+                   p.placement_id)) as k
+            from (select distinct placement_id from batch) p
+        ) keys
+        order by k
+      ) taken
+    )
+    insert into job_logs (placement_id, node_id, seq, stream, at, line)
+    select b.placement_id, ${nodeId}, b.seq, b.stream, b.at, b.line
+      from batch b cross join locked
+     order by b.n
+    on conflict (placement_id, seq) do nothing
+    returning id`);
+  return inserted.length;
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/** The first key of the two-key advisory locks on log inserts (apart from the migration runner's one-key lock). */
+const LOG_LOCK_SPACE = 0x4a4c4f47; // "JLOG"
 
 /** Whose lines: a job's (through `job_runs`) or an endpoint's replicas' (through `replica_runs`). */
 type LogSource = { kind: "job"; id: string } | { kind: "endpoint"; id: string };
