@@ -18,6 +18,7 @@ import type {
   CancelResult,
   CapacitySnapshot,
   DeadLetter,
+  DrainResult,
   EndpointSpec,
   EndpointState,
   EventResult,
@@ -195,7 +196,7 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     }, true);
   }
 
-  async drain(nodeId: string): Promise<NodeResult> {
+  async drain(nodeId: string): Promise<DrainResult> {
     return this.change((now) => this.state.drain(nodeId, now));
   }
 

@@ -742,13 +742,100 @@ describe("RegionScheduler: capacity", () => {
     const { stub } = await region();
     await stub.registerNode(nodeReg(N("n1")));
     expect(await stub.drain(N("n1"))).toEqual({ ok: true, state: "draining" });
-    expect(await stub.drain(N("zz"))).toEqual({ ok: false, state: "unknown" });
+    expect(await stub.drain(N("zz"))).toEqual({ ok: false, state: "unknown", pending: true });
     const job = await jobFor();
     await stub.submit(job);
     expect(await stub.jobState(job.id)).toMatchObject({
       status: "queued",
       waiting_reason: "0/1 nodes: 1 node draining",
     });
+  });
+
+  it("keeps a drain across a loss: the node comes back draining, takes no new work, and Postgres never says ready", async () => {
+    const { stub, clock } = await region({ heartbeat_timeout_ms: 60_000 });
+    await stub.registerNode(nodeReg(N("a")));
+    expect(await stub.drain(N("a"))).toEqual({ ok: true, state: "draining" });
+    // Silent past the timeout (an agent restarting for an upgrade, say): lost.
+    clock.advance(61_000);
+    await runDurableObjectAlarm(stub);
+    expect((await stub.listNodes()).map((n) => n.state)).toEqual(["lost"]);
+    const pgState = async () => (await sql`select state from nodes where id = ${N("a")}`)[0]?.state;
+    // Lost, it stays drained for the capacity manager (out of supply for good), not a node booting.
+    expect(await pgState()).toBe("draining");
+
+    // Its heartbeat returns, running nothing: back, draining, never ready.
+    const beat = () => stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [] });
+    expect(await beat()).toEqual({ ok: true, state: "draining" });
+    expect((await stub.listNodes()).map((n) => n.state)).toEqual(["draining"]);
+    const job = await jobFor();
+    await stub.submit(job);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/1 nodes: 1 node draining",
+    });
+    // Its agent registers again (a restart): still draining; the alarm places nothing there.
+    await stub.registerNode(nodeReg(N("a")));
+    clock.advance(1_000);
+    await beat();
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "queued" });
+    expect((await stub.capacitySnapshot()).by_model).toMatchObject([{ nodes_ready: 0, nodes_draining: 1 }]);
+    expect(await pgState()).toBe("draining");
+    const audit = await sql`select action, data from audit_log where target_id = ${N("a")} order by id`;
+    expect(audit.map((a) => [a.action, a.data.state])).toEqual([
+      ["node.registered", "ready"],
+      ["node.draining", undefined],
+      ["node.lost", undefined],
+      ["node.recovered", "draining"],
+      ["node.reregistered", "draining"],
+    ]);
+  });
+
+  it("remembers a drain of a lost node or one not registered yet: each comes back draining", async () => {
+    const { stub, clock } = await region({ heartbeat_timeout_ms: 60_000 });
+    await stub.registerNode(nodeReg(N("a")));
+    clock.advance(61_000);
+    await runDurableObjectAlarm(stub);
+    // Lost: drained all the same, for its return.
+    expect(await stub.drain(N("a"))).toEqual({ ok: true, state: "lost" });
+    // Not registered yet (written off for not booting, say): the object says so, and keeps the drain.
+    expect(await stub.drain(N("b"))).toEqual({ ok: false, state: "unknown", pending: true });
+    expect(await stub.drain(N("b"))).toEqual({ ok: false, state: "unknown", pending: true });
+
+    expect(await stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [] })).toEqual({
+      ok: true,
+      state: "draining",
+    });
+    await stub.registerNode(nodeReg(N("b")));
+    expect(await stub.heartbeat(N("b"), { at: clock.t, gpus: [], containers: [], running: [] })).toEqual({
+      ok: true,
+      state: "draining",
+    });
+    expect((await stub.listNodes()).map((n) => [n.node_id, n.state])).toEqual([
+      [N("a"), "draining"],
+      [N("b"), "draining"],
+    ]);
+    const job = await jobFor();
+    await stub.submit(job);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      waiting_reason: "0/2 nodes: 2 node draining",
+    });
+
+    // A kept drain goes with `removeNode`: a node of that id registering later is a new node.
+    expect(await stub.drain(N("c"))).toMatchObject({ ok: false, pending: true });
+    expect(await stub.removeNode(N("c"))).toEqual({ removed: false });
+    await stub.registerNode(nodeReg(N("c")));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed" });
+
+    await runDurableObjectAlarm(stub);
+    const rows = await sql`select id, state from nodes where id in ${sql([N("a"), N("b"), N("c")])} order by id`;
+    expect(rows.map((r) => r.state)).toEqual(["draining", "draining", "ready"]);
+    const audit = await sql`select action, data from audit_log where target_id = ${N("b")} order by id`;
+    expect(audit.map((a) => [a.action, a.data.registered ?? a.data.state])).toEqual([
+      ["node.draining", false],
+      ["node.registered", "draining"],
+    ]);
   });
 
   it("does not write a row per heartbeat", async () => {

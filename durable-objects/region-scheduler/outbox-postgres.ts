@@ -64,14 +64,18 @@ async function updateJob(sql: Sql, j: JobUpdate): Promise<void> {
  * The node row, inserted from registration data if the control plane has not written it yet.
  * `released` is the control plane's final word (the market took the node back, its token is
  * revoked): a later write from the scheduler (e.g. the drain that follows a release) never undoes it.
+ * A drained node is `draining` until it is released, lost or not (the scheduler's live state says
+ * which): the capacity manager reads `draining` as out of supply for good, so a loss and a return
+ * never make it `ready` (or `lost`, then counted as a node still booting) again.
  */
 async function upsertNode(sql: Sql, n: NodeRecord): Promise<void> {
   const blockId = n.block_id && UUID.test(n.block_id) ? n.block_id : null;
+  const state = n.drained ? "draining" : n.state;
   await sql`
     insert into nodes (id, block_id, region, zone, gpu_model, gpu_count, cpu_milli, memory_mib, state, hostname,
                        registered_at, last_heartbeat_at)
     values (${n.id}, (select id from blocks where id = ${blockId}::uuid), ${n.region}, ${n.zone}, ${n.gpu_model},
-            ${n.gpu_count}, ${n.cpu_milli}, ${n.memory_mib}, ${n.state}, ${n.hostname}, ${ts(n.registered_at)},
+            ${n.gpu_count}, ${n.cpu_milli}, ${n.memory_mib}, ${state}, ${n.hostname}, ${ts(n.registered_at)},
             ${ts(n.last_heartbeat_at)})
     on conflict (id) do update set
       block_id = coalesce(excluded.block_id, nodes.block_id), region = excluded.region, zone = excluded.zone,

@@ -40,6 +40,8 @@ export interface NodeRecord {
   cpu_milli: number;
   memory_mib: number;
   state: string;
+  /** Drained (for good), lost or not; absent in rows written before the scheduler kept drains. */
+  drained?: boolean;
   hostname: string | null;
   block_id: string | null;
   registered_at: number;

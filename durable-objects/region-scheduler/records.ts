@@ -237,6 +237,7 @@ export class Records {
       cpu_milli: node.cpu_milli,
       memory_mib: node.memory_mib,
       state: node.state,
+      drained: node.drained_at !== null,
       hostname: node.hostname,
       block_id: node.block_id,
       registered_at: node.registered_at,

@@ -34,6 +34,7 @@ import {
 } from "./rows";
 import type {
   CancelResult,
+  DrainResult,
   EndpointSpec,
   EventResult,
   NodeCordon,
@@ -322,16 +323,20 @@ export class Region {
     const gpus = JSON.stringify(reg.gpus.map((g) => g.index).sort((a, b) => a - b));
     const existing = this.node(reg.node_id);
     if (!existing) {
+      // Drained before it ever registered (written off for not booting, say): draining from its first moment.
+      const pending = this.db.one<{ at: number }>("select at from pending_drains where node_id = ?", reg.node_id);
+      this.db.run("delete from pending_drains where node_id = ?", reg.node_id);
       this.db.run(
         `insert into nodes (id, zone, gpu_model, gpus, cpu_milli, memory_mib, state, block_id, block_end_at, hostname,
-           address, ingress_url, agent_version, registered_at, last_heartbeat_at)
-         values (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?)`,
+           address, ingress_url, agent_version, registered_at, last_heartbeat_at, drained_at)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         reg.node_id,
         reg.zone,
         reg.gpu_model,
         gpus,
         reg.cpu_milli,
         reg.memory_mib,
+        pending ? "draining" : "ready",
         reg.block_id,
         reg.block_end_at,
         reg.hostname,
@@ -340,6 +345,7 @@ export class Region {
         reg.agent_version,
         now,
         now,
+        pending?.at ?? null,
       );
     } else {
       // A lost node stays lost until a heartbeat shows it no longer runs what was moved away.
@@ -468,14 +474,16 @@ export class Region {
       const desired = new Set(this.activeRuns(nodeId).map((r) => r.id));
       const orphans = [...running].filter((id) => !desired.has(id));
       if (orphans.length === 0) {
-        this.patch("nodes", node, { state: "ready", lost_at: null, last_heartbeat_at: now, synced_heartbeat_at: now });
+        // A drain is for good: a drained node comes back draining, and takes no new work.
+        const state = node.drained_at !== null ? "draining" : "ready";
+        this.patch("nodes", node, { state, lost_at: null, last_heartbeat_at: now, synced_heartbeat_at: now });
         this.records.node(node, now);
         this.records.audit(
           `node:${nodeId}`,
           null,
           "node.recovered",
           { type: "node", id: nodeId },
-          {},
+          state === "draining" ? { state } : {},
           `node.recovered:${nodeId}:${now}`,
           now,
         );
@@ -544,23 +552,41 @@ export class Region {
     return true;
   }
 
-  drain(nodeId: string, now: number): { ok: boolean; state: NodeRow["state"] | "unknown" } {
+  /**
+   * No new work on the node again, for good. Kept in `drained_at`, so it holds across a loss: a
+   * lost node is drained too (`ok`, state `lost`) and comes back `draining`. A node not registered
+   * yet: kept in `pending_drains` for its registration, and answered `ok` false, `unknown`, `pending`.
+   */
+  drain(nodeId: string, now: number): DrainResult {
     const node = this.node(nodeId);
-    if (!node) return { ok: false, state: "unknown" };
-    if (node.state === "ready") {
-      this.patch("nodes", node, { state: "draining" });
-      this.records.node(node, now);
-      this.records.audit(
-        `node:${nodeId}`,
-        null,
-        "node.draining",
-        { type: "node", id: nodeId },
-        {},
-        `node.draining:${nodeId}:${now}`,
+    if (!node) {
+      const fresh = this.db.run(
+        "insert into pending_drains (node_id, at) values (?, ?) on conflict (node_id) do nothing",
+        nodeId,
         now,
       );
+      if (fresh > 0) this.drained(nodeId, { registered: false }, now);
+      return { ok: false, state: "unknown", pending: true };
     }
-    return { ok: true, state: node.state };
+    if (node.drained_at === null) {
+      this.patch("nodes", node, { drained_at: now, ...(node.state === "ready" ? { state: "draining" } : {}) });
+      this.records.node(node, now);
+      this.drained(nodeId, node.state === "lost" ? { lost: true } : {}, now);
+    }
+    return { ok: true, state: liveState(node) };
+  }
+
+  private drained(nodeId: string, data: Record<string, unknown>, now: number): void {
+    this.log("node.draining", { node_id: nodeId, ...data });
+    this.records.audit(
+      `node:${nodeId}`,
+      null,
+      "node.draining",
+      { type: "node", id: nodeId },
+      data,
+      `node.draining:${nodeId}:${now}`,
+      now,
+    );
   }
 
   /**
@@ -600,6 +626,8 @@ export class Region {
 
   /** The node left the fleet: its work ends as lost (retried elsewhere) and its row goes. */
   removeNode(nodeId: string, now: number): boolean {
+    // A drain kept for a node that never registered goes with it.
+    this.db.run("delete from pending_drains where node_id = ?", nodeId);
     const node = this.node(nodeId);
     if (!node) return false;
     for (const run of this.activeRuns(nodeId)) {

@@ -32,6 +32,11 @@ export type NodeRow = {
   engine_stuck: string | null;
   /** JSON of the operator's `NodeCordon` while they keep new work off the node; else null. */
   cordon: string | null;
+  /**
+   * When the node was drained (for good: it takes no new work again); null: never. A lost node
+   * keeps it and comes back `draining`.
+   */
+  drained_at: number | null;
 };
 
 /** A ready node takes no new work while its agent reports a hung container engine, or an operator cordoned it. */

@@ -127,6 +127,15 @@ export interface NodeResult {
   state: NodeView["state"] | "unknown";
 }
 
+/**
+ * What `drain` answers. `ok`: the node is drained (`draining`, or `lost` and it comes back
+ * draining). A node the object does not know is `ok` false, `state` "unknown", with `pending` true:
+ * the drain is kept and applies when a node of that id registers (until `removeNode` forgets it).
+ */
+export interface DrainResult extends NodeResult {
+  pending?: boolean;
+}
+
 export interface NodeView {
   node_id: string;
   zone: string;
@@ -304,7 +313,12 @@ export interface RegionSchedulerRpc {
   capacitySnapshot(): Promise<CapacitySnapshot>;
   reserve(request: ReservationRequest): Promise<ReserveResult>;
   release(reservationId: string): Promise<{ released: boolean }>;
-  drain(nodeId: string): Promise<NodeResult>;
+  /**
+   * No new work lands on the node again, for good; what runs finishes. Holds across a loss (the node
+   * comes back `draining`); on a lost node it is kept for its return; on a node not registered yet
+   * it waits for the registration (see DrainResult).
+   */
+  drain(nodeId: string): Promise<DrainResult>;
   /**
    * An operator keeps new work off a ready node (what runs runs on) until `uncordon`. A draining or
    * lost node is refused (`ok` false, its state). Again on a node they cordoned: nothing changes,

@@ -143,4 +143,11 @@ export const SCHEMA: readonly string[] = [
   // v10: the tier a run was placed at, so its usage is billed at it even after an endpoint's tier
   // changes while the run stops (null: placed before v10, billed at its job's tier).
   `alter table runs add column tier text;`,
+  // v11: when the node was drained (null: never). A drain is for good: it holds across a loss (a
+  // lost node comes back draining, never ready). A drain of a node not registered yet waits in
+  // `pending_drains` and applies when it registers. Nodes draining before v11 keep their drain (when
+  // unknown: their registration).
+  `alter table nodes add column drained_at integer;
+   update nodes set drained_at = registered_at where state = 'draining';
+   create table pending_drains (node_id text primary key, at integer not null);`,
 ];

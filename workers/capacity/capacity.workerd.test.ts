@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
 import { AGENT_ROUTES, decodeUserData, type PlacementSet, parseNodeBootScript } from "../../core/schemas";
 import type { RegionScheduler } from "../../durable-objects/region-scheduler/RegionScheduler";
+import type { DrainResult } from "../../durable-objects/region-scheduler/rpc";
 import { Simulator } from "../../tools/sfcompute-sim/simulator";
 import { schedulerOf } from "../api/scheduler";
 import { submitJob } from "../api/submission";
@@ -23,7 +24,7 @@ import { SfComputeClient } from "../sfcompute/client";
 import { CAPACITY_CONFIG, DEMAND_WINDOW, type IngressKnobs, nodeIngressFromEnv } from "./config";
 import { H100_NODE_SHAPE } from "./cron";
 import { recentArrivals } from "./fleet";
-import { type CapacityDeps, runCapacityCycle } from "./manager";
+import { type CapacityDeps, type CapacityScheduler, runCapacityCycle } from "./manager";
 import { tokenOfCloudInit } from "./market";
 
 const log = createLogger("error");
@@ -38,6 +39,8 @@ function harness(
     config?: Partial<typeof CAPACITY_CONFIG>;
     demand?: Partial<typeof DEMAND_WINDOW>;
     env?: IngressKnobs;
+    /** Stands between the cycle and the region's scheduler (to fail a call, or act between two). */
+    scheduler?: (real: CapacityScheduler) => CapacityScheduler;
   },
 ) {
   const sim = new Simulator({
@@ -61,7 +64,7 @@ function harness(
   const deps: CapacityDeps = {
     db,
     client,
-    scheduler: schedulerOf(env, region),
+    scheduler: opts.scheduler?.(schedulerOf(env, region)) ?? schedulerOf(env, region),
     log,
     now: () => sim.engine.now(),
     // No headroom from history: the buys here answer the waiting work alone.
@@ -455,6 +458,16 @@ describe("the capacity cron against the simulator", () => {
     const next = (await h.cycle()).plan.actions;
     expect(ofKind(next, "drain").filter((d) => d.nodeId === first!.name)).toHaveLength(0);
     expect(ofKind(next, "buy")).toHaveLength(0);
+
+    // Its agent comes after all: the scheduler kept the drain, so the node joins draining and takes
+    // no work (its hours are being sold), and its row stays draining.
+    expect((await register(tokenOfCloudInit(first!.cloudInitUserData!)!, first!.name)).status).toBe(200);
+    const scheduler = schedulerOf(env, region);
+    expect((await scheduler.listNodes()).map((n) => [n.node_id, n.state])).toContainEqual([first!.name, "draining"]);
+    await new Promise((r) => setTimeout(r, 2_500));
+    await runDurableObjectAlarm(env.REGION_SCHEDULER.get(env.REGION_SCHEDULER.idFromName(region)));
+    const [late] = await db.select().from(nodes).where(eq(nodes.id, first!.name));
+    expect(late!.state).toBe("draining");
   });
 
   it("makes the scheduler forget a node released before it forgot released nodes", async () => {
@@ -529,6 +542,89 @@ describe("the capacity cron against the simulator", () => {
     // The simulator fills the sales and the nodes' time now ends at the hour.
     h.advance(MINUTE_MS);
     for (const n of h.simNodes()) expect(n.endAt).toBe(nextHour);
+  });
+
+  it("sells no node whose drain failed, nor one that took work between the plan and the sale", async () => {
+    const region = "capacity-e2e-sell-guard";
+    // Between the cycle and its scheduler, for the next drains in turn: a job submitted just before
+    // one (the packer places it on the idle node while the quotes are fetched), a drain that fails
+    // (the scheduler unreachable), or one answered without draining (what the hook returns).
+    let before: ((nodeId: string) => Promise<DrainResult | undefined>)[] = [];
+    const h = harness(region, {
+      seed: 11_008,
+      config: { durationsHours: [4], flex: { ...CAPACITY_CONFIG.flex, limitCentsPerGpuHour: 1_000 } },
+      demand: { peakLookbackMs: 10 * MINUTE_MS },
+      scheduler: (real) => ({
+        capacitySnapshot: () => real.capacitySnapshot(),
+        reserve: (r) => real.reserve(r),
+        release: (id) => real.release(id),
+        setNodeBlock: (id, block, end) => real.setNodeBlock(id, block, end),
+        removeNode: (id) => real.removeNode(id),
+        drain: async (id) => (await before.shift()?.(id)) ?? real.drain(id),
+      }),
+    });
+    const user = await signUp();
+    for (let i = 0; i < 2; i++) {
+      await submitTo(region, user.accountId, { tier: "flex", gpuCount: 8, estimatedDurationS: 600 });
+    }
+    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "flex", nodes: 2 }]);
+    h.advance(7 * MINUTE_MS);
+    await h.cycle();
+    const tokens = h.simNodes().map((n) => ({ name: n.name, token: tokenOfCloudInit(n.cloudInitUserData!)! }));
+    for (const t of tokens) expect((await register(t.token, t.name)).status).toBe(200);
+    for (const t of tokens) await runToCompletion(t.token);
+    const sells = () =>
+      db
+        .select()
+        .from(marketOrders)
+        .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:sell_back")));
+
+    // The sale is planned; a job is placed on one of the idle nodes just before the first drain:
+    // both nodes are drained, but the one with work is not sold (nor its group).
+    const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+    h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+    const scheduler = schedulerOf(env, region);
+    let job = "";
+    before = [
+      async () => {
+        job = (await submitTo(region, user.accountId, { tier: "flex", gpuCount: 8, estimatedDurationS: 600 })).id;
+        return undefined;
+      },
+    ];
+    const raced = await h.cycle();
+    expect(ofKind(raced.plan.actions, "sell_back")).toHaveLength(1);
+    const [busy] = (await scheduler.jobState(job))!.placements.map((p) => p.node_id);
+    expect(raced.failed.map((f) => [f.action, f.error])).toEqual([
+      ["sell_back:sell_back", `not sold: ${busy} still run work`],
+    ]);
+    expect(await sells()).toEqual([]);
+    // Its work runs on (the node is drained: sold once it has emptied).
+    expect((await scheduler.jobState(job))?.status).toBe("placed");
+    await runToCompletion(tokens.find((t) => t.name === busy)!.token);
+
+    // A minute later both are drained and idle: the sale is planned again, but the first node's
+    // drain fails (the scheduler unreachable) and the second's is answered without a drain (a
+    // scheduler that does not know the node and keeps nothing): nothing is sold.
+    h.advance(MINUTE_MS);
+    const refused: string[] = [];
+    before = [
+      async (id) => {
+        refused.push(id);
+        throw new Error("scheduler unreachable");
+      },
+      async (id) => {
+        refused.push(id);
+        return { ok: false, state: "unknown" };
+      },
+    ];
+    const failed = await h.cycle();
+    expect(ofKind(failed.plan.actions, "sell_back")).toHaveLength(1);
+    expect(failed.failed.map((f) => [f.action, f.error])).toEqual([
+      ["drain:sell_back", "scheduler unreachable"],
+      ["drain:sell_back", `node ${refused[1]} not drained: the scheduler answers unknown`],
+      ["sell_back:sell_back", `not sold: ${refused.join(",")} not drained`],
+    ]);
+    expect(await sells()).toEqual([]);
   });
 });
 

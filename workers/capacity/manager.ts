@@ -153,9 +153,13 @@ export async function runCapacityCycle(deps: CapacityDeps, region: string): Prom
   // 4. Carry it out.
   const bought: string[] = [];
   const minute = minuteOf(now);
+  // Nodes whose drain took in this cycle: a sale's nodes are drained by the actions before it.
+  const drained = new Set<string>();
   for (const [i, action] of plan.actions.entries()) {
     const what = `${action.kind}:${action.reason.rule}`;
-    await attempt(what, () => execute(deps, region, fleet, contracts, action, `${region}|${minute}|${i}`, bought));
+    await attempt(what, () =>
+      execute(deps, region, fleet, contracts, action, `${region}|${minute}|${i}`, bought, drained),
+    );
   }
 
   // 5. The record.
@@ -290,6 +294,7 @@ async function execute(
   action: PlanAction,
   intent: string,
   bought: string[],
+  drained: Set<string>,
 ): Promise<void> {
   switch (action.kind) {
     case "buy":
@@ -299,11 +304,11 @@ async function execute(
       await extend(deps, region, fleet, action, intent);
       return;
     case "sell_back":
-      await sellBack(deps, region, fleet, contracts, action);
+      await sellBack(deps, region, fleet, contracts, action, drained);
       return;
     case "drain":
-      await deps.scheduler.drain(action.nodeId);
-      await deps.db.update(nodes).set({ state: "draining" }).where(eq(nodes.id, action.nodeId));
+      await drainNode(deps, action.nodeId);
+      drained.add(action.nodeId);
       return;
     case "release":
       await releaseNode(deps, action.nodeId);
@@ -314,6 +319,20 @@ async function execute(
     case "hold":
       return;
   }
+}
+
+/**
+ * The region's scheduler drains the node, then our row says `draining`. Drained: it answers
+ * `draining`, or `lost` (it comes back draining), or does not know the node yet and keeps the drain
+ * for its registration (`pending`: a node written off before its agent came). Anything else throws,
+ * and the row is left as it was: the policy plans the drain again next minute.
+ */
+async function drainNode(deps: CapacityDeps, nodeId: string): Promise<void> {
+  const result = await deps.scheduler.drain(nodeId);
+  if (!result.ok && !(result.state === "unknown" && result.pending)) {
+    throw new Error(`node ${nodeId} not drained: the scheduler answers ${result.state}`);
+  }
+  await deps.db.update(nodes).set({ state: "draining" }).where(eq(nodes.id, nodeId));
 }
 
 async function buy(
@@ -570,6 +589,7 @@ async function sellBack(
   fleet: Fleet,
   contracts: ContractIndex,
   action: Extract<PlanAction, { kind: "sell_back" }>,
+  drained: Set<string>,
 ): Promise<void> {
   const groups = new Set(action.nodeIds.map((id) => fleet.market.get(id)).map((n) => (n ? nodeSaleGroup(n) : "")));
   const [group] = [...groups];
@@ -579,6 +599,14 @@ async function sellBack(
   if (groups.size !== 1 || ids.length !== action.nodeIds.length) {
     throw new Error(`sale group of ${action.nodeIds.join(",")} does not match its contracts`);
   }
+  // The plan saw these nodes idle at the start of the cycle. Sold only if each one's drain took in
+  // this cycle and, looked at again after it, none has work: the scheduler may have placed a job on
+  // an idle node while the quotes were fetched, and work on a sold node is cut off at the sale.
+  const undrained = action.nodeIds.filter((id) => !drained.has(id));
+  if (undrained.length > 0) throw new Error(`not sold: ${undrained.join(",")} not drained`);
+  const live = await deps.scheduler.capacitySnapshot();
+  const busy = action.nodeIds.filter((id) => live.running.some((r) => r.node_id === id));
+  if (busy.length > 0) throw new Error(`not sold: ${busy.join(",")} still run work`);
   const perNode = Math.floor(action.minPriceCents / action.nodeIds.length);
   for (const [i, contractId] of ids.entries()) {
     await placeJournaledOrder(
