@@ -11,25 +11,27 @@ import { Backoff, type BackoffPolicy, DEFAULT_BACKOFF } from "./backoff";
 import type { Clock } from "./clock";
 import { LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
-import type { ContainerEngine, LogFollow, StatsSample } from "./docker/engine";
+import type { ContainerEngine, ContainerSummary, LogFollow, StatsSample } from "./docker/engine";
 import { DEFAULT_ENGINE_TIMEOUT_MS, DEFAULT_PULL_STALL_MS, EngineWatchdog, formatSeconds } from "./engine-watchdog";
 import type { GpuInventoryResult, GpuSource } from "./gpu";
 import { probeReady } from "./health-check";
 import { type DiskUsageReader, diskFreeBytes, type HostFacts } from "./host";
 import { DEFAULT_IMAGE_GC, ImageGc, type ImageGcConfig, ImageUse } from "./image-gc";
 import { Ingress, type IngressTarget } from "./ingress";
-import { followContainerLog } from "./log-follower";
 import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
 import { containerMetrics } from "./metrics";
 import { EventOutbox } from "./outbox";
-import { PlacementRun, type RunContext } from "./placement-run";
+import { PlacementRun, type RunContext, shipContainerLog } from "./placement-run";
 import { PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
-import { planReconcile, type RemoveStep } from "./reconcile";
+import { holdsResources, planReconcile, type RemoveStep } from "./reconcile";
 import { AgentState } from "./state";
 
 export const AGENT_VERSION = "0.1.0";
+
+/** How long a heartbeat waits for the engine's list of containers before it goes with the last one. */
+const HEARTBEAT_LISTING_WAIT_MS = 2_000;
 
 export interface AgentConfig {
   /** Labels the containers this agent owns; the host name unless set. */
@@ -129,6 +131,11 @@ export class Agent {
   private readonly ctx: RunContext;
   private desired: Placement[] | null;
   private orphanSince = new Map<string, number>();
+  /**
+   * Placements whose containers (ours, with a run or not) the engine last listed as running: the
+   * heartbeat's `running` while the engine cannot be asked.
+   */
+  private listedRunning = new Set<string>();
   private previousStats = new Map<string, StatsSample>();
   private heartbeatIntervalMs = 10_000;
   /** Running containers' addresses as this host reaches them (for readiness checks), by container id. */
@@ -170,7 +177,7 @@ export class Agent {
       clock: deps.clock,
       onChange: (stuck) => this.engineStuckChanged(stuck),
     });
-    this.state = AgentState.open(config.dataDir);
+    this.state = AgentState.open(config.dataDir, deps.log);
     this.outbox = EventOutbox.open(config.dataDir, { maxEvents: config.maxOutboxEvents, log: deps.log });
     this.shipper = new LogShipper(
       (placementId, cursor) => this.state.updatePlacement(placementId, { log: cursor }),
@@ -272,17 +279,25 @@ export class Agent {
       policy: this.config.backoff,
       random: this.deps.random,
     };
-    this.loops.push(
+    this.loop(
+      "event delivery",
       this.outbox.deliver((events) => this.deps.api.events({ events }), delivery),
+    );
+    this.loop(
+      "log delivery",
       this.shipper.deliver((lines) => this.deps.api.logs({ lines }), delivery),
+    );
+    this.loop(
+      "reconcile timer",
       this.every(
         () => this.config.reconcileIntervalMs,
         () => this.requestReconcile(),
       ),
-      this.connect(),
     );
+    this.loop("placement poll", this.connect());
     if (this.imageGc.enabled) {
-      this.loops.push(
+      this.loop(
+        "image gc timer",
         this.every(
           () => this.config.imageGc.intervalMs,
           () => void this.imageGc.request("interval"),
@@ -353,8 +368,18 @@ export class Agent {
   /** Registers and starts the heartbeats; false if stopped first. Once per process. */
   private async registerAndBeat(): Promise<boolean> {
     if (!(await this.register())) return false;
-    this.loops.push(this.heartbeats());
+    this.loop("heartbeats", this.heartbeats());
     return true;
+  }
+
+  /**
+   * Keeps a loop for `stop` to wait on. A loop that throws (a bug: writes to the data folder do not
+   * throw, see files.ts) is logged, never left as an unhandled rejection, which would end the process.
+   */
+  private loop(what: string, running: Promise<unknown>): void {
+    this.loops.push(
+      running.catch((error) => this.deps.log("error", `${what} failed and stopped`, { error: errorText(error) })),
+    );
   }
 
   /** What registrations and heartbeats say of the engine: a call left unanswered, or no answer since start. */
@@ -532,6 +557,10 @@ export class Agent {
 
   private async heartbeat(): Promise<Heartbeat> {
     const running = [...this.runs.values()].filter((r) => r.running && r.containerId);
+    // Every container of ours that runs, with a run or not (an orphan after a restart, one being
+    // retired): the control plane takes a lost node back only once no container outside its runs
+    // is listed, and the orphans still hold their GPUs.
+    const runningIds = [...new Set([...running.map((r) => r.id), ...(await this.runningContainers())])];
     const stats = new Map<string, StatsSample>();
     const containers = [];
     const ready = await this.readiness(running);
@@ -559,9 +588,37 @@ export class Agent {
       gpus: await this.deps.gpus.health(),
       ...(disk !== undefined ? { disk_free_bytes: disk } : {}),
       containers,
-      running: running.slice(0, 64).map((r) => r.id),
+      running: runningIds.slice(0, 64),
       ...(engineStuck ? { engine_stuck: engineStuck } : {}),
     });
+  }
+
+  /**
+   * Placements whose containers the engine lists as running now; those of its last listing while it
+   * is stuck or down, or when it fails or is slow to answer: the heartbeat does not wait on it.
+   */
+  private async runningContainers(): Promise<Set<string>> {
+    if (this.engineReport()) return this.listedRunning;
+    const listing = this.engine.list(ownLabels(this.config.agentName)).then(
+      (listed) => this.noteListing(listed),
+      (error) => this.deps.log("debug", "could not list containers for the heartbeat", { error: errorText(error) }),
+    );
+    const waited = new AbortController();
+    await Promise.race([
+      listing,
+      this.deps.clock.sleep(HEARTBEAT_LISTING_WAIT_MS, AbortSignal.any([this.signal, waited.signal])),
+    ]);
+    waited.abort();
+    return this.listedRunning;
+  }
+
+  private noteListing(listed: ContainerSummary[]): void {
+    this.listedRunning = new Set(
+      listed.flatMap((c) => {
+        const placementId = c.labels[LABELS.placement];
+        return placementId && holdsResources(c.state) ? [placementId] : [];
+      }),
+    );
   }
 
   /** Endpoint replicas' readiness checks, all at once (each up to 2 s); by placement id. */
@@ -639,6 +696,7 @@ export class Agent {
 
   private async reconcile(): Promise<void> {
     const listed = await this.engine.list(ownLabels(this.config.agentName));
+    this.noteListing(listed);
     const containers = listed
       .filter((c) => c.labels[LABELS.placement])
       .map((c) => ({ id: c.id, placementId: c.labels[LABELS.placement]!, state: c.state }));
@@ -706,20 +764,22 @@ export class Agent {
     // Also for a container that is not running: it may have been started since it was listed.
     const stopped = this.engine.stop(step.containerId, this.config.orphanStopGraceMs);
     const removed = (async () => {
-      await stopped.catch(() => {});
+      // Stopped before its log is followed (a follow of a running container waits for its exit);
+      // a stop that fails is tried again until one succeeds: nothing else would stop it.
+      await stopped.catch(() => this.stopAgain(step.containerId));
+      if (this.signal.aborted) return;
       // Ship what its log still holds past the cursor before the container, and its log, go.
-      const follow = await followContainerLog(
-        this.engine,
-        this.shipper,
-        this.state,
-        step.placementId,
-        step.containerId,
-      ).catch(() => null);
-      if (follow) {
-        this.follows.add(follow);
-        await follow.ended;
-        this.follows.delete(follow);
-      }
+      let current: LogFollow | null = null;
+      await shipContainerLog(this.ctx, step.placementId, step.containerId, {
+        signal: this.signal,
+        exited: Promise.resolve(),
+        onFollow: (follow) => {
+          if (current) this.follows.delete(current);
+          current = follow;
+          if (follow) this.follows.add(follow);
+        },
+      });
+      if (this.signal.aborted) return;
       await this.shipper.whenDrained(step.placementId);
       if (this.signal.aborted) return;
       await this.engine.remove(step.containerId);
@@ -729,5 +789,20 @@ export class Agent {
       .finally(() => this.retiring.delete(step.placementId));
     this.retiring.set(step.placementId, removed);
     await stopped.catch((error) => this.deps.log("warn", "stop failed", { error: errorText(error) }));
+  }
+
+  /** Stops a container without a run again, with backoff, until a stop succeeds or the agent stops. */
+  private async stopAgain(containerId: string): Promise<void> {
+    const backoff = new Backoff(this.config.backoff, this.deps.random);
+    while (!this.signal.aborted) {
+      await this.deps.clock.sleep(backoff.next(), this.signal);
+      if (this.signal.aborted) return;
+      try {
+        await this.engine.stop(containerId, this.config.orphanStopGraceMs);
+        return;
+      } catch (error) {
+        this.deps.log("warn", "stop failed again; retrying", { container_id: containerId, error: errorText(error) });
+      }
+    }
   }
 }

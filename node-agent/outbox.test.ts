@@ -1,12 +1,13 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { PlacementEvent } from "../core/schemas";
 import type { Clock } from "./clock";
-import { ControlPlaneError } from "./control-plane";
-import { silentLogger } from "./logger";
-import { EventOutbox } from "./outbox";
+import { AGENT_BATCH_BYTES, ControlPlaneError, jsonBytes } from "./control-plane";
+import { type Logger, silentLogger } from "./logger";
+import { EventOutbox, eventBatch } from "./outbox";
+import { AgentState } from "./state";
 
 const dirs: string[] = [];
 const dataDir = () => {
@@ -98,5 +99,78 @@ describe("event outbox", () => {
     stop.abort();
     await loop;
     expect(accepted).toEqual(["ok-1", "ok-2"]);
+  });
+});
+
+describe("event batches", () => {
+  it("stay under the control plane's body cap, in order, whatever the events' size", () => {
+    // 500 failures with long reasons needing escapes: megabytes as one batch.
+    const events: PlacementEvent[] = Array.from({ length: 500 }, (_, i) => ({
+      event_id: `p${i}/failed`,
+      placement_id: `p${i}`,
+      type: "failed",
+      at: 1,
+      reason: `"\u0001${"x".repeat(2_000)}`,
+    })) as PlacementEvent[];
+    expect(jsonBytes({ events })).toBeGreaterThan(AGENT_BATCH_BYTES * 4);
+    const sent: string[] = [];
+    let rest = events;
+    while (rest.length > 0) {
+      const batch = eventBatch(rest);
+      expect(batch.length).toBeGreaterThan(0);
+      expect(jsonBytes({ events: batch })).toBeLessThanOrEqual(AGENT_BATCH_BYTES);
+      sent.push(...batch.map((e) => e.event_id));
+      rest = rest.slice(batch.length);
+    }
+    expect(sent).toEqual(events.map((e) => e.event_id));
+    // Small events: 500 to a batch, as before.
+    const small = Array.from({ length: 600 }, (_, i) => ({ ...events[0]!, event_id: `s${i}`, reason: "x" }));
+    expect(eventBatch(small)).toHaveLength(500);
+  });
+});
+
+describe("a data folder that cannot be written", () => {
+  /** A data folder whose writes fail (as on a full or read-only disk) until `heal`, and what was logged. */
+  function brokenFolder() {
+    const dir = dataDir();
+    const logged: string[] = [];
+    const log: Logger = (level, msg) => logged.push(`${level}: ${msg}`);
+    const broken = ["state.json.tmp", "outbox.json.tmp"].map((f) => join(dir, f));
+    for (const tmp of broken) mkdirSync(tmp);
+    const heal = () => {
+      for (const tmp of broken) rmSync(tmp, { recursive: true });
+    };
+    return { dir, log, logged, heal };
+  }
+
+  it("the outbox keeps events in memory, says so once, and writes them all at the next change once it can", () => {
+    const f = brokenFolder();
+    const box = EventOutbox.open(f.dir, { log: f.log });
+    box.add(event("e1"));
+    box.add(event("e2"));
+    expect(box.size).toBe(2);
+    expect(EventOutbox.open(f.dir, { log: silentLogger }).size).toBe(0);
+    expect(f.logged).toEqual([
+      "error: could not write outbox.json; going on from memory, writing it again at the next change",
+    ]);
+    f.heal();
+    box.add(event("e3"));
+    expect(EventOutbox.open(f.dir, { log: silentLogger }).size).toBe(3);
+    expect(f.logged.at(-1)).toBe("info: outbox.json written again");
+  });
+
+  it("the state goes on in memory, says so once, and is written whole at the next change once it can", () => {
+    const f = brokenFolder();
+    const state = AgentState.open(f.dir, f.log);
+    state.setIdentity("node-1", "us-west");
+    state.updatePlacement("p1", { stop_reason: "cancel" });
+    expect(state.placement("p1")).toEqual({ stop_reason: "cancel" });
+    expect(AgentState.open(f.dir).nodeId).toBeUndefined();
+    expect(f.logged).toHaveLength(1);
+    f.heal();
+    state.updatePlacement("p1", { finished: "exited" });
+    const again = AgentState.open(f.dir);
+    expect([again.nodeId, again.placement("p1")]).toEqual(["node-1", { stop_reason: "cancel", finished: "exited" }]);
+    expect(f.logged.at(-1)).toBe("info: state.json written again");
   });
 });

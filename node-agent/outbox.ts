@@ -2,31 +2,53 @@
  * Placement events waiting for the control plane, kept on disk (`<data>/outbox.json`) until it
  * acknowledges them, so neither an outage nor an agent restart loses one. Events carry ids chosen by
  * the agent; a re-sent event is recognised by its id on the other side. The queue is bounded: when
- * full, pull-progress events (informative only) go first, then the oldest events.
+ * full, pull-progress events (informative only) go first, then the oldest events. A write that fails
+ * (a full or read-only disk) is logged and the queue goes on in memory (files.ts, DataFile).
  */
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementEvent } from "../core/schemas";
-import { ControlPlaneError } from "./control-plane";
+import { AGENT_BATCH_BYTES, ControlPlaneError, jsonBytes } from "./control-plane";
 import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
-import { readJson, writeJsonAtomic } from "./files";
+import { DataFile, readJson } from "./files";
 import { errorText, type Logger } from "./logger";
 
 const MAX_BATCH = 500; // EventBatch allows up to 500
+/** What `{"events":[]}` weighs: the part of a batch's body that is not its events. */
+const ENVELOPE_BYTES = jsonBytes({ events: [] });
+
+/**
+ * The head of the queue as one request body can carry it: up to MAX_BATCH events and
+ * AGENT_BATCH_BYTES serialized (500 events with long failure reasons or pull progress would pass
+ * the control plane's body cap, and a refused batch goes one event at a time); one always goes.
+ */
+export function eventBatch(events: readonly PlacementEvent[]): PlacementEvent[] {
+  const batch: PlacementEvent[] = [];
+  let bytes = ENVELOPE_BYTES;
+  for (const e of events) {
+    const size = jsonBytes(e) + 1;
+    if (batch.length >= MAX_BATCH || (batch.length > 0 && bytes + size > AGENT_BATCH_BYTES)) break;
+    batch.push(e);
+    bytes += size;
+  }
+  return batch;
+}
 
 export class EventOutbox {
   private events: PlacementEvent[];
   private readonly wakeup = new Wakeup();
   private idle: (() => void)[] = [];
+  private readonly file: DataFile;
   dropped = 0;
 
   private constructor(
-    private readonly file: string,
+    path: string,
     private readonly maxEvents: number,
     private readonly log: Logger,
   ) {
-    const raw = readJson(file);
+    const raw = readJson(path);
     this.events = raw === undefined ? [] : z.array(PlacementEvent).parse(raw);
+    this.file = new DataFile(path, log);
   }
 
   static open(dataDir: string, opts: { maxEvents?: number; log: Logger }): EventOutbox {
@@ -41,7 +63,10 @@ export class EventOutbox {
     return this.events.some((e) => e.event_id === eventId);
   }
 
-  /** Persists the event before returning. An id already waiting is not queued twice. */
+  /**
+   * Persists the event before returning (if the disk takes it: else it waits in memory only, until a
+   * later write succeeds). An id already waiting is not queued twice.
+   */
   add(event: PlacementEvent): void {
     if (this.has(event.event_id)) return;
     this.events.push(event);
@@ -66,7 +91,7 @@ export class EventOutbox {
     const queue: DeliveryQueue<PlacementEvent[]> = {
       what: "events",
       nextBatch: async () => {
-        if (this.events.length > 0) return this.events.slice(0, MAX_BATCH);
+        if (this.events.length > 0) return eventBatch(this.events);
         for (const done of this.idle.splice(0)) done();
         return null;
       },
@@ -97,6 +122,6 @@ export class EventOutbox {
   }
 
   private save(): void {
-    writeJsonAtomic(this.file, this.events);
+    this.file.write(this.events);
   }
 }

@@ -3,7 +3,7 @@
  * fake control plane: when the agent asks the control plane, when it pulls and with what, what it
  * records, and what it never writes down.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -23,6 +23,7 @@ import type { PullPolicy } from "./pull-policy";
 import { AgentState } from "./state";
 import { FakeEngine } from "./test/fake-engine";
 import { placement as testPlacement } from "./test/harness";
+import { LiveEngine } from "./test/live-engine";
 
 const REGISTRY = "registry.example.com";
 const IMAGE = `${REGISTRY}/org/app:1`;
@@ -616,5 +617,143 @@ describe("an exit the engine explains late", () => {
     other.engine.exitsAs.set(IMAGE, { exitCode: 3, oomAfterInspects: 1_000 });
     expect(exited(await other.run())).toMatchObject({ exit_code: 3, oom_killed: false });
     expect(inspects(n.engine) - inspects(other.engine)).toBe(4);
+  });
+});
+
+/** A node on an engine whose containers run until stopped (test/live-engine.ts), the image cached; one placement. */
+function liveNode() {
+  const engine = new LiveEngine();
+  const n = node({ engine });
+  engine.images.set(IMAGE, "sha256:public");
+  const placement = Placement.parse(
+    testPlacement({ placement_id: `p${counter++}`, job_id: "j", image: IMAGE, cpu_milli: 100, grace_period_ms: 100 }),
+  );
+  const mine = () => n.events().filter((e) => e.placement_id === placement.placement_id);
+  return { ...n, engine, placement, mine };
+}
+
+describe("a placement that leaves the node while its container is being started", () => {
+  it("abandoned while the start is on its way: stops the container once the start returns, reporting nothing", async () => {
+    const n = liveNode();
+    n.engine.hung.add("start");
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.heldCalls().includes("start"), 5_000);
+    run.abandon();
+    n.engine.hung.clear();
+    n.engine.release("start");
+    await until(() => n.engine.calls.includes("stop"), 5_000);
+    await run.done;
+    expect(n.engine.running()).toEqual([]);
+    expect(n.mine()).toEqual([]);
+  });
+
+  it("abandoned once its container runs (listed before it existed): stops it at once, not after the orphan grace", async () => {
+    const n = liveNode();
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.calls.includes("wait"), 5_000);
+    run.abandon();
+    await until(() => n.engine.calls.includes("stop"), 5_000);
+    await run.done;
+    expect(n.engine.running()).toEqual([]);
+    expect(types(n.mine())).toEqual(["running"]);
+  });
+
+  it("retired while the start is on its way: stops the container once the start returns, then removes it", async () => {
+    const n = liveNode();
+    n.engine.hung.add("start");
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.heldCalls().includes("start"), 5_000);
+    const { stopped, removed } = run.retire();
+    await stopped; // nothing to stop yet: the reconcile is not held up by the start
+    n.engine.hung.clear();
+    n.engine.release("start");
+    await until(() => n.engine.containerCount === 0, 5_000);
+    await removed;
+    expect(n.engine.calls).toContain("stop");
+    expect(n.mine()).toEqual([]);
+  });
+
+  it("retired while its stop fails: stops it again, with backoff, until it has exited", async () => {
+    const n = liveNode();
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.calls.includes("wait"), 5_000);
+    n.engine.failNext("stop", 3);
+    const { stopped, removed } = run.retire();
+    await expect(stopped).rejects.toThrow(/ECONNREFUSED/);
+    await until(() => n.engine.containerCount === 0, 5_000);
+    await removed;
+    expect(n.engine.calls.filter((c) => c === "stop")).toHaveLength(4);
+  });
+});
+
+describe("an engine hiccup on an inspect", () => {
+  it("right after the start: the run goes on and reports the exit, not an agent error", async () => {
+    const n = liveNode();
+    n.engine.failNext("inspect", 2);
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.calls.includes("wait"), 5_000);
+    n.engine.exit(n.engine.running()[0]!, 0);
+    await run.done;
+    expect(n.mine()).toEqual([
+      expect.objectContaining({ type: "running" }),
+      expect.objectContaining({ type: "exited", exit_code: 0 }),
+    ]);
+  });
+
+  it("after the exit: reports the exit as it was, not an agent error to retry", async () => {
+    const n = liveNode();
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.calls.includes("wait"), 5_000);
+    const id = n.engine.running()[0]!;
+    // Every look at the exited container but waitForExit's first fails twice before answering.
+    let looks = 0;
+    n.engine.fault = (method) =>
+      method === "inspect" && !n.engine.running().includes(id) && [2, 3].includes(++looks)
+        ? new EngineError("engine", "context deadline exceeded")
+        : undefined;
+    n.engine.exit(id, 0);
+    await run.done;
+    expect(types(n.mine())).toEqual(["running", "exited"]);
+    expect(n.mine()[1]).toMatchObject({ exit_code: 0 });
+  });
+});
+
+describe("cancelled after its container was created, and the remove fails", () => {
+  it("reports one outcome (stopped before it started) and keeps the container for its retirement", async () => {
+    const n = liveNode();
+    n.engine.hung.add("create");
+    const run = new PlacementRun(n.ctx, n.placement);
+    await until(() => n.engine.heldCalls().includes("create"), 5_000);
+    run.update({ ...n.placement, desired: "stopped" });
+    n.engine.failNext("remove");
+    n.engine.hung.clear();
+    n.engine.release("create");
+    await run.done;
+    expect(n.mine()).toEqual([expect.objectContaining({ type: "exited", exit_code: -1, stopped_by: "cancel" })]);
+    expect(n.state.placement(n.placement.placement_id).finished).toBe("exited");
+    expect(n.engine.calls).not.toContain("start");
+    expect(run.containerId).not.toBeNull();
+    // The placement leaves the desired set: retiring the run removes the container.
+    await run.retire().removed;
+    expect(n.engine.containerCount).toBe(0);
+  });
+});
+
+describe("a data folder that cannot be written", () => {
+  it("ends the run (done never rejects) and keeps its outcome in memory for delivery", async () => {
+    const n = node();
+    // Writes fail from now on (as on a full or read-only disk): the temp files cannot be opened.
+    mkdirSync(join(n.dataDir, "state.json.tmp"));
+    mkdirSync(join(n.dataDir, "outbox.json.tmp"));
+    n.engine.registry = () => {
+      throw new EngineError("image_not_found", "manifest unknown");
+    };
+    const placement = Placement.parse(testPlacement({ placement_id: `p${counter++}`, job_id: "j", image: IMAGE }));
+    n.api.answers.set(placement.placement_id, { registry: REGISTRY, credentials: null });
+    const run = new PlacementRun(n.ctx, placement);
+    await expect(run.done).resolves.toBeUndefined();
+    expect(n.ctx.outbox.has(`${placement.placement_id}/failed`)).toBe(true);
+    expect(n.state.placement(placement.placement_id).finished).toBe("failed");
+    expect(n.logs.some((l) => l.includes("could not write outbox.json"))).toBe(true);
   });
 });

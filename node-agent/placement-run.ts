@@ -1,10 +1,11 @@
 /**
  * One placement on this node, from image pull to reported exit: `ensureContainer` (pull, create
  * under the placement's own name, start; a name already taken is this placement's container, found
- * by label), then follow its log, enforce the kill deadline and cancels (grace
- * period, then kill), and report the exit. Also adopts a container a previous agent process
- * started. Every outcome goes to the outbox with an id derived from the placement, so a re-report
- * after a restart is a duplicate the control plane ignores, never a second fact.
+ * by label), then follow its log (again, from the acknowledged line, should the engine cut the
+ * stream), enforce the kill deadline and cancels (grace period, then kill), and report the exit.
+ * Also adopts a container a previous agent process started. Every outcome goes to the outbox with
+ * an id derived from the placement, so a re-report after a restart is a duplicate the control
+ * plane ignores, never a second fact.
  */
 import { constants } from "node:os";
 import { type Placement, type PlacementEvent, type RegistryAuth, registryOf, serverAddressOf } from "../core/schemas";
@@ -26,6 +27,14 @@ import type { AgentState } from "./state";
 /** How often, and how far apart, an unexplained SIGKILL is looked at again for a late OOM record. */
 const OOM_SETTLE_TRIES = 4;
 const OOM_SETTLE_MS = 250;
+
+/**
+ * The engine ends a log follow when the container stops, often a moment before `wait` says so: a
+ * follow that ends is the end of the log if the exit is seen within this time.
+ */
+const LOG_END_GRACE_MS = 1_000;
+/** Tries to open a stopped container's log (to read what is left of it) before giving up on it. */
+const LOG_DRAIN_TRIES = 3;
 
 export interface RunContext {
   engine: ContainerEngine;
@@ -138,6 +147,8 @@ export class PlacementRun {
   private follow: LogFollow | null = null;
   private readonly closing = new AbortController();
   private abandoned = false;
+  /** Set once a container nobody wants any more (its placement left the node) is being stopped. */
+  private stoppingUnwanted = false;
   private reportedRunning = false;
   private silent = false;
   private progressCount = 0;
@@ -150,10 +161,18 @@ export class PlacementRun {
     adoptContainerId: string | null = null,
   ) {
     this.stopReason = ctx.state.placement(placement.placement_id).stop_reason ?? null;
+    // Never rejects: the agent only chains on it (an unhandled rejection would end the process).
     this.done = this.lifecycle(adoptContainerId).catch((error) => {
       if (this.closing.signal.aborted) return;
       ctx.log("error", "placement run failed unexpectedly", { placement_id: this.id, error: errorText(error) });
-      this.fail(`agent error: ${errorText(error)}`);
+      try {
+        this.fail(`agent error: ${errorText(error)}`);
+      } catch (failure) {
+        ctx.log("error", "could not report a placement run's failure", {
+          placement_id: this.id,
+          error: errorText(failure),
+        });
+      }
     });
   }
 
@@ -180,26 +199,34 @@ export class PlacementRun {
     if (deadlineMoved && this.phase === "running") this.armDeadline();
   }
 
-  /** The placement left the desired set before a container existed: create nothing. */
+  /**
+   * The placement left the desired set before the reconcile saw a container: create nothing. A
+   * container whose start was already on its way is stopped as soon as it runs (here, or in
+   * `supervise` if the start has not returned yet), not after the orphan grace.
+   */
   abandon(): void {
     this.abandoned = true;
     this.silent = true;
+    if (this.phase === "running" && this.containerId) void this.stopUnwanted(this.containerId);
   }
 
   /**
    * The placement left the desired set: stop the container if it still runs (orphan), then, once
    * its log is shipped, remove it. Resolves when the container is stopped; `removed` when it is gone.
+   * A stop that fails is tried again, with backoff, until the container has exited. A run still
+   * creating or starting its container starts nothing more, and stops what a start on its way
+   * leaves running (`supervise`): nobody would stop it otherwise, as the reconcile leaves retiring
+   * placements alone.
    */
   retire(): { stopped: Promise<void>; removed: Promise<void> } {
     this.status = "retiring";
     this.silent = true;
-    const stopped = (async () => {
-      if (this.containerId && this.phase !== "finished") {
-        await this.ctx.engine.stop(this.containerId, this.placement.grace_period_ms);
-      }
-    })();
+    if (this.phase === "starting") this.abandoned = true;
+    const id = this.containerId;
+    const stopped =
+      id && this.phase !== "finished" ? this.ctx.engine.stop(id, this.placement.grace_period_ms) : Promise.resolve();
     const removed = (async () => {
-      await stopped.catch(() => {});
+      if (id) await stopped.catch(() => this.stopAgain(id));
       await this.done;
       await this.ctx.shipper.whenDrained(this.id);
       if (this.closing.signal.aborted) return;
@@ -257,7 +284,15 @@ export class PlacementRun {
       return null;
     }
     if (this.notToStart()) {
-      await this.ctx.engine.remove(id);
+      // Its outcome is reported already (exit -1, or nothing when abandoned): a remove that fails
+      // must not report a second one. The run keeps the container and removes it on retirement.
+      await this.ctx.engine.remove(id).catch((error) => {
+        this.containerId = id;
+        this.ctx.log("warn", "could not remove a container that was not to start; it goes with its placement", {
+          placement_id: this.id,
+          error: errorText(error),
+        });
+      });
       return null;
     }
     if (!(await this.startContainer(id, spec.gpuDeviceIds))) return null;
@@ -496,7 +531,8 @@ export class PlacementRun {
   }
 
   private async supervise(id: string): Promise<void> {
-    let details = await this.ctx.engine.inspect(id);
+    let details = await this.inspectUntilAnswered(id);
+    if (details === undefined) return; // the agent is stopping
     if (!details) {
       this.containerId = null;
       this.fail("the container disappeared before the agent could follow it");
@@ -512,7 +548,7 @@ export class PlacementRun {
         return;
       }
       if (!(await this.startContainer(id, details.gpuDeviceIds))) return;
-      details = (await this.ctx.engine.inspect(id)) ?? details;
+      details = (await this.inspectUntilAnswered(id)) ?? details;
     }
     // A container this process did not start (adopted, or found by label) may never have been reported
     // as running if the previous process died right after starting it; the same id makes it harmless.
@@ -524,19 +560,25 @@ export class PlacementRun {
     if (alive) {
       this.phase = "running";
       this.armDeadline();
-      if (this.stopReason) void this.stopContainer(this.stopReason);
+      // Retired or abandoned while its create or start was on its way: nobody wants it any more.
+      if (this.abandoned) void this.stopUnwanted(id);
+      else if (this.stopReason) void this.stopContainer(this.stopReason);
     }
-    this.follow = await followContainerLog(this.ctx.engine, this.ctx.shipper, this.ctx.state, this.id, id).catch(
-      (error) => {
-        this.ctx.log("warn", "could not follow the container log", { placement_id: this.id, error: errorText(error) });
-        return null;
-      },
-    );
-    if (alive) await this.waitForExit(id);
-    await this.follow?.ended;
+    const exited = alive ? this.waitForExit(id) : Promise.resolve();
+    await Promise.all([
+      exited,
+      shipContainerLog(this.ctx, this.id, id, {
+        signal: this.closing.signal,
+        exited,
+        onFollow: (follow) => {
+          this.follow = follow;
+        },
+      }),
+    ]);
     this.deadlineTimer?.abort();
     if (this.closing.signal.aborted) return;
-    details = await this.ctx.engine.inspect(id);
+    details = await this.inspectUntilAnswered(id);
+    if (details === undefined) return;
     this.phase = "finished";
     if (!details) {
       this.containerId = null;
@@ -561,6 +603,29 @@ export class PlacementRun {
       seen = (await this.ctx.engine.inspect(id).catch(() => null)) ?? seen;
     }
     return seen;
+  }
+
+  /**
+   * The engine's view of the container; asked again with backoff while the engine fails, as
+   * `waitForExit` does, so that one hiccup does not turn an exit into "agent error". Undefined once
+   * the agent stops.
+   */
+  private async inspectUntilAnswered(id: string): Promise<ContainerDetails | null | undefined> {
+    const backoff = new Backoff(this.ctx.backoff, this.ctx.random);
+    while (!this.closing.signal.aborted) {
+      try {
+        return await this.ctx.engine.inspect(id);
+      } catch (error) {
+        const delay = backoff.next();
+        this.ctx.log("warn", "could not inspect a container; retrying", {
+          placement_id: this.id,
+          retry_in_ms: delay,
+          error: errorText(error),
+        });
+        await this.ctx.clock.sleep(delay, this.closing.signal);
+      }
+    }
+    return undefined;
   }
 
   private async waitForExit(id: string): Promise<void> {
@@ -634,15 +699,58 @@ export class PlacementRun {
     return this.stopping ?? Promise.resolve();
   }
 
+  /** Stops a container whose placement left the node (no report), trying again until it has exited. */
+  private async stopUnwanted(id: string): Promise<void> {
+    if (this.stoppingUnwanted) return;
+    this.stoppingUnwanted = true;
+    this.ctx.log("info", "stopping a container whose placement left the node", {
+      placement_id: this.id,
+      grace_ms: this.placement.grace_period_ms,
+    });
+    try {
+      await this.ctx.engine.stop(id, this.placement.grace_period_ms);
+    } catch (error) {
+      this.ctx.log("warn", "stop failed", { placement_id: this.id, error: errorText(error) });
+      await this.stopAgain(id);
+    }
+  }
+
+  /**
+   * After a stop that failed (an engine restarting, a timeout, a process in uninterruptible sleep):
+   * tries again, with backoff, until a stop succeeds, the container has exited or the agent stops.
+   */
+  private async stopAgain(id: string): Promise<void> {
+    const backoff = new Backoff(this.ctx.backoff, this.ctx.random);
+    for (;;) {
+      const delay = backoff.next();
+      await this.ctx.clock.sleep(delay, this.closing.signal);
+      if (this.closing.signal.aborted || this.phase === "finished") return;
+      try {
+        await this.ctx.engine.stop(id, this.placement.grace_period_ms);
+        return;
+      } catch (error) {
+        this.ctx.log("warn", "stop failed again; retrying", { placement_id: this.id, error: errorText(error) });
+      }
+    }
+  }
+
   private armDeadline(): void {
     this.deadlineTimer?.abort();
     const deadline = this.placement.kill_deadline;
     if (deadline === null) return;
     const timer = new AbortController();
     this.deadlineTimer = timer;
-    void this.ctx.clock.sleep(deadline - this.ctx.clock.now(), timer.signal).then(() => {
-      if (!timer.signal.aborted) this.requestStop("deadline");
-    });
+    void this.ctx.clock
+      .sleep(deadline - this.ctx.clock.now(), timer.signal)
+      .then(() => {
+        if (!timer.signal.aborted) this.requestStop("deadline");
+      })
+      .catch((error) =>
+        this.ctx.log("error", "could not stop a container at its deadline", {
+          placement_id: this.id,
+          error: errorText(error),
+        }),
+      );
   }
 
   private report(
@@ -656,6 +764,80 @@ export class PlacementRun {
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/**
+ * Ships a container's log until the engine has given all of it. The engine ends a follow when the
+ * container stops; one that ends while it still runs (a restart of the engine cuts the connection,
+ * live-restore or not) or that cannot be opened is opened again, with backoff, until `signal`
+ * aborts. A new follow resumes from the acknowledged cursor (state.json) and numbers lines on from
+ * it, so it waits until the lines the last one queued are acknowledged: then the numbering goes on
+ * where it stopped. `exited` resolves once the container is seen stopped; a follow that cannot be
+ * opened after that is tried LOG_DRAIN_TRIES times in all.
+ */
+export async function shipContainerLog(
+  ctx: Pick<RunContext, "engine" | "shipper" | "state" | "clock" | "backoff" | "random" | "log">,
+  placementId: string,
+  containerId: string,
+  opts: { signal: AbortSignal; exited: Promise<void>; onFollow?: (follow: LogFollow | null) => void },
+): Promise<void> {
+  const { signal } = opts;
+  let exitSeen = false;
+  void opts.exited.then(() => {
+    exitSeen = true;
+  });
+  const backoff = new Backoff(ctx.backoff, ctx.random);
+  let failedAfterExit = 0;
+  while (!signal.aborted) {
+    let follow: LogFollow | null = null;
+    try {
+      follow = await followContainerLog(ctx.engine, ctx.shipper, ctx.state, placementId, containerId);
+    } catch (error) {
+      // Gone, and its log with it.
+      if (error instanceof EngineError && error.code === "not_found") return;
+      if (exitSeen && ++failedAfterExit >= LOG_DRAIN_TRIES) {
+        ctx.log("warn", "could not read the rest of the container log; giving up", {
+          placement_id: placementId,
+          error: errorText(error),
+        });
+        return;
+      }
+      ctx.log("warn", "could not follow the container log; retrying", {
+        placement_id: placementId,
+        error: errorText(error),
+      });
+    }
+    if (follow) {
+      opts.onFollow?.(follow);
+      await follow.ended;
+      opts.onFollow?.(null);
+      if (signal.aborted) return;
+      if (!exitSeen) {
+        const grace = new AbortController();
+        await Promise.race([opts.exited, ctx.clock.sleep(LOG_END_GRACE_MS, AbortSignal.any([signal, grace.signal]))]);
+        grace.abort();
+      }
+      if (exitSeen || signal.aborted) return;
+      ctx.log("warn", "the container's log stream ended while it runs; following it again", {
+        placement_id: placementId,
+      });
+    }
+    await untilAborted(ctx.shipper.whenDrained(placementId), signal);
+    await ctx.clock.sleep(backoff.next(), signal);
+  }
+}
+
+/** Resolves with `promise`, or at once when `signal` aborts (never rejects). */
+function untilAborted(promise: Promise<unknown>, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((done) => {
+    const finish = () => {
+      signal.removeEventListener("abort", finish);
+      done();
+    };
+    signal.addEventListener("abort", finish, { once: true });
+    promise.then(finish, finish);
+  });
+}
 
 /**
  * Masks a password wherever text from elsewhere (the engine's messages) could carry it. Shorter

@@ -1,10 +1,20 @@
 /**
  * The reconcile plan: compare what should run (the desired placements) with what runs (containers
  * carrying our labels, and the runs the agent is driving), and list the steps: removes first, then
- * updates, then adds, so resources are freed before new work claims them. Pure: the agent applies it.
+ * updates, then adds. Pure: the agent applies it. The order frees resources only within one
+ * reconcile: a placement new to the agent process starts as soon as the long poll brings it, before
+ * any reconcile (agent.ts, `launchNew`); an orphan keeps running for the orphan grace; and nothing
+ * here checks a new placement's GPUs against containers still running. What guards a node that
+ * was lost: heartbeats list every running container of ours in `running`, orphans included, and
+ * the control plane takes the node back only once none is outside its runs.
  */
 import type { Placement } from "../core/schemas";
 import type { ContainerState } from "./docker/engine";
+
+/** A container in this state still holds its resources (GPUs): it runs, or may run again. */
+export function holdsResources(state: ContainerState): boolean {
+  return state === "running" || state === "restarting" || state === "paused";
+}
 
 export interface ActualContainer {
   id: string;
@@ -16,7 +26,11 @@ export interface PlanInput {
   /** Null until the agent has a desired set (fresh data folder, control plane not reached yet): touch nothing. */
   desired: Placement[] | null;
   containers: ActualContainer[];
-  /** Placements the agent is driving, and whether it is already retiring them. */
+  /**
+   * Placements the agent is driving, and whether it is already retiring them (a retiring run, or a
+   * container being retired without one, stops and removes its container by itself: stops that
+   * fail are tried again there).
+   */
   runs: ReadonlyMap<string, "active" | "retiring">;
   /** Placements with a state record in the data folder. */
   known: readonly string[];
@@ -72,9 +86,11 @@ export function planReconcile(input: PlanInput): Plan {
     const run = input.runs.get(id);
     if (!placement) {
       if (run === "retiring") continue;
+      // A container still being created or started (listed `created`) is retired like a finished
+      // one: its run starts nothing more, and stops it should its start go through.
       if (container && input.failed.has(id)) {
         plan.removes.push({ kind: "retire", placementId: id, containerId: container.id, why: "failed" });
-      } else if (container?.state === "running" || container?.state === "restarting" || container?.state === "paused") {
+      } else if (container && holdsResources(container.state)) {
         // Running without a placement: maybe a control plane glitch, so wait before killing real work.
         const since = input.orphanSince.get(id) ?? input.now;
         if (input.now - since >= input.orphanGraceMs) {

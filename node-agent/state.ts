@@ -4,13 +4,15 @@
  * placement whether its outcome is already reported (never start it again), why we stopped it,
  * and how far its log has been acknowledged; which cached images were pulled with registry
  * credentials, and with which (fingerprints only: see private-images.ts); and when each image was
- * last pulled or started from (image-gc.ts: least recently used goes first).
+ * last pulled or started from (image-gc.ts: least recently used goes first). A write that fails is
+ * logged and the state goes on in memory (files.ts, DataFile): the next change writes it again.
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementSet } from "../core/schemas";
-import { readJson, writeJsonAtomic } from "./files";
+import { DataFile, readJson } from "./files";
+import { type Logger, silentLogger } from "./logger";
 
 /** Position after the last acknowledged log entry: its seq, timestamp, and how many entries share it. */
 export const LogCursor = z.object({ seq: z.number().int(), ts: z.string(), same_ts: z.number().int().positive() });
@@ -54,15 +56,15 @@ type StateFile = z.infer<typeof StateFile>;
 
 export class AgentState {
   private constructor(
-    private readonly file: string,
+    private readonly file: DataFile,
     private data: StateFile,
   ) {}
 
-  static open(dataDir: string): AgentState {
+  static open(dataDir: string, log: Logger = silentLogger): AgentState {
     const file = join(dataDir, "state.json");
     const raw = readJson(file);
     const data = raw === undefined ? { version: 1 as const, placements: {} } : StateFile.parse(raw);
-    return new AgentState(file, data);
+    return new AgentState(new DataFile(file, log), data);
   }
 
   get nodeId(): string | undefined {
@@ -167,6 +169,6 @@ export class AgentState {
   }
 
   private save(): void {
-    writeJsonAtomic(this.file, this.data);
+    this.file.write(this.data);
   }
 }

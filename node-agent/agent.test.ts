@@ -1,0 +1,232 @@
+/**
+ * The agent on an engine whose containers run until stopped (test/live-engine.ts), against the test
+ * control plane: logs that outlive a cut stream, containers started for placements that left
+ * meanwhile, stops that fail, the engine's hiccups, orphans in heartbeats, and a data folder that
+ * cannot be written.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { Placement } from "../core/schemas";
+import type { Agent, AgentConfig } from "./agent";
+import { containerSpec } from "./container-spec";
+import { EngineError } from "./docker/engine";
+import { TestControlPlane } from "./test/control-plane";
+import { startUnitAgent, placement as testPlacement } from "./test/harness";
+import { LiveEngine } from "./test/live-engine";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** A unit agent (named `unit`) on this engine, its data folder and control plane new. */
+async function agentOn(
+  engine: LiveEngine,
+  config: Partial<AgentConfig> = {},
+): Promise<{ cp: TestControlPlane; agent: Agent; dataDir: string }> {
+  const cp = await TestControlPlane.start({ heartbeatIntervalMs: 100, pollWaitMs: 1_000 });
+  cleanups.push(() => cp.close());
+  const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-live-"));
+  cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+  const agent = await startUnitAgent(cp, engine, { dataDir, config });
+  cleanups.push(() => agent.stop());
+  return { cp, agent, dataDir };
+}
+
+const job = (id: string) =>
+  testPlacement({ placement_id: id, job_id: `job-${id}`, image: "r/app:1", grace_period_ms: 100 });
+
+/** Polls `check` every 20 ms until it holds; gives up after 10 s. */
+async function until(what: string, check: () => unknown): Promise<void> {
+  const giveUp = Date.now() + 10_000;
+  while (!check()) {
+    if (Date.now() > giveUp) throw new Error(`gave up waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** The container of a placement, once running, and followed. */
+async function runningContainer(engine: LiveEngine, cp: TestControlPlane, placementId: string): Promise<string> {
+  await cp.waitFor("running", () => cp.eventsFor(placementId).find((e) => e.type === "running"));
+  await until("a running container", () => engine.running().length > 0);
+  const id = engine.running()[0]!;
+  await until("a log follow", () => engine.calls.includes("followLogs"));
+  return id;
+}
+
+describe("container logs", () => {
+  it("follows the log again, from the acknowledged line, when the engine cuts the stream while the container runs", async () => {
+    const engine = new LiveEngine();
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-logs")]);
+    const id = await runningContainer(engine, cp, "p-logs");
+    engine.writeLog(id, "before");
+    await cp.waitFor("the line before", () => cp.linesFor("p-logs").length === 1);
+
+    // As `systemctl restart docker` with live-restore does: the container runs on.
+    engine.cutLogs(id);
+    engine.writeLog(id, "after the cut");
+    engine.writeLog(id, "and more", "stderr");
+    await cp.waitFor("the lines after", () => cp.linesFor("p-logs").length === 3);
+    engine.exit(id, 0);
+    expect(await cp.outcome("p-logs")).toMatchObject({ type: "exited", exit_code: 0 });
+    expect(cp.linesFor("p-logs").map((l) => [l.seq, l.stream, l.line])).toEqual([
+      [0, "stdout", "before"],
+      [1, "stdout", "after the cut"],
+      [2, "stderr", "and more"],
+    ]);
+  });
+
+  it("numbers the lines on where they stopped when the stream is cut while lines wait for the control plane", async () => {
+    const engine = new LiveEngine();
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-backlog")]);
+    const id = await runningContainer(engine, cp, "p-backlog");
+    await cp.goDown();
+    engine.writeLog(id, "one");
+    engine.writeLog(id, "two");
+    await sleep(200); // queued, not acknowledged
+    engine.cutLogs(id);
+    engine.writeLog(id, "three");
+    await sleep(300);
+    await cp.comeBack();
+    await cp.waitFor("three lines", () => cp.linesFor("p-backlog").length === 3);
+    engine.exit(id, 0);
+    await cp.outcome("p-backlog");
+    expect(cp.linesFor("p-backlog").map((l) => [l.seq, l.line])).toEqual([
+      [0, "one"],
+      [1, "two"],
+      [2, "three"],
+    ]);
+  });
+
+  it("tries again to open the log of a running container when the engine fails to", async () => {
+    const engine = new LiveEngine();
+    engine.failNext("followLogs", 2);
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-open")]);
+    await cp.waitFor("running", () => cp.eventsFor("p-open").find((e) => e.type === "running"));
+    await until("a running container", () => engine.running().length > 0);
+    const id = engine.running()[0]!;
+    engine.writeLog(id, "hello");
+    await cp.waitFor("the line", () => cp.linesFor("p-open").length === 1);
+    expect(engine.calls.filter((c) => c === "followLogs").length).toBe(3);
+  });
+});
+
+describe("a placement that leaves the node while its container is being started", () => {
+  it("stops and removes the container once the start returns, reporting nothing", async () => {
+    const engine = new LiveEngine();
+    engine.hung.add("start");
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-starting")]);
+    await until("the start", () => engine.heldCalls().includes("start"));
+    // The reconcile lists the container `created` and retires it.
+    cp.setPlacements([]);
+    await sleep(300);
+    engine.hung.clear();
+    engine.release("start");
+    await until("the container gone", () => engine.containerCount === 0);
+    expect(engine.calls).toContain("stop");
+    expect(cp.eventsFor("p-starting").filter((e) => e.type !== "pulling")).toEqual([]);
+  });
+});
+
+describe("retiring an orphan whose stop fails", () => {
+  it("stops it again until it is gone (a run's container)", async () => {
+    const engine = new LiveEngine();
+    const { cp } = await agentOn(engine, { orphanGraceMs: 0 });
+    cp.setPlacements([job("p-orphan")]);
+    await runningContainer(engine, cp, "p-orphan");
+    engine.failNext(
+      "stop",
+      2,
+      () => new EngineError("engine", "tried to kill container, but did not receive an exit event"),
+    );
+    cp.setPlacements([]); // e.g. the node was marked lost and its runs ended
+    await until("the container gone", () => engine.containerCount === 0);
+    expect(engine.calls.filter((c) => c === "stop")).toHaveLength(3);
+  });
+
+  it("stops it again until it is gone (a container without a run, found after a restart)", async () => {
+    const engine = new LiveEngine();
+    const p = Placement.parse(job("p-left"));
+    await engine.run(containerSpec(p, { agentName: "unit", nodeId: "n-old", pidsLimit: 64 }));
+    engine.failNext("stop", 2);
+    const { cp } = await agentOn(engine, { orphanGraceMs: 0 });
+    cp.setPlacements([]);
+    await until("the container gone", () => engine.containerCount === 0);
+    expect(engine.calls.filter((c) => c === "stop")).toHaveLength(3);
+  });
+});
+
+describe("an engine hiccup on an inspect", () => {
+  it("after the start: the run goes on, and its exit is reported", async () => {
+    const engine = new LiveEngine();
+    // The first inspect is the one right after the start.
+    engine.failNext("inspect");
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-start")]);
+    await cp.waitFor("running", () => cp.eventsFor("p-start").find((e) => e.type === "running"));
+    await until("the run supervising", () => engine.calls.includes("wait"));
+    engine.exit(engine.running()[0]!, 0);
+    expect(await cp.outcome("p-start")).toMatchObject({ type: "exited", exit_code: 0 });
+  });
+
+  it("after the exit: the exit (code 0) is reported, not a failure", async () => {
+    const engine = new LiveEngine();
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-exit")]);
+    const id = await runningContainer(engine, cp, "p-exit");
+    await until("the run waiting for the exit", () => engine.calls.includes("wait"));
+    // The second look at the exited container (after waitForExit's own) fails once.
+    let looks = 0;
+    engine.fault = (method, container) =>
+      method === "inspect" && container === id && !engine.running().includes(id) && ++looks === 2
+        ? new EngineError("engine", "connect ECONNREFUSED /var/run/docker.sock")
+        : undefined;
+    engine.exit(id, 0);
+    expect(await cp.outcome("p-exit")).toMatchObject({ type: "exited", exit_code: 0 });
+    expect(looks).toBeGreaterThanOrEqual(3);
+  });
+});
+
+describe("heartbeats", () => {
+  it("list running containers of ours that have no run (orphans), so a lost node does not come back onto busy GPUs", async () => {
+    const engine = new LiveEngine();
+    const p = Placement.parse(job("p-orphaned"));
+    await engine.run(containerSpec(p, { agentName: "unit", nodeId: "n-old", pidsLimit: 64 }));
+    const { cp } = await agentOn(engine); // orphan grace: 60 s
+    cp.setPlacements([]);
+    await cp.waitFor("3 heartbeats", () => cp.heartbeats.length >= 3);
+    expect(cp.heartbeats.map((h) => h.running)).toEqual(cp.heartbeats.map(() => ["p-orphaned"]));
+  });
+});
+
+describe("a data folder that cannot be written", () => {
+  it("keeps running placements and reporting from memory, and writes the files again once it can", async () => {
+    const engine = new LiveEngine();
+    const { cp, dataDir } = await agentOn(engine);
+    const onDisk = () => JSON.parse(readFileSync(join(dataDir, "state.json"), "utf8"));
+    await until("the state file", () => existsSync(join(dataDir, "state.json")) && onDisk().placement_set);
+    // Writes fail from now on (as on a full or read-only disk): the temp files cannot be opened.
+    mkdirSync(join(dataDir, "state.json.tmp"));
+    mkdirSync(join(dataDir, "outbox.json.tmp"));
+    cp.setPlacements([job("p-disk")]);
+    const id = await runningContainer(engine, cp, "p-disk");
+    engine.writeLog(id, "a line");
+    await cp.waitFor("the line", () => cp.linesFor("p-disk").length === 1);
+    engine.exit(id, 3);
+    expect(await cp.outcome("p-disk")).toMatchObject({ type: "exited", exit_code: 3 });
+    expect(onDisk().placements?.["p-disk"]).toBeUndefined();
+
+    rmSync(join(dataDir, "state.json.tmp"), { recursive: true });
+    rmSync(join(dataDir, "outbox.json.tmp"), { recursive: true });
+    cp.setPlacements([job("p-disk-2")]);
+    await until("the state written again", () => onDisk().placement_set?.placements?.[0]?.placement_id === "p-disk-2");
+  });
+});
