@@ -16,6 +16,7 @@ import { Region } from "./region";
 import { liveState } from "./rows";
 import type {
   CancelResult,
+  CapacityLease,
   CapacitySnapshot,
   DeadLetter,
   DrainResult,
@@ -227,6 +228,32 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
       if (removed) this.state.schedule(now);
       return { removed };
     });
+  }
+
+  /**
+   * The capacity cycle's lease on this region: one cycle at a time. A cycle slowed by the market can
+   * outlast its minute; two at once would plan the same buy twice, and one could send again an
+   * order the other has just sent (a new node token each time). Taken if free, expired or already
+   * this holder's; a cycle that dies without releasing it holds it until `ttlMs` has passed.
+   */
+  async takeCapacityLease(holder: string, ttlMs: number): Promise<CapacityLease> {
+    const now = this.clock.now();
+    const stored = this.meta("capacity_lease");
+    const current = stored ? (JSON.parse(stored) as { holder: string; until: number }) : null;
+    if (current && current.holder !== holder && current.until > now) return { ok: false, ...current };
+    const lease = { holder, until: now + ttlMs };
+    this.db.run(
+      "insert into meta (key, value) values ('capacity_lease', ?) on conflict (key) do update set value = excluded.value",
+      JSON.stringify(lease),
+    );
+    return { ok: true, ...lease };
+  }
+
+  async releaseCapacityLease(holder: string): Promise<{ released: boolean }> {
+    const stored = this.meta("capacity_lease");
+    if (!stored || (JSON.parse(stored) as { holder: string }).holder !== holder) return { released: false };
+    this.db.run("delete from meta where key = 'capacity_lease'");
+    return { released: true };
   }
 
   async listNodes(): Promise<NodeView[]> {

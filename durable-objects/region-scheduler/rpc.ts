@@ -99,6 +99,13 @@ export interface JobState {
   dead_lettered: boolean;
 }
 
+/** The capacity cycle's lease on a region: who holds it, until when (ms since the epoch). */
+export interface CapacityLease {
+  ok: boolean;
+  holder: string;
+  until: number;
+}
+
 export type CancelResult =
   | { ok: true; status: JobStatus }
   | { ok: false; code: "not_found" | "already_finished"; status?: JobStatus };
@@ -311,6 +318,8 @@ export interface RegionSchedulerRpc {
   placementImage(nodeId: string, placementId: string): Promise<{ account_id: string; image: string } | null>;
   reportEvent(nodeId: string, event: PlacementEvent): Promise<EventResult>;
   capacitySnapshot(): Promise<CapacitySnapshot>;
+  takeCapacityLease(holder: string, ttlMs: number): Promise<CapacityLease>;
+  releaseCapacityLease(holder: string): Promise<{ released: boolean }>;
   reserve(request: ReservationRequest): Promise<ReserveResult>;
   release(reservationId: string): Promise<{ released: boolean }>;
   /**

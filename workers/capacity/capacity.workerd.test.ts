@@ -24,7 +24,7 @@ import { SfComputeClient } from "../sfcompute/client";
 import { CAPACITY_CONFIG, DEMAND_WINDOW, type IngressKnobs, nodeIngressFromEnv } from "./config";
 import { H100_NODE_SHAPE } from "./cron";
 import { recentArrivals } from "./fleet";
-import { type CapacityDeps, type CapacityScheduler, runCapacityCycle } from "./manager";
+import { type CapacityDeps, type CapacityScheduler, CYCLE_LEASE_MS, CycleSkipped, runCapacityCycle } from "./manager";
 import { tokenOfCloudInit } from "./market";
 
 const log = createLogger("error");
@@ -55,7 +55,8 @@ function harness(
   const client = new SfComputeClient({
     baseUrl: "https://api.sfcompute.test",
     token: `sim-${region}`,
-    fetch: sim.fetch,
+    // Looked up at each call: a test may wrap the simulator's handler.
+    fetch: (request: Request) => sim.fetch(request),
     // One attempt per call: a lost answer is left for the manager's next cycle to recover.
     retry: { maxAttempts: 1 },
     now: () => sim.engine.now(),
@@ -407,6 +408,55 @@ describe("the capacity cron against the simulator", () => {
     expect(await scheduler.jobState(row.id)).toMatchObject({ status: "placed" });
   });
 
+  it("runs one cycle of a region at a time: a cycle finding another's lease does nothing", async () => {
+    const region = "capacity-e2e-lease";
+    const h = harness(region, { seed: 11_010 });
+    const user = await signUp({ fast_tier_enabled: true });
+    await submitFast(region, user.accountId, 8);
+    const scheduler = schedulerOf(env, region);
+    // A cycle still running from the minute before (slowed by the market) holds the region.
+    const slow = await scheduler.takeCapacityLease("the minute before", CYCLE_LEASE_MS);
+    expect(slow.ok).toBe(true);
+    await expect(h.cycle()).rejects.toBeInstanceOf(CycleSkipped);
+    expect(h.simNodes()).toHaveLength(0);
+    expect(await db.select().from(marketOrders).where(eq(marketOrders.region, region))).toEqual([]);
+    // Once it is done (or its lease has run out), the next cycle buys, and leaves the lease free.
+    expect(await scheduler.releaseCapacityLease("the minute before")).toEqual({ released: true });
+    expect(ofKind((await h.cycle()).plan.actions, "buy")).toHaveLength(1);
+    expect(h.simNodes()).toHaveLength(1);
+    expect((await scheduler.takeCapacityLease("next", 1)).ok).toBe(true);
+    await scheduler.releaseCapacityLease("next");
+  });
+
+  it("sends a lost buy again only if no node has its name, so the node keeps the token it booted with", async () => {
+    const region = "capacity-e2e-lagging-list";
+    const h = harness(region, { seed: 11_011 });
+    const user = await signUp({ fast_tier_enabled: true });
+    await submitFast(region, user.accountId, 8);
+    // The node is created but the answer is lost; the next listing does not show it yet.
+    h.sim.faults.add({ action: "lose_response", method: "POST", path: "/v1/nodes" });
+    await h.cycle();
+    expect(h.simNodes()).toHaveLength(1);
+    const original = h.sim.fetch;
+    let hidden = 0;
+    h.sim.fetch = async (request) => {
+      const answer = await original(request);
+      const url = new URL(request.url);
+      if (request.method !== "GET" || url.pathname !== "/v1/nodes" || hidden > 0) return answer;
+      hidden += 1;
+      const body = (await answer.json()) as { data: { name: string }[] };
+      return Response.json({ ...body, data: body.data.filter((n) => !n.name.startsWith("cap-")) });
+    };
+    h.advance(MINUTE_MS);
+    const second = await h.cycle();
+    expect(hidden).toBe(1);
+    expect(second.failed).toEqual([]);
+    expect(h.simNodes()).toHaveLength(1);
+    // The node boots with the token of the first send: its agent gets in.
+    const [sim] = h.simNodes();
+    expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
+  });
+
   it("plans a refused buy again the next minute, and releases the node it could not get", async () => {
     const region = "capacity-e2e-refused";
     const h = harness(region, { seed: 11_003 });
@@ -561,6 +611,8 @@ describe("the capacity cron against the simulator", () => {
         setNodeBlock: (id, block, end) => real.setNodeBlock(id, block, end),
         removeNode: (id) => real.removeNode(id),
         drain: async (id) => (await before.shift()?.(id)) ?? real.drain(id),
+        takeCapacityLease: (holder, ttl) => real.takeCapacityLease(holder, ttl),
+        releaseCapacityLease: (holder) => real.releaseCapacityLease(holder),
       }),
     });
     const user = await signUp();

@@ -19,7 +19,7 @@ import {
   type IngressKnobs,
   nodeIngressFromEnv,
 } from "./config";
-import { type CycleReport, runCapacityCycle } from "./manager";
+import { type CycleReport, CycleSkipped, runCapacityCycle } from "./manager";
 
 export interface CapacityEnv extends DbBinding, CapacityKnobs, IngressKnobs {
   REGIONS: string;
@@ -76,7 +76,8 @@ export async function runCapacityCron(
       );
       reports.push(report);
     } catch (error) {
-      log.error("capacity.cycle_failed", { region, ...errorFields(error) });
+      if (error instanceof CycleSkipped) log.warn("capacity.cycle_skipped", { region, lease_until: error.until });
+      else log.error("capacity.cycle_failed", { region, ...errorFields(error) });
     }
   }
   return reports;

@@ -44,7 +44,14 @@ import { cloudInit, contractSaleGroup, fetchQuote, nodeSaleGroup } from "./marke
 /** What the cycle calls on the region's scheduler. */
 export type CapacityScheduler = Pick<
   RegionSchedulerRpc,
-  "capacitySnapshot" | "reserve" | "release" | "drain" | "setNodeBlock" | "removeNode"
+  | "capacitySnapshot"
+  | "reserve"
+  | "release"
+  | "drain"
+  | "setNodeBlock"
+  | "removeNode"
+  | "takeCapacityLease"
+  | "releaseCapacityLease"
 >;
 
 export interface CapacityDeps {
@@ -77,7 +84,42 @@ export interface CycleReport {
 
 const minuteOf = (t: number) => new Date(Math.floor(t / MINUTE_MS) * MINUTE_MS).toISOString();
 
+/** How long a capacity cycle's lease on its region lasts if the cycle dies without releasing it. */
+export const CYCLE_LEASE_MS = 10 * MINUTE_MS;
+
+/** Another cycle of the region is still running (it holds the region's lease): this one does nothing. */
+export class CycleSkipped extends Error {
+  constructor(
+    readonly region: string,
+    readonly until: number,
+  ) {
+    super(`another capacity cycle of ${region} is running (its lease lasts until ${new Date(until).toISOString()})`);
+    this.name = "CycleSkipped";
+  }
+}
+
+/**
+ * One minute's capacity work for a region, under the region's lease (the scheduler's
+ * takeCapacityLease): a cycle that outlasts its minute is never run beside the next one. Throws
+ * CycleSkipped when another cycle holds it.
+ */
 export async function runCapacityCycle(deps: CapacityDeps, region: string): Promise<CycleReport> {
+  const holder = crypto.randomUUID();
+  const lease = await deps.scheduler.takeCapacityLease(holder, CYCLE_LEASE_MS);
+  if (!lease.ok) throw new CycleSkipped(region, lease.until);
+  try {
+    return await cycle(deps, region);
+  } finally {
+    await deps.scheduler.releaseCapacityLease(holder).catch((error: unknown) =>
+      deps.log.warn("capacity.lease_not_released", {
+        region,
+        error: error instanceof Error ? error.message : String(error),
+      }),
+    );
+  }
+}
+
+async function cycle(deps: CapacityDeps, region: string): Promise<CycleReport> {
   const { db, client, scheduler, log } = deps;
   const now = deps.now();
   const failed: CycleReport["failed"] = [];
@@ -207,8 +249,11 @@ async function followOrders(deps: CapacityDeps, region: string, market: SfNode[]
     try {
       if (order.purpose === "capacity:buy") {
         // Never created, or the answer was lost before SF Compute acted: send it again, same name.
-        if (!sf && order.status === "placing") await createNode(deps, region, order, now);
-        else if (sf) await settlePurchase(deps, order, sf, now);
+        // Looked up by name first: the listing can lag behind a create whose answer was lost, and a
+        // new token for a node that exists would lock out its agent (its boot script has the first).
+        const found = !sf && order.status === "placing" ? await nodeNamed(deps, nodeId) : sf;
+        if (!found && order.status === "placing") await createNode(deps, region, order, now);
+        else if (found) await settlePurchase(deps, order, found, now);
       } else if (sf && sf.end_at != null && sf.end_at * 1000 >= order.endAt.getTime()) {
         await finishExtension(deps, order, nodeId, now);
       } else {
@@ -223,6 +268,16 @@ async function followOrders(deps: CapacityDeps, region: string, market: SfNode[]
     }
   }
   if (errors.length > 0) throw new Error(`following ${errors.length} order(s) failed: ${errors.join("; ")}`);
+}
+
+/** SF Compute's node of this name, or null when it has none (any other error throws). */
+async function nodeNamed(deps: CapacityDeps, name: string): Promise<SfNode | null> {
+  try {
+    return await deps.client.getNode(name);
+  } catch (error) {
+    if (isSfComputeError(error) && error.status === 404) return null;
+    throw error;
+  }
 }
 
 async function settlePurchase(deps: CapacityDeps, order: OrderRow, sf: SfNode, now: number): Promise<void> {
