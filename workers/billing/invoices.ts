@@ -182,21 +182,25 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
     customer = saved?.id ?? created.id;
   }
 
-  // A draft first, then its items attached to it by id: no other invoice can take them.
-  const draft = await stripe.invoices.create(
-    {
-      customer,
-      currency: invoice.currency,
-      collection_method: "charge_automatically",
-      // Not finalized by Stripe on its own an hour on (half-built, were a run to stop between the
-      // draft and its items): this run finalizes it, and collection then advances automatically.
-      auto_advance: false,
-      pending_invoice_items_behavior: "exclude",
-      description: `Scalar GPU usage, ${month}`,
-      metadata: { invoice_id: invoice.id, account_id: account.id, month },
-    },
-    { idempotencyKey: `scalar-invoice-${invoice.id}` },
-  );
+  // A draft first, then its items attached to it by id: no other invoice can take them. A draft an
+  // earlier run made is taken up again, not made anew: Stripe keeps idempotency keys 24 h, and a
+  // run finishing a day later would otherwise make (and charge) a second invoice.
+  const draft = invoice.stripeInvoiceId
+    ? await stripe.invoices.retrieve(invoice.stripeInvoiceId)
+    : await stripe.invoices.create(
+        {
+          customer,
+          currency: invoice.currency,
+          collection_method: "charge_automatically",
+          // Not finalized by Stripe on its own an hour on (half-built, were a run to stop between the
+          // draft and its items): this run finalizes it, and collection then advances automatically.
+          auto_advance: false,
+          pending_invoice_items_behavior: "exclude",
+          description: `Scalar GPU usage, ${month}`,
+          metadata: { invoice_id: invoice.id, account_id: account.id, month },
+        },
+        { idempotencyKey: `scalar-invoice-${invoice.id}` },
+      );
   if (invoice.stripeInvoiceId !== draft.id) {
     await db
       .update(invoices)
@@ -204,7 +208,15 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
       .where(eq(invoices.id, invoice.id));
   }
   const lines = invoice.lines as InvoiceLine[];
+  // Lines an earlier run attached are not added again (their keys may be forgotten too).
+  const attached = new Set<string>();
+  if (invoice.stripeInvoiceId && draft.status === "draft") {
+    for await (const line of stripe.invoices.listLineItems(draft.id as string, { limit: 100 })) {
+      if (line.metadata?.invoice_id === invoice.id && line.metadata.line) attached.add(line.metadata.line);
+    }
+  }
   for (const [index, line] of lines.entries()) {
+    if (draft.status !== "draft" || attached.has(String(index))) continue;
     await stripe.invoiceItems.create(
       {
         customer,
@@ -221,11 +233,14 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
       { idempotencyKey: `scalar-invoice-${invoice.id}-line-${index}` },
     );
   }
-  const finalized = await stripe.invoices.finalizeInvoice(
-    draft.id as string,
-    { auto_advance: true },
-    { idempotencyKey: `scalar-invoice-${invoice.id}-finalize` },
-  );
+  const finalized =
+    draft.status === "draft"
+      ? await stripe.invoices.finalizeInvoice(
+          draft.id as string,
+          { auto_advance: true },
+          { idempotencyKey: `scalar-invoice-${invoice.id}-finalize` },
+        )
+      : draft;
   if (finalized.total !== invoice.totalCents) {
     throw new Error(`Stripe's invoice ${finalized.id} totals ${finalized.total} ¢, ours ${invoice.totalCents} ¢`);
   }
@@ -236,7 +251,7 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
     .set({
       // Only from draft: a webhook may have moved it on (paid, void, uncollectible) meanwhile, and
       // its event is not delivered again.
-      status: sql`case when ${invoices.status} = 'draft' then ${finalized.status === "paid" ? "paid" : "open"} else ${invoices.status} end`,
+      status: sql`case when ${invoices.status} = 'draft' then ${settledStatus(finalized.status)} else ${invoices.status} end`,
       number: finalized.number ?? null,
       hostedInvoiceUrl: finalized.hosted_invoice_url ?? null,
       finalizedAt: sql`coalesce(${invoices.finalizedAt}, ${finalizedAt.toISOString()}::timestamptz)`,
@@ -244,4 +259,10 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
       updatedAt: new Date(),
     })
     .where(eq(invoices.id, invoice.id));
+}
+
+/** Our status for an invoice Stripe has finalized (or an earlier run's, found paid, void or uncollectible). */
+function settledStatus(status: string | null): "open" | "paid" | "void" | "uncollectible" {
+  if (status === "paid" || status === "void" || status === "uncollectible") return status;
+  return "open";
 }

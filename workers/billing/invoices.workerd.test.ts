@@ -148,6 +148,37 @@ describe("monthly invoices", () => {
     expect(sim.invoiceItems().filter((i) => i.metadata?.invoice_id === done!.id)).toHaveLength(2);
   });
 
+  it("finishes a half-built invoice a day later on the same Stripe draft, after Stripe forgot the keys", async () => {
+    const user = await signUp();
+    await usage(user.accountId, "fast", "H100", 3_600, 2, 3); // 299 ¢
+    await usage(user.accountId, "flex", "H100", 3_600, 2, 3); // 179 ¢
+    const { sim, run, clock } = stack();
+    let items = 0;
+    const original = sim.fetch;
+    sim.fetch = async (request) => {
+      if (request.method === "POST" && new URL(request.url).pathname === "/v1/invoiceitems" && ++items > 1) {
+        return Response.json({ error: { type: "api_error", message: "down" } }, { status: 500 });
+      }
+      return original(request);
+    };
+    await run();
+    const [draft] = await invoiceOf(user.accountId);
+    expect(draft).toMatchObject({ status: "draft", stripeInvoiceId: expect.any(String) });
+    sim.fetch = original;
+    // Stripe keeps idempotency keys 24 h: the next run, 25 h on, must not lean on them.
+    clock.now += 25 * 3_600_000;
+    await run();
+    const [done] = await invoiceOf(user.accountId);
+    expect(done).toMatchObject({
+      status: "open",
+      totalCents: 478,
+      lastError: null,
+      stripeInvoiceId: draft!.stripeInvoiceId,
+    });
+    expect(sim.invoices().filter((i) => i.metadata?.invoice_id === done!.id)).toHaveLength(1);
+    expect(sim.invoiceItems().filter((i) => i.metadata?.invoice_id === done!.id)).toHaveLength(2);
+  });
+
   it("does not move an invoice a webhook moved on while it was being sent back to open", async () => {
     const user = await signUp();
     await usage(user.accountId, "flex", "H100", 3_600, 1, 2); // 179 ¢
