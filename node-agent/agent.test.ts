@@ -205,6 +205,21 @@ describe("heartbeats", () => {
     await cp.waitFor("3 heartbeats", () => cp.heartbeats.length >= 3);
     expect(cp.heartbeats.map((h) => h.running)).toEqual(cp.heartbeats.map(() => ["p-orphaned"]));
   });
+
+  it("list a placement whose container is still being started, so its GPUs are not given away meanwhile", async () => {
+    const engine = new LiveEngine();
+    engine.hung.add("start");
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-slow-start")]);
+    await until("the start", () => engine.heldCalls().includes("start"));
+    const from = cp.heartbeats.length;
+    await cp.waitFor("2 heartbeats during the start", () => cp.heartbeats.length >= from + 2);
+    const beats = cp.heartbeats.slice(from, from + 2);
+    expect(beats.map((h) => h.running)).toEqual([["p-slow-start"], ["p-slow-start"]]);
+    engine.hung.clear();
+    engine.release("start");
+    await cp.waitFor("running", () => cp.eventsFor("p-slow-start").find((e) => e.type === "running"));
+  });
 });
 
 describe("a data folder that cannot be written", () => {

@@ -560,7 +560,10 @@ export class Agent {
     // Every container of ours that runs, with a run or not (an orphan after a restart, one being
     // retired): the control plane takes a lost node back only once no container outside its runs
     // is listed, and the orphans still hold their GPUs.
-    const runningIds = [...new Set([...running.map((r) => r.id), ...(await this.runningContainers())])];
+    // Runs still starting too: a container may come to hold their GPUs at any moment, so the control
+    // plane must not hand those to new work yet (it ends a run asked to stop once no heartbeat lists it).
+    const starting = [...this.runs.values()].filter((r) => r.starting).map((r) => r.id);
+    const runningIds = [...new Set([...running.map((r) => r.id), ...starting, ...(await this.runningContainers())])];
     const stats = new Map<string, StatsSample>();
     const containers = [];
     const ready = await this.readiness(running);

@@ -184,6 +184,11 @@ export class PlacementRun {
     return this.phase === "running";
   }
 
+  /** Pulling, creating or starting its container: not running yet, but it may hold its GPUs at any moment. */
+  get starting(): boolean {
+    return this.phase === "starting" && !this.abandoned;
+  }
+
   get finished(): boolean {
     return this.phase === "finished";
   }

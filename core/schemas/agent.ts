@@ -272,7 +272,12 @@ export const Heartbeat = z.object({
   gpus: z.array(GpuHealth).max(16),
   disk_free_bytes: z.number().nonnegative().optional(),
   containers: z.array(ContainerMetrics).max(64).default([]),
-  /** Placements the agent runs now, so the control plane can spot drift. */
+  /**
+   * Placements whose containers run now or may at any moment (still being pulled, created or
+   * started), and running containers of the agent's with no placement: what holds GPUs. The control
+   * plane ends a run asked to stop only once this no longer lists it, and takes a lost node back
+   * only once it lists nothing outside the node's runs.
+   */
   running: z.array(z.string()).max(64).default([]),
   /**
    * Present while the container engine leaves a call unanswered past the agent's engine timeout
