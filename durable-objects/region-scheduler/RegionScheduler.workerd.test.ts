@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ContainerMetrics, EngineStuck, Heartbeat, PlacementEvent } from "../../core/schemas";
 import type { ObjectSql } from "../sqlite";
 import type { Clock } from "./clock";
+import type { Outbox } from "./outbox";
 import { RegionScheduler } from "./RegionScheduler";
 import type { Region } from "./region";
 import type { EndpointSpec, NodeRegistration, SchedulerJob } from "./rpc";
@@ -499,6 +500,38 @@ describe("RegionScheduler: failures", () => {
 });
 
 describe("RegionScheduler: restart", () => {
+  it("bills the runs of a node lost right after a restart to its stored last heartbeat, not to the restart", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const job = await jobFor({ gpu_count: 1 });
+    await stub.submit(job);
+    const p = await placementOf(stub, job.id);
+    await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+    clock.advance(61_000);
+    await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [p.placement_id] });
+    // The sweep stores the heartbeat (every node_sync_ms); then the node falls silent.
+    clock.advance(60_000);
+    await runDurableObjectAlarm(stub);
+    await runInDurableObject(stub, async (_obj, state) => {
+      const stored = state.storage.sql
+        .exec<{ at: number }>("select last_heartbeat_at as at from nodes where id = ?", N("n1"))
+        .one().at;
+      expect(stored).toBe(T0 + 61_000);
+      // Restarted 30 s later: a fresh timeout, then lost.
+      clock.advance(30_000);
+      const restarted = new RegionScheduler(state, env);
+      restarted.clock = clock;
+      await restarted.alarm();
+      expect((await restarted.listNodes())[0]!.state).toBe("ready");
+      clock.advance(100_000);
+      await restarted.alarm();
+      expect((await restarted.listNodes())[0]!.state).toBe("lost");
+      await restarted.alarm(); // its outbox delivers the run's usage
+    });
+    const usage = await sql`select period_end from usage_events where job_run_id = ${p.placement_id}`;
+    expect(usage.map((u) => u.period_end.getTime())).toEqual([T0 + 61_000]);
+  });
+
   it("keeps its queue, allocations and versions when the object restarts mid-queue", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1")));
@@ -1414,6 +1447,32 @@ describe("RegionScheduler: endpoint traffic", () => {
 });
 
 describe("RegionScheduler: the outbox", () => {
+  it("delivers other keys past a key that waits, and wakes for a waiting key at its retry, not every second", async () => {
+    const { stub, clock } = await region();
+    await runInDurableObject(stub, (instance, state) => {
+      const sql = state.storage.sql;
+      sql.exec("delete from outbox");
+      // Key a: its first row failed and waits a minute; 250 rows wait behind it. Key b: one row.
+      sql.exec(
+        "insert into outbox (kind, key, payload, created_at, attempts, next_try_at) values ('audit', 'a', '{}', 0, 1, ?)",
+        clock.t + 60_000,
+      );
+      for (let i = 0; i < 250; i++) {
+        sql.exec("insert into outbox (kind, key, payload, created_at) values ('audit', 'a', '{}', 0)");
+      }
+      sql.exec("insert into outbox (kind, key, payload, created_at) values ('audit', 'b', '{}', 0)");
+      const outbox = (instance as unknown as { outbox: Outbox }).outbox;
+      // A batch of 200: b is in it, though 250 of a's rows come first.
+      const { rows } = outbox.due(clock.t, 200);
+      expect(rows.map((r) => r.key)).toEqual(["b"]);
+      // Due now (b), then at a's retry: not now, for a's rows behind its first.
+      expect(outbox.nextDue()).toBe(0);
+      outbox.delivered(rows[0]!.seq);
+      expect(outbox.nextDue()).toBe(clock.t + 60_000);
+      sql.exec("delete from outbox");
+    });
+  });
+
   it("carries a job's whole history to Postgres, idempotently", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));

@@ -158,7 +158,11 @@ export class Outbox {
     );
   }
 
-  /** Rows due now, in order, skipping keys that wait on an earlier failed or parked row. */
+  /**
+   * Rows due now, in order, skipping keys that wait on an earlier failed or parked row. The skip is
+   * made before the limit: otherwise `limit` rows of waiting keys at the head would stop every other
+   * key's delivery.
+   */
   due(now: number, limit: number): { rows: OutboxRow[]; blocked: Set<string> } {
     const blocked = new Set(
       this.db
@@ -166,7 +170,11 @@ export class Outbox {
         .map((r) => r.key),
     );
     const rows = this.db.all<OutboxRow>(
-      "select * from outbox where parked = 0 and next_try_at <= ? order by seq limit ?",
+      `select * from outbox
+        where parked = 0 and next_try_at <= ?
+          and key not in (select key from outbox where parked = 1 or next_try_at > ?)
+        order by seq limit ?`,
+      now,
       now,
       limit,
     );
@@ -187,9 +195,18 @@ export class Outbox {
     );
   }
 
-  /** Earliest instant a row is due (null when nothing is pending). */
+  /**
+   * Earliest instant a row can be delivered (null when nothing can): only each key's first row
+   * counts, as the rows behind it wait for it (a parked first row waits for an operator). Counting
+   * those rows made the alarm fire every second while a key waited out its backoff.
+   */
   nextDue(): number | null {
-    return this.db.one<{ at: number | null }>("select min(next_try_at) as at from outbox where parked = 0")?.at ?? null;
+    return (
+      this.db.one<{ at: number | null }>(
+        `select min(o.next_try_at) as at from outbox o
+          where o.parked = 0 and o.seq = (select min(p.seq) from outbox p where p.key = o.key)`,
+      )?.at ?? null
+    );
   }
 
   counts(): { pending: number; parked: number } {

@@ -77,6 +77,12 @@ export class Region {
   /** Last sign of life per node (heartbeat or event); absent after a restart until the first sweep. */
   readonly liveness = new Map<string, number>();
   /**
+   * Nodes given a fresh timeout by the first sweep after a restart (`from`, their liveness then)
+   * and their last heartbeat as stored (`seen`): one lost before any sign of life since is billed
+   * to that, not to the restart.
+   */
+  private readonly presumedAlive = new Map<string, { from: number; seen: number }>();
+  /**
    * Each active run's resource use at its node's last heartbeat that measured it; dropped when the
    * run ends (its node lost or removed included), so it holds at most one entry per active run.
    */
@@ -635,6 +641,7 @@ export class Region {
     }
     this.db.run("delete from nodes where id = ?", nodeId);
     this.liveness.delete(nodeId);
+    this.presumedAlive.delete(nodeId);
     this.records.audit(
       `node:${nodeId}`,
       null,
@@ -901,11 +908,17 @@ export class Region {
       const last = this.liveness.get(node.id);
       if (last === undefined) {
         // Restarted: liveness lived in memory, so every node gets a fresh timeout from now.
-        this.liveness.set(node.id, Math.max(now, node.last_heartbeat_at ?? 0));
+        const from = Math.max(now, node.last_heartbeat_at ?? 0);
+        this.liveness.set(node.id, from);
+        this.presumedAlive.set(node.id, { from, seen: node.last_heartbeat_at ?? node.registered_at });
         continue;
       }
       if (now - last > s.heartbeat_timeout_ms) {
-        this.markLost(node, now, last);
+        // Not heard from since a restart: its last sign of life is the stored one (synced every
+        // node_sync_ms, so at most that much early), not the restart's fresh timeout.
+        const presumed = this.presumedAlive.get(node.id);
+        this.markLost(node, now, presumed && presumed.from === last ? presumed.seen : last);
+        this.presumedAlive.delete(node.id);
         continue;
       }
       if (last > (node.synced_heartbeat_at ?? 0) && now - (node.synced_heartbeat_at ?? 0) >= s.node_sync_ms) {
