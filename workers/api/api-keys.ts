@@ -223,13 +223,14 @@ apiKeysRouter.openapi(
       await audit(tx, caller, account.id, {
         action: "api_key.revoked",
         targetType: "api_key",
-        targetId: id,
+        targetId: existing.id,
         data: { name: existing.name, prefix: existing.prefix },
       });
       return revoked!;
     });
     // This isolate stops accepting it at once; others within 10 s (workers/auth/caller.ts).
-    recentApiKeys.forget((known) => known.apiKey?.id === id);
+    // By the id as stored (lower case): the path's may be in upper case, which Postgres's uuid takes.
+    recentApiKeys.forget((known) => known.apiKey?.id === row.id);
     return respond(c, ApiKey, keyView(row), 200);
   },
 );

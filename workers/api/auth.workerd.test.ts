@@ -249,6 +249,12 @@ describe("API keys", () => {
     expect(audit.map((a) => a.action)).toEqual(["api_key.created", "api_key.revoked"]);
     // Revoking again changes nothing.
     expect((await call("DELETE", `/v1/api-keys/${key.id}`, user.token)).status).toBe(200);
+    // Revoked by its id in upper case (a uuid all the same): refused at once here too, though this
+    // instance had just resolved it.
+    const other = await createKey(user.token, ["jobs:read"]);
+    expect((await call("GET", "/v1/jobs", other.secret)).status).toBe(200);
+    expect((await call("DELETE", `/v1/api-keys/${other.id.toUpperCase()}`, user.token)).status).toBe(200);
+    expect((await call("GET", "/v1/jobs", other.secret)).status).toBe(401);
   });
 
   it("enforces scopes (403), never grants more than the creator holds, and follows the creator's role", async () => {
