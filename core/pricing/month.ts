@@ -14,7 +14,14 @@ export function monthBounds(month: string): MonthBounds | null {
   if (!m) return null;
   const year = Number(m[1]);
   const index = Number(m[2]) - 1;
-  return { month, startMs: Date.UTC(year, index, 1), endMs: Date.UTC(year, index + 1, 1) };
+  return { month, startMs: firstOfMonth(year, index), endMs: firstOfMonth(year, index + 1) };
+}
+
+/** Midnight UTC on the 1st; `Date.UTC` would read years 0–99 as 1900–1999 (0099-12 as 1999-12). */
+function firstOfMonth(year: number, monthIndex: number): number {
+  const d = new Date(0);
+  d.setUTCFullYear(year, monthIndex, 1);
+  return d.getTime();
 }
 
 /** The month (UTC) an instant falls in, as `YYYY-MM`. */
