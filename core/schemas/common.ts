@@ -17,7 +17,8 @@ export const Region = z.string().regex(/^[a-z][a-z0-9-]{1,31}$/, "a region name 
 export type Region = z.infer<typeof Region>;
 
 /** Epoch milliseconds: every instant that crosses a process boundary. */
-export const EpochMs = z.number().int().nonnegative();
+/** Milliseconds since the epoch, up to the last instant a Date holds (later ones would be invalid dates). */
+export const EpochMs = z.number().int().nonnegative().max(8_640_000_000_000_000);
 
 /** The one error body every Scalar HTTP route returns. */
 export const ErrorEnvelope = z.object({

@@ -345,6 +345,11 @@ describe("job logs", () => {
     expect(missing.json.error.details.fields.map((f: { field: string }) => f.field)).toContain("lines[0].stream");
     const empty = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [] } });
     expect(empty.status).toBe(400);
+    // A time past the last instant a Date holds is refused, not a 500.
+    const far = await call("POST", AGENT_ROUTES.logs, token, {
+      body: { lines: [{ ...line("pl-far", 0, "x"), at: 9e15 }] },
+    });
+    expect([far.status, far.json.error.details.fields[0].field]).toEqual([400, "lines[0].at"]);
     const nul = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line("pl-nul", 0, "a\u0000b")] } });
     expect(nul.json).toEqual({ accepted: 1, duplicates: 0 });
     // Nor do halves of UTF-16 surrogate pairs (stored as U+FFFD, as UTF-8 has no form for them).

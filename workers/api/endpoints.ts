@@ -38,6 +38,11 @@ const NAME = z
   .regex(
     /^[a-z0-9][a-z0-9-]{0,62}$/,
     "lowercase letters, digits and dashes, at most 63, starting with a letter or digit",
+  )
+  // Invoke and the CLI take an id or a name in one place, and read a UUID as an id.
+  .refine(
+    (v) => !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(v),
+    "must not be shaped like an id (a UUID): it could not be told from one",
   );
 
 /** A PATCH changes only what it names: the same fields without their defaults. */

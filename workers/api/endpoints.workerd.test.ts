@@ -104,6 +104,8 @@ describe("endpoints", () => {
     expect(clash.json.error.code).toBe("name_taken");
     for (const [body, field] of [
       [{ ...ENDPOINT, name: "Bad_Name" }, "name"],
+      // Shaped like an id: invoke would read it as one.
+      [{ ...ENDPOINT, name: "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11" }, "name"],
       [{ ...ENDPOINT, name: uniqueName(), gpu_count: 16 }, "gpu_count"],
       [{ ...ENDPOINT, name: uniqueName(), min_replicas: 4, max_replicas: 2 }, "max_replicas"],
       [{ ...ENDPOINT, name: uniqueName(), port: 70000 }, "port"],
