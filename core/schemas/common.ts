@@ -17,8 +17,12 @@ export const Region = z.string().regex(/^[a-z][a-z0-9-]{1,31}$/, "a region name 
 export type Region = z.infer<typeof Region>;
 
 /** Epoch milliseconds: every instant that crosses a process boundary. */
-/** Milliseconds since the epoch, up to the last instant a Date holds (later ones would be invalid dates). */
-export const EpochMs = z.number().int().nonnegative().max(8_640_000_000_000_000);
+/**
+ * Milliseconds since the epoch, up to the end of year 9999 (UTC): later instants are not 4-digit
+ * ISO years (`+275760-09-13T…` at the last a Date holds), which Postgres does not read, and past
+ * 8.64e15 not even dates.
+ */
+export const EpochMs = z.number().int().nonnegative().max(253_402_300_799_999);
 
 /** The one error body every Scalar HTTP route returns. */
 export const ErrorEnvelope = z.object({

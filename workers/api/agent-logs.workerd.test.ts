@@ -345,11 +345,18 @@ describe("job logs", () => {
     expect(missing.json.error.details.fields.map((f: { field: string }) => f.field)).toContain("lines[0].stream");
     const empty = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [] } });
     expect(empty.status).toBe(400);
-    // A time past the last instant a Date holds is refused, not a 500.
-    const far = await call("POST", AGENT_ROUTES.logs, token, {
-      body: { lines: [{ ...line("pl-far", 0, "x"), at: 9e15 }] },
+    // A time past year 9999 is refused, not a 500 (past 8.64e15 not even a Date; the fuzz test found
+    // 8.64e15 itself, a `+275760-…` ISO year, a 500 too); the last millisecond of 9999 is stored.
+    for (const at of [9e15, 8.64e15, 253_402_300_800_000]) {
+      const far = await call("POST", AGENT_ROUTES.logs, token, {
+        body: { lines: [{ ...line("pl-far", 0, "x"), at }] },
+      });
+      expect([far.status, far.json.error?.details.fields[0].field], String(at)).toEqual([400, "lines[0].at"]);
+    }
+    const last = await call("POST", AGENT_ROUTES.logs, token, {
+      body: { lines: [{ ...line(`pl-${crypto.randomUUID()}`, 0, "x"), at: 253_402_300_799_999 }] },
     });
-    expect([far.status, far.json.error.details.fields[0].field]).toEqual([400, "lines[0].at"]);
+    expect(last.json).toEqual({ accepted: 1, duplicates: 0 });
     const nul = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line("pl-nul", 0, "a\u0000b")] } });
     expect(nul.json).toEqual({ accepted: 1, duplicates: 0 });
     // Nor do halves of UTF-16 surrogate pairs (stored as U+FFFD, as UTF-8 has no form for them).
