@@ -136,6 +136,8 @@ export class Agent {
    * heartbeat's `running` while the engine cannot be asked.
    */
   private listedRunning = new Set<string>();
+  /** When the engine last listed our containers (a reconcile's or a heartbeat's listing). */
+  private listedAt = Number.NEGATIVE_INFINITY;
   private previousStats = new Map<string, StatsSample>();
   private heartbeatIntervalMs = 10_000;
   /** Running containers' addresses as this host reaches them (for readiness checks), by container id. */
@@ -598,10 +600,12 @@ export class Agent {
 
   /**
    * Placements whose containers the engine lists as running now; those of its last listing while it
-   * is stuck or down, or when it fails or is slow to answer: the heartbeat does not wait on it.
+   * is stuck or down, or when it fails or is slow to answer: the heartbeat does not wait on it. A
+   * listing under half a heartbeat interval old (a reconcile's, every 10 s too) is not asked again.
    */
   private async runningContainers(): Promise<Set<string>> {
     if (this.engineReport()) return this.listedRunning;
+    if (this.deps.clock.now() - this.listedAt < this.heartbeatIntervalMs / 2) return this.listedRunning;
     const listing = this.engine.list(ownLabels(this.config.agentName)).then(
       (listed) => this.noteListing(listed),
       (error) => this.deps.log("debug", "could not list containers for the heartbeat", { error: errorText(error) }),
@@ -616,6 +620,7 @@ export class Agent {
   }
 
   private noteListing(listed: ContainerSummary[]): void {
+    this.listedAt = this.deps.clock.now();
     this.listedRunning = new Set(
       listed.flatMap((c) => {
         const placementId = c.labels[LABELS.placement];

@@ -34,7 +34,14 @@ import {
 } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { pipeline } from "node:stream";
-import { CONNECT_ERRORS, HOP_BY_HOP_HEADERS, INGRESS, INGRESS_ERROR_STATUS, type IngressError } from "../core/schemas";
+import {
+  CONNECT_ERRORS,
+  HOP_BY_HOP_HEADERS,
+  INGRESS,
+  INGRESS_ERROR_STATUS,
+  type IngressError,
+  RESENDABLE_METHODS,
+} from "../core/schemas";
 import { errorText, type Logger } from "./logger";
 
 /** Where a replica's container answers, as this host reaches it. */
@@ -87,13 +94,6 @@ function endToEnd(headers: IncomingHttpHeaders, drop: readonly string[]): Outgoi
   }
   return out;
 }
-
-/**
- * Methods whose request may go to the replica twice (RFC 9110 §9.2.1-2: safe). PUT and DELETE are
- * idempotent by definition, but a replica's API need not honour that (a DELETE of "the next job"),
- * and the ingress cannot tell, so they go once.
- */
-const RESENDABLE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
 /**
  * A status a replica's final answer may carry: RFC 9110 §15 allows 100–599, and a 1xx is an interim

@@ -81,6 +81,14 @@ export const INGRESS_ERROR_STATUS: Readonly<Record<IngressError, number>> = {
 };
 
 /**
+ * Methods a request to a replica may be sent with twice, by the ingress on a kept-alive connection
+ * found closed and by the Worker to another replica (RFC 9110 §9.2.1: safe). PUT and DELETE are
+ * idempotent by definition, but a replica's API need not honour that (a DELETE of "the next job"),
+ * and neither proxy can tell, so they go once.
+ */
+export const RESENDABLE_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
  * Connection errors that mean the request never reached the replica (nothing accepted the
  * connection): the ingress answers them `replica_unreachable`, any other `replica_failed`.
  */

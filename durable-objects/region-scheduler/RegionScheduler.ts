@@ -383,8 +383,10 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     const now = this.clock.now();
     const paused = Number(this.meta("outbox_paused_until") ?? 0);
     if (paused > now) return { delivered: 0, failed: 0 };
-    const { rows, blocked } = this.outbox.due(now, this.settings.flush_batch);
+    const rows = this.outbox.due(now, this.settings.flush_batch);
     if (rows.length === 0) return { delivered: 0, failed: 0 };
+    // Keys whose row fails in this batch: their later rows wait for it.
+    const blocked = new Set<string>();
     const sql = postgres(this.env.HYPERDRIVE.connectionString, {
       max: 1,
       fetch_types: false,

@@ -1463,7 +1463,7 @@ describe("RegionScheduler: the outbox", () => {
       sql.exec("insert into outbox (kind, key, payload, created_at) values ('audit', 'b', '{}', 0)");
       const outbox = (instance as unknown as { outbox: Outbox }).outbox;
       // A batch of 200: b is in it, though 250 of a's rows come first.
-      const { rows } = outbox.due(clock.t, 200);
+      const rows = outbox.due(clock.t, 200);
       expect(rows.map((r) => r.key)).toEqual(["b"]);
       // Due now (b), then at a's retry: not now, for a's rows behind its first.
       expect(outbox.nextDue()).toBe(0);

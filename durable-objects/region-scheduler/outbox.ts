@@ -159,17 +159,12 @@ export class Outbox {
   }
 
   /**
-   * Rows due now, in order, skipping keys that wait on an earlier failed or parked row. The skip is
-   * made before the limit: otherwise `limit` rows of waiting keys at the head would stop every other
-   * key's delivery.
+   * Rows due now, in order, leaving out keys that wait on an earlier failed or parked row. They are
+   * left out before the limit: otherwise `limit` rows of waiting keys at the head would stop every
+   * other key's delivery.
    */
-  due(now: number, limit: number): { rows: OutboxRow[]; blocked: Set<string> } {
-    const blocked = new Set(
-      this.db
-        .all<{ key: string }>("select distinct key from outbox where parked = 1 or next_try_at > ?", now)
-        .map((r) => r.key),
-    );
-    const rows = this.db.all<OutboxRow>(
+  due(now: number, limit: number): OutboxRow[] {
+    return this.db.all<OutboxRow>(
       `select * from outbox
         where parked = 0 and next_try_at <= ?
           and key not in (select key from outbox where parked = 1 or next_try_at > ?)
@@ -178,7 +173,6 @@ export class Outbox {
       now,
       limit,
     );
-    return { rows, blocked };
   }
 
   delivered(seq: number): void {

@@ -16,7 +16,7 @@
 
 import { and, eq } from "drizzle-orm";
 import { type Context, Hono } from "hono";
-import { HOP_BY_HOP_HEADERS, INGRESS } from "../../core/schemas";
+import { HOP_BY_HOP_HEADERS, INGRESS, RESENDABLE_METHODS } from "../../core/schemas";
 import type { RouteResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount, requireScope } from "../auth/caller";
 import type { Db } from "../db/client";
@@ -49,8 +49,6 @@ const WEBSOCKET_HANDSHAKE = new Set([
   "sec-websocket-extensions",
   "sec-websocket-accept",
 ]);
-/** Methods that may go to a second replica after the first had them and failed (RFC 9110 §9.2.1: safe). */
-const SAFE_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS"]);
 
 /** Replicas tried for one request before it fails with 502 replica_unreachable. */
 const MAX_TRIES = 3;
@@ -193,7 +191,7 @@ const invoke = async (c: Context<ApiEnv>) => {
       if (refusal === "replica_failed") {
         // The container had the request and failed it (dropped the connection, or answered with
         // what is not HTTP): it may have acted on it. Only a safe request goes to another replica.
-        if (SAFE_METHODS.has(c.req.method)) {
+        if (RESENDABLE_METHODS.has(c.req.method)) {
           exclude.push(route.placement_id);
           continue;
         }

@@ -97,7 +97,7 @@ export async function insertLogLines(db: Db, nodeId: string, lines: LogLine[]): 
     at: new Date(l.at).toISOString(),
     // Postgres text cannot hold NUL (containers can print it), nor jsonb a lone UTF-16 surrogate
     // (which a UTF-8 encoding of the string would have turned into U+FFFD anyway).
-    line: l.line.replaceAll("\u0000", "\uFFFD").replace(LONE_SURROGATE, "\uFFFD"),
+    line: l.line.replaceAll("\u0000", "\uFFFD").toWellFormed(),
   }));
   const inserted = await db.execute(sql`
     with batch as (
@@ -125,8 +125,6 @@ export async function insertLogLines(db: Db, nodeId: string, lines: LogLine[]): 
     returning id`);
   return inserted.length;
 }
-
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
 /** The first key of the two-key advisory locks on log inserts (apart from the migration runner's one-key lock). */
 const LOG_LOCK_SPACE = 0x4a4c4f47; // "JLOG"

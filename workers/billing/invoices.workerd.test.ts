@@ -45,6 +45,21 @@ function stack() {
   return { sim, run, clock };
 }
 
+/** Stripe down after a draft's first item (more failures than the SDK's retries); the answer brings it back. */
+function downAfterFirstItem(sim: StripeSimulator): () => void {
+  let items = 0;
+  const original = sim.fetch;
+  sim.fetch = async (request) => {
+    if (request.method === "POST" && new URL(request.url).pathname === "/v1/invoiceitems" && ++items > 1) {
+      return Response.json({ error: { type: "api_error", message: "down" } }, { status: 500 });
+    }
+    return original(request);
+  };
+  return () => {
+    sim.fetch = original;
+  };
+}
+
 const invoiceOf = (accountId: string) =>
   withDb(env, (db) => db.select().from(invoices).where(eq(invoices.accountId, accountId)));
 
@@ -114,21 +129,13 @@ describe("monthly invoices", () => {
     await usage(user.accountId, "fast", "H200", 7_200, 2, 4); // 2 GPU-hours of Fast H200: 798 ¢
     await usage(user.accountId, "flex", "H200", 3_600, 2, 3); // 1 GPU-hour of Flex H200: 239 ¢
     const { sim, run, clock } = stack();
-    // Stripe down after the draft's first item (more failures than the SDK's retries).
-    let items = 0;
-    const original = sim.fetch;
-    sim.fetch = async (request) => {
-      if (request.method === "POST" && new URL(request.url).pathname === "/v1/invoiceitems" && ++items > 1) {
-        return Response.json({ error: { type: "api_error", message: "down" } }, { status: 500 });
-      }
-      return original(request);
-    };
+    const stripeBack = downAfterFirstItem(sim);
     const failed = await run();
     expect(failed.failed).toBeGreaterThanOrEqual(1);
     const [draft] = await invoiceOf(user.accountId);
     expect(draft).toMatchObject({ status: "draft", lastError: expect.stringMatching(/.+/) });
     expect(draft!.stripeInvoiceId).toEqual(expect.any(String));
-    sim.fetch = original;
+    stripeBack();
     // The next run comes two hours later: the half-built draft must still be a draft (not finalized
     // by Stripe on its own), and the item that went through is not added again.
     clock.now += 2 * 3_600_000;
@@ -153,18 +160,11 @@ describe("monthly invoices", () => {
     await usage(user.accountId, "fast", "H100", 3_600, 2, 3); // 299 ¢
     await usage(user.accountId, "flex", "H100", 3_600, 2, 3); // 179 ¢
     const { sim, run, clock } = stack();
-    let items = 0;
-    const original = sim.fetch;
-    sim.fetch = async (request) => {
-      if (request.method === "POST" && new URL(request.url).pathname === "/v1/invoiceitems" && ++items > 1) {
-        return Response.json({ error: { type: "api_error", message: "down" } }, { status: 500 });
-      }
-      return original(request);
-    };
+    const stripeBack = downAfterFirstItem(sim);
     await run();
     const [draft] = await invoiceOf(user.accountId);
     expect(draft).toMatchObject({ status: "draft", stripeInvoiceId: expect.any(String) });
-    sim.fetch = original;
+    stripeBack();
     // Stripe keeps idempotency keys 24 h: the next run, 25 h on, must not lean on them.
     clock.now += 25 * 3_600_000;
     await run();

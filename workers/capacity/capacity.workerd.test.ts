@@ -139,6 +139,25 @@ async function register(token: string, nodeId: string) {
   return res;
 }
 
+/**
+ * A region whose Fast headroom (8 GPUs) the first cycle buys on a rolling block, on the market's
+ * clock; seven minutes on, its node has booted and its agent registered.
+ */
+async function headroomNode(region: string, seed: number) {
+  const h = harness(region, { seed, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
+  const user = await signUp({ fast_tier_enabled: true });
+  // Block ends are on the market's clock.
+  await onMarketClock(region, h.sim);
+  expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
+  h.advance(7 * MINUTE_MS);
+  await h.cycle();
+  const [sim] = h.simNodes();
+  expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
+  const endBefore = sim!.endAt;
+  if (endBefore === null) throw new Error("the headroom's node has no end");
+  return { h, user, sim: sim!, endBefore };
+}
+
 async function runToCompletion(token: string) {
   const set = (await call("GET", `${AGENT_ROUTES.placements}?since=0&wait_ms=0`, token, {})).json as PlacementSet;
   for (const [i, p] of set.placements.entries()) {
@@ -328,18 +347,7 @@ describe("the capacity cron against the simulator", () => {
 
   it("extends a ready node for a waiting Fast job estimated past its block, and the job is placed in that minute", async () => {
     const region = "capacity-e2e-estimate";
-    const h = harness(region, { seed: 11_005, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
-    const user = await signUp({ fast_tier_enabled: true });
-    // Block ends are on the market's clock.
-    await onMarketClock(region, h.sim);
-    // The headroom's node: bought on a rolling block of under two hours, booted, registered.
-    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
-    h.advance(7 * MINUTE_MS);
-    await h.cycle();
-    const [sim] = h.simNodes();
-    expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
-    const endBefore = sim!.endAt;
-    if (endBefore === null) throw new Error("the headroom's node has no end");
+    const { h, user, sim, endBefore } = await headroomNode(region, 11_005);
     expect(endBefore - h.sim.engine.now()).toBeLessThan(2 * HOUR_MS);
 
     // A Fast job estimated at 3 h: the free node's block ends before it would, so it waits.
@@ -366,15 +374,7 @@ describe("the capacity cron against the simulator", () => {
 
   it("sends a refused extension again the next minute (the same order, re-opened), and the job is placed", async () => {
     const region = "capacity-e2e-extend-retry";
-    const h = harness(region, { seed: 11_007, config: { fast: { ...CAPACITY_CONFIG.fast, minHeadroomGpus: 8 } } });
-    const user = await signUp({ fast_tier_enabled: true });
-    await onMarketClock(region, h.sim);
-    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "fast", nodes: 1 }]);
-    h.advance(7 * MINUTE_MS);
-    await h.cycle();
-    const [sim] = h.simNodes();
-    expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
-    const endBefore = sim!.endAt;
+    const { h, user, endBefore } = await headroomNode(region, 11_007);
     const row = await submitTo(region, user.accountId, {
       command: ["true"],
       estimatedDurationS: 3 * 3_600,

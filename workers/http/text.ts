@@ -9,12 +9,10 @@
 import type { MiddlewareHandler } from "hono";
 import { ApiError } from "./errors";
 
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-
 /** What is wrong with a string, or null. */
 function flaw(value: string): string | null {
   if (value.includes("\0")) return "must not contain a NUL character (\\u0000)";
-  if (LONE_SURROGATE.test(value)) return "must not contain a lone UTF-16 surrogate";
+  if (!value.isWellFormed()) return "must not contain a lone UTF-16 surrogate";
   return null;
 }
 
