@@ -127,8 +127,10 @@ jobsRouter.openapi(
     // ledger row (this first attempt counted) and its audit row, and checks the account's payment
     // hold and quota (from a snapshot taken after the lock, without the new job); held or over the
     // quota, the transaction rolls it all back. The id is chosen here so the three inserts need not
-    // wait for one another.
-    const id = crypto.randomUUID();
+    // wait for one another; with an Idempotency-Key, the key chose it, so a retry that took over the
+    // key of a request that died after its commit finds that job instead of making a second.
+    const made = c.get("idempotentId");
+    const id = made ?? crypto.randomUUID();
     const ledger = db.$with("ledger", {}).as(
       db
         .insert(jobSubmissions)
@@ -211,6 +213,13 @@ jobsRouter.openapi(
         });
       }
     } catch (error) {
+      if (made && (error as { code?: unknown } | null)?.code === "23505") {
+        const existing = await loadJob(db, account.id, id).catch(() => null);
+        if (existing) {
+          c.header("Idempotency-Replayed", "true");
+          return respond(c, Job, jobView(existing), 202);
+        }
+      }
       throw paymentHoldError(error, readsBilling(caller)) ?? gpuQuotaError(account, demand, error) ?? error;
     }
     endTime(c, "write");

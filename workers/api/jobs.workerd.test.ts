@@ -459,6 +459,33 @@ describe("Idempotency-Key", () => {
     expect(later.headers.get("idempotency-replayed")).toBeNull();
   });
 
+  it("answers a retry that takes over a dead request's key with the job it stored, making no second job", async () => {
+    const user = await signUp();
+    const headers = { "idempotency-key": `died-${crypto.randomUUID()}` };
+    const first = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(first.status).toBe(202);
+    // As if the first request's isolate died after the job's commit, before its answer was kept:
+    // the key is still claimed, by nobody alive, and its claim has run out.
+    await sql(
+      `update idempotency_keys set state = 'in_progress', response_status = null, response_body = null,
+              locked_until = now() - interval '1 second'
+        where account_id = $1 and key = $2`,
+      [user.accountId, headers["idempotency-key"]],
+    );
+    const retry = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(retry.status).toBe(202);
+    expect(retry.json.id).toBe(first.json.id);
+    expect(retry.headers.get("idempotency-replayed")).toBe("true");
+    const [count] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(count!.n).toBe(1);
+    // The answer is kept again: a later retry is a plain replay.
+    const again = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(again.json.id).toBe(first.json.id);
+    expect(again.headers.get("idempotency-replayed")).toBe("true");
+  });
+
   it("refuses a secret with 503 secrets_unavailable when the deployment has no sealing key, storing nothing", async () => {
     const user = await signUp();
     const worker = (await import("../index")).default;

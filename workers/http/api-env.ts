@@ -20,6 +20,11 @@ export type ApiVariables = AppVariables & {
    * `idempotency` then keeps no copy of it, and answers a replay with what it made, not the secret.
    */
   secretAnswer?: { id: string };
+  /**
+   * Set by `idempotency` on a request holding an `Idempotency-Key`: the id what it makes must take
+   * (the same for a retry that takes over a dead claim), so nothing is made twice.
+   */
+  idempotentId?: string;
 };
 
 export type ApiEnv = { Bindings: Env; Variables: ApiVariables };

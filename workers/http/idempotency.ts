@@ -6,16 +6,24 @@
  * A retry while the first is still running is a 409, so two concurrent requests with one key do the
  * work once. Anything but a 2xx releases the key, so a corrected or later retry can run. An answer
  * holding a secret shown once (`secretAnswer`) is not kept: its replay is a 409 naming what was made.
+ *
+ * A claim is held by one request (`claim_id`): it alone completes or releases the key, and renews
+ * the claim while it runs, so only a request that died (its isolate gone) is taken over, after
+ * `claimSeconds`. The key also fixes the id of what the request makes (`idempotentId`, kept by a
+ * takeover): a retry after a death between a job's commit and the stored answer finds the job,
+ * not a chance to make a second one.
  */
 import type { MiddlewareHandler } from "hono";
 import { endTime, startTime } from "hono/timing";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { requireAccount } from "../auth/caller";
 import { sha256Hex } from "../auth/secrets";
+import { openDb } from "../db/client";
 import { literal } from "../db/round-trips";
 import type { ApiEnv } from "./api-env";
 import type { RequestDb } from "./database";
 import { ApiError } from "./errors";
+import { errorFields, type Logger } from "./log";
 
 export const IDEMPOTENCY_TTL_HOURS = 24;
 /** A claim whose request died (isolate gone mid-request) may be taken over after this long. */
@@ -46,7 +54,16 @@ interface StoredKey {
   response_body: unknown;
 }
 
-export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
+/** `claimSeconds`: how long a claim outlives its last renewal (a test shortens it). */
+export function idempotencyWith({ claimSeconds }: { claimSeconds: number }): MiddlewareHandler<ApiEnv> {
+  return (c, next) => claimAndRun(c, next, claimSeconds);
+}
+
+export const idempotency = idempotencyWith({ claimSeconds: CLAIM_SECONDS });
+
+type Context = Parameters<MiddlewareHandler<ApiEnv>>[0];
+
+async function claimAndRun(c: Context, next: () => Promise<void>, claimSeconds: number) {
   const key = c.req.header("idempotency-key");
   if (c.req.method !== "POST" || key === undefined) return next();
   if (!KEY.test(key)) {
@@ -68,19 +85,26 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
     // Claim the key, or take over one that expired or whose request died.
     // Values inlined as literals: a statement without parameters is one round trip, not two.
     if (gate) startTime(c, "claim", "Idempotency-Key claimed beside the rate limiter");
+    const claimId = crypto.randomUUID();
+    // A takeover of a dead claim keeps the id of what it was making; an expired key starts afresh.
     const claiming = sql
-      .unsafe(`
-      insert into idempotency_keys (account_id, key, method, path, request_hash, locked_until, expires_at)
+      .unsafe<{ resource_id: string }[]>(`
+      insert into idempotency_keys (account_id, key, method, path, request_hash, locked_until, expires_at,
+                                    claim_id, resource_id)
       values (${literal(account.id)}, ${literal(key)}, ${literal(c.req.method)}, ${literal(path)}, ${literal(hash)},
-              now() + make_interval(secs => ${CLAIM_SECONDS}), now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
+              now() + make_interval(secs => ${Number(claimSeconds)}), now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}),
+              ${literal(claimId)}, ${literal(crypto.randomUUID())})
       on conflict (account_id, key) do update
         set method = excluded.method, path = excluded.path, request_hash = excluded.request_hash,
             state = 'in_progress', response_status = null, response_body = null,
-            locked_until = excluded.locked_until, created_at = now(), expires_at = excluded.expires_at
+            locked_until = excluded.locked_until, created_at = now(), expires_at = excluded.expires_at,
+            claim_id = excluded.claim_id,
+            resource_id = case when idempotency_keys.expires_at <= now() then excluded.resource_id
+                               else idempotency_keys.resource_id end
         where idempotency_keys.expires_at <= now()
            or (idempotency_keys.state = 'in_progress' and idempotency_keys.locked_until <= now()
                and idempotency_keys.request_hash = excluded.request_hash)
-      returning 1`)
+      returning resource_id`)
       .execute();
     // The rate limiter's verdict (on its way since before the claim, see rate-limit.ts) comes
     // first: a refused request keeps no claim.
@@ -88,14 +112,17 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
     if (gate) endTime(c, "claim");
     if (verdict.status === "rejected") {
       if (claim.status === "fulfilled" && claim.value.length === 1) {
-        await release(sql, account.id, key).catch(() => {});
+        await release(sql, { accountId: account.id, key, claimId, claimSeconds }).catch(() => {});
       }
       throw verdict.reason;
     }
     if (claim.status === "rejected") throw claim.reason;
     const claimed = claim.value;
     gate = undefined;
-    if (claimed.length === 1) return run(c, next, account.id, key);
+    if (claimed.length === 1) {
+      c.set("idempotentId", claimed[0]!.resource_id);
+      return run(c, next, { accountId: account.id, key, claimId, claimSeconds });
+    }
 
     const [stored] = await sql<StoredKey[]>`
       select request_hash, state, response_status, response_body from idempotency_keys
@@ -132,41 +159,89 @@ export const idempotency: MiddlewareHandler<ApiEnv> = async (c, next) => {
   throw new ApiError(409, "idempotency_key_in_progress", "Idempotency-Key is contended; retry shortly", undefined, {
     "Retry-After": "1",
   });
-};
+}
 
-async function run(
-  c: Parameters<MiddlewareHandler<ApiEnv>>[0],
-  next: () => Promise<void>,
-  accountId: string,
-  key: string,
-) {
+interface Claim {
+  accountId: string;
+  key: string;
+  claimId: string;
+  claimSeconds: number;
+}
+
+async function run(c: Context, next: () => Promise<void>, claim: Claim) {
   const sql = c.get("pg").sql;
-  const where = keyWhere(accountId, key);
+  const where = claimWhere(claim);
+  const log = c.get("log");
+  const renewal = keepClaim(c.env, claim, log);
   try {
     await next();
   } catch (error) {
-    await release(sql, accountId, key).catch(() => {});
+    await renewal.stop();
+    await release(sql, claim).catch(() => {});
     throw error;
   }
+  await renewal.stop();
   // Errors thrown by the route were turned into a response by Hono before we get here.
   const status = c.res.status;
   if (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json")) {
     const secret = c.get("secretAnswer");
     const body = secret ? { withheld_secret: { id: secret.id } } : await c.res.clone().json();
-    await sql.unsafe(`update idempotency_keys
+    const stored = await sql.unsafe(`update idempotency_keys
                          set state = 'completed', response_status = ${Number(status)},
                              response_body = ${literal(JSON.stringify(body))}::jsonb
-                       where ${where}`);
+                       where ${where} returning 1`);
+    // Taken over (this request's renewals failed for a whole claim): the answer still goes out; the
+    // key stays with the request that holds it.
+    if (stored.length === 0) log.warn("idempotency.claim_lost", { key: claim.key });
   } else {
-    await release(sql, accountId, key);
+    await release(sql, claim);
   }
 }
 
-/** The key's row, as a condition with its values inlined (one round trip, no describe). */
-function keyWhere(accountId: string, key: string): string {
-  return `account_id = ${literal(accountId)} and key = ${literal(key)}`;
+/**
+ * Renew the claim every third of its length while the route runs, on a connection of its own
+ * (the request's may be inside the route's transaction), opened only if a renewal is ever due.
+ */
+function keepClaim(env: Env, claim: Claim, log: Logger): { stop(): Promise<void> } {
+  const every = (claim.claimSeconds * 1000) / 3;
+  let opened: ReturnType<typeof openDb> | null = null;
+  let stopped = false;
+  let renewing: Promise<void> = Promise.resolve();
+  const renew = async () => {
+    opened ??= openDb(env);
+    try {
+      const held = await opened.sql.unsafe(`update idempotency_keys
+           set locked_until = now() + make_interval(secs => ${Number(claim.claimSeconds)})
+         where ${claimWhere(claim)} and state = 'in_progress' returning 1`);
+      if (held.length === 0) log.warn("idempotency.claim_lost", { key: claim.key });
+    } catch (error) {
+      log.warn("idempotency.renew_failed", { key: claim.key, ...errorFields(error) });
+    }
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const schedule = () => {
+    timer = setTimeout(() => {
+      renewing = renew().then(() => {
+        if (!stopped) schedule();
+      });
+    }, every);
+  };
+  schedule();
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await renewing;
+      await opened?.close().catch(() => {});
+    },
+  };
 }
 
-function release(sql: RequestDb["sql"], accountId: string, key: string) {
-  return sql.unsafe(`delete from idempotency_keys where ${keyWhere(accountId, key)}`);
+/** The claim's row, as a condition with its values inlined (one round trip, no describe). */
+function claimWhere(claim: Claim): string {
+  return `account_id = ${literal(claim.accountId)} and key = ${literal(claim.key)} and claim_id = ${literal(claim.claimId)}`;
+}
+
+function release(sql: RequestDb["sql"], claim: Claim) {
+  return sql.unsafe(`delete from idempotency_keys where ${claimWhere(claim)}`);
 }

@@ -106,8 +106,15 @@ export const idempotencyKeys = pgTable(
     state: text("state").notNull().default("in_progress"),
     responseStatus: integer("response_status"),
     responseBody: jsonb("response_body"),
-    /** A claim whose request died is taken over after this instant. */
+    /** A claim whose request died is taken over after this instant (renewed while it runs). */
     lockedUntil: tz("locked_until").notNull(),
+    /** Who holds the claim: only that request completes, renews or releases it. */
+    claimId: uuid("claim_id").notNull().defaultRandom(),
+    /**
+     * The id of what the request makes (a job's id), fixed when the key is first claimed and kept
+     * when a dead claim is taken over: a retry cannot make a second one.
+     */
+    resourceId: uuid("resource_id").notNull().defaultRandom(),
     createdAt: tz("created_at").notNull().defaultNow(),
     expiresAt: tz("expires_at").notNull(),
   },
