@@ -3,7 +3,7 @@
  * is logged and does not stop the others.
  */
 import { expireIdempotencyKeysTask, expireJobLogsTask, reconcileTask } from "./api/housekeeping";
-import { runBilling, stripeOf } from "./billing/invoices";
+import { runBilling, stripeOf, undeliveredUsageOf } from "./billing/invoices";
 import { paymentHoldsTask } from "./billing/payment-hold";
 import { runCapacityCron } from "./capacity/cron";
 import { withDb } from "./db/client";
@@ -37,7 +37,15 @@ export const CRON_TASKS: Record<string, CronTask[]> = {
     {
       name: "billing.invoices",
       run: (env, log, trigger) =>
-        withDb(env, (db) => runBilling({ db, stripe: stripeOf(env), now: trigger.scheduledTime, log })),
+        withDb(env, (db) =>
+          runBilling({
+            db,
+            stripe: stripeOf(env),
+            now: trigger.scheduledTime,
+            log,
+            undeliveredUsage: undeliveredUsageOf(env, log),
+          }),
+        ),
     },
     paymentHoldsTask,
   ],

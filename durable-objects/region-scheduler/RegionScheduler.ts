@@ -126,6 +126,10 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     return this.views.deadLetters();
   }
 
+  async undeliveredUsage(beforeMs: number): Promise<{ accounts: string[] }> {
+    return { accounts: this.outbox.usageAccountsBefore(beforeMs) };
+  }
+
   async redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }> {
     return this.change((now) => {
       const result = this.state.redrive(jobId, now);

@@ -1489,7 +1489,11 @@ describe("RegionScheduler: the outbox", () => {
     const sent = await runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec<Pending>("select kind, key, payload, created_at from outbox order by seq").toArray(),
     );
+    // Billing asks what usage Postgres does not have yet: this account's, decided before now.
+    expect(await stub.undeliveredUsage(clock.t + 1)).toEqual({ accounts: [job.account_id] });
+    expect(await stub.undeliveredUsage(T0)).toEqual({ accounts: [] });
     expect(await runDurableObjectAlarm(stub)).toBe(true);
+    expect(await stub.undeliveredUsage(clock.t + 1)).toEqual({ accounts: [] });
 
     const [jobRow] =
       await sql`select status, attempts, exit_code, started_at, finished_at from jobs where id = ${job.id}`;

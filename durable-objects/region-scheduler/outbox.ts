@@ -203,6 +203,17 @@ export class Outbox {
     );
   }
 
+  /** Accounts with run or usage rows written before `beforeMs` still here (parked ones too). */
+  usageAccountsBefore(beforeMs: number): string[] {
+    return this.db
+      .all<{ account_id: string | null }>(
+        `select distinct json_extract(payload, '$.account_id') as account_id from outbox
+          where kind in ('usage_event', 'job_run', 'replica_run') and created_at < ?`,
+        beforeMs,
+      )
+      .flatMap((r) => (r.account_id ? [r.account_id] : []));
+  }
+
   counts(): { pending: number; parked: number } {
     const row = this.db.one<{ pending: number; parked: number }>(
       "select coalesce(sum(parked = 0), 0) as pending, coalesce(sum(parked = 1), 0) as parked from outbox",

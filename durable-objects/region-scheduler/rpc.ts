@@ -348,6 +348,11 @@ export interface RegionSchedulerRpc {
   removeNode(nodeId: string): Promise<{ removed: boolean }>;
   listNodes(): Promise<NodeView[]>;
   deadLetters(): Promise<DeadLetter[]>;
+  /**
+   * The accounts whose usage (runs, usage events) this object decided before `beforeMs` and has not
+   * delivered to Postgres yet: their invoice for a month ending then must wait for it.
+   */
+  undeliveredUsage(beforeMs: number): Promise<{ accounts: string[] }>;
   redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }>;
   ensureEndpoint(spec: EndpointSpec): Promise<EndpointState>;
   removeEndpoint(endpointId: string): Promise<{ removed: boolean }>;

@@ -11,13 +11,20 @@
  *
  * A closed month's running work counts up to the month's end: when such a run ends, its usage event
  * spans both months and only its share after the 1st is billed next month (rating.ts).
+ *
+ * An account's invoice also waits while a region scheduler still holds run or usage records of it
+ * decided before the month's end and not yet delivered to Postgres (its outbox, while Postgres or
+ * the way there is down): rated without them, that usage would never be billed. While a region
+ * does not answer, no invoice of the month is made.
  */
 import { and, asc, eq, isNull, sql } from "drizzle-orm";
 import Stripe from "stripe";
 import { monthBounds, monthOf } from "../../core/pricing/month";
+import { schedulerOf } from "../api/scheduler";
 import type { Db } from "../db/client";
 import { accounts, invoices } from "../db/schema";
-import type { Logger } from "../http/log";
+import { errorFields, type Logger } from "../http/log";
+import { regionsOf } from "../regions";
 import { type RatedLine, rateUsage, totalsOf } from "./rating";
 
 declare global {
@@ -60,6 +67,27 @@ export interface BillingDeps {
   stripe: Stripe | null;
   now: number;
   log: Logger;
+  /**
+   * The accounts with usage decided before `beforeMs` that Postgres does not have yet; null when
+   * that cannot be known now (a region did not answer). `undeliveredUsageOf` in production.
+   */
+  undeliveredUsage: (beforeMs: number) => Promise<Set<string> | null>;
+}
+
+/** Asks every region served here; null if one does not answer. */
+export function undeliveredUsageOf(env: Env, log: Logger): BillingDeps["undeliveredUsage"] {
+  return async (beforeMs) => {
+    const accounts = new Set<string>();
+    for (const region of regionsOf(env)) {
+      try {
+        for (const id of (await schedulerOf(env, region).undeliveredUsage(beforeMs)).accounts) accounts.add(id);
+      } catch (error) {
+        log.warn("billing.region_unanswered", { region, ...errorFields(error) });
+        return null;
+      }
+    }
+    return accounts;
+  };
 }
 
 export interface BillingResult {
@@ -76,10 +104,17 @@ export function billableMonth(now: number): string | null {
   return now >= current.startMs + SETTLE_MS ? previous : null;
 }
 
-/** One billing run: rate the due month's invoices that do not exist yet, then send every draft. */
+/**
+ * One billing run: rate the due month's invoices that do not exist yet, and the month before's (an
+ * account whose usage reached Postgres only after its month's successor ended), then send every draft.
+ */
 export async function runBilling(deps: BillingDeps): Promise<BillingResult> {
   const month = billableMonth(deps.now);
-  const created = month ? await createInvoices(deps, month) : 0;
+  let created = 0;
+  if (month) {
+    created += await createInvoices(deps, monthOf(monthBounds(month)!.startMs - 1));
+    created += await createInvoices(deps, month);
+  }
   let sent = 0;
   let failed = 0;
   if (deps.stripe) {
@@ -123,8 +158,20 @@ async function createInvoices(deps: BillingDeps, month: string): Promise<number>
     select account_id from replica_runs where status = 'running' and started_at < ${end}::timestamptz
     except
     select account_id from invoices where period_start = ${start}::timestamptz`);
+  if (candidates.length === 0) return 0;
+  // Asked after the candidates were read: usage delivered in between is in Postgres by now, and
+  // usage still held then is waited for.
+  const waiting = await deps.undeliveredUsage(bounds.endMs);
+  if (waiting === null) {
+    deps.log.warn("billing.usage_unsettled", { month, reason: "a region scheduler did not answer" });
+    return 0;
+  }
   let created = 0;
   for (const { account_id } of candidates) {
+    if (waiting.has(account_id)) {
+      deps.log.warn("billing.usage_undelivered", { account_id, month });
+      continue;
+    }
     const lines = await rateUsage(deps.db, account_id, bounds, bounds.endMs);
     const totals = totalsOf(lines);
     if (totals.total_cents <= 0) continue;

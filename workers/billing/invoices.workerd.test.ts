@@ -12,6 +12,7 @@ import { withDb } from "../db/client";
 import { invoices } from "../db/schema";
 import { createLogger } from "../http/log";
 import { billableMonth, runBilling, SETTLE_MS, stripeOf } from "./invoices";
+import { nothingUndelivered } from "./test-webhooks";
 
 const log = createLogger("error");
 const thisMonth = monthBounds(monthOf(Date.now()))!;
@@ -41,7 +42,8 @@ function stack() {
     input: RequestInfo | URL,
     init?: RequestInit,
   ) => sim.fetch(new Request(input, init))) as typeof fetch)!;
-  const run = () => withDb(env, (db) => runBilling({ db, stripe, now: clock.now, log }));
+  const run = () =>
+    withDb(env, (db) => runBilling({ db, stripe, now: clock.now, log, undeliveredUsage: nothingUndelivered }));
   return { sim, run, clock };
 }
 
@@ -203,9 +205,55 @@ describe("monthly invoices", () => {
   it("without a Stripe key, rates the month and keeps the invoice as a draft", async () => {
     const user = await signUp();
     await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
-    const result = await withDb(env, (db) => runBilling({ db, stripe: stripeOf({}), now: AFTER, log }));
+    const result = await withDb(env, (db) =>
+      runBilling({ db, stripe: stripeOf({}), now: AFTER, log, undeliveredUsage: nothingUndelivered }),
+    );
     expect(result.sent).toBe(0);
     const [row] = await invoiceOf(user.accountId);
     expect(row).toMatchObject({ status: "draft", totalCents: 179, stripeInvoiceId: null });
+  });
+});
+
+describe("monthly invoices and usage not yet in Postgres", () => {
+  const draftRun = (now: number, undeliveredUsage: (beforeMs: number) => Promise<Set<string> | null>) =>
+    withDb(env, (db) => runBilling({ db, stripe: stripeOf({}), now, log, undeliveredUsage }));
+
+  it("waits for an account whose usage a region still holds, and for every account while a region is silent", async () => {
+    const held = await signUp();
+    const other = await signUp();
+    await usage(held.accountId, "flex", "H100", 3_600, 1, 2);
+    await usage(other.accountId, "flex", "H100", 3_600, 1, 2);
+    const asked: number[] = [];
+    // A region still holds usage of `held` decided before the month's end.
+    await draftRun(AFTER, async (beforeMs) => {
+      asked.push(beforeMs);
+      return new Set([held.accountId]);
+    });
+    expect(asked).toContain(thisMonth.endMs);
+    expect(await invoiceOf(held.accountId)).toEqual([]);
+    expect(await invoiceOf(other.accountId)).toHaveLength(1);
+
+    // A region does not answer: nobody's invoice is made (what it holds is unknown).
+    await draftRun(AFTER + 3_600_000, async () => null);
+    expect(await invoiceOf(held.accountId)).toEqual([]);
+
+    // Its usage has arrived (a second hour of it): the invoice bills all of it.
+    await usage(held.accountId, "flex", "H100", 3_600, 3, 4);
+    await draftRun(AFTER + 7_200_000, nothingUndelivered);
+    const [row] = await invoiceOf(held.accountId);
+    expect(row).toMatchObject({ status: "draft", totalCents: 2 * 179 });
+  });
+
+  it("bills a month whose usage reached Postgres only after the next month had ended", async () => {
+    const user = await signUp();
+    const nextMonth = monthBounds(monthOf(thisMonth.endMs))!;
+    // Held somewhere through this month's billing and all of the next month.
+    await draftRun(AFTER, async () => new Set([user.accountId]));
+    await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
+    const later = nextMonth.endMs + SETTLE_MS + 60_000;
+    await draftRun(later, nothingUndelivered);
+    const rows = await invoiceOf(user.accountId);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ periodStart: new Date(thisMonth.startMs), totalCents: 179 });
   });
 });

@@ -15,7 +15,7 @@ import { withDb } from "../db/client";
 import { invoices } from "../db/schema";
 import { createLogger } from "../http/log";
 import { runBilling, sendInvoice } from "./invoices";
-import { AFTER, addFlexHour, stripeOver, thisMonth } from "./test-webhooks";
+import { AFTER, addFlexHour, nothingUndelivered, stripeOver, thisMonth } from "./test-webhooks";
 
 const log = createLogger("error");
 
@@ -34,7 +34,7 @@ async function billed() {
   const user = await signUp({});
   await addFlexHour(user.accountId, thisMonth.startMs);
   // Drafts for the month, then only this account's handed to this stand-in (other files bill too).
-  await withDb(env, (db) => runBilling({ db, stripe: null, now: AFTER, log }));
+  await withDb(env, (db) => runBilling({ db, stripe: null, now: AFTER, log, undeliveredUsage: nothingUndelivered }));
   await withDb(env, async (db) => sendInvoice(db, stripe, (await rowOf(user.accountId)).id));
   await sim.webhooks.settle();
   const row = await rowOf(user.accountId);

@@ -20,6 +20,8 @@ export const thisMonth = monthBounds(monthOf(Date.now()))!;
 /** An hour and a minute after this month ends: this month's invoices are due. */
 export const AFTER = thisMonth.endMs + SETTLE_MS + 60_000;
 const SECRET = env.STRIPE_WEBHOOK_SECRET as string;
+/** Every region has delivered all its usage to Postgres (billing's `undeliveredUsage`). */
+export const nothingUndelivered = async () => new Set<string>();
 const subtle = Stripe.createSubtleCryptoProvider();
 
 /** One hour of one Flex H100 GPU for the account, in the second hour of the month starting at `monthStartMs`. */
@@ -48,7 +50,7 @@ export async function billedInvoice() {
   await addFlexHour(user.accountId, thisMonth.startMs);
   const sim = new StripeSimulator({ now: () => AFTER });
   const stripe = stripeOver(sim);
-  await withDb(env, (db) => runBilling({ db, stripe, now: AFTER, log }));
+  await withDb(env, (db) => runBilling({ db, stripe, now: AFTER, log, undeliveredUsage: nothingUndelivered }));
   const [row] = await withDb(env, (db) => db.select().from(invoices).where(eq(invoices.accountId, user.accountId)));
   expect(row).toMatchObject({ status: "open" });
   return { user, row: row!, stripeInvoice: sim.invoice(row!.stripeInvoiceId!)! };
