@@ -70,7 +70,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -183,7 +183,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -276,7 +276,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -376,7 +376,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -473,7 +473,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -501,7 +501,7 @@ export interface paths {
         };
         /**
          * Get a job's logs
-         * @description Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`. Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.
+         * @description Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 20 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.
          */
         get: {
             parameters: {
@@ -566,7 +566,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -594,7 +594,7 @@ export interface paths {
         };
         /**
          * Get an endpoint's logs
-         * @description Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`. Kept for `LOG_RETENTION_DAYS` like a job's.
+         * @description Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 20 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.
          */
         get: {
             parameters: {
@@ -659,7 +659,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -741,7 +741,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -854,7 +854,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -947,7 +947,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1020,7 +1020,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1142,7 +1142,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1226,7 +1226,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1330,7 +1330,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1417,7 +1417,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1494,7 +1494,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1607,7 +1607,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1703,7 +1703,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1772,7 +1772,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1850,7 +1850,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -1928,7 +1928,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2011,7 +2011,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2089,7 +2089,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2169,7 +2169,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2273,7 +2273,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2371,7 +2371,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2442,7 +2442,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2557,7 +2557,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2686,7 +2686,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2811,7 +2811,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -2898,7 +2898,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;
@@ -3007,7 +3007,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description Rate limited: see `Retry-After` and `RateLimit-*`. */
+                /** @description Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`). */
                 429: {
                     headers: {
                         [name: string]: unknown;

@@ -19,6 +19,22 @@ async function createNode(op: TestUser, extra: Record<string, unknown> = {}) {
   return res.json as { node: { id: string; has_token: boolean }; token: string };
 }
 
+/** Reads an event stream's text as it comes: `readUntil` a needle (false if the stream ended first). */
+function sseReader(res: Response) {
+  const reader = res.body!.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  const readUntil = async (needle: string) => {
+    while (!text.includes(needle)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    return text.includes(needle);
+  };
+  return { reader, readUntil, text: () => text };
+}
+
 /** A job of `user` with one run placed on `nodeId`, as the scheduler's outbox would record it. */
 async function jobOnNode(user: TestUser, nodeId: string, status = "running") {
   const job = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
@@ -381,17 +397,9 @@ describe("job logs", () => {
     });
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toContain("text/event-stream");
-    const reader = res.body!.getReader();
-    const decoder = new TextDecoder();
-    let text = "";
-    const readUntil = async (needle: string) => {
-      while (!text.includes(needle)) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-      }
-      return text.includes(needle);
-    };
+    const sse = sseReader(res);
+    const readUntil = sse.readUntil;
+    const reader = sse.reader;
     expect(await readUntil("booting")).toBe(true);
     // More output arrives while following, then the job ends.
     await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 1, "training")] } });
@@ -400,7 +408,7 @@ describe("job logs", () => {
     await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 2, "done")] } });
     expect(await readUntil("event: end")).toBe(true);
     expect((await reader.read()).done).toBe(true);
-    const events = text.split("\n\n").filter(Boolean);
+    const events = sse.text().split("\n\n").filter(Boolean);
     const logs = events.filter((e) => e.startsWith("event: log"));
     expect(
       logs.map(
@@ -427,6 +435,74 @@ describe("job logs", () => {
     expect(resumedText).not.toContain("booting");
     expect(resumedText).toContain("training");
     expect(resumedText).toContain("event: end");
+  });
+});
+
+describe("log streams followed (tails)", () => {
+  /** The stream's text until `needle` appears or it ends. */
+  async function readUntil(res: Response, needle: string): Promise<string> {
+    const sse = sseReader(res);
+    await sse.readUntil(needle);
+    return sse.text();
+  }
+
+  it("ends a stream whose API key is revoked while it runs", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const user = await signUp();
+    const { jobId, placementId } = await jobOnNode(user, node.id);
+    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 0, "booting")] } });
+    const key = await createKey(user.token, ["jobs:read"]);
+    const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${key.secret}` },
+    });
+    expect(res.status).toBe(200);
+    const revoked = await call("DELETE", `/v1/api-keys/${key.id}`, user.token);
+    expect(revoked.status).toBe(200);
+    // Within a check interval (10 s) the stream says why and ends, though the job still runs.
+    const text = await readUntil(res, "access_revoked");
+    expect(text).toContain("booting");
+    expect(text).toContain("event: error");
+    expect(text).toContain('"code":"access_revoked"');
+    expect(text).not.toContain("event: end");
+    // Its place among the account's tails is given back.
+    const [left] = await sql<{ n: number }>("select count(*)::int as n from log_tails where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(left!.n).toBe(0);
+  }, 20_000);
+
+  it("refuses a follow beyond the account's open streams with 429, counting only live ones", async () => {
+    const op = await operator();
+    const { node } = await createNode(op);
+    const user = await signUp();
+    const { jobId } = await jobOnNode(user, node.id);
+    // Twenty tails open elsewhere (other isolates), renewed just now.
+    await sql("insert into log_tails (id, account_id) select gen_random_uuid(), $1 from generate_series(1, 20)", [
+      user.accountId,
+    ]);
+    const url = `${BASE}/v1/jobs/${jobId}/logs?follow=true`;
+    const headers = { authorization: `Bearer ${user.token}` };
+    const refused = await SELF.fetch(url, { headers });
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("retry-after")).toBe("10");
+    expect(((await refused.json()) as { error: { code: string; details: unknown } }).error).toMatchObject({
+      code: "too_many_log_streams",
+      details: { limit: 20 },
+    });
+    // Pages need no tail.
+    expect((await call("GET", `/v1/jobs/${jobId}/logs`, user.token)).status).toBe(200);
+    // Their isolates died: not renewed for a minute, they no longer count, and are swept.
+    await sql("update log_tails set seen_at = now() - interval '1 minute' where account_id = $1", [user.accountId]);
+    // Ended through its scheduler (whose outbox has the last word on the job's status).
+    expect((await call("POST", `/v1/jobs/${jobId}/cancel`, user.token)).status).toBe(200);
+    const followed = await SELF.fetch(url, { headers });
+    expect(followed.status).toBe(200);
+    expect(await readUntil(followed, "event: end")).toContain('"status":"cancelled"');
+    const [left] = await sql<{ n: number }>("select count(*)::int as n from log_tails where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(left!.n).toBe(0);
   });
 });
 

@@ -17,6 +17,7 @@ import { errorFields } from "../http/log";
 import { decodeSeqCursor, encodeSeqCursor, page } from "../http/pagination";
 import { loadEndpoint } from "./endpoints";
 import { loadJob } from "./job-rows";
+import { closeTail, openTail, renewTail, TAIL_CHECK_MS } from "./log-tails";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { IdParam, pageOf, Timestamp } from "./schemas";
 
@@ -168,7 +169,7 @@ async function readLines(db: Db, source: LogSource, accountId: string, after: nu
  * A page of lines, or with `follow=true` a server-sent event stream that tails new lines until
  * `ended` says the source has ended (one more poll after that, for late lines) or 10 minutes pass.
  */
-function serveLogs(
+async function serveLogs(
   c: Context<ApiEnv>,
   source: LogSource,
   accountId: string,
@@ -185,15 +186,26 @@ function serveLogs(
     });
   }
   const log = c.get("log");
+  const caller = c.get("caller");
+  const tailId = await openTail(c.get("pg").sql, accountId);
   return streamSSE(c, async (stream) => {
     // The request's own connection closes when this handler returns; the stream keeps its own.
-    const { db: tail, close } = openDb(c.env);
+    const { db: tail, sql: tailSql, close } = openDb(c.env);
     const started = Date.now();
+    let checked = started;
     let cursor = after;
     // Agents may ship the last lines just after the end: one more poll once it has ended.
     let endedPolls = 0;
     try {
       for (;;) {
+        if (Date.now() - checked >= TAIL_CHECK_MS) {
+          checked = Date.now();
+          if (!(await renewTail(tailSql, tailId, caller, accountId))) {
+            const message = "the credentials that opened this stream were revoked, expired or left the account";
+            await stream.writeSSE({ event: "error", data: JSON.stringify({ code: "access_revoked", message }) });
+            return;
+          }
+        }
         const status = await ended(tail);
         // Drain everything there is; after the end this also picks up the last lines.
         for (;;) {
@@ -218,6 +230,7 @@ function serveLogs(
       log.warn("logs.follow_failed", { [`${source.kind}_id`]: source.id, ...errorFields(error) });
       await stream.writeSSE({ event: "error", data: JSON.stringify({ code: "stream_failed" }) }).catch(() => {});
     } finally {
+      await closeTail(tailSql, tailId).catch(() => {});
       await close().catch(() => {});
     }
   });
@@ -232,7 +245,7 @@ jobLogsRouter.openapi(
     tags: ["Jobs"],
     summary: "Get a job's logs",
     description:
-      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`. Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
+      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 20 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
     security: BEARER,
     middleware: guard({ scope: "jobs:read" }),
     request: { params: IdParam, query: LogsQuery },
@@ -283,7 +296,7 @@ jobLogsRouter.openapi(
     tags: ["Endpoints"],
     summary: "Get an endpoint's logs",
     description:
-      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`. Kept for `LOG_RETENTION_DAYS` like a job's.",
+      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 20 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:read" }),
     request: { params: IdParam, query: LogsQuery },

@@ -83,7 +83,9 @@ export const ERRORS = {
   413: envelope("Request body too large."),
   415: envelope("Body is not JSON."),
   422: envelope("Idempotency-Key reused with a different request, or the request cannot be scheduled."),
-  429: envelope("Rate limited: see `Retry-After` and `RateLimit-*`."),
+  429: envelope(
+    "Rate limited (`rate_limited`: see `Retry-After` and `RateLimit-*`), or, for `follow=true` on logs, the account already holds its limit of open log streams (`too_many_log_streams`).",
+  ),
   503: envelope(
     "A part the request needs did not answer: the region's scheduler (`scheduler_unavailable`; retry after `Retry-After`), or, for a workload with secret environment values, the key that seals them (`secrets_unavailable`).",
   ),

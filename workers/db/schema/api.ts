@@ -266,3 +266,20 @@ export const registryCredentials = pgTable(
     check("registry_credentials_username_len", sql`char_length(${t.username}) between 1 and 256`),
   ],
 );
+
+/**
+ * One open `follow=true` log stream (a tail), so an account's tails can be counted across isolates:
+ * `seen_at` is renewed while it runs; a row not renewed for a while is a tail whose isolate died.
+ */
+export const logTails = pgTable(
+  "log_tails",
+  {
+    id: uuid("id").primaryKey(),
+    accountId: uuid("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
+    openedAt: tz("opened_at").notNull().defaultNow(),
+    seenAt: tz("seen_at").notNull().defaultNow(),
+  },
+  (t) => [index("log_tails_account_idx").on(t.accountId, t.seenAt)],
+);
