@@ -4,6 +4,7 @@
  * `jobs` row fails (the API writes the row before it submits; until it is visible, we retry).
  */
 import type postgres from "postgres";
+import { LOG_LOCK_SPACE } from "../../core/schemas/log-lock";
 import type {
   AuditRecord,
   GpuAssignmentRecord,
@@ -93,7 +94,7 @@ async function ensureNode(sql: Sql, n: NodeRecord): Promise<void> {
 
 async function upsertJobRun(sql: Sql, r: JobRunRecord): Promise<void> {
   await ensureNode(sql, r.node);
-  await sql`
+  const upsert = (tx: Sql) => tx<{ inserted: boolean }[]>`
     insert into job_runs (id, job_id, account_id, attempt, gang_index, node_id, status, gpu_count, placed_at,
                           started_at, finished_at, exit_code, oom_killed, failure_reason)
     values (${r.id}, ${r.job_id}::uuid, ${r.account_id}::uuid, ${r.attempt}, ${r.gang_index ?? 0}, ${r.node.id},
@@ -102,7 +103,45 @@ async function upsertJobRun(sql: Sql, r: JobRunRecord): Promise<void> {
             ${r.failure_reason})
     on conflict (id) do update set status = excluded.status, started_at = excluded.started_at,
       finished_at = excluded.finished_at, exit_code = excluded.exit_code, oom_killed = excluded.oom_killed,
-      failure_reason = excluded.failure_reason`;
+      failure_reason = excluded.failure_reason
+    returning (xmax = 0) as inserted`;
+  await withEarlyLines(sql, "job_runs", r.job_id, r.id, upsert);
+}
+
+/**
+ * Writes a run row; the first time, also gives the lines its placement shipped before it (stored,
+ * but invisible to readers, who join the run) new ids after every id taken so far, so a reader whose
+ * cursor passed theirs with the job's other lines still gets them. Done under the log lock of the
+ * job or endpoint (`scope`), taken first: lines stored meanwhile wait for the commit, and the
+ * statements after the lock see every line stored before it. A later write (the row exists) is the
+ * plain upsert, no transaction.
+ */
+async function withEarlyLines(
+  sql: Sql,
+  table: "job_runs" | "replica_runs",
+  scope: string,
+  placementId: string,
+  upsert: (tx: Sql) => Promise<{ inserted: boolean }[]>,
+): Promise<void> {
+  const [known] = await sql`select 1 from ${sql(table)} where id = ${placementId}`;
+  if (known) {
+    await upsert(sql);
+    return;
+  }
+  await sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(${LOG_LOCK_SPACE}, hashtext(${scope}))`;
+    const [row] = await upsert(tx as unknown as Sql);
+    if (row?.inserted) await renumberEarlyLines(tx as unknown as Sql, placementId);
+  });
+}
+
+/** New ids, in their old order, for the lines of a placement stored before its run row. */
+async function renumberEarlyLines(tx: Sql, placementId: string): Promise<void> {
+  await tx`
+    update job_logs l set id = m.new_id
+      from (select id, nextval(pg_get_serial_sequence('job_logs', 'id')) as new_id
+              from (select id from job_logs where placement_id = ${placementId} order by id) early) m
+     where l.id = m.id`;
 }
 
 /**
@@ -112,7 +151,7 @@ async function upsertJobRun(sql: Sql, r: JobRunRecord): Promise<void> {
 async function upsertReplicaRun(sql: Sql, r: ReplicaRunRecord): Promise<void> {
   if (!UUID.test(r.endpoint_id)) return;
   await ensureNode(sql, r.node);
-  await sql`
+  const upsert = (tx: Sql) => tx<{ inserted: boolean }[]>`
     insert into replica_runs (id, endpoint_id, account_id, replica, attempt, node_id, status, placed_at, started_at,
                               finished_at, exit_code, tier, gpu_count)
     select ${r.id}, e.id, e.account_id, ${r.replica}, ${r.attempt}, ${r.node.id}, ${r.status}, ${ts(r.placed_at)},
@@ -120,7 +159,9 @@ async function upsertReplicaRun(sql: Sql, r: ReplicaRunRecord): Promise<void> {
       from endpoints e where e.id = ${r.endpoint_id}::uuid
     on conflict (id) do update set status = excluded.status, started_at = excluded.started_at,
       finished_at = excluded.finished_at, exit_code = excluded.exit_code,
-      tier = coalesce(replica_runs.tier, excluded.tier), gpu_count = coalesce(replica_runs.gpu_count, excluded.gpu_count)`;
+      tier = coalesce(replica_runs.tier, excluded.tier), gpu_count = coalesce(replica_runs.gpu_count, excluded.gpu_count)
+    returning (xmax = 0) as inserted`;
+  await withEarlyLines(sql, "replica_runs", r.endpoint_id, r.id, upsert);
 }
 
 async function upsertGpuAssignments(sql: Sql, a: GpuAssignmentRecord): Promise<void> {

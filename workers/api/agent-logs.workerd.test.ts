@@ -1,7 +1,9 @@
 /** Node tokens, the operator's node routes, and job logs shipped by agents and read by users. */
 import { env, SELF } from "cloudflare:test";
+import postgres from "postgres";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES } from "../../core/schemas";
+import { deliver } from "../../durable-objects/region-scheduler/outbox-postgres";
 import { openDb } from "../db/client";
 import { createLogger } from "../http/log";
 import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
@@ -503,6 +505,78 @@ describe("log streams followed (tails)", () => {
       user.accountId,
     ]);
     expect(left!.n).toBe(0);
+  });
+});
+
+describe("log lines shipped before their run reached Postgres", () => {
+  it("get new ids when the run row arrives, so a reader whose cursor passed them still reads them", async () => {
+    const op = await operator();
+    const { node, token } = await createNode(op);
+    const user = await signUp();
+    const { jobId, placementId: rank0 } = await jobOnNode(user, node.id);
+    // Rank 1 of the same job, on another node, starts and ships before the outbox has written its run.
+    const other = await createNode(op);
+    const rank1 = `${jobId}-a1-g1`;
+    await call("POST", AGENT_ROUTES.logs, other.token, { body: { lines: [line(rank1, 0, "rank 1, early")] } });
+    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(rank0, 0, "rank 0")] } });
+    const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${user.token}` },
+    });
+    const sse = sseReader(res);
+    expect(await sse.readUntil("rank 0")).toBe(true);
+    await sse.reader.cancel();
+    expect(sse.text()).not.toContain("rank 1");
+    const cursor = sse
+      .text()
+      .split("\n")
+      .find((l) => l.startsWith("id: "))!
+      .slice(4);
+
+    // A client made as the scheduler's outbox makes it.
+    const client = postgres(env.HYPERDRIVE.connectionString, { max: 1, fetch_types: false, onnotice: () => {} });
+    try {
+      const at = Date.now();
+      const run = {
+        id: rank1,
+        job_id: jobId,
+        account_id: user.accountId,
+        attempt: 1,
+        gang_index: 1,
+        node: {
+          id: other.node.id,
+          region: "us-west-1",
+          zone: "z",
+          gpu_model: "H100",
+          gpu_count: 8,
+          cpu_milli: 64_000,
+          memory_mib: 512_000,
+          state: "ready",
+          hostname: null,
+          block_id: null,
+          registered_at: at,
+          last_heartbeat_at: at,
+        },
+        status: "running",
+        gpu_count: 1,
+        placed_at: at,
+        started_at: at,
+        finished_at: null,
+        exit_code: null,
+        oom_killed: false,
+        failure_reason: null,
+      };
+      await deliver(client, { kind: "job_run", row: run });
+      // A second delivery of the row (a retry) changes no id.
+      const ids = await sql<{ id: string }>("select id::text from job_logs where placement_id = $1", [rank1]);
+      await deliver(client, { kind: "job_run", row: { ...run, status: "succeeded", finished_at: at + 1 } });
+      expect(await sql<{ id: string }>("select id::text from job_logs where placement_id = $1", [rank1])).toEqual(ids);
+    } finally {
+      await client.end();
+    }
+    const after = await call("GET", `/v1/jobs/${jobId}/logs?cursor=${encodeURIComponent(cursor)}`, user.token);
+    expect(after.json.data.map((l: { line: string; node_rank: number }) => [l.line, l.node_rank])).toEqual([
+      ["rank 1, early", 1],
+    ]);
   });
 });
 

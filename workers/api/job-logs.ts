@@ -9,6 +9,7 @@ import { eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { type JobStatus, type LogLine, TERMINAL_JOB_STATUSES } from "../../core/schemas";
+import { LOG_LOCK_SPACE } from "../../core/schemas/log-lock";
 import { requireAccount } from "../auth/caller";
 import { type Db, openDb } from "../db/client";
 import { endpoints, jobs } from "../db/schema";
@@ -88,6 +89,10 @@ interface LogRow extends Record<string, unknown> {
  * (durable-objects/region-scheduler/region.ts), so the leading UUID is the same key. Other keys
  * (a placement no one knows) only serialize that placement's own batches. Batches of different jobs
  * do not wait for each other (a hash collision in the 32-bit key only makes two of them wait).
+ *
+ * Lines stored before their run row are invisible to readers (they join the run), who may meanwhile
+ * pass their ids with the job's other lines; so the outbox's first write of the run row, under the
+ * same lock, gives them new ids after every id taken so far (outbox-postgres.ts `renumberEarlyLines`).
  */
 export async function insertLogLines(db: Db, nodeId: string, lines: LogLine[]): Promise<number> {
   const batch = lines.map((l, n) => ({
@@ -126,9 +131,6 @@ export async function insertLogLines(db: Db, nodeId: string, lines: LogLine[]): 
     returning id`);
   return inserted.length;
 }
-
-/** The first key of the two-key advisory locks on log inserts (apart from the migration runner's one-key lock). */
-const LOG_LOCK_SPACE = 0x4a4c4f47; // "JLOG"
 
 /** Whose lines: a job's (through `job_runs`) or an endpoint's replicas' (through `replica_runs`). */
 type LogSource = { kind: "job"; id: string } | { kind: "endpoint"; id: string };
