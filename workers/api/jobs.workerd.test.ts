@@ -230,6 +230,22 @@ describe("POST /v1/jobs", () => {
     });
     expect(text.status).toBe(415);
     expect(text.json.error.code).toBe("unsupported_media_type");
+    // A JSON type written with a space before its parameters: refused, saying how to write it.
+    const spaced = await call("POST", "/v1/jobs", user.token, {
+      raw: JSON.stringify(JOB),
+      headers: { "content-type": "application/json ; charset=utf-8" },
+    });
+    expect(spaced.status).toBe(415);
+    expect(spaced.json.error).toMatchObject({
+      code: "unsupported_media_type",
+      details: { content_type: "application/json ; charset=utf-8" },
+    });
+    expect(spaced.json.error.message).toContain("no space before it");
+    const charset = await call("POST", "/v1/jobs", user.token, {
+      raw: JSON.stringify(JOB),
+      headers: { "content-type": "application/json;charset=UTF-8" },
+    });
+    expect(charset.status).toBe(202);
     const huge = await call("POST", "/v1/jobs", user.token, {
       body: { ...JOB, args: ["x".repeat(MAX_BODY_BYTES)] },
     });

@@ -20,12 +20,20 @@ export const limitBody: MiddlewareHandler = bodyLimit({
   },
 });
 
-const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json(\s*;.*)?$/i;
+/**
+ * The JSON types the routes' own body validators take (the media-type gate of @hono/zod-openapi):
+ * `application/json` or `application/<x>+json`, each parameter after a `;` with no space before it.
+ * Checked here too, so a body refused for its type is refused the same way on every route.
+ */
+const JSON_TYPE = /^application\/([a-z.-]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;
+const JSON_ISH = /^\s*application\/([^;\s]*\+)?json\b/i;
 
 export function unsupportedMediaType(contentType: string | undefined): ApiError {
-  return new ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json", {
-    content_type: contentType || null,
-  });
+  const message =
+    contentType && JSON_ISH.test(contentType)
+      ? `Content-Type "${contentType}" is not written as this API reads it: send "application/json", parameters after a ";" with no space before it (e.g. "application/json; charset=utf-8")`
+      : "send the body as JSON with Content-Type: application/json";
+  return new ApiError(415, "unsupported_media_type", message, { content_type: contentType || null });
 }
 
 /** For methods with a body: a non-empty body must be JSON and must parse. */
