@@ -298,7 +298,15 @@ describe("listing, reading and cancelling jobs", () => {
     expect(team.json.data).toHaveLength(2);
     const both = await call("GET", "/v1/jobs?label=team:a&label=run:r0", user.token);
     expect(both.json.data.map((j: { id: string }) => j.id)).toEqual([ids[0]]);
-    const cancel = await call("POST", `/v1/jobs/${ids[2]}/cancel`, user.token);
+    // The route takes no body: one that asks for something is refused, not ignored; `{}` is nothing.
+    const asking = await call("POST", `/v1/jobs/${ids[2]}/cancel`, user.token, { body: { force: true } });
+    expect(asking.status).toBe(400);
+    expect(asking.json.error).toMatchObject({
+      code: "invalid_request",
+      details: { fields: [{ field: "body", code: "unexpected_body" }] },
+    });
+    expect((await call("GET", `/v1/jobs/${ids[2]}`, user.token)).json.status).not.toBe("cancelled");
+    const cancel = await call("POST", `/v1/jobs/${ids[2]}/cancel`, user.token, { body: {} });
     expect([cancel.status, cancel.json.status]).toEqual([200, "cancelled"]);
     const cancelled = await call("GET", "/v1/jobs?status=cancelled", user.token);
     expect(cancelled.json.data.map((j: { id: string }) => j.id)).toEqual([ids[2]]);

@@ -3,14 +3,14 @@
  * middleware chain of a public route (authenticate → rate limit → permission → text Postgres can
  * store → JSON body → idempotency), response validation, and the error responses the OpenAPI document lists.
  */
-import { OpenAPIHono, type z } from "@hono/zod-openapi";
+import { OpenAPIHono, type RouteConfig, type z } from "@hono/zod-openapi";
 import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { requireAccount, requireOperator, requireScope } from "../auth/caller";
 import type { Scope } from "../auth/scopes";
 import type { ApiEnv } from "../http/api-env";
 import { authenticate } from "../http/authenticate";
-import { jsonBody } from "../http/body";
+import { jsonBody, noBody } from "../http/body";
 import { idempotency } from "../http/idempotency";
 import { rateLimit } from "../http/rate-limit";
 import { refuseUnstorableBody, refuseUnstorableUrl } from "../http/text";
@@ -18,13 +18,23 @@ import { validationError } from "../http/validation";
 import { ErrorEnvelope } from "./schemas";
 
 export function createRouter() {
-  return new OpenAPIHono<ApiEnv>({
+  const router = new OpenAPIHono<ApiEnv>({
     defaultHook: (result, c) => {
       if (!result.success) {
         throw validationError(result.error, result.target, result.target === "query" ? repeatedQuery(c) : undefined);
       }
     },
   });
+  // A route that declares no request body refuses one (noBody in place of jsonBody).
+  const register = router.openapi.bind(router) as unknown as (route: RouteConfig, ...rest: unknown[]) => unknown;
+  router.openapi = ((route: RouteConfig, ...rest: unknown[]) => {
+    const middleware = route.middleware;
+    if (route.request?.body || !Array.isArray(middleware) || !middleware.includes(jsonBody)) {
+      return register(route, ...rest);
+    }
+    return register({ ...route, middleware: middleware.map((m) => (m === jsonBody ? noBody : m)) }, ...rest);
+  }) as unknown as typeof router.openapi;
+  return router;
 }
 
 /** Query parameters given more than once, with their counts. */

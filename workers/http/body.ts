@@ -50,3 +50,17 @@ export const jsonBody: MiddlewareHandler = async (c, next) => {
   }
   return next();
 };
+
+/**
+ * In place of `jsonBody` on a route that declares no request body: a body (other than an empty one
+ * or `{}`) is refused, not ignored, since whatever it asked for would not happen.
+ */
+export const noBody: MiddlewareHandler = async (c, next) => {
+  if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+  const text = (await c.req.text()).trim();
+  if (text === "" || /^\{\s*\}$/.test(text)) return next();
+  throw new ApiError(400, "invalid_request", `${c.req.method} ${c.req.path} takes no request body; send none`, {
+    location: "body",
+    fields: [{ field: "body", message: "this route takes no body", code: "unexpected_body" }],
+  });
+};
