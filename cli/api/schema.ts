@@ -3571,7 +3571,7 @@ export interface paths {
         put?: never;
         /**
          * Ship container log lines
-         * @description Batched; a line whose `(placement_id, seq)` arrived before is a duplicate and dropped.
+         * @description Batched; a line whose `(placement_id, seq)` arrived before from the same node is a duplicate and dropped.
          */
         post: {
             parameters: {

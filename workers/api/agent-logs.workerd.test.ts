@@ -188,7 +188,7 @@ describe("agent authentication", () => {
 });
 
 describe("job logs", () => {
-  it("stores batches once per (placement, seq), and serves them to the job's account in pages", async () => {
+  it("stores batches once per (placement, node, seq), and serves them to the job's account in pages", async () => {
     const op = await operator();
     const { node, token } = await createNode(op);
     const user = await signUp();
@@ -217,8 +217,13 @@ describe("job logs", () => {
     // Lines claiming the placement from another node are not the job's.
     const other = await createNode(op);
     await call("POST", AGENT_ROUTES.logs, other.token, { body: { lines: [line(placementId, 99, "forged")] } });
+    // Nor do they take the place of the job's own lines with the same numbers.
+    await call("POST", AGENT_ROUTES.logs, other.token, { body: { lines: [line(placementId, 6, "forged first")] } });
+    const own = await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 6, "line 6")] } });
+    expect(own.json).toEqual({ accepted: 1, duplicates: 0 });
     const all = await call("GET", `/v1/jobs/${jobId}/logs?limit=100`, user.token);
     expect(all.text).not.toContain("forged");
+    expect(all.json.data.at(-1)).toMatchObject({ seq: 6, line: "line 6" });
 
     // Another account sees nothing of it.
     const stranger = await signUp();

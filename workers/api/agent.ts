@@ -230,7 +230,8 @@ agentRouter.openapi(
     path: AGENT_ROUTES.logs,
     tags: ["Agent"],
     summary: "Ship container log lines",
-    description: "Batched; a line whose `(placement_id, seq)` arrived before is a duplicate and dropped.",
+    description:
+      "Batched; a line whose `(placement_id, seq)` arrived before from the same node is a duplicate and dropped.",
     security: NODE_TOKEN,
     middleware: AGENT,
     request: { body: body(LogBatch) },

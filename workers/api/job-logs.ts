@@ -63,7 +63,7 @@ interface LogRow extends Record<string, unknown> {
 }
 
 /**
- * Stores an agent's batch (`POST /v1/agent/logs`), dropping lines whose `(placement_id, seq)` is
+ * Stores an agent's batch (`POST /v1/agent/logs`), dropping lines whose `(placement_id, node, seq)` is
  * stored already; returns how many were new.
  *
  * Readers page by `job_logs.id` (a sequence: ids are taken as rows are inserted, but become visible
@@ -127,7 +127,7 @@ export async function insertLogLines(db: Db, nodeId: string, lines: LogLine[]): 
     select b.placement_id, ${nodeId}, b.seq, b.stream, b.at, b.line
       from batch b cross join locked
      order by b.n
-    on conflict (placement_id, seq) do nothing
+    on conflict (placement_id, node_id, seq) do nothing
     returning id`);
   return inserted.length;
 }

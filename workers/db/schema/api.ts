@@ -169,7 +169,8 @@ export const replicaRuns = pgTable(
 );
 
 /**
- * Container output shipped by node agents. `(placement_id, seq)` de-duplicates re-sent batches; `id`
+ * Container output shipped by node agents. `(placement_id, node_id, seq)` de-duplicates re-sent batches
+ * (per node: a node cannot take the place of another's lines by sending their numbers first); `id`
  * is the read cursor. Lines are tied to a job at read time through `job_runs` (placement → job, node),
  * or to an endpoint through `replica_runs`.
  */
@@ -187,7 +188,7 @@ export const jobLogs = pgTable(
     receivedAt: tz("received_at").notNull().defaultNow(),
   },
   (t) => [
-    uniqueIndex("job_logs_placement_seq_key").on(t.placementId, t.seq),
+    uniqueIndex("job_logs_placement_node_seq_key").on(t.placementId, t.nodeId, t.seq),
     index("job_logs_placement_id_idx").on(t.placementId, t.id),
     // The retention task deletes by arrival time, oldest first.
     index("job_logs_received_at_idx").on(t.receivedAt),
