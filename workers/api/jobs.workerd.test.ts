@@ -872,8 +872,23 @@ describe("quotas", () => {
     const withOld = await mtd();
     expect(withOld - withReplica).toBeGreaterThanOrEqual(Math.ceil((old!.secs * 299) / 3600) - 1);
     expect(withOld - withReplica).toBeLessThanOrEqual(Math.ceil((old!.secs * 299) / 3600) + 2);
+    // A job running beside them on Flex H100 joins the replica's Flex line: one line per tier and model.
+    const [job] = await sql<{ id: string }>(
+      `insert into jobs (account_id, region, tier, image, gpu_count, cpu_milli, memory_mib, max_runtime_s, status)
+       values ($1, 'us-west-1', 'flex', 'busybox', 1, 1000, 1024, 3600, 'running') returning id`,
+      [user.accountId],
+    );
+    await sql(
+      `insert into job_runs (id, job_id, account_id, attempt, node_id, status, gpu_count, placed_at, started_at)
+       values ($1, $2, $3, 1, $4, 'running', 1, now(), now() - interval '5 minutes')`,
+      [`pl-${crypto.randomUUID()}`, job!.id, user.accountId, nodeId],
+    );
     const usage = await call("GET", "/v1/usage", user.token);
     const running = usage.json.lines.filter((l: { state: string }) => l.state === "running");
     expect(running.map((l: { tier: string }) => l.tier).sort()).toEqual(["fast", "flex"]);
+    const flex = running.find((l: { tier: string }) => l.tier === "flex");
+    // The replica's 2 GPUs × 10 min and the job's 1 GPU × 5 min, in one line.
+    expect(flex.gpu_seconds).toBeGreaterThanOrEqual(2 * 600 + 300);
+    expect(flex.gpu_seconds).toBeLessThanOrEqual(2 * 600 + 300 + 10);
   });
 });

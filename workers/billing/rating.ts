@@ -69,8 +69,15 @@ export async function rateUsage(
   nowMs: number,
 ): Promise<RatedLine[]> {
   const rows = await db.execute<Row>(usageQuery(accountId, window.startMs, window.endMs, nowMs));
-  return rows
-    .map((r) => ({ ...r, gpu_seconds: Number(r.gpu_seconds) }))
+  // Running jobs and running replicas of one tier and model are one line, priced (rounded) once.
+  const merged = new Map<string, Row & { gpu_seconds: number }>();
+  for (const r of rows) {
+    const key = `${r.state}/${r.tier}/${r.gpu_model}`;
+    const seen = merged.get(key);
+    if (seen) seen.gpu_seconds += Number(r.gpu_seconds);
+    else merged.set(key, { ...r, gpu_seconds: Number(r.gpu_seconds) });
+  }
+  return [...merged.values()]
     .filter((r) => r.gpu_seconds > 0)
     .map((r) => ({
       tier: r.tier,
