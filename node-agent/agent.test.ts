@@ -81,6 +81,25 @@ describe("container logs", () => {
     ]);
   });
 
+  it("reads the rest of the log when the stream is cut just before the container exits", async () => {
+    const engine = new LiveEngine();
+    const { cp } = await agentOn(engine);
+    cp.setPlacements([job("p-last")]);
+    const id = await runningContainer(engine, cp, "p-last");
+    engine.writeLog(id, "working");
+    await cp.waitFor("the first line", () => cp.linesFor("p-last").length === 1);
+    // The engine restarts and the container exits a moment later, its last words in between.
+    engine.cutLogs(id);
+    engine.writeLog(id, "last words");
+    engine.exit(id, 0);
+    expect(await cp.outcome("p-last")).toMatchObject({ type: "exited", exit_code: 0 });
+    await cp.waitFor("the last line", () => cp.linesFor("p-last").length === 2);
+    expect(cp.linesFor("p-last").map((l) => [l.seq, l.line])).toEqual([
+      [0, "working"],
+      [1, "last words"],
+    ]);
+  });
+
   it("numbers the lines on where they stopped when the stream is cut while lines wait for the control plane", async () => {
     const engine = new LiveEngine();
     const { cp } = await agentOn(engine);

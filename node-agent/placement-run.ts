@@ -777,7 +777,8 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
  * aborts. A new follow resumes from the acknowledged cursor (state.json) and numbers lines on from
  * it, so it waits until the lines the last one queued are acknowledged: then the numbering goes on
  * where it stopped. `exited` resolves once the container is seen stopped; a follow that cannot be
- * opened after that is tried LOG_DRAIN_TRIES times in all.
+ * opened after that is tried LOG_DRAIN_TRIES times in all. A follow cut (not closed by the engine)
+ * just before the exit is followed once more, from the cursor, for the lines written after the cut.
  */
 export async function shipContainerLog(
   ctx: Pick<RunContext, "engine" | "shipper" | "state" | "clock" | "backoff" | "random" | "log">,
@@ -813,7 +814,7 @@ export async function shipContainerLog(
     }
     if (follow) {
       opts.onFollow?.(follow);
-      await follow.ended;
+      const how = await follow.ended;
       opts.onFollow?.(null);
       if (signal.aborted) return;
       if (!exitSeen) {
@@ -821,10 +822,22 @@ export async function shipContainerLog(
         await Promise.race([opts.exited, ctx.clock.sleep(LOG_END_GRACE_MS, AbortSignal.any([signal, grace.signal]))]);
         grace.abort();
       }
-      if (exitSeen || signal.aborted) return;
-      ctx.log("warn", "the container's log stream ended while it runs; following it again", {
-        placement_id: placementId,
-      });
+      if (signal.aborted) return;
+      // The engine closed the log of a stopped container: all of it was read.
+      if (exitSeen && how === "complete") return;
+      if (exitSeen && ++failedAfterExit >= LOG_DRAIN_TRIES) {
+        ctx.log("warn", "the stopped container's log stream was cut again and again; giving up on the rest", {
+          placement_id: placementId,
+        });
+        return;
+      }
+      ctx.log(
+        "warn",
+        exitSeen
+          ? "the container's log stream was cut as it stopped; reading the rest"
+          : "the container's log stream ended while it runs; following it again",
+        { placement_id: placementId },
+      );
     }
     await untilAborted(ctx.shipper.whenDrained(placementId), signal);
     await ctx.clock.sleep(backoff.next(), signal);

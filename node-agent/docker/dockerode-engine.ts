@@ -8,6 +8,7 @@ import type {
   ContainerState,
   ContainerSummary,
   ImageSummary,
+  LogEnd,
   LogEntry,
   LogFollow,
   RegistryCredentials,
@@ -361,15 +362,17 @@ export class DockerodeEngine implements ContainerEngine {
         },
       });
     this.docker.modem.demuxStream(stream, writer(out), writer(err));
-    const ended = new Promise<void>((done) => {
-      const finish = () => {
+    // The engine ends the response when the container has stopped and its log is read ("end");
+    // a connection that closes or fails before that was cut.
+    const ended = new Promise<LogEnd>((done) => {
+      const finish = (how: LogEnd) => () => {
         out.flush();
         err.flush();
-        done();
+        done(how);
       };
-      stream.once("end", finish);
-      stream.once("close", finish);
-      stream.once("error", finish);
+      stream.once("end", finish("complete"));
+      stream.once("close", finish("cut"));
+      stream.once("error", finish("cut"));
     });
     let finished = false;
     void ended.then(() => {

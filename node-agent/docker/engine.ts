@@ -76,12 +76,18 @@ export interface LogEntry {
 }
 
 /** A followed log: entries arrive in order through the sink; `pause` holds them back (backpressure). */
+/**
+ * How a log follow ended: `complete`, the engine closed the log (the container stopped and all of
+ * it was read); `cut`, the connection broke first (the engine restarted) or the follow was stopped.
+ */
+export type LogEnd = "complete" | "cut";
+
 export interface LogFollow {
   pause(): void;
   resume(): void;
   stop(): void;
-  /** Resolves when the engine closes the log (the container stopped and everything was read). */
-  ended: Promise<void>;
+  /** Resolves when the follow ends, saying how. */
+  ended: Promise<LogEnd>;
 }
 
 export interface StatsSample {

@@ -303,7 +303,7 @@ export class FakeEngine implements ContainerEngine {
   async followLogs(_id: string, _since: string | null, _sink: (entry: LogEntry) => void): Promise<LogFollow> {
     this.calls.push("followLogs");
     await this.gate("followLogs");
-    return { pause() {}, resume() {}, stop() {}, ended: Promise.resolve() };
+    return { pause() {}, resume() {}, stop() {}, ended: Promise.resolve("complete" as const) };
   }
 
   async stats(): Promise<StatsSample | null> {

@@ -11,6 +11,7 @@ import {
   type ContainerSpec,
   type ContainerSummary,
   EngineError,
+  type LogEnd,
   type LogEntry,
   type LogFollow,
 } from "../docker/engine";
@@ -21,7 +22,7 @@ interface Life {
   exitCode: number;
   finishedAt: number | null;
   logs: LogEntry[];
-  followers: Set<{ sink: (entry: LogEntry) => void; end: () => void }>;
+  followers: Set<{ sink: (entry: LogEntry) => void; end: (how: LogEnd) => void }>;
   exits: Set<() => void>;
 }
 
@@ -70,8 +71,8 @@ export class LiveEngine extends FakeEngine {
   }
 
   /** Ends every follow of the container's log; the container runs on. */
-  cutLogs(id: string): void {
-    for (const f of [...(this.lives.get(id)?.followers ?? [])]) f.end();
+  cutLogs(id: string, how: LogEnd = "cut"): void {
+    for (const f of [...(this.lives.get(id)?.followers ?? [])]) f.end(how);
   }
 
   exit(id: string, exitCode: number): void {
@@ -82,7 +83,7 @@ export class LiveEngine extends FakeEngine {
     life.finishedAt = Date.now();
     for (const done of life.exits) done();
     life.exits.clear();
-    this.cutLogs(id);
+    this.cutLogs(id, "complete");
   }
 
   private failIf(method: keyof ContainerEngine, id: string): void {
@@ -157,19 +158,19 @@ export class LiveEngine extends FakeEngine {
     const life = this.lives.get(id);
     if (!life) return quiet;
     for (const entry of life.logs) if (since === null || entry.ts >= since) sink(entry);
-    let end!: () => void;
-    const ended = new Promise<void>((done) => {
+    let end!: (how: LogEnd) => void;
+    const ended = new Promise<LogEnd>((done) => {
       end = done;
     });
     const follower = {
       sink,
-      end: () => {
+      end: (how: LogEnd) => {
         life.followers.delete(follower);
-        end();
+        end(how);
       },
     };
     if (life.state === "running") life.followers.add(follower);
-    else end();
-    return { pause() {}, resume() {}, stop: () => follower.end(), ended };
+    else end("complete");
+    return { pause() {}, resume() {}, stop: () => follower.end("cut"), ended };
   }
 }
