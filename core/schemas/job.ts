@@ -46,4 +46,5 @@ export const ImageRef = z
   .string()
   .min(1)
   .max(512)
-  .regex(/^[a-z0-9][a-z0-9._\-/:@]*$/i, "a container image reference such as registry/repo:tag");
+  // Any case written out, not with the i flag, which the OpenAPI pattern cannot carry.
+  .regex(/^[a-zA-Z0-9][a-zA-Z0-9._\-/:@]*$/, "a container image reference such as registry/repo:tag");

@@ -55,7 +55,13 @@ describe("RegistryHost", () => {
     expect(RegistryHost.parse("registry-1.docker.io")).toBe("docker.io");
   });
 
-  it.each(["https://ghcr.io", "ghcr.io/org", "", "-bad.io", "Ghcr.io", "ghcr.io:", "a b"])("refuses %j", (host) => {
+  it("takes a host in any case and keeps it lower-case, as an image reference's host is read", () => {
+    expect(RegistryHost.parse("Ghcr.IO")).toBe("ghcr.io");
+    expect(RegistryHost.parse("Index.Docker.io")).toBe("docker.io");
+    expect(RegistryHost.parse("Registry.Example.com:5000")).toBe(registryOf("Registry.Example.com:5000/app:1"));
+  });
+
+  it.each(["https://ghcr.io", "ghcr.io/org", "", "-bad.io", "ghcr.io:", "a b"])("refuses %j", (host) => {
     expect(RegistryHost.safeParse(host).success).toBe(false);
   });
 

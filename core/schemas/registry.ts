@@ -16,7 +16,8 @@ export const RegistryHost = z
   .min(1)
   .max(253)
   .regex(
-    /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$/,
+    // Any case (stored lower-case); written out, not with the i flag, which the OpenAPI pattern cannot carry.
+    /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?$/,
     "a registry host such as ghcr.io, registry.example.com:5000 or docker.io (no scheme, no path)",
   )
   .transform(normaliseRegistry);

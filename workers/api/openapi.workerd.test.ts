@@ -22,6 +22,25 @@ describe("OpenAPI", () => {
     }
   });
 
+  it("writes every pattern as a regular expression a client can use as it is (no flags appended)", () => {
+    const patterns: string[] = [];
+    const walk = (v: unknown): void => {
+      if (Array.isArray(v)) v.forEach(walk);
+      else if (v && typeof v === "object") {
+        for (const [k, x] of Object.entries(v)) {
+          if (k === "pattern" && typeof x === "string") patterns.push(x);
+          else walk(x);
+        }
+      }
+    };
+    walk(committed);
+    expect(patterns.length).toBeGreaterThan(5);
+    for (const p of patterns) {
+      expect(p, p).toMatch(/^\^.*\$$/);
+      expect(() => new RegExp(p)).not.toThrow();
+    }
+  });
+
   it("renders a human-readable page listing every operation", async () => {
     const res = await call("GET", "/docs", null);
     expect(res.status).toBe(200);
