@@ -291,7 +291,19 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
     // Following a finished job's logs ends at once with how it ended.
     const follow = await authed(["jobs", "logs", id, "-f"]);
     expect(follow).toEqual({ code: 0, stdout: "", stderr: `job ${id} was cancelled\n` });
-  });
+
+    // With the account's log streams all taken (elsewhere), following waits for a place, and says so.
+    await db.sql`insert into log_tails (id, account_id)
+                 select gen_random_uuid(), ${accountId} from generate_series(1, 50)`;
+    const waiting = authed(["jobs", "logs", id, "-f"]);
+    await new Promise((r) => setTimeout(r, 2_000));
+    // Those streams' isolates died: their places come free.
+    await db.sql`update log_tails set seen_at = now() - interval '1 minute' where account_id = ${accountId}`;
+    const waited = await waiting;
+    expect(waited.code).toBe(0);
+    expect(waited.stderr).toMatch(/already follows 50 log streams.*; waiting for a free log stream\n/);
+    expect(waited.stderr.endsWith(`job ${id} was cancelled\n`)).toBe(true);
+  }, 60_000);
 
   it("jobs run --idempotency-key: the same key and body give the same job; another body is refused", async () => {
     const line = "jobs run --detach --idempotency-key cli-test-key-1 --gpus 1 --image busybox:1 -- true";

@@ -1,7 +1,8 @@
 /**
  * A job's logs: every page of `GET /v1/jobs/{id}/logs`, or its server-sent event stream
  * (`follow=true`) until the job ends, reconnecting from the last line's id when the stream is cut
- * or the server asks (`event: reconnect`, after 10 minutes).
+ * or the server asks (`event: reconnect`, after 10 minutes), and waiting (`Retry-After`) while the
+ * account already follows as many streams as it may (`429 too_many_log_streams`).
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Connection, LogLine } from "./api/client";
@@ -51,11 +52,18 @@ export async function* readLogs(conn: Connection, jobId: string, owner: LogOwner
 export async function* followLogs(
   conn: Connection,
   jobId: string,
-  opts: { signal?: AbortSignal; retryDelayMs?: number; owner?: LogOwner } = {},
+  opts: {
+    signal?: AbortSignal;
+    retryDelayMs?: number;
+    owner?: LogOwner;
+    /** Told once when the account already follows as many streams as it may: this one waits for a place. */
+    onWait?: (message: string) => void;
+  } = {},
 ): AsyncGenerator<LogItem> {
   const owner = opts.owner ?? "jobs";
   let cursor: string | undefined;
   let failures = 0;
+  let waiting = false;
   const retry = async (why: unknown) => {
     failures += 1;
     if (failures > MAX_FAILURES) throw why instanceof CliError ? why : networkError(conn.apiUrl, why);
@@ -72,7 +80,19 @@ export async function* followLogs(
       });
       response = r.response;
       body = r.data;
-      if (!response.ok) throw apiErrorFrom(response.status, r.error, response.headers.get("x-request-id"));
+      if (!response.ok) {
+        const refused = apiErrorFrom(response.status, r.error, response.headers.get("x-request-id"));
+        if (refused.code !== "too_many_log_streams") throw refused;
+        // Nothing is lost by waiting: the stream resumes from the cursor once a place is free.
+        if (!waiting) opts.onWait?.(`${refused.message}; waiting for a free log stream`);
+        waiting = true;
+        const after = Number(response.headers.get("retry-after") ?? 10);
+        const ms = (Number.isFinite(after) && after > 0 ? after : 10) * 1000;
+        await sleep(ms, undefined, { signal: opts.signal }).catch(() => {});
+        if (opts.signal?.aborted) return;
+        continue;
+      }
+      waiting = false;
     } catch (error) {
       if (opts.signal?.aborted || error instanceof CliError) throw error;
       await retry(error);

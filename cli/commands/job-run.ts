@@ -256,7 +256,8 @@ export const jobsRun: CommandSpec<Context> = {
       let job = await watchStart(conn, submitted, progress, abort.signal, emit, flushLogs);
       if (!abort.signal.aborted) {
         let first = true;
-        for await (const item of followLogs(conn, job.id, { signal: abort.signal })) {
+        const onWait = (message: string) => progress.above(() => io.stderr(`${message}\n`));
+        for await (const item of followLogs(conn, job.id, { signal: abort.signal, onWait })) {
           if (first) {
             progress.stop();
             first = false;

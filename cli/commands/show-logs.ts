@@ -40,7 +40,8 @@ export async function showLogs<Line extends { stream: string }>(
   const abort = new AbortController();
   const remove = io.onInterrupt(() => abort.abort());
   try {
-    for await (const item of followLogs(conn, id, { signal: abort.signal, owner: opts.owner })) {
+    const onWait = (message: string) => io.stderr(`${message}\n`);
+    for await (const item of followLogs(conn, id, { signal: abort.signal, owner: opts.owner, onWait })) {
       if (item.kind === "log") print(item.line as unknown as Line);
       else if (!ctx.json) io.stderr(`${await opts.ended(item.status)}\n`);
     }

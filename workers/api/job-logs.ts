@@ -247,7 +247,7 @@ jobLogsRouter.openapi(
     tags: ["Jobs"],
     summary: "Get a job's logs",
     description:
-      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 20 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
+      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 50 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
     security: BEARER,
     middleware: guard({ scope: "jobs:read" }),
     request: { params: IdParam, query: LogsQuery },
@@ -298,7 +298,7 @@ jobLogsRouter.openapi(
     tags: ["Endpoints"],
     summary: "Get an endpoint's logs",
     description:
-      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 20 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.",
+      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 50 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:read" }),
     request: { params: IdParam, query: LogsQuery },

@@ -11,7 +11,7 @@ import { literal, pipelinedWrite } from "../db/round-trips";
 import { ApiError } from "../http/errors";
 
 /** Follow streams one account may hold open at once. */
-export const MAX_TAILS_PER_ACCOUNT = 20;
+export const MAX_TAILS_PER_ACCOUNT = 50;
 /** How often a tail renews its row and checks its caller. */
 export const TAIL_CHECK_MS = 10_000;
 /** A row not renewed for this long is a tail that died without closing. */
