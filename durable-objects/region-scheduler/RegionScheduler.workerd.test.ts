@@ -156,6 +156,16 @@ function rowsWritten(stub: Stub, fn: (object: RegionScheduler) => Promise<unknow
   });
 }
 
+/** A job registered node `n1` takes, placed there and reported running. */
+async function runningOnNode1(stub: Stub, clock: TestClock, over: Partial<SchedulerJob> = {}) {
+  await stub.registerNode(nodeReg(N("n1")));
+  const job = await jobFor(over);
+  await stub.submit(job);
+  const p = await placementOf(stub, job.id);
+  await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+  return { job, p };
+}
+
 async function placementOf(stub: Stub, jobId: string) {
   const state = await stub.jobState(jobId);
   const p = state?.placements[0];
@@ -312,11 +322,7 @@ describe("RegionScheduler: one job's life", () => {
 
   it("stops a run at its kill deadline and fails the job without retrying it", async () => {
     const { stub, clock } = await region({ grace_period_ms: 1_000, deadline_slack_ms: 1_000 });
-    await stub.registerNode(nodeReg(N("n1")));
-    const job = await jobFor({ max_runtime_s: 60 });
-    await stub.submit(job);
-    const p = await placementOf(stub, job.id);
-    await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+    const { job, p } = await runningOnNode1(stub, clock, { max_runtime_s: 60 });
     clock.advance(62_000);
     await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [p.placement_id] });
     await runDurableObjectAlarm(stub);
@@ -502,11 +508,7 @@ describe("RegionScheduler: failures", () => {
 describe("RegionScheduler: restart", () => {
   it("bills the runs of a node lost right after a restart to its stored last heartbeat, not to the restart", async () => {
     const { stub, clock } = await region();
-    await stub.registerNode(nodeReg(N("n1")));
-    const job = await jobFor({ gpu_count: 1 });
-    await stub.submit(job);
-    const p = await placementOf(stub, job.id);
-    await stub.reportEvent(N("n1"), ev("running", p.placement_id, clock.t));
+    const { p } = await runningOnNode1(stub, clock, { gpu_count: 1 });
     clock.advance(61_000);
     await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [p.placement_id] });
     // The sweep stores the heartbeat (every node_sync_ms); then the node falls silent.
