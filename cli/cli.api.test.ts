@@ -14,7 +14,7 @@ import WebSocket from "ws";
 import { DockerodeEngine } from "../node-agent/docker/dockerode-engine";
 import { AUTH_PASSWORD, AUTH_USER, pushPrivateImage, startAuthRegistry } from "../node-agent/test/auth-registry";
 import { AgentProcess, gpuEngineSocket, removeLabelled, testImage } from "../node-agent/test/harness";
-import { freePort } from "../tools/db/embedded";
+import { freePort, refusedPort } from "../tools/db/embedded";
 import { startWranglerDev, type WranglerDev } from "../tools/launcher/wrangler";
 import { createTestDatabase, type TestDatabase } from "../tools/test/database";
 import { has } from "../tools/test/parts";
@@ -189,7 +189,7 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
   });
 
   it("names the URL it could not reach", async () => {
-    const port = await freePort();
+    const port = await refusedPort();
     const r = await scalar(["regions", "--api-url", `http://127.0.0.1:${port}`, "--api-key", apiKey]);
     expect(r.code).toBe(EXIT.error);
     expect(oneErrorLine(r)).toBe(

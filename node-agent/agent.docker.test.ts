@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Placement } from "../core/schemas";
-import { freePort } from "../tools/db/embedded";
+import { freePort, refusedPort } from "../tools/db/embedded";
 import { has } from "../tools/test/parts";
 import { containerSpec, LABELS } from "./container-spec";
 import { DockerodeEngine } from "./docker/dockerode-engine";
@@ -241,7 +241,7 @@ describe.skipIf(!has("docker") || !has("registry"))("agent on a real Docker engi
     /** The cached test image under another name: a registry on a port nothing listens on. */
     const cachedUnderDeadRegistry = async (tag: string) => {
       await t.engine.pull(image, () => {});
-      const ref = `127.0.0.1:${await freePort()}/test/busybox`;
+      const ref = `127.0.0.1:${await refusedPort()}/test/busybox`;
       await t.engine.docker.getImage(image).tag({ repo: ref, tag });
       return `${ref}:${tag}`;
     };

