@@ -7,6 +7,7 @@ import { deliver } from "../../durable-objects/region-scheduler/outbox-postgres"
 import { openDb } from "../db/client";
 import { createLogger } from "../http/log";
 import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
+import { openTail, renewTail } from "./log-tails";
 import { BASE, call, createKey, JOB, signUp, sql, type TestUser } from "./test-support";
 
 const NODE = { gpu_model: "H100", cpu_milli: 64_000, memory_mib: 512_000 };
@@ -57,6 +58,16 @@ const line = (placementId: string, seq: number, text: string, stream = "stdout")
   at: Date.now(),
   line: text,
 });
+
+/** A job placed on a new node whose agent has shipped one line ("booting"), and its owner. */
+async function jobWithALine() {
+  const op = await operator();
+  const { node, token } = await createNode(op);
+  const user = await signUp();
+  const { jobId, placementId } = await jobOnNode(user, node.id);
+  await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 0, "booting")] } });
+  return { user, jobId, placementId, token };
+}
 
 describe("operator node routes", () => {
   it("are refused to everyone but the operator account's owners and admins", async () => {
@@ -393,11 +404,7 @@ describe("job logs", () => {
   });
 
   it("follows the logs as server-sent events until the job ends", async () => {
-    const op = await operator();
-    const { node, token } = await createNode(op);
-    const user = await signUp();
-    const { jobId, placementId } = await jobOnNode(user, node.id);
-    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 0, "booting")] } });
+    const { user, jobId, placementId, token } = await jobWithALine();
 
     const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
       headers: { authorization: `Bearer ${user.token}` },
@@ -454,11 +461,7 @@ describe("log streams followed (tails)", () => {
   }
 
   it("ends a stream whose API key is revoked while it runs", async () => {
-    const op = await operator();
-    const { node, token } = await createNode(op);
-    const user = await signUp();
-    const { jobId, placementId } = await jobOnNode(user, node.id);
-    await call("POST", AGENT_ROUTES.logs, token, { body: { lines: [line(placementId, 0, "booting")] } });
+    const { user, jobId } = await jobWithALine();
     const key = await createKey(user.token, ["jobs:read"]);
     const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
       headers: { authorization: `Bearer ${key.secret}` },
@@ -511,6 +514,61 @@ describe("log streams followed (tails)", () => {
     ]);
     expect(left!.n).toBe(0);
   });
+});
+
+describe("a tail's periodic check (renewTail)", () => {
+  it("renews a live tail, admits a swept one again within the limit, else says it is crowded", async () => {
+    const user = await signUp();
+    const caller = { userId: user.userId, apiKey: null };
+    const { sql: client, close } = openDb(env);
+    try {
+      const tail = await openTail(client, user.accountId);
+      const count = async () =>
+        (
+          await sql<{ n: number }>("select count(*)::int as n from log_tails where account_id = $1", [user.accountId])
+        )[0]!.n;
+      expect(await renewTail(client, tail, caller, user.accountId)).toBe("live");
+      // Swept as stale (its isolate stalled) while there is room: it takes its place again.
+      await sql("delete from log_tails where id = $1", [tail]);
+      expect(await renewTail(client, tail, caller, user.accountId)).toBe("live");
+      expect(await count()).toBe(1);
+      // Swept, and the account's other streams took every place meanwhile: not re-added over the limit.
+      await sql("delete from log_tails where id = $1", [tail]);
+      await sql("insert into log_tails (id, account_id) select gen_random_uuid(), $1 from generate_series(1, 50)", [
+        user.accountId,
+      ]);
+      expect(await renewTail(client, tail, caller, user.accountId)).toBe("crowded");
+      expect(await count()).toBe(50);
+      // A caller who left the account is told so first.
+      await sql("delete from memberships where user_id = $1", [user.userId]);
+      expect(await renewTail(client, tail, caller, user.accountId)).toBe("revoked");
+    } finally {
+      await close();
+    }
+  });
+
+  it("a followed stream that lost its place asks the client to reconnect from its cursor", async () => {
+    const { user, jobId } = await jobWithALine();
+    const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${user.token}` },
+    });
+    expect(res.status).toBe(200);
+    const sse = sseReader(res);
+    expect(await sse.readUntil("booting")).toBe(true);
+    // Its row swept, and fifty streams of other isolates admitted meanwhile.
+    await sql("delete from log_tails where account_id = $1", [user.accountId]);
+    await sql("insert into log_tails (id, account_id) select gen_random_uuid(), $1 from generate_series(1, 50)", [
+      user.accountId,
+    ]);
+    // Within a check interval (10 s) it ends with the cursor of the last line it sent.
+    expect(await sse.readUntil("event: reconnect")).toBe(true);
+    const ids = sse
+      .text()
+      .split("\n")
+      .filter((l) => l.startsWith("id: "));
+    expect(ids.at(-1)).toBe(ids[0]);
+    expect(sse.text()).not.toContain("event: end");
+  }, 20_000);
 });
 
 describe("log lines shipped before their run reached Postgres", () => {

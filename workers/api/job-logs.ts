@@ -202,9 +202,16 @@ async function serveLogs(
       for (;;) {
         if (Date.now() - checked >= TAIL_CHECK_MS) {
           checked = Date.now();
-          if (!(await renewTail(tailSql, tailId, caller, accountId))) {
+          const check = await renewTail(tailSql, tailId, caller, accountId);
+          if (check === "revoked") {
             const message = "the credentials that opened this stream were revoked, expired or left the account";
             await stream.writeSSE({ event: "error", data: JSON.stringify({ code: "access_revoked", message }) });
+            return;
+          }
+          if (check === "crowded") {
+            // Stalled long enough to lose its place, which others took: the client reconnects from
+            // its cursor and waits for a place (429) like any other follow beyond the limit.
+            await stream.writeSSE({ event: "reconnect", id: encodeSeqCursor(cursor), data: "{}" });
             return;
           }
         }

@@ -22,6 +22,20 @@ const TAIL_LOCK_SPACE = 0x4c544149; // "LTAI"
 /** Counts the account's live tails under its lock and adds this one, or throws 429. */
 export async function openTail(sql: Sql, accountId: string): Promise<string> {
   const id = crypto.randomUUID();
+  if (!(await admitTail(sql, accountId, id))) {
+    throw new ApiError(
+      429,
+      "too_many_log_streams",
+      `this account already follows ${MAX_TAILS_PER_ACCOUNT} log streams at once; close one (or read pages without follow)`,
+      { limit: MAX_TAILS_PER_ACCOUNT },
+      { "Retry-After": String(TAIL_CHECK_MS / 1000) },
+    );
+  }
+  return id;
+}
+
+/** Adds tail `id` if the account holds fewer live tails than its limit, sweeping its stale ones. */
+async function admitTail(sql: Sql, accountId: string, id: string): Promise<boolean> {
   const account = literal(accountId);
   const fresh = `seen_at > now() - make_interval(secs => ${TAIL_STALE_S})`;
   // The count runs after the lock, in a statement of its own, so it sees tails admitted meanwhile.
@@ -34,20 +48,14 @@ export async function openTail(sql: Sql, accountId: string): Promise<string> {
       where (select count(*) from log_tails where account_id = ${account} and ${fresh}) < ${MAX_TAILS_PER_ACCOUNT}
      returning id`,
   );
-  if (!added) {
-    throw new ApiError(
-      429,
-      "too_many_log_streams",
-      `this account already follows ${MAX_TAILS_PER_ACCOUNT} log streams at once; close one (or read pages without follow)`,
-      { limit: MAX_TAILS_PER_ACCOUNT },
-      { "Retry-After": String(TAIL_CHECK_MS / 1000) },
-    );
-  }
-  return id;
+  return added !== undefined;
 }
 
+/** What a tail checks of its caller. */
+type TailCaller = Pick<Caller, "userId" | "apiKey">;
+
 /** Whether the caller may still read the account's logs: its key live, or the user still a member. */
-function mayStillRead(caller: Caller, accountId: string): string {
+function mayStillRead(caller: TailCaller, accountId: string): string {
   if (caller.apiKey) {
     return `exists (select 1 from api_keys where id = ${literal(caller.apiKey.id)} and account_id = ${literal(accountId)}
                      and revoked_at is null and (expires_at is null or expires_at > now()))`;
@@ -57,14 +65,22 @@ function mayStillRead(caller: Caller, accountId: string): string {
                    and account_id = ${literal(accountId)})`;
 }
 
-/** Renews the tail's row (again, if a stale sweep took it) and says whether its caller may still read. */
-export async function renewTail(sql: Sql, tailId: string, caller: Caller, accountId: string): Promise<boolean> {
-  const [row] = await sql.unsafe<{ allowed: boolean }[]>(
-    `insert into log_tails (id, account_id) values (${literal(tailId)}, ${literal(accountId)})
-     on conflict (id) do update set seen_at = now()
-     returning ${mayStillRead(caller, accountId)} as allowed`,
+/**
+ * What a tail's periodic check found: `live` (renewed), `revoked` (its caller may no longer read)
+ * or `crowded` (its row was swept as stale, its isolate stalled, and the account's other tails
+ * took the place meanwhile).
+ */
+export type TailCheck = "live" | "revoked" | "crowded";
+
+/** Renews the tail's row (admitting it again, within the limit, if a stale sweep took it) and checks its caller. */
+export async function renewTail(sql: Sql, tailId: string, caller: TailCaller, accountId: string): Promise<TailCheck> {
+  const [row] = await sql.unsafe<{ allowed: boolean; renewed: boolean }[]>(
+    `with renewed as (update log_tails set seen_at = now() where id = ${literal(tailId)} returning id)
+     select ${mayStillRead(caller, accountId)} as allowed, exists (select 1 from renewed) as renewed`,
   );
-  return row?.allowed === true;
+  if (row?.allowed !== true) return "revoked";
+  if (row.renewed) return "live";
+  return (await admitTail(sql, accountId, tailId)) ? "live" : "crowded";
 }
 
 export async function closeTail(sql: Sql, tailId: string): Promise<void> {
