@@ -102,7 +102,7 @@ export interface paths {
                 };
             };
             responses: {
-                /** @description Accepted: the job is stored and queued. */
+                /** @description Accepted: the job is stored and handed to its region's scheduler. As the scheduler answered: `placed` with its placement when capacity was free, else `queued` with `waiting_reason`; `queued` alone while the scheduler is unreachable (it is submitted again). */
                 202: {
                     headers: {
                         [name: string]: unknown;

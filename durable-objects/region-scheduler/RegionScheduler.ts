@@ -103,9 +103,10 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
   async submit(job: SchedulerJob): Promise<SubmitResult> {
     return this.change((now) => {
       const result = this.state.submit(job, now);
-      if (!result.ok || result.duplicate) return result;
-      this.state.schedule(now);
-      return { ...result, status: this.state.job(job.id)!.status };
+      if (!result.ok) return result;
+      if (!result.duplicate) this.state.schedule(now);
+      const state = this.views.jobState(job.id);
+      return { ...result, status: state?.status ?? result.status, state };
     });
   }
 

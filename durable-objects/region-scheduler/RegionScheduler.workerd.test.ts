@@ -180,8 +180,12 @@ describe("RegionScheduler: one job's life", () => {
     expect(reg).toMatchObject({ node_id: N("n1"), heartbeat_interval_ms: 10_000, poll_wait_ms: 25_000 });
 
     const job = await jobFor({ gpu_count: 2 });
-    expect(await stub.submit(job)).toEqual({ ok: true, status: "placed", duplicate: false });
-    expect(await stub.submit(job)).toEqual({ ok: true, status: "placed", duplicate: true });
+    const submitted = await stub.submit(job);
+    expect(submitted).toMatchObject({ ok: true, status: "placed", duplicate: false });
+    // With where it went: the answer is the job's state after the call, as jobState gives it.
+    expect(submitted.ok && submitted.state).toEqual(await stub.jobState(job.id));
+    expect(submitted.ok && submitted.state?.placements.map((p) => p.node_id)).toEqual([N("n1")]);
+    expect(await stub.submit(job)).toMatchObject({ ok: true, status: "placed", duplicate: true });
 
     const set = await stub.pollPlacements(N("n1"), 0, 0);
     expect(set.version).toBeGreaterThan(0);

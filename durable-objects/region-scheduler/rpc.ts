@@ -40,7 +40,13 @@ export interface SchedulerJob {
 }
 
 export type SubmitResult =
-  | { ok: true; status: JobStatus; duplicate: boolean }
+  | {
+      ok: true;
+      status: JobStatus;
+      duplicate: boolean;
+      /** The job as the scheduler holds it once the call is done (its placement when it was placed at once). */
+      state?: JobState | null;
+    }
   | { ok: false; code: "invalid"; message: string };
 
 /** One of a run's own GPUs at its node's latest heartbeat (nvidia-smi's figures; null: not reported). */

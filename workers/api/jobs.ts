@@ -102,7 +102,11 @@ jobsRouter.openapi(
       body: { required: true, content: { "application/json": { schema: JobCreate } } },
     },
     responses: {
-      202: { description: "Accepted: the job is stored and queued.", content: { "application/json": { schema: Job } } },
+      202: {
+        description:
+          "Accepted: the job is stored and handed to its region's scheduler. As the scheduler answered: `placed` with its placement when capacity was free, else `queued` with `waiting_reason`; `queued` alone while the scheduler is unreachable (it is submitted again).",
+        content: { "application/json": { schema: Job } },
+      },
       ...errors(402, 409, 413, 415, 422, 503),
     },
   }),
@@ -233,9 +237,10 @@ jobsRouter.openapi(
         job_id: row.id,
       });
     }
-    // The scheduler's answer is fresher than the row, which its outbox updates a moment later.
-    const status = submitted.outcome === "acked" ? submitted.status : current.status;
-    return respond(c, Job, { ...jobView(current), status: status as JobStatus }, 202);
+    // The scheduler's answer (status, placement or why it waits) is fresher than the row, which its
+    // outbox updates a moment later.
+    if (submitted.outcome !== "acked") return respond(c, Job, jobView(current), 202);
+    return respond(c, Job, { ...jobView(current, submitted.state), status: submitted.status }, 202);
   },
 );
 

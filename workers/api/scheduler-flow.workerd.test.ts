@@ -32,7 +32,13 @@ async function flush() {
 async function submit(user: TestUser, body: Record<string, unknown>) {
   const res = await call("POST", "/v1/jobs", user.token, { body: { ...JOB, ...body } });
   expect(res.status).toBe(202);
-  return res.json as { id: string; status: string };
+  return res.json as {
+    id: string;
+    status: string;
+    attempts: number;
+    waiting_reason: string | null;
+    placements: { node_id: string; attempt: number; gpu_indices: number[]; placement_id: string }[];
+  };
 }
 
 async function getJob(user: TestUser, id: string) {
@@ -52,6 +58,9 @@ describe("a job from submission to success", () => {
       env: [{ name: "TOKEN", value: "s3cret-for-the-container", secret: true }],
     });
     expect(job.status).toBe("placed");
+    // The submission's answer already says where (the scheduler's view, as GET shows it).
+    expect(job.attempts).toBe(1);
+    expect(job.placements).toHaveLength(1);
 
     const live = await getJob(user, job.id);
     expect(live.status).toBe("placed");
@@ -59,6 +68,7 @@ describe("a job from submission to success", () => {
     const placement = live.placements[0];
     expect(placement).toMatchObject({ node_id: agent.nodeId, attempt: 1 });
     expect(placement.gpu_indices).toHaveLength(2);
+    expect(job.placements[0]).toEqual(placement);
     expect(JSON.stringify(live)).not.toContain("s3cret-for-the-container");
 
     // The agent gets the placement, with the secret it must pass to the container.
@@ -158,6 +168,7 @@ describe("waiting, cancelling and regions", () => {
     // More CPU than any node has: it waits, and says why.
     const waiting = await submit(user, { cpu_milli: 200_000 });
     expect(waiting.status).toBe("queued");
+    expect(waiting.waiting_reason).toMatch(/CPU/);
     const state = await getJob(user, waiting.id);
     expect(state.status).toBe("queued");
     expect(state.waiting_reason).toMatch(/CPU/);

@@ -7,7 +7,7 @@
  */
 import { and, asc, eq, inArray, isNotNull, isNull, lt, sql } from "drizzle-orm";
 import type { JobStatus, Tier } from "../../core/schemas";
-import type { SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
+import type { JobState, SchedulerJob } from "../../durable-objects/region-scheduler/rpc";
 import { openEnv, SecretKeyError } from "../auth/env-secrets";
 import type { Db } from "../db/client";
 import { literal } from "../db/round-trips";
@@ -32,8 +32,13 @@ export async function schedulerJob(env: Env, row: JobRow): Promise<SchedulerJob>
   };
 }
 
-/** `acked` carries the status the scheduler gave the job (e.g. `placed` when capacity was free). */
-export type SubmitOutcome = { outcome: "acked"; status: JobStatus } | { outcome: "rejected" | "failed" | "cancelled" };
+/**
+ * `acked` carries the status the scheduler gave the job (e.g. `placed` when capacity was free) and
+ * its live state then (the placement, or why it waits).
+ */
+export type SubmitOutcome =
+  | { outcome: "acked"; status: JobStatus; state: JobState | null }
+  | { outcome: "rejected" | "failed" | "cancelled" };
 
 /**
  * Submit one stored job; never throws (a failure leaves the job queued for the reconciler).
@@ -49,6 +54,7 @@ export async function submitJob(
 ): Promise<SubmitOutcome> {
   const scheduler = schedulerOf(env, row.region);
   let status: JobStatus = "queued";
+  let state: JobState | null = null;
   let statusNow: string | undefined;
   if (!opts.attemptCounted) {
     await db
@@ -94,6 +100,7 @@ export async function submitJob(
       )
       select status from ${jobs} where id = ${id}`);
     status = result.status;
+    state = result.state ?? null;
     statusNow = now?.status;
   } catch (error) {
     log.warn("job.submit_failed", { job_id: row.id, region: row.region, ...errorFields(error) });
@@ -109,7 +116,7 @@ export async function submitJob(
     await scheduler.cancel(row.id).catch((error: unknown) => log.warn("job.cancel_forward_failed", errorFields(error)));
     return { outcome: "cancelled" };
   }
-  return { outcome: "acked", status };
+  return { outcome: "acked", status, state };
 }
 
 /** Jobs younger than this are left to the request that created them. */
