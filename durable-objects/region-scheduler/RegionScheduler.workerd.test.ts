@@ -324,6 +324,43 @@ describe("RegionScheduler: one job's life", () => {
     });
   });
 
+  it("ends a running run its node stops listing with no exit reported, as of the first heartbeat that missed it", async () => {
+    const { stub, clock } = await region({ unlisted_run_grace_ms: 60_000 });
+    const started = clock.t;
+    const { job, p } = await runningOnNode1(stub, clock, { gpu_count: 2 });
+    const beat = async (running: string[]) => {
+      clock.advance(10_000);
+      await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running });
+    };
+    // Listed: it runs on, however long.
+    for (let i = 0; i < 12; i++) await beat([p.placement_id]);
+    // Missed, then listed again (a restarted agent before its first listing): the grace starts over.
+    for (let i = 0; i < 5; i++) await beat([]);
+    await beat([p.placement_id]);
+    await beat([]);
+    const missedAt = clock.t;
+    for (let i = 0; i < 5; i++) await beat([]);
+    expect((await stub.jobState(job.id))!.status).toBe("running");
+    expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(6);
+    // A minute without it and without an exit: the outcome was lost on the node. The run ends, its
+    // GPUs are free, and the job is retried like one whose node was lost.
+    await beat([]);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      failure_reason: `its node ${N("n1")} no longer runs it and reported no exit (outcome lost on the node)`,
+    });
+    expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
+    // An exit arriving after that changes nothing.
+    await stub.reportEvent(N("n1"), ev("exited", p.placement_id, clock.t, { exit_code: 0 }));
+    expect((await stub.jobState(job.id))!.status).toBe("queued");
+    // Billed up to the first heartbeat that missed it, not to now.
+    await runDurableObjectAlarm(stub);
+    const usage = await sql`select gpu_seconds::int, period_end from usage_events where job_run_id = ${p.placement_id}`;
+    expect(usage.map((u) => [u.gpu_seconds, u.period_end.getTime()])).toEqual([
+      [(2 * (missedAt - started)) / 1000, missedAt],
+    ]);
+  });
+
   it("stops a run at its kill deadline and fails the job without retrying it", async () => {
     const { stub, clock } = await region({ grace_period_ms: 1_000, deadline_slack_ms: 1_000 });
     const { job, p } = await runningOnNode1(stub, clock, { max_runtime_s: 60 });

@@ -87,6 +87,11 @@ export class Region {
    * run ends (its node lost or removed included), so it holds at most one entry per active run.
    */
   readonly metrics = new Map<string, RunMetrics>();
+  /**
+   * Running runs their node's last heartbeat did not list, with the time of the first heartbeat
+   * that missed them (in memory: after a restart the grace starts again).
+   */
+  private readonly unlistedSince = new Map<string, number>();
   readonly waiting = new Map<string, WaitingInfo>();
   /** When each queued job's waiting reason was last written out. */
   private readonly reasonWrittenAt = new Map<string, number>();
@@ -504,10 +509,34 @@ export class Region {
       if (run.desired === "stopped" && !running.has(run.id) && (run.stop_requested_at ?? 0) <= settled) {
         this.endRun(run, this.stoppedOutcome(run, null), now, now);
         changed = true;
-      }
+      } else if (this.endIfUnlisted(run, running, now)) changed = true;
     }
     this.keepMetrics(active.filter(isActiveRun), hb, now);
     return { known: true, changed, state: node.state };
+  }
+
+  /**
+   * A run whose container started and that the node's heartbeats have stopped listing is over
+   * without a word from the agent: once `unlisted_run_grace_ms` has passed (time for an exit event
+   * held up behind the agent's backoff), it ends `lost` as of the first heartbeat that missed it,
+   * rather than holding its GPUs and billing on until its deadline.
+   */
+  private endIfUnlisted(run: RunRow, running: Set<string>, now: number): boolean {
+    if (run.status !== "running" || run.desired === "stopped" || running.has(run.id)) {
+      this.unlistedSince.delete(run.id);
+      return false;
+    }
+    const since = this.unlistedSince.get(run.id);
+    if (since === undefined) {
+      this.unlistedSince.set(run.id, now);
+      return false;
+    }
+    if (now - since < this.settings().unlisted_run_grace_ms) return false;
+    this.unlistedSince.delete(run.id);
+    const reason = `its node ${run.node_id} no longer runs it and reported no exit (outcome lost on the node)`;
+    this.log("run.unlisted", { placement_id: run.id, node_id: run.node_id, unlisted_ms: now - since });
+    this.endRun(run, { status: "lost", reason }, now, since);
+    return true;
   }
 
   /**
@@ -770,6 +799,7 @@ export class Region {
     });
     this.clearTimer("deadline", run.id);
     this.metrics.delete(run.id);
+    this.unlistedSince.delete(run.id);
     this.bump(run.node_id);
     this.records.run(run, job, node, now);
     this.records.gpus(run, job, now);

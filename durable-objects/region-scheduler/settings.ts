@@ -20,6 +20,12 @@ export interface SchedulerSettings {
   replica_backoff_reset_ms: number;
   /** A replica that was ready and has failed its health check for this long is restarted. */
   replica_unhealthy_after_ms: number;
+  /**
+   * A running run its node's heartbeats have not listed (no container runs it) for this long, with
+   * no exit reported, is over: its outcome was lost on the node (an agent crash before its outbox
+   * reached the disk, a refused event). It ends `lost` (retried) as of when it was first missed.
+   */
+  unlisted_run_grace_ms: number;
   /** Stop a run this long after its kill deadline if the agent has not. */
   deadline_slack_ms: number;
   /** Outbox: first flush this long after a change (batches writes), rows per flush, and retries. */
@@ -48,6 +54,7 @@ export const DEFAULT_SETTINGS: SchedulerSettings = {
   retry_cap_ms: 600_000,
   replica_backoff_reset_ms: 600_000,
   replica_unhealthy_after_ms: 30_000,
+  unlisted_run_grace_ms: 180_000,
   deadline_slack_ms: 30_000,
   flush_delay_ms: 1_000,
   flush_batch: 200,
