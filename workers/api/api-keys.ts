@@ -10,6 +10,7 @@ import { type Caller, recentApiKeys, requireAccount } from "../auth/caller";
 import { SCOPES, type Scope as ScopeName } from "../auth/scopes";
 import { apiKeys } from "../db/schema";
 import { ApiError } from "../http/errors";
+import { secretWithheld } from "../http/idempotency";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { audit } from "./audit";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
@@ -113,12 +114,26 @@ apiKeysRouter.openapi(
         fields: [{ field: "expires_at", message: "must be in the future", code: "too_small" }],
       });
     }
-    const key = await generateApiKey(c.env.ENVIRONMENT);
     const db = c.get("pg").db;
+    // With an Idempotency-Key the key chose the id: a retry that took over the key of a request that
+    // died after making the key learns what it made (its secret is gone), and makes no second key.
+    const made = c.get("idempotentId");
+    if (made) {
+      const [earlier] = await db
+        .select({ id: apiKeys.id })
+        .from(apiKeys)
+        .where(and(eq(apiKeys.id, made), eq(apiKeys.accountId, account.id)));
+      if (earlier) {
+        c.set("secretAnswer", { id: earlier.id, status: 201 });
+        throw secretWithheld(earlier.id, 201);
+      }
+    }
+    const key = await generateApiKey(c.env.ENVIRONMENT);
     const row = await db.transaction(async (tx) => {
       const [inserted] = await tx
         .insert(apiKeys)
         .values({
+          ...(made ? { id: made } : {}),
           accountId: account.id,
           // A key made with a key belongs to the same person, and stays capped by their role.
           createdBy: caller.userId,

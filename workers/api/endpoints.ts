@@ -249,8 +249,19 @@ endpointsRouter.openapi(
     await requireGpuModels(c.env, region, body.gpu_models);
     const env = await sealEnv(c.env, account.id, body.env);
     const db = c.get("pg").db;
+    // With an Idempotency-Key the key chose the id: a retry that took over the key of a request
+    // that died after its commit finds that endpoint (by name, or by id once deleted) and answers
+    // with it instead of 409 name_taken.
+    const made = c.get("idempotentId");
     const row = await db.transaction(async (tx) => {
       refuseHeld(await lockAccount(tx, account.id), readsBilling(caller));
+      const [earlier] = made
+        ? await tx
+            .select()
+            .from(endpoints)
+            .where(and(eq(endpoints.accountId, account.id), eq(endpoints.id, made)))
+        : [];
+      if (earlier) return { ...earlier, replayed: true };
       const [clash] = await tx
         .select({ id: endpoints.id })
         .from(endpoints)
@@ -265,6 +276,7 @@ endpointsRouter.openapi(
       const [inserted] = await tx
         .insert(endpoints)
         .values({
+          ...(made ? { id: made } : {}),
           accountId: account.id,
           createdBy: caller.kind === "user" ? caller.userId : null,
           createdByKey: caller.apiKey?.id ?? null,
@@ -288,10 +300,13 @@ endpointsRouter.openapi(
         targetId: inserted!.id,
         data: { name: body.name, region, min_replicas: body.min_replicas, gpu_count: body.gpu_count },
       });
-      return inserted!;
+      return { ...inserted!, replayed: false };
     });
-    const live = await syncEndpoint(c.env, db, row, c.get("log"));
-    return respond(c, Endpoint, endpointView(await loadEndpoint(db, account.id, row.id), live), 201);
+    const { replayed, ...stored } = row;
+    if (replayed) c.header("Idempotency-Replayed", "true");
+    // Again for a replayed one: the request that made it may have died before this.
+    const live = await syncEndpoint(c.env, db, stored, c.get("log"));
+    return respond(c, Endpoint, endpointView(await loadEndpoint(db, account.id, stored.id), live), 201);
   },
 );
 

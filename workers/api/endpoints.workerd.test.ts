@@ -1,6 +1,6 @@
 /** Endpoints through the Worker in workerd. */
 import { describe, expect, it } from "vitest";
-import { call, createKey, signUp, sql } from "./test-support";
+import { call, createKey, orphanIdempotencyKey, signUp, sql } from "./test-support";
 
 const ENDPOINT = { image: "127.0.0.1:5000/test/busybox:1", command: ["httpd", "-f"], gpu_count: 1 };
 const uniqueName = () => `svc-${crypto.randomUUID().slice(0, 8)}`;
@@ -93,6 +93,30 @@ describe("endpoints", () => {
     ]);
     // The name is free again once deleted.
     expect((await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name } })).status).toBe(201);
+  });
+
+  it("answers a retry that takes over a dead request's key with the endpoint it stored, not 409 name_taken", async () => {
+    const user = await signUp();
+    const body = { ...ENDPOINT, name: uniqueName() };
+    const headers = { "idempotency-key": `died-${crypto.randomUUID()}` };
+    const first = await call("POST", "/v1/endpoints", user.token, { body, headers });
+    expect(first.status).toBe(201);
+    // As if the first request's isolate died after the endpoint's commit, before its answer was kept.
+    const orphanKey = () => orphanIdempotencyKey(user.accountId, headers["idempotency-key"]);
+    await orphanKey();
+    const retry = await call("POST", "/v1/endpoints", user.token, { body, headers });
+    expect(retry.status).toBe(201);
+    expect(retry.json.id).toBe(first.json.id);
+    expect(retry.headers.get("idempotency-replayed")).toBe("true");
+    // Deleted meanwhile, its name free: still that endpoint (deleted), not a second one.
+    expect((await call("DELETE", `/v1/endpoints/${first.json.id}`, user.token)).status).toBe(200);
+    await orphanKey();
+    const late = await call("POST", "/v1/endpoints", user.token, { body, headers });
+    expect([late.status, late.json.id, late.json.status]).toEqual([201, first.json.id, "deleted"]);
+    const [count] = await sql<{ n: number }>("select count(*)::int as n from endpoints where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(count!.n).toBe(1);
   });
 
   it("refuses a second active endpoint with the same name (409), bad specs (400) and Fast without entitlement", async () => {

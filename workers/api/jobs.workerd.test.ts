@@ -6,7 +6,7 @@ import { createLogger } from "../http/log";
 import { encodeTimeCursor } from "../http/pagination";
 import { expireIdempotencyKeysTask } from "./housekeeping";
 import { poll, retire, startNode } from "./test-agent";
-import { call, createKey, JOB, rateLimitOverride, signUp, sql } from "./test-support";
+import { call, createKey, JOB, orphanIdempotencyKey, rateLimitOverride, signUp, sql } from "./test-support";
 
 describe("POST /v1/jobs", () => {
   it("stores the job queued, never returns secret values, and audits it", async () => {
@@ -439,6 +439,21 @@ describe("Idempotency-Key", () => {
     expect(stored!.body).not.toContain(made.json.secret);
     const keys = await call("GET", "/v1/api-keys", user.token);
     expect(keys.json.data.filter((k: { name: string }) => k.name === "ci")).toHaveLength(1);
+    // A retry that takes over the key of a request that died after making the key: told what was
+    // made (its secret is gone), no second key, and so is every later retry.
+    const died = { "idempotency-key": `key-${crypto.randomUUID()}` };
+    const lost = await call("POST", "/v1/api-keys", user.token, { body: { ...body, name: "lost" }, headers: died });
+    await orphanIdempotencyKey(user.accountId, died["idempotency-key"]);
+    for (let i = 0; i < 2; i++) {
+      const retry = await call("POST", "/v1/api-keys", user.token, { body: { ...body, name: "lost" }, headers: died });
+      expect([retry.status, retry.json.error.code, retry.json.error.details]).toEqual([
+        409,
+        "idempotency_secret_withheld",
+        { id: lost.json.id, status: 201 },
+      ]);
+    }
+    const all = await call("GET", "/v1/api-keys", user.token);
+    expect(all.json.data.filter((k: { name: string }) => k.name === "lost")).toHaveLength(1);
     // Jobs likewise: another key of the account sending the same submission is refused, not replayed.
     const submitKey = { "idempotency-key": `job-${crypto.randomUUID()}` };
     expect((await call("POST", "/v1/jobs", user.token, { body: JOB, headers: submitKey })).status).toBe(202);
@@ -488,14 +503,8 @@ describe("Idempotency-Key", () => {
     const headers = { "idempotency-key": `died-${crypto.randomUUID()}` };
     const first = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
     expect(first.status).toBe(202);
-    // As if the first request's isolate died after the job's commit, before its answer was kept:
-    // the key is still claimed, by nobody alive, and its claim has run out.
-    await sql(
-      `update idempotency_keys set state = 'in_progress', response_status = null, response_body = null,
-              locked_until = now() - interval '1 second'
-        where account_id = $1 and key = $2`,
-      [user.accountId, headers["idempotency-key"]],
-    );
+    // As if the first request's isolate died after the job's commit, before its answer was kept.
+    await orphanIdempotencyKey(user.accountId, headers["idempotency-key"]);
     const retry = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
     expect(retry.status).toBe(202);
     expect(retry.json.id).toBe(first.json.id);

@@ -121,3 +121,16 @@ export async function createKey(token: string, scopes: string[], opts: { account
 }
 
 export const JOB = { image: "127.0.0.1:5000/test/busybox:1", command: ["sh", "-c", "echo hi"], gpu_count: 1 };
+
+/**
+ * As if the request holding `key` died after its commit, before its answer was kept: the key stays
+ * claimed, by nobody alive, and its claim has run out (the next retry takes it over).
+ */
+export function orphanIdempotencyKey(accountId: string, key: string) {
+  return sql(
+    `update idempotency_keys set state = 'in_progress', response_status = null, response_body = null,
+            locked_until = now() - interval '1 second'
+      where account_id = $1 and key = $2`,
+    [accountId, key],
+  );
+}

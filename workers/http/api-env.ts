@@ -16,10 +16,12 @@ export type ApiVariables = AppVariables & {
    */
   rateGate?: Promise<void>;
   /**
-   * Set by a route whose answer holds a secret shown once (a new API key, a node token):
-   * `idempotency` then keeps no copy of it, and answers a replay with what it made, not the secret.
+   * Set by a route whose answer holds a secret shown once (a new API key, a node token), or that
+   * found such a thing already made by a dead request holding the same key (`status`: the status
+   * that request would have answered): `idempotency` then keeps no copy of the secret, and answers
+   * a replay with what was made, not the secret.
    */
-  secretAnswer?: { id: string };
+  secretAnswer?: { id: string; status?: number };
   /**
    * Set by `idempotency` on a request holding an `Idempotency-Key`: the id what it makes must take
    * (the same for a retry that takes over a dead claim), so nothing is made twice.

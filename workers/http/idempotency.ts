@@ -10,8 +10,8 @@
  * A claim is held by one request (`claim_id`): it alone completes or releases the key, and renews
  * the claim while it runs, so only a request that died (its isolate gone) is taken over, after
  * `claimSeconds`. The key also fixes the id of what the request makes (`idempotentId`, kept by a
- * takeover): a retry after a death between a job's commit and the stored answer finds the job,
- * not a chance to make a second one.
+ * takeover): a retry after a death between a job's (endpoint's, API key's) commit and the stored
+ * answer finds it, not a chance to make a second one.
  */
 import type { MiddlewareHandler } from "hono";
 import { endTime, startTime } from "hono/timing";
@@ -145,20 +145,26 @@ async function claimAndRun(c: Context, next: () => Promise<void>, claimSeconds: 
       );
     }
     const withheld = (stored.response_body as { withheld_secret?: { id: string } } | null)?.withheld_secret;
-    if (withheld) {
-      throw new ApiError(
-        409,
-        "idempotency_secret_withheld",
-        `the first request with this Idempotency-Key made ${withheld.id}; its answer held a secret, shown once and not kept: use the secret from that answer, or revoke ${withheld.id} and make another`,
-        { id: withheld.id, status: stored.response_status },
-      );
-    }
+    if (withheld) throw secretWithheld(withheld.id, stored.response_status ?? 201);
     c.header("Idempotency-Replayed", "true");
     return c.json(stored.response_body as object, stored.response_status as ContentfulStatusCode);
   }
   throw new ApiError(409, "idempotency_key_in_progress", "Idempotency-Key is contended; retry shortly", undefined, {
     "Retry-After": "1",
   });
+}
+
+/**
+ * The answer to a retry whose first request made `id` with a secret shown once (or never, if that
+ * request died before answering): what was made, without the secret.
+ */
+export function secretWithheld(id: string, status: number): ApiError {
+  return new ApiError(
+    409,
+    "idempotency_secret_withheld",
+    `the first request with this Idempotency-Key made ${id}; its answer held a secret, shown once and not kept: use the secret from that answer, or revoke ${id} and make another`,
+    { id, status },
+  );
 }
 
 interface Claim {
@@ -183,11 +189,14 @@ async function run(c: Context, next: () => Promise<void>, claim: Claim) {
   await renewal.stop();
   // Errors thrown by the route were turned into a response by Hono before we get here.
   const status = c.res.status;
-  if (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json")) {
-    const secret = c.get("secretAnswer");
+  // A route that made (or found made) something with a secret says so whatever it answers: the key
+  // is kept, so later retries learn what was made instead of making another.
+  const secret = c.get("secretAnswer");
+  if (secret || (status >= 200 && status < 300 && c.res.headers.get("content-type")?.includes("json"))) {
     const body = secret ? { withheld_secret: { id: secret.id } } : await c.res.clone().json();
+    const kept = secret?.status ?? status;
     const stored = await sql.unsafe(`update idempotency_keys
-                         set state = 'completed', response_status = ${Number(status)},
+                         set state = 'completed', response_status = ${Number(kept)},
                              response_body = ${literal(JSON.stringify(body))}::jsonb
                        where ${where} returning 1`);
     // Taken over (this request's renewals failed for a whole claim): the answer still goes out; the
