@@ -802,6 +802,18 @@ describe.skipIf(!has("postgres"))("scalar CLI against the real API", { timeout: 
       expect(records[0]).toMatchObject({ type: "status" });
     });
 
+    it("jobs run: says when a failed attempt waits for its retry", async () => {
+      const flags = `--gpus 1 --image ${testImage()} --cpu 0.5 --memory 256Mi --max-attempts 2 --`;
+      // Running for a moment first, so the CLI follows the log stream when the attempt fails.
+      const r = await authed([...words(`jobs run ${flags}`), "sh", "-c", "echo try $SCALAR_ATTEMPT; sleep 5; exit 3"]);
+      expect(r.code, r.stderr).toBe(3);
+      expect(r.stdout).toBe("try 1\ntry 2\n");
+      const lines = r.stderr.split("\n");
+      const note = lines.indexOf("attempt 1 failed: exit code 3; attempt 2 of 2 waits for its retry");
+      expect(note, r.stderr).toBeGreaterThan(-1);
+      expect(lines.indexOf("--- attempt 2 ---")).toBeGreaterThan(note);
+    });
+
     it("jobs run: a failed attempt's lines come before the retry is placed, each line once", async () => {
       const flags = `--json --gpus 1 --image ${testImage()} --cpu 0.5 --memory 256Mi --max-attempts 2 --`;
       const r = await authed([...words(`jobs run ${flags}`), "sh", "-c", "echo try $SCALAR_ATTEMPT; exit 5"]);

@@ -18,7 +18,28 @@ export function logText(line: Pick<LogLine, "line" | "node_rank">, gpuCount: num
   return gpuCount > GPUS_PER_NODE ? `[node ${line.node_rank}] ${line.line}` : line.line;
 }
 
-export type LogItem = { kind: "log"; id: string | null; line: LogLine } | { kind: "end"; status: string | null };
+/** A job's status as its followed stream reports it (`event: status`), first and on each change. */
+export interface StreamStatus {
+  status: string;
+  attempts: number;
+  max_attempts: number;
+  exit_code: number | null;
+  failure_reason: string | null;
+}
+
+export type LogItem =
+  | { kind: "log"; id: string | null; line: LogLine }
+  | { kind: "status"; status: StreamStatus }
+  | { kind: "end"; status: string | null };
+
+/**
+ * What to tell someone watching a job when its stream reports a failed attempt waiting for its
+ * retry (`queued` after an attempt, with the reason); null for any other status.
+ */
+export function retryNote(s: StreamStatus): string | null {
+  if (s.status !== "queued" || s.attempts < 1 || !s.failure_reason) return null;
+  return `attempt ${s.attempts} failed: ${s.failure_reason}; attempt ${s.attempts + 1} of ${s.max_attempts} waits for its retry`;
+}
 
 /** How many reconnects in a row without a line before giving up. */
 const MAX_FAILURES = 5;
@@ -114,6 +135,8 @@ export async function* followLogs(
           const status = (JSON.parse(ev.data || "{}") as { status?: string }).status ?? null;
           yield { kind: "end", status };
           return;
+        } else if (ev.event === "status") {
+          yield { kind: "status", status: JSON.parse(ev.data) as StreamStatus };
         } else if (ev.event === "reconnect") {
           if (ev.id) cursor = ev.id;
           askedToReconnect = true;

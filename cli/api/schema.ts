@@ -501,7 +501,7 @@ export interface paths {
         };
         /**
          * Get a job's logs
-         * @description Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 50 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.
+         * @description Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`), with `event: status` (`status`, `attempts`, `max_attempts`, `exit_code`, `failure_reason`) first and whenever they change (a failed attempt waiting for its retry is `queued` with its `failure_reason`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 50 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.
          */
         get: {
             parameters: {
@@ -594,7 +594,7 @@ export interface paths {
         };
         /**
          * Get an endpoint's logs
-         * @description Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 50 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.
+         * @description Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job (without `event: status`), ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 50 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.
          */
         get: {
             parameters: {

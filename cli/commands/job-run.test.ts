@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Job, JobEvent } from "../api/client";
 import { parseCommandLine } from "../args";
 import { EXIT, UsageError } from "../errors";
-import { logText } from "../logs";
+import { logText, retryNote } from "../logs";
 import { COMMANDS } from ".";
 import { jobCreateBody, jobExitCode, jobSummary, stageOf } from "./job-run";
 import { jobDetails } from "./jobs";
@@ -164,6 +164,15 @@ describe("log lines as printed", () => {
     expect(logText({ line: "loss 0.3", node_rank: 0 }, 8)).toBe("loss 0.3");
     expect(logText({ line: "loss 0.3", node_rank: 0 }, 16)).toBe("[node 0] loss 0.3");
     expect(logText({ line: "ready", node_rank: 2 }, 24)).toBe("[node 2] ready");
+  });
+
+  it("a failed attempt waiting for its retry is said once the stream reports it; other statuses are not", () => {
+    const s = { status: "queued", attempts: 1, max_attempts: 3, exit_code: 3, failure_reason: "exit code 3" };
+    expect(retryNote(s)).toBe("attempt 1 failed: exit code 3; attempt 2 of 3 waits for its retry");
+    expect(retryNote({ ...s, status: "running" })).toBeNull();
+    // Queued before any attempt, or without a reason: nothing failed.
+    expect(retryNote({ ...s, attempts: 0 })).toBeNull();
+    expect(retryNote({ ...s, failure_reason: null })).toBeNull();
   });
 });
 

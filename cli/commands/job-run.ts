@@ -9,7 +9,7 @@ import { type Connection, type Job, type JobCreate, type JobEvent, type LogLine,
 import { type CommandSpec, intOption, type Parsed, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { CliError, EXIT } from "../errors";
-import { followLogs, logText, readLogs } from "../logs";
+import { followLogs, logText, readLogs, retryNote } from "../logs";
 import { duration } from "../output";
 import { createProgress, type Progress } from "../progress";
 import { parseDuration } from "../units";
@@ -257,7 +257,18 @@ export const jobsRun: CommandSpec<Context> = {
       if (!abort.signal.aborted) {
         let first = true;
         const onWait = (message: string) => progress.above(() => io.stderr(`${message}\n`));
+        // The status last shown (as a record with --json), so the stream's first repeats none.
+        let shownStatus = `${job.status}/${job.attempts}`;
         for await (const item of followLogs(conn, job.id, { signal: abort.signal, onWait })) {
+          if (item.kind === "status") {
+            const { status, attempts, failure_reason } = item.status;
+            if (`${status}/${attempts}` === shownStatus) continue;
+            shownStatus = `${status}/${attempts}`;
+            const note = retryNote(item.status);
+            if (ctx.json) emit({ type: "status", status, attempts, failure_reason });
+            else if (note) progress.above(() => io.stderr(`${note}\n`));
+            continue;
+          }
           if (first) {
             progress.stop();
             first = false;

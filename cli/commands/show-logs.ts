@@ -5,7 +5,7 @@
 import type { Connection } from "../api/client";
 import type { Context } from "../context";
 import { EXIT } from "../errors";
-import { followLogs, type LogOwner, readLogs } from "../logs";
+import { followLogs, type LogOwner, readLogs, retryNote } from "../logs";
 
 export async function showLogs<Line extends { stream: string }>(
   ctx: Context,
@@ -43,7 +43,11 @@ export async function showLogs<Line extends { stream: string }>(
     const onWait = (message: string) => io.stderr(`${message}\n`);
     for await (const item of followLogs(conn, id, { signal: abort.signal, owner: opts.owner, onWait })) {
       if (item.kind === "log") print(item.line as unknown as Line);
-      else if (!ctx.json) io.stderr(`${await opts.ended(item.status)}\n`);
+      else if (ctx.json) continue;
+      else if (item.kind === "status") {
+        const note = retryNote(item.status);
+        if (note) io.stderr(`${note}\n`);
+      } else io.stderr(`${await opts.ended(item.status)}\n`);
     }
   } finally {
     remove();

@@ -1,11 +1,12 @@
 /** Node tokens, the operator's node routes, and job logs shipped by agents and read by users. */
-import { env, SELF } from "cloudflare:test";
+import { env, runDurableObjectAlarm, SELF } from "cloudflare:test";
 import postgres from "postgres";
 import { describe, expect, it } from "vitest";
 import { AGENT_ROUTES } from "../../core/schemas";
 import { deliver } from "../../durable-objects/region-scheduler/outbox-postgres";
 import { openDb } from "../db/client";
 import { createLogger } from "../http/log";
+import { regionScheduler } from "../regions";
 import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
 import { openTail, renewTail } from "./log-tails";
 import { BASE, call, createKey, JOB, signUp, sql, type TestUser } from "./test-support";
@@ -41,6 +42,8 @@ function sseReader(res: Response) {
 /** A job of `user` with one run placed on `nodeId`, as the scheduler's outbox would record it. */
 async function jobOnNode(user: TestUser, nodeId: string, status = "running") {
   const job = (await call("POST", "/v1/jobs", user.token, { body: JOB })).json;
+  // The scheduler's outbox writes the job it queued now, not over the status set below.
+  await runDurableObjectAlarm(regionScheduler(env, job.region));
   const placementId = `pl-${crypto.randomUUID()}`;
   await sql("update jobs set status = $2 where id = $1", [job.id, status]);
   await sql(
@@ -436,6 +439,19 @@ describe("job logs", () => {
       ),
     ).toEqual(["booting", "training", "done"]);
     expect(events.at(-1)).toContain('"status":"succeeded"');
+    // The job's status first (after the lines read with it), then when it changed.
+    const statuses = events.filter((e) => e.startsWith("event: status")).map((e) => JSON.parse(e.split("data: ")[1]!));
+    expect(statuses.map((s) => s.status)).toEqual(["running", "succeeded"]);
+    expect(statuses[0]).toEqual({
+      status: "running",
+      attempts: 0,
+      max_attempts: 3,
+      exit_code: null,
+      failure_reason: null,
+    });
+    expect(events.findIndex((e) => e.startsWith("event: status"))).toBeGreaterThan(
+      events.findIndex((e) => e.includes("booting")),
+    );
 
     // Resuming from the id of the first event replays only what came after it.
     const firstId = logs[0]!
@@ -449,6 +465,37 @@ describe("job logs", () => {
     expect(resumedText).not.toContain("booting");
     expect(resumedText).toContain("training");
     expect(resumedText).toContain("event: end");
+  });
+});
+
+describe("a followed job's status (event: status)", () => {
+  it("says when a failed attempt waits for its retry, once per change", async () => {
+    const { user, jobId } = await jobWithALine();
+    const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${user.token}` },
+    });
+    const sse = sseReader(res);
+    expect(await sse.readUntil("event: status")).toBe(true);
+    // As the scheduler's outbox writes a failed attempt whose retry waits.
+    await sql(
+      "update jobs set status = 'queued', attempts = 1, exit_code = 3, failure_reason = 'exit code 3' where id = $1",
+      [jobId],
+    );
+    expect(await sse.readUntil('"failure_reason":"exit code 3"')).toBe(true);
+    await sse.reader.cancel();
+    const statuses = sse
+      .text()
+      .split("\n\n")
+      .filter((e) => e.startsWith("event: status"))
+      .map((e) => JSON.parse(e.split("data: ")[1]!));
+    expect(statuses).toHaveLength(2);
+    expect(statuses[1]).toEqual({
+      status: "queued",
+      attempts: 1,
+      max_attempts: 3,
+      exit_code: 3,
+      failure_reason: "exit code 3",
+    });
   });
 });
 

@@ -167,16 +167,24 @@ async function readLines(db: Db, source: LogSource, accountId: string, after: nu
   });
 }
 
+/** What a followed stream learns of its source at each poll. */
+interface SourceState {
+  /** The final status once the source has ended, else null. */
+  ended: string | null;
+  /** Sent as `event: status` whenever it changes (a job's status and attempts); none for endpoints. */
+  status?: Record<string, unknown>;
+}
+
 /**
  * A page of lines, or with `follow=true` a server-sent event stream that tails new lines until
- * `ended` says the source has ended (one more poll after that, for late lines) or 10 minutes pass.
+ * `watch` says the source has ended (one more poll after that, for late lines) or 10 minutes pass.
  */
 async function serveLogs(
   c: Context<ApiEnv>,
   source: LogSource,
   accountId: string,
   q: z.infer<typeof LogsQuery>,
-  ended: (db: Db) => Promise<string | null>,
+  watch: (db: Db) => Promise<SourceState>,
   pageSchema: typeof LogPage | typeof EndpointLogPage,
 ) {
   const lastEventId = c.req.header("last-event-id");
@@ -198,6 +206,7 @@ async function serveLogs(
     let cursor = after;
     // Agents may ship the last lines just after the end: one more poll once it has ended.
     let endedPolls = 0;
+    let statusSent = "";
     try {
       for (;;) {
         if (Date.now() - checked >= TAIL_CHECK_MS) {
@@ -215,7 +224,7 @@ async function serveLogs(
             return;
           }
         }
-        const status = await ended(tail);
+        const state = await watch(tail);
         // Drain everything there is; after the end this also picks up the last lines.
         for (;;) {
           const rows = await readLines(tail, source, accountId, cursor, 500, q.stream);
@@ -225,8 +234,14 @@ async function serveLogs(
           }
           if (rows.length < 500) break;
         }
-        if (status !== null && endedPolls++ >= 1) {
-          await stream.writeSSE({ event: "end", data: JSON.stringify({ status }) });
+        // After the lines read with it: an attempt's failure follows the lines it had shipped.
+        const status = state.status ? JSON.stringify(state.status) : "";
+        if (status !== statusSent) {
+          await stream.writeSSE({ event: "status", data: status });
+          statusSent = status;
+        }
+        if (state.ended !== null && endedPolls++ >= 1) {
+          await stream.writeSSE({ event: "end", data: JSON.stringify({ status: state.ended }) });
           return;
         }
         if (stream.aborted || Date.now() - started > MAX_STREAM_MS) {
@@ -254,7 +269,7 @@ jobLogsRouter.openapi(
     tags: ["Jobs"],
     summary: "Get a job's logs",
     description:
-      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 50 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
+      "Oldest first across all attempts. `follow=true` streams server-sent events (`event: log`, `id` usable as `cursor` or `Last-Event-ID`) until the job ends (`event: end`), with `event: status` (`status`, `attempts`, `max_attempts`, `exit_code`, `failure_reason`) first and whenever they change (a failed attempt waiting for its retry is `queued` with its `failure_reason`); a stream longer than 10 minutes ends with `event: reconnect`, one whose credentials are revoked with `event: error` (`access_revoked`); an account follows at most 50 streams at once (`429 too_many_log_streams`). Lines are kept for the deployment's log retention period after they arrive (`LOG_RETENTION_DAYS`, 30 days by default), then deleted.",
     security: BEARER,
     middleware: guard({ scope: "jobs:read" }),
     request: { params: IdParam, query: LogsQuery },
@@ -274,11 +289,22 @@ jobLogsRouter.openapi(
     const { id } = c.req.valid("param");
     const db = c.get("pg").db;
     await loadJob(db, account.id, id);
-    const ended = async (tail: Db) => {
-      const [current] = await tail.select({ status: jobs.status }).from(jobs).where(eq(jobs.id, id));
-      return TERMINAL_JOB_STATUSES.includes(current?.status as JobStatus) ? (current?.status ?? null) : null;
+    const watch = async (tail: Db): Promise<SourceState> => {
+      const [current] = await tail
+        .select({
+          status: jobs.status,
+          attempts: jobs.attempts,
+          max_attempts: jobs.maxAttempts,
+          exit_code: jobs.exitCode,
+          failure_reason: jobs.failureReason,
+        })
+        .from(jobs)
+        .where(eq(jobs.id, id));
+      if (!current) return { ended: null };
+      const ended = TERMINAL_JOB_STATUSES.includes(current.status as JobStatus) ? current.status : null;
+      return { ended, status: current };
     };
-    return serveLogs(c, { kind: "job", id }, account.id, c.req.valid("query"), ended, LogPage) as never;
+    return serveLogs(c, { kind: "job", id }, account.id, c.req.valid("query"), watch, LogPage) as never;
   },
 );
 
@@ -305,7 +331,7 @@ jobLogsRouter.openapi(
     tags: ["Endpoints"],
     summary: "Get an endpoint's logs",
     description:
-      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job, ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 50 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.",
+      "Its replicas' container output, oldest first across replicas and restarts. `follow=true` streams server-sent events as for a job (without `event: status`), ending (`event: end`) once the endpoint is deleted; a stream longer than 10 minutes ends with `event: reconnect`; revoked credentials and the limit of 50 open streams as for a job's. Kept for `LOG_RETENTION_DAYS` like a job's.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:read" }),
     request: { params: IdParam, query: LogsQuery },
@@ -324,10 +350,10 @@ jobLogsRouter.openapi(
     const account = requireAccount(c.get("caller"));
     const { id } = c.req.valid("param");
     await loadEndpoint(c.get("pg").db, account.id, id);
-    const ended = async (tail: Db) => {
+    const watch = async (tail: Db): Promise<SourceState> => {
       const [current] = await tail.select({ status: endpoints.status }).from(endpoints).where(eq(endpoints.id, id));
-      return current?.status === "deleted" ? "deleted" : null;
+      return { ended: current?.status === "deleted" ? "deleted" : null };
     };
-    return serveLogs(c, { kind: "endpoint", id }, account.id, c.req.valid("query"), ended, EndpointLogPage) as never;
+    return serveLogs(c, { kind: "endpoint", id }, account.id, c.req.valid("query"), watch, EndpointLogPage) as never;
   },
 );
