@@ -71,6 +71,61 @@ describe("run (in process)", () => {
   });
 });
 
+describe("jobs logs -f", () => {
+  it("says once that a failed attempt waits for its retry, also when the stream is resumed", async () => {
+    const id = "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11";
+    const status = (s: string, attempts: number, reason: string | null) =>
+      `event: status\ndata: ${JSON.stringify({ status: s, attempts, max_attempts: 2, exit_code: reason ? 3 : null, failure_reason: reason })}\n\n`;
+    const log = (attempt: number, seq: number, line: string) =>
+      `event: log\nid: c${attempt}${seq}\ndata: ${JSON.stringify({ placement_id: `p${attempt}`, attempt, node_rank: 0, seq, stream: "stdout", at: "2026-11-29T00:00:00.000Z", line })}\n\n`;
+    const streams = [
+      // Cut by the server (its 10 minutes) while the retry waits.
+      log(1, 0, "try 1") + status("queued", 1, "exit code 3") + "event: reconnect\nid: c10\ndata: {}\n\n",
+      status("queued", 1, "exit code 3") +
+        log(2, 0, "try 2") +
+        status("failed", 2, "exit code 3") +
+        'event: end\ndata: {"status":"failed"}\n\n',
+    ];
+    const failedJob = {
+      id,
+      status: "failed",
+      tier: "flex",
+      region: "us-west-1",
+      image: "busybox",
+      gpu_count: 1,
+      max_attempts: 2,
+      attempts: 2,
+      exit_code: 3,
+      failure_reason: "exit code 3",
+      dead_lettered: true,
+      placements: [],
+      created_at: "2026-11-29T00:00:00.000Z",
+      started_at: "2026-11-29T00:00:01.000Z",
+      finished_at: "2026-11-29T00:00:30.000Z",
+    };
+    const server = createServer((req, res) => {
+      if (req.url?.includes("/logs")) {
+        res.writeHead(200, { "content-type": "text/event-stream" }).end(streams.shift() ?? "");
+      } else res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(failedJob));
+    });
+    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+    try {
+      const c = capture({
+        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        SCALAR_API_KEY: "sk_test_ab12cd34_x",
+      });
+      expect(await run(["jobs", "logs", "-f", id], c.io), c.stderr()).toBe(0);
+      expect(c.stdout()).toBe("try 1\ntry 2\n");
+      expect(c.stderr().split("\n").slice(0, 2)).toEqual([
+        "attempt 1 failed: exit code 3; attempt 2 of 2 waits for its retry",
+        "--- attempt 2 ---",
+      ]);
+    } finally {
+      await new Promise((closed) => server.close(closed));
+    }
+  });
+});
+
 describe("an account on payment hold", () => {
   const hold = {
     since: "2026-12-15T01:17:00.000Z",

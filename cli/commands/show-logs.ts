@@ -41,12 +41,15 @@ export async function showLogs<Line extends { stream: string }>(
   const remove = io.onInterrupt(() => abort.abort());
   try {
     const onWait = (message: string) => io.stderr(`${message}\n`);
+    // A stream resumed after a cut repeats the status: each note once.
+    let noted = "";
     for await (const item of followLogs(conn, id, { signal: abort.signal, owner: opts.owner, onWait })) {
       if (item.kind === "log") print(item.line as unknown as Line);
       else if (ctx.json) continue;
       else if (item.kind === "status") {
         const note = retryNote(item.status);
-        if (note) io.stderr(`${note}\n`);
+        if (note && note !== noted) io.stderr(`${note}\n`);
+        noted = note ?? "";
       } else io.stderr(`${await opts.ended(item.status)}\n`);
     }
   } finally {
