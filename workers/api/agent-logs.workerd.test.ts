@@ -9,7 +9,7 @@ import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
 import { openTail, renewTail } from "./log-tails";
-import { BASE, call, createKey, JOB, signUp, sql, type TestUser } from "./test-support";
+import { BASE, call, createKey, JOB, orphanIdempotencyKey, signUp, sql, type TestUser } from "./test-support";
 
 const NODE = { gpu_model: "H100", cpu_milli: 64_000, memory_mib: 512_000 };
 
@@ -109,6 +109,17 @@ describe("operator node routes", () => {
 
     const duplicate = await call("POST", "/v1/operator/nodes", op.token, { body: { ...NODE, id: node.id } });
     expect(duplicate.status).toBe(409);
+    // A retry that takes over the key of a request that died after making a node (no id given):
+    // told which node was made, its token being gone; no second node.
+    const died = { "idempotency-key": `node-${crypto.randomUUID()}` };
+    const first = await call("POST", "/v1/operator/nodes", op.token, { body: NODE, headers: died });
+    await orphanIdempotencyKey(op.accountId, died["idempotency-key"]);
+    const retry = await call("POST", "/v1/operator/nodes", op.token, { body: NODE, headers: died });
+    expect([retry.status, retry.json.error.code, retry.json.error.details]).toEqual([
+      409,
+      "idempotency_secret_withheld",
+      { id: first.json.node.id, status: 201 },
+    ]);
     const filtered = await call("GET", `/v1/operator/nodes?state=provisioning&limit=100`, op.token);
     expect(filtered.json.data.map((n: { id: string }) => n.id)).toContain(node.id);
     const none = await call("GET", `/v1/operator/nodes?region=nowhere-1`, op.token);

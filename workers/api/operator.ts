@@ -11,6 +11,7 @@ import type { Caller } from "../auth/caller";
 import type { Db } from "../db/client";
 import { jobs, NODE_STATES, nodes } from "../db/schema";
 import { ApiError } from "../http/errors";
+import { secretWithheld } from "../http/idempotency";
 import { beforeCursor, cursorTime, decodeTimeCursor, encodeTimeCursor, page } from "../http/pagination";
 import { issueNodeToken, revokeNodeToken } from "../nodes/tokens";
 import { regionsOf } from "../regions";
@@ -293,7 +294,10 @@ operatorRouter.openapi(
     const body = c.req.valid("json");
     const region = servedRegion(c.env, body.region);
     const db = c.get("pg").db;
-    const id = body.id ?? `node-${crypto.randomUUID().slice(0, 8)}`;
+    // Without an id in the body, an Idempotency-Key chooses it: a retry that took over the key of a
+    // request that died after making the node learns which node it made (its token is gone).
+    const made = body.id === undefined ? c.get("idempotentId") : undefined;
+    const id = body.id ?? `node-${(made ?? crypto.randomUUID()).slice(0, 8)}`;
     const [created] = await db
       .insert(nodes)
       .values({
@@ -309,6 +313,10 @@ operatorRouter.openapi(
       .onConflictDoNothing()
       .returning();
     if (!created) {
+      if (made) {
+        c.set("secretAnswer", { id, status: 201 });
+        throw secretWithheld(id, 201);
+      }
       throw new ApiError(409, "node_exists", `node ${id} already exists`, {
         fields: [{ field: "id", message: "already exists", code: "node_exists" }],
       });
