@@ -584,6 +584,26 @@ describe("retries", () => {
     sim.sim.faults.clear();
   });
 
+  it("retries a 503 on a rate-limited path with its own backoff, not until the quota window's reset", async () => {
+    // SF Compute sends the window's RateLimit-* headers on every answer of a limited path.
+    let failures = 0;
+    const { client, attempts } = fresh(50_000_000, {
+      fetch: async (request) => {
+        if (new URL(request.url).pathname !== "/v0/quote" || failures++ > 0) return fetch(request);
+        const reset = String(Math.ceil(Date.now() / 1000) + 600);
+        return new Response(JSON.stringify({ error: { type: "api_error", message: "unavailable" } }), {
+          status: 503,
+          headers: { "RateLimit-Limit": "60", "RateLimit-Remaining": "59", "RateLimit-Reset": reset },
+        });
+      },
+    });
+    const quote = await client.quote({ side: "buy", quantity: 1, instance_type: "h100v", duration: 3600 });
+    expect(quote.quote).not.toBeNull();
+    expect(attempts.map((a) => a.status)).toEqual([503, 200]);
+    expect(attempts[0]!.advertisedDelayMs).toBeUndefined();
+    expect(attempts[0]!.retryInMs).toBeLessThanOrEqual(20);
+  });
+
   it("after a timeout on an order the server committed, the retry with the same key returns the same order", async () => {
     const { client, attempts } = fresh(50_000_000, { timeoutMs: 400 });
     sim.sim.faults.add({ action: "lose_response", lose: "hang", method: "POST", path: "/v0/orders" });

@@ -547,7 +547,7 @@ export class SfComputeClient {
       throw errorFromResponse(response.status, text, {
         method: spec.method,
         path: spec.path,
-        retryAfterMs: advertisedDelayMs(response.headers, this.now()),
+        retryAfterMs: advertisedDelayMs(response.headers, this.now(), response.status),
       });
     }
     if (spec.schema === null) return undefined as T;

@@ -26,8 +26,13 @@ export function backoffDelayMs(failures: number, policy: RetryPolicy, random: ()
   return Math.round(random() * ceiling);
 }
 
-/** The wait the server asked for, ms from `nowMs`, or null when it said nothing usable. */
-export function advertisedDelayMs(headers: Headers, nowMs: number): number | null {
+/**
+ * The wait the server asked for, ms from `nowMs`, or null when it said nothing usable.
+ * `Retry-After` and `retry-after-ms` count on any answer; `RateLimit-Reset` only on a 429 (or with
+ * `RateLimit-Remaining: 0`): SF Compute sends the quota window's headers on every answer of a
+ * limited path, and the window's end says nothing about when a 500 or 503 is worth trying again.
+ */
+export function advertisedDelayMs(headers: Headers, nowMs: number, status = 429): number | null {
   const ms = headers.get("retry-after-ms");
   if (ms !== null && /^\d+(\.\d+)?$/.test(ms.trim())) return Number(ms);
   const after = headers.get("retry-after");
@@ -37,7 +42,8 @@ export function advertisedDelayMs(headers: Headers, nowMs: number): number | nul
     const date = Date.parse(trimmed);
     if (!Number.isNaN(date)) return Math.max(0, date - nowMs);
   }
-  const reset = headers.get("ratelimit-reset");
+  const limited = status === 429 || headers.get("ratelimit-remaining")?.trim() === "0";
+  const reset = limited ? headers.get("ratelimit-reset") : null;
   if (reset !== null && /^\d+(\.\d+)?$/.test(reset.trim())) {
     const value = Number(reset);
     // Above ~2001-09-09 in seconds it is a timestamp, not a delay.

@@ -60,6 +60,14 @@ describe("retry delays", () => {
     expect(advertisedDelayMs(headers({ "retry-after": "soon" }), now)).toBeNull();
   });
 
+  it("reads RateLimit-Reset only on a 429 or an exhausted window: a 5xx on a limited path backs off as usual", () => {
+    const window = { "ratelimit-limit": "60", "ratelimit-reset": String(now / 1000 + 600) };
+    expect(advertisedDelayMs(headers({ ...window, "ratelimit-remaining": "0" }), now, 429)).toBe(600_000);
+    expect(advertisedDelayMs(headers({ ...window, "ratelimit-remaining": "59" }), now, 503)).toBeNull();
+    expect(advertisedDelayMs(headers({ ...window, "ratelimit-remaining": "0" }), now, 503)).toBe(600_000);
+    expect(advertisedDelayMs(headers({ ...window, "retry-after": "2" }), now, 503)).toBe(2000);
+  });
+
   it("backs off exponentially with full jitter up to a cap, and honours an advertised wait in full", () => {
     const policy = { ...DEFAULT_RETRY_POLICY, baseDelayMs: 100, maxDelayMs: 1000 };
     expect(backoffDelayMs(1, policy, () => 0.999)).toBe(100);
