@@ -7,6 +7,7 @@ import type { CancelResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount } from "../auth/caller";
 import { sealEnv } from "../auth/env-secrets";
 import type { Db } from "../db/client";
+import { pgError } from "../db/pg-error";
 import { inlineRow, literal, mapColumns, pipelinedTransaction, pipelinedWrite } from "../db/round-trips";
 import { auditLog, jobRuns, jobSubmissions, jobs } from "../db/schema";
 import { ApiError } from "../http/errors";
@@ -217,7 +218,8 @@ jobsRouter.openapi(
         });
       }
     } catch (error) {
-      if (made && (error as { code?: unknown } | null)?.code === "23505") {
+      // 23505: the job's id, which the Idempotency-Key chose, is taken (by the request that died).
+      if (made && pgError(error)?.code === "23505") {
         const existing = await loadJob(db, account.id, id).catch(() => null);
         if (existing) {
           c.header("Idempotency-Replayed", "true");

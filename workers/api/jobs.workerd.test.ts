@@ -519,6 +519,28 @@ describe("Idempotency-Key", () => {
     expect(again.headers.get("idempotency-replayed")).toBe("true");
   });
 
+  it("answers a takeover retry with its job on a spend-capped account too (the two-round-trip path)", async () => {
+    // The spend cap is checked between the insert and the COMMIT, through drizzle, which wraps the
+    // unique violation of the job's id (DrizzleQueryError, with Postgres's error as its cause).
+    const user = await signUp({ monthly_spend_cap_cents: 1_000_000 });
+    const headers = { "idempotency-key": `died-${crypto.randomUUID()}` };
+    const first = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(first.status).toBe(202);
+    await orphanIdempotencyKey(user.accountId, headers["idempotency-key"]);
+    const retry = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(retry.json.error).toBeUndefined();
+    expect(retry.status).toBe(202);
+    expect(retry.json.id).toBe(first.json.id);
+    expect(retry.headers.get("idempotency-replayed")).toBe("true");
+    // One more retry: still that job, and still one job.
+    const again = await call("POST", "/v1/jobs", user.token, { body: JOB, headers });
+    expect(again.json.id).toBe(first.json.id);
+    const [count] = await sql<{ n: number }>("select count(*)::int as n from jobs where account_id = $1", [
+      user.accountId,
+    ]);
+    expect(count!.n).toBe(1);
+  });
+
   it("refuses a secret with 503 secrets_unavailable when the deployment has no sealing key, storing nothing", async () => {
     const user = await signUp();
     const worker = (await import("../index")).default;

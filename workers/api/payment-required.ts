@@ -8,6 +8,7 @@
 import { type SQL, sql } from "drizzle-orm";
 import type { Caller } from "../auth/caller";
 import type { Db } from "../db/client";
+import { pgError } from "../db/pg-error";
 import { literal } from "../db/round-trips";
 import type { PaymentHold } from "../db/schema";
 import { ApiError } from "../http/errors";
@@ -71,12 +72,10 @@ export function paymentHoldCheck(accountId: string): SQL {
 
 /**
  * The API's payment_required error for the database error `paymentHoldCheck` raises (as postgres.js
- * throws it, or as its `cause` when drizzle ran the statement); null for any other.
+ * throws it, or as its `cause` when drizzle ran the statement: `pgError`); null for any other.
  */
 export function paymentHoldError(error: unknown, billing: boolean): ApiError | null {
-  type PgError = { code?: unknown; detail?: unknown; cause?: unknown } | null;
-  const outer = error as PgError;
-  const e = outer?.code === undefined ? (outer?.cause as PgError) : outer;
+  const e = pgError(error);
   if (e?.code !== "SQ002" || typeof e.detail !== "string") return null;
   return paymentRequired(JSON.parse(e.detail) as PaymentHold, billing);
 }

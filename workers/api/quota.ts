@@ -12,6 +12,7 @@ import { centsFor, jobCeilingCents, usageCostCents, worstCasePriceCents } from "
 import type { GpuModel, Tier } from "../../core/schemas";
 import type { AccountContext } from "../auth/caller";
 import type { Db } from "../db/client";
+import { pgError } from "../db/pg-error";
 import { literal } from "../db/round-trips";
 import type { PaymentHold } from "../db/schema";
 import { ApiError } from "../http/errors";
@@ -164,9 +165,9 @@ export function gpuQuotaCheck(account: AccountContext, requested: number): SQL {
     ${n(requested)}, ${n(account.maxConcurrentGpus)})`;
 }
 
-/** The API's gpu_quota_exceeded error for the database error `gpuQuotaCheck` raises; null for any other error. */
+/** The API's gpu_quota_exceeded error for the database error `gpuQuotaCheck` raises (`pgError`); null for any other. */
 export function gpuQuotaError(account: AccountContext, demand: Demand, error: unknown): ApiError | null {
-  const e = error as { code?: unknown; detail?: unknown } | null;
+  const e = pgError(error);
   if (e?.code !== "SQ001" || typeof e.detail !== "string") return null;
   const { in_use } = JSON.parse(e.detail) as { in_use: number | string };
   return gpuQuotaExceeded(account, Number(in_use), demand.gpus);
