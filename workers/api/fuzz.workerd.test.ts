@@ -219,3 +219,38 @@ describe("text Postgres cannot store", () => {
     expect(fine.status).toBe(202);
   });
 });
+
+describe("deeply nested bodies", () => {
+  it("refuses a body nested past the limit with 400 too_deep, and validates one at the limit as usual", async () => {
+    const user = await signUp();
+    const raw = { "content-type": "application/json" };
+    const deep = (inner: string, depth: number) => "[".repeat(depth) + inner + "]".repeat(depth);
+    // Past the limit: before the idempotency hash or the text check walks it (a stack overflow, a 500).
+    const keyed = await call("POST", "/v1/jobs", user.token, {
+      raw: deep("", 20_000),
+      headers: { ...raw, "idempotency-key": "deep" },
+    });
+    const escaped = await call("PATCH", `/v1/endpoints/${crypto.randomUUID()}`, user.token, {
+      raw: deep('"\\u0041"', 20_000),
+      headers: raw,
+    });
+    for (const res of [keyed, escaped]) {
+      expect(res.status).toBe(400);
+      expect(res.json.error).toMatchObject({
+        code: "invalid_request",
+        details: { location: "body", max_depth: 64, fields: [{ field: "body", code: "too_deep" }] },
+      });
+    }
+    // At the limit (the job object, `labels`, then 62 arrays): the route's own answer about the label.
+    const atLimit = `{"image":"busybox","gpu_count":1,"labels":{"team":${deep('"\\u0041"', 62)}}}`;
+    const valid = await call("POST", "/v1/jobs", user.token, {
+      raw: atLimit,
+      headers: { ...raw, "idempotency-key": "d" },
+    });
+    expect(valid.status).toBe(400);
+    expect(valid.json.error.details.fields[0]).toMatchObject({ field: "labels.team" });
+    const past = `{"image":"busybox","gpu_count":1,"labels":{"team":${deep("", 63)}}}`;
+    const refused = await call("POST", "/v1/jobs", user.token, { raw: past, headers: raw });
+    expect(refused.json.error.details.fields[0]).toMatchObject({ field: "body", code: "too_deep" });
+  });
+});

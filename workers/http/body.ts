@@ -1,7 +1,7 @@
 /**
  * Request bodies: a size cap (413), JSON only (415), parsed once so malformed JSON is a 400 that says
- * where it broke. The text stays cached on the request, so the route's zod validator and the
- * idempotency hash read the same bytes.
+ * where it broke, and nested at most `MAX_BODY_DEPTH` deep. The text stays cached on the request, so
+ * the route's zod validator and the idempotency hash read the same bytes.
  */
 import type { MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -19,6 +19,30 @@ export const limitBody: MiddlewareHandler = bodyLimit({
     });
   },
 });
+
+/**
+ * Arrays and objects inside one another, at most. `JSON.parse` takes any depth, but what walks the
+ * parsed value after it (the idempotency hash's canonical JSON, the text check, validators) recurses:
+ * some thousands of levels, a few kilobytes of `[`, overflow the stack (a 500).
+ */
+export const MAX_BODY_DEPTH = 64;
+
+/** Whether a JSON text nests arrays and objects deeper than `max`: one pass, no recursion. */
+function nestsDeeperThan(text: string, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (inString) {
+      if (ch === "\\") i++;
+      else if (ch === '"') inString = false;
+    } else if (ch === '"') inString = true;
+    else if (ch === "[" || ch === "{") {
+      if (++depth > max) return true;
+    } else if (ch === "]" || ch === "}") depth--;
+  }
+  return false;
+}
 
 /**
  * The JSON types the routes' own body validators take (the media-type gate of @hono/zod-openapi):
@@ -47,6 +71,13 @@ export const jsonBody: MiddlewareHandler = async (c, next) => {
     JSON.parse(text);
   } catch (error) {
     throw new ApiError(400, "invalid_json", `request body is not valid JSON: ${(error as Error).message}`);
+  }
+  if (nestsDeeperThan(text, MAX_BODY_DEPTH)) {
+    throw new ApiError(400, "invalid_request", `request body nests arrays and objects deeper than ${MAX_BODY_DEPTH}`, {
+      location: "body",
+      max_depth: MAX_BODY_DEPTH,
+      fields: [{ field: "body", message: `nested at most ${MAX_BODY_DEPTH} deep`, code: "too_deep" }],
+    });
   }
   return next();
 };
