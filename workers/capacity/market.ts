@@ -14,7 +14,7 @@ import {
   renderNodeBootScript,
 } from "../../core/schemas/node-boot";
 import type { SfComputeClient } from "../sfcompute/client";
-import type { ActiveContract, Node } from "../sfcompute/schemas";
+import type { ShapedContract, Node } from "../sfcompute/schemas";
 
 /** Nodes alike in zone, start and end (epoch ms): their contracts cannot be told apart. */
 export function saleGroupKey(zone: string | null | undefined, startAt: number, endAt: number): string {
@@ -25,7 +25,7 @@ export function nodeSaleGroup(node: Node): string {
   return saleGroupKey(node.zone, (node.start_at ?? 0) * 1000, (node.end_at ?? 0) * 1000);
 }
 
-export function contractSaleGroup(contract: ActiveContract): string {
+export function contractSaleGroup(contract: ShapedContract): string {
   const times = contract.shape.intervals.map((t) => Date.parse(t));
   return saleGroupKey(contract.zone, times[0] ?? 0, times[times.length - 1] ?? 0);
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestSimulator, type TestSimulator } from "../../tools/sfcompute-sim/testing";
 import { type AttemptInfo, SfComputeClient, type SfComputeClientOptions } from "./client";
 import { isSfComputeError, type SfComputeError } from "./errors";
-import type { ActiveContract } from "./schemas";
+import { Contract as ContractSchema, type ShapedContract } from "./schemas";
 import {
   alignBlock,
   blockCents,
@@ -90,7 +90,7 @@ describe("v0 market: happy paths", () => {
 
     const contracts = await client.listContracts({ instance_type: "h100v" });
     expect(contracts).toHaveLength(1);
-    const contract = contracts[0] as ActiveContract;
+    const contract = contracts[0] as ShapedContract;
     expect(contract.shape.quantities).toEqual([2, 0]);
     expect(contract.shape.intervals[1]).toBe(order.end_at);
     expect(await client.getContract(contract.id)).toEqual(contract);
@@ -135,7 +135,7 @@ describe("v0 market: happy paths", () => {
     });
     sim.advance(1000);
     expect((await client.getOrder(buy.id)).status).toBe("filled");
-    const [contract] = (await client.listContracts()) as ActiveContract[];
+    const [contract] = (await client.listContracts()) as ShapedContract[];
     const before = (await client.balance()).current_balance_cents;
     const sellQuote = await client.quote({
       side: "sell",
@@ -157,7 +157,7 @@ describe("v0 market: happy paths", () => {
     const sold = await client.getOrder(sell.id);
     expect(sold.status).toBe("filled");
     expect((await client.balance()).current_balance_cents).toBeGreaterThan(before);
-    const after = (await client.getContract(contract!.id)) as ActiveContract;
+    const after = (await client.getContract(contract!.id)) as ShapedContract;
     expect(after.shape.quantities).toEqual([1, 2, 0]);
   });
 
@@ -502,6 +502,28 @@ describe("documented errors", () => {
     const client = new SfComputeClient({ baseUrl: sim.url, token: "wrong", onAttempt: (a) => attempts.push(a) });
     expect(await failure(client.balance())).toMatchObject({ status: 401, code: "authentication_error" });
     expect(attempts).toHaveLength(1);
+  });
+});
+
+describe("contract forms", () => {
+  it("keeps the shape of a pending contract in the full form, and reads the bare pending form", () => {
+    const full = {
+      object: "contract",
+      id: "cont_x",
+      status: "pending",
+      created_at: "2026-03-02T16:00:00Z",
+      instance_type: "h100v",
+      shape: { intervals: ["2026-03-02T17:00:00Z", "2026-03-02T19:00:00Z"], quantities: [1, 0] },
+      state: "Upcoming",
+      is_node: true,
+      zone: "hayesvalley",
+    };
+    expect(ContractSchema.parse(full)).toMatchObject({ status: "pending", shape: full.shape, is_node: true });
+    expect(ContractSchema.parse({ object: "contract", id: "cont_y", status: "pending" })).toEqual({
+      object: "contract",
+      id: "cont_y",
+      status: "pending",
+    });
   });
 });
 

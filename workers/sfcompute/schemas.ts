@@ -86,10 +86,11 @@ export const ContractShape = z.object({
   quantities: z.array(z.number().int().nonnegative()),
 });
 
-export const ActiveContract = z.object({
+/** A contract with its shape: `active`, or `pending` in the full form (reference §5.2). */
+export const ShapedContract = z.object({
   object: z.literal("contract"),
   id: z.string(),
-  status: z.literal("active"),
+  status: z.enum(["active", "pending"]),
   created_at: z.string(),
   instance_type: z.string(),
   shape: ContractShape,
@@ -100,14 +101,17 @@ export const ActiveContract = z.object({
   colocate_with: z.array(z.string()).nullish(),
   procurement_id: z.string().nullish(),
 });
-/** A contract just created may come back with no shape yet (reference §5.2). */
+/**
+ * A contract just created may come back with no shape yet (an older CLI type, reference §5.2).
+ * Tried after the shaped form, so a shaped pending contract keeps its shape.
+ */
 export const PendingContract = z.object({
   object: z.literal("contract"),
   id: z.string(),
   status: z.literal("pending"),
 });
-export const Contract = z.union([ActiveContract, PendingContract]);
-export type ActiveContract = z.infer<typeof ActiveContract>;
+export const Contract = z.union([ShapedContract, PendingContract]);
+export type ShapedContract = z.infer<typeof ShapedContract>;
 export type Contract = z.infer<typeof Contract>;
 
 export const NO_QUOTE_REASONS = [
