@@ -6,7 +6,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, asc, eq, gt, inArray, type SQL } from "drizzle-orm";
 import { requireAccount } from "../auth/caller";
 import { JOB_EVENT_TYPES, jobEvents } from "../db/schema";
-import { decodeSeqCursor, encodeSeqCursor, page } from "../http/pagination";
+import { decodeSeqCursor, encodeSeqCursor, MAX_INT4, page } from "../http/pagination";
 import { loadJob } from "./job-rows";
 import { BEARER, createRouter, errors, guard, respond } from "./router";
 import { IdParam, pageOf, Timestamp } from "./schemas";
@@ -64,7 +64,7 @@ jobEventsRouter.openapi(
     const q = c.req.valid("query");
     const db = c.get("pg").db;
     await loadJob(db, account.id, id);
-    const after = decodeSeqCursor(q.cursor) ?? 0;
+    const after = decodeSeqCursor(q.cursor, MAX_INT4) ?? 0; // `job_events.seq` is an integer
     const where: SQL[] = [eq(jobEvents.jobId, id), eq(jobEvents.accountId, account.id), gt(jobEvents.seq, after)];
     if (q.type) where.push(inArray(jobEvents.type, q.type.split(",")));
     const rows = await db

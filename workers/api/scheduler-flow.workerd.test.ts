@@ -15,6 +15,7 @@ import { newKeyEntry, sealEnv } from "../auth/env-secrets";
 import { withDb } from "../db/client";
 import { jobs } from "../db/schema";
 import { createLogger } from "../http/log";
+import { encodeSeqCursor } from "../http/pagination";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
 import { forwardCancels, recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
@@ -145,6 +146,10 @@ describe("a job from submission to success", () => {
     expect([...firstTwo.json.data, ...rest.json.data].map((e: { seq: number }) => e.seq)).toEqual(
       events.json.data.map((e: { seq: number }) => e.seq),
     );
+    // A forged cursor past the int4 `seq` column is one this API never returned (not Postgres's 500).
+    const forged = await call("GET", `/v1/jobs/${job.id}/events?cursor=${encodeSeqCursor(2 ** 31)}`, user.token);
+    expect(forged.status).toBe(400);
+    expect(forged.json.error.code).toBe("invalid_cursor");
     const onlyPlaced = await call("GET", `/v1/jobs/${job.id}/events?type=placed`, user.token);
     expect(onlyPlaced.json.data.map((e: { type: string }) => e.type)).toEqual(["placed"]);
     const lines = await call("GET", `/v1/jobs/${job.id}/logs`, user.token);

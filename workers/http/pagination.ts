@@ -67,11 +67,15 @@ export function encodeSeqCursor(id: number): string {
   return encode({ after: id });
 }
 
-export function decodeSeqCursor(cursor: string | undefined): number | null {
+/** The largest value of a Postgres `integer` (int4) column. */
+export const MAX_INT4 = 2_147_483_647;
+
+/** `max`: the largest value the list's column holds, so a forged larger one is refused here, not by Postgres. */
+export function decodeSeqCursor(cursor: string | undefined, max = Number.MAX_SAFE_INTEGER): number | null {
   if (cursor === undefined) return null;
-  const value = decode(cursor) as { after?: unknown } | null;
-  if (typeof value?.after !== "number" || !Number.isSafeInteger(value.after) || value.after < 0) throw invalidCursor();
-  return value.after;
+  const after = (decode(cursor) as { after?: unknown } | null)?.after;
+  if (typeof after !== "number" || !Number.isSafeInteger(after) || after < 0 || after > max) throw invalidCursor();
+  return after;
 }
 
 /** Fetch `limit + 1` rows; this trims the extra one and says whether there is a next page. */
