@@ -272,7 +272,7 @@ endpointsRouter.openapi(
           endpoint_id: clash.id,
         });
       }
-      await enforceQuota(tx, account, endpointDemand(body));
+      await enforceQuota(tx, account, endpointDemand(body), readsBilling(caller));
       const [inserted] = await tx
         .insert(endpoints)
         .values({
@@ -475,10 +475,15 @@ endpointsRouter.openapi(
       // start more replicas, or dearer ones, is new work.
       if (grows || next.minReplicas > current.minReplicas) refuseHeld(hold, readsBilling(caller));
       if (grows) {
-        await enforceQuota(tx, account, {
-          gpus: Math.max(0, after.gpus - before.gpus),
-          ceilingCents: Math.max(0, after.ceilingCents - before.ceilingCents),
-        });
+        await enforceQuota(
+          tx,
+          account,
+          {
+            gpus: Math.max(0, after.gpus - before.gpus),
+            ceilingCents: Math.max(0, after.ceilingCents - before.ceilingCents),
+          },
+          readsBilling(caller),
+        );
       }
       const [updated] = await tx
         .update(endpoints)

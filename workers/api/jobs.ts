@@ -213,7 +213,7 @@ jobsRouter.openapi(
               quota: sql<QuotaGroup[]>`(select coalesce(json_agg(quota), '[]'::json) from quota)`,
             });
           const { quota: groups, holdOk: _held, ...job } = inserted!;
-          checkQuota(account, quotaUseOf(groups), demand);
+          checkQuota(account, quotaUseOf(groups), demand, readsBilling(caller));
           return job;
         });
       }

@@ -6,7 +6,7 @@ import { createLogger } from "../http/log";
 import { encodeTimeCursor } from "../http/pagination";
 import { expireIdempotencyKeysTask } from "./housekeeping";
 import { poll, retire, startNode } from "./test-agent";
-import { call, createKey, JOB, orphanIdempotencyKey, rateLimitOverride, signUp, sql } from "./test-support";
+import { addMember, call, createKey, JOB, orphanIdempotencyKey, rateLimitOverride, signUp, sql } from "./test-support";
 
 describe("POST /v1/jobs", () => {
   it("stores the job queued, never returns secret values, and audits it", async () => {
@@ -854,6 +854,27 @@ describe("quotas", () => {
     const refused = await call("POST", "/v1/jobs", other.token, { body: job });
     expect(refused.status).toBe(402);
     expect(refused.json.error.details.month_to_date_cents).toBe(30);
+  });
+
+  it("shows spend_cap_exceeded's month-to-date amounts only to callers who may read billing", async () => {
+    const owner = await signUp({ monthly_spend_cap_cents: 300 });
+    const job = { ...JOB, gpu_models: ["H100"], max_runtime_s: 3600 };
+    expect((await call("POST", "/v1/jobs", owner.token, { body: job })).status).toBe(202);
+    const member = await addMember(owner.accountId, "member");
+    const key = await createKey(owner.token, ["jobs:write"]);
+    for (const [token, account] of [
+      [member.token, owner.accountId],
+      [key.secret, undefined],
+    ] as const) {
+      const refused = await call("POST", "/v1/jobs", token, { body: job, account });
+      expect(refused.status).toBe(402);
+      expect(refused.json.error).toMatchObject({
+        code: "spend_cap_exceeded",
+        details: { cap_cents: 300, month_to_date_cents: null, committed_cents: null, requested_ceiling_cents: 179 },
+      });
+    }
+    const shown = await call("POST", "/v1/jobs", owner.token, { body: job });
+    expect(shown.json.error.details).toMatchObject({ month_to_date_cents: 0, committed_cents: 179 });
   });
 
   it("counts this month's share of a run that began last month, and endpoint replicas still running", async () => {

@@ -182,13 +182,20 @@ function gpuQuotaExceeded(account: AccountContext, inUse: number, requested: num
   );
 }
 
-/** Refuse work beyond the account's GPU cap or spend cap, with a code of its own for each. */
-export async function enforceQuota(tx: Tx, account: AccountContext, demand: Demand): Promise<void> {
-  checkQuota(account, await quotaUse(tx, account.id), demand);
+/**
+ * Refuse work beyond the account's GPU cap or spend cap, with a code of its own for each (`billing`:
+ * the caller may read billing, as `checkQuota`).
+ */
+export async function enforceQuota(tx: Tx, account: AccountContext, demand: Demand, billing: boolean): Promise<void> {
+  checkQuota(account, await quotaUse(tx, account.id), demand, billing);
 }
 
-/** Throws the quota error when `demand` on top of `use` goes past a cap. */
-export function checkQuota(account: AccountContext, use: QuotaUse, demand: Demand): void {
+/**
+ * Throws the quota error when `demand` on top of `use` goes past a cap. The spend cap's month-to-date
+ * and committed amounts only to callers who may read billing (`billing`: `billing:read`, as
+ * `GET /v1/me`'s month-to-date); others get them null.
+ */
+export function checkQuota(account: AccountContext, use: QuotaUse, demand: Demand, billing: boolean): void {
   if (use.gpusInUse + demand.gpus > account.maxConcurrentGpus) {
     throw gpuQuotaExceeded(account, use.gpusInUse, demand.gpus);
   }
@@ -200,8 +207,8 @@ export function checkQuota(account: AccountContext, use: QuotaUse, demand: Deman
       `this could take the month's spend past the account's cap of ${cap} cents`,
       {
         cap_cents: cap,
-        month_to_date_cents: use.monthToDateCents,
-        committed_cents: use.committedCents,
+        month_to_date_cents: billing ? use.monthToDateCents : null,
+        committed_cents: billing ? use.committedCents : null,
         requested_ceiling_cents: demand.ceilingCents,
       },
     );
