@@ -247,13 +247,21 @@ export class SfComputeClient {
 
   private placeOrder(body: Record<string, unknown>, idempotencyKey?: string): Promise<CreatedOrder> {
     const key = idempotencyKey ?? crypto.randomUUID();
-    return this.request({
+    const spec: RequestSpec<CreatedOrder> = {
       method: "POST",
       path: "/v0/orders",
       body,
       headers: { "Idempotency-Key": key },
       schema: CreatedOrder,
-    });
+    };
+    // A 409 is retried too, as SF Compute's own SDK does: with the key reused it cannot place a
+    // second order, and it may mean an earlier attempt with this key is still being processed.
+    return this.retrying(
+      spec.method,
+      spec.path,
+      () => this.once(spec),
+      (error) => error.status === 409,
+    );
   }
 
   getOrder(id: string): Promise<Order> {

@@ -89,7 +89,9 @@ export async function placeJournaledOrder(
     return updated!;
   } catch (error) {
     // A refusal (4xx) is final; anything else leaves the row `placing`, to resume with the same key.
-    const refused = isSfComputeError(error) && error.status >= 400 && error.status < 500 && !error.transient;
+    // A 409 is not a refusal: it may be this key's earlier attempt still in progress at SF Compute.
+    const refused =
+      isSfComputeError(error) && error.status >= 400 && error.status < 500 && error.status !== 409 && !error.transient;
     const [updated] = await db
       .update(marketOrders)
       .set({

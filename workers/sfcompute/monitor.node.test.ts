@@ -98,6 +98,22 @@ describe.skipIf(!has("postgres"))("market monitoring", () => {
     expect(sim.sim.engine.market.orders.get(first.sfOrderId!)?.idempotencyKey).toBe(keyed.idempotencyKey);
   });
 
+  it("retries a 409 on a keyed order, and leaves an order still answered 409 placing to resume by its key", async () => {
+    sim.sim.faults.add({ action: "error", status: 409, method: "POST", path: "/v0/orders" });
+    const row = await placeJournaledOrder(db, client, intent({ idempotencyKey: `conflict-${randomUUID()}` }), simNow());
+    expect(row).toMatchObject({ status: "pending", sfOrderId: expect.stringMatching(/^ordr_/) });
+
+    sim.sim.faults.add({ action: "error", status: 409, method: "POST", path: "/v0/orders", times: 10 });
+    const keyed = intent({ idempotencyKey: `conflict-${randomUUID()}` });
+    const answered = await placeJournaledOrder(db, client, keyed, simNow()).catch((error: unknown) => error);
+    sim.sim.faults.clear();
+    expect(answered).toMatchObject({ status: 409 });
+    const [stuck] =
+      await database.sql`select status from market_orders where idempotency_key = ${keyed.idempotencyKey!}`;
+    expect(stuck).toMatchObject({ status: "placing" });
+    expect(await placeJournaledOrder(db, client, keyed, simNow())).toMatchObject({ status: "pending" });
+  });
+
   it("marks a refused order failed with the reason", async () => {
     const row = await placeJournaledOrder(
       db,
