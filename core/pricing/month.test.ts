@@ -10,13 +10,14 @@ describe("months", () => {
       endMs: Date.parse("2026-12-01T00:00:00Z"),
     });
     expect(monthBounds("2026-12")?.endMs).toBe(Date.parse("2027-01-01T00:00:00Z"));
-    // Years below 100 are those years, not 1900–1999 (Date.UTC's reading).
+    // Years below 100 are those years, not 1900–1999 (Date.UTC's reading); year 0 (no year in Postgres) is none.
     expect(monthBounds("0099-12")).toMatchObject({
       startMs: Date.parse("0099-12-01T00:00:00Z"),
       endMs: Date.parse("0100-01-01T00:00:00Z"),
     });
     expect(monthOf(monthBounds("0099-12")!.startMs)).toBe("0099-12");
-    for (const bad of ["2026-13", "2026-00", "2026-1", "26-11", "2026-11-01", ""]) expect(monthBounds(bad)).toBeNull();
+    for (const bad of ["2026-13", "2026-00", "2026-1", "26-11", "2026-11-01", "0000-01", ""])
+      expect(monthBounds(bad)).toBeNull();
     expect(monthOf(Date.parse("2026-11-30T23:59:59.999Z"))).toBe("2026-11");
     expect(monthOf(Date.parse("2026-12-01T00:00:00Z"))).toBe("2026-12");
   });

@@ -1,6 +1,7 @@
 /** Calendar months (UTC), as bills count them: `YYYY-MM` ↔ [start, end) in epoch milliseconds. */
 
-export const MONTH_PATTERN = /^(\d{4})-(0[1-9]|1[0-2])$/;
+/** From 0001-01: Postgres (a `::timestamptz`) has no year 0. */
+export const MONTH_PATTERN = /^(?!0000)(\d{4})-(0[1-9]|1[0-2])$/;
 
 export interface MonthBounds {
   month: string;

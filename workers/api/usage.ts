@@ -56,7 +56,7 @@ usageRouter.openapi(
       query: z.strictObject({
         month: z
           .string()
-          .regex(MONTH_PATTERN, "a month as YYYY-MM")
+          .regex(MONTH_PATTERN, "a month as YYYY-MM, from 0001-01")
           .optional()
           .openapi({ example: "2026-11", description: "`YYYY-MM` (UTC); this month when absent." }),
       }),

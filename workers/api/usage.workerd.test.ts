@@ -93,6 +93,10 @@ describe("usage", () => {
     const bad = await call("GET", "/v1/usage?month=2026-13", owner.token);
     expect(bad.status).toBe(400);
     expect(bad.json.error.details.fields[0].field).toBe("month");
+    // Postgres has no year 0.
+    const yearZero = await call("GET", "/v1/usage?month=0000-01", owner.token);
+    expect(yearZero.status).toBe(400);
+    expect(yearZero.json.error.details.fields[0].field).toBe("month");
     const future = await call("GET", "/v1/usage?month=2999-01", owner.token);
     expect(future.status).toBe(400);
     expect(future.json.error.details.fields[0]).toMatchObject({ field: "month", code: "future_month" });
