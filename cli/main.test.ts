@@ -238,6 +238,35 @@ describe("endpoints invoke -i", () => {
   });
 });
 
+describe("endpoints invoke: a redirect", () => {
+  it("is the replica's answer, printed with its Location and exit 0, not followed", async () => {
+    const seen: string[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.url ?? "");
+      if (req.url === "/v1/endpoints/web/invoke/dir") {
+        res.writeHead(302, { location: "/elsewhere", "scalar-replica": "ep#0" }).end("moved\n");
+        return;
+      }
+      res
+        .writeHead(404, { "content-type": "application/json" })
+        .end(JSON.stringify({ error: { code: "not_found", message: "no route" } }));
+    });
+    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+    try {
+      const c = capture({
+        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        SCALAR_API_KEY: "sk_test_ab12cd34_x",
+      });
+      expect(await run(["endpoints", "invoke", "web", "/dir"], c.io), c.stderr()).toBe(0);
+      expect(c.stdout()).toBe("moved\n");
+      expect(c.stderr()).toBe("the endpoint answered HTTP 302, location /elsewhere (replica ep#0)\n");
+      expect(seen).toEqual(["/v1/endpoints/web/invoke/dir"]);
+    } finally {
+      await new Promise((closed) => server.close(closed));
+    }
+  });
+});
+
 describe("endpoints invoke --ws", () => {
   /**
    * The API's invoke route as the CLI sees it: a WebSocket server on /v1/endpoints/web/invoke/…

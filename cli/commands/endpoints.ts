@@ -320,9 +320,12 @@ export const endpointsInvoke: CommandSpec<Context> = {
       : undefined;
     let res: Response;
     try {
+      // A redirect is the replica's answer, to print: followed, its Location (often a path of the
+      // replica's own) would be asked of the API, or of another host with these headers.
       res = await conn.fetch(`/v1/endpoints/${encodeURIComponent(ref)}/invoke${path}`, {
         method,
         headers,
+        redirect: "manual",
         ...(body !== undefined ? { body } : {}),
       });
     } finally {
@@ -355,7 +358,14 @@ export const endpointsInvoke: CommandSpec<Context> = {
         else ctx.io.stdout(decoder.decode(chunk, { stream: true }));
       }
     }
-    if (res.ok) return EXIT.ok;
+    if (res.status < 300) return EXIT.ok;
+    if (res.status < 400) {
+      const location = res.headers.get("location");
+      ctx.io.stderr(
+        `the endpoint answered HTTP ${res.status}${location ? `, location ${location}` : ""} (replica ${replica})\n`,
+      );
+      return EXIT.ok;
+    }
     ctx.io.stderr(`the endpoint answered HTTP ${res.status} (replica ${replica})\n`);
     return EXIT.error;
   },
