@@ -246,7 +246,7 @@ operatorRouter.openapi(
   }),
   async (c) => {
     const q = c.req.valid("query");
-    const cursor = decodeTimeCursor(q.cursor, false);
+    const cursor = decodeTimeCursor(q.cursor, NODE_ID);
     const where: SQL[] = [];
     if (q.region) where.push(eq(nodes.region, q.region));
     if (q.state) where.push(eq(nodes.state, q.state));

@@ -15,7 +15,7 @@ import { newKeyEntry, sealEnv } from "../auth/env-secrets";
 import { withDb } from "../db/client";
 import { jobs } from "../db/schema";
 import { createLogger } from "../http/log";
-import { encodeSeqCursor } from "../http/pagination";
+import { encodeSeqCursor, encodeTimeCursor } from "../http/pagination";
 import { regionScheduler } from "../regions";
 import { reconcileEndpoints } from "./endpoints";
 import { forwardCancels, recheckAcknowledged, reconcileSubmissions, submitJob } from "./submission";
@@ -254,6 +254,16 @@ describe("operators", () => {
       engine_stuck: { operation: "ping", detail: "the container engine is not reachable" },
     });
     await retire(op, agent);
+  });
+
+  it("get a 400 for a forged node-list cursor whose id is no node id, and a page for one that is", async () => {
+    const op = await signUp({ is_operator: true });
+    const list = (id: string) =>
+      call("GET", `/v1/operator/nodes?cursor=${encodeTimeCursor("2026-01-01T00:00:00.000000Z", id)}`, op.token);
+    const forged = await list("a\u0000");
+    expect(forged.status).toBe(400);
+    expect(forged.json.error.code).toBe("invalid_cursor");
+    expect((await list("cap-1a2b3c4d-0")).status).toBe(200);
   });
 
   it("see live nodes, drain one, and re-drive a dead-lettered job, each audited", async () => {

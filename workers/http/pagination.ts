@@ -49,8 +49,11 @@ const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** `idIsUuid`: the list's ids are uuids, so a forged non-uuid id is refused here, not by Postgres. */
-export function decodeTimeCursor(cursor: string | undefined, idIsUuid = true): TimeCursor | null {
+/**
+ * `idPattern`: what the list's ids look like (uuids unless said), so a forged id (a NUL in it, say)
+ * is refused here, not by Postgres.
+ */
+export function decodeTimeCursor(cursor: string | undefined, idPattern: RegExp = UUID): TimeCursor | null {
   if (cursor === undefined) return null;
   const value = decode(cursor) as Partial<TimeCursor> | null;
   const t = value?.t;
@@ -59,7 +62,7 @@ export function decodeTimeCursor(cursor: string | undefined, idIsUuid = true): T
   if (typeof t !== "string" || !CURSOR_TIME.test(t) || t.startsWith("0000")) throw invalidCursor();
   const parsed = new Date(t);
   if (Number.isNaN(parsed.getTime()) || parsed.toISOString().slice(0, 23) !== t.slice(0, 23)) throw invalidCursor();
-  if (typeof id !== "string" || id.length > 128 || (idIsUuid && !UUID.test(id))) throw invalidCursor();
+  if (typeof id !== "string" || id.length > 128 || !idPattern.test(id)) throw invalidCursor();
   return { t, id };
 }
 
