@@ -9,7 +9,17 @@ import { createLogger } from "../http/log";
 import { regionScheduler } from "../regions";
 import { DEFAULT_LOG_RETENTION_DAYS, expireJobLogsTask, logRetentionDays } from "./housekeeping";
 import { openTail, renewTail } from "./log-tails";
-import { BASE, call, createKey, JOB, orphanIdempotencyKey, signUp, sql, type TestUser } from "./test-support";
+import {
+  addMember,
+  BASE,
+  call,
+  createKey,
+  JOB,
+  orphanIdempotencyKey,
+  signUp,
+  sql,
+  type TestUser,
+} from "./test-support";
 
 const NODE = { gpu_model: "H100", cpu_milli: 64_000, memory_mib: 512_000 };
 
@@ -540,6 +550,22 @@ describe("log streams followed (tails)", () => {
     expect(left!.n).toBe(0);
   }, 20_000);
 
+  it("ends a stream whose API key's creator is removed from the account while it runs", async () => {
+    const { user, jobId } = await jobWithALine();
+    const member = await addMember(user.accountId, "member");
+    const key = await createKey(member.token, ["jobs:read"], { account: user.accountId });
+    const res = await SELF.fetch(`${BASE}/v1/jobs/${jobId}/logs?follow=true`, {
+      headers: { authorization: `Bearer ${key.secret}` },
+    });
+    expect(res.status).toBe(200);
+    // The key itself stays live; its creator is no longer in the account (a new request with it is a 401).
+    await sql("delete from memberships where account_id = $1 and user_id = $2", [user.accountId, member.userId]);
+    const text = await readUntil(res, "access_revoked");
+    expect(text).toContain("booting");
+    expect(text).toContain('"code":"access_revoked"');
+    expect(text).not.toContain("event: end");
+  }, 20_000);
+
   it("refuses a follow beyond the account's open streams with 429, counting only live ones", async () => {
     const op = await operator();
     const { node } = await createNode(op);
@@ -597,6 +623,14 @@ describe("a tail's periodic check (renewTail)", () => {
       ]);
       expect(await renewTail(client, tail, caller, user.accountId)).toBe("crowded");
       expect(await count()).toBe(50);
+      // An API key's tail, as apiKeyCaller takes the key: live while its creator is in its account,
+      // revoked once the creator is gone (a deleted user leaves the key's created_by null).
+      const key = await createKey(user.token, ["jobs:read"]);
+      const byKey = { userId: user.userId, apiKey: { id: key.id, prefix: key.prefix } };
+      await sql("delete from log_tails where account_id = $1", [user.accountId]);
+      expect(await renewTail(client, tail, byKey, user.accountId)).toBe("live");
+      await sql("update api_keys set created_by = null where id = $1", [key.id]);
+      expect(await renewTail(client, tail, byKey, user.accountId)).toBe("revoked");
       // A caller who left the account is told so first.
       await sql("delete from memberships where user_id = $1", [user.userId]);
       expect(await renewTail(client, tail, caller, user.accountId)).toBe("revoked");

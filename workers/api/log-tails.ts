@@ -54,11 +54,17 @@ async function admitTail(sql: Sql, accountId: string, id: string): Promise<boole
 /** What a tail checks of its caller. */
 type TailCaller = Pick<Caller, "userId" | "apiKey">;
 
-/** Whether the caller may still read the account's logs: its key live, or the user still a member. */
+/**
+ * Whether the caller may still read the account's logs: the user still a member; for an API key, as
+ * `apiKeyCaller` (workers/auth/caller.ts) takes one, the key neither revoked nor expired and its
+ * creator still a member of its account (a deleted creator leaves `created_by` null: no member).
+ */
 function mayStillRead(caller: TailCaller, accountId: string): string {
   if (caller.apiKey) {
-    return `exists (select 1 from api_keys where id = ${literal(caller.apiKey.id)} and account_id = ${literal(accountId)}
-                     and revoked_at is null and (expires_at is null or expires_at > now()))`;
+    return `exists (select 1 from api_keys k
+                      join memberships m on m.account_id = k.account_id and m.user_id = k.created_by
+                     where k.id = ${literal(caller.apiKey.id)} and k.account_id = ${literal(accountId)}
+                       and k.revoked_at is null and (k.expires_at is null or k.expires_at > now()))`;
   }
   if (caller.userId === null) return "false";
   return `exists (select 1 from memberships where user_id = ${literal(caller.userId)}
