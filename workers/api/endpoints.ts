@@ -251,10 +251,11 @@ endpointsRouter.openapi(
     const db = c.get("pg").db;
     // With an Idempotency-Key the key chose the id: a retry that took over the key of a request
     // that died after its commit finds that endpoint (by name, or by id once deleted) and answers
-    // with it instead of 409 name_taken.
+    // with it instead of 409 name_taken, or 402 payment_required when the account was put on
+    // payment hold since (that endpoint was accepted before the hold).
     const made = c.get("idempotentId");
     const row = await db.transaction(async (tx) => {
-      refuseHeld(await lockAccount(tx, account.id), readsBilling(caller));
+      const hold = await lockAccount(tx, account.id);
       const [earlier] = made
         ? await tx
             .select()
@@ -262,6 +263,7 @@ endpointsRouter.openapi(
             .where(and(eq(endpoints.accountId, account.id), eq(endpoints.id, made)))
         : [];
       if (earlier) return { ...earlier, replayed: true };
+      refuseHeld(hold, readsBilling(caller));
       const [clash] = await tx
         .select({ id: endpoints.id })
         .from(endpoints)

@@ -119,6 +119,29 @@ describe("endpoints", () => {
     expect(count!.n).toBe(1);
   });
 
+  it("answers a takeover retry during a payment hold with the endpoint made before it, not 402", async () => {
+    const user = await signUp();
+    const body = { ...ENDPOINT, name: uniqueName() };
+    const headers = { "idempotency-key": `died-${crypto.randomUUID()}` };
+    const first = await call("POST", "/v1/endpoints", user.token, { body, headers });
+    expect(first.status).toBe(201);
+    await orphanIdempotencyKey(user.accountId, headers["idempotency-key"]);
+    // The account is put on payment hold (an unpaid invoice) before the retry.
+    const hold = { invoice_id: crypto.randomUUID(), number: null, month: "2026-01", amount_due_cents: 4200 };
+    await sql("update accounts set payment_hold = $2::jsonb where id = $1", [
+      user.accountId,
+      JSON.stringify({ ...hold, currency: "usd", hosted_invoice_url: null, since: new Date().toISOString() }),
+    ]);
+    const retry = await call("POST", "/v1/endpoints", user.token, { body, headers });
+    expect(retry.json.error).toBeUndefined();
+    expect(retry.status).toBe(201);
+    expect(retry.json.id).toBe(first.json.id);
+    expect(retry.headers.get("idempotency-replayed")).toBe("true");
+    // New work is still refused.
+    const fresh = await call("POST", "/v1/endpoints", user.token, { body: { ...ENDPOINT, name: uniqueName() } });
+    expect([fresh.status, fresh.json.error?.code]).toEqual([402, "payment_required"]);
+  });
+
   it("refuses a second active endpoint with the same name (409), bad specs (400) and Fast without entitlement", async () => {
     const user = await signUp();
     const name = uniqueName();
