@@ -12,6 +12,7 @@ import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
 import { AGENT_ROUTES, decodeUserData, type PlacementSet, parseNodeBootScript } from "../../core/schemas";
 import type { RegionScheduler } from "../../durable-objects/region-scheduler/RegionScheduler";
 import type { DrainResult } from "../../durable-objects/region-scheduler/rpc";
+import type { NodeSettings } from "../../tools/sfcompute-sim/config";
 import { Simulator } from "../../tools/sfcompute-sim/simulator";
 import { schedulerOf } from "../api/scheduler";
 import { submitJob } from "../api/submission";
@@ -24,7 +25,14 @@ import { SfComputeClient } from "../sfcompute/client";
 import { CAPACITY_CONFIG, DEMAND_WINDOW, type IngressKnobs, nodeIngressFromEnv } from "./config";
 import { H100_NODE_SHAPE } from "./cron";
 import { recentArrivals } from "./fleet";
-import { type CapacityDeps, type CapacityScheduler, CYCLE_LEASE_MS, CycleSkipped, runCapacityCycle } from "./manager";
+import {
+  type CapacityDeps,
+  type CapacityScheduler,
+  CYCLE_LEASE_MS,
+  CycleSkipped,
+  runCapacityCycle,
+  UNKNOWN_OUTCOME_WAIT_MS,
+} from "./manager";
 import { tokenOfCloudInit } from "./market";
 
 const log = createLogger("error");
@@ -36,6 +44,8 @@ function harness(
   region: string,
   opts: {
     seed: number;
+    /** The simulator's node settings (e.g. names not unique, as SF Compute does not promise). */
+    nodes?: Partial<NodeSettings>;
     config?: Partial<typeof CAPACITY_CONFIG>;
     demand?: Partial<typeof DEMAND_WINDOW>;
     env?: IngressKnobs;
@@ -51,6 +61,7 @@ function harness(
     // A seed per test: the simulator's ids come from it, and Postgres is shared by the test files.
     seed: opts.seed,
     bootSeconds: 300,
+    ...(opts.nodes ? { settings: { nodes: opts.nodes } } : {}),
   });
   const client = new SfComputeClient({
     baseUrl: "https://api.sfcompute.test",
@@ -408,6 +419,44 @@ describe("the capacity cron against the simulator", () => {
     expect(await scheduler.jobState(row.id)).toMatchObject({ status: "placed" });
   });
 
+  it("extends once when an extension's answer is lost: it is not sent again before the wait is over", async () => {
+    const region = "capacity-e2e-extend-lost";
+    const { h, user, endBefore } = await headroomNode(region, 11_025);
+    await submitTo(region, user.accountId, {
+      command: ["true"],
+      estimatedDurationS: 3 * 3_600,
+      maxRuntimeS: 4 * 3_600,
+    });
+    const patches = () => h.sim.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/extend"));
+    // Done at SF Compute, but the answer is lost; the node's end moves only later (a lagging read).
+    h.sim.faults.add({ action: "lose_response", method: "PATCH", path: "/v1/nodes/*" });
+    const original = h.sim.fetch;
+    let lagging = true;
+    h.sim.fetch = async (request) => {
+      const answer = await original(request);
+      if (!lagging || request.method !== "GET" || !new URL(request.url).pathname.startsWith("/v1/nodes")) return answer;
+      const body = JSON.stringify(await answer.json()).replaceAll(/"end_at":\d+/g, `"end_at":${endBefore / 1000}`);
+      return new Response(body, { status: answer.status, headers: answer.headers });
+    };
+    h.advance(MINUTE_MS);
+    const lost = await h.cycle();
+    expect(ofKind(lost.plan.actions, "extend")).toHaveLength(1);
+    expect(patches()).toHaveLength(1);
+    h.advance(MINUTE_MS);
+    await h.cycle();
+    expect(patches()).toHaveLength(1);
+    lagging = false;
+    h.advance(UNKNOWN_OUTCOME_WAIT_MS);
+    await h.cycle();
+    expect(patches()).toHaveLength(1);
+    const [order] = await db
+      .select()
+      .from(marketOrders)
+      .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:extend")));
+    expect(order!.status).toBe("filled");
+    expect(h.simNodes()[0]!.endAt).toBeGreaterThan(endBefore);
+  });
+
   it("runs one cycle of a region at a time: a cycle finding another's lease does nothing", async () => {
     const region = "capacity-e2e-lease";
     const h = harness(region, { seed: 11_010 });
@@ -455,6 +504,66 @@ describe("the capacity cron against the simulator", () => {
     // The node boots with the token of the first send: its agent gets in.
     const [sim] = h.simNodes();
     expect((await register(tokenOfCloudInit(sim!.cloudInitUserData!)!, sim!.name)).status).toBe(200);
+  });
+
+  it("does not send a buy again while a send that got no answer may still be under way at SF Compute", async () => {
+    // SF Compute does not promise unique node names: with duplicates allowed, a second send of a
+    // request that lands late is a second node, paid for.
+    const region = "capacity-e2e-late-send";
+    const h = harness(region, { seed: 11_021, nodes: { uniqueNames: false } });
+    const user = await signUp({ fast_tier_enabled: true });
+    await submitFast(region, user.accountId, 8);
+    // The first send's connection fails before any answer, but the request reaches SF Compute later.
+    const original = h.sim.fetch;
+    let held: Request | undefined;
+    h.sim.fetch = async (request) => {
+      if (held || request.method !== "POST" || new URL(request.url).pathname !== "/v1/nodes") return original(request);
+      held = request.clone();
+      throw new TypeError("fetch failed");
+    };
+    const first = await h.cycle();
+    expect(ofKind(first.plan.actions, "buy")).toHaveLength(1);
+    expect(held).toBeDefined();
+    expect(h.simNodes()).toHaveLength(0);
+    const posts = () => h.sim.requests.filter((r) => r.method === "POST" && r.path === "/v1/nodes").length;
+
+    // A minute later no node has the name yet: the order is still on its way, neither sent again
+    // nor bought anew.
+    h.advance(MINUTE_MS);
+    const second = await h.cycle();
+    expect(ofKind(second.plan.actions, "buy")).toHaveLength(0);
+    expect(posts()).toBe(0);
+    // Then the first request lands.
+    expect((await original(held!)).status).toBe(201);
+    expect(h.simNodes()).toHaveLength(1);
+
+    h.advance(UNKNOWN_OUTCOME_WAIT_MS);
+    const third = await h.cycle();
+    expect(ofKind(third.plan.actions, "buy")).toHaveLength(0);
+    expect(posts()).toBe(1);
+    expect(h.simNodes()).toHaveLength(1);
+    const [order] = await db.select().from(marketOrders).where(eq(marketOrders.region, region));
+    expect(["pending", "filled"]).toContain(order!.status);
+  });
+
+  it("sends a buy that got no answer again once the wait is over, when no node has its name", async () => {
+    const region = "capacity-e2e-unanswered";
+    const h = harness(region, { seed: 11_023 });
+    const user = await signUp({ fast_tier_enabled: true });
+    await submitFast(region, user.accountId, 8);
+    h.sim.faults.add({ action: "error", status: 503, method: "POST", path: "/v1/nodes" });
+    await h.cycle();
+    expect(h.simNodes()).toHaveLength(0);
+    h.advance(MINUTE_MS);
+    await h.cycle();
+    expect(h.simNodes()).toHaveLength(0);
+    h.advance(UNKNOWN_OUTCOME_WAIT_MS - MINUTE_MS);
+    const later = await h.cycle();
+    expect(ofKind(later.plan.actions, "buy")).toHaveLength(0);
+    expect(later.failed).toEqual([]);
+    expect(h.simNodes()).toHaveLength(1);
+    const [order] = await db.select().from(marketOrders).where(eq(marketOrders.region, region));
+    expect(order!.status).toBe("pending");
   });
 
   it("plans a refused buy again the next minute, and releases the node it could not get", async () => {

@@ -252,10 +252,12 @@ async function followOrders(deps: CapacityDeps, region: string, market: SfNode[]
         // Looked up by name first: the listing can lag behind a create whose answer was lost, and a
         // new token for a node that exists would lock out its agent (its boot script has the first).
         const found = !sf && order.status === "placing" ? await nodeNamed(deps, nodeId) : sf;
-        if (!found && order.status === "placing") await createNode(deps, region, order, now);
-        else if (found) await settlePurchase(deps, order, found, now);
+        if (found) await settlePurchase(deps, order, found, now);
+        else if (order.status === "placing" && outcomeKnown(order, now)) await createNode(deps, region, order, now);
       } else if (sf && sf.end_at != null && sf.end_at * 1000 >= order.endAt.getTime()) {
         await finishExtension(deps, order, nodeId, now);
+      } else if (order.status === "placing" && !outcomeKnown(order, now)) {
+        // The last send failed without an answer: it may still be under way. Looked at again later.
       } else {
         // The node's end did not move: the extension did not happen; the policy plans it again.
         await db
@@ -268,6 +270,20 @@ async function followOrders(deps: CapacityDeps, region: string, market: SfNode[]
     }
   }
   if (errors.length > 0) throw new Error(`following ${errors.length} order(s) failed: ${errors.join("; ")}`);
+}
+
+/**
+ * How long a node creation or extension that failed without an answer (a timeout, a lost
+ * connection, a 5xx) is given before it is taken as not done: the Nodes API has no idempotency
+ * key, and such a request may still be under way at SF Compute, where neither the node's name
+ * nor its `end_at` shows it yet. Sending it again sooner could buy a node or its hours twice.
+ * Three cycles: more than the client's 60 s timeout and any listing lag seen so far.
+ */
+export const UNKNOWN_OUTCOME_WAIT_MS = 3 * MINUTE_MS;
+
+/** Whether a `placing` order's last send (or its journaling, if never sent) is old enough to judge. */
+function outcomeKnown(order: OrderRow, now: number): boolean {
+  return now - (order.lastCheckedAt ?? order.placedAt).getTime() >= UNKNOWN_OUTCOME_WAIT_MS;
 }
 
 /** SF Compute's node of this name, or null when it has none (any other error throws). */

@@ -8,10 +8,13 @@
  * - reads are retried freely;
  * - orders always carry an `Idempotency-Key` (one is made if the caller gives none), so the server
  *   answers a retry with the order the first attempt placed;
- * - node creation has no key: every node gets a name (one is made if the caller gives none) and,
- *   before trying again, the client looks the names up and creates only the nodes that are missing;
- * - extending a node is checked the same way (did `end_at` move?), and so are release, delete and
- *   cancel (already released / deleted / cancelled counts as done).
+ * - node creation and extension have no key, so they are sent again within the call only after an
+ *   answer that proves nothing was done (429, 408). After a timeout, a lost connection or a 5xx the
+ *   request may still be running at SF Compute, where a lookup cannot see it yet: the call fails
+ *   (a transient error) and the caller decides later, by the node's name (creation) or its
+ *   `end_at` (extension), whether to send it again (the capacity manager waits a few minutes);
+ * - release, delete and cancel are checked before another attempt (already released / deleted /
+ *   cancelled counts as done).
  */
 import { errorFromResponse, isSfComputeError, SfComputeError } from "./errors";
 import { advertisedDelayMs, DEFAULT_RETRY_POLICY, type RetryPolicy, retryDelayMs } from "./retry";
@@ -260,7 +263,7 @@ export class SfComputeClient {
       spec.method,
       spec.path,
       () => this.once(spec),
-      (error) => error.status === 409,
+      (error) => error.transient || error.status === 409,
     );
   }
 
@@ -365,8 +368,9 @@ export class SfComputeClient {
   // ---- v1 nodes ----
 
   /**
-   * Creates nodes. `POST /v1/nodes` is not idempotent, so a retry first looks for the nodes the
-   * lost attempt may have created, by name, and creates only the missing ones.
+   * Creates nodes. `POST /v1/nodes` is not idempotent: it is sent again only after a 429 or 408
+   * (nothing was done), and only for the names a lookup does not find. Any other failure is the
+   * caller's to follow up by the nodes' names (see the file's comment).
    */
   async createNodes(input: CreateNodesInput): Promise<Node[]> {
     const prefix = this.options.nodeNamePrefix ?? "scalar";
@@ -392,8 +396,7 @@ export class SfComputeClient {
         });
         return sortByNames([...found, ...created.data], names);
       },
-      // A 409 on a retry: the first attempt's nodes appeared after the lookup; look again.
-      (error, attempt) => attempt > 1 && error.status === 409,
+      refusedUnseen,
     );
   }
 
@@ -408,21 +411,29 @@ export class SfComputeClient {
     return this.request({ method: "GET", path: `/v1/nodes/${encodeURIComponent(idOrName)}`, schema: Node });
   }
 
-  /** Buys more time for a reserved node; a retry first checks whether the end already moved. */
+  /**
+   * Buys more time for a reserved node. Sent again only after a 429 or 408, and not if the end
+   * already moved; any other failure is the caller's to follow up by the node's `end_at`.
+   */
   async extendNode(
     idOrName: string,
     body: { duration_seconds: number; max_price_per_node_hour: CentsPerNodeHour },
   ): Promise<Node> {
     const before = await this.getNode(idOrName);
     const path = `/v1/nodes/${encodeURIComponent(idOrName)}/extend`;
-    return this.retrying("PATCH", path, async (attempt) => {
-      if (attempt > 1) {
-        const now = await this.getNode(idOrName);
-        if (before.end_at != null && now.end_at != null && now.end_at >= before.end_at + body.duration_seconds)
-          return now;
-      }
-      return this.once({ method: "PATCH", path, body, schema: Node });
-    });
+    return this.retrying(
+      "PATCH",
+      path,
+      async (attempt) => {
+        if (attempt > 1) {
+          const now = await this.getNode(idOrName);
+          if (before.end_at != null && now.end_at != null && now.end_at >= before.end_at + body.duration_seconds)
+            return now;
+        }
+        return this.once({ method: "PATCH", path, body, schema: Node });
+      },
+      refusedUnseen,
+    );
   }
 
   /** Releases an auto-reserved node. */
@@ -465,14 +476,15 @@ export class SfComputeClient {
   }
 
   /**
-   * Runs `attempt` until it succeeds, a non-transient error occurs, or the attempts run out.
-   * `attempt` receives its number, so a non-idempotent call can check what the last one did.
+   * Runs `attempt` until it succeeds, an error `retryable` refuses occurs (by default any that is
+   * not transient), or the attempts run out. `attempt` receives its number, so a non-idempotent
+   * call can check what the last one did.
    */
   private async retrying<T>(
     method: string,
     path: string,
     attempt: (n: number) => Promise<T>,
-    alsoRetry: (error: SfComputeError, n: number) => boolean = () => false,
+    retryable: (error: SfComputeError) => boolean = (error) => error.transient,
   ): Promise<T> {
     for (let n = 1; ; n++) {
       const started = this.now();
@@ -484,9 +496,8 @@ export class SfComputeClient {
         const error = isSfComputeError(caught)
           ? caught
           : new SfComputeError(0, "client_error", String(caught), { cause: caught });
-        const retryable = error.transient || alsoRetry(error, n);
         const wait =
-          retryable && n < this.policy.maxAttempts
+          retryable(error) && n < this.policy.maxAttempts
             ? retryDelayMs(n, error.extra.retryAfterMs ?? null, this.policy, this.random)
             : null;
         this.options.onAttempt?.({
@@ -575,6 +586,15 @@ export class SfComputeClient {
     }
     return parsed.data;
   }
+}
+
+/**
+ * Answers after which a request without an idempotency key may be sent again at once: SF Compute
+ * refused it before doing anything (rate limit, request timeout). Not a timeout, a lost connection
+ * or a 5xx: the request may have been done, or still be under way.
+ */
+function refusedUnseen(error: SfComputeError): boolean {
+  return error.status === 429 || error.status === 408;
 }
 
 function sortByNames(nodes: Node[], names: string[]): Node[] {
