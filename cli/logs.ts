@@ -1,13 +1,14 @@
 /**
  * A job's logs: every page of `GET /v1/jobs/{id}/logs`, or its server-sent event stream
  * (`follow=true`) until the job ends, reconnecting from the last line's id when the stream is cut
- * or the server asks (`event: reconnect`, after 10 minutes), and waiting (`Retry-After`) while the
- * account already follows as many streams as it may (`429 too_many_log_streams`).
+ * or the server asks (`event: reconnect`, after 10 minutes) or failed (`event: error`, `stream_failed`),
+ * or when the API is busy (429, 503: after its `Retry-After`), and waiting while the account already
+ * follows as many streams as it may (`429 too_many_log_streams`). Ctrl-C (the signal) ends it quietly.
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Connection, LogLine } from "./api/client";
-import { ok } from "./api/client";
-import { apiErrorFrom, CliError, networkError } from "./errors";
+import { isTransient, ok } from "./api/client";
+import { apiErrorFrom, apiErrorLine, CliError, networkError } from "./errors";
 import { readSse } from "./sse";
 
 /** GPUs on one node: a job asking for more runs on several, and its lines say which node wrote them. */
@@ -70,6 +71,12 @@ export async function* readLogs(conn: Connection, jobId: string, owner: LogOwner
   }
 }
 
+/** Seconds from a `Retry-After` header, else `fallback`, in milliseconds. */
+function retryAfterMs(headers: Headers, fallback: number): number {
+  const after = Number(headers.get("retry-after") ?? fallback);
+  return (Number.isFinite(after) && after > 0 ? after : fallback) * 1000;
+}
+
 export async function* followLogs(
   conn: Connection,
   jobId: string,
@@ -82,13 +89,20 @@ export async function* followLogs(
   } = {},
 ): AsyncGenerator<LogItem> {
   const owner = opts.owner ?? "jobs";
+  const stream = `the log stream of ${ownerName(owner)} ${jobId}`;
   let cursor: string | undefined;
   let failures = 0;
   let waiting = false;
-  const retry = async (why: unknown) => {
+  // Ctrl-C ends a wait, and then the stream, quietly: the caller says it stopped watching.
+  const pause = async (ms: number): Promise<boolean> => {
+    await sleep(ms, undefined, { signal: opts.signal }).catch(() => {});
+    return !opts.signal?.aborted;
+  };
+  /** Waits before trying again (longer each time, at least `minMs`); false once Ctrl-C ended the wait. */
+  const backOff = (why: unknown, minMs = 0): Promise<boolean> => {
     failures += 1;
     if (failures > MAX_FAILURES) throw why instanceof CliError ? why : networkError(conn.apiUrl, why);
-    await sleep((opts.retryDelayMs ?? 1000) * failures, undefined, { signal: opts.signal });
+    return pause(Math.max(minMs, (opts.retryDelayMs ?? 1000) * failures));
   };
   for (;;) {
     let response: Response;
@@ -103,20 +117,23 @@ export async function* followLogs(
       body = r.data;
       if (!response.ok) {
         const refused = apiErrorFrom(response.status, r.error, response.headers.get("x-request-id"));
-        if (refused.code !== "too_many_log_streams") throw refused;
-        // Nothing is lost by waiting: the stream resumes from the cursor once a place is free.
-        if (!waiting) opts.onWait?.(`${refused.message}; waiting for a free log stream`);
-        waiting = true;
-        const after = Number(response.headers.get("retry-after") ?? 10);
-        const ms = (Number.isFinite(after) && after > 0 ? after : 10) * 1000;
-        await sleep(ms, undefined, { signal: opts.signal }).catch(() => {});
-        if (opts.signal?.aborted) return;
+        if (refused.code === "too_many_log_streams") {
+          // Nothing is lost by waiting: the stream resumes from the cursor once a place is free.
+          if (!waiting) opts.onWait?.(`${refused.message}; waiting for a free log stream`);
+          waiting = true;
+          if (!(await pause(retryAfterMs(response.headers, 10)))) return;
+          continue;
+        }
+        // Busy (429 rate_limited, 503): the stream resumes from the cursor, as after a cut.
+        if (!isTransient(refused)) throw refused;
+        if (!(await backOff(refused, retryAfterMs(response.headers, 0)))) return;
         continue;
       }
       waiting = false;
     } catch (error) {
-      if (opts.signal?.aborted || error instanceof CliError) throw error;
-      await retry(error);
+      if (opts.signal?.aborted) return;
+      if (error instanceof CliError) throw error;
+      if (!(await backOff(error))) return;
       continue;
     }
     if (!body || !(response.headers.get("content-type") ?? "").includes("text/event-stream")) {
@@ -125,6 +142,7 @@ export async function* followLogs(
       );
     }
     let askedToReconnect = false;
+    let cut: unknown = new Error(`${stream} closed before the ${ownerName(owner)} ended`);
     try {
       for await (const ev of readSse(body)) {
         if (ev.event === "log") {
@@ -142,14 +160,30 @@ export async function* followLogs(
           askedToReconnect = true;
           break;
         } else if (ev.event === "error") {
-          throw new CliError(`the log stream of ${ownerName(owner)} ${jobId} failed on the server (${ev.data})`);
+          const failed = streamError(ev.data);
+          // The server's own failure: resumed like a cut; anything else (access_revoked) ends it.
+          if (failed.code !== "stream_failed") throw new CliError(`${stream} ended: ${failed.line}`);
+          cut = new CliError(`${stream} failed on the server (${failed.code})`);
+          break;
         }
       }
       if (opts.signal?.aborted) return;
-      if (!askedToReconnect) await retry(new Error(`the log stream closed before the ${ownerName(owner)} ended`));
+      if (!askedToReconnect && !(await backOff(cut))) return;
     } catch (error) {
       if (opts.signal?.aborted) return;
-      await retry(error);
+      if (error instanceof CliError) throw error;
+      if (!(await backOff(error))) return;
     }
   }
+}
+
+/** An `event: error`'s code and its line (`code: message`), from its data (`{ code, message? }`). */
+function streamError(data: string): { code: string; line: string } {
+  let parsed: { code?: unknown; message?: unknown } = {};
+  try {
+    parsed = JSON.parse(data) as typeof parsed;
+  } catch {}
+  const code = typeof parsed.code === "string" ? parsed.code : "stream_failed";
+  const message = typeof parsed.message === "string" ? parsed.message : "the server ended the stream";
+  return { code, line: apiErrorLine(code, message, null) };
 }

@@ -1,5 +1,6 @@
-import { createServer, type IncomingMessage } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { type WebSocket, WebSocketServer } from "ws";
@@ -26,6 +27,59 @@ function capture(env: Record<string, string> = {}, stdin: string[] = []) {
   };
   return { io, stdout: () => out.join(""), stderr: () => err.join("") };
 }
+
+/** A fake API for the length of `test`, which gets the environment that points the CLI at it. */
+async function withServer(
+  handle: (req: IncomingMessage, res: ServerResponse) => void,
+  test: (env: Record<string, string>) => Promise<void>,
+  setUp: (server: Server) => void = () => {},
+): Promise<void> {
+  const server = createServer(handle);
+  setUp(server);
+  await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+  try {
+    await test({
+      SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      SCALAR_API_KEY: "sk_test_ab12cd34_x",
+    });
+  } finally {
+    server.closeAllConnections();
+    await new Promise((closed) => server.close(closed));
+  }
+}
+
+const json = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) =>
+  res.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body));
+
+const JOB_ID = "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11";
+/** A job as the API answers it; failed after two attempts unless told otherwise. */
+const jobAnswer = (over: Record<string, unknown> = {}) => ({
+  id: JOB_ID,
+  status: "failed",
+  tier: "flex",
+  region: "us-west-1",
+  image: "busybox",
+  gpu_count: 1,
+  max_attempts: 2,
+  attempts: 2,
+  exit_code: 3,
+  failure_reason: "exit code 3",
+  dead_lettered: true,
+  placements: [],
+  created_at: "2026-11-29T00:00:00.000Z",
+  started_at: "2026-11-29T00:00:01.000Z",
+  finished_at: "2026-11-29T00:00:30.000Z",
+  ...over,
+});
+
+/** A followed log stream's events. */
+const sse = {
+  status: (s: string, attempts: number, reason: string | null) =>
+    `event: status\ndata: ${JSON.stringify({ status: s, attempts, max_attempts: 2, exit_code: reason ? 3 : null, failure_reason: reason })}\n\n`,
+  log: (attempt: number, seq: number, line: string) =>
+    `event: log\nid: c${attempt}${seq}\ndata: ${JSON.stringify({ placement_id: `p${attempt}`, attempt, node_rank: 0, seq, stream: "stdout", at: "2026-11-29T00:00:00.000Z", line })}\n\n`,
+  end: (status: string) => `event: end\ndata: ${JSON.stringify({ status })}\n\n`,
+};
 
 describe("run (in process)", () => {
   it("prints help and the version on stdout, exit 0", async () => {
@@ -73,56 +127,135 @@ describe("run (in process)", () => {
 
 describe("jobs logs -f", () => {
   it("says once that a failed attempt waits for its retry, also when the stream is resumed", async () => {
-    const id = "3f1c2b0e-8a4d-4a57-9d1e-2c5b7f0a9e11";
-    const status = (s: string, attempts: number, reason: string | null) =>
-      `event: status\ndata: ${JSON.stringify({ status: s, attempts, max_attempts: 2, exit_code: reason ? 3 : null, failure_reason: reason })}\n\n`;
-    const log = (attempt: number, seq: number, line: string) =>
-      `event: log\nid: c${attempt}${seq}\ndata: ${JSON.stringify({ placement_id: `p${attempt}`, attempt, node_rank: 0, seq, stream: "stdout", at: "2026-11-29T00:00:00.000Z", line })}\n\n`;
+    const { status, log } = sse;
     const streams = [
       // Cut by the server (its 10 minutes) while the retry waits.
       log(1, 0, "try 1") + status("queued", 1, "exit code 3") + "event: reconnect\nid: c10\ndata: {}\n\n",
-      status("queued", 1, "exit code 3") +
-        log(2, 0, "try 2") +
-        status("failed", 2, "exit code 3") +
-        'event: end\ndata: {"status":"failed"}\n\n',
+      status("queued", 1, "exit code 3") + log(2, 0, "try 2") + status("failed", 2, "exit code 3") + sse.end("failed"),
     ];
-    const failedJob = {
-      id,
-      status: "failed",
-      tier: "flex",
-      region: "us-west-1",
-      image: "busybox",
-      gpu_count: 1,
-      max_attempts: 2,
-      attempts: 2,
-      exit_code: 3,
-      failure_reason: "exit code 3",
-      dead_lettered: true,
-      placements: [],
-      created_at: "2026-11-29T00:00:00.000Z",
-      started_at: "2026-11-29T00:00:01.000Z",
-      finished_at: "2026-11-29T00:00:30.000Z",
+    await withServer(
+      (req, res) => {
+        if (req.url?.includes("/logs")) {
+          res.writeHead(200, { "content-type": "text/event-stream" }).end(streams.shift() ?? "");
+        } else json(res, 200, jobAnswer());
+      },
+      async (env) => {
+        const c = capture(env);
+        expect(await run(["jobs", "logs", "-f", JOB_ID], c.io), c.stderr()).toBe(0);
+        expect(c.stdout()).toBe("try 1\ntry 2\n");
+        expect(c.stderr().split("\n").slice(0, 2)).toEqual([
+          "attempt 1 failed: exit code 3; attempt 2 of 2 waits for its retry",
+          "--- attempt 2 ---",
+        ]);
+      },
+    );
+  });
+});
+
+describe("watching a job: Ctrl-C and a refused reconnect", () => {
+  /** `jobs run` of a job that runs at once, and its logs' answers (`/logs` requests, in order). */
+  function jobApi(logs: (req: IncomingMessage, res: ServerResponse) => void) {
+    return (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url?.includes("/logs")) logs(req, res);
+      else if (req.method === "POST") json(res, 201, jobAnswer({ status: "running", attempts: 1, exit_code: null }));
+      else json(res, 200, jobAnswer());
     };
-    const server = createServer((req, res) => {
-      if (req.url?.includes("/logs")) {
-        res.writeHead(200, { "content-type": "text/event-stream" }).end(streams.shift() ?? "");
-      } else res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(failedJob));
-    });
-    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+  }
+  const RUN = ["jobs", "run", "--gpus", "1", "--image", "busybox", "--", "true"];
+
+  /** Runs the command and presses Ctrl-C after `ms`. */
+  async function interrupted(argv: string[], env: Record<string, string>, ms: number) {
+    const c = capture(env);
+    let press = () => {};
+    c.io.onInterrupt = (handler) => {
+      press = handler;
+      return () => {};
+    };
+    const timer = setTimeout(() => press(), ms);
     try {
-      const c = capture({
-        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        SCALAR_API_KEY: "sk_test_ab12cd34_x",
-      });
-      expect(await run(["jobs", "logs", "-f", id], c.io), c.stderr()).toBe(0);
-      expect(c.stdout()).toBe("try 1\ntry 2\n");
-      expect(c.stderr().split("\n").slice(0, 2)).toEqual([
-        "attempt 1 failed: exit code 3; attempt 2 of 2 waits for its retry",
-        "--- attempt 2 ---",
-      ]);
+      return { code: await run(argv, c.io), stderr: c.stderr() };
     } finally {
-      await new Promise((closed) => server.close(closed));
+      clearTimeout(timer);
     }
+  }
+
+  it("exits 130 when Ctrl-C comes while the stream is asked for or waited on after a failure", async () => {
+    // Never answered: Ctrl-C aborts the request itself.
+    await withServer(
+      jobApi(() => {}),
+      async (env) => {
+        for (const argv of [RUN, ["jobs", "logs", "-f", JOB_ID]]) {
+          const { code, stderr } = await interrupted(argv, env, 200);
+          expect(code, stderr).toBe(130);
+          expect(stderr).not.toContain("error:");
+        }
+      },
+    );
+    // Cut before any answer (fetch failed): Ctrl-C comes during the wait before the next try.
+    await withServer(
+      jobApi((req) => req.socket.destroy()),
+      async (env) => {
+        for (const argv of [RUN, ["jobs", "logs", "-f", JOB_ID]]) {
+          const { code, stderr } = await interrupted(argv, env, 300);
+          expect(code, stderr).toBe(130);
+          expect(stderr).not.toContain("error:");
+        }
+      },
+    );
+  });
+
+  it("resumes after a 429 rate_limited (after its Retry-After) and a stream_failed, then exits with the job's code", async () => {
+    const asked: string[] = [];
+    const answers: ((res: ServerResponse) => void)[] = [
+      (res) => json(res, 429, { error: { code: "rate_limited", message: "slow down" } }, { "retry-after": "2" }),
+      (res) =>
+        res
+          .writeHead(200, { "content-type": "text/event-stream" })
+          .end(`${sse.log(1, 0, "one")}event: error\ndata: {"code":"stream_failed"}\n\n`),
+      (res) =>
+        res
+          .writeHead(200, { "content-type": "text/event-stream" })
+          .end(sse.log(1, 1, "two") + sse.status("failed", 1, "exit code 3") + sse.end("failed")),
+    ];
+    await withServer(
+      jobApi((req, res) => {
+        asked.push(new URL(req.url ?? "", "http://x").searchParams.get("cursor") ?? "");
+        answers.shift()?.(res);
+      }),
+      async (env) => {
+        const c = capture(env);
+        const started = Date.now();
+        expect(await run(RUN, c.io), c.stderr()).toBe(3);
+        // 2 s as the 429 asked (the first retry's own wait is 1 s), then 1 s after the stream failed.
+        expect(Date.now() - started).toBeGreaterThanOrEqual(2900);
+        expect(c.stdout()).toBe("one\ntwo\n");
+        expect(c.stderr()).toMatch(
+          /job 3f1c2b0e-.* failed after 29\.0s: exit code 3; dead-lettered after 2 attempts\n$/,
+        );
+        expect(asked).toEqual(["", "", "c10"]);
+      },
+    );
+  });
+
+  it("ends at once, as one line, when the server ends the stream for revoked credentials", async () => {
+    let asked = 0;
+    const revoked = { code: "access_revoked", message: "the credentials were revoked" };
+    await withServer(
+      jobApi((_req, res) => {
+        asked += 1;
+        res
+          .writeHead(200, { "content-type": "text/event-stream" })
+          .end(`event: error\ndata: ${JSON.stringify(revoked)}\n\n`);
+      }),
+      async (env) => {
+        const c = capture(env);
+        expect(await run(["jobs", "logs", "-f", JOB_ID], c.io)).toBe(1);
+        expect(c.stderr()).toBe(
+          `error: the log stream of job ${JOB_ID} ended: access_revoked: the credentials were revoked\n`,
+        );
+        expect(asked).toBe(1);
+      },
+    );
   });
 });
 
@@ -241,29 +374,21 @@ describe("endpoints invoke -i", () => {
 describe("endpoints invoke: a redirect", () => {
   it("is the replica's answer, printed with its Location and exit 0, not followed", async () => {
     const seen: string[] = [];
-    const server = createServer((req, res) => {
-      seen.push(req.url ?? "");
-      if (req.url === "/v1/endpoints/web/invoke/dir") {
-        res.writeHead(302, { location: "/elsewhere", "scalar-replica": "ep#0" }).end("moved\n");
-        return;
-      }
-      res
-        .writeHead(404, { "content-type": "application/json" })
-        .end(JSON.stringify({ error: { code: "not_found", message: "no route" } }));
-    });
-    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
-    try {
-      const c = capture({
-        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        SCALAR_API_KEY: "sk_test_ab12cd34_x",
-      });
-      expect(await run(["endpoints", "invoke", "web", "/dir"], c.io), c.stderr()).toBe(0);
-      expect(c.stdout()).toBe("moved\n");
-      expect(c.stderr()).toBe("the endpoint answered HTTP 302, location /elsewhere (replica ep#0)\n");
-      expect(seen).toEqual(["/v1/endpoints/web/invoke/dir"]);
-    } finally {
-      await new Promise((closed) => server.close(closed));
-    }
+    await withServer(
+      (req, res) => {
+        seen.push(req.url ?? "");
+        if (req.url === "/v1/endpoints/web/invoke/dir") {
+          res.writeHead(302, { location: "/elsewhere", "scalar-replica": "ep#0" }).end("moved\n");
+        } else json(res, 404, { error: { code: "not_found", message: "no route" } });
+      },
+      async (env) => {
+        const c = capture(env);
+        expect(await run(["endpoints", "invoke", "web", "/dir"], c.io), c.stderr()).toBe(0);
+        expect(c.stdout()).toBe("moved\n");
+        expect(c.stderr()).toBe("the endpoint answered HTTP 302, location /elsewhere (replica ep#0)\n");
+        expect(seen).toEqual(["/v1/endpoints/web/invoke/dir"]);
+      },
+    );
   });
 });
 
@@ -276,14 +401,9 @@ describe("endpoints invoke --ws", () => {
     behave: (ws: WebSocket, req: IncomingMessage) => void,
     test: (env: Record<string, string>) => Promise<void>,
   ): Promise<void> {
-    const server = createServer((_req, res) => {
-      res
-        .writeHead(404, { "content-type": "application/json", "x-request-id": "req-1" })
-        .end(JSON.stringify({ error: { code: "not_found", message: "no endpoint nope" } }));
-    });
     const wss = new WebSocketServer({ noServer: true, handleProtocols: (offered) => [...offered][0] ?? false });
     wss.on("headers", (headers) => headers.push("scalar-replica: ep#0"));
-    server.on("upgrade", (req, socket, head) => {
+    const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       if (req.headers.authorization !== "Bearer sk_test_ab12cd34_x" || !req.url?.startsWith("/v1/endpoints/web/")) {
         const body = JSON.stringify({ error: { code: "not_found", message: "no endpoint nope" } });
         socket.end(
@@ -297,17 +417,19 @@ describe("endpoints invoke --ws", () => {
         return;
       }
       wss.handleUpgrade(req, socket, head, (ws) => behave(ws, req));
-    });
-    await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
-    try {
-      await test({
-        SCALAR_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        SCALAR_API_KEY: "sk_test_ab12cd34_x",
-      });
-    } finally {
-      for (const client of wss.clients) client.terminate();
-      await new Promise((closed) => server.close(closed));
-    }
+    };
+    await withServer(
+      (_req, res) =>
+        json(res, 404, { error: { code: "not_found", message: "no endpoint nope" } }, { "x-request-id": "req-1" }),
+      async (env) => {
+        try {
+          await test(env);
+        } finally {
+          for (const client of wss.clients) client.terminate();
+        }
+      },
+      (server) => server.on("upgrade", upgrade),
+    );
   }
 
   it("sends each stdin line as a message, prints each message received, and closes with 1000 at the end of input", async () => {
