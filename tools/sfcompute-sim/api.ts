@@ -180,9 +180,8 @@ export function createApiApp(engine: SimEngine): Hono<ApiEnv> {
     if (type !== undefined && type !== "reserved" && type !== "autoreserved") {
       throw invalid("type must be 'autoreserved' or 'reserved'", "type");
     }
-    if ([ids, names, type].filter((x) => x !== undefined).length > 1) {
-      throw invalid("id, name and type filters cannot be combined", "id");
-    }
+    // The reference (§4.3) lists the three as independent optional filters: given together, a node
+    // must match each.
     return c.json({ object: "list", data: nodes.list(c.env.account, { ids, names, type }).map(nodeOut) });
   });
 

@@ -54,7 +54,8 @@ const running = await startSimulatorServer({
   start,
   bootSeconds: num("boot-seconds", values["boot-seconds"]),
   balanceCents: num("balance-cents", values["balance-cents"]),
-  rateLimit: rate ? { limit: rate, windowMs: 1000 } : null,
+  // §12 documents the rate limit (and its headers) on /v0/quote only.
+  rateLimit: rate ? { limit: rate, windowMs: 1000, paths: ["/v0/quote"] } : null,
   settings: { errorStyle: values["error-style"] as ErrorStyle },
 });
 const now = new Date(running.sim.engine.now()).toISOString();

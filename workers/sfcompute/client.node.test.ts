@@ -218,6 +218,28 @@ describe("v1 nodes: happy paths", () => {
     expect((await client.releaseNode("auto-1")).status).toBe("released");
     expect(node!.node_type).toBe("autoreserved");
   });
+
+  it("lists nodes by ids, names and type together: a node matches each filter given", async () => {
+    const { client } = fresh();
+    const auto = await client.createNodes({
+      desired_count: 1,
+      max_price_per_node_hour: centsPerNodeHour(5_000),
+      zone: "hayesvalley",
+      names: ["both-auto"],
+    });
+    const reserved = await client.createNodes({
+      desired_count: 1,
+      max_price_per_node_hour: centsPerNodeHour(5_000),
+      zone: "hayesvalley",
+      end_at: endIn(2),
+      names: ["both-reserved"],
+    });
+    const names = ["both-auto", "both-reserved"];
+    expect((await client.listNodes({ name: names, type: "reserved" })).map((n) => n.name)).toEqual(["both-reserved"]);
+    expect(
+      (await client.listNodes({ id: [auto[0]!.id, reserved[0]!.id], name: ["both-auto"] })).map((n) => n.name),
+    ).toEqual(["both-auto"]);
+  });
 });
 
 describe("documented errors", () => {

@@ -400,7 +400,7 @@ export class SfComputeClient {
     );
   }
 
-  /** Nodes, filtered by ids, by names, or by type (the API refuses combinations). */
+  /** Nodes, filtered by ids, names and type (each optional; given together, a node matches each). */
   listNodes(filter: { id?: string[]; name?: string[]; type?: "autoreserved" | "reserved" } = {}): Promise<Node[]> {
     return this.request({ method: "GET", path: "/v1/nodes", query: { ...filter }, schema: listOf(Node) }).then(
       (r) => r.data,
