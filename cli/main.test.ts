@@ -1,5 +1,8 @@
+import { spawn } from "node:child_process";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { resolve } from "node:path";
 import type { Duplex } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
@@ -7,6 +10,8 @@ import { type WebSocket, WebSocketServer } from "ws";
 import type { Io } from "./context";
 import { VERSION } from "./context";
 import { run } from "./main";
+
+const BIN = resolve(import.meta.dirname, "bin/scalar.mjs");
 
 function capture(env: Record<string, string> = {}, stdin: string[] = []) {
   const out: string[] = [];
@@ -257,6 +262,48 @@ describe("watching a job: Ctrl-C and a refused reconnect", () => {
       },
     );
   });
+});
+
+describe("the bin, its output piped into a reader that stops early (`| head -1`)", () => {
+  it("stops quietly, exit 0, with no stack trace on stderr", async () => {
+    const line = (seq: number) => sse.log(1, seq, `line ${seq}`);
+    await withServer(
+      (req, res) => {
+        if (req.method === "POST") json(res, 201, jobAnswer({ status: "running", attempts: 1, exit_code: null }));
+        else if (!req.url?.includes("/logs")) json(res, 200, jobAnswer({ status: "running" }));
+        else {
+          // Lines as long as the reader reads.
+          res.writeHead(200, { "content-type": "text/event-stream" });
+          let seq = 0;
+          const timer = setInterval(() => res.write(Array.from({ length: 100 }, () => line(seq++)).join("")), 5);
+          res.on("close", () => clearInterval(timer));
+        }
+      },
+      async (env) => {
+        for (const argv of [
+          ["jobs", "logs", "-f", JOB_ID],
+          ["jobs", "run", "--gpus", "1", "--image", "busybox", "--", "true"],
+        ]) {
+          const child = spawn(process.execPath, [BIN, ...argv], {
+            env: { PATH: process.env.PATH ?? "", HOME: "/nonexistent-home", ...env },
+            cwd: tmpdir(),
+          });
+          let stderr = "";
+          child.stderr.on("data", (chunk) => {
+            stderr += String(chunk);
+          });
+          const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)));
+          // The first lines read, the reader goes away.
+          await new Promise((read) => child.stdout.once("data", read));
+          child.stdout.destroy();
+          const code = await exited;
+          expect(stderr, argv.join(" ")).not.toContain("Unhandled 'error'");
+          expect(stderr).not.toContain("EPIPE");
+          expect(code, stderr).toBe(0);
+        }
+      },
+    );
+  }, 30_000);
 });
 
 describe("an account on payment hold", () => {

@@ -73,7 +73,20 @@ export function processIo(): Io {
   };
 }
 
+/**
+ * Standard output failed: its reader went away (`scalar jobs logs … | head`), so nothing more can
+ * be shown and the CLI stops quietly (a job it watched runs on); any other failure is one line.
+ */
+function stdoutFailed(error: NodeJS.ErrnoException): void {
+  if (error.code === "EPIPE") process.exit(EXIT.ok);
+  process.stderr.write(`error: cannot write to standard output (${error.code ?? error.message})\n`);
+  process.exit(EXIT.error);
+}
+
 export async function main(): Promise<never> {
+  process.stdout.on("error", stdoutFailed);
+  // Nowhere left to say anything: carry on without it.
+  process.stderr.on("error", () => {});
   const code = await run(process.argv.slice(2), processIo());
   // Let piped output drain before exiting (open keep-alive sockets would otherwise hold the process).
   await new Promise<void>((done) => process.stdout.write("", () => done()));
