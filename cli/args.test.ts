@@ -93,14 +93,23 @@ describe("parseCommandLine", () => {
     expect(usageError(["jobs", "ls", "--limit"])).toContain("option --limit");
   });
 
-  it("gives every option name one type across all commands (words are found before parsing)", () => {
+  it("gives every option name, long and short, one type across all commands (words are found before parsing)", () => {
     const seen = new Map<string, OptionSpec["type"]>();
     for (const options of [GLOBAL_OPTIONS, ...COMMANDS.map((c) => c.options)]) {
       for (const [name, o] of Object.entries(options)) {
-        expect(seen.get(name) ?? o.type, `--${name}`).toBe(o.type);
-        seen.set(name, o.type);
+        for (const flag of [`--${name}`, ...(o.short ? [`-${o.short}`] : [])]) {
+          expect(seen.get(flag) ?? o.type, flag).toBe(o.type);
+          seen.set(flag, o.type);
+        }
       }
     }
+  });
+
+  it("finds the command after a short flag given before its words", () => {
+    const r = ran(["jobs", "-D", "run", "--gpus", "1", "--image", "x", "--", "true"]);
+    expect(r.command.words).toEqual(["jobs", "run"]);
+    expect(r.args.values.detach).toBe(true);
+    expect(ran(["endpoints", "-d", "x", "invoke", "web"]).args.values.data).toBe("x");
   });
 });
 

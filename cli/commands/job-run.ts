@@ -188,7 +188,7 @@ export const jobsRun: CommandSpec<Context> = {
     priority: { type: "string", value: "P", description: "−1000…1000 (default 0)" },
     "max-attempts": { type: "string", value: "N", description: "attempts before it is dead-lettered (default 3)" },
     "idempotency-key": { type: "string", value: "K", description: "submit at most once per key (default: a new UUID)" },
-    detach: { type: "boolean", short: "d", description: "print the job id and exit once it is submitted" },
+    detach: { type: "boolean", short: "D", description: "print the job id and exit once it is submitted" },
   },
   examples: [
     "scalar jobs run --gpus 1 --image 127.0.0.1:5000/test/busybox:1 -- echo hello",
