@@ -53,7 +53,21 @@ const logsPath = (owner: LogOwner) => `/v1/${owner}/{id}/logs` as "/v1/jobs/{id}
 const ownerName = (owner: LogOwner) => (owner === "jobs" ? "job" : "endpoint");
 
 export async function* readLogs(conn: Connection, jobId: string, owner: LogOwner = "jobs"): AsyncGenerator<LogLine> {
-  let cursor: string | undefined;
+  for await (const page of readLogPages(conn, jobId, owner)) yield* page.data;
+}
+
+/**
+ * The pages of a job's logs from `cursor` on (from the first without one), each with the cursor
+ * that read it: the last one's reads that page again and any after it (the API gives no cursor
+ * past the last line), so a later read goes on from there instead of from the start.
+ */
+export async function* readLogPages(
+  conn: Connection,
+  jobId: string,
+  owner: LogOwner = "jobs",
+  from?: string,
+): AsyncGenerator<{ data: LogLine[]; cursor: string | undefined }> {
+  let cursor = from;
   for (;;) {
     const page = await ok(
       conn,
@@ -65,7 +79,7 @@ export async function* readLogs(conn: Connection, jobId: string, owner: LogOwner
     if (typeof page === "string") {
       throw new CliError(`the API answered the logs of ${ownerName(owner)} ${jobId} with text, not JSON`);
     }
-    yield* page.data;
+    yield { data: page.data, cursor };
     if (!page.next_cursor) return;
     cursor = page.next_cursor;
   }

@@ -77,12 +77,23 @@ const jobAnswer = (over: Record<string, unknown> = {}) => ({
   ...over,
 });
 
+/** A log line as the API gives it. */
+const logLine = (attempt: number, seq: number, line: string) => ({
+  placement_id: `p${attempt}`,
+  attempt,
+  node_rank: 0,
+  seq,
+  stream: "stdout",
+  at: "2026-11-29T00:00:00.000Z",
+  line,
+});
+
 /** A followed log stream's events. */
 const sse = {
   status: (s: string, attempts: number, reason: string | null) =>
     `event: status\ndata: ${JSON.stringify({ status: s, attempts, max_attempts: 2, exit_code: reason ? 3 : null, failure_reason: reason })}\n\n`,
   log: (attempt: number, seq: number, line: string) =>
-    `event: log\nid: c${attempt}${seq}\ndata: ${JSON.stringify({ placement_id: `p${attempt}`, attempt, node_rank: 0, seq, stream: "stdout", at: "2026-11-29T00:00:00.000Z", line })}\n\n`,
+    `event: log\nid: c${attempt}${seq}\ndata: ${JSON.stringify(logLine(attempt, seq, line))}\n\n`,
   end: (status: string) => `event: end\ndata: ${JSON.stringify({ status })}\n\n`,
 };
 
@@ -259,6 +270,48 @@ describe("watching a job: Ctrl-C and a refused reconnect", () => {
           `error: the log stream of job ${JOB_ID} ended: access_revoked: the credentials were revoked\n`,
         );
         expect(asked).toBe(1);
+      },
+    );
+  });
+});
+
+describe("jobs run, while a job waits for its retry", () => {
+  it("reads the lines that arrived since the last read, not the whole log again", async () => {
+    const lines = Array.from({ length: 3000 }, (_, i) => logLine(1, i, `line ${i}`));
+    const pages: string[] = [];
+    let streamed = false;
+    await withServer(
+      (req, res) => {
+        const url = new URL(req.url ?? "", "http://x");
+        if (req.method === "POST") json(res, 201, jobAnswer({ status: "queued", attempts: 1, exit_code: null }));
+        else if (url.searchParams.get("follow") === "true") {
+          streamed = true;
+          // The last line again: shown once.
+          res
+            .writeHead(200, { "content-type": "text/event-stream" })
+            .end(sse.log(1, lines.length - 1, `line ${lines.length - 1}`) + sse.end("failed"));
+        } else if (url.pathname.endsWith("/logs")) {
+          const cursor = url.searchParams.get("cursor") ?? "";
+          pages.push(cursor);
+          const from = Number(cursor || 0);
+          const next = from + 1000 < lines.length ? String(from + 1000) : null;
+          json(res, 200, { data: lines.slice(from, from + 1000), next_cursor: next });
+          // More lines arrive after the first read.
+          if (cursor === "2000" && lines.length === 3000) {
+            for (let i = 3000; i < 3500; i++) lines.push(logLine(1, i, `line ${i}`));
+          }
+        } else {
+          // Queued for the retry until a second read has reached the new lines, then running; failed once streamed.
+          const status = streamed ? "failed" : pages.includes("3000") ? "running" : "queued";
+          json(res, 200, status === "failed" ? jobAnswer() : jobAnswer({ status, attempts: 1, exit_code: null }));
+        }
+      },
+      async (env) => {
+        const c = capture(env);
+        expect(await run(["jobs", "run", "--gpus", "1", "--image", "busybox", "--", "true"], c.io), c.stderr()).toBe(3);
+        expect(c.stdout()).toBe(Array.from({ length: 3500 }, (_, i) => `line ${i}\n`).join(""));
+        // The first flush reads the three pages; the second from the last page it read.
+        expect(pages).toEqual(["", "1000", "2000", "2000", "3000"]);
       },
     );
   });

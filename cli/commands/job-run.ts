@@ -9,7 +9,7 @@ import { type Connection, type Job, type JobCreate, type JobEvent, type LogLine,
 import { type CommandSpec, intOption, type Parsed, stringOption } from "../args";
 import { type Context, printJson } from "../context";
 import { CliError, EXIT } from "../errors";
-import { followLogs, logText, readLogs, retryNote } from "../logs";
+import { followLogs, logText, readLogPages, retryNote } from "../logs";
 import { duration } from "../output";
 import { createProgress, type Progress } from "../progress";
 import { parseDuration } from "../units";
@@ -241,13 +241,19 @@ export const jobsRun: CommandSpec<Context> = {
       else if (line.stream === "stderr") io.stderr(`${logText(line, submitted.gpu_count)}\n`);
       else io.stdout(`${logText(line, submitted.gpu_count)}\n`);
     };
+    // Where the last flush got to: the next reads on from there, not the whole log again.
+    let flushedCursor: string | undefined;
     const flushLogs = async () => {
       const lines: LogLine[] = [];
       try {
-        for await (const line of readLogs(conn, submitted.id)) lines.push(line);
+        for await (const page of readLogPages(conn, submitted.id, "jobs", flushedCursor)) {
+          lines.push(...page.data);
+          flushedCursor = page.cursor;
+        }
       } catch {
-        return; // not now: the stream shows them later
+        // The rest not now: the next flush or the stream shows it.
       }
+      if (lines.length === 0) return;
       progress.above(() => {
         for (const line of lines) print(line);
       });
