@@ -32,6 +32,11 @@ export interface MarketSettings {
   /** How many start times and durations a quote tries. */
   quoteMaxStarts: number;
   quoteMaxDurations: number;
+  /**
+   * Sells by `contract_id` on `/v0/orders` and `/v0/quote` (§16: whether SF Compute still takes them
+   * is unknown; the field left its schema in Feb 2026). "reject": both answer 400.
+   */
+  v0Sells: "accept" | "reject";
 }
 
 export interface NodeSettings {
@@ -75,6 +80,7 @@ export const DEFAULT_MARKET_SETTINGS: MarketSettings = {
   startToleranceMs: MINUTE_MS,
   quoteMaxStarts: 24,
   quoteMaxDurations: 4,
+  v0Sells: "accept",
 };
 
 export const DEFAULT_NODE_SETTINGS: NodeSettings = {

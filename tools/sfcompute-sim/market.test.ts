@@ -341,6 +341,24 @@ describe("sell orders and contracts", () => {
     ).toBe(404);
   });
 
+  it("refuses sell orders and sell quotes by contract with 400 when set to (§16), and still buys", () => {
+    const { engine, me, market } = setup({ market: { v0Sells: "reject" } });
+    const { contract, start } = owned(engine, me);
+    const window = { contract_id: contract.id, quantity: 1, start_at: start + HOUR_MS, end_at: start + 2 * HOUR_MS };
+    const order = thrown(() => market.placeOrder(me, { side: "sell", price: 0, ...window }));
+    expect([order.status, order.field, order.message]).toEqual([
+      400,
+      "side",
+      "sell orders are not accepted by this API",
+    ]);
+    const quote = thrown(() =>
+      market.quote(me, { side: "sell", quantity: 1, duration: 3600, contract_id: contract.id }),
+    );
+    expect([quote.status, quote.field]).toEqual([400, "side"]);
+    // Buying is untouched.
+    expect(market.placeOrder(me, buy(engine)).order.status).toBe("pending");
+  });
+
   it("computes Upcoming, Active and Expired from the clock, and hides Expired unless asked", () => {
     const { engine, me, market } = setup();
     const { contract, start } = owned(engine, me, 1, 2);

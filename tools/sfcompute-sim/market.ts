@@ -158,6 +158,11 @@ export class Market {
     return this.k.settings.market;
   }
 
+  /** With `v0Sells: "reject"`, as SF Compute may answer now that `contract_id` left its schema. */
+  private refuseV0Sells(what: "orders" | "quotes"): void {
+    if (this.settings.v0Sells === "reject") throw invalid(`sell ${what} are not accepted by this API`, "side");
+  }
+
   // ---- time rules (§7.1) ----
 
   /** "NOW" is the beginning of the next minute. */
@@ -316,6 +321,7 @@ export class Market {
       if (input.instance_type !== undefined || input.cluster !== undefined || colocateWith.length > 0) {
         throw invalid("instance_type, cluster and colocate_with are not allowed on sell orders", "instance_type");
       }
+      this.refuseV0Sells("orders");
       if (!input.contract_id) throw invalid("contract_id is required for sell orders", "contract_id");
       const contract = this.ownedContract(account, input.contract_id);
       const free = this.sellableOver(contract, start, input.end_at, null);
@@ -673,6 +679,7 @@ export class Market {
     if (input.instance_type !== undefined || input.cluster !== undefined || input.colocate_with !== undefined) {
       throw invalid("instance_type, cluster and colocate_with are not allowed on sell quotes", "instance_type");
     }
+    this.refuseV0Sells("quotes");
     if (!input.contract_id) throw invalid("contract_id is required for sell quotes", "contract_id");
     const contract = this.ownedContract(account, input.contract_id);
     let best: (PricedBlock & { startNow: boolean }) | null = null;

@@ -12,7 +12,7 @@ import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
 import { AGENT_ROUTES, decodeUserData, type PlacementSet, parseNodeBootScript } from "../../core/schemas";
 import type { RegionScheduler } from "../../durable-objects/region-scheduler/RegionScheduler";
 import type { DrainResult } from "../../durable-objects/region-scheduler/rpc";
-import type { NodeSettings } from "../../tools/sfcompute-sim/config";
+import type { MarketSettings, NodeSettings } from "../../tools/sfcompute-sim/config";
 import { Simulator } from "../../tools/sfcompute-sim/simulator";
 import { schedulerOf } from "../api/scheduler";
 import { submitJob } from "../api/submission";
@@ -44,8 +44,8 @@ function harness(
   region: string,
   opts: {
     seed: number;
-    /** The simulator's node settings (e.g. names not unique, as SF Compute does not promise). */
-    nodes?: Partial<NodeSettings>;
+    /** The simulator's settings (e.g. node names not unique, as SF Compute does not promise). */
+    sim?: { nodes?: Partial<NodeSettings>; market?: Partial<MarketSettings> };
     config?: Partial<typeof CAPACITY_CONFIG>;
     demand?: Partial<typeof DEMAND_WINDOW>;
     env?: IngressKnobs;
@@ -61,7 +61,7 @@ function harness(
     // A seed per test: the simulator's ids come from it, and Postgres is shared by the test files.
     seed: opts.seed,
     bootSeconds: 300,
-    ...(opts.nodes ? { settings: { nodes: opts.nodes } } : {}),
+    ...(opts.sim ? { settings: opts.sim } : {}),
   });
   const client = new SfComputeClient({
     baseUrl: "https://api.sfcompute.test",
@@ -134,6 +134,33 @@ async function submitTo(region: string, accountId: string, over: Partial<typeof 
 
 const submitFast = (region: string, accountId: string, gpus: number) =>
   submitTo(region, accountId, { command: ["sh", "-c", "sleep 1"], gpuCount: gpus, estimatedDurationS: 1_200 });
+
+/**
+ * Flex may buy 4-hour blocks (the limit sits above the market), so idle nodes have hours to sell;
+ * the recent peak that sell-back keeps looks back 10 minutes, so the jobs' demand ages out.
+ */
+const sellHarness = (region: string, seed: number, more: Omit<Parameters<typeof harness>[1], "seed"> = {}) =>
+  harness(region, {
+    seed,
+    config: { durationsHours: [4], flex: { ...CAPACITY_CONFIG.flex, limitCentsPerGpuHour: 1_000 } },
+    demand: { peakLookbackMs: 10 * MINUTE_MS },
+    ...more,
+  });
+
+/** Two 8-GPU Flex jobs → one buy of 2 nodes → their agents register and run the jobs: two idle nodes. */
+async function twoIdleFlexNodes(h: ReturnType<typeof harness>, region: string) {
+  const user = await signUp();
+  for (let i = 0; i < 2; i++) {
+    await submitTo(region, user.accountId, { tier: "flex", gpuCount: 8, estimatedDurationS: 600 });
+  }
+  expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "flex", nodes: 2 }]);
+  h.advance(7 * MINUTE_MS);
+  await h.cycle();
+  const tokens = h.simNodes().map((n) => ({ name: n.name, token: tokenOfCloudInit(n.cloudInitUserData!)! }));
+  for (const t of tokens) expect((await register(t.token, t.name)).status).toBe(200);
+  for (const t of tokens) await runToCompletion(t.token);
+  return { user, tokens };
+}
 
 /** What a node's agent does at boot: read its token from its cloud-init and register. */
 async function register(token: string, nodeId: string) {
@@ -510,7 +537,7 @@ describe("the capacity cron against the simulator", () => {
     // SF Compute does not promise unique node names: with duplicates allowed, a second send of a
     // request that lands late is a second node, paid for.
     const region = "capacity-e2e-late-send";
-    const h = harness(region, { seed: 11_021, nodes: { uniqueNames: false } });
+    const h = harness(region, { seed: 11_021, sim: { nodes: { uniqueNames: false } } });
     const user = await signUp({ fast_tier_enabled: true });
     await submitFast(region, user.accountId, 8);
     // The first send's connection fails before any answer, but the request reaches SF Compute later.
@@ -658,16 +685,7 @@ describe("the capacity cron against the simulator", () => {
 
   it("sells back the future hours of idle nodes when the quote beats the resale fee", async () => {
     const region = "capacity-e2e-sell";
-    // Flex may buy 4-hour blocks here (the limit sits above the market), so idle nodes have hours to sell.
-    // The recent peak that sell-back keeps looks back 10 minutes here, so the jobs' demand has aged out.
-    const h = harness(region, {
-      seed: 11_002,
-      config: {
-        durationsHours: [4],
-        flex: { ...CAPACITY_CONFIG.flex, limitCentsPerGpuHour: 1_000 },
-      },
-      demand: { peakLookbackMs: 10 * MINUTE_MS },
-    });
+    const h = sellHarness(region, 11_002);
     const user = await signUp();
     for (let i = 0; i < 2; i++) {
       await submitTo(region, user.accountId, { tier: "flex", gpuCount: 8, estimatedDurationS: 600 });
@@ -703,16 +721,37 @@ describe("the capacity cron against the simulator", () => {
     for (const n of h.simNodes()) expect(n.endAt).toBe(nextHour);
   });
 
+  it("keeps idle nodes in service when SF Compute refuses sells by contract (§16: it may)", async () => {
+    const region = "capacity-e2e-no-v0-sells";
+    const h = sellHarness(region, 11_027, { sim: { market: { v0Sells: "reject" } } });
+    const { tokens } = await twoIdleFlexNodes(h, region);
+
+    // In the sell window the sell quotes are refused: no sale is planned, so nothing is drained.
+    const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+    h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+    for (let minute = 0; minute < 3; minute++) {
+      const cycle = await h.cycle();
+      expect(ofKind(cycle.plan.actions, "sell_back")).toEqual([]);
+      expect(ofKind(cycle.plan.actions, "drain")).toEqual([]);
+      h.advance(MINUTE_MS);
+    }
+    const sells = await db
+      .select()
+      .from(marketOrders)
+      .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:sell_back")));
+    expect(sells).toEqual([]);
+    const snapshot = await schedulerOf(env, region).capacitySnapshot();
+    const ours = snapshot.nodes.filter((n) => tokens.some((t) => t.name === n.node_id));
+    expect(ours.map((n) => n.state)).toEqual(["ready", "ready"]);
+  });
+
   it("sells no node whose drain failed, nor one that took work between the plan and the sale", async () => {
     const region = "capacity-e2e-sell-guard";
     // Between the cycle and its scheduler, for the next drains in turn: a job submitted just before
     // one (the packer places it on the idle node while the quotes are fetched), a drain that fails
     // (the scheduler unreachable), or one answered without draining (what the hook returns).
     let before: ((nodeId: string) => Promise<DrainResult | undefined>)[] = [];
-    const h = harness(region, {
-      seed: 11_008,
-      config: { durationsHours: [4], flex: { ...CAPACITY_CONFIG.flex, limitCentsPerGpuHour: 1_000 } },
-      demand: { peakLookbackMs: 10 * MINUTE_MS },
+    const h = sellHarness(region, 11_008, {
       scheduler: (real) => ({
         capacitySnapshot: () => real.capacitySnapshot(),
         reserve: (r) => real.reserve(r),
@@ -724,16 +763,7 @@ describe("the capacity cron against the simulator", () => {
         releaseCapacityLease: (holder) => real.releaseCapacityLease(holder),
       }),
     });
-    const user = await signUp();
-    for (let i = 0; i < 2; i++) {
-      await submitTo(region, user.accountId, { tier: "flex", gpuCount: 8, estimatedDurationS: 600 });
-    }
-    expect(ofKind((await h.cycle()).plan.actions, "buy")).toMatchObject([{ tier: "flex", nodes: 2 }]);
-    h.advance(7 * MINUTE_MS);
-    await h.cycle();
-    const tokens = h.simNodes().map((n) => ({ name: n.name, token: tokenOfCloudInit(n.cloudInitUserData!)! }));
-    for (const t of tokens) expect((await register(t.token, t.name)).status).toBe(200);
-    for (const t of tokens) await runToCompletion(t.token);
+    const { user, tokens } = await twoIdleFlexNodes(h, region);
     const sells = () =>
       db
         .select()
