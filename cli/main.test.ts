@@ -317,6 +317,56 @@ describe("jobs run, while a job waits for its retry", () => {
   });
 });
 
+describe("keys create without --scope", () => {
+  it("asks for the default scopes the caller holds, no more", async () => {
+    let held = ["jobs:read", "endpoints:read", "billing:read"];
+    const asked: string[][] = [];
+    const read = async (req: IncomingMessage) => {
+      let body = "";
+      for await (const chunk of req) body += String(chunk);
+      return JSON.parse(body) as { name: string; scopes: string[] };
+    };
+    await withServer(
+      (req, res) => {
+        if (req.url === "/v1/me") return json(res, 200, { scopes: held });
+        void read(req).then(({ name, scopes }) => {
+          asked.push(scopes);
+          // As the API does: no scope beyond the caller's.
+          const beyond = scopes.filter((s) => !held.includes(s));
+          if (beyond.length > 0) {
+            json(res, 403, { error: { code: "scope_not_allowed", message: `not held: ${beyond.join(", ")}` } });
+          } else json(res, 201, { id: "k1", name, prefix: "sk_test_k2m9x1qa", scopes, secret: "sk_test_k2m9x1qa_s" });
+        });
+      },
+      async (env) => {
+        const viewer = capture(env);
+        expect(await run(["keys", "create", "ci"], viewer.io), viewer.stderr()).toBe(0);
+        expect(viewer.stdout()).toBe("sk_test_k2m9x1qa_s\n");
+        expect(asked).toEqual([["jobs:read", "endpoints:read"]]);
+
+        // Scopes given are sent as they are (the API judges them).
+        const given = capture(env);
+        expect(await run(["keys", "create", "ci", "--scope", "billing:read"], given.io)).toBe(0);
+        expect(asked.at(-1)).toEqual(["billing:read"]);
+
+        held = ["admin"];
+        const none = capture(env);
+        expect(await run(["keys", "create", "ci"], none.io)).toBe(1);
+        expect(none.stderr()).toBe(
+          "error: you hold none of the default scopes (jobs:read, jobs:write, endpoints:read, endpoints:write, endpoints:invoke); give the key some of yours with --scope: admin\n",
+        );
+        expect(asked).toHaveLength(2);
+      },
+    );
+  });
+
+  it("refuses an unknown scope before looking for credentials (exit 2)", async () => {
+    const c = capture();
+    expect(await run(["keys", "create", "k", "--scope", "bogus"], c.io)).toBe(2);
+    expect(c.stderr()).toMatch(/^error: --scope must be one of jobs:read, .*, not `bogus`\n$/);
+  });
+});
+
 describe("the bin, its output piped into a reader that stops early (`| head -1`)", () => {
   it("stops quietly, exit 0, with no stack trace on stderr", async () => {
     const line = (seq: number) => sse.log(1, seq, `line ${seq}`);

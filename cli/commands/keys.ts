@@ -2,7 +2,7 @@
 import { type ApiKey, type Connection, ok, type Scope } from "../api/client";
 import { type CommandSpec, idOf, listOption, PAGE_OPTIONS, pageQuery, stringOption } from "../args";
 import { type Context, printJson, printPage } from "../context";
-import { EXIT, UsageError } from "../errors";
+import { CliError, EXIT, UsageError } from "../errors";
 import { age, table } from "../output";
 
 /** Every scope of the API's spec: the compiler refuses this list when the spec gains or loses one. */
@@ -16,7 +16,10 @@ const EVERY_SCOPE = {
   admin: true,
 } as const satisfies Record<Scope, true>;
 export const SCOPES = Object.keys(EVERY_SCOPE) as readonly Scope[];
-/** What `keys create` grants when no `--scope` is given: run and read work, not manage the account. */
+/**
+ * What `keys create` grants when no `--scope` is given: run and read work, not manage the account;
+ * only those the caller holds (the API refuses to grant more: `scope_not_allowed`).
+ */
 export const DEFAULT_SCOPES: Scope[] = [
   "jobs:read",
   "jobs:write",
@@ -34,7 +37,18 @@ export function parseScopes(raw: string[]): Scope[] {
     if (!(SCOPES as readonly string[]).includes(s))
       throw new UsageError(`--scope must be one of ${SCOPES.join(", ")}, not \`${s}\``);
   }
-  return scopes.length > 0 ? [...new Set(scopes as Scope[])] : DEFAULT_SCOPES;
+  return [...new Set(scopes as Scope[])];
+}
+
+/** The default scopes the caller holds (`held`: its scopes, as `GET /v1/me` gives them). */
+export function defaultScopes(held: readonly Scope[]): Scope[] {
+  const scopes = DEFAULT_SCOPES.filter((s) => held.includes(s));
+  if (scopes.length === 0) {
+    throw new CliError(
+      `you hold none of the default scopes (${DEFAULT_SCOPES.join(", ")}); give the key some of yours with --scope: ${held.join(", ") || "none"}`,
+    );
+  }
+  return scopes;
 }
 
 /** A key by its id, its prefix (`sk_…`, as `keys ls` shows it) or its name (one active key of yours). */
@@ -92,7 +106,7 @@ export const keysCreate: CommandSpec<Context> = {
       type: "string",
       multiple: true,
       value: "S",
-      description: `${SCOPES.join(", ")} (repeat or comma list; default ${DEFAULT_SCOPES.join(",")})`,
+      description: `${SCOPES.join(", ")} (repeat or comma list; default those of ${DEFAULT_SCOPES.join(",")} you hold)`,
     },
     "expires-at": { type: "string", value: "TIME", description: "expiry, an ISO 8601 time in the future" },
   },
@@ -105,13 +119,15 @@ export const keysCreate: CommandSpec<Context> = {
     if (expiresAt !== undefined && Number.isNaN(Date.parse(expiresAt))) {
       throw new UsageError(`--expires-at takes an ISO 8601 time such as 2027-01-31T00:00:00Z, not \`${expiresAt}\``);
     }
+    const asked = parseScopes(listOption(values, "scope"));
     const conn = ctx.connection();
+    const scopes = asked.length > 0 ? asked : defaultScopes((await ok(conn, conn.api.GET("/v1/me"))).scopes);
     const key = await ok(
       conn,
       conn.api.POST("/v1/api-keys", {
         body: {
           name: positionals[0] as string,
-          scopes: parseScopes(listOption(values, "scope")),
+          scopes,
           ...(expiresAt ? { expires_at: new Date(expiresAt).toISOString() } : {}),
         },
       }),
