@@ -85,6 +85,7 @@ describe("parseCommandLine", () => {
 
   it("refuses what it does not know, naming it, as a usage error", () => {
     expect(usageError(["jobz"])).toBe("unknown command `jobz`; see `scalar --help`");
+    expect(usageError(["help", "jobz"])).toBe("unknown command `jobz`; see `scalar --help`");
     expect(usageError(["jobs", "start"])).toBe("unknown command `scalar jobs start`; see `scalar jobs --help`");
     expect(usageError(["jobs", "ls", "--bogus"])).toBe("unknown option --bogus; see `scalar jobs ls --help`");
     expect(usageError(["jobs", "get"])).toBe("missing argument: `scalar jobs get ID`");

@@ -85,13 +85,14 @@ export function parseCommandLine<C>(argv: string[], commands: CommandSpec<C>[]):
   const idx = wordIndices(head, types, 2);
   const words = idx.map((i) => head[i] as string);
 
-  if (words[0] === "help")
-    return {
-      kind: "help",
-      words: wordIndices(head, types, 3)
-        .slice(1)
-        .map((i) => head[i] as string),
-    };
+  const unknownCommand = (word: string) => new UsageError(`unknown command \`${word}\`; see \`scalar --help\``);
+  if (words[0] === "help") {
+    const asked = wordIndices(head, types, 3)
+      .slice(1)
+      .map((i) => head[i] as string);
+    if (asked[0] !== undefined && !commands.some((c) => c.words[0] === asked[0])) throw unknownCommand(asked[0]);
+    return { kind: "help", words: asked };
+  }
   if (words.length === 0) {
     if (head.includes("--version") || head.includes("-V")) return { kind: "version" };
     if (head.length === 0 || head.includes("--help") || head.includes("-h")) return { kind: "help", words: [] };
@@ -106,11 +107,8 @@ export function parseCommandLine<C>(argv: string[], commands: CommandSpec<C>[]):
       return { kind: "help", words: [words[0] as string] };
     }
     if (words.length === 0) throw new UsageError(`unexpected ${head[0]}; see \`scalar --help\``);
-    throw new UsageError(
-      group
-        ? `unknown command \`scalar ${words.join(" ")}\`; see \`scalar ${words[0]} --help\``
-        : `unknown command \`${words[0]}\`; see \`scalar --help\``,
-    );
+    if (!group) throw unknownCommand(words[0] as string);
+    throw new UsageError(`unknown command \`scalar ${words.join(" ")}\`; see \`scalar ${words[0]} --help\``);
   }
   const used = new Set(idx.slice(0, command.words.length));
   const remaining = head.filter((_, i) => !used.has(i));

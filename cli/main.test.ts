@@ -7,6 +7,7 @@ import type { Duplex } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { type WebSocket, WebSocketServer } from "ws";
+import { COMMANDS } from "./commands";
 import type { Io } from "./context";
 import { VERSION } from "./context";
 import { run } from "./main";
@@ -106,6 +107,10 @@ describe("run (in process)", () => {
     const version = capture();
     expect(await run(["--version"], version.io)).toBe(0);
     expect(version.stdout()).toBe(`scalar ${VERSION}\n`);
+    const bogus = capture();
+    expect(await run(["help", "bogus"], bogus.io)).toBe(2);
+    expect(bogus.stdout()).toBe("");
+    expect(bogus.stderr()).toBe("error: unknown command `bogus`; see `scalar --help`\n");
   });
 
   it("turns a usage error into one stderr line and exit 2, with nothing on stdout", async () => {
@@ -120,6 +125,10 @@ describe("run (in process)", () => {
     for (const [args, message] of [
       [["web", "health"], "error: PATH must start with /, not `health`\n"],
       [["web", "/", "-H", "no-colon"], "error: -H must be 'Name: value', not `no-colon`\n"],
+      [
+        ["web", "/", "-H", "bad name: x"],
+        "error: -H `bad name: x` is not a valid HTTP header (a name without spaces or separators, a value on one line)\n",
+      ],
       [["web", "/", "-d", "x", "-X", "GET"], "error: a GET request has no body: drop -d or pass -X POST\n"],
       [["web", "/", "--wait", "601"], "error: --wait must be at most 600\n"],
       [["web", "/", "-d", "@/nonexistent/body.json"], "error: -d @/nonexistent/body.json: ENOENT\n"],
@@ -130,6 +139,16 @@ describe("run (in process)", () => {
       expect(await run(["endpoints", "invoke", ...args], c.io), args.join(" ")).toBe(2);
       expect(c.stdout()).toBe("");
       expect(c.stderr()).toBe(message);
+    }
+  });
+
+  it("checks every list's --limit before looking for credentials (exit 2)", async () => {
+    const lists = COMMANDS.filter((c) => c.options.limit);
+    expect(lists.length).toBeGreaterThan(5);
+    for (const command of lists) {
+      const c = capture();
+      expect(await run([...command.words, "--limit", "abc"], c.io), command.words.join(" ")).toBe(2);
+      expect(c.stderr()).toBe("error: --limit must be a whole number, not `abc`\n");
     }
   });
 

@@ -155,6 +155,7 @@ export const endpointsLs: CommandSpec<Context> = {
   async run(ctx, { values }) {
     const status = choiceOption(values, "status", ["active", "deleted", "all"] as const);
     const tier = choiceOption(values, "tier", TIERS);
+    const paging = pageQuery(values);
     const conn = ctx.connection();
     const page = await ok(
       conn,
@@ -163,7 +164,7 @@ export const endpointsLs: CommandSpec<Context> = {
           query: {
             ...(status ? { status } : {}),
             ...(tier ? { tier } : {}),
-            ...pageQuery(values),
+            ...paging,
           },
         },
       }),
@@ -288,7 +289,14 @@ export const endpointsInvoke: CommandSpec<Context> = {
     for (const raw of listOption(values, "header")) {
       const at = raw.indexOf(":");
       if (at <= 0) throw new UsageError(`-H must be 'Name: value', not \`${raw}\``);
-      headers.append(raw.slice(0, at).trim(), raw.slice(at + 1).trim());
+      try {
+        headers.append(raw.slice(0, at).trim(), raw.slice(at + 1).trim());
+      } catch {
+        // fetch's own words ("Headers.append: … is an invalid header name.") would not say it was -H.
+        throw new UsageError(
+          `-H \`${raw}\` is not a valid HTTP header (a name without spaces or separators, a value on one line)`,
+        );
+      }
     }
     const wait = intOption(values, "wait", { min: 0, max: 600 });
     if (wait !== undefined) headers.set("scalar-wait", String(wait));

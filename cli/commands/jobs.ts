@@ -101,6 +101,7 @@ export const jobsLs: CommandSpec<Context> = {
     const labels = listOption(values, "label").map((l) => l.replace("=", ":"));
     const tier = choiceOption(values, "tier", TIERS);
     const region = stringOption(values, "region");
+    const paging = pageQuery(values);
     const conn = ctx.connection();
     const page = await ok(
       conn,
@@ -111,7 +112,7 @@ export const jobsLs: CommandSpec<Context> = {
             ...(tier ? { tier } : {}),
             ...(region ? { region } : {}),
             ...(labels.length ? { label: labels } : {}),
-            ...pageQuery(values),
+            ...paging,
           },
         },
       }),

@@ -155,6 +155,7 @@ export const keysLs: CommandSpec<Context> = {
   },
   examples: ["scalar keys ls", "scalar keys ls --all --json"],
   async run(ctx, { values }) {
+    const paging = pageQuery(values);
     const conn = ctx.connection();
     const page = await ok(
       conn,
@@ -162,7 +163,7 @@ export const keysLs: CommandSpec<Context> = {
         params: {
           query: {
             ...(values.all === true ? { include_revoked: "true" as const } : {}),
-            ...pageQuery(values),
+            ...paging,
           },
         },
       }),

@@ -79,11 +79,12 @@ export const nodesLs: CommandSpec<Context> = {
   async run(ctx, { values }) {
     const region = stringOption(values, "region");
     const state = choiceOption(values, "state", NODE_STATES);
+    const paging = pageQuery(values);
     const conn = ctx.connection();
     const page = await ok(
       conn,
       conn.api.GET("/v1/operator/nodes", {
-        params: { query: { ...(region ? { region } : {}), ...(state ? { state } : {}), ...pageQuery(values) } },
+        params: { query: { ...(region ? { region } : {}), ...(state ? { state } : {}), ...paging } },
       }),
     );
     printPage(ctx, page, { command: nodesLs, values, none: "no nodes", table: nodesTable });
@@ -198,12 +199,13 @@ export const deadLettersLs: CommandSpec<Context> = {
     const region = stringOption(values, "region");
     const account = stringOption(values, "account");
     if (account !== undefined && !isUuid(account)) throw new UsageError(`--account takes an account id (a UUID)`);
+    const paging = pageQuery(values);
     const conn = ctx.connection();
     const page = await ok(
       conn,
       conn.api.GET("/v1/operator/dead-letters", {
         params: {
-          query: { ...(region ? { region } : {}), ...(account ? { account_id: account } : {}), ...pageQuery(values) },
+          query: { ...(region ? { region } : {}), ...(account ? { account_id: account } : {}), ...paging },
         },
       }),
     );

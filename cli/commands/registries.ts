@@ -72,11 +72,12 @@ export const registriesLs: CommandSpec<Context> = {
   },
   examples: ["scalar registries ls", "scalar registries ls --json"],
   async run(ctx, { values }) {
+    const paging = pageQuery(values);
     const conn = ctx.connection();
     const page = await ok(
       conn,
       conn.api.GET("/v1/registry-credentials", {
-        params: { query: pageQuery(values) },
+        params: { query: paging },
       }),
     );
     printPage(ctx, page, { command: registriesLs, values, none: "no registry credentials", table: registriesTable });

@@ -75,8 +75,9 @@ export const invoicesLs: CommandSpec<Context> = {
   options: { ...PAGE_OPTIONS },
   examples: ["scalar invoices ls", "scalar invoices ls --json"],
   async run(ctx, { values }) {
+    const paging = pageQuery(values);
     const conn = ctx.connection();
-    const page = await ok(conn, conn.api.GET("/v1/invoices", { params: { query: pageQuery(values) } }));
+    const page = await ok(conn, conn.api.GET("/v1/invoices", { params: { query: paging } }));
     printPage(ctx, page, { command: invoicesLs, values, none: "no invoices yet", table: invoicesTable });
     return EXIT.ok;
   },
