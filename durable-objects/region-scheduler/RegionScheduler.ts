@@ -127,8 +127,8 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     return this.views.deadLetters();
   }
 
-  async undeliveredUsage(beforeMs: number): Promise<{ accounts: string[] }> {
-    return { accounts: this.outbox.usageAccountsBefore(beforeMs) };
+  async undeliveredUsage(startMs: number, endMs: number): Promise<{ accounts: string[] }> {
+    return { accounts: this.outbox.usageAccountsIn(startMs, endMs) };
   }
 
   async redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }> {

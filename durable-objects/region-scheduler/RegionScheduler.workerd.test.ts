@@ -1516,6 +1516,27 @@ describe("RegionScheduler: the outbox", () => {
     });
   });
 
+  it("holds a month's billing for undelivered rows by the time they cover, not by when they were written", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
+    const nodeId = (await stub.listNodes())[0]!.node_id;
+    const job = await jobFor({ gpu_count: 1, tier: "flex" });
+    await stub.submit(job);
+    const p = await placementOf(stub, job.id);
+    await stub.reportEvent(nodeId, ev("running", p.placement_id, clock.t));
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    expect(await stub.undeliveredUsage(T0 - 60_000, clock.t + 60_000)).toEqual({ accounts: [] });
+    // The month ends 30 s into the run; the run ends a minute later, and its end and usage are
+    // written then: still the ended month's usage.
+    const monthEnd = clock.t + 30_000;
+    clock.advance(90_000);
+    await stub.reportEvent(nodeId, ev("exited", p.placement_id, clock.t, { exit_code: 0 }));
+    expect(await stub.undeliveredUsage(T0 - 60_000, monthEnd)).toEqual({ accounts: [job.account_id] });
+    expect(await stub.undeliveredUsage(clock.t + 1, clock.t + 60_000)).toEqual({ accounts: [] });
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    expect(await stub.undeliveredUsage(T0 - 60_000, monthEnd)).toEqual({ accounts: [] });
+  });
+
   it("carries a job's whole history to Postgres, idempotently", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
@@ -1532,11 +1553,14 @@ describe("RegionScheduler: the outbox", () => {
     const sent = await runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec<Pending>("select kind, key, payload, created_at from outbox order by seq").toArray(),
     );
-    // Billing asks what usage Postgres does not have yet: this account's, decided before now.
-    expect(await stub.undeliveredUsage(clock.t + 1)).toEqual({ accounts: [job.account_id] });
-    expect(await stub.undeliveredUsage(T0)).toEqual({ accounts: [] });
+    // Billing asks what usage Postgres does not have yet, for a month: by the time the rows cover
+    // (the run from T0 + 1 s to T0 + 91 s), not by when they were written.
+    expect(await stub.undeliveredUsage(T0 - 60_000, clock.t + 1)).toEqual({ accounts: [job.account_id] });
+    // A month that ended before the run began, or began after it ended.
+    expect(await stub.undeliveredUsage(T0 - 60_000, T0)).toEqual({ accounts: [] });
+    expect(await stub.undeliveredUsage(clock.t + 1, clock.t + 60_000)).toEqual({ accounts: [] });
     expect(await runDurableObjectAlarm(stub)).toBe(true);
-    expect(await stub.undeliveredUsage(clock.t + 1)).toEqual({ accounts: [] });
+    expect(await stub.undeliveredUsage(T0 - 60_000, clock.t + 1)).toEqual({ accounts: [] });
 
     const [jobRow] =
       await sql`select status, attempts, exit_code, started_at, finished_at from jobs where id = ${job.id}`;

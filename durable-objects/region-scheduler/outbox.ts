@@ -203,13 +203,34 @@ export class Outbox {
     );
   }
 
-  /** Accounts with run or usage rows written before `beforeMs` still here (parked ones too). */
-  usageAccountsBefore(beforeMs: number): string[] {
+  /**
+   * Accounts with run or usage rows still here (parked ones too) whose time overlaps
+   * [`startMs`, `endMs`): a usage event's period, a run from its start (or placement) to its end.
+   * A run's row written before it ended (placed, running) ends where a later row of the same run
+   * here says it did, and runs on if none does (rows of a key leave in order, so while this one is
+   * here, so are the later ones). By the time the rows cover, not by when they were written: a run
+   * of October that ends at 00:30 on 1 November is written then, and October's invoice must wait
+   * for it; an October row parked for an operator holds up no later month it does not touch.
+   */
+  usageAccountsIn(startMs: number, endMs: number): string[] {
     return this.db
       .all<{ account_id: string | null }>(
-        `select distinct json_extract(payload, '$.account_id') as account_id from outbox
-          where kind in ('usage_event', 'job_run', 'replica_run') and created_at < ?`,
-        beforeMs,
+        `select distinct json_extract(o.payload, '$.account_id') as account_id from outbox o
+          where o.kind in ('usage_event', 'job_run', 'replica_run')
+            and coalesce(json_extract(o.payload, '$.period_start'), json_extract(o.payload, '$.started_at'),
+                         json_extract(o.payload, '$.placed_at'), o.created_at) < ?
+            and coalesce(
+                  json_extract(o.payload, '$.period_end'),
+                  json_extract(o.payload, '$.finished_at'),
+                  (select max(coalesce(json_extract(p.payload, '$.finished_at'), json_extract(p.payload, '$.period_end')))
+                     from outbox p
+                    where p.key = o.key and p.seq > o.seq
+                      and json_extract(o.payload, '$.id') in (json_extract(p.payload, '$.id'),
+                                                             json_extract(p.payload, '$.job_run_id'))),
+                  ?) >= ?`,
+        endMs,
+        startMs,
+        startMs,
       )
       .flatMap((r) => (r.account_id ? [r.account_id] : []));
   }

@@ -355,10 +355,10 @@ export interface RegionSchedulerRpc {
   listNodes(): Promise<NodeView[]>;
   deadLetters(): Promise<DeadLetter[]>;
   /**
-   * The accounts whose usage (runs, usage events) this object decided before `beforeMs` and has not
-   * delivered to Postgres yet: their invoice for a month ending then must wait for it.
+   * The accounts with usage (runs, usage events) overlapping [`startMs`, `endMs`) that this object
+   * has not delivered to Postgres yet: their invoice for that month must wait for it.
    */
-  undeliveredUsage(beforeMs: number): Promise<{ accounts: string[] }>;
+  undeliveredUsage(startMs: number, endMs: number): Promise<{ accounts: string[] }>;
   redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }>;
   ensureEndpoint(spec: EndpointSpec): Promise<EndpointState>;
   removeEndpoint(endpointId: string): Promise<{ removed: boolean }>;

@@ -68,19 +68,19 @@ export interface BillingDeps {
   now: number;
   log: Logger;
   /**
-   * The accounts with usage decided before `beforeMs` that Postgres does not have yet; null when
-   * that cannot be known now (a region did not answer). `undeliveredUsageOf` in production.
+   * The accounts with usage overlapping [`startMs`, `endMs`) that Postgres does not have yet; null
+   * when that cannot be known now (a region did not answer). `undeliveredUsageOf` in production.
    */
-  undeliveredUsage: (beforeMs: number) => Promise<Set<string> | null>;
+  undeliveredUsage: (startMs: number, endMs: number) => Promise<Set<string> | null>;
 }
 
 /** Asks every region served here; null if one does not answer. */
 export function undeliveredUsageOf(env: Env, log: Logger): BillingDeps["undeliveredUsage"] {
-  return async (beforeMs) => {
+  return async (startMs, endMs) => {
     const accounts = new Set<string>();
     for (const region of regionsOf(env)) {
       try {
-        for (const id of (await schedulerOf(env, region).undeliveredUsage(beforeMs)).accounts) accounts.add(id);
+        for (const id of (await schedulerOf(env, region).undeliveredUsage(startMs, endMs)).accounts) accounts.add(id);
       } catch (error) {
         log.warn("billing.region_unanswered", { region, ...errorFields(error) });
         return null;
@@ -105,15 +105,22 @@ export function billableMonth(now: number): string | null {
 }
 
 /**
- * One billing run: rate the due month's invoices that do not exist yet, and the month before's (an
- * account whose usage reached Postgres only after its month's successor ended), then send every draft.
+ * How many closed months each run rates: the due month and the ones before it, for an account
+ * whose usage reached Postgres late (a region's outbox held it, or a row waited for an operator).
+ */
+export const CATCH_UP_MONTHS = 12;
+
+/**
+ * One billing run: rate the invoices that do not exist yet of the due month and of the
+ * `CATCH_UP_MONTHS - 1` months before it, oldest first, then send every draft.
  */
 export async function runBilling(deps: BillingDeps): Promise<BillingResult> {
   const month = billableMonth(deps.now);
   let created = 0;
   if (month) {
-    created += await createInvoices(deps, monthOf(monthBounds(month)!.startMs - 1));
-    created += await createInvoices(deps, month);
+    const months = [month];
+    while (months.length < CATCH_UP_MONTHS) months.unshift(monthOf(monthBounds(months[0]!)!.startMs - 1));
+    for (const m of months) created += await createInvoices(deps, m);
   }
   let sent = 0;
   let failed = 0;
@@ -161,7 +168,7 @@ async function createInvoices(deps: BillingDeps, month: string): Promise<number>
   if (candidates.length === 0) return 0;
   // Asked after the candidates were read: usage delivered in between is in Postgres by now, and
   // usage still held then is waited for.
-  const waiting = await deps.undeliveredUsage(bounds.endMs);
+  const waiting = await deps.undeliveredUsage(bounds.startMs, bounds.endMs);
   if (waiting === null) {
     deps.log.warn("billing.usage_unsettled", { month, reason: "a region scheduler did not answer" });
     return 0;

@@ -215,7 +215,7 @@ describe("monthly invoices", () => {
 });
 
 describe("monthly invoices and usage not yet in Postgres", () => {
-  const draftRun = (now: number, undeliveredUsage: (beforeMs: number) => Promise<Set<string> | null>) =>
+  const draftRun = (now: number, undeliveredUsage: (startMs: number, endMs: number) => Promise<Set<string> | null>) =>
     withDb(env, (db) => runBilling({ db, stripe: stripeOf({}), now, log, undeliveredUsage }));
 
   it("waits for an account whose usage a region still holds, and for every account while a region is silent", async () => {
@@ -223,13 +223,13 @@ describe("monthly invoices and usage not yet in Postgres", () => {
     const other = await signUp();
     await usage(held.accountId, "flex", "H100", 3_600, 1, 2);
     await usage(other.accountId, "flex", "H100", 3_600, 1, 2);
-    const asked: number[] = [];
-    // A region still holds usage of `held` decided before the month's end.
-    await draftRun(AFTER, async (beforeMs) => {
-      asked.push(beforeMs);
+    const asked: [number, number][] = [];
+    // A region still holds usage of `held` in the month.
+    await draftRun(AFTER, async (startMs, endMs) => {
+      asked.push([startMs, endMs]);
       return new Set([held.accountId]);
     });
-    expect(asked).toContain(thisMonth.endMs);
+    expect(asked).toContainEqual([thisMonth.startMs, thisMonth.endMs]);
     expect(await invoiceOf(held.accountId)).toEqual([]);
     expect(await invoiceOf(other.accountId)).toHaveLength(1);
 
@@ -252,6 +252,18 @@ describe("monthly invoices and usage not yet in Postgres", () => {
     await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
     const later = nextMonth.endMs + SETTLE_MS + 60_000;
     await draftRun(later, nothingUndelivered);
+    const rows = await invoiceOf(user.accountId);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ periodStart: new Date(thisMonth.startMs), totalCents: 179 });
+  });
+
+  it("bills a month whose usage a parked record held for three months", async () => {
+    const user = await signUp();
+    await draftRun(AFTER, async () => new Set([user.accountId]));
+    await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
+    let end = thisMonth.endMs;
+    for (let i = 0; i < 3; i++) end = monthBounds(monthOf(end))!.endMs;
+    await draftRun(end + SETTLE_MS + 60_000, nothingUndelivered);
     const rows = await invoiceOf(user.accountId);
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({ periodStart: new Date(thisMonth.startMs), totalCents: 179 });
