@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -7,6 +7,7 @@ import type { Clock } from "./clock";
 import { AGENT_BATCH_BYTES, ControlPlaneError, jsonBytes } from "./control-plane";
 import { type Logger, silentLogger } from "./logger";
 import { EventOutbox, eventBatch } from "./outbox";
+import { ANONYMOUS, PrivateImages } from "./private-images";
 import { AgentState } from "./state";
 
 const dirs: string[] = [];
@@ -172,5 +173,55 @@ describe("a data folder that cannot be written", () => {
     const again = AgentState.open(f.dir);
     expect([again.nodeId, again.placement("p1")]).toEqual(["node-1", { stop_reason: "cancel", finished: "exited" }]);
     expect(f.logged.at(-1)).toBe("info: state.json written again");
+  });
+});
+
+describe("a data file that cannot be read at start", () => {
+  /** A data folder holding `name` cut short, as a write on a full disk left it, and what gets logged. */
+  function cutFile(name: string, whole: unknown) {
+    const dir = dataDir();
+    const text = JSON.stringify(whole);
+    writeFileSync(join(dir, name), text.slice(0, text.length / 2));
+    const logged: string[] = [];
+    const log: Logger = (level, msg) => logged.push(`${level}: ${msg}`);
+    const setAside = () => readdirSync(dir).filter((f) => f.startsWith(`${name}.corrupt-`));
+    return { dir, log, logged, setAside, cut: text.slice(0, text.length / 2) };
+  }
+
+  it("the outbox is set aside and the queue starts empty", () => {
+    const f = cutFile("outbox.json", [event("e1"), event("e2")]);
+    const box = EventOutbox.open(f.dir, { log: f.log });
+    expect(box.size).toBe(0);
+    expect(f.setAside()).toHaveLength(1);
+    expect(readFileSync(join(f.dir, f.setAside()[0]!), "utf8")).toBe(f.cut);
+    expect(f.logged).toEqual(["error: outbox.json cannot be read; set aside, starting without it"]);
+    box.add(event("e3"));
+    expect(EventOutbox.open(f.dir, { log: silentLogger }).has("e3")).toBe(true);
+  });
+
+  it("the state is set aside and starts empty, every cached image counting as private until shown public", () => {
+    const f = cutFile("state.json", { version: 1, node_id: "node-1", placements: { p1: { finished: "exited" } } });
+    const state = AgentState.open(f.dir, f.log);
+    expect([state.nodeId, state.knownPlacements()]).toEqual([undefined, []]);
+    expect(f.setAside()).toHaveLength(1);
+    expect(readFileSync(join(f.dir, f.setAside()[0]!), "utf8")).toBe(f.cut);
+    expect(f.logged).toEqual(["error: state.json cannot be read; set aside, starting without it"]);
+    expect(existsSync(join(f.dir, "state.json"))).toBe(true); // written at once: a crash now forgets nothing
+
+    // The records of images pulled with credentials went with the file: no cached image may start as public.
+    const images = new PrivateImages(
+      state,
+      { imageId: async (ref) => ref },
+      { now: () => 1, sleep: async () => {} },
+      silentLogger,
+    );
+    expect([images.mayStart("sha256:a", ANONYMOUS), images.mayStart("sha256:a", "sha256:fp")]).toEqual([false, false]);
+    // An anonymous pull that succeeds shows it public, for good.
+    images.startPull("app:1", ANONYMOUS).succeeded("sha256:a");
+    expect(images.mayStart("sha256:a", ANONYMOUS)).toBe(true);
+    const again = AgentState.open(f.dir);
+    expect([again.imageRecord("sha256:a"), again.imageRecord("sha256:b")?.fingerprints]).toEqual([undefined, []]);
+    // A fresh data folder has no such past.
+    expect(AgentState.open(dataDir()).imageRecord("sha256:b")).toBeUndefined();
   });
 });

@@ -3,14 +3,15 @@
  * acknowledges them, so neither an outage nor an agent restart loses one. Events carry ids chosen by
  * the agent; a re-sent event is recognised by its id on the other side. The queue is bounded: when
  * full, pull-progress events (informative only) go first, then the oldest events. A write that fails
- * (a full or read-only disk) is logged and the queue goes on in memory (files.ts, DataFile).
+ * (a full or read-only disk) is logged and the queue goes on in memory (files.ts, DataFile); a file
+ * that cannot be read at start is set aside and the queue starts empty.
  */
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementEvent } from "../core/schemas";
 import { AGENT_BATCH_BYTES, ControlPlaneError, jsonBytes } from "./control-plane";
 import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
-import { DataFile, readJson } from "./files";
+import { DataFile } from "./files";
 import { errorText, type Logger } from "./logger";
 
 const MAX_BATCH = 500; // EventBatch allows up to 500
@@ -46,9 +47,8 @@ export class EventOutbox {
     private readonly maxEvents: number,
     private readonly log: Logger,
   ) {
-    const raw = readJson(path);
-    this.events = raw === undefined ? [] : z.array(PlacementEvent).parse(raw);
     this.file = new DataFile(path, log);
+    this.events = this.file.read((raw) => z.array(PlacementEvent).parse(raw)) ?? [];
   }
 
   static open(dataDir: string, opts: { maxEvents?: number; log: Logger }): EventOutbox {

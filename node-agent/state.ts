@@ -6,12 +6,18 @@
  * credentials, and with which (fingerprints only: see private-images.ts); and when each image was
  * last pulled or started from (image-gc.ts: least recently used goes first). A write that fails is
  * logged and the state goes on in memory (files.ts, DataFile): the next change writes it again.
+ *
+ * A state file that cannot be read at start is set aside and the agent starts from an empty state
+ * (files.ts). The records of images pulled with credentials went with it, and a private image must
+ * never look public: from then on every cached image without a record reads as private with no
+ * fingerprint (every account pulls it once more) until an anonymous pull shows it public
+ * (`images_unknown`).
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementSet } from "../core/schemas";
-import { DataFile, readJson } from "./files";
+import { DataFile } from "./files";
 import { type Logger, silentLogger } from "./logger";
 
 /** Position after the last acknowledged log entry: its seq, timestamp, and how many entries share it. */
@@ -51,8 +57,17 @@ const StateFile = z.object({
   image_use: z.record(z.string(), z.number()).optional(),
   /** Mixed into credential fingerprints, so they cannot be compared with other nodes' or looked up. */
   fingerprint_salt: z.string().optional(),
+  /**
+   * Set when a state file that could not be read was set aside (ms): the image records were lost, so
+   * an image without one counts as pulled with credentials then, unless listed `public` since (an
+   * anonymous pull of it succeeded; bounded, oldest dropped first).
+   */
+  images_unknown: z.object({ since: z.number(), public: z.array(z.string()) }).optional(),
 });
 type StateFile = z.infer<typeof StateFile>;
+
+/** Image ids kept as shown public after the image records were lost (beyond: pulled once more). */
+const MAX_PUBLIC_AFTER_LOSS = 1_000;
 
 export class AgentState {
   private constructor(
@@ -60,11 +75,15 @@ export class AgentState {
     private data: StateFile,
   ) {}
 
+  /** Reads `<dataDir>/state.json`; one that cannot be read is set aside and the state starts empty. */
   static open(dataDir: string, log: Logger = silentLogger): AgentState {
-    const file = join(dataDir, "state.json");
-    const raw = readJson(file);
-    const data = raw === undefined ? { version: 1 as const, placements: {} } : StateFile.parse(raw);
-    return new AgentState(new DataFile(file, log), data);
+    const file = new DataFile(join(dataDir, "state.json"), log);
+    const data: StateFile = file.read((raw) => StateFile.parse(raw)) ?? { version: 1, placements: {} };
+    if (file.setAside) {
+      data.images_unknown = { since: Date.now(), public: [] };
+      file.write(data);
+    }
+    return new AgentState(file, data);
   }
 
   get nodeId(): string | undefined {
@@ -105,21 +124,36 @@ export class AgentState {
     return Object.keys(this.data.placements);
   }
 
+  /**
+   * The image's record; after the records were lost, an image not shown public since reads as
+   * pulled with credentials, none known.
+   */
   imageRecord(imageId: string): ImageRecord | undefined {
-    return this.data.images?.[imageId];
+    const record = this.data.images?.[imageId];
+    const unknown = this.data.images_unknown;
+    if (record || !unknown || unknown.public.includes(imageId)) return record;
+    return { ref: "", fingerprints: [], at: unknown.since };
   }
 
   imageRecordIds(): string[] {
     return Object.keys(this.data.images ?? {});
   }
 
-  /** Replaces (or with undefined, drops) an image's record: always a new object, never changed in place. */
+  /**
+   * Replaces (or with undefined, drops: the image is public) an image's record: always a new object,
+   * never changed in place.
+   */
   setImageRecord(imageId: string, record: ImageRecord | undefined): void {
     const images = { ...this.data.images };
+    const unknown = this.data.images_unknown;
+    const showsPublic = !record && unknown !== undefined && !unknown.public.includes(imageId);
     if (record) images[imageId] = record;
     else if (imageId in images) delete images[imageId];
-    else return;
+    else if (!showsPublic) return;
     this.data.images = images;
+    if (showsPublic) {
+      this.data.images_unknown = { ...unknown, public: [...unknown.public, imageId].slice(-MAX_PUBLIC_AFTER_LOSS) };
+    }
     this.save();
   }
 
