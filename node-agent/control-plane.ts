@@ -5,6 +5,7 @@
  * answer in Scalar's envelope also gives its `code` (e.g. `unknown_placement`). A body over the
  * control plane's size cap (MAX_REQUEST_BODY_BYTES, shared with the Worker) is `rejected` with
  * status 413 and code `payload_too_large`: batches are sized under AGENT_BATCH_BYTES to stay clear.
+ * For batches of events and log lines, only a refusal of the batch itself may drop it (`refusesBatch`).
  */
 import type { z } from "zod";
 import {
@@ -44,6 +45,34 @@ export class ControlPlaneError extends Error {
     super(message);
     this.name = "ControlPlaneError";
   }
+}
+
+/**
+ * Whether a failed send of a batch (events, log lines) was a refusal of the batch itself, which the
+ * same batch would meet again: its content (400, 422), its size (413), or an answer this agent cannot
+ * read to a batch the control plane took (2xx: a version mismatch). Any other answer says nothing
+ * about the batch (401 or 403 while a node token is replaced, 404 from a control plane without the
+ * route, 409, …): the batch waits and is sent again later, as while the control plane is unreachable.
+ */
+export function refusesBatch(error: ControlPlaneError): boolean {
+  if (error.kind !== "rejected") return false;
+  const status = error.status;
+  return status === undefined || status === 400 || status === 413 || status === 422 || (status >= 200 && status < 300);
+}
+
+/**
+ * `send` with the answers that do not refuse the batch itself (`refusesBatch`) thrown as
+ * `unreachable`, so the delivery loop keeps the batch and backs off instead of dropping it.
+ */
+export function batchSender<B>(send: (batch: B) => Promise<unknown>): (batch: B) => Promise<unknown> {
+  return async (batch) => {
+    try {
+      return await send(batch);
+    } catch (error) {
+      if (!(error instanceof ControlPlaneError) || refusesBatch(error)) throw error;
+      throw new ControlPlaneError("unreachable", error.message, error.status, error.code);
+    }
+  };
 }
 
 export interface ControlPlaneApi {

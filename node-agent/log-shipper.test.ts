@@ -3,7 +3,7 @@ import type { LogLine } from "../core/schemas";
 import type { Clock } from "./clock";
 import { ControlPlaneError } from "./control-plane";
 import { MAX_LINE_CHARS, splitLine } from "./log-follower";
-import { LogShipper } from "./log-shipper";
+import { DEFAULT_LOG_SHIPPER, LogShipper } from "./log-shipper";
 import { silentLogger } from "./logger";
 import type { LogCursor } from "./state";
 
@@ -78,6 +78,38 @@ describe("log shipper", () => {
     stop.abort();
     await loop;
   });
+
+  it.each([401, 403])(
+    "keeps the batch and its cursor while the control plane answers %i, and ships it once it takes it",
+    async (status) => {
+      const acked: number[] = [];
+      const shipper = new LogShipper((_, c) => acked.push(c.seq), silentLogger);
+      shipper.push(line("a", 0), cursor(0));
+      shipper.push(line("a", 1), cursor(1));
+      const sleeps: number[] = [];
+      const sent: number[][] = [];
+      let refusals = 2;
+      const stop = new AbortController();
+      const loop = shipper.deliver(
+        async (lines) => {
+          sent.push([acked.length, ...lines.map((l) => l.seq)]);
+          if (refusals-- > 0) throw new ControlPlaneError("rejected", `POST /v1/agent/logs: ${status}`, status);
+        },
+        { clock: { now: () => 0, sleep: async (ms) => void sleeps.push(ms) }, signal: stop.signal, log: silentLogger },
+      );
+      await shipper.whenDrained("a");
+      stop.abort();
+      await loop;
+      // [cursors moved so far, …the batch's seqs]: the same batch each time, the cursor held.
+      expect(sent).toEqual([
+        [0, 0, 1],
+        [0, 0, 1],
+        [0, 0, 1],
+      ]);
+      expect(acked).toEqual([1]);
+      expect(sleeps.filter((ms) => ms !== DEFAULT_LOG_SHIPPER.flushDelayMs)).toHaveLength(2); // backed off
+    },
+  );
 
   it("drops a batch the control plane refuses instead of retrying it forever", async () => {
     const shipper = new LogShipper(() => {}, silentLogger);

@@ -7,12 +7,13 @@
  *
  * A batch the control plane finds too large (413) is sent again in halves, down to single lines.
  * What it still refuses is dropped with an error log line: a single line refused as too large, or a
- * batch refused for any other reason (another 4xx: sending it again would not help). Each
- * acknowledged or dropped batch advances the placement's log cursor, from which a restarted agent
- * resumes with the same `seq` numbers.
+ * batch whose content it refuses (400, 422: sending it again would not help). Any other answer (a 401
+ * while the node token is replaced, …) keeps the batch, sent again with backoff, as while the control
+ * plane is unreachable (control-plane.ts, refusesBatch). Each acknowledged or dropped batch advances
+ * the placement's log cursor, from which a restarted agent resumes with the same `seq` numbers.
  */
 import type { LogLine } from "../core/schemas";
-import { AGENT_BATCH_BYTES, jsonBytes } from "./control-plane";
+import { AGENT_BATCH_BYTES, batchSender, jsonBytes } from "./control-plane";
 import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
 import { errorText, type Logger } from "./logger";
 import type { LogCursor } from "./state";
@@ -91,7 +92,8 @@ export class LogShipper {
     return new Promise((done) => this.drainWaiters.push({ placementId, done }));
   }
 
-  deliver(send: (lines: LogLine[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+  deliver(sendLines: (lines: LogLine[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+    const send = batchSender(sendLines);
     const queue: DeliveryQueue<QueuedLine[]> = {
       what: "logs",
       nextBatch: async () => {

@@ -55,33 +55,44 @@ describe("event outbox", () => {
     expect(box.has("run-4")).toBe(true);
   });
 
-  it("retries with backoff while the control plane is unreachable, then empties", async () => {
-    const box = EventOutbox.open(dataDir(), { log: silentLogger });
-    box.add(event("e1"));
-    box.add(event("e2"));
-    const clock = recordingClock();
-    const sent: string[][] = [];
-    let failures = 3;
-    const stop = new AbortController();
-    const loop = box.deliver(
-      async (events) => {
-        if (failures-- > 0) throw new ControlPlaneError("unreachable", "ECONNREFUSED");
-        sent.push(events.map((e) => e.event_id));
-      },
-      {
-        clock,
-        signal: stop.signal,
-        log: silentLogger,
-        policy: { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0 },
-      },
-    );
-    await box.whenEmpty();
-    stop.abort();
-    await loop;
-    expect(sent).toEqual([["e1", "e2"]]);
-    expect(clock.sleeps).toEqual([100, 200, 400]);
-    expect(EventOutbox.open(dirs[0]!, { log: silentLogger }).size).toBe(0);
-  });
+  // A 401 or 403 while the node token is replaced (the new one not yet in place), a 404 from a
+  // control plane without the route: nothing about the events themselves, so none is dropped.
+  it.each([
+    ["is unreachable", () => new ControlPlaneError("unreachable", "ECONNREFUSED")],
+    ...[401, 403, 404].map((status) => [
+      `answers ${status}`,
+      () => new ControlPlaneError("rejected", `POST /v1/agent/events: ${status}`, status),
+    ]),
+  ] as [string, () => ControlPlaneError][])(
+    "keeps every event and retries with backoff while the control plane %s, then empties",
+    async (_, failure) => {
+      const box = EventOutbox.open(dataDir(), { log: silentLogger });
+      box.add({ event_id: "p1/exited", placement_id: "p1", at: 1, type: "exited", exit_code: 0 } as PlacementEvent);
+      box.add({ event_id: "p2/failed", placement_id: "p2", at: 1, type: "failed", reason: "x" } as PlacementEvent);
+      const clock = recordingClock();
+      const sent: string[][] = [];
+      let failures = 3;
+      const stop = new AbortController();
+      const loop = box.deliver(
+        async (events) => {
+          if (failures-- > 0) throw failure();
+          sent.push(events.map((e) => e.event_id));
+        },
+        {
+          clock,
+          signal: stop.signal,
+          log: silentLogger,
+          policy: { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0 },
+        },
+      );
+      await box.whenEmpty();
+      stop.abort();
+      await loop;
+      expect(sent).toEqual([["p1/exited", "p2/failed"]]);
+      expect(clock.sleeps).toEqual([100, 200, 400]);
+      expect(EventOutbox.open(dirs[0]!, { log: silentLogger }).size).toBe(0);
+    },
+  );
 
   it("drops only the event the control plane refuses", async () => {
     const box = EventOutbox.open(dataDir(), { log: silentLogger });

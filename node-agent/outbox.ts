@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { PlacementEvent } from "../core/schemas";
-import { AGENT_BATCH_BYTES, ControlPlaneError, jsonBytes } from "./control-plane";
+import { AGENT_BATCH_BYTES, batchSender, ControlPlaneError, jsonBytes } from "./control-plane";
 import { type DeliveryOptions, type DeliveryQueue, deliver, Wakeup } from "./delivery";
 import { DataFile } from "./files";
 import { errorText, type Logger } from "./logger";
@@ -86,8 +86,13 @@ export class EventOutbox {
     return new Promise((done) => this.idle.push(done));
   }
 
-  /** Sends until `signal` aborts: batches in order, backing off while the control plane is unreachable. */
-  deliver(send: (events: PlacementEvent[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+  /**
+   * Sends until `signal` aborts: batches in order, backing off while the control plane is unreachable
+   * or answers anything but a refusal of the events themselves (a 401 while the node token is
+   * replaced: control-plane.ts, refusesBatch), which drops only the event it refuses.
+   */
+  deliver(sendEvents: (events: PlacementEvent[]) => Promise<unknown>, opts: DeliveryOptions): Promise<void> {
+    const send = batchSender(sendEvents);
     const queue: DeliveryQueue<PlacementEvent[]> = {
       what: "events",
       nextBatch: async () => {
