@@ -4,7 +4,7 @@
  */
 import { expireIdempotencyKeysTask, expireJobLogsTask, reconcileTask } from "./api/housekeeping";
 import { runBilling, stripeOf, undeliveredUsageOf } from "./billing/invoices";
-import { paymentHoldsTask } from "./billing/payment-hold";
+import { paymentHoldsTask } from "./billing/reconcile";
 import { runCapacityCron } from "./capacity/cron";
 import { withDb } from "./db/client";
 import { createLogger, errorFields, type Logger } from "./http/log";

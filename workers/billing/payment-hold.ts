@@ -15,8 +15,7 @@
  */
 import { and, asc, eq, inArray, sql } from "drizzle-orm";
 import { monthOf } from "../../core/pricing/month";
-import type { CronTask } from "../cron";
-import { type Db, withDb } from "../db/client";
+import type { Db } from "../db/client";
 import { accounts, auditLog, invoices, type PaymentHold } from "../db/schema";
 import { errorFields, type Logger } from "../http/log";
 
@@ -178,12 +177,3 @@ export async function sweepPaymentHolds(db: Db, clock: HoldClock, log: Logger): 
   if (result.set + result.cleared + result.failed > 0) log.info("billing.payment_holds", { ...result });
   return result;
 }
-
-/** The hourly cron task (workers/cron.ts): the sweep at the trigger's time. */
-export const paymentHoldsTask: CronTask = {
-  name: "billing.payment_holds",
-  run: (env, log, trigger) =>
-    withDb(env, (db) =>
-      sweepPaymentHolds(db, { now: trigger.scheduledTime, graceMs: dunningGraceMs(env.DUNNING_GRACE_DAYS, log) }, log),
-    ),
-};

@@ -53,7 +53,7 @@ export async function billedInvoice() {
   await withDb(env, (db) => runBilling({ db, stripe, now: AFTER, log, undeliveredUsage: nothingUndelivered }));
   const [row] = await withDb(env, (db) => db.select().from(invoices).where(eq(invoices.accountId, user.accountId)));
   expect(row).toMatchObject({ status: "open" });
-  return { user, row: row!, stripeInvoice: sim.invoice(row!.stripeInvoiceId!)! };
+  return { user, row: row!, stripeInvoice: sim.invoice(row!.stripeInvoiceId!)!, stripe };
 }
 
 let seq = 0;

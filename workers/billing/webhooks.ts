@@ -90,7 +90,14 @@ export async function handleStripeWebhook(
       const [seen] = await tx.select().from(stripeEvents).where(eq(stripeEvents.id, event.id));
       return { event_id: event.id, type: event.type, outcome: seen?.outcome ?? "applied", duplicate: true };
     }
-    const { outcome, accountId } = await applyEvent(tx as unknown as Db, event);
+    const { outcome, accountId } = (HANDLED_EVENTS as readonly string[]).includes(event.type)
+      ? await applyInvoiceEvent(
+          tx as unknown as Db,
+          event.type as InvoiceEventType,
+          event.data.object as Stripe.Invoice,
+          event.created,
+        )
+      : { outcome: `ignored: ${event.type} is not acted on`, accountId: null };
     await tx.update(stripeEvents).set({ outcome }).where(eq(stripeEvents.id, event.id));
     // Whatever the event did (even nothing: it came late), the hold follows the invoices as they are.
     const hold = accountId
@@ -109,12 +116,19 @@ export async function handleStripeWebhook(
 /** An event's change to an invoice: what it writes, and the statuses it may move it from. */
 type Move = { set: PgUpdateSetSource<typeof invoices>; from: string[] };
 
-/** What an event did (`applied`, or why not), and the account of the invoice it is about, if ours. */
-async function applyEvent(db: Db, event: Stripe.Event): Promise<{ outcome: string; accountId: string | null }> {
-  if (!(HANDLED_EVENTS as readonly string[]).includes(event.type)) {
-    return { outcome: `ignored: ${event.type} is not acted on`, accountId: null };
-  }
-  const object = event.data.object as Stripe.Invoice;
+export type InvoiceEventType = (typeof HANDLED_EVENTS)[number];
+
+/**
+ * What an invoice event did (`applied`, or why not), and the account of the invoice it is about, if
+ * ours. `object` is the invoice as the event carries it; `createdS` the event's time (Unix seconds).
+ * Also used for what Stripe says of an invoice whose event never came (reconcile.ts).
+ */
+export async function applyInvoiceEvent(
+  db: Db,
+  type: InvoiceEventType,
+  object: Stripe.Invoice,
+  createdS: number,
+): Promise<{ outcome: string; accountId: string | null }> {
   const [row] = await db
     .select({ id: invoices.id, status: invoices.status, accountId: invoices.accountId })
     .from(invoices)
@@ -127,12 +141,12 @@ async function applyEvent(db: Db, event: Stripe.Event): Promise<{ outcome: strin
   const paid: Move = {
     set: {
       status: "paid",
-      paidAt: at(object.status_transitions?.paid_at) ?? new Date(event.created * 1000),
+      paidAt: at(object.status_transitions?.paid_at) ?? new Date(createdS * 1000),
       nextPaymentAttemptAt: null,
     },
     from: ["draft", "open", "uncollectible"],
   };
-  const moves: Record<(typeof HANDLED_EVENTS)[number], Move> = {
+  const moves: Record<InvoiceEventType, Move> = {
     "invoice.finalized": {
       set: { status: "open", number: object.number ?? null, hostedInvoiceUrl: object.hosted_invoice_url ?? null },
       from: ["draft"],
@@ -159,11 +173,10 @@ async function applyEvent(db: Db, event: Stripe.Event): Promise<{ outcome: strin
       from: ["draft", "open", "uncollectible"],
     },
   };
-  const move = moves[event.type as (typeof HANDLED_EVENTS)[number]];
+  const move = moves[type];
   // The first finalization, whichever event tells it first: the payment hold's grace runs from it.
   const finalized =
-    at(object.status_transitions?.finalized_at) ??
-    (event.type === "invoice.finalized" ? new Date(event.created * 1000) : null);
+    at(object.status_transitions?.finalized_at) ?? (type === "invoice.finalized" ? new Date(createdS * 1000) : null);
   const changed = await db
     .update(invoices)
     .set({
