@@ -1,7 +1,12 @@
 /** Time, injected everywhere the agent waits or stamps, so tests can drive it. */
 export interface Clock {
+  /** The wall clock (ms since the epoch): timestamps, and absolute times such as kill deadlines. */
   now(): number;
-  /** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
+  /**
+   * Resolves after `ms` on the monotonic clock, whatever the wall clock does meanwhile (NTP stepping
+   * it back must not hold up heartbeats, backoffs or timeouts), or at once when `signal` aborts
+   * (never rejects).
+   */
   sleep(ms: number, signal?: AbortSignal): Promise<void>;
 }
 
@@ -14,14 +19,14 @@ export const systemClock: Clock = {
     return new Promise((done) => {
       if (signal?.aborted) return done();
       let timer: NodeJS.Timeout;
-      const until = Date.now() + Math.max(0, ms);
+      const until = performance.now() + Math.max(0, ms);
       const finish = () => {
         clearTimeout(timer);
         signal?.removeEventListener("abort", finish);
         done();
       };
       const arm = () => {
-        const left = until - Date.now();
+        const left = until - performance.now();
         if (left <= 0) return finish();
         timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
       };
