@@ -287,6 +287,15 @@ export async function sendInvoice(db: Db, stripe: Stripe, invoiceId: string): Pr
       { idempotencyKey: `scalar-invoice-${invoice.id}-line-${index}` },
     );
   }
+  if (draft.status === "draft") {
+    // Checked before finalizing: once finalized, Stripe collects whatever the invoice totals.
+    const built = await stripe.invoices.retrieve(draft.id as string);
+    if (built.total !== invoice.totalCents) {
+      throw new Error(
+        `Stripe's draft ${built.id} totals ${built.total} ¢, ours ${invoice.totalCents} ¢: not finalized`,
+      );
+    }
+  }
   const finalized =
     draft.status === "draft"
       ? await stripe.invoices.finalizeInvoice(

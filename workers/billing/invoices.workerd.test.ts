@@ -202,6 +202,35 @@ describe("monthly invoices", () => {
     expect(row!.finalizedAt).toBeInstanceOf(Date);
   });
 
+  it("finalizes no draft whose total at Stripe differs from ours (an item not ours on it)", async () => {
+    const { sim, run } = stack();
+    const user = await signUp();
+    await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
+    // Something else adds an item to the draft just after our first one.
+    let added = false;
+    const original = sim.fetch;
+    sim.fetch = async (request) => {
+      const answer = await original(request.clone());
+      if (!added && request.method === "POST" && new URL(request.url).pathname === "/v1/invoiceitems") {
+        added = true;
+        const body = new URLSearchParams(await request.text());
+        body.set("amount", "500");
+        body.set("metadata[line]", "not ours");
+        const headers = {
+          authorization: request.headers.get("authorization")!,
+          "content-type": request.headers.get("content-type")!,
+        };
+        expect((await original(new Request(request.url, { method: "POST", headers, body }))).status).toBe(200);
+      }
+      return answer;
+    };
+    expect(await run()).toMatchObject({ failed: 1 });
+    const [row] = await invoiceOf(user.accountId);
+    expect(row).toMatchObject({ status: "draft", totalCents: 179 });
+    expect(row!.lastError).toMatch(/totals 679 ¢, ours 179 ¢: not finalized/);
+    expect(sim.invoice(row!.stripeInvoiceId!)!.status).toBe("draft");
+  });
+
   it("without a Stripe key, rates the month and keeps the invoice as a draft", async () => {
     const user = await signUp();
     await usage(user.accountId, "flex", "H100", 3_600, 1, 2);
