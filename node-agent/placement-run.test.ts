@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { z } from "zod";
 import { Placement, type PlacementEvent, type RegistryAuth, registryOf } from "../core/schemas";
-import { systemClock } from "./clock";
+import { type Clock, systemClock } from "./clock";
 import { ControlPlaneError } from "./control-plane";
 import { EngineError, type RegistryCredentials } from "./docker/engine";
 import { EngineWatchdog } from "./engine-watchdog";
@@ -17,7 +17,7 @@ import { readJson } from "./files";
 import { LogShipper } from "./log-shipper";
 import type { Logger } from "./logger";
 import { EventOutbox } from "./outbox";
-import { PlacementRun, REGISTRY_AUTH_TRIES, type RunContext } from "./placement-run";
+import { DEADLINE_RECHECK_MS, PlacementRun, REGISTRY_AUTH_TRIES, type RunContext } from "./placement-run";
 import { ANONYMOUS, MAX_FINGERPRINTS, PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
 import { AgentState } from "./state";
@@ -64,7 +64,7 @@ afterEach(() => {
 let counter = 0;
 
 /** One agent's worth of run context over a data folder (a new one unless given: a restart reuses it). */
-function node(opts: { dataDir?: string; engine?: FakeEngine; pullPolicy?: PullPolicy } = {}) {
+function node(opts: { dataDir?: string; engine?: FakeEngine; pullPolicy?: PullPolicy; clock?: Clock } = {}) {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "scalar-run-"));
   if (!opts.dataDir) dirs.push(dataDir);
   const engine = opts.engine ?? new FakeEngine();
@@ -78,7 +78,7 @@ function node(opts: { dataDir?: string; engine?: FakeEngine; pullPolicy?: PullPo
     engine,
     api,
     images,
-    clock: systemClock,
+    clock: opts.clock ?? systemClock,
     state,
     outbox,
     shipper: new LogShipper(() => {}, log),
@@ -755,5 +755,33 @@ describe("a data folder that cannot be written", () => {
     expect(n.ctx.outbox.has(`${placement.placement_id}/failed`)).toBe(true);
     expect(n.state.placement(placement.placement_id).finished).toBe("failed");
     expect(n.logs.some((l) => l.includes("could not write outbox.json"))).toBe(true);
+  });
+});
+
+describe("a kill deadline and a stepped clock", () => {
+  it("stops the container when the wall clock reaches its deadline, also by a step forward", async () => {
+    // NTP steps the clock an hour forward while the job runs: its deadline, an hour on, has come.
+    let wall = Date.now();
+    const n = node({ engine: new LiveEngine(), clock: { now: () => wall, sleep: systemClock.sleep } });
+    const placement = Placement.parse(
+      testPlacement({
+        placement_id: `p${counter++}`,
+        job_id: "j",
+        image: IMAGE,
+        cpu_milli: 100,
+        kill_deadline: wall + 3_600_000,
+      }),
+    );
+    n.api.answers.set(placement.placement_id, { registry: registryOf(IMAGE), credentials: null });
+    const run = new PlacementRun(n.ctx, placement);
+    for (let i = 0; i < 200 && !types(n.events()).includes("running"); i++) await systemClock.sleep(10);
+    expect(types(n.events())).toContain("running");
+    wall += 3_600_000;
+    const stopped = await Promise.race([
+      run.done.then(() => true),
+      systemClock.sleep(DEADLINE_RECHECK_MS + 3_000).then(() => false),
+    ]);
+    expect(stopped).toBe(true);
+    expect(n.engine.calls).toContain("stop");
   });
 });

@@ -67,6 +67,9 @@ export interface RunContext {
 
 type StopReason = "cancel" | "deadline";
 
+/** How often a kill deadline is looked at again on the wall clock (see `armDeadline`). */
+export const DEADLINE_RECHECK_MS = 5_000;
+
 const SIGNAL_NAMES = new Map(Object.entries(constants.signals).map(([name, n]) => [n, name]));
 
 /** 137 → SIGKILL: a process killed by a signal exits with 128 + its number. */
@@ -745,17 +748,21 @@ export class PlacementRun {
     if (deadline === null) return;
     const timer = new AbortController();
     this.deadlineTimer = timer;
-    void this.ctx.clock
-      .sleep(deadline - this.ctx.clock.now(), timer.signal)
-      .then(() => {
-        if (!timer.signal.aborted) this.requestStop("deadline");
-      })
-      .catch((error) =>
-        this.ctx.log("error", "could not stop a container at its deadline", {
-          placement_id: this.id,
-          error: errorText(error),
-        }),
-      );
+    const { clock } = this.ctx;
+    // The deadline is a wall-clock instant and sleeps are monotonic: looked at again on the wall
+    // clock at least every DEADLINE_RECHECK_MS, so a clock stepped meanwhile (NTP after a boot)
+    // moves the stop with it, either way.
+    void (async () => {
+      for (let left = deadline - clock.now(); left > 0 && !timer.signal.aborted; left = deadline - clock.now()) {
+        await clock.sleep(Math.min(left, DEADLINE_RECHECK_MS), timer.signal);
+      }
+      if (!timer.signal.aborted) this.requestStop("deadline");
+    })().catch((error) =>
+      this.ctx.log("error", "could not stop a container at its deadline", {
+        placement_id: this.id,
+        error: errorText(error),
+      }),
+    );
   }
 
   private report(
