@@ -361,6 +361,33 @@ describe("RegionScheduler: one job's life", () => {
     ]);
   });
 
+  it("ends a placed or pulling run its node does not list, with no outcome reported, after the grace", async () => {
+    const { stub, clock } = await region({ unlisted_run_grace_ms: 60_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const beat = async (running: string[]) => {
+      clock.advance(10_000);
+      await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running });
+    };
+    // Pulling and listed (the agent lists the runs it is starting): it waits, however long the pull.
+    const pulling = await jobFor({ gpu_count: 2 });
+    await stub.submit(pulling);
+    const p = await placementOf(stub, pulling.id);
+    await stub.reportEvent(N("n1"), ev("pulling", p.placement_id, clock.t));
+    const run = async () => (await stub.jobState(pulling.id))!.placements[0]?.status;
+    for (let i = 0; i < 12; i++) await beat([p.placement_id]);
+    expect(await run()).toBe("pulling");
+    // Its pull fails, and the failure is lost on the node: it is no longer listed, and no event comes.
+    await beat([]);
+    for (let i = 0; i < 5; i++) await beat([]);
+    expect(await run()).toBe("pulling");
+    await beat([]);
+    expect(await stub.jobState(pulling.id)).toMatchObject({
+      status: "queued",
+      failure_reason: `its node ${N("n1")} is not starting it and reported no outcome (never received, or its outcome lost on the node)`,
+    });
+    expect((await stub.listNodes())[0]!.free_gpus).toHaveLength(8);
+  });
+
   it("stops a run at its kill deadline and fails the job without retrying it", async () => {
     const { stub, clock } = await region({ grace_period_ms: 1_000, deadline_slack_ms: 1_000 });
     const { job, p } = await runningOnNode1(stub, clock, { max_runtime_s: 60 });

@@ -516,13 +516,15 @@ export class Region {
   }
 
   /**
-   * A run whose container started and that the node's heartbeats have stopped listing is over
-   * without a word from the agent: once `unlisted_run_grace_ms` has passed (time for an exit event
-   * held up behind the agent's backoff), it ends `lost` as of the first heartbeat that missed it,
-   * rather than holding its GPUs and billing on until its deadline.
+   * A run that the node's heartbeats do not list (they list every run starting or running there)
+   * is over without a word from the agent: once `unlisted_run_grace_ms` has passed (time for the
+   * placement to reach the node, or for an exit or failure event held up behind the agent's
+   * backoff), it ends `lost` as of the first heartbeat that missed it, rather than holding its GPUs
+   * (and, once started, billing) until its deadline, or for ever for a replica, which has none. So
+   * also a run placed or pulling whose failure was lost on the node, or that never reached it.
    */
   private endIfUnlisted(run: RunRow, running: Set<string>, now: number): boolean {
-    if (run.status !== "running" || run.desired === "stopped" || running.has(run.id)) {
+    if (run.desired === "stopped" || running.has(run.id)) {
       this.unlistedSince.delete(run.id);
       return false;
     }
@@ -533,7 +535,10 @@ export class Region {
     }
     if (now - since < this.settings().unlisted_run_grace_ms) return false;
     this.unlistedSince.delete(run.id);
-    const reason = `its node ${run.node_id} no longer runs it and reported no exit (outcome lost on the node)`;
+    const reason =
+      run.status === "running"
+        ? `its node ${run.node_id} no longer runs it and reported no exit (outcome lost on the node)`
+        : `its node ${run.node_id} is not starting it and reported no outcome (never received, or its outcome lost on the node)`;
     this.log("run.unlisted", { placement_id: run.id, node_id: run.node_id, unlisted_ms: now - since });
     this.endRun(run, { status: "lost", reason }, now, since);
     return true;

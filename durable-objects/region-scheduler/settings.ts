@@ -21,9 +21,10 @@ export interface SchedulerSettings {
   /** A replica that was ready and has failed its health check for this long is restarted. */
   replica_unhealthy_after_ms: number;
   /**
-   * A running run its node's heartbeats have not listed (no container runs it) for this long, with
-   * no exit reported, is over: its outcome was lost on the node (an agent crash before its outbox
-   * reached the disk, a refused event). It ends `lost` (retried) as of when it was first missed.
+   * A run (placed, pulling or running) its node's heartbeats have not listed for this long, with no
+   * outcome reported, is over: its outcome was lost on the node (an agent crash before its outbox
+   * reached the disk, a refused event), or it never reached the node. It ends `lost` (retried) as of
+   * when it was first missed.
    */
   unlisted_run_grace_ms: number;
   /** Stop a run this long after its kill deadline if the agent has not. */
