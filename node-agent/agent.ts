@@ -158,6 +158,12 @@ export class Agent {
   private reconcileAgain = false;
   /** Set once a reconcile has compared the desired set with the engine's containers in this process. */
   private reconciledOnce = false;
+  /**
+   * Whether this process has had the control plane's placement set. Until then it adopts the
+   * containers it finds and enforces their deadlines, but starts nothing from the set saved before a
+   * restart: that set may be stale (the node lost meanwhile, its work placed elsewhere).
+   */
+  private polled = false;
   private inventory: GpuInventoryResult | null = null;
   /** When the engine last became stuck (for the recovery's log line). */
   private engineStuckAt: number | null = null;
@@ -463,7 +469,8 @@ export class Agent {
         await this.deps.clock.sleep(delay, this.signal);
         continue;
       }
-      if (set.version !== since || this.desired === null) {
+      if (set.version !== since || this.desired === null || !this.polled) {
+        this.polled = true;
         this.desired = set.placements;
         // First, so the new containers' first engine calls are on their way during the disk write.
         this.launchNew();
@@ -688,7 +695,7 @@ export class Agent {
    * (after a restart: containers to adopt), everything waits for the reconcile.
    */
   private launchNew(): void {
-    if (!this.reconciledOnce || this.desired === null || this.signal.aborted) return;
+    if (!this.reconciledOnce || !this.polled || this.desired === null || this.signal.aborted) return;
     const known = new Set(this.state.knownPlacements());
     for (const placement of this.desired) {
       const id = placement.placement_id;
@@ -733,8 +740,9 @@ export class Agent {
       }
     }
     for (const step of plan.adds) {
-      // Started meanwhile by `launchNew`, while this reconcile waited for the engine.
-      if (this.runs.has(step.placement.placement_id)) continue;
+      // Started meanwhile by `launchNew`, while this reconcile waited for the engine; or, before
+      // this process's first placement set, from the saved one: not yet.
+      if (this.runs.has(step.placement.placement_id) || !this.polled) continue;
       this.launch(step.placement);
     }
     for (const id of plan.forget) this.state.forgetPlacement(id);

@@ -6,7 +6,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { Placement } from "../core/schemas";
 import type { Logger } from "./logger";
+import { AgentState } from "./state";
 import { TestControlPlane } from "./test/control-plane";
 import { FakeEngine } from "./test/fake-engine";
 import { placement, startUnitAgent } from "./test/harness";
@@ -83,6 +85,33 @@ describe("the node's state in heartbeat answers", () => {
     await cp.waitFor("a placement poll", () => cp.placementPolls > 0);
     expect(cp.registrations).toHaveLength(2);
     expect(lines.some((l) => l.level === "info" && l.msg === "container engine answers")).toBe(true);
+  });
+
+  it("after a restart, starts nothing from the saved set until the control plane has sent its own", async () => {
+    const cp = await TestControlPlane.start({ heartbeatIntervalMs: 50 });
+    cleanups.push(() => cp.close());
+    const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-state-"));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    // Saved before the restart: the node's identity and a set with a placement not started yet.
+    const saved = AgentState.open(dataDir);
+    saved.setIdentity(cp.nodeId, "test-1");
+    saved.setPlacementSet({ version: 7, placements: [Placement.parse(placement({ image: "busybox" }))] });
+    // Meanwhile the node was lost and its work placed elsewhere: the control plane's set is empty,
+    // and it cannot be asked at first.
+    cp.placementsDown = true;
+    const engine = new FakeEngine();
+    const agent = await startUnitAgent(cp, engine, { dataDir });
+    cleanups.push(() => agent.stop());
+    await cp.waitFor("a few refused polls and heartbeats", () => cp.placementPolls >= 3 && cp.heartbeats.length >= 3);
+    await new Promise((go) => setTimeout(go, 300)); // reconciles every 100 ms
+    // Not started: no registry credentials asked for it, nothing pulled or created.
+    const started = () => [...cp.registryAuthRequests, ...engine.calls.filter((c) => c === "create" || c === "pull")];
+    expect(started()).toEqual([]);
+    cp.placementsDown = false;
+    const polls = cp.placementPolls;
+    await cp.waitFor("the set", () => cp.placementPolls > polls + 1);
+    await new Promise((go) => setTimeout(go, 300));
+    expect(started()).toEqual([]);
   });
 
   it("with placements to adopt (a restart), waits for the engine before registering", async () => {

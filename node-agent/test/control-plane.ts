@@ -55,6 +55,8 @@ export class TestControlPlane {
   readonly heartbeats: Heartbeat[] = [];
   /** `GET placements` requests so far. */
   placementPolls = 0;
+  /** When set, `GET placements` answers 503 (the route down while the rest answers). */
+  placementsDown = false;
   /** Accepted events, first arrival of each id, in arrival order. */
   readonly events: PlacementEvent[] = [];
   /** Events that arrived again with an id already accepted. */
@@ -252,6 +254,7 @@ export class TestControlPlane {
       }
       case `GET ${AGENT_ROUTES.placements}`: {
         this.placementPolls += 1;
+        if (this.placementsDown) throw new HttpError(503, "unavailable", "placements are down (test)");
         const since = Number(url.searchParams.get("since") ?? "0");
         const waitMs = Math.min(Number(url.searchParams.get("wait_ms") ?? "0"), 60_000);
         if (!Number.isInteger(since) || since < 0 || !Number.isFinite(waitMs) || waitMs < 0) {
