@@ -241,6 +241,27 @@ describe("heartbeats", () => {
   });
 });
 
+describe("heartbeats after a restart", () => {
+  it("list the placements started before until the engine's containers have been listed once", async () => {
+    const engine = new LiveEngine();
+    const { cp, agent, dataDir } = await agentOn(engine);
+    cp.setPlacements([job("p-before")]);
+    await runningContainer(engine, cp, "p-before");
+    await agent.stop(); // the container runs on
+    // The restarted process's listings of the engine hang (a slow engine): it cannot see what runs.
+    engine.hung.add("list");
+    const from = cp.heartbeats.length;
+    const second = await startUnitAgent(cp, engine, { dataDir });
+    cleanups.push(async () => {
+      engine.hung.clear();
+      engine.release();
+      await second.stop();
+    });
+    await cp.waitFor("2 heartbeats of the new process", () => cp.heartbeats.length >= from + 2);
+    expect(cp.heartbeats.slice(from, from + 2).map((h) => h.running)).toEqual([["p-before"], ["p-before"]]);
+  });
+});
+
 describe("a data folder that cannot be written", () => {
   it("keeps running placements and reporting from memory, and writes the files again once it can", async () => {
     const engine = new LiveEngine();

@@ -572,7 +572,17 @@ export class Agent {
     // Runs still starting too: a container may come to hold their GPUs at any moment, so the control
     // plane must not hand those to new work yet (it ends a run asked to stop once no heartbeat lists it).
     const starting = [...this.runs.values()].filter((r) => r.starting).map((r) => r.id);
-    const runningIds = [...new Set([...running.map((r) => r.id), ...starting, ...(await this.runningContainers())])];
+    const listed = await this.runningContainers();
+    // Until this process has listed the engine's containers once (a restart, with the listing slow or
+    // failing), the placements started before and not seen to finish may still run: listed too, so the
+    // control plane does not end a run asked to stop and hand its GPUs on while its container holds them.
+    const unseen =
+      this.listedAt === Number.NEGATIVE_INFINITY
+        ? [...(this.desired ?? []).map((p) => p.placement_id), ...this.state.knownPlacements()].filter(
+            (id) => !this.state.placement(id).finished,
+          )
+        : [];
+    const runningIds = [...new Set([...running.map((r) => r.id), ...starting, ...listed, ...unseen])];
     const stats = new Map<string, StatsSample>();
     const containers = [];
     const ready = await this.readiness(running);
