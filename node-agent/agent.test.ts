@@ -183,6 +183,36 @@ describe("retiring an orphan whose stop fails", () => {
   });
 });
 
+describe("a cancel while an orphan is being stopped", () => {
+  it("stops the cancelled job's container at once, not after the orphan's stop", async () => {
+    // The orphan's process ignores SIGTERM: its stop takes its whole grace.
+    const slow = new Set<string>();
+    const stops = new Map<string, number>();
+    class SlowStops extends LiveEngine {
+      override async stop(id?: string): Promise<void> {
+        if (id && !stops.has(id)) stops.set(id, Date.now());
+        if (id && slow.has(id)) await sleep(3_000);
+        return super.stop(id);
+      }
+    }
+    const engine = new SlowStops();
+    const { cp } = await agentOn(engine, { orphanGraceMs: 0 });
+    cp.setPlacements([{ ...job("p-orphan"), grace_period_ms: 5_000 }, job("p-cancelled")]);
+    const containerOf = async (placementId: string) => {
+      const running = await cp.waitFor("running", () => cp.eventsFor(placementId).find((e) => e.type === "running"));
+      return (running as Extract<typeof running, { type: "running" }>).container_id!;
+    };
+    const orphan = await containerOf("p-orphan");
+    const cancelled = await containerOf("p-cancelled");
+    slow.add(orphan);
+    // In one new set: the orphan's placement leaves (its run ended elsewhere), the other job is cancelled.
+    cp.setPlacements([{ ...job("p-cancelled"), desired: "stopped" }]);
+    await until("both stops asked", () => stops.has(orphan) && stops.has(cancelled));
+    expect(stops.get(cancelled)! - stops.get(orphan)!).toBeLessThan(1_000);
+    await until("the orphan stopped", () => !engine.running().includes(orphan));
+  });
+});
+
 describe("an engine hiccup on an inspect", () => {
   it("after the start: the run goes on, and its exit is reported", async () => {
     const engine = new LiveEngine();

@@ -740,15 +740,19 @@ export class Agent {
       orphanGraceMs: this.config.orphanGraceMs,
     });
     this.orphanSince = plan.orphanSince;
-    await Promise.all(plan.removes.map((step) => this.remove(step)));
-    if (this.signal.aborted) return;
-    for (const step of plan.updates) {
+    // Stops take up to a container's grace period (more on a hung engine); updates (a cancel, a moved
+    // deadline, an adoption) free or need nothing, so they are not held up behind them. New
+    // placements wait for the stops: the GPUs they were given may be the stopped containers'.
+    const removing = Promise.all(plan.removes.map((step) => this.remove(step)));
+    for (const step of this.signal.aborted ? [] : plan.updates) {
       if (step.kind === "update") this.runs.get(step.placement.placement_id)?.update(step.placement);
       else {
         this.deps.log("info", "adopting container", { placement_id: step.placement.placement_id });
         this.track(new PlacementRun(this.ctx, step.placement, step.containerId));
       }
     }
+    await removing;
+    if (this.signal.aborted) return;
     for (const step of plan.adds) {
       // Started meanwhile by `launchNew`, while this reconcile waited for the engine; or, before
       // this process's first placement set, from the saved one: not yet.

@@ -1,7 +1,8 @@
 /**
  * The reconcile plan: compare what should run (the desired placements) with what runs (containers
- * carrying our labels, and the runs the agent is driving), and list the steps: removes first, then
- * updates, then adds. Pure: the agent applies it. The order frees resources only within one
+ * carrying our labels, and the runs the agent is driving), and list the steps: removes, updates
+ * and adds. Pure: the agent applies it (the removes' stops begun, the updates at once, the adds
+ * once the stops are done, so that a cancel never waits behind a slow stop). The order frees resources only within one
  * reconcile: a placement new to the agent process starts as soon as the long poll brings it, before
  * any reconcile (agent.ts, `launchNew`); an orphan keeps running for the orphan grace; and nothing
  * here checks a new placement's GPUs against containers still running. What guards a node that
