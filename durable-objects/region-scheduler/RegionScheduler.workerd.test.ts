@@ -1348,6 +1348,22 @@ describe("RegionScheduler: endpoint traffic", () => {
   const placementsOf = async (stub: Stub, id: string) =>
     (await stub.endpointState(id))!.replicas.map((r) => r.placement?.placement_id ?? null);
   const desiredOf = async (stub: Stub, id: string) => (await stub.endpointState(id))!.desired_replicas;
+  const runningOnN1 = async (stub: Stub) =>
+    (await stub.pollPlacements(N("n1"), 0, 0)).placements
+      .filter((p) => p.desired === "running")
+      .map((p) => p.placement_id);
+  /** `ms` later, node n1 still alive: a heartbeat with its replicas ready, then the alarm. */
+  const laterOnN1 = async (stub: Stub, clock: TestClock, ms: number) => {
+    clock.advance(ms);
+    const ids = await runningOnN1(stub);
+    await stub.heartbeat(N("n1"), {
+      at: clock.t,
+      gpus: [],
+      containers: ids.map((placement_id) => ({ placement_id, ready: true })),
+      running: ids,
+    });
+    await runDurableObjectAlarm(stub);
+  };
 
   it("starts a replica for the first request at zero, spreads requests over ready replicas, and scales back after the delay", async () => {
     const { stub, clock } = await region();
@@ -1393,22 +1409,8 @@ describe("RegionScheduler: endpoint traffic", () => {
       expect(await stub.endpointRequestDone((r as { lease_id: string }).lease_id)).toEqual({ ok: true });
     }
     expect(await stub.endpointRequestDone((first as { lease_id: string }).lease_id)).toEqual({ ok: false });
-    const running = async () =>
-      (await stub.pollPlacements(N("n1"), 0, 0)).placements
-        .filter((p) => p.desired === "running")
-        .map((p) => p.placement_id);
-    // The node stays alive: a heartbeat with its replicas ready before each look.
-    const later = async (ms: number) => {
-      clock.advance(ms);
-      const ids = await running();
-      await stub.heartbeat(N("n1"), {
-        at: clock.t,
-        gpus: [],
-        containers: ids.map((placement_id) => ({ placement_id, ready: true })),
-        running: ids,
-      });
-      await runDurableObjectAlarm(stub);
-    };
+    const running = () => runningOnN1(stub);
+    const later = (ms: number) => laterOnN1(stub, clock, ms);
     await later(30_000);
     expect(await desiredOf(stub, spec.id)).toBe(3);
     // ...then it keeps what the busiest moment of the delay needed (2), the highest replica going first.
@@ -1426,6 +1428,25 @@ describe("RegionScheduler: endpoint traffic", () => {
     await later(61_000);
     expect(await desiredOf(stub, spec.id)).toBe(0);
     expect(await running()).toEqual([]);
+  });
+
+  it("scales away a replica started for a request that gave up on it, a delay or two later", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 0, max_replicas: 2, target_concurrency: 1, scale_down_delay_s: 60 });
+    await stub.ensureEndpoint(spec);
+    // A client that does not wait out the cold start (or a monitor probing with Scalar-Wait: 0).
+    expect(await stub.routeEndpoint(spec.id, { wait_ms: 0 })).toMatchObject({ ok: false, code: "no_ready_replica" });
+    expect(await desiredOf(stub, spec.id)).toBe(1);
+    const [p0] = (await placementsOf(stub, spec.id)) as [string];
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true });
+    // Nobody asks again. Its wait counts as the first delay's busiest moment (one replica kept)...
+    await laterOnN1(stub, clock, 61_000);
+    expect(await desiredOf(stub, spec.id)).toBe(1);
+    // ...and a quiet delay later the replica is gone.
+    await laterOnN1(stub, clock, 61_000);
+    expect(await desiredOf(stub, spec.id)).toBe(0);
+    expect(await runningOnN1(stub)).toEqual([]);
   });
 
   it("keeps the replicas a lowered minimum no longer needs for the scale-down delay; a lowered maximum applies at once", async () => {

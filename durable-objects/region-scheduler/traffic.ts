@@ -70,6 +70,13 @@ export class Traffic {
     if (this.takeScaled()) this.region.schedule(now);
     const candidates = this.ready(endpointId).filter((c) => !exclude.includes(c.placement_id));
     if (candidates.length === 0) {
+      // This request may give up without ever taking a lease (a client that does not wait, or not
+      // as long as the cold start): the scale-down timer is set as if it had ended, and its wait
+      // counts in the busiest moment until the timer fires. So a replica started for nobody is
+      // scaled away a delay or two later, not kept (and billed) until some later request ends.
+      this.need(spec, inflight, now);
+      const peak = this.peak.get(endpointId);
+      if (peak !== undefined) this.peak.set(endpointId, Math.max(peak, inflight + 1));
       return { ok: false, code: "no_ready_replica", waiting_reason: this.whyNoneReady(endpointId, exclude) };
     }
     let best = candidates[0]!;
