@@ -571,6 +571,54 @@ describe("RegionScheduler: failures", () => {
     await runDurableObjectAlarm(stub);
     expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", attempt: 2 });
   });
+
+  it("places a gang's retry only once every run of the failed attempt has ended", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    for (const n of ["a1", "a2", "a3"]) await stub.registerNode(nodeReg(N(n), { zone: "za" }));
+    const job = await jobFor({ gpu_count: 16 });
+    await stub.submit(job);
+    const [m0, m1] = (await stub.jobState(job.id))!.placements;
+    expect([m0!.node_id, m1!.node_id]).toEqual([N("a1"), N("a2")]);
+    await stub.reportEvent(N("a1"), ev("running", m0!.placement_id, clock.t));
+    await stub.reportEvent(N("a2"), ev("running", m1!.placement_id, clock.t));
+    await stub.reportEvent(N("a1"), ev("exited", m0!.placement_id, clock.t, { exit_code: 1 }));
+    const afterFail = await stub.jobState(job.id);
+    expect(afterFail).toMatchObject({ status: "queued", failure_reason: "exit code 1" });
+    // Past the backoff rank 1, asked to stop, still runs (checkpointing, say): a1 and a3 are free,
+    // but attempt 2 waits rather than run beside it.
+    clock.t = afterFail!.next_attempt_at!;
+    await stub.heartbeat(N("a2"), { at: clock.t, gpus: [], containers: [], running: [m1!.placement_id] });
+    await runDurableObjectAlarm(stub);
+    expect(await stub.jobState(job.id)).toMatchObject({
+      status: "queued",
+      attempt: 1,
+      waiting_reason: `waiting for attempt 1 to stop: still running on node ${N("a2")}`,
+    });
+    // Its exit ends the wait at once.
+    await stub.reportEvent(N("a2"), ev("exited", m1!.placement_id, clock.t, { exit_code: 143 }));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", attempt: 2 });
+  });
+
+  it("places a re-driven gang only once the dead attempt's other ranks have stopped", async () => {
+    const { stub, clock } = await region();
+    for (const n of ["a1", "a2", "a3"]) await stub.registerNode(nodeReg(N(n), { zone: "za" }));
+    const job = await jobFor({ gpu_count: 16, max_attempts: 1 });
+    await stub.submit(job);
+    const [m0, m1] = (await stub.jobState(job.id))!.placements;
+    await stub.reportEvent(N("a1"), ev("running", m0!.placement_id, clock.t));
+    await stub.reportEvent(N("a2"), ev("running", m1!.placement_id, clock.t));
+    await stub.reportEvent(N("a1"), ev("exited", m0!.placement_id, clock.t, { exit_code: 1 }));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "failed", dead_lettered: true });
+    // Re-driven while rank 1 still stops: queued, not placed beside it.
+    expect(await stub.redrive(job.id)).toEqual({ ok: true, status: "queued" });
+    expect((await stub.jobState(job.id))!.waiting_reason).toBe(
+      `waiting for attempt 1 to stop: still running on node ${N("a2")}`,
+    );
+    // A heartbeat that no longer lists it, a heartbeat cycle after the stop, ends it: the job is placed.
+    clock.advance(20_000);
+    await stub.heartbeat(N("a2"), { at: clock.t, gpus: [], containers: [], running: [] });
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", attempt: 2 });
+  });
 });
 
 describe("RegionScheduler: restart", () => {

@@ -990,14 +990,27 @@ export class Region {
   schedule(now: number): number {
     const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by submitted_at, id");
     if (queued.length === 0) return 0;
-    const eligible = queued.filter((j) => j.next_attempt_at === null || j.next_attempt_at <= now);
+    const stopping = this.stillStopping();
+    const eligible: JobRow[] = [];
     for (const j of queued) {
       if (j.next_attempt_at !== null && j.next_attempt_at > now) {
         this.waiting.set(j.id, {
           reason: `retrying at ${new Date(j.next_attempt_at).toISOString()} after: ${j.failure_reason ?? "a failure"}`,
           reserved_start_at: null,
         });
+        continue;
       }
+      const left = stopping.get(j.id);
+      if (left) {
+        const attempts = [...new Set(left.map((r) => r.attempt))];
+        const nodes = [...new Set(left.map((r) => r.node_id))];
+        this.waiting.set(j.id, {
+          reason: `waiting for attempt${attempts.length === 1 ? "" : "s"} ${attempts.join(", ")} to stop: still running on node${nodes.length === 1 ? "" : "s"} ${nodes.join(", ")}`,
+          reserved_start_at: null,
+        });
+        continue;
+      }
+      eligible.push(j);
     }
     if (eligible.length === 0) return 0;
     const nodes = this.nodes();
@@ -1028,6 +1041,24 @@ export class Region {
     }
     for (const w of p.waiting) this.waiting.set(w.job_id, { reason: w.reason, reserved_start_at: w.reserved_start_at });
     return placed;
+  }
+
+  /**
+   * Queued jobs with runs of an earlier attempt still active (asked to stop, not yet ended), and
+   * those runs. Such a job is not placed until they end (their exit, a heartbeat that no longer
+   * lists them, or their node's loss; each ends in a packer pass): a gang's other ranks, stopped
+   * when one failed, may outlast the backoff, and a re-drive has none, so a new attempt would run
+   * beside the old one (reading what a rank checkpointing on SIGTERM still writes). Replicas are
+   * not held back: a replica scaled down and up again starts while its old run stops.
+   */
+  private stillStopping(): Map<string, RunRow[]> {
+    const out = new Map<string, RunRow[]>();
+    const runs = this.db.all<RunRow>(
+      `select runs.* from runs join jobs on jobs.id = runs.job_id
+       where jobs.status = 'queued' and jobs.kind = 'job' and runs.status in ${ACTIVE_RUN_SQL} order by runs.id`,
+    );
+    for (const r of runs) out.set(r.job_id, [...(out.get(r.job_id) ?? []), r]);
+    return out;
   }
 
   private place(
