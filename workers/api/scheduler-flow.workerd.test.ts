@@ -697,6 +697,47 @@ describe("submission's failure semantics", () => {
     await call("POST", `/v1/jobs/${acked.id}/cancel`, user.token);
   });
 
+  it("passes on a cancel that landed during the submission even when the first forward of it fails", async () => {
+    const user = await signUp({ max_concurrent_gpus: 128 });
+    // 64 GPUs: more than this file's region ever has, so it stays queued in the scheduler.
+    const { id, stored } = await storedJob(user);
+    await sql("update jobs set gpu_count = 64 where id = $1", [id]);
+    stored.gpuCount = 64;
+    const real = regionScheduler(env, REGION);
+    let cancelCalls = 0;
+    /** The real scheduler, but the job is cancelled in Postgres while its submission is in flight, and
+     * the submission's first forward of that cancel fails. */
+    const racing = {
+      ...env,
+      REGION_SCHEDULER: {
+        idFromName: (name: string) => env.REGION_SCHEDULER.idFromName(name),
+        get: () => ({
+          submit: async (job: Parameters<typeof real.submit>[0]) => {
+            const result = await real.submit(job);
+            await sql("update jobs set status = 'cancelled', finished_at = now() where id = $1", [id]);
+            return result;
+          },
+          cancel: async (jobId: string) => {
+            cancelCalls += 1;
+            if (cancelCalls === 1) throw new Error("Network connection lost.");
+            return real.cancel(jobId);
+          },
+        }),
+      },
+    } as unknown as Env;
+    expect(await withDb(env, (db) => submitJob(racing, db, stored, log))).toEqual({ outcome: "cancelled" });
+    expect(cancelCalls).toBe(1);
+    expect((await real.jobState(id))?.status).toBe("queued");
+    // The reconciler passes it on (other files' rows may be passed on in the same run), and closes the ledger row.
+    await withDb(env, (db) => forwardCancels(racing, db, log));
+    expect((await real.jobState(id))?.status).toBe("cancelled");
+    expect(cancelCalls).toBe(2);
+    const [ledger] = await sql<{ acked_at: Date | null }>("select acked_at from job_submissions where job_id = $1", [
+      id,
+    ]);
+    expect(ledger!.acked_at).not.toBeNull();
+  });
+
   it("syncs an endpoint whose spec the scheduler missed", async () => {
     const user = await signUp();
     const created = await call("POST", "/v1/endpoints", user.token, {

@@ -92,13 +92,18 @@ export async function submitJob(
       return { outcome: "rejected" };
     }
     // The acknowledgement and the re-read of the job's status, in one statement (the id inlined:
-    // without parameters it is one round trip).
+    // without parameters it is one round trip). A job cancelled meanwhile is not acknowledged: its
+    // cancel still has to reach the scheduler, and the ledger row left open is what makes the
+    // reconciler pass it on (forwardCancels) if the call below fails or never happens.
     const id = sql.raw(literal(row.id));
     const [now] = await db.execute<{ status: string }>(sql`
-      with acked as (
-        update ${jobSubmissions} set acked_at = now(), last_error = null where job_id = ${id}
+      with job as (select status from ${jobs} where id = ${id}),
+      acked as (
+        update ${jobSubmissions}
+        set acked_at = case when (select status from job) = 'cancelled' then null else now() end, last_error = null
+        where job_id = ${id}
       )
-      select status from ${jobs} where id = ${id}`);
+      select status from job`);
     status = result.status;
     state = result.state ?? null;
     statusNow = now?.status;
@@ -111,9 +116,15 @@ export async function submitJob(
       .catch(() => {});
     return { outcome: "failed" };
   }
-  // A cancel that ran while the call was in flight found nothing to cancel there: pass it on now.
+  // A cancel that ran while the call was in flight found nothing to cancel there: pass it on now,
+  // and close the ledger row once the scheduler has it (else forwardCancels passes it on).
   if (statusNow === "cancelled") {
-    await scheduler.cancel(row.id).catch((error: unknown) => log.warn("job.cancel_forward_failed", errorFields(error)));
+    try {
+      await scheduler.cancel(row.id);
+      await db.update(jobSubmissions).set({ ackedAt: new Date() }).where(eq(jobSubmissions.jobId, row.id));
+    } catch (error) {
+      log.warn("job.cancel_forward_failed", { job_id: row.id, ...errorFields(error) });
+    }
     return { outcome: "cancelled" };
   }
   return { outcome: "acked", status, state };
@@ -154,10 +165,10 @@ export async function reconcileSubmissions(
 
 /**
  * Cron task: jobs cancelled in Postgres that their scheduler never acknowledged (cancelled while it
- * was unreachable, or while their submission was in flight and its answer lost) may still be
- * queued there, where nothing would ever stop them. Each such cancel is passed on until the
- * scheduler answers; its answer, whatever it is (cancelled there, unknown, already finished),
- * closes the ledger row.
+ * was unreachable, or while their submission was in flight and its answer, or its forward of the
+ * cancel, lost) may still be queued there, where nothing would ever stop them. Each such cancel
+ * is passed on until the scheduler answers; its answer, whatever it is (cancelled there, unknown,
+ * already finished), closes the ledger row.
  */
 export async function forwardCancels(env: Env, db: Db, log: Logger): Promise<{ forwarded: number }> {
   const pending = await db
