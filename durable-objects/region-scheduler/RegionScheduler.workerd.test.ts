@@ -408,6 +408,35 @@ describe("RegionScheduler: one job's life", () => {
     expect(events.at(-1)).toEqual({ type: "failed", exit_code: 137 });
     expect(events.map((e) => e.type)).toEqual(["queued", "placed", "running", "stop_requested", "exited", "failed"]);
   });
+
+  for (const end of ["lost", "removed"] as const) {
+    it(`fails a job stopped at its kill deadline whose node is ${end} before the exit, without retrying it`, async () => {
+      const { stub, clock } = await region({
+        grace_period_ms: 1_000,
+        deadline_slack_ms: 1_000,
+        heartbeat_timeout_ms: 60_000,
+      });
+      const { job, p } = await runningOnNode1(stub, clock, { max_runtime_s: 60 });
+      await stub.registerNode(nodeReg(N("n2")));
+      clock.advance(62_000);
+      await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [p.placement_id] });
+      await stub.heartbeat(N("n2"), { at: clock.t, gpus: [], containers: [], running: [] });
+      await runDurableObjectAlarm(stub);
+      expect((await stub.pollPlacements(N("n1"), 0, 0)).placements[0]).toMatchObject({ desired: "stopped" });
+      // n1 goes silent (or leaves the fleet) before its agent reports the exit; n2 has room for a retry.
+      if (end === "lost") {
+        clock.advance(61_000);
+        await stub.heartbeat(N("n2"), { at: clock.t, gpus: [], containers: [], running: [] });
+        await runDurableObjectAlarm(stub);
+      } else expect(await stub.removeNode(N("n1"))).toEqual({ removed: true });
+      expect(await stub.jobState(job.id)).toMatchObject({
+        status: "failed",
+        attempt: 1,
+        failure_reason: "max runtime exceeded",
+        dead_lettered: false,
+      });
+    });
+  }
 });
 
 describe("RegionScheduler: failures", () => {

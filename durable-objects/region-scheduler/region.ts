@@ -664,14 +664,14 @@ export class Region {
     return { ok: true, state: liveState(node), changed: node.state === "ready" && !cordoned(node) };
   }
 
-  /** The node left the fleet: its work ends as lost (retried elsewhere) and its row goes. */
+  /** The node left the fleet: its work ends as lost (retried elsewhere; see `goneOutcome`) and its row goes. */
   removeNode(nodeId: string, now: number): boolean {
     // A drain kept for a node that never registered goes with it.
     this.db.run("delete from pending_drains where node_id = ?", nodeId);
     const node = this.node(nodeId);
     if (!node) return false;
     for (const run of this.activeRuns(nodeId)) {
-      this.endRun(run, { status: "lost", reason: `node ${nodeId} released` }, now, now);
+      this.endRun(run, this.goneOutcome(run, `node ${nodeId} released`), now, now);
     }
     this.db.run("delete from nodes where id = ?", nodeId);
     this.liveness.delete(nodeId);
@@ -704,8 +704,17 @@ export class Region {
     );
     this.log("node.lost", { node_id: node.id, silent_ms: now - lastSeen });
     for (const run of this.activeRuns(node.id)) {
-      this.endRun(run, { status: "lost", reason: `node ${node.id} lost` }, now, lastSeen);
+      this.endRun(run, this.goneOutcome(run, `node ${node.id} lost`), now, lastSeen);
     }
+  }
+
+  /**
+   * How a run ends when its node is lost or removed: `lost` (retried), unless it was asked to stop,
+   * when it ends as that stop would have. A run stopped at its kill deadline fails its job ("max
+   * runtime exceeded") rather than run again from the start, its whole max runtime already spent.
+   */
+  private goneOutcome(run: RunRow, reason: string): RunOutcome {
+    return run.desired === "stopped" ? this.stoppedOutcome(run, null) : { status: "lost", reason };
   }
 
   // ---- agent events -----------------------------------------------------------------------
