@@ -361,15 +361,17 @@ jobsRouter.openapi(
         throw new ApiError(503, "scheduler_unavailable", "the region's scheduler is unreachable; retry shortly");
       }
     }
-    if (result && !result.ok && result.code === "already_finished") {
+    if (result && !result.ok && result.code === "already_finished" && result.status !== "cancelled") {
       throw new ApiError(409, "job_finished", `job already ${result.status ?? "finished"}`, { status: result.status });
     }
     let current = row;
-    if (result?.ok) {
-      // Queued there: cancelled now. Running: its agent stops it and the scheduler's outbox records
-      // `cancelled` when it has.
+    // Cancelled there, now or by an earlier cancel (one whose answer or Postgres update was lost, or
+    // one running at the same time): so here too. A running job's agent stops it and the scheduler's
+    // outbox records its end when it has.
+    if (result?.ok || result?.status === "cancelled") {
       if (result.status === "cancelled")
-        current = (await markCancelled(db, row, ["queued", "placed", "running"])) ?? row;
+        current =
+          (await markCancelled(db, row, ["queued", "placed", "running"])) ?? (await loadJob(db, account.id, row.id));
     } else {
       // Unknown to the scheduler or unreachable, never acknowledged: cancel the row, then tell the
       // scheduler once more in case a submission reached it meanwhile. The ledger stays

@@ -1,9 +1,10 @@
 /** Jobs through the Worker in workerd, against the embedded Postgres. */
-import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, env, runDurableObjectAlarm, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { MAX_BODY_BYTES } from "../http/body";
 import { createLogger } from "../http/log";
 import { encodeTimeCursor } from "../http/pagination";
+import { regionScheduler } from "../regions";
 import { expireIdempotencyKeysTask } from "./housekeeping";
 import { poll, retire, startNode } from "./test-agent";
 import { addMember, call, createKey, JOB, orphanIdempotencyKey, rateLimitOverride, signUp, sql } from "./test-support";
@@ -382,6 +383,27 @@ describe("listing, reading and cancelling jobs", () => {
     const late = await call("POST", `/v1/jobs/${done.id}/cancel`, user.token);
     expect(late.status).toBe(409);
     expect(late.json.error).toMatchObject({ code: "job_finished", details: { status: "succeeded" } });
+  });
+
+  it("answers a cancel of a job the scheduler cancelled already but Postgres still says queued with the job, cancelled", async () => {
+    const user = await signUp();
+    // More CPU than any test node has, so the job stays queued whatever nodes other files register.
+    const job = (await call("POST", "/v1/jobs", user.token, { body: { ...JOB, cpu_milli: 200_000 } })).json;
+    // An earlier cancel reached the scheduler, but its answer was lost, or its Postgres update failed.
+    const scheduler = regionScheduler(env, job.region);
+    expect(await scheduler.cancel(job.id)).toMatchObject({ ok: true, status: "cancelled" });
+    // The scheduler's outbox delivered now, then Postgres put back as that cancel left it: queued.
+    await runDurableObjectAlarm(scheduler);
+    await sql("update jobs set status = 'queued', finished_at = null where id = $1", [job.id]);
+    const retried = await call("POST", `/v1/jobs/${job.id}/cancel`, user.token);
+    expect(retried.status).toBe(200);
+    expect(retried.json).toMatchObject({ id: job.id, status: "cancelled" });
+    const [after] = await sql<{ status: string; finished_at: Date | null }>(
+      "select status, finished_at from jobs where id = $1",
+      [job.id],
+    );
+    expect(after!.status).toBe("cancelled");
+    expect(after!.finished_at).not.toBeNull();
   });
 });
 
