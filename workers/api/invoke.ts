@@ -27,7 +27,7 @@ import { ApiError } from "../http/errors";
 import { errorFields } from "../http/log";
 import { invokeVerdict } from "../http/rate-limit";
 import { ingressKey } from "../nodes/ingress-key";
-import { syncEndpoint } from "./endpoints";
+import { loadEndpoint, syncEndpoint } from "./endpoints";
 import { schedulerOf } from "./scheduler";
 import type { EndpointRow } from "./views";
 
@@ -122,10 +122,20 @@ const invoke = async (c: Context<ApiEnv>) => {
     if (!route.ok) {
       if (route.code === "not_found") {
         // The scheduler does not have the endpoint yet (its sync failed): hand it over once, here.
+        // Or no longer: deleted while this request waited. So the row is read again first, and the
+        // endpoint handed over only while it is still active; deleted during the hand-over, it is
+        // taken back (its own removal may have reached the scheduler before this sync did).
         if (!synced) {
           synced = true;
-          await syncEndpoint(c.env, db, row, c.get("log"));
-          row = await findEndpoint(db, account.id, row.id);
+          const gone = new ApiError(404, "not_found", `no active endpoint ${c.req.param("ref")} in this account`);
+          const fresh = await loadEndpoint(db, account.id, row.id);
+          if (fresh.status !== "active") throw gone;
+          await syncEndpoint(c.env, db, fresh, c.get("log"));
+          row = await loadEndpoint(db, account.id, row.id);
+          if (row.status !== "active") {
+            await syncEndpoint(c.env, db, row, c.get("log"));
+            throw gone;
+          }
           continue;
         }
         throw new ApiError(

@@ -8,7 +8,7 @@ import { env, runDurableObjectAlarm, SELF } from "cloudflare:test";
 import { describe, expect, inject, it } from "vitest";
 import { INGRESS } from "../../core/schemas";
 import { regionScheduler } from "../regions";
-import { type Agent, poll, REGION, reportReady, retire, startNode } from "./test-agent";
+import { type Agent, heartbeat, poll, REGION, reportReady, retire, startNode } from "./test-agent";
 import type {} from "./test-ingress-setup";
 import { BASE, call, createKey, rateLimitOverride, signUp, type TestUser } from "./test-support";
 
@@ -149,6 +149,32 @@ describe("invoking an endpoint", () => {
     const res = await waiting;
     expect(res.status).toBe(200);
     expect(((await res.json()) as { path: string }).path).toBe("/hello");
+    await retire(op, agent);
+  });
+
+  it("answers 404 to a request whose endpoint was deleted while it waited, without handing it back to the scheduler", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "doomed", min_replicas: 0, max_replicas: 1 });
+    // A request waits for the replica it has started (seen placed: it read the endpoint, active, and waits).
+    const waiting = invoke(user.token, `/v1/endpoints/doomed/invoke/`, { headers: { "scalar-wait": "30" } });
+    let placed: string[] = [];
+    for (let i = 0; i < 100 && placed.length === 0; i++) {
+      placed = await replicasOn(agent, ep.id);
+      if (placed.length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(placed).toHaveLength(1);
+    expect((await call("DELETE", `/v1/endpoints/${ep.id}`, user.token)).status).toBe(200);
+    const scheduler = regionScheduler(env, REGION);
+    expect(await scheduler.endpointState(ep.id)).toBeNull();
+    // A heartbeat wakes the waiting request: the scheduler no longer knows the endpoint.
+    await heartbeat(agent, {});
+    const res = await waiting;
+    expect([res.status, ((await res.json()) as { error: { code: string } }).error.code]).toEqual([404, "not_found"]);
+    // Not brought back by the request's sync of the endpoint as it read it before it waited.
+    expect(await scheduler.endpointState(ep.id)).toBeNull();
+    expect(await replicasOn(agent, ep.id)).toEqual([]);
     await retire(op, agent);
   });
 
