@@ -14,7 +14,7 @@ import {
   renderNodeBootScript,
 } from "../../core/schemas/node-boot";
 import type { SfComputeClient } from "../sfcompute/client";
-import type { ShapedContract, Node } from "../sfcompute/schemas";
+import type { Node, ShapedContract } from "../sfcompute/schemas";
 
 /** Nodes alike in zone, start and end (epoch ms): their contracts cannot be told apart. */
 export function saleGroupKey(zone: string | null | undefined, startAt: number, endAt: number): string {
