@@ -406,7 +406,7 @@ endpointsRouter.openapi(
     tags: ["Endpoints"],
     summary: "Update an endpoint",
     description:
-      "Changes the given fields; the scheduler rolls replicas to the new spec. Name and region are fixed. While the account is on payment hold, a change that raises `min_replicas`, or the GPUs or price the endpoint may use, is `402 payment_required`.",
+      "Changes the given fields. A change to what a replica runs (image, command, args, env, GPUs, CPU, memory, port, health path, tier) stops every replica at once and starts new ones on the new spec (no rolling update: the endpoint has no ready replica until a new one passes its readiness check); scaling fields, `startup_timeout_s` and labels replace nothing. Name and region are fixed. While the account is on payment hold, a change that raises `min_replicas`, or the GPUs or price the endpoint may use, is `402 payment_required`.",
     security: BEARER,
     middleware: guard({ scope: "endpoints:write" }),
     request: {
