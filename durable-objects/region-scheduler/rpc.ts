@@ -84,6 +84,9 @@ export interface PlacementView {
   status: RunStatus;
   placed_at: number;
   started_at: number | null;
+  /** When it ended, and its container's exit code if it had one (a run of an earlier attempt). */
+  finished_at: number | null;
+  exit_code: number | null;
   kill_deadline: number | null;
   /** Its resource use at the last heartbeat; null before one measured it, and once it has ended. */
   metrics: RunMetrics | null;

@@ -28,6 +28,8 @@ export function placementView(run: RunRow, zone: string, metrics: RunMetrics | n
     status: run.status,
     placed_at: run.placed_at,
     started_at: run.started_at,
+    finished_at: run.finished_at,
+    exit_code: run.exit_code,
     kill_deadline: run.kill_deadline,
     metrics,
   };

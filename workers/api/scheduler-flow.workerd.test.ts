@@ -315,6 +315,24 @@ describe("operators", () => {
     expect((await call("GET", "/v1/operator/dead-letters", user.token)).status).toBe(403);
   });
 
+  it("show how a failed attempt's run ended while its job waits for the retry", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await startNode(op, "H100", 8);
+    const user = await signUp();
+    const job = await submit(user, { gpu_models: ["H100"], max_attempts: 2 });
+    const placement = (await poll(agent)).placements.find((p) => p.job_id === job.id)!;
+    await report(agent, placement.placement_id, "running");
+    await report(agent, placement.placement_id, "exited", { exit_code: 3 });
+    const waiting = await getJob(user, job.id);
+    expect(waiting.status).toBe("queued");
+    expect(waiting.placements).toMatchObject([
+      { placement_id: placement.placement_id, status: "failed", exit_code: 3, finished_at: expect.any(String) },
+    ]);
+    // The region is shared: neither its retry nor the next test's work goes where it should not.
+    expect((await call("POST", `/v1/jobs/${job.id}/cancel`, user.token)).status).toBe(200);
+    await retire(op, agent);
+  });
+
   it("cordon a node by hand and uncordon it: nothing new lands on it meanwhile, each audited", async () => {
     const op = await signUp({ is_operator: true });
     const agent = await startNode(op, "H100", 8);

@@ -133,8 +133,9 @@ export function livePlacement(p: PlacementView): PlacementWire {
     status: p.status,
     placed_at: isoMs(p.placed_at) ?? new Date(0).toISOString(),
     started_at: isoMs(p.started_at),
-    finished_at: null,
-    exit_code: null,
+    // Absent: an object from before these fields.
+    finished_at: isoMs(p.finished_at),
+    exit_code: p.exit_code ?? null,
     metrics: metricsView(p.metrics),
   };
 }
