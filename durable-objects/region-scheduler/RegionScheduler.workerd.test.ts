@@ -623,6 +623,9 @@ describe("RegionScheduler: failures", () => {
       attempt: 1,
       waiting_reason: `waiting for attempt 1 to stop: still running on node ${N("a2")}`,
     });
+    // Nor is it capacity the autoscaler should buy for meanwhile.
+    const queues = (await stub.capacitySnapshot()).queues;
+    expect(queues.flatMap((q) => q.waiting.map((w) => w.job_id))).not.toContain(job.id);
     // Its exit ends the wait at once.
     await stub.reportEvent(N("a2"), ev("exited", m1!.placement_id, clock.t, { exit_code: 143 }));
     expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", attempt: 2 });

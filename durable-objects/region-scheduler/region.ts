@@ -1060,7 +1060,7 @@ export class Region {
    * beside the old one (reading what a rank checkpointing on SIGTERM still writes). Replicas are
    * not held back: a replica scaled down and up again starts while its old run stops.
    */
-  private stillStopping(): Map<string, RunRow[]> {
+  stillStopping(): Map<string, RunRow[]> {
     const out = new Map<string, RunRow[]>();
     const runs = this.db.all<RunRow>(
       `select runs.* from runs join jobs on jobs.id = runs.job_id

@@ -119,6 +119,7 @@ export class Views {
       } as CapacitySnapshot["by_model"][number];
     });
     const queued = this.db.all<JobRow>("select * from jobs where status = 'queued' order by submitted_at, id");
+    const stopping = this.region.stillStopping();
     const queues: TierQueue[] = TIERS.map((tier) => {
       const of = queued.filter((j) => j.tier === tier);
       return {
@@ -126,9 +127,10 @@ export class Views {
         queued_jobs: of.length,
         queued_gpus: of.reduce((s, j) => s + j.gpu_count, 0),
         oldest_wait_ms: of.reduce((m, j) => Math.max(m, now - j.submitted_at), 0),
-        // Jobs backing off before a retry are not waiting for capacity: the autoscaler must not buy for them.
+        // Jobs backing off before a retry, or waiting for an earlier attempt's runs to stop, are not
+        // waiting for capacity: the autoscaler must not buy for them.
         waiting: of
-          .filter((j) => j.next_attempt_at === null || j.next_attempt_at <= now)
+          .filter((j) => (j.next_attempt_at === null || j.next_attempt_at <= now) && !stopping.has(j.id))
           .map((j) => ({
             job_id: j.id,
             gpu_count: j.gpu_count,
