@@ -166,6 +166,15 @@ async function runningOnNode1(stub: Stub, clock: TestClock, over: Partial<Schedu
   return { job, p };
 }
 
+/** A job submitted to a region with one node of a fresh id, and its placement there. */
+async function placedOnANode(stub: Stub, over: Partial<SchedulerJob>) {
+  await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
+  const nodeId = (await stub.listNodes())[0]!.node_id;
+  const job = await jobFor(over);
+  await stub.submit(job);
+  return { nodeId, job, p: await placementOf(stub, job.id) };
+}
+
 async function placementOf(stub: Stub, jobId: string) {
   const state = await stub.jobState(jobId);
   const p = state?.placements[0];
@@ -1646,11 +1655,7 @@ describe("RegionScheduler: the outbox", () => {
 
   it("holds a month's billing for undelivered rows by the time they cover, not by when they were written", async () => {
     const { stub, clock } = await region();
-    await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
-    const nodeId = (await stub.listNodes())[0]!.node_id;
-    const job = await jobFor({ gpu_count: 1, tier: "flex" });
-    await stub.submit(job);
-    const p = await placementOf(stub, job.id);
+    const { nodeId, job, p } = await placedOnANode(stub, { gpu_count: 1, tier: "flex" });
     await stub.reportEvent(nodeId, ev("running", p.placement_id, clock.t));
     expect(await runDurableObjectAlarm(stub)).toBe(true);
     expect(await stub.undeliveredUsage(T0 - 60_000, clock.t + 60_000)).toEqual({ accounts: [] });
@@ -1667,11 +1672,7 @@ describe("RegionScheduler: the outbox", () => {
 
   it("carries a job's whole history to Postgres, idempotently", async () => {
     const { stub, clock } = await region();
-    await stub.registerNode(nodeReg(`node-${crypto.randomUUID().slice(0, 8)}`));
-    const nodeId = (await stub.listNodes())[0]!.node_id;
-    const job = await jobFor({ gpu_count: 2, tier: "flex" });
-    await stub.submit(job);
-    const p = await placementOf(stub, job.id);
+    const { nodeId, job, p } = await placedOnANode(stub, { gpu_count: 2, tier: "flex" });
     clock.advance(1_000);
     await stub.reportEvent(nodeId, ev("pulling", p.placement_id, clock.t));
     await stub.reportEvent(nodeId, ev("running", p.placement_id, clock.t));
