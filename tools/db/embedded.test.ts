@@ -5,12 +5,25 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { afterEach, describe, expect, it } from "vitest";
 import { processAlive } from "../launcher/processes";
-import { freePort, pgAuthMethod, startEmbeddedPostgres } from "./embedded";
+import { ephemeralPortRange, freePort, isPortFree, pgAuthMethod, startEmbeddedPostgres } from "./embedded";
 
 const saved = process.env.SCALAR_PG_AUTH;
 afterEach(() => {
   if (saved === undefined) delete process.env.SCALAR_PG_AUTH;
   else process.env.SCALAR_PG_AUTH = saved;
+});
+
+describe("freePort", () => {
+  it("gives free ports from below the kernel's ephemeral range, which listen(0) and outgoing connections take", async () => {
+    const [low] = ephemeralPortRange();
+    const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
+    for (const port of ports) {
+      expect(port).toBeGreaterThanOrEqual(16384);
+      expect(port).toBeLessThan(low);
+      expect(await isPortFree(port)).toBe(true);
+    }
+    expect(new Set(ports).size).toBeGreaterThan(1); // chosen at random, not one port for everyone
+  });
 });
 
 describe("pgAuthMethod", () => {

@@ -56,8 +56,40 @@ export function isPortFree(port: number, host = "127.0.0.1"): Promise<boolean> {
   });
 }
 
-/** A free TCP port chosen by the kernel. */
-export function freePort(): Promise<number> {
+/** The kernel's ephemeral port range (`listen(0)` and outgoing connections take their ports from it). */
+export function ephemeralPortRange(): [number, number] {
+  try {
+    const [low, high] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high) && low! > 0 && high! >= low!) return [low!, high!];
+  } catch {
+    // not Linux: the IANA range most kernels use
+  }
+  return [49152, 65535];
+}
+
+/** Below the ephemeral range, from here up: clear of the well-known and the usual development ports. */
+const CHOSEN_PORTS_FROM = 16384;
+
+/**
+ * A free TCP port on 127.0.0.1 for a server that starts later (wrangler dev, Postgres, an agent),
+ * chosen at random below the kernel's ephemeral range. A port the kernel hands out (`listen(0)`)
+ * could be handed to a parallel test's server, or be the local end of an outgoing connection, before
+ * our server binds it; then that server fails with "address already in use" (CI saw wrangler dev
+ * exit so in the end-to-end test). Nothing takes a port from below the range on its own: only
+ * another caller of this function, one in thousands.
+ */
+export async function freePort(): Promise<number> {
+  const [low] = ephemeralPortRange();
+  if (low - CHOSEN_PORTS_FROM >= 1000) {
+    for (let i = 0; i < 50; i++) {
+      const port = CHOSEN_PORTS_FROM + Math.floor(Math.random() * (low - CHOSEN_PORTS_FROM));
+      if (await isPortFree(port)) return port;
+    }
+  }
+  return kernelPort(); // a narrow gap below the range, or all of it busy
+}
+
+function kernelPort(): Promise<number> {
   return new Promise((done, fail) => {
     const server = createServer();
     server.once("error", fail);

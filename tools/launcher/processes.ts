@@ -3,7 +3,7 @@
  * children that must not outlive it), output to a log file, stopped with SIGTERM then SIGKILL.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, mkdirSync } from "node:fs";
+import { createWriteStream, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
 
 export interface ManagedProcess {
@@ -80,13 +80,29 @@ export async function waitUntil(
     dead = true;
   });
   while (Date.now() < deadline) {
-    if (dead) throw new Error(`${what}: the process exited; see ${opts.process?.logFile}`);
+    if (dead) {
+      const log = opts.process ? logTail(opts.process.logFile, 20) : "";
+      throw new Error(`${what}: the process exited; see ${opts.process?.logFile}${log ? `; it printed:\n${log}` : ""}`);
+    }
     if (await probe().catch(() => false)) return;
     await new Promise((r) => setTimeout(r, opts.intervalMs ?? 200));
   }
   throw new Error(
     `${what}: not ready after ${Math.round(opts.timeoutMs / 1000)} s${opts.process ? `; see ${opts.process.logFile}` : ""}`,
   );
+}
+
+/** The last `lines` lines of a log file, without terminal colours; "" when there is none. */
+export function logTail(file: string, lines: number): string {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return "";
+  }
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: terminal colour codes
+  const plain = text.replace(/\x1b\[[0-9;]*m/g, "").trimEnd();
+  return plain.split("\n").slice(-lines).join("\n");
 }
 
 /** Whether a process of that id exists (signal 0 checks without signalling). */

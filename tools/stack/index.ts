@@ -15,7 +15,7 @@ import { type EmbeddedDb, freePort, isPortFree, startEmbeddedPostgres } from "..
 import { openDevDatabase, ROOT, STATE_DIR } from "../db/local";
 import { migrate } from "../db/migrate";
 import { startPgPool } from "../hyperdrive-pool/pool";
-import type { ManagedProcess } from "../launcher/processes";
+import { logTail, type ManagedProcess } from "../launcher/processes";
 import { startWranglerDev } from "../launcher/wrangler";
 import { type RunningSimulator, startSimulatorServer } from "../sfcompute-sim/server";
 import { startStripeSimulator } from "../stripe-sim/server";
@@ -24,7 +24,7 @@ import { createDevSession } from "../token-issuer/dev-session";
 import { startTokenIssuer, type TokenIssuerServer } from "../token-issuer/server";
 import { type CronTicker, readCrons, startCronTicker } from "./cron";
 import { driveMarketClock, type MarketClock } from "./market-clock";
-import { type AgentInfo, startVmHost, tail, type VmHost } from "./vm-host";
+import { type AgentInfo, startVmHost, type VmHost } from "./vm-host";
 
 export interface StackOptions {
   /** Default <repo>/.scalar/stack; tests pass a temp dir. */
@@ -343,8 +343,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       marketNow: () => clock.now(),
       waitForNodes: (n, timeoutMs) => waitForReadyNodes(apiUrl, session.apiKey, agents, n, timeoutMs, wrangler.process),
       logTails(lines = 30) {
-        const parts = [`--- wrangler (${wrangler.process.logFile}) ---\n${tail(wrangler.process.logFile, lines)}`];
-        for (const a of agents()) parts.push(`--- agent ${a.nodeId} (${a.logFile}) ---\n${tail(a.logFile, lines)}`);
+        const parts = [`--- wrangler (${wrangler.process.logFile}) ---\n${logTail(wrangler.process.logFile, lines)}`];
+        for (const a of agents()) parts.push(`--- agent ${a.nodeId} (${a.logFile}) ---\n${logTail(a.logFile, lines)}`);
         return parts.join("\n");
       },
       async stop() {

@@ -226,9 +226,3 @@ export function startVmHost(opts: {
     },
   };
 }
-
-/** The last `lines` lines of a log file ("" when there is none), for failure messages. */
-export function tail(file: string, lines = 40): string {
-  if (!existsSync(file)) return "";
-  return readFileSync(file, "utf8").split("\n").slice(-lines).join("\n");
-}
