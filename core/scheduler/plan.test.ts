@@ -163,6 +163,28 @@ describe("plan: EASY backfill", () => {
     expect(p.reservations).toEqual([]);
   });
 
+  it("passes the head's reservation to the next blocked job when the first can reserve no start", () => {
+    // The gang cannot run here at all (b's block ends before a frees up); the 8-GPU Flex job behind
+    // it can, at 2 h on n (a frees at 3 h, b ends too soon). It becomes the head: a long 1-GPU job may not
+    // take n's free GPU.
+    const ns = [node("a", { zone: "c" }), node("b", { zone: "c", block_end_at: H / 2 }), node("n", { zone: "d" })];
+    const allocs = [busy("a", [0, 1, 2, 3, 4, 5, 6, 7], 3 * H), busy("n", [0, 1, 2, 3, 4, 5, 6], 2 * H)];
+    const flex = { tier: "flex" as const, max_runtime_s: 86_400 };
+    const q = [
+      job("gang", { ...flex, gpu_count: 16, estimated_duration_s: 600 }),
+      job("big", { ...flex, gpu_count: 8, estimated_duration_s: 3_600, submitted_at: 1 }),
+      job("long", { ...flex, gpu_count: 1, estimated_duration_s: 10 * 3_600, submitted_at: 2 }),
+    ];
+    const p = plan({ now: 0, nodes: ns, allocations: allocs, queue: q });
+    expect(p.waiting.map((w) => [w.job_id, w.reserved_start_at])).toEqual([
+      ["gang", null],
+      ["big", 2 * H],
+      ["long", null],
+    ]);
+    expect(p.reservations).toEqual([{ job_id: "big", start_at: 2 * H, node_ids: ["n"], binds: "all" }]);
+    expect(p.placements).toEqual([]);
+  });
+
   it("lets a job with no estimate backfill only if its max runtime ends before the reserved start", () => {
     const full = [busy("n", [0, 1, 2, 3, 4, 5, 6], 2 * H)];
     const bigHead = job("head", { gpu_count: 8, estimated_duration_s: 3_600 });

@@ -3,8 +3,8 @@
  * copy of the fleet, and return the plan. Nothing outside is changed; the caller (the region's
  * Durable Object) re-checks each placement against its current state before committing it.
  *
- * Backfill: the first job that cannot start (the head) reserves its earliest start; so does every
- * blocked Fast job, against Flex work. Later jobs still start when they delay none of the
+ * Backfill: the first job that cannot start and can reserve a start (the head) reserves its
+ * earliest start; so does every blocked Fast job, against Flex work. Later jobs still start when they delay none of the
  * reservations that bind them (see backfill.ts); those placements are marked `backfill`.
  */
 import { ReservationBook } from "./backfill";
@@ -95,6 +95,13 @@ export class Pass {
   /** What each placement took on the fleet, for callers that keep the fleet and release later. */
   readonly allocated = new Map<string, FleetAllocation[]>();
   private blocked = false;
+  /**
+   * Whether a blocked job holds the head's reservation (binding all later work). A blocked job that
+   * cannot reserve (a gang no blocks outlive, a model no node has) leaves the slot to the next one:
+   * otherwise that one, and every job after it, would be starved by backfill with nothing protecting
+   * them.
+   */
+  private headReserved = false;
   /** Blocked Fast jobs that hold a reservation; past the cap, Flex work stops for this pass. */
   private fastReserved = 0;
   private flexHalted = false;
@@ -163,7 +170,7 @@ export class Pass {
 
   private wait(need: JobNeed, sel: Extract<Selection, { ok: false }>): WaitingJob {
     let reserved: number | null = null;
-    const head = !this.blocked;
+    const head = !this.headReserved;
     this.blocked = true;
     if (head || need.tier === "fast") {
       if (need.tier === "fast" && this.fastReserved >= this.cfg.max_protected_reservations) {
@@ -172,6 +179,7 @@ export class Pass {
         const r = this.book.reserve(this.fleet, need, this.now, head ? "all" : "flex");
         if (r) {
           reserved = r.start;
+          if (head) this.headReserved = true;
           if (need.tier === "fast") this.fastReserved++;
         }
       }
