@@ -8,7 +8,7 @@
  * node ends (terminated, released, deleted, failed) it stops the agent and removes its containers, as
  * the machine going away would.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { decodeUserData, type NodeBootConfig, parseNodeBootScript } from "../../core/schemas/node-boot";
 import { ownLabels } from "../../node-agent/container-spec";
