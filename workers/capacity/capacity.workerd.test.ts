@@ -6,7 +6,7 @@
  * or are sold back when they have hours left.
  */
 import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
-import { and, eq, like } from "drizzle-orm";
+import { and, desc, eq, like } from "drizzle-orm";
 import { afterAll, describe, expect, it } from "vitest";
 import { HOUR_MS, MINUTE_MS, type PlanAction } from "../../core/autoscaler";
 import { AGENT_ROUTES, decodeUserData, type PlacementSet, parseNodeBootScript } from "../../core/schemas";
@@ -743,6 +743,39 @@ describe("the capacity cron against the simulator", () => {
     const snapshot = await schedulerOf(env, region).capacitySnapshot();
     const ours = snapshot.nodes.filter((n) => tokens.some((t) => t.name === n.node_id));
     expect(ours.map((n) => n.state)).toEqual(["ready", "ready"]);
+  });
+
+  it("lists a sell order SF Compute refuses after its quote among the cycle's failures, in its audit row", async () => {
+    const region = "capacity-e2e-sell-refused";
+    const h = sellHarness(region, 11_029);
+    await twoIdleFlexNodes(h, region);
+    // The quotes are answered; the sell orders are refused (e.g. the price moved under the limit).
+    h.sim.faults.add({ action: "error", method: "POST", path: "/v0/orders", status: 400, times: Infinity });
+    const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+    h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+    const refused = await h.cycle();
+    expect(ofKind(refused.plan.actions, "sell_back")).toHaveLength(1);
+    expect(refused.failed.map((f) => f.action)).toEqual(["sell_back:sell_back"]);
+    expect(refused.failed[0]!.error).toMatch(/^not sold: SF Compute refused the sell orders of cap-/);
+    const sells = await db
+      .select()
+      .from(marketOrders)
+      .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:sell_back")));
+    expect(sells.map((s) => s.status)).toEqual(["failed", "failed"]);
+    const [audit] = await db
+      .select()
+      .from(auditLog)
+      .where(and(eq(auditLog.action, "capacity.plan"), eq(auditLog.targetId, region)))
+      .orderBy(desc(auditLog.id))
+      .limit(1);
+    expect((audit!.data as { failed: unknown }).failed).toEqual(refused.failed);
+
+    // Planned again a minute later (the drained nodes are idle): not sent again this hour, and
+    // still listed as not sold rather than passed over in silence.
+    h.advance(MINUTE_MS);
+    const again = await h.cycle();
+    expect(ofKind(again.plan.actions, "sell_back")).toHaveLength(1);
+    expect(again.failed.map((f) => f.error)).toEqual([refused.failed[0]!.error]);
   });
 
   it("sells no node whose drain failed, nor one that took work between the plan and the sale", async () => {

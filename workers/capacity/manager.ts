@@ -679,8 +679,9 @@ async function sellBack(
   const busy = action.nodeIds.filter((id) => live.running.some((r) => r.node_id === id));
   if (busy.length > 0) throw new Error(`not sold: ${busy.join(",")} still run work`);
   const perNode = Math.floor(action.minPriceCents / action.nodeIds.length);
+  const refused: string[] = [];
   for (const [i, contractId] of ids.entries()) {
-    await placeJournaledOrder(
+    const order = await placeJournaledOrder(
       deps.db,
       deps.client,
       {
@@ -699,6 +700,12 @@ async function sellBack(
       },
       new Date(deps.now()),
     );
+    // The journal answers a refusal with the `failed` row instead of throwing (an unknown outcome
+    // throws, its row left `placing`), and answers a key refused earlier this hour the same way.
+    if (order.status === "failed") refused.push(`${action.nodeIds[i]} (${order.lastError})`);
+  }
+  if (refused.length > 0) {
+    throw new Error(`not sold: SF Compute refused the sell orders of ${refused.join(", ")}`);
   }
 }
 
