@@ -466,6 +466,37 @@ describe("idle capacity", () => {
     expect(drained.sort()).toEqual([...sells[0]!.nodeIds].sort());
   });
 
+  it("neither sells, quotes a sale nor drains for one when sell-back is switched off", () => {
+    const now = at("10:52");
+    const end = Date.parse("2026-03-03T00:00:00Z");
+    const fleet = {
+      now,
+      nodes: [
+        busyNode("b1", 2, { blockId: "blk-long", endAt: end }),
+        node("b2", { blockId: "blk-long", endAt: end }),
+        node("b3", { blockId: "blk-long", endAt: end }),
+        // Drained and emptied: sold whatever the surplus, when selling is on.
+        node("d1", { blockId: "blk-d", endAt: end, state: "draining" }),
+      ],
+      demand: { fastGpusInWindow: 8, fastWholeNodesInWindow: 0, fastGpusAtRecentRate: 0, steadyGpus: 8, peakGpus: 8 },
+    };
+    const on = plan(input(fleet));
+    expect(ofKind(on.actions, "sell_back").map((s) => [s.blockId, s.reason.rule])).toEqual([
+      ["blk-d", "sell_back"],
+      ["blk-long", "sell_back"],
+    ]);
+    expect(plan(input(fleet, { sellBack: { ...CONFIG.sellBack, enabled: true } }))).toEqual(on);
+
+    const off = input(fleet, { sellBack: { ...CONFIG.sellBack, enabled: false } });
+    expect(quoteRequests(off).filter((r) => r.side === "sell")).toEqual([]);
+    const p = plan(off);
+    expect(ofKind(p.actions, "sell_back")).toEqual([]);
+    expect(ofKind(p.actions, "drain")).toEqual([]);
+    // Everything else is planned as it was.
+    const notForSale = (a: PlanAction) => a.reason.rule !== "sell_back";
+    expect(p.actions).toEqual(on.actions.filter(notForSale));
+  });
+
   it("sells a sale group whole or not at all", () => {
     // b2 and b3 share a sale group with busy b1: none of them can be sold; b4 alone can.
     const now = at("10:52");

@@ -299,7 +299,7 @@ function assess(input: CapacityInput): Assessment {
 
   // Sell-backs start on the next hour; they are decided just before it, when idleness is known.
   const sellStart = nextHour(now);
-  const sellWindowOpen = sellStart - now <= cfg.sellBack.leadMs;
+  const sellWindowOpen = cfg.sellBack.enabled !== false && sellStart - now <= cfg.sellBack.leadMs;
   // A node extended for waiting jobs is about to take them: not for sale.
   const extendedNodes = new Set(quoted.map((e) => e.node.id));
   const sellCandidates = ready

@@ -195,6 +195,8 @@ export interface AutoscalerConfig {
     feeCentsPerNodeHour: number;
     /** Sell-backs are decided this long before the hour they start at. */
     leadMs: number;
+    /** False: nothing is sold back, nor quoted or drained for a sale (an operator's switch). Default true. */
+    enabled?: boolean;
   };
   /**
    * Jobs cannot move, so after a burst the work left behind is spread thin over many nodes. A node

@@ -30,6 +30,27 @@ describe("CAPACITY_FAST_HEADROOM_GPUS", () => {
   });
 });
 
+describe("CAPACITY_SELL_BACK", () => {
+  it("keeps selling back when unset or empty", () => {
+    expect(capacityConfigFromEnv({ CAPACITY_SELL_BACK: "" })).toBe(CAPACITY_CONFIG);
+    expect(CAPACITY_CONFIG.sellBack.enabled).toBeUndefined(); // the policy's default: on
+  });
+
+  it("switches only sell-back on or off, beside the other knobs", () => {
+    const off = capacityConfigFromEnv({ CAPACITY_SELL_BACK: "off", CAPACITY_FAST_HEADROOM_GPUS: "0" });
+    expect(off.sellBack).toEqual({ ...CAPACITY_CONFIG.sellBack, enabled: false });
+    expect(off.fast.minHeadroomGpus).toBe(0);
+    expect(off.flex).toBe(CAPACITY_CONFIG.flex);
+    const on = capacityConfigFromEnv({ CAPACITY_SELL_BACK: " on " }, off);
+    expect(on.sellBack.enabled).toBe(true);
+  });
+
+  it.each(["OFF", "no", "false", "0", "disabled"])("refuses %s", (raw) => {
+    expect(() => capacityConfigFromEnv({ CAPACITY_SELL_BACK: raw })).toThrow(CapacityConfigError);
+    expect(() => capacityConfigFromEnv({ CAPACITY_SELL_BACK: raw })).toThrow(/"on" or "off"/);
+  });
+});
+
 describe("CAPACITY_CLOCK", () => {
   let wall = 1_000_000;
   const clock = () => wall;

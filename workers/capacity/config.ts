@@ -66,6 +66,8 @@ export interface CapacityKnobs {
   CAPACITY_FAST_HEADROOM_GPUS?: string;
   /** `wall` (default): a cycle's now is the Worker's clock; `trigger`: the cron trigger's scheduledTime. */
   CAPACITY_CLOCK?: string;
+  /** `on` (default): idle hours are sold back; `off`: none are (nor nodes drained for a sale). */
+  CAPACITY_SELL_BACK?: string;
 }
 
 export class CapacityConfigError extends Error {}
@@ -116,6 +118,10 @@ export const MAX_FAST_HEADROOM_GPUS = 1024;
 
 /** CAPACITY_CONFIG with the environment's overrides; a malformed value is an error, not a silent default. */
 export function capacityConfigFromEnv(env: CapacityKnobs, base: AutoscalerConfig = CAPACITY_CONFIG): AutoscalerConfig {
+  return withSellBack(env, withFastHeadroom(env, base));
+}
+
+function withFastHeadroom(env: CapacityKnobs, base: AutoscalerConfig): AutoscalerConfig {
   const raw = env.CAPACITY_FAST_HEADROOM_GPUS?.trim();
   if (raw === undefined || raw === "") return base;
   const gpus = Number(raw);
@@ -125,6 +131,16 @@ export function capacityConfigFromEnv(env: CapacityKnobs, base: AutoscalerConfig
     );
   }
   return { ...base, fast: { ...base.fast, minHeadroomGpus: gpus } };
+}
+
+/** An operator may not want to resell (e.g. while SF Compute's resale fee changes): `off` sells nothing. */
+function withSellBack(env: CapacityKnobs, base: AutoscalerConfig): AutoscalerConfig {
+  const raw = env.CAPACITY_SELL_BACK?.trim();
+  if (raw === undefined || raw === "") return base;
+  if (raw !== "on" && raw !== "off") {
+    throw new CapacityConfigError(`CAPACITY_SELL_BACK must be "on" or "off", not "${raw}"`);
+  }
+  return { ...base, sellBack: { ...base.sellBack, enabled: raw === "on" } };
 }
 
 /**
