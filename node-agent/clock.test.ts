@@ -39,3 +39,12 @@ describe("the system clock's sleep", () => {
     await systemClock.sleep(60_000, stop.signal);
   });
 });
+
+describe("the system clock's monotonic reading", () => {
+  it("does not move when the wall clock is stepped", () => {
+    const wall = Date.now.bind(Date);
+    const before = systemClock.monotonic();
+    vi.spyOn(Date, "now").mockImplementation(() => wall() + 3_600_000);
+    expect(systemClock.monotonic() - before).toBeLessThan(1_000);
+  });
+});

@@ -3,6 +3,11 @@ export interface Clock {
   /** The wall clock (ms since the epoch): timestamps, and absolute times such as kill deadlines. */
   now(): number;
   /**
+   * Milliseconds on the monotonic clock, from an arbitrary origin: for how long something has
+   * lasted (a pull's silence), which a step of the wall clock must not lengthen or cut short.
+   */
+  monotonic(): number;
+  /**
    * Resolves after `ms` on the monotonic clock, whatever the wall clock does meanwhile (NTP stepping
    * it back must not hold up heartbeats, backoffs or timeouts), or at once when `signal` aborts
    * (never rejects).
@@ -15,6 +20,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export const systemClock: Clock = {
   now: () => Date.now(),
+  monotonic: () => performance.now(),
   sleep(ms, signal) {
     return new Promise((done) => {
       if (signal?.aborted) return done();

@@ -18,13 +18,24 @@ import { TestControlPlane } from "./test/control-plane";
 import { FakeEngine } from "./test/fake-engine";
 import { startUnitAgent } from "./test/harness";
 
-/** Time that moves only when the test says so. */
+/** Time that moves only when the test says so; sleeps end on its monotonic time, as the system clock's do. */
 class ManualClock implements Clock {
   t = 1_700_000_000_000;
+  /** How far the wall clock has been stepped away from the monotonic one (`stepWall`). */
+  private stepped = 0;
   private timers: { at: number; done: () => void }[] = [];
 
   now(): number {
+    return this.t + this.stepped;
+  }
+
+  monotonic(): number {
     return this.t;
+  }
+
+  /** Steps the wall clock alone, as NTP or a resumed VM does: no timer fires, no time passes. */
+  stepWall(ms: number): void {
+    this.stepped += ms;
   }
 
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -256,6 +267,23 @@ describe("the engine watchdog on pulls", () => {
     expect(pull.done).toBe(false);
     await clock.advance(1);
     expect(pull.error).toMatchObject({ code: "pull_stalled" });
+  });
+
+  // NTP or a resumed VM steps the wall clock by an hour just after a progress event.
+  it.each([
+    ["forward", 3_600_000],
+    ["back", -3_600_000],
+  ])("times the silence on the monotonic clock when the wall clock is stepped %s", async (_, step) => {
+    const { clock, engine, watchdog } = setup();
+    const pulls = drivenPull(engine);
+    const pull = track(watchdog.pull("r/app:1", () => {}));
+    await clock.advance(100_000);
+    pulls[0]!.progress("Downloading 1 MB / 9 MB");
+    clock.stepWall(step);
+    await clock.advance(299_999);
+    expect(pull.done).toBe(false);
+    await clock.advance(1);
+    expect(pull.error).toMatchObject({ code: "pull_stalled", message: "image pull made no progress for 300 s" });
   });
 
   it("takes its stall limit from pullStallMs", async () => {

@@ -122,7 +122,9 @@ export class EngineWatchdog implements ContainerEngine {
   pull(ref: string, onProgress: (progress: string) => void, credentials?: RegistryCredentials): Promise<void> {
     const { clock } = this.opts;
     const stallMs = this.pullStallMs;
-    let lastProgress = clock.now();
+    // Silence is a duration: timed on the monotonic clock, so a wall clock stepped meanwhile (NTP,
+    // a resumed VM) neither fails a moving pull nor keeps a stalled one waiting by the step's size.
+    let lastProgress = clock.monotonic();
     let stalled = false;
     let pending: Promise<void>;
     try {
@@ -131,7 +133,7 @@ export class EngineWatchdog implements ContainerEngine {
         (progress) => {
           // Given up on: the caller has moved on, and hears no more of this pull.
           if (stalled) return;
-          lastProgress = clock.now();
+          lastProgress = clock.monotonic();
           onProgress(progress);
         },
         credentials,
@@ -153,7 +155,7 @@ export class EngineWatchdog implements ContainerEngine {
       );
       void (async () => {
         for (;;) {
-          const left = lastProgress + stallMs - clock.now();
+          const left = lastProgress + stallMs - clock.monotonic();
           if (left <= 0) break;
           await clock.sleep(left, timer.signal);
           if (timer.signal.aborted) return;

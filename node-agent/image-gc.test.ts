@@ -94,7 +94,11 @@ function setup(
   const dataDir = tempDir();
   const engine = new FakeEngine();
   let now = T0;
-  const clock: Clock = { now: () => now, sleep: (_ms, signal) => systemClock.sleep(0, signal) };
+  const clock: Clock = {
+    now: () => now,
+    monotonic: () => now,
+    sleep: (_ms, signal) => systemClock.sleep(0, signal),
+  };
   const logs: LogLine[] = [];
   const log: Logger = (level, msg, fields) => logs.push({ level, msg, ...fields });
   const state = AgentState.open(dataDir);
@@ -412,7 +416,7 @@ describe("image use records", () => {
   it("are kept in the state file, written at most once a minute per image, and bounded", () => {
     const dataDir = tempDir();
     let now = T0;
-    const clock: Clock = { now: () => now, sleep: async () => {} };
+    const clock: Clock = { now: () => now, monotonic: () => now, sleep: async () => {} };
     const state = AgentState.open(dataDir);
     const use = new ImageUse(state, clock);
     use.touch("sha256:a");

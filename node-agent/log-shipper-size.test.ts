@@ -18,7 +18,7 @@ import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-s
 import type { Logger } from "./logger";
 import type { LogCursor } from "./state";
 
-const clock: Clock = { now: () => 0, sleep: async () => {} };
+const clock: Clock = { now: () => 0, monotonic: () => 0, sleep: async () => {} };
 const PLACEMENT = "job-abc-a1-g0";
 const line = (seq: number, text: string): LogLine => ({
   placement_id: PLACEMENT,

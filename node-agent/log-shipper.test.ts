@@ -7,7 +7,7 @@ import { DEFAULT_LOG_SHIPPER, LogShipper } from "./log-shipper";
 import { silentLogger } from "./logger";
 import type { LogCursor } from "./state";
 
-const clock: Clock = { now: () => 0, sleep: async () => {} };
+const clock: Clock = { now: () => 0, monotonic: () => 0, sleep: async () => {} };
 const line = (placement_id: string, seq: number): LogLine => ({
   placement_id,
   seq,
@@ -95,7 +95,11 @@ describe("log shipper", () => {
           sent.push([acked.length, ...lines.map((l) => l.seq)]);
           if (refusals-- > 0) throw new ControlPlaneError("rejected", `POST /v1/agent/logs: ${status}`, status);
         },
-        { clock: { now: () => 0, sleep: async (ms) => void sleeps.push(ms) }, signal: stop.signal, log: silentLogger },
+        {
+          clock: { now: () => 0, monotonic: () => 0, sleep: async (ms) => void sleeps.push(ms) },
+          signal: stop.signal,
+          log: silentLogger,
+        },
       );
       await shipper.whenDrained("a");
       stop.abort();

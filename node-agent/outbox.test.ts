@@ -28,7 +28,7 @@ const event = (id: string, type: "running" | "pulling" = "running"): PlacementEv
 /** Sleeps return at once but are recorded, so the backoff can be checked without waiting. */
 function recordingClock(): Clock & { sleeps: number[] } {
   const sleeps: number[] = [];
-  return { sleeps, now: () => 0, sleep: async (ms) => void sleeps.push(ms) };
+  return { sleeps, now: () => 0, monotonic: () => 0, sleep: async (ms) => void sleeps.push(ms) };
 }
 
 describe("event outbox", () => {
@@ -223,7 +223,7 @@ describe("a data file that cannot be read at start", () => {
     const images = new PrivateImages(
       state,
       { imageId: async (ref) => ref },
-      { now: () => 1, sleep: async () => {} },
+      { now: () => 1, monotonic: () => 1, sleep: async () => {} },
       silentLogger,
     );
     expect([images.mayStart("sha256:a", ANONYMOUS), images.mayStart("sha256:a", "sha256:fp")]).toEqual([false, false]);

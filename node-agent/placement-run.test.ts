@@ -762,7 +762,7 @@ describe("a kill deadline and a stepped clock", () => {
   it("stops the container when the wall clock reaches its deadline, also by a step forward", async () => {
     // NTP steps the clock an hour forward while the job runs: its deadline, an hour on, has come.
     let wall = Date.now();
-    const n = node({ engine: new LiveEngine(), clock: { now: () => wall, sleep: systemClock.sleep } });
+    const n = node({ engine: new LiveEngine(), clock: { ...systemClock, now: () => wall } });
     const placement = Placement.parse(
       testPlacement({
         placement_id: `p${counter++}`,
