@@ -1554,6 +1554,65 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await desiredOf(stub, spec.id)).toBe(0);
   });
 
+  /** Three ready replicas on n1 (min = max = 3) and `requests` routed to them, none returned yet. */
+  async function threeBusyReplicas(over: Partial<EndpointSpec>, requests: number) {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 3, max_replicas: 3, ...over });
+    await stub.ensureEndpoint(spec);
+    const placements = (await placementsOf(stub, spec.id)) as [string, string, string];
+    await reportReady(stub, N("n1"), clock.t, Object.fromEntries(placements.map((p) => [p, true])));
+    const leases = [];
+    for (let i = 0; i < requests; i++)
+      leases.push((await stub.routeEndpoint(spec.id)) as { lease_id: string; placement_id: string });
+    return { stub, clock, spec, placements, leases };
+  }
+
+  it("scales down the replicas serving no request, not a higher one that serves one, and places the freed numbers first when traffic grows", async () => {
+    const { stub, clock, spec, placements, leases } = await threeBusyReplicas(
+      { target_concurrency: 2, scale_down_delay_s: 60 },
+      3,
+    );
+    const [p0, p1, p2] = placements;
+    expect(leases.map((l) => l.placement_id)).toEqual([p0, p1, p2]);
+    // Replicas 0 and 1 finish their requests; replica 2 is still answering one.
+    await stub.endpointRequestDone(leases[0]!.lease_id);
+    await stub.endpointRequestDone(leases[1]!.lease_id);
+    await stub.ensureEndpoint({ ...spec, min_replicas: 0 });
+    // The delay's busiest moment (one request) needs one replica: the two that hold no request go.
+    await laterOnN1(stub, clock, 61_000);
+    expect(await desiredOf(stub, spec.id)).toBe(1);
+    expect(await runningOnN1(stub)).toEqual([p2]);
+    expect((await stub.endpointState(spec.id))!.replicas.map((r) => r.replica_id)).toEqual([`${spec.id}#2`]);
+    expect(await stub.endpointRequestDone(leases[2]!.lease_id)).toEqual({ ok: true });
+
+    // Three in flight want two replicas: the lowest free number is placed, not replica 3.
+    for (let i = 0; i < 3; i++) expect(await stub.routeEndpoint(spec.id)).toMatchObject({ ok: true, placement_id: p2 });
+    const grown = (await stub.endpointState(spec.id))!;
+    expect(grown.desired_replicas).toBe(2);
+    expect(grown.replicas.map((r) => [r.replica_id, r.status, r.last_exit])).toEqual([
+      [`${spec.id}#0`, "placed", "scaled down"],
+      [`${spec.id}#2`, "running", null],
+    ]);
+    // Replica 2, kept above the count, restarts when it crashes: it is one of the two wanted.
+    await stub.reportEvent(N("n1"), ev("exited", p2, clock.t, { exit_code: 1 }));
+    expect((await stub.endpointState(spec.id))!.replicas.map((r) => [r.replica_id, r.status])).toEqual([
+      [`${spec.id}#0`, "placed"],
+      [`${spec.id}#2`, "queued"],
+    ]);
+  });
+
+  it("stops the replicas serving the fewest requests, the highest numbers among them, when every replica serves some", async () => {
+    const { stub, spec, placements, leases } = await threeBusyReplicas({}, 6);
+    const [p0, p1, p2] = placements;
+    expect(leases.map((l) => l.placement_id)).toEqual([p0, p1, p2, p0, p1, p2]);
+    await stub.endpointRequestDone(leases[0]!.lease_id);
+    await stub.endpointRequestDone(leases[1]!.lease_id);
+    // In flight: replica 0 one, replica 1 one, replica 2 two. A lowered maximum applies at once.
+    await stub.ensureEndpoint({ ...spec, min_replicas: 2, max_replicas: 2 });
+    expect(await runningOnN1(stub)).toEqual([p0, p2].sort());
+  });
+
   it("never routes to a node without an ingress, never scales past max_replicas, returns forgotten leases and keeps renewed ones", async () => {
     const { stub, clock } = await region({ lease_ttl_ms: 60_000 });
     await stub.registerNode(nodeReg(N("n1")));

@@ -78,7 +78,10 @@ export class Endpoints {
     return true;
   }
 
-  /** Replicas 0..desired-1 placed (a changed spec replaces running ones); the rest stopped. */
+  /**
+   * `desired` replicas kept (a changed spec replaces running ones). More: the lowest free numbers
+   * are placed. Fewer: traffic says which replicas go (those serving no request, see `spare`).
+   */
   private apply(spec: EndpointSpec, desired: number, changed: boolean, now: number): void {
     const shape = {
       tier: spec.tier,
@@ -88,7 +91,25 @@ export class Endpoints {
       memory_mib: spec.memory_mib,
       spec: JSON.stringify(specOf(spec)),
     };
-    for (let n = 0; n < desired; n++) {
+    let kept = this.live(spec.id);
+    const going = new Set(this.state.traffic.spare(kept, kept.length - desired).map((r) => r.id));
+    for (const replica of kept) if (going.has(replica.id)) this.state.stopJob(replica, "scale_down", now);
+    kept = kept.filter((r) => !going.has(r.id));
+    for (const replica of kept) {
+      // A new spec is a fresh start: a replica waiting out a crash loop's backoff is placed now.
+      const fresh =
+        changed && replica.status === "queued" && replica.next_attempt_at !== null
+          ? { next_attempt_at: null, attempt_base: replica.attempt }
+          : {};
+      this.state.patchJob(replica, { ...shape, ...fresh }, now);
+      if (changed)
+        for (const run of this.state.runsOf(replica))
+          if (isActiveRun(run)) this.state.stopRun(run, replica, "spec_changed", now);
+    }
+    const taken = new Set(kept.map((r) => replicaIndex(r.id)));
+    for (let n = 0, added = kept.length; added < desired; n++) {
+      if (taken.has(n)) continue;
+      added++;
       const id = replicaId(spec.id, n);
       const replica = this.state.job(id);
       if (!replica) {
@@ -109,37 +130,20 @@ export class Endpoints {
         );
         continue;
       }
-      if (TERMINAL_JOB_STATUSES.includes(replica.status)) {
-        this.state.patchJob(
-          replica,
-          {
-            ...shape,
-            status: "queued",
-            attempt_base: replica.attempt,
-            finished_at: null,
-            next_attempt_at: null,
-            submitted_at: now,
-            // Only a scale-down or the endpoint's removal cancels a replica.
-            failure_reason: replica.status === "cancelled" ? "scaled down" : replica.failure_reason,
-          },
-          now,
-        );
-      } else {
-        // A new spec is a fresh start: a replica waiting out a crash loop's backoff is placed now.
-        const fresh =
-          changed && replica.status === "queued" && replica.next_attempt_at !== null
-            ? { next_attempt_at: null, attempt_base: replica.attempt }
-            : {};
-        this.state.patchJob(replica, { ...shape, ...fresh }, now);
-        if (changed)
-          for (const run of this.state.runsOf(replica))
-            if (isActiveRun(run)) this.state.stopRun(run, replica, "spec_changed", now);
-      }
-    }
-    for (const replica of this.replicas(spec.id)) {
-      if (replicaIndex(replica.id) >= desired && !TERMINAL_JOB_STATUSES.includes(replica.status)) {
-        this.state.stopJob(replica, "scale_down", now);
-      }
+      this.state.patchJob(
+        replica,
+        {
+          ...shape,
+          status: "queued",
+          attempt_base: replica.attempt,
+          finished_at: null,
+          next_attempt_at: null,
+          submitted_at: now,
+          // Only a scale-down or the endpoint's removal cancels a replica.
+          failure_reason: replica.status === "cancelled" ? "scaled down" : replica.failure_reason,
+        },
+        now,
+      );
     }
   }
 
@@ -150,6 +154,11 @@ export class Endpoints {
       if (!TERMINAL_JOB_STATUSES.includes(replica.status)) this.state.stopJob(replica, "scale_down", now);
     }
     return { removed: n > 0 };
+  }
+
+  /** The replicas kept now (not cancelled), by number. */
+  private live(endpointId: string): JobRow[] {
+    return this.replicas(endpointId).filter((r) => !TERMINAL_JOB_STATUSES.includes(r.status));
   }
 
   replicas(endpointId: string): JobRow[] {
@@ -166,7 +175,8 @@ export class Endpoints {
   /** A replica restarts whenever its run ends, with backoff that resets after a long enough run. */
   restart(job: JobRow, run: RunRow, outcome: RunOutcome, now: number): void {
     const spec = this.endpoint(job.endpoint_id ?? "");
-    if (!spec || replicaIndex(job.id) >= this.desiredOf(spec.id)) {
+    // More kept than wanted (never after `apply`): this one, between runs, serves no request.
+    if (!spec || this.live(spec.id).length > this.desiredOf(spec.id)) {
       this.state.patchJob(job, { status: "cancelled", finished_at: now }, now);
       return;
     }

@@ -3,8 +3,9 @@
  *
  * A request holds a lease on one replica from routing until its response has ended, so leases are
  * the endpoint's concurrency. Routing picks the least busy ready replica (running, its readiness
- * check passed, on a node with an ingress), the lowest replica number on a tie, so a replica about
- * to be scaled away (the highest numbers go first) is the last to get new work.
+ * check passed, on a node with an ingress), the lowest replica number on a tie, so the highest
+ * numbers are the likeliest to be idle when traffic drops. A scale-down stops replicas holding no
+ * lease, the highest numbers first; only when every one holds some, those holding the fewest.
  *
  * Scaling: an endpoint wants ceil(in flight / target_concurrency) replicas, within min..max. More
  * are asked for at once, by the request that needs them (it waits for one to be ready when none
@@ -19,6 +20,7 @@
 import type { ObjectSql } from "../sqlite";
 import { replicaIndex } from "./endpoints";
 import type { Region } from "./region";
+import type { JobRow } from "./rows";
 import type { EndpointSpec, RouteResult } from "./rpc";
 import type { SchedulerSettings } from "./settings";
 
@@ -150,6 +152,23 @@ export class Traffic {
     if (target < this.region.endpoints.desiredOf(endpointId)) this.scaleTo(spec, target, now);
     // Still more than the traffic of this moment needs: look again after another delay.
     this.need(spec, this.inflight.get(endpointId) ?? 0, now);
+  }
+
+  /**
+   * The `n` replicas a scale-down stops. Stopping a replica cuts the requests it holds, so those
+   * holding none go first, the highest numbers among them (routing fills the lowest first); then,
+   * if all hold some, those holding the fewest.
+   */
+  spare(replicas: readonly JobRow[], n: number): JobRow[] {
+    const held = new Map(
+      replicas.map((r) => [
+        r.id,
+        this.region.runsOf(r).reduce((sum, run) => sum + (this.perPlacement.get(run.id) ?? 0), 0),
+      ]),
+    );
+    return [...replicas]
+      .sort((a, b) => (held.get(a.id) ?? 0) - (held.get(b.id) ?? 0) || replicaIndex(b.id) - replicaIndex(a.id))
+      .slice(0, Math.max(0, n));
   }
 
   /** Leases whose requests never said they ended (their Worker died) are returned. */
