@@ -168,7 +168,9 @@ describe("payment holds", () => {
     // Past the invoice's grace: it is due to hold the account, so the hourly task asks Stripe.
     const clock = { now: row.finalizedAt!.getTime() + 15 * DAY, graceMs: 14 * DAY };
     const hourly = async () => {
-      const reconciled = await withDb(env, (db) => reconcileWithStripe(db, stripe, clock, log, user.accountId));
+      const reconciled = await withDb(env, (db) =>
+        reconcileWithStripe(db, stripe, clock, log, { accountId: user.accountId }),
+      );
       await withDb(env, (db) => db.transaction((tx) => ensurePaymentHold(tx, user.accountId, clock, "test")));
       return reconciled;
     };
@@ -176,17 +178,17 @@ describe("payment holds", () => {
       (await sql<{ status: string }>("select status from invoices where id = $1", [row.id]))[0]!.status;
     // Written off at Stripe, its event lost: read, applied, and the account held on it.
     await stripe.invoices.markUncollectible(row.stripeInvoiceId!);
-    expect(await hourly()).toEqual({ checked: 1, applied: 1, failed: 0 });
+    expect(await hourly()).toEqual({ due: 1, checked: 1, applied: 1, failed: 0, stopped: null });
     expect(await statusOf()).toBe("uncollectible");
     expect(await holdOf(user.accountId)).toMatchObject({ invoice_id: row.id });
     // Then paid on Stripe's page, its event lost too: the next run lifts the hold.
     await stripe.invoices.pay(row.stripeInvoiceId!, { paid_out_of_band: true });
-    expect(await hourly()).toEqual({ checked: 1, applied: 1, failed: 0 });
+    expect(await hourly()).toEqual({ due: 1, checked: 1, applied: 1, failed: 0, stopped: null });
     expect(await statusOf()).toBe("paid");
     expect(await holdOf(user.accountId)).toBeNull();
     expect((await submit(user.token)).status).toBe(202);
     // A paid invoice is not asked about again.
-    expect(await hourly()).toEqual({ checked: 0, applied: 0, failed: 0 });
+    expect(await hourly()).toEqual({ due: 0, checked: 0, applied: 0, failed: 0, stopped: null });
   });
 
   it("moves to the next unpaid invoice when the held one is paid", async () => {
