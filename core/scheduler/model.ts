@@ -42,6 +42,12 @@ export interface PackerJob {
   /** Null = no deadline (an endpoint replica). */
   max_runtime_s: number | null;
   submitted_at: number;
+  /**
+   * Since when this attempt has waited for capacity (a retry: since its backoff ended; a re-drive:
+   * since then); absent: since `submitted_at`. Aging counts from it, so a job that ran for hours and
+   * failed is not promoted over everything on its retry. The order by age stays by `submitted_at`.
+   */
+  queued_at?: number;
   attempt: number;
 }
 

@@ -29,6 +29,17 @@ describe("orderQueue", () => {
     expect(ids(now, q)).toEqual(["old", "new"]);
   });
 
+  it("ages a retry from when it queued again, not from its first submission", () => {
+    // Submitted 7 h ago, it ran, failed, and has waited 10 minutes for its retry: +2, not promoted.
+    const now = 420 * MIN;
+    const retry = job("retry", { tier: "flex", submitted_at: 0, queued_at: now - 10 * MIN });
+    expect(standing(retry, now, cfg)).toEqual({ cls: 1, priority: 2, tierRank: 1 });
+    expect(standing({ ...retry, queued_at: undefined }, now, cfg).cls).toBe(0);
+    // Its place among jobs of equal standing is still by submission.
+    const peer = job("peer", { tier: "flex", submitted_at: now - 10 * MIN });
+    expect(ids(now, [peer, retry])).toEqual(["retry", "peer"]);
+  });
+
   it("caps the aging bonus", () => {
     expect(standing(job("x", { tier: "flex" }), 359 * MIN, { ...cfg, aging_cap: 3 }).priority).toBe(3);
   });

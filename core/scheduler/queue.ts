@@ -1,6 +1,7 @@
 /**
  * Queue order. Fast before Flex, then priority, then age, with two corrections:
- *  - aging: a waiting Flex job gains a priority level per `aging_step_ms` (up to `aging_cap`), and
+ *  - aging: a waiting Flex job gains a priority level per `aging_step_ms` it has waited in this
+ *    attempt (`queued_at`, else since submission; up to `aging_cap`), and
  *    after `flex_promote_after_ms` it is ordered with Fast work — after Fast jobs of equal or
  *    higher priority, before those of lower priority — so Flex work cannot starve forever while a
  *    Fast job never waits behind a Flex job of its own priority;
@@ -22,7 +23,7 @@ type AgingConfig = Pick<PackerConfig, "aging_step_ms" | "aging_cap" | "flex_prom
 
 export function standing(job: PackerJob, now: number, cfg: AgingConfig): Standing {
   if (job.tier === "fast") return { cls: 0, priority: job.priority, tierRank: 0 };
-  const waited = Math.max(0, now - job.submitted_at);
+  const waited = Math.max(0, now - (job.queued_at ?? job.submitted_at));
   if (waited >= cfg.flex_promote_after_ms) return { cls: 0, priority: job.priority, tierRank: 1 };
   const bonus = Math.min(cfg.aging_cap, Math.floor(waited / cfg.aging_step_ms));
   return { cls: 1, priority: job.priority + bonus, tierRank: 1 };

@@ -610,6 +610,50 @@ describe("RegionScheduler: failures", () => {
     expect(await stub.jobState(job.id)).toMatchObject({ status: "placed", attempt: 2 });
   });
 
+  it("counts a retry's wait for capacity from the end of its backoff, not from the job's submission", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("a")));
+    const flex = await jobFor({ tier: "flex", gpu_count: 8, max_attempts: 2, max_runtime_s: 86_400 });
+    await stub.submit(flex);
+    const first = await placementOf(stub, flex.id);
+    await stub.reportEvent(N("a"), ev("running", first.placement_id, clock.t));
+    // It runs 7 hours (past the 6 h after which a waiting Flex job is promoted), then fails while a
+    // Fast job waits for the node.
+    clock.advance(7 * 3_600_000);
+    await stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [first.placement_id] });
+    const fast = await jobFor({ gpu_count: 8 });
+    await stub.submit(fast);
+    await stub.reportEvent(N("a"), ev("exited", first.placement_id, clock.t, { exit_code: 1 }));
+    const retrying = (await stub.jobState(flex.id))!;
+    expect(retrying).toMatchObject({ status: "queued", attempt: 1 });
+    expect(await stub.jobState(fast.id)).toMatchObject({ status: "placed" });
+    clock.t = retrying.next_attempt_at! + 10 * 60_000;
+    await stub.heartbeat(N("a"), { at: clock.t, gpus: [], containers: [], running: [] });
+    await runDurableObjectAlarm(stub);
+    // Ten minutes of waiting, not 7 h 10 min: the autoscaler's Flex deadline counts from here.
+    const queue = (await stub.capacitySnapshot()).queues.find((q) => q.tier === "flex")!;
+    expect(queue.oldest_wait_ms).toBe(10 * 60_000);
+    expect(queue.waiting).toEqual([expect.objectContaining({ job_id: flex.id, waited_ms: 10 * 60_000 })]);
+
+    // The Fast job ends; the retry runs and fails too (dead-lettered) while another job waits for the
+    // node. Re-driven an hour later, it has waited from the re-drive.
+    const fastRun = await placementOf(stub, fast.id);
+    await stub.reportEvent(N("a"), ev("running", fastRun.placement_id, clock.t));
+    await stub.reportEvent(N("a"), ev("exited", fastRun.placement_id, clock.t, { exit_code: 0 }));
+    const second = await placementOf(stub, flex.id);
+    expect(second).toMatchObject({ attempt: 2 });
+    const other = await jobFor({ gpu_count: 8 });
+    await stub.submit(other);
+    await stub.reportEvent(N("a"), ev("running", second.placement_id, clock.t));
+    await stub.reportEvent(N("a"), ev("exited", second.placement_id, clock.t, { exit_code: 1 }));
+    expect(await stub.jobState(flex.id)).toMatchObject({ status: "failed", dead_lettered: true });
+    clock.advance(3_600_000);
+    expect(await stub.redrive(flex.id)).toEqual({ ok: true, status: "queued" });
+    clock.advance(5 * 60_000);
+    const redriven = (await stub.capacitySnapshot()).queues.find((q) => q.tier === "flex")!;
+    expect(redriven.waiting).toEqual([expect.objectContaining({ job_id: flex.id, waited_ms: 5 * 60_000 })]);
+  });
+
   it("places a gang's retry only once every run of the failed attempt has ended", async () => {
     const { stub, clock } = await region({ retry_base_ms: 1_000 });
     for (const n of ["a1", "a2", "a3"]) await stub.registerNode(nodeReg(N(n), { zone: "za" }));

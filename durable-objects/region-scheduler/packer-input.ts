@@ -6,7 +6,16 @@ import {
   type PackerJob,
   type PackerNode,
 } from "../../core/scheduler";
-import { cordoned, type JobRow, json, liveState, type NodeRow, type ReservationRow, type RunRow } from "./rows";
+import {
+  cordoned,
+  type JobRow,
+  json,
+  liveState,
+  type NodeRow,
+  type ReservationRow,
+  type RunRow,
+  waitingSince,
+} from "./rows";
 
 export function toPackerNode(n: NodeRow): PackerNode {
   return {
@@ -34,6 +43,7 @@ export function toPackerJob(j: JobRow): PackerJob {
     estimated_duration_s: j.estimated_duration_s,
     max_runtime_s: j.max_runtime_s,
     submitted_at: j.submitted_at,
+    queued_at: waitingSince(j),
     attempt: j.attempt,
   };
 }

@@ -221,6 +221,7 @@ export class Region {
       | "attempt_base"
       | "waiting_reason"
       | "next_attempt_at"
+      | "queued_at"
       | "exit_code"
       | "failure_reason"
       | "reasons"
@@ -311,6 +312,7 @@ export class Region {
         exit_code: null,
         finished_at: null,
         next_attempt_at: null,
+        queued_at: now,
       },
       now,
     );
@@ -916,7 +918,11 @@ export class Region {
   }
 
   requeue(job: JobRow, changes: Partial<JobRow>, at: number, now: number): void {
-    this.patchJob(job, { ...changes, status: "queued", next_attempt_at: at > now ? at : null }, now);
+    this.patchJob(
+      job,
+      { ...changes, status: "queued", next_attempt_at: at > now ? at : null, queued_at: Math.max(at, now) },
+      now,
+    );
     if (at > now) this.setTimer("retry", job.id, at);
     this.records.job(job, now);
   }

@@ -66,6 +66,8 @@ export type JobRow = {
   max_runtime_s: number | null;
   max_attempts: number;
   submitted_at: number;
+  /** Since when the current attempt has waited for capacity; null: since submitted_at (schema v12). */
+  queued_at: number | null;
   spec: string;
   status: JobStatus;
   attempt: number;
@@ -162,4 +164,9 @@ export function specOf(x: {
     args: x.args,
     env: x.env.map((e) => ({ name: e.name, value: e.value })),
   };
+}
+
+/** Since when a queued job has waited for capacity in its current attempt. */
+export function waitingSince(j: Pick<JobRow, "queued_at" | "submitted_at">): number {
+  return j.queued_at ?? j.submitted_at;
 }

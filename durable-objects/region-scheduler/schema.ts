@@ -150,4 +150,8 @@ export const SCHEMA: readonly string[] = [
   `alter table nodes add column drained_at integer;
    update nodes set drained_at = registered_at where state = 'draining';
    create table pending_drains (node_id text primary key, at integer not null);`,
+  // v12: since when a queued job has waited for capacity in its current attempt (a retry: from the
+  // end of its backoff; a re-drive: from then; null: since submitted_at). Aging, the autoscaler's
+  // Flex deadline and the wait shown count from it, not from the first submission.
+  `alter table jobs add column queued_at integer;`,
 ];

@@ -4,7 +4,16 @@ import { estimateMs } from "../../core/scheduler";
 import { type EngineStuck, TERMINAL_JOB_STATUSES, TIERS } from "../../core/schemas";
 import type { ObjectSql } from "../sqlite";
 import type { Region } from "./region";
-import { isActiveRun, type JobRow, json, liveState, type NodeRow, type ReservationRow, type RunRow } from "./rows";
+import {
+  isActiveRun,
+  type JobRow,
+  json,
+  liveState,
+  type NodeRow,
+  type ReservationRow,
+  type RunRow,
+  waitingSince,
+} from "./rows";
 import type {
   CapacitySnapshot,
   DeadLetter,
@@ -126,7 +135,7 @@ export class Views {
         tier,
         queued_jobs: of.length,
         queued_gpus: of.reduce((s, j) => s + j.gpu_count, 0),
-        oldest_wait_ms: of.reduce((m, j) => Math.max(m, now - j.submitted_at), 0),
+        oldest_wait_ms: of.reduce((m, j) => Math.max(m, now - waitingSince(j)), 0),
         // Jobs backing off before a retry, or waiting for an earlier attempt's runs to stop, are not
         // waiting for capacity: the autoscaler must not buy for them.
         waiting: of
@@ -135,7 +144,7 @@ export class Views {
             job_id: j.id,
             gpu_count: j.gpu_count,
             gpu_models: json.strings(j.gpu_models) as TierQueue["waiting"][number]["gpu_models"],
-            waited_ms: now - j.submitted_at,
+            waited_ms: Math.max(0, now - waitingSince(j)),
             estimate_ms: estimateMs(j),
           })),
       };
