@@ -31,6 +31,7 @@ import type {
   RegionSchedulerRpc,
   ReservationRequest,
   ReserveResult,
+  RouteOptions,
   RouteResult,
   SchedulerJob,
   SubmitResult,
@@ -317,12 +318,19 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
    * Lease a ready replica for one request (traffic.ts). None ready: wait, woken by heartbeats,
    * events and registrations (a replica turning ready comes in a heartbeat), up to `wait_ms`.
    */
-  async routeEndpoint(endpointId: string, opts: { wait_ms?: number; exclude?: string[] } = {}): Promise<RouteResult> {
+  async routeEndpoint(endpointId: string, opts: RouteOptions = {}): Promise<RouteResult> {
     const waitMs = Math.max(0, Math.min(opts.wait_ms ?? 0, MAX_ROUTE_WAIT_MS));
     // Waiting is real time, whatever clock the scheduler's decisions read.
     const deadline = Date.now() + waitMs;
-    for (;;) {
+    for (let waited = false; ; waited = true) {
       const result = await this.change((now) => this.state.traffic.route(endpointId, opts.exclude ?? [], now));
+      if (result.ok && waited && !(await callerWaits(opts))) {
+        // Its client left during the wait (the Worker's request ended with it): nobody would
+        // ever return this lease, which would hold the replica's slot until `lease_ttl_ms`.
+        await this.endpointRequestDone(result.lease_id);
+        this.log("info", "traffic.waiter_gone", { endpoint_id: endpointId, placement_id: result.placement_id });
+        return { ok: false, code: "no_ready_replica", waiting_reason: "the request ended while it waited" };
+      }
       const left = deadline - Date.now();
       if (result.ok || result.code === "not_found" || left <= 0) return result;
       await new Promise<void>((resolve) => {
@@ -525,5 +533,16 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     if (level === "error") console.error(line);
     else if (level === "warn") console.warn(line);
     else console.log(line);
+  }
+}
+
+/** Whether a routed request's caller still waits: its `still_waiting` fails once its request has ended. */
+async function callerWaits(opts: RouteOptions): Promise<boolean> {
+  if (!opts.still_waiting) return true;
+  try {
+    await opts.still_waiting();
+    return true;
+  } catch {
+    return false;
   }
 }

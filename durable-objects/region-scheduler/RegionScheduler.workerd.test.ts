@@ -1657,6 +1657,34 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await runningOnN1(stub)).toEqual([p0, p2].sort());
   });
 
+  it("returns the lease a waiting request took when its caller has left, and hands one to a caller still waiting", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 0, max_replicas: 1, target_concurrency: 1, scale_down_delay_s: 60 });
+    await stub.ensureEndpoint(spec);
+    // Two requests wait for a cold start. The first one's client leaves: the Worker's request ends
+    // with it, and calling back into it fails as the runtime then fails it.
+    const left = stub.routeEndpoint(spec.id, {
+      wait_ms: 10_000,
+      still_waiting: () =>
+        Promise.reject(new Error("The execution context which hosts this callback is no longer running.")),
+    });
+    const stays = stub.routeEndpoint(spec.id, { wait_ms: 10_000, still_waiting: () => true });
+    const [p0] = (await placementsOf(stub, spec.id)) as [string];
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true });
+    expect(await left).toEqual({
+      ok: false,
+      code: "no_ready_replica",
+      waiting_reason: "the request ended while it waited",
+    });
+    const served = await stays;
+    expect(served).toMatchObject({ ok: true, placement_id: p0 });
+    const inFlight = () => runInDurableObject(stub, (instance) => insides(instance).state.traffic.inFlight(spec.id));
+    expect(await inFlight()).toBe(1);
+    expect(await stub.endpointRequestDone((served as { lease_id: string }).lease_id)).toEqual({ ok: true });
+    expect(await inFlight()).toBe(0);
+  });
+
   it("never routes to a node without an ingress, never scales past max_replicas, returns forgotten leases and keeps renewed ones", async () => {
     const { stub, clock } = await region({ lease_ttl_ms: 60_000 });
     await stub.registerNode(nodeReg(N("n1")));

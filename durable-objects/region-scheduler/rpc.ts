@@ -313,6 +313,14 @@ export type RouteResult =
   | { ok: false; code: "not_found" }
   | { ok: false; code: "no_ready_replica"; waiting_reason: string };
 
+/**
+ * How a request is routed: `wait_ms` for a ready replica when none is, replicas (placements) to
+ * `exclude` (they failed this request). `still_waiting`: a function of the caller's (passed as an
+ * RPC stub) that the object calls before it hands over a lease it waited for; once the caller's
+ * request has ended (its client left) the call fails, and the lease is returned, not held.
+ */
+export type RouteOptions = { wait_ms?: number; exclude?: string[]; still_waiting?: () => unknown };
+
 export type EventResult = { ok: true; duplicate: boolean } | { ok: false; code: "unknown_placement" | "wrong_node" };
 
 /** The methods other parts call. `RegionScheduler` implements this interface. */
@@ -367,7 +375,7 @@ export interface RegionSchedulerRpc {
   removeEndpoint(endpointId: string): Promise<{ removed: boolean }>;
   endpointState(endpointId: string): Promise<EndpointState | null>;
   /** Lease a ready replica for one request, waiting up to `wait_ms` for one (scaling up as needed). */
-  routeEndpoint(endpointId: string, opts?: { wait_ms?: number; exclude?: string[] }): Promise<RouteResult>;
+  routeEndpoint(endpointId: string, opts?: RouteOptions): Promise<RouteResult>;
   /** The request of a lease has ended (its answer was sent, or it failed). */
   endpointRequestDone(leaseId: string): Promise<{ ok: boolean }>;
   /**

@@ -106,7 +106,13 @@ const invoke = async (c: Context<ApiEnv>) => {
     let route: RouteResult;
     try {
       // A retry takes a replica that is ready now, or none: the caller's wait was for the first one.
-      route = await scheduler.routeEndpoint(row.id, { wait_ms: exclude.length > 0 ? 0 : waitMs, exclude });
+      // `still_waiting` fails once this request has ended (its client left), so a lease the
+      // scheduler waited for is not handed to nobody.
+      route = await scheduler.routeEndpoint(row.id, {
+        wait_ms: exclude.length > 0 ? 0 : waitMs,
+        exclude,
+        still_waiting: () => true,
+      });
     } catch (error) {
       c.get("log").warn("invoke.route_failed", { endpoint_id: row.id, ...errorFields(error) });
       throw new ApiError(

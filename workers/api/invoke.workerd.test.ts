@@ -4,9 +4,10 @@
  * checks the node's key) and streamed back; cold starts from zero, retries past unreachable
  * replicas, the ingress's refusals, and the route's own errors.
  */
-import { env, runDurableObjectAlarm, SELF } from "cloudflare:test";
+import { env, runDurableObjectAlarm, runInDurableObject, SELF } from "cloudflare:test";
 import { describe, expect, inject, it } from "vitest";
 import { INGRESS } from "../../core/schemas";
+import type { Traffic } from "../../durable-objects/region-scheduler/traffic";
 import { regionScheduler } from "../regions";
 import { type Agent, heartbeat, poll, REGION, reportReady, retire, startNode } from "./test-agent";
 import type {} from "./test-ingress-setup";
@@ -50,12 +51,13 @@ async function readyEndpoint(body: Record<string, unknown>) {
 async function invoke(
   credential: string,
   path: string,
-  init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+  init: { method?: string; body?: string; headers?: Record<string, string>; signal?: AbortSignal } = {},
 ) {
   return SELF.fetch(`${BASE}${path}`, {
     method: init.method ?? "GET",
     headers: { authorization: `Bearer ${credential}`, ...init.headers },
     body: init.body,
+    signal: init.signal,
   });
 }
 
@@ -149,6 +151,42 @@ describe("invoking an endpoint", () => {
     const res = await waiting;
     expect(res.status).toBe(200);
     expect(((await res.json()) as { path: string }).path).toBe("/hello");
+    await retire(op, agent);
+  });
+
+  it("leaves no lease behind for a request whose client left while it waited for a cold start", async () => {
+    const op = await signUp({ is_operator: true });
+    const agent = await ingressNode(op);
+    const user = await signUp({ fast_tier_enabled: true });
+    const ep = await createEndpoint(user, { name: "abandoned", min_replicas: 0, max_replicas: 1 });
+    const client = new AbortController();
+    const waiting = invoke(user.token, `/v1/endpoints/abandoned/invoke/`, {
+      headers: { "scalar-wait": "30" },
+      signal: client.signal,
+    });
+    // Placed: the request has reached the scheduler and waits there.
+    let placed: string[] = [];
+    for (let i = 0; i < 100 && placed.length === 0; i++) {
+      placed = await replicasOn(agent, ep.id);
+      if (placed.length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(placed).toHaveLength(1);
+    client.abort();
+    await expect(waiting).rejects.toThrow(/aborted/);
+    // The replica turns ready: the scheduler's waiter takes a lease, finds its request gone and
+    // returns it (the lease would otherwise count as a request in flight for 15 minutes).
+    await reportReady(agent, placed);
+    const scheduler = regionScheduler(env, REGION);
+    const inFlight = () =>
+      runInDurableObject(scheduler as unknown as DurableObjectStub, (instance) =>
+        (instance as unknown as { state: { traffic: Traffic } }).state.traffic.inFlight(ep.id),
+      );
+    let held = await inFlight();
+    for (let i = 0; i < 100 && held > 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      held = await inFlight();
+    }
+    expect(held).toBe(0);
     await retire(op, agent);
   });
 
