@@ -162,6 +162,78 @@ async function twoIdleFlexNodes(h: ReturnType<typeof harness>, region: string) {
   return { user, tokens };
 }
 
+const sellOrders = (region: string) =>
+  db
+    .select()
+    .from(marketOrders)
+    .where(and(eq(marketOrders.region, region), eq(marketOrders.purpose, "capacity:sell_back")));
+
+/** The sell-back order of this key, as it stands. */
+const sellOrder = async (key: string) =>
+  (await db.select().from(marketOrders).where(eq(marketOrders.idempotencyKey, key)))[0];
+
+/** The one sell-back order left `placing` by a send that got no answer. */
+async function unansweredSell(region: string) {
+  const placing = (await sellOrders(region)).filter((o) => o.status === "placing");
+  expect(placing).toHaveLength(1);
+  expect(placing[0]!.sfOrderId).toBeNull();
+  return placing[0]!;
+}
+
+const sellPosts = (h: ReturnType<typeof harness>) =>
+  h.sim.requests.filter((r) => r.method === "POST" && r.path === "/v0/orders");
+
+/** The sell orders SF Compute holds (the simulator's state) for a contract. */
+const salesAtSf = (h: ReturnType<typeof harness>, contractId: string | null) =>
+  [...h.sim.engine.market.orders.values()].filter((o) => o.side === "sell" && o.contractId === contractId);
+
+/** SF Compute holds one sale under the order's key, and the order has its id (the monitor follows it). */
+async function expectOneSaleAcknowledged(
+  h: ReturnType<typeof harness>,
+  order: { contractId: string | null; idempotencyKey: string },
+) {
+  const atSf = salesAtSf(h, order.contractId);
+  expect(atSf.map((o) => o.idempotencyKey)).toEqual([order.idempotencyKey]);
+  expect(await sellOrder(order.idempotencyKey)).toMatchObject({
+    status: "pending",
+    sfOrderId: atSf[0]!.id,
+    lastError: null,
+  });
+  return atSf[0]!;
+}
+
+/**
+ * The sale of two idle nodes is planned in the hour's last minutes; the second node's sell order
+ * gets no answer (`first`: done and its answer lost, or a 5xx and not done), and SF Compute stays
+ * unreachable for the minutes left (each resend a 503, the order still `placing`). Then the cycle
+ * two minutes into the sale's hour, past the simulator's minute of tolerance for a start.
+ */
+async function unansweredUntilAfterItsStart(
+  h: ReturnType<typeof harness>,
+  region: string,
+  first: "lose_response" | "error",
+) {
+  h.sim.faults.add({ action: first, method: "POST", path: "/v0/orders", skip: 1 });
+  const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+  h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+  expect(ofKind((await h.cycle()).plan.actions, "sell_back")).toHaveLength(1);
+  const unanswered = await unansweredSell(region);
+  h.sim.faults.add({ action: "error", method: "POST", path: "/v0/orders", times: Infinity });
+  for (let minute = 0; minute < 4; minute++) {
+    h.advance(MINUTE_MS);
+    const cycle = await h.cycle();
+    expect(cycle.failed.map((f) => f.action)).toEqual(["follow"]);
+  }
+  expect(sellPosts(h)).toHaveLength(6);
+  expect(await sellOrder(unanswered.idempotencyKey)).toMatchObject({ status: "placing", sfOrderId: null });
+  h.sim.faults.clear();
+  h.advance(nextHour + 2 * MINUTE_MS - h.sim.engine.now());
+  const late = await h.cycle();
+  expect(sellPosts(h)).toHaveLength(7);
+  expect(await sellOrders(region)).toHaveLength(2);
+  return { unanswered, late };
+}
+
 /** What a node's agent does at boot: read its token from its cloud-init and register. */
 async function register(token: string, nodeId: string) {
   const res = await call("POST", AGENT_ROUTES.register, token, {
@@ -776,6 +848,50 @@ describe("the capacity cron against the simulator", () => {
     const again = await h.cycle();
     expect(ofKind(again.plan.actions, "sell_back")).toHaveLength(1);
     expect(again.failed.map((f) => f.error)).toEqual([refused.failed[0]!.error]);
+  });
+
+  it("sends a sell order whose answer was lost again the next minute with its key: one sale at SF Compute, acknowledged", async () => {
+    const region = "capacity-e2e-sell-lost";
+    const h = sellHarness(region, 11_031);
+    await twoIdleFlexNodes(h, region);
+    // The second node's sell order is placed at SF Compute, but its answer is lost.
+    h.sim.faults.add({ action: "lose_response", method: "POST", path: "/v0/orders", skip: 1 });
+    const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+    h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+    const lost = await h.cycle();
+    expect(ofKind(lost.plan.actions, "sell_back")).toHaveLength(1);
+    expect(lost.failed.map((f) => f.action)).toEqual(["sell_back:sell_back"]);
+    const unanswered = await unansweredSell(region);
+
+    h.advance(MINUTE_MS);
+    const again = await h.cycle();
+    expect(again.failed).toEqual([]);
+    expect(sellPosts(h)).toHaveLength(3);
+    expect(await sellOrders(region)).toHaveLength(2);
+    await expectOneSaleAcknowledged(h, unanswered);
+  });
+
+  it("sends a sell order that got no answer again after its start has passed: acknowledged if SF Compute took it", async () => {
+    const region = "capacity-e2e-sell-lost-late";
+    const h = sellHarness(region, 11_033);
+    await twoIdleFlexNodes(h, region);
+    const { unanswered, late } = await unansweredUntilAfterItsStart(h, region, "lose_response");
+    expect(late.failed).toEqual([]);
+    expect((await expectOneSaleAcknowledged(h, unanswered)).status).toBe("filled");
+  });
+
+  it("takes a sell order that got no answer as failed when SF Compute refuses it again after its start, and lists it", async () => {
+    const region = "capacity-e2e-sell-unanswered";
+    const h = sellHarness(region, 11_035);
+    await twoIdleFlexNodes(h, region);
+    const { unanswered, late } = await unansweredUntilAfterItsStart(h, region, "error");
+    // SF Compute never got it, and a sale must start now or on a future hour.
+    expect(late.failed.map((f) => f.action)).toEqual(["follow"]);
+    expect(late.failed[0]!.error).toContain(`${unanswered.idempotencyKey}: sell order refused: `);
+    expect(salesAtSf(h, unanswered.contractId)).toEqual([]);
+    const refused = await sellOrder(unanswered.idempotencyKey);
+    expect(refused).toMatchObject({ status: "failed", sfOrderId: null });
+    expect(refused!.lastError).toMatch(/Start time/);
   });
 
   it("sells no node whose drain failed, nor one that took work between the plan and the sale", async () => {

@@ -1,7 +1,7 @@
 /**
  * The capacity manager: one cycle per region per minute.
  *
- *   1. follow what earlier cycles started (node purchases, extensions) to their outcome;
+ *   1. follow what earlier cycles started (purchases, extensions, unanswered sales) to their outcome;
  *   2. read the fleet (our rows, SF Compute's nodes, the region's snapshot) and recent demand;
  *   3. ask the policy which quotes it needs, fetch them, and let it plan;
  *   4. carry out the plan: buy, extend, sell back, drain, release, hold Fast headroom;
@@ -238,7 +238,7 @@ async function followOrders(deps: CapacityDeps, region: string, market: SfNode[]
     .where(
       and(
         eq(marketOrders.region, region),
-        inArray(marketOrders.purpose, ["capacity:buy", "capacity:extend"]),
+        inArray(marketOrders.purpose, ["capacity:buy", "capacity:extend", "capacity:sell_back"]),
         inArray(marketOrders.status, ["placing", "pending"]),
       ),
     );
@@ -247,7 +247,10 @@ async function followOrders(deps: CapacityDeps, region: string, market: SfNode[]
     const nodeId = nodeOfOrder(order);
     const sf = byName.get(nodeId);
     try {
-      if (order.purpose === "capacity:buy") {
+      if (order.purpose === "capacity:sell_back") {
+        // A `pending` sale has SF Compute's order id: the market monitor follows it.
+        if (order.status === "placing") await resendSale(deps, order, now);
+      } else if (order.purpose === "capacity:buy") {
         // Never created, or the answer was lost before SF Compute acted: send it again, same name.
         // Looked up by name first: the listing can lag behind a create whose answer was lost, and a
         // new token for a node that exists would lock out its agent (its boot script has the first).
@@ -284,6 +287,40 @@ export const UNKNOWN_OUTCOME_WAIT_MS = 3 * MINUTE_MS;
 /** Whether a `placing` order's last send (or its journaling, if never sent) is old enough to judge. */
 function outcomeKnown(order: OrderRow, now: number): boolean {
   return now - (order.lastCheckedAt ?? order.placedAt).getTime() >= UNKNOWN_OUTCOME_WAIT_MS;
+}
+
+/**
+ * Sends again, with its own key, a sell-back whose send got no answer (or was never made): SF
+ * Compute's orders API executes a key once and answers a repeat with the first order (reference
+ * §12), so the sale is either acknowledged (its row gets the order id; the market monitor follows
+ * it) or refused (`failed`: no longer in flight, its node may be sold from a later hour). Left
+ * `placing`, its node would be excluded from sale by the policy, drained, until its block ends.
+ * Sent even once the sale's start has passed: a sale SF Compute never got is then refused (a start
+ * must be now or a future hour), one it did get is answered with its id; taking it as not done
+ * without asking could leave a sale that happened unrecorded.
+ */
+async function resendSale(deps: CapacityDeps, order: OrderRow, now: number): Promise<void> {
+  const row = await placeJournaledOrder(
+    deps.db,
+    deps.client,
+    {
+      region: order.region,
+      side: "sell",
+      instanceType: order.instanceType,
+      zone: order.zone ?? undefined,
+      contractId: order.contractId ?? undefined,
+      quantity: order.quantity,
+      startAt: order.startAt,
+      endAt: order.endAt,
+      // The body sellBack sent (with no flags): a key repeated with another body may be refused.
+      limitPrice: blockCents(order.limitPriceCents),
+      purpose: order.purpose ?? undefined,
+      blockId: order.blockId ?? undefined,
+      idempotencyKey: order.idempotencyKey,
+    },
+    new Date(now),
+  );
+  if (row.status === "failed") throw new Error(`sell order refused: ${row.lastError}`);
 }
 
 /** SF Compute's node of this name, or null when it has none (any other error throws). */
