@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Placement } from "../core/schemas";
-import type { Agent, AgentConfig } from "./agent";
+import type { Agent, AgentConfig, AgentDeps } from "./agent";
 import { containerSpec } from "./container-spec";
 import { EngineError } from "./docker/engine";
 import { TestControlPlane } from "./test/control-plane";
@@ -27,12 +27,13 @@ afterEach(async () => {
 async function agentOn(
   engine: LiveEngine,
   config: Partial<AgentConfig> = {},
+  deps: Partial<AgentDeps> = {},
 ): Promise<{ cp: TestControlPlane; agent: Agent; dataDir: string }> {
   const cp = await TestControlPlane.start({ heartbeatIntervalMs: 100, pollWaitMs: 1_000 });
   cleanups.push(() => cp.close());
   const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-live-"));
   cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
-  const agent = await startUnitAgent(cp, engine, { dataDir, config });
+  const agent = await startUnitAgent(cp, engine, { dataDir, config, deps });
   cleanups.push(() => agent.stop());
   return { cp, agent, dataDir };
 }
@@ -121,6 +122,35 @@ describe("container logs", () => {
       [1, "two"],
       [2, "three"],
     ]);
+  });
+
+  it("reports the exit after a silence when the engine never ends the exited container's log stream, the lines read shipped", async () => {
+    const engine = new LiveEngine();
+    engine.logsOutliveExit = true;
+    const logged: { level: string; msg: string; fields?: Record<string, unknown> }[] = [];
+    const { cp } = await agentOn(
+      engine,
+      { logSilenceAfterExitMs: 500 },
+      { log: (level, msg, fields) => logged.push({ level, msg, fields }) },
+    );
+    cp.setPlacements([job("p-open-log")]);
+    const id = await runningContainer(engine, cp, "p-open-log");
+    engine.writeLog(id, "working");
+    engine.writeLog(id, "last words", "stderr");
+    const exitedAt = performance.now();
+    engine.exit(id, 3);
+    expect(await cp.outcome("p-open-log")).toMatchObject({ type: "exited", exit_code: 3 });
+    expect(performance.now() - exitedAt).toBeGreaterThanOrEqual(500);
+    await cp.waitFor("the lines", () => cp.linesFor("p-open-log").length === 2);
+    expect(cp.linesFor("p-open-log").map((l) => [l.seq, l.stream, l.line])).toEqual([
+      [0, "stdout", "working"],
+      [1, "stderr", "last words"],
+    ]);
+    expect(logged).toContainEqual({
+      level: "warn",
+      msg: "the stopped container's log stream went silent without ending; giving up on the rest",
+      fields: { placement_id: "p-open-log", silence_ms: 500 },
+    });
   });
 
   it("tries again to open the log of a running container when the engine fails to", async () => {

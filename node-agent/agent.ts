@@ -22,7 +22,7 @@ import { DEFAULT_LOG_SHIPPER, LogShipper, type LogShipperOptions } from "./log-s
 import { errorText, type Logger } from "./logger";
 import { containerMetrics } from "./metrics";
 import { EventOutbox } from "./outbox";
-import { PlacementRun, type RunContext, shipContainerLog } from "./placement-run";
+import { LOG_SILENCE_AFTER_EXIT_MS, PlacementRun, type RunContext, shipContainerLog } from "./placement-run";
 import { PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
 import { holdsResources, planReconcile, type RemoveStep } from "./reconcile";
@@ -72,6 +72,11 @@ export interface AgentConfig {
    * placement, retryable (engine-watchdog.ts); the engine is not marked stuck.
    */
   pullStallMs: number;
+  /**
+   * How long the log stream of a container seen exited may give nothing before the agent stops
+   * following it and reports the exit (placement-run.ts, LOG_SILENCE_AFTER_EXIT_MS).
+   */
+  logSilenceAfterExitMs: number;
 }
 
 export interface IngressConfig {
@@ -98,6 +103,7 @@ export const DEFAULT_AGENT_CONFIG: Omit<AgentConfig, "agentName" | "dataDir"> = 
   startingReadinessIntervalMs: 250,
   engineTimeoutMs: DEFAULT_ENGINE_TIMEOUT_MS,
   pullStallMs: DEFAULT_PULL_STALL_MS,
+  logSilenceAfterExitMs: LOG_SILENCE_AFTER_EXIT_MS,
 };
 
 export interface AgentDeps {
@@ -222,6 +228,7 @@ export class Agent {
       pullProgressIntervalMs: config.pullProgressIntervalMs,
       pullPolicy: config.pullPolicy,
       incarnation: randomBytes(4).toString("hex"),
+      logSilenceAfterExitMs: config.logSilenceAfterExitMs,
       backoff: config.backoff,
       random: deps.random,
       onSettled: () => this.requestReconcile(),

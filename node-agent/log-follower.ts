@@ -4,6 +4,7 @@
  * after the last acknowledged entry (the cursor in the state), so a restarted agent ships what is
  * missing with the same `seq` numbers and nothing twice.
  */
+import type { Clock } from "./clock";
 import type { ContainerEngine, LogEntry, LogFollow } from "./docker/engine";
 import type { LogShipper } from "./log-shipper";
 import type { AgentState, LogCursor } from "./state";
@@ -25,13 +26,22 @@ export function splitLine(text: string, max = MAX_LINE_CHARS): string[] {
   return pieces;
 }
 
+/** A follow, and what tells an engine's silent stream from one the agent holds back. */
+export interface ContainerLogFollow extends LogFollow {
+  /** When (`Clock.monotonic`) the engine last gave an entry, or the follow last resumed. */
+  readonly lastActivity: number;
+  /** Paused until the shipper has room: a silence of the agent's making, not the engine's. */
+  readonly held: boolean;
+}
+
 export async function followContainerLog(
   engine: ContainerEngine,
   shipper: LogShipper,
   state: AgentState,
+  clock: Pick<Clock, "monotonic">,
   placementId: string,
   containerId: string,
-): Promise<LogFollow> {
+): Promise<ContainerLogFollow> {
   const cursor: LogCursor | undefined = state.placement(placementId).log;
   let seq = cursor ? cursor.seq + 1 : 0;
   let lastTs = cursor?.ts ?? "";
@@ -39,6 +49,7 @@ export async function followContainerLog(
   let skip = cursor?.same_ts ?? 0;
   let follow: LogFollow | null = null;
   let paused = false;
+  let lastActivity = clock.monotonic();
 
   const hold = () => {
     if (paused || !follow) return;
@@ -46,11 +57,13 @@ export async function followContainerLog(
     follow.pause();
     void shipper.whenSpace().then(() => {
       paused = false;
+      lastActivity = clock.monotonic();
       follow?.resume();
     });
   };
 
   const sink = (entry: LogEntry) => {
+    lastActivity = clock.monotonic();
     if (cursor && entry.ts < cursor.ts) return;
     if (cursor && entry.ts === cursor.ts && skip > 0) {
       skip--; // shipped and acknowledged before
@@ -74,7 +87,19 @@ export async function followContainerLog(
     if (shipper.full) hold();
   };
 
-  follow = await engine.followLogs(containerId, cursor?.ts ?? null, sink);
+  const opened = await engine.followLogs(containerId, cursor?.ts ?? null, sink);
+  follow = opened;
   if (shipper.full) hold();
-  return follow;
+  return {
+    pause: () => opened.pause(),
+    resume: () => opened.resume(),
+    stop: () => opened.stop(),
+    ended: opened.ended,
+    get lastActivity() {
+      return lastActivity;
+    },
+    get held() {
+      return paused;
+    },
+  };
 }

@@ -11,13 +11,20 @@ import type { z } from "zod";
 import { Placement, type PlacementEvent, type RegistryAuth, registryOf } from "../core/schemas";
 import { type Clock, systemClock } from "./clock";
 import { ControlPlaneError } from "./control-plane";
-import { EngineError, type RegistryCredentials } from "./docker/engine";
+import { EngineError, type LogEnd, type LogEntry, type RegistryCredentials } from "./docker/engine";
 import { EngineWatchdog } from "./engine-watchdog";
 import { readJson } from "./files";
-import { LogShipper } from "./log-shipper";
+import { DEFAULT_LOG_SHIPPER, LogShipper } from "./log-shipper";
 import type { Logger } from "./logger";
 import { EventOutbox } from "./outbox";
-import { DEADLINE_RECHECK_MS, PlacementRun, REGISTRY_AUTH_TRIES, type RunContext } from "./placement-run";
+import {
+  DEADLINE_RECHECK_MS,
+  LOG_SILENCE_AFTER_EXIT_MS,
+  PlacementRun,
+  REGISTRY_AUTH_TRIES,
+  type RunContext,
+  shipContainerLog,
+} from "./placement-run";
 import { ANONYMOUS, MAX_FINGERPRINTS, PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
 import { AgentState } from "./state";
@@ -89,6 +96,7 @@ function node(opts: { dataDir?: string; engine?: FakeEngine; pullPolicy?: PullPo
     pullProgressIntervalMs: 0,
     pullPolicy: opts.pullPolicy ?? "auto",
     incarnation: "i1",
+    logSilenceAfterExitMs: LOG_SILENCE_AFTER_EXIT_MS,
     backoff: { initialMs: 1, maxMs: 5, factor: 2, jitter: 0 },
     random: () => 0,
     onSettled: () => {},
@@ -783,5 +791,70 @@ describe("a kill deadline and a stepped clock", () => {
     ]);
     expect(stopped).toBe(true);
     expect(n.engine.calls).toContain("stop");
+  });
+});
+
+describe("the log of a stopped container whose stream has not ended", () => {
+  /** Ships a stopped container's log (silence limit 400 ms) from a stream the test feeds and ends. */
+  function stoppedContainerLog(shipping = DEFAULT_LOG_SHIPPER) {
+    const n = node();
+    let sink: (entry: LogEntry) => void = () => {};
+    let end: (how: LogEnd) => void = () => {};
+    n.engine.followLogs = async (_id, _since, s) => {
+      sink = s;
+      const ended = new Promise<LogEnd>((done) => {
+        end = done;
+      });
+      return { pause() {}, resume() {}, stop: () => end("cut"), ended };
+    };
+    const shipper = new LogShipper(() => {}, n.ctx.log, shipping);
+    let shipped = false;
+    void shipContainerLog({ ...n.ctx, shipper, logSilenceAfterExitMs: 400 }, "p-tail", "c-tail", {
+      signal: new AbortController().signal,
+      exited: Promise.resolve(),
+    }).then(() => {
+      shipped = true;
+    });
+    const write = (i: number) =>
+      sink({ stream: "stdout", ts: new Date(1_700_000_000_000 + i).toISOString(), text: `line ${i}` });
+    return { n, shipper, write, end: (how: LogEnd) => end(how), shipped: () => shipped };
+  }
+
+  it("follows it to its end while the engine still gives lines, however long past the silence limit", async () => {
+    const f = stoppedContainerLog();
+    await systemClock.sleep(50);
+    for (let i = 0; i < 10; i++) {
+      f.write(i);
+      await systemClock.sleep(100); // 1 s of lines, never 400 ms without one
+    }
+    expect(f.shipped()).toBe(false);
+    f.end("complete");
+    await systemClock.sleep(50);
+    expect(f.shipped()).toBe(true);
+    expect(f.shipper.pending("p-tail")).toBe(10);
+    expect(f.n.logs.some((l) => l.includes("went silent"))).toBe(false);
+  });
+
+  it("does not count the time it is held for the shipper's room as the engine's silence", async () => {
+    // One line fills the queue, and nothing ships it: the follow stays paused.
+    const f = stoppedContainerLog({ ...DEFAULT_LOG_SHIPPER, maxLines: 1 });
+    await systemClock.sleep(50);
+    f.write(0);
+    await systemClock.sleep(1_000);
+    expect(f.shipped()).toBe(false);
+    f.end("complete");
+    await systemClock.sleep(50);
+    expect(f.shipped()).toBe(true);
+    expect(f.n.logs.some((l) => l.includes("went silent"))).toBe(false);
+  });
+
+  it("stops following it once it has been silent for the limit", async () => {
+    const f = stoppedContainerLog();
+    await systemClock.sleep(50);
+    f.write(0);
+    await systemClock.sleep(800);
+    expect(f.shipped()).toBe(true);
+    expect(f.shipper.pending("p-tail")).toBe(1);
+    expect(f.n.logs.some((l) => l.includes("went silent"))).toBe(true);
   });
 });

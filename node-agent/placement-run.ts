@@ -13,10 +13,10 @@ import { Backoff, type BackoffPolicy } from "./backoff";
 import type { Clock } from "./clock";
 import { containerSpec, LABELS, ownLabels } from "./container-spec";
 import { type ControlPlaneApi, ControlPlaneError } from "./control-plane";
-import { type ContainerDetails, type ContainerEngine, EngineError, type LogFollow } from "./docker/engine";
+import { type ContainerDetails, type ContainerEngine, EngineError, type LogEnd, type LogFollow } from "./docker/engine";
 import { formatSeconds, PullStalled } from "./engine-watchdog";
 import { isNoSpace } from "./image-gc";
-import { followContainerLog } from "./log-follower";
+import { type ContainerLogFollow, followContainerLog } from "./log-follower";
 import type { LogShipper } from "./log-shipper";
 import { errorText, type Logger } from "./logger";
 import type { EventOutbox } from "./outbox";
@@ -35,6 +35,15 @@ const OOM_SETTLE_MS = 250;
 const LOG_END_GRACE_MS = 1_000;
 /** Tries to open a stopped container's log (to read what is left of it) before giving up on it. */
 const LOG_DRAIN_TRIES = 3;
+/**
+ * How long the log stream of a container seen exited may give nothing before the agent stops
+ * following it and reports the exit. A healthy engine ends that stream within a second of the exit
+ * (LOG_END_GRACE_MS counts on it), a loaded one within a few; one still open and silent after 15 s
+ * will not end by itself (a stuck engine, some log drivers), and the exit it holds back keeps the
+ * run counted as running and its GPUs taken. Silence only: a stream still giving the rest of a
+ * long log, or held while the shipper has no room, is followed to its end.
+ */
+export const LOG_SILENCE_AFTER_EXIT_MS = 15_000;
 
 export interface RunContext {
   engine: ContainerEngine;
@@ -55,6 +64,8 @@ export interface RunContext {
   pullPolicy: PullPolicy;
   /** Tells this process's pull-progress event ids from a previous process's. */
   incarnation: string;
+  /** See LOG_SILENCE_AFTER_EXIT_MS. */
+  logSilenceAfterExitMs: number;
   backoff: BackoffPolicy;
   random: () => number;
   /** Something changed that the reconcile loop should look at. */
@@ -786,9 +797,14 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
  * where it stopped. `exited` resolves once the container is seen stopped; a follow that cannot be
  * opened after that is tried LOG_DRAIN_TRIES times in all. A follow cut (not closed by the engine)
  * just before the exit is followed once more, from the cursor, for the lines written after the cut.
+ * One that goes silent for `logSilenceAfterExitMs` after the exit without ending is stopped, and
+ * the rest of the log given up on: the exit waits for this.
  */
 export async function shipContainerLog(
-  ctx: Pick<RunContext, "engine" | "shipper" | "state" | "clock" | "backoff" | "random" | "log">,
+  ctx: Pick<
+    RunContext,
+    "engine" | "shipper" | "state" | "clock" | "backoff" | "random" | "log" | "logSilenceAfterExitMs"
+  >,
   placementId: string,
   containerId: string,
   opts: { signal: AbortSignal; exited: Promise<void>; onFollow?: (follow: LogFollow | null) => void },
@@ -801,9 +817,9 @@ export async function shipContainerLog(
   const backoff = new Backoff(ctx.backoff, ctx.random);
   let failedAfterExit = 0;
   while (!signal.aborted) {
-    let follow: LogFollow | null = null;
+    let follow: ContainerLogFollow | null = null;
     try {
-      follow = await followContainerLog(ctx.engine, ctx.shipper, ctx.state, placementId, containerId);
+      follow = await followContainerLog(ctx.engine, ctx.shipper, ctx.state, ctx.clock, placementId, containerId);
     } catch (error) {
       // Gone, and its log with it.
       if (error instanceof EngineError && error.code === "not_found") return;
@@ -821,9 +837,18 @@ export async function shipContainerLog(
     }
     if (follow) {
       opts.onFollow?.(follow);
-      const how = await follow.ended;
+      const how = await endedOrSilent(follow, opts.exited, ctx.clock, ctx.logSilenceAfterExitMs, signal);
+      if (how === "silent") follow.stop();
       opts.onFollow?.(null);
       if (signal.aborted) return;
+      if (how === "silent") {
+        // The lines read so far are queued and ship as usual; the engine's stream is left behind.
+        ctx.log("warn", "the stopped container's log stream went silent without ending; giving up on the rest", {
+          placement_id: placementId,
+          silence_ms: ctx.logSilenceAfterExitMs,
+        });
+        return;
+      }
       if (!exitSeen) {
         const grace = new AbortController();
         await Promise.race([opts.exited, ctx.clock.sleep(LOG_END_GRACE_MS, AbortSignal.any([signal, grace.signal]))]);
@@ -849,6 +874,32 @@ export async function shipContainerLog(
     await untilAborted(ctx.shipper.whenDrained(placementId), signal);
     await ctx.clock.sleep(backoff.next(), signal);
   }
+}
+
+/**
+ * How the follow ends, or "silent" once the container has exited and the engine has given nothing
+ * for `silenceMs` since the exit or its last entry (time held for the shipper's room does not
+ * count). Timed on the monotonic clock.
+ */
+async function endedOrSilent(
+  follow: ContainerLogFollow,
+  exited: Promise<void>,
+  clock: Clock,
+  silenceMs: number,
+  signal: AbortSignal,
+): Promise<LogEnd | "silent"> {
+  const end = new AbortController();
+  void follow.ended.then(() => end.abort());
+  const watch = AbortSignal.any([signal, end.signal]);
+  await untilAborted(exited, watch);
+  const exitSeenAt = clock.monotonic();
+  while (!watch.aborted) {
+    const quietSince = Math.max(exitSeenAt, follow.lastActivity);
+    const left = follow.held ? silenceMs : quietSince + silenceMs - clock.monotonic();
+    if (left <= 0) return "silent";
+    await clock.sleep(left, watch);
+  }
+  return follow.ended;
 }
 
 /** Resolves with `promise`, or at once when `signal` aborts (never rejects). */

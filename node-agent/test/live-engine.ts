@@ -3,7 +3,8 @@
  * removed or told to `exit`, as a real one does: `wait` waits for that, the lines it writes
  * (`writeLog`) reach its log's followers, and those streams can be cut while it runs (`cutLogs`,
  * as a restart of the engine does, live-restore or not). `fault` makes chosen calls fail, as an
- * engine hiccup does; `hung` and `release` hold calls as in the fake engine.
+ * engine hiccup does; `hung` and `release` hold calls as in the fake engine. `logsOutliveExit`
+ * leaves the log streams of an exited container open, silent, as a stuck engine does.
  */
 import {
   type ContainerDetails,
@@ -32,6 +33,8 @@ export class LiveEngine extends FakeEngine {
   private readonly lives = new Map<string, Life>();
   /** Instead of answering, a call of `method` on container `id` throws the error this returns, if any. */
   fault: (method: keyof ContainerEngine, id: string) => Error | undefined = () => undefined;
+  /** Log streams never end by themselves once their container has exited (they can still be stopped). */
+  logsOutliveExit = false;
   private tick = 0;
 
   /** The next `times` calls of `method` fail (the fault in place otherwise). */
@@ -83,7 +86,7 @@ export class LiveEngine extends FakeEngine {
     life.finishedAt = Date.now();
     for (const done of life.exits) done();
     life.exits.clear();
-    this.cutLogs(id, "complete");
+    if (!this.logsOutliveExit) this.cutLogs(id, "complete");
   }
 
   private failIf(method: keyof ContainerEngine, id: string): void {
@@ -169,7 +172,7 @@ export class LiveEngine extends FakeEngine {
         end(how);
       },
     };
-    if (life.state === "running") life.followers.add(follower);
+    if (life.state === "running" || this.logsOutliveExit) life.followers.add(follower);
     else end("complete");
     return { pause() {}, resume() {}, stop: () => follower.end("cut"), ended };
   }
