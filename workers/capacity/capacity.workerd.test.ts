@@ -871,6 +871,29 @@ describe("the capacity cron against the simulator", () => {
     await expectOneSaleAcknowledged(h, unanswered);
   });
 
+  it("sends the rest of a sale group when a node's sell order gets no answer, and that one again the next minute", async () => {
+    const region = "capacity-e2e-sell-lost-first";
+    const h = sellHarness(region, 11_037);
+    await twoIdleFlexNodes(h, region);
+    // The first node's sell order is placed at SF Compute, but its answer is lost.
+    h.sim.faults.add({ action: "lose_response", method: "POST", path: "/v0/orders" });
+    const nextHour = Math.floor(h.sim.engine.now() / HOUR_MS) * HOUR_MS + HOUR_MS;
+    h.advance(nextHour - 5 * MINUTE_MS - h.sim.engine.now());
+    const lost = await h.cycle();
+    expect(ofKind(lost.plan.actions, "sell_back")).toHaveLength(1);
+    expect(lost.failed.map((f) => f.action)).toEqual(["sell_back:sell_back"]);
+    expect(lost.failed[0]!.error).toMatch(/^no answer to the sell orders of cap-.* \(sent again\)$/);
+    expect(sellPosts(h)).toHaveLength(2);
+    const unanswered = await unansweredSell(region);
+    const [answered] = (await sellOrders(region)).filter((o) => o.status !== "placing");
+    await expectOneSaleAcknowledged(h, answered!);
+
+    h.advance(MINUTE_MS);
+    expect((await h.cycle()).failed).toEqual([]);
+    await expectOneSaleAcknowledged(h, unanswered);
+    for (const n of h.simNodes()) expect(n.endAt).toBe(nextHour);
+  });
+
   it("sends a sell order that got no answer again after its start has passed: acknowledged if SF Compute took it", async () => {
     const region = "capacity-e2e-sell-lost-late";
     const h = sellHarness(region, 11_033);

@@ -35,7 +35,7 @@ import type { Logger } from "../http/log";
 import { issueNodeToken, revokeNodeToken } from "../nodes/tokens";
 import type { SfComputeClient } from "../sfcompute/client";
 import { isSfComputeError } from "../sfcompute/errors";
-import { placeJournaledOrder } from "../sfcompute/journal";
+import { type MarketOrderRow, placeJournaledOrder } from "../sfcompute/journal";
 import type { Node as SfNode } from "../sfcompute/schemas";
 import { blockCents, centsPerNodeHour, epochSeconds } from "../sfcompute/units";
 import { CAPACITY_NODE_PREFIX, type Fleet, loadFleet, nodeOfOrder, type OrderRow, recentArrivals } from "./fleet";
@@ -717,33 +717,45 @@ async function sellBack(
   if (busy.length > 0) throw new Error(`not sold: ${busy.join(",")} still run work`);
   const perNode = Math.floor(action.minPriceCents / action.nodeIds.length);
   const refused: string[] = [];
+  const unanswered: string[] = [];
   for (const [i, contractId] of ids.entries()) {
-    const order = await placeJournaledOrder(
-      deps.db,
-      deps.client,
-      {
-        region,
-        side: "sell",
-        instanceType: deps.instanceType,
-        zone: fleet.market.get(action.nodeIds[i]!)?.zone ?? undefined,
-        contractId,
-        quantity: 1,
-        startAt: new Date(action.startAt),
-        endAt: new Date(action.endAt),
-        limitPrice: blockCents(perNode),
-        purpose: "capacity:sell_back",
-        blockId: action.blockId,
-        idempotencyKey: `${action.nodeIds[i]}|sell|${new Date(action.startAt).toISOString()}`,
-      },
-      new Date(deps.now()),
-    );
-    // The journal answers a refusal with the `failed` row instead of throwing (an unknown outcome
-    // throws, its row left `placing`), and answers a key refused earlier this hour the same way.
+    let order: MarketOrderRow;
+    try {
+      order = await placeJournaledOrder(
+        deps.db,
+        deps.client,
+        {
+          region,
+          side: "sell",
+          instanceType: deps.instanceType,
+          zone: fleet.market.get(action.nodeIds[i]!)?.zone ?? undefined,
+          contractId,
+          quantity: 1,
+          startAt: new Date(action.startAt),
+          endAt: new Date(action.endAt),
+          limitPrice: blockCents(perNode),
+          purpose: "capacity:sell_back",
+          blockId: action.blockId,
+          idempotencyKey: `${action.nodeIds[i]}|sell|${new Date(action.startAt).toISOString()}`,
+        },
+        new Date(deps.now()),
+      );
+    } catch (error) {
+      // An unknown outcome: its row is left `placing`, sent again next minute (resendSale). The
+      // group's other nodes are still offered now, each on its own contract: held back, they
+      // could miss the hour.
+      unanswered.push(`${action.nodeIds[i]} (${error instanceof Error ? error.message : String(error)})`);
+      continue;
+    }
+    // The journal answers a refusal with the `failed` row instead of throwing, and answers a key
+    // refused earlier this hour the same way.
     if (order.status === "failed") refused.push(`${action.nodeIds[i]} (${order.lastError})`);
   }
-  if (refused.length > 0) {
-    throw new Error(`not sold: SF Compute refused the sell orders of ${refused.join(", ")}`);
-  }
+  const why = [
+    ...(refused.length > 0 ? [`not sold: SF Compute refused the sell orders of ${refused.join(", ")}`] : []),
+    ...(unanswered.length > 0 ? [`no answer to the sell orders of ${unanswered.join(", ")} (sent again)`] : []),
+  ];
+  if (why.length > 0) throw new Error(why.join("; "));
 }
 
 /**
