@@ -4,11 +4,11 @@
  * The region's scheduler leases a replica (the least busy ready one, scaling up or starting one
  * from zero as the traffic needs; durable-objects/region-scheduler/traffic.ts); the Worker forwards
  * the request to that node's ingress at `<ingress_url>/p/<placement>/<path>` with the node's key,
- * streams the answer back, and returns the lease when the answer's body has ended. A replica that
- * could not be reached (refused, gone from its node) is skipped and the request goes to another
- * one: the request is buffered (at most MAX_INVOKE_BODY_BYTES) so it can be sent again. A WebSocket
- * (`GET` with `Upgrade: websocket`) is routed the same way, then relayed message by message while it
- * holds its lease (`bridge`).
+ * streams the answer back, and returns the lease when the answer's body has ended (or at once when
+ * the client leaves before the answer: `holdLease`). A replica that could not be reached (refused,
+ * gone from its node) is skipped and the request goes to another one: the request is buffered (at
+ * most MAX_INVOKE_BODY_BYTES) so it can be sent again. A WebSocket (`GET` with `Upgrade: websocket`)
+ * is routed the same way, then relayed message by message while it holds its lease (`bridge`).
  *
  * Not in the OpenAPI document: the method, path, body and answer are the replica's own.
  * docs/api.md "Traffic" describes the route, its headers and its errors.
@@ -16,6 +16,7 @@
 
 import { and, eq } from "drizzle-orm";
 import { type Context, Hono } from "hono";
+import type { UnofficialStatusCode } from "hono/utils/http-status";
 import { HOP_BY_HOP_HEADERS, INGRESS, RESENDABLE_METHODS } from "../../core/schemas";
 import type { RouteResult } from "../../durable-objects/region-scheduler/rpc";
 import { requireAccount, requireScope } from "../auth/caller";
@@ -49,6 +50,9 @@ const WEBSOCKET_HANDSHAKE = new Set([
   "sec-websocket-extensions",
   "sec-websocket-accept",
 ]);
+
+/** Logged for a request whose client left before its answer (nginx's code: nobody receives it). */
+const CLIENT_CLOSED_REQUEST = 499 as UnofficialStatusCode;
 
 /** Replicas tried for one request before it fails with 502 replica_unreachable. */
 const MAX_TRIES = 3;
@@ -164,84 +168,96 @@ const invoke = async (c: Context<ApiEnv>) => {
       );
     }
     attempt++;
-    const leaseDone = () =>
+    const lease = holdLease(c, () =>
       scheduler
         .endpointRequestDone(route.lease_id)
         .catch((error: unknown) =>
           c.get("log").warn("invoke.lease_not_returned", { endpoint_id: row.id, ...errorFields(error) }),
-        );
-    const key = await ingressKey(c.env, route.node_id);
-    if (!key) {
-      await leaseDone();
-      throw new ApiError(503, "routing_unavailable", "this deployment has no INGRESS_SECRET: endpoint traffic is off");
-    }
-    let answer: Response;
+        ),
+    );
     try {
-      answer = await fetch(`${route.ingress_url.replace(/\/+$/, "")}${INGRESS.path(route.placement_id, target)}`, {
-        method: c.req.method,
-        headers: { ...headers, [INGRESS.keyHeader]: key },
-        body,
-        redirect: "manual",
-      });
-    } catch (error) {
-      await leaseDone();
-      c.get("log").warn("invoke.ingress_unreachable", {
-        endpoint_id: row.id,
-        node_id: route.node_id,
-        placement_id: route.placement_id,
-        ...errorFields(error),
-      });
-      exclude.push(route.placement_id);
-      continue;
-    }
-    const refusal = answer.headers.get(INGRESS.errorHeader);
-    if (refusal) {
-      await answer.body?.cancel();
-      await leaseDone();
-      const where = { endpoint_id: row.id, replica: route.replica_id, node_id: route.node_id };
-      if (refusal === "unknown_placement" || refusal === "replica_unreachable") {
-        // The request never reached a container: another replica may take it.
+      const key = await ingressKey(c.env, route.node_id);
+      if (!key) {
+        throw new ApiError(
+          503,
+          "routing_unavailable",
+          "this deployment has no INGRESS_SECRET: endpoint traffic is off",
+        );
+      }
+      let answer: Response;
+      try {
+        answer = await fetch(`${route.ingress_url.replace(/\/+$/, "")}${INGRESS.path(route.placement_id, target)}`, {
+          method: c.req.method,
+          headers: { ...headers, [INGRESS.keyHeader]: key },
+          body,
+          redirect: "manual",
+          signal: lease.signal,
+        });
+      } catch (error) {
+        // Cancelled because the client left: nobody is waiting for another replica's answer.
+        if (lease.signal.aborted) throw new ApiError(CLIENT_CLOSED_REQUEST, "client_closed_request", "the client left");
+        c.get("log").warn("invoke.ingress_unreachable", {
+          endpoint_id: row.id,
+          node_id: route.node_id,
+          placement_id: route.placement_id,
+          ...errorFields(error),
+        });
         exclude.push(route.placement_id);
         continue;
       }
-      if (refusal === "replica_failed") {
-        // The container had the request and failed it (dropped the connection, or answered with
-        // what is not HTTP): it may have acted on it. Only a safe request goes to another replica.
-        if (RESENDABLE_METHODS.has(c.req.method)) {
+      const refusal = answer.headers.get(INGRESS.errorHeader);
+      if (refusal) {
+        await answer.body?.cancel();
+        const where = { endpoint_id: row.id, replica: route.replica_id, node_id: route.node_id };
+        if (refusal === "unknown_placement" || refusal === "replica_unreachable") {
+          // The request never reached a container: another replica may take it.
           exclude.push(route.placement_id);
           continue;
         }
+        if (refusal === "replica_failed") {
+          // The container had the request and failed it (dropped the connection, or answered with
+          // what is not HTTP): it may have acted on it. Only a safe request goes to another replica.
+          if (RESENDABLE_METHODS.has(c.req.method)) {
+            exclude.push(route.placement_id);
+            continue;
+          }
+          throw new ApiError(
+            502,
+            "replica_failed",
+            `replica ${route.replica_id} failed the request without answering it; it may have acted on it, so it was not sent to another replica`,
+            where,
+          );
+        }
+        if (refusal === "replica_timeout") {
+          throw new ApiError(504, "replica_timeout", `replica ${route.replica_id} did not answer in time`, where);
+        }
+        if (refusal === "unauthorized") {
+          c.get("log").error("invoke.ingress_refused_key", where);
+          throw new ApiError(
+            502,
+            "ingress_refused",
+            "the replica's node refused the control plane's key; retry shortly",
+            where,
+          );
+        }
         throw new ApiError(
           502,
-          "replica_failed",
-          `replica ${route.replica_id} failed the request without answering it; it may have acted on it, so it was not sent to another replica`,
+          "bad_replica_response",
+          `the replica's node answered with an unknown refusal: ${refusal}`,
           where,
         );
       }
-      if (refusal === "replica_timeout") {
-        throw new ApiError(504, "replica_timeout", `replica ${route.replica_id} did not answer in time`, where);
-      }
-      if (refusal === "unauthorized") {
-        c.get("log").error("invoke.ingress_refused_key", where);
-        throw new ApiError(
-          502,
-          "ingress_refused",
-          "the replica's node refused the control plane's key; retry shortly",
-          where,
+      if (webSocket && answer.webSocket) {
+        const holder = { endpoint_id: row.id, placement_id: route.placement_id };
+        return bridge(c, answer, route.replica_id, lease.handOver(), () =>
+          scheduler.renewEndpointLease(route.lease_id, holder),
         );
       }
-      throw new ApiError(
-        502,
-        "bad_replica_response",
-        `the replica's node answered with an unknown refusal: ${refusal}`,
-        where,
-      );
+      return relay(c, answer, route.replica_id, lease.handOver());
+    } finally {
+      // Every way out but a hand-over (refused, unreachable, an error) returns the lease here.
+      await lease.end();
     }
-    if (webSocket && answer.webSocket) {
-      const holder = { endpoint_id: row.id, placement_id: route.placement_id };
-      return bridge(c, answer, route.replica_id, leaseDone, () => scheduler.renewEndpointLease(route.lease_id, holder));
-    }
-    return relay(c, answer, route.replica_id, leaseDone);
   }
   throw new ApiError(
     502,
@@ -254,6 +270,52 @@ const invoke = async (c: Context<ApiEnv>) => {
 
 invokeRouter.all("/v1/endpoints/:ref/invoke", authenticate, invoke);
 invokeRouter.all("/v1/endpoints/:ref/invoke/*", authenticate, invoke);
+
+/**
+ * A replica's lease while the invoke handler holds it: from the scheduler's answer until `relay` or
+ * `bridge` takes it over (`handOver`) or it is returned (`end`, once). A client that leaves meanwhile
+ * ends the request, and the runtime never resumes the handler's awaits (say, while the replica
+ * computes a long answer): so the client's leaving itself (Request.signal, which the
+ * enable_request_signal flag in wrangler.toml turns on) returns the lease and cancels the replica's
+ * request (`signal`), and waitUntil keeps the invocation alive until the lease is back.
+ */
+function holdLease(c: Context<ApiEnv>, giveBack: () => Promise<unknown>) {
+  const client = c.req.raw.signal;
+  const replica = new AbortController();
+  let letGo!: () => void;
+  c.executionCtx.waitUntil(
+    new Promise<void>((resolve) => {
+      letGo = resolve;
+    }),
+  );
+  let handedOver = false;
+  let returned: Promise<unknown> | undefined;
+  const stopHolding = () => {
+    client.removeEventListener("abort", clientLeft);
+    letGo();
+  };
+  const end = () => {
+    if (handedOver) return Promise.resolve();
+    returned ??= giveBack().finally(stopHolding);
+    return returned;
+  };
+  const clientLeft = () => {
+    replica.abort();
+    void end();
+  };
+  if (client.aborted) clientLeft();
+  else client.addEventListener("abort", clientLeft, { once: true });
+  return {
+    signal: replica.signal,
+    end,
+    /** From now on the lease is the caller's to return, under its own waitUntil. */
+    handOver: () => {
+      handedOver = true;
+      stopHolding();
+      return giveBack;
+    },
+  };
+}
 
 /** Stream the replica's answer back; its lease is returned when the body has been sent (or dropped). */
 function relay(c: Context<ApiEnv>, answer: Response, replicaId: string, leaseDone: () => Promise<unknown>): Response {

@@ -48,6 +48,22 @@ async function readyEndpoint(body: Record<string, unknown>) {
   return { op, agent, user, ep, placement: placement! };
 }
 
+/** The endpoint's leases the region's scheduler counts as requests in flight. */
+const leasesInFlight = (endpointId: string) =>
+  runInDurableObject(regionScheduler(env, REGION) as unknown as DurableObjectStub, (instance) =>
+    (instance as unknown as { state: { traffic: Traffic } }).state.traffic.inFlight(endpointId),
+  );
+
+/** The endpoint's leases in flight once none is (or what is left after 2 s of waiting for that). */
+async function leasesOnceReturned(endpointId: string): Promise<number> {
+  let held = await leasesInFlight(endpointId);
+  for (let i = 0; i < 100 && held > 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    held = await leasesInFlight(endpointId);
+  }
+  return held;
+}
+
 async function invoke(
   credential: string,
   path: string,
@@ -176,17 +192,26 @@ describe("invoking an endpoint", () => {
     // The replica turns ready: the scheduler's waiter takes a lease, finds its request gone and
     // returns it (the lease would otherwise count as a request in flight for 15 minutes).
     await reportReady(agent, placed);
-    const scheduler = regionScheduler(env, REGION);
-    const inFlight = () =>
-      runInDurableObject(scheduler as unknown as DurableObjectStub, (instance) =>
-        (instance as unknown as { state: { traffic: Traffic } }).state.traffic.inFlight(ep.id),
-      );
-    let held = await inFlight();
-    for (let i = 0; i < 100 && held > 0; i++) {
+    expect(await leasesOnceReturned(ep.id)).toBe(0);
+    await retire(op, agent);
+  });
+
+  it("leaves no lease behind for a request whose client left while its replica computed the answer", async () => {
+    const { op, agent, user, ep } = await readyEndpoint({ name: "patient" });
+    const client = new AbortController();
+    // The replica answers after 20 s, long after the client has gone.
+    const waiting = invoke(user.token, `/v1/endpoints/patient/invoke/slow/20000`, { signal: client.signal });
+    // Leased: the Worker has forwarded the request and waits for the replica's answer.
+    let held = 0;
+    for (let i = 0; i < 100 && held === 0; i++) {
       await new Promise((resolve) => setTimeout(resolve, 20));
-      held = await inFlight();
+      held = await leasesInFlight(ep.id);
     }
-    expect(held).toBe(0);
+    expect(held).toBe(1);
+    client.abort();
+    await expect(waiting).rejects.toThrow(/aborted/);
+    // Returned at once, not when the lease expires 15 minutes later (nor when the replica answers).
+    expect(await leasesOnceReturned(ep.id)).toBe(0);
     await retire(op, agent);
   });
 

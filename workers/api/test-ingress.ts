@@ -7,6 +7,8 @@
  *
  * What a replica "does" is in the request path after `/p/<placement>`:
  *   /stream               three chunks, 100 ms apart
+ *   /slow/<ms>            answers after <ms> ms (a long inference that answers all at once), unless
+ *                         the Worker hangs up first
  *   /status/<n>           answers status n
  *   /__refuse/<code>      the ingress refuses with INGRESS.errorHeader <code>
  *   anything else         200, JSON echo of placement, method, path and query, headers, body
@@ -51,6 +53,17 @@ export async function startTestIngress(): Promise<{ url: string; close: () => Pr
         else res.end();
       };
       return tick();
+    }
+    if (path.startsWith("/slow/")) {
+      const answering = setTimeout(
+        () => {
+          res.writeHead(200, { "content-type": "text/plain" });
+          res.end("done");
+        },
+        Number(path.slice("/slow/".length)),
+      );
+      res.on("close", () => clearTimeout(answering));
+      return;
     }
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
