@@ -424,7 +424,10 @@ async function waitForReadyNodes(
     } else {
       seen = `${mine.size} agents started`;
     }
-    if (wrangler.child.exitCode !== null) throw new Error(`wrangler dev exited; see ${wrangler.logFile}`);
+    if (wrangler.child.exitCode !== null) {
+      const printed = logTail(wrangler.logFile, 20);
+      throw new Error(`wrangler dev exited; see ${wrangler.logFile}${printed ? `; it printed:\n${printed}` : ""}`);
+    }
     await new Promise((r) => setTimeout(r, 250));
   }
   throw new Error(`waitForNodes(${n}): not ready after ${Math.round(timeoutMs / 1000)} s (${seen})`);
