@@ -1,4 +1,5 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
+import { ReservationBook } from "./backfill";
 import { plan } from "./plan";
 import { busy, job, node } from "./testing";
 
@@ -183,6 +184,25 @@ describe("plan: EASY backfill", () => {
     ]);
     expect(p.reservations).toEqual([{ job_id: "big", start_at: 2 * H, node_ids: ["n"], binds: "all" }]);
     expect(p.placements).toEqual([]);
+  });
+
+  it("tries a reservation once per job shape while none can be made and nothing changes", () => {
+    // Every block ends in half an hour, before any of these 4-hour jobs could end: none can reserve,
+    // and 300 blocked jobs of 3 shapes cost 3 reservation attempts, not 300.
+    const ns = Array.from({ length: 20 }, (_, i) => node(`n${i}`, { block_end_at: H / 2 }));
+    const allocs = ns.map((n) => busy(n.id, [0, 1, 2, 3, 4, 5, 6], H / 4));
+    const q = Array.from({ length: 300 }, (_, i) =>
+      job(`j${i}`, { tier: "flex", gpu_count: 2 + (i % 3), estimated_duration_s: 4 * 3_600, submitted_at: i }),
+    );
+    const reserve = vi.spyOn(ReservationBook.prototype, "reserve");
+    try {
+      const p = plan({ now: 0, nodes: ns, allocations: allocs, queue: q });
+      expect(p.placements).toEqual([]);
+      expect(p.reservations).toEqual([]);
+      expect(reserve).toHaveBeenCalledTimes(3);
+    } finally {
+      reserve.mockRestore();
+    }
   });
 
   it("lets a job with no estimate backfill only if its max runtime ends before the reserved start", () => {

@@ -111,6 +111,13 @@ export class Pass {
    * answers for every job of the shape that ends at E or later.
    */
   private readonly failed = new Map<string, { version: number; reservations: number; end: number; sel: Selection }>();
+  /**
+   * Job shapes that could reserve no start, valid while the fleet and the reservations are
+   * unchanged: since a head that cannot reserve passes the slot on, every blocked job of a pass
+   * where nothing can reserve (say, every block ends before any estimate) would try, each at the
+   * cost of a walk over every node's allocations.
+   */
+  private readonly unreservable = new Map<string, { version: number; reservations: number }>();
 
   constructor(
     readonly fleet: Fleet,
@@ -168,6 +175,17 @@ export class Pass {
     return sel;
   }
 
+  private reserveCached(need: JobNeed, binds: "all" | "flex"): { start: number } | null {
+    // What decides whether a start exists: the shape, the tier's usable GPUs, the block check's
+    // estimate; not the job's deadline (it only sets how long the reservation lasts).
+    const key = `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${need.estimate}|${need.job.gpu_models.join(",")}`;
+    const hit = this.unreservable.get(key);
+    if (hit && hit.version === this.fleet.version && hit.reservations === this.book.size) return null;
+    const r = this.book.reserve(this.fleet, need, this.now, binds);
+    if (!r) this.unreservable.set(key, { version: this.fleet.version, reservations: this.book.size });
+    return r;
+  }
+
   private wait(need: JobNeed, sel: Extract<Selection, { ok: false }>): WaitingJob {
     let reserved: number | null = null;
     const head = !this.headReserved;
@@ -176,7 +194,7 @@ export class Pass {
       if (need.tier === "fast" && this.fastReserved >= this.cfg.max_protected_reservations) {
         this.flexHalted = true;
       } else {
-        const r = this.book.reserve(this.fleet, need, this.now, head ? "all" : "flex");
+        const r = this.reserveCached(need, head ? "all" : "flex");
         if (r) {
           reserved = r.start;
           if (head) this.headReserved = true;
