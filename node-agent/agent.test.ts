@@ -1,8 +1,8 @@
 /**
  * The agent on an engine whose containers run until stopped (test/live-engine.ts), against the test
  * control plane: logs that outlive a cut stream, containers started for placements that left
- * meanwhile, stops that fail, the engine's hiccups, orphans in heartbeats, and a data folder that
- * cannot be written.
+ * meanwhile, stops that fail, the engine's hiccups, orphans in heartbeats, a wall clock stepped
+ * back, and a data folder that cannot be written.
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,8 +10,10 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Placement } from "../core/schemas";
 import type { Agent, AgentConfig, AgentDeps } from "./agent";
+import { type Clock, systemClock } from "./clock";
 import { containerSpec } from "./container-spec";
 import { EngineError } from "./docker/engine";
+import type { Logger } from "./logger";
 import { TestControlPlane } from "./test/control-plane";
 import { startUnitAgent, placement as testPlacement } from "./test/harness";
 import { LiveEngine } from "./test/live-engine";
@@ -28,8 +30,9 @@ async function agentOn(
   engine: LiveEngine,
   config: Partial<AgentConfig> = {},
   deps: Partial<AgentDeps> = {},
+  pollWaitMs = 1_000,
 ): Promise<{ cp: TestControlPlane; agent: Agent; dataDir: string }> {
-  const cp = await TestControlPlane.start({ heartbeatIntervalMs: 100, pollWaitMs: 1_000 });
+  const cp = await TestControlPlane.start({ heartbeatIntervalMs: 100, pollWaitMs });
   cleanups.push(() => cp.close());
   const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-live-"));
   cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -319,6 +322,91 @@ describe("heartbeats after a restart", () => {
     });
     await cp.waitFor("2 heartbeats of the new process", () => cp.heartbeats.length >= from + 2);
     expect(cp.heartbeats.slice(from, from + 2).map((h) => h.running)).toEqual([["p-before"], ["p-before"]]);
+  });
+});
+
+describe("after the wall clock is stepped an hour back", () => {
+  /** The system clock, but `stepBack` sets its wall clock an hour back (NTP, a resumed VM): no time passes. */
+  function steppedClock() {
+    let step = 0;
+    const clock: Clock = { ...systemClock, now: () => Date.now() + step };
+    return {
+      clock,
+      stepBack: () => {
+        step -= 3_600_000;
+      },
+    };
+  }
+
+  it("heartbeats list the engine again after half an interval", async () => {
+    const engine = new LiveEngine();
+    const id = await engine.run(
+      containerSpec(Placement.parse(job("p-orphaned")), { agentName: "unit", nodeId: "n-old", pidsLimit: 64 }),
+    );
+    const { clock, stepBack } = steppedClock();
+    // Reconciles an hour apart, placement polls 30 s long: after the first, only heartbeats list the engine.
+    const { cp } = await agentOn(engine, { reconcileIntervalMs: 3_600_000 }, { clock }, 30_000);
+    cp.setPlacements([]);
+    await cp.waitFor("a heartbeat listing the orphan", () => cp.heartbeats.at(-1)?.running.includes("p-orphaned"));
+    stepBack();
+    engine.exit(id, 137);
+    await cp.waitFor("a heartbeat without it", () => cp.heartbeats.at(-1)?.running.length === 0, 5_000);
+  });
+
+  it("an orphan is stopped once its grace has passed", async () => {
+    const engine = new LiveEngine();
+    const spec = (id: string) =>
+      containerSpec(Placement.parse(job(id)), { agentName: "unit", nodeId: "n-old", pidsLimit: 64 });
+    await engine.run(spec("p-orphan"));
+    // A finished container: retired by the same reconcile that first sees the orphan.
+    engine.exit(await engine.run(spec("p-done")), 0);
+    const retired: unknown[] = [];
+    const log: Logger = (_level, msg, fields) => {
+      if (msg === "retiring container") retired.push(fields?.placement_id);
+    };
+    const { clock, stepBack } = steppedClock();
+    const { cp } = await agentOn(engine, { orphanGraceMs: 1_000 }, { clock, log });
+    cp.setPlacements([]);
+    await until("the finished container retired", () => retired.includes("p-done"));
+    stepBack();
+    await until("the orphan retired", () => retired.includes("p-orphan"));
+  });
+
+  it("the log says how long the engine was down, and how long it was stuck, as the time that passed", async () => {
+    const engine = new LiveEngine();
+    engine.pingError = new Error("connect ENOENT /var/run/docker.sock");
+    const logged: Record<string, Record<string, unknown> | undefined> = {};
+    const log: Logger = (_level, msg, fields) => {
+      logged[msg] = fields;
+    };
+    const { clock, stepBack } = steppedClock();
+    const cp = await TestControlPlane.start({ heartbeatIntervalMs: 100 });
+    cleanups.push(() => cp.close());
+    const dataDir = mkdtempSync(join(tmpdir(), "scalar-agent-live-"));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const starting = startUnitAgent(cp, engine, { dataDir, config: { engineTimeoutMs: 300 }, deps: { clock, log } });
+    cleanups.push(async () => {
+      engine.pingError = null;
+      engine.hung.clear();
+      engine.release();
+      await (await starting).stop();
+    });
+    await cp.waitFor("a registration", () => cp.registrations.length === 1);
+    stepBack();
+    engine.pingError = null;
+    await until("the engine answering", () => logged["container engine answers"]);
+    expect(logged["container engine answers"]?.down_ms).toBeGreaterThanOrEqual(0);
+
+    engine.hung.add("list");
+    await until(
+      "the engine stuck",
+      () => logged["container engine stuck: a call went unanswered past the engine timeout"],
+    );
+    stepBack();
+    engine.hung.clear();
+    engine.release();
+    await until("the engine answering again", () => logged["container engine answers again"]);
+    expect(logged["container engine answers again"]?.stuck_ms).toBeGreaterThanOrEqual(0);
   });
 });
 

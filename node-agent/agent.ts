@@ -142,7 +142,7 @@ export class Agent {
    * heartbeat's `running` while the engine cannot be asked.
    */
   private listedRunning = new Set<string>();
-  /** When the engine last listed our containers (a reconcile's or a heartbeat's listing). */
+  /** When (`Clock.monotonic`) the engine last listed our containers (a reconcile's or a heartbeat's listing). */
   private listedAt = Number.NEGATIVE_INFINITY;
   private previousStats = new Map<string, StatsSample>();
   private heartbeatIntervalMs = 10_000;
@@ -171,12 +171,14 @@ export class Agent {
    */
   private polled = false;
   private inventory: GpuInventoryResult | null = null;
-  /** When the engine last became stuck (for the recovery's log line). */
+  /** When (`Clock.monotonic`) the engine last became stuck (for the recovery's log line). */
   private engineStuckAt: number | null = null;
   /** The node's state in the control plane's last heartbeat answer (`ready`, `cordoned`, `draining`…). */
   private nodeState: string | null = null;
   /** Set while the engine has not answered since the process began (see waitForEngine). */
   private engineDown: EngineStuck | null = null;
+  /** When (`Clock.monotonic`) engineDown was set: its `since` is a wall-clock time, for the control plane. */
+  private engineDownAt = 0;
   /** The registration made while the engine did not answer, if any (connect waits for it). */
   private registeredEarly: Promise<boolean> | null = null;
 
@@ -355,7 +357,7 @@ export class Agent {
         await this.engine.ping();
         if (this.engineDown) {
           this.deps.log("info", "container engine answers", {
-            down_ms: this.deps.clock.now() - this.engineDown.since,
+            down_ms: this.deps.clock.monotonic() - this.engineDownAt,
           });
           this.engineDown = null;
           this.heartbeatSoon();
@@ -368,6 +370,7 @@ export class Agent {
           error: errorText(error),
         });
         if (!this.engineDown && !this.desired?.length) {
+          this.engineDownAt = this.deps.clock.monotonic();
           this.engineDown = {
             since: this.deps.clock.now(),
             operation: "ping",
@@ -523,7 +526,7 @@ export class Agent {
 
   /** The watchdog's news: logged once each way, and the control plane told at once (it cordons the node). */
   private engineStuckChanged(stuck: EngineStuck | undefined): void {
-    const now = this.deps.clock.now();
+    const now = this.deps.clock.monotonic();
     if (stuck) {
       this.engineStuckAt = now;
       // Heartbeats carry engine_stuck (the control plane cordons the node) until every late call settled.
@@ -629,7 +632,7 @@ export class Agent {
    */
   private async runningContainers(): Promise<Set<string>> {
     if (this.engineReport()) return this.listedRunning;
-    if (this.deps.clock.now() - this.listedAt < this.heartbeatIntervalMs / 2) return this.listedRunning;
+    if (this.deps.clock.monotonic() - this.listedAt < this.heartbeatIntervalMs / 2) return this.listedRunning;
     const listing = this.engine.list(ownLabels(this.config.agentName)).then(
       (listed) => this.noteListing(listed),
       (error) => this.deps.log("debug", "could not list containers for the heartbeat", { error: errorText(error) }),
@@ -644,7 +647,7 @@ export class Agent {
   }
 
   private noteListing(listed: ContainerSummary[]): void {
-    this.listedAt = this.deps.clock.now();
+    this.listedAt = this.deps.clock.monotonic();
     this.listedRunning = new Set(
       listed.flatMap((c) => {
         const placementId = c.labels[LABELS.placement];
@@ -743,7 +746,7 @@ export class Agent {
       finished: new Set(known.filter((id) => this.state.placement(id).finished)),
       failed: new Set(known.filter((id) => this.state.placement(id).finished === "failed")),
       orphanSince: this.orphanSince,
-      now: this.deps.clock.now(),
+      now: this.deps.clock.monotonic(),
       orphanGraceMs: this.config.orphanGraceMs,
     });
     this.orphanSince = plan.orphanSince;

@@ -94,8 +94,10 @@ function setup(
   const dataDir = tempDir();
   const engine = new FakeEngine();
   let now = T0;
+  /** How far the wall clock has been stepped away from the monotonic one (`stepWall`). */
+  let stepped = 0;
   const clock: Clock = {
-    now: () => now,
+    now: () => now + stepped,
     monotonic: () => now,
     sleep: (_ms, signal) => systemClock.sleep(0, signal),
   };
@@ -134,6 +136,10 @@ function setup(
       },
       advance: (ms: number) => {
         now += ms;
+      },
+      /** Steps the wall clock alone, as NTP or a resumed VM does: no time passes. */
+      stepWall: (ms: number) => {
+        stepped += ms;
       },
     },
     setDesired: (refs: string[] | null) => {
@@ -301,6 +307,25 @@ describe("image GC: what is kept", () => {
     const third = await n.gc.pass("interval");
     expect(third.removed.map((i) => i.id)).toEqual(["sha256:foreign-new", "sha256:just-pulled"]);
   });
+
+  // NTP or a resumed VM steps the wall clock by an hour just after the image appeared.
+  it.each([
+    ["forward", 60 * MIN],
+    ["back", -60 * MIN],
+  ])(
+    "times the min age of an image new since the last listing on the monotonic clock when the wall clock is stepped %s",
+    async (_, step) => {
+      const n = setup({ base: 85 });
+      await n.gc.pass("interval"); // the first listing
+      n.image("sha256:foreign-new", ["r/foreign:1"], 1); // 86 %
+      expect((await n.gc.pass("interval")).kept.recent).toBe(1);
+      n.clock.stepWall(step);
+      n.clock.advance(DEFAULT_IMAGE_GC.minAgeMs - 1);
+      expect((await n.gc.pass("interval")).kept.recent).toBe(1);
+      n.clock.advance(1);
+      expect((await n.gc.pass("interval")).removed.map((i) => i.id)).toEqual(["sha256:foreign-new"]);
+    },
+  );
 });
 
 describe("image GC: the engine's answers", () => {

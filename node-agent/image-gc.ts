@@ -166,7 +166,10 @@ export interface ImageGcDeps {
 
 export class ImageGc {
   private readonly readDisk: DiskUsageReader;
-  /** When each image was first listed by this process (-∞: in the first listing, so there before). */
+  /**
+   * When (`Clock.monotonic`) each image was first listed by this process (-∞: in the first listing,
+   * so there before). This process's own: a step of the wall clock must not end a min age early.
+   */
   private readonly firstSeen = new Map<string, number>();
   private listedBefore = false;
   private saidFallback = false;
@@ -361,7 +364,7 @@ export class ImageGc {
 
   private noteListing(images: ImageSummary[]): void {
     const ids = new Set(images.map((i) => i.id));
-    const at = this.listedBefore ? this.deps.clock.now() : Number.NEGATIVE_INFINITY;
+    const at = this.listedBefore ? this.deps.clock.monotonic() : Number.NEGATIVE_INFINITY;
     for (const id of ids) if (!this.firstSeen.has(id)) this.firstSeen.set(id, at);
     for (const id of [...this.firstSeen.keys()]) if (!ids.has(id)) this.firstSeen.delete(id);
     this.listedBefore = true;
@@ -392,10 +395,11 @@ export class ImageGc {
     if (keep.ids.has(image.id) || [...image.tags, ...image.digests].some((name) => keep.refs.has(name))) {
       return "desired";
     }
+    // Use records are wall-clock times (the state file's, from earlier processes too): `now` is one.
     const used = this.deps.use.lastUsed(image.id);
     if (used !== undefined && now - used < this.config.minAgeMs) return "recent";
     const seen = this.firstSeen.get(image.id);
-    if (seen !== undefined && now - seen < this.config.minAgeMs) return "recent";
+    if (seen !== undefined && this.deps.clock.monotonic() - seen < this.config.minAgeMs) return "recent";
     return null;
   }
 

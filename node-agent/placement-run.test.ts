@@ -25,7 +25,7 @@ import {
   type RunContext,
   shipContainerLog,
 } from "./placement-run";
-import { ANONYMOUS, MAX_FINGERPRINTS, PrivateImages } from "./private-images";
+import { ANONYMOUS, MAX_FINGERPRINTS, PRUNE_INTERVAL_MS, PrivateImages } from "./private-images";
 import type { PullPolicy } from "./pull-policy";
 import { AgentState } from "./state";
 import { FakeEngine } from "./test/fake-engine";
@@ -791,6 +791,60 @@ describe("a kill deadline and a stepped clock", () => {
     ]);
     expect(stopped).toBe(true);
     expect(n.engine.calls).toContain("stop");
+  });
+});
+
+describe("a wall clock stepped back during a pull", () => {
+  function steppedClock() {
+    let wall = Date.now();
+    let mono = 0;
+    const clock: Clock = { ...systemClock, now: () => wall, monotonic: () => mono };
+    return {
+      clock,
+      /** NTP or a resumed VM steps the wall clock an hour back: no time passes. */
+      stepBack: () => {
+        wall -= 3_600_000;
+      },
+      pass: (ms: number) => {
+        wall += ms;
+        mono += ms;
+      },
+    };
+  }
+
+  it("reports the pull's progress at its interval, not once the wall clock has caught up", async () => {
+    const { clock, stepBack, pass } = steppedClock();
+    const n = node({ clock });
+    n.ctx.pullProgressIntervalMs = 2_000;
+    n.engine.pull = async (ref, onProgress) => {
+      onProgress("Downloading 1 MB / 9 MB"); // within the interval of "pulling …": not reported
+      stepBack();
+      pass(2_000);
+      onProgress("Downloading 5 MB / 9 MB");
+      n.engine.images.set(ref, "sha256:app");
+    };
+    expect(pulling(await n.run())).toEqual([`pulling ${IMAGE}`, "Downloading 5 MB / 9 MB", `pulled ${IMAGE}`]);
+  });
+
+  it("prunes the private image records again after the prune interval, not once the wall clock has caught up", async () => {
+    const { clock, stepBack, pass } = steppedClock();
+    const n = node();
+    const images = new PrivateImages(n.state, n.engine, clock, () => {});
+    await images.start();
+    // The record of an image removed by hand since (the engine no longer has it).
+    n.state.setImageRecord("sha256:gone", { ref: "r/gone:1", fingerprints: ["sha256:fp"], at: clock.now() });
+    n.engine.images.set(IMAGE, "sha256:private");
+    const pullWithCredentials = async () => {
+      images.startPull(IMAGE, "sha256:fp").succeeded("sha256:private");
+      await new Promise((r) => setImmediate(r)); // the prune, if any, asks the fake engine only
+    };
+    stepBack();
+    pass(PRUNE_INTERVAL_MS - 1);
+    await pullWithCredentials();
+    expect(n.state.imageRecord("sha256:gone")).toBeDefined();
+    pass(1);
+    await pullWithCredentials();
+    expect(n.state.imageRecord("sha256:gone")).toBeUndefined();
   });
 });
 

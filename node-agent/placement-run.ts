@@ -166,6 +166,7 @@ export class PlacementRun {
   private reportedRunning = false;
   private silent = false;
   private progressCount = 0;
+  /** When (`Clock.monotonic`) the last `pulling` event was reported. */
   private lastProgressAt = Number.NEGATIVE_INFINITY;
   readonly done: Promise<void>;
 
@@ -542,7 +543,8 @@ export class PlacementRun {
   }
 
   private progress(text: string, always: boolean, redact: (text: string) => string = (t) => t): void {
-    const now = this.ctx.clock.now();
+    // On the monotonic clock: a wall clock stepped back must not hold the next events back by the step.
+    const now = this.ctx.clock.monotonic();
     if (!always && now - this.lastProgressAt < this.ctx.pullProgressIntervalMs) return;
     this.lastProgressAt = now;
     const n = this.progressCount++;

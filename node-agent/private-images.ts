@@ -61,6 +61,7 @@ export class PrivateImages {
   private readonly leftovers: Set<string>;
   /** Image ids seen without a record while nothing was unsettled, or pulled anonymously, in this process. */
   private readonly seenPublic = new Set<string>();
+  /** When (`Clock.monotonic`) the records were last pruned: a wall clock stepped back must not delay the next. */
   private lastPrune = Number.NEGATIVE_INFINITY;
   private settling: Promise<void> | null = null;
 
@@ -161,7 +162,7 @@ export class PrivateImages {
 
   /** Drops the records of images the engine no longer has (kept when the engine cannot say). */
   async prune(): Promise<void> {
-    this.lastPrune = this.clock.now();
+    this.lastPrune = this.clock.monotonic();
     for (const id of this.state.imageRecordIds()) {
       const record = this.state.imageRecord(id);
       const present = await this.engine.imageId(id).then(
@@ -174,7 +175,7 @@ export class PrivateImages {
   }
 
   private pruneNowAndThen(): void {
-    if (this.clock.now() - this.lastPrune < PRUNE_INTERVAL_MS) return;
+    if (this.clock.monotonic() - this.lastPrune < PRUNE_INTERVAL_MS) return;
     void this.prune().catch((error) =>
       this.log("warn", "could not prune the private image records", { error: errorText(error) }),
     );

@@ -43,8 +43,9 @@ export interface PlanInput {
    * grace once the placement leaves the desired set.
    */
   failed: ReadonlySet<string>;
-  /** When each running container without a placement was first seen so. */
+  /** When each running container without a placement was first seen so (on the clock of `now`). */
   orphanSince: ReadonlyMap<string, number>;
+  /** A monotonic reading (`Clock.monotonic`): the grace is a duration, which a wall-clock step must not cut short. */
   now: number;
   orphanGraceMs: number;
 }
