@@ -294,17 +294,17 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
 
   // ---- endpoints --------------------------------------------------------------------------
 
-  async ensureEndpoint(spec: EndpointSpec): Promise<EndpointState> {
+  async ensureEndpoint(spec: EndpointSpec): Promise<EndpointState | null> {
     return this.change((now) => {
       this.state.endpoints.ensure(spec, now);
       this.state.schedule(now);
-      return this.views.endpointState(spec.id)!;
+      return this.views.endpointState(spec.id);
     }, true);
   }
 
-  async removeEndpoint(endpointId: string): Promise<{ removed: boolean }> {
+  async removeEndpoint(endpointId: string, version: number): Promise<{ removed: boolean; version: number }> {
     return this.change((now) => {
-      const result = this.state.endpoints.remove(endpointId, now);
+      const result = this.state.endpoints.remove(endpointId, version, now);
       this.state.schedule(now);
       return result;
     });

@@ -1300,6 +1300,7 @@ describe("RegionScheduler: capacity", () => {
 function endpointFor(overrides: Partial<EndpointSpec> = {}): EndpointSpec {
   return {
     id: `ep-${crypto.randomUUID().slice(0, 8)}`,
+    version: 1,
     account_id: accountId,
     tier: "fast",
     image: "127.0.0.1:5000/test/busybox:1",
@@ -1323,7 +1324,7 @@ describe("RegionScheduler: endpoints", () => {
     const { stub, clock } = await region({ retry_base_ms: 1_000 });
     await stub.registerNode(nodeReg(N("n1")));
     const spec = endpointFor({ gpu_count: 2, cpu_milli: 2_000, memory_mib: 4_096, max_replicas: 4 });
-    const state = await stub.ensureEndpoint(spec);
+    const state = (await stub.ensureEndpoint(spec))!;
     expect(state.desired_replicas).toBe(2);
     expect(state.replicas.map((r) => [r.status, r.placement?.kill_deadline])).toEqual([
       ["placed", null],
@@ -1369,8 +1370,8 @@ describe("RegionScheduler: endpoints", () => {
       last_exit: "exit code 1",
     });
 
-    expect(await stub.removeEndpoint(spec.id)).toEqual({ removed: true });
-    expect(await stub.removeEndpoint(spec.id)).toEqual({ removed: false });
+    expect(await stub.removeEndpoint(spec.id, 2)).toEqual({ removed: true, version: 2 });
+    expect(await stub.removeEndpoint(spec.id, 2)).toEqual({ removed: false, version: 2 });
     const set = await stub.pollPlacements(N("n1"), 0, 0);
     expect(set.placements.map((p) => p.desired)).toEqual(["stopped", "stopped"]);
     expect(await stub.endpointState(spec.id)).toBeNull();
@@ -1380,7 +1381,7 @@ describe("RegionScheduler: endpoints", () => {
     const { stub, clock } = await region({ retry_base_ms: 1_000 });
     await stub.registerNode(nodeReg(N("n1")));
     const spec = endpointFor({ startup_timeout_s: 60 });
-    const state = await stub.ensureEndpoint(spec);
+    const state = (await stub.ensureEndpoint(spec))!;
     const [a, b] = state.replicas.map((r) => r.placement!.placement_id) as [string, string];
     await stub.reportEvent(N("n1"), ev("running", a, clock.t));
     await stub.reportEvent(N("n1"), ev("running", b, clock.t));
@@ -1441,7 +1442,7 @@ describe("RegionScheduler: endpoints", () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1")));
     const spec = endpointFor({ min_replicas: 1, max_replicas: 1, gpu_count: 2 });
-    const r0 = (await stub.ensureEndpoint(spec)).replicas[0]!.placement!;
+    const r0 = (await stub.ensureEndpoint(spec))!.replicas[0]!.placement!;
     await stub.reportEvent(N("n1"), ev("running", r0.placement_id, clock.t));
     clock.advance(60_000);
     // Now Flex: the replica is replaced, its old run stops while the job row already says flex.
@@ -1464,6 +1465,136 @@ describe("RegionScheduler: endpoints", () => {
     expect(next.placement_id).not.toBe(r0.placement_id);
     expect(runs).toContainEqual([next.placement_id, "placed", "flex"]);
     expect(payloads.find((p) => p.kind === "replica_run" && p.row.id === next.placement_id)?.row.gpu_count).toBe(2);
+  });
+
+  /** What n1's agent is asked to run now: image per placement. */
+  const runningImages = async (stub: Stub) =>
+    Object.fromEntries(
+      (await stub.pollPlacements(N("n1"), 0, 0)).placements
+        .filter((p) => p.desired === "running")
+        .map((p) => [p.placement_id, p.image]),
+    );
+  /** The endpoint's replicas that are not cancelled, as the object holds them. */
+  const liveReplicas = (stub: Stub, endpointId: string) =>
+    runInDurableObject(stub, (_o, state) =>
+      state.storage.sql
+        .exec<{ id: string; status: string }>(
+          "select id, status from jobs where endpoint_id = ? and status != 'cancelled'",
+          endpointId,
+        )
+        .toArray(),
+    );
+
+  it("keeps the newest spec when an older version's spec arrives after it", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ min_replicas: 0, max_replicas: 1 });
+    await stub.ensureEndpoint(spec);
+    // PATCH v2 and PATCH v3 race; v3's sync arrives first...
+    const v3 = { ...spec, version: 3, min_replicas: 1, image: "127.0.0.1:5000/test/busybox:3" };
+    const [p3] = (await stub.ensureEndpoint(v3))!.replicas.map((r) => r.placement!.placement_id) as [string];
+    // ...then v2's: the answer is v3's endpoint, unchanged.
+    const late = await stub.ensureEndpoint({
+      ...spec,
+      version: 2,
+      min_replicas: 1,
+      image: "127.0.0.1:5000/test/busybox:2",
+    });
+    expect(late).toMatchObject({
+      version: 3,
+      replicas: [{ placement: expect.objectContaining({ placement_id: p3 }) }],
+    });
+    expect(await runningImages(stub)).toEqual({ [p3]: "127.0.0.1:5000/test/busybox:3" });
+    // A newer version that changes only scaling replaces no replica: the version is not part of it.
+    await stub.ensureEndpoint({ ...v3, version: 4, scale_down_delay_s: 60 });
+    expect(await runningImages(stub)).toEqual({ [p3]: "127.0.0.1:5000/test/busybox:3" });
+    expect((await stub.endpointState(spec.id))!.version).toBe(4);
+  });
+
+  it("keeps a removed endpoint removed when an older version's spec arrives after the removal", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor();
+    await stub.ensureEndpoint(spec);
+    // A PATCH (v2) in flight, then the DELETE (v3), whose removal arrives first.
+    expect(await stub.removeEndpoint(spec.id, 3)).toEqual({ removed: true, version: 3 });
+    expect(await stub.ensureEndpoint({ ...spec, version: 2, min_replicas: 1 })).toBeNull();
+    expect(await stub.endpointState(spec.id)).toBeNull();
+    expect(await liveReplicas(stub, spec.id)).toEqual([]);
+    expect(await runningImages(stub)).toEqual({});
+    expect(await stub.routeEndpoint(spec.id, { wait_ms: 0 })).toEqual({ ok: false, code: "not_found" });
+    // The removal sent again (a retry, the reconciler) is answered as done.
+    expect(await stub.removeEndpoint(spec.id, 3)).toEqual({ removed: false, version: 3 });
+  });
+
+  it("keeps out an endpoint whose removal arrives before its first spec", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor();
+    expect(await stub.removeEndpoint(spec.id, 2)).toEqual({ removed: false, version: 2 });
+    expect(await stub.ensureEndpoint(spec)).toBeNull();
+    expect(await liveReplicas(stub, spec.id)).toEqual([]);
+  });
+
+  it("keeps the spec it runs when an older version's removal arrives after it", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ version: 3 });
+    const placed = (await stub.ensureEndpoint(spec))!.replicas.map((r) => r.placement!.placement_id);
+    expect(await stub.removeEndpoint(spec.id, 2)).toEqual({ removed: false, version: 3 });
+    expect(Object.keys(await runningImages(stub)).sort()).toEqual([...placed].sort());
+  });
+
+  it("places an endpoint again for a spec newer than its removal (the API never sends one: a deleted id stays deleted)", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ min_replicas: 1, max_replicas: 1 });
+    await stub.ensureEndpoint(spec);
+    await stub.removeEndpoint(spec.id, 2);
+    const again = await stub.ensureEndpoint({ ...spec, version: 3 });
+    expect(again).toMatchObject({ version: 3, replicas: [{ status: "placed" }] });
+    // Its removal is forgotten with it: a removal older than the spec now changes nothing.
+    expect(await stub.removeEndpoint(spec.id, 2)).toEqual({ removed: false, version: 3 });
+  });
+
+  it("takes any version for an endpoint synced before the object kept versions", async () => {
+    const { stub } = await region();
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ version: 5 });
+    await stub.ensureEndpoint(spec);
+    await runInDurableObject(stub, (_o, state) => {
+      state.storage.sql.exec("update endpoints set version = null where id = ?", spec.id);
+    });
+    expect((await stub.endpointState(spec.id))!.version).toBeNull();
+    expect((await stub.ensureEndpoint({ ...spec, version: 1 }))!.version).toBe(1);
+  });
+
+  it("remembers a removal for 30 days, long after any late sync could arrive", async () => {
+    const { stub, clock } = await region();
+    const a = endpointFor();
+    const b = endpointFor();
+    await stub.removeEndpoint(a.id, 2);
+    const removals = () =>
+      runInDurableObject(stub, (_o, state) =>
+        state.storage.sql.exec<{ id: string }>("select id from removed_endpoints order by id").toArray(),
+      );
+    clock.advance(30 * 86_400_000);
+    await stub.removeEndpoint(b.id, 2);
+    expect((await removals()).map((r) => r.id).sort()).toEqual([a.id, b.id].sort());
+    // Older than 30 days: forgotten when the next removal is written.
+    clock.advance(1);
+    await stub.removeEndpoint(b.id, 2);
+    expect((await removals()).map((r) => r.id)).toEqual([b.id]);
+  });
+
+  it("refuses a spec or a removal without a version", async () => {
+    const { stub } = await region();
+    const { version: _version, ...unversioned } = endpointFor();
+    await runInDurableObject(stub, (instance) => {
+      const { endpoints } = insides(instance).state;
+      expect(() => endpoints.ensure(unversioned as EndpointSpec, T0)).toThrow("version must be a positive integer");
+      expect(() => endpoints.remove(unversioned.id, 0, T0)).toThrow("version must be a positive integer");
+    });
   });
 });
 
@@ -1502,7 +1633,7 @@ describe("RegionScheduler: endpoint traffic", () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
     const spec = endpointFor({ min_replicas: 0, max_replicas: 3, target_concurrency: 1, scale_down_delay_s: 60 });
-    expect((await stub.ensureEndpoint(spec)).replicas).toEqual([]);
+    expect((await stub.ensureEndpoint(spec))!.replicas).toEqual([]);
 
     // Nothing ready: the request says why, and its need has started a replica.
     const cold = await stub.routeEndpoint(spec.id, { wait_ms: 0 });

@@ -4,6 +4,10 @@
  * deadline (`kind = 'replica'`, id `<endpoint>#<n>`) that is put back in the queue whenever its run
  * ends, with backoff that starts over after a long enough run. A changed spec replaces running
  * replicas; fewer replicas cancel the extra ones; removal stops them all.
+ *
+ * Syncs from the API may arrive out of order (two requests racing, the reconciler holding an older
+ * row): each carries the endpoint's version, and one older than what the object holds for the id
+ * (its spec, or its removal) changes nothing.
  */
 import { hashString } from "../../core/scheduler";
 import { TERMINAL_JOB_STATUSES } from "../../core/schemas";
@@ -12,7 +16,14 @@ import type { Region, RunOutcome } from "./region";
 import { type EndpointRow, isActiveRun, type JobRow, type RunRow, specOf } from "./rows";
 import type { EndpointSpec } from "./rpc";
 import { backoff, type SchedulerSettings } from "./settings";
-import { validateEndpoint } from "./validate";
+import { isVersion, validateEndpoint } from "./validate";
+
+/**
+ * How long a removal is remembered. A late sync was read from Postgres by a Worker invocation still
+ * running (a request: seconds; the reconciler's batch: at most its 15 minutes), and a removed id is
+ * never active again in the API, so a month is far past any that can still arrive.
+ */
+export const REMOVAL_KEPT_MS = 30 * 86_400_000;
 
 export class Endpoints {
   constructor(
@@ -22,29 +33,40 @@ export class Endpoints {
     private readonly log: (event: string, fields: Record<string, unknown>) => void,
   ) {}
 
+  /** Nothing changes when the object holds a newer version of the endpoint, or its removal. */
   ensure(spec: EndpointSpec, now: number): void {
     const problem = validateEndpoint(spec);
     if (problem) throw new TypeError(`invalid endpoint ${spec.id}: ${problem}`);
-    const hash = String(hashString(JSON.stringify(replicaShape(spec))));
     const existing = this.db.one<EndpointRow>("select * from endpoints where id = ?", spec.id);
+    // The same version again (a retry) applies again: it is the same spec. A removal wins a tie.
+    const held = existing ? (existing.version ?? 0) : (this.removal(spec.id) ?? 0);
+    if (existing ? held > spec.version : held >= spec.version) {
+      this.log("endpoint.sync_superseded", { endpoint_id: spec.id, version: spec.version, held, removed: !existing });
+      return;
+    }
+    const hash = String(hashString(JSON.stringify(replicaShape(spec))));
     if (existing) {
       // A lower minimum is a lower need, not an order: the replicas it kept go after the
       // scale-down delay, as when traffic drops (a lower maximum applies at once).
       const kept = this.desiredOf(spec.id);
       this.db.run(
-        "update endpoints set spec = ?, spec_hash = ?, updated_at = ?, desired = ? where id = ?",
+        "update endpoints set spec = ?, spec_hash = ?, version = ?, updated_at = ?, desired = ? where id = ?",
         JSON.stringify(spec),
         hash,
+        spec.version,
         now,
         clamp(kept, spec.min_replicas, spec.max_replicas),
         spec.id,
       );
     } else {
+      // A spec newer than the endpoint's removal: Postgres's order is the one kept.
+      this.db.run("delete from removed_endpoints where id = ?", spec.id);
       this.db.run(
-        "insert into endpoints (id, spec, spec_hash, created_at, updated_at) values (?, ?, ?, ?, ?)",
+        "insert into endpoints (id, spec, spec_hash, version, created_at, updated_at) values (?, ?, ?, ?, ?, ?)",
         spec.id,
         JSON.stringify(spec),
         hash,
+        spec.version,
         now,
         now,
       );
@@ -147,13 +169,46 @@ export class Endpoints {
     }
   }
 
-  remove(endpointId: string, now: number): { removed: boolean } {
+  /** Removal at `version`; a newer spec held, or a removal as new, is kept (`version` says which). */
+  remove(endpointId: string, version: number, now: number): { removed: boolean; version: number } {
+    if (!isVersion(version)) {
+      throw new TypeError(`invalid removal of endpoint ${endpointId}: version must be a positive integer`);
+    }
+    const removal = this.removal(endpointId);
+    const held = removal ?? this.versionOf(endpointId) ?? 0;
+    if (held > version) {
+      this.log("endpoint.sync_superseded", { endpoint_id: endpointId, version, held, removed: removal !== null });
+      return { removed: false, version: held };
+    }
     const n = this.db.run("delete from endpoints where id = ?", endpointId);
     this.state.traffic.forget(endpointId);
     for (const replica of this.replicas(endpointId)) {
       if (!TERMINAL_JOB_STATUSES.includes(replica.status)) this.state.stopJob(replica, "scale_down", now);
     }
-    return { removed: n > 0 };
+    this.db.run(
+      `insert into removed_endpoints (id, version, removed_at) values (?, ?, ?)
+       on conflict (id) do update set version = excluded.version, removed_at = excluded.removed_at`,
+      endpointId,
+      version,
+      now,
+    );
+    this.db.run("delete from removed_endpoints where removed_at < ?", now - REMOVAL_KEPT_MS);
+    return { removed: n > 0, version };
+  }
+
+  /** The version an endpoint was removed at; null when it was not (or long enough ago to be forgotten). */
+  private removal(endpointId: string): number | null {
+    return (
+      this.db.one<{ version: number }>("select version from removed_endpoints where id = ?", endpointId)?.version ??
+      null
+    );
+  }
+
+  /** The version of the spec the endpoint runs; null for one the object does not have, or synced before versions. */
+  versionOf(endpointId: string): number | null {
+    return (
+      this.db.one<{ version: number | null }>("select version from endpoints where id = ?", endpointId)?.version ?? null
+    );
   }
 
   /** The replicas kept now (not cancelled), by number. */
@@ -198,6 +253,7 @@ export class Endpoints {
 function replicaShape(spec: EndpointSpec) {
   const {
     id: _id,
+    version: _version,
     account_id: _account,
     min_replicas: _min,
     max_replicas: _max,

@@ -133,6 +133,8 @@ export type EndpointRow = {
   updated_at: number;
   /** Replicas traffic wants now (see traffic.ts); null: none asked yet, so `min_replicas`. */
   desired: number | null;
+  /** The API's version of `spec`; null: synced before the object kept versions (older than any). */
+  version: number | null;
 };
 
 /** What a job row's `spec` column holds: the container, secrets included (never leaves this object but to its node). */

@@ -258,6 +258,11 @@ export interface DeadLetter {
  */
 export interface EndpointSpec {
   id: string;
+  /**
+   * The API's version of the endpoint (bumped on every change): the object applies a spec only if
+   * it is newer than what it holds for the id, so syncs arriving out of order keep the newest.
+   */
+  version: number;
   account_id: string;
   tier: Tier;
   image: string;
@@ -287,6 +292,8 @@ export interface EndpointSpec {
 }
 export interface EndpointState {
   id: string;
+  /** The version of the spec it runs (null: synced before the object kept versions). */
+  version: number | null;
   desired_replicas: number;
   replicas: {
     replica_id: string;
@@ -371,8 +378,20 @@ export interface RegionSchedulerRpc {
    */
   undeliveredUsage(startMs: number, endMs: number): Promise<{ accounts: string[] }>;
   redrive(jobId: string): Promise<{ ok: boolean; status?: JobStatus }>;
-  ensureEndpoint(spec: EndpointSpec): Promise<EndpointState>;
-  removeEndpoint(endpointId: string): Promise<{ removed: boolean }>;
+  /**
+   * Keep the endpoint at `spec`, unless the object holds a newer version of it, or its removal at
+   * this version or later (a sync that arrived late): then nothing changes. Answers the endpoint as
+   * the object holds it after the call (its `version` tells whether this spec is the one it runs);
+   * null when it is removed.
+   */
+  ensureEndpoint(spec: EndpointSpec): Promise<EndpointState | null>;
+  /**
+   * Stop the endpoint's replicas and forget it, remembering the removal's `version` (for 30 days:
+   * long after any late sync could arrive) so an older `ensureEndpoint` cannot bring it back. A
+   * newer spec held is kept (a late removal). `version`: the removal's, or the newer spec's;
+   * `removed`: whether this call removed it.
+   */
+  removeEndpoint(endpointId: string, version: number): Promise<{ removed: boolean; version: number }>;
   endpointState(endpointId: string): Promise<EndpointState | null>;
   /** Lease a ready replica for one request, waiting up to `wait_ms` for one (scaling up as needed). */
   routeEndpoint(endpointId: string, opts?: RouteOptions): Promise<RouteResult>;

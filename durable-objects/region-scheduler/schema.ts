@@ -154,4 +154,10 @@ export const SCHEMA: readonly string[] = [
   // end of its backoff; a re-drive: from then; null: since submitted_at). Aging, the autoscaler's
   // Flex deadline and the wait shown count from it, not from the first submission.
   `alter table jobs add column queued_at integer;`,
+  // v13: the API's version of the spec an endpoint runs (null: synced before v13, older than any),
+  // and removed endpoints with the version of their removal: a sync that arrives after a newer one
+  // (an older version) is ignored instead of undoing it, e.g. re-creating a deleted endpoint.
+  `alter table endpoints add column version integer;
+   create table removed_endpoints (id text primary key, version integer not null, removed_at integer not null);
+   create index removed_endpoints_at on removed_endpoints (removed_at);`,
 ];

@@ -49,6 +49,7 @@ export function validateJob(job: SchedulerJob): string | null {
 export function validateEndpoint(spec: EndpointSpec): string | null {
   if (typeof spec.id !== "string" || spec.id.length === 0 || spec.id.length > 100) return "id must be 1–100 characters";
   if (typeof spec.account_id !== "string" || spec.account_id.length === 0) return "account_id is required";
+  if (!isVersion(spec.version)) return "version must be a positive integer";
   if (!int(spec.min_replicas, 0, 64) || !int(spec.max_replicas, 0, 64) || spec.min_replicas > spec.max_replicas) {
     return "replicas: 0 ≤ min_replicas ≤ max_replicas ≤ 64";
   }
@@ -63,4 +64,9 @@ export function validateEndpoint(spec: EndpointSpec): string | null {
   }
   if (spec.gpu_count > 8) return "an endpoint replica takes at most one node (gpu_count ≤ 8)";
   return resources(spec);
+}
+
+/** An endpoint's version as Postgres numbers it (an integer column, from 1). */
+export function isVersion(x: unknown): boolean {
+  return int(x, 1, 2_147_483_647);
 }

@@ -185,6 +185,7 @@ export class Views {
       .filter((r) => !TERMINAL_JOB_STATUSES.includes(r.status));
     return {
       id: endpointId,
+      version: this.region.endpoints.versionOf(endpointId),
       desired_replicas: this.region.endpoints.desiredOf(endpointId),
       replicas: replicas.map((r) => {
         const run = this.region.runsOf(r).find(isActiveRun) ?? null;

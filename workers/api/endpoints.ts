@@ -169,6 +169,7 @@ function endpointView(row: EndpointRow, live: EndpointState | null = null): Endp
 export async function endpointSpec(env: Env, row: EndpointRow): Promise<EndpointSpec> {
   return {
     id: row.id,
+    version: row.version,
     account_id: row.accountId,
     tier: row.tier as EndpointSpec["tier"],
     ...schedulerWorkload(row, await openEnv(env, row.accountId, row.env)),
@@ -184,14 +185,23 @@ export async function endpointSpec(env: Env, row: EndpointRow): Promise<Endpoint
 
 /**
  * Tell the scheduler the endpoint's current spec (or its removal) and record the version it has.
- * Never throws: a failure stays visible as `synced: false` and the reconciler retries.
+ * The scheduler keeps the newest version it was sent: a row that a newer change overtook (another
+ * request's, or its removal, arrived first) is not applied, and its version is not recorded. Never
+ * throws: a failure stays visible as `synced: false` and the reconciler retries.
  */
 export async function syncEndpoint(env: Env, db: Db, row: EndpointRow, log: Logger): Promise<EndpointState | null> {
   const scheduler = schedulerOf(env, row.region);
   try {
     let state: EndpointState | null = null;
-    if (row.status === "active") state = await scheduler.ensureEndpoint(await endpointSpec(env, row));
-    else await scheduler.removeEndpoint(row.id);
+    let held: number | null;
+    if (row.status === "active") {
+      state = await scheduler.ensureEndpoint(await endpointSpec(env, row));
+      held = state?.version ?? null;
+    } else {
+      held = (await scheduler.removeEndpoint(row.id, row.version)).version;
+    }
+    // Overtaken: the newer change records its own sync (the row's version is past this one anyway).
+    if (held !== row.version) return state;
     await db
       .update(endpoints)
       .set({ syncedVersion: row.version, syncError: null })

@@ -1,5 +1,12 @@
 /** Endpoints through the Worker in workerd. */
+import { env } from "cloudflare:test";
+import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
+import { withDb } from "../db/client";
+import { endpoints } from "../db/schema";
+import { createLogger } from "../http/log";
+import { syncEndpoint } from "./endpoints";
+import { schedulerOf } from "./scheduler";
 import { call, createKey, orphanIdempotencyKey, signUp, sql } from "./test-support";
 
 const ENDPOINT = { image: "127.0.0.1:5000/test/busybox:1", command: ["httpd", "-f"], gpu_count: 1 };
@@ -219,5 +226,50 @@ describe("endpoints", () => {
     const res = await call("GET", "/v1/endpoints", jobsOnly.secret);
     expect(res.status).toBe(403);
     expect(res.json.error.details.required_scope).toBe("endpoints:read");
+  });
+});
+
+describe("endpoint sync with the region's scheduler", () => {
+  const log = createLogger("error");
+  /** The endpoint's row as a request or the reconciler read it, to sync later. */
+  const rowOf = async (id: string) =>
+    (await withDb(env, (db) => db.select().from(endpoints).where(eq(endpoints.id, id))))[0]!;
+  const lateSync = (row: Awaited<ReturnType<typeof rowOf>>) => withDb(env, (db) => syncEndpoint(env, db, row, log));
+
+  it("leaves a deleted endpoint deleted when a PATCH's sync arrives after the DELETE's", async () => {
+    const user = await signUp();
+    const created = await call("POST", "/v1/endpoints", user.token, {
+      body: { ...ENDPOINT, name: uniqueName(), min_replicas: 1 },
+    });
+    const id = created.json.id as string;
+    await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { max_replicas: 2 } });
+    const patched = await rowOf(id);
+    expect((await call("DELETE", `/v1/endpoints/${id}`, user.token)).json).toMatchObject({ synced: true });
+    // The PATCH's sync (v2) reaches the scheduler after the DELETE's removal (v3).
+    expect(await lateSync(patched)).toBeNull();
+    expect(await schedulerOf(env, patched.region).endpointState(id)).toBeNull();
+    expect((await call("GET", `/v1/endpoints/${id}`, user.token)).json).toMatchObject({
+      status: "deleted",
+      synced: true,
+    });
+  });
+
+  it("keeps the newest spec in the scheduler when an older PATCH's sync arrives after a newer one's", async () => {
+    const user = await signUp();
+    const created = await call("POST", "/v1/endpoints", user.token, {
+      body: { ...ENDPOINT, name: uniqueName(), min_replicas: 0 },
+    });
+    const id = created.json.id as string;
+    await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { image: "127.0.0.1:5000/test/busybox:2" } });
+    const v2 = await rowOf(id);
+    await call("PATCH", `/v1/endpoints/${id}`, user.token, { body: { image: "127.0.0.1:5000/test/busybox:3" } });
+    // The answer is the endpoint as the scheduler holds it: still v3.
+    expect(await lateSync(v2)).toMatchObject({ id, version: 3 });
+    expect((await schedulerOf(env, v2.region).endpointState(id))?.version).toBe(3);
+    const [row] = await sql<{ version: number; synced_version: number }>(
+      "select version, synced_version from endpoints where id = $1",
+      [id],
+    );
+    expect(row).toEqual({ version: 3, synced_version: 3 });
   });
 });
