@@ -1438,6 +1438,29 @@ describe("RegionScheduler: endpoints", () => {
     expect(set.placements.filter((p) => p.desired === "running").map((p) => p.attempt)).toEqual([2, 2]);
   });
 
+  it("counts a replica brought back by a scale-up as waiting from then, not from its last crash", async () => {
+    const { stub, clock } = await region({ retry_base_ms: 1_000 });
+    await stub.registerNode(nodeReg(N("n1")));
+    const spec = endpointFor({ tier: "flex", gpu_count: 8, min_replicas: 1, max_replicas: 1 });
+    const r0 = (await stub.ensureEndpoint(spec))!.replicas[0]!.placement!;
+    await stub.reportEvent(N("n1"), ev("running", r0.placement_id, clock.t));
+    // It crashes (re-queued to wait from the end of its backoff), then the endpoint scales to zero.
+    await stub.reportEvent(N("n1"), ev("exited", r0.placement_id, clock.t, { exit_code: 1 }));
+    await stub.ensureEndpoint({ ...spec, version: 2, min_replicas: 0, scale_down_delay_s: 0 });
+    await runDurableObjectAlarm(stub);
+    expect((await stub.endpointState(spec.id))!.replicas).toEqual([]);
+    // A day later a job holds the node, and the endpoint is scaled up again: its replica waits.
+    clock.advance(86_400_000);
+    await stub.heartbeat(N("n1"), { at: clock.t, gpus: [], containers: [], running: [] });
+    const job = await jobFor({ gpu_count: 8 });
+    await stub.submit(job);
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed" });
+    await stub.ensureEndpoint({ ...spec, version: 3 });
+    clock.advance(10 * 60_000);
+    const flex = (await stub.capacitySnapshot()).queues.find((q) => q.tier === "flex")!;
+    expect(flex.waiting.map((w) => w.waited_ms)).toEqual([10 * 60_000]);
+  });
+
   it("bills a replica's run at the tier it was placed at when the endpoint's tier changes under it", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1")));

@@ -156,7 +156,15 @@ export class Region {
   }
 
   patchJob(job: JobRow, changes: Partial<JobRow>, now: number): void {
-    this.patch("jobs", job, { ...changes, updated_at: now });
+    // A job that starts waiting for capacity now (queued again, as a replica brought back by a
+    // scale-up is, or its backoff cut short by a new spec) waits from now, unless the change says
+    // from when (a retry: from the end of its backoff): an old queued_at would count the days the
+    // replica was away as waiting, and age it, and make it due for the autoscaler.
+    const waitsNow =
+      !("queued_at" in changes) &&
+      (changes.status ?? job.status) === "queued" &&
+      (job.status !== "queued" || (changes.next_attempt_at === null && job.next_attempt_at !== null));
+    this.patch("jobs", job, { ...changes, ...(waitsNow ? { queued_at: now } : {}), updated_at: now });
   }
 
   setTimer(kind: string, key: string, at: number): void {
