@@ -6,11 +6,13 @@
  * is read from Stripe and its status applied as its event would have been (forward only,
  * webhooks.ts); then the sweep derives every hold due to change (payment-hold.ts).
  *
- * A run pages through all of them (a month-end can bring many), up to a bound: RECONCILE_MAX_PAGES
- * pages, and no new read after RECONCILE_BUDGET_MS. When more are due than a run's pages hold,
- * each hour's run starts that many further along the list, so the next runs take up the rest.
+ * A run pages through all of them (a month-end can bring many), least recently checked first
+ * (`invoices.stripe_checked_at`, stamped at each read whatever comes of it), up to a bound:
+ * RECONCILE_MAX_PAGES pages, and no new read after RECONCILE_BUDGET_MS. A run that stops leaves
+ * the ones it did not reach at the front for the next, and an invoice Stripe will not answer
+ * for goes behind the others rather than taking the same place every hour.
  */
-import { type SQL, sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type Stripe from "stripe";
 import type { CronTask } from "../cron";
 import { type Db, withDb } from "../db/client";
@@ -33,10 +35,6 @@ export const RECONCILE_MAX_PAGES = 10;
  * invocation's 15 minutes.
  */
 export const RECONCILE_BUDGET_MS = 10 * 60_000;
-
-const HOUR_MS = 3_600_000;
-/** Below every invoice id: a run that starts here reads them in plain id order. */
-const LOWEST_ID = "00000000-0000-0000-0000-000000000000";
 
 /** The event a status Stripe reports stands for; none for a status that holds nothing new. */
 const EVENT_OF: Partial<Record<string, InvoiceEventType>> = {
@@ -82,56 +80,64 @@ export async function reconcileWithStripe(
   } = options;
   const started = wallNow();
   const cutoff = new Date(clock.now - clock.graceMs).toISOString();
-  const dueFrom = (then: SQL) => sql`
+  const dueFrom = sql`
     from ${invoices} i join ${accounts} a on a.id = i.account_id
    where i.stripe_invoice_id is not null and i.status in ('open', 'uncollectible')
      and (${accountId}::uuid is null or i.account_id = ${accountId}::uuid)
      and (i.id = (a.payment_hold ->> 'invoice_id')::uuid or i.status = 'uncollectible'
-          or i.finalized_at <= ${cutoff}::timestamptz)
-     ${then}`;
-  const [count] = await db.execute<{ n: number }>(sql`select count(*)::int as n ${dueFrom(sql``)}`);
-  const result: ReconcileResult = { due: count?.n ?? 0, checked: 0, applied: 0, failed: 0, stopped: null };
+          or i.finalized_at <= ${cutoff}::timestamptz)`;
+  // The run's start on the database's clock, the one the stamps are written with (as text, to keep
+  // its microseconds): every stamp this run writes is later.
+  const [run] = await db.execute<{ due: number; began: string }>(
+    sql`select count(*)::int as due, now()::text as began ${dueFrom}`,
+  );
+  const result: ReconcileResult = { due: run?.due ?? 0, checked: 0, applied: 0, failed: 0, stopped: null };
 
-  // More due than a run reads: each hour starts a run's worth further along (in id order, wrapping
-  // around), so the invoices a run leaves are the next one's, with no cursor to keep.
-  const perRun = pageSize * maxPages;
-  let start = LOWEST_ID;
-  if (result.due > perRun) {
-    const offset = (Math.floor(clock.now / HOUR_MS) * perRun) % result.due;
-    const [first] = await db.execute<{ id: string }>(
-      sql`select i.id ${dueFrom(sql`order by i.id offset ${offset} limit 1`)}`,
-    );
-    start = first?.id ?? LOWEST_ID;
-  }
-  // The ids from `start` up, then those below it. A keyset, not an offset: an invoice the run moves
-  // out of the set (paid, void) moves no other one past the next page.
-  const key = sql`(i.id < ${start}::uuid, i.id)`;
-  let after: DueRow | null = null;
+  // Each invoice read is stamped and so leaves the set this query takes from: the next page is the
+  // next least recently checked, with no cursor, and whatever a run does not reach is first in the
+  // next run.
   for (let page = 0; result.stopped === null; page++) {
     if (page === maxPages) {
       if (result.checked < result.due) result.stopped = "pages";
       break;
     }
-    const rows: DueRow[] = await db.execute<DueRow>(sql`
-      select i.id, i.stripe_invoice_id, i.id < ${start}::uuid as wrapped
-      ${dueFrom(sql`${after ? sql`and ${key} > (${after.wrapped}::boolean, ${after.id}::uuid)` : sql``}
-       order by ${key} limit ${pageSize}`)}`);
+    const rows = await db.execute<DueRow>(sql`
+      select i.id, i.stripe_invoice_id ${dueFrom}
+         and (i.stripe_checked_at is null or i.stripe_checked_at < ${run?.began ?? null}::timestamptz)
+       order by i.stripe_checked_at nulls first, i.id limit ${pageSize}`);
     for (const row of rows) {
       if (wallNow() - started >= budgetMs) {
         result.stopped = "time";
         break;
       }
+      if (!(await stampChecked(db, log, row, result))) continue;
       result.checked += 1;
       await readOne(db, stripe, clock, log, row, result);
     }
-    after = rows.at(-1) ?? null;
     if (rows.length < pageSize) break;
   }
   if (result.stopped) log.warn("billing.stripe_reconcile_stopped", { ...result });
   return result;
 }
 
-type DueRow = { id: string; stripe_invoice_id: string; wrapped: boolean };
+type DueRow = { id: string; stripe_invoice_id: string };
+
+/**
+ * Stamps the invoice checked before Stripe is asked, so that whatever the read does (fails, or
+ * hangs until the invocation is ended) it goes behind the others and cannot hold the front of
+ * every run. An invoice whose stamp fails is not read: the next page would give it back, and
+ * read it again (the run's pages still end that).
+ */
+async function stampChecked(db: Db, log: Logger, row: DueRow, result: ReconcileResult): Promise<boolean> {
+  try {
+    await db.update(invoices).set({ stripeCheckedAt: sql`now()` }).where(eq(invoices.id, row.id));
+    return true;
+  } catch (error) {
+    result.failed += 1;
+    log.warn("billing.stripe_reconcile_failed", { invoice_id: row.id, ...errorFields(error) });
+    return false;
+  }
+}
 
 /** Reads one invoice from Stripe and applies its status, counting the outcome in `result`. */
 async function readOne(db: Db, stripe: Stripe, clock: HoldClock, log: Logger, row: DueRow, result: ReconcileResult) {

@@ -1,7 +1,8 @@
 /**
  * The hourly reconcile with Stripe in workerd, at month-end scale: more invoices due than one page
  * holds, all read in one run; and what bounds a run (its pages, its time), with the next runs taking
- * up the rest. Each account's invoices are in the stand-in (tools/stripe-sim) through the real SDK.
+ * up the rest, least recently checked first. Each account's invoices are in the stand-in
+ * (tools/stripe-sim) through the real SDK.
  */
 import { env } from "cloudflare:test";
 import type Stripe from "stripe";
@@ -9,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { monthBounds, monthOf } from "../../core/pricing/month";
 import { StripeSimulator } from "../../tools/stripe-sim/simulator";
 import { signUp, sql } from "../api/test-support";
-import { withDb } from "../db/client";
+import { type Db, withDb } from "../db/client";
 import { createLogger } from "../http/log";
 import { stripeOf } from "./invoices";
 import { RECONCILE_BUDGET_MS, RECONCILE_PAGE_SIZE, type ReconcileOptions, reconcileWithStripe } from "./reconcile";
@@ -68,6 +69,15 @@ const retrieved = (sim: StripeSimulator) =>
 const reconcile = (stripe: Stripe, now: number, options: ReconcileOptions) =>
   withDb(env, (db) => reconcileWithStripe(db, stripe, { now, graceMs: 14 * DAY }, log, options));
 
+/** The account's invoices by Stripe id, in the order a run takes them while none has been checked: by id. */
+const inIdOrder = async (accountId: string) =>
+  (
+    await sql<{ stripe_invoice_id: string }>(
+      "select stripe_invoice_id from invoices where account_id = $1 order by id",
+      [accountId],
+    )
+  ).map((r) => r.stripe_invoice_id);
+
 const statuses = async (accountId: string) =>
   new Map(
     (
@@ -112,31 +122,31 @@ describe("reconcile with Stripe", () => {
     });
   });
 
-  it("a run stops after its pages; the next runs go on from there, so every due invoice is read in turn", async () => {
+  it("consecutive runs read every due invoice once before any is read twice", async () => {
     const sim = new StripeSimulator({ autoCollect: false });
     const stripe = stripeOver(sim);
     const { accountId, rows } = await overdueInvoices(stripe, 10);
-    // 2 pages of 2 a run: 4 of the 10 each hour, so three hours read them all.
+    // 2 pages of 2 a run: 4 of the 10 each hour, so five hours read them twice over.
     const options = { accountId, pageSize: 2, maxPages: 2 };
     const hour = Math.floor(Date.now() / HOUR) * HOUR;
-    const seen = new Set<string>();
-    for (const at of [hour, hour + HOUR, hour + 2 * HOUR]) {
+    const reads: string[] = [];
+    for (let run = 0; run < 5; run++) {
       sim.clearRequests();
-      expect(await reconcile(stripe, at + 17 * 60_000, options)).toEqual({
+      expect(await reconcile(stripe, hour + run * HOUR + 17 * 60_000, options)).toEqual({
         due: 10,
         checked: 4,
         applied: 0,
         failed: 0,
         stopped: "pages",
       });
-      const read = retrieved(sim);
-      expect(new Set(read).size).toBe(4);
-      for (const id of read) seen.add(id);
+      reads.push(...retrieved(sim));
     }
-    expect([...seen].sort()).toEqual(rows.map((r) => r.stripe_id).sort());
+    // The first ten reads are the ten due, each once; the next ten go round them in the same order.
+    expect([...reads.slice(0, 10)].sort()).toEqual(rows.map((r) => r.stripe_id).sort());
+    expect(reads.slice(10)).toEqual(reads.slice(0, 10));
   });
 
-  it("a run that has spent its time reads no more, and says so", async () => {
+  it("a run that has spent its time reads no more, and the next run starts with the invoices it did not reach", async () => {
     let wall = 0;
     const sim = new StripeSimulator({ autoCollect: false });
     // Each read from Stripe takes a minute of wall time (a Stripe that answers slowly).
@@ -147,13 +157,75 @@ describe("reconcile with Stripe", () => {
     };
     const stripe = stripeOf({ STRIPE_SECRET_KEY: "sk_test_scalar_reconcile" }, slowly as typeof fetch)!;
     const minutes = RECONCILE_BUDGET_MS / 60_000;
-    const { accountId } = await overdueInvoices(stripe, minutes + 2);
-    expect(await reconcile(stripe, Date.now(), { accountId, wallNow: () => wall })).toEqual({
-      due: minutes + 2,
-      checked: minutes,
-      applied: 0,
-      failed: 0,
-      stopped: "time",
-    });
+    const { accountId, rows } = await overdueInvoices(stripe, minutes + 2);
+    const run = async () => {
+      sim.clearRequests();
+      expect(await reconcile(stripe, Date.now(), { accountId, wallNow: () => wall })).toEqual({
+        due: minutes + 2,
+        checked: minutes,
+        applied: 0,
+        failed: 0,
+        stopped: "time",
+      });
+      return retrieved(sim);
+    };
+    const first = await run();
+    const second = await run();
+    // Far fewer than a run's pages were read, and still the next run goes on from there: the two
+    // the first did not reach, then the first's in the order it read them.
+    const unreached = rows.map((r) => r.stripe_id).filter((id) => !first.includes(id));
+    expect(unreached).toHaveLength(2);
+    expect(second.slice(0, 2).sort()).toEqual(unreached.sort());
+    expect(second.slice(2)).toEqual(first.slice(0, minutes - 2));
+  });
+
+  it("an invoice whose read from Stripe fails goes behind the others", async () => {
+    const sim = new StripeSimulator({ autoCollect: false });
+    const stripe = stripeOver(sim);
+    const { accountId } = await overdueInvoices(stripe, 4);
+    const [failing, ...others] = await inIdOrder(accountId);
+    // Stripe answers every read of the first a run would take with an error.
+    sim.failNext(3, { method: "GET", path: `/v1/invoices/${failing}`, status: 404 });
+    const options = { accountId, pageSize: 2, maxPages: 1 };
+    const run = async (failed: number) => {
+      sim.clearRequests();
+      expect(await reconcile(stripe, Date.now(), options)).toEqual({
+        due: 4,
+        checked: 2,
+        applied: 0,
+        failed,
+        stopped: "pages",
+      });
+      return retrieved(sim);
+    };
+    expect(await run(1)).toEqual([failing, others[0]]);
+    // Not first again: the two not read yet come before it.
+    expect(await run(0)).toEqual([others[1], others[2]]);
+    expect(await run(1)).toEqual([failing, others[0]]);
+  });
+
+  it("a run that cannot stamp invoices checked reads none of them from Stripe, and ends after its pages", async () => {
+    const sim = new StripeSimulator({ autoCollect: false });
+    const stripe = stripeOver(sim);
+    const { accountId } = await overdueInvoices(stripe, 3);
+    sim.clearRequests();
+    // Every stamp fails (a statement timeout, say): each page gives back the same two invoices.
+    const refusing = (db: Db) =>
+      Object.create(db, {
+        update: {
+          value: () => {
+            throw new Error("canceling statement due to statement timeout");
+          },
+        },
+      }) as Db;
+    const result = await withDb(env, (db) =>
+      reconcileWithStripe(refusing(db), stripe, { now: Date.now(), graceMs: 14 * DAY }, log, {
+        accountId,
+        pageSize: 2,
+        maxPages: 3,
+      }),
+    );
+    expect(result).toEqual({ due: 3, checked: 0, applied: 0, failed: 6, stopped: "pages" });
+    expect(retrieved(sim)).toEqual([]);
   });
 });

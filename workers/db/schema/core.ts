@@ -396,6 +396,11 @@ export const invoices = pgTable(
     paymentAttempts: integer("payment_attempts").notNull().default(0),
     paymentError: text("payment_error"),
     nextPaymentAttemptAt: tz("next_payment_attempt_at"),
+    /**
+     * When the hourly reconcile last read it from Stripe, whatever came of it (workers/billing/reconcile.ts):
+     * the least recently checked are read first, so a run that stops leaves the rest to the next.
+     */
+    stripeCheckedAt: tz("stripe_checked_at"),
     updatedAt: tz("updated_at").notNull().defaultNow(),
     createdAt: createdAt(),
   },

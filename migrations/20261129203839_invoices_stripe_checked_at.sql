@@ -1,0 +1,1 @@
+ALTER TABLE "invoices" ADD COLUMN "stripe_checked_at" timestamp with time zone;
