@@ -1811,6 +1811,34 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await runningOnN1(stub)).toEqual([p0, p2].sort());
   });
 
+  it.each([
+    ["still pulling its image", "pulling its image"],
+    ["failing its health check", "running, failing its health check"],
+  ])("stops an idle replica %s before higher-numbered idle ones that are ready", async (_case, doing) => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 3, max_replicas: 3 });
+    await stub.ensureEndpoint(spec);
+    const [p0, p1, p2] = (await placementsOf(stub, spec.id)) as [string, string, string];
+    if (doing === "pulling its image") {
+      await stub.reportEvent(N("n1"), ev("pulling", p0, clock.t));
+      await reportReady(stub, N("n1"), clock.t, { [p1]: true, [p2]: true });
+    } else {
+      await reportReady(stub, N("n1"), clock.t, { [p0]: false, [p1]: true, [p2]: true });
+    }
+    expect(await stub.routeEndpoint(spec.id, { exclude: [p1, p2] })).toMatchObject({
+      ok: false,
+      waiting_reason: expect.stringContaining(`replica 0: ${doing};`),
+    });
+    // None holds a request: replica 0 goes, as stopping a ready one would leave one fewer ready.
+    await stub.ensureEndpoint({ ...spec, min_replicas: 2, max_replicas: 2 });
+    expect(await runningOnN1(stub)).toEqual([p1, p2].sort());
+    expect((await stub.endpointState(spec.id))!.replicas.map((r) => [r.replica_id, r.ready])).toEqual([
+      [`${spec.id}#1`, true],
+      [`${spec.id}#2`, true],
+    ]);
+  });
+
   it("returns the lease a waiting request took when its caller has left, and hands one to a caller still waiting", async () => {
     const { stub, clock } = await region();
     await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));

@@ -5,7 +5,8 @@
  * the endpoint's concurrency. Routing picks the least busy ready replica (running, its readiness
  * check passed, on a node with an ingress), the lowest replica number on a tie, so the highest
  * numbers are the likeliest to be idle when traffic drops. A scale-down stops replicas holding no
- * lease, the highest numbers first; only when every one holds some, those holding the fewest.
+ * lease, those not ready first, then the highest numbers; only when every one holds some, those
+ * holding the fewest.
  *
  * Scaling: an endpoint wants ceil(in flight / target_concurrency) replicas, within min..max. More
  * are asked for at once, by the request that needs them (it waits for one to be ready when none
@@ -156,8 +157,10 @@ export class Traffic {
 
   /**
    * The `n` replicas a scale-down stops. Stopping a replica cuts the requests it holds, so those
-   * holding none go first, the highest numbers among them (routing fills the lowest first); then,
-   * if all hold some, those holding the fewest.
+   * holding none go first; among them those that cannot take a request now (queued, pulling, not
+   * ready, on a node without an ingress), as keeping one of those over a ready one leaves the next
+   * request a cold start; then the highest numbers (routing fills the lowest first). If all hold
+   * some, those holding the fewest.
    */
   spare(replicas: readonly JobRow[], n: number): JobRow[] {
     const held = new Map(
@@ -166,8 +169,16 @@ export class Traffic {
         this.region.runsOf(r).reduce((sum, run) => sum + (this.perPlacement.get(run.id) ?? 0), 0),
       ]),
     );
+    const endpointIds = new Set(replicas.map((r) => r.endpoint_id ?? ""));
+    const serving = new Set([...endpointIds].flatMap((id) => this.ready(id).map((c) => c.replica_id)));
+    const ready = (r: JobRow) => (serving.has(r.id) ? 1 : 0);
     return [...replicas]
-      .sort((a, b) => (held.get(a.id) ?? 0) - (held.get(b.id) ?? 0) || replicaIndex(b.id) - replicaIndex(a.id))
+      .sort(
+        (a, b) =>
+          (held.get(a.id) ?? 0) - (held.get(b.id) ?? 0) ||
+          ready(a) - ready(b) ||
+          replicaIndex(b.id) - replicaIndex(a.id),
+      )
       .slice(0, Math.max(0, n));
   }
 
