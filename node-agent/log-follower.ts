@@ -28,8 +28,13 @@ export function splitLine(text: string, max = MAX_LINE_CHARS): string[] {
 
 /** A follow, and what tells an engine's silent stream from one the agent holds back. */
 export interface ContainerLogFollow extends LogFollow {
-  /** When (`Clock.monotonic`) the engine last gave an entry, or the follow last resumed. */
+  /** When (`Clock.monotonic`) the engine last gave an entry, or the follow was opened or last resumed. */
   readonly lastActivity: number;
+  /**
+   * The engine has given an entry. Before that it may still be reading a long log from its start
+   * up to `since`, server-side: a silence that says nothing about the stream yet.
+   */
+  readonly delivered: boolean;
   /** Paused until the shipper has room: a silence of the agent's making, not the engine's. */
   readonly held: boolean;
 }
@@ -50,6 +55,7 @@ export async function followContainerLog(
   let follow: LogFollow | null = null;
   let paused = false;
   let lastActivity = clock.monotonic();
+  let delivered = false;
 
   const hold = () => {
     if (paused || !follow) return;
@@ -64,6 +70,7 @@ export async function followContainerLog(
 
   const sink = (entry: LogEntry) => {
     lastActivity = clock.monotonic();
+    delivered = true;
     if (cursor && entry.ts < cursor.ts) return;
     if (cursor && entry.ts === cursor.ts && skip > 0) {
       skip--; // shipped and acknowledged before
@@ -97,6 +104,9 @@ export async function followContainerLog(
     ended: opened.ended,
     get lastActivity() {
       return lastActivity;
+    },
+    get delivered() {
+      return delivered;
     },
     get held() {
       return paused;

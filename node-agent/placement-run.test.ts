@@ -849,8 +849,14 @@ describe("a wall clock stepped back during a pull", () => {
 });
 
 describe("the log of a stopped container whose stream has not ended", () => {
-  /** Ships a stopped container's log (silence limit 400 ms) from a stream the test feeds and ends. */
-  function stoppedContainerLog(shipping = DEFAULT_LOG_SHIPPER) {
+  /**
+   * Ships a stopped container's log (silence limit 400 ms, first entry 2 s) from a stream the test
+   * feeds and ends; the follow opens after the exit unless `exited` says when it comes.
+   */
+  function stoppedContainerLog(
+    opts: { shipping?: typeof DEFAULT_LOG_SHIPPER; firstEntryMs?: number; exited?: Promise<void> } = {},
+  ) {
+    const { shipping = DEFAULT_LOG_SHIPPER, firstEntryMs = 2_000, exited = Promise.resolve() } = opts;
     const n = node();
     let sink: (entry: LogEntry) => void = () => {};
     let end: (how: LogEnd) => void = () => {};
@@ -863,15 +869,16 @@ describe("the log of a stopped container whose stream has not ended", () => {
     };
     const shipper = new LogShipper(() => {}, n.ctx.log, shipping);
     let shipped = false;
-    void shipContainerLog({ ...n.ctx, shipper, logSilenceAfterExitMs: 400 }, "p-tail", "c-tail", {
-      signal: new AbortController().signal,
-      exited: Promise.resolve(),
-    }).then(() => {
+    const ctx = { ...n.ctx, shipper, logSilenceAfterExitMs: 400, logFirstEntryAfterExitMs: firstEntryMs };
+    void shipContainerLog(ctx, "p-tail", "c-tail", { signal: new AbortController().signal, exited }).then(() => {
       shipped = true;
     });
     const write = (i: number) =>
       sink({ stream: "stdout", ts: new Date(1_700_000_000_000 + i).toISOString(), text: `line ${i}` });
-    return { n, shipper, write, end: (how: LogEnd) => end(how), shipped: () => shipped };
+    /** The limit the agent logged giving up after, if it did. */
+    const gaveUpAfter = () =>
+      n.logs.map((l) => JSON.parse(l)).find((l) => l.msg.includes("went silent"))?.silence_ms as number | undefined;
+    return { n, shipper, write, end: (how: LogEnd) => end(how), shipped: () => shipped, gaveUpAfter };
   }
 
   it("follows it to its end while the engine still gives lines, however long past the silence limit", async () => {
@@ -891,7 +898,7 @@ describe("the log of a stopped container whose stream has not ended", () => {
 
   it("does not count the time it is held for the shipper's room as the engine's silence", async () => {
     // One line fills the queue, and nothing ships it: the follow stays paused.
-    const f = stoppedContainerLog({ ...DEFAULT_LOG_SHIPPER, maxLines: 1 });
+    const f = stoppedContainerLog({ shipping: { ...DEFAULT_LOG_SHIPPER, maxLines: 1 } });
     await systemClock.sleep(50);
     f.write(0);
     await systemClock.sleep(1_000);
@@ -910,5 +917,43 @@ describe("the log of a stopped container whose stream has not ended", () => {
     expect(f.shipped()).toBe(true);
     expect(f.shipper.pending("p-tail")).toBe(1);
     expect(f.n.logs.some((l) => l.includes("went silent"))).toBe(true);
+  });
+
+  it("waits longer than the silence limit for the first line of a follow opened after the exit", async () => {
+    // The engine reads a long log up to `since` before it sends anything: 900 ms here, over twice
+    // the silence limit but within the first entry's.
+    const f = stoppedContainerLog();
+    await systemClock.sleep(900);
+    expect(f.shipped()).toBe(false);
+    for (let i = 0; i < 5; i++) {
+      f.write(i);
+      await systemClock.sleep(100);
+    }
+    f.end("complete");
+    await systemClock.sleep(50);
+    expect([f.shipped(), f.shipper.pending("p-tail"), f.gaveUpAfter()]).toEqual([true, 5, undefined]);
+  });
+
+  it("lets a follow opened after the exit go once it has given nothing for the first entry's limit", async () => {
+    const f = stoppedContainerLog();
+    await systemClock.sleep(1_500);
+    expect(f.shipped()).toBe(false);
+    await systemClock.sleep(1_000);
+    expect([f.shipped(), f.shipper.pending("p-tail"), f.gaveUpAfter()]).toEqual([true, 0, 2_000]);
+  });
+
+  it("gives a follow opened long before the exit and given nothing the silence limit from the exit", async () => {
+    // The container never wrote a line: its follow has been open for longer than the first entry's limit.
+    let exit = () => {};
+    const exited = new Promise<void>((done) => {
+      exit = done;
+    });
+    const f = stoppedContainerLog({ firstEntryMs: 500, exited });
+    await systemClock.sleep(700);
+    exit();
+    await systemClock.sleep(200);
+    expect(f.shipped()).toBe(false);
+    await systemClock.sleep(400);
+    expect([f.shipped(), f.gaveUpAfter()]).toEqual([true, 400]);
   });
 });
