@@ -446,6 +446,54 @@ describe("RegionScheduler: one job's life", () => {
       });
     });
   }
+
+  it("runs a gang once every rank has started, also when one rank has already exited 0 before another starts", async () => {
+    const { stub, clock } = await region();
+    for (const n of ["a1", "a2"]) await stub.registerNode(nodeReg(N(n), { zone: "za" }));
+    const job = await jobFor({ gpu_count: 16 });
+    await stub.submit(job);
+    const [m0, m1] = (await stub.jobState(job.id))!.placements;
+    // Rank 0 starts at T0 + 1 s and is done by T0 + 5 s, while rank 1's node is still pulling.
+    clock.advance(1_000);
+    await stub.reportEvent(N("a1"), ev("running", m0!.placement_id, clock.t));
+    await stub.reportEvent(N("a2"), ev("pulling", m1!.placement_id, clock.t));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed" });
+    clock.advance(4_000);
+    await stub.reportEvent(N("a1"), ev("exited", m0!.placement_id, clock.t, { exit_code: 0 }));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "placed" });
+    // Rank 1 starts at T0 + 30 s: now every rank has started.
+    clock.advance(25_000);
+    await stub.reportEvent(N("a2"), ev("running", m1!.placement_id, clock.t));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "running" });
+    clock.advance(10_000);
+    await stub.reportEvent(N("a2"), ev("exited", m1!.placement_id, clock.t, { exit_code: 0 }));
+    expect(await stub.jobState(job.id)).toMatchObject({ status: "succeeded", exit_code: 0 });
+
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    const [row] = await sql`select status, started_at, finished_at from jobs where id = ${job.id}`;
+    expect(row).toMatchObject({ status: "succeeded" });
+    expect(row!.started_at?.getTime()).toBe(T0 + 30_000);
+    expect(row!.finished_at.getTime()).toBe(T0 + 40_000);
+    const events = await sql`select type, placement_id from job_events where job_id = ${job.id} order by seq`;
+    expect(events.map((e) => [e.type, e.placement_id])).toEqual([
+      ["queued", null],
+      ["placed", m0!.placement_id],
+      ["placed", m1!.placement_id],
+      ["running", m0!.placement_id],
+      ["pulling", m1!.placement_id],
+      ["exited", m0!.placement_id],
+      ["running", m1!.placement_id],
+      ["exited", m1!.placement_id],
+      ["succeeded", null],
+    ]);
+    // Each rank is billed from its own start: 8 GPUs × 4 s and 8 GPUs × 10 s.
+    const usage =
+      await sql`select job_run_id, gpu_seconds::int from usage_events where job_id = ${job.id} order by gpu_seconds`;
+    expect(usage.map((u) => [u.job_run_id, u.gpu_seconds])).toEqual([
+      [m0!.placement_id, 32],
+      [m1!.placement_id, 80],
+    ]);
+  });
 });
 
 describe("RegionScheduler: failures", () => {

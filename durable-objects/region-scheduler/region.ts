@@ -757,8 +757,10 @@ export class Region {
           this.patch("runs", run, { status: "running", started_at: at });
           this.records.run(run, job, this.node(nodeId), now);
           this.records.event(job, "running", now, { attempt: run.attempt, placement_id: run.id, node_id: nodeId });
+          // The job runs once every rank has started: a short rank may already have exited 0 while a
+          // slow pull held another back, and the job must still pass through running (its started_at).
           if (job.status === "placed" && run.attempt === job.attempt) {
-            if (this.runsOf(job).every((r) => r.status === "running")) {
+            if (this.runsOf(job).every((r) => r.started_at !== null)) {
               this.patchJob(job, { status: "running", started_at: job.started_at ?? at }, now);
               this.records.job(job, now);
             }
