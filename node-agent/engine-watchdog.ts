@@ -8,12 +8,13 @@
  *
  * No deadline on what is long by nature: `wait` (until the container exits) and `followLogs` (the
  * call resolves once the stream opens; a stream opened after a deadline would be left following
- * with no one to stop it). A `pull` takes as long as its download, so it has no deadline either,
- * but it reports progress all along (the engine sends events while it downloads or extracts): one
- * silent for `pullStallMs` rejects with PullStalled (`pull_stalled`). That is usually the registry
- * or the network, not the engine: it does not make the engine stuck. The engine's pull cannot be
- * cancelled and goes on; PullStalled.outcome says how it ends (a pull that finishes later leaves
- * the image cached), and its progress goes nowhere from the stall on.
+ * with no one to stop it; once the container has exited, shipContainerLog bounds the open itself and
+ * stops a late one: LOG_OPEN_AFTER_EXIT_MS). A `pull` takes as long as its download, so it has no
+ * deadline either, but it reports progress all along (the engine sends events while it downloads
+ * or extracts): one silent for `pullStallMs` rejects with PullStalled (`pull_stalled`). That is
+ * usually the registry or the network, not the engine: it does not make the engine stuck. The
+ * engine's pull cannot be cancelled and goes on; PullStalled.outcome says how it ends (a pull that
+ * finishes later leaves the image cached), and its progress goes nowhere from the stall on.
  */
 import type { EngineStuck } from "../core/schemas";
 import type { Clock } from "./clock";

@@ -39,6 +39,11 @@ export interface ContainerLogFollow extends LogFollow {
   readonly held: boolean;
 }
 
+/**
+ * Opens a follow from the cursor. `abandoned` aborts once the agent has given up on the follow
+ * before the engine opened it: entries are dropped from then on and a follow that opens later is
+ * stopped at once.
+ */
 export async function followContainerLog(
   engine: ContainerEngine,
   shipper: LogShipper,
@@ -46,6 +51,7 @@ export async function followContainerLog(
   clock: Pick<Clock, "monotonic">,
   placementId: string,
   containerId: string,
+  abandoned?: AbortSignal,
 ): Promise<ContainerLogFollow> {
   const cursor: LogCursor | undefined = state.placement(placementId).log;
   let seq = cursor ? cursor.seq + 1 : 0;
@@ -69,6 +75,9 @@ export async function followContainerLog(
   };
 
   const sink = (entry: LogEntry) => {
+    // The exit was reported without the rest of the log: lines now would ship after it, and once
+    // the placement is forgotten their acknowledgement would bring its cursor back.
+    if (abandoned?.aborted) return;
     lastActivity = clock.monotonic();
     delivered = true;
     if (cursor && entry.ts < cursor.ts) return;
@@ -96,7 +105,8 @@ export async function followContainerLog(
 
   const opened = await engine.followLogs(containerId, cursor?.ts ?? null, sink);
   follow = opened;
-  if (shipper.full) hold();
+  if (abandoned?.aborted) opened.stop();
+  else if (shipper.full) hold();
   return {
     pause: () => opened.pause(),
     resume: () => opened.resume(),

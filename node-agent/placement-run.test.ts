@@ -850,35 +850,74 @@ describe("a wall clock stepped back during a pull", () => {
 
 describe("the log of a stopped container whose stream has not ended", () => {
   /**
-   * Ships a stopped container's log (silence limit 400 ms, first entry 2 s) from a stream the test
-   * feeds and ends; the follow opens after the exit unless `exited` says when it comes.
+   * Ships a stopped container's log (silence limit 400 ms, first entry 2 s, open 600 ms) from a
+   * stream the test feeds and ends; the follow is asked for after the exit unless `exited` says when
+   * it comes, and the engine answers the request at once unless `opened` says when.
    */
   function stoppedContainerLog(
-    opts: { shipping?: typeof DEFAULT_LOG_SHIPPER; firstEntryMs?: number; exited?: Promise<void> } = {},
+    opts: {
+      shipping?: typeof DEFAULT_LOG_SHIPPER;
+      firstEntryMs?: number;
+      openMs?: number;
+      exited?: Promise<void>;
+      opened?: Promise<void>;
+    } = {},
   ) {
-    const { shipping = DEFAULT_LOG_SHIPPER, firstEntryMs = 2_000, exited = Promise.resolve() } = opts;
+    const { shipping = DEFAULT_LOG_SHIPPER, firstEntryMs = 2_000, openMs = 600, exited = Promise.resolve() } = opts;
     const n = node();
     let sink: (entry: LogEntry) => void = () => {};
     let end: (how: LogEnd) => void = () => {};
+    let stopped = false;
     n.engine.followLogs = async (_id, _since, s) => {
       sink = s;
+      await opts.opened;
       const ended = new Promise<LogEnd>((done) => {
         end = done;
       });
-      return { pause() {}, resume() {}, stop: () => end("cut"), ended };
+      const stop = () => {
+        stopped = true;
+        end("cut");
+      };
+      return { pause() {}, resume() {}, stop, ended };
     };
     const shipper = new LogShipper(() => {}, n.ctx.log, shipping);
     let shipped = false;
-    const ctx = { ...n.ctx, shipper, logSilenceAfterExitMs: 400, logFirstEntryAfterExitMs: firstEntryMs };
+    const ctx = {
+      ...n.ctx,
+      shipper,
+      logSilenceAfterExitMs: 400,
+      logFirstEntryAfterExitMs: firstEntryMs,
+      logOpenAfterExitMs: openMs,
+    };
     void shipContainerLog(ctx, "p-tail", "c-tail", { signal: new AbortController().signal, exited }).then(() => {
       shipped = true;
     });
     const write = (i: number) =>
       sink({ stream: "stdout", ts: new Date(1_700_000_000_000 + i).toISOString(), text: `line ${i}` });
+    const logged = (text: string) => n.logs.map((l) => JSON.parse(l)).find((l) => l.msg.includes(text));
     /** The limit the agent logged giving up after, if it did. */
-    const gaveUpAfter = () =>
-      n.logs.map((l) => JSON.parse(l)).find((l) => l.msg.includes("went silent"))?.silence_ms as number | undefined;
-    return { n, shipper, write, end: (how: LogEnd) => end(how), shipped: () => shipped, gaveUpAfter };
+    const gaveUpAfter = () => logged("went silent")?.silence_ms as number | undefined;
+    /** How long the agent logged waiting for the engine to open the follow, if it gave up on it. */
+    const gaveUpOpeningAfter = () => logged("did not open")?.waited_ms as number | undefined;
+    return {
+      n,
+      shipper,
+      write,
+      end: (how: LogEnd) => end(how),
+      shipped: () => shipped,
+      stopped: () => stopped,
+      gaveUpAfter,
+      gaveUpOpeningAfter,
+    };
+  }
+
+  /** A promise and what resolves it (Promise.withResolvers, which Node 20 does not have). */
+  function resolvable() {
+    let resolve = () => {};
+    const promise = new Promise<void>((done) => {
+      resolve = done;
+    });
+    return { promise, resolve };
   }
 
   it("follows it to its end while the engine still gives lines, however long past the silence limit", async () => {
@@ -955,5 +994,70 @@ describe("the log of a stopped container whose stream has not ended", () => {
     expect(f.shipped()).toBe(false);
     await systemClock.sleep(400);
     expect([f.shipped(), f.gaveUpAfter()]).toEqual([true, 400]);
+  });
+
+  it("gives up the rest of the log once the engine has not opened its follow for the open limit, and ships nothing from it later", async () => {
+    const answer = resolvable();
+    const f = stoppedContainerLog({ opened: answer.promise });
+    await systemClock.sleep(450); // past the silence limit, within the open's
+    expect(f.shipped()).toBe(false);
+    await systemClock.sleep(400);
+    expect(f.shipped()).toBe(true);
+    expect(f.gaveUpOpeningAfter()).toBeGreaterThanOrEqual(600);
+    expect(f.gaveUpOpeningAfter()).toBeLessThan(800);
+    // The engine answers after all, with lines before and after its answer.
+    f.write(0);
+    answer.resolve();
+    await systemClock.sleep(10);
+    f.write(1);
+    await systemClock.sleep(50);
+    expect([f.stopped(), f.shipper.pending("p-tail"), f.gaveUpAfter()]).toEqual([true, 0, undefined]);
+  });
+
+  it("follows a log whose open the engine answers within the open limit as before", async () => {
+    const answer = resolvable();
+    const f = stoppedContainerLog({ opened: answer.promise });
+    await systemClock.sleep(450);
+    answer.resolve();
+    await systemClock.sleep(10);
+    for (let i = 0; i < 3; i++) f.write(i);
+    await systemClock.sleep(200);
+    expect(f.shipped()).toBe(false);
+    f.end("complete");
+    await systemClock.sleep(50);
+    expect([f.shipped(), f.shipper.pending("p-tail"), f.stopped()]).toEqual([true, 3, false]);
+    expect([f.gaveUpAfter(), f.gaveUpOpeningAfter()]).toEqual([undefined, undefined]);
+  });
+
+  it("waits for an open asked before the exit until the exit, then the silence limit if that ends later", async () => {
+    const answer = resolvable();
+    const exit = resolvable();
+    const f = stoppedContainerLog({ openMs: 500, exited: exit.promise, opened: answer.promise });
+    await systemClock.sleep(700); // past the open limit, but the container runs
+    expect(f.shipped()).toBe(false);
+    exit.resolve();
+    await systemClock.sleep(200);
+    expect(f.shipped()).toBe(false);
+    await systemClock.sleep(400);
+    expect(f.shipped()).toBe(true);
+    expect(f.gaveUpOpeningAfter()).toBeGreaterThanOrEqual(1_100);
+    answer.resolve();
+    await systemClock.sleep(10);
+    expect(f.stopped()).toBe(true);
+  });
+
+  it("reports the exit of a container whose log the engine never opens", async () => {
+    const n = node();
+    // The follow is asked for as the container starts, and its exit comes at once.
+    n.ctx.logSilenceAfterExitMs = 200;
+    n.ctx.logOpenAfterExitMs = 300;
+    n.engine.hung.add("followLogs");
+    const began = performance.now();
+    const events = await n.run();
+    expect(performance.now() - began).toBeGreaterThanOrEqual(300);
+    expect(performance.now() - began).toBeLessThan(1_000);
+    expect(types(events).filter((t) => t !== "pulling")).toEqual(["running", "exited"]);
+    expect(n.logs.some((l) => l.includes("did not open the stopped container's log stream"))).toBe(true);
+    n.engine.release("followLogs");
   });
 });

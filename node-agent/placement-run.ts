@@ -54,6 +54,15 @@ export const LOG_SILENCE_AFTER_EXIT_MS = 15_000;
  * no longer than that.
  */
 export const LOG_FIRST_ENTRY_AFTER_EXIT_MS = 300_000;
+/**
+ * How long the engine may take to open a follow (answer the log request) once the container is seen
+ * exited, from the request, before the agent gives up the rest of the log. The engine answers
+ * before it reads any of the log (0.5 ms with `since` at the end of a 490 MB log on our test
+ * engine): the open is a quick call, like the inspect the exit report waits on next, and gets the
+ * 60 s the engine watchdog gives those (DEFAULT_ENGINE_TIMEOUT_MS). Past that the engine is stuck,
+ * and reading a long log is no excuse. Before the exit an open has no limit (engine-watchdog.ts).
+ */
+export const LOG_OPEN_AFTER_EXIT_MS = 60_000;
 
 export interface RunContext {
   engine: ContainerEngine;
@@ -78,6 +87,8 @@ export interface RunContext {
   logSilenceAfterExitMs: number;
   /** See LOG_FIRST_ENTRY_AFTER_EXIT_MS (the default). */
   logFirstEntryAfterExitMs?: number;
+  /** See LOG_OPEN_AFTER_EXIT_MS (the default). */
+  logOpenAfterExitMs?: number;
   backoff: BackoffPolicy;
   random: () => number;
   /** Something changed that the reconcile loop should look at. */
@@ -813,7 +824,9 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
  * just before the exit is followed once more, from the cursor, for the lines written after the cut.
  * One that goes silent for `logSilenceAfterExitMs` after the exit without ending (or, before its
  * first entry, for `logFirstEntryAfterExitMs` from its opening) is stopped, and the rest of the log
- * given up on: the exit waits for this.
+ * given up on: the exit waits for this. So is a follow the engine has not opened within
+ * `logOpenAfterExitMs` of asking (or the silence limit after the exit, if that ends later); should
+ * it open after all, it is stopped and ships nothing.
  */
 export async function shipContainerLog(
   ctx: Pick<
@@ -827,6 +840,7 @@ export async function shipContainerLog(
     | "log"
     | "logSilenceAfterExitMs"
     | "logFirstEntryAfterExitMs"
+    | "logOpenAfterExitMs"
   >,
   placementId: string,
   containerId: string,
@@ -841,12 +855,34 @@ export async function shipContainerLog(
   const silence: SilenceLimits = {
     silenceMs: ctx.logSilenceAfterExitMs,
     firstEntryMs: ctx.logFirstEntryAfterExitMs ?? LOG_FIRST_ENTRY_AFTER_EXIT_MS,
+    openMs: ctx.logOpenAfterExitMs ?? LOG_OPEN_AFTER_EXIT_MS,
   };
   let failedAfterExit = 0;
   while (!signal.aborted) {
     let follow: ContainerLogFollow | null = null;
+    const abandon = new AbortController();
+    const askedAt = ctx.clock.monotonic();
     try {
-      follow = await followContainerLog(ctx.engine, ctx.shipper, ctx.state, ctx.clock, placementId, containerId);
+      const opening = followContainerLog(
+        ctx.engine,
+        ctx.shipper,
+        ctx.state,
+        ctx.clock,
+        placementId,
+        containerId,
+        abandon.signal,
+      );
+      follow = await openedInTime(opening, opts.exited, ctx.clock, askedAt, silence, signal);
+      if (!follow) {
+        // Nothing was read from this follow, so the cursor stays where the shipped lines left it.
+        abandon.abort();
+        if (signal.aborted) return;
+        ctx.log("warn", "the engine did not open the stopped container's log stream; giving up on the rest", {
+          placement_id: placementId,
+          waited_ms: Math.round(ctx.clock.monotonic() - askedAt),
+        });
+        return;
+      }
     } catch (error) {
       // Gone, and its log with it.
       if (error instanceof EngineError && error.code === "not_found") return;
@@ -903,10 +939,42 @@ export async function shipContainerLog(
   }
 }
 
-/** LOG_SILENCE_AFTER_EXIT_MS and LOG_FIRST_ENTRY_AFTER_EXIT_MS, or what the agent was given. */
+/** LOG_SILENCE_AFTER_EXIT_MS, LOG_FIRST_ENTRY_AFTER_EXIT_MS and LOG_OPEN_AFTER_EXIT_MS, or what the agent was given. */
 interface SilenceLimits {
   silenceMs: number;
   firstEntryMs: number;
+  openMs: number;
+}
+
+/**
+ * The follow once the engine has opened it (or the open's error), or null once the container has
+ * exited and the open has taken `openMs` since `askedAt`, or `silenceMs` since the exit if that
+ * ends later (an open asked long before the exit, as endedOrSilent does), or once `signal` aborts.
+ * Timed on the monotonic clock.
+ */
+async function openedInTime(
+  opening: Promise<ContainerLogFollow>,
+  exited: Promise<void>,
+  clock: Clock,
+  askedAt: number,
+  limits: SilenceLimits,
+  signal: AbortSignal,
+): Promise<ContainerLogFollow | null> {
+  const settled = new AbortController();
+  opening.then(
+    () => settled.abort(),
+    () => settled.abort(),
+  );
+  const watch = AbortSignal.any([signal, settled.signal]);
+  await untilAborted(exited, watch);
+  if (!watch.aborted) {
+    const deadline = Math.max(askedAt + limits.openMs, clock.monotonic() + limits.silenceMs);
+    for (let left = deadline - clock.monotonic(); left > 0 && !watch.aborted; left = deadline - clock.monotonic()) {
+      await clock.sleep(left, watch);
+    }
+  }
+  // An open that came as the time ran out is still followed.
+  return settled.signal.aborted ? opening : null;
 }
 
 /**
