@@ -53,6 +53,7 @@ const WEBSOCKET_HANDSHAKE = new Set([
 
 /** Logged for a request whose client left before its answer (nginx's code: nobody receives it). */
 const CLIENT_CLOSED_REQUEST = 499 as UnofficialStatusCode;
+const clientClosed = () => new ApiError(CLIENT_CLOSED_REQUEST, "client_closed_request", "the client left");
 
 /** Replicas tried for one request before it fails with 502 replica_unreachable. */
 const MAX_TRIES = 3;
@@ -107,75 +108,84 @@ const invoke = async (c: Context<ApiEnv>) => {
   const exclude: string[] = [];
   let synced = false;
   for (let attempt = 0; attempt < MAX_TRIES; ) {
-    let route: RouteResult;
-    try {
-      // A retry takes a replica that is ready now, or none: the caller's wait was for the first one.
-      // `still_waiting` fails once this request has ended (its client left), so a lease the
-      // scheduler waited for is not handed to nobody.
-      route = await scheduler.routeEndpoint(row.id, {
-        wait_ms: exclude.length > 0 ? 0 : waitMs,
-        exclude,
-        still_waiting: () => true,
-      });
-    } catch (error) {
-      c.get("log").warn("invoke.route_failed", { endpoint_id: row.id, ...errorFields(error) });
-      throw new ApiError(
-        503,
-        "routing_unavailable",
-        `the ${row.region} scheduler did not answer; retry shortly`,
-        undefined,
-        {
-          "Retry-After": "2",
-        },
-      );
-    }
-    if (!route.ok) {
-      if (route.code === "not_found") {
-        // The scheduler does not have the endpoint yet (its sync failed): hand it over once, here.
-        // Or no longer: deleted while this request waited. So the row is read again first, and the
-        // endpoint handed over only while it is still active; deleted during the hand-over, it is
-        // taken back (its own removal may have reached the scheduler before this sync did).
-        if (!synced) {
-          synced = true;
-          const gone = new ApiError(404, "not_found", `no active endpoint ${c.req.param("ref")} in this account`);
-          const fresh = await loadEndpoint(db, account.id, row.id);
-          if (fresh.status !== "active") throw gone;
-          await syncEndpoint(c.env, db, fresh, c.get("log"));
-          row = await loadEndpoint(db, account.id, row.id);
-          if (row.status !== "active") {
-            await syncEndpoint(c.env, db, row, c.get("log"));
-            throw gone;
-          }
-          continue;
-        }
-        throw new ApiError(
-          409,
-          "endpoint_not_synced",
-          "the region's scheduler does not have this endpoint yet; retry shortly",
-          {
-            endpoint_id: row.id,
-          },
-          { "Retry-After": "5" },
-        );
-      }
-      if (exclude.length > 0) break;
-      throw new ApiError(
-        503,
-        "no_ready_replica",
-        `no replica of ${row.name} was ready within ${waitMs / 1000} s: ${route.waiting_reason}`,
-        { endpoint_id: row.id, waiting_reason: route.waiting_reason, waited_s: waitMs / 1000 },
-        { "Retry-After": "5" },
-      );
-    }
-    attempt++;
-    const lease = holdLease(c, () =>
+    // Held from before the scheduler is asked, so a lease that arrives after the client left is
+    // returned then (holdLease).
+    const lease = holdLease(c, (leaseId) =>
       scheduler
-        .endpointRequestDone(route.lease_id)
+        .endpointRequestDone(leaseId)
         .catch((error: unknown) =>
           c.get("log").warn("invoke.lease_not_returned", { endpoint_id: row.id, ...errorFields(error) }),
         ),
     );
     try {
+      let route: RouteResult;
+      try {
+        // A retry takes a replica that is ready now, or none: the caller's wait was for the first one.
+        // `still_waiting` fails once this invocation has ended (the runtime ends it 30 s after its
+        // client left, whatever waitUntil holds), so a lease the scheduler waited longer for is not
+        // handed to nobody; one handed over before then is returned by holdLease.
+        route = await lease.route(() =>
+          scheduler.routeEndpoint(row.id, {
+            wait_ms: exclude.length > 0 ? 0 : waitMs,
+            exclude,
+            still_waiting: () => true,
+          }),
+        );
+      } catch (error) {
+        // Not asked: the client left during an earlier try.
+        if (lease.signal.aborted) throw clientClosed();
+        c.get("log").warn("invoke.route_failed", { endpoint_id: row.id, ...errorFields(error) });
+        throw new ApiError(
+          503,
+          "routing_unavailable",
+          `the ${row.region} scheduler did not answer; retry shortly`,
+          undefined,
+          {
+            "Retry-After": "2",
+          },
+        );
+      }
+      // The client left while the scheduler answered: nobody waits for a replica's answer.
+      if (lease.signal.aborted) throw clientClosed();
+      if (!route.ok) {
+        if (route.code === "not_found") {
+          // The scheduler does not have the endpoint yet (its sync failed): hand it over once, here.
+          // Or no longer: deleted while this request waited. So the row is read again first, and the
+          // endpoint handed over only while it is still active; deleted during the hand-over, it is
+          // taken back (its own removal may have reached the scheduler before this sync did).
+          if (!synced) {
+            synced = true;
+            const gone = new ApiError(404, "not_found", `no active endpoint ${c.req.param("ref")} in this account`);
+            const fresh = await loadEndpoint(db, account.id, row.id);
+            if (fresh.status !== "active") throw gone;
+            await syncEndpoint(c.env, db, fresh, c.get("log"));
+            row = await loadEndpoint(db, account.id, row.id);
+            if (row.status !== "active") {
+              await syncEndpoint(c.env, db, row, c.get("log"));
+              throw gone;
+            }
+            continue;
+          }
+          throw new ApiError(
+            409,
+            "endpoint_not_synced",
+            "the region's scheduler does not have this endpoint yet; retry shortly",
+            {
+              endpoint_id: row.id,
+            },
+            { "Retry-After": "5" },
+          );
+        }
+        if (exclude.length > 0) break;
+        throw new ApiError(
+          503,
+          "no_ready_replica",
+          `no replica of ${row.name} was ready within ${waitMs / 1000} s: ${route.waiting_reason}`,
+          { endpoint_id: row.id, waiting_reason: route.waiting_reason, waited_s: waitMs / 1000 },
+          { "Retry-After": "5" },
+        );
+      }
+      attempt++;
       const key = await ingressKey(c.env, route.node_id);
       if (!key) {
         throw new ApiError(
@@ -195,7 +205,7 @@ const invoke = async (c: Context<ApiEnv>) => {
         });
       } catch (error) {
         // Cancelled because the client left: nobody is waiting for another replica's answer.
-        if (lease.signal.aborted) throw new ApiError(CLIENT_CLOSED_REQUEST, "client_closed_request", "the client left");
+        if (lease.signal.aborted) throw clientClosed();
         c.get("log").warn("invoke.ingress_unreachable", {
           endpoint_id: row.id,
           node_id: route.node_id,
@@ -255,7 +265,7 @@ const invoke = async (c: Context<ApiEnv>) => {
       }
       return relay(c, answer, route.replica_id, lease.handOver());
     } finally {
-      // Every way out but a hand-over (refused, unreachable, an error) returns the lease here.
+      // Every way out but a hand-over (no replica, refused, unreachable, an error) returns the lease here.
       await lease.end();
     }
   }
@@ -272,14 +282,16 @@ invokeRouter.all("/v1/endpoints/:ref/invoke", authenticate, invoke);
 invokeRouter.all("/v1/endpoints/:ref/invoke/*", authenticate, invoke);
 
 /**
- * A replica's lease while the invoke handler holds it: from the scheduler's answer until `relay` or
- * `bridge` takes it over (`handOver`) or it is returned (`end`, once). A client that leaves meanwhile
- * ends the request, and the runtime never resumes the handler's awaits (say, while the replica
- * computes a long answer): so the client's leaving itself (Request.signal, which the
- * enable_request_signal flag in wrangler.toml turns on) returns the lease and cancels the replica's
- * request (`signal`), and waitUntil keeps the invocation alive until the lease is back.
+ * A replica's lease while the invoke handler holds it: from before the scheduler is asked for it
+ * (`route`) until `relay` or `bridge` takes it over (`handOver`) or it is returned (`end`, once). A
+ * client that leaves ends the request, and with no waitUntil pending the runtime drops the handler's
+ * awaits (the replica's answer, or the scheduler's, whose lease then reaches no code). So a
+ * waitUntil, registered before the route call, keeps the invocation alive until the lease is back,
+ * and the client's leaving itself (Request.signal, which the enable_request_signal flag in
+ * wrangler.toml turns on) returns the lease, as soon as it arrives if the route call is still in
+ * flight, and cancels the replica's request (`signal`).
  */
-function holdLease(c: Context<ApiEnv>, giveBack: () => Promise<unknown>) {
+function holdLease(c: Context<ApiEnv>, giveBack: (leaseId: string) => Promise<unknown>) {
   const client = c.req.raw.signal;
   const replica = new AbortController();
   let letGo!: () => void;
@@ -288,6 +300,8 @@ function holdLease(c: Context<ApiEnv>, giveBack: () => Promise<unknown>) {
       letGo = resolve;
     }),
   );
+  let leaseId: string | undefined;
+  let routed: Promise<unknown> = Promise.resolve();
   let handedOver = false;
   let returned: Promise<unknown> | undefined;
   const stopHolding = () => {
@@ -295,8 +309,10 @@ function holdLease(c: Context<ApiEnv>, giveBack: () => Promise<unknown>) {
     letGo();
   };
   const end = () => {
-    if (handedOver) return Promise.resolve();
-    returned ??= giveBack().finally(stopHolding);
+    // After the route call's answer, whenever it comes: the lease it brings is returned then.
+    returned ??= routed
+      .then(() => (leaseId === undefined || handedOver ? undefined : giveBack(leaseId)))
+      .finally(stopHolding);
     return returned;
   };
   const clientLeft = () => {
@@ -307,12 +323,23 @@ function holdLease(c: Context<ApiEnv>, giveBack: () => Promise<unknown>) {
   else client.addEventListener("abort", clientLeft, { once: true });
   return {
     signal: replica.signal,
+    /** The scheduler's route call, whose lease this holds; not made once the client has left. */
+    route: (call: () => Promise<RouteResult>): Promise<RouteResult> => {
+      if (replica.signal.aborted) return Promise.reject(new Error("the client left"));
+      const routing = call().then((route) => {
+        if (route.ok) leaseId = route.lease_id;
+        return route;
+      });
+      routed = routing.catch(() => {});
+      return routing;
+    },
     end,
     /** From now on the lease is the caller's to return, under its own waitUntil. */
     handOver: () => {
       handedOver = true;
       stopHolding();
-      return giveBack;
+      const id = leaseId as string;
+      return () => giveBack(id);
     },
   };
 }

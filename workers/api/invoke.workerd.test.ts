@@ -54,6 +54,16 @@ const leasesInFlight = (endpointId: string) =>
     (instance as unknown as { state: { traffic: Traffic } }).state.traffic.inFlight(endpointId),
   );
 
+/** The endpoint's leases in flight once one is (or none after 2 s of waiting for one). */
+async function leasesOnceTaken(endpointId: string): Promise<number> {
+  let held = 0;
+  for (let i = 0; i < 100 && held === 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    held = await leasesInFlight(endpointId);
+  }
+  return held;
+}
+
 /** The endpoint's leases in flight once none is (or what is left after 2 s of waiting for that). */
 async function leasesOnceReturned(endpointId: string): Promise<number> {
   let held = await leasesInFlight(endpointId);
@@ -62,6 +72,34 @@ async function leasesOnceReturned(endpointId: string): Promise<number> {
     held = await leasesInFlight(endpointId);
   }
   return held;
+}
+
+/**
+ * Holds back the scheduler's answers to routeEndpoint (the lease already taken) until the returned
+ * function lets them go: a route call in flight for as long as a test needs. RPC calls the class's
+ * method, not an instance's own property, so the prototype's is wrapped, and put back on release.
+ */
+async function holdRouteAnswers(): Promise<() => void> {
+  // A flag the object polls, not a promise: one settled from the test's context would resume the
+  // object's code there, and workerd refuses I/O on another object's behalf.
+  const gate = { open: false };
+  let restore!: () => void;
+  await runInDurableObject(regionScheduler(env, REGION) as unknown as DurableObjectStub, (instance) => {
+    const proto = Object.getPrototypeOf(instance) as { routeEndpoint: (...args: unknown[]) => Promise<unknown> };
+    const route = proto.routeEndpoint;
+    proto.routeEndpoint = async function (this: unknown, ...args: unknown[]) {
+      const answer = await route.apply(this, args);
+      while (!gate.open) await new Promise((resolve) => setTimeout(resolve, 10));
+      return answer;
+    };
+    restore = () => {
+      proto.routeEndpoint = route;
+    };
+  });
+  return () => {
+    gate.open = true;
+    restore();
+  };
 }
 
 async function invoke(
@@ -202,15 +240,29 @@ describe("invoking an endpoint", () => {
     // The replica answers after 20 s, long after the client has gone.
     const waiting = invoke(user.token, `/v1/endpoints/patient/invoke/slow/20000`, { signal: client.signal });
     // Leased: the Worker has forwarded the request and waits for the replica's answer.
-    let held = 0;
-    for (let i = 0; i < 100 && held === 0; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      held = await leasesInFlight(ep.id);
-    }
-    expect(held).toBe(1);
+    expect(await leasesOnceTaken(ep.id)).toBe(1);
     client.abort();
     await expect(waiting).rejects.toThrow(/aborted/);
     // Returned at once, not when the lease expires 15 minutes later (nor when the replica answers).
+    expect(await leasesOnceReturned(ep.id)).toBe(0);
+    await retire(op, agent);
+  });
+
+  it("leaves no lease behind for a request whose client left while the scheduler's answer was on its way", async () => {
+    const { op, agent, user, ep } = await readyEndpoint({ name: "hasty" });
+    const release = await holdRouteAnswers();
+    try {
+      const client = new AbortController();
+      // A replica is ready: the scheduler leases it at once, without waiting (nor asking still_waiting).
+      const waiting = invoke(user.token, `/v1/endpoints/hasty/invoke/`, { signal: client.signal });
+      // Leased: the scheduler has taken the lease, and its answer is held back.
+      expect(await leasesOnceTaken(ep.id)).toBe(1);
+      client.abort();
+      await expect(waiting).rejects.toThrow(/aborted/);
+    } finally {
+      release();
+    }
+    // The lease arrives after the client left: returned at once, not when it expires 15 minutes later.
     expect(await leasesOnceReturned(ep.id)).toBe(0);
     await retire(op, agent);
   });
