@@ -49,6 +49,15 @@ export interface RegionSchedulerEnv {
 const MAX_POLL_MS = 60_000;
 /** Longest an endpoint request waits for a ready replica, whatever the caller asks. */
 const MAX_ROUTE_WAIT_MS = 600_000;
+/**
+ * Longest the object waits for a waiting request's `still_waiting` to answer. A caller whose request
+ * is alive answers in one round trip; one that does not answer in this long is taken as gone, since
+ * that is the safer mistake: handing the lease to a caller that is gone holds the replica's slot
+ * until `lease_ttl_ms` (15 minutes), while taking a slow one as gone costs it a 503 it may retry,
+ * the replica ready by then. Without a bound, a callback that never settles would hold this call,
+ * and the lease it took, for good.
+ */
+const STILL_WAITING_TIMEOUT_MS = 5_000;
 
 export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implements RegionSchedulerRpc {
   /** Tests replace this with a clock they advance; nothing else reads the time. */
@@ -324,12 +333,18 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
     const deadline = Date.now() + waitMs;
     for (let waited = false; ; waited = true) {
       const result = await this.change((now) => this.state.traffic.route(endpointId, opts.exclude ?? [], now));
-      if (result.ok && waited && !(await callerWaits(opts))) {
-        // Its client left during the wait (the Worker's request ended with it): nobody would
-        // ever return this lease, which would hold the replica's slot until `lease_ttl_ms`.
+      const gone = result.ok && waited ? await callerGone(opts) : null;
+      if (result.ok && gone) {
+        // Its client left during the wait (the Worker's request ended with it), or its side does
+        // not answer: nobody would return this lease, which would hold the replica's slot until
+        // `lease_ttl_ms`.
         await this.endpointRequestDone(result.lease_id);
-        this.log("info", "traffic.waiter_gone", { endpoint_id: endpointId, placement_id: result.placement_id });
-        return { ok: false, code: "no_ready_replica", waiting_reason: "the request ended while it waited" };
+        this.log("info", "traffic.waiter_gone", {
+          endpoint_id: endpointId,
+          placement_id: result.placement_id,
+          reason: gone,
+        });
+        return { ok: false, code: "no_ready_replica", waiting_reason: gone };
       }
       const left = deadline - Date.now();
       if (result.ok || result.code === "not_found" || left <= 0) return result;
@@ -536,13 +551,31 @@ export class RegionScheduler extends DurableObject<RegionSchedulerEnv> implement
   }
 }
 
-/** Whether a routed request's caller still waits: its `still_waiting` fails once its request has ended. */
-async function callerWaits(opts: RouteOptions): Promise<boolean> {
-  if (!opts.still_waiting) return true;
+/**
+ * Why a routed request's caller is taken as gone, or null while it still waits: its `still_waiting`
+ * fails once its request has ended, or does not answer within STILL_WAITING_TIMEOUT_MS.
+ */
+async function callerGone(opts: RouteOptions): Promise<string | null> {
+  const stillWaiting = opts.still_waiting;
+  if (!stillWaiting) return null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const silent = new Promise<string>((resolve) => {
+    timer = setTimeout(
+      () => resolve(`the request did not say within ${STILL_WAITING_TIMEOUT_MS / 1000} s whether it still waited`),
+      STILL_WAITING_TIMEOUT_MS,
+    );
+  });
+  const answered = (async () => {
+    try {
+      await stillWaiting();
+      return null;
+    } catch {
+      return "the request ended while it waited";
+    }
+  })();
   try {
-    await opts.still_waiting();
-    return true;
-  } catch {
-    return false;
+    return await Promise.race([answered, silent]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -1915,6 +1915,26 @@ describe("RegionScheduler: endpoint traffic", () => {
     expect(await inFlight()).toBe(0);
   });
 
+  it("takes a waiting request whose caller never answers still_waiting as gone, and returns the lease it took", async () => {
+    const { stub, clock } = await region();
+    await stub.registerNode(nodeReg(N("n1"), { ingress_url: "https://n1.nodes.test" }));
+    const spec = endpointFor({ min_replicas: 0, max_replicas: 1, target_concurrency: 1, scale_down_delay_s: 60 });
+    await stub.ensureEndpoint(spec);
+    // A request waits for a cold start; its caller's side is stuck: its still_waiting never settles.
+    const silent = stub.routeEndpoint(spec.id, { wait_ms: 10_000, still_waiting: () => new Promise(() => {}) });
+    const [p0] = (await placementsOf(stub, spec.id)) as [string];
+    await reportReady(stub, N("n1"), clock.t, { [p0]: true });
+    // Given up on after 5 s of real time (STILL_WAITING_TIMEOUT_MS), not held for ever with its lease.
+    expect(await silent).toEqual({
+      ok: false,
+      code: "no_ready_replica",
+      waiting_reason: "the request did not say within 5 s whether it still waited",
+    });
+    const inFlight = () => runInDurableObject(stub, (instance) => insides(instance).state.traffic.inFlight(spec.id));
+    expect(await inFlight()).toBe(0);
+    expect(await stub.routeEndpoint(spec.id)).toMatchObject({ ok: true, placement_id: p0 });
+  });
+
   it("never routes to a node without an ingress, never scales past max_replicas, returns forgotten leases and keeps renewed ones", async () => {
     const { stub, clock } = await region({ lease_ttl_ms: 60_000 });
     await stub.registerNode(nodeReg(N("n1")));
