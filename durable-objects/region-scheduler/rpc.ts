@@ -324,7 +324,8 @@ export type RouteResult =
  * How a request is routed: `wait_ms` for a ready replica when none is, replicas (placements) to
  * `exclude` (they failed this request). `still_waiting`: a function of the caller's (passed as an
  * RPC stub) that the object calls before it hands over a lease it waited for; once the caller's
- * request has ended (its client left) the call fails, and the lease is returned, not held.
+ * request has ended (its client left) the call fails, and the lease is returned, not held; so
+ * is it when the call does not settle within STILL_WAITING_TIMEOUT_MS (5 s, RegionScheduler.ts).
  */
 export type RouteOptions = { wait_ms?: number; exclude?: string[]; still_waiting?: () => unknown };
 
