@@ -35,6 +35,11 @@ export interface ContainerLogFollow extends LogFollow {
    * up to `since`, server-side: a silence that says nothing about the stream yet.
    */
   readonly delivered: boolean;
+  /**
+   * Opened from a cursor (`since`): only then does the engine read the log up to a point before it
+   * sends anything. From the start, a log with any line in it gives its first entry at once.
+   */
+  readonly fromCursor: boolean;
   /** Paused until the shipper has room: a silence of the agent's making, not the engine's. */
   readonly held: boolean;
 }
@@ -118,6 +123,7 @@ export async function followContainerLog(
     get delivered() {
       return delivered;
     },
+    fromCursor: cursor !== undefined,
     get held() {
       return paused;
     },

@@ -861,10 +861,15 @@ describe("the log of a stopped container whose stream has not ended", () => {
       openMs?: number;
       exited?: Promise<void>;
       opened?: Promise<void>;
+      /** The follow resumes from a cursor (lines shipped before), as after a cut or a restart. */
+      fromCursor?: boolean;
     } = {},
   ) {
     const { shipping = DEFAULT_LOG_SHIPPER, firstEntryMs = 2_000, openMs = 600, exited = Promise.resolve() } = opts;
     const n = node();
+    if (opts.fromCursor) {
+      n.state.updatePlacement("p-tail", { log: { seq: 0, ts: new Date(1_699_999_999_999).toISOString(), same_ts: 1 } });
+    }
     let sink: (entry: LogEntry) => void = () => {};
     let end: (how: LogEnd) => void = () => {};
     let stopped = false;
@@ -961,7 +966,7 @@ describe("the log of a stopped container whose stream has not ended", () => {
   it("waits longer than the silence limit for the first line of a follow opened after the exit", async () => {
     // The engine reads a long log up to `since` before it sends anything: 900 ms here, over twice
     // the silence limit but within the first entry's.
-    const f = stoppedContainerLog();
+    const f = stoppedContainerLog({ fromCursor: true });
     await systemClock.sleep(900);
     expect(f.shipped()).toBe(false);
     for (let i = 0; i < 5; i++) {
@@ -974,11 +979,24 @@ describe("the log of a stopped container whose stream has not ended", () => {
   });
 
   it("lets a follow opened after the exit go once it has given nothing for the first entry's limit", async () => {
-    const f = stoppedContainerLog();
+    const f = stoppedContainerLog({ fromCursor: true });
     await systemClock.sleep(1_500);
     expect(f.shipped()).toBe(false);
     await systemClock.sleep(1_000);
     expect([f.shipped(), f.shipper.pending("p-tail"), f.gaveUpAfter()]).toEqual([true, 0, 2_000]);
+  });
+
+  it("gives a follow opened from the start, given nothing, the silence limit from the exit, however recently it opened", async () => {
+    // A container's first follow, opened as it started: a silent container that exits soon after
+    // has no log the engine must read first, so its exit is not held for the first entry's limit.
+    const exit = resolvable();
+    const f = stoppedContainerLog({ exited: exit.promise });
+    await systemClock.sleep(100);
+    exit.resolve();
+    await systemClock.sleep(200);
+    expect(f.shipped()).toBe(false);
+    await systemClock.sleep(400);
+    expect([f.shipped(), f.gaveUpAfter()]).toEqual([true, 400]);
   });
 
   it("gives a follow opened long before the exit and given nothing the silence limit from the exit", async () => {

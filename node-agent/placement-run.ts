@@ -42,12 +42,12 @@ const LOG_DRAIN_TRIES = 3;
  * will not end by itself (a stuck engine, some log drivers), and the exit it holds back keeps the
  * run counted as running and its GPUs taken. Silence only: a stream still giving the rest of a
  * long log, or held while the shipper has no room, is followed to its end. Counted once the stream
- * has given an entry; until then LOG_FIRST_ENTRY_AFTER_EXIT_MS applies.
+ * has given an entry; until then, for a follow opened from a cursor, LOG_FIRST_ENTRY_AFTER_EXIT_MS.
  */
 export const LOG_SILENCE_AFTER_EXIT_MS = 15_000;
 /**
- * How long a follow may give no entry at all, from its opening, before the agent stops it once the
- * container is seen exited. The engine reads a json-file log from its start up to `since` before it
+ * How long a follow opened from a cursor may give no entry at all, from its opening, before the
+ * agent stops it once the container is seen exited. The engine reads a json-file log from its start up to `since` before it
  * sends the first entry: dockerd 20.10 got through 490 MB in 6.3 s on our test engine (page cache
  * warm), so a log of a few GB keeps a healthy stream silent for longer than LOG_SILENCE_AFTER_EXIT_MS.
  * Five minutes covers some 20 GB at that pace; a stream that never gives anything holds the exit
@@ -996,9 +996,14 @@ async function endedOrSilent(
   await untilAborted(exited, watch);
   const exitSeenAt = clock.monotonic();
   while (!watch.aborted) {
-    // Before its first entry the engine may still be reading the log up to `since`: that wait runs
-    // from the follow's opening for the longer limit, unless the exit's ends later (an old follow).
-    const firstEntry = !follow.delivered && follow.lastActivity + limits.firstEntryMs > exitSeenAt + limits.silenceMs;
+    // Before its first entry a follow opened from a cursor may still have the engine reading the log
+    // up to `since`: that wait runs from the follow's opening for the longer limit, unless the
+    // exit's ends later (an old follow). One opened from the start (a container's first follow) has
+    // nothing to read first: its silence is the engine's, and the exit waits the silence limit only.
+    const firstEntry =
+      follow.fromCursor &&
+      !follow.delivered &&
+      follow.lastActivity + limits.firstEntryMs > exitSeenAt + limits.silenceMs;
     const limitMs = firstEntry ? limits.firstEntryMs : limits.silenceMs;
     const quietSince = firstEntry ? follow.lastActivity : Math.max(exitSeenAt, follow.lastActivity);
     const left = follow.held ? limitMs : quietSince + limitMs - clock.monotonic();
