@@ -163,7 +163,7 @@ export class Pass {
   private selectCached(need: JobNeed): Selection {
     const veto = this.book.size > 0 ? (n: JobNeed, node: FleetNode) => this.book.delays(n, node) : undefined;
     const estimatedEnd = this.fleet.hasBlockEnds ? need.estimatedEnd : null;
-    const key = `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${estimatedEnd}|${need.job.gpu_models.join(",")}`;
+    const key = shapeKey(need, estimatedEnd);
     const hit = this.failed.get(key);
     const current = hit && hit.version === this.fleet.version && hit.reservations === this.book.size;
     if (current && (this.book.size === 0 || need.end >= hit.end)) return hit.sel;
@@ -178,7 +178,7 @@ export class Pass {
   private reserveCached(need: JobNeed, binds: "all" | "flex"): { start: number } | null {
     // What decides whether a start exists: the shape, the tier's usable GPUs, the block check's
     // estimate; not the job's deadline (it only sets how long the reservation lasts).
-    const key = `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${need.estimate}|${need.job.gpu_models.join(",")}`;
+    const key = shapeKey(need, need.estimate);
     const hit = this.unreservable.get(key);
     if (hit && hit.version === this.fleet.version && hit.reservations === this.book.size) return null;
     const r = this.book.reserve(this.fleet, need, this.now, binds);
@@ -213,4 +213,9 @@ export class Pass {
     this.waiting.push(waiting);
     return waiting;
   }
+}
+
+/** A job's shape for the caches of failed selections and reservations, with the time that decides them. */
+function shapeKey(need: JobNeed, time: number | null): string {
+  return `${need.perNode}|${need.nodes}|${need.tier}|${need.cpu}|${need.mem}|${time}|${need.job.gpu_models.join(",")}`;
 }
